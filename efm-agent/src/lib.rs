@@ -1,0 +1,3 @@
+//! efm agent library. See ARCHITECTURE.md for the map of modules.
+
+pub mod datapath;

@@ -1,0 +1,11 @@
+//! Types shared by the kernel side (`efm-ebpf`) and user space (`efm-agent`).
+//!
+//! Everything here is `#![no_std]`, `#[repr(C)]`, uses `u32`/`u64` fields with explicit padding (no
+//! `bool`, no implicit holes) so the same bytes mean the same thing on both sides of a map.
+//! - [`wire`]: heartbeat wire format v1 and its SipHash-2-4 MAC.
+//! - [`maps`]: map names, keys and values.
+#![no_std]
+
+pub mod jump;
+pub mod maps;
+pub mod wire;

@@ -795,6 +795,16 @@ fn sign_bit(x: u64) -> u64 {
 #[inline(always)]
 fn write_pong(ctx: &XdpContext, pkt: &Packet, out: &[u8; HB_LEN]) -> bool {
     let l4off = pkt.l4off;
+    // Drop anything after the IP packet (Ethernet padding, trailing garbage): the PONG is exactly
+    // headers plus heartbeat.
+    let want = l4off + UDP_HLEN + HB_LEN;
+    let cur = frame_len(ctx);
+    if cur > want {
+        // SAFETY: shrinking an XDP frame; all packet pointers are derived afterwards.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - cur as i32) } != 0 {
+            return false;
+        }
+    }
     let Some(p_eth) = ptr_at::<[u8; 12]>(ctx, 0) else { return false };
     // SAFETY: bounds checked by ptr_at.
     let eth = unsafe { p_eth.read_unaligned() };
@@ -813,6 +823,7 @@ fn write_pong(ctx: &XdpContext, pkt: &Packet, out: &[u8; HB_LEN]) -> bool {
         src.copy_from_slice(&ip[8..24]);
         let mut dst = [0u8; 16];
         dst.copy_from_slice(&ip[24..40]);
+        ip[4..6].copy_from_slice(&((UDP_HLEN + HB_LEN) as u16).to_be_bytes());
         ip[7] = TTL;
         ip[8..24].copy_from_slice(&dst);
         ip[24..40].copy_from_slice(&src);
@@ -827,6 +838,7 @@ fn write_pong(ctx: &XdpContext, pkt: &Packet, out: &[u8; HB_LEN]) -> bool {
         src.copy_from_slice(&ip[12..16]);
         let mut dst = [0u8; 4];
         dst.copy_from_slice(&ip[16..20]);
+        ip[2..4].copy_from_slice(&((20 + UDP_HLEN + HB_LEN) as u16).to_be_bytes());
         ip[8] = TTL;
         ip[10] = 0;
         ip[11] = 0;

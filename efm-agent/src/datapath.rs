@@ -27,7 +27,7 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader, Pod,
 };
-use efm_common::jump::{JUMP_PROGRAMS, MAP_JUMP};
+use efm_common::jump::{JUMP_COUNT, JUMP_PROGRAMS, MAP_JUMP};
 use efm_common::maps::{
     ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, PeerInfo, PeerSlot,
     RttHistogram, MAP_CONFIG, MAP_EXEMPT, MAP_FENCE, MAP_KEY, MAP_LEASE, MAP_PEERS, MAP_RTT_HIST,
@@ -553,7 +553,7 @@ fn ensure_bpffs() -> Result<(), DatapathError> {
 }
 
 /// Expected key size, value size and entries of every pinned map.
-fn expected_maps() -> [(&'static str, u32, u32, u32); 10] {
+fn expected_maps() -> [(&'static str, u32, u32, u32); 11] {
     fn sz<T>() -> u32 {
         u32::try_from(size_of::<T>()).unwrap_or(u32::MAX)
     }
@@ -569,6 +569,7 @@ fn expected_maps() -> [(&'static str, u32, u32, u32); 10] {
         (MAP_SERVICE, 16, 4, MAX_SERVICE_ADDRS),
         (MAP_EXEMPT, 20, 4, MAX_EXEMPT),
         (MAP_STATS, 4, 8, Counter::COUNT),
+        (MAP_JUMP, 4, 4, JUMP_COUNT),
     ]
 }
 

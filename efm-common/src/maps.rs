@@ -15,6 +15,7 @@
 //! | `EFM_SERVICE` | hash | [`PeerAddr`] | `u32` (1) | agent |
 //! | `EFM_EXEMPT` | LPM trie | prefix length + 16-byte mapped address (an IPv4 `/24` is `96 + 24`) | `u32` (1) | agent |
 //! | `EFM_STATS` | per-CPU array\[[`Counter::COUNT`]\] | counter | `u64` | XDP |
+//! | `EFM_JUMP` | program array\[[`crate::jump::JUMP_COUNT`]\] | index | program | agent (loader) |
 
 pub const MAP_CONFIG: &str = "EFM_CONFIG";
 pub const MAP_KEY: &str = "EFM_KEY";

@@ -122,11 +122,13 @@ const OFF_MASK: usize = 0x1ff;
 #[map]
 static EFM_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Tail-call targets. Not pinned: each load fills its own table with its own programs. Splitting
-/// the work into programs keeps each one's verification small (the verifier explores every path
-/// of a program, and the parse paths multiply with the heartbeat paths).
+/// Tail-call targets. Splitting the work into programs keeps each one's verification small (the
+/// verifier explores every path of a program, and the parse paths multiply with the heartbeat
+/// paths). Pinned: the kernel empties a program array when its last user-space reference goes
+/// away, which would turn every frame into XDP_ABORTED the moment the agent died. A new loader
+/// overwrites the entries with its own programs.
 #[map]
-static EFM_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_COUNT, 0);
+static EFM_JUMP: ProgramArray = ProgramArray::pinned(JUMP_COUNT, 0);
 
 #[inline(always)]
 fn count(c: Counter) {

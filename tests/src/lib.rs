@@ -515,3 +515,69 @@ impl Link {
         Self { a, b, a_if, b_if }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Two-node namespace bed
+
+/// Addresses of the two-node veth bed: side A (node 2) and side B (node 1).
+pub const NS_A_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const NS_B_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+
+/// Which end of the two-node bed a datapath serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "a" => Some(Self::A),
+            "b" => Some(Self::B),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn node_id(self) -> u32 {
+        match self {
+            Self::A => PEER_NODE,
+            Self::B => LOCAL_NODE,
+        }
+    }
+
+    #[must_use]
+    pub fn addr(self) -> Ipv4Addr {
+        match self {
+            Self::A => NS_A_V4,
+            Self::B => NS_B_V4,
+        }
+    }
+
+    #[must_use]
+    pub fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+}
+
+/// Configures a datapath for one side of the two-node bed: the other side is the only peer
+/// (slot 0), this side's address is the service address.
+pub fn configure_side(dp: &mut Datapath, side: Side) {
+    let k = key();
+    dp.set_config(&DatapathConfig {
+        cluster_id: CLUSTER_ID,
+        node_id: side.node_id(),
+        hb_port: u32::from(HB_PORT),
+        db_port: u32::from(DB_PORT),
+    })
+    .expect("config");
+    dp.set_key(&ClusterKey { k0: k.k0, k1: k.k1 }).expect("key");
+    dp.set_peers(&[Peer { node_id: side.other().node_id(), slot: 0, addrs: vec![side.other().addr().into()] }])
+        .expect("peers");
+    dp.set_service_addrs(&[side.addr().into()]).expect("service");
+}

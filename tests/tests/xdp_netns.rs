@@ -1,0 +1,221 @@
+//! The XDP program attached for real: two network namespaces joined by a veth pair, native XDP on
+//! both ends. Needs root; runs single-threaded (`cargo xtask test`).
+
+use std::{
+    io::{BufRead as _, BufReader, ErrorKind},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use efm_agent::datapath::{Attachment, Datapath, ModeChoice};
+use efm_common::{
+    maps::{Counter, FenceState, FENCE_FENCED, FENCE_RESET},
+    wire::{Heartbeat, HB_KIND_PING, ROLE_STANDBY},
+};
+use efm_tests::*;
+
+fn open_side(link: &Link, side: Side, pins: &Path) -> Datapath {
+    let (ns, iface) = match side {
+        Side::A => (&link.a, link.a_if.clone()),
+        Side::B => (&link.b, link.b_if.clone()),
+    };
+    let pins = pins.to_owned();
+    ns.run(move || {
+        let mut dp = Datapath::open(&pins, &[iface.as_str()], ModeChoice::Auto)
+            .unwrap_or_else(|e| panic!("opening the datapath: {e}"));
+        configure_side(&mut dp, side);
+        dp.set_fence(&Fixture::base_fence()).expect("fence");
+        dp
+    })
+}
+
+fn bed() -> Link {
+    require_root();
+    Link::new(&[&format!("{NS_A_V4}/24")], &[&format!("{NS_B_V4}/24")])
+}
+
+#[test]
+fn pings_are_timed_by_the_kernel_and_answered_with_pongs() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let dp_b = open_side(&link, Side::B, &pins_b.0);
+    let dp_a = open_side(&link, Side::A, &pins_a.0);
+    assert_eq!(dp_b.attachments()[0].1, Attachment::Native, "veth supports native XDP");
+
+    let sent = link.a.run(|| {
+        let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind heartbeat socket");
+        let to = SocketAddr::from((NS_B_V4, HB_PORT));
+        for seq in 1..=100u64 {
+            let hb = Heartbeat {
+                kind: HB_KIND_PING,
+                flags: ROLE_STANDBY,
+                cluster_id: CLUSTER_ID,
+                node_id: Side::A.node_id(),
+                incarnation: 1,
+                seq,
+                epoch: 3,
+                send_ns: monotonic_ns(),
+                lsn: 0,
+            };
+            sock.send_to(&hb.encode(&key()), to).expect("send PING");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        100u64
+    });
+    std::thread::sleep(Duration::from_millis(20));
+
+    let b = dp_b.slot(0).unwrap();
+    assert_eq!(b.ping_seq, sent, "B's kernel recorded every PING");
+    assert!(b.pings >= 95, "pings {}", b.pings);
+    let age = monotonic_ns() - b.ping_arrival_ns;
+    assert!(age < 1_000_000_000, "last arrival is fresh: {age} ns");
+    assert!(dp_b.counters().unwrap().get(Counter::HbPongSent) >= 95);
+
+    let a = dp_a.slot(0).unwrap();
+    assert_eq!(a.pong_seq, sent, "A's kernel received the PONG for the last PING");
+    assert!(a.pongs >= 95, "pongs {}", a.pongs);
+    assert!(a.pong_rtt_ns > 0 && a.pong_rtt_ns < 20_000_000, "plausible RTT: {} ns", a.pong_rtt_ns);
+    let hist = dp_a.rtt_histogram(0).unwrap();
+    assert_eq!(hist.iter().sum::<u64>(), a.pongs, "every PONG is in the RTT histogram");
+    eprintln!("kernel PONG RTT of the last PING: {} µs", a.pong_rtt_ns / 1000);
+}
+
+/// Listeners on B: the database port and an unrelated port, accepting in the background.
+fn listeners(link: &Link) {
+    let (db, other) = link.b.run(|| {
+        (
+            TcpListener::bind((NS_B_V4, DB_PORT)).expect("bind db port"),
+            TcpListener::bind((NS_B_V4, 8080)).expect("bind 8080"),
+        )
+    });
+    for l in [db, other] {
+        std::thread::spawn(move || for s in l.incoming() { drop(s) });
+    }
+}
+
+fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    TcpStream::connect_timeout(&SocketAddr::from((NS_B_V4, port)), timeout)
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+#[test]
+fn fence_cuts_off_database_connections_within_a_millisecond() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let mut dp_b = open_side(&link, Side::B, &pins_b.0);
+    // A needs XDP too: a native XDP_TX on a veth is delivered only to a peer with NAPI enabled.
+    let _dp_a = open_side(&link, Side::A, &pins_a.0);
+    listeners(&link);
+
+    let base = Fixture::base_fence();
+    let reset = FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base };
+    let drop = FenceState { flags: FENCE_FENCED, ..base };
+    let (refused_ns, dropped_ns, dp_b) = link.a.run(move || {
+        let long = Duration::from_secs(2);
+        let mut refused = Vec::new();
+        for _ in 0..20 {
+            connect(DB_PORT, long).expect("unfenced: database port reachable");
+            let t0 = monotonic_ns();
+            dp_b.set_fence(&reset).unwrap();
+            let err = connect(DB_PORT, long).expect_err("fenced (reset): connect must fail");
+            let t1 = monotonic_ns();
+            assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "reset mode refuses: {err}");
+            refused.push(t1 - t0);
+            connect(8080, long).expect("other ports keep working while fenced");
+            dp_b.set_fence(&base).unwrap();
+        }
+        let mut dropped = Vec::new();
+        for _ in 0..10 {
+            connect(DB_PORT, long).expect("unfenced: database port reachable");
+            let before = dp_b.counters().unwrap().get(Counter::ClientFenced);
+            let t0 = monotonic_ns();
+            dp_b.set_fence(&drop).unwrap();
+            let t1 = monotonic_ns(); // the SYN below leaves now
+            let err = connect(DB_PORT, Duration::from_millis(200)).expect_err("fenced (drop): connect must fail");
+            assert!(
+                matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+                "drop mode: the SYN vanishes: {err}"
+            );
+            assert!(dp_b.counters().unwrap().get(Counter::ClientFenced) > before, "the SYN was dropped by XDP");
+            dropped.push(t1 - t0);
+            connect(8080, long).expect("other ports keep working while fenced");
+            dp_b.set_fence(&base).unwrap();
+        }
+        (refused, dropped, dp_b)
+    });
+    let (mut refused_ns, mut dropped_ns) = (refused_ns, dropped_ns);
+    let (r_med, r_max) = (median(&mut refused_ns), *refused_ns.last().unwrap());
+    let (d_med, d_max) = (median(&mut dropped_ns), *dropped_ns.last().unwrap());
+    eprintln!("map write -> connect refused: median {r_med} ns, max {r_max} ns (20 trials)");
+    eprintln!("map write -> first SYN that was dropped: median {d_med} ns, max {d_max} ns (10 trials)");
+    assert!(r_med < 1_000_000, "reset mode: median {r_med} ns from map write to refused connect");
+    assert!(d_med < 1_000_000, "drop mode: median {d_med} ns from map write to a dropped SYN");
+    assert!(dp_b.counters().unwrap().get(Counter::ClientReset) >= 20);
+}
+
+/// The stand-in loader process; killed on drop.
+struct Hold(Child);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_hold(ns: &Netns, pins: &Path, iface: &str, side: &str, fence: bool) -> (Hold, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_efm-dp-hold"));
+    cmd.arg(format!("/var/run/netns/{}", ns.name)).arg(pins).arg(iface).arg(side);
+    if fence {
+        cmd.arg("fence-reset");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn efm-dp-hold");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("READY line");
+    assert!(line.starts_with("READY"), "efm-dp-hold did not start: {line:?}");
+    (Hold(child), line.trim().to_owned())
+}
+
+#[test]
+fn pinned_fence_survives_killing_and_restarting_the_loader() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let _dp_a = open_side(&link, Side::A, &pins_a.0);
+    listeners(&link);
+    let short = Duration::from_secs(2);
+    let refused = |link: &Link| link.a.run(move || connect(DB_PORT, short).map(drop).map_err(|e| e.kind()));
+
+    let (hold, ready) = spawn_hold(&link.b, &pins_b.0, &link.b_if, "b", true);
+    assert_eq!(ready, "READY attachment=native reused=false");
+    assert_eq!(refused(&link), Err(ErrorKind::ConnectionRefused), "fenced by the loader");
+
+    // SIGKILL: no destructor runs. The pinned link keeps the program attached, the pinned map
+    // keeps the fence.
+    drop(hold);
+    assert_eq!(refused(&link), Err(ErrorKind::ConnectionRefused), "fence survives the loader's death");
+
+    // A restarted loader re-uses the pinned maps and takes over the pinned link without a gap.
+    let (hold, ready) = spawn_hold(&link.b, &pins_b.0, &link.b_if, "b", false);
+    assert_eq!(ready, "READY attachment=re-attached to pinned link reused=true");
+    assert_eq!(refused(&link), Err(ErrorKind::ConnectionRefused), "restart does not lift the fence");
+
+    // The pinned state is the live state: lifting the fence through the pinned map works.
+    let mut dp = Datapath::load(&pins_b.0).expect("re-open pinned maps");
+    assert_ne!(dp.fence().unwrap().flags & FENCE_FENCED, 0);
+    dp.set_fence(&Fixture::base_fence()).unwrap();
+    assert_eq!(refused(&link), Ok(()), "unfenced through the pinned map");
+    drop(hold);
+
+    // Orderly stop: detach removes every pin, and the program with them.
+    dp.detach().expect("detach");
+    assert!(!pins_b.0.exists(), "pin directory removed");
+    let ip_link = link.b.command("ip").args(["-d", "link", "show", &link.b_if]).output().unwrap();
+    let text = String::from_utf8_lossy(&ip_link.stdout);
+    assert!(!text.contains("prog/xdp"), "XDP detached: {text}");
+}

@@ -7,6 +7,11 @@
 //! agent restart or crash never lifts a fence and never resets the kernel's view of the peers.
 //! Only [`Datapath::detach`] (an orderly stop) removes the pins.
 
+#![expect(
+    clippy::result_large_err,
+    reason = "errors carry aya's error values for context; datapath calls are rare, never per packet"
+)]
+
 use std::{
     collections::BTreeSet,
     ffi::CString,
@@ -139,7 +144,7 @@ pub struct Peer {
     pub addrs: Vec<IpAddr>,
 }
 
-/// Outcome of one BPF_PROG_RUN.
+/// Outcome of one `BPF_PROG_RUN`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunResult {
     /// `XDP_ABORTED` 0, `XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3.
@@ -180,7 +185,7 @@ impl std::fmt::Debug for Datapath {
 
 impl Datapath {
     /// Loads the program with its maps pinned in `pin_dir` (re-using any pinned there) without
-    /// attaching it anywhere; used for BPF_PROG_RUN and by [`Datapath::open`].
+    /// attaching it anywhere; used for `BPF_PROG_RUN` and by [`Datapath::open`].
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
         fs::create_dir_all(pin_dir)
@@ -339,7 +344,7 @@ impl Datapath {
         }
     }
 
-    /// Runs the program once on `frame` with BPF_PROG_RUN.
+    /// Runs the program once on `frame` with `BPF_PROG_RUN`.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<RunResult, DatapathError> {
         self.test_run_repeat(frame, 1)
     }

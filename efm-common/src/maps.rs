@@ -73,7 +73,7 @@ pub struct DatapathConfig {
     pub db_port: u32,
 }
 
-/// The cluster key, SipHash key words (see [`crate::wire::ClusterKeyBytes`]).
+/// The cluster key, `SipHash` key words (see [`crate::wire::ClusterKeyBytes`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ClusterKey {
@@ -100,7 +100,7 @@ pub struct FenceState {
     pub epoch: u64,
     /// Endorsements needed besides this node (majority of voters minus one). 0: lease always valid.
     pub lease_k: u32,
-    pub _pad: u32,
+    pub pad: u32,
     /// Lease length counted from the arrival of an endorsement, in ns.
     pub lease_timeout_ns: u64,
     /// The local database's WAL LSN, stamped into PONGs.
@@ -150,7 +150,7 @@ pub struct PeerSlot {
     pub ping_epoch: u64,
     pub ping_lsn: u64,
     pub ping_flags: u32,
-    pub _pad0: u32,
+    pub pad0: u32,
     pub pings: u64,
     // Last accepted PONG from the peer's kernel (answering our agent's PING).
     pub pong_incarnation: u64,
@@ -160,7 +160,7 @@ pub struct PeerSlot {
     pub pong_epoch: u64,
     pub pong_lsn: u64,
     pub pong_flags: u32,
-    pub _pad1: u32,
+    pub pad1: u32,
     pub pongs: u64,
 }
 
@@ -180,6 +180,7 @@ impl Default for RttHistogram {
 /// Histogram bucket of a round-trip time: `0` for 0 ns, else `floor(log2(ns)) + 1`, capped.
 #[inline(always)]
 #[must_use]
+#[expect(clippy::cast_possible_truncation, reason = "v <= 1 and RTT_BUCKETS < 64 here")]
 pub fn rtt_bucket(ns: u64) -> u32 {
     // Branch-light bit length, without a count-leading-zeros instruction (BPF has none).
     let mut v = ns;
@@ -225,9 +226,10 @@ macro_rules! counters {
 
         impl Counter {
             pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+            #[expect(clippy::cast_possible_truncation, reason = "a few dozen counters")]
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
-            /// Stable snake_case name, used in metrics and status output.
+            /// Stable `snake_case` name, used in metrics and status output.
             #[must_use]
             pub const fn label(self) -> &'static str {
                 match self { $(Counter::$name => $label,)* }
@@ -261,7 +263,7 @@ counters! {
     /// (incarnation, sequence) not newer than the last accepted from that peer.
     HbReplay = "hb_replay",
     HbPingAccepted = "hb_ping_accepted",
-    /// PONG answered with XDP_TX.
+    /// PONG answered with `XDP_TX`.
     HbPongSent = "hb_pong_sent",
     HbPongAccepted = "hb_pong_accepted",
     /// A heartbeat raised the highest epoch seen above this node's epoch.
@@ -281,14 +283,14 @@ counters! {
     ClientLeaseLapsed = "client_lease_lapsed",
     /// A cut-off TCP segment answered with a RST (reset mode).
     ClientReset = "client_reset",
-    /// Internal error (a map lookup that cannot fail failed): XDP_ABORTED.
+    /// Internal error (a map lookup that cannot fail failed): `XDP_ABORTED`.
     Aborted = "aborted",
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], contain only integers and integer arrays, and have no
-    // implicit padding (explicit `_pad` fields fill every hole), so every bit pattern is valid.
+    // implicit padding (explicit `pad` fields fill every hole), so every bit pattern is valid.
     unsafe impl aya::Pod for super::PeerAddr {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::ClusterKey {}

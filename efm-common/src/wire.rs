@@ -134,7 +134,7 @@ impl Heartbeat {
     }
 }
 
-/// The 128-bit cluster key as two SipHash key words.
+/// The 128-bit cluster key as two `SipHash` key words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ClusterKeyBytes {
     pub k0: u64,
@@ -142,7 +142,7 @@ pub struct ClusterKeyBytes {
 }
 
 impl ClusterKeyBytes {
-    /// Key words from 16 bytes, little-endian as SipHash's reference implementation reads them.
+    /// Key words from 16 bytes, little-endian as `SipHash`'s reference implementation reads them.
     #[must_use]
     pub fn from_bytes(b: &[u8; 16]) -> Self {
         let mut k0 = [0u8; 8];
@@ -166,7 +166,7 @@ fn be64(b: &[u8; HB_LEN], off: usize) -> u64 {
 /// The heartbeat MAC: SipHash-2-4 over the first [`HB_MAC_OFFSET`] bytes of `hb`.
 ///
 /// Written without slices or loops with data-dependent bounds so that the eBPF verifier accepts it
-/// unchanged; the tests check it against an independent SipHash implementation.
+/// unchanged; the tests check it against an independent `SipHash` implementation.
 #[inline(always)]
 #[must_use]
 pub fn mac(k0: u64, k1: u64, hb: &[u8; HB_LEN]) -> u64 {

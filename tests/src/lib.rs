@@ -43,7 +43,7 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
-/// The test cluster key as SipHash key words.
+/// The test cluster key as `SipHash` key words.
 #[must_use]
 pub fn key() -> ClusterKeyBytes {
     ClusterKeyBytes::from_bytes(&KEY)
@@ -109,7 +109,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Node 1 at 198.18.0.1 / fd00:efd::1 with VIP 198.18.0.100; peers: node 2 (slot 0, v4 and
+    /// Node 1 at 198.18.0.1 / `fd00:efd::1` with VIP 198.18.0.100; peers: node 2 (slot 0, v4 and
     /// v6) and node 3 (slot 1). Epoch 3, role primary, not fenced, lease not enforced.
     #[must_use]
     pub fn new() -> Self {

@@ -1,4 +1,4 @@
-//! 100 000+ random and mutated frames through the XDP program with BPF_PROG_RUN: the verdict is
+//! 100 000+ random and mutated frames through the XDP program with `BPF_PROG_RUN`: the verdict is
 //! always one the program is allowed to give, it never aborts, and no peer slot changes unless the
 //! frame carried a heartbeat with a valid MAC. Seed: `EFM_FUZZ_SEED` (printed on failure).
 

@@ -219,3 +219,57 @@ fn pinned_fence_survives_killing_and_restarting_the_loader() {
     let text = String::from_utf8_lossy(&ip_link.stdout);
     assert!(!text.contains("prog/xdp"), "XDP detached: {text}");
 }
+
+#[test]
+fn generic_mode_attachment_answers_pings_too() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let (iface, pb) = (link.b_if.clone(), pins_b.0.clone());
+    let dp_b = link.b.run(move || {
+        let mut dp = Datapath::open(&pb, &[iface.as_str()], ModeChoice::Generic).expect("generic attach");
+        configure_side(&mut dp, Side::B);
+        dp.set_fence(&Fixture::base_fence()).expect("fence");
+        dp
+    });
+    assert_eq!(dp_b.attachments()[0].1, Attachment::Generic);
+    let dp_a = open_side(&link, Side::A, &pins_a.0);
+    link.a.run(|| {
+        let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind");
+        for seq in 1..=10u64 {
+            let hb = Heartbeat {
+                kind: HB_KIND_PING,
+                flags: ROLE_STANDBY,
+                cluster_id: CLUSTER_ID,
+                node_id: Side::A.node_id(),
+                incarnation: 1,
+                seq,
+                epoch: 3,
+                send_ns: monotonic_ns(),
+                lsn: 0,
+            };
+            sock.send_to(&hb.encode(&key()), (NS_B_V4, HB_PORT)).expect("send");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(dp_b.slot(0).unwrap().ping_seq, 10);
+    assert_eq!(dp_a.slot(0).unwrap().pong_seq, 10, "PONGs sent in generic mode arrive");
+}
+
+#[test]
+fn pinned_map_from_an_incompatible_build_is_refused() {
+    require_root();
+    let pins = PinDir::new("inc");
+    std::fs::create_dir_all(&pins.0).unwrap();
+    let path = pins.0.join("EFM_CONFIG");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args(["type", "array", "key", "4", "value", "8", "entries", "1", "name", "EFM_CONFIG"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    let err = Datapath::load(&pins.0).expect_err("a wrong-shaped pinned map must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("EFM_CONFIG") && msg.contains("value size") && msg.contains("pinned 8"), "{msg}");
+}

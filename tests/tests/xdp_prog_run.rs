@@ -1,4 +1,4 @@
-//! The XDP program run on crafted frames with BPF_PROG_RUN: one test per verdict.
+//! The XDP program run on crafted frames with `BPF_PROG_RUN`: one test per verdict.
 //! Needs root; runs single-threaded (`cargo xtask test`).
 
 use std::net::IpAddr;

@@ -554,6 +554,11 @@ fn ensure_bpffs() -> Result<(), DatapathError> {
     if rc != 0 {
         return Err(DatapathError::Bpffs(io::Error::last_os_error()));
     }
+    tracing::warn!(
+        "bpffs was not mounted at {BPFFS}; mounted it. If this process runs in a private mount \
+         namespace (ip netns exec, some container runtimes), the pins live only as long as it \
+         does and a crash lifts the fence: mount bpffs on the host instead"
+    );
     Ok(())
 }
 

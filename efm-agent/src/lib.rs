@@ -1,3 +1,14 @@
 //! efm agent library. See ARCHITECTURE.md for the map of modules.
 
+pub mod admin;
+pub mod agent;
+pub mod config;
 pub mod datapath;
+pub mod detector;
+pub mod heartbeat;
+pub mod lifecycle;
+pub mod localdb;
+pub mod postgres;
+pub mod report;
+pub mod secret;
+pub mod status;

@@ -8,7 +8,7 @@
 //! | 0 | 4 | magic `"EFMH"` (`0x45464D48`) |
 //! | 4 | 1 | version (1) |
 //! | 5 | 1 | kind: 1 PING, 2 PONG |
-//! | 6 | 2 | flags: role (bits 0-1), endorse, lease lapsed, fenced |
+//! | 6 | 2 | flags: role (bits 0-1), endorse, lease lapsed, fenced, database up |
 //! | 8 | 4 | cluster id |
 //! | 12 | 4 | sender node id |
 //! | 16 | 8 | agent incarnation (PONG: echoed from the PING) |
@@ -56,6 +56,9 @@ pub const FLAG_ENDORSE: u16 = 1 << 2;
 pub const FLAG_LEASE_LAPSED: u16 = 1 << 3;
 /// The sender's node is fenced (client traffic to it is cut off).
 pub const FLAG_FENCED: u16 = 1 << 4;
+/// PING only: the sender's agent last found its database up. (User-space information; the
+/// XDP program does not look at it.)
+pub const FLAG_DB_UP: u16 = 1 << 5;
 
 /// A decoded heartbeat. User space builds and checks these; the XDP program works on the raw bytes
 /// with the same offsets.

@@ -4,6 +4,8 @@
 //!
 //! Privileged tests never skip: [`require_root`] panics with what is missing.
 
+pub mod bed;
+
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -92,12 +94,7 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Ok(entries) = fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        let _ = fs::remove_dir(&self.0);
+        let _ = fs::remove_dir_all(&self.0);
         let _ = fs::remove_dir(self.0.parent().unwrap_or(Path::new("/nonexistent")));
     }
 }
@@ -581,3 +578,4 @@ pub fn configure_side(dp: &mut Datapath, side: Side) {
         .expect("peers");
     dp.set_service_addrs(&[side.addr().into()]).expect("service");
 }
+pub mod pg;

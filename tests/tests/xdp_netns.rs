@@ -273,3 +273,58 @@ fn pinned_map_from_an_incompatible_build_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("EFM_CONFIG") && msg.contains("value size") && msg.contains("pinned 8"), "{msg}");
 }
+
+/// Like `pings_are_timed_by_the_kernel_and_answered_with_pongs`, but across a bridge (the
+/// cluster test bed's topology): the kernel's PONG leaves through the node's veth into the
+/// switch namespace and must reach the pinging node.
+#[test]
+fn pongs_cross_a_bridge() {
+    require_root();
+    let bed = efm_tests::bed::Bed::new(2);
+    let (pins_a, pins_b) = (PinDir::new("ba"), PinDir::new("bb"));
+    let open = |i: usize, pins: &Path, me: u32, peer: u32, peer_ip: std::net::Ipv4Addr| {
+        let (iface, pins) = (bed.nodes[i].ifname.clone(), pins.to_owned());
+        bed.nodes[i].ns.run(move || {
+            let mut dp = Datapath::open(&pins, &[iface.as_str()], ModeChoice::Auto).expect("open");
+            configure(&mut dp);
+            let k = key();
+            dp.set_config(&efm_common::maps::DatapathConfig {
+                cluster_id: CLUSTER_ID,
+                node_id: me,
+                hb_port: u32::from(HB_PORT),
+                db_port: u32::from(DB_PORT),
+            })
+            .unwrap();
+            dp.set_key(&efm_common::maps::ClusterKey { k0: k.k0, k1: k.k1 }).unwrap();
+            dp.set_peers(&[efm_agent::datapath::Peer { node_id: peer, slot: 0, addrs: vec![peer_ip.into()] }]).unwrap();
+            dp
+        })
+    };
+    let a_ip = bed.nodes[0].ip;
+    let b_ip = bed.nodes[1].ip;
+    let dp_a = open(0, &pins_a.0, 2, 1, b_ip);
+    let dp_b = open(1, &pins_b.0, 1, 2, a_ip);
+    bed.nodes[0].ns.run(move || {
+        let sock = UdpSocket::bind((a_ip, HB_PORT)).expect("bind");
+        for seq in 1..=20u64 {
+            let hb = Heartbeat {
+                kind: HB_KIND_PING,
+                flags: ROLE_STANDBY,
+                cluster_id: CLUSTER_ID,
+                node_id: 2,
+                incarnation: 1,
+                seq,
+                epoch: 3,
+                send_ns: monotonic_ns(),
+                lsn: 0,
+            };
+            sock.send_to(&hb.encode(&key()), (b_ip, HB_PORT)).expect("send");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let sent = dp_b.counters().unwrap().get(Counter::HbPongSent);
+    assert_eq!(dp_b.slot(0).unwrap().ping_seq, 20, "B's kernel got the PINGs");
+    assert!(sent >= 19, "B's kernel answered: {sent}");
+    assert_eq!(dp_a.slot(0).unwrap().pong_seq, 20, "A's kernel got the PONGs across the bridge");
+}

@@ -25,6 +25,9 @@ pub const PACKAGES: &[&str] = &[
     "python3-aiosmtpd",
     "procps",
     "tcpdump",
+    "ethtool",
+    "libssl-dev",
+    "pkg-config",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -425,10 +428,9 @@ mod tests {
         assert!(!is_wanted_version("bpf-linker 0.9.13"));
     }
 
-    /// Exercises the real install path into a throwaway root (slow: builds bpf-linker).
-    /// `cargo test -p xtask -- --ignored install_bpf_linker_into_temp_root`
+    /// Exercises the real install path a fresh machine takes, into a throwaway root (about a
+    /// minute: builds bpf-linker against the nightly's LLVM).
     #[test]
-    #[ignore = "builds bpf-linker from crates.io (minutes)"]
     fn install_bpf_linker_into_temp_root() {
         let tmp = env::temp_dir().join(format!("efm-xtask-bpf-linker-{}", std::process::id()));
         let lib = nightly_lib().unwrap();

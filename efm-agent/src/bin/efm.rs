@@ -1,46 +1,171 @@
-//! `efm`: the administration client (EFM's command names), talking to the local agent.
-//!
-//! The agent's admin socket does not exist in this build yet; the client says so instead of
-//! pretending to work.
+//! `efm`: the administration command, with EFM's command names. Status commands ask the local
+//! agent over its admin socket; configuration commands work on the files directly.
 
-use std::process::ExitCode;
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
-const COMMANDS: &[&str] = &[
-    "cluster-status",
-    "cluster-status-json",
-    "node-status-json",
-    "promote",
-    "resume",
-    "allow-node",
-    "disallow-node",
-    "set-priority",
-    "stop-cluster",
-    "prop-check",
-    "upgrade-conf",
-    "encrypt",
-];
+use clap::{Parser, Subcommand};
+use efm_agent::{
+    admin::{self, Request, PROTOCOL_VERSION},
+    config, heartbeat, secret,
+    status::{self, ClusterStatus},
+};
+
+/// Administer an efm cluster.
+#[derive(Parser, Debug)]
+#[command(name = "efm", version, after_help = "Example:\n  efm cluster-status acctg")]
+struct Cli {
+    /// Directory of the clusters' configuration files.
+    #[arg(long, global = true, default_value = "/etc/efm")]
+    config_dir: PathBuf,
+    /// Directory of the agents' admin sockets.
+    #[arg(long, global = true, default_value = "/run/efm")]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the cluster's status as EFM does; the exit code is 0 only when the cluster is healthy.
+    #[command(after_help = "Example:\n  efm cluster-status acctg")]
+    ClusterStatus { cluster: String },
+    /// The cluster's status as JSON (EFM 5 field names plus efm's heartbeat fields).
+    #[command(after_help = "Example:\n  efm cluster-status-json acctg | jq .nodes")]
+    ClusterStatusJson { cluster: String },
+    /// This node's status as JSON.
+    #[command(after_help = "Example:\n  efm node-status-json acctg")]
+    NodeStatusJson { cluster: String },
+    /// Check the configuration files and print the effective configuration and every problem.
+    #[command(after_help = "Example:\n  efm prop-check acctg")]
+    PropCheck { cluster: String },
+    /// Convert an EFM 3.x/4.x/5.x configuration into efm's, reporting every change.
+    #[command(after_help = "Example:\n  efm upgrade-conf acctg --source /etc/edb/efm-4.7")]
+    UpgradeConf {
+        cluster: String,
+        /// Directory holding the EFM <cluster>.properties and <cluster>.nodes.
+        #[arg(long)]
+        source: PathBuf,
+        /// Overwrite existing files in --config-dir.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Encrypt the database password for `db.password.encrypted` (asks twice, or reads EFMPASS).
+    #[command(after_help = "Example:\n  efm encrypt acctg\n  EFMPASS=secret efm encrypt acctg --from-env")]
+    Encrypt {
+        cluster: String,
+        /// Read the password from the EFMPASS environment variable.
+        #[arg(long)]
+        from_env: bool,
+        /// The encryption key file, created root-only on first use (default: <config-dir>/efm.key,
+        /// where the agent looks for it). Copy it to every node with the properties file.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Create the cluster key file that authenticates heartbeats; copy it to every node.
+    #[command(after_help = "Example:\n  efm generate-key acctg   # writes /etc/efm/acctg.key")]
+    GenerateKey {
+        cluster: String,
+        /// Where to write the key (default: <config-dir>/<cluster>.key).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version" | "-V") => {
-            println!("efm {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some("--help" | "-h") | None => {
-            println!("usage: efm COMMAND CLUSTER [ARGS...]\ncommands: {}", COMMANDS.join(", "));
-            ExitCode::SUCCESS
-        }
-        Some(cmd) if COMMANDS.contains(&cmd) => {
-            eprintln!(
-                "efm {cmd}: not available in this build yet (the agent and its admin socket are \
-                 not built; see README.md, \"Status\")"
-            );
-            ExitCode::from(2)
-        }
-        Some(other) => {
-            eprintln!("efm: unknown command {other:?}; commands: {}", COMMANDS.join(", "));
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("efm: {msg}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn ask(cli: &Cli, cluster: &str, command: &str) -> Result<serde_json::Value, String> {
+    let req = Request { version: PROTOCOL_VERSION, command: command.into(), args: vec![] };
+    let resp = admin::request(&cli.run_dir, cluster, &req, Duration::from_mins(1)).map_err(|e| e.to_string())?;
+    if resp.ok {
+        resp.result.ok_or_else(|| "the agent answered without a result".to_owned())
+    } else {
+        Err(resp.error.unwrap_or_else(|| "the agent refused the request".to_owned()))
+    }
+}
+
+fn cluster_status(cli: &Cli, cluster: &str) -> Result<ClusterStatus, String> {
+    serde_json::from_value(ask(cli, cluster, "cluster-status")?).map_err(|e| format!("unreadable cluster status: {e}"))
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, String> {
+    match &cli.cmd {
+        Cmd::ClusterStatus { cluster } => {
+            let st = cluster_status(cli, cluster)?;
+            print!("{}", status::render_text(&st));
+            Ok(exit(status::exit_code(&st)))
+        }
+        Cmd::ClusterStatusJson { cluster } => {
+            let st = cluster_status(cli, cluster)?;
+            println!("{}", st.to_json());
+            Ok(exit(status::exit_code(&st)))
+        }
+        Cmd::NodeStatusJson { cluster } => {
+            let v = ask(cli, cluster, "node-status")?;
+            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::PropCheck { cluster } => {
+            let report = config::check::prop_check(&cli.config_dir, cluster);
+            print!("{}", report.render());
+            Ok(exit(report.exit_code()))
+        }
+        Cmd::UpgradeConf { cluster, source, force } => upgrade(cli, cluster, source, *force),
+        Cmd::Encrypt { cluster, from_env, key_file } => {
+            let key_file = key_file.clone().unwrap_or_else(|| cli.config_dir.join("efm.key"));
+            let key = secret::Key::load_or_create(&key_file).map_err(|e| e.to_string())?;
+            if key.was_created() {
+                eprintln!("efm: created the encryption key {}", key_file.display());
+            }
+            let mut pw = if *from_env {
+                secret::password_from_env()
+            } else {
+                secret::read_password_twice("database password")
+            }
+            .map_err(|e| e.to_string())?;
+            let enc = secret::encrypt(&key, cluster, &pw).map_err(|e| e.to_string());
+            secret::wipe_string(&mut pw);
+            let enc = enc?;
+            println!("{}={enc}", secret::PROPERTY);
+            eprintln!(
+                "efm: put this line in {} (it decrypts only for cluster {cluster} with {})",
+                cli.config_dir.join(format!("{cluster}.properties")).display(),
+                key_file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GenerateKey { cluster, output } => {
+            let path = output.clone().unwrap_or_else(|| cli.config_dir.join(format!("{cluster}.key")));
+            heartbeat::generate_cluster_key(&path).map_err(|e| e.to_string())?;
+            println!("{}", path.display());
+            eprintln!("efm: copy {} to every node of cluster {cluster} (mode 0600)", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn upgrade(cli: &Cli, cluster: &str, source: &Path, force: bool) -> Result<ExitCode, String> {
+    let result = config::upgrade::upgrade(source, cluster).map_err(|e| e.to_string())?;
+    result.write_to(&cli.config_dir, cluster, force).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", result.render_changes());
+    let _ = writeln!(out, "wrote {}", cli.config_dir.join(format!("{cluster}.properties")).display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,415 @@
+//! The agent process: one per cluster per node.
+//!
+//! Start-up, in order: configuration (every problem reported, refuse to start on an error), the
+//! per-cluster lock and pid file, the cluster key, the datapath (XDP attached to the interface
+//! owning `bind.address`, or `xdp.interface`), the heartbeat socket, the role (witness, or what
+//! the local database says), the admin socket; then systemd is told `READY=1`.
+//!
+//! The main loop ticks every `heartbeat.interval`: it sends one PING to each peer, reads every
+//! peer's slot and RTT histogram from the kernel, and feeds them to the detector. The local
+//! database is checked by its own task (`local.period`, `local.timeout`, `local.timeout.final`).
+//! SIGTERM/SIGINT stop the agent in order: `STOPPING=1`, tasks stopped, datapath detached, admin
+//! socket and pid file removed, lock released.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use efm_common::{
+    maps::{ClusterKey, DatapathConfig, FenceState, FENCE_RESET, MAX_SLOTS},
+    wire::{ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS},
+};
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    admin::{self, AdminError, Request, Response},
+    config::{self, Config, ConfigErrors, FenceMode, XdpMode},
+    datapath::{self, Datapath, DatapathError, ModeChoice, Peer},
+    detector::{Detector, DetectorConfig, PeerHealth, Verdict},
+    heartbeat::{self, KeyError, LocalView, Pinger},
+    lifecycle::{self, ClusterLock, LifecycleError, PidFile},
+    localdb::{self, DbView},
+};
+
+/// Where the agent keeps its runtime files.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cluster: String,
+    /// `<cluster>.properties` and `<cluster>.nodes` live here (`/etc/efm`).
+    pub config_dir: PathBuf,
+    /// Admin socket and pid file (`/run/efm`).
+    pub run_dir: PathBuf,
+    /// Root of the pinned BPF state; the cluster's pins go to `<bpffs_dir>/<cluster>`
+    /// (`/sys/fs/bpf/efm`).
+    pub bpffs_dir: PathBuf,
+}
+
+impl Options {
+    #[must_use]
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            config_dir: PathBuf::from("/etc/efm"),
+            run_dir: PathBuf::from("/run/efm"),
+            bpffs_dir: PathBuf::from(datapath::BPFFS).join("efm"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("no interface on this node has the bind.address IP {ip}; set xdp.interface or fix bind.address")]
+    NoInterface { ip: IpAddr },
+    #[error("heartbeat socket on {addr}: {source}")]
+    Socket { addr: SocketAddr, source: std::io::Error },
+    #[error("{count} peers in the .nodes file; at most {MAX_SLOTS} are supported")]
+    TooManyPeers { count: usize },
+    #[error("nodes {a} and {b} map to the same node id; change one node's bind.address port")]
+    IdCollision { a: SocketAddr, b: SocketAddr },
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+    #[error("database password: {0}")]
+    Password(String),
+}
+
+/// A node's role as EFM names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Role {
+    Primary,
+    Standby,
+    Witness,
+    Idle,
+}
+
+impl Role {
+    #[must_use]
+    pub fn bits(self) -> u16 {
+        match self {
+            Self::Primary => ROLE_PRIMARY,
+            Self::Standby => ROLE_STANDBY,
+            Self::Witness => ROLE_WITNESS,
+            Self::Idle => ROLE_IDLE,
+        }
+    }
+
+    #[must_use]
+    pub fn from_bits(bits: u16) -> Self {
+        match bits & efm_common::wire::ROLE_MASK {
+            ROLE_PRIMARY => Self::Primary,
+            ROLE_STANDBY => Self::Standby,
+            ROLE_WITNESS => Self::Witness,
+            _ => Self::Idle,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One peer as the agent tracks it.
+#[derive(Clone, Debug)]
+pub struct PeerEntry {
+    pub addr: SocketAddr,
+    pub node_id: u32,
+    pub slot: u32,
+    pub health: Option<PeerHealth>,
+}
+
+/// State shared between the main loop, the database task and the admin socket.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub me: SocketAddr,
+    pub node_id: u32,
+    pub role: Role,
+    pub db: DbView,
+    pub peers: Vec<PeerEntry>,
+    /// How XDP was attached.
+    pub attachment: String,
+    pub epoch: u64,
+    /// Where the configuration (and the password key) live.
+    pub config_dir: PathBuf,
+}
+
+impl Shared {
+    fn local_view(&self) -> LocalView {
+        let mut flags = self.role.bits();
+        if self.db.up == Some(true) {
+            flags |= efm_common::wire::FLAG_DB_UP;
+        }
+        LocalView { flags, epoch: self.epoch, lsn: self.db.lsn().map_or(0, |l| l.0) }
+    }
+}
+
+/// Locks the shared state, recovering it if a task panicked while holding the lock (the state is
+/// plain data; a half-finished update is preferable to a dead agent).
+pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The name of the interface holding `ip`.
+#[must_use]
+#[expect(clippy::cast_ptr_alignment, reason = "getifaddrs hands out sockaddr storage aligned for its family")]
+pub fn interface_of(ip: IpAddr) -> Option<String> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut ifap) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            let addr = match family {
+                libc::AF_INET => {
+                    // SAFETY: family is AF_INET.
+                    let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                    Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: family is AF_INET6.
+                    let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            };
+            if addr == Some(ip) {
+                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+                found = Some(name.to_string_lossy().into_owned());
+                break;
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    found
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+#[expect(clippy::too_many_lines, reason = "start-up is one ordered sequence; splitting it hides the order")]
+pub async fn run(opts: Options) -> Result<(), AgentError> {
+    let loaded = config::load(&opts.config_dir, &opts.cluster).map_err(AgentError::Config)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let cfg = loaded.config;
+    let _lock = ClusterLock::acquire(&cfg.lock_dir, &cfg.cluster)?;
+    let _pid = PidFile::create(&opts.run_dir, &cfg.cluster)?;
+    let key = heartbeat::load_cluster_key(&cfg.cluster_key_file)?;
+
+    let me = cfg.bind_address;
+    let mut peer_addrs: Vec<SocketAddr> = cfg.nodes.iter().copied().filter(|a| *a != me).collect();
+    peer_addrs.sort();
+    peer_addrs.dedup();
+    if peer_addrs.len() > MAX_SLOTS {
+        return Err(AgentError::TooManyPeers { count: peer_addrs.len() });
+    }
+    let mut seen = std::collections::HashMap::new();
+    for a in std::iter::once(me).chain(peer_addrs.iter().copied()) {
+        if let Some(b) = seen.insert(heartbeat::node_id(&a), a) {
+            return Err(AgentError::IdCollision { a: b, b: a });
+        }
+    }
+    let peers: Vec<PeerEntry> = peer_addrs
+        .iter()
+        .zip(0u32..)
+        .map(|(a, slot)| PeerEntry { addr: *a, node_id: heartbeat::node_id(a), slot, health: None })
+        .collect();
+
+    let iface = match &cfg.xdp_interface {
+        Some(i) => i.clone(),
+        None => interface_of(me.ip()).ok_or(AgentError::NoInterface { ip: me.ip() })?,
+    };
+    let mode = match cfg.xdp_mode {
+        XdpMode::Auto => ModeChoice::Auto,
+        XdpMode::Native => ModeChoice::Native,
+        XdpMode::Generic => ModeChoice::Generic,
+    };
+    let mut dp = Datapath::open(&opts.bpffs_dir.join(&cfg.cluster), &[iface.as_str()], mode)?;
+    let attachment = dp.attachments().first().map(|(_, a)| a.to_string()).unwrap_or_default();
+    let epoch = if dp.reused_maps() { dp.fence().map_or(0, |f| f.epoch) } else { 0 };
+
+    let db_target = if cfg.is_witness {
+        None
+    } else {
+        Some(localdb::target(&cfg, &opts.config_dir, &me.ip().to_string()).map_err(AgentError::Password)?)
+    };
+    let role = match &db_target {
+        None => Role::Witness,
+        Some(t) => match localdb::initial_role(&cfg, t).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "local database does not answer: starting as Idle");
+                Role::Idle
+            }
+        },
+    };
+
+    dp.set_config(&DatapathConfig {
+        cluster_id: heartbeat::cluster_id(&cfg.cluster),
+        node_id: heartbeat::node_id(&me),
+        hb_port: u32::from(me.port()),
+        db_port: u32::from(cfg.db_port),
+    })?;
+    dp.set_key(&ClusterKey { k0: key.k0, k1: key.k1 })?;
+    let fence_flags = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+    let fence = FenceState {
+        flags: fence_flags,
+        role: u32::from(role.bits()),
+        epoch,
+        lease_timeout_ns: u64::try_from(cfg.lease_timeout.as_nanos()).unwrap_or(u64::MAX),
+        ..FenceState::default()
+    };
+    dp.set_fence(&fence)?;
+    dp.set_peers(
+        &peers.iter().map(|p| Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] }).collect::<Vec<_>>(),
+    )?;
+    let mut service = vec![me.ip()];
+    service.extend(cfg.virtual_ip);
+    dp.set_service_addrs(&service)?;
+    dp.set_exempt(&cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect::<Vec<_>>())?;
+
+    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns())
+        .map_err(|source| AgentError::Socket { addr: me, source })?;
+    let mut detector = Detector::new(
+        DetectorConfig { node_timeout: cfg.node_timeout, rtt_window: Duration::from_mins(1) },
+        heartbeat::monotonic_ns(),
+        peers.iter().map(|p| p.node_id),
+    );
+
+    let interval = cfg.heartbeat_interval;
+    let shared = Arc::new(Mutex::new(Shared {
+        config: cfg.clone(),
+        me,
+        node_id: heartbeat::node_id(&me),
+        role,
+        db: DbView::default(),
+        peers,
+        attachment: attachment.clone(),
+        epoch,
+        config_dir: opts.config_dir.clone(),
+    }));
+
+    let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
+    let admin_shared = shared.clone();
+    let admin_task = tokio::spawn(admin::serve(listener, move |req| {
+        let shared = admin_shared.clone();
+        async move { handle(&shared, req).await }
+    }));
+    let db_task = db_target.map(|t| tokio::spawn(localdb::run(shared.clone(), t)));
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    tracing::info!(
+        cluster = %cfg.cluster, node = %me, %role, interface = %iface, xdp = %attachment,
+        peers = peer_addrs.len(), "efm-agent started"
+    );
+    lifecycle::notify("READY=1");
+    lifecycle::notify(&format!("STATUS={role} on {me}, {} peers", peer_addrs.len()));
+
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_lsn = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = one_tick(&shared, &mut dp, &mut pinger, &mut detector, &mut last_lsn) {
+                    tracing::error!(error = %e, "reading the datapath failed");
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    tracing::info!("efm-agent stopping");
+    lifecycle::notify("STOPPING=1");
+    admin_task.abort();
+    if let Some(t) = db_task {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(admin::socket_path(&opts.run_dir, &cfg.cluster));
+    dp.detach()?;
+    Ok(())
+}
+
+#[expect(clippy::result_large_err, reason = "an error here is logged and the loop goes on")]
+fn one_tick(
+    shared: &Mutex<Shared>,
+    dp: &mut Datapath,
+    pinger: &mut Pinger,
+    detector: &mut Detector,
+    last_lsn: &mut u64,
+) -> Result<(), DatapathError> {
+    let (view, slots, role) = {
+        let s = lock(shared);
+        (s.local_view(), s.peers.iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>(), s.role)
+    };
+    let now = heartbeat::monotonic_ns();
+    for (peer, e) in pinger.send_round(view, now) {
+        tracing::debug!(%peer, error = %e, "PING not sent");
+    }
+    if view.lsn != *last_lsn {
+        // Keep the LSN and role the kernel stamps into PONGs current.
+        let mut f = dp.fence()?;
+        f.lsn = view.lsn;
+        f.role = u32::from(role.bits());
+        dp.set_fence(&f)?;
+        *last_lsn = view.lsn;
+    }
+    let mut healths = Vec::with_capacity(slots.len());
+    for (node_id, slot, addr) in slots {
+        let s = dp.slot(slot)?;
+        let h = dp.rtt_histogram(slot)?;
+        if let Some(c) = detector.observe(now, node_id, &s, &h) {
+            match c.to {
+                Verdict::Alive => tracing::info!(peer = %addr, from = %c.from, "peer agent alive"),
+                Verdict::Unknown => {}
+                to => tracing::warn!(peer = %addr, from = %c.from, verdict = %to, "peer verdict changed"),
+            }
+        }
+        healths.push(detector.peer(node_id));
+    }
+    let mut s = lock(shared);
+    for (p, h) in s.peers.iter_mut().zip(healths) {
+        p.health = h;
+    }
+    Ok(())
+}
+
+/// Answers one admin request.
+pub async fn handle(shared: &Arc<Mutex<Shared>>, req: Request) -> Response {
+    match req.command.as_str() {
+        "node-status" => Response::ok(crate::report::node_status(shared)),
+        "cluster-status" => match crate::report::cluster_status(shared).await {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e),
+        },
+        other => Response::err(format!(
+            "unknown command {other:?}; this agent answers: node-status, cluster-status"
+        )),
+    }
+}

@@ -1,0 +1,367 @@
+//! Value kinds and their validators.
+//!
+//! Every validator takes the raw text of a property (already trimmed, never
+//! empty: an empty value means "not set" and is handled by the caller) and
+//! returns either a typed [`Value`] or a short phrase describing what was
+//! expected, e.g. `"expected true or false"`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a property's value is validated and typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `true` / `false`, case-insensitive.
+    Bool,
+    /// TCP/UDP port 1..=65535.
+    Port,
+    /// Non-negative integer.
+    UInt,
+    /// `500ms`, `0.5s`, `0.5` or `2` (bare numbers are seconds).
+    Duration,
+    /// One of a fixed set of words, case-insensitive.
+    Enum(&'static [&'static str]),
+    /// A literal IPv4 or IPv6 address.
+    Ip,
+    /// `ip:port`, IPv6 as `[addr]:port`.
+    IpPort,
+    /// A host name or a literal IP address.
+    Host,
+    /// An absolute path.
+    AbsPath,
+    /// A command line whose program is given by absolute path.
+    Command,
+    /// Free text (user names, prefixes, shell fragments).
+    Text,
+    /// One e-mail address (`%h` is allowed in the domain).
+    Email,
+    /// E-mail addresses separated by commas or whitespace.
+    EmailList,
+    /// Network prefix length 0..=128.
+    Prefix,
+    /// Node addresses (`ip` or `ip:port`) separated by commas or whitespace.
+    NodeList,
+    /// IP addresses or CIDR blocks separated by commas.
+    CidrList,
+    /// A network interface name.
+    Interface,
+}
+
+impl Kind {
+    /// Short human name used in `effective()` listings and docs.
+    #[must_use]
+    pub fn describe(self) -> String {
+        match self {
+            Kind::Bool => "true|false".into(),
+            Kind::Port => "port 1-65535".into(),
+            Kind::UInt => "non-negative integer".into(),
+            Kind::Duration => "duration (500ms, 0.5s, 2)".into(),
+            Kind::Enum(words) => words.join("|"),
+            Kind::Ip => "IP address".into(),
+            Kind::IpPort => "ip:port".into(),
+            Kind::Host => "host name or IP address".into(),
+            Kind::AbsPath => "absolute path".into(),
+            Kind::Command => "command with absolute path".into(),
+            Kind::Text => "text".into(),
+            Kind::Email => "e-mail address".into(),
+            Kind::EmailList => "e-mail addresses".into(),
+            Kind::Prefix => "prefix length 0-128".into(),
+            Kind::NodeList => "node addresses".into(),
+            Kind::CidrList => "IP addresses or CIDR blocks".into(),
+            Kind::Interface => "interface name".into(),
+        }
+    }
+}
+
+/// An IP network: address plus prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies inside this network.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = mask_u32(self.prefix);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix))
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask_u32(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A validated value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    Port(u16),
+    UInt(u64),
+    Duration(Duration),
+    Enum(&'static str),
+    Ip(IpAddr),
+    SocketAddr(SocketAddr),
+    Text(String),
+    Path(PathBuf),
+    List(Vec<String>),
+    Cidrs(Vec<Cidr>),
+    Prefix(u8),
+}
+
+/// Validate `raw` (trimmed, non-empty) as `kind`.
+pub fn validate(kind: Kind, raw: &str) -> Result<Value, String> {
+    match kind {
+        Kind::Bool => parse_bool(raw)
+            .map(Value::Bool)
+            .ok_or_else(|| "expected true or false".into()),
+        Kind::Port => parse_port(raw)
+            .map(Value::Port)
+            .ok_or_else(|| "expected a port number 1-65535".into()),
+        Kind::UInt => raw
+            .parse::<u64>()
+            .map(Value::UInt)
+            .map_err(|_| "expected a non-negative integer".into()),
+        Kind::Duration => parse_duration(raw).map(Value::Duration),
+        Kind::Enum(words) => words
+            .iter()
+            .find(|w| w.eq_ignore_ascii_case(raw))
+            .map(|w| Value::Enum(w))
+            .ok_or_else(|| format!("expected one of {}", words.join(", "))),
+        Kind::Ip => raw
+            .parse::<IpAddr>()
+            .map(Value::Ip)
+            .map_err(|_| "expected an IP address".into()),
+        Kind::IpPort => parse_socket_addr(raw).map(Value::SocketAddr),
+        Kind::Host => {
+            if raw.parse::<IpAddr>().is_ok() || is_host_name(raw) {
+                Ok(Value::Text(raw.to_owned()))
+            } else {
+                Err("expected a host name or IP address".into())
+            }
+        }
+        Kind::AbsPath => {
+            if raw.starts_with('/') {
+                Ok(Value::Path(PathBuf::from(raw)))
+            } else {
+                Err("expected an absolute path".into())
+            }
+        }
+        Kind::Command => {
+            if raw.starts_with('/') {
+                Ok(Value::Text(raw.to_owned()))
+            } else {
+                Err("expected a command starting with an absolute path".into())
+            }
+        }
+        Kind::Text => Ok(Value::Text(raw.to_owned())),
+        Kind::Email => {
+            if is_email(raw) {
+                Ok(Value::Text(raw.to_owned()))
+            } else {
+                Err("expected an e-mail address (user@domain)".into())
+            }
+        }
+        Kind::EmailList => {
+            let list = split_list(raw);
+            match list.iter().find(|e| !is_email(e)) {
+                Some(bad) => Err(format!(
+                    "expected e-mail addresses (user@domain); \"{bad}\" is not one"
+                )),
+                None => Ok(Value::List(list)),
+            }
+        }
+        Kind::Prefix => match raw.parse::<u8>() {
+            Ok(p) if p <= 128 => Ok(Value::Prefix(p)),
+            _ => Err("expected a prefix length 0-128".into()),
+        },
+        Kind::NodeList => {
+            let list = split_list(raw);
+            match list
+                .iter()
+                .find(|e| e.parse::<IpAddr>().is_err() && parse_socket_addr(e).is_err())
+            {
+                Some(bad) => Err(format!(
+                    "expected node addresses (ip or ip:port); \"{bad}\" is not one"
+                )),
+                None => Ok(Value::List(list)),
+            }
+        }
+        Kind::CidrList => {
+            let mut out = Vec::new();
+            for item in split_list(raw) {
+                out.push(parse_cidr(&item).ok_or_else(|| {
+                    format!("expected IP addresses or CIDR blocks separated by commas; \"{item}\" is not one")
+                })?);
+            }
+            Ok(Value::Cidrs(out))
+        }
+        Kind::Interface => {
+            let ok = raw.len() <= 15
+                && raw
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '@'));
+            if ok {
+                Ok(Value::Text(raw.to_owned()))
+            } else {
+                Err("expected a network interface name (at most 15 characters)".into())
+            }
+        }
+    }
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    if raw.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if raw.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn parse_port(raw: &str) -> Option<u16> {
+    raw.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// Parse `ip:port` (IPv6 as `[addr]:port`); port 0 is rejected.
+pub fn parse_socket_addr(raw: &str) -> Result<SocketAddr, String> {
+    match raw.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        Ok(_) => Err("expected ip:port with a port number 1-65535".into()),
+        Err(_) if raw.parse::<std::net::Ipv6Addr>().is_ok() => {
+            Err("expected ip:port; write IPv6 addresses as [addr]:port".into())
+        }
+        Err(_) => Err("expected ip:port (IPv6 as [addr]:port)".into()),
+    }
+}
+
+/// Parse a duration: `500ms`, `0.5s`, `0.5` or `2` (bare numbers are seconds).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a duration such as 500ms, 0.5s or 2 (seconds)";
+    let (number, unit_nanos): (&str, u128) = if let Some(n) = raw.strip_suffix("ms") {
+        (n, 1_000_000)
+    } else if let Some(n) = raw.strip_suffix('s') {
+        (n, 1_000_000_000)
+    } else {
+        (raw, 1_000_000_000)
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if number.ends_with('.')
+        || int.is_empty()
+        || !digits(int)
+        || !digits(frac)
+        || frac.len() > 9
+        || int.len() > 12
+    {
+        return Err(EXPECTED.into());
+    }
+    let int: u128 = int.parse().map_err(|_| EXPECTED.to_owned())?;
+    let frac_val: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| EXPECTED.to_owned())?
+    };
+    let scale = 10u128.pow(u32::try_from(frac.len()).unwrap_or(0));
+    let nanos = int * unit_nanos + frac_val * unit_nanos / scale;
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| EXPECTED.to_owned())?;
+    let sub = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+    Ok(Duration::new(secs, sub))
+}
+
+/// Render a duration the way the parser accepts it back.
+#[must_use]
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_millis() * 1_000_000 == d.subsec_nanos() {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}ns", d.as_nanos())
+    }
+}
+
+/// Parse `ip` or `ip/prefix`.
+#[must_use]
+pub fn parse_cidr(raw: &str) -> Option<Cidr> {
+    let (addr, prefix) = match raw.split_once('/') {
+        Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+        None => (raw.parse::<IpAddr>().ok()?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(max);
+    (prefix <= max).then_some(Cidr { addr, prefix })
+}
+
+/// Convert a dotted IPv4 netmask such as `255.255.255.0` to a prefix length.
+pub fn netmask_to_prefix(raw: &str) -> Result<u8, String> {
+    let mask: std::net::Ipv4Addr = raw
+        .parse()
+        .map_err(|_| "expected a dotted netmask such as 255.255.255.0".to_owned())?;
+    let bits = u32::from(mask);
+    let ones = bits.leading_ones();
+    if bits.checked_shl(ones).unwrap_or(0) != 0 {
+        return Err(
+            "expected a contiguous netmask (ones followed by zeros), such as 255.255.255.0".into(),
+        );
+    }
+    Ok(u8::try_from(ones).unwrap_or(32))
+}
+
+fn split_list(raw: &str) -> Vec<String> {
+    raw.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_host_name(raw: &str) -> bool {
+    !raw.is_empty()
+        && raw.len() <= 253
+        && raw.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn is_email(raw: &str) -> bool {
+    match raw.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !raw.chars().any(|c| c.is_whitespace() || c == ',')
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,236 @@
+//! Sending authenticated PINGs, and the identities they carry.
+//!
+//! Every `heartbeat.interval` the agent sends one PING to each peer from a UDP socket bound to
+//! `bind.address` (the peers' XDP programs accept heartbeats only from addresses in their peer
+//! maps). The peers' kernels record them and answer with PONGs, which our own XDP program
+//! records; nothing here receives anything.
+
+use std::{
+    fmt, fs, io,
+    net::{SocketAddr, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use efm_common::wire::{ClusterKeyBytes, Heartbeat, HB_KIND_PING};
+
+/// FNV-1a, 32 bit: a stable id from a name, identical on every node.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// The cluster id carried in heartbeats: derived from the cluster name.
+#[must_use]
+pub fn cluster_id(cluster: &str) -> u32 {
+    fnv1a(cluster.as_bytes())
+}
+
+/// A node's id: derived from its `bind.address` (`ip:port`), so every node computes the same id
+/// for every other node from the same `.nodes` file.
+#[must_use]
+pub fn node_id(addr: &SocketAddr) -> u32 {
+    // 0 is reserved for "no node".
+    fnv1a(addr.to_string().as_bytes()).max(1)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cluster key file {path}: {source} (create one with `efm generate-key CLUSTER` and copy it to every node)")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cluster key file {path} must hold 32 hex digits (128 bits), found {found}")]
+    Format { path: PathBuf, found: String },
+    #[error("cluster key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    Mode { path: PathBuf, mode: u32 },
+}
+
+/// Reads the cluster key: 32 hex digits, optionally followed by a newline; the file must not be
+/// group- or world-readable.
+pub fn load_cluster_key(path: &Path) -> Result<ClusterKeyBytes, KeyError> {
+    let meta = fs::metadata(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Mode { path: path.into(), mode });
+    }
+    let text = fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
+    let hex = text.trim();
+    let bytes = decode_hex16(hex).ok_or_else(|| KeyError::Format {
+        path: path.into(),
+        found: if hex.len() > 40 { format!("{} characters", hex.len()) } else { format!("{hex:?}") },
+    })?;
+    Ok(ClusterKeyBytes::from_bytes(&bytes))
+}
+
+fn decode_hex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Creates a new random cluster key file (mode 0600). Refuses to overwrite an existing file.
+pub fn generate_cluster_key(path: &Path) -> Result<(), KeyError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut key = [0u8; 16];
+    getrandom::getrandom(&mut key)
+        .map_err(|e| KeyError::Read { path: path.into(), source: io::Error::other(e.to_string()) })?;
+    let hex: String = key.iter().fold(String::new(), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| KeyError::Read { path: path.into(), source })?;
+    writeln!(f, "{hex}").and_then(|()| f.sync_all()).map_err(|source| KeyError::Read { path: path.into(), source })
+}
+
+/// What this node says about itself in each PING.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalView {
+    /// Role bits and flags (`efm_common::wire::ROLE_*`, `FLAG_*`).
+    pub flags: u16,
+    pub epoch: u64,
+    pub lsn: u64,
+}
+
+/// The PING sender.
+pub struct Pinger {
+    sock: UdpSocket,
+    peers: Vec<SocketAddr>,
+    key: ClusterKeyBytes,
+    cluster_id: u32,
+    node_id: u32,
+    incarnation: u64,
+    seq: u64,
+}
+
+impl fmt::Debug for Pinger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pinger")
+            .field("local", &self.sock.local_addr().ok())
+            .field("peers", &self.peers)
+            .field("incarnation", &self.incarnation)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pinger {
+    /// Binds the heartbeat socket. `incarnation` must grow across restarts of this agent (the
+    /// peers drop anything not newer than what they last accepted); the wall clock in ns is used.
+    pub fn new(
+        bind: SocketAddr,
+        cluster: &str,
+        key: ClusterKeyBytes,
+        peers: Vec<SocketAddr>,
+        incarnation: u64,
+    ) -> io::Result<Self> {
+        let sock = UdpSocket::bind(bind)?;
+        sock.set_nonblocking(true)?;
+        Ok(Self { sock, peers, key, cluster_id: cluster_id(cluster), node_id: node_id(&bind), incarnation, seq: 0 })
+    }
+
+    /// Sends one PING to every peer, stamped with `CLOCK_MONOTONIC` now. A peer that cannot be
+    /// reached (no route, no ARP answer yet) is skipped; that is what the detector is for.
+    pub fn send_round(&mut self, view: LocalView, now_ns: u64) -> Vec<(SocketAddr, io::Error)> {
+        let mut errors = Vec::new();
+        for peer in &self.peers {
+            self.seq += 1;
+            let hb = Heartbeat {
+                kind: HB_KIND_PING,
+                flags: view.flags,
+                cluster_id: self.cluster_id,
+                node_id: self.node_id,
+                incarnation: self.incarnation,
+                seq: self.seq,
+                epoch: view.epoch,
+                send_ns: now_ns,
+                lsn: view.lsn,
+            };
+            if let Err(e) = self.sock.send_to(&hb.encode(&self.key), peer) {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    errors.push((*peer, e));
+                }
+            }
+        }
+        errors
+    }
+
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Wall-clock ns, used as the agent incarnation.
+#[must_use]
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a: SocketAddr = "198.18.0.1:7800".parse().unwrap();
+        let b: SocketAddr = "198.18.0.2:7800".parse().unwrap();
+        assert_eq!(node_id(&a), node_id(&a));
+        assert_ne!(node_id(&a), node_id(&b));
+        assert_ne!(cluster_id("acctg"), cluster_id("sales"));
+        // FNV-1a reference value.
+        assert_eq!(fnv1a(b"a"), 0xe40c_292c);
+    }
+
+    #[test]
+    fn key_file_round_trip_and_errors() {
+        let dir = std::env::temp_dir().join(format!("efm-key-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("acctg.key");
+        generate_cluster_key(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let k1 = load_cluster_key(&p).unwrap();
+        assert!(generate_cluster_key(&p).is_err(), "never overwrites");
+        assert_eq!(load_cluster_key(&p).unwrap(), k1);
+
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_cluster_key(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+
+        let bad = dir.join("bad.key");
+        fs::write(&bad, "not hex\n").unwrap();
+        fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load_cluster_key(&bad).unwrap_err().to_string();
+        assert!(e.contains("32 hex digits") && e.contains("not hex"), "{e}");
+
+        let e = load_cluster_key(&dir.join("missing.key")).unwrap_err().to_string();
+        assert!(e.contains("efm generate-key"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,91 @@
+//! The agent's view of its own database: how to reach it, its role at start, and the task that
+//! keeps [`DbView`] current from the local monitor's events (`local.period`, `local.timeout`,
+//! `local.timeout.final`; see [`crate::postgres::monitor`]).
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    agent::{lock, Role, Shared},
+    config::Config,
+    postgres::{
+        self,
+        monitor::{DbEvent, LocalMonitor, LocalTimings},
+        DbInfo, DbTarget, Lsn,
+    },
+    secret,
+};
+
+/// What the agent last learned about its database.
+#[derive(Clone, Debug, Default)]
+pub struct DbView {
+    /// `None` until the first check finished.
+    pub up: Option<bool>,
+    pub info: Option<DbInfo>,
+    pub error: Option<String>,
+}
+
+impl DbView {
+    /// The WAL position to advertise: current LSN on a primary, replayed LSN on a standby.
+    #[must_use]
+    pub fn lsn(&self) -> Option<Lsn> {
+        self.info.as_ref().and_then(DbInfo::wal_position)
+    }
+}
+
+/// How to reach the database of the node at `host` with this cluster's settings. The password
+/// is `db.password.encrypted` decrypted with `<config_dir>/efm.key`; without it, libpq's rules
+/// apply (`.pgpass`).
+pub fn target(cfg: &Config, config_dir: &Path, host: &str) -> Result<DbTarget, String> {
+    let mut t = DbTarget::new(host, cfg.db_port, &cfg.db_database, &cfg.db_user);
+    t.sslmode = cfg.jdbc_sslmode.into();
+    t.application_name = format!("efm-{}", cfg.cluster);
+    if let Some(enc) = &cfg.db_password_encrypted {
+        let key = secret::Key::load(&config_dir.join("efm.key")).map_err(|e| e.to_string())?;
+        t.password = Some(secret::decrypt(&key, &cfg.cluster, enc).map_err(|e| e.to_string())?);
+    }
+    Ok(t)
+}
+
+/// The role the local database gives this node at start: standby if in recovery, else primary.
+pub async fn initial_role(cfg: &Config, target: &DbTarget) -> Result<Role, postgres::DbError> {
+    let info = postgres::remote_check(target, cfg.local_timeout).await?;
+    Ok(if info.in_recovery { Role::Standby } else { Role::Primary })
+}
+
+/// Keeps `shared.db` (and the role of a non-witness node) current until aborted.
+pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
+    let timings = LocalTimings::from_config(&lock(&shared).config);
+    let (tx, mut rx) = mpsc::channel(16);
+    let monitor = LocalMonitor::new(timings, Instant::now());
+    tokio::spawn(monitor.run(target, tx, std::future::pending()));
+    while let Some(ev) = rx.recv().await {
+        let mut s = lock(&shared);
+        match ev {
+            DbEvent::Available(info) | DbEvent::Checked(info) | DbEvent::Recovered(info) => {
+                let role = if info.in_recovery { Role::Standby } else { Role::Primary };
+                if s.role != role {
+                    tracing::info!(from = %s.role, to = %role, "role from the local database");
+                    s.role = role;
+                }
+                if s.db.up != Some(true) {
+                    tracing::info!(lsn = ?info.wal_position(), "local database is up");
+                }
+                s.db = DbView { up: Some(true), info: Some(info), error: None };
+            }
+            DbEvent::CheckFailed { error, silent_for } => {
+                tracing::warn!(%error, silent_ms = silent_for.as_millis(), "local database check failed");
+            }
+            DbEvent::Failed { error, silent_for, .. } => {
+                tracing::error!(%error, silent_ms = silent_for.as_millis(), "local database failed");
+                s.db.up = Some(false);
+                s.db.error = Some(error.to_string());
+            }
+        }
+    }
+}

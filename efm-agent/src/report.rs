@@ -1,0 +1,230 @@
+//! Answers to the admin socket's status requests, built from the agent's shared state.
+//!
+//! `cluster-status` combines what this node knows directly (its own role and database, and each
+//! peer's heartbeat verdict from the kernel's slots) with a check of every live peer's database
+//! bounded by `remote.timeout`, the way EFM's agents query each other's databases.
+//! Until the coordination layer exists, the "membership coordinator" shown is the live agent with
+//! the lowest address.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::json;
+
+use crate::{
+    agent::{lock, Role, Shared},
+    detector::{PeerHealth, Verdict},
+    heartbeat::monotonic_ns,
+    localdb,
+    postgres::{self, DbInfo},
+    status::{self, AgentState, AgentType, ClusterStatus, DbState, MissingNode, NodeStatus, Promotion},
+};
+
+fn agent_type(r: Role) -> AgentType {
+    match r {
+        Role::Primary => AgentType::Primary,
+        Role::Standby => AgentType::Standby,
+        Role::Witness => AgentType::Witness,
+        Role::Idle => AgentType::Idle,
+    }
+}
+
+fn verdict(v: Verdict) -> status::Verdict {
+    match v {
+        Verdict::Alive => status::Verdict::Alive,
+        Verdict::AgentDead => status::Verdict::AgentDeadNodeAlive,
+        Verdict::NodeDead => status::Verdict::NodeDead,
+        Verdict::Unknown => status::Verdict::Unknown,
+    }
+}
+
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn us(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn heartbeat(h: &PeerHealth) -> status::Heartbeat {
+    status::Heartbeat {
+        age_ms: ms(h.agent_age.or(h.node_age)),
+        rtt_p50_us: us(h.rtt_p50),
+        rtt_p99_us: us(h.rtt_p99),
+        verdict: verdict(h.verdict),
+    }
+}
+
+/// `node-status`: this node and the kernel's view of each peer.
+pub fn node_status(shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
+    let s = lock(shared);
+    let now = monotonic_ns();
+    let info = s.db.info.as_ref();
+    let peers: Vec<_> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let h = p.health;
+            json!({
+                "address": p.addr.to_string(),
+                "nodeId": p.node_id,
+                "verdict": h.map_or("unknown".to_owned(), |h| h.verdict.to_string()),
+                "verdictSinceNs": h.map(|h| h.since_ns),
+                "verdictAgeMs": h.map(|h| now.saturating_sub(h.since_ns) / 1_000_000),
+                "agentAgeMs": h.and_then(|h| ms(h.agent_age)),
+                "nodeAgeMs": h.and_then(|h| ms(h.node_age)),
+                "rttLastUs": h.and_then(|h| us(h.last_rtt)),
+                "rttP50Us": h.and_then(|h| us(h.rtt_p50)),
+                "rttP99Us": h.and_then(|h| us(h.rtt_p99)),
+                "type": h.filter(|h| h.verdict == Verdict::Alive).map(|h| Role::from_bits(h.role).to_string()),
+                "epoch": h.map(|h| h.epoch),
+                "lsn": h.filter(|h| h.lsn != 0).map(|h| postgres::Lsn(h.lsn).to_string()),
+            })
+        })
+        .collect();
+    json!({
+        "cluster": s.config.cluster,
+        "address": s.me.to_string(),
+        "nodeId": s.node_id,
+        "type": s.role.to_string(),
+        "epoch": s.epoch,
+        "xdp": s.attachment,
+        "monotonicNs": now,
+        "db": {
+            "state": match s.db.up { Some(true) => "UP", Some(false) => "DOWN", None => "UNKNOWN" },
+            "inRecovery": info.map(|i| i.in_recovery),
+            "lsn": s.db.lsn().map(|l| l.to_string()),
+            "currentLsn": info.and_then(|i| i.current_lsn).map(|l| l.to_string()),
+            "receiveLsn": info.and_then(|i| i.receive_lsn).map(|l| l.to_string()),
+            "replayLsn": info.and_then(|i| i.replay_lsn).map(|l| l.to_string()),
+            "timeline": info.and_then(|i| i.timeline),
+            "streaming": info.map(|i| i.is_streaming),
+            "error": s.db.error,
+        },
+        "peers": peers,
+    })
+}
+
+fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState, Option<String>, Option<String>, Option<String>) {
+    if kind == AgentType::Witness {
+        return (DbState::NotApplicable, None, None, None);
+    }
+    let state = match up {
+        Some(true) => DbState::Up,
+        Some(false) => DbState::Down,
+        None => DbState::Unknown,
+    };
+    let lsn = info.and_then(|i| if i.in_recovery { i.replay_lsn } else { i.current_lsn }).map(|l| l.to_string());
+    let received = info.filter(|i| i.in_recovery).and_then(|i| i.receive_lsn).map(|l| l.to_string());
+    let lsn_info = info.map(|i| {
+        if i.in_recovery {
+            format!("{} (timeline {})", if i.is_streaming { "streaming" } else { "not streaming" }, i.timeline.map_or("?".into(), |t| t.to_string()))
+        } else {
+            format!("primary (timeline {})", i.timeline.map_or("?".into(), |t| t.to_string()))
+        }
+    });
+    (state, lsn.or_else(|| Some(status::LSN_UNKNOWN.to_owned())), lsn_info, received)
+}
+
+/// `cluster-status`: the EFM report's data (see [`crate::status`]).
+pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::Value, String> {
+    let (cfg, me, role, db, peers, epoch, config_dir) = {
+        let s = lock(shared);
+        (s.config.clone(), s.me, s.role, s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone())
+    };
+    let mut st = ClusterStatus {
+        minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
+        ..ClusterStatus::default()
+    };
+    env!("CARGO_PKG_VERSION").clone_into(&mut st.efm.version);
+    st.efm.epoch = epoch;
+    st.efm.cluster.clone_from(&cfg.cluster);
+    let vip = cfg.virtual_ip.map(|v| v.to_string()).unwrap_or_default();
+    let vip_here = |addr: &SocketAddr| cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::agent::interface_of).is_some();
+    let priority = |addr: &SocketAddr| {
+        cfg.priority_standbys.iter().position(|p| p == &addr.ip().to_string() || p == &addr.to_string()).map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX))
+    };
+
+    // This node.
+    let kind = agent_type(role);
+    let (db_state, lsn, lsn_info, received) = db_row(kind, db.up, db.info.as_ref());
+    st.nodes.insert(
+        me.ip().to_string(),
+        NodeStatus {
+            agent_type: kind,
+            agent: AgentState::Up,
+            db: db_state,
+            vip: vip.clone(),
+            vip_active: vip_here(&me),
+            lsn,
+            lsn_info,
+            promotion: Promotion { received_lsn: received, priority: priority(&me), promotable: cfg.promotable },
+            heartbeat: status::Heartbeat { verdict: status::Verdict::SelfNode, ..status::Heartbeat::default() },
+        },
+    );
+
+    // Peers: live agents get a database check, the others are missing.
+    let mut checks = Vec::new();
+    for p in &peers {
+        let Some(h) = p.health.filter(|h| h.verdict == Verdict::Alive) else {
+            st.add_missing(
+                &p.addr.ip().to_string(),
+                MissingNode {
+                    last_type: p.health.filter(|h| h.role != 0).map(|h| agent_type(Role::from_bits(h.role))),
+                    heartbeat: p.health.as_ref().map(heartbeat).unwrap_or_default(),
+                },
+            );
+            continue;
+        };
+        let kind = agent_type(Role::from_bits(h.role));
+        let target = localdb::target(&cfg, &config_dir, &p.addr.ip().to_string());
+        let timeout = cfg.remote_timeout;
+        let task = tokio::spawn(async move {
+            if kind == AgentType::Witness {
+                return Ok(None);
+            }
+            let target = target?;
+            Ok::<_, String>(postgres::remote_check(&target, timeout).await.map_err(|e| e.to_string()).ok())
+        });
+        checks.push((p.addr, h, kind, task));
+    }
+    for (addr, h, kind, task) in checks {
+        let info = task.await.map_err(|e| e.to_string())??;
+        let up = if kind == AgentType::Witness { None } else { Some(info.is_some()) };
+        let (db_state, lsn, lsn_info, received) = db_row(kind, up, info.as_ref());
+        st.nodes.insert(
+            addr.ip().to_string(),
+            NodeStatus {
+                agent_type: kind,
+                agent: AgentState::Up,
+                db: db_state,
+                vip: vip.clone(),
+                vip_active: false,
+                lsn,
+                lsn_info,
+                promotion: Promotion { received_lsn: received, priority: priority(&addr), promotable: kind == AgentType::Standby },
+                heartbeat: heartbeat(&h),
+            },
+        );
+    }
+
+    let mut allowed: Vec<SocketAddr> = cfg.nodes.clone();
+    if !allowed.contains(&me) {
+        allowed.push(me);
+    }
+    allowed.sort();
+    st.allowed_nodes = allowed.iter().map(|a| a.ip().to_string()).collect();
+    st.membership_coordinator = st.nodes.keys().min().cloned().unwrap_or_default();
+    let mut standbys: Vec<(Option<u32>, String)> = st
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.agent_type == AgentType::Standby && n.promotion.promotable)
+        .map(|(a, n)| (n.promotion.priority, a.clone()))
+        .collect();
+    standbys.sort_by(|a, b| (a.0.unwrap_or(u32::MAX), &a.1).cmp(&(b.0.unwrap_or(u32::MAX), &b.1)));
+    st.failover_priority = standbys.into_iter().map(|(_, a)| a).collect();
+    serde_json::to_value(&st).map_err(|e| e.to_string())
+}

@@ -1,0 +1,78 @@
+//! A cluster test bed: one network namespace per node, all joined to a bridge in a "switch"
+//! namespace, addressed 198.18.0.1, .2, ... /24. Faults are applied on the switch side (link down)
+//! so the node's own view of its interface does not change. Everything is removed on drop.
+
+use std::net::Ipv4Addr;
+
+use efm_agent::datapath::{Datapath, ModeChoice};
+
+use crate::{ip_in, unique, Netns, PinDir};
+
+/// One node of the bed.
+#[derive(Debug)]
+pub struct BedNode {
+    pub ns: Netns,
+    /// The node's interface (inside `ns`).
+    pub ifname: String,
+    /// The switch-side end of its link (inside the switch namespace).
+    pub sw_if: String,
+    pub ip: Ipv4Addr,
+}
+
+/// The bed: switch plus nodes.
+pub struct Bed {
+    /// Pass-through XDP on the switch ports (see [`Bed::new`]); detached first.
+    _sw_xdp: Vec<(Datapath, PinDir)>,
+    pub nodes: Vec<BedNode>,
+    // Dropped last: deleting the switch namespace removes the bridge and the switch-side veths.
+    pub switch: Netns,
+}
+
+impl Bed {
+    /// `n` nodes at 198.18.0.1 .. 198.18.0.n.
+    #[must_use]
+    pub fn new(n: u8) -> Self {
+        let switch = Netns::new("efs");
+        ip_in(&switch.name, &["link", "add", "br0", "type", "bridge"]);
+        ip_in(&switch.name, &["link", "set", "br0", "up"]);
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let ns = Netns::new("efn");
+            let ifname = unique("en");
+            let sw_if = unique("sw");
+            crate::ip(&[
+                "link", "add", &ifname, "netns", &ns.name, "type", "veth", "peer", "name", &sw_if, "netns",
+                &switch.name,
+            ]);
+            let ip = Ipv4Addr::new(198, 18, 0, i);
+            ip_in(&ns.name, &["addr", "add", &format!("{ip}/24"), "dev", &ifname]);
+            ip_in(&ns.name, &["link", "set", &ifname, "up"]);
+            ip_in(&switch.name, &["link", "set", &sw_if, "master", "br0"]);
+            ip_in(&switch.name, &["link", "set", &sw_if, "up"]);
+            nodes.push(BedNode { ns, ifname, sw_if, ip });
+        }
+        // A native XDP_TX on a veth (the kernel's PONGs, RSTs) is delivered only to a peer veth
+        // that runs an XDP program (enabling GRO on the peer did not suffice on 6.18: the frames
+        // vanished). So each switch port gets efm's program with an empty configuration
+        // (heartbeat and database port 0), which passes every frame.
+        let mut sw_xdp = Vec::new();
+        for n in &nodes {
+            let pins = PinDir::new("sw");
+            let (dir, port) = (pins.0.clone(), n.sw_if.clone());
+            let dp = switch.run(move || {
+                Datapath::open(&dir, &[port.as_str()], ModeChoice::Native).expect("pass-through XDP on a switch port")
+            });
+            sw_xdp.push((dp, pins));
+        }
+        Self { _sw_xdp: sw_xdp, nodes, switch }
+    }
+
+    /// Cuts node `i`'s link at the switch.
+    pub fn link_down(&self, i: usize) {
+        ip_in(&self.switch.name, &["link", "set", &self.nodes[i].sw_if, "down"]);
+    }
+
+    pub fn link_up(&self, i: usize) {
+        ip_in(&self.switch.name, &["link", "set", &self.nodes[i].sw_if, "up"]);
+    }
+}

@@ -1,0 +1,662 @@
+//! Real `PostgreSQL` servers for tests: RAII data directories, primaries and streaming standbys,
+//! optionally inside a network namespace.
+//!
+//! Every server lives in its own directory `/tmp/efm-pg-<pid>-<n>/` (data directory, Unix
+//! socket directory, server log) owned by the `postgres` OS user, which runs `initdb`,
+//! `pg_ctl` and `pg_basebackup` (tests run as root). Dropping a [`PgNode`] resumes a stopped
+//! postmaster, stops the server with `pg_ctl -m immediate`, kills whatever is left of it and
+//! removes the directory; this also happens when a test panics.
+//!
+//! Authentication (`pg_hba.conf`): trust for local sockets, loopback and the test networks
+//! 198.18.0.0/15 and `fd00:efd::/64` (also for replication), except for the role
+//! [`PASSWORD_USER`], which must send a password (SCRAM) over TCP.
+//!
+//! Missing `PostgreSQL` binaries make the test panic with what to install: these tests never skip.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use efm_agent::postgres::DbTarget;
+
+/// A role that authenticates with a password over TCP (for `.pgpass` tests).
+pub const PASSWORD_USER: &str = "efm_pw";
+/// The superuser `initdb` creates.
+pub const SUPERUSER: &str = "postgres";
+
+static DIR_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The directory with the server binaries: `$EFM_PG_BINDIR`, else the highest version under
+/// `/usr/lib/postgresql/<version>/bin` (Debian's layout). Panics when there is none.
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EFM_PG_BINDIR") {
+        let d = PathBuf::from(d);
+        assert!(
+            d.join("initdb").exists(),
+            "EFM_PG_BINDIR={} has no initdb",
+            d.display()
+        );
+        return d;
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(rd) = fs::read_dir("/usr/lib/postgresql") {
+        for e in rd.flatten() {
+            let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let bin = e.path().join("bin");
+            if bin.join("initdb").exists()
+                && bin.join("pg_ctl").exists()
+                && best.as_ref().is_none_or(|b| v > b.0)
+            {
+                best = Some((v, bin));
+            }
+        }
+    }
+    let Some((_, bin)) = best else {
+        panic!(
+            "PostgreSQL server binaries not found: no /usr/lib/postgresql/<version>/bin/initdb. \
+             Install the server (Debian: `apt-get install postgresql-15`) or set EFM_PG_BINDIR"
+        )
+    };
+    bin
+}
+
+/// Panics unless running as root with a `postgres` OS user and the server binaries present.
+pub fn require_postgres() {
+    crate::require_root();
+    let _ = bin_dir();
+    let ok = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "the `postgres` OS user does not exist (it runs initdb and the servers); install postgresql");
+}
+
+/// A directory under /tmp owned by `postgres`, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let n = DIR_SEQ.fetch_add(1, Ordering::Relaxed);
+        let p = PathBuf::from(format!("/tmp/efm-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        chown_postgres(&p);
+        Self(p)
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn chown_postgres(p: &Path) {
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(p)
+        .output()
+        .expect("running chown");
+    assert!(
+        out.status.success(),
+        "chown postgres {}: {}",
+        p.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Certificate and key files for `ssl=on`.
+#[derive(Debug, Clone)]
+pub struct SslFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A self-signed certificate (usable as its own CA) made with `openssl req -x509`, for
+/// `subject_cn` with the given `subjectAltName` (e.g. `DNS:db.efm.test,IP:127.0.0.1`). The
+/// files are written into `dir` as `<name>.crt`/`<name>.key`, owned by `postgres`, key 0600.
+#[must_use]
+pub fn self_signed_cert(dir: &Path, name: &str, subject_cn: &str, san: &str) -> SslFiles {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-subj",
+            &format!("/CN={subject_cn}"),
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ])
+        .output()
+        .expect("running openssl (is the openssl CLI installed?)");
+    check(&out, "openssl req -x509");
+    for p in [&cert, &key] {
+        chown_postgres(p);
+    }
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
+    SslFiles { cert, key }
+}
+
+/// How to set up one server.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub port: u16,
+    /// `listen_addresses` (comma-separated). The first entry is the address clients and
+    /// standbys use.
+    pub listen: String,
+    /// Run the postmaster (and `pg_basebackup`) inside this network namespace.
+    pub netns: Option<String>,
+    pub ssl: Option<SslFiles>,
+    /// More `postgresql.conf` lines.
+    pub extra_conf: Vec<String>,
+}
+
+impl PgOptions {
+    #[must_use]
+    pub fn new(port: u16, listen: &str) -> Self {
+        Self {
+            port,
+            listen: listen.to_owned(),
+            netns: None,
+            ssl: None,
+            extra_conf: Vec::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn ssl(mut self, files: SslFiles) -> Self {
+        self.ssl = Some(files);
+        self
+    }
+
+    #[must_use]
+    pub fn conf(mut self, line: &str) -> Self {
+        self.extra_conf.push(line.to_owned());
+        self
+    }
+}
+
+const HBA: &str = "\
+local all all trust
+local replication all trust
+host all efm_pw 127.0.0.0/8 scram-sha-256
+host all efm_pw ::1/128 scram-sha-256
+host all efm_pw 198.18.0.0/15 scram-sha-256
+host all efm_pw fd00:efd::/64 scram-sha-256
+host all all 127.0.0.0/8 trust
+host all all ::1/128 trust
+host all all 198.18.0.0/15 trust
+host all all fd00:efd::/64 trust
+host replication all 127.0.0.0/8 trust
+host replication all ::1/128 trust
+host replication all 198.18.0.0/15 trust
+host replication all fd00:efd::/64 trust
+";
+
+/// One running `PostgreSQL` server.
+#[derive(Debug)]
+pub struct PgNode {
+    pub opts: PgOptions,
+    pub bin: PathBuf,
+    pub data: PathBuf,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+    dir: TempDir,
+}
+
+impl PgNode {
+    /// A new primary (`initdb` + start) listening on `listen:port`.
+    #[must_use]
+    pub fn primary(port: u16, listen: &str) -> Self {
+        Self::primary_with(PgOptions::new(port, listen))
+    }
+
+    /// A new primary with the given options.
+    #[must_use]
+    pub fn primary_with(opts: PgOptions) -> Self {
+        let node = Self::layout(opts);
+        let out = node
+            .as_postgres("initdb")
+            .arg("-D")
+            .arg(&node.data)
+            .args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .expect("running initdb");
+        check(&out, "initdb");
+        fs::write(node.data.join("pg_hba.conf"), HBA).expect("writing pg_hba.conf");
+        node.append_conf(&[
+            "wal_level = replica".into(),
+            "max_wal_senders = 10".into(),
+            "wal_keep_size = '128MB'".into(),
+            "hot_standby = on".into(),
+            "fsync = off".into(),
+            "max_connections = 40".into(),
+            "shared_buffers = '16MB'".into(),
+            "logging_collector = off".into(),
+            "log_line_prefix = '%m [%p] '".into(),
+            "wal_receiver_status_interval = '1s'".into(),
+        ]);
+        node.append_node_conf();
+        node.start();
+        node
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R -X stream`) on the same addresses
+    /// and namespace as the primary, on `port`. Waits until it streams.
+    #[must_use]
+    pub fn standby_of(primary: &PgNode, port: u16) -> Self {
+        let mut opts = primary.opts.clone();
+        opts.port = port;
+        opts.extra_conf.clear();
+        Self::standby_with(primary, opts)
+    }
+
+    /// A streaming standby of `primary` with the given options. Waits until it streams.
+    #[must_use]
+    pub fn standby_with(primary: &PgNode, opts: PgOptions) -> Self {
+        let node = Self::layout(opts);
+        let out = node
+            .as_postgres("pg_basebackup")
+            .args([
+                "-h",
+                primary.host(),
+                "-p",
+                &primary.opts.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-D",
+            ])
+            .arg(&node.data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .output()
+            .expect("running pg_basebackup");
+        check(&out, "pg_basebackup");
+        assert!(
+            node.data.join("standby.signal").exists(),
+            "pg_basebackup -R wrote no standby.signal"
+        );
+        node.append_node_conf();
+        node.start();
+        node.wait_streaming(Duration::from_secs(30));
+        node
+    }
+
+    fn layout(opts: PgOptions) -> Self {
+        require_postgres();
+        let bin = bin_dir();
+        let dir = TempDir::new("pg");
+        let sock = dir.path().join("sock");
+        fs::create_dir(&sock).expect("creating socket dir");
+        chown_postgres(&sock);
+        let data = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        Self {
+            opts,
+            bin,
+            data,
+            sock,
+            log,
+            dir,
+        }
+    }
+
+    fn append_node_conf(&self) {
+        let mut lines = vec![
+            format!("listen_addresses = '{}'", self.opts.listen),
+            format!("port = {}", self.opts.port),
+            format!("unix_socket_directories = '{}'", self.sock.display()),
+        ];
+        if let Some(s) = &self.opts.ssl {
+            lines.push("ssl = on".into());
+            lines.push(format!("ssl_cert_file = '{}'", s.cert.display()));
+            lines.push(format!("ssl_key_file = '{}'", s.key.display()));
+        } else {
+            lines.push("ssl = off".into());
+        }
+        lines.extend(self.opts.extra_conf.iter().cloned());
+        self.append_conf(&lines);
+    }
+
+    /// Appends lines to `postgresql.conf` (later settings win; reload or restart to apply).
+    pub fn append_conf(&self, lines: &[String]) {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .expect("opening postgresql.conf");
+        writeln!(f, "\n# efm tests").expect("writing postgresql.conf");
+        for l in lines {
+            writeln!(f, "{l}").expect("writing postgresql.conf");
+        }
+    }
+
+    /// A command running `program` from the server's bin dir as `postgres` (in the namespace).
+    #[must_use]
+    pub fn as_postgres(&self, program: &str) -> Command {
+        let exe = self.bin.join(program);
+        let mut c = if let Some(ns) = &self.opts.netns {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"]);
+            c
+        } else {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]);
+            c
+        };
+        c.arg(exe);
+        c
+    }
+
+    /// The address clients and standbys use (first of `listen_addresses`).
+    #[must_use]
+    pub fn host(&self) -> &str {
+        self.opts.listen.split(',').next().unwrap_or("").trim()
+    }
+
+    /// The node's temporary directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A target for the superuser over TCP, `sslmode=disable`.
+    #[must_use]
+    pub fn target(&self) -> DbTarget {
+        self.target_for(SUPERUSER)
+    }
+
+    /// A target for `user` over TCP, `sslmode=disable`, no password.
+    #[must_use]
+    pub fn target_for(&self, user: &str) -> DbTarget {
+        let mut t = DbTarget::new(self.host(), self.opts.port, "postgres", user);
+        t.passfile = Some(PathBuf::from("/nonexistent/efm-test-pgpass"));
+        t
+    }
+
+    /// Starts the server (`pg_ctl -w start`), retrying for a while if the previous postmaster's
+    /// children are still going away (after SIGKILL). Panics with the log's tail on failure.
+    pub fn start(&self) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self
+                .as_postgres("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .args(["-w", "-t", "60", "start"])
+                .output()
+                .expect("running pg_ctl start");
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() <= until,
+                "pg_ctl start of {} failed: {}{}\n--- server log tail ---\n{}",
+                self.data.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Stops the server (`pg_ctl -m <mode> stop`), ignoring "not running".
+    pub fn stop(&self, mode: &str) {
+        let _ = self.sigcont();
+        let _ = self
+            .as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", mode, "-w", "-t", "30", "stop"])
+            .output();
+    }
+
+    /// The last `n` lines of the server log.
+    #[must_use]
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The postmaster's pid (first line of `postmaster.pid`).
+    #[must_use]
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Sends `sig` to the postmaster.
+    pub fn signal(&self, sig: libc::c_int) -> std::io::Result<()> {
+        let pid = self.postmaster_pid().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no postmaster.pid")
+        })?;
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// SIGKILL to the postmaster only (its backends notice and exit on their own).
+    pub fn sigkill(&self) {
+        self.signal(libc::SIGKILL).expect("SIGKILL postmaster");
+    }
+
+    /// SIGSTOP to the postmaster: it stops accepting connections; existing backends run on.
+    pub fn sigstop(&self) {
+        self.signal(libc::SIGSTOP).expect("SIGSTOP postmaster");
+    }
+
+    /// SIGCONT to the postmaster.
+    pub fn sigcont(&self) -> std::io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    /// Runs SQL with `psql` over the Unix socket as the superuser; returns the rows, columns
+    /// separated by `|`, trimmed. Panics on error.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "often run for its side effects (DDL, writes)"
+    )]
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.psql_output(sql);
+        check(&out, &format!("psql on port {} `{sql}`", self.opts.port));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// As [`PgNode::psql`], but returns the raw output (no panic).
+    #[must_use]
+    pub fn psql_output(&self, sql: &str) -> Output {
+        Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-h",
+            ])
+            .arg(&self.sock)
+            .args(["-p", &self.opts.port.to_string(), "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("running psql")
+    }
+
+    /// The rows of a query, each split into columns.
+    #[must_use]
+    pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        self.psql(sql)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_owned).collect())
+            .collect()
+    }
+
+    /// Creates (or resets) [`PASSWORD_USER`] with `password`.
+    pub fn create_password_user(&self, password: &str) {
+        let quoted = password.replace('\'', "''");
+        self.psql(&format!(
+            "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PASSWORD_USER}') THEN \
+             CREATE ROLE {PASSWORD_USER} LOGIN; END IF; END$$; \
+             SET password_encryption = 'scram-sha-256'; \
+             ALTER ROLE {PASSWORD_USER} PASSWORD '{quoted}'"
+        ));
+    }
+
+    /// `pg_current_wal_lsn()` as the server prints it.
+    #[must_use]
+    pub fn current_lsn(&self) -> String {
+        self.psql("SELECT pg_current_wal_lsn()")
+    }
+
+    /// Waits until the WAL receiver reports `streaming`; panics with the log tail otherwise.
+    pub fn wait_streaming(&self, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        loop {
+            let out = self.psql_output("SELECT status FROM pg_stat_wal_receiver");
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "streaming" {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "standby on port {} not streaming after {timeout:?}\n--- server log tail ---\n{}",
+                self.opts.port,
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until this standby has replayed WAL up to `lsn` (text form).
+    pub fn wait_replayed(&self, lsn: &str, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        loop {
+            let out = self.psql_output(&format!(
+                "SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"
+            ));
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "t" {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "standby on port {} has not replayed {lsn} after {timeout:?}",
+                self.opts.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pids of all processes whose working directory is this data directory (postmaster and
+    /// backends, including orphans of a killed postmaster).
+    #[must_use]
+    pub fn server_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let Ok(rd) = fs::read_dir("/proc") else {
+            return pids;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(&self.data)) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for PgNode {
+    fn drop(&mut self) {
+        for pid in self.server_pids() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+        self.stop("immediate");
+        for pid in self.server_pids() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A primary and its streaming standbys; standbys are dropped first.
+#[derive(Debug)]
+pub struct PgCluster {
+    pub standbys: Vec<PgNode>,
+    pub primary: PgNode,
+}
+
+impl PgCluster {
+    /// A primary with `primary` options and one standby per entry of `standbys`, all streaming.
+    #[must_use]
+    pub fn new(primary: PgOptions, standbys: Vec<PgOptions>) -> Self {
+        let primary = PgNode::primary_with(primary);
+        let standbys = standbys
+            .into_iter()
+            .map(|o| PgNode::standby_with(&primary, o))
+            .collect();
+        Self { standbys, primary }
+    }
+}

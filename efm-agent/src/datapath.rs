@@ -95,7 +95,7 @@ pub enum DatapathError {
          shutdown or remove {dir}"
     )]
     IncompatiblePin { path: PathBuf, dir: PathBuf, what: &'static str, found: u32, expected: u32 },
-    #[error("loading the XDP object failed: {0}")]
+    #[error("loading the XDP object failed: {0} (efm needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and a kernel with BTF)")]
     Load(#[source] EbpfError),
     #[error("the XDP object has no program {PROG_NAME}")]
     ProgramMissing,

@@ -11,6 +11,7 @@
 pub mod check;
 mod parse;
 pub mod properties;
+pub mod template;
 pub mod upgrade;
 pub mod value;
 

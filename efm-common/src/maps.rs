@@ -113,7 +113,7 @@ pub struct FenceState {
 pub struct LeaseState {
     /// Arrival time (`CLOCK_MONOTONIC` ns) of the newest endorsement per slot; 0 = none.
     pub endorse_ns: [u64; MAX_SLOTS],
-    /// k-th newest endorsement + lease timeout, recomputed on every endorsing/withdrawing PING.
+    /// k-th newest endorsement + lease timeout, recomputed on every endorsing PING.
     pub deadline_ns: u64,
     /// Highest epoch carried by any authenticated heartbeat.
     pub max_epoch_seen: u64,
@@ -270,8 +270,6 @@ counters! {
     EpochFence = "epoch_fence",
     /// An endorsing PING for this node's epoch recomputed the lease.
     LeaseEndorsed = "lease_endorsed",
-    /// A non-endorsing PING withdrew that peer's endorsement.
-    LeaseWithdrawn = "lease_withdrawn",
     ClientPass = "client_pass",
     /// Fenced, but the source is exempt: passed.
     ClientExempt = "client_exempt",

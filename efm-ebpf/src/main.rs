@@ -697,18 +697,15 @@ fn heartbeat(ctx: &XdpContext) -> u32 {
     s.pings += 1;
     count(Counter::HbPingAccepted);
 
-    // The lease: an endorsement counts only for the epoch this node holds; anything else withdraws
-    // that peer's earlier endorsement (the lease can only get shorter by it).
-    let endorses = flags & FLAG_ENDORSE != 0 && epoch == fence.epoch;
-    if let Some(e) = lease.endorse_ns.get_mut(slot_idx as usize) {
-        if endorses {
+    // The lease: an endorsement counts only for the epoch this node holds. A PING without one
+    // changes nothing: the earlier endorsement keeps its full lease time, so a short pause of
+    // this node's agent does not cut its clients off; the voters count their wait before any
+    // promotion from their own last endorsement.
+    if flags & FLAG_ENDORSE != 0 && epoch == fence.epoch {
+        if let Some(e) = lease.endorse_ns.get_mut(slot_idx as usize) {
             *e = now;
             lease.deadline_ns = lease_deadline(&lease.endorse_ns, fence);
             count(Counter::LeaseEndorsed);
-        } else if *e != 0 {
-            *e = 0;
-            lease.deadline_ns = lease_deadline(&lease.endorse_ns, fence);
-            count(Counter::LeaseWithdrawn);
         }
     }
 

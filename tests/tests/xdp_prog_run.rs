@@ -365,13 +365,23 @@ fn lease_lapses_without_endorsements_and_is_renewed_by_them() {
     let p = parse_checked(&pong);
     let pong = Heartbeat::decode(&p.l4[8..], &key()).unwrap();
     assert_eq!(pong.flags & (FLAG_FENCED | FLAG_LEASE_LAPSED), 0, "PONG says the lease holds");
-    // A PING without endorsement withdraws it: the lease lapses at once.
-    let (_, pong, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &ping(1, 3)));
-    assert!(moved.contains(&(Counter::LeaseWithdrawn, 1)), "{moved:?}");
-    assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_DROP);
+    // A PING without endorsement changes nothing: the lease runs its full time.
+    let before = fx.dp.lease().unwrap();
+    let (_, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &ping(1, 3)));
+    assert!(!moved.iter().any(|(c, _)| *c == Counter::LeaseEndorsed), "{moved:?}");
+    assert_eq!(fx.dp.lease().unwrap().deadline_ns, before.deadline_ns);
+    assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_PASS);
+}
+
+#[test]
+fn pong_reports_a_lapsed_lease() {
+    let mut fx = Fixture::new();
+    fx.set_fence(lease_fence(1, 60_000));
+    let (_, pong, _) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &ping(1, 1)));
     let p = parse_checked(&pong);
     let pong = Heartbeat::decode(&p.l4[8..], &key()).unwrap();
     assert_ne!(pong.flags & FLAG_LEASE_LAPSED, 0, "PONG says the lease lapsed");
+    assert_eq!(pong.flags & FLAG_FENCED, 0, "lapsed, not fenced");
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub struct Options {
     /// Root of the pinned BPF state; the cluster's pins go to `<bpffs_dir>/<cluster>`
     /// (`/sys/fs/bpf/efm`).
     pub bpffs_dir: PathBuf,
+    /// The coordination log (`<state_dir>/<cluster>.raft.redb`; `/var/lib/efm`).
+    pub state_dir: PathBuf,
 }
 
 impl Options {
@@ -56,6 +58,7 @@ impl Options {
             config_dir: PathBuf::from("/etc/efm"),
             run_dir: PathBuf::from("/run/efm"),
             bpffs_dir: PathBuf::from(datapath::BPFFS).join("efm"),
+            state_dir: PathBuf::from("/var/lib/efm"),
         }
     }
 }
@@ -84,6 +87,8 @@ pub enum AgentError {
     Signal(std::io::Error),
     #[error("database password: {0}")]
     Password(String),
+    #[error(transparent)]
+    Coordination(#[from] crate::coordination::CoordError),
 }
 
 /// A node's role as EFM names it.
@@ -146,17 +151,12 @@ pub struct Shared {
     pub epoch: u64,
     /// Where the configuration (and the password key) live.
     pub config_dir: PathBuf,
+    /// The HA engine's last decision.
+    pub outcome: Option<String>,
+    /// The coordination log's leader (EFM's membership coordinator).
+    pub leader: Option<SocketAddr>,
 }
 
-impl Shared {
-    fn local_view(&self) -> LocalView {
-        let mut flags = self.role.bits();
-        if self.db.up == Some(true) {
-            flags |= efm_common::wire::FLAG_DB_UP;
-        }
-        LocalView { flags, epoch: self.epoch, lsn: self.db.lsn().map_or(0, |l| l.0) }
-    }
-}
 
 /// Locks the shared state, recovering it if a task panicked while holding the lock (the state is
 /// plain data; a half-finished update is preferable to a dead agent).
@@ -275,7 +275,12 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         db_port: u32::from(cfg.db_port),
     })?;
     dp.set_key(&ClusterKey { k0: key.k0, k1: key.k1 })?;
-    let fence_flags = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+    // When in doubt, fence: a primary database is cut off until the HA engine, with the committed
+    // state in hand, says it is the primary of the current epoch.
+    let mut fence_flags = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+    if role == Role::Primary {
+        fence_flags |= efm_common::maps::FENCE_FENCED;
+    }
     let fence = FenceState {
         flags: fence_flags,
         role: u32::from(role.bits()),
@@ -300,6 +305,50 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         peers.iter().map(|p| p.node_id),
     );
 
+    let coord = crate::coordination::Coordinator::start(crate::coordination::CoordConfig {
+        cluster: cfg.cluster.clone(),
+        me,
+        key,
+        state_dir: opts.state_dir.clone(),
+        nodes_file_members: cfg.nodes.clone(),
+        kind: if cfg.is_witness { crate::coordination::NodeKind::Witness } else { crate::coordination::NodeKind::Database },
+        priority: priority_of(&cfg, me),
+        promotable: cfg.promotable && !cfg.is_witness,
+        auto_allow_hosts: cfg.auto_allow_hosts,
+        stable_nodes_file: cfg.stable_nodes_file,
+        nodes_file_path: opts.config_dir.join(format!("{}.nodes", cfg.cluster)),
+        timings: crate::coordination::RaftTimings::default(),
+    })
+    .await?;
+    let coord = Arc::new(coord);
+    let vip_held = match (cfg.virtual_ip, &cfg.virtual_ip_interface) {
+        (Some(v), i) => crate::vip::is_assigned_here(i.as_deref().unwrap_or(&iface), v).unwrap_or(false),
+        _ => false,
+    };
+    let mut ha = crate::ha::runtime::HaRuntime::new(
+        crate::ha::Engine::new(crate::ha::EngineConfig {
+            me,
+            is_witness: cfg.is_witness,
+            lease_timeout: cfg.lease_timeout,
+            clock_drift: 0.05,
+            margin: Duration::from_millis(50),
+            endorse_window: cfg.heartbeat_interval * 3,
+            minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
+            auto_reconfigure: cfg.auto_reconfigure,
+            promotion_grace: Duration::from_secs(30),
+        }),
+        coord.clone(),
+        cfg.clone(),
+        opts.config_dir.clone(),
+        iface.clone(),
+        vip_held,
+        crate::coordination::NodeInfo {
+            kind: if cfg.is_witness { crate::coordination::NodeKind::Witness } else { crate::coordination::NodeKind::Database },
+            priority: if cfg.is_witness { 0 } else { priority_of(&cfg, me) },
+            promotable: cfg.promotable && !cfg.is_witness,
+        },
+    );
+
     let interval = cfg.heartbeat_interval;
     let shared = Arc::new(Mutex::new(Shared {
         config: cfg.clone(),
@@ -311,6 +360,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         attachment: attachment.clone(),
         epoch,
         config_dir: opts.config_dir.clone(),
+        outcome: None,
+        leader: None,
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
@@ -332,13 +383,15 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
 
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_lsn = 0;
+    let mut fenced_at_exit = role == Role::Primary;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = one_tick(&shared, &mut dp, &mut pinger, &mut detector, &mut last_lsn) {
-                    tracing::error!(error = %e, "reading the datapath failed");
+                match one_tick(&shared, &mut dp, &mut pinger, &mut detector, &mut ha) {
+                    Ok(keep) => fenced_at_exit = keep,
+                    Err(e) => tracing::error!(error = %e, "reading the datapath failed"),
                 }
+                lock(&shared).leader = coord.leader();
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -352,34 +405,42 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         t.abort();
     }
     let _ = std::fs::remove_file(admin::socket_path(&opts.run_dir, &cfg.cluster));
-    dp.detach()?;
+    drop(ha);
+    if let Ok(c) = Arc::try_unwrap(coord) {
+        c.shutdown().await;
+    }
+    let db_primary = lock(&shared).db.info.as_ref().is_some_and(|i| !i.in_recovery);
+    if fenced_at_exit || db_primary {
+        // The kernel keeps enforcing: a fenced node stays fenced, and a primary's clients lose
+        // it when its lease runs out, as they would if the agent had died.
+        tracing::warn!(pins = %opts.bpffs_dir.join(&cfg.cluster).display(), "leaving XDP attached: the local database is a primary or fenced");
+        drop(dp);
+    } else {
+        dp.detach()?;
+    }
     Ok(())
 }
 
+/// EFM's failover priority of a node: its 1-based position in `priority.standbys`, else 1.
+fn priority_of(cfg: &Config, me: SocketAddr) -> u32 {
+    cfg.priority_standbys
+        .iter()
+        .position(|p| *p == me.ip().to_string() || *p == me.to_string())
+        .map_or(1, |i| u32::try_from(i + 1).unwrap_or(u32::MAX))
+}
+
+/// One cycle: kernel slots → detector → HA engine → kernel fence state and PINGs. Returns whether
+/// the node is fenced.
 #[expect(clippy::result_large_err, reason = "an error here is logged and the loop goes on")]
 fn one_tick(
-    shared: &Mutex<Shared>,
+    shared: &Arc<Mutex<Shared>>,
     dp: &mut Datapath,
     pinger: &mut Pinger,
     detector: &mut Detector,
-    last_lsn: &mut u64,
-) -> Result<(), DatapathError> {
-    let (view, slots, role) = {
-        let s = lock(shared);
-        (s.local_view(), s.peers.iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>(), s.role)
-    };
+    ha: &mut crate::ha::runtime::HaRuntime,
+) -> Result<bool, DatapathError> {
+    let slots = lock(shared).peers.iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>();
     let now = heartbeat::monotonic_ns();
-    for (peer, e) in pinger.send_round(view, now) {
-        tracing::debug!(%peer, error = %e, "PING not sent");
-    }
-    if view.lsn != *last_lsn {
-        // Keep the LSN and role the kernel stamps into PONGs current.
-        let mut f = dp.fence()?;
-        f.lsn = view.lsn;
-        f.role = u32::from(role.bits());
-        dp.set_fence(&f)?;
-        *last_lsn = view.lsn;
-    }
     let mut healths = Vec::with_capacity(slots.len());
     for (node_id, slot, addr) in slots {
         let s = dp.slot(slot)?;
@@ -393,11 +454,19 @@ fn one_tick(
         }
         healths.push(detector.peer(node_id));
     }
-    let mut s = lock(shared);
-    for (p, h) in s.peers.iter_mut().zip(healths) {
-        p.health = h;
+    let lsn = {
+        let mut s = lock(shared);
+        for (p, h) in s.peers.iter_mut().zip(healths) {
+            p.health = h;
+        }
+        s.db.lsn().map_or(0, |l| l.0)
+    };
+    let (desired, _) = ha.cycle(shared, dp, now)?;
+    let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };
+    for (peer, e) in pinger.send_round(view, now, desired.endorse) {
+        tracing::debug!(%peer, error = %e, "PING not sent");
     }
-    Ok(())
+    Ok(desired.fenced)
 }
 
 /// Answers one admin request.

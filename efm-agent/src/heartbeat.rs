@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use efm_common::wire::{ClusterKeyBytes, Heartbeat, HB_KIND_PING};
+use efm_common::wire::{ClusterKeyBytes, Heartbeat, FLAG_ENDORSE, HB_KIND_PING};
 
 /// FNV-1a, 32 bit: a stable id from a name, identical on every node.
 fn fnv1a(bytes: &[u8]) -> u32 {
@@ -143,15 +143,23 @@ impl Pinger {
         Ok(Self { sock, peers, key, cluster_id: cluster_id(cluster), node_id: node_id(&bind), incarnation, seq: 0 })
     }
 
-    /// Sends one PING to every peer, stamped with `CLOCK_MONOTONIC` now. A peer that cannot be
-    /// reached (no route, no ARP answer yet) is skipped; that is what the detector is for.
-    pub fn send_round(&mut self, view: LocalView, now_ns: u64) -> Vec<(SocketAddr, io::Error)> {
+    /// Sends one PING to every peer, stamped with `CLOCK_MONOTONIC` now; the PING to `endorse`
+    /// (the committed primary this node vouches for) carries the endorse flag, no other does.
+    /// A peer that cannot be reached (no route, no ARP answer yet) is skipped; that is what the
+    /// detector is for.
+    pub fn send_round(
+        &mut self,
+        view: LocalView,
+        now_ns: u64,
+        endorse: Option<SocketAddr>,
+    ) -> Vec<(SocketAddr, io::Error)> {
         let mut errors = Vec::new();
         for peer in &self.peers {
             self.seq += 1;
+            let flags = if Some(*peer) == endorse { view.flags | FLAG_ENDORSE } else { view.flags & !FLAG_ENDORSE };
             let hb = Heartbeat {
                 kind: HB_KIND_PING,
-                flags: view.flags,
+                flags,
                 cluster_id: self.cluster_id,
                 node_id: self.node_id,
                 incarnation: self.incarnation,

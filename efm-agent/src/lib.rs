@@ -2,13 +2,19 @@
 
 pub mod admin;
 pub mod agent;
+pub mod cli;
+pub mod logging;
 pub mod config;
+pub mod coordination;
 pub mod datapath;
 pub mod detector;
+pub mod ha;
 pub mod heartbeat;
 pub mod lifecycle;
 pub mod localdb;
 pub mod postgres;
 pub mod report;
+pub mod scripts;
 pub mod secret;
 pub mod status;
+pub mod vip;

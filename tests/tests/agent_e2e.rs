@@ -25,6 +25,27 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Prints every node's agent log if the test panics (the logs live in the temporary directory,
+/// which is removed afterwards).
+struct DumpLogsOnPanic(PathBuf);
+
+impl Drop for DumpLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 1..=3 {
+            let log = self.0.join(format!("node{i}/log/{CLUSTER}.log"));
+            let text = fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- {} (last {} lines)", log.display(), tail.len());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 /// One node's files.
 struct NodeFiles {
     config_dir: PathBuf,
@@ -84,7 +105,9 @@ impl Agent {
             .arg(&f.run_dir)
             .arg("--bpffs-dir")
             .arg(&f.bpffs.0)
-            .env("EFM_LOG", "info")
+            .arg("--state-dir")
+            .arg(f.config_dir.join("state"))
+            .env_remove("EFM_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -179,6 +202,7 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
     let root = pg::TempDir::new("e2e");
     let key = root.path().join("acctg.key");
     efm_agent::heartbeat::generate_cluster_key(&key).unwrap();
+    let _dump = DumpLogsOnPanic(root.path().to_owned());
 
     let primary = pg::PgNode::primary_with(pg::PgOptions::new(5432, "198.18.0.1").netns(&bed.nodes[0].ns.name));
     let standby =
@@ -205,8 +229,10 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
 
     // Every node's cluster-status-json agrees on roles and LSNs (retry while WAL moves).
     let mut agreed = None;
-    for _ in 0..20 {
+    let mut last = Vec::new();
+    for _ in 0..40 {
         let reports: Vec<Value> = files.iter().map(|f| json_of(&efm(f, &["cluster-status-json"]))).collect();
+        last.clone_from(&reports);
         let view = |r: &Value| {
             ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
                 .iter()
@@ -219,7 +245,7 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let report = agreed.expect("the three nodes' cluster-status-json never agreed");
+    let report = agreed.unwrap_or_else(|| panic!("the three nodes' cluster-status-json never agreed: {last:#?}"));
     assert_eq!(report["nodes"]["198.18.0.1"]["type"], "Primary");
     assert_eq!(report["nodes"]["198.18.0.2"]["type"], "Standby");
     assert_eq!(report["nodes"]["198.18.0.3"]["type"], "Witness");
@@ -247,6 +273,8 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
         .arg(&files[0].run_dir)
         .arg("--bpffs-dir")
         .arg(&files[0].bpffs.0)
+        .arg("--state-dir")
+        .arg(files[0].config_dir.join("state"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
@@ -289,10 +317,11 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
     bed.link_up(2);
     wait_for(&files[0], "witness back", Duration::from_secs(10), verdict_is("198.18.0.3:7800", "alive"));
 
-    // Orderly stop removes the pins and the admin socket.
+    // Orderly stop: standby and witness detach and remove their pins; the primary leaves XDP
+    // attached (its clients must lose it when its lease runs out, as if the agent had died).
     drop(agents);
-    for f in &files {
-        assert!(!f.bpffs.0.join(CLUSTER).exists(), "pins removed on orderly stop");
+    for (i, f) in files.iter().enumerate() {
+        assert_eq!(f.bpffs.0.join(CLUSTER).exists(), i == 0, "node {}: pins kept only on the primary", i + 1);
         assert!(!f.run_dir.join(format!("{CLUSTER}.sock")).exists(), "admin socket removed");
     }
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask`: project tasks (setup, building the XDP program, the full test run).
 //! Arguments are parsed by hand to keep this crate's only dependency `anyhow`.
 
+mod install;
+mod package;
 mod run;
 mod setup;
 
@@ -23,6 +25,17 @@ commands:
   build [--release]  build every host crate of the workspace (everything but efm-ebpf)
   test [-- ARGS]     as root: setup, build, unit tests, then the privileged kernel tests
                      (single-threaded); ARGS go to both `cargo test` runs (e.g. a test name filter)
+  install [--prefix P] [--destdir D] [--binaries DIR]
+                     build the release binaries and install efm: P/sbin/efm-agent, P/bin/efm, the
+                     systemd unit efm-agent@.service, tmpfiles.d and sysusers.d, templates in
+                     P/share/efm, man pages, shell completions, /etc/logrotate.d/efm, /etc/efm and
+                     /var/log/efm (0750 root:efm); creates group efm. P defaults to /usr/local.
+                     With --destdir nothing is written outside D (no group, root-owned tree).
+                     --binaries DIR installs already built binaries instead of building
+  package [--binaries DIR] [--out DIR]
+                     build target/debian/efm_<version>_<arch>.deb with dpkg-deb from an
+                     `install --prefix /usr --destdir` tree; shows `dpkg-deb --info`, runs lintian
+                     when installed
   help               show this message
 ";
 
@@ -78,6 +91,14 @@ fn try_main() -> Result<()> {
                 _ => return Err(unknown_args(command, rest)),
             };
             build(release)
+        }
+        "install" => {
+            install::install(&install::Options::parse(rest)?)?;
+            Ok(())
+        }
+        "package" => {
+            package::package(&package::PackageOptions::parse(rest)?)?;
+            Ok(())
         }
         "test" => {
             let extra = match rest.split_first() {
@@ -169,7 +190,8 @@ fn test(extra: &[String]) -> Result<()> {
     };
     if !gate_failed {
         let mut unit = cargo();
-        unit.arg("test")
+        // --no-fail-fast: every test binary runs, so one failure does not hide the others.
+        unit.args(["test", "--no-fail-fast"])
             .args(HOST_WORKSPACE)
             .args(["--exclude", "efm-tests"]);
         if !extra.is_empty() {
@@ -184,7 +206,7 @@ fn test(extra: &[String]) -> Result<()> {
 
         let mut kernel = cargo();
         kernel
-            .args(["test", "--package", "efm-tests", "--", "--test-threads=1"])
+            .args(["test", "--no-fail-fast", "--package", "efm-tests", "--", "--test-threads=1"])
             .args(extra);
         record(
             "kernel tests",

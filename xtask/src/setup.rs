@@ -28,6 +28,9 @@ pub const PACKAGES: &[&str] = &[
     "ethtool",
     "libssl-dev",
     "pkg-config",
+    // The install test: systemd-analyze verify; readelf and strip for `cargo xtask package`.
+    "systemd",
+    "binutils",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

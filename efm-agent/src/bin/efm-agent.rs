@@ -1,46 +1,53 @@
-//! `efm-agent`: the efm agent for one cluster on this node.
+//! `efm-agent`: the efm agent for one cluster on this node. The command line is
+//! [`efm_agent::cli::AgentArgs`]; logging is set up by [`efm_agent::logging`].
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::Parser;
-use efm_agent::agent::{self, AgentError, Options};
-
-/// Runs the efm agent for one cluster on this node: attaches the XDP data plane, sends and times
-/// heartbeats, watches the local database, and answers `efm` commands on its admin socket.
-///
-/// Needs root (or `CAP_BPF`, `CAP_NET_ADMIN` and `CAP_SYS_ADMIN`). Stops in order on SIGTERM/SIGINT.
-#[derive(Parser, Debug)]
-#[command(name = "efm-agent", version, after_help = "Example:\n  sudo efm-agent --cluster acctg")]
-struct Args {
-    /// Cluster name: reads <config-dir>/<cluster>.properties and <cluster>.nodes.
-    #[arg(long)]
-    cluster: String,
-    /// Directory of the cluster's configuration files.
-    #[arg(long, default_value = "/etc/efm")]
-    config_dir: PathBuf,
-    /// Directory of the admin socket and pid file.
-    #[arg(long, default_value = "/run/efm")]
-    run_dir: PathBuf,
-    /// Root of the pinned BPF state (the cluster's pins go to <bpffs-dir>/<cluster>).
-    #[arg(long, default_value = "/sys/fs/bpf/efm")]
-    bpffs_dir: PathBuf,
-}
+use clap::Parser as _;
+use efm_agent::{
+    agent::{self, AgentError, Options},
+    cli::AgentArgs,
+    config, logging,
+};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EFM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let args = AgentArgs::parse();
+    // stderr until the configuration says where logs go. The agent loads the configuration again
+    // (and reports its problems); here it is read only for the logging properties.
+    let early = logging::early();
+    let env = logging::Environment::detect();
+    let plan = match config::load(&args.config_dir, &args.cluster) {
+        Ok(loaded) => logging::Plan::for_agent(&loaded.config, &env),
+        Err(_) => logging::stderr_plan(&args.cluster, &env),
+    };
+    drop(early);
+    let logging = match logging::init(&plan) {
+        Ok(l) => {
+            tracing::debug!(sinks = ?l.sinks, "logging");
+            Some(l)
+        }
+        Err(e) => {
+            eprintln!("efm-agent: {e}");
+            None
+        }
+    };
+    // Whether a fatal error logged with tracing is already visible to whoever started the agent.
+    let logged_to_console =
+        logging.as_ref().is_some_and(|l| l.sinks.iter().any(|s| s == "stderr" || s == "journald"));
     let opts = Options {
         cluster: args.cluster,
         config_dir: args.config_dir,
         run_dir: args.run_dir,
         bpffs_dir: args.bpffs_dir,
+        state_dir: args.state_dir,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("efm-agent: cannot start the runtime: {e}");
+            tracing::error!("cannot start the runtime: {e}");
+            if !logged_to_console {
+                eprintln!("efm-agent: cannot start the runtime: {e}");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -54,7 +61,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("efm-agent: {e}");
+            tracing::error!("efm-agent stopped: {e}");
+            if !logged_to_console {
+                eprintln!("efm-agent: {e}");
+            }
             ExitCode::FAILURE
         }
     }

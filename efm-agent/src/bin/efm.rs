@@ -3,78 +3,18 @@
 
 use std::{
     io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::ExitCode,
     time::Duration,
 };
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use efm_agent::{
     admin::{self, Request, PROTOCOL_VERSION},
+    cli::{self, Cli, Cmd},
     config, heartbeat, secret,
     status::{self, ClusterStatus},
 };
-
-/// Administer an efm cluster.
-#[derive(Parser, Debug)]
-#[command(name = "efm", version, after_help = "Example:\n  efm cluster-status acctg")]
-struct Cli {
-    /// Directory of the clusters' configuration files.
-    #[arg(long, global = true, default_value = "/etc/efm")]
-    config_dir: PathBuf,
-    /// Directory of the agents' admin sockets.
-    #[arg(long, global = true, default_value = "/run/efm")]
-    run_dir: PathBuf,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Show the cluster's status as EFM does; the exit code is 0 only when the cluster is healthy.
-    #[command(after_help = "Example:\n  efm cluster-status acctg")]
-    ClusterStatus { cluster: String },
-    /// The cluster's status as JSON (EFM 5 field names plus efm's heartbeat fields).
-    #[command(after_help = "Example:\n  efm cluster-status-json acctg | jq .nodes")]
-    ClusterStatusJson { cluster: String },
-    /// This node's status as JSON.
-    #[command(after_help = "Example:\n  efm node-status-json acctg")]
-    NodeStatusJson { cluster: String },
-    /// Check the configuration files and print the effective configuration and every problem.
-    #[command(after_help = "Example:\n  efm prop-check acctg")]
-    PropCheck { cluster: String },
-    /// Convert an EFM 3.x/4.x/5.x configuration into efm's, reporting every change.
-    #[command(after_help = "Example:\n  efm upgrade-conf acctg --source /etc/edb/efm-4.7")]
-    UpgradeConf {
-        cluster: String,
-        /// Directory holding the EFM <cluster>.properties and <cluster>.nodes.
-        #[arg(long)]
-        source: PathBuf,
-        /// Overwrite existing files in --config-dir.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Encrypt the database password for `db.password.encrypted` (asks twice, or reads EFMPASS).
-    #[command(after_help = "Example:\n  efm encrypt acctg\n  EFMPASS=secret efm encrypt acctg --from-env")]
-    Encrypt {
-        cluster: String,
-        /// Read the password from the EFMPASS environment variable.
-        #[arg(long)]
-        from_env: bool,
-        /// The encryption key file, created root-only on first use (default: <config-dir>/efm.key,
-        /// where the agent looks for it). Copy it to every node with the properties file.
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-    },
-    /// Create the cluster key file that authenticates heartbeats; copy it to every node.
-    #[command(after_help = "Example:\n  efm generate-key acctg   # writes /etc/efm/acctg.key")]
-    GenerateKey {
-        cluster: String,
-        /// Where to write the key (default: <config-dir>/<cluster>.key).
-        #[arg(long)]
-        output: Option<PathBuf>,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -156,6 +96,12 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             heartbeat::generate_cluster_key(&path).map_err(|e| e.to_string())?;
             println!("{}", path.display());
             eprintln!("efm: copy {} to every node of cluster {cluster} (mode 0600)", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GenerateDocs { dir } => {
+            for f in cli::generate_docs(dir).map_err(|e| format!("writing the documentation into {}: {e}", dir.display()))? {
+                println!("{}", dir.join(f).display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

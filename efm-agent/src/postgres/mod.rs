@@ -12,6 +12,7 @@
 //!
 //! The queries need Postgres 10 or later (`pg_current_wal_lsn` and friends).
 
+pub mod control;
 pub mod lsn;
 pub mod monitor;
 pub mod pgpass;

@@ -1,0 +1,841 @@
+//! Cluster coordination: the replicated [`ClusterState`] (allowed nodes, primary, **epoch**,
+//! failover flags, switchover, promotion history) kept consistent by openraft, embedded in every
+//! agent (witness included) and spoken over authenticated TCP on the `bind.address` port.
+//!
+//! - [`state`]: the state and the pure rules ([`apply`]) — at most one `Promote` per epoch.
+//! - [`store`]: log, vote, committed index and snapshots in `<state_dir>/<cluster>.raft.redb`.
+//! - [`wire`], [`net`]: framing, MACs, connection pool, openraft's `RaftNetwork`.
+//! - [`Coordinator`]: lifecycle, bootstrap, joins, membership and the `.nodes` file.
+//!
+//! # Bootstrap (no Raft state on disk)
+//! 1. The `.nodes` list, minus this node, is empty: initialize a single-voter cluster {me}.
+//! 2. Otherwise ask every listed member to let this node `Join`. A member that has Raft state
+//!    answers: already a member (its membership lists us: nothing to do, the leader replicates to
+//!    us), joined (the leader admitted us), refused (not allowed: start fails), or "ask the leader".
+//! 3. If every listed member is unreachable or has no Raft state either, and the list contains this
+//!    node, the list declares a fresh cluster: initialize with exactly the listed members. openraft
+//!    accepts `initialize` with the identical membership on every node (the first log entry is the
+//!    same everywhere), so **a fresh cluster must start from identical `.nodes` files that list
+//!    every member, this node included**. A list that does not contain this node means "join an
+//!    existing cluster": the node keeps asking in the background.
+//!
+//! A node with Raft state on disk just restarts from it. Failed voters count toward the quorum until
+//! removed (`DisallowNode` removes a node from the membership too): EFM 5 semantics.
+
+pub mod net;
+pub mod siphash;
+pub mod state;
+pub mod store;
+pub mod types;
+pub mod wire;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{self, Cursor, Write as _},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use efm_common::wire::ClusterKeyBytes;
+use openraft::{
+    error::{ClientWriteError, RaftError},
+    ChangeMembers, Raft, ServerState, Snapshot, SnapshotPolicy,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
+
+pub use self::{
+    net::JoinReply,
+    state::{
+        apply, ApplyOk, ClusterState, Command, NodeInfo, NodeKind, Promotion, Rejected, Response,
+        Switchover, HISTORY_LEN,
+    },
+    types::{raft_id, RaftNode, TypeConfig},
+};
+use self::{
+    net::{ForwardError, NetFactory, NetShared, Reply, Rpc},
+    store::{LogStore, StateMachine},
+    wire::Conn,
+};
+
+/// Raft timings (ms) and log compaction. Defaults suit a LAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTimings {
+    /// Leader heartbeat interval; also openraft's deadline for one `AppendEntries`.
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Deadline for one `Vote` (and the cap for `AppendEntries`), connection set-up included.
+    pub rpc_timeout_ms: u64,
+    /// Deadline for sending a whole snapshot.
+    pub snapshot_timeout_ms: u64,
+    /// How long [`Coordinator::propose`] tries before giving up.
+    pub propose_timeout_ms: u64,
+    /// Deadline for one `Join` (the leader adds a learner, waits for catch-up, makes it a voter).
+    pub join_timeout_ms: u64,
+    /// Take a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            rpc_timeout_ms: 100,
+            snapshot_timeout_ms: 2_000,
+            propose_timeout_ms: 2_000,
+            join_timeout_ms: 5_000,
+            snapshot_every: 500,
+        }
+    }
+}
+
+/// What [`Coordinator::start`] needs.
+#[derive(Clone, Debug)]
+pub struct CoordConfig {
+    pub cluster: String,
+    /// This node's `bind.address`; Raft listens on TCP at this address.
+    pub me: SocketAddr,
+    pub key: ClusterKeyBytes,
+    /// Holds `<cluster>.raft.redb`.
+    pub state_dir: PathBuf,
+    /// The members listed in the `.nodes` file.
+    pub nodes_file_members: Vec<SocketAddr>,
+    pub kind: NodeKind,
+    pub priority: u32,
+    pub promotable: bool,
+    /// `auto.allow.hosts`: admit any node that knows the cluster key.
+    pub auto_allow_hosts: bool,
+    /// `stable.nodes.file`: never rewrite the `.nodes` file.
+    pub stable_nodes_file: bool,
+    pub nodes_file_path: PathBuf,
+    pub timings: RaftTimings,
+}
+
+impl CoordConfig {
+    /// What this node announces in `Join` and `Register`.
+    #[must_use]
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            kind: self.kind,
+            priority: self.priority,
+            promotable: self.promotable,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("Raft store {path}: {source}")]
+    Store { path: PathBuf, source: redb::Error },
+    #[error("cannot listen for Raft on TCP {addr}: {source} (is another agent of this cluster running?)")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("Raft: {0}")]
+    Raft(String),
+    #[error(
+        "proposal not committed within {after:?}: {}",
+        match leader {
+            Some(l) => format!("the (last known) leader {l} did not confirm it (a majority of voters must be reachable; the outcome is unknown)"),
+            None => "no leader could be elected (a majority of voters must be reachable)".to_owned(),
+        }
+    )]
+    Timeout {
+        after: Duration,
+        leader: Option<SocketAddr>,
+    },
+    #[error("joining the cluster was refused by {by}: {why}")]
+    JoinRefused { by: SocketAddr, why: String },
+    #[error("the coordinator is shut down")]
+    Shutdown,
+}
+
+/// A summary of Raft's state on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordMetrics {
+    pub id: u64,
+    pub state: ServerState,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    /// The last index known committed here (openraft 0.9 reports it as applied).
+    pub commit_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub leader: Option<SocketAddr>,
+    pub voters: Vec<SocketAddr>,
+    pub learners: Vec<SocketAddr>,
+    /// Connections and frames rejected by the transport (bad MAC, unknown sender, replay, ...).
+    pub rejected_frames: u64,
+}
+
+struct Inner {
+    cfg: CoordConfig,
+    id: u64,
+    raft: Raft<TypeConfig>,
+    net: Arc<NetShared>,
+    state_rx: watch::Receiver<Arc<ClusterState>>,
+    rejected: AtomicU64,
+    join_lock: tokio::sync::Mutex<()>,
+}
+
+/// The running coordination layer of one agent.
+pub struct Coordinator {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn raft_err(e: impl std::fmt::Display) -> CoordError {
+    CoordError::Raft(e.to_string())
+}
+
+impl Coordinator {
+    /// Opens the store, listens, starts Raft and bootstraps or joins as the module documentation
+    /// describes. Returns once the node is part of a cluster or, when it must join one that cannot
+    /// be reached yet, with the join retried in the background.
+    pub async fn start(cfg: CoordConfig) -> Result<Self, CoordError> {
+        let path = cfg.state_dir.join(format!("{}.raft.redb", cfg.cluster));
+        let store_err = |source| CoordError::Store {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| store_err(e.into()))?;
+        let db = open_db_retrying(&path).await.map_err(store_err)?;
+        let had_state = store::has_state(&db).map_err(store_err)?;
+        let (sm, state_rx) = StateMachine::open(db.clone()).map_err(store_err)?;
+        let log = LogStore::new(db);
+
+        let t = &cfg.timings;
+        let rcfg = openraft::Config {
+            cluster_name: cfg.cluster.clone(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_min_ms,
+            election_timeout_max: t.election_max_ms,
+            install_snapshot_timeout: t.snapshot_timeout_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: t.snapshot_every / 2,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(raft_err)?;
+
+        let listener = TcpListener::bind(cfg.me)
+            .await
+            .map_err(|source| CoordError::Bind {
+                addr: cfg.me,
+                source,
+            })?;
+        let id = raft_id(&cfg.me);
+        let net = Arc::new(NetShared::new(
+            cfg.me,
+            cfg.key,
+            cfg.cluster.clone(),
+            cfg.timings.clone(),
+        ));
+        let raft = Raft::new(id, Arc::new(rcfg), NetFactory(net.clone()), log, sm)
+            .await
+            .map_err(raft_err)?;
+        let inner = Arc::new(Inner {
+            cfg,
+            id,
+            raft,
+            net,
+            state_rx,
+            rejected: AtomicU64::new(0),
+            join_lock: tokio::sync::Mutex::new(()),
+        });
+        let tasks = vec![
+            tokio::spawn(serve(inner.clone(), listener)),
+            tokio::spawn(watch_membership(inner.clone())),
+        ];
+        tracing::info!(me = %inner.cfg.me, id, had_state, "Raft coordinator started");
+
+        let mut this = Self { inner, tasks };
+        if !had_state {
+            match bootstrap(&this.inner).await {
+                Ok(Some(t)) => this.tasks.push(t),
+                Ok(None) => {}
+                Err(e) => {
+                    this.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(this)
+    }
+
+    /// The committed state; changes with every applied entry.
+    #[must_use]
+    pub fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.inner.state_rx.clone()
+    }
+
+    /// Proposes a command through the leader (forwarded when this node is not the leader) and
+    /// returns what applying it yielded. Fails with [`CoordError::Timeout`] after
+    /// `propose_timeout_ms`; then the outcome is unknown (the entry may still commit): read
+    /// [`Coordinator::state`]. Commands guarded by `expected_epoch` are safe to retry.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, CoordError> {
+        propose(&self.inner, cmd).await
+    }
+
+    /// The current Raft leader's address, as this node knows it.
+    #[must_use]
+    pub fn leader(&self) -> Option<SocketAddr> {
+        leader_addr(&self.inner)
+    }
+
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
+    }
+
+    #[must_use]
+    pub fn metrics(&self) -> CoordMetrics {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let addr = |id: u64| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr)
+        };
+        let voters = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter_map(addr)
+            .collect();
+        let learners = m
+            .membership_config
+            .membership()
+            .learner_ids()
+            .filter_map(addr)
+            .collect();
+        CoordMetrics {
+            id: m.id,
+            state: m.state,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index: m.last_applied.map(|l| l.index),
+            last_applied: m.last_applied.map(|l| l.index),
+            leader: m.current_leader.and_then(addr),
+            voters,
+            learners,
+            rejected_frames: self.inner.rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// This node's Raft id.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Stops listening, closes every connection and stops Raft (the store is closed when this
+    /// returns, so a new coordinator can open it).
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!("Raft shutdown: {e}");
+        }
+        self.inner.net.clear();
+        tracing::info!(me = %self.inner.cfg.me, "Raft coordinator stopped");
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn open_db_retrying(path: &std::path::Path) -> Result<Arc<redb::Database>, redb::Error> {
+    // A coordinator shut down a moment ago may still be releasing the file lock.
+    let mut tries = 0;
+    loop {
+        match store::open_db(path) {
+            Err(redb::Error::DatabaseAlreadyOpen) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn leader_addr(inner: &Inner) -> Option<SocketAddr> {
+    let m = inner.raft.metrics();
+    let m = m.borrow();
+    let l = m.current_leader?;
+    m.membership_config
+        .membership()
+        .get_node(&l)
+        .map(|n| n.addr)
+}
+
+fn members(inner: &Inner) -> BTreeMap<u64, SocketAddr> {
+    let m = inner.raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.addr))
+        .collect()
+}
+
+fn is_known(inner: &Inner, addr: &SocketAddr) -> bool {
+    inner.cfg.auto_allow_hosts
+        || inner.cfg.nodes_file_members.contains(addr)
+        || inner.state_rx.borrow().allowed.contains(addr)
+        || members(inner).values().any(|a| a == addr)
+}
+
+/// Writes through the local Raft (which must be the leader).
+async fn local_write(inner: &Inner, cmd: Command) -> Result<Response, ForwardError> {
+    match inner.raft.client_write(cmd).await {
+        Ok(r) => Ok(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ForwardError::NotLeader(f.leader_node.map(|n| n.addr)))
+        }
+        Err(e) => Err(ForwardError::Failed(e.to_string())),
+    }
+}
+
+async fn propose(inner: &Inner, cmd: Command) -> Result<Response, CoordError> {
+    let after = Duration::from_millis(inner.cfg.timings.propose_timeout_ms);
+    let deadline = Instant::now() + after;
+    let mut last_leader = None;
+    let mut metrics = inner.raft.metrics();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CoordError::Timeout {
+                after,
+                leader: last_leader,
+            });
+        }
+        match leader_addr(inner) {
+            Some(l) if l == inner.cfg.me => {
+                last_leader = Some(l);
+                match tokio::time::timeout(left, local_write(inner, cmd.clone())).await {
+                    Ok(Ok(r)) => return Ok(r),
+                    Ok(Err(ForwardError::Failed(e)))
+                        if e.contains("fatal") || e.contains("Fatal") =>
+                    {
+                        return Err(CoordError::Raft(e));
+                    }
+                    Ok(Err(e)) => tracing::debug!("local proposal: {e:?}; retrying"),
+                    Err(_) => {
+                        return Err(CoordError::Timeout {
+                            after,
+                            leader: last_leader,
+                        })
+                    }
+                }
+            }
+            Some(l) => {
+                last_leader = Some(l);
+                match inner
+                    .net
+                    .call(l, &Rpc::ClientWrite(cmd.clone()), left)
+                    .await
+                {
+                    Ok(Reply::ClientWrite(Ok(r))) => return Ok(r),
+                    Ok(other) => {
+                        tracing::debug!(leader = %l, "forwarded proposal: {other:?}; retrying");
+                    }
+                    Err(e) => tracing::debug!(leader = %l, "forwarding proposal: {e}; retrying"),
+                }
+            }
+            None => {
+                let _ =
+                    tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed())
+                        .await;
+                continue;
+            }
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(10))).await;
+    }
+}
+
+/// Bootstrap when the store is empty; returns a background join task when one is needed.
+async fn bootstrap(inner: &Arc<Inner>) -> Result<Option<JoinHandle<()>>, CoordError> {
+    let me = inner.cfg.me;
+    let others: Vec<SocketAddr> = inner
+        .cfg
+        .nodes_file_members
+        .iter()
+        .copied()
+        .filter(|a| *a != me)
+        .collect();
+    if others.is_empty() {
+        tracing::info!(%me, "no other members listed: initializing a single-voter cluster");
+        initialize(inner, &[me]).await?;
+        return Ok(None);
+    }
+    match try_join(inner, &others).await? {
+        JoinOutcome::Member => Ok(None),
+        JoinOutcome::NoCluster if inner.cfg.nodes_file_members.contains(&me) => {
+            let mut all = inner.cfg.nodes_file_members.clone();
+            all.sort();
+            all.dedup();
+            tracing::info!(%me, members = ?all, "no listed member has Raft state: initializing the cluster from the .nodes list");
+            initialize(inner, &all).await?;
+            Ok(None)
+        }
+        JoinOutcome::NoCluster | JoinOutcome::Retry => {
+            tracing::info!(%me, "could not join yet; retrying in the background");
+            let inner = inner.clone();
+            Ok(Some(tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    tokio::time::sleep(backoff).await;
+                    match try_join(&inner, &others).await {
+                        Ok(JoinOutcome::Member) => return,
+                        Ok(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            return;
+                        }
+                    }
+                }
+            })))
+        }
+    }
+}
+
+async fn initialize(inner: &Inner, members: &[SocketAddr]) -> Result<(), CoordError> {
+    let nodes: BTreeMap<u64, RaftNode> = members
+        .iter()
+        .map(|a| (raft_id(a), RaftNode { addr: *a }))
+        .collect();
+    match inner.raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        // Already initialized (e.g. a leader replicated to us meanwhile): fine.
+        Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(e))) => {
+            tracing::info!("initialize: {e}");
+            Ok(())
+        }
+        Err(e) => Err(raft_err(e)),
+    }
+}
+
+enum JoinOutcome {
+    /// We are (now) in the membership.
+    Member,
+    /// Nobody answered with Raft state.
+    NoCluster,
+    /// A cluster exists but did not admit us yet.
+    Retry,
+}
+
+async fn try_join(inner: &Inner, others: &[SocketAddr]) -> Result<JoinOutcome, CoordError> {
+    let rpc = Rpc::Join {
+        node: inner.cfg.me,
+        info: inner.cfg.info(),
+    };
+    let t = Duration::from_millis(inner.cfg.timings.join_timeout_ms);
+    let probe_t = Duration::from_millis(inner.cfg.timings.election_max_ms.max(200));
+    let mut queue: Vec<(SocketAddr, Duration)> = others.iter().map(|a| (*a, probe_t)).collect();
+    let mut outcome = JoinOutcome::NoCluster;
+    let mut asked = BTreeSet::new();
+    while let Some((peer, timeout)) = queue.pop() {
+        if !asked.insert(peer) && timeout == probe_t {
+            continue;
+        }
+        match inner.net.call(peer, &rpc, timeout.max(t)).await {
+            Ok(Reply::Join(JoinReply::Joined { voters } | JoinReply::AlreadyMember { voters })) => {
+                tracing::info!(%peer, ?voters, "member of the cluster");
+                return Ok(JoinOutcome::Member);
+            }
+            Ok(Reply::Join(JoinReply::NotInitialized)) => {}
+            Ok(Reply::Join(JoinReply::NotLeader(l))) => {
+                outcome = JoinOutcome::Retry;
+                if let Some(l) = l {
+                    if asked.len() < others.len() + 4 {
+                        queue.push((l, t));
+                    }
+                }
+            }
+            Ok(Reply::Join(JoinReply::Refused(why))) => {
+                return Err(CoordError::JoinRefused { by: peer, why })
+            }
+            Ok(other) => {
+                tracing::warn!(%peer, "join: {other:?}");
+                outcome = JoinOutcome::Retry;
+            }
+            Err(e) => tracing::info!(%peer, "join: {e}"),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Leader side of `Join`.
+async fn handle_join(inner: &Inner, node: SocketAddr, info: NodeInfo) -> JoinReply {
+    match inner.raft.is_initialized().await {
+        Ok(true) => {}
+        Ok(false) => return JoinReply::NotInitialized,
+        Err(e) => return JoinReply::Failed(e.to_string()),
+    }
+    let id = raft_id(&node);
+    let voters = |inner: &Inner| -> Vec<SocketAddr> {
+        let m = inner.raft.metrics();
+        let m = m.borrow();
+        let mem = m.membership_config.membership();
+        mem.voter_ids()
+            .filter_map(|v| mem.get_node(&v).map(|n| n.addr))
+            .collect()
+    };
+    if members(inner).contains_key(&id) && voters(inner).contains(&node) {
+        return JoinReply::AlreadyMember {
+            voters: voters(inner),
+        };
+    }
+    if leader_addr(inner) != Some(inner.cfg.me) {
+        return JoinReply::NotLeader(leader_addr(inner));
+    }
+    let allowed = inner.state_rx.borrow().allowed.contains(&node);
+    if !allowed {
+        if !inner.cfg.auto_allow_hosts {
+            tracing::warn!(%node, "refusing to add a node that is not allowed (auto.allow.hosts=false)");
+            return JoinReply::Refused(format!(
+                "{node} is not an allowed node; run `efm allow-node {} {}` on a member first",
+                inner.cfg.cluster,
+                node.ip()
+            ));
+        }
+        if let Err(e) = local_write(inner, Command::AllowNode { node }).await {
+            return JoinReply::Failed(format!("{e:?}"));
+        }
+    }
+    let _serial = inner.join_lock.lock().await;
+    tracing::info!(%node, "adding node as learner");
+    let t = Duration::from_millis(inner.cfg.timings.join_timeout_ms);
+    match tokio::time::timeout(t, inner.raft.add_learner(id, RaftNode { addr: node }, true)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return JoinReply::Failed(e.to_string()),
+        Err(_) => return JoinReply::Failed(format!("{node} did not catch up within {t:?}")),
+    }
+    tracing::info!(%node, "learner caught up; making it a voter");
+    match tokio::time::timeout(
+        t,
+        inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds([id].into()), false),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return JoinReply::Failed(e.to_string()),
+        Err(_) => {
+            return JoinReply::Failed(format!("membership change not committed within {t:?}"))
+        }
+    }
+    if let Err(e) = local_write(inner, Command::Register { node, info }).await {
+        tracing::warn!(%node, "registering joined node: {e:?}");
+    }
+    JoinReply::Joined {
+        voters: voters(inner),
+    }
+}
+
+async fn handle(inner: &Inner, rpc: Rpc) -> Reply {
+    match rpc {
+        Rpc::Append(r) => Reply::Append(inner.raft.append_entries(r).await),
+        Rpc::Vote(r) => Reply::Vote(inner.raft.vote(r).await),
+        Rpc::Snapshot { vote, meta, data } => Reply::Snapshot(
+            inner
+                .raft
+                .install_full_snapshot(
+                    vote,
+                    Snapshot {
+                        meta,
+                        snapshot: Box::new(Cursor::new(data)),
+                    },
+                )
+                .await,
+        ),
+        Rpc::SnapshotChunk(r) => Reply::SnapshotChunk(inner.raft.install_snapshot(r).await),
+        Rpc::ClientWrite(cmd) => Reply::ClientWrite(local_write(inner, cmd).await),
+        Rpc::Join { node, info } => Reply::Join(handle_join(inner, node, info).await),
+    }
+}
+
+/// Accepts Raft connections; aborting this task closes the listener and every connection.
+async fn serve(inner: Arc<Inner>, listener: TcpListener) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            acc = listener.accept() => match acc {
+                Ok((stream, src)) => {
+                    conns.spawn(serve_conn(inner.clone(), stream, src));
+                }
+                Err(e) => {
+                    tracing::warn!("Raft accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_conn(inner: Arc<Inner>, stream: tokio::net::TcpStream, src: SocketAddr) {
+    let reject = |e: &dyn std::fmt::Display| {
+        inner.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%src, "Raft transport: dropping connection: {e}");
+    };
+    let hello_t = Duration::from_millis(inner.cfg.timings.rpc_timeout_ms.max(1_000));
+    let mut conn = match Conn::accept(
+        stream,
+        inner.cfg.me,
+        inner.cfg.key,
+        &inner.cfg.cluster,
+        |a| is_known(&inner, a),
+        hello_t,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return reject(&e),
+    };
+    loop {
+        let bytes = match conn.recv().await {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => return reject(&format_args!("{} ({e})", conn.peer_addr)),
+        };
+        let rpc: Rpc = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                return reject(&format_args!(
+                    "{}: undecodable request ({e})",
+                    conn.peer_addr
+                ))
+            }
+        };
+        if !conn.known && !matches!(rpc, Rpc::Join { node, .. } if node == conn.peer_addr) {
+            return reject(&wire::WireError::UnknownSender(conn.peer_addr));
+        }
+        let reply = handle(&inner, rpc).await;
+        let out = match serde_json::to_vec(&reply) {
+            Ok(o) => o,
+            Err(e) => return tracing::error!("encoding Raft reply: {e}"),
+        };
+        if let Err(e) = conn.send(&out).await {
+            tracing::debug!(peer = %conn.peer_addr, "sending Raft reply: {e}");
+            return;
+        }
+    }
+}
+
+/// Keeps the `.nodes` file in step with the membership (unless `stable.nodes.file`), and on the
+/// leader removes members that were disallowed.
+async fn watch_membership(inner: Arc<Inner>) {
+    let mut metrics = inner.raft.metrics();
+    let mut state = inner.state_rx.clone();
+    let mut written: BTreeSet<SocketAddr> = inner.cfg.nodes_file_members.iter().copied().collect();
+    loop {
+        let m: BTreeMap<u64, SocketAddr> = members(&inner);
+        let set: BTreeSet<SocketAddr> = m.values().copied().collect();
+        if !set.is_empty() && set != written && !inner.cfg.stable_nodes_file {
+            match write_nodes_file(&inner.cfg.nodes_file_path, &set) {
+                Ok(()) => {
+                    tracing::info!(path = %inner.cfg.nodes_file_path.display(), members = ?set, "updated the .nodes file");
+                    written = set;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %inner.cfg.nodes_file_path.display(), "writing the .nodes file: {e}");
+                }
+            }
+        }
+        if leader_addr(&inner) == Some(inner.cfg.me) {
+            let disallowed = inner.state_rx.borrow().disallowed.clone();
+            let gone: BTreeSet<u64> = m
+                .iter()
+                .filter(|(_, a)| disallowed.contains(a))
+                .map(|(id, _)| *id)
+                .collect();
+            if !gone.is_empty() {
+                tracing::info!(?gone, "removing disallowed nodes from the Raft membership");
+                let _serial = inner.join_lock.lock().await;
+                let voters: BTreeSet<u64> = inner
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect();
+                let (v, l): (BTreeSet<u64>, BTreeSet<u64>) =
+                    gone.into_iter().partition(|id| voters.contains(id));
+                if !v.is_empty() {
+                    if let Err(e) = inner
+                        .raft
+                        .change_membership(ChangeMembers::RemoveVoters(v), false)
+                        .await
+                    {
+                        tracing::warn!("removing voters: {e}");
+                    }
+                }
+                if !l.is_empty() {
+                    if let Err(e) = inner
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(l), false)
+                        .await
+                    {
+                        tracing::warn!("removing learners: {e}");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            r = state.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Atomically replaces the `.nodes` file (temporary file, fsync, rename).
+fn write_nodes_file(path: &std::path::Path, members: &BTreeSet<SocketAddr>) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("nodes"),
+        std::process::id()
+    ));
+    let mut text =
+        String::from("# Raft membership, kept in step by efm-agent (stable.nodes.file=false)\n");
+    let list: Vec<String> = members
+        .iter()
+        .map(|a| {
+            if a.is_ipv6() {
+                format!("[{}]:{}", a.ip(), a.port())
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    text.push_str(&list.join(" "));
+    text.push('\n');
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

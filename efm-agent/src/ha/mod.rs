@@ -1,0 +1,664 @@
+//! The HA engine: one pure decision step per cycle.
+//!
+//! Inputs: the committed cluster state (from the Raft log), whether this node leads the log, the
+//! detector's view of every peer, the local database, and how far local promotion/demotion work
+//! has got. Outputs: the *desired* state of the kernel fence, lease and VIP (level-triggered: the
+//! runtime makes the kernel match it every cycle), one-shot [`Action`]s (proposals to the log,
+//! promotion, demotion, notifications), and an [`Outcome`] naming the decision for logs and
+//! status. No I/O, no clock: everything arrives in [`Inputs`].
+//!
+//! # Safety rules (see DESIGN.md "Safety" and ARCHITECTURE.md)
+//!
+//! 1. A voter endorses the committed primary of epoch `e` only while it hears that primary's
+//!    agent within `endorse_window`, the primary carries epoch `e`, says it is primary, is not
+//!    fenced and has its database up — and only until the voter has voted against epoch `e`;
+//!    after that, never again for `e`.
+//! 2. A voter votes against epoch `e` (a `Vote` entry) only when the primary is suspect and
+//!    `promotion_wait = lease.timeout × (1 + drift) + margin` has passed on its own clock since its
+//!    own last endorsement of epoch `e`. The primary's lease (k-th newest endorsement arrival +
+//!    lease.timeout on its clock, k = majority − 1) has then lapsed with respect to this voter.
+//! 3. A promotion is proposed only with votes from a majority of voters for the current epoch;
+//!    the state machine re-checks that and the expected epoch when it applies the entry, so at
+//!    most one promotion per epoch commits and never without a majority having stopped
+//!    endorsing. Two majorities intersect, so the old lease has lapsed everywhere it counted.
+//! 4. A node whose database is a primary but which is not the committed primary of the current
+//!    epoch is fenced (when in doubt, fence); so is a candidate until its promotion completes,
+//!    and a primary whose database failed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::SocketAddr,
+    time::Duration,
+};
+
+use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS};
+
+pub mod runtime;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod sim;
+
+/// Engine settings, from the properties.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    pub me: SocketAddr,
+    pub is_witness: bool,
+    /// `lease.timeout`.
+    pub lease_timeout: Duration,
+    /// Bound on the relative rate difference of two nodes' monotonic clocks (0.05 = 5 %).
+    pub clock_drift: f64,
+    /// Added to the promotion wait: covers one-way delay and scheduling.
+    pub margin: Duration,
+    /// A voter endorses only if it heard the primary's agent this recently.
+    pub endorse_window: Duration,
+    /// `minimum.standbys`: never promote if fewer standbys would remain.
+    pub minimum_standbys: u32,
+    /// `auto.reconfigure`.
+    pub auto_reconfigure: bool,
+    /// A committed primary that has not shown itself primary and unfenced this long after its
+    /// epoch began (failed promotion) is treated as failed.
+    pub promotion_grace: Duration,
+}
+
+impl EngineConfig {
+    /// How long a voter waits after its last endorsement before voting against the primary.
+    #[must_use]
+    pub fn promotion_wait(&self) -> Duration {
+        self.lease_timeout.mul_f64(1.0 + self.clock_drift) + self.margin
+    }
+}
+
+/// What a node is in the committed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeMeta {
+    pub witness: bool,
+    /// 0: never promote; otherwise lower is preferred.
+    pub priority: u32,
+    pub promotable: bool,
+}
+
+/// The part of the committed cluster state the engine needs.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Committed {
+    pub epoch: u64,
+    pub primary: Option<SocketAddr>,
+    /// Voting members (database nodes and witnesses).
+    pub nodes: BTreeMap<SocketAddr, NodeMeta>,
+    /// Voters that voted against the current epoch's primary.
+    pub votes: BTreeSet<SocketAddr>,
+    pub auto_failover: bool,
+}
+
+impl Committed {
+    #[must_use]
+    pub fn majority(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+}
+
+/// Role bits a peer announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    Primary,
+    Standby,
+    Witness,
+    Idle,
+}
+
+impl PeerRole {
+    #[must_use]
+    pub fn from_bits(bits: u16) -> Self {
+        match bits & efm_common::wire::ROLE_MASK {
+            ROLE_PRIMARY => Self::Primary,
+            ROLE_STANDBY => Self::Standby,
+            ROLE_WITNESS => Self::Witness,
+            _ => Self::Idle,
+        }
+    }
+}
+
+/// One peer as the detector and its PINGs describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    pub addr: SocketAddr,
+    /// The detector's verdict is "alive" (agent heard within `node.timeout`).
+    pub alive: bool,
+    /// Time since its agent's last PING.
+    pub agent_age: Option<Duration>,
+    pub role: PeerRole,
+    pub epoch: u64,
+    pub db_up: bool,
+    /// Its PINGs say its node is fenced or its lease lapsed.
+    pub fenced: bool,
+    pub lsn: u64,
+    /// Result of a check of its database from here (`remote.timeout`), when one was made.
+    pub db_reachable: Option<bool>,
+}
+
+/// The local database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LocalDb {
+    /// `None` until the first check.
+    pub up: Option<bool>,
+    pub in_recovery: Option<bool>,
+    /// Declared failed by the local monitor (`local.timeout` + final check).
+    pub failed: bool,
+    pub lsn: u64,
+    pub timeline: u32,
+}
+
+/// Progress of this node's own promotion or demotion work (runtime → engine).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Work {
+    #[default]
+    Idle,
+    Promoting { epoch: u64 },
+    Promoted { epoch: u64 },
+    PromotionFailed { epoch: u64, reason: String },
+}
+
+/// Everything one step looks at.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// `CLOCK_MONOTONIC` ns.
+    pub now_ns: u64,
+    /// `None` until this node has joined the coordination log.
+    pub committed: Option<&'a Committed>,
+    pub is_leader: bool,
+    pub peers: &'a [PeerView],
+    pub db: LocalDb,
+    pub work: &'a Work,
+}
+
+/// How the kernel and the VIP should look (level-triggered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// Cut client traffic off regardless of the lease.
+    pub fenced: bool,
+    /// Enforce the primary lease with `lease_k` endorsements.
+    pub lease_enforced: bool,
+    pub lease_k: u32,
+    pub epoch: u64,
+    /// Role bits and flags for PINGs and PONGs.
+    pub ping_flags: u16,
+    /// This node should hold the VIP.
+    pub vip: bool,
+    /// Endorse this peer in PINGs sent to it.
+    pub endorse: Option<SocketAddr>,
+}
+
+/// A proposal to the coordination log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proposal {
+    SetPrimary { node: SocketAddr, expected_epoch: u64 },
+    Vote { voter: SocketAddr, epoch: u64 },
+    Promote { candidate: SocketAddr, expected_epoch: u64, lsn: u64, reason: String },
+}
+
+/// Notification severity (EFM's levels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Severe,
+}
+
+/// One-shot work for the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Propose(Proposal),
+    /// Promote the local standby for `epoch` (fence script, `pg_promote()`, VIP, post script).
+    PromoteLocal { epoch: u64, old_primary: Option<SocketAddr> },
+    /// The local primary's database failed: release the VIP, write `standby.signal`, stop it if
+    /// `stop.failed.primary`, run `script.db.failure`.
+    PrimaryDbFailed { epoch: u64 },
+    /// The local database is a primary but another node is the committed primary: keep it
+    /// fenced and make sure a restart brings it back in recovery.
+    DemoteLocal { epoch: u64, primary: Option<SocketAddr> },
+    /// Point the local standby at the committed primary (`auto.reconfigure`).
+    Follow { primary: SocketAddr, epoch: u64 },
+    Notify { severity: Severity, subject: String, detail: String },
+}
+
+/// The decision of one cycle, for logs and `cluster-status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Witness,
+    Standby { primary: Option<SocketAddr>, endorsing: bool },
+    Primary { epoch: u64 },
+    Idle,
+    NotJoined,
+    RegisteringPrimary,
+    Candidate { epoch: u64 },
+    FencedOldPrimary { epoch: u64 },
+    PrimaryDatabaseFailed,
+    PrimarySuspect { primary: SocketAddr, reason: &'static str },
+    Voted { epoch: u64 },
+    PromotionProposed { candidate: SocketAddr, epoch: u64 },
+    NoCandidate { epoch: u64, reason: String },
+    ManualFailoverRequired { primary: SocketAddr },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Witness => write!(f, "witness"),
+            Self::Standby { primary: Some(p), endorsing: true } => write!(f, "standby, endorsing primary {p}"),
+            Self::Standby { primary: Some(p), endorsing: false } => write!(f, "standby of {p}, not endorsing"),
+            Self::Standby { primary: None, .. } => write!(f, "standby, no committed primary"),
+            Self::Primary { epoch } => write!(f, "primary for epoch {epoch}"),
+            Self::Idle => write!(f, "idle (local database not available)"),
+            Self::NotJoined => write!(f, "not yet part of the coordination log"),
+            Self::RegisteringPrimary => write!(f, "registering the existing primary"),
+            Self::Candidate { epoch } => write!(f, "promoting for epoch {epoch}"),
+            Self::FencedOldPrimary { epoch } => write!(f, "fenced: database is a primary but epoch {epoch} belongs to another node"),
+            Self::PrimaryDatabaseFailed => write!(f, "fenced: the primary database failed"),
+            Self::PrimarySuspect { primary, reason } => write!(f, "primary {primary} suspect: {reason}"),
+            Self::Voted { epoch } => write!(f, "voted against the primary of epoch {epoch}"),
+            Self::PromotionProposed { candidate, epoch } => write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1),
+            Self::NoCandidate { epoch, reason } => write!(f, "no standby to promote for epoch {epoch}: {reason}"),
+            Self::ManualFailoverRequired { primary } => write!(f, "primary {primary} failed; auto.failover is off: manual failover required"),
+        }
+    }
+}
+
+/// The result of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub desired: Desired,
+    pub actions: Vec<Action>,
+    pub outcome: Outcome,
+}
+
+/// The engine's memory between cycles.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    /// Last time (ns) this node endorsed, per epoch.
+    last_endorse: Option<(u64, u64)>,
+    /// The epoch this node voted against (never endorsed again).
+    voted: Option<u64>,
+    /// When the vote was last proposed (re-proposed until it is committed).
+    vote_proposed_ns: u64,
+    /// (epoch, when) of the last promotion proposal (re-proposed until the epoch moves on).
+    proposed_promote: Option<(u64, u64)>,
+    proposed_set_primary: Option<(u64, u64)>,
+    promote_started: Option<u64>,
+    db_failure_handled: Option<u64>,
+    demoted: Option<u64>,
+    followed: Option<(SocketAddr, u64)>,
+    manual_notified: Option<u64>,
+    no_candidate_notified: Option<u64>,
+    /// When this node first saw each epoch (for `promotion_grace`).
+    epoch_seen: Option<(u64, u64)>,
+    /// The first step's time. An agent that (re)started may have endorsed just before, in its
+    /// previous life: until `promotion_wait` has passed since then it must not vote.
+    started_ns: Option<u64>,
+}
+
+impl Engine {
+    #[must_use]
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            cfg,
+            last_endorse: None,
+            voted: None,
+            vote_proposed_ns: 0,
+            proposed_promote: None,
+            proposed_set_primary: None,
+            promote_started: None,
+            db_failure_handled: None,
+            demoted: None,
+            followed: None,
+            manual_notified: None,
+            no_candidate_notified: None,
+            epoch_seen: None,
+            started_ns: None,
+        }
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Has this node voted against `epoch`?
+    #[must_use]
+    pub fn voted_against(&self, epoch: u64) -> bool {
+        self.voted == Some(epoch)
+    }
+
+    fn db_flags(db: &LocalDb) -> u16 {
+        if db.up == Some(true) && !db.failed { FLAG_DB_UP } else { 0 }
+    }
+
+    /// One decision cycle.
+    #[must_use]
+    pub fn step(&mut self, inp: &Inputs<'_>) -> Step {
+        let me = self.cfg.me;
+        let mut actions = Vec::new();
+        let db_flag = Self::db_flags(&inp.db);
+        let db_is_primary = inp.db.up == Some(true) && inp.db.in_recovery == Some(false);
+        let started = *self.started_ns.get_or_insert(inp.now_ns);
+
+        let Some(c) = inp.committed else {
+            // Not part of the log yet: a primary database stays fenced until the cluster agrees.
+            let outcome = if self.cfg.is_witness { Outcome::Witness } else { Outcome::NotJoined };
+            let role = if self.cfg.is_witness { ROLE_WITNESS } else { ROLE_IDLE };
+            return Step {
+                desired: Desired {
+                    fenced: db_is_primary,
+                    lease_enforced: false,
+                    lease_k: 0,
+                    epoch: 0,
+                    ping_flags: role | db_flag | if db_is_primary { FLAG_FENCED } else { 0 },
+                    vip: false,
+                    endorse: None,
+                },
+                actions,
+                outcome,
+            };
+        };
+        if self.epoch_seen.is_none_or(|(e, _)| e != c.epoch) {
+            self.epoch_seen = Some((c.epoch, inp.now_ns));
+        }
+        let k = u32::try_from(c.majority().saturating_sub(1)).unwrap_or(u32::MAX);
+        // A vote of ours in the log is ours even if this engine did not cast it (restart).
+        if c.votes.contains(&me) {
+            self.voted = Some(c.epoch);
+        }
+
+        // ---- Endorsement and votes (every voter but the primary itself). ----
+        let mut endorse = None;
+        let mut suspect_reason = None;
+        if let Some(p) = c.primary.filter(|p| *p != me) {
+            let view = inp.peers.iter().find(|v| v.addr == p);
+            let epoch_age = self.epoch_seen.map_or(0, |(_, t)| inp.now_ns.saturating_sub(t));
+            let healthy = view.is_some_and(|v| {
+                v.agent_age.is_some_and(|a| a <= self.cfg.endorse_window)
+                    && v.epoch == c.epoch
+                    && v.role == PeerRole::Primary
+                    && !v.fenced
+                    && v.db_up
+            });
+            if healthy && !self.voted_against(c.epoch) {
+                endorse = Some(p);
+                self.last_endorse = Some((c.epoch, inp.now_ns));
+            }
+            suspect_reason = match view {
+                None => Some("not a known peer"),
+                Some(v) if !v.alive => Some("agent not heard within node.timeout"),
+                Some(v) if v.epoch == c.epoch && !v.db_up && v.db_reachable == Some(false) => {
+                    Some("database down and unreachable from here")
+                }
+                Some(v) if v.epoch == c.epoch && v.fenced && v.role == PeerRole::Primary => Some("reports itself fenced"),
+                Some(v)
+                    if (v.role != PeerRole::Primary || v.fenced)
+                        && Duration::from_nanos(epoch_age) > self.cfg.promotion_grace =>
+                {
+                    Some("did not become a working primary")
+                }
+                _ => None,
+            };
+            if let Some(reason) = suspect_reason {
+                if !c.auto_failover {
+                    if self.manual_notified != Some(c.epoch) {
+                        self.manual_notified = Some(c.epoch);
+                        actions.push(Action::Notify {
+                            severity: Severity::Severe,
+                            subject: "Potential manual failover required".into(),
+                            detail: format!("primary {p} ({reason}); auto.failover is off"),
+                        });
+                    }
+                } else if !self.voted_against(c.epoch) {
+                    // Counted from our last endorsement of this epoch, or from our own start
+                    // (a previous life of this agent may have endorsed just before).
+                    let since = match self.last_endorse {
+                        Some((e, t)) if e == c.epoch => t.max(started),
+                        _ => started,
+                    };
+                    let waited = inp.now_ns.saturating_sub(since) >= duration_ns(self.cfg.promotion_wait());
+                    if waited {
+                        self.voted = Some(c.epoch);
+                        self.vote_proposed_ns = inp.now_ns;
+                        actions.push(Action::Propose(Proposal::Vote { voter: me, epoch: c.epoch }));
+                    }
+                } else if !c.votes.contains(&me) && retry_due(self.vote_proposed_ns, inp.now_ns) {
+                    // Voted, but the log has not recorded it (lost proposal, leader change).
+                    self.vote_proposed_ns = inp.now_ns;
+                    actions.push(Action::Propose(Proposal::Vote { voter: me, epoch: c.epoch }));
+                }
+            }
+        }
+
+        // ---- Promotion proposal (the log's leader). ----
+        let mut promo_outcome = None;
+        let promote_due = match self.proposed_promote {
+            Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
+            _ => true,
+        };
+        if inp.is_leader && c.votes.len() >= c.majority() && promote_due {
+            match self.choose_candidate(c, inp) {
+                Ok((candidate, lsn)) => {
+                    self.proposed_promote = Some((c.epoch, inp.now_ns));
+                    actions.push(Action::Propose(Proposal::Promote {
+                        candidate,
+                        expected_epoch: c.epoch,
+                        lsn,
+                        reason: format!(
+                            "{} of {} voters stopped endorsing {}",
+                            c.votes.len(),
+                            c.nodes.len(),
+                            c.primary.map_or("no primary".into(), |p| p.to_string())
+                        ),
+                    }));
+                    promo_outcome = Some(Outcome::PromotionProposed { candidate, epoch: c.epoch });
+                }
+                Err(reason) => {
+                    if self.no_candidate_notified != Some(c.epoch) {
+                        self.no_candidate_notified = Some(c.epoch);
+                        actions.push(Action::Notify {
+                            severity: Severity::Severe,
+                            subject: "Failover has not occurred".into(),
+                            detail: reason.clone(),
+                        });
+                    }
+                    promo_outcome = Some(Outcome::NoCandidate { epoch: c.epoch, reason });
+                }
+            }
+        }
+
+        // ---- This node's own role. ----
+        let (mut desired, outcome) = if self.cfg.is_witness {
+            (self.unfenced(c.epoch, ROLE_WITNESS, endorse), Outcome::Witness)
+        } else if c.primary == Some(me) {
+            self.as_committed_primary(c, inp, k, db_is_primary, &mut actions)
+        } else if db_is_primary || (inp.db.in_recovery == Some(false)) {
+            // A primary database that is not the committed primary (or none is committed yet).
+            if c.primary.is_none() && c.epoch == 0 {
+                let due = match self.proposed_set_primary {
+                    Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
+                    _ => true,
+                };
+                if due {
+                    self.proposed_set_primary = Some((c.epoch, inp.now_ns));
+                    actions.push(Action::Propose(Proposal::SetPrimary { node: me, expected_epoch: c.epoch }));
+                }
+                (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::RegisteringPrimary)
+            } else {
+                if self.demoted != Some(c.epoch) {
+                    self.demoted = Some(c.epoch);
+                    actions.push(Action::DemoteLocal { epoch: c.epoch, primary: c.primary });
+                    actions.push(Action::Notify {
+                        severity: Severity::Severe,
+                        subject: "Primary database fenced".into(),
+                        detail: format!(
+                            "the local database is a primary but {} is the primary of epoch {}",
+                            c.primary.map_or("no node".into(), |p| p.to_string()),
+                            c.epoch
+                        ),
+                    });
+                }
+                (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch })
+            }
+        } else if inp.db.up == Some(true) && !inp.db.failed {
+            if let Some(p) = c.primary {
+                if self.cfg.auto_reconfigure && self.followed != Some((p, c.epoch)) {
+                    self.followed = Some((p, c.epoch));
+                    actions.push(Action::Follow { primary: p, epoch: c.epoch });
+                }
+            }
+            let out = Outcome::Standby { primary: c.primary, endorsing: endorse.is_some() };
+            (self.unfenced(c.epoch, ROLE_STANDBY | db_flag, endorse), out)
+        } else {
+            (self.unfenced(c.epoch, ROLE_IDLE, endorse), Outcome::Idle)
+        };
+        desired.endorse = endorse;
+
+        let outcome = if let Some(o) = promo_outcome {
+            o
+        } else if let (Some(Action::Propose(Proposal::Vote { epoch, .. })), false) = (
+            actions.iter().find(|a| matches!(a, Action::Propose(Proposal::Vote { .. }))),
+            matches!(outcome, Outcome::PrimaryDatabaseFailed),
+        ) {
+            Outcome::Voted { epoch: *epoch }
+        } else if let (Some(reason), Some(p), false) = (suspect_reason, c.primary, c.auto_failover) {
+            let _ = reason;
+            Outcome::ManualFailoverRequired { primary: p }
+        } else if let (Some(reason), Some(p)) = (suspect_reason, c.primary) {
+            if matches!(outcome, Outcome::Standby { .. } | Outcome::Witness | Outcome::Idle) {
+                Outcome::PrimarySuspect { primary: p, reason }
+            } else {
+                outcome
+            }
+        } else {
+            outcome
+        };
+        Step { desired, actions, outcome }
+    }
+
+    fn as_committed_primary(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        k: u32,
+        db_is_primary: bool,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
+        let db_flag = Self::db_flags(&inp.db);
+        if inp.db.failed || inp.db.up == Some(false) {
+            // Fenced by its own kernel from this cycle on, so its vote is safe at once; without
+            // it a cluster that has lost another voter could never replace it.
+            if !c.votes.contains(&self.cfg.me) && (self.voted != Some(c.epoch) || retry_due(self.vote_proposed_ns, inp.now_ns)) {
+                self.voted = Some(c.epoch);
+                self.vote_proposed_ns = inp.now_ns;
+                actions.push(Action::Propose(Proposal::Vote { voter: self.cfg.me, epoch: c.epoch }));
+            }
+            if self.db_failure_handled != Some(c.epoch) {
+                self.db_failure_handled = Some(c.epoch);
+                actions.push(Action::PrimaryDbFailed { epoch: c.epoch });
+                actions.push(Action::Notify {
+                    severity: Severity::Severe,
+                    subject: "Primary database failure".into(),
+                    detail: format!("the database of primary {} failed; it is fenced", self.cfg.me),
+                });
+            }
+            return (self.fenced(c.epoch, ROLE_PRIMARY), Outcome::PrimaryDatabaseFailed);
+        }
+        let promoted = matches!(inp.work, Work::Promoted { epoch } if *epoch == c.epoch);
+        if db_is_primary && (promoted || self.promote_started != Some(c.epoch)) {
+            // Registered or promoted primary serving under the lease.
+            let d = Desired {
+                fenced: false,
+                lease_enforced: true,
+                lease_k: k,
+                epoch: c.epoch,
+                ping_flags: ROLE_PRIMARY | db_flag,
+                vip: true,
+                endorse: None,
+            };
+            return (d, Outcome::Primary { epoch: c.epoch });
+        }
+        // A standby named primary by the log: promote it (once per epoch).
+        if self.promote_started != Some(c.epoch) && inp.db.up == Some(true) {
+            self.promote_started = Some(c.epoch);
+            let old = None;
+            actions.push(Action::PromoteLocal { epoch: c.epoch, old_primary: old });
+        }
+        (self.fenced(c.epoch, ROLE_STANDBY | db_flag), Outcome::Candidate { epoch: c.epoch })
+    }
+
+    fn fenced(&self, epoch: u64, ping_flags: u16) -> Desired {
+        Desired {
+            fenced: true,
+            lease_enforced: false,
+            lease_k: 0,
+            epoch,
+            ping_flags: ping_flags | FLAG_FENCED,
+            vip: false,
+            endorse: None,
+        }
+    }
+
+    fn unfenced(&self, epoch: u64, ping_flags: u16, endorse: Option<SocketAddr>) -> Desired {
+        Desired { fenced: false, lease_enforced: false, lease_k: 0, epoch, ping_flags, vip: false, endorse }
+    }
+
+    /// The standby to promote: alive, up, promotable, priority > 0; most advanced LSN, then
+    /// priority (lower first), then address. Refuses when `minimum.standbys` would be violated.
+    fn choose_candidate(&self, c: &Committed, inp: &Inputs<'_>) -> Result<(SocketAddr, u64), String> {
+        let mut cands: Vec<(SocketAddr, u64, u32)> = Vec::new();
+        let meta = |a: &SocketAddr| c.nodes.get(a).copied().unwrap_or_default();
+        if !self.cfg.is_witness
+            && Some(self.cfg.me) != c.primary
+            && inp.db.up == Some(true)
+            && inp.db.in_recovery == Some(true)
+            && !inp.db.failed
+        {
+            let m = meta(&self.cfg.me);
+            if m.promotable && m.priority > 0 {
+                cands.push((self.cfg.me, inp.db.lsn, m.priority));
+            }
+        }
+        let mut standbys = usize::from(cands.len() == 1);
+        for v in inp.peers {
+            if Some(v.addr) == c.primary || !v.alive || v.role != PeerRole::Standby || !v.db_up {
+                continue;
+            }
+            standbys += 1;
+            let m = meta(&v.addr);
+            if m.promotable && m.priority > 0 && !m.witness {
+                cands.push((v.addr, v.lsn, m.priority));
+            }
+        }
+        cands.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let Some(&(best, lsn, _)) = cands.first() else {
+            return Err(if standbys == 0 {
+                "no standby is available".into()
+            } else {
+                "no available standby is promotable (promotable=false or priority 0)".into()
+            });
+        };
+        let remaining = standbys.saturating_sub(1);
+        if remaining < self.cfg.minimum_standbys as usize {
+            return Err(format!(
+                "promoting {best} would leave {remaining} standby(s), below minimum.standbys={}",
+                self.cfg.minimum_standbys
+            ));
+        }
+        Ok((best, lsn))
+    }
+}
+
+/// A proposal not reflected in the committed state is repeated after this long.
+const RETRY_NS: u64 = 1_000_000_000;
+
+fn retry_due(last_ns: u64, now_ns: u64) -> bool {
+    now_ns.saturating_sub(last_ns) >= RETRY_NS
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,346 @@
+//! Table tests: one per decision of the engine.
+
+use super::*;
+
+const MS: u64 = 1_000_000;
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([198, 18, 0, i], 7800))
+}
+
+fn cfg(me: u8) -> EngineConfig {
+    EngineConfig {
+        me: addr(me),
+        is_witness: false,
+        lease_timeout: Duration::from_secs(1),
+        clock_drift: 0.05,
+        margin: Duration::from_millis(50),
+        endorse_window: Duration::from_millis(150),
+        minimum_standbys: 0,
+        auto_reconfigure: true,
+        promotion_grace: Duration::from_secs(30),
+    }
+}
+
+/// Three voters: 1 primary, 2 standby, 3 witness.
+fn committed(epoch: u64, primary: Option<u8>) -> Committed {
+    let mut nodes = BTreeMap::new();
+    nodes.insert(addr(1), NodeMeta { witness: false, priority: 1, promotable: true });
+    nodes.insert(addr(2), NodeMeta { witness: false, priority: 1, promotable: true });
+    nodes.insert(addr(3), NodeMeta { witness: true, priority: 0, promotable: false });
+    Committed { epoch, primary: primary.map(addr), nodes, votes: BTreeSet::new(), auto_failover: true }
+}
+
+fn primary_view(i: u8, epoch: u64, age_ms: u64) -> PeerView {
+    PeerView {
+        addr: addr(i),
+        alive: age_ms <= 500,
+        agent_age: Some(Duration::from_millis(age_ms)),
+        role: PeerRole::Primary,
+        epoch,
+        db_up: true,
+        fenced: false,
+        lsn: 100,
+        db_reachable: None,
+    }
+}
+
+fn standby_view(i: u8, epoch: u64, lsn: u64) -> PeerView {
+    PeerView { role: PeerRole::Standby, lsn, ..primary_view(i, epoch, 10) }
+}
+
+fn witness_view(i: u8, epoch: u64) -> PeerView {
+    PeerView { role: PeerRole::Witness, db_up: false, ..primary_view(i, epoch, 10) }
+}
+
+const STANDBY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn: 100, timeline: 1 };
+const PRIMARY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn: 100, timeline: 1 };
+
+fn step(e: &mut Engine, now_ms: u64, c: Option<&Committed>, leader: bool, peers: &[PeerView], db: LocalDb, work: &Work) -> Step {
+    e.step(&Inputs { now_ns: now_ms * MS, committed: c, is_leader: leader, peers, db, work })
+}
+
+fn proposals(s: &Step) -> Vec<Proposal> {
+    s.actions.iter().filter_map(|a| if let Action::Propose(p) = a { Some(p.clone()) } else { None }).collect()
+}
+
+#[test]
+fn a_primary_database_stays_fenced_until_the_cluster_agrees() {
+    let mut e = Engine::new(cfg(1));
+    let s = step(&mut e, 0, None, false, &[], PRIMARY_DB, &Work::Idle);
+    assert!(s.desired.fenced && !s.desired.vip);
+    assert_eq!(s.outcome, Outcome::NotJoined);
+    // Joined, no primary yet: registers itself, still fenced.
+    let c = committed(0, None);
+    let s = step(&mut e, 10, Some(&c), false, &[], PRIMARY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::SetPrimary { node: addr(1), expected_epoch: 0 }]);
+    assert!(s.desired.fenced);
+    assert_eq!(s.outcome, Outcome::RegisteringPrimary);
+    let s = step(&mut e, 20, Some(&c), false, &[], PRIMARY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "not again at once");
+    let s = step(&mut e, 1_020, Some(&c), false, &[], PRIMARY_DB, &Work::Idle);
+    assert_eq!(proposals(&s).len(), 1, "repeated while the log does not show it");
+}
+
+#[test]
+fn a_vote_the_log_did_not_record_is_proposed_again() {
+    let mut e = Engine::new(PeerlessWitness::cfg());
+    let mut c = committed(1, Some(1));
+    let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
+    assert!(proposals(&step(&mut e, 0, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).is_empty());
+    assert_eq!(proposals(&step(&mut e, 1_200, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).len(), 1);
+    assert!(proposals(&step(&mut e, 1_700, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).is_empty());
+    assert_eq!(proposals(&step(&mut e, 2_200, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).len(), 1);
+    c.votes.insert(addr(3));
+    assert!(proposals(&step(&mut e, 4_000, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).is_empty());
+}
+
+#[test]
+fn committed_primary_serves_under_the_lease_with_the_vip() {
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90), witness_view(3, 1)], PRIMARY_DB, &Work::Idle);
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 1 });
+    assert!(!s.desired.fenced && s.desired.lease_enforced && s.desired.vip);
+    assert_eq!(s.desired.lease_k, 1, "3 voters: majority 2, one endorsement besides itself");
+    assert_eq!(s.desired.epoch, 1);
+    assert_eq!(s.desired.ping_flags, ROLE_PRIMARY | FLAG_DB_UP);
+    assert!(s.actions.is_empty());
+}
+
+#[test]
+fn standby_endorses_a_healthy_primary_only() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(1, Some(1));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 40)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    assert!(!s.desired.fenced && !s.desired.lease_enforced);
+    assert_eq!(s.outcome, Outcome::Standby { primary: Some(addr(1)), endorsing: true });
+    for bad in [
+        primary_view(1, 1, 200),                                // not heard within endorse_window
+        PeerView { epoch: 0, ..primary_view(1, 1, 10) },        // other epoch
+        PeerView { fenced: true, ..primary_view(1, 1, 10) },    // fenced
+        PeerView { db_up: false, ..primary_view(1, 1, 10) },    // database down
+        PeerView { role: PeerRole::Idle, ..primary_view(1, 1, 10) },
+    ] {
+        let s = step(&mut e, 10, Some(&c), false, &[bad], STANDBY_DB, &Work::Idle);
+        assert_eq!(s.desired.endorse, None, "{bad:?}");
+    }
+}
+
+#[test]
+fn vote_waits_for_the_lease_after_the_last_endorsement_and_is_final() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(1, Some(1));
+    let wait_ms = 1_000 * 105 / 100 + 50; // lease × (1 + drift) + margin
+    step(&mut e, 1_000, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    // The primary goes silent; suspect once node.timeout passes, but no vote before the wait.
+    let silent = |now: u64| PeerView { alive: false, agent_age: Some(Duration::from_millis(now - 1_000)), ..primary_view(1, 1, 0) };
+    let s = step(&mut e, 1_600, Some(&c), false, &[silent(1_600)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty());
+    assert!(matches!(s.outcome, Outcome::PrimarySuspect { .. }), "{}", s.outcome);
+    let s = step(&mut e, 1_000 + wait_ms - 1, Some(&c), false, &[silent(1_000 + wait_ms - 1)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "one ms early");
+    let s = step(&mut e, 1_000 + wait_ms, Some(&c), false, &[silent(1_000 + wait_ms)], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
+    assert_eq!(s.outcome, Outcome::Voted { epoch: 1 });
+    // The primary comes back: never endorsed again in this epoch, and no second vote.
+    let s = step(&mut e, 3_000, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, None);
+    assert!(proposals(&s).is_empty());
+}
+
+#[test]
+fn a_restarted_voter_waits_the_promotion_wait_from_its_start() {
+    // Its previous life may have endorsed the primary just before the restart.
+    let mut e = Engine::new(PeerlessWitness::cfg());
+    let c = committed(1, Some(1));
+    let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
+    let s = step(&mut e, 10, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle);
+    assert!(proposals(&s).is_empty(), "no vote right after start");
+    let s = step(&mut e, 10 + 1_099, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle);
+    assert!(proposals(&s).is_empty(), "1 ms before the wait is over");
+    let s = step(&mut e, 10 + 1_100, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(3), epoch: 1 }]);
+    assert!(!s.desired.fenced);
+    assert_eq!(s.desired.ping_flags & efm_common::wire::ROLE_MASK, ROLE_WITNESS);
+}
+
+struct PeerlessWitness;
+impl PeerlessWitness {
+    fn cfg() -> EngineConfig {
+        EngineConfig { is_witness: true, ..cfg(3) }
+    }
+}
+
+#[test]
+fn database_failure_needs_confirmation_from_here() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(1, Some(1));
+    let down = PeerView { db_up: false, db_reachable: None, ..primary_view(1, 1, 10) };
+    let s = step(&mut e, 0, Some(&c), false, &[down], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "not yet confirmed");
+    let s = step(&mut e, 1_200, Some(&c), false, &[down], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "still not confirmed");
+    let confirmed = PeerView { db_reachable: Some(false), ..down };
+    let s = step(&mut e, 1_210, Some(&c), false, &[confirmed], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
+}
+
+#[test]
+fn leader_promotes_only_with_a_majority_of_votes() {
+    let mut e = Engine::new(PeerlessWitness::cfg());
+    let mut c = committed(1, Some(1));
+    let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
+    let peers = [dead, standby_view(2, 1, 120)];
+    c.votes.insert(addr(3));
+    let s = step(&mut e, 10, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "1 vote of 3");
+    c.votes.insert(addr(2));
+    let s = step(&mut e, 20, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. })).expect("promote");
+    assert!(matches!(promote, Proposal::Promote { candidate, expected_epoch: 1, lsn: 120, .. } if candidate == addr(2)));
+    assert_eq!(s.outcome, Outcome::PromotionProposed { candidate: addr(2), epoch: 1 });
+    let s = step(&mut e, 30, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "not again at once");
+    let s = step(&mut e, 1_030, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    assert!(proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "retried while the epoch stands");
+    // A follower with the same votes does not propose.
+    let mut f = Engine::new(PeerlessWitness::cfg());
+    let s = step(&mut f, 10, Some(&c), false, &peers, LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })));
+}
+
+/// Five voters: primary 1 failed; standbys 2, 4, 5 with given LSNs and priorities.
+fn five(prio: [u32; 3], promotable: [bool; 3]) -> Committed {
+    let mut c = committed(7, Some(1));
+    for (i, n) in [2u8, 4, 5].into_iter().enumerate() {
+        c.nodes.insert(addr(n), NodeMeta { witness: false, priority: prio[i], promotable: promotable[i] });
+    }
+    for v in [2u8, 3, 4] {
+        c.votes.insert(addr(v));
+    }
+    c
+}
+
+fn candidate_of(c: &Committed, peers: &[PeerView], min: u32) -> Result<SocketAddr, String> {
+    let mut e = Engine::new(EngineConfig { minimum_standbys: min, ..PeerlessWitness::cfg() });
+    let s = step(&mut e, 10, Some(c), true, peers, LocalDb::default(), &Work::Idle);
+    match s.outcome {
+        Outcome::PromotionProposed { candidate, .. } => Ok(candidate),
+        Outcome::NoCandidate { reason, .. } => Err(reason),
+        o => panic!("unexpected {o}"),
+    }
+}
+
+#[test]
+fn candidate_is_most_advanced_then_priority_then_address() {
+    let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 7, 0) };
+    let peers = [dead, standby_view(2, 7, 100), standby_view(4, 7, 300), standby_view(5, 7, 300)];
+    assert_eq!(candidate_of(&five([1, 1, 1], [true; 3]), &peers, 0), Ok(addr(4)), "LSN, then address");
+    assert_eq!(candidate_of(&five([1, 2, 1], [true; 3]), &peers, 0), Ok(addr(5)), "priority breaks the LSN tie");
+    assert_eq!(candidate_of(&five([1, 0, 1], [true, true, false]), &peers, 0), Ok(addr(2)), "priority 0 and promotable=false never");
+    let err = candidate_of(&five([0, 0, 0], [true; 3]), &peers, 0).unwrap_err();
+    assert!(err.contains("promotable"), "{err}");
+    let err = candidate_of(&five([1, 1, 1], [true; 3]), &peers, 3).unwrap_err();
+    assert!(err.contains("minimum.standbys=3"), "{err}");
+    assert_eq!(candidate_of(&five([1, 1, 1], [true; 3]), &peers, 2), Ok(addr(4)), "two standbys remain");
+}
+
+#[test]
+fn named_standby_promotes_once_and_stays_fenced_until_done() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(2, Some(2));
+    let peers = [witness_view(3, 2)];
+    let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &Work::Idle);
+    assert_eq!(s.actions, vec![Action::PromoteLocal { epoch: 2, old_primary: None }]);
+    assert!(s.desired.fenced && !s.desired.vip);
+    assert_eq!(s.desired.epoch, 2, "adopts the new epoch at once: its PINGs fence the old primary");
+    assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
+    // pg_promote() done but the runtime has not finished (VIP, scripts): still fenced.
+    let s = step(&mut e, 50, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoting { epoch: 2 });
+    assert!(s.desired.fenced && s.actions.is_empty());
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 2 });
+    assert!(!s.desired.fenced && s.desired.lease_enforced && s.desired.vip);
+}
+
+#[test]
+fn old_primary_is_fenced_and_demoted() {
+    let mut e = Engine::new(cfg(1));
+    let c = committed(2, Some(2));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &Work::Idle);
+    assert!(s.desired.fenced && !s.desired.vip && !s.desired.lease_enforced);
+    assert!(s.actions.contains(&Action::DemoteLocal { epoch: 2, primary: Some(addr(2)) }));
+    assert_eq!(s.outcome, Outcome::FencedOldPrimary { epoch: 2 });
+    assert_eq!(s.desired.endorse, Some(addr(2)), "still a voter: it vouches for the legitimate primary");
+    let s = step(&mut e, 10, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &Work::Idle);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::DemoteLocal { .. })), "once per epoch");
+}
+
+#[test]
+fn failed_primary_database_fences_and_releases_the_vip() {
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let failed = LocalDb { failed: true, ..PRIMARY_DB };
+    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90)], failed, &Work::Idle);
+    assert!(s.desired.fenced && !s.desired.vip);
+    assert_eq!(s.desired.ping_flags & (FLAG_FENCED | FLAG_DB_UP), FLAG_FENCED);
+    assert!(s.actions.contains(&Action::PrimaryDbFailed { epoch: 1 }));
+    assert!(s.actions.contains(&Action::Propose(Proposal::Vote { voter: addr(1), epoch: 1 })), "votes against itself");
+    assert_eq!(s.outcome, Outcome::PrimaryDatabaseFailed);
+}
+
+#[test]
+fn without_auto_failover_only_a_notification() {
+    let mut e = Engine::new(cfg(2));
+    let mut c = committed(1, Some(1));
+    c.auto_failover = false;
+    let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
+    let s = step(&mut e, 10, Some(&c), false, &[dead], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty());
+    let notes: Vec<_> = s.actions.iter().filter(|a| matches!(a, Action::Notify { .. })).collect();
+    assert!(matches!(&notes[..], [Action::Notify { subject, .. }] if subject == "Potential manual failover required"));
+    assert_eq!(s.outcome, Outcome::ManualFailoverRequired { primary: addr(1) });
+    let s = step(&mut e, 20, Some(&c), false, &[dead], STANDBY_DB, &Work::Idle);
+    assert!(s.actions.is_empty(), "notified once: {:?}", s.actions);
+}
+
+#[test]
+fn standby_follows_a_new_primary_once() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(3, Some(4));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(4, 3, 10)], STANDBY_DB, &Work::Idle);
+    assert!(s.actions.contains(&Action::Follow { primary: addr(4), epoch: 3 }));
+    let s = step(&mut e, 10, Some(&c), false, &[primary_view(4, 3, 10)], STANDBY_DB, &Work::Idle);
+    assert!(s.actions.is_empty());
+}
+
+#[test]
+fn failed_promotion_is_treated_as_a_failed_primary_after_the_grace() {
+    let mut e = Engine::new(PeerlessWitness::cfg());
+    let c = committed(2, Some(2));
+    let stuck = PeerView { role: PeerRole::Standby, fenced: true, ..primary_view(2, 2, 10) };
+    let s = step(&mut e, 0, Some(&c), false, &[stuck], LocalDb::default(), &Work::Idle);
+    assert!(proposals(&s).is_empty());
+    let s = step(&mut e, 31_000, Some(&c), false, &[stuck], LocalDb::default(), &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(3), epoch: 2 }]);
+}
+
+#[test]
+fn a_vote_recorded_in_the_log_is_never_followed_by_an_endorsement() {
+    let mut e = Engine::new(cfg(2));
+    let mut c = committed(1, Some(1));
+    c.votes.insert(addr(2));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, None, "a restarted agent recovers its vote from the log");
+}
+
+#[test]
+fn outcomes_read_well() {
+    assert_eq!(Outcome::Voted { epoch: 4 }.to_string(), "voted against the primary of epoch 4");
+    assert_eq!(
+        Outcome::PromotionProposed { candidate: addr(2), epoch: 4 }.to_string(),
+        "proposed promoting 198.18.0.2:7800 (epoch 4 → 5)"
+    );
+}

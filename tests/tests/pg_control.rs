@@ -1,0 +1,252 @@
+//! `efm_agent::postgres::control` against real `PostgreSQL` servers on loopback (run as root): a
+//! planned switchover (clean stop of the primary, promotion of standby A, standby B pointed at
+//! A by reload, the old primary demoted with `standby.signal` and started as a read-only standby
+//! of A), the errors for a non-standby, and `primary_conninfo` with a password that needs
+//! quoting (restart path via `recovery_target_timeline`, then reload path).
+//!
+//! `cargo test -p efm-tests --test pg_control -- --test-threads=1`
+
+use std::{
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    time::Duration,
+};
+
+use efm_agent::postgres::{
+    conninfo_value,
+    control::{
+        demote_to_standby, is_running, promote, read_pg_version, reconfigure_standby, stop,
+        ApplyMethod, ControlError, DbControl, Upstream,
+    },
+};
+use efm_agent::scripts::lookup_user;
+use efm_tests::pg::{PgNode, PASSWORD_USER, SUPERUSER};
+
+const LO: &str = "127.0.0.1";
+
+fn control_for(node: &PgNode) -> DbControl {
+    let mut c = DbControl::new("postgres", &node.data);
+    c.bin = Some(node.bin.clone());
+    c.log_file = Some(node.log.clone());
+    c.timeout = Duration::from_mins(1);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_promote_reconfigure_demote() {
+    let p = PgNode::primary(5571, LO);
+    let a = PgNode::standby_of(&p, 5572);
+    let b = PgNode::standby_of(&p, 5573);
+    // An unrelated setting in postgresql.auto.conf, which the demotion must keep.
+    p.psql("ALTER SYSTEM SET work_mem = '7MB'");
+    p.psql("CREATE TABLE t(id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'before')");
+    let lsn = p.current_lsn();
+    a.wait_replayed(&lsn, Duration::from_secs(30));
+    b.wait_replayed(&lsn, Duration::from_secs(30));
+
+    // Planned switchover: the old primary shuts down cleanly first, so that it can follow.
+    let pc = control_for(&p);
+    assert!(is_running(&pc).await.unwrap());
+    stop(&pc).await.unwrap();
+    assert!(!is_running(&pc).await.unwrap());
+    stop(&pc)
+        .await
+        .expect("stopping a stopped server is not an error");
+
+    // Promote A.
+    let out = promote(&a.target(), Duration::from_secs(30))
+        .await
+        .expect("promoting A");
+    assert_eq!(out.addr, "127.0.0.1:5572");
+    assert_eq!(out.timeline, Some(2), "{out:?}");
+    assert!(out.lsn.0 > 0);
+    assert_eq!(a.psql("SELECT pg_is_in_recovery()"), "f");
+    a.psql("INSERT INTO t VALUES (2, 'on A')");
+
+    // Promoting it again: a clear error naming the host.
+    let err = promote(&a.target(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ControlError::NotStandby { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "database 127.0.0.1:5572 is not a standby (pg_is_in_recovery() is false); cannot promote it"
+    );
+    let err = reconfigure_standby(
+        &a.target(),
+        &control_for(&a),
+        &Upstream::new(LO, 5573, SUPERUSER),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ControlError::NotStandby { .. }), "{err}");
+
+    // B follows A: reload on PG 15, streaming from A on the new timeline.
+    let mut up = Upstream::new(LO, 5572, SUPERUSER);
+    up.application_name = Some("standby_b".into());
+    let rec = reconfigure_standby(&b.target(), &control_for(&b), &up)
+        .await
+        .expect("reconfiguring B");
+    assert_eq!(rec.method, ApplyMethod::Reload, "{rec:?}");
+    assert_eq!(rec.streaming_from, "127.0.0.1:5572");
+    assert!(rec.timeline.is_some_and(|t| t >= 1), "{rec:?}");
+    assert!(rec.wrote.is_none());
+    // The receiver reports the new timeline once it has switched to it (it may still show the
+    // old one for a moment after connecting).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while b.psql("SELECT received_tli FROM pg_stat_wal_receiver") != "2" && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        b.psql("SELECT sender_port, received_tli, status FROM pg_stat_wal_receiver"),
+        "5572|2|streaming"
+    );
+    assert_eq!(
+        a.psql("SELECT application_name FROM pg_stat_replication"),
+        "standby_b"
+    );
+    a.psql("INSERT INTO t VALUES (3, 'after reconfigure')");
+    b.wait_replayed(&a.current_lsn(), Duration::from_secs(30));
+    assert_eq!(
+        b.psql("SELECT string_agg(v, ',' ORDER BY id) FROM t"),
+        "before,on A,after reconfigure"
+    );
+
+    demote_and_follow(&p, &a, &pc).await;
+}
+
+/// The stopped old primary `p` demoted with `standby.signal` + `primary_conninfo`, started:
+/// it comes up read-only and follows the new primary `a`.
+async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
+    // Demote the old primary (stopped): files only, the server is not started.
+    let version = read_pg_version(&p.data).unwrap();
+    assert_eq!(version, 150_000);
+    let mut up_p = Upstream::new(LO, 5572, SUPERUSER);
+    up_p.application_name = Some("old_primary".into());
+    let d = demote_to_standby(pc, &p.data, version, &up_p).expect("demoting the old primary");
+    assert_eq!(
+        d.files,
+        [
+            p.data.join("postgresql.auto.conf"),
+            p.data.join("standby.signal")
+        ]
+    );
+    let pg = lookup_user("postgres").unwrap();
+    for f in &d.files {
+        let m = std::fs::metadata(f).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+        assert_eq!((m.uid(), m.gid()), (pg.uid, pg.gid), "{}", f.display());
+    }
+    let auto = std::fs::read_to_string(p.data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("work_mem = '7MB'"), "{auto}");
+    assert_eq!(auto.matches("primary_conninfo").count(), 1, "{auto}");
+    assert!(
+        !is_running(pc).await.unwrap(),
+        "demote_to_standby must not start the server"
+    );
+    // Leftover temporary files: none.
+    let leftovers: Vec<_> = std::fs::read_dir(&p.data)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("efm-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Started, it comes up in recovery, read-only, following A.
+    pc.start().await.expect("starting the old primary");
+    assert!(is_running(pc).await.unwrap());
+    assert_eq!(p.psql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(p.psql("SHOW work_mem"), "7MB");
+    p.wait_streaming(Duration::from_secs(30));
+    assert_eq!(
+        p.psql("SELECT sender_port, received_tli FROM pg_stat_wal_receiver"),
+        "5572|2"
+    );
+    a.psql("INSERT INTO t VALUES (4, 'followed')");
+    p.wait_replayed(&a.current_lsn(), Duration::from_secs(30));
+    assert_eq!(p.psql("SELECT v FROM t WHERE id = 4"), "followed");
+    let w = p.psql_output("INSERT INTO t VALUES (5, 'must fail')");
+    assert!(!w.status.success());
+    let err = String::from_utf8_lossy(&w.stderr);
+    assert!(
+        err.contains("cannot execute INSERT in a read-only transaction"),
+        "{err}"
+    );
+    let names = a.psql("SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication");
+    assert_eq!(names, "old_primary,standby_b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_password_in_primary_conninfo() {
+    let p = PgNode::primary(5574, LO);
+    let s = PgNode::standby_of(&p, 5575);
+    let password = r"it's a \secret' pass";
+    p.create_password_user(password);
+    p.psql(&format!("ALTER ROLE {PASSWORD_USER} REPLICATION"));
+    // Replication connections of that role must authenticate with the password.
+    let hba = p.data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host replication {PASSWORD_USER} 127.0.0.0/8 scram-sha-256\n{old}"),
+    )
+    .unwrap();
+    p.psql("SELECT pg_reload_conf()");
+
+    // recovery_target_timeline other than 'latest' forces the restart path.
+    s.append_conf(&["recovery_target_timeline = 'current'".into()]);
+    s.stop("fast");
+    s.start();
+    s.wait_streaming(Duration::from_secs(30));
+
+    let sc = control_for(&s);
+    let mut up = Upstream::new(LO, 5574, PASSWORD_USER);
+    up.password = Some(password.into());
+    up.application_name = Some("with password".into());
+    let r = reconfigure_standby(&s.target(), &sc, &up)
+        .await
+        .expect("reconfiguring with a password");
+    assert_eq!(r.method, ApplyMethod::Restart, "{r:?}");
+    assert!(!r.conninfo.contains("secret"), "{}", r.conninfo);
+    assert_eq!(s.psql("SHOW recovery_target_timeline"), "latest");
+    let ci = s.psql("SHOW primary_conninfo");
+    assert_eq!(conninfo_value(&ci, "password").as_deref(), Some(password));
+    assert_eq!(
+        p.psql("SELECT usename, application_name FROM pg_stat_replication"),
+        format!("{PASSWORD_USER}|with password")
+    );
+
+    // Reload path; a wrong password: the standby never streams, a clear error after the bound.
+    let mut bad = up.clone();
+    bad.password = Some("wrong'one".into());
+    let mut quick = sc.clone();
+    quick.timeout = Duration::from_secs(6);
+    let e = reconfigure_standby(&s.target(), &quick, &bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ControlError::NotStreaming {
+                method: ApplyMethod::Reload,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("127.0.0.1:5575") && msg.contains("127.0.0.1:5574"),
+        "{msg}"
+    );
+    assert!(!msg.contains("wrong"), "{msg}");
+
+    // Back to the right password by reload.
+    let r = reconfigure_standby(&s.target(), &sc, &up)
+        .await
+        .expect("reconfiguring back");
+    assert_eq!(r.method, ApplyMethod::Reload);
+    assert_eq!(
+        p.psql("SELECT usename FROM pg_stat_replication"),
+        PASSWORD_USER
+    );
+}

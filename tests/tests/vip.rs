@@ -1,0 +1,210 @@
+//! `efm_agent::vip` for real: a three-node bed (namespaces on a bridge). Node 1 takes the VIP,
+//! node 2's neighbour cache must follow the announcement, node 3 probes for it. Needs root; runs
+//! single-threaded (`cargo test -p efm-tests --test vip -- --test-threads=1`).
+
+use std::{
+    net::IpAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use efm_agent::vip::{self, Announce, Assigned, Mac, Released, VipError};
+use efm_tests::{bed::Bed, ip_in, require_root, Netns};
+
+const VIP4: &str = "198.18.0.100";
+const VIP6: &str = "fd00:efd::100";
+const BOGUS_MAC: &str = "02:00:00:00:00:99";
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip_out(ns: &Netns, args: &[&str]) -> String {
+    output(Command::new("ip").arg("-n").arg(&ns.name).args(args))
+}
+
+/// The MAC of bed node `i`'s interface.
+fn mac_of(bed: &Bed, i: usize) -> String {
+    let n = &bed.nodes[i];
+    let out = ip_out(&n.ns, &["link", "show", "dev", &n.ifname]);
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "link/ether").expect("an Ethernet interface");
+    words.next().expect("a MAC after link/ether").to_owned()
+}
+
+fn mac_str(m: Mac) -> String {
+    vip::fmt_mac(m)
+}
+
+/// Node `i`'s neighbour entry for `addr` (`ip neigh show`), waiting up to 1 s for it to carry
+/// `want`.
+fn neigh_until(bed: &Bed, i: usize, addr: &str, want: &str) -> String {
+    let n = &bed.nodes[i];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let out = ip_out(&n.ns, &["neigh", "show", addr, "dev", &n.ifname]);
+        if out.contains(want) || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assign(bed: &Bed, i: usize, addr: &str, prefix: u8) -> Result<Assigned, VipError> {
+    let (iface, addr) = (bed.nodes[i].ifname.clone(), addr.parse::<IpAddr>().unwrap());
+    bed.nodes[i].ns.run(move || vip::assign(&iface, addr, prefix))
+}
+
+fn release(bed: &Bed, i: usize, addr: &str, prefix: u8) -> Result<Released, VipError> {
+    let (iface, addr) = (bed.nodes[i].ifname.clone(), addr.parse::<IpAddr>().unwrap());
+    bed.nodes[i].ns.run(move || vip::release(&iface, addr, prefix))
+}
+
+fn assigned_here(bed: &Bed, i: usize, addr: &str) -> bool {
+    let (iface, addr) = (bed.nodes[i].ifname.clone(), addr.parse::<IpAddr>().unwrap());
+    bed.nodes[i].ns.run(move || vip::is_assigned_here(&iface, addr)).expect("querying addresses")
+}
+
+/// Probes from node `i`; also checks the probe keeps to its time bound.
+fn probe(bed: &Bed, i: usize, addr: &str) -> Option<Mac> {
+    let (iface, addr) = (bed.nodes[i].ifname.clone(), addr.parse::<IpAddr>().unwrap());
+    let started = Instant::now();
+    let r = bed.nodes[i].ns.run(move || vip::probe_in_use(&iface, addr, PROBE_TIMEOUT)).expect("probing");
+    assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_millis(200), "probe overran: {:?}", started.elapsed());
+    r
+}
+
+fn bed_v6() -> Bed {
+    let bed = Bed::new(3);
+    for (i, n) in bed.nodes.iter().enumerate() {
+        ip_in(&n.ns.name, &["addr", "add", &format!("fd00:efd::{}/64", i + 1), "dev", &n.ifname, "nodad"]);
+    }
+    bed
+}
+
+/// The whole life of a VIP on one address family.
+fn lifecycle(bed: &Bed, addr: &str, prefix: u8) {
+    let mac1 = mac_of(bed, 0);
+    let (n2, n2_if) = (&bed.nodes[1].ns.name, bed.nodes[1].ifname.clone());
+    // Node 2 believes the VIP is somewhere else; only the announcement can correct that (with
+    // default sysctls an unsolicited ARP/NA updates an existing entry but creates none).
+    ip_in(n2, &["neigh", "replace", addr, "lladdr", BOGUS_MAC, "dev", &n2_if, "nud", "stale"]);
+    assert!(ip_out(&bed.nodes[1].ns, &["neigh", "show", addr, "dev", &n2_if]).contains(BOGUS_MAC));
+
+    assert!(!assigned_here(bed, 0, addr));
+    assert_eq!(probe(bed, 2, addr), None, "nobody holds {addr} yet");
+
+    assert_eq!(assign(bed, 0, addr, prefix).expect("assigning"), Assigned::Added);
+    assert!(assigned_here(bed, 0, addr));
+    assert!(!assigned_here(bed, 1, addr));
+    let shown = ip_out(&bed.nodes[0].ns, &["addr", "show", "dev", &bed.nodes[0].ifname]);
+    assert!(shown.contains(&format!("{addr}/{prefix}")), "ip addr does not show {addr}/{prefix}:\n{shown}");
+    let vip_line = shown.lines().find(|l| l.contains(&format!("{addr}/"))).unwrap_or_default();
+    assert!(!vip_line.contains("tentative"), "the VIP must be usable at once:\n{shown}");
+
+    let neigh = neigh_until(bed, 1, addr, &mac1);
+    assert!(neigh.contains(&mac1), "node 2's neighbour entry for {addr} was not updated to node 1's {mac1}: {neigh}");
+
+    assert_eq!(probe(bed, 2, addr).map(mac_str), Some(mac1.clone()), "node 3 must find node 1 holding {addr}");
+    // Node 1 does not see itself as a holder.
+    assert_eq!(probe(bed, 0, addr), None);
+
+    assert_eq!(assign(bed, 0, addr, prefix).expect("assigning again"), Assigned::AlreadyAssigned);
+    assert!(assigned_here(bed, 0, addr));
+
+    assert_eq!(release(bed, 0, addr, prefix).expect("releasing"), Released::Removed);
+    assert!(!assigned_here(bed, 0, addr));
+    assert!(!ip_out(&bed.nodes[0].ns, &["addr", "show", "dev", &bed.nodes[0].ifname]).contains(&format!("{addr}/")));
+    assert_eq!(probe(bed, 2, addr), None, "{addr} was released");
+    assert_eq!(release(bed, 0, addr, prefix).expect("releasing again"), Released::NotAssigned);
+
+    // Another node takes over: node 3 now finds node 2.
+    assert_eq!(assign(bed, 1, addr, prefix).expect("assigning on node 2"), Assigned::Added);
+    assert_eq!(probe(bed, 2, addr).map(mac_str), Some(mac_of(bed, 1)));
+    assert_eq!(release(bed, 1, addr, prefix).expect("releasing on node 2"), Released::Removed);
+}
+
+#[test]
+fn ipv4_vip_assign_announce_probe_release() {
+    require_root();
+    let bed = Bed::new(3);
+    lifecycle(&bed, VIP4, 24);
+}
+
+#[test]
+fn ipv6_vip_assign_announce_probe_release() {
+    require_root();
+    let bed = bed_v6();
+    lifecycle(&bed, VIP6, 64);
+}
+
+#[test]
+fn announce_count_and_interval_are_honoured() {
+    require_root();
+    let bed = Bed::new(2);
+    let iface = bed.nodes[0].ifname.clone();
+    let took = bed.nodes[0].ns.run(move || {
+        let a = Announce { count: 4, interval: Duration::from_millis(50) };
+        let t = Instant::now();
+        let r = vip::assign_with(&iface, VIP4.parse().unwrap(), 32, &a).expect("assigning");
+        assert_eq!(r, Assigned::Added);
+        let took = t.elapsed();
+        assert_eq!(vip::announce(&iface, VIP4.parse().unwrap(), &a).expect("re-announcing"), 4);
+        vip::release(&iface, VIP4.parse().unwrap(), 32).expect("releasing");
+        took
+    });
+    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(1), "3 pauses of 50 ms, took {took:?}");
+}
+
+#[test]
+fn errors_name_the_interface_and_address() {
+    require_root();
+    let ns = Netns::new("efv");
+    let msgs = ns.run(|| {
+        let mut msgs = Vec::new();
+        let e = vip::ifindex("efm-nope0").unwrap_err();
+        assert!(matches!(e, VipError::Interface { .. }), "{e:?}");
+        msgs.push(e.to_string());
+        for addr in [VIP4, VIP6] {
+            let a: IpAddr = addr.parse().unwrap();
+            msgs.push(vip::assign("efm-nope0", a, 24).unwrap_err().to_string());
+            msgs.push(vip::release("efm-nope0", a, 24).unwrap_err().to_string());
+            msgs.push(vip::is_assigned_here("efm-nope0", a).unwrap_err().to_string());
+            msgs.push(vip::probe_in_use("efm-nope0", a, PROBE_TIMEOUT).unwrap_err().to_string());
+        }
+        // The kernel's refusal is reported with context: IPv4 with a /33 is caught before it.
+        let e = vip::assign("lo", VIP4.parse().unwrap(), 33).unwrap_err();
+        assert!(matches!(e, VipError::InvalidAddress { .. }), "{e:?}");
+        // Probing on a non-Ethernet interface is refused clearly.
+        let e = vip::probe_in_use("lo", VIP4.parse().unwrap(), PROBE_TIMEOUT).unwrap_err();
+        assert!(matches!(e, VipError::NotEthernet { .. }), "{e:?}");
+        msgs.push(e.to_string());
+        msgs
+    });
+    for m in &msgs[..9] {
+        assert!(m.contains("\"efm-nope0\""), "error does not name the interface: {m}");
+    }
+    for m in &msgs[1..9] {
+        assert!(m.contains(VIP4) || m.contains(VIP6), "error does not name the address: {m}");
+    }
+    assert!(msgs[9].contains("lo") && msgs[9].contains(VIP4), "{}", msgs[9]);
+    eprintln!("{}", msgs.join("\n"));
+}
+
+#[test]
+fn netlink_errors_carry_the_kernels_reason() {
+    require_root();
+    let ns = Netns::new("efv");
+    let e = ns.run(|| {
+        // An IPv6 address on an interface with IPv6 disabled: refused by the kernel.
+        std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "1").expect("disabling IPv6 on lo");
+        vip::assign("lo", VIP6.parse().unwrap(), 64).unwrap_err()
+    });
+    let s = e.to_string();
+    assert!(matches!(e, VipError::Netlink { .. }), "{e:?}");
+    assert!(s.contains("lo") && s.contains(&format!("{VIP6}/64")), "{s}");
+    eprintln!("{s}");
+}

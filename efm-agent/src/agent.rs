@@ -155,6 +155,22 @@ pub struct Shared {
     pub outcome: Option<String>,
     /// The coordination log's leader (EFM's membership coordinator).
     pub leader: Option<SocketAddr>,
+    /// What the kernel enforces right now (read every cycle).
+    pub kernel: KernelView,
+}
+
+/// The kernel's fence and lease as of the last cycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelView {
+    pub fenced: bool,
+    pub lease_enforced: bool,
+    /// The lease is enforced and has time left (ms), or 0.
+    pub lease_left_ms: u64,
+    pub epoch: u64,
+    pub max_epoch_seen: u64,
+    /// Client traffic to the database port passes: not fenced, not epoch-fenced, lease valid.
+    pub serving: bool,
 }
 
 
@@ -362,6 +378,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         config_dir: opts.config_dir.clone(),
         outcome: None,
         leader: None,
+        kernel: KernelView::default(),
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;

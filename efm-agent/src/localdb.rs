@@ -61,6 +61,10 @@ pub async fn initial_role(cfg: &Config, target: &DbTarget) -> Result<Role, postg
 /// Keeps `shared.db` (and the role of a non-witness node) current until aborted.
 pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
     let timings = LocalTimings::from_config(&lock(&shared).config);
+    let data_dir = lock(&shared).config.db_data_dir.clone();
+    if let Some(dir) = data_dir {
+        tokio::spawn(watch_postmaster(shared.clone(), target.clone(), dir, timings.timeout_final));
+    }
     let (tx, mut rx) = mpsc::channel(16);
     let monitor = LocalMonitor::new(timings, Instant::now());
     tokio::spawn(monitor.run(target, tx, std::future::pending()));
@@ -87,5 +91,49 @@ pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
                 s.db.error = Some(error.to_string());
             }
         }
+    }
+}
+
+/// Watches the postmaster process named in `<data_dir>/postmaster.pid` (a pidfd becomes readable
+/// when the process exits). When it exits, one final check runs at once with
+/// `local.timeout.final`; if that fails too, the database is declared failed without waiting for
+/// `local.timeout` — the process is gone, there is nothing to wait for. The periodic monitor
+/// keeps running and reports the recovery when a new postmaster answers.
+async fn watch_postmaster(shared: Arc<Mutex<Shared>>, target: DbTarget, data_dir: std::path::PathBuf, final_timeout: std::time::Duration) {
+    use tokio::io::unix::AsyncFd;
+    loop {
+        let pid = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        let Some(pid) = pid else {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        };
+        // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let Ok(fd) = i32::try_from(fd) else { continue };
+        if fd < 0 {
+            // No such process (stale pid file): the monitor's checks decide.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        // SAFETY: fd is a fresh pidfd we own.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: `owned` is a valid pidfd that the AsyncFd owns until it is dropped.
+        let Ok(afd) = (unsafe { AsyncFd::register(owned) }) else { return };
+        if let Ok(mut guard) = afd.readable().await {
+            guard.clear_ready();
+        }
+        tracing::warn!(pid, "the postmaster exited; checking the database once more");
+        let ok = crate::postgres::remote_check(&target, final_timeout).await.is_ok();
+        if !ok {
+            let mut s = lock(&shared);
+            if s.db.up != Some(false) {
+                tracing::error!(pid, "local database failed: the postmaster exited and the final check failed");
+            }
+            s.db.up = Some(false);
+            s.db.error = Some(format!("postmaster (pid {pid}) exited"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

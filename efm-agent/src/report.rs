@@ -91,6 +91,9 @@ pub fn node_status(shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
         "nodeId": s.node_id,
         "type": s.role.to_string(),
         "epoch": s.epoch,
+        "outcome": s.outcome,
+        "kernel": s.kernel,
+        "leader": s.leader.map(|l| l.to_string()),
         "xdp": s.attachment,
         "monotonicNs": now,
         "db": {

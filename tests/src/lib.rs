@@ -5,6 +5,7 @@
 //! Privileged tests never skip: [`require_root`] panics with what is missing.
 
 pub mod bed;
+pub mod cluster;
 
 use std::{
     fs,

@@ -23,7 +23,9 @@
 //!    endorsing. Two majorities intersect, so the old lease has lapsed everywhere it counted.
 //! 4. A node whose database is a primary but which is not the committed primary of the current
 //!    epoch is fenced (when in doubt, fence); so is a candidate until its promotion completes,
-//!    and a primary whose database failed.
+//!    and a primary whose database failed. Such a primary fences its kernel first and then votes
+//!    against its own epoch; it stays fenced for that epoch even if the database comes back, so
+//!    the other voters may vote at once when they see its vote in the log.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -419,7 +421,10 @@ impl Engine {
                         Some((e, t)) if e == c.epoch => t.max(started),
                         _ => started,
                     };
-                    let waited = inp.now_ns.saturating_sub(since) >= duration_ns(self.cfg.promotion_wait());
+                    // A primary that voted against its own epoch fenced its kernel before it did
+                    // and stays fenced for the epoch (rule 4): no lease of its can serve.
+                    let gave_up = c.votes.contains(&p);
+                    let waited = gave_up || inp.now_ns.saturating_sub(since) >= duration_ns(self.cfg.promotion_wait());
                     if waited {
                         self.voted = Some(c.epoch);
                         self.vote_proposed_ns = inp.now_ns;
@@ -548,7 +553,7 @@ impl Engine {
         actions: &mut Vec<Action>,
     ) -> (Desired, Outcome) {
         let db_flag = Self::db_flags(&inp.db);
-        if inp.db.failed || inp.db.up == Some(false) {
+        if inp.db.failed || inp.db.up == Some(false) || self.voted_against(c.epoch) {
             // Fenced by its own kernel from this cycle on, so its vote is safe at once; without
             // it a cluster that has lost another voter could never replace it.
             if !c.votes.contains(&self.cfg.me) && (self.voted != Some(c.epoch) || retry_due(self.vote_proposed_ns, inp.now_ns)) {

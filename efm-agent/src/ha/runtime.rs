@@ -202,10 +202,25 @@ impl HaRuntime {
             }
             self.last_fence = Some(fence);
         }
+        let lease = dp.lease()?;
+        let lease_left = if step.desired.lease_enforced && step.desired.lease_k > 0 {
+            lease.deadline_ns.saturating_sub(now_ns)
+        } else {
+            u64::MAX
+        };
+        let kernel = crate::agent::KernelView {
+            fenced: step.desired.fenced,
+            lease_enforced: step.desired.lease_enforced,
+            lease_left_ms: if lease_left == u64::MAX { 0 } else { lease_left / 1_000_000 },
+            epoch: fence.epoch,
+            max_epoch_seen: lease.max_epoch_seen,
+            serving: !step.desired.fenced && lease.max_epoch_seen <= fence.epoch && lease_left > 0,
+        };
         {
             let mut s = lock(shared);
             s.epoch = st.epoch;
             s.outcome = Some(step.outcome.to_string());
+            s.kernel = kernel;
         }
 
         self.reconcile_vip(step.desired.vip);
@@ -436,7 +451,11 @@ async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAdd
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             if let Some(mac) = found {
-                return Err(format!("the VIP {addr} is still answered by {} (check.vip.before.promotion)", vip::fmt_mac(mac)));
+                // EFM refuses to promote here, because the holder might still be a working
+                // primary. With efm the holder's kernel cuts database traffic to the VIP off once
+                // its lease lapses (the promotion waited for that), so a stale holder — typically
+                // a node whose agent died — cannot take writes: take the VIP over and announce it.
+                tracing::warn!(vip = %addr, holder = %vip::fmt_mac(mac), "check.vip.before.promotion: the VIP is still answered by another node; its kernel lease has lapsed, taking it over");
             }
         }
     }

@@ -337,6 +337,32 @@ fn a_vote_recorded_in_the_log_is_never_followed_by_an_endorsement() {
 }
 
 #[test]
+fn a_primary_that_gave_up_is_replaced_without_the_lease_wait() {
+    let mut e = Engine::new(cfg(2));
+    let mut c = committed(1, Some(1));
+    let fenced = PeerView { fenced: true, db_up: false, ..primary_view(1, 1, 10) };
+    step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 1_200, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)), "endorsing at 1.2 s");
+    let s = step(&mut e, 1_250, Some(&c), false, &[fenced], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "endorsed 50 ms ago: must wait");
+    c.votes.insert(addr(1));
+    let s = step(&mut e, 1_300, Some(&c), false, &[fenced], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "its own vote means its kernel is fenced");
+}
+
+#[test]
+fn a_primary_stays_fenced_for_an_epoch_it_voted_against() {
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let failed = LocalDb { failed: true, ..PRIMARY_DB };
+    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90)], failed, &Work::Idle);
+    assert!(s.desired.fenced);
+    let s = step(&mut e, 100, Some(&c), true, &[standby_view(2, 1, 90)], PRIMARY_DB, &Work::Idle);
+    assert!(s.desired.fenced && !s.desired.vip, "the database came back, but the epoch is given up");
+}
+
+#[test]
 fn outcomes_read_well() {
     assert_eq!(Outcome::Voted { epoch: 4 }.to_string(), "voted against the primary of epoch 4");
     assert_eq!(

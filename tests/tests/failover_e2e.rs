@@ -1,0 +1,153 @@
+//! Automatic failover end to end: real PostgreSQL 15 streaming replication, real agents with XDP,
+//! a client writing through the VIP. For each fault: exactly one primary afterwards, the client's
+//! writes resume through the VIP, the other standby follows the new primary, and — on the shared
+//! kernel clock — no write was acknowledged by the old primary after the new primary acknowledged
+//! its first. Needs root; run single-threaded.
+
+use std::time::Duration;
+
+use efm_tests::{
+    cluster::{no_overlap, Ack, Cluster, Kind, Writer},
+    monotonic_ns,
+};
+
+const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
+const PSW: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Witness];
+
+/// Waits until a server other than `old` acknowledges a write after `t_fault`; returns its name.
+fn new_primary(w: &Writer, old: &str, t_fault: u64, timeout: Duration) -> String {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(a) = w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != old)) {
+            return a.server.clone().unwrap();
+        }
+        assert!(std::time::Instant::now() < until, "no new primary accepted writes within {timeout:?} of the fault");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn index_of(name: &str) -> usize {
+    name.trim_start_matches('n').parse::<usize>().unwrap() - 1
+}
+
+/// Runs one failover: healthy cluster with a writing client, `fault`, then the checks.
+/// Returns the failover time in ms (fault → first acknowledged write on the new primary).
+fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<Ack>, u64) {
+    let mut c = Cluster::start(kinds, "");
+    let w = c.writer();
+    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let t_fault = monotonic_ns();
+    fault(&mut c);
+    let new = new_primary(&w, "n1", t_fault, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let acks = w.finish();
+    let (last_old, first_new) = no_overlap(&acks, "n1", &new);
+    let ms = (first_new - t_fault) / 1_000_000;
+    eprintln!(
+        "{what}: failover {ms} ms from fault to first client write on {new}; last write on n1 {} ms before it",
+        (first_new - last_old) / 1_000_000
+    );
+    assert!(ms < 10_000, "{what}: failover took {ms} ms");
+
+    // Exactly one serving primary, and it is the one the client writes to.
+    let p = c.serving_primary().expect("exactly one serving primary");
+    assert_eq!(p, index_of(&new), "the serving primary is the one the client reached");
+    // Every other database node follows it.
+    let new_ip = c.files[p].ip.clone();
+    for (i, k) in c.kinds.iter().enumerate() {
+        if i == 0 || i == p || *k == Kind::Witness {
+            continue;
+        }
+        let pgn = c.pg[i].as_ref().unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = pgn.psql("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver");
+            if r == format!("{new_ip}|streaming") {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "node {} does not stream from the new primary: {r:?}", i + 1);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    (c, acks, ms)
+}
+
+#[test]
+fn postmaster_sigkill_fails_over() {
+    let (_c, _acks, _ms) = failover(&PSS, "postmaster SIGKILL", |c| c.pg[0].as_ref().unwrap().sigkill());
+}
+
+#[test]
+fn postmaster_sigkill_fails_over_with_a_witness() {
+    let (_c, _acks, _ms) = failover(&PSW, "postmaster SIGKILL (witness)", |c| c.pg[0].as_ref().unwrap().sigkill());
+}
+
+#[test]
+fn primary_link_down_fails_over() {
+    let (c, _acks, _ms) = failover(&PSS, "primary link down", |c| c.bed.link_down(0));
+    drop(c);
+}
+
+#[test]
+fn primary_isolated_by_nftables_fails_over() {
+    let (c, _acks, _ms) = failover(&PSS, "primary isolated (nftables)", |c| {
+        let sw = c.bed.nodes[0].sw_if.clone();
+        let rules = format!(
+            "table bridge efm_isolate {{\n chain isolate {{\n  type filter hook forward priority 0;\n  iifname \"{sw}\" drop\n  oifname \"{sw}\" drop\n }}\n}}\n"
+        );
+        let out = c.bed.switch.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(|mut ch| {
+            use std::io::Write as _;
+            ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            ch.wait_with_output()
+        });
+        assert!(out.is_ok_and(|o| o.status.success()), "nft isolation rules");
+    });
+    drop(c);
+}
+
+#[test]
+fn frozen_primary_agent_loses_its_clients_and_is_replaced() {
+    let lease_ms = 1_000;
+    let mut t_stop = 0;
+    let (c, acks, _ms) = failover(&PSS, "primary agent SIGSTOP", |c| {
+        t_stop = monotonic_ns();
+        c.agents[0].signal(libc::SIGSTOP);
+    });
+    // While the agent was stopped the kernel cut its clients off once the lease ran out.
+    let last_old = acks.iter().filter(|a| a.server.as_deref() == Some("n1")).map(|a| a.t_ns).max().unwrap();
+    let after = last_old.saturating_sub(t_stop) / 1_000_000;
+    assert!(after <= lease_ms + 500, "n1 acknowledged a write {after} ms after its agent froze (lease {lease_ms} ms)");
+    // Thawed, the old primary finds the new epoch and stays fenced.
+    c.agents[0].signal(libc::SIGCONT);
+    c.wait_for(0, "the old primary fenced", Duration::from_secs(15), |v| {
+        v["outcome"].as_str().is_some_and(|o| o.starts_with("fenced"))
+    });
+}
+
+#[test]
+fn primary_agent_sigkill_fails_over() {
+    let (_c, _acks, _ms) = failover(&PSS, "primary agent SIGKILL", |c| c.agents[0].sigkill());
+}
+
+#[test]
+fn standby_and_witness_failures_do_not_promote() {
+    let c = Cluster::start(&PSW, "");
+    let w = c.writer();
+    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some());
+    let epoch = |c: &Cluster| c.node_status(0).unwrap()["epoch"].as_u64().unwrap();
+    let e0 = epoch(&c);
+    // The witness's node goes away, then the standby's database.
+    c.bed.link_down(2);
+    c.wait_for(0, "witness node dead", Duration::from_secs(5), |v| {
+        v["peers"].as_array().unwrap().iter().any(|p| p["address"] == "198.18.0.3:7800" && p["verdict"] == "node dead")
+    });
+    c.pg[1].as_ref().unwrap().sigkill();
+    std::thread::sleep(Duration::from_secs(3));
+    let t = monotonic_ns();
+    assert!(w.wait_ack_from("n1", t, Duration::from_secs(5)).is_some(), "the primary keeps serving");
+    assert_eq!(epoch(&c), e0, "no promotion");
+    assert_eq!(c.serving_primary(), Some(0));
+    let _ = w.finish();
+}

@@ -54,12 +54,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `efm-agent` in network namespace `ns` only (`nsenter --net`: `ip netns exec` would
-    /// give it a private /sys and its pins would die with it).
+    /// The command that runs `efm-agent` for node files `f` in network namespace `ns` only
+    /// (`nsenter --net`: `ip netns exec` would give it a private /sys and its pins would die
+    /// with it).
     #[must_use]
-    pub fn start(ns: &str, f: &NodeFiles) -> Self {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{ns}"))
+    pub fn command(ns: &str, f: &NodeFiles) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{ns}"))
             .arg(bin("efm-agent"))
             .args(["--cluster", CLUSTER, "--config-dir"])
             .arg(&f.config_dir)
@@ -69,11 +70,13 @@ impl Agent {
             .arg(&f.bpffs.0)
             .arg("--state-dir")
             .arg(&f.state_dir)
-            .env_remove("EFM_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn efm-agent");
+            .env_remove("EFM_LOG");
+        cmd
+    }
+
+    #[must_use]
+    pub fn start(ns: &str, f: &NodeFiles) -> Self {
+        let child = Self::command(ns, f).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn efm-agent");
         Self { child: Some(child) }
     }
 
@@ -411,4 +414,44 @@ pub fn no_overlap(acks: &[Ack], old: &str, new: &str) -> (u64, u64) {
         (last_old - first_new) / 1000
     );
     (last_old, first_new)
+}
+
+/// One measured failover.
+#[derive(Clone, Debug)]
+pub struct FailoverRun {
+    /// Fault → first write acknowledged by the new primary, through the VIP.
+    pub failover_ms: u64,
+    /// How long before the new primary's first acknowledged write the old one acknowledged its
+    /// last (positive: no overlap).
+    pub gap_ms: i64,
+    pub new_primary: String,
+}
+
+/// Starts a cluster of `kinds` with a client writing through the VIP, applies `fault`, and
+/// waits for a new primary to accept writes. Panics if two primaries acknowledged writes at
+/// overlapping times, or if no new primary appears within `timeout`.
+pub fn run_failover(kinds: &[Kind], extra: &str, timeout: Duration, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<Ack>, FailoverRun) {
+    let mut c = Cluster::start(kinds, extra);
+    let w = c.writer();
+    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
+    std::thread::sleep(Duration::from_millis(300));
+    let t_fault = monotonic_ns();
+    fault(&mut c);
+    let until = Instant::now() + timeout;
+    let new = loop {
+        if let Some(a) = w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != "n1")) {
+            break a.server.clone().unwrap();
+        }
+        assert!(Instant::now() < until, "no new primary accepted writes within {timeout:?} of the fault");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let acks = w.finish();
+    let (last_old, first_new) = no_overlap(&acks, "n1", &new);
+    let run = FailoverRun {
+        failover_ms: (first_new - t_fault) / 1_000_000,
+        gap_ms: i64::try_from(first_new / 1_000_000).unwrap_or(i64::MAX) - i64::try_from(last_old / 1_000_000).unwrap_or(0),
+        new_primary: new,
+    };
+    (c, acks, run)
 }

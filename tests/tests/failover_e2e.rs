@@ -7,54 +7,28 @@
 use std::time::Duration;
 
 use efm_tests::{
-    cluster::{no_overlap, Ack, Cluster, Kind, Writer},
+    cluster::{run_failover, Ack, Cluster, Kind},
     monotonic_ns,
 };
 
 const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
 const PSW: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Witness];
 
-/// Waits until a server other than `old` acknowledges a write after `t_fault`; returns its name.
-fn new_primary(w: &Writer, old: &str, t_fault: u64, timeout: Duration) -> String {
-    let until = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(a) = w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != old)) {
-            return a.server.clone().unwrap();
-        }
-        assert!(std::time::Instant::now() < until, "no new primary accepted writes within {timeout:?} of the fault");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn index_of(name: &str) -> usize {
     name.trim_start_matches('n').parse::<usize>().unwrap() - 1
 }
 
-/// Runs one failover: healthy cluster with a writing client, `fault`, then the checks.
-/// Returns the failover time in ms (fault → first acknowledged write on the new primary).
+/// One failover with the checks every scenario shares: no overlap (checked by `run_failover`),
+/// exactly one serving primary afterwards, and every other database node following it.
 fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<Ack>, u64) {
-    let mut c = Cluster::start(kinds, "");
-    let w = c.writer();
-    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
-    std::thread::sleep(Duration::from_millis(300));
-
-    let t_fault = monotonic_ns();
-    fault(&mut c);
-    let new = new_primary(&w, "n1", t_fault, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-    let acks = w.finish();
-    let (last_old, first_new) = no_overlap(&acks, "n1", &new);
-    let ms = (first_new - t_fault) / 1_000_000;
+    let (c, acks, run) = run_failover(kinds, "", Duration::from_secs(30), fault);
     eprintln!(
-        "{what}: failover {ms} ms from fault to first client write on {new}; last write on n1 {} ms before it",
-        (first_new - last_old) / 1_000_000
+        "{what}: failover {} ms from fault to first client write on {}; last write on n1 {} ms before it",
+        run.failover_ms, run.new_primary, run.gap_ms
     );
-    assert!(ms < 10_000, "{what}: failover took {ms} ms");
-
-    // Exactly one serving primary, and it is the one the client writes to.
+    assert!(run.failover_ms < 10_000, "{what}: failover took {} ms", run.failover_ms);
     let p = c.serving_primary().expect("exactly one serving primary");
-    assert_eq!(p, index_of(&new), "the serving primary is the one the client reached");
-    // Every other database node follows it.
+    assert_eq!(p, index_of(&run.new_primary), "the serving primary is the one the client reached");
     let new_ip = c.files[p].ip.clone();
     for (i, k) in c.kinds.iter().enumerate() {
         if i == 0 || i == p || *k == Kind::Witness {
@@ -71,7 +45,7 @@ fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cl
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    (c, acks, ms)
+    (c, acks, run.failover_ms)
 }
 
 #[test]
@@ -150,4 +124,34 @@ fn standby_and_witness_failures_do_not_promote() {
     assert_eq!(epoch(&c), e0, "no promotion");
     assert_eq!(c.serving_primary(), Some(0));
     let _ = w.finish();
+}
+
+#[test]
+fn synchronous_standby_loses_no_acknowledged_row() {
+    // Primary + standby + witness; the standby is made synchronous on the primary only (ALTER
+    // SYSTEM is not replicated), so the promoted standby does not wait for one of its own.
+    let mut t_sync = 0;
+    let (c, acks, run) = run_failover(&PSW, "", Duration::from_secs(30), |c| {
+        let p = c.pg[0].as_ref().unwrap();
+        p.psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'");
+        p.psql("ALTER SYSTEM SET synchronous_commit = 'on'");
+        p.psql("SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(500));
+        t_sync = monotonic_ns();
+        std::thread::sleep(Duration::from_millis(500));
+        p.sigkill();
+    });
+    eprintln!("synchronous standby: failover {} ms", run.failover_ms);
+    let acked: Vec<i64> =
+        acks.iter().filter(|a| a.t_ns > t_sync && a.server.as_deref() == Some("n1")).map(|a| a.seq).collect();
+    assert!(acked.len() > 10, "the client wrote synchronously to n1 for a while: {}", acked.len());
+    let have: std::collections::HashSet<i64> = c.pg[1]
+        .as_ref()
+        .unwrap()
+        .psql("SELECT string_agg(seq::text, ',') FROM efm_probe")
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let lost: Vec<i64> = acked.iter().copied().filter(|s| !have.contains(s)).collect();
+    assert!(lost.is_empty(), "acknowledged rows lost in the failover: {lost:?}");
 }

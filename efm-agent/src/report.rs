@@ -3,8 +3,7 @@
 //! `cluster-status` combines what this node knows directly (its own role and database, and each
 //! peer's heartbeat verdict from the kernel's slots) with a check of every live peer's database
 //! bounded by `remote.timeout`, the way EFM's agents query each other's databases.
-//! Until the coordination layer exists, the "membership coordinator" shown is the live agent with
-//! the lowest address.
+//! The "membership coordinator" is the coordination log's leader.
 
 use std::{
     net::SocketAddr,
@@ -134,9 +133,9 @@ fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState,
 
 /// `cluster-status`: the EFM report's data (see [`crate::status`]).
 pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::Value, String> {
-    let (cfg, me, role, db, peers, epoch, config_dir) = {
+    let (cfg, me, role, db, peers, epoch, config_dir, leader) = {
         let s = lock(shared);
-        (s.config.clone(), s.me, s.role, s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone())
+        (s.config.clone(), s.me, s.role, s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone(), s.leader)
     };
     let mut st = ClusterStatus {
         minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
@@ -220,7 +219,7 @@ pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::V
     }
     allowed.sort();
     st.allowed_nodes = allowed.iter().map(|a| a.ip().to_string()).collect();
-    st.membership_coordinator = st.nodes.keys().min().cloned().unwrap_or_default();
+    st.membership_coordinator = leader.map(|l| l.ip().to_string()).unwrap_or_default();
     let mut standbys: Vec<(Option<u32>, String)> = st
         .nodes
         .iter()

@@ -172,6 +172,9 @@ pub struct Inputs<'a> {
     pub peers: &'a [PeerView],
     pub db: LocalDb,
     pub work: &'a Work,
+    /// How long this node's enforced lease has been lapsed, per its kernel (None: not lapsed
+    /// or not enforced).
+    pub lease_lapsed_for: Option<Duration>,
 }
 
 /// How the kernel and the VIP should look (level-triggered).
@@ -219,6 +222,11 @@ pub enum Action {
     /// The local database is a primary but another node is the committed primary: keep it
     /// fenced and make sure a restart brings it back in recovery.
     DemoteLocal { epoch: u64, primary: Option<SocketAddr> },
+    /// This primary's lease has been lapsed longer than the promotion wait (it is cut off from a
+    /// majority; the kernel already refuses its clients): stop the database if
+    /// `stop.isolated.primary`, run `script.primary.isolated`. The VIP is released through
+    /// [`Desired::vip`].
+    PrimaryIsolated { epoch: u64 },
     /// Point the local standby at the committed primary (`auto.reconfigure`).
     Follow { primary: SocketAddr, epoch: u64 },
     Notify { severity: Severity, subject: String, detail: String },
@@ -236,6 +244,7 @@ pub enum Outcome {
     Candidate { epoch: u64 },
     FencedOldPrimary { epoch: u64 },
     PrimaryDatabaseFailed,
+    PrimaryIsolated { epoch: u64 },
     PrimarySuspect { primary: SocketAddr, reason: &'static str },
     Voted { epoch: u64 },
     PromotionProposed { candidate: SocketAddr, epoch: u64 },
@@ -257,6 +266,7 @@ impl fmt::Display for Outcome {
             Self::Candidate { epoch } => write!(f, "promoting for epoch {epoch}"),
             Self::FencedOldPrimary { epoch } => write!(f, "fenced: database is a primary but epoch {epoch} belongs to another node"),
             Self::PrimaryDatabaseFailed => write!(f, "fenced: the primary database failed"),
+            Self::PrimaryIsolated { epoch } => write!(f, "isolated primary of epoch {epoch}: no endorsements, clients cut off by the lease"),
             Self::PrimarySuspect { primary, reason } => write!(f, "primary {primary} suspect: {reason}"),
             Self::Voted { epoch } => write!(f, "voted against the primary of epoch {epoch}"),
             Self::PromotionProposed { candidate, epoch } => write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1),
@@ -289,6 +299,7 @@ pub struct Engine {
     proposed_set_primary: Option<(u64, u64)>,
     promote_started: Option<u64>,
     db_failure_handled: Option<u64>,
+    isolation_handled: Option<u64>,
     demoted: Option<u64>,
     followed: Option<(SocketAddr, u64)>,
     manual_notified: Option<u64>,
@@ -312,6 +323,7 @@ impl Engine {
             proposed_set_primary: None,
             promote_started: None,
             db_failure_handled: None,
+            isolation_handled: None,
             demoted: None,
             followed: None,
             manual_notified: None,
@@ -553,6 +565,36 @@ impl Engine {
         actions: &mut Vec<Action>,
     ) -> (Desired, Outcome) {
         let db_flag = Self::db_flags(&inp.db);
+        let isolated = inp.lease_lapsed_for.is_some_and(|d| d >= self.cfg.promotion_wait());
+        if !isolated && self.isolation_handled == Some(c.epoch) {
+            // Endorsed again: the isolation episode is over (the VIP comes back below).
+            self.isolation_handled = None;
+        }
+        if isolated && !inp.db.failed && inp.db.up != Some(false) {
+            // Unendorsed for longer than any voter waits before voting: cut off from a majority.
+            // The kernel already refuses clients (lease); give up the VIP and run EFM's isolated
+            // primary flow once per episode. No vote and nothing sticky: when endorsements come
+            // back, so does the primary.
+            if self.isolation_handled != Some(c.epoch) {
+                self.isolation_handled = Some(c.epoch);
+                actions.push(Action::PrimaryIsolated { epoch: c.epoch });
+                actions.push(Action::Notify {
+                    severity: Severity::Severe,
+                    subject: "Isolated primary database".into(),
+                    detail: format!("primary {} has had no endorsements for its lease; its clients are cut off", self.cfg.me),
+                });
+            }
+            let d = Desired {
+                fenced: false,
+                lease_enforced: true,
+                lease_k: k,
+                epoch: c.epoch,
+                ping_flags: ROLE_PRIMARY | db_flag,
+                vip: false,
+                endorse: None,
+            };
+            return (d, Outcome::PrimaryIsolated { epoch: c.epoch });
+        }
         if inp.db.failed || inp.db.up == Some(false) || self.voted_against(c.epoch) {
             // Fenced by its own kernel from this cycle on, so its vote is safe at once; without
             // it a cluster that has lost another voter could never replace it.

@@ -163,6 +163,12 @@ impl HaRuntime {
             timeline: db.info.as_ref().and_then(|i| i.timeline).unwrap_or(0),
         };
         let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
+        // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).
+        let lease_now = dp.lease()?;
+        let lease_lapsed_for = self
+            .last_fence
+            .filter(|f| f.flags & FENCE_LEASE_ENFORCED != 0 && f.lease_k > 0 && now_ns > lease_now.deadline_ns)
+            .map(|_| Duration::from_nanos(now_ns - lease_now.deadline_ns));
         let step = self.engine.step(&Inputs {
             now_ns,
             committed: committed.as_ref(),
@@ -170,6 +176,7 @@ impl HaRuntime {
             peers: &peers,
             db: local,
             work: &work,
+            lease_lapsed_for,
         });
 
         // The kernel.
@@ -390,6 +397,22 @@ impl HaRuntime {
                     }
                 });
             }
+            Action::PrimaryIsolated { epoch } => {
+                tokio::spawn(async move {
+                    if cfg.stop_isolated_primary {
+                        match control::DbControl::from_config(&cfg) {
+                            Ok(c) => {
+                                if let Err(e) = c.stop().await {
+                                    tracing::warn!(error = %e, "stopping the isolated primary database");
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot stop the isolated primary database"),
+                        }
+                    }
+                    run_hook(&cfg, Hook::PrimaryIsolated, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
+                    tracing::warn!(epoch, "isolated primary: fenced, VIP released");
+                });
+            }
             Action::Notify { severity, subject, detail } => {
                 tokio::spawn(async move { notify(&cfg, severity, &subject, &detail).await });
             }
@@ -457,6 +480,24 @@ async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAdd
                 // a node whose agent died — cannot take writes: take the VIP over and announce it.
                 tracing::warn!(vip = %addr, holder = %vip::fmt_mac(mac), "check.vip.before.promotion: the VIP is still answered by another node; its kernel lease has lapsed, taking it over");
             }
+        }
+    }
+    if let Some(ip) = cfg.ping_server_ip {
+        // EFM's isolation check: a node that cannot reach the configured address may be the one
+        // that is cut off; it must not promote itself.
+        let mut argv = cfg.ping_server_command.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        argv.push(ip.to_string());
+        let Some(program) = argv.first().cloned() else { return Err("ping.server.command is empty".into()) };
+        let out = tokio::time::timeout(
+            Duration::from_secs(15),
+            tokio::process::Command::new(&program).args(&argv[1..]).kill_on_drop(true).output(),
+        )
+        .await;
+        match out {
+            Ok(Ok(o)) if o.status.success() => tracing::info!(%ip, "isolation check passed"),
+            Ok(Ok(o)) => return Err(format!("isolation check failed: {} exited with {} (ping.server.ip {ip}); not promoting", argv.join(" "), o.status)),
+            Ok(Err(e)) => return Err(format!("isolation check: cannot run {program}: {e}; not promoting")),
+            Err(_) => return Err(format!("isolation check: {} did not finish in 15 s; not promoting", argv.join(" "))),
         }
     }
     let subst = Substitutions { new_primary: Some(me.ip().to_string()), failed_primary: old.map(|o| o.ip().to_string()), ..Substitutions::default() };

@@ -826,9 +826,14 @@ impl Sim {
         if let Some(c) = fresh {
             agent.committed = Some(c);
         }
+        // As the runtime reads it from the kernel: how long the enforced lease has been lapsed.
+        let kern = &self.nodes[i].kernel;
+        let lease_lapsed_for = (kern.lease_enforced && kern.lease_k > 0 && now > kern.deadline)
+            .then(|| Duration::from_nanos(now - kern.deadline));
+        let Some(agent) = self.nodes[i].agent.as_mut() else { return };
         let Agent { engine, committed, work, .. } = &mut *agent;
         let committed = if grace_over { committed.as_ref() } else { None };
-        let step = engine.step(&Inputs { now_ns: now, committed, is_leader, peers: &peers, db, work });
+        let step = engine.step(&Inputs { now_ns: now, committed, is_leader, peers: &peers, db, work, lease_lapsed_for });
         let d = step.desired;
         let changed = agent.last_outcome.as_ref() != Some(&step.outcome);
         agent.last_outcome = Some(step.outcome.clone());
@@ -910,6 +915,7 @@ impl Sim {
                 self.push(at, Ev::DbPromoted { node: i, epoch, incarnation });
             }
             Action::PrimaryDbFailed { epoch } => self.note(&format!("n{i}: PrimaryDbFailed epoch {epoch}")),
+            Action::PrimaryIsolated { epoch } => self.note(&format!("n{i}: PrimaryIsolated epoch {epoch}")),
             Action::DemoteLocal { epoch, primary } => {
                 self.note(&format!("n{i}: DemoteLocal epoch {epoch} primary {:?}", primary.map(index_of)));
             }

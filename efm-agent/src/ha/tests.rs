@@ -57,7 +57,7 @@ const STANDBY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(true), f
 const PRIMARY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn: 100, timeline: 1 };
 
 fn step(e: &mut Engine, now_ms: u64, c: Option<&Committed>, leader: bool, peers: &[PeerView], db: LocalDb, work: &Work) -> Step {
-    e.step(&Inputs { now_ns: now_ms * MS, committed: c, is_leader: leader, peers, db, work })
+    e.step(&Inputs { now_ns: now_ms * MS, committed: c, is_leader: leader, peers, db, work, lease_lapsed_for: None })
 }
 
 fn proposals(s: &Step) -> Vec<Proposal> {
@@ -360,6 +360,32 @@ fn a_primary_stays_fenced_for_an_epoch_it_voted_against() {
     assert!(s.desired.fenced);
     let s = step(&mut e, 100, Some(&c), true, &[standby_view(2, 1, 90)], PRIMARY_DB, &Work::Idle);
     assert!(s.desired.fenced && !s.desired.vip, "the database came back, but the epoch is given up");
+}
+
+#[test]
+fn an_unendorsed_primary_runs_the_isolated_flow_after_the_promotion_wait() {
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let lapsed = |ms: Option<u64>| Inputs {
+        now_ns: 5_000 * MS,
+        committed: Some(&c),
+        is_leader: false,
+        peers: &[],
+        db: PRIMARY_DB,
+        work: &Work::Idle,
+        lease_lapsed_for: ms.map(Duration::from_millis),
+    };
+    let s = e.step(&lapsed(Some(300)));
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "a short lapse (start-up, a glitch) is not isolation");
+    let s = e.step(&lapsed(Some(1_200)));
+    assert_eq!(s.outcome, Outcome::PrimaryIsolated { epoch: 1 });
+    assert!(!s.desired.vip && s.desired.lease_enforced, "VIP released; the lease keeps clients off");
+    assert!(s.actions.contains(&Action::PrimaryIsolated { epoch: 1 }));
+    assert!(proposals(&s).is_empty(), "no vote: nothing sticky");
+    assert!(e.step(&lapsed(Some(1_300))).actions.is_empty(), "once per episode");
+    let s = e.step(&lapsed(None));
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "endorsed again: back to primary");
+    assert!(s.desired.vip);
 }
 
 #[test]

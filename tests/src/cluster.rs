@@ -32,8 +32,12 @@ pub enum Kind {
 /// A binary built next to the running test (`cargo xtask test` builds the workspace first).
 #[must_use]
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let exe = std::env::current_exe().expect("executable path");
+    // Test binaries live in target/<profile>/deps, other executables (bench) in target/<profile>.
+    let mut dir = exe.parent().expect("executable directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let p = dir.join(name);
     assert!(p.exists(), "{} is missing: build it first (`cargo build -p efm-agent --bins`; `cargo xtask test` does)", p.display());
     p

@@ -634,7 +634,12 @@ impl Engine {
             let old = None;
             actions.push(Action::PromoteLocal { epoch: c.epoch, old_primary: old });
         }
-        (self.fenced(c.epoch, ROLE_STANDBY | db_flag), Outcome::Candidate { epoch: c.epoch })
+        // Take the VIP at once: the kernel refuses database traffic until the promotion is done
+        // (clients get a RST and retry), and the old holder's lease has lapsed, so clients find
+        // the new primary as soon as it can serve.
+        let mut d = self.fenced(c.epoch, ROLE_STANDBY | db_flag);
+        d.vip = true;
+        (d, Outcome::Candidate { epoch: c.epoch })
     }
 
     fn fenced(&self, epoch: u64, ping_flags: u16) -> Desired {

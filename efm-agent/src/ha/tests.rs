@@ -254,7 +254,8 @@ fn named_standby_promotes_once_and_stays_fenced_until_done() {
     let peers = [witness_view(3, 2)];
     let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &Work::Idle);
     assert_eq!(s.actions, vec![Action::PromoteLocal { epoch: 2, old_primary: None }]);
-    assert!(s.desired.fenced && !s.desired.vip);
+    assert!(s.desired.fenced, "fenced until the promotion is done");
+    assert!(s.desired.vip, "but already holding the VIP, so clients find it at once");
     assert_eq!(s.desired.epoch, 2, "adopts the new epoch at once: its PINGs fence the old primary");
     assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
     // pg_promote() done but the runtime has not finished (VIP, scripts): still fenced.

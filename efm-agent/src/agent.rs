@@ -333,7 +333,15 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         auto_allow_hosts: cfg.auto_allow_hosts,
         stable_nodes_file: cfg.stable_nodes_file,
         nodes_file_path: opts.config_dir.join(format!("{}.nodes", cfg.cluster)),
-        timings: crate::coordination::RaftTimings::default(),
+        timings: {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+            let mut t = crate::coordination::RaftTimings::default();
+            t.heartbeat_ms = ms(cfg.raft_heartbeat_interval);
+            t.election_min_ms = ms(cfg.raft_election_timeout).max(t.heartbeat_ms * 2);
+            t.election_max_ms = t.election_min_ms * 2;
+            t.rpc_timeout_ms = t.rpc_timeout_ms.max(t.heartbeat_ms * 2);
+            t
+        },
     })
     .await?;
     let coord = Arc::new(coord);
@@ -438,6 +446,25 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// EFM's notifications for a peer that stopped being heard (its role as last announced).
+fn notify_peer_failure(shared: &Arc<Mutex<Shared>>, addr: SocketAddr, verdict: Verdict, role: Role) {
+    let cfg = lock(shared).config.clone();
+    let what = match verdict {
+        Verdict::AgentDead => "agent exited",
+        _ => "node unreachable",
+    };
+    let subject = match role {
+        Role::Primary => format!("Primary {what}"),
+        Role::Standby => format!("Standby {what}"),
+        Role::Witness => format!("Witness {what}"),
+        Role::Idle => format!("Idle node {what}"),
+    };
+    let detail = format!("{addr}: {verdict}");
+    tokio::spawn(async move {
+        crate::ha::runtime::notify(&cfg, crate::ha::Severity::Warning, &subject, &detail).await;
+    });
+}
+
 /// EFM's failover priority of a node: its 1-based position in `priority.standbys`, else 1.
 fn priority_of(cfg: &Config, me: SocketAddr) -> u32 {
     cfg.priority_standbys
@@ -466,7 +493,10 @@ fn one_tick(
             match c.to {
                 Verdict::Alive => tracing::info!(peer = %addr, from = %c.from, "peer agent alive"),
                 Verdict::Unknown => {}
-                to => tracing::warn!(peer = %addr, from = %c.from, verdict = %to, "peer verdict changed"),
+                to => {
+                    tracing::warn!(peer = %addr, from = %c.from, verdict = %to, "peer verdict changed");
+                    notify_peer_failure(shared, addr, to, Role::from_bits(detector.peer(node_id).map_or(0, |h| h.role)));
+                }
             }
         }
         healths.push(detector.peer(node_id));

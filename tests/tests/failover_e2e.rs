@@ -59,9 +59,18 @@ fn postmaster_sigkill_fails_over_with_a_witness() {
 }
 
 #[test]
-fn primary_link_down_fails_over() {
+fn primary_link_down_fails_over_and_the_old_primary_stays_fenced() {
     let (c, _acks, _ms) = failover(&PSS, "primary link down", |c| c.bed.link_down(0));
-    drop(c);
+    // The old primary comes back: it learns the new epoch and stays cut off, its database a
+    // primary no client can reach.
+    c.bed.link_up(0);
+    let v = c.wait_for(0, "the old primary fenced", Duration::from_secs(20), |v| {
+        v["outcome"].as_str().is_some_and(|o| o.starts_with("fenced")) && v["kernel"]["serving"] == false
+    });
+    assert_eq!(v["kernel"]["fenced"], true, "{v:#}");
+    std::thread::sleep(Duration::from_millis(500));
+    let p = c.serving_primary().expect("still exactly one serving primary");
+    assert_ne!(p, 0);
 }
 
 #[test]

@@ -220,6 +220,10 @@ pub struct Config {
     pub node_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub lease_timeout: Duration,
+    /// `raft.heartbeat.interval`: the coordination log leader's heartbeat.
+    pub raft_heartbeat_interval: Duration,
+    /// `raft.election.timeout`: minimum election timeout (maximum: twice this).
+    pub raft_election_timeout: Duration,
     pub encrypt_agent_messages: bool,
 
     pub stop_isolated_primary: bool,
@@ -626,6 +630,8 @@ impl Builder<'_> {
             node_timeout: v.dur("node.timeout"),
             heartbeat_interval: v.dur("heartbeat.interval"),
             lease_timeout: v.dur("lease.timeout"),
+            raft_heartbeat_interval: v.dur("raft.heartbeat.interval"),
+            raft_election_timeout: v.dur("raft.election.timeout"),
             encrypt_agent_messages: v.bool("encrypt.agent.messages"),
             stop_isolated_primary: v.bool("stop.isolated.primary"),
             stop_failed_primary: v.bool("stop.failed.primary"),

@@ -246,6 +246,18 @@ pub const PROPERTIES: &[PropDef] = &[
         "lifetime of the primary's lease",
     ),
     m(
+        "raft.heartbeat.interval",
+        "50ms",
+        Kind::Duration,
+        "interval of the coordination log leader's heartbeats",
+    ),
+    m(
+        "raft.election.timeout",
+        "150ms",
+        Kind::Duration,
+        "minimum election timeout of the coordination log (the maximum is twice this)",
+    ),
+    m(
         "encrypt.agent.messages",
         "false",
         Kind::Bool,

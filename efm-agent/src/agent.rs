@@ -264,7 +264,13 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         XdpMode::Native => ModeChoice::Native,
         XdpMode::Generic => ModeChoice::Generic,
     };
-    let mut dp = Datapath::open(&opts.bpffs_dir.join(&cfg.cluster), &[iface.as_str()], mode)?;
+    // XDP on the heartbeat interface and, when the VIP lives elsewhere, on that one too: the
+    // fence must see every path client traffic can take.
+    let mut ifaces = vec![iface.as_str()];
+    if let Some(v) = cfg.virtual_ip_interface.as_deref().filter(|v| *v != iface) {
+        ifaces.push(v);
+    }
+    let mut dp = Datapath::open(&opts.bpffs_dir.join(&cfg.cluster), &ifaces, mode)?;
     let attachment = dp.attachments().first().map(|(_, a)| a.to_string()).unwrap_or_default();
     let epoch = if dp.reused_maps() { dp.fence().map_or(0, |f| f.epoch) } else { 0 };
 
@@ -273,13 +279,13 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     } else {
         Some(localdb::target(&cfg, &opts.config_dir, &me.ip().to_string()).map_err(AgentError::Password)?)
     };
-    let role = match &db_target {
-        None => Role::Witness,
+    let (role, first_db) = match &db_target {
+        None => (Role::Witness, DbView::default()),
         Some(t) => match localdb::initial_role(&cfg, t).await {
-            Ok(r) => r,
+            Ok((r, info)) => (r, DbView { up: Some(true), info: Some(info), error: None }),
             Err(e) => {
                 tracing::warn!(error = %e, "local database does not answer: starting as Idle");
-                Role::Idle
+                (Role::Idle, DbView { up: None, info: None, error: Some(e.to_string()) })
             }
         },
     };
@@ -294,7 +300,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     // When in doubt, fence: a primary database is cut off until the HA engine, with the committed
     // state in hand, says it is the primary of the current epoch.
     let mut fence_flags = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
-    if role == Role::Primary {
+    if !matches!(role, Role::Standby | Role::Witness) {
+        // A primary, or a database we could not ask (it may be one).
         fence_flags |= efm_common::maps::FENCE_FENCED;
     }
     let fence = FenceState {
@@ -371,6 +378,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             priority: if cfg.is_witness { 0 } else { priority_of(&cfg, me) },
             promotable: cfg.promotable && !cfg.is_witness,
         },
+        &opts.state_dir,
     );
 
     let interval = cfg.heartbeat_interval;
@@ -379,7 +387,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         me,
         node_id: heartbeat::node_id(&me),
         role,
-        db: DbView::default(),
+        db: first_db,
         peers,
         attachment: attachment.clone(),
         epoch,
@@ -512,6 +520,10 @@ fn one_tick(
     let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };
     for (peer, e) in pinger.send_round(view, now, desired.endorse) {
         tracing::debug!(%peer, error = %e, "PING not sent");
+    }
+    if desired.endorse.is_some() {
+        // The promotion wait counts from when the endorsement actually left.
+        ha.endorsement_sent(desired.epoch, heartbeat::monotonic_ns());
     }
     Ok(desired.fenced)
 }

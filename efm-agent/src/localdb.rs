@@ -52,10 +52,11 @@ pub fn target(cfg: &Config, config_dir: &Path, host: &str) -> Result<DbTarget, S
     Ok(t)
 }
 
-/// The role the local database gives this node at start: standby if in recovery, else primary.
-pub async fn initial_role(cfg: &Config, target: &DbTarget) -> Result<Role, postgres::DbError> {
+/// The role the local database gives this node at start (standby if in recovery, else primary)
+/// and what the check found.
+pub async fn initial_role(cfg: &Config, target: &DbTarget) -> Result<(Role, DbInfo), postgres::DbError> {
     let info = postgres::remote_check(target, cfg.local_timeout).await?;
-    Ok(if info.in_recovery { Role::Standby } else { Role::Primary })
+    Ok((if info.in_recovery { Role::Standby } else { Role::Primary }, info))
 }
 
 /// Keeps `shared.db` (and the role of a non-witness node) current until aborted.

@@ -387,7 +387,12 @@ fn fence_reason(fence: &FenceState, lease: &LeaseState) -> Option<Counter> {
     if lease.max_epoch_seen > fence.epoch {
         return Some(Counter::ClientEpochFenced);
     }
-    if fence.flags & FENCE_LEASE_ENFORCED != 0 && fence.lease_k > 0 {
+    if fence.flags & FENCE_LEASE_ENFORCED != 0 {
+        // Fail closed: an enforced lease needing no endorsement is a contradiction (the agent
+        // never writes it; a torn read of a state being rewritten could show it).
+        if fence.lease_k == 0 {
+            return Some(Counter::ClientLeaseLapsed);
+        }
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         if now > lease.deadline_ns {

@@ -175,6 +175,9 @@ pub struct Inputs<'a> {
     /// How long this node's enforced lease has been lapsed, per its kernel (None: not lapsed
     /// or not enforced).
     pub lease_lapsed_for: Option<Duration>,
+    /// The highest epoch this node's kernel has seen in any authenticated heartbeat: above the
+    /// committed epoch, this node's copy of the log is behind.
+    pub max_epoch_seen: u64,
 }
 
 /// How the kernel and the VIP should look (level-triggered).
@@ -309,6 +312,9 @@ pub struct Engine {
     /// The first step's time. An agent that (re)started may have endorsed just before, in its
     /// previous life: until `promotion_wait` has passed since then it must not vote.
     started_ns: Option<u64>,
+    /// Epochs up to this one were voted against by this node (also in a previous life: the
+    /// runtime records it durably before proposing a vote); they are never endorsed again.
+    voted_floor: u64,
 }
 
 impl Engine {
@@ -330,6 +336,22 @@ impl Engine {
             no_candidate_notified: None,
             epoch_seen: None,
             started_ns: None,
+            voted_floor: 0,
+        }
+    }
+
+    /// Epochs up to `epoch` were voted against (from the durable record of a previous life).
+    pub fn set_voted_floor(&mut self, epoch: u64) {
+        self.voted_floor = self.voted_floor.max(epoch);
+    }
+
+    /// The PING that carried an endorsement of `epoch` left at `sent_ns` (after the step that
+    /// decided it): the promotion wait counts from the later time.
+    pub fn endorsement_sent(&mut self, epoch: u64, sent_ns: u64) {
+        if let Some((e, t)) = self.last_endorse.as_mut() {
+            if *e == epoch && sent_ns > *t {
+                *t = sent_ns;
+            }
         }
     }
 
@@ -338,10 +360,10 @@ impl Engine {
         &self.cfg
     }
 
-    /// Has this node voted against `epoch`?
+    /// Has this node voted against `epoch` (in this life or a previous one)?
     #[must_use]
     pub fn voted_against(&self, epoch: u64) -> bool {
-        self.voted == Some(epoch)
+        self.voted == Some(epoch) || (epoch > 0 && epoch <= self.voted_floor)
     }
 
     fn db_flags(db: &LocalDb) -> u16 {
@@ -358,16 +380,18 @@ impl Engine {
         let started = *self.started_ns.get_or_insert(inp.now_ns);
 
         let Some(c) = inp.committed else {
-            // Not part of the log yet: a primary database stays fenced until the cluster agrees.
+            // Not part of the log yet: anything but a known standby stays fenced until the
+            // cluster agrees (when in doubt, fence).
             let outcome = if self.cfg.is_witness { Outcome::Witness } else { Outcome::NotJoined };
             let role = if self.cfg.is_witness { ROLE_WITNESS } else { ROLE_IDLE };
+            let known_standby = self.cfg.is_witness || inp.db.in_recovery == Some(true);
             return Step {
                 desired: Desired {
-                    fenced: db_is_primary,
+                    fenced: !known_standby,
                     lease_enforced: false,
                     lease_k: 0,
                     epoch: 0,
-                    ping_flags: role | db_flag | if db_is_primary { FLAG_FENCED } else { 0 },
+                    ping_flags: role | db_flag | if known_standby { 0 } else { FLAG_FENCED },
                     vip: false,
                     endorse: None,
                 },
@@ -397,7 +421,8 @@ impl Engine {
                     && !v.fenced
                     && v.db_up
             });
-            if healthy && !self.voted_against(c.epoch) {
+            // A kernel that saw a higher epoch than the log means this log copy is behind.
+            if healthy && !self.voted_against(c.epoch) && inp.max_epoch_seen <= c.epoch {
                 endorse = Some(p);
                 self.last_endorse = Some((c.epoch, inp.now_ns));
             }
@@ -530,7 +555,10 @@ impl Engine {
             let out = Outcome::Standby { primary: c.primary, endorsing: endorse.is_some() };
             (self.unfenced(c.epoch, ROLE_STANDBY | db_flag, endorse), out)
         } else {
-            (self.unfenced(c.epoch, ROLE_IDLE, endorse), Outcome::Idle)
+            // Database down or not known yet: it may still be a primary; fence (when in doubt).
+            let mut d = self.fenced(c.epoch, ROLE_IDLE);
+            d.endorse = endorse;
+            (d, Outcome::Idle)
         };
         desired.endorse = endorse;
 
@@ -586,7 +614,7 @@ impl Engine {
             }
             let d = Desired {
                 fenced: false,
-                lease_enforced: true,
+                lease_enforced: k > 0,
                 lease_k: k,
                 epoch: c.epoch,
                 ping_flags: ROLE_PRIMARY | db_flag,
@@ -619,7 +647,8 @@ impl Engine {
             // Registered or promoted primary serving under the lease.
             let d = Desired {
                 fenced: false,
-                lease_enforced: true,
+                // A single-voter cluster (k = 0) has no lease to enforce.
+                lease_enforced: k > 0,
                 lease_k: k,
                 epoch: c.epoch,
                 ping_flags: ROLE_PRIMARY | db_flag,

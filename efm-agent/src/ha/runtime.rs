@@ -51,6 +51,11 @@ pub struct HaRuntime {
     /// What this node registers in the log, and when it last proposed it.
     info: NodeInfo,
     register_proposed: Option<Instant>,
+    /// `<state_dir>/<cluster>.voted`: the highest epoch this node voted against, written (and
+    /// synced) before the vote is proposed, so a restarted agent never endorses it again.
+    voted_file: PathBuf,
+    /// The peer table last written to the kernel (only members the log allows).
+    last_peers: Option<Vec<SocketAddr>>,
 }
 
 impl HaRuntime {
@@ -63,7 +68,14 @@ impl HaRuntime {
         iface: String,
         vip_held: bool,
         info: NodeInfo,
+        state_dir: &std::path::Path,
     ) -> Self {
+        let voted_file = state_dir.join(format!("{}.voted", cfg.cluster));
+        let mut engine = engine;
+        if let Some(e) = std::fs::read_to_string(&voted_file).ok().and_then(|t| t.trim().parse::<u64>().ok()) {
+            tracing::info!(epoch = e, "this node voted against epoch {e} before it restarted; it never endorses it again");
+            engine.set_voted_floor(e);
+        }
         Self {
             engine,
             coord,
@@ -78,7 +90,31 @@ impl HaRuntime {
             last_outcome: None,
             info,
             register_proposed: None,
+            voted_file,
+            last_peers: None,
         }
+    }
+
+    /// The PING endorsing the primary of `epoch` has been sent (see [`Engine::endorsement_sent`]).
+    pub fn endorsement_sent(&mut self, epoch: u64, sent_ns: u64) {
+        self.engine.endorsement_sent(epoch, sent_ns);
+    }
+
+    /// Records `epoch` as voted against, durably, before the vote is proposed.
+    fn record_vote(&self, epoch: u64) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if let Some(dir) = self.voted_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.voted_file.with_extension("voted.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{epoch}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.voted_file)?;
+        if let Some(dir) = self.voted_file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// The committed state as the engine sees it; `None` while this node is not a member.
@@ -177,7 +213,23 @@ impl HaRuntime {
             db: local,
             work: &work,
             lease_lapsed_for,
+            max_epoch_seen: lease_now.max_epoch_seen,
         });
+        // The kernel counts endorsements only from members the log allows (a node disallowed
+        // while partitioned must not keep a primary's lease alive).
+        if !st.allowed.is_empty() {
+            let allowed: Vec<SocketAddr> = peers_h.iter().map(|p| p.addr).filter(|a| st.allowed.contains(a)).collect();
+            if self.last_peers.as_ref() != Some(&allowed) {
+                let table: Vec<crate::datapath::Peer> = peers_h
+                    .iter()
+                    .filter(|p| st.allowed.contains(&p.addr))
+                    .map(|p| crate::datapath::Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] })
+                    .collect();
+                dp.set_peers(&table)?;
+                tracing::info!(peers = ?allowed, "kernel peer table follows the allowed members");
+                self.last_peers = Some(allowed);
+            }
+        }
 
         // The kernel.
         let mut flags = if self.cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
@@ -233,6 +285,13 @@ impl HaRuntime {
         self.reconcile_vip(step.desired.vip);
         self.check_primary_db(&st, &peers);
         for a in step.actions.clone() {
+            if let Action::Propose(Proposal::Vote { epoch, .. }) = a {
+                if let Err(e) = self.record_vote(epoch) {
+                    // Without the record a restart could endorse this epoch again: do not vote.
+                    tracing::error!(epoch, error = %e, file = %self.voted_file.display(), "cannot record the vote; not proposing it");
+                    continue;
+                }
+            }
             self.start(a, shared, &st);
         }
         if self.last_outcome.as_ref() != Some(&step.outcome) {

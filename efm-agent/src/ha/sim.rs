@@ -830,10 +830,11 @@ impl Sim {
         let kern = &self.nodes[i].kernel;
         let lease_lapsed_for = (kern.lease_enforced && kern.lease_k > 0 && now > kern.deadline)
             .then(|| Duration::from_nanos(now - kern.deadline));
+        let max_epoch_seen = kern.max_epoch_seen;
         let Some(agent) = self.nodes[i].agent.as_mut() else { return };
         let Agent { engine, committed, work, .. } = &mut *agent;
         let committed = if grace_over { committed.as_ref() } else { None };
-        let step = engine.step(&Inputs { now_ns: now, committed, is_leader, peers: &peers, db, work, lease_lapsed_for });
+        let step = engine.step(&Inputs { now_ns: now, committed, is_leader, peers: &peers, db, work, lease_lapsed_for, max_epoch_seen });
         let d = step.desired;
         let changed = agent.last_outcome.as_ref() != Some(&step.outcome);
         agent.last_outcome = Some(step.outcome.clone());

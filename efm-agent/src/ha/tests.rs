@@ -57,7 +57,7 @@ const STANDBY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(true), f
 const PRIMARY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn: 100, timeline: 1 };
 
 fn step(e: &mut Engine, now_ms: u64, c: Option<&Committed>, leader: bool, peers: &[PeerView], db: LocalDb, work: &Work) -> Step {
-    e.step(&Inputs { now_ns: now_ms * MS, committed: c, is_leader: leader, peers, db, work, lease_lapsed_for: None })
+    e.step(&Inputs { now_ns: now_ms * MS, committed: c, is_leader: leader, peers, db, work, lease_lapsed_for: None, max_epoch_seen: 0 })
 }
 
 fn proposals(s: &Step) -> Vec<Proposal> {
@@ -375,6 +375,7 @@ fn an_unendorsed_primary_runs_the_isolated_flow_after_the_promotion_wait() {
         db: PRIMARY_DB,
         work: &Work::Idle,
         lease_lapsed_for: ms.map(Duration::from_millis),
+        max_epoch_seen: 1,
     };
     let s = e.step(&lapsed(Some(300)));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "a short lapse (start-up, a glitch) is not isolation");
@@ -387,6 +388,49 @@ fn an_unendorsed_primary_runs_the_isolated_flow_after_the_promotion_wait() {
     let s = e.step(&lapsed(None));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "endorsed again: back to primary");
     assert!(s.desired.vip);
+}
+
+#[test]
+fn a_vote_recorded_before_a_restart_is_never_followed_by_an_endorsement() {
+    let mut e = Engine::new(cfg(2));
+    e.set_voted_floor(1);
+    let c = committed(1, Some(1));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, None);
+    let c2 = committed(2, Some(1));
+    let s = step(&mut e, 10, Some(&c2), false, &[primary_view(1, 2, 10)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)), "a later epoch is endorsed again");
+}
+
+#[test]
+fn a_node_whose_log_is_behind_its_kernel_does_not_endorse() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(1, Some(1));
+    let s = e.step(&Inputs {
+        now_ns: 0,
+        committed: Some(&c),
+        is_leader: false,
+        peers: &[primary_view(1, 1, 10)],
+        db: STANDBY_DB,
+        work: &Work::Idle,
+        lease_lapsed_for: None,
+        max_epoch_seen: 2,
+    });
+    assert_eq!(s.desired.endorse, None, "epoch 2 exists somewhere: epoch 1 is superseded");
+}
+
+#[test]
+fn a_database_of_unknown_state_is_fenced() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(2, Some(3));
+    let unknown = LocalDb::default();
+    let s = step(&mut e, 0, Some(&c), false, &[], unknown, &Work::Idle);
+    assert!(s.desired.fenced, "it may still be a primary");
+    assert_eq!(s.outcome, Outcome::Idle);
+    let s = step(&mut Engine::new(cfg(2)), 0, None, false, &[], unknown, &Work::Idle);
+    assert!(s.desired.fenced, "not joined and not known to be a standby");
+    let s = step(&mut Engine::new(cfg(2)), 0, None, false, &[], STANDBY_DB, &Work::Idle);
+    assert!(!s.desired.fenced, "a known standby serves read-only clients");
 }
 
 #[test]

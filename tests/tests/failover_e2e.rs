@@ -37,11 +37,19 @@ fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cl
         let pgn = c.pg[i].as_ref().unwrap();
         let until = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let r = pgn.psql("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver");
-            if r == format!("{new_ip}|streaming") {
+            // The server may be restarting (reconfiguration): a failed query means "not yet".
+            let out = pgn.psql_output("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver");
+            let r = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.status.success() && r == format!("{new_ip}|streaming") {
                 break;
             }
-            assert!(std::time::Instant::now() < until, "node {} does not stream from the new primary: {r:?}", i + 1);
+            assert!(
+                std::time::Instant::now() < until,
+                "node {} does not stream from the new primary: {r:?} {}\n{}",
+                i + 1,
+                String::from_utf8_lossy(&out.stderr),
+                pgn.log_tail(40)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -282,6 +282,13 @@ impl HaRuntime {
             s.kernel = kernel;
         }
 
+        // DESIGN "Safety" (3): a primary whose lease was granted and has lapsed says so, so peers
+        // that still hear it (but whose endorsements do not arrive) stop waiting on it. Never at
+        // start-up: no lease was granted yet (deadline 0).
+        let mut desired = step.desired;
+        if desired.lease_enforced && lease.deadline_ns != 0 && now_ns > lease.deadline_ns {
+            desired.ping_flags |= efm_common::wire::FLAG_LEASE_LAPSED;
+        }
         self.reconcile_vip(step.desired.vip);
         self.check_primary_db(&st, &peers);
         for a in step.actions.clone() {
@@ -298,7 +305,7 @@ impl HaRuntime {
             tracing::info!(outcome = %step.outcome, "ha");
             self.last_outcome = Some(step.outcome.clone());
         }
-        Ok((step.desired, step.outcome))
+        Ok((desired, step.outcome))
     }
 
     fn reconcile_vip(&self, want: bool) {

@@ -575,8 +575,12 @@ struct Params {
 }
 
 impl Default for Params {
+    /// The runtime as `ha::runtime` is written: the engine re-proposes what the log has not
+    /// recorded, a primary's PINGs announce a lapsed lease once it had been granted, and the
+    /// committed state is passed from the first cycle (the engine's own start-up wait covers the
+    /// detector's grace).
     fn default() -> Self {
-        Self { retry_proposals: true, announce_lapse: true, remember_across_restarts: false, detector_grace: true }
+        Self { retry_proposals: true, announce_lapse: true, remember_across_restarts: false, detector_grace: false }
     }
 }
 

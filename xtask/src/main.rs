@@ -178,7 +178,8 @@ fn test(extra: &[String]) -> Result<()> {
     // fails, so one run shows every failure.
     let gate_failed = record("setup", step("setup", setup::setup)) || {
         let mut cmd = cargo();
-        cmd.arg("build").args(HOST_WORKSPACE).arg("--tests");
+        // --bins as well: the end-to-end tests start the real efm-agent and efm binaries.
+        cmd.arg("build").args(HOST_WORKSPACE).args(["--bins", "--tests"]);
         record(
             "build",
             step("build (cargo build --tests)", || {

@@ -1,11 +1,11 @@
 //! A whole efm cluster for end-to-end tests: the bed (a namespace per node plus a client
-//! namespace on a bridge), real PostgreSQL 15 (a primary and `pg_basebackup` standbys), a
+//! namespace on a bridge), real `PostgreSQL` 15 (a primary and `pg_basebackup` standbys), a
 //! configuration per node, real agents, and a client that writes through the VIP and records, on
 //! the shared kernel clock, which server acknowledged each write.
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -221,7 +221,7 @@ impl Cluster {
         }
         let agents = (0..n).map(|i| Agent::start(&bed.nodes[i].ns.name, &files[i])).collect();
         let c = Self { kinds: kinds.to_vec(), agents, pg: pgs, files, _dump: dump, bed, root };
-        c.wait_healthy(Duration::from_secs(60));
+        c.wait_healthy(Duration::from_mins(1));
         c
     }
 
@@ -326,6 +326,7 @@ impl Writer {
     }
 
     /// Stops the client and returns its record.
+    #[must_use]
     pub fn finish(mut self) -> Vec<Ack> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -335,6 +336,7 @@ impl Writer {
     }
 
     /// Waits until some write has been acknowledged by `server` after `after_ns`.
+    #[must_use]
     pub fn wait_ack_from(&self, server: &str, after_ns: u64, timeout: Duration) -> Option<u64> {
         let until = Instant::now() + timeout;
         while Instant::now() < until {
@@ -370,17 +372,14 @@ async fn write_loop(stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>) {
     let mut seq: i64 = 0;
     while !stop.load(Ordering::SeqCst) {
         if client.is_none() {
-            match tokio::time::timeout(Duration::from_millis(400), cfg.connect(tokio_postgres::NoTls)).await {
-                Ok(Ok((c, conn))) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    client = Some(c);
-                }
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
+            if let Ok(Ok((c, conn))) = tokio::time::timeout(Duration::from_millis(400), cfg.connect(tokio_postgres::NoTls)).await {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client = Some(c);
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             }
         }
         seq += 1;
@@ -392,16 +391,13 @@ async fn write_loop(stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>) {
         )
         .await;
         let now = monotonic_ns();
-        match res {
-            Ok(Ok(row)) => {
-                let server: String = row.get(0);
-                log.lock().unwrap().push(Ack { t_ns: now, seq, server: Some(server) });
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            _ => {
-                log.lock().unwrap().push(Ack { t_ns: now, seq, server: None });
-                client = None;
-            }
+        if let Ok(Ok(row)) = res {
+            let server: String = row.get(0);
+            log.lock().unwrap().push(Ack { t_ns: now, seq, server: Some(server) });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        } else {
+            log.lock().unwrap().push(Ack { t_ns: now, seq, server: None });
+            client = None;
         }
     }
 }

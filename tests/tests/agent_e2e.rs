@@ -1,4 +1,4 @@
-//! Real agents on a three-node bed: a PostgreSQL 15 primary, a streaming standby
+//! Real agents on a three-node bed: a `PostgreSQL` 15 primary, a streaming standby
 //! (`pg_basebackup`) and a witness, each in its own network namespace on a bridge, each with its
 //! own efm-agent attaching XDP to its interface. Needs root; run single-threaded.
 

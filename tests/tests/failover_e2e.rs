@@ -1,4 +1,4 @@
-//! Automatic failover end to end: real PostgreSQL 15 streaming replication, real agents with XDP,
+//! Automatic failover end to end: real `PostgreSQL` 15 streaming replication, real agents with XDP,
 //! a client writing through the VIP. For each fault: exactly one primary afterwards, the client's
 //! writes resume through the VIP, the other standby follows the new primary, and — on the shared
 //! kernel clock — no write was acknowledged by the old primary after the new primary acknowledged

@@ -30,9 +30,9 @@ use crate::{
 };
 
 /// Time allowed to each script hook before it is killed.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+const SCRIPT_TIMEOUT: Duration = Duration::from_mins(1);
 /// How long `pg_promote()` may take.
-const PROMOTE_WAIT: Duration = Duration::from_secs(60);
+const PROMOTE_WAIT: Duration = Duration::from_mins(1);
 
 /// The engine plus what it needs between cycles.
 pub struct HaRuntime {
@@ -310,7 +310,7 @@ impl HaRuntime {
 
     fn reconcile_vip(&self, want: bool) {
         let (Some(addr), Some(prefix)) = (self.cfg.virtual_ip, self.cfg.virtual_ip_prefix) else { return };
-        let held = self.vip_held.lock().map(|h| *h).unwrap_or(false);
+        let held = self.vip_held.lock().is_ok_and(|h| *h);
         if held == want {
             return;
         }
@@ -352,7 +352,7 @@ impl HaRuntime {
         if v.db_up || !v.alive {
             return;
         }
-        let due = self.remote.lock().map_or(false, |m| m.get(&p).is_none_or(|(_, t)| t.elapsed() >= Duration::from_secs(1)));
+        let due = self.remote.lock().is_ok_and(|m| m.get(&p).is_none_or(|(_, t)| t.elapsed() >= Duration::from_secs(1)));
         if !due {
             return;
         }

@@ -315,9 +315,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     dp.set_peers(
         &peers.iter().map(|p| Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] }).collect::<Vec<_>>(),
     )?;
-    let mut service = vec![me.ip()];
-    service.extend(cfg.virtual_ip);
-    dp.set_service_addrs(&service)?;
+    let vips: Vec<IpAddr> = cfg.virtual_ip.into_iter().collect();
+    dp.set_service_addrs(&[me.ip()], &vips)?;
     dp.set_exempt(&cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect::<Vec<_>>())?;
 
     let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns())

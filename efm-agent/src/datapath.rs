@@ -470,20 +470,25 @@ impl Datapath {
         Ok(())
     }
 
-    /// Replaces the set of this node's service addresses (its own addresses and VIPs): client
-    /// traffic to the database port on these is what the fence cuts off.
-    pub fn set_service_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), DatapathError> {
-        let want: BTreeSet<[u8; 16]> = addrs.iter().map(|a| peer_addr(*a).octets).collect();
+    /// Replaces the set of this node's service addresses — its own `addrs` and the `vips`: client
+    /// traffic to the database port on these is what the fence cuts off, and ARP requests for a
+    /// VIP go unanswered while the node does not serve.
+    pub fn set_service_addrs(&mut self, addrs: &[IpAddr], vips: &[IpAddr]) -> Result<(), DatapathError> {
+        let mut want: std::collections::BTreeMap<[u8; 16], u32> =
+            addrs.iter().map(|a| (peer_addr(*a).octets, efm_common::maps::SERVICE_NODE)).collect();
+        for v in vips {
+            want.insert(peer_addr(*v).octets, efm_common::maps::SERVICE_VIP);
+        }
         check_count("service addresses", want.len(), MAX_SERVICE_ADDRS)?;
         let map = self.ebpf.map_mut(MAP_SERVICE).ok_or(DatapathError::MapMissing(MAP_SERVICE))?;
         let mut hm: HashMap<&mut MapData, PeerAddr, u32> =
             HashMap::try_from(map).map_err(map_err(MAP_SERVICE))?;
         let old: Vec<PeerAddr> = hm.keys().filter_map(Result::ok).collect();
-        for k in old.iter().filter(|k| !want.contains(&k.octets)) {
+        for k in old.iter().filter(|k| !want.contains_key(&k.octets)) {
             hm.remove(k).map_err(map_err(MAP_SERVICE))?;
         }
-        for o in &want {
-            hm.insert(PeerAddr::v6(*o), 1, 0).map_err(map_err(MAP_SERVICE))?;
+        for (o, kind) in &want {
+            hm.insert(PeerAddr::v6(*o), kind, 0).map_err(map_err(MAP_SERVICE))?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! | `EFM_PEERS` | hash | [`PeerAddr`] | [`PeerInfo`] | agent |
 //! | `EFM_SLOTS` | array\[[`MAX_SLOTS`]\] | slot | [`PeerSlot`] | XDP |
 //! | `EFM_RTT_HIST` | per-CPU array\[[`MAX_SLOTS`]\] | slot | [`RttHistogram`] | XDP |
-//! | `EFM_SERVICE` | hash | [`PeerAddr`] | `u32` (1) | agent |
+//! | `EFM_SERVICE` | hash | [`PeerAddr`] | `u32`: [`SERVICE_NODE`] or [`SERVICE_VIP`] | agent |
 //! | `EFM_EXEMPT` | LPM trie | prefix length + 16-byte mapped address (an IPv4 `/24` is `96 + 24`) | `u32` (1) | agent |
 //! | `EFM_STATS` | per-CPU array\[[`Counter::COUNT`]\] | counter | `u64` | XDP |
 //! | `EFM_JUMP` | program array\[[`crate::jump::JUMP_COUNT`]\] | index | program | agent (loader) |
@@ -29,6 +29,12 @@ pub const MAP_EXEMPT: &str = "EFM_EXEMPT";
 pub const MAP_STATS: &str = "EFM_STATS";
 /// Name of the XDP program in the object.
 pub const PROG_NAME: &str = "efm_xdp";
+
+/// `EFM_SERVICE` value: one of the node's own addresses.
+pub const SERVICE_NODE: u32 = 1;
+/// `EFM_SERVICE` value: a virtual IP. While the node does not serve (fenced, epoch-fenced, lease
+/// lapsed) its kernel does not answer ARP requests for it, so clients find the serving holder.
+pub const SERVICE_VIP: u32 = 2;
 
 /// Peer slots (one per peer node; a node may have several addresses pointing at one slot).
 pub const MAX_SLOTS: usize = 16;
@@ -281,6 +287,8 @@ counters! {
     ClientLeaseLapsed = "client_lease_lapsed",
     /// A cut-off TCP segment answered with a RST (reset mode).
     ClientReset = "client_reset",
+    /// An ARP request for a VIP while this node does not serve: dropped (not answered).
+    VipArpDropped = "vip_arp_dropped",
     /// Internal error (a map lookup that cannot fail failed): `XDP_ABORTED`.
     Aborted = "aborted",
 }

@@ -24,7 +24,7 @@ use aya_ebpf::{
 use efm_common::{
     jump::{JUMP_CLIENT_TCP, JUMP_CLIENT_UDP, JUMP_COUNT, JUMP_HEARTBEAT},
     maps::{
-        rtt_bucket, ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr,
+        rtt_bucket, ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, SERVICE_VIP,
         PeerInfo, PeerSlot, RttHistogram, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET,
         MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
     },
@@ -61,6 +61,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_P_ARP: u16 = 0x0806;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const UDP_HLEN: usize = 8;
@@ -234,6 +235,7 @@ fn try_efm_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let parsed = match ethertype {
         ETH_P_IP => parse_v4(ctx, l3off),
         ETH_P_IPV6 => parse_v6(ctx, l3off),
+        ETH_P_ARP => return arp(ctx, l3off),
         _ => return verdict(Counter::NonIpPass, xdp_action::XDP_PASS),
     };
     let Some(mut pkt) = parsed else {
@@ -376,6 +378,29 @@ fn parse_v6(ctx: &XdpContext, l3off: usize) -> Option<Packet> {
         l4off: 0,
         udp_len: 0,
     })
+}
+
+/// An ARP frame: a request for a VIP is not answered while this node does not serve, so a node
+/// whose agent is gone cannot keep pulling clients to a VIP it still has assigned.
+#[inline(always)]
+fn arp(ctx: &XdpContext, l3off: usize) -> Result<u32, ()> {
+    // htype(2) ptype(2) hlen(1) plen(1) oper(2) sha(6) spa(4) tha(6) tpa(4)
+    let Some(a) = read::<[u8; 28]>(ctx, l3off) else {
+        return verdict(Counter::NonIpPass, xdp_action::XDP_PASS);
+    };
+    let is_request = a[6] == 0 && a[7] == 1 && a[4] == 6 && a[5] == 4;
+    if is_request {
+        let tpa = PeerAddr::v4([a[24], a[25], a[26], a[27]]);
+        // SAFETY: read-only lookup; the value is copied out at once.
+        if unsafe { EFM_SERVICE.get(&tpa) }.copied() == Some(SERVICE_VIP) {
+            let fence = EFM_FENCE.get(0).ok_or(())?;
+            let lease = EFM_LEASE.get(0).ok_or(())?;
+            if fence_reason(fence, lease).is_some() {
+                return verdict(Counter::VipArpDropped, xdp_action::XDP_DROP);
+            }
+        }
+    }
+    verdict(Counter::NonIpPass, xdp_action::XDP_PASS)
 }
 
 /// Why client traffic to this node is cut off right now, if it is.

@@ -151,7 +151,7 @@ pub fn configure(dp: &mut Datapath) {
         Peer { node_id: OTHER_NODE, slot: 1, addrs: vec![OTHER_V4.into()] },
     ])
     .expect("peers");
-    dp.set_service_addrs(&[LOCAL_V4.into(), LOCAL_V6.into(), VIP_V4.into()]).expect("service");
+    dp.set_service_addrs(&[LOCAL_V4.into(), LOCAL_V6.into()], &[VIP_V4.into()]).expect("service");
 }
 
 /// A PING from node 2 with the given incarnation and sequence.
@@ -577,6 +577,6 @@ pub fn configure_side(dp: &mut Datapath, side: Side) {
     dp.set_key(&ClusterKey { k0: k.k0, k1: k.k1 }).expect("key");
     dp.set_peers(&[Peer { node_id: side.other().node_id(), slot: 0, addrs: vec![side.other().addr().into()] }])
         .expect("peers");
-    dp.set_service_addrs(&[side.addr().into()]).expect("service");
+    dp.set_service_addrs(&[side.addr().into()], &[]).expect("service");
 }
 pub mod pg;

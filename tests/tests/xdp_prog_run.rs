@@ -456,3 +456,31 @@ fn unrelated_traffic_passes_untouched() {
     // A PONG with a MAC computed for a PING is a bad MAC, not a PONG.
     assert_dropped(&mut fx, &udp_frame(Addrs::v4(), HB_PORT, HB_PORT, &pong_kind), Counter::HbBadMac);
 }
+
+/// An ARP request for `target` from the peer.
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&PEER_V4.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+#[test]
+fn arp_for_the_vip_is_not_answered_while_the_node_does_not_serve() {
+    let mut fx = Fixture::new();
+    let vip = arp_request(VIP_V4.octets());
+    let own = arp_request(LOCAL_V4.octets());
+    assert_eq!(run_counted(&mut fx, &vip).2, vec![(Counter::NonIpPass, 1)], "serving: the VIP is answered");
+    fx.set_fence(lease_fence(1, 60_000)); // enforced lease, no endorsement yet: not serving
+    let (action, _, moved) = run_counted(&mut fx, &vip);
+    assert_eq!((action, moved), (XDP_DROP, vec![(Counter::VipArpDropped, 1)]));
+    assert_eq!(run_counted(&mut fx, &own).0, XDP_PASS, "the node's own address is always answered");
+    fx.set_fence(FenceState { flags: FENCE_FENCED, ..Fixture::base_fence() });
+    assert_eq!(run_counted(&mut fx, &vip).0, XDP_DROP, "fenced: not answered");
+    fx.set_fence(Fixture::base_fence());
+    assert_eq!(run_counted(&mut fx, &vip).0, XDP_PASS, "serving again");
+}

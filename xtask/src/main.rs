@@ -36,8 +36,26 @@ commands:
                      build target/debian/efm_<version>_<arch>.deb with dpkg-deb from an
                      `install --prefix /usr --destdir` tree; shows `dpkg-deb --info`, runs lintian
                      when installed
+  demo [--witness] [--fault postmaster|link] [--once]
+                     as root: setup, build, then a real three-node cluster in network namespaces
+                     on this host (PostgreSQL 15, an efm-agent per node, a VIP, a client writing
+                     through it); kills the primary and prints the failover timeline; keeps the
+                     cluster until Ctrl-C (or exits with --once) and removes everything it made
   help               show this message
 ";
+
+/// `cargo xtask demo`: setup, build the agent and the demo, run it.
+fn demo(args: &[String]) -> Result<()> {
+    anyhow::ensure!(is_root()?, "cargo xtask demo needs root (network namespaces, XDP, PostgreSQL): run it with sudo");
+    setup::setup()?;
+    let mut build = cargo();
+    build.args(["build", "-p", "efm-agent", "--bins", "-p", "efm-tests", "--bin", "efm-demo"]);
+    run(&mut build).context("building the agent and the demo failed")?;
+    let exe = workspace_root().join("target").join("debug").join("efm-demo");
+    let mut demo = std::process::Command::new(exe);
+    demo.args(args);
+    run(&mut demo).context("the demo failed")
+}
 
 /// Host crates: `--workspace` would also pick up efm-ebpf, which only builds for bpfel-unknown-none.
 const HOST_WORKSPACE: &[&str] = &["--workspace", "--exclude", "efm-ebpf"];
@@ -99,6 +117,14 @@ fn try_main() -> Result<()> {
         "package" => {
             package::package(&package::PackageOptions::parse(rest)?)?;
             Ok(())
+        }
+        "demo" => {
+            for a in rest {
+                if !matches!(a.as_str(), "--witness" | "--once" | "--fault" | "postmaster" | "link") {
+                    return Err(unknown_args(command, rest));
+                }
+            }
+            demo(rest)
         }
         "test" => {
             let extra = match rest.split_first() {

@@ -45,6 +45,9 @@ pub struct HaRuntime {
     work: Arc<Mutex<Work>>,
     vip_held: Arc<Mutex<bool>>,
     vip_busy: Arc<Mutex<bool>>,
+    /// Since when this node holds the VIP, and when it last re-announced it.
+    vip_since: Option<Instant>,
+    vip_announced: Option<Instant>,
     remote: Arc<Mutex<HashMap<SocketAddr, (Option<bool>, Instant)>>>,
     last_fence: Option<FenceState>,
     last_outcome: Option<Outcome>,
@@ -85,6 +88,8 @@ impl HaRuntime {
             work: Arc::new(Mutex::new(Work::Idle)),
             vip_held: Arc::new(Mutex::new(vip_held)),
             vip_busy: Arc::new(Mutex::new(false)),
+            vip_since: None,
+            vip_announced: None,
             remote: Arc::new(Mutex::new(HashMap::new())),
             last_fence: None,
             last_outcome: None,
@@ -308,9 +313,16 @@ impl HaRuntime {
         Ok((desired, step.outcome))
     }
 
-    fn reconcile_vip(&self, want: bool) {
+    fn reconcile_vip(&mut self, want: bool) {
         let (Some(addr), Some(prefix)) = (self.cfg.virtual_ip, self.cfg.virtual_ip_prefix) else { return };
         let held = self.vip_held.lock().is_ok_and(|h| *h);
+        if held && want {
+            self.reannounce_vip(addr);
+            return;
+        }
+        if !held {
+            self.vip_since = None;
+        }
         if held == want {
             return;
         }
@@ -340,6 +352,25 @@ impl HaRuntime {
             }
             if let Ok(mut b) = busy_flag.lock() {
                 *b = false;
+            }
+        });
+    }
+
+    /// Keeps announcing the VIP while holding it: neighbours ignore an ARP update within
+    /// `locktime` (1 s) of the previous one, and a node whose agent died may still answer for the
+    /// VIP; so a gratuitous ARP / unsolicited NA every second for the first 15 s, then every 10 s.
+    fn reannounce_vip(&mut self, addr: std::net::IpAddr) {
+        let since = *self.vip_since.get_or_insert_with(Instant::now);
+        let every = if since.elapsed() < Duration::from_secs(15) { Duration::from_millis(1_000) } else { Duration::from_secs(10) };
+        if self.vip_announced.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.vip_announced = Some(Instant::now());
+        let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+        tokio::task::spawn_blocking(move || {
+            let once = vip::Announce { count: 1, interval: Duration::from_millis(1) };
+            if let Err(e) = vip::announce(&iface, addr, &once) {
+                tracing::debug!(vip = %addr, error = %e, "re-announcing the VIP failed");
             }
         });
     }
@@ -395,11 +426,20 @@ impl HaRuntime {
                 }
                 let old = old_primary.or_else(|| st.history.last().map(|h| h.node)).filter(|o| *o != me);
                 let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     let res = promote_local(&cfg, &config_dir, me, old, &iface).await;
                     let next = match res {
                         Ok(took) => {
                             tracing::info!(epoch, took_ms = took.as_millis(), "promoted the local database");
+                            // pg_promote() confirmed it left recovery: do not wait for the next
+                            // local check (local.period) to know it.
+                            let mut s = lock(&shared);
+                            if let Some(info) = s.db.info.as_mut() {
+                                info.in_recovery = false;
+                            }
+                            s.db.up = Some(true);
+                            s.role = crate::agent::Role::Primary;
                             Work::Promoted { epoch }
                         }
                         Err(reason) => {

@@ -45,7 +45,7 @@ fn main() {
 
     let kinds = if witness { vec![Kind::Primary, Kind::Standby, Kind::Witness] } else { vec![Kind::Primary, Kind::Standby, Kind::Standby] };
     println!("== starting: {} (PostgreSQL 15, efm-agent with XDP per node, VIP 198.18.0.100)", if witness { "primary + standby + witness" } else { "primary + 2 standbys" });
-    let mut c = Cluster::start(&kinds, "");
+    let c = Cluster::start(&kinds, "");
     println!("\n== efm cluster-status {CLUSTER} (from node 1)");
     print!("{}", String::from_utf8_lossy(&c.efm(0, &["cluster-status"]).stdout));
 

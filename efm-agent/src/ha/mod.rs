@@ -612,16 +612,7 @@ impl Engine {
                     detail: format!("primary {} has had no endorsements for its lease; its clients are cut off", self.cfg.me),
                 });
             }
-            let d = Desired {
-                fenced: false,
-                lease_enforced: k > 0,
-                lease_k: k,
-                epoch: c.epoch,
-                ping_flags: ROLE_PRIMARY | db_flag,
-                vip: false,
-                endorse: None,
-            };
-            return (d, Outcome::PrimaryIsolated { epoch: c.epoch });
+            return (Self::serving(c.epoch, k, db_flag, false), Outcome::PrimaryIsolated { epoch: c.epoch });
         }
         if inp.db.failed || inp.db.up == Some(false) || self.voted_against(c.epoch) {
             // Fenced by its own kernel from this cycle on, so its vote is safe at once; without
@@ -645,17 +636,7 @@ impl Engine {
         let promoted = matches!(inp.work, Work::Promoted { epoch } if *epoch == c.epoch);
         if db_is_primary && (promoted || self.promote_started != Some(c.epoch)) {
             // Registered or promoted primary serving under the lease.
-            let d = Desired {
-                fenced: false,
-                // A single-voter cluster (k = 0) has no lease to enforce.
-                lease_enforced: k > 0,
-                lease_k: k,
-                epoch: c.epoch,
-                ping_flags: ROLE_PRIMARY | db_flag,
-                vip: true,
-                endorse: None,
-            };
-            return (d, Outcome::Primary { epoch: c.epoch });
+            return (Self::serving(c.epoch, k, db_flag, true), Outcome::Primary { epoch: c.epoch });
         }
         // A standby named primary by the log: promote it (once per epoch).
         if self.promote_started != Some(c.epoch) && inp.db.up == Some(true) {
@@ -669,6 +650,20 @@ impl Engine {
         let mut d = self.fenced(c.epoch, ROLE_STANDBY | db_flag);
         d.vip = true;
         (d, Outcome::Candidate { epoch: c.epoch })
+    }
+
+    /// The primary of `epoch` under its lease (k endorsements; a single-voter cluster, k = 0,
+    /// has no lease to enforce), holding the VIP or not.
+    fn serving(epoch: u64, k: u32, db_flag: u16, vip: bool) -> Desired {
+        Desired {
+            fenced: false,
+            lease_enforced: k > 0,
+            lease_k: k,
+            epoch,
+            ping_flags: ROLE_PRIMARY | db_flag,
+            vip,
+            endorse: None,
+        }
     }
 
     fn fenced(&self, epoch: u64, ping_flags: u16) -> Desired {

@@ -157,6 +157,37 @@ pub struct Shared {
     pub leader: Option<SocketAddr>,
     /// What the kernel enforces right now (read every cycle).
     pub kernel: KernelView,
+    /// Monitoring of the local database is suspended (EFM's idle agent) until `efm resume`.
+    pub suspended: Option<Suspension>,
+    /// The last `script.custom.monitor` failure, while it lasts.
+    pub custom_monitor_failed: Option<String>,
+    /// `efm stop-cluster` reached this agent: the main loop exits.
+    pub stop_requested: bool,
+    /// When this agent started (Unix ms): a stop-cluster entry older than that is history.
+    pub started_unix_ms: u64,
+}
+
+/// Why a node's database is not monitored.
+#[derive(Clone, Debug)]
+pub struct Suspension {
+    pub reason: String,
+    pub kind: SuspendKind,
+    pub since: std::time::Instant,
+}
+
+/// Which `auto.resume.*.period` applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuspendKind {
+    /// The database was not running when the agent started (`auto.resume.startup.period`).
+    Startup,
+    /// The database failed (`auto.resume.failure.period`).
+    Failure,
+}
+
+/// Now as Unix milliseconds.
+#[must_use]
+pub fn unix_ms() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())).unwrap_or(0)
 }
 
 /// The kernel's fence and lease as of the last cycle.
@@ -394,15 +425,25 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         outcome: None,
         leader: None,
         kernel: KernelView::default(),
+        suspended: None,
+        custom_monitor_failed: None,
+        stop_requested: false,
+        started_unix_ms: unix_ms(),
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
     let admin_shared = shared.clone();
+    let admin_coord = coord.clone();
     let admin_task = tokio::spawn(admin::serve(listener, move |req| {
-        let shared = admin_shared.clone();
-        async move { handle(&shared, req).await }
+        let (shared, coord) = (admin_shared.clone(), admin_coord.clone());
+        async move { handle(&shared, &coord, req).await }
     }));
     let db_task = db_target.map(|t| tokio::spawn(localdb::run(shared.clone(), t)));
+    let custom_monitor = cfg
+        .script_custom_monitor
+        .as_ref()
+        .filter(|_| !cfg.is_witness)
+        .map(|_| tokio::spawn(crate::custom_monitor::run(shared.clone())));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
@@ -423,7 +464,11 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
                     Ok(keep) => fenced_at_exit = keep,
                     Err(e) => tracing::error!(error = %e, "reading the datapath failed"),
                 }
-                lock(&shared).leader = coord.leader();
+                let mut s = lock(&shared);
+                s.leader = coord.leader();
+                if s.stop_requested {
+                    break;
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -436,13 +481,22 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     if let Some(t) = db_task {
         t.abort();
     }
+    if let Some(t) = custom_monitor {
+        t.abort();
+    }
+    let stop_cluster = lock(&shared).stop_requested;
     let _ = std::fs::remove_file(admin::socket_path(&opts.run_dir, &cfg.cluster));
     drop(ha);
     if let Ok(c) = Arc::try_unwrap(coord) {
         c.shutdown().await;
     }
     let db_primary = lock(&shared).db.info.as_ref().is_some_and(|i| !i.in_recovery);
-    if fenced_at_exit || db_primary {
+    if stop_cluster && !fenced_at_exit {
+        // `efm stop-cluster`: no agent is left to endorse a lease, and the databases must keep
+        // serving as they are; a fenced node stays fenced.
+        tracing::warn!("efm stop-cluster: detaching XDP; the cluster has no failover protection until the agents start again");
+        dp.detach()?;
+    } else if fenced_at_exit || db_primary {
         // The kernel keeps enforcing: a fenced node stays fenced, and a primary's clients lose
         // it when its lease runs out, as they would if the agent had died.
         tracing::warn!(pins = %opts.bpffs_dir.join(&cfg.cluster).display(), "leaving XDP attached: the local database is a primary or fenced");
@@ -528,15 +582,17 @@ fn one_tick(
 }
 
 /// Answers one admin request.
-pub async fn handle(shared: &Arc<Mutex<Shared>>, req: Request) -> Response {
+pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<crate::coordination::Coordinator>, req: Request) -> Response {
     match req.command.as_str() {
         "node-status" => Response::ok(crate::report::node_status(shared)),
         "cluster-status" => match crate::report::cluster_status(shared).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e),
         },
+        cmd if crate::operator::COMMANDS.contains(&cmd) => crate::operator::handle(shared, coord, &req).await,
         other => Response::err(format!(
-            "unknown command {other:?}; this agent answers: node-status, cluster-status"
+            "unknown command {other:?}; this agent answers: node-status, cluster-status, {}",
+            crate::operator::COMMANDS.join(", ")
         )),
     }
 }

@@ -111,6 +111,68 @@ pub enum Cmd {
         /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
         cluster: String,
     },
+    /// Promote a standby now (the most up-to-date one; auto.failover is ignored). Without an
+    /// up-to-date standby it asks first (and refuses without a terminal unless --force).
+    /// With -switchover the primary stops cleanly, the standby takes over and the old primary
+    /// rejoins as its standby. EFM's single-dash spellings (-switchover, -sourcenode, -quiet) work.
+    #[command(after_help = "Example:\n  efm promote acctg -switchover\n  efm promote acctg -switchover -sourcenode 10.0.1.9 -quiet")]
+    Promote {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+        /// Reconfigure the old primary as a standby of the new one after a clean stop.
+        #[arg(long)]
+        switchover: bool,
+        /// With -switchover: the standby whose replication settings the old primary copies.
+        #[arg(long, value_name = "ADDRESS", requires = "switchover")]
+        sourcenode: Option<String>,
+        /// With -switchover: send no notifications about it.
+        #[arg(long, requires = "switchover")]
+        quiet: bool,
+        /// Promote even if the standby is behind the primary (no question asked).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Resume monitoring the local database after a failure or a restart (the node leaves the
+    /// idle state only if its database is the primary or a standby of the current primary).
+    #[command(after_help = "Example:\n  efm resume acctg")]
+    Resume {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+    },
+    /// Set a database node's failover priority (1 = first choice, 0 = never promote).
+    #[command(after_help = "Example:\n  efm set-priority acctg 10.0.1.9 1")]
+    SetPriority {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+        /// The node: IP, or IP:PORT when several agents share the IP.
+        address: String,
+        /// 0 = never promote; otherwise lower is preferred.
+        priority: u32,
+    },
+    /// Add a node to the cluster's allowed node host list so that its agent may join.
+    #[command(after_help = "Example:\n  efm allow-node acctg 10.0.1.10")]
+    AllowNode {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+        /// The node: IP, or IP:PORT.
+        address: String,
+    },
+    /// Remove a node from the allowed node host list: it stops counting in the cluster and
+    /// cannot rejoin until allowed again.
+    #[command(after_help = "Example:\n  efm disallow-node acctg 10.0.1.10")]
+    DisallowNode {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+        /// The node: IP, or IP:PORT.
+        address: String,
+    },
+    /// Stop every agent of the cluster. The databases keep running as they are, without
+    /// failover protection, until the agents are started again.
+    #[command(after_help = "Example:\n  efm stop-cluster acctg")]
+    StopCluster {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+    },
     /// Check the configuration files and print the effective configuration and every problem.
     #[command(after_help = "Example:\n  efm prop-check acctg")]
     PropCheck {

@@ -17,7 +17,12 @@ use efm_agent::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // EFM spells the promote options with one dash (`-switchover`); accept both.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some(s @ ("-switchover" | "-sourcenode" | "-quiet" | "-force")) => format!("-{s}").into(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
     match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
@@ -28,8 +33,12 @@ fn main() -> ExitCode {
 }
 
 fn ask(cli: &Cli, cluster: &str, command: &str) -> Result<serde_json::Value, String> {
-    let req = Request { version: PROTOCOL_VERSION, command: command.into(), args: vec![] };
-    let resp = admin::request(&cli.run_dir, cluster, &req, Duration::from_mins(1)).map_err(|e| e.to_string())?;
+    ask_with(cli, cluster, command, Vec::new(), Duration::from_mins(1))
+}
+
+fn ask_with(cli: &Cli, cluster: &str, command: &str, args: Vec<String>, timeout: Duration) -> Result<serde_json::Value, String> {
+    let req = Request { version: PROTOCOL_VERSION, command: command.into(), args };
+    let resp = admin::request(&cli.run_dir, cluster, &req, timeout).map_err(|e| e.to_string())?;
     if resp.ok {
         resp.result.ok_or_else(|| "the agent answered without a result".to_owned())
     } else {
@@ -62,6 +71,33 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Promote { cluster, switchover, sourcenode, quiet, force } => {
+            let mut args = Vec::new();
+            for (on, word) in [(*switchover, "switchover"), (*quiet, "quiet"), (*force, "force")] {
+                if on {
+                    args.push(word.to_owned());
+                }
+            }
+            if let Some(s) = sourcenode {
+                args.push(format!("sourcenode={s}"));
+            }
+            eprintln!("efm: promote command sent to the local agent; waiting for the new primary");
+            let mut v = ask_with(cli, cluster, "promote", args.clone(), Duration::from_secs(100))?;
+            if let Some(q) = v.get("confirm").and_then(|q| q.as_str()) {
+                if !confirm(q)? {
+                    return Err("promotion cancelled; nothing was changed".into());
+                }
+                args.push("force".into());
+                v = ask_with(cli, cluster, "promote", args, Duration::from_secs(100))?;
+            }
+            print_message(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Resume { cluster } => operator(cli, cluster, "resume", vec![]),
+        Cmd::SetPriority { cluster, address, priority } => operator(cli, cluster, "set-priority", vec![address.clone(), priority.to_string()]),
+        Cmd::AllowNode { cluster, address } => operator(cli, cluster, "allow-node", vec![address.clone()]),
+        Cmd::DisallowNode { cluster, address } => operator(cli, cluster, "disallow-node", vec![address.clone()]),
+        Cmd::StopCluster { cluster } => operator(cli, cluster, "stop-cluster", vec![]),
         Cmd::PropCheck { cluster } => {
             let report = config::check::prop_check(&cli.config_dir, cluster);
             print!("{}", report.render());
@@ -105,6 +141,32 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn operator(cli: &Cli, cluster: &str, command: &str, args: Vec<String>) -> Result<ExitCode, String> {
+    let v = ask_with(cli, cluster, command, args, Duration::from_mins(1))?;
+    print_message(&v);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_message(v: &serde_json::Value) {
+    match v.get("message").and_then(|m| m.as_str()) {
+        Some(m) => println!("{m}"),
+        None => println!("{v}"),
+    }
+}
+
+/// Asks the operator `question` on the terminal; without a terminal the answer is no.
+fn confirm(question: &str) -> Result<bool, String> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(format!("{question}.\nRefusing without a terminal to confirm; add --force to promote anyway"));
+    }
+    eprint!("{question}.\nPromote anyway? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("reading the answer: {e}"))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 fn upgrade(cli: &Cli, cluster: &str, source: &Path, force: bool) -> Result<ExitCode, String> {

@@ -275,6 +275,10 @@ pub struct Config {
     pub script_remote_pre_promotion: Option<String>,
     pub script_remote_post_promotion: Option<String>,
     pub script_custom_monitor: Option<String>,
+    /// `script.user`: the OS user script hooks run as (`None`: the agent's).
+    pub script_user: Option<String>,
+    /// `script.timeout`: how long a script hook may run.
+    pub script_timeout: Duration,
     pub custom_monitor_interval: Duration,
     pub custom_monitor_timeout: Duration,
     pub custom_monitor_safe_mode: bool,
@@ -688,6 +692,8 @@ impl Builder<'_> {
             script_remote_pre_promotion: v.text("script.remote.pre.promotion"),
             script_remote_post_promotion: v.text("script.remote.post.promotion"),
             script_custom_monitor: v.text("script.custom.monitor"),
+            script_user: v.text("script.user"),
+            script_timeout: v.dur("script.timeout"),
             custom_monitor_interval: v.dur("custom.monitor.interval"),
             custom_monitor_timeout: v.dur("custom.monitor.timeout"),
             custom_monitor_safe_mode: v.bool("custom.monitor.safe.mode"),

@@ -546,6 +546,18 @@ pub const PROPERTIES: &[PropDef] = &[
         Kind::Bool,
         "only log custom monitor failures",
     ),
+    p(
+        "script.user",
+        "",
+        Kind::Text,
+        "OS user the script hooks run as (empty: the agent's user)",
+    ),
+    p(
+        "script.timeout",
+        "60",
+        Kind::Duration,
+        "time a script hook may run before it is killed and reported",
+    ),
     // Privileges, files and logging.
     p(
         "sudo.command",

@@ -47,6 +47,16 @@ pub struct Switchover {
     pub to: SocketAddr,
     /// The epoch the switchover was requested in; the promotion that completes it must expect it.
     pub requested_epoch: u64,
+    /// `efm promote -switchover`: the old primary stops cleanly before the new one promotes and
+    /// then rejoins as its standby. Without it (`efm promote`), the old primary stays fenced.
+    #[serde(default)]
+    pub demote: bool,
+    /// `-quiet`: no notifications for this hand-over.
+    #[serde(default)]
+    pub quiet: bool,
+    /// `-sourcenode`: the standby whose replication settings the old primary copies.
+    #[serde(default)]
+    pub source: Option<SocketAddr>,
 }
 
 /// One committed promotion.
@@ -87,6 +97,13 @@ pub struct ClusterState {
     pub switchover: Option<Switchover>,
     /// The last [`HISTORY_LEN`] promotions, oldest first.
     pub history: Vec<Promotion>,
+    /// `efm stop-cluster`: when (Unix ms, the proposer's clock) the operator stopped the
+    /// cluster. Every agent running at that time exits when it applies the entry.
+    #[serde(default)]
+    pub stopped_at_unix_ms: Option<u64>,
+    /// The primary the last promotion replaced (`%f` of the remote promotion scripts).
+    #[serde(default)]
+    pub previous_primary: Option<SocketAddr>,
 }
 
 impl ClusterState {
@@ -162,8 +179,19 @@ pub enum Command {
     RequestSwitchover {
         to: SocketAddr,
         expected_epoch: u64,
+        #[serde(default)]
+        demote: bool,
+        #[serde(default)]
+        quiet: bool,
+        #[serde(default)]
+        source: Option<SocketAddr>,
     },
     ClearSwitchover,
+    /// `efm stop-cluster`: every running agent exits; databases are left as they are. The
+    /// operator's allow/disallow decisions are forgotten (EFM loses its allowed-host list here).
+    StopCluster {
+        at_unix_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -181,10 +209,13 @@ impl fmt::Display for Command {
             Self::SetPriority { node, priority } => write!(f, "SetPriority {node} {priority}"),
             Self::SetAutoFailover(b) => write!(f, "SetAutoFailover {b}"),
             Self::SetPaused(b) => write!(f, "SetPaused {b}"),
-            Self::RequestSwitchover { to, expected_epoch } => {
-                write!(f, "RequestSwitchover to {to} expecting epoch {expected_epoch}")
-            }
+            Self::RequestSwitchover { to, expected_epoch, demote, .. } => write!(
+                f,
+                "RequestSwitchover to {to} expecting epoch {expected_epoch}{}",
+                if *demote { " (old primary rejoins as standby)" } else { "" }
+            ),
             Self::ClearSwitchover => write!(f, "ClearSwitchover"),
+            Self::StopCluster { at_unix_ms } => write!(f, "StopCluster at {at_unix_ms}"),
         }
     }
 }
@@ -309,6 +340,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
                     need: state.votes_needed(),
                 });
             }
+            state.previous_primary = state.primary;
             state.primary = Some(*candidate);
             state.epoch += 1;
             state.votes.clear();
@@ -374,7 +406,13 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
             state.paused = *b;
             ok(state, changed)
         }
-        Command::RequestSwitchover { to, expected_epoch } => {
+        Command::RequestSwitchover {
+            to,
+            expected_epoch,
+            demote,
+            quiet,
+            source,
+        } => {
             check_epoch(state, *expected_epoch)?;
             let Some(from) = state.primary else {
                 return Err(Rejected::NoPrimary);
@@ -390,12 +428,20 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
                 from,
                 to: *to,
                 requested_epoch: state.epoch,
+                demote: *demote,
+                quiet: *quiet,
+                source: *source,
             });
             ok(state, true)
         }
         Command::ClearSwitchover => {
             let changed = state.switchover.take().is_some();
             ok(state, changed)
+        }
+        Command::StopCluster { at_unix_ms } => {
+            state.stopped_at_unix_ms = Some(*at_unix_ms);
+            state.disallowed.clear();
+            ok(state, true)
         }
     }
 }
@@ -977,7 +1023,10 @@ mod tests {
                 &mut s,
                 &Command::RequestSwitchover {
                     to: a(2),
-                    expected_epoch: 0
+                    expected_epoch: 0,
+                    demote: true,
+                    quiet: false,
+                    source: None,
                 }
             ),
             Err(Rejected::NoPrimary)
@@ -988,7 +1037,10 @@ mod tests {
                 &mut s,
                 &Command::RequestSwitchover {
                     to: a(2),
-                    expected_epoch: 0
+                    expected_epoch: 0,
+                    demote: true,
+                    quiet: false,
+                    source: None,
                 }
             ),
             Err(Rejected::StaleEpoch {
@@ -1001,7 +1053,10 @@ mod tests {
                 &mut s,
                 &Command::RequestSwitchover {
                     to: a(1),
-                    expected_epoch: 1
+                    expected_epoch: 1,
+                    demote: true,
+                    quiet: false,
+                    source: None,
                 }
             ),
             Err(Rejected::AlreadyPrimary(a(1)))
@@ -1011,7 +1066,10 @@ mod tests {
                 &mut s,
                 &Command::RequestSwitchover {
                     to: a(4),
-                    expected_epoch: 1
+                    expected_epoch: 1,
+                    demote: true,
+                    quiet: false,
+                    source: None,
                 }
             ),
             Err(Rejected::NotPromotable(a(4)))
@@ -1021,6 +1079,9 @@ mod tests {
             &Command::RequestSwitchover {
                 to: a(2),
                 expected_epoch: 1,
+                    demote: true,
+                    quiet: false,
+                    source: None,
             },
         )
         .unwrap();
@@ -1029,7 +1090,10 @@ mod tests {
             Some(Switchover {
                 from: a(1),
                 to: a(2),
-                requested_epoch: 1
+                requested_epoch: 1,
+                demote: true,
+                quiet: false,
+                source: None,
             })
         );
         assert_eq!(
@@ -1037,7 +1101,10 @@ mod tests {
                 &mut s,
                 &Command::RequestSwitchover {
                     to: a(3),
-                    expected_epoch: 1
+                    expected_epoch: 1,
+                    demote: true,
+                    quiet: false,
+                    source: None,
                 }
             ),
             Err(Rejected::SwitchoverPending(a(2)))
@@ -1050,6 +1117,9 @@ mod tests {
             &Command::RequestSwitchover {
                 to: a(2),
                 expected_epoch: 1,
+                    demote: true,
+                    quiet: false,
+                    source: None,
             },
         )
         .unwrap();
@@ -1062,11 +1132,33 @@ mod tests {
             &Command::RequestSwitchover {
                 to: a(3),
                 expected_epoch: 2,
+                    demote: true,
+                    quiet: false,
+                    source: None,
             },
         )
         .unwrap();
         apply(&mut s, &Command::DisallowNode { node: a(3) }).unwrap();
         assert_eq!(s.switchover, None);
+    }
+
+    #[test]
+    fn stop_cluster_is_recorded_and_forgets_disallowed_nodes() {
+        let mut s = cluster();
+        apply(&mut s, &Command::DisallowNode { node: a(3) }).unwrap();
+        assert!(s.disallowed.contains(&a(3)));
+        apply(&mut s, &Command::StopCluster { at_unix_ms: 1234 }).unwrap();
+        assert_eq!(s.stopped_at_unix_ms, Some(1234));
+        assert!(s.disallowed.is_empty());
+        // The primary and the epoch are untouched: databases keep running as they are.
+        assert_eq!((s.primary, s.epoch), (Some(a(1)), 1));
+    }
+
+    #[test]
+    fn log_entries_from_before_the_switchover_fields_still_decode() {
+        let old = r#"{"RequestSwitchover":{"to":"198.18.0.2:7800","expected_epoch":3}}"#;
+        let cmd: Command = serde_json::from_str(old).unwrap();
+        assert_eq!(cmd, Command::RequestSwitchover { to: a(2), expected_epoch: 3, demote: false, quiet: false, source: None });
     }
 
     #[test]

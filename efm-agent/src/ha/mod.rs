@@ -81,11 +81,30 @@ pub struct NodeMeta {
     pub promotable: bool,
 }
 
+/// An operator's hand-over of the current epoch (`efm promote [-switchover]`), as committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handover {
+    /// The primary handing over (the current epoch's).
+    pub from: SocketAddr,
+    /// The standby the operator's command chose.
+    pub to: SocketAddr,
+    /// `-switchover`: the old primary stops cleanly first and rejoins as a standby of `to`.
+    pub demote: bool,
+    /// `-quiet`: no notifications about this hand-over.
+    pub quiet: bool,
+    /// `-sourcenode`: whose replication settings the old primary copies when it rejoins.
+    pub source: Option<SocketAddr>,
+}
+
 /// The part of the committed cluster state the engine needs.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Committed {
     pub epoch: u64,
     pub primary: Option<SocketAddr>,
+    /// The primary of the epoch before (the one the last promotion replaced).
+    pub previous_primary: Option<SocketAddr>,
+    /// A hand-over requested for this epoch and not carried out yet.
+    pub handover: Option<Handover>,
     /// Voting members (database nodes and witnesses).
     pub nodes: BTreeMap<SocketAddr, NodeMeta>,
     /// Voters that voted against the current epoch's primary.
@@ -159,6 +178,14 @@ pub enum Work {
     Promoting { epoch: u64 },
     Promoted { epoch: u64 },
     PromotionFailed { epoch: u64, reason: String },
+    /// The old primary of `epoch` is stopping its database cleanly (`-switchover`).
+    HandingOver { epoch: u64 },
+    /// ... and has stopped it: every acknowledged write has reached the connected standbys.
+    HandedOver { epoch: u64 },
+    HandOverFailed { epoch: u64, reason: String },
+    /// The old primary is being restarted as a standby of the primary of `epoch`.
+    Rejoining { epoch: u64 },
+    RejoinFailed { epoch: u64, reason: String },
 }
 
 /// Everything one step looks at.
@@ -203,6 +230,8 @@ pub enum Proposal {
     SetPrimary { node: SocketAddr, expected_epoch: u64 },
     Vote { voter: SocketAddr, epoch: u64 },
     Promote { candidate: SocketAddr, expected_epoch: u64, lsn: u64, reason: String },
+    /// Call off a hand-over that could not be carried out (the old primary serves again).
+    ClearSwitchover,
 }
 
 /// Notification severity (EFM's levels).
@@ -232,6 +261,16 @@ pub enum Action {
     PrimaryIsolated { epoch: u64 },
     /// Point the local standby at the committed primary (`auto.reconfigure`).
     Follow { primary: SocketAddr, epoch: u64 },
+    /// The operator hands this primary's epoch over to `to`: the kernel is already fenced; with
+    /// `demote`, stop the database cleanly (so the standbys have every acknowledged write) and
+    /// report [`Work::HandedOver`]; the engine then votes against its own epoch.
+    HandOver { epoch: u64, to: SocketAddr, demote: bool },
+    /// After a `-switchover`: restart the stopped old primary as a standby of `primary`.
+    Rejoin { epoch: u64, primary: SocketAddr, source: Option<SocketAddr> },
+    /// `script.remote.pre.promotion` on a node not involved in the promotion to `new_primary`.
+    RemotePrePromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
+    /// `script.remote.post.promotion` once the new primary serves.
+    RemotePostPromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
     Notify { severity: Severity, subject: String, detail: String },
 }
 
@@ -253,6 +292,8 @@ pub enum Outcome {
     PromotionProposed { candidate: SocketAddr, epoch: u64 },
     NoCandidate { epoch: u64, reason: String },
     ManualFailoverRequired { primary: SocketAddr },
+    HandingOver { epoch: u64, to: SocketAddr },
+    Rejoining { primary: SocketAddr },
 }
 
 impl fmt::Display for Outcome {
@@ -275,6 +316,8 @@ impl fmt::Display for Outcome {
             Self::PromotionProposed { candidate, epoch } => write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1),
             Self::NoCandidate { epoch, reason } => write!(f, "no standby to promote for epoch {epoch}: {reason}"),
             Self::ManualFailoverRequired { primary } => write!(f, "primary {primary} failed; auto.failover is off: manual failover required"),
+            Self::HandingOver { epoch, to } => write!(f, "fenced: handing epoch {epoch} over to {to} (operator request)"),
+            Self::Rejoining { primary } => write!(f, "fenced: old primary rejoining as a standby of {primary}"),
         }
     }
 }
@@ -315,6 +358,15 @@ pub struct Engine {
     /// Epochs up to this one were voted against by this node (also in a previous life: the
     /// runtime records it durably before proposing a vote); they are never endorsed again.
     voted_floor: u64,
+    /// The hand-over this node (as primary) started, with its epoch.
+    handover: Option<(u64, Handover)>,
+    handover_cleared: Option<u64>,
+    rejoin_started: Option<u64>,
+    /// A `-quiet` hand-over was requested in this epoch: no notifications for it and the next.
+    quiet_from: Option<u64>,
+    /// The last epoch this node saw, and the promotion whose remote post-promotion hook is due.
+    last_epoch: Option<u64>,
+    post_promotion_due: Option<(u64, Option<SocketAddr>)>,
 }
 
 impl Engine {
@@ -337,6 +389,12 @@ impl Engine {
             epoch_seen: None,
             started_ns: None,
             voted_floor: 0,
+            handover: None,
+            handover_cleared: None,
+            rejoin_started: None,
+            quiet_from: None,
+            last_epoch: None,
+            post_promotion_due: None,
         }
     }
 
@@ -372,6 +430,7 @@ impl Engine {
 
     /// One decision cycle.
     #[must_use]
+    #[expect(clippy::too_many_lines, reason = "one ordered cascade of checks, as Patroni's run_cycle; splitting it hides the order")]
     pub fn step(&mut self, inp: &Inputs<'_>) -> Step {
         let me = self.cfg.me;
         let mut actions = Vec::new();
@@ -403,6 +462,13 @@ impl Engine {
             self.epoch_seen = Some((c.epoch, inp.now_ns));
         }
         let k = u32::try_from(c.majority().saturating_sub(1)).unwrap_or(u32::MAX);
+        // An operator's promotion ignores auto.failover (as EFM's does).
+        let handover = c.handover.filter(|h| Some(h.from) == c.primary);
+        let auto_failover = c.auto_failover || handover.is_some();
+        if handover.is_some_and(|h| h.quiet) {
+            self.quiet_from = Some(c.epoch);
+        }
+        self.remote_promotion_hooks(c, inp, &mut actions);
         // A vote of ours in the log is ours even if this engine did not cast it (restart).
         if c.votes.contains(&me) {
             self.voted = Some(c.epoch);
@@ -442,7 +508,7 @@ impl Engine {
                 _ => None,
             };
             if let Some(reason) = suspect_reason {
-                if !c.auto_failover {
+                if !auto_failover {
                     if self.manual_notified != Some(c.epoch) {
                         self.manual_notified = Some(c.epoch);
                         actions.push(Action::Notify {
@@ -481,20 +547,34 @@ impl Engine {
             Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
             _ => true,
         };
-        if inp.is_leader && c.votes.len() >= c.majority() && promote_due {
-            match self.choose_candidate(c, inp) {
+        // A `-switchover` hand-over is promoted only once the old primary has voted, i.e. has
+        // stopped its database cleanly (every acknowledged write is on the standbys), unless
+        // its agent is gone.
+        let handover_ready = handover.is_none_or(|h| {
+            !h.demote || c.votes.contains(&h.from) || inp.peers.iter().any(|v| v.addr == h.from && !v.alive)
+        });
+        if inp.is_leader && c.votes.len() >= c.majority() && promote_due && handover_ready {
+            let choice = match handover.and_then(|h| self.handover_target(c, inp, h.to)) {
+                Some(t) => Ok(t),
+                None => self.choose_candidate(c, inp),
+            };
+            match choice {
                 Ok((candidate, lsn)) => {
                     self.proposed_promote = Some((c.epoch, inp.now_ns));
                     actions.push(Action::Propose(Proposal::Promote {
                         candidate,
                         expected_epoch: c.epoch,
                         lsn,
-                        reason: format!(
-                            "{} of {} voters stopped endorsing {}",
-                            c.votes.len(),
-                            c.nodes.len(),
-                            c.primary.map_or("no primary".into(), |p| p.to_string())
-                        ),
+                        reason: match handover {
+                            Some(h) if h.demote => format!("switchover from {} requested by the operator", h.from),
+                            Some(h) => format!("promotion requested by the operator (primary was {})", h.from),
+                            None => format!(
+                                "{} of {} voters stopped endorsing {}",
+                                c.votes.len(),
+                                c.nodes.len(),
+                                c.primary.map_or("no primary".into(), |p| p.to_string())
+                            ),
+                        },
                     }));
                     promo_outcome = Some(Outcome::PromotionProposed { candidate, epoch: c.epoch });
                 }
@@ -517,6 +597,22 @@ impl Engine {
             (self.unfenced(c.epoch, ROLE_WITNESS, endorse), Outcome::Witness)
         } else if c.primary == Some(me) {
             self.as_committed_primary(c, inp, k, db_is_primary, &mut actions)
+        } else if let Some((p, h)) = self.rejoin_due(c, inp) {
+            if self.rejoin_started != Some(c.epoch) {
+                self.rejoin_started = Some(c.epoch);
+                actions.push(Action::Rejoin { epoch: c.epoch, primary: p, source: h.source });
+            }
+            if let Work::RejoinFailed { epoch, reason } = inp.work {
+                if *epoch == c.epoch && self.no_candidate_notified != Some(c.epoch) {
+                    self.no_candidate_notified = Some(c.epoch);
+                    actions.push(Action::Notify {
+                        severity: Severity::Severe,
+                        subject: "Switchover: old primary could not rejoin".into(),
+                        detail: reason.clone(),
+                    });
+                }
+            }
+            (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::Rejoining { primary: p })
         } else if db_is_primary || (inp.db.in_recovery == Some(false)) {
             // A primary database that is not the committed primary (or none is committed yet).
             if c.primary.is_none() && c.epoch == 0 {
@@ -566,10 +662,10 @@ impl Engine {
             o
         } else if let (Some(Action::Propose(Proposal::Vote { epoch, .. })), false) = (
             actions.iter().find(|a| matches!(a, Action::Propose(Proposal::Vote { .. }))),
-            matches!(outcome, Outcome::PrimaryDatabaseFailed),
+            matches!(outcome, Outcome::PrimaryDatabaseFailed | Outcome::HandingOver { .. }),
         ) {
             Outcome::Voted { epoch: *epoch }
-        } else if let (Some(reason), Some(p), false) = (suspect_reason, c.primary, c.auto_failover) {
+        } else if let (Some(reason), Some(p), false) = (suspect_reason, c.primary, auto_failover) {
             let _ = reason;
             Outcome::ManualFailoverRequired { primary: p }
         } else if let (Some(reason), Some(p)) = (suspect_reason, c.primary) {
@@ -581,7 +677,100 @@ impl Engine {
         } else {
             outcome
         };
+        if self.quiet_from.is_some_and(|q| c.epoch <= q + 1) {
+            actions.retain(|a| !matches!(a, Action::Notify { .. }));
+        }
         Step { desired, actions, outcome }
+    }
+
+    /// `script.remote.pre.promotion` when a promotion this node is not part of commits, and
+    /// `script.remote.post.promotion` once the new primary serves (PINGs: primary, unfenced, the
+    /// new epoch). Not at the first step: a starting agent did not see the promotion happen.
+    fn remote_promotion_hooks(&mut self, c: &Committed, inp: &Inputs<'_>, actions: &mut Vec<Action>) {
+        let me = self.cfg.me;
+        let prev = self.last_epoch.replace(c.epoch);
+        if let (Some(prev), Some(p)) = (prev, c.primary) {
+            let involved = p == me || c.previous_primary == Some(me);
+            if c.epoch > prev && prev > 0 && !involved {
+                actions.push(Action::RemotePrePromotion { new_primary: p, old_primary: c.previous_primary });
+                self.post_promotion_due = Some((c.epoch, c.previous_primary));
+            }
+        }
+        if let (Some((e, old)), Some(p)) = (self.post_promotion_due, c.primary) {
+            if e != c.epoch {
+                self.post_promotion_due = None;
+            } else if inp.peers.iter().any(|v| v.addr == p && v.epoch == e && v.role == PeerRole::Primary && !v.fenced) {
+                self.post_promotion_due = None;
+                actions.push(Action::RemotePostPromotion { new_primary: p, old_primary: old });
+            }
+        }
+    }
+
+    /// The hand-over target if it can be promoted now (alive standby with its database up).
+    fn handover_target(&self, c: &Committed, inp: &Inputs<'_>, to: SocketAddr) -> Option<(SocketAddr, u64)> {
+        let m = c.nodes.get(&to).copied().unwrap_or_default();
+        if !m.promotable || m.priority == 0 || m.witness {
+            return None;
+        }
+        if to == self.cfg.me {
+            let ok = inp.db.up == Some(true) && inp.db.in_recovery == Some(true) && !inp.db.failed;
+            return ok.then_some((to, inp.db.lsn));
+        }
+        inp.peers
+            .iter()
+            .find(|v| v.addr == to && v.alive && v.role == PeerRole::Standby && v.db_up)
+            .map(|v| (to, v.lsn))
+    }
+
+    /// This node handed its epoch over with `-switchover`, a later epoch is committed and the
+    /// database is still stopped: time to restart it as a standby of the new primary.
+    fn rejoin_due(&self, c: &Committed, inp: &Inputs<'_>) -> Option<(SocketAddr, Handover)> {
+        let (e, h) = self.handover?;
+        let p = c.primary?;
+        (h.demote && c.epoch > e && p != self.cfg.me && inp.db.up != Some(true)).then_some((p, h))
+    }
+
+    /// The old primary's side of an operator hand-over: fenced from this cycle on; votes against
+    /// its own epoch at once, or (`-switchover`) once its database stopped cleanly. If the clean
+    /// stop fails, it asks the log to call the hand-over off and serves again when it is.
+    fn handing_over(&mut self, c: &Committed, inp: &Inputs<'_>, h: Handover, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+        let (me, e) = (self.cfg.me, c.epoch);
+        if self.handover.is_none_or(|(he, _)| he != e) {
+            self.handover = Some((e, h));
+            actions.push(Action::HandOver { epoch: e, to: h.to, demote: h.demote });
+            if !h.quiet {
+                actions.push(Action::Notify {
+                    severity: Severity::Info,
+                    subject: "Promotion has started".into(),
+                    detail: format!(
+                        "the operator asked {me} to hand epoch {e} over to {}{}",
+                        h.to,
+                        if h.demote { "; this node rejoins as its standby" } else { "" }
+                    ),
+                });
+            }
+        }
+        if let Work::HandOverFailed { epoch, reason } = inp.work {
+            if *epoch == e && !c.votes.contains(&me) {
+                if self.handover_cleared.is_none_or(|at| retry_due(at, inp.now_ns)) {
+                    self.handover_cleared = Some(inp.now_ns);
+                    actions.push(Action::Propose(Proposal::ClearSwitchover));
+                    actions.push(Action::Notify {
+                        severity: Severity::Severe,
+                        subject: "Switchover has not occurred".into(),
+                        detail: format!("the primary could not stop its database cleanly: {reason}; it serves again"),
+                    });
+                }
+                return (self.fenced(e, ROLE_PRIMARY | Self::db_flags(&inp.db)), Outcome::HandingOver { epoch: e, to: h.to });
+            }
+        }
+        let ready = !h.demote || matches!(inp.work, Work::HandedOver { epoch } if *epoch == e);
+        if ready && !c.votes.contains(&me) && (self.voted != Some(e) || retry_due(self.vote_proposed_ns, inp.now_ns)) {
+            self.voted = Some(e);
+            self.vote_proposed_ns = inp.now_ns;
+            actions.push(Action::Propose(Proposal::Vote { voter: me, epoch: e }));
+        }
+        (self.fenced(e, ROLE_PRIMARY | Self::db_flags(&inp.db)), Outcome::HandingOver { epoch: e, to: h.to })
     }
 
     fn as_committed_primary(
@@ -592,6 +781,14 @@ impl Engine {
         db_is_primary: bool,
         actions: &mut Vec<Action>,
     ) -> (Desired, Outcome) {
+        if let Some(h) = c.handover.filter(|h| h.from == self.cfg.me) {
+            return self.handing_over(c, inp, h, actions);
+        }
+        if self.handover.is_some_and(|(e, _)| e == c.epoch) && !self.voted_against(c.epoch) {
+            // The hand-over was called off before this node voted: it is still the primary.
+            self.handover = None;
+            self.handover_cleared = None;
+        }
         let db_flag = Self::db_flags(&inp.db);
         let isolated = inp.lease_lapsed_for.is_some_and(|d| d >= self.cfg.promotion_wait());
         if !isolated && self.isolation_handled == Some(c.epoch) {
@@ -666,6 +863,7 @@ impl Engine {
         }
     }
 
+    #[expect(clippy::unused_self, reason = "read as a method next to the engine's other role helpers")]
     fn fenced(&self, epoch: u64, ping_flags: u16) -> Desired {
         Desired {
             fenced: true,
@@ -678,6 +876,7 @@ impl Engine {
         }
     }
 
+    #[expect(clippy::unused_self, reason = "read as a method next to the engine's other role helpers")]
     fn unfenced(&self, epoch: u64, ping_flags: u16, endorse: Option<SocketAddr>) -> Desired {
         Desired { fenced: false, lease_enforced: false, lease_k: 0, epoch, ping_flags, vip: false, endorse }
     }

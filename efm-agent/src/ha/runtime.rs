@@ -16,7 +16,7 @@ use efm_common::{
     wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
 
-use super::{Action, Committed, Desired, Engine, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Severity, Work};
+use super::{Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Severity, Work};
 use crate::{
     agent::{lock, Shared},
     config::{Config, FenceMode},
@@ -29,10 +29,11 @@ use crate::{
     vip,
 };
 
-/// Time allowed to each script hook before it is killed.
-const SCRIPT_TIMEOUT: Duration = Duration::from_mins(1);
 /// How long `pg_promote()` may take.
 const PROMOTE_WAIT: Duration = Duration::from_mins(1);
+
+/// Per peer: was its database reachable from here at the last check, and when that was.
+type RemoteChecks = Arc<Mutex<HashMap<SocketAddr, (Option<bool>, Instant)>>>;
 
 /// The engine plus what it needs between cycles.
 pub struct HaRuntime {
@@ -48,7 +49,7 @@ pub struct HaRuntime {
     /// Since when this node holds the VIP, and when it last re-announced it.
     vip_since: Option<Instant>,
     vip_announced: Option<Instant>,
-    remote: Arc<Mutex<HashMap<SocketAddr, (Option<bool>, Instant)>>>,
+    remote: RemoteChecks,
     last_fence: Option<FenceState>,
     last_outcome: Option<Outcome>,
     /// What this node registers in the log, and when it last proposed it.
@@ -59,10 +60,38 @@ pub struct HaRuntime {
     voted_file: PathBuf,
     /// The peer table last written to the kernel (only members the log allows).
     last_peers: Option<Vec<SocketAddr>>,
+    /// Database stops and starts the agent makes itself (switchover, rejoin, following a new
+    /// primary) in progress: a database going down then is not a failure.
+    planned: Arc<std::sync::atomic::AtomicUsize>,
+    /// The database's availability in the previous cycle (`None` if unknown), and whether
+    /// there was a previous cycle.
+    last_db_up: Option<bool>,
+    db_seen: bool,
+    /// Whether this node is in service (for `script.load.balancer.attach`/`detach`).
+    lb_attached: Option<bool>,
+    /// Peers this node detached from the load balancer after their agent failed.
+    lb_detached_peers: std::collections::BTreeSet<SocketAddr>,
+}
+
+/// Counts a planned database operation while alive.
+struct Planned(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Planned {
+    fn new(c: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(c.clone())
+    }
+}
+
+impl Drop for Planned {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl HaRuntime {
     #[must_use]
+    #[expect(clippy::too_many_arguments, reason = "built once at start-up from the agent's parts")]
     pub fn new(
         engine: Engine,
         coord: Arc<Coordinator>,
@@ -97,6 +126,11 @@ impl HaRuntime {
             register_proposed: None,
             voted_file,
             last_peers: None,
+            planned: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            last_db_up: None,
+            db_seen: false,
+            lb_attached: None,
+            lb_detached_peers: std::collections::BTreeSet::new(),
         }
     }
 
@@ -141,9 +175,18 @@ impl HaRuntime {
                 (*a, meta)
             })
             .collect();
+        let handover = st.switchover.filter(|h| h.requested_epoch == st.epoch && Some(h.from) == st.primary).map(|h| Handover {
+            from: h.from,
+            to: h.to,
+            demote: h.demote,
+            quiet: h.quiet,
+            source: h.source,
+        });
         Some(Committed {
             epoch: st.epoch,
             primary: st.primary,
+            previous_primary: st.previous_primary,
+            handover,
             nodes,
             votes: st.votes.iter().copied().collect(),
             auto_failover: st.auto_failover_or(default_auto_failover) && !st.paused,
@@ -152,6 +195,8 @@ impl HaRuntime {
 
     /// One cycle: decide, then make the kernel and the VIP match and start the actions.
     /// Returns what to put into this cycle's PINGs: (flags, epoch, endorse target).
+    #[expect(clippy::too_many_lines, reason = "one cycle in order: inputs, decision, kernel, VIP, actions")]
+    #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
     pub fn cycle(
         &mut self,
         shared: &Arc<Mutex<Shared>>,
@@ -164,12 +209,16 @@ impl HaRuntime {
             (s.me, s.db.clone(), s.peers.clone())
         };
         // A member announces itself (kind, priority, promotable) until the log shows it.
+        // Once registered, the priority is the operator's (`efm set-priority`): re-registering
+        // keeps the log's value.
+        let registered = st.nodes.get(&me).copied();
+        let info = NodeInfo { priority: registered.map_or(self.info.priority, |r| r.priority), ..self.info };
         if st.allowed.contains(&me)
-            && st.nodes.get(&me) != Some(&self.info)
+            && registered != Some(info)
             && self.register_proposed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             self.register_proposed = Some(Instant::now());
-            let (coord, cmd) = (self.coord.clone(), Command::Register { node: me, info: self.info });
+            let (coord, cmd) = (self.coord.clone(), Command::Register { node: me, info });
             tokio::spawn(async move {
                 if let Err(e) = coord.propose(cmd).await {
                     tracing::warn!(error = %e, "registering this node failed; retrying");
@@ -196,14 +245,15 @@ impl HaRuntime {
                 }
             })
             .collect();
+        let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
+        let suspended = self.track_monitoring(shared, &db, &st, &work);
         let local = LocalDb {
             up: db.up,
             in_recovery: db.info.as_ref().map(|i| i.in_recovery),
-            failed: db.up == Some(false),
+            failed: db.up == Some(false) || suspended,
             lsn: db.lsn().map_or(0, |l| l.0),
             timeline: db.info.as_ref().and_then(|i| i.timeline).unwrap_or(0),
         };
-        let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
         // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).
         let lease_now = dp.lease()?;
         let lease_lapsed_for = self
@@ -285,7 +335,12 @@ impl HaRuntime {
             s.epoch = st.epoch;
             s.outcome = Some(step.outcome.to_string());
             s.kernel = kernel;
+            if st.stopped_at_unix_ms.is_some_and(|t| t >= s.started_unix_ms) && !s.stop_requested {
+                tracing::warn!("efm stop-cluster: this agent exits; the database is left as it is");
+                s.stop_requested = true;
+            }
         }
+        self.load_balancer(&step.desired, &step.outcome, &peers, me);
 
         // DESIGN "Safety" (3): a primary whose lease was granted and has lapsed says so, so peers
         // that still hear it (but whose endorsements do not arrive) stop waiting on it. Never at
@@ -361,7 +416,7 @@ impl HaRuntime {
     /// VIP; so a gratuitous ARP / unsolicited NA every second for the first 15 s, then every 10 s.
     fn reannounce_vip(&mut self, addr: std::net::IpAddr) {
         let since = *self.vip_since.get_or_insert_with(Instant::now);
-        let every = if since.elapsed() < Duration::from_secs(15) { Duration::from_millis(1_000) } else { Duration::from_secs(10) };
+        let every = if since.elapsed() < Duration::from_secs(15) { Duration::from_secs(1) } else { Duration::from_secs(10) };
         if self.vip_announced.is_some_and(|t| t.elapsed() < every) {
             return;
         }
@@ -373,6 +428,98 @@ impl HaRuntime {
                 tracing::debug!(vip = %addr, error = %e, "re-announcing the VIP failed");
             }
         });
+    }
+
+    /// EFM's monitoring states: a database failure (or a database that was not running when the
+    /// agent started) suspends monitoring — the node stays fenced and idle — until `efm resume`,
+    /// or, within `auto.resume.failure.period` / `auto.resume.startup.period`, until the database
+    /// is back in a state the cluster accepts. A custom monitor failure counts as a database
+    /// failure. Stops and starts the agent makes itself are not failures. Returns whether
+    /// monitoring is suspended.
+    fn track_monitoring(&mut self, shared: &Arc<Mutex<Shared>>, db: &localdb::DbView, st: &ClusterState, work: &Work) -> bool {
+        if self.cfg.is_witness {
+            return false;
+        }
+        let planned = self.planned.load(std::sync::atomic::Ordering::SeqCst) > 0
+            || matches!(work, Work::HandingOver { .. } | Work::HandedOver { .. } | Work::Rejoining { .. });
+        let prev = std::mem::replace(&mut self.last_db_up, db.up);
+        let first = !std::mem::replace(&mut self.db_seen, true);
+        let mut s = lock(shared);
+        let custom_failed = s.custom_monitor_failed.is_some();
+        if s.suspended.is_none() {
+            let reason = match (prev, db.up) {
+                _ if custom_failed => s.custom_monitor_failed.clone().map(|r| (format!("custom monitor: {r}"), crate::agent::SuspendKind::Failure)),
+                _ if first && db.up != Some(true) => Some(("the database was not running when the agent started".to_owned(), crate::agent::SuspendKind::Startup)),
+                (Some(true) | None, Some(false)) if !planned => Some((
+                    format!("database failure: {}", db.error.as_deref().unwrap_or("it stopped answering")),
+                    crate::agent::SuspendKind::Failure,
+                )),
+                _ => None,
+            };
+            if let Some((reason, kind)) = reason {
+                tracing::warn!(%reason, "monitoring of the local database suspended: the node stays idle until `efm resume`");
+                s.suspended = Some(crate::agent::Suspension { reason, kind, since: Instant::now() });
+            }
+        }
+        let Some(sus) = s.suspended.clone() else { return false };
+        let period = match sus.kind {
+            crate::agent::SuspendKind::Startup => self.cfg.auto_resume_startup_period,
+            crate::agent::SuspendKind::Failure => self.cfg.auto_resume_failure_period,
+        };
+        if !custom_failed && !period.is_zero() && sus.since.elapsed() <= period {
+            if let Ok(msg) = crate::operator::resumable(&s.config, s.me, db, st, self.engine.voted_against(st.epoch)) {
+                tracing::info!(%msg, "monitoring resumed automatically (auto.resume period)");
+                s.suspended = None;
+                drop(s);
+                let cfg = self.cfg.clone();
+                let me = lock(shared).me;
+                tokio::spawn(async move { resumed(&cfg, me, "automatically").await });
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `script.load.balancer.attach` when this node starts serving (primary, or standby with its
+    /// database monitored), `detach` when it stops; with `detach.on.agent.failure`, the log's
+    /// leader detaches a peer whose agent failed. `%h` is the node's address, `%t` its type
+    /// (`p` primary, `s` standby).
+    fn load_balancer(&mut self, desired: &Desired, outcome: &Outcome, peers: &[PeerView], me: SocketAddr) {
+        if self.cfg.script_load_balancer_attach.is_none() && self.cfg.script_load_balancer_detach.is_none() {
+            return;
+        }
+        let (in_service, kind) = match outcome {
+            Outcome::Primary { .. } => (true, "p"),
+            Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => (!desired.fenced, "s"),
+            Outcome::Witness | Outcome::NotJoined => return,
+            _ => (false, if desired.ping_flags & ROLE_MASK == efm_common::wire::ROLE_PRIMARY { "p" } else { "s" }),
+        };
+        if self.lb_attached != Some(in_service) {
+            // At start nothing is attached yet: only an attach is due.
+            let first = self.lb_attached.is_none();
+            self.lb_attached = Some(in_service);
+            if !first || in_service {
+                let hook = if in_service { Hook::LoadBalancerAttach } else { Hook::LoadBalancerDetach };
+                let (cfg, node, t) = (self.cfg.clone(), me.ip().to_string(), kind.to_owned());
+                tokio::spawn(async move {
+                    run_hook(&cfg, hook, &Substitutions { host: Some(node), node_type: Some(t), ..Substitutions::default() }).await;
+                });
+            }
+        }
+        if self.cfg.detach_on_agent_failure && self.coord.is_leader() {
+            for v in peers {
+                if v.alive {
+                    self.lb_detached_peers.remove(&v.addr);
+                } else if v.agent_age.is_some() && self.lb_detached_peers.insert(v.addr) {
+                    let (cfg, node) = (self.cfg.clone(), v.addr.ip().to_string());
+                    let t = if v.role == PeerRole::Primary { "p" } else { "s" }.to_owned();
+                    tracing::warn!(peer = %v.addr, "detach.on.agent.failure: detaching the node whose agent failed");
+                    tokio::spawn(async move {
+                        run_hook(&cfg, Hook::LoadBalancerDetach, &Substitutions { host: Some(node), node_type: Some(t), ..Substitutions::default() }).await;
+                    });
+                }
+            }
+        }
     }
 
     /// When the committed primary says its database is down, check it from here
@@ -404,6 +551,7 @@ impl HaRuntime {
         });
     }
 
+    #[expect(clippy::too_many_lines, reason = "one arm per action, each a small task")]
     fn start(&self, action: Action, shared: &Arc<Mutex<Shared>>, st: &ClusterState) {
         let me = lock(shared).me;
         let config_dir = self.config_dir.clone();
@@ -477,7 +625,7 @@ impl HaRuntime {
             Action::DemoteLocal { epoch, primary } => {
                 tokio::spawn(async move {
                     if let Some(p) = primary {
-                        let res = demote_local(&cfg, &config_dir, p).await;
+                        let res = demote_local(&cfg, &config_dir, p);
                         match res {
                             Ok(()) => tracing::info!(epoch, new_primary = %p, "old primary demoted: it restarts as a standby"),
                             Err(e) => tracing::error!(epoch, error = %e, "demoting the old primary failed; it stays fenced"),
@@ -522,14 +670,116 @@ impl HaRuntime {
             Action::Notify { severity, subject, detail } => {
                 tokio::spawn(async move { notify(&cfg, severity, &subject, &detail).await });
             }
+            Action::HandOver { epoch, to, demote } => {
+                let work = self.work.clone();
+                let planned = Planned::new(&self.planned);
+                let vip_iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+                if let Ok(mut w) = work.lock() {
+                    *w = if demote { Work::HandingOver { epoch } } else { Work::Idle };
+                }
+                tokio::spawn(async move {
+                    let _planned = planned;
+                    tracing::warn!(epoch, %to, demote, "operator hand-over: clients are fenced off this primary");
+                    if !demote {
+                        return;
+                    }
+                    let _ = vip_iface;
+                    let next = match control::DbControl::from_config(&cfg) {
+                        Ok(c) => match c.stop().await {
+                            Ok(()) => {
+                                tracing::info!(epoch, "switchover: database stopped cleanly; its WAL is on the standbys");
+                                Work::HandedOver { epoch }
+                            }
+                            Err(e) => Work::HandOverFailed { epoch, reason: e.to_string() },
+                        },
+                        Err(e) => Work::HandOverFailed { epoch, reason: e.to_string() },
+                    };
+                    if let Ok(mut w) = work.lock() {
+                        *w = next;
+                    }
+                });
+            }
+            Action::Rejoin { epoch, primary, source } => {
+                let work = self.work.clone();
+                let planned = Planned::new(&self.planned);
+                if let Ok(mut w) = work.lock() {
+                    *w = Work::Rejoining { epoch };
+                }
+                tokio::spawn(async move {
+                    let _planned = planned;
+                    let res = rejoin(&cfg, &config_dir, primary, source).await;
+                    let next = match res {
+                        Ok(()) => {
+                            tracing::info!(epoch, %primary, "switchover: the old primary restarted as a standby of the new one");
+                            Work::Idle
+                        }
+                        Err(reason) => {
+                            tracing::error!(epoch, %primary, %reason, "switchover: the old primary could not rejoin as a standby");
+                            Work::RejoinFailed { epoch, reason }
+                        }
+                    };
+                    // Give the local monitor a moment to see the database up before the
+                    // planned window closes.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if let Ok(mut w) = work.lock() {
+                        *w = next;
+                    }
+                });
+            }
+            Action::RemotePrePromotion { new_primary, old_primary } => {
+                tokio::spawn(async move {
+                    let subst = Substitutions { new_primary: Some(new_primary.ip().to_string()), failed_primary: old_primary.map(|o| o.ip().to_string()), ..Substitutions::default() };
+                    run_hook(&cfg, Hook::RemotePrePromotion, &subst).await;
+                });
+            }
+            Action::RemotePostPromotion { new_primary, old_primary } => {
+                tokio::spawn(async move {
+                    let subst = Substitutions { new_primary: Some(new_primary.ip().to_string()), failed_primary: old_primary.map(|o| o.ip().to_string()), ..Substitutions::default() };
+                    run_hook(&cfg, Hook::RemotePostPromotion, &subst).await;
+                });
+            }
         }
     }
+}
+
+/// `script.resumed` and the notification after monitoring resumed.
+pub async fn resumed(cfg: &Config, me: SocketAddr, how: &str) {
+    notify(cfg, Severity::Info, "Resumed monitoring", &format!("the agent on {me} resumed monitoring its database ({how})")).await;
+    run_hook(cfg, Hook::Resumed, &Substitutions::default()).await;
+}
+
+/// The stopped old primary becomes a standby of `primary` (`standby.signal` and
+/// `primary_conninfo`, copied from `source`'s settings when given) and is started.
+async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr, source: Option<SocketAddr>) -> Result<(), String> {
+    let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
+    let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
+    let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;
+    let mut up = upstream(cfg, config_dir, primary)?;
+    if let Some(src) = source {
+        up.extra = source_settings(cfg, config_dir, src).await?;
+    }
+    control::demote_to_standby(&control, &data, version, &up).map_err(|e| e.to_string())?;
+    control.start().await.map_err(|e| format!("starting the database as a standby: {e}"))
+}
+
+/// `-sourcenode`: the replication settings of the standby `src` that the old primary takes over
+/// (everything in its `primary_conninfo` but the host and port, which name the new primary).
+async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: SocketAddr) -> Result<Vec<(String, String)>, String> {
+    let t = localdb::target(cfg, config_dir, &src.ip().to_string())?;
+    let conninfo = postgres::setting(&t, "primary_conninfo", cfg.remote_timeout)
+        .await
+        .map_err(|e| format!("-sourcenode {src}: reading its primary_conninfo: {e}"))?;
+    Ok(postgres::parse_conninfo(&conninfo)
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "host" | "hostaddr" | "port" | "password" | "user"))
+        .collect())
 }
 
 fn to_command(p: Proposal, st: &ClusterState) -> Command {
     match p {
         Proposal::SetPrimary { node, expected_epoch } => Command::SetPrimary { node, expected_epoch },
         Proposal::Vote { voter, epoch } => Command::Vote { voter, epoch },
+        Proposal::ClearSwitchover => Command::ClearSwitchover,
         Proposal::Promote { candidate, expected_epoch, lsn, reason } => Command::Promote {
             candidate,
             expected_epoch,
@@ -541,21 +791,46 @@ fn to_command(p: Proposal, st: &ClusterState) -> Command {
     }
 }
 
-async fn run_hook(cfg: &Config, hook: Hook, subst: &Substitutions) -> Option<bool> {
+/// Runs `hook` if configured (as `script.user`, killed after `script.timeout`) and sends EFM's
+/// notification about it: "Executed ..." (INFO) or "... failed" (SEVERE) with the exit value and
+/// the output. Returns whether it succeeded (`None`: not configured). Never blocks the HA loop:
+/// callers run it in a task.
+pub async fn run_hook(cfg: &Config, hook: Hook, subst: &Substitutions) -> Option<bool> {
     let line = hook.command_line(cfg)?;
-    match ScriptRunner::new().run(hook, line, subst, SCRIPT_TIMEOUT, None).await {
-        Ok(out) => {
-            if out.success() {
-                tracing::info!(?hook, status = %out.status_text(), "script ran");
-            } else {
-                tracing::warn!(?hook, report = %out.report(), "script failed");
-            }
-            Some(out.success())
+    let res = ScriptRunner::new().run(hook, line, subst, cfg.script_timeout, cfg.script_user.as_deref()).await;
+    let (ok, report) = match &res {
+        Ok(out) => (out.success(), format!("{}\n{}", out.status_text(), out.report())),
+        Err(e) => (false, e.to_string()),
+    };
+    let (done, failed) = hook_subjects(hook);
+    if ok {
+        tracing::info!(?hook, "script ran");
+        if let Some(done) = done {
+            notify(cfg, Severity::Info, done, &format!("{line}\nResults: {report}")).await;
         }
-        Err(e) => {
-            tracing::error!(?hook, error = %e, "script could not run");
-            Some(false)
-        }
+    } else {
+        tracing::warn!(?hook, %report, "script failed");
+        let tail = if hook == Hook::Fence { "\nFailover has NOT occurred." } else { "" };
+        notify(cfg, Severity::Severe, failed, &format!("{line} failed to execute successfully.\nExit Value: {report}{tail}")).await;
+    }
+    Some(ok)
+}
+
+/// EFM's notification subjects for a hook: on success (INFO, for the hooks EFM reports) and on
+/// failure (SEVERE).
+fn hook_subjects(hook: Hook) -> (Option<&'static str>, &'static str) {
+    match hook {
+        Hook::Fence => (Some("Executed fencing script"), "Fencing script error"),
+        Hook::PostPromotion => (Some("Executed post-promotion script"), "Post-promotion script failed"),
+        Hook::DbFailure => (Some("Executed post-database failure script"), "Post-database failure script error"),
+        Hook::PrimaryIsolated => (Some("Executed primary isolation script"), "Primary isolation script failed"),
+        Hook::Resumed => (None, "Resumed script failed"),
+        Hook::RemotePrePromotion => (None, "Remote pre-promotion script failed"),
+        Hook::RemotePostPromotion => (None, "Remote post-promotion script failed"),
+        Hook::LoadBalancerAttach => (None, "Load balancer attach script failed"),
+        Hook::LoadBalancerDetach => (None, "Load balancer detach script failed"),
+        Hook::CustomMonitor => (None, "Custom monitor failure"),
+        Hook::Notification => (None, "Notification script failed"),
     }
 }
 
@@ -566,8 +841,15 @@ pub async fn notify(cfg: &Config, severity: Severity, subject: &str, detail: &st
         Severity::Warning => tracing::warn!(subject, detail, "notification"),
         Severity::Severe => tracing::error!(subject, detail, "notification"),
     }
+    let Some(line) = Hook::Notification.command_line(cfg) else { return };
     let subst = Substitutions { subject: Some(format!("EFM {subject} on {}", cfg.cluster)), body: Some(detail.to_owned()), ..Substitutions::default() };
-    let _ = run_hook(cfg, Hook::Notification, &subst).await;
+    // Run directly, not through `run_hook`: a failing notification script is only logged (a
+    // notification about it would loop).
+    match ScriptRunner::new().run(Hook::Notification, line, &subst, cfg.script_timeout, cfg.script_user.as_deref()).await {
+        Ok(out) if out.success() => {}
+        Ok(out) => tracing::warn!(status = %out.status_text(), report = %out.report(), "script.notification failed"),
+        Err(e) => tracing::warn!(error = %e, "script.notification could not run"),
+    }
 }
 
 async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, old: Option<SocketAddr>, iface: &str) -> Result<Duration, String> {
@@ -635,7 +917,7 @@ async fn follow(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, prim
     Ok(format!("{:?}", out.method))
 }
 
-async fn demote_local(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<(), String> {
+fn demote_local(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<(), String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
     let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;

@@ -449,6 +449,8 @@ impl Log {
             nodes: self.nodes.clone(),
             votes: self.votes.iter().map(|&i| addr(i)).collect(),
             auto_failover: true,
+            previous_primary: None,
+            handover: None,
         }
     }
 
@@ -498,6 +500,7 @@ impl Log {
                 self.votes.clear();
                 self.history.push((self.epoch, i));
             }
+            Proposal::ClearSwitchover => {}
         }
         Ok(())
     }
@@ -924,7 +927,12 @@ impl Sim {
             Action::DemoteLocal { epoch, primary } => {
                 self.note(&format!("n{i}: DemoteLocal epoch {epoch} primary {:?}", primary.map(index_of)));
             }
-            Action::Follow { .. } | Action::Notify { .. } => {}
+            Action::Follow { .. }
+            | Action::Notify { .. }
+            | Action::RemotePrePromotion { .. }
+            | Action::RemotePostPromotion { .. }
+            | Action::HandOver { .. }
+            | Action::Rejoin { .. } => {}
         }
     }
 

@@ -28,7 +28,7 @@ fn committed(epoch: u64, primary: Option<u8>) -> Committed {
     nodes.insert(addr(1), NodeMeta { witness: false, priority: 1, promotable: true });
     nodes.insert(addr(2), NodeMeta { witness: false, priority: 1, promotable: true });
     nodes.insert(addr(3), NodeMeta { witness: true, priority: 0, promotable: false });
-    Committed { epoch, primary: primary.map(addr), nodes, votes: BTreeSet::new(), auto_failover: true }
+    Committed { epoch, primary: primary.map(addr), nodes, votes: BTreeSet::new(), auto_failover: true, previous_primary: None, handover: None }
 }
 
 fn primary_view(i: u8, epoch: u64, age_ms: u64) -> PeerView {
@@ -439,4 +439,126 @@ fn outcomes_read_well() {
         Outcome::PromotionProposed { candidate: addr(2), epoch: 4 }.to_string(),
         "proposed promoting 198.18.0.2:7800 (epoch 4 → 5)"
     );
+}
+
+fn with_handover(mut c: Committed, to: u8, demote: bool) -> Committed {
+    c.handover = Some(Handover { from: c.primary.unwrap(), to: addr(to), demote, quiet: false, source: None });
+    c
+}
+
+#[test]
+fn switchover_primary_fences_first_and_votes_only_after_a_clean_stop() {
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let s = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 1 });
+    let c = with_handover(c, 2, true);
+    let s = step(&mut e, 50, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
+    assert_eq!(s.outcome, Outcome::HandingOver { epoch: 1, to: addr(2) });
+    assert!(s.desired.fenced && !s.desired.vip && !s.desired.lease_enforced, "clients cut off at once");
+    assert!(s.actions.contains(&Action::HandOver { epoch: 1, to: addr(2), demote: true }));
+    assert!(proposals(&s).is_empty(), "no vote before the database stopped cleanly");
+    let s = step(&mut e, 100, Some(&c), true, &peers, PRIMARY_DB, &Work::HandingOver { epoch: 1 });
+    assert!(proposals(&s).is_empty());
+    assert!(s.desired.fenced);
+    // Stopped: the database is down now, which is not a database failure here.
+    let down = LocalDb { up: Some(false), failed: true, ..PRIMARY_DB };
+    let s = step(&mut e, 900, Some(&c), true, &peers, down, &Work::HandedOver { epoch: 1 });
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(1), epoch: 1 }]);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::PrimaryDbFailed { .. })));
+    assert_eq!(s.outcome, Outcome::HandingOver { epoch: 1, to: addr(2) });
+}
+
+#[test]
+fn the_leader_promotes_the_switchover_target_only_after_the_old_primary_voted() {
+    // Node 3 (witness) leads; 2 is the target, 4 a more advanced standby.
+    let mut c = with_handover(committed(1, Some(1)), 2, true);
+    c.nodes.insert(addr(4), NodeMeta { witness: false, priority: 1, promotable: true });
+    c.votes.insert(addr(2));
+    c.votes.insert(addr(3));
+    c.votes.insert(addr(4));
+    let fenced_primary = PeerView { fenced: true, ..primary_view(1, 1, 10) };
+    let peers = [fenced_primary, standby_view(2, 1, 100), standby_view(4, 1, 200)];
+    let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
+    let s = step(&mut e, 0, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "the old primary has not stopped yet");
+    c.votes.insert(addr(1));
+    let s = step(&mut e, 10, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. }));
+    assert!(
+        matches!(promote, Some(Proposal::Promote { candidate, expected_epoch: 1, .. }) if candidate == addr(2)),
+        "the operator's target, not the LSN-best standby: {promote:?}"
+    );
+}
+
+#[test]
+fn voters_vote_at_once_on_a_manual_promotion_even_with_auto_failover_off() {
+    let mut c = with_handover(committed(1, Some(1)), 2, false);
+    c.auto_failover = false;
+    c.votes.insert(addr(1));
+    let fenced_primary = PeerView { fenced: true, ..primary_view(1, 1, 10) };
+    let mut e = Engine::new(cfg(2));
+    let s = step(&mut e, 0, Some(&c), false, &[fenced_primary, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::Notify { subject, .. } if subject.contains("manual failover"))));
+}
+
+#[test]
+fn a_switched_over_primary_rejoins_as_a_standby_of_the_new_one() {
+    let mut e = Engine::new(cfg(1));
+    let c = with_handover(committed(1, Some(1)), 2, true);
+    let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    let down = LocalDb { up: Some(false), failed: true, ..PRIMARY_DB };
+    let _ = step(&mut e, 500, Some(&c), false, &peers, down, &Work::HandedOver { epoch: 1 });
+    let mut c2 = committed(2, Some(2));
+    c2.previous_primary = Some(addr(1));
+    let s = step(&mut e, 800, Some(&c2), false, &[primary_view(2, 2, 10), witness_view(3, 2)], down, &Work::HandedOver { epoch: 1 });
+    assert!(s.actions.contains(&Action::Rejoin { epoch: 2, primary: addr(2), source: None }));
+    assert_eq!(s.outcome, Outcome::Rejoining { primary: addr(2) });
+    assert!(s.desired.fenced);
+    // Started as a standby: an ordinary, unfenced standby that follows the new primary.
+    let s = step(&mut e, 3_000, Some(&c2), false, &[primary_view(2, 2, 10), witness_view(3, 2)], STANDBY_DB, &Work::Idle);
+    assert!(matches!(s.outcome, Outcome::Standby { primary: Some(p), .. } if p == addr(2)));
+    assert!(!s.desired.fenced);
+}
+
+#[test]
+fn a_hand_over_the_primary_could_not_carry_out_is_called_off_and_it_serves_again() {
+    let mut e = Engine::new(cfg(1));
+    let c = with_handover(committed(1, Some(1)), 2, true);
+    let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    let failed = Work::HandOverFailed { epoch: 1, reason: "pg_ctl stop failed".into() };
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &failed);
+    assert_eq!(proposals(&s), vec![Proposal::ClearSwitchover]);
+    assert!(s.desired.fenced, "fenced until the log shows the hand-over called off");
+    let cleared = committed(1, Some(1));
+    let s = step(&mut e, 200, Some(&cleared), false, &peers, PRIMARY_DB, &failed);
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 1 });
+    assert!(!s.desired.fenced && s.desired.vip);
+}
+
+#[test]
+fn remote_promotion_hooks_fire_on_uninvolved_nodes_only() {
+    let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
+    let c1 = committed(1, Some(1));
+    let s = step(&mut e, 0, Some(&c1), false, &[primary_view(1, 1, 10), standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePrePromotion { .. })), "not at the first step");
+    let mut c2 = committed(2, Some(2));
+    c2.previous_primary = Some(addr(1));
+    let candidate = PeerView { fenced: true, role: PeerRole::Standby, ..primary_view(2, 2, 10) };
+    let s = step(&mut e, 100, Some(&c2), false, &[primary_view(1, 1, 10), candidate], LocalDb::default(), &Work::Idle);
+    assert!(s.actions.contains(&Action::RemotePrePromotion { new_primary: addr(2), old_primary: Some(addr(1)) }));
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePostPromotion { .. })), "not serving yet");
+    let s = step(&mut e, 200, Some(&c2), false, &[primary_view(2, 2, 10)], LocalDb::default(), &Work::Idle);
+    assert!(s.actions.contains(&Action::RemotePostPromotion { new_primary: addr(2), old_primary: Some(addr(1)) }));
+    let s = step(&mut e, 300, Some(&c2), false, &[primary_view(2, 2, 10)], LocalDb::default(), &Work::Idle);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePostPromotion { .. })), "once");
+    // The new primary itself runs neither.
+    let mut p = Engine::new(cfg(2));
+    let _ = step(&mut p, 0, Some(&c1), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut p, 100, Some(&c2), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePrePromotion { .. })));
 }

@@ -594,41 +594,70 @@ pub async fn probe(client: &Client, addr: &str) -> Result<DbInfo, DbError> {
 /// handled), e.g. `host` of `primary_conninfo`.
 #[must_use]
 pub fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
+    parse_conninfo(conninfo).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Every `keyword=value` pair of a libpq connection string, in order (quotes and escapes
+/// handled). Parsing stops at the first malformed pair.
+#[must_use]
+pub fn parse_conninfo(conninfo: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
     let mut chars = conninfo.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        chars.peek()?;
+        if chars.peek().is_none() {
+            return out;
+        }
         let mut k = String::new();
         while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
             k.push(c);
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return None;
+            return out;
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut v = String::new();
         if chars.next_if_eq(&'\'').is_some() {
             loop {
-                match chars.next()? {
-                    '\\' => v.push(chars.next()?),
-                    '\'' => break,
-                    c => v.push(c),
+                match chars.next() {
+                    Some('\\') => match chars.next() {
+                        Some(c) => v.push(c),
+                        None => return out,
+                    },
+                    Some('\'') => break,
+                    Some(c) => v.push(c),
+                    None => return out,
                 }
             }
         } else {
             while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
                 if c == '\\' {
-                    v.push(chars.next()?);
+                    match chars.next() {
+                        Some(c) => v.push(c),
+                        None => return out,
+                    }
                 } else {
                     v.push(c);
                 }
             }
         }
-        if k == key {
-            return Some(v);
-        }
+        out.push((k, v));
     }
+}
+
+/// One server setting (`current_setting(name)`), read within `timeout`.
+pub async fn setting(target: &DbTarget, name: &str, timeout: Duration) -> Result<String, DbError> {
+    let addr = target.addr();
+    let work = async {
+        let client = connect(target, timeout).await?;
+        let row = client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(|e| DbError::Query { addr: addr.clone(), message: chain(&e) })?;
+        row.try_get::<_, String>(0).map_err(|e| DbError::Protocol { addr: addr.clone(), message: chain(&e) })
+    };
+    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(DbError::Timeout { addr: addr.clone(), stage: "reading a setting", timeout }))
 }
 
 /// Probes another node's database once: connect, query, disconnect, all within

@@ -1,0 +1,490 @@
+//! The operator's commands that change the cluster, answered by the local agent over the admin
+//! socket (`efm promote`, `resume`, `set-priority`, `allow-node`, `disallow-node`,
+//! `stop-cluster`).
+//!
+//! Every command checks its arguments and the committed cluster state first and refuses with a
+//! message naming what is wrong; what changes cluster state goes through the coordination log as
+//! one entry, so it is applied by every node or by none (nothing is half-applied). Request
+//! arguments are words: `promote` takes `switchover`, `quiet`, `force` and `sourcenode=ADDR`;
+//! the others take addresses and numbers in EFM's order.
+//!
+//! # Promotion and switchover (`efm promote [-switchover [-sourcenode ADDR] [-quiet]]`)
+//!
+//! The agent picks the standby the HA engine would (alive, database up, promotable, priority >
+//! 0; most WAL first, then priority), asks for confirmation when it is behind the primary
+//! (plain promotion only: a switchover stops the primary cleanly, which ships its last WAL), and
+//! commits a hand-over request for the current epoch. The HA engine does the rest: the old
+//! primary fences its kernel, with `-switchover` stops its database cleanly, and votes against
+//! its own epoch; the log's leader promotes the chosen standby; the old primary then rejoins as
+//! a standby of the new one (`-switchover`) or stays fenced (plain promotion). The command waits
+//! until the new primary serves, or says why it did not.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::{
+    admin::{Request, Response},
+    agent::{lock, Shared},
+    config::Config,
+    coordination::{ClusterState, Command, CoordError, Coordinator, NodeKind},
+    detector::Verdict,
+    localdb::{self, DbView},
+    postgres,
+};
+
+/// The admin commands this module answers.
+pub const COMMANDS: &[&str] = &["promote", "resume", "set-priority", "allow-node", "disallow-node", "stop-cluster"];
+
+/// How long `promote` waits for the new primary to serve.
+const PROMOTE_WAIT: Duration = Duration::from_secs(75);
+/// How long `resume` waits for a restarted standby to stream from the primary.
+const RESUME_WAIT: Duration = Duration::from_secs(15);
+
+fn message(m: impl Into<String>) -> Response {
+    Response::ok(json!({ "message": m.into() }))
+}
+
+/// Answers one of [`COMMANDS`].
+pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, req: &Request) -> Response {
+    let res = match req.command.as_str() {
+        "promote" => promote(shared, coord, &req.args).await,
+        "resume" => resume(shared, coord, &req.args).await,
+        "set-priority" => set_priority(shared, coord, &req.args).await,
+        "allow-node" => allow_node(shared, coord, &req.args).await,
+        "disallow-node" => disallow_node(shared, coord, &req.args).await,
+        "stop-cluster" => stop_cluster(coord, &req.args).await,
+        other => Err(format!("unknown command {other:?}")),
+    };
+    res.unwrap_or_else(Response::err)
+}
+
+fn no_args(cmd: &str, args: &[String]) -> Result<(), String> {
+    if args.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{cmd} takes no arguments (got {})", args.join(" ")))
+    }
+}
+
+async fn propose(coord: &Coordinator, cmd: Command) -> Result<(), String> {
+    match coord.propose(cmd.clone()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(rejected)) => Err(format!("the cluster refused it: {rejected}")),
+        Err(CoordError::Timeout { .. }) => Err(format!(
+            "no answer from the cluster within the timeout; the change ({cmd}) may or may not have been applied: check `efm cluster-status`"
+        )),
+        Err(e) => Err(format!("the cluster could not take the change: {e}")),
+    }
+}
+
+/// Resolves an operator's node address: `IP` or `IP:PORT`. A bare IP names the known node with
+/// that IP (the nodes file and the log); an unknown bare IP takes this node's agent port.
+pub fn resolve_node(arg: &str, known: &[SocketAddr], default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = arg.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: IpAddr = arg
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("{arg:?} is not an IP address or IP:PORT"))?;
+    let matches: Vec<SocketAddr> = known.iter().copied().filter(|a| a.ip() == ip).collect();
+    match matches.as_slice() {
+        [] => Ok(SocketAddr::new(ip, default_port)),
+        [one] => Ok(*one),
+        many => Err(format!(
+            "{ip} runs several agents ({}); give the address as IP:PORT",
+            many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+fn known_nodes(st: &ClusterState, cfg: &Config) -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = st.allowed.iter().chain(st.nodes.keys()).chain(cfg.nodes.iter()).copied().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+struct Snapshot {
+    st: ClusterState,
+    me: SocketAddr,
+    cfg: Config,
+    db: DbView,
+    suspended: bool,
+    peers: Vec<crate::agent::PeerEntry>,
+}
+
+fn snapshot(shared: &Arc<Mutex<Shared>>, coord: &Coordinator) -> Snapshot {
+    let st = coord.state().borrow().as_ref().clone();
+    let s = lock(shared);
+    Snapshot { st, me: s.me, cfg: s.config.clone(), db: s.db.clone(), suspended: s.suspended.is_some(), peers: s.peers.clone() }
+}
+
+fn member(snap: &Snapshot) -> Result<(), String> {
+    if snap.st.allowed.contains(&snap.me) {
+        Ok(())
+    } else {
+        Err(format!("this node ({}) is not a member of cluster {} yet; run the command on a member", snap.me, snap.cfg.cluster))
+    }
+}
+
+/// A standby that can be promoted now, with its WAL position and priority.
+#[derive(Debug, Clone, Copy)]
+struct Standby {
+    addr: SocketAddr,
+    lsn: u64,
+    priority: u32,
+}
+
+/// The standbys that could be promoted now and, for each one that cannot, why.
+fn promotable_standbys(snap: &Snapshot) -> (Vec<Standby>, Vec<String>) {
+    let (mut ok, mut why) = (Vec::new(), Vec::new());
+    let info = |a: &SocketAddr| snap.st.info(a).copied();
+    let mut consider = |addr: SocketAddr, usable: Result<u64, String>| {
+        let Some(i) = info(&addr) else {
+            why.push(format!("{addr}: not a registered member"));
+            return;
+        };
+        if i.kind == NodeKind::Witness {
+            return;
+        }
+        if !i.can_be_promoted() {
+            why.push(format!("{addr}: promotable=false or priority 0"));
+            return;
+        }
+        match usable {
+            Ok(lsn) => ok.push(Standby { addr, lsn, priority: i.priority }),
+            Err(e) => why.push(format!("{addr}: {e}")),
+        }
+    };
+    if Some(snap.me) != snap.st.primary && !snap.cfg.is_witness {
+        let usable = match (&snap.db.info, snap.db.up) {
+            _ if snap.suspended => Err("monitoring suspended (efm resume)".to_owned()),
+            (Some(i), Some(true)) if i.in_recovery => Ok(snap.db.lsn().map_or(0, |l| l.0)),
+            (Some(_), Some(true)) => Err("its database is not a standby".to_owned()),
+            _ => Err("its database is not running".to_owned()),
+        };
+        consider(snap.me, usable);
+    }
+    for p in &snap.peers {
+        if Some(p.addr) == snap.st.primary {
+            continue;
+        }
+        let usable = match p.health {
+            None => Err("not heard yet".to_owned()),
+            Some(h) if h.verdict != Verdict::Alive => Err(format!("agent {}", h.verdict)),
+            Some(h) => {
+                let flags = h.flags;
+                if flags & efm_common::wire::ROLE_MASK != efm_common::wire::ROLE_STANDBY {
+                    Err("not a monitored standby".to_owned())
+                } else if flags & efm_common::wire::FLAG_DB_UP == 0 {
+                    Err("its database is down".to_owned())
+                } else if flags & efm_common::wire::FLAG_FENCED != 0 {
+                    Err("fenced (idle)".to_owned())
+                } else {
+                    Ok(h.lsn)
+                }
+            }
+        };
+        consider(p.addr, usable);
+    }
+    ok.sort_by(|a, b| b.lsn.cmp(&a.lsn).then(a.priority.cmp(&b.priority)).then(a.addr.cmp(&b.addr)));
+    (ok, why)
+}
+
+/// The primary's WAL position as last advertised (its PINGs, or the local database).
+fn primary_lsn(snap: &Snapshot, primary: SocketAddr) -> Option<u64> {
+    if primary == snap.me {
+        return snap.db.lsn().map(|l| l.0);
+    }
+    snap.peers.iter().find(|p| p.addr == primary).and_then(|p| p.health).filter(|h| h.verdict == Verdict::Alive).map(|h| h.lsn)
+}
+
+fn primary_alive(snap: &Snapshot, primary: SocketAddr) -> bool {
+    primary == snap.me || snap.peers.iter().any(|p| p.addr == primary && p.health.is_some_and(|h| h.verdict == Verdict::Alive))
+}
+
+async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
+    let (mut switchover, mut quiet, mut force, mut source_arg) = (false, false, false, None);
+    for a in args {
+        match a.as_str() {
+            "switchover" => switchover = true,
+            "quiet" => quiet = true,
+            "force" => force = true,
+            s if s.starts_with("sourcenode=") => source_arg = Some(s["sourcenode=".len()..].to_owned()),
+            other => return Err(format!("promote: unknown argument {other:?} (known: switchover, quiet, force, sourcenode=ADDRESS)")),
+        }
+    }
+    if !switchover && (quiet || source_arg.is_some()) {
+        return Err("-sourcenode and -quiet apply to a switchover only: add -switchover".into());
+    }
+    let snap = snapshot(shared, coord);
+    member(&snap)?;
+    let st = &snap.st;
+    let Some(primary) = st.primary else {
+        return Err(format!("cluster {} has no primary: there is nothing to promote from", snap.cfg.cluster));
+    };
+    if let Some(s) = st.switchover.filter(|s| s.requested_epoch == st.epoch) {
+        return Err(format!("a promotion of {} is already in progress (epoch {})", s.to, st.epoch));
+    }
+    if switchover && !primary_alive(&snap, primary) {
+        return Err(format!(
+            "-switchover needs a running primary, and the agent of primary {primary} is not heard; use efm promote without -switchover to fail over"
+        ));
+    }
+    let source = match &source_arg {
+        None => None,
+        Some(a) => {
+            let addr = resolve_node(a, &known_nodes(st, &snap.cfg), snap.me.port())?;
+            if !st.allowed.contains(&addr) || st.info(&addr).is_some_and(|i| i.kind == NodeKind::Witness) {
+                return Err(format!("-sourcenode {addr} is not a database node of the cluster"));
+            }
+            if addr == primary {
+                return Err(format!("-sourcenode {addr} is the primary; name a standby whose settings the old primary should copy"));
+            }
+            Some(addr)
+        }
+    };
+    let (cands, why) = promotable_standbys(&snap);
+    let Some(best) = cands.first().copied() else {
+        return Err(format!(
+            "no standby can be promoted{}",
+            if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
+        ));
+    };
+    if !switchover && !force {
+        if let Some(plsn) = primary_lsn(&snap, primary).filter(|p| *p > best.lsn) {
+            return Ok(Response::ok(json!({
+                "confirm": format!(
+                    "standby {} is not up to date: it has WAL up to {}, the primary {primary} up to {} ({} bytes behind); promoting it loses the difference",
+                    best.addr,
+                    postgres::Lsn(best.lsn),
+                    postgres::Lsn(plsn),
+                    plsn - best.lsn
+                )
+            })));
+        }
+    }
+    let expected_epoch = st.epoch;
+    propose(coord, Command::RequestSwitchover { to: best.addr, expected_epoch, demote: switchover, quiet, source }).await?;
+    tracing::warn!(to = %best.addr, from = %primary, switchover, quiet, "operator promotion requested");
+    let started = Instant::now();
+    let mut rx = coord.state();
+    loop {
+        let now = rx.borrow().as_ref().clone();
+        if now.epoch > expected_epoch {
+            let Some(p) = now.primary else { return Err("the promotion committed without a primary (unexpected)".into()) };
+            if serving(shared, p, now.epoch) {
+                let what = if switchover { "Switchover" } else { "Promotion" };
+                return Ok(message(format!(
+                    "{what} completed: {p} is the primary of epoch {} (took {:.1} s){}",
+                    now.epoch,
+                    started.elapsed().as_secs_f64(),
+                    if switchover { format!("; {primary} is rejoining as its standby") } else { format!("; {primary} stays fenced") }
+                )));
+            }
+        } else if now.switchover.is_none_or(|s| s.requested_epoch != expected_epoch) {
+            return Err(format!("the promotion was called off (see the agent log of {primary}); {primary} is still the primary"));
+        }
+        if started.elapsed() > PROMOTE_WAIT {
+            return Err(format!(
+                "the promotion did not complete within {} s; epoch {}, primary {}; check efm cluster-status and the agents' logs",
+                PROMOTE_WAIT.as_secs(),
+                now.epoch,
+                now.primary.map_or("none".into(), |p| p.to_string())
+            ));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+    }
+}
+
+/// The primary of `epoch` serves clients: its PINGs say primary, unfenced, that epoch (or, when
+/// it is this node, its kernel lets clients through).
+fn serving(shared: &Arc<Mutex<Shared>>, p: SocketAddr, epoch: u64) -> bool {
+    let s = lock(shared);
+    if p == s.me {
+        return s.kernel.serving && s.kernel.epoch == epoch;
+    }
+    s.peers.iter().any(|e| {
+        e.addr == p
+            && e.health.is_some_and(|h| {
+                h.verdict == Verdict::Alive
+                    && h.epoch == epoch
+                    && h.flags & efm_common::wire::ROLE_MASK == efm_common::wire::ROLE_PRIMARY
+                    && h.flags & (efm_common::wire::FLAG_FENCED | efm_common::wire::FLAG_LEASE_LAPSED) == 0
+            })
+    })
+}
+
+/// Whether a suspended node may resume: its database runs and is either the primary of the
+/// current epoch (never voted against) or a standby streaming from that primary.
+pub fn resumable(cfg: &Config, me: SocketAddr, db: &DbView, st: &ClusterState, voted_against_epoch: bool) -> Result<String, String> {
+    let (Some(true), Some(info)) = (db.up, &db.info) else {
+        return Err(format!(
+            "the database of {me} is not running{}: start it, then run efm resume {} again",
+            db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
+            cfg.cluster
+        ));
+    };
+    match st.primary {
+        _ if !info.in_recovery => {
+            if st.primary == Some(me) && !voted_against_epoch && !st.votes.contains(&me) {
+                Ok(format!("the database of {me} is the primary of epoch {}", st.epoch))
+            } else {
+                Err(format!(
+                    "the database of {me} is a primary, but epoch {} belongs to {}: make it a standby of that primary (for example pg_rewind and standby.signal), start it, then resume",
+                    st.epoch,
+                    st.primary.map_or("no node".into(), |p| p.to_string())
+                ))
+            }
+        }
+        None => Ok(format!("the database of {me} is a standby (no primary is committed yet)")),
+        Some(p) if p == me => Err(format!(
+            "{me} is the primary of epoch {} but its database is in recovery; wait for the promotion to finish",
+            st.epoch
+        )),
+        Some(p) => {
+            let up = info.upstream_host.as_deref();
+            if up == Some(p.ip().to_string().as_str()) {
+                Ok(format!("the database of {me} is a standby of the primary {p}"))
+            } else {
+                Err(format!(
+                    "the database of {me} {} , not from the primary of epoch {} ({p}): point primary_conninfo at {}, restart it, then resume",
+                    up.map_or("is not streaming".into(), |u| format!("replicates from {u}")),
+                    st.epoch,
+                    p.ip()
+                ))
+            }
+        }
+    }
+}
+
+async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
+    no_args("resume", args)?;
+    let (cfg, me, config_dir, sus, custom) = {
+        let s = lock(shared);
+        (s.config.clone(), s.me, s.config_dir.clone(), s.suspended.clone(), s.custom_monitor_failed.clone())
+    };
+    if cfg.is_witness {
+        return Err("this node is a witness: it has no database to monitor".into());
+    }
+    let Some(sus) = sus else {
+        return Ok(message(format!("the agent on {me} is monitoring its database already; nothing to resume")));
+    };
+    if let Some(c) = custom {
+        return Err(format!("the custom monitor script still fails ({c}); fix that first"));
+    }
+    let target = localdb::target(&cfg, &config_dir, &me.ip().to_string())?;
+    let started = Instant::now();
+    loop {
+        let db = match postgres::remote_check(&target, cfg.local_timeout).await {
+            Ok(info) => DbView { up: Some(true), info: Some(info), error: None },
+            Err(e) => DbView { up: Some(false), info: None, error: Some(e.to_string()) },
+        };
+        let st = coord.state().borrow().as_ref().clone();
+        match resumable(&cfg, me, &db, &st, false) {
+            Ok(why) => {
+                {
+                    let mut s = lock(shared);
+                    s.db = db;
+                    s.suspended = None;
+                }
+                tracing::info!(%why, was = %sus.reason, "monitoring resumed by the operator");
+                let cfg2 = cfg.clone();
+                tokio::spawn(async move { crate::ha::runtime::resumed(&cfg2, me, "efm resume").await });
+                return Ok(message(format!("Resumed monitoring on {me}: {why}")));
+            }
+            // A standby that just restarted needs a moment to stream again.
+            Err(e) if db.up == Some(true) && started.elapsed() < RESUME_WAIT => {
+                tracing::debug!(error = %e, "resume: not yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(format!("cannot resume monitoring: {e} (suspended because: {})", sus.reason)),
+        }
+    }
+}
+
+async fn set_priority(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
+    let [addr, prio] = args else {
+        return Err("set-priority takes ADDRESS PRIORITY (0 = never promote, 1 = first)".into());
+    };
+    let priority: u32 = prio.parse().map_err(|_| format!("priority {prio:?} is not a number from 0 to {}", u32::MAX))?;
+    let snap = snapshot(shared, coord);
+    member(&snap)?;
+    let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
+    match snap.st.info(&node) {
+        None if snap.st.allowed.contains(&node) => return Err(format!("{node} has not joined the cluster yet; start its agent first")),
+        None => return Err(format!("{node} is not a member of cluster {}", snap.cfg.cluster)),
+        Some(i) if i.kind == NodeKind::Witness => return Err(format!("{node} is a witness; only database nodes have a priority")),
+        Some(_) => {}
+    }
+    propose(coord, Command::SetPriority { node, priority }).await?;
+    Ok(message(format!(
+        "Set the failover priority of {node} to {priority}{}",
+        if priority == 0 { " (never promoted)" } else { "" }
+    )))
+}
+
+async fn allow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
+    let [addr] = args else { return Err("allow-node takes one ADDRESS".into()) };
+    let snap = snapshot(shared, coord);
+    member(&snap)?;
+    let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
+    if snap.st.allowed.contains(&node) {
+        return Ok(message(format!("{node} is allowed already")));
+    }
+    propose(coord, Command::AllowNode { node }).await?;
+    Ok(message(format!("Added {node} to the allowed node host list; start its agent to join")))
+}
+
+async fn disallow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
+    let [addr] = args else { return Err("disallow-node takes one ADDRESS".into()) };
+    let snap = snapshot(shared, coord);
+    member(&snap)?;
+    let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
+    if node == snap.me {
+        return Err(format!("{node} is this node; run disallow-node on another member"));
+    }
+    if snap.st.primary == Some(node) {
+        return Err(format!("{node} is the primary; promote another node first"));
+    }
+    if !snap.st.allowed.contains(&node) {
+        return Err(format!("{node} is not in the allowed node host list"));
+    }
+    propose(coord, Command::DisallowNode { node }).await?;
+    Ok(message(format!(
+        "Removed {node} from the allowed node host list; it no longer counts in the cluster and cannot rejoin until allowed again (its agent keeps running until stopped)"
+    )))
+}
+
+async fn stop_cluster(coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
+    no_args("stop-cluster", args)?;
+    propose(coord, Command::StopCluster { at_unix_ms: crate::agent::unix_ms() }).await?;
+    Ok(message("Every agent of the cluster is stopping; the databases keep running as they are, without failover protection"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bare_ip_names_the_known_node() {
+        let known = [a("198.18.0.1:7800"), a("198.18.0.2:7801")];
+        assert_eq!(resolve_node("198.18.0.2", &known, 7800).unwrap(), a("198.18.0.2:7801"));
+        assert_eq!(resolve_node("198.18.0.9", &known, 7800).unwrap(), a("198.18.0.9:7800"));
+        assert_eq!(resolve_node("198.18.0.1:7900", &known, 7800).unwrap(), a("198.18.0.1:7900"));
+        assert!(resolve_node("node-1", &known, 7800).unwrap_err().contains("not an IP address"));
+        let two = [a("198.18.0.1:7800"), a("198.18.0.1:7801")];
+        assert!(resolve_node("198.18.0.1", &two, 7800).unwrap_err().contains("IP:PORT"));
+    }
+}

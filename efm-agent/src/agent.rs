@@ -581,11 +581,17 @@ fn one_tick(
     Ok(desired.fenced)
 }
 
+/// The committed cluster state, copied out of the watch (its guard must not live across an
+/// await).
+fn cluster_state(coord: &crate::coordination::Coordinator) -> Arc<crate::coordination::ClusterState> {
+    coord.state().borrow().clone()
+}
+
 /// Answers one admin request.
 pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<crate::coordination::Coordinator>, req: Request) -> Response {
     match req.command.as_str() {
         "node-status" => Response::ok(crate::report::node_status(shared)),
-        "cluster-status" => match crate::report::cluster_status(shared).await {
+        "cluster-status" => match crate::report::cluster_status(shared, &cluster_state(coord)).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e),
         },

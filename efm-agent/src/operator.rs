@@ -10,8 +10,9 @@
 //!
 //! # Promotion and switchover (`efm promote [-switchover [-sourcenode ADDR] [-quiet]]`)
 //!
-//! The agent picks the standby the HA engine would (alive, database up, promotable, priority >
-//! 0; most WAL first, then priority), asks for confirmation when it is behind the primary
+//! The agent picks the standby as EFM does (alive, database up, promotable; the best priority —
+//! `efm set-priority` — then the most WAL; automatic failover instead puts the most WAL first,
+//! since nothing stops the old primary cleanly there), asks for confirmation when it is behind the primary
 //! (plain promotion only: a switchover stops the primary cleanly, which ships its last WAL), and
 //! commits a hand-over request for the current epoch. The HA engine does the rest: the old
 //! primary fences its kernel, with `-switchover` stops its database cleanly, and votes against
@@ -194,7 +195,7 @@ fn promotable_standbys(snap: &Snapshot) -> (Vec<Standby>, Vec<String>) {
         };
         consider(p.addr, usable);
     }
-    ok.sort_by(|a, b| b.lsn.cmp(&a.lsn).then(a.priority.cmp(&b.priority)).then(a.addr.cmp(&b.addr)));
+    ok.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.lsn.cmp(&a.lsn)).then(a.addr.cmp(&b.addr)));
     (ok, why)
 }
 

@@ -91,6 +91,11 @@ pub fn node_status(shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
         "type": s.role.to_string(),
         "epoch": s.epoch,
         "outcome": s.outcome,
+        "monitoring": match &s.suspended {
+            None => "active".to_owned(),
+            Some(sus) => format!("suspended: {}", sus.reason),
+        },
+        "customMonitorFailure": s.custom_monitor_failed,
         "kernel": s.kernel,
         "leader": s.leader.map(|l| l.to_string()),
         "xdp": s.attachment,
@@ -132,10 +137,15 @@ fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState,
 }
 
 /// `cluster-status`: the EFM report's data (see [`crate::status`]).
-pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::Value, String> {
+///
+/// Priorities and the allowed node host list come from the committed cluster state `cs` (what
+/// `efm set-priority` / `allow-node` / `disallow-node` changed), when this node has it.
+pub async fn cluster_status(shared: &Arc<Mutex<Shared>>, cs: &crate::coordination::ClusterState) -> Result<serde_json::Value, String> {
     let (cfg, me, role, db, peers, epoch, config_dir, leader) = {
         let s = lock(shared);
-        (s.config.clone(), s.me, s.role, s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone(), s.leader)
+        // An agent whose monitoring is suspended is idle, whatever its database is.
+        let role = if s.suspended.is_some() { Role::Idle } else { s.role };
+        (s.config.clone(), s.me, role, s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone(), s.leader)
     };
     let mut st = ClusterStatus {
         minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
@@ -146,9 +156,11 @@ pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::V
     st.efm.cluster.clone_from(&cfg.cluster);
     let vip = cfg.virtual_ip.map(|v| v.to_string()).unwrap_or_default();
     let vip_here = |addr: &SocketAddr| cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::agent::interface_of).is_some();
-    let priority = |addr: &SocketAddr| {
-        cfg.priority_standbys.iter().position(|p| p == &addr.ip().to_string() || p == &addr.to_string()).map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX))
+    let priority = |addr: &SocketAddr| match cs.info(addr) {
+        Some(i) => Some(i.priority),
+        None => cfg.priority_standbys.iter().position(|p| p == &addr.ip().to_string() || p == &addr.to_string()).map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)),
     };
+    let promotable = |addr: &SocketAddr, default: bool| cs.info(addr).map_or(default, crate::coordination::NodeInfo::can_be_promoted);
 
     // This node.
     let kind = agent_type(role);
@@ -163,7 +175,7 @@ pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::V
             vip_active: vip_here(&me),
             lsn,
             lsn_info,
-            promotion: Promotion { received_lsn: received, priority: priority(&me), promotable: cfg.promotable },
+            promotion: Promotion { received_lsn: received, priority: priority(&me), promotable: promotable(&me, cfg.promotable) },
             heartbeat: status::Heartbeat { verdict: status::Verdict::SelfNode, ..status::Heartbeat::default() },
         },
     );
@@ -207,14 +219,14 @@ pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::V
                 vip_active: false,
                 lsn,
                 lsn_info,
-                promotion: Promotion { received_lsn: received, priority: priority(&addr), promotable: kind == AgentType::Standby },
+                promotion: Promotion { received_lsn: received, priority: priority(&addr), promotable: kind == AgentType::Standby && promotable(&addr, true) },
                 heartbeat: heartbeat(&h),
             },
         );
     }
 
-    let mut allowed: Vec<SocketAddr> = cfg.nodes.clone();
-    if !allowed.contains(&me) {
+    let mut allowed: Vec<SocketAddr> = if cs.allowed.is_empty() { cfg.nodes.clone() } else { cs.allowed.iter().copied().collect() };
+    if !allowed.contains(&me) && cs.allowed.is_empty() {
         allowed.push(me);
     }
     allowed.sort();
@@ -223,7 +235,7 @@ pub async fn cluster_status(shared: &Arc<Mutex<Shared>>) -> Result<serde_json::V
     let mut standbys: Vec<(Option<u32>, String)> = st
         .nodes
         .iter()
-        .filter(|(_, n)| n.agent_type == AgentType::Standby && n.promotion.promotable)
+        .filter(|(_, n)| n.agent_type == AgentType::Standby && n.promotion.promotable && n.promotion.priority != Some(0))
         .map(|(a, n)| (n.promotion.priority, a.clone()))
         .collect();
     standbys.sort_by(|a, b| (a.0.unwrap_or(u32::MAX), &a.1).cmp(&(b.0.unwrap_or(u32::MAX), &b.1)));

@@ -89,6 +89,8 @@ pub enum AgentError {
     Password(String),
     #[error(transparent)]
     Coordination(#[from] crate::coordination::CoordError),
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
 }
 
 /// A node's role as EFM names it.
@@ -157,6 +159,12 @@ pub struct Shared {
     pub leader: Option<SocketAddr>,
     /// What the kernel enforces right now (read every cycle).
     pub kernel: KernelView,
+    /// The committed primary (coordination log) as of the last cycle; kept by
+    /// [`crate::health::after_tick`] while the health endpoint runs.
+    pub committed_primary: Option<SocketAddr>,
+    /// The kernel counters and histograms `/metrics` shows, taken by the main loop at most once
+    /// a second while the health endpoint runs (see [`crate::health`]).
+    pub metrics: Option<Arc<crate::health::MetricsSnapshot>>,
 }
 
 /// The kernel's fence and lease as of the last cycle.
@@ -235,6 +243,10 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let _lock = ClusterLock::acquire(&cfg.lock_dir, &cfg.cluster)?;
     let _pid = PidFile::create(&opts.run_dir, &cfg.cluster)?;
     let key = heartbeat::load_cluster_key(&cfg.cluster_key_file)?;
+    let health_listener = match cfg.health_listen_address {
+        Some(addr) => Some(crate::health::HealthListener::bind(addr).await?),
+        None => None,
+    };
 
     let me = cfg.bind_address;
     let mut peer_addrs: Vec<SocketAddr> = cfg.nodes.iter().copied().filter(|a| *a != me).collect();
@@ -394,6 +406,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         outcome: None,
         leader: None,
         kernel: KernelView::default(),
+        committed_primary: None,
+        metrics: None,
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
@@ -403,6 +417,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         async move { handle(&shared, req).await }
     }));
     let db_task = db_target.map(|t| tokio::spawn(localdb::run(shared.clone(), t)));
+    let health = health_listener.map(|l| l.serve(shared.clone()));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
@@ -424,6 +439,12 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
                     Err(e) => tracing::error!(error = %e, "reading the datapath failed"),
                 }
                 lock(&shared).leader = coord.leader();
+                if health.is_some() {
+                    let primary = coord.state().borrow().primary;
+                    if let Err(e) = crate::health::after_tick(&shared, &dp, primary) {
+                        tracing::warn!(error = %e, "reading the datapath for /metrics failed");
+                    }
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -433,6 +454,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     tracing::info!("efm-agent stopping");
     lifecycle::notify("STOPPING=1");
     admin_task.abort();
+    if let Some(h) = health {
+        h.stop();
+    }
     if let Some(t) = db_task {
         t.abort();
     }

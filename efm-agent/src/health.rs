@@ -17,7 +17,7 @@
 //! deadline for the whole head, so a client dribbling bytes cannot hold a connection);
 //! at most [`MAX_CONNECTIONS`] connections are served at once (further ones wait in the listen
 //! backlog). Garbage gets 400, unknown paths 404, methods other than GET, HEAD and OPTIONS 405.
-//! OPTIONS is answered like HEAD because HAProxy configurations written for Patroni check with
+//! OPTIONS is answered like HEAD because `HAProxy` configurations written for Patroni check with
 //! `option httpchk OPTIONS /primary`. A `Host` header is not required (HTTP/1.0 health checkers
 //! send none). A request body is never read.
 //!
@@ -494,7 +494,7 @@ pub fn render_metrics(v: &View) -> String {
 pub enum Method {
     Get,
     Head,
-    /// Answered like HEAD (HAProxy checks written for Patroni use it).
+    /// Answered like HEAD (`HAProxy` checks written for Patroni use it).
     Options,
 }
 

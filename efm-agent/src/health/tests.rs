@@ -10,6 +10,7 @@ use std::{
 };
 
 use efm_common::maps::{Counter, RTT_BUCKETS};
+use std::fmt::Write as _;
 
 use super::*;
 use crate::{
@@ -91,7 +92,10 @@ fn other_methods_versions_and_sizes_are_refused() {
     }
     assert_eq!(req("GET /primary HTTP/2.0\r\n\r\n"), Err(Refusal::VersionNotSupported));
     assert_eq!(req("PRI * HTTP/2.0\r\n\r\n"), Err(Refusal::VersionNotSupported), "h2 preface");
-    let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+    let many = (0..=MAX_HEADERS).fold(String::new(), |mut acc, i| {
+        let _ = write!(acc, "X-{i}: y\r\n");
+        acc
+    });
     assert_eq!(req(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(Refusal::HeadTooLarge));
     let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
     assert_eq!(req(&long), Err(Refusal::HeadTooLarge));
@@ -204,7 +208,8 @@ fn serving_committed_primary_is_primary_not_replica() {
 
 #[test]
 fn primary_is_503_for_every_missing_condition() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut View)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut View)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
         ("fenced", Box::new(|v: &mut View| v.kernel = KernelView { fenced: true, serving: false, ..v.kernel }), "the kernel fences this node"),
         ("lease lapsed", Box::new(|v: &mut View| v.kernel = KernelView { lease_left_ms: 0, serving: false, ..v.kernel }), "lease has lapsed"),
         ("higher epoch", Box::new(|v: &mut View| v.kernel = KernelView { max_epoch_seen: 4, serving: false, ..v.kernel }), "higher epoch (4)"),
@@ -418,7 +423,7 @@ fn server_answers_refuses_and_times_out() {
     assert!(exchange(a, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n").starts_with("HTTP/1.1 400 "), "TLS hello");
     assert!(exchange(a, b"POST /primary HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").starts_with("HTTP/1.1 405 "));
     assert!(exchange(a, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
-    let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 3 * MAX_HEAD], b"\r\n\r\n"].concat();
+    let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 3 * MAX_HEAD], b"\r\n\r\n"].concat();
     assert!(exchange(a, &big).starts_with("HTTP/1.1 431 "));
     // Slowloris: a partial head gets 408 after the read timeout, while others are served.
     let mut slow = std::net::TcpStream::connect(a).unwrap();

@@ -449,3 +449,14 @@ fn connections_beyond_the_limit_wait_instead_of_failing() {
     assert!(t.elapsed() >= Duration::from_millis(300), "served while both slots were busy: {:?}", t.elapsed());
     drop(idle);
 }
+
+#[test]
+fn a_busy_port_is_a_clear_start_up_error() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = rt.block_on(HealthListener::bind(addr("127.0.0.1:0"))).unwrap();
+    let taken = first.local_addr();
+    let Err(e) = rt.block_on(HealthListener::bind(taken)) else { panic!("bound {taken} twice") };
+    let msg = e.to_string();
+    assert!(msg.starts_with(&format!("health.listen.address {taken}: cannot listen: ")), "{msg}");
+    assert!(msg.contains("in use"), "{msg}");
+}

@@ -3,7 +3,9 @@
 //! Start-up, in order: configuration (every problem reported, refuse to start on an error), the
 //! per-cluster lock and pid file, the cluster key, the datapath (XDP attached to the interface
 //! owning `bind.address`, or `xdp.interface`), the heartbeat socket, the role (witness, or what
-//! the local database says), the admin socket; then systemd is told `READY=1`.
+//! the local database says), the admin socket; then systemd is told `READY=1`. The optional
+//! health endpoint (`health.listen.address`, see [`crate::health`]) is bound right after the
+//! key, before the kernel is touched, and serves once the shared state exists.
 //!
 //! The main loop ticks every `heartbeat.interval`: it sends one PING to each peer, reads every
 //! peer's slot and RTT histogram from the kernel, and feeds them to the detector. The local
@@ -89,6 +91,8 @@ pub enum AgentError {
     Password(String),
     #[error(transparent)]
     Coordination(#[from] crate::coordination::CoordError),
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
 }
 
 /// A node's role as EFM names it.
@@ -165,6 +169,12 @@ pub struct Shared {
     pub stop_requested: bool,
     /// When this agent started (Unix ms): a stop-cluster entry older than that is history.
     pub started_unix_ms: u64,
+    /// The committed primary (coordination log) as of the last cycle; kept by
+    /// [`crate::health::after_tick`] while the health endpoint runs.
+    pub committed_primary: Option<SocketAddr>,
+    /// The kernel counters and histograms `/metrics` shows, taken by the main loop at most once
+    /// a second while the health endpoint runs (see [`crate::health`]).
+    pub metrics: Option<Arc<crate::health::MetricsSnapshot>>,
 }
 
 /// Why a node's database is not monitored.
@@ -266,6 +276,10 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let _lock = ClusterLock::acquire(&cfg.lock_dir, &cfg.cluster)?;
     let _pid = PidFile::create(&opts.run_dir, &cfg.cluster)?;
     let key = heartbeat::load_cluster_key(&cfg.cluster_key_file)?;
+    let health_listener = match cfg.health_listen_address {
+        Some(addr) => Some(crate::health::HealthListener::bind(addr).await?),
+        None => None,
+    };
 
     let me = cfg.bind_address;
     let mut peer_addrs: Vec<SocketAddr> = cfg.nodes.iter().copied().filter(|a| *a != me).collect();
@@ -429,6 +443,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         custom_monitor_failed: None,
         stop_requested: false,
         started_unix_ms: unix_ms(),
+        committed_primary: None,
+        metrics: None,
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
@@ -444,6 +460,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         .as_ref()
         .filter(|_| !cfg.is_witness)
         .map(|_| tokio::spawn(crate::custom_monitor::run(shared.clone())));
+    let health = health_listener.map(|l| l.serve(shared.clone()));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
@@ -464,6 +481,12 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
                     Ok(keep) => fenced_at_exit = keep,
                     Err(e) => tracing::error!(error = %e, "reading the datapath failed"),
                 }
+                if health.is_some() {
+                    let primary = coord.state().borrow().primary;
+                    if let Err(e) = crate::health::after_tick(&shared, &dp, primary) {
+                        tracing::warn!(error = %e, "reading the datapath for /metrics failed");
+                    }
+                }
                 let mut s = lock(&shared);
                 s.leader = coord.leader();
                 if s.stop_requested {
@@ -478,6 +501,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     tracing::info!("efm-agent stopping");
     lifecycle::notify("STOPPING=1");
     admin_task.abort();
+    if let Some(h) = health {
+        h.stop();
+    }
     if let Some(t) = db_task {
         t.abort();
     }

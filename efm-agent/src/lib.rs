@@ -9,6 +9,7 @@ pub mod coordination;
 pub mod datapath;
 pub mod detector;
 pub mod ha;
+pub mod health;
 pub mod heartbeat;
 pub mod lifecycle;
 pub mod custom_monitor;

@@ -302,6 +302,11 @@ pub struct Config {
     pub fence_exempt_hosts: Vec<Cidr>,
     pub cluster_key_file: PathBuf,
 
+    /// `health.listen.address`: where the HTTP health endpoint listens (`None`: off).
+    pub health_listen_address: Option<SocketAddr>,
+    /// `health.replica.max.lag.bytes`: 0 = `/replica` does not check the lag.
+    pub health_replica_max_lag_bytes: u64,
+
     effective: Vec<(String, String)>,
 }
 
@@ -729,6 +734,11 @@ impl Builder<'_> {
                 _ => Vec::new(),
             },
             cluster_key_file: v.path("cluster.key.file").unwrap_or_default(),
+            health_listen_address: match v.typed.get("health.listen.address") {
+                Some(Value::SocketAddr(a)) => Some(*a),
+                _ => None,
+            },
+            health_replica_max_lag_bytes: v.uint("health.replica.max.lag.bytes"),
             effective: v.effective.clone(),
         }
     }

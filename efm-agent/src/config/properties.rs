@@ -636,6 +636,21 @@ pub const PROPERTIES: &[PropDef] = &[
         Kind::CidrList,
         "addresses never fenced (comma-separated IPs or CIDRs)",
     ),
+    // Health endpoint for load balancers and monitoring.
+    p(
+        "health.listen.address",
+        "",
+        Kind::IpPort,
+        "ip:port of the HTTP health endpoint (/primary, /replica, /health, /metrics) for load \
+         balancers and Prometheus, e.g. 0.0.0.0:8008 (empty: no listener)",
+    ),
+    p(
+        "health.replica.max.lag.bytes",
+        "0",
+        Kind::UInt,
+        "/replica answers 503 when this standby's WAL position is more than this many bytes \
+         behind the primary's last heartbeat (0: no lag check)",
+    ),
     p(
         "cluster.key.file",
         "/etc/efm/{cluster}.key",

@@ -63,6 +63,8 @@ fn defaults_when_absent() {
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert_eq!(c.fence_mode, FenceMode::Reset);
     assert!(c.fence_exempt_hosts.is_empty());
+    assert_eq!(c.health_listen_address, None, "the health endpoint is off by default");
+    assert_eq!(c.health_replica_max_lag_bytes, 0);
     assert_eq!(c.cluster_key_file, Path::new("/etc/efm/acctg.key"));
     assert_eq!(c.syslog_protocol, SyslogProtocol::Udp);
     assert_eq!(c.syslog_facility, "LOCAL1");
@@ -171,6 +173,16 @@ fn bad_values_name_file_line_property_value_and_expectation() {
             "expected IP addresses or CIDR blocks",
         ),
         ("node.timeout=10ms", "longer than heartbeat.interval"),
+        (
+            "health.listen.address=0.0.0.0",
+            "health.listen.address = \"0.0.0.0\": expected ip:port",
+        ),
+        ("health.listen.address=[::]:0", "expected ip:port with a port number 1-65535"),
+        ("health.listen.address=localhost:8008", "expected ip:port"),
+        (
+            "health.replica.max.lag.bytes=16MB",
+            "health.replica.max.lag.bytes = \"16MB\": expected a non-negative integer",
+        ),
     ];
     for (extra, expected) in cases {
         let msg = err(extra);
@@ -192,6 +204,15 @@ fn bad_values_name_file_line_property_value_and_expectation() {
         bad_bind.contains("bind.address = \"10.0.0.1\": expected ip:port"),
         "{bad_bind}"
     );
+}
+
+#[test]
+fn health_endpoint_properties_parse() {
+    let c = ok("health.listen.address=198.18.0.1:8008\nhealth.replica.max.lag.bytes=1048576").config;
+    assert_eq!(c.health_listen_address, Some("198.18.0.1:8008".parse().unwrap()));
+    assert_eq!(c.health_replica_max_lag_bytes, 1_048_576);
+    let c = ok("health.listen.address=[::]:8008").config;
+    assert_eq!(c.health_listen_address, Some("[::]:8008".parse().unwrap()));
 }
 
 #[test]

@@ -362,7 +362,19 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     )?;
     let vips: Vec<IpAddr> = cfg.virtual_ip.into_iter().collect();
     dp.set_service_addrs(&[me.ip()], &vips)?;
-    dp.set_exempt(&cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect::<Vec<_>>())?;
+    // The cluster's own nodes are never fenced off the database port: their connections are
+    // replication (and efm's checks). A fenced primary must still ship its last WAL to the
+    // standbys and get their acknowledgements (a clean switchover waits for them), and a standby
+    // whose walreceiver was cut off while its primary was fenced at start-up would fall behind
+    // and could be promoted without writes the primary acknowledged.
+    let mut exempt: Vec<(IpAddr, u8)> = cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect();
+    for a in &peer_addrs {
+        let host = (a.ip(), if a.is_ipv4() { 32 } else { 128 });
+        if !exempt.contains(&host) {
+            exempt.push(host);
+        }
+    }
+    dp.set_exempt(&exempt)?;
 
     let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns())
         .map_err(|source| AgentError::Socket { addr: me, source })?;

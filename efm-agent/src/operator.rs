@@ -277,8 +277,12 @@ async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[
     tracing::warn!(to = %best.addr, from = %primary, switchover, quiet, "operator promotion requested");
     let started = Instant::now();
     let mut rx = coord.state();
+    // The entry committed on the leader; this node's copy may apply it a moment later.
+    let mut seen = false;
     loop {
         let now = rx.borrow().as_ref().clone();
+        let pending = now.switchover.is_some_and(|s| s.requested_epoch == expected_epoch);
+        seen |= pending;
         if now.epoch > expected_epoch {
             let Some(p) = now.primary else { return Err("the promotion committed without a primary (unexpected)".into()) };
             if serving(shared, p, now.epoch) {
@@ -290,7 +294,7 @@ async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[
                     if switchover { format!("; {primary} is rejoining as its standby") } else { format!("; {primary} stays fenced") }
                 )));
             }
-        } else if now.switchover.is_none_or(|s| s.requested_epoch != expected_epoch) {
+        } else if seen && !pending {
             return Err(format!("the promotion was called off (see the agent log of {primary}); {primary} is still the primary"));
         }
         if started.elapsed() > PROMOTE_WAIT {

@@ -84,6 +84,20 @@ impl Agent {
         Self { child: Some(child) }
     }
 
+    /// A placeholder for an agent not running (yet).
+    #[must_use]
+    pub fn start_later() -> Self {
+        Self { child: None }
+    }
+
+    /// Whether the agent process has exited (reaps it).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => true,
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+        }
+    }
+
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
@@ -132,8 +146,12 @@ impl Drop for DumpLogsOnPanic {
         if !std::thread::panicking() {
             return;
         }
+        let keep = std::env::temp_dir().join(format!("efm-failed-{}", std::process::id()));
+        let _ = fs::create_dir_all(&keep);
+        eprintln!("---- whole agent logs kept in {}", keep.display());
         for i in 1..=self.1 {
             let log = self.0.join(format!("node{i}/log/{CLUSTER}.log"));
+            let _ = fs::copy(&log, keep.join(format!("node{i}.log")));
             let text = fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
             let tail: Vec<&str> = text.lines().filter(|l| !l.contains("openraft")).rev().take(80).collect();
             eprintln!("---- {} (last {} lines)", log.display(), tail.len());
@@ -164,6 +182,12 @@ impl Cluster {
     /// client namespace after them; `extra` goes into every node's properties.
     #[must_use]
     pub fn start(kinds: &[Kind], extra: &str) -> Self {
+        Self::start_with(kinds, extra, |_| String::new())
+    }
+
+    /// [`Cluster::start`] with more properties for node `i` (0-based) from `per_node`.
+    #[must_use]
+    pub fn start_with(kinds: &[Kind], extra: &str, per_node: impl Fn(usize) -> String) -> Self {
         require_root();
         pg::require_postgres();
         assert_eq!(kinds[0], Kind::Primary);
@@ -203,12 +227,18 @@ impl Cluster {
                 key = key.display(),
             );
             match pgs[i].as_ref() {
-                Some(p) => props.push_str(&format!("db.service.owner=postgres\ndb.data.dir={}\n", p.data.display())),
+                Some(p) => props.push_str(&format!(
+                    "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}\n",
+                    p.data.display(),
+                    pg::bin_dir().display()
+                )),
                 None => props.push_str("is.witness=true\n"),
             }
             if *k == Kind::Witness {
                 props.push_str("promotable=false\n");
             }
+            props.push_str(&per_node(i));
+            props.push('\n');
             fs::write(dir.join(format!("{CLUSTER}.properties")), props).unwrap();
             fs::write(dir.join(format!("{CLUSTER}.nodes")), members.join(" ") + "\n").unwrap();
             files.push(NodeFiles {
@@ -238,6 +268,44 @@ impl Cluster {
             .arg(&f.run_dir)
             .output()
             .expect("run efm")
+    }
+
+    /// `efm <cmd> acctg <rest...>` against node `i`'s agent, e.g. `efm promote acctg -switchover`.
+    #[must_use]
+    pub fn efm_cmd(&self, i: usize, cmd: &str, rest: &[&str]) -> Output {
+        let f = &self.files[i];
+        Command::new(bin("efm"))
+            .arg(cmd)
+            .arg(CLUSTER)
+            .args(rest)
+            .arg("--config-dir")
+            .arg(&f.config_dir)
+            .arg("--run-dir")
+            .arg(&f.run_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run efm")
+    }
+
+    /// `efm cluster-status-json` from node `i`.
+    #[must_use]
+    pub fn cluster_status_json(&self, i: usize) -> Option<Value> {
+        let out = self.efm(i, &["cluster-status-json"]);
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Restarts node `i`'s agent (orderly stop, then start).
+    pub fn restart_agent(&mut self, i: usize) {
+        let ns = self.bed.nodes[i].ns.name.clone();
+        let old = std::mem::replace(&mut self.agents[i], Agent::start_later());
+        drop(old);
+        self.agents[i] = Agent::start(&ns, &self.files[i]);
+    }
+
+    /// The database index whose server name (`cluster_name`, "n1".."nN") is `name`.
+    #[must_use]
+    pub fn index_of(name: &str) -> usize {
+        name.trim_start_matches('n').parse::<usize>().expect("server name n<i>") - 1
     }
 
     #[must_use]

@@ -634,7 +634,8 @@ pub const PROPERTIES: &[PropDef] = &[
         "fence.exempt.hosts",
         "",
         Kind::CidrList,
-        "addresses never fenced (comma-separated IPs or CIDRs)",
+        "more addresses never fenced (comma-separated IPs or CIDRs); the cluster's own nodes \
+         (replication) always pass",
     ),
     // Health endpoint for load balancers and monitoring.
     p(

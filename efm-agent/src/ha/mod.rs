@@ -520,10 +520,14 @@ impl Engine {
                 } else if !self.voted_against(c.epoch) {
                     // Counted from our last endorsement of this epoch, or from our own start
                     // (a previous life of this agent may have endorsed just before).
+                    // Never before the promotion wait has passed since this voter saw the epoch
+                    // begin: a new primary gets that long to show itself.
+                    let epoch_began = self.epoch_seen.map_or(started, |(_, t)| t);
                     let since = match self.last_endorse {
                         Some((e, t)) if e == c.epoch => t.max(started),
                         _ => started,
-                    };
+                    }
+                    .max(epoch_began);
                     // A primary that voted against its own epoch fenced its kernel before it did
                     // and stays fenced for the epoch (rule 4): no lease of its can serve.
                     let gave_up = c.votes.contains(&p);
@@ -642,6 +646,10 @@ impl Engine {
                 (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch })
             }
         } else if inp.db.up == Some(true) && !inp.db.failed {
+            if inp.db.in_recovery == Some(true) && self.handover.is_some_and(|(e, _)| e < c.epoch) {
+                // A hand-over of this node's is complete: it is an ordinary standby now.
+                self.handover = None;
+            }
             if let Some(p) = c.primary {
                 if self.cfg.auto_reconfigure && self.followed != Some((p, c.epoch)) {
                     self.followed = Some((p, c.epoch));

@@ -71,6 +71,10 @@ pub struct HaRuntime {
     lb_attached: Option<bool>,
     /// Peers this node detached from the load balancer after their agent failed.
     lb_detached_peers: std::collections::BTreeSet<SocketAddr>,
+    /// (epoch, ns): this node started enforcing its lease for `epoch` and counts it as granted
+    /// until `ns` (start + `lease.timeout`). The kernel's deadline may still be one from an
+    /// earlier epoch of this node's; that one must not make a new primary look lapsed.
+    lease_floor: Option<(u64, u64)>,
 }
 
 /// Counts a planned database operation while alive.
@@ -131,6 +135,7 @@ impl HaRuntime {
             db_seen: false,
             lb_attached: None,
             lb_detached_peers: std::collections::BTreeSet::new(),
+            lease_floor: None,
         }
     }
 
@@ -241,7 +246,9 @@ impl HaRuntime {
                     db_up: flags & FLAG_DB_UP != 0,
                     fenced: flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
                     lsn: h.map_or(0, |h| h.lsn),
-                    db_reachable: remote.get(&p.addr).and_then(|(r, _)| *r),
+                    // Only a fresh check counts (an old one may be about another epoch's
+                    // primary on the same node).
+                    db_reachable: remote.get(&p.addr).filter(|(_, t)| t.elapsed() < Duration::from_secs(3)).and_then(|(r, _)| *r),
                 }
             })
             .collect();
@@ -256,10 +263,11 @@ impl HaRuntime {
         };
         // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).
         let lease_now = dp.lease()?;
-        let lease_lapsed_for = self
-            .last_fence
-            .filter(|f| f.flags & FENCE_LEASE_ENFORCED != 0 && f.lease_k > 0 && now_ns > lease_now.deadline_ns)
-            .map(|_| Duration::from_nanos(now_ns - lease_now.deadline_ns));
+        let floor = |f: &FenceState| self.lease_floor.filter(|(e, _)| *e == f.epoch).map_or(0, |(_, t)| t);
+        let lease_lapsed_for = self.last_fence.and_then(|f| {
+            let deadline = lease_now.deadline_ns.max(floor(&f));
+            (f.flags & FENCE_LEASE_ENFORCED != 0 && f.lease_k > 0 && now_ns > deadline).then(|| Duration::from_nanos(now_ns - deadline))
+        });
         let step = self.engine.step(&Inputs {
             now_ns,
             committed: committed.as_ref(),
@@ -303,6 +311,9 @@ impl HaRuntime {
             lease_timeout_ns: u64::try_from(self.cfg.lease_timeout.as_nanos()).unwrap_or(u64::MAX),
             lsn: local.lsn,
         };
+        if step.desired.lease_enforced && self.lease_floor.is_none_or(|(e, _)| e != fence.epoch) {
+            self.lease_floor = Some((fence.epoch, now_ns.saturating_add(fence.lease_timeout_ns)));
+        }
         if self.last_fence != Some(fence) {
             dp.set_fence(&fence)?;
             if self.last_fence.is_none_or(|f| f.flags != fence.flags || f.epoch != fence.epoch) {
@@ -346,7 +357,8 @@ impl HaRuntime {
         // that still hear it (but whose endorsements do not arrive) stop waiting on it. Never at
         // start-up: no lease was granted yet (deadline 0).
         let mut desired = step.desired;
-        if desired.lease_enforced && lease.deadline_ns != 0 && now_ns > lease.deadline_ns {
+        let granted_until = lease.deadline_ns.max(self.lease_floor.filter(|(e, _)| *e == fence.epoch).map_or(0, |(_, t)| t));
+        if desired.lease_enforced && lease.deadline_ns != 0 && now_ns > granted_until {
             desired.ping_flags |= efm_common::wire::FLAG_LEASE_LAPSED;
         }
         self.reconcile_vip(step.desired.vip);

@@ -1,0 +1,479 @@
+//! The operator's day-to-day flows end to end, with real `PostgreSQL` 15, real agents and XDP in
+//! network namespaces: `efm promote [-switchover]`, `resume`, `set-priority`, `allow-node` /
+//! `disallow-node`, `stop-cluster`, every script hook with its arguments, a hanging and a
+//! failing script, and the custom monitor. Needs root; run single-threaded.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use efm_tests::{
+    cluster::{no_overlap, Ack, Cluster, Kind},
+    monotonic_ns, pg,
+};
+
+const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[track_caller]
+fn ok(o: &Output, what: &str) -> String {
+    assert!(o.status.success(), "{what} failed ({}): {}", o.status, text(o));
+    text(o)
+}
+
+#[track_caller]
+fn refused(o: &Output, what: &str, needle: &str) -> String {
+    assert_eq!(o.status.code(), Some(1), "{what} should be refused with exit code 1: {}", text(o));
+    let t = text(o);
+    assert!(t.contains(needle), "{what}: expected {needle:?} in {t:?}");
+    t
+}
+
+#[track_caller]
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < until, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Node `i`'s database streams from `ip`.
+fn streams_from(c: &Cluster, i: usize, ip: &str, timeout: Duration) {
+    let pgn = c.pg[i].as_ref().unwrap();
+    let until = Instant::now() + timeout;
+    loop {
+        let out = pgn.psql_output("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver");
+        let r = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && r == format!("{ip}|streaming") {
+            return;
+        }
+        assert!(Instant::now() < until, "node {} does not stream from {ip}: {r:?}\n{}", i + 1, pgn.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The first server other than `not` that acknowledged a write after `after_ns`.
+fn first_other(acks: &std::sync::Mutex<Vec<Ack>>, not: &str, after_ns: u64, timeout: Duration) -> String {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(s) = acks.lock().unwrap().iter().find(|a| a.t_ns > after_ns && a.server.as_deref().is_some_and(|s| s != not)) {
+            return s.server.clone().unwrap();
+        }
+        assert!(Instant::now() < until, "no server but {not} acknowledged a write within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`first_other`], and on failure what the client's network looks like.
+fn first_other_or_dump(c: &Cluster, acks: &std::sync::Mutex<Vec<Ack>>, not: &str, after_ns: u64, timeout: Duration) -> String {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| first_other(acks, not, after_ns, timeout)));
+    match r {
+        Ok(s) => s,
+        Err(e) => {
+            let sh = |ns: &str, cmd: &str| {
+                let o = std::process::Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
+                format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+            };
+            let client = c.bed.nodes[c.kinds.len()].ns.name.clone();
+            eprintln!("client neigh: {}", sh(&client, "ip neigh"));
+            eprintln!("client ss: {}", sh(&client, "ss -tnp"));
+            for i in 0..c.kinds.len() {
+                eprintln!("n{} addrs: {}", i + 1, sh(&c.bed.nodes[i].ns.name, "ip -br addr; ss -tn state established '( sport = :5432 )'"));
+            }
+            for (i, p) in c.pg.iter().enumerate() {
+                if let Some(p) = p {
+                    eprintln!("n{} log:\n{}", i + 1, p.log_tail(15));
+                    if let Some(pm) = p.postmaster_pid() {
+                        let o = std::process::Command::new("sh").arg("-c").arg(format!("ps -o pid,stat,wchan:24,cmd --ppid {pm} -p {pm}")).output().unwrap();
+                        eprintln!("n{} processes:\n{}", i + 1, String::from_utf8_lossy(&o.stdout));
+                    }
+                }
+            }
+            let log = acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            eprintln!("last acks: {:?}", &log[log.len().saturating_sub(15)..]);
+            std::panic::resume_unwind(e)
+        }
+    }
+}
+
+/// The longest time without an acknowledged write between `from` and `to` (ns), in ms.
+fn longest_pause_ms(acks: &[Ack], from: u64, to: u64) -> u64 {
+    let mut times: Vec<u64> = acks.iter().filter(|a| a.server.is_some() && a.t_ns >= from && a.t_ns <= to).map(|a| a.t_ns).collect();
+    times.sort_unstable();
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0) / 1_000_000
+}
+
+/// Every write the client saw acknowledged is in the table of node `i`.
+fn every_acknowledged_write_is_on(c: &Cluster, acks: &[Ack], i: usize) -> usize {
+    let rows = c.pg[i].as_ref().unwrap().query("SELECT seq FROM efm_probe");
+    let have: HashSet<i64> = rows.iter().filter_map(|r| r.first().and_then(|v| v.parse().ok())).collect();
+    let acked: Vec<i64> = acks.iter().filter(|a| a.server.is_some()).map(|a| a.seq).collect();
+    let lost: Vec<i64> = acked.iter().copied().filter(|s| !have.contains(s)).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes are missing on node {}: {:?}", lost.len(), i + 1, &lost[..lost.len().min(20)]);
+    acked.len()
+}
+
+fn ip(c: &Cluster, i: usize) -> String {
+    c.files[i].ip.clone()
+}
+
+fn status_json(c: &Cluster, i: usize) -> serde_json::Value {
+    c.cluster_status_json(i).expect("cluster-status-json answers")
+}
+
+/// A recorder script: appends `id -un` and its arguments as one line to `<dir>/hooks.log`.
+struct Recorder {
+    dir: pg::TempDir,
+    script: PathBuf,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        let dir = pg::TempDir::new("hooks");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let script = dir.path().join("rec");
+        let log = dir.path().join("hooks.log");
+        fs::write(&script, format!("#!/bin/sh\necho \"$(id -un) $*\" >> {}\n", log.display())).unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(&log, "").unwrap();
+        fs::set_permissions(&log, fs::Permissions::from_mode(0o666)).unwrap();
+        Self { dir, script }
+    }
+
+    fn path(&self) -> &Path {
+        &self.script
+    }
+
+    fn lines(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("hooks.log")).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
+    #[track_caller]
+    fn wait_line(&self, line: &str, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while !self.lines().iter().any(|l| l == line) {
+            assert!(Instant::now() < until, "no hook line {line:?} within {timeout:?}; recorded:\n{}", self.lines().join("\n"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[track_caller]
+    fn wait_containing(&self, needle: &str, timeout: Duration) -> String {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(Instant::now() < until, "no hook line containing {needle:?} within {timeout:?}; recorded:\n{}", self.lines().join("\n"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn switchover_and_back_keep_every_acknowledged_write() {
+    let c = Cluster::start(&PSS, "");
+    let w = c.writer();
+    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Switchover, asked on a standby's agent.
+    let t0 = monotonic_ns();
+    let msg = ok(&c.efm_cmd(2, "promote", &["-switchover"]), "efm promote -switchover");
+    assert!(msg.contains("Switchover completed"), "{msg}");
+    let new = first_other_or_dump(&c, &w.log, "n1", t0, Duration::from_secs(30));
+    let t0_done = monotonic_ns();
+    let ni = Cluster::index_of(&new);
+    let other = if ni == 1 { 2 } else { 1 };
+    // The old primary rejoins as a standby of the new one; the other standby follows it.
+    streams_from(&c, 0, &ip(&c, ni), Duration::from_secs(60));
+    streams_from(&c, other, &ip(&c, ni), Duration::from_secs(30));
+    c.wait_for(0, "n1 an unfenced standby", Duration::from_secs(30), |v| {
+        v["outcome"].as_str().is_some_and(|o| o.starts_with("standby")) && v["kernel"]["fenced"] == false
+    });
+    // Full strength again (with the client writing, standbys are always a little behind, so
+    // the exit code of cluster-status may say "not in sync"; the JSON shows the roles).
+    wait_until("cluster-status to show one primary and two standbys, all up", Duration::from_secs(30), || {
+        let st = status_json(&c, 0);
+        let nodes = st["nodes"].as_object().cloned().unwrap_or_default();
+        let types: Vec<&str> = nodes.values().filter_map(|n| n["type"].as_str()).collect();
+        nodes.len() == 3
+            && nodes.values().all(|n| n["agent"] == "UP" && n["db"] == "UP")
+            && types.iter().filter(|t| **t == "Primary").count() == 1
+            && types.iter().filter(|t| **t == "Standby").count() == 2
+    });
+    assert_eq!(c.serving_primary(), Some(ni));
+
+    // And back: the operator prefers n1.
+    ok(&c.efm_cmd(ni, "set-priority", &[&ip(&c, 0), "1"]), "set-priority n1 1");
+    ok(&c.efm_cmd(ni, "set-priority", &[&ip(&c, other), "2"]), "set-priority other 2");
+    let st = status_json(&c, 0);
+    assert_eq!(st["failoverpriority"][0], ip(&c, 0), "{st:#}");
+    let t1 = monotonic_ns();
+    let msg = ok(&c.efm_cmd(0, "promote", &["-switchover"]), "efm promote -switchover (back)");
+    assert!(msg.contains(&format!("{}:7800 is the primary", ip(&c, 0))), "{msg}");
+    assert!(w.wait_ack_from("n1", t1, Duration::from_secs(30)).is_some(), "the client writes to n1 again");
+    let t1_done = monotonic_ns();
+    streams_from(&c, ni, &ip(&c, 0), Duration::from_secs(60));
+    streams_from(&c, other, &ip(&c, 0), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let acks = w.finish();
+
+    // Never two writable primaries, and nothing acknowledged was lost.
+    let before: Vec<Ack> = acks.iter().filter(|a| a.t_ns < t1).cloned().collect();
+    let after: Vec<Ack> = acks.iter().filter(|a| a.t_ns >= t1).cloned().collect();
+    let (last_n1, first_new) = no_overlap(&before, "n1", &new);
+    let (last_new, first_n1) = no_overlap(&after, &new, "n1");
+    let n = every_acknowledged_write_is_on(&c, &acks, 0);
+    let p0 = longest_pause_ms(&acks, t0.saturating_sub(1_000_000_000), t0_done);
+    let p1 = longest_pause_ms(&acks, t1.saturating_sub(1_000_000_000), t1_done);
+    eprintln!(
+        "switchover n1 → {new}: write pause {p0} ms (last n1 write {} ms before the first on {new}); switch back: {p1} ms ({} ms); {n} acknowledged writes, none lost",
+        (first_new - last_n1) / 1_000_000,
+        (first_n1 - last_new) / 1_000_000
+    );
+    assert!(p0 < 20_000 && p1 < 20_000, "write pauses {p0} ms / {p1} ms");
+}
+
+#[test]
+fn promote_refuses_a_lagging_standby_without_a_terminal_and_fences_the_old_primary() {
+    let c = Cluster::start(&PSS, "");
+    // Argument and state checks: clear messages, nothing changes.
+    let o = c.efm_cmd(0, "promote", &["-sourcenode", &ip(&c, 1)]);
+    assert_eq!(o.status.code(), Some(2), "-sourcenode without -switchover is a usage error: {}", text(&o));
+    refused(&c.efm_cmd(0, "set-priority", &["198.18.0.77", "1"]), "set-priority of a stranger", "not a member");
+    let o = c.efm_cmd(0, "set-priority", &[&ip(&c, 1), "first"]);
+    assert_eq!(o.status.code(), Some(2), "a non-numeric priority is a usage error: {}", text(&o));
+    refused(&c.efm_cmd(1, "disallow-node", &[&ip(&c, 0)]), "disallow the primary", "is the primary");
+    let o = ok(&c.efm_cmd(1, "resume", &[]), "resume on a monitoring node");
+    assert!(o.contains("nothing to resume"), "{o}");
+    let o = c.efm_cmd(1, "resume", &["extra"]);
+    assert_eq!(o.status.code(), Some(2), "an extra argument is a usage error: {}", text(&o));
+
+    // Both standbys fall behind: their WAL receivers are stopped, the primary writes on.
+    let receivers: Vec<i32> = [1, 2]
+        .iter()
+        .map(|&i| c.pg[i].as_ref().unwrap().psql("SELECT pid FROM pg_stat_wal_receiver").trim().parse().unwrap())
+        .collect();
+    for &p in &receivers {
+        // SAFETY: kill(2) on a server process of our test database.
+        unsafe { libc::kill(p, libc::SIGSTOP) };
+    }
+    let p0 = c.pg[0].as_ref().unwrap();
+    p0.psql("CREATE TABLE lag (i int); INSERT INTO lag SELECT generate_series(1, 20000)");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = refused(&c.efm_cmd(1, "promote", &[]), "promote a lagging standby without a terminal", "not up to date");
+    assert!(t.contains("--force"), "{t}");
+    for &p in &receivers {
+        // SAFETY: as above.
+        unsafe { libc::kill(p, libc::SIGCONT) };
+    }
+    assert_eq!(c.node_status(0).unwrap()["epoch"], 1, "a refused promotion changes nothing");
+    assert_eq!(c.serving_primary(), Some(0));
+
+    // Forced: a standby becomes primary, the old primary stays up but fenced.
+    let msg = ok(&c.efm_cmd(2, "promote", &["--force"]), "efm promote --force");
+    assert!(msg.contains("Promotion completed") && msg.contains("stays fenced"), "{msg}");
+    wait_until("one serving primary that is not n1", Duration::from_secs(20), || c.serving_primary().is_some_and(|p| p != 0));
+    let v = c.wait_for(0, "n1 fenced", Duration::from_secs(20), |v| v["kernel"]["serving"] == false && v["kernel"]["fenced"] == true);
+    assert_eq!(v["db"]["inRecovery"], false, "the old primary database keeps running, cut off: {v:#}");
+}
+
+#[test]
+fn resume_after_a_standby_database_restart() {
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let c = Cluster::start_with(&PSS, "", |i| format!("script.resumed={r} n{} resumed", i + 1));
+    let n2 = c.pg[1].as_ref().unwrap();
+    n2.stop("fast");
+    let v = c.wait_for(1, "monitoring suspended on n2", Duration::from_secs(20), |v| {
+        v["monitoring"].as_str().is_some_and(|m| m.starts_with("suspended"))
+    });
+    assert_eq!(v["kernel"]["fenced"], true, "an idle node is fenced: {v:#}");
+    refused(&c.efm_cmd(1, "resume", &[]), "resume with the database down", "not running");
+    n2.start();
+    // Back up, but EFM's agent stays idle until told (auto.resume.failure.period=0).
+    std::thread::sleep(Duration::from_secs(3));
+    let v = c.node_status(1).unwrap();
+    assert!(v["monitoring"].as_str().unwrap().starts_with("suspended"), "{v:#}");
+    let st = status_json(&c, 0);
+    assert_eq!(st["nodes"][ip(&c, 1)]["type"], "Idle", "{st:#}");
+    let msg = ok(&c.efm_cmd(1, "resume", &[]), "efm resume");
+    assert!(msg.contains("Resumed monitoring") && msg.contains("standby of the primary"), "{msg}");
+    c.wait_for(1, "n2 a monitored standby", Duration::from_secs(20), |v| {
+        v["monitoring"] == "active" && v["kernel"]["fenced"] == false && v["outcome"].as_str().is_some_and(|o| o.starts_with("standby"))
+    });
+    rec.wait_line("root n2 resumed", Duration::from_secs(10));
+}
+
+#[test]
+fn set_priority_changes_the_promotion_choice() {
+    let mut c = Cluster::start(&PSS, "");
+    let msg = ok(&c.efm_cmd(2, "set-priority", &[&ip(&c, 1), "0"]), "set-priority n2 0");
+    assert!(msg.contains("never promoted"), "{msg}");
+    wait_until("cluster-status to show the priority", Duration::from_secs(10), || {
+        let st = status_json(&c, 0);
+        st["nodes"][ip(&c, 1)]["priority"] == 0 && st["failoverpriority"] == serde_json::json!([ip(&c, 2)])
+    });
+    // The node's own agent restarting does not undo the operator's choice.
+    c.restart_agent(1);
+    c.wait_healthy(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status_json(&c, 0)["nodes"][ip(&c, 1)]["priority"], 0);
+    c.pg[0].as_ref().unwrap().sigkill();
+    wait_until("a new serving primary", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
+    assert_eq!(c.serving_primary(), Some(2), "n2 has priority 0 and must not be promoted");
+}
+
+#[test]
+fn disallow_node_keeps_a_node_out_after_its_agent_restarts() {
+    let mut c = Cluster::start(&PSS, "");
+    let msg = ok(&c.efm_cmd(0, "disallow-node", &[&ip(&c, 2)]), "disallow-node n3");
+    assert!(msg.contains("Removed"), "{msg}");
+    wait_until("n3 out of the allowed list", Duration::from_secs(10), || {
+        !status_json(&c, 0)["allowednodes"].as_array().unwrap().iter().any(|a| *a == ip(&c, 2))
+    });
+    c.restart_agent(2);
+    std::thread::sleep(Duration::from_secs(6));
+    let v = c.node_status(2).expect("the restarted agent answers");
+    assert_eq!(v["outcome"], "not yet part of the coordination log", "{v:#}");
+    assert!(!status_json(&c, 1)["allowednodes"].as_array().unwrap().iter().any(|a| *a == ip(&c, 2)));
+    assert_eq!(c.serving_primary(), Some(0), "the primary keeps serving with the two allowed nodes");
+    // Allowed again, it rejoins.
+    ok(&c.efm_cmd(1, "allow-node", &[&ip(&c, 2)]), "allow-node n3");
+    c.wait_for(2, "n3 a member again", Duration::from_secs(30), |v| v["outcome"].as_str().is_some_and(|o| o.starts_with("standby")));
+    assert!(status_json(&c, 0)["allowednodes"].as_array().unwrap().iter().any(|a| *a == ip(&c, 2)));
+}
+
+#[test]
+fn stop_cluster_stops_every_agent_and_leaves_the_databases_serving() {
+    let mut c = Cluster::start(&PSS, "");
+    let w = c.writer();
+    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some());
+    let msg = ok(&c.efm_cmd(1, "stop-cluster", &[]), "efm stop-cluster");
+    assert!(msg.contains("stopping"), "{msg}");
+    wait_until("every agent to exit", Duration::from_secs(20), || c.agents.iter_mut().all(efm_tests::cluster::Agent::exited));
+    // Longer than the lease: the primary keeps taking writes without its agents.
+    std::thread::sleep(Duration::from_secs(3));
+    let t = monotonic_ns();
+    assert!(w.wait_ack_from("n1", t, Duration::from_secs(10)).is_some(), "the primary serves without agents");
+    for i in 0..3 {
+        assert_eq!(c.pg[i].as_ref().unwrap().psql("SELECT 1").trim(), "1", "database {} still runs", i + 1);
+    }
+    drop(w);
+    // Started again, the cluster comes back (the stop entry in the log is history for them).
+    for i in 0..3 {
+        c.restart_agent(i);
+    }
+    c.wait_healthy(Duration::from_secs(60));
+}
+
+#[test]
+fn every_failover_hook_fires_with_its_arguments_as_the_script_user() {
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let c = Cluster::start_with(&PSS, "script.user=postgres\n", |i| {
+        let n = format!("n{}", i + 1);
+        format!(
+            "script.fence={r} {n} fence %p %f\nscript.post.promotion={r} {n} post %p %f\n\
+             script.remote.pre.promotion={r} {n} remote-pre %p %f\nscript.remote.post.promotion={r} {n} remote-post %p %f\n\
+             script.db.failure={r} {n} db-failure\nscript.load.balancer.attach={r} {n} attach %h %t\n\
+             script.load.balancer.detach={r} {n} detach %h %t\nscript.notification={r} {n} notify %s\n"
+        )
+    });
+    let (a, b, d) = (ip(&c, 0), ip(&c, 1), ip(&c, 2));
+    rec.wait_line(&format!("postgres n1 attach {a} p"), Duration::from_secs(10));
+    rec.wait_line(&format!("postgres n2 attach {b} s"), Duration::from_secs(10));
+    rec.wait_line(&format!("postgres n3 attach {d} s"), Duration::from_secs(10));
+    c.pg[0].as_ref().unwrap().sigkill();
+    wait_until("a new serving primary", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
+    let p = c.serving_primary().unwrap();
+    let o = if p == 1 { 2 } else { 1 };
+    let (np, no) = (format!("n{}", p + 1), format!("n{}", o + 1));
+    let pip = ip(&c, p);
+    let t = Duration::from_secs(15);
+    rec.wait_line(&format!("postgres {np} fence {pip} {a}"), t);
+    rec.wait_line(&format!("postgres {np} post {pip} {a}"), t);
+    rec.wait_line(&format!("postgres {no} remote-pre {pip} {a}"), t);
+    rec.wait_line(&format!("postgres {no} remote-post {pip} {a}"), t);
+    rec.wait_line("postgres n1 db-failure", t);
+    rec.wait_line(&format!("postgres n1 detach {a} p"), t);
+    rec.wait_line(&format!("postgres {np} attach {pip} p"), t);
+    rec.wait_containing(&format!("postgres {np} notify EFM Executed fencing script"), t);
+    rec.wait_containing("notify EFM Primary database failure", t);
+    // Neither node involved in the promotion ran the remote hooks.
+    assert!(!rec.lines().iter().any(|l| l.contains(&format!("{np} remote-")) || l.contains("n1 remote-")), "{:#?}", rec.lines());
+}
+
+#[test]
+fn a_hanging_post_promotion_script_is_killed_and_the_failover_stands() {
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let c = Cluster::start_with(&PSS, "script.post.promotion=/bin/sleep 617\nscript.timeout=2\n", |i| {
+        format!("script.notification={r} n{} notify %s\n", i + 1)
+    });
+    c.pg[0].as_ref().unwrap().sigkill();
+    wait_until("a new serving primary", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
+    let line = rec.wait_containing("notify EFM Post-promotion script failed", Duration::from_secs(20));
+    eprintln!("{line}");
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 617"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "the hanging script was not killed: {}", String::from_utf8_lossy(&left.stdout));
+    assert!(c.serving_primary().is_some_and(|p| p != 0), "the promotion stands");
+}
+
+#[test]
+fn a_failing_fence_script_aborts_the_failover() {
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let c = Cluster::start_with(&PSS, "script.fence=/bin/false\n", |i| format!("script.notification={r} n{} notify %s\n", i + 1));
+    c.pg[0].as_ref().unwrap().sigkill();
+    rec.wait_containing("notify EFM Fencing script error", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.serving_primary(), None, "no standby was promoted: the fence script failed");
+    for i in [1, 2] {
+        assert_eq!(c.pg[i].as_ref().unwrap().psql("SELECT pg_is_in_recovery()").trim(), "t", "n{} is still a standby", i + 1);
+    }
+}
+
+#[test]
+fn custom_monitor_failure_idles_a_standby_and_safe_mode_only_reports() {
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let flags = rec.dir.path().to_owned();
+    let check = flags.join("check");
+    fs::write(&check, format!("#!/bin/sh\ntest ! -e {}/fail-$1\n", flags.display())).unwrap();
+    fs::set_permissions(&check, fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Cluster::start_with(&PSS, "custom.monitor.interval=1\ncustom.monitor.timeout=2\n", |i| {
+        let n = format!("n{}", i + 1);
+        format!(
+            "script.custom.monitor={} {n}\ncustom.monitor.safe.mode={}\nscript.notification={r} {n} notify %s\n",
+            check.display(),
+            i == 2
+        )
+    });
+    fs::write(flags.join("fail-n2"), "").unwrap();
+    fs::write(flags.join("fail-n3"), "").unwrap();
+    let v = c.wait_for(1, "n2 idle after its custom monitor failed", Duration::from_secs(15), |v| {
+        v["monitoring"].as_str().is_some_and(|m| m.contains("custom monitor")) && v["kernel"]["fenced"] == true
+    });
+    eprintln!("n2: {}", v["monitoring"]);
+    rec.wait_containing("n2 notify EFM Standby custom monitor failure", Duration::from_secs(10));
+    rec.wait_containing("n3 notify EFM Custom monitor 'safe mode' failure", Duration::from_secs(10));
+    let v3 = c.node_status(2).unwrap();
+    assert_eq!(v3["monitoring"], "active", "safe mode only reports: {v3:#}");
+    assert_eq!(v3["kernel"]["fenced"], false);
+    refused(&c.efm_cmd(1, "resume", &[]), "resume while the custom monitor fails", "custom monitor");
+    fs::remove_file(flags.join("fail-n2")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    ok(&c.efm_cmd(1, "resume", &[]), "resume after the custom monitor recovered");
+    c.wait_for(1, "n2 monitored again", Duration::from_secs(15), |v| v["monitoring"] == "active" && v["kernel"]["fenced"] == false);
+}

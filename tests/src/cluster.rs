@@ -146,7 +146,10 @@ impl Drop for DumpLogsOnPanic {
         if !std::thread::panicking() {
             return;
         }
-        let keep = std::env::temp_dir().join(format!("efm-failed-{}", std::process::id()));
+        let keep = std::env::temp_dir().join(format!(
+            "efm-failed-{}",
+            self.0.file_name().map_or_else(|| std::process::id().to_string(), |n| n.to_string_lossy().into_owned())
+        ));
         let _ = fs::create_dir_all(&keep);
         eprintln!("---- whole agent logs kept in {}", keep.display());
         for i in 1..=self.1 {

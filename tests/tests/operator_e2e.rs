@@ -270,7 +270,8 @@ fn promote_refuses_a_lagging_standby_without_a_terminal_and_fences_the_old_prima
     }
     let p0 = c.pg[0].as_ref().unwrap();
     p0.psql("CREATE TABLE lag (i int); INSERT INTO lag SELECT generate_series(1, 20000)");
-    std::thread::sleep(Duration::from_millis(500));
+    // The primary advertises its WAL position as of its last local check (local.period=1s).
+    std::thread::sleep(Duration::from_millis(2_500));
     let t = refused(&c.efm_cmd(1, "promote", &[]), "promote a lagging standby without a terminal", "not up to date");
     assert!(t.contains("--force"), "{t}");
     for &p in &receivers {
@@ -320,15 +321,21 @@ fn set_priority_changes_the_promotion_choice() {
     let mut c = Cluster::start(&PSS, "");
     let msg = ok(&c.efm_cmd(2, "set-priority", &[&ip(&c, 1), "0"]), "set-priority n2 0");
     assert!(msg.contains("never promoted"), "{msg}");
-    wait_until("cluster-status to show the priority", Duration::from_secs(10), || {
-        let st = status_json(&c, 0);
-        st["nodes"][ip(&c, 1)]["priority"] == 0 && st["failoverpriority"] == serde_json::json!([ip(&c, 2)])
-    });
+    let mut last = serde_json::Value::Null;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        last = status_json(&c, 0);
+        if last["nodes"][ip(&c, 1)]["promotion"]["priority"] == 0 && last["failoverpriority"] == serde_json::json!([ip(&c, 2)]) {
+            break;
+        }
+        assert!(Instant::now() < until, "cluster-status does not show the priority: {last:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The node's own agent restarting does not undo the operator's choice.
     c.restart_agent(1);
     c.wait_healthy(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(status_json(&c, 0)["nodes"][ip(&c, 1)]["priority"], 0);
+    assert_eq!(status_json(&c, 0)["nodes"][ip(&c, 1)]["promotion"]["priority"], 0);
     c.pg[0].as_ref().unwrap().sigkill();
     wait_until("a new serving primary", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
     assert_eq!(c.serving_primary(), Some(2), "n2 has priority 0 and must not be promoted");

@@ -254,7 +254,9 @@ impl Coordinator {
         tracing::info!(me = %inner.cfg.me, id, had_state, "Raft coordinator started");
 
         let mut this = Self { inner, tasks };
-        if !had_state {
+        if had_state {
+            this.tasks.push(tokio::spawn(rejoin_when_removed(this.inner.clone())));
+        } else {
             match bootstrap(&this.inner).await {
                 Ok(Some(t)) => this.tasks.push(t),
                 Ok(None) => {}
@@ -577,6 +579,35 @@ async fn try_join(inner: &Inner, others: &[SocketAddr]) -> Result<JoinOutcome, C
     Ok(outcome)
 }
 
+/// A node that restarts from its Raft state but was removed from the cluster (`efm
+/// disallow-node`, then stopped) asks to join again every few seconds until it is a member: the
+/// leader refuses while it stays disallowed and admits it once `efm allow-node` allowed it.
+async fn rejoin_when_removed(inner: Arc<Inner>) {
+    let me = inner.cfg.me;
+    let mut refused_logged = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let state = inner.state_rx.borrow().clone();
+        if state.allowed.contains(&me) {
+            refused_logged = false;
+            continue;
+        }
+        let mut others: Vec<SocketAddr> = inner.cfg.nodes_file_members.iter().chain(state.allowed.iter()).copied().filter(|a| *a != me).collect();
+        others.sort();
+        others.dedup();
+        match try_join(&inner, &others).await {
+            Ok(JoinOutcome::Member) => tracing::info!("joined the cluster again"),
+            Ok(_) => {}
+            Err(e) => {
+                if !refused_logged {
+                    tracing::warn!("not a member of the cluster: {e}; asking again every few seconds");
+                    refused_logged = true;
+                }
+            }
+        }
+    }
+}
+
 /// Leader side of `Join`.
 async fn handle_join(inner: &Inner, node: SocketAddr, info: NodeInfo) -> JoinReply {
     match inner.raft.is_initialized().await {
@@ -601,7 +632,17 @@ async fn handle_join(inner: &Inner, node: SocketAddr, info: NodeInfo) -> JoinRep
     if leader_addr(inner) != Some(inner.cfg.me) {
         return JoinReply::NotLeader(leader_addr(inner));
     }
-    let allowed = inner.state_rx.borrow().allowed.contains(&node);
+    let (allowed, disallowed) = {
+        let st = inner.state_rx.borrow();
+        (st.allowed.contains(&node), st.disallowed.contains(&node))
+    };
+    if disallowed {
+        return JoinReply::Refused(format!(
+            "{node} was disallowed; run `efm allow-node {} {}` on a member to let it join again",
+            inner.cfg.cluster,
+            node.ip()
+        ));
+    }
     if !allowed {
         if !inner.cfg.auto_allow_hosts {
             tracing::warn!(%node, "refusing to add a node that is not allowed (auto.allow.hosts=false)");

@@ -584,7 +584,7 @@ impl HaRuntime {
                 if let Ok(mut w) = work.lock() {
                     *w = Work::Promoting { epoch };
                 }
-                let old = old_primary.or_else(|| st.history.last().map(|h| h.node)).filter(|o| *o != me);
+                let old = old_primary.or(st.previous_primary).filter(|o| *o != me);
                 let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
                 let shared = shared.clone();
                 tokio::spawn(async move {

@@ -75,7 +75,12 @@ pub struct HaRuntime {
     /// until `ns` (start + `lease.timeout`). The kernel's deadline may still be one from an
     /// earlier epoch of this node's; that one must not make a new primary look lapsed.
     lease_floor: Option<(u64, u64)>,
+    /// When this agent saw `efm stop-cluster` committed.
+    stop_seen: Option<Instant>,
 }
+
+/// How long an agent keeps running after it saw `efm stop-cluster`.
+const STOP_LINGER: Duration = Duration::from_millis(1_500);
 
 /// Counts a planned database operation while alive.
 struct Planned(Arc<std::sync::atomic::AtomicUsize>);
@@ -136,6 +141,7 @@ impl HaRuntime {
             lb_attached: None,
             lb_detached_peers: std::collections::BTreeSet::new(),
             lease_floor: None,
+            stop_seen: None,
         }
     }
 
@@ -268,7 +274,7 @@ impl HaRuntime {
             let deadline = lease_now.deadline_ns.max(floor(&f));
             (f.flags & FENCE_LEASE_ENFORCED != 0 && f.lease_k > 0 && now_ns > deadline).then(|| Duration::from_nanos(now_ns - deadline))
         });
-        let step = self.engine.step(&Inputs {
+        let mut step = self.engine.step(&Inputs {
             now_ns,
             committed: committed.as_ref(),
             is_leader: self.coord.is_leader(),
@@ -278,6 +284,26 @@ impl HaRuntime {
             lease_lapsed_for,
             max_epoch_seen: lease_now.max_epoch_seen,
         });
+        // `efm stop-cluster`: the databases stay as they are. Nothing is started any more (an
+        // agent whose peers exit first must not take that for an isolation and stop its
+        // database), a serving primary no longer depends on endorsements, and the agent exits
+        // a moment later, once the leader had time to tell every follower that the stop
+        // committed (a leader exiting at once would strand them).
+        let started_unix_ms = lock(shared).started_unix_ms;
+        if st.stopped_at_unix_ms.is_some_and(|t| t >= started_unix_ms) {
+            let seen = *self.stop_seen.get_or_insert_with(|| {
+                tracing::warn!("efm stop-cluster: this agent exits shortly; the database is left as it is");
+                Instant::now()
+            });
+            step.actions.clear();
+            if !step.desired.fenced {
+                step.desired.lease_enforced = false;
+                step.desired.lease_k = 0;
+            }
+            if seen.elapsed() >= STOP_LINGER {
+                lock(shared).stop_requested = true;
+            }
+        }
         // The kernel counts endorsements only from members the log allows (a node disallowed
         // while partitioned must not keep a primary's lease alive).
         if !st.allowed.is_empty() {
@@ -346,10 +372,6 @@ impl HaRuntime {
             s.epoch = st.epoch;
             s.outcome = Some(step.outcome.to_string());
             s.kernel = kernel;
-            if st.stopped_at_unix_ms.is_some_and(|t| t >= s.started_unix_ms) && !s.stop_requested {
-                tracing::warn!("efm stop-cluster: this agent exits; the database is left as it is");
-                s.stop_requested = true;
-            }
         }
         self.load_balancer(&step.desired, &step.outcome, &peers, me);
 

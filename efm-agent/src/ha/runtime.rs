@@ -559,15 +559,11 @@ async fn run_hook(cfg: &Config, hook: Hook, subst: &Substitutions) -> Option<boo
     }
 }
 
-/// Logs a notification and hands it to `script.notification` when configured.
+/// Logs a notification and delivers it (`script.notification`, mail); see [`crate::notify`],
+/// whose `Notifier` replaces this.
 pub async fn notify(cfg: &Config, severity: Severity, subject: &str, detail: &str) {
-    match severity {
-        Severity::Info => tracing::info!(subject, detail, "notification"),
-        Severity::Warning => tracing::warn!(subject, detail, "notification"),
-        Severity::Severe => tracing::error!(subject, detail, "notification"),
-    }
-    let subst = Substitutions { subject: Some(format!("EFM {subject} on {}", cfg.cluster)), body: Some(detail.to_owned()), ..Substitutions::default() };
-    let _ = run_hook(cfg, Hook::Notification, &subst).await;
+    let event = crate::notify::Event::Custom { severity, subject: subject.to_owned(), detail: detail.to_owned() };
+    crate::notify::deliver_now(cfg, &event).await;
 }
 
 async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, old: Option<SocketAddr>, iface: &str) -> Result<Duration, String> {

@@ -1,7 +1,7 @@
 //! The catalog of notifications: every event of EFM's notification tables (2.0 guide §7, 3.3
 //! guide §7) that applies to efm, with EFM's subjects ("master" written "primary", as EFM 4
 //! does) and its severities. License events do not apply; `recovery.conf` is
-//! `standby.signal/recovery.conf` (PostgreSQL 12 and later use the former).
+//! `standby.signal/recovery.conf` (from version 12 on, `standby.signal`).
 //!
 //! Each method is one table: [`Event::severity`], [`Event::subject`], [`Event::description`]
 //! and [`Event::details`]. Addresses are given as text (`10.0.1.11` or `10.0.1.11:7800`) so
@@ -343,6 +343,7 @@ impl Event {
 
     /// EFM's subject (without `notification.text.prefix`); `node` is this node's address.
     #[must_use]
+    #[expect(clippy::too_many_lines, reason = "one arm per event: the catalog is a table")]
     pub fn subject(&self, cluster: &str, node: &str) -> String {
         use Event as E;
         let c = cluster;

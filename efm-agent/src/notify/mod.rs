@@ -470,6 +470,10 @@ impl Notifier {
 
     /// Logs the event and queues its delivery when it passes `notification.level`. Returns at
     /// once; delivery happens on the lanes.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers hand the event over; taking a reference would only add `&` at every call"
+    )]
     pub fn send(&self, event: Event) {
         let inner = &self.inner;
         let n = Notification::render(&event, &inner.ctx);

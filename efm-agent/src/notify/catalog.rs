@@ -8,7 +8,7 @@
 //! callers can pass whatever form they hold.
 
 use crate::ha::Severity;
-use crate::scripts::{ScriptError, ScriptOutcome};
+use crate::scripts::{Hook, ScriptError, ScriptOutcome};
 
 /// What a script did, for the notifications that report it ("Exit Value:", "Results:").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +243,45 @@ pub enum Event {
 
     /// Anything not in the catalog. The subject is used as given.
     Custom { severity: Severity, subject: String, detail: String },
+}
+
+impl Event {
+    /// The "Executed ..." (success) or "... failed" event for a hook's run, for the hooks whose
+    /// result EFM reports this way. `None` for `script.custom.monitor` (its events depend on the
+    /// node's role and `custom.monitor.safe.mode`) and `script.notification` (logged only).
+    #[must_use]
+    pub fn for_script(
+        hook: Hook,
+        command_line: &str,
+        run: &Result<ScriptOutcome, ScriptError>,
+    ) -> Option<Event> {
+        let (ok, result) = match run {
+            Ok(o) => (o.success(), ScriptResult::from_outcome(command_line, o)),
+            Err(e) => (false, ScriptResult::from_error(command_line, e)),
+        };
+        let event = match (hook, ok) {
+            (Hook::Fence, true) => Event::FencingScriptExecuted { result },
+            (Hook::Fence, false) => Event::FencingScriptError { result },
+            (Hook::PostPromotion, true) => Event::PostPromotionScriptExecuted { result },
+            (Hook::PostPromotion, false) => Event::PostPromotionScriptFailed { result },
+            (Hook::DbFailure, true) => Event::DbFailureScriptExecuted { result },
+            (Hook::DbFailure, false) => Event::DbFailureScriptError { result },
+            (Hook::PrimaryIsolated, true) => Event::PrimaryIsolationScriptExecuted { result },
+            (Hook::PrimaryIsolated, false) => Event::PrimaryIsolationScriptFailed { result },
+            (Hook::Resumed, true) => Event::ResumedScriptExecuted { result },
+            (Hook::Resumed, false) => Event::ResumedScriptFailed { result },
+            (Hook::RemotePrePromotion, true) => Event::RemotePrePromotionScriptExecuted { result },
+            (Hook::RemotePrePromotion, false) => Event::RemotePrePromotionScriptFailed { result },
+            (Hook::RemotePostPromotion, true) => Event::RemotePostPromotionScriptExecuted { result },
+            (Hook::RemotePostPromotion, false) => Event::RemotePostPromotionScriptFailed { result },
+            (Hook::LoadBalancerAttach, true) => Event::LoadBalancerAttachScriptExecuted { result },
+            (Hook::LoadBalancerAttach, false) => Event::LoadBalancerAttachScriptFailed { result },
+            (Hook::LoadBalancerDetach, true) => Event::LoadBalancerDetachScriptExecuted { result },
+            (Hook::LoadBalancerDetach, false) => Event::LoadBalancerDetachScriptFailed { result },
+            (Hook::CustomMonitor | Hook::Notification, _) => return None,
+        };
+        Some(event)
+    }
 }
 
 fn list(addrs: &[String]) -> String {

@@ -414,8 +414,11 @@ impl Notifier {
     /// address lettre refuses, TLS that cannot be set up) is logged as an error and mail is
     /// off; notifications are still logged and given to the script.
     ///
+    /// With neither `script.notification` nor `user.email` set, no task is spawned (the
+    /// notifier only logs), so that configuration works outside a runtime too.
+    ///
     /// # Panics
-    /// Outside a tokio runtime.
+    /// Outside a tokio runtime when a lane is configured.
     #[must_use]
     pub fn start(cfg: &Config) -> Self {
         let counters = Arc::new(Counters::default());

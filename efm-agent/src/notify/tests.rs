@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::*;
+use crate::scripts::Hook;
 
 const BASE: &str = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=postgres\n\
 db.data.dir=/var/lib/pg\nbind.address=10.0.1.11:7800\n";
@@ -551,4 +552,36 @@ async fn dead_mail_server_is_bounded_and_does_not_stop_the_script() {
     let st = n.stats();
     assert_eq!((st.scripts_ok, st.mails_ok, st.mails_failed), (1, 0, 1));
     assert_eq!(calls(&out).len(), 1);
+}
+
+#[test]
+fn script_runs_map_to_executed_and_failed_events() {
+    let outcome = |exit| crate::scripts::ScriptOutcome {
+        argv: vec![s("/f")],
+        exit: Some(exit),
+        signal: None,
+        timed_out: false,
+        stdout: s("out"),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        duration: Duration::from_millis(3),
+    };
+    let ok = Event::for_script(Hook::Fence, "/f %p", &Ok(outcome(0))).unwrap();
+    assert_eq!(ok.subject("c", "n"), "Executed fencing script");
+    assert_eq!(ok.severity(), Severity::Info);
+    let bad = Event::for_script(Hook::Fence, "/f %p", &Ok(outcome(2))).unwrap();
+    assert_eq!(bad.subject("c", "n"), "Fencing script error");
+    assert_eq!(bad.details().unwrap(), "Exit Value: 2\nResults: out");
+    let err = crate::scripts::ScriptError::NotFound { hook: s("script.post.promotion"), program: s("/p") };
+    let e = Event::for_script(Hook::PostPromotion, "/p", &Err(err)).unwrap();
+    assert_eq!(e.subject("c", "n"), "Post-promotion script failed");
+    assert!(e.details().unwrap().starts_with("Exit Value: not run\nResults: script.post.promotion: script /p does not exist"));
+    let mut seen = std::collections::HashSet::new();
+    for hook in Hook::ALL {
+        match Event::for_script(hook, "/x", &Ok(outcome(1))) {
+            Some(e) => assert!(seen.insert(e.subject("c", "n")), "{hook:?}"),
+            None => assert!(matches!(hook, Hook::CustomMonitor | Hook::Notification)),
+        }
+    }
 }

@@ -216,6 +216,8 @@ async fn mail_and_script_get_notifications_from_the_level_up() {
     for (want, (h, body)) in subjects.iter().zip(&mails) {
         assert_eq!(h.get("subject").map(String::as_str), Some(*want), "{h:?}");
         assert_eq!(h.get("from").map(String::as_str), Some(from.as_str()), "{h:?}");
+        assert!(h.get("message-id").is_some_and(|id| id.ends_with(&format!("@{}>", host_name()))), "{h:?}");
+        assert!(h.contains_key("date"), "{h:?}");
         let to = h.get("to").unwrap();
         assert!(to.contains("dba@example.com") && to.contains("ops@example.org"), "{to}");
         let rcpt = h.get("x-rcptto").unwrap();

@@ -253,6 +253,8 @@ struct Mailer {
     timeout: Duration,
     from: Mailbox,
     to: Vec<Mailbox>,
+    /// For the `Message-ID` domain.
+    host: String,
 }
 
 /// This host's name, for `%h` in `from.email` and the SMTP greeting.
@@ -309,7 +311,7 @@ impl Mailer {
             .tls(tls)
             // lettre bounds only the connect with this; the whole exchange is bounded in `send`.
             .timeout(Some(cfg.smtp_timeout))
-            .hello_name(ClientId::Domain(host));
+            .hello_name(ClientId::Domain(host.clone()));
         if let Some(user) = &cfg.smtp_username {
             let password = cfg.smtp_password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
             builder = builder.credentials(Credentials::new(user.clone(), password));
@@ -321,11 +323,23 @@ impl Mailer {
             timeout: cfg.smtp_timeout,
             from,
             to,
+            host,
         }))
     }
 
     async fn send(&self, n: &Notification) -> Result<(), MailError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = format!(
+            "<efm.{nanos}.{}.{}@{}>",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            self.host
+        );
         let mut b = Message::builder()
+            .message_id(Some(id))
             .from(self.from.clone())
             .subject(n.subject.clone())
             .header(ContentType::TEXT_PLAIN);

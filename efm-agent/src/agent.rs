@@ -480,6 +480,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         cluster = %cfg.cluster, node = %me, %role, interface = %iface, xdp = %attachment,
         peers = peer_addrs.len(), "efm-agent started"
     );
+    crate::notify::install(crate::notify::Notifier::start(&cfg));
+    crate::ha::runtime::notify(&cfg, agent_event(role, true));
     lifecycle::notify("READY=1");
     lifecycle::notify(&format!("STATUS={role} on {me}, {} peers", peer_addrs.len()));
 
@@ -512,6 +514,10 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
 
     tracing::info!("efm-agent stopping");
     lifecycle::notify("STOPPING=1");
+    {
+        let role = if lock(&shared).suspended.is_some() { Role::Idle } else { lock(&shared).role };
+        crate::ha::runtime::notify(&cfg, agent_event(role, false));
+    }
     admin_task.abort();
     if let Some(h) = health {
         h.stop();
@@ -547,21 +553,32 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
 
 /// EFM's notifications for a peer that stopped being heard (its role as last announced).
 fn notify_peer_failure(shared: &Arc<Mutex<Shared>>, addr: SocketAddr, verdict: Verdict, role: Role) {
+    use crate::notify::Event;
     let cfg = lock(shared).config.clone();
-    let what = match verdict {
-        Verdict::AgentDead => "agent exited",
-        _ => "node unreachable",
+    tracing::warn!(peer = %addr, %verdict, %role, "peer failure");
+    let node = addr.to_string();
+    let event = match role {
+        Role::Primary => Event::PrimaryLeft { node },
+        Role::Standby => Event::StandbyAgentFailed { node },
+        Role::Witness => Event::WitnessFailure { node },
+        Role::Idle => Event::IdleAgentFailure { node },
     };
-    let subject = match role {
-        Role::Primary => format!("Primary {what}"),
-        Role::Standby => format!("Standby {what}"),
-        Role::Witness => format!("Witness {what}"),
-        Role::Idle => format!("Idle node {what}"),
-    };
-    let detail = format!("{addr}: {verdict}");
-    tokio::spawn(async move {
-        crate::ha::runtime::notify(&cfg, crate::ha::Severity::Warning, &subject, &detail).await;
-    });
+    crate::ha::runtime::notify(&cfg, event);
+}
+
+/// EFM's "agent running" / "agent exited" notifications for this node.
+fn agent_event(role: Role, running: bool) -> crate::notify::Event {
+    use crate::notify::Event;
+    match (role, running) {
+        (Role::Primary, true) => Event::PrimaryAgentRunning,
+        (Role::Standby, true) => Event::StandbyAgentRunning,
+        (Role::Witness, true) => Event::WitnessAgentRunning,
+        (Role::Idle, true) => Event::IdleAgentRunning,
+        (Role::Primary, false) => Event::PrimaryAgentExited,
+        (Role::Standby, false) => Event::StandbyAgentExited,
+        (Role::Witness, false) => Event::WitnessAgentExited,
+        (Role::Idle, false) => Event::AgentExited,
+    }
 }
 
 /// EFM's failover priority of a node: its 1-based position in `priority.standbys`, else 1.

@@ -15,7 +15,8 @@ use std::{
 
 use crate::{
     agent::{lock, Shared},
-    ha::{runtime::notify, Severity},
+    ha::runtime::notify,
+    notify::{Event, ScriptResult},
     scripts::{Hook, ScriptRunner, Substitutions},
 };
 
@@ -44,39 +45,32 @@ pub async fn run(shared: Arc<Mutex<Shared>>) {
                 }
             }
             Ok(out) if out.timed_out => {
-                notify(
-                    &cfg,
-                    Severity::Warning,
-                    "Custom monitor timeout",
-                    &format!("{line} on {me} did not finish within {} s and was killed", timeout.as_secs_f64()),
-                )
-                .await;
+                tracing::warn!(%me, ?timeout, "custom monitor timed out");
+                notify(&cfg, Event::CustomMonitorTimeout { result: ScriptResult::from_outcome(&line, &out) });
             }
-            Ok(out) => failed(&shared, &cfg, &line, me, &format!("{}\n{}", out.status_text(), out.report())).await,
-            Err(e) => failed(&shared, &cfg, &line, me, &e.to_string()).await,
+            Ok(out) => failed(&shared, &cfg, ScriptResult::from_outcome(&line, &out)),
+            Err(e) => failed(&shared, &cfg, ScriptResult::from_error(&line, &e)),
         }
     }
 }
 
-async fn failed(shared: &Arc<Mutex<Shared>>, cfg: &crate::config::Config, line: &str, me: std::net::SocketAddr, report: &str) {
+fn failed(shared: &Arc<Mutex<Shared>>, cfg: &crate::config::Config, result: ScriptResult) {
     if cfg.custom_monitor_safe_mode {
-        notify(cfg, Severity::Warning, "Custom monitor 'safe mode' failure", &format!("{line} failed on {me} (safe mode: no action taken)\nExit Value: {report}")).await;
+        notify(cfg, Event::CustomMonitorSafeModeFailure { result });
         return;
     }
-    let first = {
+    let (first, role) = {
         let mut s = lock(shared);
         let first = s.custom_monitor_failed.is_none();
-        s.custom_monitor_failed = Some(report.lines().next().unwrap_or("failed").to_owned());
-        first
+        s.custom_monitor_failed = Some(format!("exit value {}", result.exit));
+        (first, s.role)
     };
     if first {
-        let role = lock(shared).role;
-        notify(
-            cfg,
-            Severity::Severe,
-            &format!("{role} custom monitor failure"),
-            &format!("{line} failed on {me}; the node is treated as a failed database\nExit Value: {report}"),
-        )
-        .await;
+        let event = if role == crate::agent::Role::Primary {
+            Event::PrimaryCustomMonitorFailure { result }
+        } else {
+            Event::StandbyCustomMonitorFailure { result }
+        };
+        notify(cfg, event);
     }
 }

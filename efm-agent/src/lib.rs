@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod logging;
+pub mod notify;
 pub mod config;
 pub mod coordination;
 pub mod datapath;

@@ -415,8 +415,8 @@ fn every_failover_hook_fires_with_its_arguments_as_the_script_user() {
     rec.wait_line("postgres n1 db-failure", t);
     rec.wait_line(&format!("postgres n1 detach {a} p"), t);
     rec.wait_line(&format!("postgres {np} attach {pip} p"), t);
-    rec.wait_containing(&format!("postgres {np} notify EFM Executed fencing script"), t);
-    rec.wait_containing("notify EFM Primary database failure", t);
+    rec.wait_containing(&format!("postgres {np} notify Executed fencing script"), t);
+    rec.wait_containing("notify Primary database failure for cluster acctg", t);
     // Neither node involved in the promotion ran the remote hooks.
     assert!(!rec.lines().iter().any(|l| l.contains(&format!("{np} remote-")) || l.contains("n1 remote-")), "{:#?}", rec.lines());
 }
@@ -430,7 +430,7 @@ fn a_hanging_post_promotion_script_is_killed_and_the_failover_stands() {
     });
     c.pg[0].as_ref().unwrap().sigkill();
     wait_until("a new serving primary", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
-    let line = rec.wait_containing("notify EFM Post-promotion script failed", Duration::from_secs(20));
+    let line = rec.wait_containing("notify Post-promotion script failed", Duration::from_secs(20));
     eprintln!("{line}");
     let left = std::process::Command::new("pgrep").args(["-f", "sleep 617"]).output().unwrap();
     assert!(left.stdout.is_empty(), "the hanging script was not killed: {}", String::from_utf8_lossy(&left.stdout));
@@ -443,7 +443,7 @@ fn a_failing_fence_script_aborts_the_failover() {
     let r = rec.path().display().to_string();
     let c = Cluster::start_with(&PSS, "script.fence=/bin/false\n", |i| format!("script.notification={r} n{} notify %s\n", i + 1));
     c.pg[0].as_ref().unwrap().sigkill();
-    rec.wait_containing("notify EFM Fencing script error", Duration::from_secs(30));
+    rec.wait_containing("notify Fencing script error", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.serving_primary(), None, "no standby was promoted: the fence script failed");
     for i in [1, 2] {
@@ -473,8 +473,8 @@ fn custom_monitor_failure_idles_a_standby_and_safe_mode_only_reports() {
         v["monitoring"].as_str().is_some_and(|m| m.contains("custom monitor")) && v["kernel"]["fenced"] == true
     });
     eprintln!("n2: {}", v["monitoring"]);
-    rec.wait_containing("n2 notify EFM Standby custom monitor failure", Duration::from_secs(10));
-    rec.wait_containing("n3 notify EFM Custom monitor 'safe mode' failure", Duration::from_secs(10));
+    rec.wait_containing("n2 notify Standby custom monitor failure for cluster acctg", Duration::from_secs(10));
+    rec.wait_containing("n3 notify Custom monitor 'safe mode' failure for cluster acctg", Duration::from_secs(10));
     let v3 = c.node_status(2).unwrap();
     assert_eq!(v3["monitoring"], "active", "safe mode only reports: {v3:#}");
     assert_eq!(v3["kernel"]["fenced"], false);

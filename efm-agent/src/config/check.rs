@@ -19,7 +19,7 @@ use super::{analyze, parse_nodes, parse_properties, Config, Diagnostic, Severity
 const REQUIRED_NOT_SET: &str = "required property is not set";
 
 /// Properties whose value must never be printed.
-const SECRETS: &[&str] = &["db.password.encrypted"];
+const SECRETS: &[&str] = &["db.password.encrypted", "smtp.password"];
 
 /// Where an effective value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

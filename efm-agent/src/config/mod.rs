@@ -155,6 +155,27 @@ pub enum NotificationLevel {
     Severe,
 }
 
+/// `smtp.tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP.
+    None,
+    /// `STARTTLS` after the greeting; a server that does not offer it is an error.
+    StartTls,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+}
+
+/// A value that must not appear in logs or `Debug` output (`smtp.password`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hidden(pub String);
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(hidden)")
+    }
+}
+
 /// `xdp.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpMode {
@@ -207,6 +228,13 @@ pub struct Config {
     pub notification_level: NotificationLevel,
     pub notification_text_prefix: Option<String>,
     pub script_notification: Option<String>,
+    pub script_notification_timeout: Duration,
+    pub smtp_server: String,
+    pub smtp_port: u16,
+    pub smtp_tls: SmtpTls,
+    pub smtp_timeout: Duration,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<Hidden>,
 
     pub bind_address: SocketAddr,
     pub external_address: Option<String>,
@@ -625,6 +653,17 @@ impl Builder<'_> {
             },
             notification_text_prefix: v.text("notification.text.prefix"),
             script_notification: v.text("script.notification"),
+            script_notification_timeout: v.dur("script.notification.timeout"),
+            smtp_server: v.text("smtp.server").unwrap_or_default(),
+            smtp_port: v.port("smtp.port"),
+            smtp_tls: match v.word("smtp.tls") {
+                "starttls" => SmtpTls::StartTls,
+                "tls" => SmtpTls::Tls,
+                _ => SmtpTls::None,
+            },
+            smtp_timeout: v.dur("smtp.timeout"),
+            smtp_username: v.text("smtp.username"),
+            smtp_password: v.text("smtp.password").map(Hidden),
             bind_address: match v.typed.get("bind.address") {
                 Some(Value::SocketAddr(a)) => *a,
                 _ => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -739,7 +778,18 @@ impl Builder<'_> {
                 _ => None,
             },
             health_replica_max_lag_bytes: v.uint("health.replica.max.lag.bytes"),
-            effective: v.effective.clone(),
+            // The clear-text SMTP password is kept out of the listing (and so out of `Debug`).
+            effective: v
+                .effective
+                .iter()
+                .map(|(k, val)| {
+                    if k == "smtp.password" && !val.is_empty() {
+                        (k.clone(), "(hidden)".to_owned())
+                    } else {
+                        (k.clone(), val.clone())
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -774,6 +824,18 @@ impl Builder<'_> {
                 }
                 Some(_) => {}
             }
+        }
+        for name in ["smtp.timeout", "script.notification.timeout"] {
+            if matches!(v.typed.get(name), Some(Value::Duration(d)) if d.is_zero()) {
+                self.error_for(name, "expected a duration longer than 0".into());
+            }
+        }
+        if c.smtp_password.is_some() && c.smtp_username.is_none() {
+            self.error_for(
+                "smtp.password",
+                "smtp.username must be set too (the password is only used to log in as that user)"
+                    .into(),
+            );
         }
         if v.typed.contains_key("node.timeout")
             && v.typed.contains_key("heartbeat.interval")

@@ -59,6 +59,7 @@ pub const SSL_MODES: &[&str] = &[
     "verify-full",
 ];
 pub const NOTIFICATION_LEVELS: &[&str] = &["INFO", "WARNING", "SEVERE"];
+pub const SMTP_TLS_MODES: &[&str] = &["none", "starttls", "tls"];
 pub const XDP_MODES: &[&str] = &["auto", "native", "generic"];
 pub const FENCE_MODES: &[&str] = &["drop", "reset"];
 pub const SYSLOG_PROTOCOLS: &[&str] = &["UDP", "TCP"];
@@ -155,9 +156,9 @@ pub const PROPERTIES: &[PropDef] = &[
     ),
     p(
         "from.email",
-        "",
+        "efm@%h",
         Kind::Email,
-        "sender address of notifications (%h = host)",
+        "sender address of notification mails; %h becomes this host's name",
     ),
     p(
         "notification.level",
@@ -175,7 +176,49 @@ pub const PROPERTIES: &[PropDef] = &[
         "script.notification",
         "",
         Kind::Command,
-        "script run for every notification",
+        "script run for each notification: %s subject, %b body (both appended when neither is used)",
+    ),
+    p(
+        "script.notification.timeout",
+        "30",
+        Kind::Duration,
+        "time script.notification may run before its process group is killed",
+    ),
+    p(
+        "smtp.server",
+        "127.0.0.1",
+        Kind::Host,
+        "mail server that notification mails to user.email go through",
+    ),
+    p(
+        "smtp.port",
+        "25",
+        Kind::Port,
+        "port of smtp.server",
+    ),
+    p(
+        "smtp.tls",
+        "none",
+        Kind::Enum(SMTP_TLS_MODES),
+        "encryption to smtp.server: none, starttls (required), or tls from the start",
+    ),
+    p(
+        "smtp.timeout",
+        "10",
+        Kind::Duration,
+        "limit for one mail, connecting included; a dead server never delays the agent",
+    ),
+    p(
+        "smtp.username",
+        "",
+        Kind::Text,
+        "user name to log in to smtp.server with (no login when not set)",
+    ),
+    p(
+        "smtp.password",
+        "",
+        Kind::Text,
+        "password for smtp.username, in clear text: keep the file readable by root and efm only",
     ),
     // Agent network identity.
     p(

@@ -34,6 +34,7 @@ use std::{
     time::Duration,
 };
 
+use crate::notify::{Event, NodeRole};
 use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS};
 
 pub mod runtime;
@@ -271,7 +272,8 @@ pub enum Action {
     RemotePrePromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
     /// `script.remote.post.promotion` once the new primary serves.
     RemotePostPromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
-    Notify { severity: Severity, subject: String, detail: String },
+    /// An EFM notification (logged, `script.notification`, mail).
+    Notify(Event),
 }
 
 /// The decision of one cycle, for logs and `cluster-status`.
@@ -511,11 +513,7 @@ impl Engine {
                 if !auto_failover {
                     if self.manual_notified != Some(c.epoch) {
                         self.manual_notified = Some(c.epoch);
-                        actions.push(Action::Notify {
-                            severity: Severity::Severe,
-                            subject: "Potential manual failover required".into(),
-                            detail: format!("primary {p} ({reason}); auto.failover is off"),
-                        });
+                        actions.push(Action::Notify(Event::ManualFailoverRequired { primary: p.to_string(), reason: reason.to_owned() }));
                     }
                 } else if !self.voted_against(c.epoch) {
                     // Counted from our last endorsement of this epoch, or from our own start
@@ -585,11 +583,7 @@ impl Engine {
                 Err(reason) => {
                     if self.no_candidate_notified != Some(c.epoch) {
                         self.no_candidate_notified = Some(c.epoch);
-                        actions.push(Action::Notify {
-                            severity: Severity::Severe,
-                            subject: "Failover has not occurred".into(),
-                            detail: reason.clone(),
-                        });
+                        actions.push(Action::Notify(Event::FailoverNotOccurred { reason: reason.clone() }));
                     }
                     promo_outcome = Some(Outcome::NoCandidate { epoch: c.epoch, reason });
                 }
@@ -609,11 +603,7 @@ impl Engine {
             if let Work::RejoinFailed { epoch, reason } = inp.work {
                 if *epoch == c.epoch && self.no_candidate_notified != Some(c.epoch) {
                     self.no_candidate_notified = Some(c.epoch);
-                    actions.push(Action::Notify {
-                        severity: Severity::Severe,
-                        subject: "Switchover: old primary could not rejoin".into(),
-                        detail: reason.clone(),
-                    });
+                    actions.push(Action::Notify(Event::DemotionFailed { node: self.cfg.me.to_string(), error: reason.clone() }));
                 }
             }
             (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::Rejoining { primary: p })
@@ -633,15 +623,7 @@ impl Engine {
                 if self.demoted != Some(c.epoch) {
                     self.demoted = Some(c.epoch);
                     actions.push(Action::DemoteLocal { epoch: c.epoch, primary: c.primary });
-                    actions.push(Action::Notify {
-                        severity: Severity::Severe,
-                        subject: "Primary database fenced".into(),
-                        detail: format!(
-                            "the local database is a primary but {} is the primary of epoch {}",
-                            c.primary.map_or("no node".into(), |p| p.to_string()),
-                            c.epoch
-                        ),
-                    });
+                    actions.push(Action::Notify(Event::PrimaryFencedOff { node: me.to_string() }));
                 }
                 (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch })
             }
@@ -686,7 +668,7 @@ impl Engine {
             outcome
         };
         if self.quiet_from.is_some_and(|q| c.epoch <= q + 1) {
-            actions.retain(|a| !matches!(a, Action::Notify { .. }));
+            actions.retain(|a| !matches!(a, Action::Notify(_)));
         }
         Step { desired, actions, outcome }
     }
@@ -747,15 +729,7 @@ impl Engine {
             self.handover = Some((e, h));
             actions.push(Action::HandOver { epoch: e, to: h.to, demote: h.demote });
             if !h.quiet {
-                actions.push(Action::Notify {
-                    severity: Severity::Info,
-                    subject: "Promotion has started".into(),
-                    detail: format!(
-                        "the operator asked {me} to hand epoch {e} over to {}{}",
-                        h.to,
-                        if h.demote { "; this node rejoins as its standby" } else { "" }
-                    ),
-                });
+                actions.push(Action::Notify(Event::PromotionStarted { candidate: h.to.to_string() }));
             }
         }
         if let Work::HandOverFailed { epoch, reason } = inp.work {
@@ -763,11 +737,9 @@ impl Engine {
                 if self.handover_cleared.is_none_or(|at| retry_due(at, inp.now_ns)) {
                     self.handover_cleared = Some(inp.now_ns);
                     actions.push(Action::Propose(Proposal::ClearSwitchover));
-                    actions.push(Action::Notify {
-                        severity: Severity::Severe,
-                        subject: "Switchover has not occurred".into(),
-                        detail: format!("the primary could not stop its database cleanly: {reason}; it serves again"),
-                    });
+                    actions.push(Action::Notify(Event::PromotionNotOccurred {
+                        in_progress: format!("{} (switchover called off: the primary could not stop its database cleanly: {reason}; it serves again)", h.to),
+                    }));
                 }
                 return (self.fenced(e, ROLE_PRIMARY | Self::db_flags(&inp.db)), Outcome::HandingOver { epoch: e, to: h.to });
             }
@@ -811,11 +783,7 @@ impl Engine {
             if self.isolation_handled != Some(c.epoch) {
                 self.isolation_handled = Some(c.epoch);
                 actions.push(Action::PrimaryIsolated { epoch: c.epoch });
-                actions.push(Action::Notify {
-                    severity: Severity::Severe,
-                    subject: "Isolated primary database".into(),
-                    detail: format!("primary {} has had no endorsements for its lease; its clients are cut off", self.cfg.me),
-                });
+                actions.push(Action::Notify(Event::IsolatedPrimary { node: self.cfg.me.to_string() }));
             }
             return (Self::serving(c.epoch, k, db_flag, false), Outcome::PrimaryIsolated { epoch: c.epoch });
         }
@@ -830,11 +798,7 @@ impl Engine {
             if self.db_failure_handled != Some(c.epoch) {
                 self.db_failure_handled = Some(c.epoch);
                 actions.push(Action::PrimaryDbFailed { epoch: c.epoch });
-                actions.push(Action::Notify {
-                    severity: Severity::Severe,
-                    subject: "Primary database failure".into(),
-                    detail: format!("the database of primary {} failed; it is fenced", self.cfg.me),
-                });
+                actions.push(Action::Notify(Event::DatabaseFailure { role: NodeRole::Primary, node: self.cfg.me.to_string() }));
             }
             return (self.fenced(c.epoch, ROLE_PRIMARY), Outcome::PrimaryDatabaseFailed);
         }

@@ -16,7 +16,7 @@ use efm_common::{
     wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
 
-use super::{Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Severity, Work};
+use super::{Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Work};
 use crate::{
     agent::{lock, Shared},
     config::{Config, FenceMode},
@@ -626,7 +626,7 @@ impl HaRuntime {
                         }
                         Err(reason) => {
                             tracing::error!(epoch, %reason, "promotion failed; staying fenced");
-                            notify(&cfg, Severity::Severe, "Promotion failed", &reason).await;
+                            notify(&cfg, crate::notify::Event::PromotionFailed { error: reason.clone() });
                             Work::PromotionFailed { epoch, reason }
                         }
                     };
@@ -701,9 +701,7 @@ impl HaRuntime {
                     tracing::warn!(epoch, "isolated primary: fenced, VIP released");
                 });
             }
-            Action::Notify { severity, subject, detail } => {
-                tokio::spawn(async move { notify(&cfg, severity, &subject, &detail).await });
-            }
+            Action::Notify(event) => notify(&cfg, event),
             Action::HandOver { epoch, to, demote } => {
                 let work = self.work.clone();
                 let planned = Planned::new(&self.planned);
@@ -778,7 +776,8 @@ impl HaRuntime {
 
 /// `script.resumed` and the notification after monitoring resumed.
 pub async fn resumed(cfg: &Config, me: SocketAddr, how: &str) {
-    notify(cfg, Severity::Info, "Resumed monitoring", &format!("the agent on {me} resumed monitoring its database ({how})")).await;
+    tracing::info!(%me, how, "monitoring resumed");
+    notify(cfg, crate::notify::Event::Resumed);
     run_hook(cfg, Hook::Resumed, &Substitutions::default()).await;
 }
 
@@ -832,58 +831,20 @@ fn to_command(p: Proposal, st: &ClusterState) -> Command {
 pub async fn run_hook(cfg: &Config, hook: Hook, subst: &Substitutions) -> Option<bool> {
     let line = hook.command_line(cfg)?;
     let res = ScriptRunner::new().run(hook, line, subst, cfg.script_timeout, cfg.script_user.as_deref()).await;
-    let (ok, report) = match &res {
-        Ok(out) => (out.success(), format!("{}\n{}", out.status_text(), out.report())),
-        Err(e) => (false, e.to_string()),
-    };
-    let (done, failed) = hook_subjects(hook);
-    if ok {
-        tracing::info!(?hook, "script ran");
-        if let Some(done) = done {
-            notify(cfg, Severity::Info, done, &format!("{line}\nResults: {report}")).await;
-        }
-    } else {
-        tracing::warn!(?hook, %report, "script failed");
-        let tail = if hook == Hook::Fence { "\nFailover has NOT occurred." } else { "" };
-        notify(cfg, Severity::Severe, failed, &format!("{line} failed to execute successfully.\nExit Value: {report}{tail}")).await;
+    let ok = res.as_ref().is_ok_and(crate::scripts::ScriptOutcome::success);
+    if !ok {
+        tracing::warn!(?hook, "script failed");
+    }
+    if let Some(event) = crate::notify::Event::for_script(hook, line, &res) {
+        notify(cfg, event);
     }
     Some(ok)
 }
 
-/// EFM's notification subjects for a hook: on success (INFO, for the hooks EFM reports) and on
-/// failure (SEVERE).
-fn hook_subjects(hook: Hook) -> (Option<&'static str>, &'static str) {
-    match hook {
-        Hook::Fence => (Some("Executed fencing script"), "Fencing script error"),
-        Hook::PostPromotion => (Some("Executed post-promotion script"), "Post-promotion script failed"),
-        Hook::DbFailure => (Some("Executed post-database failure script"), "Post-database failure script error"),
-        Hook::PrimaryIsolated => (Some("Executed primary isolation script"), "Primary isolation script failed"),
-        Hook::Resumed => (None, "Resumed script failed"),
-        Hook::RemotePrePromotion => (None, "Remote pre-promotion script failed"),
-        Hook::RemotePostPromotion => (None, "Remote post-promotion script failed"),
-        Hook::LoadBalancerAttach => (None, "Load balancer attach script failed"),
-        Hook::LoadBalancerDetach => (None, "Load balancer detach script failed"),
-        Hook::CustomMonitor => (None, "Custom monitor failure"),
-        Hook::Notification => (None, "Notification script failed"),
-    }
-}
-
-/// Logs a notification and hands it to `script.notification` when configured.
-pub async fn notify(cfg: &Config, severity: Severity, subject: &str, detail: &str) {
-    match severity {
-        Severity::Info => tracing::info!(subject, detail, "notification"),
-        Severity::Warning => tracing::warn!(subject, detail, "notification"),
-        Severity::Severe => tracing::error!(subject, detail, "notification"),
-    }
-    let Some(line) = Hook::Notification.command_line(cfg) else { return };
-    let subst = Substitutions { subject: Some(format!("EFM {subject} on {}", cfg.cluster)), body: Some(detail.to_owned()), ..Substitutions::default() };
-    // Run directly, not through `run_hook`: a failing notification script is only logged (a
-    // notification about it would loop).
-    match ScriptRunner::new().run(Hook::Notification, line, &subst, cfg.script_timeout, cfg.script_user.as_deref()).await {
-        Ok(out) if out.success() => {}
-        Ok(out) => tracing::warn!(status = %out.status_text(), report = %out.report(), "script.notification failed"),
-        Err(e) => tracing::warn!(error = %e, "script.notification could not run"),
-    }
+/// Sends a notification (see [`crate::notify`]): logged at once, delivered to
+/// `script.notification` and by mail in the background.
+pub fn notify(cfg: &Config, event: crate::notify::Event) {
+    crate::notify::emit(cfg, event);
 }
 
 async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, old: Option<SocketAddr>, iface: &str) -> Result<Duration, String> {

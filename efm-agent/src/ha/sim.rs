@@ -928,7 +928,7 @@ impl Sim {
                 self.note(&format!("n{i}: DemoteLocal epoch {epoch} primary {:?}", primary.map(index_of)));
             }
             Action::Follow { .. }
-            | Action::Notify { .. }
+            | Action::Notify(_)
             | Action::RemotePrePromotion { .. }
             | Action::RemotePostPromotion { .. }
             | Action::HandOver { .. }

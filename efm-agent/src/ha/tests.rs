@@ -300,8 +300,8 @@ fn without_auto_failover_only_a_notification() {
     let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
     let s = step(&mut e, 10, Some(&c), false, &[dead], STANDBY_DB, &Work::Idle);
     assert!(proposals(&s).is_empty());
-    let notes: Vec<_> = s.actions.iter().filter(|a| matches!(a, Action::Notify { .. })).collect();
-    assert!(matches!(&notes[..], [Action::Notify { subject, .. }] if subject == "Potential manual failover required"));
+    let notes: Vec<_> = s.actions.iter().filter(|a| matches!(a, Action::Notify(_))).collect();
+    assert!(matches!(&notes[..], [Action::Notify(crate::notify::Event::ManualFailoverRequired { .. })]));
     assert_eq!(s.outcome, Outcome::ManualFailoverRequired { primary: addr(1) });
     let s = step(&mut e, 20, Some(&c), false, &[dead], STANDBY_DB, &Work::Idle);
     assert!(s.actions.is_empty(), "notified once: {:?}", s.actions);
@@ -501,7 +501,7 @@ fn voters_vote_at_once_on_a_manual_promotion_even_with_auto_failover_off() {
     let mut e = Engine::new(cfg(2));
     let s = step(&mut e, 0, Some(&c), false, &[fenced_primary, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
-    assert!(!s.actions.iter().any(|a| matches!(a, Action::Notify { subject, .. } if subject.contains("manual failover"))));
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::ManualFailoverRequired { .. }))));
 }
 
 #[test]

@@ -344,6 +344,8 @@ pub struct Engine {
     proposed_promote: Option<(u64, u64)>,
     proposed_set_primary: Option<(u64, u64)>,
     promote_started: Option<u64>,
+    /// The epoch whose local promotion the runtime reported done.
+    promote_done: Option<u64>,
     db_failure_handled: Option<u64>,
     isolation_handled: Option<u64>,
     demoted: Option<u64>,
@@ -380,6 +382,7 @@ impl Engine {
             proposed_promote: None,
             proposed_set_primary: None,
             promote_started: None,
+            promote_done: None,
             db_failure_handled: None,
             isolation_handled: None,
             demoted: None,
@@ -480,11 +483,17 @@ impl Engine {
         if let Some(p) = c.primary.filter(|p| *p != me) {
             let view = inp.peers.iter().find(|v| v.addr == p);
             let epoch_age = self.epoch_seen.map_or(0, |(_, t)| inp.now_ns.saturating_sub(t));
+            // A primary stopping its database cleanly for a `-switchover` is fenced on purpose
+            // (its kernel refuses clients whatever its lease) and votes against its epoch once
+            // stopped. It stays endorsed meanwhile: if the stop fails, the hand-over is called
+            // off and it must serve again at once, under a lease that has not lapsed and with
+            // no voter having voted against it (rule 1 exception; see `handing_over`).
+            let stopping = handover.is_some_and(|h| h.demote);
             let healthy = view.is_some_and(|v| {
                 v.agent_age.is_some_and(|a| a <= self.cfg.endorse_window)
                     && v.epoch == c.epoch
                     && v.role == PeerRole::Primary
-                    && !v.fenced
+                    && (!v.fenced || stopping)
                     && v.db_up
             });
             // A kernel that saw a higher epoch than the log means this log copy is behind.
@@ -830,7 +839,12 @@ impl Engine {
             }
             return (self.fenced(c.epoch, ROLE_PRIMARY), Outcome::PrimaryDatabaseFailed);
         }
-        let promoted = matches!(inp.work, Work::Promoted { epoch } if *epoch == c.epoch);
+        // Remembered: the runtime replaces `Work::Promoted` when a hand-over starts, and a
+        // called-off hand-over leaves `HandOverFailed`.
+        if matches!(inp.work, Work::Promoted { epoch } if *epoch == c.epoch) {
+            self.promote_done = Some(c.epoch);
+        }
+        let promoted = self.promote_done == Some(c.epoch);
         if db_is_primary && (promoted || self.promote_started != Some(c.epoch)) {
             // Registered or promoted primary serving under the lease.
             return (Self::serving(c.epoch, k, db_flag, true), Outcome::Primary { epoch: c.epoch });

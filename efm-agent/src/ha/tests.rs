@@ -562,3 +562,77 @@ fn remote_promotion_hooks_fire_on_uninvolved_nodes_only() {
     let s = step(&mut p, 100, Some(&c2), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePrePromotion { .. })));
 }
+
+/// Found by the simulation (seed 1028089775313, 5 voters, no faults): voters stopped endorsing
+/// a primary as soon as it fenced itself for a `-switchover`. A clean stop that took longer than
+/// the lease (here 1.7 s) then failed; the hand-over was called off, but the primary's lease had
+/// lapsed (its PINGs said so, so nobody endorsed it again) and the voters voted after the
+/// promotion wait: the leader failed over to the most advanced standby, not the operator's
+/// target, the old primary's database still running.
+#[test]
+fn voters_keep_endorsing_a_switchover_primary_that_is_stopping_cleanly() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(1, Some(1));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    let stopping = PeerView { fenced: true, ..primary_view(1, 1, 10) };
+    let h = with_handover(c.clone(), 2, true);
+    let s = step(&mut e, 50, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)), "fenced on purpose, by its kernel: its lease is kept");
+    let s = step(&mut e, 3_000, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "endorsed: no vote; it votes itself once stopped, or calls the hand-over off");
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    // Called off: the log may show it before the primary's PINGs do.
+    let s = step(&mut e, 3_050, Some(&c), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "endorsed 50 ms ago");
+    // The primary serves again and is endorsed.
+    let s = step(&mut e, 3_100, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    assert_eq!(s.outcome, Outcome::Standby { primary: Some(addr(1)), endorsing: true });
+}
+
+#[test]
+fn voters_vote_on_a_switchover_once_the_stopped_primary_voted_or_its_agent_is_gone() {
+    let stopping = PeerView { fenced: true, db_up: false, ..primary_view(1, 1, 10) };
+    let mut h = with_handover(committed(1, Some(1)), 2, true);
+    let mut e = Engine::new(cfg(2));
+    let _ = step(&mut e, 0, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    h.votes.insert(addr(1));
+    let s = step(&mut e, 100, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "stopped and voted: at once");
+    assert_eq!(s.desired.endorse, None, "its database is down");
+    let h = with_handover(committed(1, Some(1)), 2, true);
+    let gone = PeerView { alive: false, agent_age: Some(Duration::from_millis(600)), ..stopping };
+    let mut e = Engine::new(cfg(2));
+    let _ = step(&mut e, 0, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 500, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "the promotion wait still applies");
+    let s = step(&mut e, 1_200, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "its agent is gone: after the wait");
+}
+
+/// Found by the simulation (seed 1028089775662): the runtime replaces `Work::Promoted` with the
+/// hand-over's `HandingOver`/`HandOverFailed`, so a primary promoted in this epoch whose
+/// hand-over was called off took itself for a candidate again and stayed fenced.
+#[test]
+fn a_promoted_primary_serves_again_after_its_hand_over_is_called_off() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(2, Some(2));
+    let peers = [standby_view(1, 2, 100), witness_view(3, 2)];
+    let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &Work::Idle);
+    assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoting { epoch: 2 });
+    assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
+    let s = step(&mut e, 200, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 2 });
+    let h = with_handover(c.clone(), 1, true);
+    let s = step(&mut e, 300, Some(&h), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    assert_eq!(s.outcome, Outcome::HandingOver { epoch: 2, to: addr(1) });
+    let failed = Work::HandOverFailed { epoch: 2, reason: "pg_ctl stop failed".into() };
+    let s = step(&mut e, 400, Some(&h), false, &peers, PRIMARY_DB, &failed);
+    assert_eq!(proposals(&s), vec![Proposal::ClearSwitchover]);
+    let s = step(&mut e, 500, Some(&c), false, &peers, PRIMARY_DB, &failed);
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 2 }, "its promotion finished before the hand-over");
+    assert!(!s.desired.fenced && s.desired.vip);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::PromoteLocal { .. })));
+}

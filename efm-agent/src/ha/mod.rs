@@ -12,7 +12,10 @@
 //! 1. A voter endorses the committed primary of epoch `e` only while it hears that primary's
 //!    agent within `endorse_window`, the primary carries epoch `e`, says it is primary, is not
 //!    fenced and has its database up — and only until the voter has voted against epoch `e`;
-//!    after that, never again for `e`.
+//!    after that, never again for `e`. Exception: while an operator's `-switchover` of epoch `e`
+//!    is committed, the primary is fenced on purpose (stopping its database cleanly) and stays
+//!    endorsed, so that it can serve at once if the hand-over is called off; its kernel refuses
+//!    clients whatever its lease.
 //! 2. A voter votes against epoch `e` (a `Vote` entry) only when the primary is suspect and
 //!    `promotion_wait = lease.timeout × (1 + drift) + margin` has passed on its own clock since its
 //!    own last endorsement of epoch `e`. The primary's lease (k-th newest endorsement arrival +

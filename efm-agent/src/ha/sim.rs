@@ -63,7 +63,7 @@ use std::{
 
 use efm_common::wire::{FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
 
-use super::{Action, Committed, Desired, Engine, EngineConfig, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Work};
+use super::{Action, Committed, Desired, Engine, EngineConfig, Handover, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Work};
 
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
@@ -80,6 +80,9 @@ const MAX_N: usize = 5;
 const RUN_FOR: u64 = 9 * SEC;
 /// Liveness is checked only when the cluster stayed healthy this long after the last fault.
 const STABLE_FOR: u64 = 5 * SEC;
+/// Without faults, an operator hand-over is carried out (and a `-switchover` old primary is a
+/// standby again) this long after it was requested.
+const HANDOVER_BOUND: u64 = 5 * SEC;
 const DEFAULT_SEED: u64 = 0x00EF_5EED_0000;
 
 #[expect(clippy::cast_precision_loss, reason = "simulated times stay far below 2^53 ns")]
@@ -199,6 +202,16 @@ enum Family {
     PauseOnly(u64),
     /// The primary cut off while another voter's agent restarts.
     RestartDuringCut,
+    /// No fault and no message loss: only the operator's hand-over.
+    NoFaults,
+}
+
+/// `efm promote [-switchover]` run by the operator.
+#[derive(Clone, Copy, Debug)]
+struct OperatorPromote {
+    /// Picks the target among the database nodes that are not the primary at that moment.
+    to: usize,
+    demote: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +224,7 @@ struct Schedule {
     loss: f64,
     family: Family,
     faults: Vec<(u64, Fault)>,
+    operator: Vec<(u64, OperatorPromote)>,
 }
 
 fn heal(r: &mut Rng, p_heal: f64) -> Option<u64> {
@@ -301,7 +315,27 @@ impl Schedule {
             let faults = (0..count).map(|_| (r.between(1_500 * MS, horizon), random_fault(r, n))).collect();
             (Family::Random, if r.chance(0.5) { 0.0 } else { r.unit() * 0.3 }, faults)
         };
-        Self { seed, n, witness, rates, offsets, loss, family, faults }
+        Self { seed, n, witness, rates, offsets, loss, family, faults, operator: Vec::new() }
+    }
+
+    /// A schedule of [`Schedule::generate`] plus operator hand-overs (from a separate random
+    /// stream): a third of them without faults or loss (one hand-over early enough to check that
+    /// it completes), the others with one or two hand-overs among the faults.
+    fn with_handovers(seed: u64, n: usize) -> Self {
+        let mut s = Self::generate(seed, n);
+        let r = &mut Rng(seed ^ 0x0E5F_5A1C_7C0F_FEE0);
+        let quiet = r.chance(0.35);
+        if quiet {
+            s.faults.clear();
+            s.loss = 0.0;
+            s.family = Family::NoFaults;
+        }
+        let count = if quiet { 1 } else { r.between(1, 2) };
+        for _ in 0..count {
+            let at = if quiet { r.between(1_500 * MS, 3 * SEC) } else { r.between(SEC, 7 * SEC) };
+            s.operator.push((at, OperatorPromote { to: r.pick(n), demote: r.chance(0.7) }));
+        }
+        s
     }
 }
 
@@ -391,6 +425,8 @@ enum Db {
     Standby,
     Primary,
     Failed,
+    /// Stopped cleanly by an operator's `-switchover` (not a failure: it rejoins as a standby).
+    Stopped,
 }
 
 #[derive(Clone, Debug)]
@@ -431,6 +467,9 @@ struct Log {
     /// (epoch, node) of every primary: the initial registration and each committed `Promote`.
     history: Vec<(u64, usize)>,
     nodes: BTreeMap<SocketAddr, NodeMeta>,
+    previous_primary: Option<usize>,
+    /// The operator's pending hand-over: (from, to, demote, requested epoch).
+    switchover: Option<(usize, usize, bool, u64)>,
 }
 
 impl Log {
@@ -449,9 +488,28 @@ impl Log {
             nodes: self.nodes.clone(),
             votes: self.votes.iter().map(|&i| addr(i)).collect(),
             auto_failover: true,
-            previous_primary: None,
-            handover: None,
+            previous_primary: self.previous_primary.map(addr),
+            handover: self
+                .switchover
+                .filter(|&(from, _, _, e)| e == self.epoch && Some(from) == self.primary)
+                .map(|(from, to, demote, _)| Handover { from: addr(from), to: addr(to), demote, quiet: false, source: None }),
         }
+    }
+
+    /// `RequestSwitchover` as the state machine applies it (for the current epoch).
+    fn request_switchover(&mut self, to: usize, demote: bool) -> Result<usize, &'static str> {
+        let Some(from) = self.primary else { return Err("no primary") };
+        if self.switchover.is_some() {
+            return Err("a switchover is pending");
+        }
+        if from == to {
+            return Err("already primary");
+        }
+        if !self.is_db_node(to) {
+            return Err("not a database node");
+        }
+        self.switchover = Some((from, to, demote, self.epoch));
+        Ok(from)
     }
 
     fn apply(&mut self, p: &Proposal) -> Result<(), &'static str> {
@@ -495,12 +553,18 @@ impl Log {
                 if self.primary == Some(i) {
                     return Err("already primary");
                 }
+                self.previous_primary = self.primary;
                 self.primary = Some(i);
                 self.epoch += 1;
                 self.votes.clear();
+                self.switchover = None;
                 self.history.push((self.epoch, i));
             }
-            Proposal::ClearSwitchover => {}
+            Proposal::ClearSwitchover => {
+                if self.switchover.take().is_none() {
+                    return Err("no switchover pending");
+                }
+            }
         }
         Ok(())
     }
@@ -515,6 +579,31 @@ enum Ev {
     DbPromoted { node: usize, epoch: u64, incarnation: u64 },
     WorkDone { node: usize, epoch: u64, incarnation: u64 },
     Fault(Fault),
+    Operator(OperatorPromote),
+    /// The clean stop of a `-switchover` finished (`ok`) or failed.
+    HandOverDone { node: usize, epoch: u64, incarnation: u64, ok: bool },
+    RejoinDone { node: usize, epoch: u64, incarnation: u64 },
+}
+
+/// One committed operator hand-over and what became of it.
+#[derive(Clone, Debug)]
+struct HandoverRec {
+    at: u64,
+    epoch: u64,
+    from: usize,
+    to: usize,
+    demote: bool,
+    /// The old primary's database stopped cleanly.
+    stopped_at: Option<u64>,
+    /// The runtime reported `HandOverFailed`.
+    failed: bool,
+    cleared_at: Option<u64>,
+    /// The `Promote` that ended the epoch: when, and whom.
+    promoted: Option<(u64, usize)>,
+    /// The old primary's database runs as a standby again.
+    rejoined_at: Option<u64>,
+    /// After a failed hand-over: the old primary serves again.
+    served_again: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -559,6 +648,17 @@ struct RunResult {
     needs_primary_vote: bool,
     proposals_dropped: u32,
     messages: u64,
+    /// Operator hand-overs committed, carried out (a `Promote` ended their epoch), failed
+    /// (`HandOverFailed`), and old primaries rejoined as standbys.
+    handovers: u32,
+    handovers_promoted: u32,
+    handovers_failed: u32,
+    rejoined: u32,
+    /// Old primaries whose database was still stopped at the end.
+    left_stopped: u32,
+    /// `Rejoin` actions for a database that no hand-over stopped, with the first one's trace.
+    odd_rejoins: u32,
+    odd_rejoin: Option<String>,
 }
 
 /// Choices about the runtime around the engine.
@@ -607,12 +707,30 @@ struct Sim {
     last_fault: u64,
     healthy_after_last_fault: bool,
     res: RunResult,
+    handovers: Vec<HandoverRec>,
+    /// Per node: the epoch it handed over with `-switchover` (its database stopped cleanly).
+    handed_over: [Option<u64>; MAX_N],
+    /// Per node: its database has stayed down since its hand-over (a rejoin is due).
+    down_since_handover: [bool; MAX_N],
+    /// Per node: the last fault that touched its agent, node or links.
+    touched: [Option<u64>; MAX_N],
+    /// The longest clean stop of a `-switchover` since the last fault: a planned outage the
+    /// liveness bound allows for (the hand-over waits for it, by design).
+    stop_slack: u64,
 }
 
 impl Sim {
     fn new(sched: Schedule, params: Params) -> Self {
         let n = sched.n;
-        let mut log = Log { epoch: 1, primary: Some(0), votes: BTreeSet::new(), history: vec![(1, 0)], nodes: BTreeMap::new() };
+        let mut log = Log {
+            epoch: 1,
+            primary: Some(0),
+            votes: BTreeSet::new(),
+            history: vec![(1, 0)],
+            nodes: BTreeMap::new(),
+            previous_primary: None,
+            switchover: None,
+        };
         let mut rng = Rng(sched.seed ^ 0xA5A5_5A5A_1234_5678);
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -655,12 +773,20 @@ impl Sim {
             last_fault: 0,
             healthy_after_last_fault: true,
             res: RunResult::default(),
+            handovers: Vec::new(),
+            handed_over: [None; MAX_N],
+            down_since_handover: [false; MAX_N],
+            touched: [None; MAX_N],
+            stop_slack: 0,
         };
         for i in 0..n {
             sim.start_agent(i);
         }
         for (at, f) in sim.sched.faults.clone() {
             sim.push(at, Ev::Fault(f));
+        }
+        for (at, o) in sim.sched.operator.clone() {
+            sim.push(at, Ev::Operator(o));
         }
         sim
     }
@@ -772,7 +898,7 @@ impl Sim {
         match self.nodes[i].db {
             Db::Primary => t,
             Db::Standby => t - self.nodes[i].lag,
-            Db::None | Db::Failed => 0,
+            Db::None | Db::Failed | Db::Stopped => 0,
         }
     }
 
@@ -782,7 +908,9 @@ impl Sim {
             Db::None => LocalDb::default(),
             Db::Standby => LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn, timeline: 1 },
             Db::Primary => LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn, timeline: 1 },
-            Db::Failed => LocalDb { up: Some(false), in_recovery: None, failed: true, lsn, timeline: 1 },
+            // As the runtime reports any database that is down (`failed: db.up == Some(false)`);
+            // a planned stop is not a failure to its monitoring, but the engine sees it down.
+            Db::Failed | Db::Stopped => LocalDb { up: Some(false), in_recovery: None, failed: true, lsn, timeline: 1 },
         }
     }
 
@@ -791,7 +919,7 @@ impl Sim {
         let s = &self.nodes[i].kernel.slots[j];
         let age = (s.pings > 0).then(|| now.saturating_sub(s.arrival));
         let db_reachable = (self.nodes[j].db != Db::None).then(|| {
-            self.nodes[j].up && self.nodes[j].db != Db::Failed && self.link(i, j) && self.link(j, i)
+            self.nodes[j].up && !matches!(self.nodes[j].db, Db::Failed | Db::Stopped) && self.link(i, j) && self.link(j, i)
         });
         PeerView {
             addr: addr(j),
@@ -927,12 +1055,168 @@ impl Sim {
             Action::DemoteLocal { epoch, primary } => {
                 self.note(&format!("n{i}: DemoteLocal epoch {epoch} primary {:?}", primary.map(index_of)));
             }
-            Action::Follow { .. }
-            | Action::Notify { .. }
-            | Action::RemotePrePromotion { .. }
-            | Action::RemotePostPromotion { .. }
-            | Action::HandOver { .. }
-            | Action::Rejoin { .. } => {}
+            Action::HandOver { epoch, to, demote } => {
+                self.note(&format!("n{i}: HandOver epoch {epoch} to n{} (demote {demote})", index_of(to)));
+                // Without `demote` the runtime only logs (the kernel is already fenced).
+                if demote {
+                    if let Some(agent) = self.nodes[i].agent.as_mut() {
+                        agent.work = Work::HandingOver { epoch };
+                    }
+                    // A clean stop usually takes 50–500 ms; sometimes (a long checkpoint) longer
+                    // than the voters' promotion wait.
+                    let dur = if self.rng.chance(0.15) { self.rng.between(SEC, 2_500 * MS) } else { self.rng.between(50 * MS, 500 * MS) };
+                    let ok = !self.rng.chance(0.08);
+                    self.stop_slack = self.stop_slack.max(dur);
+                    self.push(self.now + dur, Ev::HandOverDone { node: i, epoch, incarnation, ok });
+                }
+            }
+            Action::Rejoin { epoch, primary, .. } => {
+                self.note(&format!("n{i}: Rejoin epoch {epoch} as a standby of n{}", index_of(primary)));
+                if !self.down_since_handover[i] || self.handed_over[i].is_none_or(|h| h >= epoch) {
+                    self.res.odd_rejoins += 1;
+                    if self.res.odd_rejoin.is_none() {
+                        let mut s = format!(
+                            "REJOIN at {} of n{i} for epoch {epoch}: its database ({:?}) has run since its hand-over (handed over {:?})\n",
+                            ts(self.now),
+                            self.nodes[i].db,
+                            self.handed_over[i]
+                        );
+                        self.describe(&mut s);
+                        self.res.odd_rejoin = Some(s);
+                    }
+                }
+                if let Some(agent) = self.nodes[i].agent.as_mut() {
+                    agent.work = Work::Rejoining { epoch };
+                }
+                let at = self.now + self.rng.between(100 * MS, 800 * MS);
+                self.push(at, Ev::RejoinDone { node: i, epoch, incarnation });
+            }
+            Action::Follow { .. } | Action::Notify { .. } | Action::RemotePrePromotion { .. } | Action::RemotePostPromotion { .. } => {}
+        }
+    }
+
+    // ---- The operator and the runtime's hand-over work. ----
+
+    /// `efm promote [-switchover]`: as `operator::promote` checks it (a running standby to
+    /// promote; with `-switchover`, a running primary), then `RequestSwitchover` for the current
+    /// epoch, committed if the log has a connected majority and its apply rules accept it.
+    fn operator_promote(&mut self, o: OperatorPromote) {
+        self.last_fault = self.now;
+        self.stop_slack = 0;
+        let running = |s: &Self, j: usize| s.nodes[j].up && s.agent_running(j);
+        let cands: Vec<usize> =
+            (0..self.n()).filter(|&j| self.log.is_db_node(j) && Some(j) != self.log.primary && self.nodes[j].db == Db::Standby && running(self, j)).collect();
+        let r = if cands.is_empty() {
+            Err("no standby can be promoted")
+        } else if o.demote && !self.log.primary.is_some_and(|p| running(self, p)) {
+            Err("-switchover needs a running primary")
+        } else if self.group().is_none() {
+            Err("no connected majority")
+        } else {
+            self.log.request_switchover(cands[o.to % cands.len()], o.demote)
+        };
+        let to = cands.get(o.to % cands.len().max(1)).copied().unwrap_or(usize::MAX);
+        self.note(&format!("OPERATOR promote n{to} (switchover {}) → {r:?}", o.demote));
+        if let Ok(from) = r {
+            self.res.handovers += 1;
+            self.handovers.push(HandoverRec {
+                at: self.now,
+                epoch: self.log.epoch,
+                from,
+                to,
+                demote: o.demote,
+                stopped_at: None,
+                failed: false,
+                cleared_at: None,
+                promoted: None,
+                rejoined_at: None,
+                served_again: None,
+            });
+        }
+        self.healthy_after_last_fault = self.healthy_majority();
+    }
+
+    fn same_agent(&self, i: usize, incarnation: u64) -> bool {
+        self.nodes[i].agent.as_ref().is_some_and(|a| a.incarnation == incarnation)
+    }
+
+    /// The runtime's clean stop finished. The database stops even if the agent that started
+    /// `pg_ctl stop` has died since; only that agent hears the result.
+    fn hand_over_done(&mut self, i: usize, epoch: u64, incarnation: u64, ok: bool) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let same = self.same_agent(i, incarnation);
+        let work = if ok {
+            // `pg_ctl stop` of a database that is not running succeeds too.
+            if matches!(self.nodes[i].db, Db::Primary | Db::Standby) {
+                self.nodes[i].db = Db::Stopped;
+            }
+            self.handed_over[i] = Some(epoch);
+            self.down_since_handover[i] = true;
+            let now = self.now;
+            for h in self.handovers.iter_mut().filter(|h| h.from == i && h.epoch == epoch) {
+                h.stopped_at.get_or_insert(now);
+            }
+            self.note(&format!("n{i}: database stopped cleanly for the hand-over of epoch {epoch} ({:?})", self.nodes[i].db));
+            Work::HandedOver { epoch }
+        } else {
+            self.note(&format!("n{i}: clean stop for the hand-over of epoch {epoch} failed; the database keeps running"));
+            for h in self.handovers.iter_mut().filter(|h| h.from == i && h.epoch == epoch) {
+                h.failed = true;
+            }
+            Work::HandOverFailed { epoch, reason: "pg_ctl stop failed (simulated)".into() }
+        };
+        if same {
+            if let Some(a) = self.nodes[i].agent.as_mut() {
+                a.work = work;
+            }
+        }
+    }
+
+    /// The runtime restarted the stopped old primary as a standby (a failed database stays down).
+    fn rejoin_done(&mut self, i: usize, epoch: u64, incarnation: u64) {
+        if !self.nodes[i].up {
+            return;
+        }
+        if self.nodes[i].db == Db::Stopped {
+            self.nodes[i].db = Db::Standby;
+            self.down_since_handover[i] = false;
+            self.nodes[i].lag = self.rng.between(0, 100);
+            let now = self.now;
+            for h in self.handovers.iter_mut().filter(|h| h.from == i && h.rejoined_at.is_none() && h.stopped_at.is_some()) {
+                h.rejoined_at = Some(now);
+            }
+            self.res.rejoined += 1;
+            self.note(&format!("n{i}: database restarted as a standby (epoch {epoch})"));
+        }
+        let standby = self.nodes[i].db == Db::Standby;
+        if let Some(a) = self.nodes[i].agent.as_mut().filter(|a| a.incarnation == incarnation && a.work == Work::Rejoining { epoch }) {
+            a.work = if standby { Work::Idle } else { Work::RejoinFailed { epoch, reason: "the database could not start (simulated)".into() } };
+        }
+    }
+
+    /// A fault touched node `i`'s agent or links since shortly before `since`, or they are not
+    /// whole now: a hand-over may then go ahead without the old primary's clean stop.
+    fn disturbed(&self, i: usize, since: u64) -> bool {
+        self.touched[i].is_some_and(|t| t + SEC >= since)
+            || !self.agent_running(i)
+            || (0..self.n()).any(|j| j != i && (!self.link(i, j) || !self.link(j, i)))
+    }
+
+    /// A `Promote` committed: record it against the hand-over of its epoch and check (6).
+    fn promoted(&mut self, candidate: usize, epoch: u64, switchover: Option<(usize, usize, bool, u64)>, primary: Option<usize>) {
+        let now = self.now;
+        for h in self.handovers.iter_mut().filter(|h| h.epoch == epoch) {
+            h.promoted = Some((now, candidate));
+        }
+        if let Some((from, _, true, e)) = switchover.filter(|s| s.3 == epoch && Some(s.0) == primary) {
+            let since = self.handovers.iter().rev().find(|h| h.epoch == e && h.from == from).map_or(now, |h| h.at);
+            if self.nodes[from].up && self.nodes[from].db == Db::Primary && !self.disturbed(from, since) {
+                self.violate(&format!(
+                    "the switchover Promote of n{candidate} (epoch {epoch}) committed while n{from}'s database still runs as primary and nothing disturbed n{from}"
+                ));
+            }
         }
     }
 
@@ -1000,9 +1284,15 @@ impl Sim {
         }
     }
 
+    fn touch(&mut self, i: usize) {
+        self.touched[i] = Some(self.now);
+    }
+
     fn cut(&mut self, links: Vec<(usize, usize)>, heal_after: Option<u64>) {
         for &(a, b) in &links {
             self.down[a][b] += 1;
+            self.touch(a);
+            self.touch(b);
         }
         if let Some(d) = heal_after {
             self.push(self.now + d, Ev::Fault(Fault::Heal(links)));
@@ -1013,9 +1303,11 @@ impl Sim {
         let n = self.n();
         self.res.faults += 1;
         self.last_fault = self.now;
+        self.stop_slack = 0;
         let what = match f {
             Fault::KillAgent { who, restart_after } => {
                 let i = self.resolve(who);
+                self.touch(i);
                 self.stop_agent(i);
                 if let Some(d) = restart_after {
                     self.push(self.now + d, Ev::Fault(Fault::RestartAgent(i)));
@@ -1023,6 +1315,7 @@ impl Sim {
                 format!("kill n{i}'s agent (restart after {:?} ms)", restart_after.map(|d| d / MS))
             }
             Fault::RestartAgent(i) => {
+                self.touch(i);
                 if self.nodes[i].up && self.nodes[i].agent.is_none() {
                     self.start_agent(i);
                 }
@@ -1030,6 +1323,7 @@ impl Sim {
             }
             Fault::PauseAgent { who, dur } => {
                 let i = self.resolve(who);
+                self.touch(i);
                 let until = self.now + dur;
                 if let Some(a) = self.nodes[i].agent.as_mut() {
                     a.paused_until = a.paused_until.max(until);
@@ -1037,7 +1331,10 @@ impl Sim {
                 self.push(until, Ev::Fault(Fault::Resume(i)));
                 format!("pause n{i}'s agent for {} ms", dur / MS)
             }
-            Fault::Resume(i) => format!("n{i}'s pause ends"),
+            Fault::Resume(i) => {
+                self.touch(i);
+                format!("n{i}'s pause ends")
+            }
             Fault::Cut { who, inbound, outbound, heal_after } => {
                 let i = self.resolve(who);
                 let mut links = Vec::new();
@@ -1072,11 +1369,14 @@ impl Sim {
             Fault::Heal(links) => {
                 for &(a, b) in &links {
                     self.down[a][b] -= 1;
+                    self.touch(a);
+                    self.touch(b);
                 }
                 format!("heal {links:?}")
             }
             Fault::NodeDown { who, back_after } => {
                 let i = self.resolve(who);
+                self.touch(i);
                 self.nodes[i].up = false;
                 self.stop_agent(i);
                 if let Some(d) = back_after {
@@ -1085,6 +1385,7 @@ impl Sim {
                 format!("node n{i} down (back after {:?} ms)", back_after.map(|d| d / MS))
             }
             Fault::NodeUp(i) => {
+                self.touch(i);
                 self.nodes[i].up = true;
                 self.nodes[i].kernel = Kernel::fresh();
                 self.start_agent(i);
@@ -1092,7 +1393,8 @@ impl Sim {
             }
             Fault::DbFail { who } => {
                 let i = self.resolve(who);
-                if self.nodes[i].db != Db::None {
+                // A database stopped for a switchover has nothing left to fail.
+                if !matches!(self.nodes[i].db, Db::None | Db::Stopped) {
                     self.nodes[i].db = Db::Failed;
                 }
                 format!("n{i}'s database fails")
@@ -1154,7 +1456,17 @@ impl Sim {
         for (at, f) in &self.sched.faults {
             let _ = writeln!(s, "  {} {f:?}", ts(*at));
         }
-        let _ = writeln!(s, "log: epoch {} primary {:?} votes {:?} history {:?}", self.log.epoch, self.log.primary, self.log.votes, self.log.history);
+        let _ = writeln!(
+            s,
+            "log: epoch {} primary {:?} votes {:?} history {:?} switchover {:?}",
+            self.log.epoch, self.log.primary, self.log.votes, self.log.history, self.log.switchover
+        );
+        for (at, o) in &self.sched.operator {
+            let _ = writeln!(s, "  {} operator {o:?}", ts(*at));
+        }
+        for h in &self.handovers {
+            let _ = writeln!(s, "  hand-over {h:?}");
+        }
         for (i, nd) in self.nodes.iter().enumerate() {
             let now = self.local(i, self.now);
             let k = &nd.kernel;
@@ -1201,9 +1513,20 @@ impl Sim {
                 .join(" and ");
             self.violate(&format!("two nodes serve writes: {detail}"));
         }
+        for i in (0..n).filter(|&i| serving & (1 << i) != 0) {
+            if let Some(h) = self.handed_over[i].filter(|&h| !self.log.history.iter().any(|&(e, j)| j == i && e > h)) {
+                self.violate(&format!("n{i} handed epoch {h} over with -switchover and serves again without a later committed Promote"));
+            }
+        }
         if serving != self.serving {
             for i in 0..n {
                 let (was, is) = (self.serving & (1 << i) != 0, serving & (1 << i) != 0);
+                if is && !was {
+                    let now = self.now;
+                    for h in self.handovers.iter_mut().filter(|h| h.from == i && h.failed && h.served_again.is_none()) {
+                        h.served_again = Some(now);
+                    }
+                }
                 if was != is {
                     let why = self.nodes[i].kernel.fence_reason(self.local(i, self.now));
                     self.note(&format!("n{i} {} serving writes ({why:?})", if is { "starts" } else { "stops" }));
@@ -1247,11 +1570,22 @@ impl Sim {
                 Ev::Ping { from, to, id, flags, epoch, lsn } => self.on_ping(from, to, id, flags, epoch, lsn),
                 Ev::Pong { from, to, id, epoch } => self.on_pong(from, to, id, epoch),
                 Ev::Commit { from, proposal } => {
+                    let (epoch, switchover, primary) = (self.log.epoch, self.log.switchover, self.log.primary);
                     let r = self.log.apply(&proposal);
-                    if r.is_ok() && matches!(proposal, Proposal::Promote { .. }) {
-                        self.res.failovers += 1;
-                    }
                     self.note(&format!("log: n{from}'s {proposal:?} → {r:?}"));
+                    match (&proposal, r) {
+                        (Proposal::Promote { candidate, .. }, Ok(())) => {
+                            self.res.failovers += 1;
+                            self.promoted(index_of(*candidate), epoch, switchover, primary);
+                        }
+                        (Proposal::ClearSwitchover, Ok(())) => {
+                            let now = self.now;
+                            for h in self.handovers.iter_mut().filter(|h| h.epoch == epoch && h.cleared_at.is_none()) {
+                                h.cleared_at = Some(now);
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 Ev::DbPromoted { node, epoch, incarnation } => {
                     if self.nodes[node].up && self.nodes[node].db == Db::Standby {
@@ -1270,6 +1604,9 @@ impl Sim {
                     }
                 }
                 Ev::Fault(f) => self.fault(f),
+                Ev::Operator(o) => self.operator_promote(o),
+                Ev::HandOverDone { node, epoch, incarnation, ok } => self.hand_over_done(node, epoch, incarnation, ok),
+                Ev::RejoinDone { node, epoch, incarnation } => self.rejoin_done(node, epoch, incarnation),
             }
             self.check();
             if self.res.violation.is_some() {
@@ -1293,21 +1630,26 @@ impl Sim {
             let worst = after_warm.iter().filter(|(_, e)| *e >= t0).map(|&(s, e)| e - s.max(t0)).max().unwrap_or(0);
             self.res.time_to_serving = Some(worst);
             let open = self.outages.last().is_some_and(|o| o.1.is_none());
-            if worst > liveness_bound() || open {
+            let bound = liveness_bound() + self.stop_slack;
+            if worst > bound || open {
                 self.res.needs_primary_vote = self.needs_primary_vote();
                 let mut s = format!(
                     "LIVENESS{}: {} ms without a serving node after the last fault at {} (bound {} ms){}\n",
                     if self.res.needs_primary_vote { " (needs the primary's own vote)" } else { "" },
                     worst / MS,
                     ts(t0),
-                    liveness_bound() / MS,
+                    bound / MS,
                     if open { "; none serves at the end" } else { "" }
                 );
                 self.describe(&mut s);
                 self.res.liveness = Some(s);
             }
         }
-        if let Family::PauseOnly(d) = self.sched.family {
+        self.check_handovers();
+        self.res.handovers_promoted = u32::try_from(self.handovers.iter().filter(|h| h.promoted.is_some()).count()).unwrap_or(0);
+        self.res.handovers_failed = u32::try_from(self.handovers.iter().filter(|h| h.failed).count()).unwrap_or(0);
+        self.res.left_stopped = u32::try_from(self.nodes.iter().filter(|nd| nd.db == Db::Stopped).count()).unwrap_or(0);
+        if let (Family::PauseOnly(d), true) = (self.sched.family, self.sched.operator.is_empty()) {
             if d < 900 * MS && self.res.failovers > 0 {
                 let mut s = format!("UNNECESSARY FAILOVER after a {} ms pause\n", d / MS);
                 self.describe(&mut s);
@@ -1315,6 +1657,49 @@ impl Sim {
             }
         }
         self.res
+    }
+
+    /// (5) Without faults, a hand-over completes within [`HANDOVER_BOUND`]: the target is
+    /// promoted, and a `-switchover` old primary runs as an ordinary standby (unfenced) by then;
+    /// a plain promotion leaves it fenced; a hand-over whose clean stop failed is called off and
+    /// the old primary serves again, with no failover.
+    fn check_handovers(&mut self) {
+        if self.sched.family != Family::NoFaults || self.res.violation.is_some() {
+            return;
+        }
+        let mut problems = Vec::new();
+        for h in &self.handovers {
+            let by = h.at + HANDOVER_BOUND;
+            let within = |t: Option<u64>| t.is_some_and(|t| t <= by);
+            let from = &self.nodes[h.from];
+            let outcome = from.agent.as_ref().and_then(|a| a.last_outcome.clone());
+            let problem = if h.failed {
+                if h.promoted.is_some() {
+                    Some("a failover happened after the hand-over was called off".to_string())
+                } else if !within(h.served_again) {
+                    Some("the old primary does not serve again after its clean stop failed".to_string())
+                } else {
+                    None
+                }
+            } else if !h.promoted.is_some_and(|(t, c)| t <= by && c == h.to) {
+                Some(format!("the target n{} was not promoted within the bound ({:?})", h.to, h.promoted))
+            } else if h.demote {
+                let standby = from.db == Db::Standby && !from.kernel.fenced && matches!(outcome, Some(Outcome::Standby { .. }));
+                (!within(h.rejoined_at) || !standby)
+                    .then(|| format!("the old primary did not rejoin as a standby within the bound (rejoined {:?}, db {:?}, outcome {outcome:?})", h.rejoined_at.map(ts), from.db))
+            } else {
+                (!from.kernel.fenced || !matches!(outcome, Some(Outcome::FencedOldPrimary { .. })))
+                    .then(|| format!("the old primary is not a fenced old primary at the end (outcome {outcome:?})"))
+            };
+            if let Some(p) = problem {
+                problems.push(format!("hand-over of epoch {} at {} from n{} to n{} (demote {}): {p}", h.epoch, ts(h.at), h.from, h.to, h.demote));
+            }
+        }
+        if let Some(first) = problems.first() {
+            let mut s = format!("HAND-OVER within {} ms: {first}\n", HANDOVER_BOUND / MS);
+            self.describe(&mut s);
+            self.res.liveness = Some(s);
+        }
     }
 }
 
@@ -1343,18 +1728,29 @@ struct Stats {
     /// Pause-only runs per 250 ms bucket: (runs, runs with a failover, runs with a client outage).
     pauses: BTreeMap<u64, (u32, u32, u32)>,
     families: BTreeMap<&'static str, u32>,
+    handovers: u32,
+    handovers_promoted: u32,
+    handovers_failed: u32,
+    rejoined: u32,
+    left_stopped: u32,
+    odd_rejoins: u32,
 }
 
 fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liveness: bool) -> Stats {
+    run_schedules(n, default_count, salt, params, check_liveness, Schedule::generate)
+}
+
+fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_liveness: bool, generate: fn(u64, usize) -> Schedule) -> Stats {
     let base = env_u64("EFM_SIM_SEED").unwrap_or(DEFAULT_SEED ^ salt);
     let count = env_u64("EFM_SIM_SCHEDULES").unwrap_or(default_count);
     let mut st = Stats::default();
     let mut failures = Vec::new();
     let mut liveness = Vec::new();
     let mut deadlocks = Vec::new();
+    let mut odd_rejoins = Vec::new();
     for k in 0..count {
         let seed = base.wrapping_add(k);
-        let sched = Schedule::generate(seed, n);
+        let sched = generate(seed, n);
         let family = sched.family;
         let r = Sim::new(sched, params).run();
         st.schedules += 1;
@@ -1362,10 +1758,20 @@ fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liven
         st.failovers += r.failovers;
         st.dropped += r.proposals_dropped;
         st.messages += r.messages;
+        st.handovers += r.handovers;
+        st.handovers_promoted += r.handovers_promoted;
+        st.handovers_failed += r.handovers_failed;
+        st.rejoined += r.rejoined;
+        st.left_stopped += r.left_stopped;
+        st.odd_rejoins += r.odd_rejoins;
+        if let Some(o) = r.odd_rejoin {
+            odd_rejoins.push(format!("seed {seed}:\n{o}"));
+        }
         *st.families.entry(match family {
             Family::Random => "random",
             Family::PauseOnly(_) => "pause-only",
             Family::RestartDuringCut => "restart-during-cut",
+            Family::NoFaults => "no-faults",
         }).or_default() += 1;
         if let Family::PauseOnly(d) = family {
             let e = st.pauses.entry(d / (250 * MS) * 250).or_default();
@@ -1409,6 +1815,15 @@ fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liven
         st.dropped,
         st.messages,
     );
+    if st.handovers > 0 {
+        eprintln!(
+            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins of a database no hand-over stopped",
+            st.handovers, st.handovers_promoted, st.handovers_failed, st.rejoined, st.left_stopped, st.odd_rejoins
+        );
+    }
+    if let Some(first) = odd_rejoins.first() {
+        eprintln!("ha::sim {n} voters: first rejoin of a database no hand-over stopped:\n{first}");
+    }
     for (b, (runs, fo, out)) in &st.pauses {
         eprintln!("ha::sim {n} voters: primary agent paused {b}–{} ms: {runs} runs, {fo} with a failover, {out} with a client outage", b + 250);
     }
@@ -1447,6 +1862,16 @@ fn three_voters_keep_at_most_one_writable_primary() {
 fn five_voters_keep_at_most_one_writable_primary() {
     let st = run_many(5, 400, 5, Params::default(), true);
     assert!(st.failovers > 0, "the schedules must exercise failovers");
+}
+
+#[test]
+fn operator_hand_overs_keep_one_writable_primary_and_lose_no_acknowledged_write() {
+    let a = run_schedules(3, 180, 0x4A3, Params::default(), true, Schedule::with_handovers);
+    let b = run_schedules(5, 120, 0x4A5, Params::default(), true, Schedule::with_handovers);
+    if env_u64("EFM_SIM_SCHEDULES").is_none() {
+        assert!(a.handovers_promoted + b.handovers_promoted > 0, "the schedules must carry out hand-overs");
+        assert!(a.rejoined + b.rejoined > 0, "the schedules must rejoin old primaries");
+    }
 }
 
 /// Diagnostic for the restart finding: with the engine's memory (last endorsement, vote)

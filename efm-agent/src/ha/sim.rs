@@ -25,16 +25,34 @@
 //! - **its database**: standby or primary; `PromoteLocal` makes it primary after 20–300 ms and
 //!   the runtime reports `Work::Promoted` 0–20 ms later. A primary never becomes a standby by
 //!   itself; a failed database is down for good (`LocalDb.failed`), and peers' remote checks
-//!   then report `db_reachable = Some(false)`;
+//!   then report `db_reachable = Some(false)`. `HandOver { demote: true }` (the runtime sets
+//!   `Work::HandingOver`) stops it cleanly after 50–500 ms (15 %: 1–2.5 s, longer than the
+//!   promotion wait) and reports `Work::HandedOver` — a planned stop, not a failure: the
+//!   database is down (`up: false`, `failed: true`, as the runtime reports any database that is
+//!   down) until a `Rejoin`, 100–800 ms after which it runs as a standby and the work is `Idle`
+//!   again; 8 % of the stops fail (`Work::HandOverFailed`, the database keeps running as
+//!   primary). The stop goes on if the agent that started it dies; only that agent hears the
+//!   result. `HandOver { demote: false }` changes no work state;
 //! - **the coordination log**: one linearizable log with the apply rules the engine relies on
 //!   (`Vote` only for the current epoch; `Promote` only with the expected epoch, a majority of
-//!   votes and a database node as candidate; `SetPrimary` only without a primary). The "Raft
+//!   votes and a database node as candidate, recording `previous_primary` and clearing any
+//!   switchover; `SetPrimary` only without a primary; `ClearSwitchover`), and the operator's
+//!   `switchover: (from, to, demote, requested epoch)`, which `committed()` turns into
+//!   `Committed.handover` only for the current epoch and primary. The "Raft
 //!   leader" is the lowest running agent bidirectionally connected to a majority of running
 //!   agents; its neighbours form the majority group. A proposal commits 2–10 ms later only if its
 //!   proposer is in that group when it proposes; only group members learn the committed state.
 //!
 //! The network has per directed link up/down (partitions may be asymmetric), a loss rate and a
 //! delay of 0.1–3 ms (so messages may be reordered).
+//!
+//! **Operator hand-overs** (`Schedule::with_handovers`, a separate test): `efm promote
+//! [-switchover]` at random times, 70 % with `-switchover`. As `operator::promote` checks it, the
+//! request needs a running standby (the target is one of them, at random) and, with
+//! `-switchover`, a running primary; `RequestSwitchover` then commits for the current epoch if
+//! the log has a connected majority, a primary and no pending switchover. A third of these
+//! schedules have no fault and no loss and one hand-over at 1.5–3 s; the others add one or two
+//! hand-overs to a random schedule of the other families.
 //!
 //! Checked invariants: (1) after every event, at most one node serves writes (database primary,
 //! node up, and the kernel lets clients through); (2) a database becomes primary only through a
@@ -43,7 +61,18 @@
 //! for at least 5 s, some node serves within `node.timeout + promotion_wait + 1 s`; and pauses of
 //! the primary's agent shorter than 0.9 s (nothing else failing) cause no failover. Liveness
 //! failures where a majority of votes is out of reach without the committed primary's own vote
-//! (which the engine never casts) are reported but fail only with `EFM_SIM_STRICT=1`.
+//! (which the engine never casts) are reported but fail only with `EFM_SIM_STRICT=1`. An
+//! operator's request counts as a fault here, and the bound grows by the clean stop of a
+//! `-switchover` (the hand-over waits for it, by design). With hand-overs, also: (4) an old
+//! primary whose database was stopped for a `-switchover` of epoch `e` never serves again
+//! unless a committed `Promote` of an epoch after `e` names it; (5) without faults, within 5 s
+//! of the request the target is promoted and a `-switchover` old primary is an unfenced standby
+//! of it (a plain promotion leaves it a fenced old primary); a hand-over whose clean stop
+//! failed is called off, the old primary serves again and no failover follows; (6) a
+//! `-switchover`'s `Promote` never commits while the old primary's database still runs as
+//! primary — no acknowledged write lost — unless a fault touched the old primary's agent, node
+//! or links from 1 s before the request on (killed, paused, down, cut off). `Rejoin`s of a
+//! database that has run since its hand-over are counted and reported.
 //!
 //! Not modelled: `PostgreSQL` replication and data loss, the VIP, scripts, Raft elections and
 //! timeouts (leadership moves at once), message loss on the coordination channel, client
@@ -51,7 +80,8 @@
 //! a rebooted node (the kernel comes back fenced before the database accepts clients).
 //!
 //! `EFM_SIM_SEED` (base seed) and `EFM_SIM_SCHEDULES` (schedules per test) override the
-//! defaults; a failure prints the seed that reproduces it with `EFM_SIM_SCHEDULES=1`.
+//! defaults; a failure prints the seed that reproduces it with `EFM_SIM_SCHEDULES=1`;
+//! `EFM_SIM_TRACE=1` prints every schedule's end state and trace (with `--nocapture`).
 
 use std::{
     cmp::Ordering,
@@ -1299,6 +1329,7 @@ impl Sim {
         }
     }
 
+    #[expect(clippy::too_many_lines, reason = "one arm per kind of fault")]
     fn fault(&mut self, f: Fault) {
         let n = self.n();
         self.res.faults += 1;
@@ -1619,6 +1650,11 @@ impl Sim {
     }
 
     fn finish(mut self) -> RunResult {
+        if std::env::var_os("EFM_SIM_TRACE").is_some() {
+            let mut s = String::new();
+            self.describe(&mut s);
+            eprintln!("{s}");
+        }
         let after_warm: Vec<(u64, u64)> = self.outages.iter().map(|&(s, e)| (s, e.unwrap_or(RUN_FOR))).collect();
         self.res.max_outage = after_warm.iter().map(|(s, e)| e - s).max();
         if !self.warm {
@@ -1733,7 +1769,36 @@ struct Stats {
     handovers_failed: u32,
     rejoined: u32,
     left_stopped: u32,
+    /// The first few schedules that left an old primary stopped.
+    left_stopped_seeds: Vec<u64>,
     odd_rejoins: u32,
+}
+
+impl Stats {
+    fn add_handovers(&mut self, r: &RunResult, seed: u64) {
+        self.handovers += r.handovers;
+        self.handovers_promoted += r.handovers_promoted;
+        self.handovers_failed += r.handovers_failed;
+        self.rejoined += r.rejoined;
+        self.left_stopped += r.left_stopped;
+        if r.left_stopped > 0 && self.left_stopped_seeds.len() < 5 {
+            self.left_stopped_seeds.push(seed);
+        }
+        self.odd_rejoins += r.odd_rejoins;
+    }
+
+    fn report_handovers(&self, n: usize) {
+        if self.handovers == 0 {
+            return;
+        }
+        eprintln!(
+            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins of a database that ran since its hand-over",
+            self.handovers, self.handovers_promoted, self.handovers_failed, self.rejoined, self.left_stopped, self.odd_rejoins
+        );
+        if !self.left_stopped_seeds.is_empty() {
+            eprintln!("ha::sim {n} voters: old primaries left stopped in seeds {:?}", self.left_stopped_seeds);
+        }
+    }
 }
 
 fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liveness: bool) -> Stats {
@@ -1758,12 +1823,7 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.failovers += r.failovers;
         st.dropped += r.proposals_dropped;
         st.messages += r.messages;
-        st.handovers += r.handovers;
-        st.handovers_promoted += r.handovers_promoted;
-        st.handovers_failed += r.handovers_failed;
-        st.rejoined += r.rejoined;
-        st.left_stopped += r.left_stopped;
-        st.odd_rejoins += r.odd_rejoins;
+        st.add_handovers(&r, seed);
         if let Some(o) = r.odd_rejoin {
             odd_rejoins.push(format!("seed {seed}:\n{o}"));
         }
@@ -1800,7 +1860,7 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         }
     }
     eprintln!(
-        "ha::sim {n} voters: {} schedules {:?}, {} faults, {} failovers, {} violations, liveness checked in {} (where it held: at most {} ms to a serving node after the last fault, bound {} ms; {} failures, {} of them needing the primary's own vote), longest outage {} ms, {} proposals lost, {} messages",
+        "ha::sim {n} voters: {} schedules {:?}, {} faults, {} failovers, {} violations, liveness checked in {} (where it held: at most {} ms to a serving node after the last fault, bound {} ms plus any clean stop of a -switchover; {} failures, {} of them needing the primary's own vote), longest outage {} ms, {} proposals lost, {} messages",
         st.schedules,
         st.families,
         st.faults,
@@ -1815,14 +1875,9 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.dropped,
         st.messages,
     );
-    if st.handovers > 0 {
-        eprintln!(
-            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins of a database no hand-over stopped",
-            st.handovers, st.handovers_promoted, st.handovers_failed, st.rejoined, st.left_stopped, st.odd_rejoins
-        );
-    }
+    st.report_handovers(n);
     if let Some(first) = odd_rejoins.first() {
-        eprintln!("ha::sim {n} voters: first rejoin of a database no hand-over stopped:\n{first}");
+        eprintln!("ha::sim {n} voters: first rejoin of a database that ran since its hand-over:\n{first}");
     }
     for (b, (runs, fo, out)) in &st.pauses {
         eprintln!("ha::sim {n} voters: primary agent paused {b}–{} ms: {runs} runs, {fo} with a failover, {out} with a client outage", b + 250);

@@ -605,6 +605,11 @@ impl Engine {
         }
 
         // ---- This node's own role. ----
+        if self.handover.is_some_and(|(e, _)| c.epoch > e) && inp.db.up == Some(true) {
+            // The old primary's database runs again (rejoined, or promoted again): the
+            // hand-over is over, and a later failure of the database is not its business.
+            self.handover = None;
+        }
         let (mut desired, outcome) = if self.cfg.is_witness {
             (self.unfenced(c.epoch, ROLE_WITNESS, endorse), Outcome::Witness)
         } else if c.primary == Some(me) {

@@ -636,3 +636,34 @@ fn a_promoted_primary_serves_again_after_its_hand_over_is_called_off() {
     assert!(!s.desired.fenced && s.desired.vip);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::PromoteLocal { .. })));
 }
+
+/// Found by the simulation (seeds 1028089776307 and 1028089777500, 5 voters): the engine kept
+/// the hand-over after the old primary had rejoined, so when its database failed later (as a
+/// standby, or as a primary after being promoted again) the next promotion restarted the
+/// failed database as a standby (`Rejoin`).
+#[test]
+fn a_rejoined_old_primary_is_not_rejoined_again_after_a_later_failure() {
+    let mut e = Engine::new(cfg(1));
+    let c = with_handover(committed(1, Some(1)), 2, true);
+    let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let _ = step(&mut e, 0, Some(&c), false, &peers1, PRIMARY_DB, &Work::Idle);
+    let stopped = LocalDb { up: Some(false), in_recovery: None, failed: true, ..PRIMARY_DB };
+    let _ = step(&mut e, 500, Some(&c), false, &peers1, stopped, &Work::HandedOver { epoch: 1 });
+    let mut c2 = committed(2, Some(2));
+    c2.previous_primary = Some(addr(1));
+    let peers2 = [primary_view(2, 2, 10), witness_view(3, 2)];
+    let s = step(&mut e, 800, Some(&c2), false, &peers2, stopped, &Work::HandedOver { epoch: 1 });
+    assert!(s.actions.contains(&Action::Rejoin { epoch: 2, primary: addr(2), source: None }));
+    let s = step(&mut e, 2_000, Some(&c2), false, &peers2, STANDBY_DB, &Work::Idle);
+    assert!(matches!(s.outcome, Outcome::Standby { .. }));
+    // Its database fails as a standby; later another standby is promoted.
+    let failed = LocalDb { up: Some(false), in_recovery: None, failed: true, ..STANDBY_DB };
+    let s = step(&mut e, 3_000, Some(&c2), false, &peers2, failed, &Work::Idle);
+    assert_eq!(s.outcome, Outcome::Idle, "a failed standby, not an old primary rejoining");
+    let mut c3 = committed(3, Some(4));
+    c3.nodes.insert(addr(4), NodeMeta { witness: false, priority: 1, promotable: true });
+    c3.previous_primary = Some(addr(2));
+    let s = step(&mut e, 4_000, Some(&c3), false, &[primary_view(4, 3, 10), witness_view(3, 3)], failed, &Work::Idle);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::Rejoin { .. })), "{:?}", s.actions);
+    assert_eq!(s.outcome, Outcome::Idle);
+}

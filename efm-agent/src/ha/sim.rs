@@ -71,8 +71,10 @@
 //! failed is called off, the old primary serves again and no failover follows; (6) a
 //! `-switchover`'s `Promote` never commits while the old primary's database still runs as
 //! primary — no acknowledged write lost — unless a fault touched the old primary's agent, node
-//! or links from 1 s before the request on (killed, paused, down, cut off). `Rejoin`s of a
-//! database that has run since its hand-over are counted and reported.
+//! or links from 1 s before the request on (killed, paused, down, cut off); (7) `Rejoin` only
+//! for a database that has stayed down since its hand-over's clean stop. A `Rejoin` before the
+//! runtime reported the clean stop (the database had failed before the hand-over, so the old
+//! primary's vote was already in the log) is counted and reported, not failed.
 //!
 //! Not modelled: `PostgreSQL` replication and data loss, the VIP, scripts, Raft elections and
 //! timeouts (leadership moves at once), message loss on the coordination channel, client
@@ -234,6 +236,17 @@ enum Family {
     RestartDuringCut,
     /// No fault and no message loss: only the operator's hand-over.
     NoFaults,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::PauseOnly(_) => "pause-only",
+            Self::RestartDuringCut => "restart-during-cut",
+            Self::NoFaults => "no-faults",
+        }
+    }
 }
 
 /// `efm promote [-switchover]` run by the operator.
@@ -686,9 +699,12 @@ struct RunResult {
     rejoined: u32,
     /// Old primaries whose database was still stopped at the end.
     left_stopped: u32,
-    /// `Rejoin` actions for a database that no hand-over stopped, with the first one's trace.
-    odd_rejoins: u32,
-    odd_rejoin: Option<String>,
+    /// `Rejoin` of a database that has run since its hand-over (asserted against).
+    stale_rejoin: Option<String>,
+    /// `Rejoin` before the runtime reported the clean stop (the database had failed before),
+    /// with the first one's trace.
+    early_rejoins: u32,
+    early_rejoin: Option<String>,
 }
 
 /// Choices about the runtime around the engine.
@@ -742,6 +758,8 @@ struct Sim {
     handed_over: [Option<u64>; MAX_N],
     /// Per node: its database has stayed down since its hand-over (a rejoin is due).
     down_since_handover: [bool; MAX_N],
+    /// Per node: a clean stop for a `-switchover` is under way.
+    stop_pending: [bool; MAX_N],
     /// Per node: the last fault that touched its agent, node or links.
     touched: [Option<u64>; MAX_N],
     /// The longest clean stop of a `-switchover` since the last fault: a planned outage the
@@ -806,6 +824,7 @@ impl Sim {
             handovers: Vec::new(),
             handed_over: [None; MAX_N],
             down_since_handover: [false; MAX_N],
+            stop_pending: [false; MAX_N],
             touched: [None; MAX_N],
             stop_slack: 0,
         };
@@ -1092,6 +1111,7 @@ impl Sim {
                     if let Some(agent) = self.nodes[i].agent.as_mut() {
                         agent.work = Work::HandingOver { epoch };
                     }
+                    self.stop_pending[i] = true;
                     // A clean stop usually takes 50–500 ms; sometimes (a long checkpoint) longer
                     // than the voters' promotion wait.
                     let dur = if self.rng.chance(0.15) { self.rng.between(SEC, 2_500 * MS) } else { self.rng.between(50 * MS, 500 * MS) };
@@ -1102,18 +1122,24 @@ impl Sim {
             }
             Action::Rejoin { epoch, primary, .. } => {
                 self.note(&format!("n{i}: Rejoin epoch {epoch} as a standby of n{}", index_of(primary)));
-                if !self.down_since_handover[i] || self.handed_over[i].is_none_or(|h| h >= epoch) {
-                    self.res.odd_rejoins += 1;
-                    if self.res.odd_rejoin.is_none() {
-                        let mut s = format!(
-                            "REJOIN at {} of n{i} for epoch {epoch}: its database ({:?}) has run since its hand-over (handed over {:?})\n",
-                            ts(self.now),
-                            self.nodes[i].db,
-                            self.handed_over[i]
-                        );
+                if self.stop_pending[i] {
+                    // Its database was down before the hand-over (failed): the `Promote` did not
+                    // wait for the clean stop, and the rejoin runs while `pg_ctl stop` may.
+                    self.res.early_rejoins += 1;
+                    if self.res.early_rejoin.is_none() {
+                        let mut s = format!("REJOIN at {} of n{i} for epoch {epoch} before its clean stop was reported ({:?})\n", ts(self.now), self.nodes[i].db);
                         self.describe(&mut s);
-                        self.res.odd_rejoin = Some(s);
+                        self.res.early_rejoin = Some(s);
                     }
+                } else if !self.down_since_handover[i] || self.handed_over[i].is_none_or(|h| h >= epoch) {
+                    let mut s = format!(
+                        "REJOIN at {} of n{i} for epoch {epoch}: its database ({:?}) has run since its hand-over (of epoch {:?})\n",
+                        ts(self.now),
+                        self.nodes[i].db,
+                        self.handed_over[i]
+                    );
+                    self.describe(&mut s);
+                    self.res.stale_rejoin.get_or_insert(s);
                 }
                 if let Some(agent) = self.nodes[i].agent.as_mut() {
                     agent.work = Work::Rejoining { epoch };
@@ -1177,6 +1203,7 @@ impl Sim {
             return;
         }
         let same = self.same_agent(i, incarnation);
+        self.stop_pending[i] = false;
         let work = if ok {
             // `pg_ctl stop` of a database that is not running succeeds too.
             if matches!(self.nodes[i].db, Db::Primary | Db::Standby) {
@@ -1771,7 +1798,7 @@ struct Stats {
     left_stopped: u32,
     /// The first few schedules that left an old primary stopped.
     left_stopped_seeds: Vec<u64>,
-    odd_rejoins: u32,
+    early_rejoins: u32,
 }
 
 impl Stats {
@@ -1784,7 +1811,7 @@ impl Stats {
         if r.left_stopped > 0 && self.left_stopped_seeds.len() < 5 {
             self.left_stopped_seeds.push(seed);
         }
-        self.odd_rejoins += r.odd_rejoins;
+        self.early_rejoins += r.early_rejoins;
     }
 
     fn report_handovers(&self, n: usize) {
@@ -1792,8 +1819,8 @@ impl Stats {
             return;
         }
         eprintln!(
-            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins of a database that ran since its hand-over",
-            self.handovers, self.handovers_promoted, self.handovers_failed, self.rejoined, self.left_stopped, self.odd_rejoins
+            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins before the clean stop was reported",
+            self.handovers, self.handovers_promoted, self.handovers_failed, self.rejoined, self.left_stopped, self.early_rejoins
         );
         if !self.left_stopped_seeds.is_empty() {
             eprintln!("ha::sim {n} voters: old primaries left stopped in seeds {:?}", self.left_stopped_seeds);
@@ -1812,7 +1839,7 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
     let mut failures = Vec::new();
     let mut liveness = Vec::new();
     let mut deadlocks = Vec::new();
-    let mut odd_rejoins = Vec::new();
+    let mut early_rejoins = Vec::new();
     for k in 0..count {
         let seed = base.wrapping_add(k);
         let sched = generate(seed, n);
@@ -1824,15 +1851,13 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.dropped += r.proposals_dropped;
         st.messages += r.messages;
         st.add_handovers(&r, seed);
-        if let Some(o) = r.odd_rejoin {
-            odd_rejoins.push(format!("seed {seed}:\n{o}"));
+        if let Some(o) = r.early_rejoin {
+            early_rejoins.push(format!("seed {seed}:\n{o}"));
         }
-        *st.families.entry(match family {
-            Family::Random => "random",
-            Family::PauseOnly(_) => "pause-only",
-            Family::RestartDuringCut => "restart-during-cut",
-            Family::NoFaults => "no-faults",
-        }).or_default() += 1;
+        if let Some(o) = r.stale_rejoin {
+            failures.push(format!("seed {seed}:\n{o}"));
+        }
+        *st.families.entry(family.name()).or_default() += 1;
         if let Family::PauseOnly(d) = family {
             let e = st.pauses.entry(d / (250 * MS) * 250).or_default();
             e.0 += 1;
@@ -1876,8 +1901,8 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.messages,
     );
     st.report_handovers(n);
-    if let Some(first) = odd_rejoins.first() {
-        eprintln!("ha::sim {n} voters: first rejoin of a database that ran since its hand-over:\n{first}");
+    if let Some(first) = early_rejoins.first() {
+        eprintln!("ha::sim {n} voters: first rejoin before the clean stop was reported:\n{first}");
     }
     for (b, (runs, fo, out)) in &st.pauses {
         eprintln!("ha::sim {n} voters: primary agent paused {b}–{} ms: {runs} runs, {fo} with a failover, {out} with a client outage", b + 250);

@@ -72,7 +72,7 @@
 //! `-switchover`'s `Promote` never commits while the old primary's database still runs as
 //! primary — no acknowledged write lost — unless a fault touched the old primary's agent, node
 //! or links from 1 s before the request on (killed, paused, down, cut off); (7) `Rejoin` only
-//! for a database that has stayed down since its hand-over's clean stop. A `Rejoin` before the
+//! for a database whose agent has not seen it run since its hand-over's clean stop. A `Rejoin` before the
 //! runtime reported the clean stop (the database had failed before the hand-over, so the old
 //! primary's vote was already in the log) is counted and reported, not failed.
 //!
@@ -699,7 +699,7 @@ struct RunResult {
     rejoined: u32,
     /// Old primaries whose database was still stopped at the end.
     left_stopped: u32,
-    /// `Rejoin` of a database that has run since its hand-over (asserted against).
+    /// `Rejoin` of a database its agent saw run since its hand-over (asserted against).
     stale_rejoin: Option<String>,
     /// `Rejoin` before the runtime reported the clean stop (the database had failed before),
     /// with the first one's trace.
@@ -756,7 +756,7 @@ struct Sim {
     handovers: Vec<HandoverRec>,
     /// Per node: the epoch it handed over with `-switchover` (its database stopped cleanly).
     handed_over: [Option<u64>; MAX_N],
-    /// Per node: its database has stayed down since its hand-over (a rejoin is due).
+    /// Per node: its agent has not seen its database run since its hand-over (a rejoin is due).
     down_since_handover: [bool; MAX_N],
     /// Per node: a clean stop for a `-switchover` is under way.
     stop_pending: [bool; MAX_N],
@@ -1005,6 +1005,10 @@ impl Sim {
         let fresh = (in_group && grace_over).then(|| self.log.committed());
         let peers: Vec<PeerView> = (0..n).filter(|&j| j != i).map(|j| self.peer_view(i, j, now)).collect();
         let db = self.local_db(i);
+        if db.up == Some(true) {
+            // The agent has seen its database run since its last hand-over.
+            self.down_since_handover[i] = false;
+        }
 
         let Some(agent) = self.nodes[i].agent.as_mut() else { return };
         if let Some(c) = fresh {
@@ -1133,7 +1137,7 @@ impl Sim {
                     }
                 } else if !self.down_since_handover[i] || self.handed_over[i].is_none_or(|h| h >= epoch) {
                     let mut s = format!(
-                        "REJOIN at {} of n{i} for epoch {epoch}: its database ({:?}) has run since its hand-over (of epoch {:?})\n",
+                        "REJOIN at {} of n{i} for epoch {epoch}: its agent saw its database ({:?} now) run since its hand-over (of epoch {:?})\n",
                         ts(self.now),
                         self.nodes[i].db,
                         self.handed_over[i]
@@ -1238,7 +1242,6 @@ impl Sim {
         }
         if self.nodes[i].db == Db::Stopped {
             self.nodes[i].db = Db::Standby;
-            self.down_since_handover[i] = false;
             self.nodes[i].lag = self.rng.between(0, 100);
             let now = self.now;
             for h in self.handovers.iter_mut().filter(|h| h.from == i && h.rejoined_at.is_none() && h.stopped_at.is_some()) {

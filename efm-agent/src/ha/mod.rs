@@ -561,9 +561,12 @@ impl Engine {
         };
         // A `-switchover` hand-over is promoted only once the old primary has voted, i.e. has
         // stopped its database cleanly (every acknowledged write is on the standbys), unless
-        // its agent is gone.
+        // its agent is gone, or its database is seen stopped (its own PINGs say it is down and
+        // it is unreachable from here) while its vote cannot reach the log.
         let handover_ready = handover.is_none_or(|h| {
-            !h.demote || c.votes.contains(&h.from) || inp.peers.iter().any(|v| v.addr == h.from && !v.alive)
+            !h.demote
+                || c.votes.contains(&h.from)
+                || inp.peers.iter().any(|v| v.addr == h.from && (!v.alive || (!v.db_up && v.db_reachable == Some(false))))
         });
         if inp.is_leader && c.votes.len() >= c.majority() && promote_due && handover_ready {
             let choice = match handover.and_then(|h| self.handover_target(c, inp, h.to)) {

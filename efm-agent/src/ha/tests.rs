@@ -667,3 +667,25 @@ fn a_rejoined_old_primary_is_not_rejoined_again_after_a_later_failure() {
     assert!(!s.actions.iter().any(|a| matches!(a, Action::Rejoin { .. })), "{:?}", s.actions);
     assert_eq!(s.outcome, Outcome::Idle);
 }
+
+/// Found by the simulation (seed 1028089776534, 5 voters): the old primary stopped cleanly but
+/// could not get its vote into the log (cut off from the leader's side); its agent was still
+/// heard, so the leader waited for the vote for ever. Its database is down by its own PINGs and
+/// unreachable from here: what the vote would have said.
+#[test]
+fn the_leader_promotes_the_switchover_target_once_the_old_primary_is_seen_stopped() {
+    let mut c = with_handover(committed(1, Some(1)), 2, true);
+    c.votes.insert(addr(2));
+    c.votes.insert(addr(3));
+    let stopping = PeerView { fenced: true, ..primary_view(1, 1, 10) };
+    let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
+    let s = step(&mut e, 0, Some(&c), true, &[stopping, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "its database still runs");
+    let unknown = PeerView { db_up: false, ..stopping };
+    let s = step(&mut e, 10, Some(&c), true, &[unknown, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "not confirmed from here");
+    let stopped = PeerView { db_up: false, db_reachable: Some(false), ..stopping };
+    let s = step(&mut e, 20, Some(&c), true, &[stopped, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. }));
+    assert!(matches!(promote, Some(Proposal::Promote { candidate, .. }) if candidate == addr(2)), "{promote:?}");
+}

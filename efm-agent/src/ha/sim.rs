@@ -699,6 +699,10 @@ struct RunResult {
     rejoined: u32,
     /// Old primaries whose database was still stopped at the end.
     left_stopped: u32,
+    /// `-switchover` `Promote`s committed, and those while the old primary's database still
+    /// ran (allowed only when a fault touched it: (6)).
+    switchover_promotes: u32,
+    switchover_promotes_running: u32,
     /// `Rejoin` of a database its agent saw run since its hand-over (asserted against).
     stale_rejoin: Option<String>,
     /// `Rejoin` before the runtime reported the clean stop (the database had failed before),
@@ -1272,7 +1276,10 @@ impl Sim {
         }
         if let Some((from, _, true, e)) = switchover.filter(|s| s.3 == epoch && Some(s.0) == primary) {
             let since = self.handovers.iter().rev().find(|h| h.epoch == e && h.from == from).map_or(now, |h| h.at);
-            if self.nodes[from].up && self.nodes[from].db == Db::Primary && !self.disturbed(from, since) {
+            self.res.switchover_promotes += 1;
+            let running = self.nodes[from].up && self.nodes[from].db == Db::Primary;
+            self.res.switchover_promotes_running += u32::from(running);
+            if running && !self.disturbed(from, since) {
                 self.violate(&format!(
                     "the switchover Promote of n{candidate} (epoch {epoch}) committed while n{from}'s database still runs as primary and nothing disturbed n{from}"
                 ));
@@ -1802,6 +1809,8 @@ struct Stats {
     /// The first few schedules that left an old primary stopped.
     left_stopped_seeds: Vec<u64>,
     early_rejoins: u32,
+    switchover_promotes: u32,
+    switchover_promotes_running: u32,
 }
 
 impl Stats {
@@ -1815,6 +1824,8 @@ impl Stats {
             self.left_stopped_seeds.push(seed);
         }
         self.early_rejoins += r.early_rejoins;
+        self.switchover_promotes += r.switchover_promotes;
+        self.switchover_promotes_running += r.switchover_promotes_running;
     }
 
     fn report_handovers(&self, n: usize) {
@@ -1822,8 +1833,15 @@ impl Stats {
             return;
         }
         eprintln!(
-            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins before the clean stop was reported",
-            self.handovers, self.handovers_promoted, self.handovers_failed, self.rejoined, self.left_stopped, self.early_rejoins
+            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins before the clean stop was reported; {} -switchover promotions, {} of them with the old primary's database running (a fault touched it)",
+            self.handovers,
+            self.handovers_promoted,
+            self.handovers_failed,
+            self.rejoined,
+            self.left_stopped,
+            self.early_rejoins,
+            self.switchover_promotes,
+            self.switchover_promotes_running
         );
         if !self.left_stopped_seeds.is_empty() {
             eprintln!("ha::sim {n} voters: old primaries left stopped in seeds {:?}", self.left_stopped_seeds);

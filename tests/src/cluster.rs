@@ -441,18 +441,7 @@ async fn write_loop(stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>) {
     cfg.host(VIP).port(5432).user("postgres").dbname("postgres").connect_timeout(Duration::from_millis(300));
     let mut client: Option<tokio_postgres::Client> = None;
     let mut seq: i64 = 0;
-    // Like a client with a short ARP cache: after 2 s of failing continuously it forgets the VIP's
-    // neighbour entry. (A CI run showed a client keeping a stale entry for the VIP for over 30 s
-    // although the new primary kept announcing it; under investigation, see the issue note.)
-    let mut failing_since: Option<Instant> = None;
-    let mut flushed: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
-        if failing_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2))
-            && flushed.is_none_or(|f| f.elapsed() >= Duration::from_secs(2))
-        {
-            let _ = Command::new("ip").args(["neigh", "flush", VIP]).output();
-            flushed = Some(Instant::now());
-        }
         if client.is_none() {
             if let Ok(Ok((c, conn))) = tokio::time::timeout(Duration::from_millis(400), cfg.connect(tokio_postgres::NoTls)).await {
                 tokio::spawn(async move {
@@ -460,7 +449,6 @@ async fn write_loop(stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>) {
                 });
                 client = Some(c);
             } else {
-                failing_since.get_or_insert_with(Instant::now);
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -475,12 +463,10 @@ async fn write_loop(stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>) {
         .await;
         let now = monotonic_ns();
         if let Ok(Ok(row)) = res {
-            failing_since = None;
             let server: String = row.get(0);
             log.lock().unwrap().push(Ack { t_ns: now, seq, server: Some(server) });
             tokio::time::sleep(Duration::from_millis(5)).await;
         } else {
-            failing_since.get_or_insert_with(Instant::now);
             log.lock().unwrap().push(Ack { t_ns: now, seq, server: None });
             client = None;
         }

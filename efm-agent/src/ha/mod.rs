@@ -12,7 +12,10 @@
 //! 1. A voter endorses the committed primary of epoch `e` only while it hears that primary's
 //!    agent within `endorse_window`, the primary carries epoch `e`, says it is primary, is not
 //!    fenced and has its database up — and only until the voter has voted against epoch `e`;
-//!    after that, never again for `e`.
+//!    after that, never again for `e`. Exception: while an operator's `-switchover` of epoch `e`
+//!    is committed, the primary is fenced on purpose (stopping its database cleanly) and stays
+//!    endorsed, so that it can serve at once if the hand-over is called off; its kernel refuses
+//!    clients whatever its lease.
 //! 2. A voter votes against epoch `e` (a `Vote` entry) only when the primary is suspect and
 //!    `promotion_wait = lease.timeout × (1 + drift) + margin` has passed on its own clock since its
 //!    own last endorsement of epoch `e`. The primary's lease (k-th newest endorsement arrival +
@@ -346,6 +349,8 @@ pub struct Engine {
     proposed_promote: Option<(u64, u64)>,
     proposed_set_primary: Option<(u64, u64)>,
     promote_started: Option<u64>,
+    /// The epoch whose local promotion the runtime reported done.
+    promote_done: Option<u64>,
     db_failure_handled: Option<u64>,
     isolation_handled: Option<u64>,
     demoted: Option<u64>,
@@ -382,6 +387,7 @@ impl Engine {
             proposed_promote: None,
             proposed_set_primary: None,
             promote_started: None,
+            promote_done: None,
             db_failure_handled: None,
             isolation_handled: None,
             demoted: None,
@@ -482,11 +488,17 @@ impl Engine {
         if let Some(p) = c.primary.filter(|p| *p != me) {
             let view = inp.peers.iter().find(|v| v.addr == p);
             let epoch_age = self.epoch_seen.map_or(0, |(_, t)| inp.now_ns.saturating_sub(t));
+            // A primary stopping its database cleanly for a `-switchover` is fenced on purpose
+            // (its kernel refuses clients whatever its lease) and votes against its epoch once
+            // stopped. It stays endorsed meanwhile: if the stop fails, the hand-over is called
+            // off and it must serve again at once, under a lease that has not lapsed and with
+            // no voter having voted against it (rule 1 exception; see `handing_over`).
+            let stopping = handover.is_some_and(|h| h.demote);
             let healthy = view.is_some_and(|v| {
                 v.agent_age.is_some_and(|a| a <= self.cfg.endorse_window)
                     && v.epoch == c.epoch
                     && v.role == PeerRole::Primary
-                    && !v.fenced
+                    && (!v.fenced || stopping)
                     && v.db_up
             });
             // A kernel that saw a higher epoch than the log means this log copy is behind.
@@ -551,9 +563,12 @@ impl Engine {
         };
         // A `-switchover` hand-over is promoted only once the old primary has voted, i.e. has
         // stopped its database cleanly (every acknowledged write is on the standbys), unless
-        // its agent is gone.
+        // its agent is gone, or its database is seen stopped (its own PINGs say it is down and
+        // it is unreachable from here) while its vote cannot reach the log.
         let handover_ready = handover.is_none_or(|h| {
-            !h.demote || c.votes.contains(&h.from) || inp.peers.iter().any(|v| v.addr == h.from && !v.alive)
+            !h.demote
+                || c.votes.contains(&h.from)
+                || inp.peers.iter().any(|v| v.addr == h.from && (!v.alive || (!v.db_up && v.db_reachable == Some(false))))
         });
         if inp.is_leader && c.votes.len() >= c.majority() && promote_due && handover_ready {
             let choice = match handover.and_then(|h| self.handover_target(c, inp, h.to)) {
@@ -591,6 +606,11 @@ impl Engine {
         }
 
         // ---- This node's own role. ----
+        if self.handover.is_some_and(|(e, _)| c.epoch > e) && inp.db.up == Some(true) {
+            // The old primary's database runs again (rejoined, or promoted again): the
+            // hand-over is over, and a later failure of the database is not its business.
+            self.handover = None;
+        }
         let (mut desired, outcome) = if self.cfg.is_witness {
             (self.unfenced(c.epoch, ROLE_WITNESS, endorse), Outcome::Witness)
         } else if c.primary == Some(me) {
@@ -628,10 +648,6 @@ impl Engine {
                 (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch })
             }
         } else if inp.db.up == Some(true) && !inp.db.failed {
-            if inp.db.in_recovery == Some(true) && self.handover.is_some_and(|(e, _)| e < c.epoch) {
-                // A hand-over of this node's is complete: it is an ordinary standby now.
-                self.handover = None;
-            }
             if let Some(p) = c.primary {
                 if self.cfg.auto_reconfigure && self.followed != Some((p, c.epoch)) {
                     self.followed = Some((p, c.epoch));
@@ -802,7 +818,12 @@ impl Engine {
             }
             return (self.fenced(c.epoch, ROLE_PRIMARY), Outcome::PrimaryDatabaseFailed);
         }
-        let promoted = matches!(inp.work, Work::Promoted { epoch } if *epoch == c.epoch);
+        // Remembered: the runtime replaces `Work::Promoted` when a hand-over starts, and a
+        // called-off hand-over leaves `HandOverFailed`.
+        if matches!(inp.work, Work::Promoted { epoch } if *epoch == c.epoch) {
+            self.promote_done = Some(c.epoch);
+        }
+        let promoted = self.promote_done == Some(c.epoch);
         if db_is_primary && (promoted || self.promote_started != Some(c.epoch)) {
             // Registered or promoted primary serving under the lease.
             return (Self::serving(c.epoch, k, db_flag, true), Outcome::Primary { epoch: c.epoch });

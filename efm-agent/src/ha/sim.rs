@@ -25,16 +25,34 @@
 //! - **its database**: standby or primary; `PromoteLocal` makes it primary after 20–300 ms and
 //!   the runtime reports `Work::Promoted` 0–20 ms later. A primary never becomes a standby by
 //!   itself; a failed database is down for good (`LocalDb.failed`), and peers' remote checks
-//!   then report `db_reachable = Some(false)`;
+//!   then report `db_reachable = Some(false)`. `HandOver { demote: true }` (the runtime sets
+//!   `Work::HandingOver`) stops it cleanly after 50–500 ms (15 %: 1–2.5 s, longer than the
+//!   promotion wait) and reports `Work::HandedOver` — a planned stop, not a failure: the
+//!   database is down (`up: false`, `failed: true`, as the runtime reports any database that is
+//!   down) until a `Rejoin`, 100–800 ms after which it runs as a standby and the work is `Idle`
+//!   again; 8 % of the stops fail (`Work::HandOverFailed`, the database keeps running as
+//!   primary). The stop goes on if the agent that started it dies; only that agent hears the
+//!   result. `HandOver { demote: false }` changes no work state;
 //! - **the coordination log**: one linearizable log with the apply rules the engine relies on
 //!   (`Vote` only for the current epoch; `Promote` only with the expected epoch, a majority of
-//!   votes and a database node as candidate; `SetPrimary` only without a primary). The "Raft
+//!   votes and a database node as candidate, recording `previous_primary` and clearing any
+//!   switchover; `SetPrimary` only without a primary; `ClearSwitchover`), and the operator's
+//!   `switchover: (from, to, demote, requested epoch)`, which `committed()` turns into
+//!   `Committed.handover` only for the current epoch and primary. The "Raft
 //!   leader" is the lowest running agent bidirectionally connected to a majority of running
 //!   agents; its neighbours form the majority group. A proposal commits 2–10 ms later only if its
 //!   proposer is in that group when it proposes; only group members learn the committed state.
 //!
 //! The network has per directed link up/down (partitions may be asymmetric), a loss rate and a
 //! delay of 0.1–3 ms (so messages may be reordered).
+//!
+//! **Operator hand-overs** (`Schedule::with_handovers`, a separate test): `efm promote
+//! [-switchover]` at random times, 70 % with `-switchover`. As `operator::promote` checks it, the
+//! request needs a running standby (the target is one of them, at random) and, with
+//! `-switchover`, a running primary; `RequestSwitchover` then commits for the current epoch if
+//! the log has a connected majority, a primary and no pending switchover. A third of these
+//! schedules have no fault and no loss and one hand-over at 1.5–3 s; the others add one or two
+//! hand-overs to a random schedule of the other families.
 //!
 //! Checked invariants: (1) after every event, at most one node serves writes (database primary,
 //! node up, and the kernel lets clients through); (2) a database becomes primary only through a
@@ -43,7 +61,20 @@
 //! for at least 5 s, some node serves within `node.timeout + promotion_wait + 1 s`; and pauses of
 //! the primary's agent shorter than 0.9 s (nothing else failing) cause no failover. Liveness
 //! failures where a majority of votes is out of reach without the committed primary's own vote
-//! (which the engine never casts) are reported but fail only with `EFM_SIM_STRICT=1`.
+//! (which the engine never casts) are reported but fail only with `EFM_SIM_STRICT=1`. An
+//! operator's request counts as a fault here, and the bound grows by the clean stop of a
+//! `-switchover` (the hand-over waits for it, by design). With hand-overs, also: (4) an old
+//! primary whose database was stopped for a `-switchover` of epoch `e` never serves again
+//! unless a committed `Promote` of an epoch after `e` names it; (5) without faults, within 5 s
+//! of the request the target is promoted and a `-switchover` old primary is an unfenced standby
+//! of it (a plain promotion leaves it a fenced old primary); a hand-over whose clean stop
+//! failed is called off, the old primary serves again and no failover follows; (6) a
+//! `-switchover`'s `Promote` never commits while the old primary's database still runs as
+//! primary — no acknowledged write lost — unless a fault touched the old primary's agent, node
+//! or links from 1 s before the request on (killed, paused, down, cut off); (7) `Rejoin` only
+//! for a database whose agent has not seen it run since its hand-over's clean stop. A `Rejoin` before the
+//! runtime reported the clean stop (the database had failed before the hand-over, so the old
+//! primary's vote was already in the log) is counted and reported, not failed.
 //!
 //! Not modelled: `PostgreSQL` replication and data loss, the VIP, scripts, Raft elections and
 //! timeouts (leadership moves at once), message loss on the coordination channel, client
@@ -51,7 +82,8 @@
 //! a rebooted node (the kernel comes back fenced before the database accepts clients).
 //!
 //! `EFM_SIM_SEED` (base seed) and `EFM_SIM_SCHEDULES` (schedules per test) override the
-//! defaults; a failure prints the seed that reproduces it with `EFM_SIM_SCHEDULES=1`.
+//! defaults; a failure prints the seed that reproduces it with `EFM_SIM_SCHEDULES=1`;
+//! `EFM_SIM_TRACE=1` prints every schedule's end state and trace (with `--nocapture`).
 
 use std::{
     cmp::Ordering,
@@ -63,7 +95,7 @@ use std::{
 
 use efm_common::wire::{FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
 
-use super::{Action, Committed, Desired, Engine, EngineConfig, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Work};
+use super::{Action, Committed, Desired, Engine, EngineConfig, Handover, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Work};
 
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
@@ -80,6 +112,9 @@ const MAX_N: usize = 5;
 const RUN_FOR: u64 = 9 * SEC;
 /// Liveness is checked only when the cluster stayed healthy this long after the last fault.
 const STABLE_FOR: u64 = 5 * SEC;
+/// Without faults, an operator hand-over is carried out (and a `-switchover` old primary is a
+/// standby again) this long after it was requested.
+const HANDOVER_BOUND: u64 = 5 * SEC;
 const DEFAULT_SEED: u64 = 0x00EF_5EED_0000;
 
 #[expect(clippy::cast_precision_loss, reason = "simulated times stay far below 2^53 ns")]
@@ -199,6 +234,27 @@ enum Family {
     PauseOnly(u64),
     /// The primary cut off while another voter's agent restarts.
     RestartDuringCut,
+    /// No fault and no message loss: only the operator's hand-over.
+    NoFaults,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::PauseOnly(_) => "pause-only",
+            Self::RestartDuringCut => "restart-during-cut",
+            Self::NoFaults => "no-faults",
+        }
+    }
+}
+
+/// `efm promote [-switchover]` run by the operator.
+#[derive(Clone, Copy, Debug)]
+struct OperatorPromote {
+    /// Picks the target among the database nodes that are not the primary at that moment.
+    to: usize,
+    demote: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +267,7 @@ struct Schedule {
     loss: f64,
     family: Family,
     faults: Vec<(u64, Fault)>,
+    operator: Vec<(u64, OperatorPromote)>,
 }
 
 fn heal(r: &mut Rng, p_heal: f64) -> Option<u64> {
@@ -301,7 +358,27 @@ impl Schedule {
             let faults = (0..count).map(|_| (r.between(1_500 * MS, horizon), random_fault(r, n))).collect();
             (Family::Random, if r.chance(0.5) { 0.0 } else { r.unit() * 0.3 }, faults)
         };
-        Self { seed, n, witness, rates, offsets, loss, family, faults }
+        Self { seed, n, witness, rates, offsets, loss, family, faults, operator: Vec::new() }
+    }
+
+    /// A schedule of [`Schedule::generate`] plus operator hand-overs (from a separate random
+    /// stream): a third of them without faults or loss (one hand-over early enough to check that
+    /// it completes), the others with one or two hand-overs among the faults.
+    fn with_handovers(seed: u64, n: usize) -> Self {
+        let mut s = Self::generate(seed, n);
+        let r = &mut Rng(seed ^ 0x0E5F_5A1C_7C0F_FEE0);
+        let quiet = r.chance(0.35);
+        if quiet {
+            s.faults.clear();
+            s.loss = 0.0;
+            s.family = Family::NoFaults;
+        }
+        let count = if quiet { 1 } else { r.between(1, 2) };
+        for _ in 0..count {
+            let at = if quiet { r.between(1_500 * MS, 3 * SEC) } else { r.between(SEC, 7 * SEC) };
+            s.operator.push((at, OperatorPromote { to: r.pick(n), demote: r.chance(0.7) }));
+        }
+        s
     }
 }
 
@@ -391,6 +468,8 @@ enum Db {
     Standby,
     Primary,
     Failed,
+    /// Stopped cleanly by an operator's `-switchover` (not a failure: it rejoins as a standby).
+    Stopped,
 }
 
 #[derive(Clone, Debug)]
@@ -431,6 +510,9 @@ struct Log {
     /// (epoch, node) of every primary: the initial registration and each committed `Promote`.
     history: Vec<(u64, usize)>,
     nodes: BTreeMap<SocketAddr, NodeMeta>,
+    previous_primary: Option<usize>,
+    /// The operator's pending hand-over: (from, to, demote, requested epoch).
+    switchover: Option<(usize, usize, bool, u64)>,
 }
 
 impl Log {
@@ -449,9 +531,28 @@ impl Log {
             nodes: self.nodes.clone(),
             votes: self.votes.iter().map(|&i| addr(i)).collect(),
             auto_failover: true,
-            previous_primary: None,
-            handover: None,
+            previous_primary: self.previous_primary.map(addr),
+            handover: self
+                .switchover
+                .filter(|&(from, _, _, e)| e == self.epoch && Some(from) == self.primary)
+                .map(|(from, to, demote, _)| Handover { from: addr(from), to: addr(to), demote, quiet: false, source: None }),
         }
+    }
+
+    /// `RequestSwitchover` as the state machine applies it (for the current epoch).
+    fn request_switchover(&mut self, to: usize, demote: bool) -> Result<usize, &'static str> {
+        let Some(from) = self.primary else { return Err("no primary") };
+        if self.switchover.is_some() {
+            return Err("a switchover is pending");
+        }
+        if from == to {
+            return Err("already primary");
+        }
+        if !self.is_db_node(to) {
+            return Err("not a database node");
+        }
+        self.switchover = Some((from, to, demote, self.epoch));
+        Ok(from)
     }
 
     fn apply(&mut self, p: &Proposal) -> Result<(), &'static str> {
@@ -495,12 +596,18 @@ impl Log {
                 if self.primary == Some(i) {
                     return Err("already primary");
                 }
+                self.previous_primary = self.primary;
                 self.primary = Some(i);
                 self.epoch += 1;
                 self.votes.clear();
+                self.switchover = None;
                 self.history.push((self.epoch, i));
             }
-            Proposal::ClearSwitchover => {}
+            Proposal::ClearSwitchover => {
+                if self.switchover.take().is_none() {
+                    return Err("no switchover pending");
+                }
+            }
         }
         Ok(())
     }
@@ -515,6 +622,31 @@ enum Ev {
     DbPromoted { node: usize, epoch: u64, incarnation: u64 },
     WorkDone { node: usize, epoch: u64, incarnation: u64 },
     Fault(Fault),
+    Operator(OperatorPromote),
+    /// The clean stop of a `-switchover` finished (`ok`) or failed.
+    HandOverDone { node: usize, epoch: u64, incarnation: u64, ok: bool },
+    RejoinDone { node: usize, epoch: u64, incarnation: u64 },
+}
+
+/// One committed operator hand-over and what became of it.
+#[derive(Clone, Debug)]
+struct HandoverRec {
+    at: u64,
+    epoch: u64,
+    from: usize,
+    to: usize,
+    demote: bool,
+    /// The old primary's database stopped cleanly.
+    stopped_at: Option<u64>,
+    /// The runtime reported `HandOverFailed`.
+    failed: bool,
+    cleared_at: Option<u64>,
+    /// The `Promote` that ended the epoch: when, and whom.
+    promoted: Option<(u64, usize)>,
+    /// The old primary's database runs as a standby again.
+    rejoined_at: Option<u64>,
+    /// After a failed hand-over: the old primary serves again.
+    served_again: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -559,6 +691,24 @@ struct RunResult {
     needs_primary_vote: bool,
     proposals_dropped: u32,
     messages: u64,
+    /// Operator hand-overs committed, carried out (a `Promote` ended their epoch), failed
+    /// (`HandOverFailed`), and old primaries rejoined as standbys.
+    handovers: u32,
+    handovers_promoted: u32,
+    handovers_failed: u32,
+    rejoined: u32,
+    /// Old primaries whose database was still stopped at the end.
+    left_stopped: u32,
+    /// `-switchover` `Promote`s committed, and those while the old primary's database still
+    /// ran (allowed only when a fault touched it: (6)).
+    switchover_promotes: u32,
+    switchover_promotes_running: u32,
+    /// `Rejoin` of a database its agent saw run since its hand-over (asserted against).
+    stale_rejoin: Option<String>,
+    /// `Rejoin` before the runtime reported the clean stop (the database had failed before),
+    /// with the first one's trace.
+    early_rejoins: u32,
+    early_rejoin: Option<String>,
 }
 
 /// Choices about the runtime around the engine.
@@ -607,12 +757,32 @@ struct Sim {
     last_fault: u64,
     healthy_after_last_fault: bool,
     res: RunResult,
+    handovers: Vec<HandoverRec>,
+    /// Per node: the epoch it handed over with `-switchover` (its database stopped cleanly).
+    handed_over: [Option<u64>; MAX_N],
+    /// Per node: its agent has not seen its database run since its hand-over (a rejoin is due).
+    down_since_handover: [bool; MAX_N],
+    /// Per node: a clean stop for a `-switchover` is under way.
+    stop_pending: [bool; MAX_N],
+    /// Per node: the last fault that touched its agent, node or links.
+    touched: [Option<u64>; MAX_N],
+    /// The longest clean stop of a `-switchover` since the last fault: a planned outage the
+    /// liveness bound allows for (the hand-over waits for it, by design).
+    stop_slack: u64,
 }
 
 impl Sim {
     fn new(sched: Schedule, params: Params) -> Self {
         let n = sched.n;
-        let mut log = Log { epoch: 1, primary: Some(0), votes: BTreeSet::new(), history: vec![(1, 0)], nodes: BTreeMap::new() };
+        let mut log = Log {
+            epoch: 1,
+            primary: Some(0),
+            votes: BTreeSet::new(),
+            history: vec![(1, 0)],
+            nodes: BTreeMap::new(),
+            previous_primary: None,
+            switchover: None,
+        };
         let mut rng = Rng(sched.seed ^ 0xA5A5_5A5A_1234_5678);
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -655,12 +825,21 @@ impl Sim {
             last_fault: 0,
             healthy_after_last_fault: true,
             res: RunResult::default(),
+            handovers: Vec::new(),
+            handed_over: [None; MAX_N],
+            down_since_handover: [false; MAX_N],
+            stop_pending: [false; MAX_N],
+            touched: [None; MAX_N],
+            stop_slack: 0,
         };
         for i in 0..n {
             sim.start_agent(i);
         }
         for (at, f) in sim.sched.faults.clone() {
             sim.push(at, Ev::Fault(f));
+        }
+        for (at, o) in sim.sched.operator.clone() {
+            sim.push(at, Ev::Operator(o));
         }
         sim
     }
@@ -772,7 +951,7 @@ impl Sim {
         match self.nodes[i].db {
             Db::Primary => t,
             Db::Standby => t - self.nodes[i].lag,
-            Db::None | Db::Failed => 0,
+            Db::None | Db::Failed | Db::Stopped => 0,
         }
     }
 
@@ -782,7 +961,9 @@ impl Sim {
             Db::None => LocalDb::default(),
             Db::Standby => LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn, timeline: 1 },
             Db::Primary => LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn, timeline: 1 },
-            Db::Failed => LocalDb { up: Some(false), in_recovery: None, failed: true, lsn, timeline: 1 },
+            // As the runtime reports any database that is down (`failed: db.up == Some(false)`);
+            // a planned stop is not a failure to its monitoring, but the engine sees it down.
+            Db::Failed | Db::Stopped => LocalDb { up: Some(false), in_recovery: None, failed: true, lsn, timeline: 1 },
         }
     }
 
@@ -791,7 +972,7 @@ impl Sim {
         let s = &self.nodes[i].kernel.slots[j];
         let age = (s.pings > 0).then(|| now.saturating_sub(s.arrival));
         let db_reachable = (self.nodes[j].db != Db::None).then(|| {
-            self.nodes[j].up && self.nodes[j].db != Db::Failed && self.link(i, j) && self.link(j, i)
+            self.nodes[j].up && !matches!(self.nodes[j].db, Db::Failed | Db::Stopped) && self.link(i, j) && self.link(j, i)
         });
         PeerView {
             addr: addr(j),
@@ -828,6 +1009,10 @@ impl Sim {
         let fresh = (in_group && grace_over).then(|| self.log.committed());
         let peers: Vec<PeerView> = (0..n).filter(|&j| j != i).map(|j| self.peer_view(i, j, now)).collect();
         let db = self.local_db(i);
+        if db.up == Some(true) {
+            // The agent has seen its database run since its last hand-over.
+            self.down_since_handover[i] = false;
+        }
 
         let Some(agent) = self.nodes[i].agent.as_mut() else { return };
         if let Some(c) = fresh {
@@ -927,12 +1112,178 @@ impl Sim {
             Action::DemoteLocal { epoch, primary } => {
                 self.note(&format!("n{i}: DemoteLocal epoch {epoch} primary {:?}", primary.map(index_of)));
             }
-            Action::Follow { .. }
-            | Action::Notify(_)
-            | Action::RemotePrePromotion { .. }
-            | Action::RemotePostPromotion { .. }
-            | Action::HandOver { .. }
-            | Action::Rejoin { .. } => {}
+            Action::HandOver { epoch, to, demote } => {
+                self.note(&format!("n{i}: HandOver epoch {epoch} to n{} (demote {demote})", index_of(to)));
+                // Without `demote` the runtime only logs (the kernel is already fenced).
+                if demote {
+                    if let Some(agent) = self.nodes[i].agent.as_mut() {
+                        agent.work = Work::HandingOver { epoch };
+                    }
+                    self.stop_pending[i] = true;
+                    // A clean stop usually takes 50–500 ms; sometimes (a long checkpoint) longer
+                    // than the voters' promotion wait.
+                    let dur = if self.rng.chance(0.15) { self.rng.between(SEC, 2_500 * MS) } else { self.rng.between(50 * MS, 500 * MS) };
+                    let ok = !self.rng.chance(0.08);
+                    self.stop_slack = self.stop_slack.max(dur);
+                    self.push(self.now + dur, Ev::HandOverDone { node: i, epoch, incarnation, ok });
+                }
+            }
+            Action::Rejoin { epoch, primary, .. } => {
+                self.note(&format!("n{i}: Rejoin epoch {epoch} as a standby of n{}", index_of(primary)));
+                if self.stop_pending[i] {
+                    // Its database was down before the hand-over (failed): the `Promote` did not
+                    // wait for the clean stop, and the rejoin runs while `pg_ctl stop` may.
+                    self.res.early_rejoins += 1;
+                    if self.res.early_rejoin.is_none() {
+                        let mut s = format!("REJOIN at {} of n{i} for epoch {epoch} before its clean stop was reported ({:?})\n", ts(self.now), self.nodes[i].db);
+                        self.describe(&mut s);
+                        self.res.early_rejoin = Some(s);
+                    }
+                } else if !self.down_since_handover[i] || self.handed_over[i].is_none_or(|h| h >= epoch) {
+                    let mut s = format!(
+                        "REJOIN at {} of n{i} for epoch {epoch}: its agent saw its database ({:?} now) run since its hand-over (of epoch {:?})\n",
+                        ts(self.now),
+                        self.nodes[i].db,
+                        self.handed_over[i]
+                    );
+                    self.describe(&mut s);
+                    self.res.stale_rejoin.get_or_insert(s);
+                }
+                if let Some(agent) = self.nodes[i].agent.as_mut() {
+                    agent.work = Work::Rejoining { epoch };
+                }
+                let at = self.now + self.rng.between(100 * MS, 800 * MS);
+                self.push(at, Ev::RejoinDone { node: i, epoch, incarnation });
+            }
+            Action::Follow { .. } | Action::Notify(_) | Action::RemotePrePromotion { .. } | Action::RemotePostPromotion { .. } => {}
+        }
+    }
+
+    // ---- The operator and the runtime's hand-over work. ----
+
+    /// `efm promote [-switchover]`: as `operator::promote` checks it (a running standby to
+    /// promote; with `-switchover`, a running primary), then `RequestSwitchover` for the current
+    /// epoch, committed if the log has a connected majority and its apply rules accept it.
+    fn operator_promote(&mut self, o: OperatorPromote) {
+        self.last_fault = self.now;
+        self.stop_slack = 0;
+        let running = |s: &Self, j: usize| s.nodes[j].up && s.agent_running(j);
+        let cands: Vec<usize> =
+            (0..self.n()).filter(|&j| self.log.is_db_node(j) && Some(j) != self.log.primary && self.nodes[j].db == Db::Standby && running(self, j)).collect();
+        let r = if cands.is_empty() {
+            Err("no standby can be promoted")
+        } else if o.demote && !self.log.primary.is_some_and(|p| running(self, p)) {
+            Err("-switchover needs a running primary")
+        } else if self.group().is_none() {
+            Err("no connected majority")
+        } else {
+            self.log.request_switchover(cands[o.to % cands.len()], o.demote)
+        };
+        let to = cands.get(o.to % cands.len().max(1)).copied().unwrap_or(usize::MAX);
+        self.note(&format!("OPERATOR promote n{to} (switchover {}) → {r:?}", o.demote));
+        if let Ok(from) = r {
+            self.res.handovers += 1;
+            self.handovers.push(HandoverRec {
+                at: self.now,
+                epoch: self.log.epoch,
+                from,
+                to,
+                demote: o.demote,
+                stopped_at: None,
+                failed: false,
+                cleared_at: None,
+                promoted: None,
+                rejoined_at: None,
+                served_again: None,
+            });
+        }
+        self.healthy_after_last_fault = self.healthy_majority();
+    }
+
+    fn same_agent(&self, i: usize, incarnation: u64) -> bool {
+        self.nodes[i].agent.as_ref().is_some_and(|a| a.incarnation == incarnation)
+    }
+
+    /// The runtime's clean stop finished. The database stops even if the agent that started
+    /// `pg_ctl stop` has died since; only that agent hears the result.
+    fn hand_over_done(&mut self, i: usize, epoch: u64, incarnation: u64, ok: bool) {
+        if !self.nodes[i].up {
+            return;
+        }
+        let same = self.same_agent(i, incarnation);
+        self.stop_pending[i] = false;
+        let work = if ok {
+            // `pg_ctl stop` of a database that is not running succeeds too.
+            if matches!(self.nodes[i].db, Db::Primary | Db::Standby) {
+                self.nodes[i].db = Db::Stopped;
+            }
+            self.handed_over[i] = Some(epoch);
+            self.down_since_handover[i] = true;
+            let now = self.now;
+            for h in self.handovers.iter_mut().filter(|h| h.from == i && h.epoch == epoch) {
+                h.stopped_at.get_or_insert(now);
+            }
+            self.note(&format!("n{i}: database stopped cleanly for the hand-over of epoch {epoch} ({:?})", self.nodes[i].db));
+            Work::HandedOver { epoch }
+        } else {
+            self.note(&format!("n{i}: clean stop for the hand-over of epoch {epoch} failed; the database keeps running"));
+            for h in self.handovers.iter_mut().filter(|h| h.from == i && h.epoch == epoch) {
+                h.failed = true;
+            }
+            Work::HandOverFailed { epoch, reason: "pg_ctl stop failed (simulated)".into() }
+        };
+        if same {
+            if let Some(a) = self.nodes[i].agent.as_mut() {
+                a.work = work;
+            }
+        }
+    }
+
+    /// The runtime restarted the stopped old primary as a standby (a failed database stays down).
+    fn rejoin_done(&mut self, i: usize, epoch: u64, incarnation: u64) {
+        if !self.nodes[i].up {
+            return;
+        }
+        if self.nodes[i].db == Db::Stopped {
+            self.nodes[i].db = Db::Standby;
+            self.nodes[i].lag = self.rng.between(0, 100);
+            let now = self.now;
+            for h in self.handovers.iter_mut().filter(|h| h.from == i && h.rejoined_at.is_none() && h.stopped_at.is_some()) {
+                h.rejoined_at = Some(now);
+            }
+            self.res.rejoined += 1;
+            self.note(&format!("n{i}: database restarted as a standby (epoch {epoch})"));
+        }
+        let standby = self.nodes[i].db == Db::Standby;
+        if let Some(a) = self.nodes[i].agent.as_mut().filter(|a| a.incarnation == incarnation && a.work == Work::Rejoining { epoch }) {
+            a.work = if standby { Work::Idle } else { Work::RejoinFailed { epoch, reason: "the database could not start (simulated)".into() } };
+        }
+    }
+
+    /// A fault touched node `i`'s agent or links since shortly before `since`, or they are not
+    /// whole now: a hand-over may then go ahead without the old primary's clean stop.
+    fn disturbed(&self, i: usize, since: u64) -> bool {
+        self.touched[i].is_some_and(|t| t + SEC >= since)
+            || !self.agent_running(i)
+            || (0..self.n()).any(|j| j != i && (!self.link(i, j) || !self.link(j, i)))
+    }
+
+    /// A `Promote` committed: record it against the hand-over of its epoch and check (6).
+    fn promoted(&mut self, candidate: usize, epoch: u64, switchover: Option<(usize, usize, bool, u64)>, primary: Option<usize>) {
+        let now = self.now;
+        for h in self.handovers.iter_mut().filter(|h| h.epoch == epoch) {
+            h.promoted = Some((now, candidate));
+        }
+        if let Some((from, _, true, e)) = switchover.filter(|s| s.3 == epoch && Some(s.0) == primary) {
+            let since = self.handovers.iter().rev().find(|h| h.epoch == e && h.from == from).map_or(now, |h| h.at);
+            self.res.switchover_promotes += 1;
+            let running = self.nodes[from].up && self.nodes[from].db == Db::Primary;
+            self.res.switchover_promotes_running += u32::from(running);
+            if running && !self.disturbed(from, since) {
+                self.violate(&format!(
+                    "the switchover Promote of n{candidate} (epoch {epoch}) committed while n{from}'s database still runs as primary and nothing disturbed n{from}"
+                ));
+            }
         }
     }
 
@@ -1000,22 +1351,31 @@ impl Sim {
         }
     }
 
+    fn touch(&mut self, i: usize) {
+        self.touched[i] = Some(self.now);
+    }
+
     fn cut(&mut self, links: Vec<(usize, usize)>, heal_after: Option<u64>) {
         for &(a, b) in &links {
             self.down[a][b] += 1;
+            self.touch(a);
+            self.touch(b);
         }
         if let Some(d) = heal_after {
             self.push(self.now + d, Ev::Fault(Fault::Heal(links)));
         }
     }
 
+    #[expect(clippy::too_many_lines, reason = "one arm per kind of fault")]
     fn fault(&mut self, f: Fault) {
         let n = self.n();
         self.res.faults += 1;
         self.last_fault = self.now;
+        self.stop_slack = 0;
         let what = match f {
             Fault::KillAgent { who, restart_after } => {
                 let i = self.resolve(who);
+                self.touch(i);
                 self.stop_agent(i);
                 if let Some(d) = restart_after {
                     self.push(self.now + d, Ev::Fault(Fault::RestartAgent(i)));
@@ -1023,6 +1383,7 @@ impl Sim {
                 format!("kill n{i}'s agent (restart after {:?} ms)", restart_after.map(|d| d / MS))
             }
             Fault::RestartAgent(i) => {
+                self.touch(i);
                 if self.nodes[i].up && self.nodes[i].agent.is_none() {
                     self.start_agent(i);
                 }
@@ -1030,6 +1391,7 @@ impl Sim {
             }
             Fault::PauseAgent { who, dur } => {
                 let i = self.resolve(who);
+                self.touch(i);
                 let until = self.now + dur;
                 if let Some(a) = self.nodes[i].agent.as_mut() {
                     a.paused_until = a.paused_until.max(until);
@@ -1037,7 +1399,10 @@ impl Sim {
                 self.push(until, Ev::Fault(Fault::Resume(i)));
                 format!("pause n{i}'s agent for {} ms", dur / MS)
             }
-            Fault::Resume(i) => format!("n{i}'s pause ends"),
+            Fault::Resume(i) => {
+                self.touch(i);
+                format!("n{i}'s pause ends")
+            }
             Fault::Cut { who, inbound, outbound, heal_after } => {
                 let i = self.resolve(who);
                 let mut links = Vec::new();
@@ -1072,11 +1437,14 @@ impl Sim {
             Fault::Heal(links) => {
                 for &(a, b) in &links {
                     self.down[a][b] -= 1;
+                    self.touch(a);
+                    self.touch(b);
                 }
                 format!("heal {links:?}")
             }
             Fault::NodeDown { who, back_after } => {
                 let i = self.resolve(who);
+                self.touch(i);
                 self.nodes[i].up = false;
                 self.stop_agent(i);
                 if let Some(d) = back_after {
@@ -1085,6 +1453,7 @@ impl Sim {
                 format!("node n{i} down (back after {:?} ms)", back_after.map(|d| d / MS))
             }
             Fault::NodeUp(i) => {
+                self.touch(i);
                 self.nodes[i].up = true;
                 self.nodes[i].kernel = Kernel::fresh();
                 self.start_agent(i);
@@ -1092,7 +1461,8 @@ impl Sim {
             }
             Fault::DbFail { who } => {
                 let i = self.resolve(who);
-                if self.nodes[i].db != Db::None {
+                // A database stopped for a switchover has nothing left to fail.
+                if !matches!(self.nodes[i].db, Db::None | Db::Stopped) {
                     self.nodes[i].db = Db::Failed;
                 }
                 format!("n{i}'s database fails")
@@ -1154,7 +1524,17 @@ impl Sim {
         for (at, f) in &self.sched.faults {
             let _ = writeln!(s, "  {} {f:?}", ts(*at));
         }
-        let _ = writeln!(s, "log: epoch {} primary {:?} votes {:?} history {:?}", self.log.epoch, self.log.primary, self.log.votes, self.log.history);
+        let _ = writeln!(
+            s,
+            "log: epoch {} primary {:?} votes {:?} history {:?} switchover {:?}",
+            self.log.epoch, self.log.primary, self.log.votes, self.log.history, self.log.switchover
+        );
+        for (at, o) in &self.sched.operator {
+            let _ = writeln!(s, "  {} operator {o:?}", ts(*at));
+        }
+        for h in &self.handovers {
+            let _ = writeln!(s, "  hand-over {h:?}");
+        }
         for (i, nd) in self.nodes.iter().enumerate() {
             let now = self.local(i, self.now);
             let k = &nd.kernel;
@@ -1201,9 +1581,20 @@ impl Sim {
                 .join(" and ");
             self.violate(&format!("two nodes serve writes: {detail}"));
         }
+        for i in (0..n).filter(|&i| serving & (1 << i) != 0) {
+            if let Some(h) = self.handed_over[i].filter(|&h| !self.log.history.iter().any(|&(e, j)| j == i && e > h)) {
+                self.violate(&format!("n{i} handed epoch {h} over with -switchover and serves again without a later committed Promote"));
+            }
+        }
         if serving != self.serving {
             for i in 0..n {
                 let (was, is) = (self.serving & (1 << i) != 0, serving & (1 << i) != 0);
+                if is && !was {
+                    let now = self.now;
+                    for h in self.handovers.iter_mut().filter(|h| h.from == i && h.failed && h.served_again.is_none()) {
+                        h.served_again = Some(now);
+                    }
+                }
                 if was != is {
                     let why = self.nodes[i].kernel.fence_reason(self.local(i, self.now));
                     self.note(&format!("n{i} {} serving writes ({why:?})", if is { "starts" } else { "stops" }));
@@ -1247,11 +1638,22 @@ impl Sim {
                 Ev::Ping { from, to, id, flags, epoch, lsn } => self.on_ping(from, to, id, flags, epoch, lsn),
                 Ev::Pong { from, to, id, epoch } => self.on_pong(from, to, id, epoch),
                 Ev::Commit { from, proposal } => {
+                    let (epoch, switchover, primary) = (self.log.epoch, self.log.switchover, self.log.primary);
                     let r = self.log.apply(&proposal);
-                    if r.is_ok() && matches!(proposal, Proposal::Promote { .. }) {
-                        self.res.failovers += 1;
-                    }
                     self.note(&format!("log: n{from}'s {proposal:?} → {r:?}"));
+                    match (&proposal, r) {
+                        (Proposal::Promote { candidate, .. }, Ok(())) => {
+                            self.res.failovers += 1;
+                            self.promoted(index_of(*candidate), epoch, switchover, primary);
+                        }
+                        (Proposal::ClearSwitchover, Ok(())) => {
+                            let now = self.now;
+                            for h in self.handovers.iter_mut().filter(|h| h.epoch == epoch && h.cleared_at.is_none()) {
+                                h.cleared_at = Some(now);
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 Ev::DbPromoted { node, epoch, incarnation } => {
                     if self.nodes[node].up && self.nodes[node].db == Db::Standby {
@@ -1270,6 +1672,9 @@ impl Sim {
                     }
                 }
                 Ev::Fault(f) => self.fault(f),
+                Ev::Operator(o) => self.operator_promote(o),
+                Ev::HandOverDone { node, epoch, incarnation, ok } => self.hand_over_done(node, epoch, incarnation, ok),
+                Ev::RejoinDone { node, epoch, incarnation } => self.rejoin_done(node, epoch, incarnation),
             }
             self.check();
             if self.res.violation.is_some() {
@@ -1282,6 +1687,11 @@ impl Sim {
     }
 
     fn finish(mut self) -> RunResult {
+        if std::env::var_os("EFM_SIM_TRACE").is_some() {
+            let mut s = String::new();
+            self.describe(&mut s);
+            eprintln!("{s}");
+        }
         let after_warm: Vec<(u64, u64)> = self.outages.iter().map(|&(s, e)| (s, e.unwrap_or(RUN_FOR))).collect();
         self.res.max_outage = after_warm.iter().map(|(s, e)| e - s).max();
         if !self.warm {
@@ -1293,21 +1703,26 @@ impl Sim {
             let worst = after_warm.iter().filter(|(_, e)| *e >= t0).map(|&(s, e)| e - s.max(t0)).max().unwrap_or(0);
             self.res.time_to_serving = Some(worst);
             let open = self.outages.last().is_some_and(|o| o.1.is_none());
-            if worst > liveness_bound() || open {
+            let bound = liveness_bound() + self.stop_slack;
+            if worst > bound || open {
                 self.res.needs_primary_vote = self.needs_primary_vote();
                 let mut s = format!(
                     "LIVENESS{}: {} ms without a serving node after the last fault at {} (bound {} ms){}\n",
                     if self.res.needs_primary_vote { " (needs the primary's own vote)" } else { "" },
                     worst / MS,
                     ts(t0),
-                    liveness_bound() / MS,
+                    bound / MS,
                     if open { "; none serves at the end" } else { "" }
                 );
                 self.describe(&mut s);
                 self.res.liveness = Some(s);
             }
         }
-        if let Family::PauseOnly(d) = self.sched.family {
+        self.check_handovers();
+        self.res.handovers_promoted = u32::try_from(self.handovers.iter().filter(|h| h.promoted.is_some()).count()).unwrap_or(0);
+        self.res.handovers_failed = u32::try_from(self.handovers.iter().filter(|h| h.failed).count()).unwrap_or(0);
+        self.res.left_stopped = u32::try_from(self.nodes.iter().filter(|nd| nd.db == Db::Stopped).count()).unwrap_or(0);
+        if let (Family::PauseOnly(d), true) = (self.sched.family, self.sched.operator.is_empty()) {
             if d < 900 * MS && self.res.failovers > 0 {
                 let mut s = format!("UNNECESSARY FAILOVER after a {} ms pause\n", d / MS);
                 self.describe(&mut s);
@@ -1315,6 +1730,49 @@ impl Sim {
             }
         }
         self.res
+    }
+
+    /// (5) Without faults, a hand-over completes within [`HANDOVER_BOUND`]: the target is
+    /// promoted, and a `-switchover` old primary runs as an ordinary standby (unfenced) by then;
+    /// a plain promotion leaves it fenced; a hand-over whose clean stop failed is called off and
+    /// the old primary serves again, with no failover.
+    fn check_handovers(&mut self) {
+        if self.sched.family != Family::NoFaults || self.res.violation.is_some() {
+            return;
+        }
+        let mut problems = Vec::new();
+        for h in &self.handovers {
+            let by = h.at + HANDOVER_BOUND;
+            let within = |t: Option<u64>| t.is_some_and(|t| t <= by);
+            let from = &self.nodes[h.from];
+            let outcome = from.agent.as_ref().and_then(|a| a.last_outcome.clone());
+            let problem = if h.failed {
+                if h.promoted.is_some() {
+                    Some("a failover happened after the hand-over was called off".to_string())
+                } else if !within(h.served_again) {
+                    Some("the old primary does not serve again after its clean stop failed".to_string())
+                } else {
+                    None
+                }
+            } else if !h.promoted.is_some_and(|(t, c)| t <= by && c == h.to) {
+                Some(format!("the target n{} was not promoted within the bound ({:?})", h.to, h.promoted))
+            } else if h.demote {
+                let standby = from.db == Db::Standby && !from.kernel.fenced && matches!(outcome, Some(Outcome::Standby { .. }));
+                (!within(h.rejoined_at) || !standby)
+                    .then(|| format!("the old primary did not rejoin as a standby within the bound (rejoined {:?}, db {:?}, outcome {outcome:?})", h.rejoined_at.map(ts), from.db))
+            } else {
+                (!from.kernel.fenced || !matches!(outcome, Some(Outcome::FencedOldPrimary { .. })))
+                    .then(|| format!("the old primary is not a fenced old primary at the end (outcome {outcome:?})"))
+            };
+            if let Some(p) = problem {
+                problems.push(format!("hand-over of epoch {} at {} from n{} to n{} (demote {}): {p}", h.epoch, ts(h.at), h.from, h.to, h.demote));
+            }
+        }
+        if let Some(first) = problems.first() {
+            let mut s = format!("HAND-OVER within {} ms: {first}\n", HANDOVER_BOUND / MS);
+            self.describe(&mut s);
+            self.res.liveness = Some(s);
+        }
     }
 }
 
@@ -1343,18 +1801,69 @@ struct Stats {
     /// Pause-only runs per 250 ms bucket: (runs, runs with a failover, runs with a client outage).
     pauses: BTreeMap<u64, (u32, u32, u32)>,
     families: BTreeMap<&'static str, u32>,
+    handovers: u32,
+    handovers_promoted: u32,
+    handovers_failed: u32,
+    rejoined: u32,
+    left_stopped: u32,
+    /// The first few schedules that left an old primary stopped.
+    left_stopped_seeds: Vec<u64>,
+    early_rejoins: u32,
+    switchover_promotes: u32,
+    switchover_promotes_running: u32,
+}
+
+impl Stats {
+    fn add_handovers(&mut self, r: &RunResult, seed: u64) {
+        self.handovers += r.handovers;
+        self.handovers_promoted += r.handovers_promoted;
+        self.handovers_failed += r.handovers_failed;
+        self.rejoined += r.rejoined;
+        self.left_stopped += r.left_stopped;
+        if r.left_stopped > 0 && self.left_stopped_seeds.len() < 5 {
+            self.left_stopped_seeds.push(seed);
+        }
+        self.early_rejoins += r.early_rejoins;
+        self.switchover_promotes += r.switchover_promotes;
+        self.switchover_promotes_running += r.switchover_promotes_running;
+    }
+
+    fn report_handovers(&self, n: usize) {
+        if self.handovers == 0 {
+            return;
+        }
+        eprintln!(
+            "ha::sim {n} voters: {} operator hand-overs committed, {} carried out by a Promote, {} clean stops failed (called off), {} old primaries rejoined as standbys, {} left stopped at the end, {} rejoins before the clean stop was reported; {} -switchover promotions, {} of them with the old primary's database running (a fault touched it)",
+            self.handovers,
+            self.handovers_promoted,
+            self.handovers_failed,
+            self.rejoined,
+            self.left_stopped,
+            self.early_rejoins,
+            self.switchover_promotes,
+            self.switchover_promotes_running
+        );
+        if !self.left_stopped_seeds.is_empty() {
+            eprintln!("ha::sim {n} voters: old primaries left stopped in seeds {:?}", self.left_stopped_seeds);
+        }
+    }
 }
 
 fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liveness: bool) -> Stats {
+    run_schedules(n, default_count, salt, params, check_liveness, Schedule::generate)
+}
+
+fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_liveness: bool, generate: fn(u64, usize) -> Schedule) -> Stats {
     let base = env_u64("EFM_SIM_SEED").unwrap_or(DEFAULT_SEED ^ salt);
     let count = env_u64("EFM_SIM_SCHEDULES").unwrap_or(default_count);
     let mut st = Stats::default();
     let mut failures = Vec::new();
     let mut liveness = Vec::new();
     let mut deadlocks = Vec::new();
+    let mut early_rejoins = Vec::new();
     for k in 0..count {
         let seed = base.wrapping_add(k);
-        let sched = Schedule::generate(seed, n);
+        let sched = generate(seed, n);
         let family = sched.family;
         let r = Sim::new(sched, params).run();
         st.schedules += 1;
@@ -1362,11 +1871,14 @@ fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liven
         st.failovers += r.failovers;
         st.dropped += r.proposals_dropped;
         st.messages += r.messages;
-        *st.families.entry(match family {
-            Family::Random => "random",
-            Family::PauseOnly(_) => "pause-only",
-            Family::RestartDuringCut => "restart-during-cut",
-        }).or_default() += 1;
+        st.add_handovers(&r, seed);
+        if let Some(o) = r.early_rejoin {
+            early_rejoins.push(format!("seed {seed}:\n{o}"));
+        }
+        if let Some(o) = r.stale_rejoin {
+            failures.push(format!("seed {seed}:\n{o}"));
+        }
+        *st.families.entry(family.name()).or_default() += 1;
         if let Family::PauseOnly(d) = family {
             let e = st.pauses.entry(d / (250 * MS) * 250).or_default();
             e.0 += 1;
@@ -1394,7 +1906,7 @@ fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liven
         }
     }
     eprintln!(
-        "ha::sim {n} voters: {} schedules {:?}, {} faults, {} failovers, {} violations, liveness checked in {} (where it held: at most {} ms to a serving node after the last fault, bound {} ms; {} failures, {} of them needing the primary's own vote), longest outage {} ms, {} proposals lost, {} messages",
+        "ha::sim {n} voters: {} schedules {:?}, {} faults, {} failovers, {} violations, liveness checked in {} (where it held: at most {} ms to a serving node after the last fault, bound {} ms plus any clean stop of a -switchover; {} failures, {} of them needing the primary's own vote), longest outage {} ms, {} proposals lost, {} messages",
         st.schedules,
         st.families,
         st.faults,
@@ -1409,6 +1921,10 @@ fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liven
         st.dropped,
         st.messages,
     );
+    st.report_handovers(n);
+    if let Some(first) = early_rejoins.first() {
+        eprintln!("ha::sim {n} voters: first rejoin before the clean stop was reported:\n{first}");
+    }
     for (b, (runs, fo, out)) in &st.pauses {
         eprintln!("ha::sim {n} voters: primary agent paused {b}–{} ms: {runs} runs, {fo} with a failover, {out} with a client outage", b + 250);
     }
@@ -1447,6 +1963,16 @@ fn three_voters_keep_at_most_one_writable_primary() {
 fn five_voters_keep_at_most_one_writable_primary() {
     let st = run_many(5, 400, 5, Params::default(), true);
     assert!(st.failovers > 0, "the schedules must exercise failovers");
+}
+
+#[test]
+fn operator_hand_overs_keep_one_writable_primary_and_lose_no_acknowledged_write() {
+    let a = run_schedules(3, 180, 0x4A3, Params::default(), true, Schedule::with_handovers);
+    let b = run_schedules(5, 120, 0x4A5, Params::default(), true, Schedule::with_handovers);
+    if env_u64("EFM_SIM_SCHEDULES").is_none() {
+        assert!(a.handovers_promoted + b.handovers_promoted > 0, "the schedules must carry out hand-overs");
+        assert!(a.rejoined + b.rejoined > 0, "the schedules must rejoin old primaries");
+    }
 }
 
 /// Diagnostic for the restart finding: with the engine's memory (last endorsement, vote)

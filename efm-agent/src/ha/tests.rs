@@ -562,3 +562,130 @@ fn remote_promotion_hooks_fire_on_uninvolved_nodes_only() {
     let s = step(&mut p, 100, Some(&c2), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePrePromotion { .. })));
 }
+
+/// Found by the simulation (seed 1028089775313, 5 voters, no faults): voters stopped endorsing
+/// a primary as soon as it fenced itself for a `-switchover`. A clean stop that took longer than
+/// the lease (here 1.7 s) then failed; the hand-over was called off, but the primary's lease had
+/// lapsed (its PINGs said so, so nobody endorsed it again) and the voters voted after the
+/// promotion wait: the leader failed over to the most advanced standby, not the operator's
+/// target, the old primary's database still running.
+#[test]
+fn voters_keep_endorsing_a_switchover_primary_that_is_stopping_cleanly() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(1, Some(1));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    let stopping = PeerView { fenced: true, ..primary_view(1, 1, 10) };
+    let h = with_handover(c.clone(), 2, true);
+    let s = step(&mut e, 50, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)), "fenced on purpose, by its kernel: its lease is kept");
+    let s = step(&mut e, 3_000, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "endorsed: no vote; it votes itself once stopped, or calls the hand-over off");
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    // Called off: the log may show it before the primary's PINGs do.
+    let s = step(&mut e, 3_050, Some(&c), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "endorsed 50 ms ago");
+    // The primary serves again and is endorsed.
+    let s = step(&mut e, 3_100, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    assert_eq!(s.outcome, Outcome::Standby { primary: Some(addr(1)), endorsing: true });
+}
+
+#[test]
+fn voters_vote_on_a_switchover_once_the_stopped_primary_voted_or_its_agent_is_gone() {
+    let stopping = PeerView { fenced: true, db_up: false, ..primary_view(1, 1, 10) };
+    let mut h = with_handover(committed(1, Some(1)), 2, true);
+    let mut e = Engine::new(cfg(2));
+    let _ = step(&mut e, 0, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    h.votes.insert(addr(1));
+    let s = step(&mut e, 100, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "stopped and voted: at once");
+    assert_eq!(s.desired.endorse, None, "its database is down");
+    let h = with_handover(committed(1, Some(1)), 2, true);
+    let gone = PeerView { alive: false, agent_age: Some(Duration::from_millis(600)), ..stopping };
+    let mut e = Engine::new(cfg(2));
+    let _ = step(&mut e, 0, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 500, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert!(proposals(&s).is_empty(), "the promotion wait still applies");
+    let s = step(&mut e, 1_200, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "its agent is gone: after the wait");
+}
+
+/// Found by the simulation (seed 1028089775662): the runtime replaces `Work::Promoted` with the
+/// hand-over's `HandingOver`/`HandOverFailed`, so a primary promoted in this epoch whose
+/// hand-over was called off took itself for a candidate again and stayed fenced.
+#[test]
+fn a_promoted_primary_serves_again_after_its_hand_over_is_called_off() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(2, Some(2));
+    let peers = [standby_view(1, 2, 100), witness_view(3, 2)];
+    let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &Work::Idle);
+    assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoting { epoch: 2 });
+    assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
+    let s = step(&mut e, 200, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 2 });
+    let h = with_handover(c.clone(), 1, true);
+    let s = step(&mut e, 300, Some(&h), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    assert_eq!(s.outcome, Outcome::HandingOver { epoch: 2, to: addr(1) });
+    let failed = Work::HandOverFailed { epoch: 2, reason: "pg_ctl stop failed".into() };
+    let s = step(&mut e, 400, Some(&h), false, &peers, PRIMARY_DB, &failed);
+    assert_eq!(proposals(&s), vec![Proposal::ClearSwitchover]);
+    let s = step(&mut e, 500, Some(&c), false, &peers, PRIMARY_DB, &failed);
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 2 }, "its promotion finished before the hand-over");
+    assert!(!s.desired.fenced && s.desired.vip);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::PromoteLocal { .. })));
+}
+
+/// Found by the simulation (seeds 1028089776307 and 1028089777500, 5 voters): the engine kept
+/// the hand-over after the old primary had rejoined, so when its database failed later (as a
+/// standby, or as a primary after being promoted again) the next promotion restarted the
+/// failed database as a standby (`Rejoin`).
+#[test]
+fn a_rejoined_old_primary_is_not_rejoined_again_after_a_later_failure() {
+    let mut e = Engine::new(cfg(1));
+    let c = with_handover(committed(1, Some(1)), 2, true);
+    let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let _ = step(&mut e, 0, Some(&c), false, &peers1, PRIMARY_DB, &Work::Idle);
+    let stopped = LocalDb { up: Some(false), in_recovery: None, failed: true, ..PRIMARY_DB };
+    let _ = step(&mut e, 500, Some(&c), false, &peers1, stopped, &Work::HandedOver { epoch: 1 });
+    let mut c2 = committed(2, Some(2));
+    c2.previous_primary = Some(addr(1));
+    let peers2 = [primary_view(2, 2, 10), witness_view(3, 2)];
+    let s = step(&mut e, 800, Some(&c2), false, &peers2, stopped, &Work::HandedOver { epoch: 1 });
+    assert!(s.actions.contains(&Action::Rejoin { epoch: 2, primary: addr(2), source: None }));
+    let s = step(&mut e, 2_000, Some(&c2), false, &peers2, STANDBY_DB, &Work::Idle);
+    assert!(matches!(s.outcome, Outcome::Standby { .. }));
+    // Its database fails as a standby; later another standby is promoted.
+    let failed = LocalDb { up: Some(false), in_recovery: None, failed: true, ..STANDBY_DB };
+    let s = step(&mut e, 3_000, Some(&c2), false, &peers2, failed, &Work::Idle);
+    assert_eq!(s.outcome, Outcome::Idle, "a failed standby, not an old primary rejoining");
+    let mut c3 = committed(3, Some(4));
+    c3.nodes.insert(addr(4), NodeMeta { witness: false, priority: 1, promotable: true });
+    c3.previous_primary = Some(addr(2));
+    let s = step(&mut e, 4_000, Some(&c3), false, &[primary_view(4, 3, 10), witness_view(3, 3)], failed, &Work::Idle);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::Rejoin { .. })), "{:?}", s.actions);
+    assert_eq!(s.outcome, Outcome::Idle);
+}
+
+/// Found by the simulation (seed 1028089776534, 5 voters): the old primary stopped cleanly but
+/// could not get its vote into the log (cut off from the leader's side); its agent was still
+/// heard, so the leader waited for the vote for ever. Its database is down by its own PINGs and
+/// unreachable from here: what the vote would have said.
+#[test]
+fn the_leader_promotes_the_switchover_target_once_the_old_primary_is_seen_stopped() {
+    let mut c = with_handover(committed(1, Some(1)), 2, true);
+    c.votes.insert(addr(2));
+    c.votes.insert(addr(3));
+    let stopping = PeerView { fenced: true, ..primary_view(1, 1, 10) };
+    let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
+    let s = step(&mut e, 0, Some(&c), true, &[stopping, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "its database still runs");
+    let unknown = PeerView { db_up: false, ..stopping };
+    let s = step(&mut e, 10, Some(&c), true, &[unknown, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "not confirmed from here");
+    let stopped = PeerView { db_up: false, db_reachable: Some(false), ..stopping };
+    let s = step(&mut e, 20, Some(&c), true, &[stopped, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. }));
+    assert!(matches!(promote, Some(Proposal::Promote { candidate, .. }) if candidate == addr(2)), "{promote:?}");
+}

@@ -321,10 +321,9 @@ fn set_priority_changes_the_promotion_choice() {
     let mut c = Cluster::start(&PSS, "");
     let msg = ok(&c.efm_cmd(2, "set-priority", &[&ip(&c, 1), "0"]), "set-priority n2 0");
     assert!(msg.contains("never promoted"), "{msg}");
-    let mut last = serde_json::Value::Null;
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        last = status_json(&c, 0);
+        let last = status_json(&c, 0);
         if last["nodes"][ip(&c, 1)]["promotion"]["priority"] == 0 && last["failoverpriority"] == serde_json::json!([ip(&c, 2)]) {
             break;
         }

@@ -69,6 +69,12 @@ pub struct Promotion {
     pub timeline: u32,
     pub at_unix_ms: u64,
     pub reason: String,
+    /// An operator's `-switchover` hand-over (not a failover).
+    #[serde(default)]
+    pub switchover: bool,
+    /// `-quiet`: no notifications about it.
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 /// The state every agent agrees on. Small; snapshots carry it whole.
@@ -340,11 +346,11 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
                     need: state.votes_needed(),
                 });
             }
+            let handover = state.switchover.take().filter(|s| s.requested_epoch == state.epoch);
             state.previous_primary = state.primary;
             state.primary = Some(*candidate);
             state.epoch += 1;
             state.votes.clear();
-            state.switchover = None;
             state.history.push(Promotion {
                 epoch: state.epoch,
                 node: *candidate,
@@ -352,6 +358,8 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
                 timeline: *timeline,
                 at_unix_ms: *at_unix_ms,
                 reason: reason.clone(),
+                switchover: handover.is_some_and(|h| h.demote),
+                quiet: handover.is_some_and(|h| h.quiet),
             });
             if state.history.len() > HISTORY_LEN {
                 let excess = state.history.len() - HISTORY_LEN;

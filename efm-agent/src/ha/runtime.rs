@@ -424,6 +424,7 @@ impl HaRuntime {
         }
         let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
         let (held_flag, busy_flag) = (self.vip_held.clone(), self.vip_busy.clone());
+        let vip_cfg = self.cfg.clone();
         tokio::task::spawn_blocking(move || {
             let res = if want {
                 vip::assign(&iface, addr, prefix).map(|a| format!("{a:?}"))
@@ -433,6 +434,8 @@ impl HaRuntime {
             match res {
                 Ok(how) => {
                     tracing::info!(vip = %addr, %iface, assigned = want, %how, "VIP");
+                    let vip = addr.to_string();
+                    notify(&vip_cfg, if want { crate::notify::Event::AssigningVip { vip } } else { crate::notify::Event::ReleasingVip { vip } });
                     if let Ok(mut h) = held_flag.lock() {
                         *h = want;
                     }
@@ -607,6 +610,7 @@ impl HaRuntime {
                     *w = Work::Promoting { epoch };
                 }
                 let old = old_primary.or(st.previous_primary).filter(|o| *o != me);
+                let promotion = st.history.last().filter(|h| h.epoch == epoch && h.node == me).cloned();
                 let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -637,6 +641,20 @@ impl HaRuntime {
                     if promoted {
                         let subst = Substitutions { new_primary: Some(me.ip().to_string()), failed_primary: old.map(|o| o.ip().to_string()), ..Substitutions::default() };
                         run_hook(&cfg, Hook::PostPromotion, &subst).await;
+                        match &promotion {
+                            Some(p) if p.quiet => {}
+                            Some(p) if p.switchover => notify(
+                                &cfg,
+                                crate::notify::Event::SwitchoverCompleted {
+                                    old_primary: old.map_or_else(String::new, |o| o.to_string()),
+                                    new_primary: me.to_string(),
+                                },
+                            ),
+                            _ => notify(
+                                &cfg,
+                                crate::notify::Event::FailoverCompleted { old_primary: old.map(|o| o.to_string()), new_primary: me.to_string() },
+                            ),
+                        }
                     }
                 });
             }

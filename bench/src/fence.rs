@@ -1,0 +1,411 @@
+//! `fence`: efm's XDP fence against the classic ways of cutting clients off — an
+//! iptables-legacy `raw PREROUTING` DROP rule, the same rule through iptables-nft, and an nft
+//! `netdev` ingress rule — each on its own pair of namespaces (A sends, B is the fenced node).
+//! The traffic is UDP to B's database port.
+//!
+//! - **Drop throughput, live frames**: A's thread injects frames with `BPF_PROG_RUN` in
+//!   live-frames mode through an `XDP_TX` program, so they leave A's veth and arrive at B as on
+//!   a wire. A veth delivers XDP-transmitted frames only to a peer running an XDP program, so in
+//!   the rule cases B runs an empty `XDP_PASS` program (the cost of a two-instruction program).
+//! - **Drop throughput, socket sender**: a UDP socket in A sends as fast as it can; no XDP
+//!   program on B in the rule cases.
+//! - Rates are dropped packets (counted by the XDP counters, the rule counters) per second of
+//!   wall time; rounds interleave the four cases, and the median round is reported.
+//! - **Activation latency**: while A sends numbered datagrams (send times logged) to a receiver
+//!   in B, the fence is switched on — one map write for XDP, the `iptables`/`nft` command that
+//!   inserts the rule otherwise. Latency = send time of the first datagram never received (every
+//!   later one is missing too) minus the time the switch started.
+
+use std::{
+    net::UdpSocket,
+    os::fd::OwnedFd,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use efm_agent::datapath::Datapath;
+use efm_common::maps::{Counter, FenceState, FENCE_FENCED};
+use efm_tests::{monotonic_ns, udp_frame, Addrs, Fixture, Link, Netns, PinDir, Side, DB_PORT, NS_A_V4, NS_B_V4};
+
+use crate::{
+    bpf,
+    harness::{median_f, us, Args, Dist, Report},
+    heartbeat_latency::open_side,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Xdp,
+    Legacy,
+    IptNft,
+    Netdev,
+}
+
+const KINDS: [Kind; 4] = [Kind::Xdp, Kind::Legacy, Kind::IptNft, Kind::Netdev];
+const NFT_TABLE: &str = "efm_bench";
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Legacy => "iptables_legacy",
+            Self::IptNft => "iptables_nft",
+            Self::Netdev => "nft_netdev",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Xdp => "efm XDP fence (map write)",
+            Self::Legacy => "iptables-legacy -t raw PREROUTING DROP",
+            Self::IptNft => "iptables-nft -t raw PREROUTING DROP",
+            Self::Netdev => "nft netdev ingress drop",
+        }
+    }
+
+    fn iptables(self) -> &'static str {
+        if self == Self::Legacy {
+            "iptables-legacy"
+        } else {
+            "iptables-nft"
+        }
+    }
+}
+
+/// Runs a command in namespace `ns` (forked from a thread inside it); returns stdout.
+fn in_ns(ns: &Netns, argv: &[&str]) -> Result<String> {
+    let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+    let shown = argv.join(" ");
+    let out = ns.run(move || Command::new(&argv[0]).args(&argv[1..]).output()).with_context(|| format!("running {shown}"))?;
+    ensure!(out.status.success(), "{shown} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One case: a fresh pair of namespaces and its fence.
+struct Case {
+    kind: Kind,
+    link: Link,
+    dp: Option<Datapath>,
+    _pins: PinDir,
+    pass: Option<OwnedFd>,
+    frame: Vec<u8>,
+}
+
+impl Case {
+    fn new(kind: Kind) -> Result<Self> {
+        let link = Link::new(&[&format!("{NS_A_V4}/24")], &[&format!("{NS_B_V4}/24")]);
+        let pins = PinDir::new("fe");
+        let dp = if kind == Kind::Xdp { Some(open_side(&link, Side::B, &pins)?) } else { None };
+        if kind == Kind::Netdev {
+            in_ns(&link.b, &["nft", "add", "table", "netdev", NFT_TABLE])?;
+            let chain = format!("{{ type filter hook ingress device {} priority 0 ; }}", link.b_if);
+            in_ns(&link.b, &["nft", "add", "chain", "netdev", NFT_TABLE, "ingress", &chain])?;
+        }
+        let (a_if, b_if) = (link.a_if.clone(), link.b_if.clone());
+        let a_mac = link.a.run(move || bpf::mac_of(&a_if))?;
+        let b_mac = link.b.run(move || bpf::mac_of(&b_if))?;
+        let mut frame = udp_frame(Addrs::v4().with_src(NS_A_V4.into()).with_dst(NS_B_V4.into()), 40000, DB_PORT, &[0u8; 18]);
+        frame[0..6].copy_from_slice(&b_mac);
+        frame[6..12].copy_from_slice(&a_mac);
+        // Neighbour entries both ways, so the socket sender sends at once.
+        in_ns(&link.a, &["ip", "neigh", "replace", &NS_B_V4.to_string(), "lladdr", &mac_text(b_mac), "dev", &link.a_if])?;
+        Ok(Self { kind, link, dp, _pins: pins, pass: None, frame })
+    }
+
+    /// Whether B runs an XDP program other than efm's (needed for live frames).
+    fn set_pass_program(&mut self, on: bool) -> Result<()> {
+        if self.kind == Kind::Xdp || on == self.pass.is_some() {
+            return Ok(());
+        }
+        if on {
+            let b_if = self.link.b_if.clone();
+            self.pass = Some(self.link.b.run(move || -> Result<OwnedFd> {
+                let prog = bpf::load_constant_xdp(bpf::XDP_PASS, "efm_bench_pass")?;
+                bpf::attach_xdp(&prog, bpf::ifindex(&b_if)?)
+            })?);
+        } else {
+            self.pass = None;
+        }
+        Ok(())
+    }
+
+    fn rule_args(&self, add: bool) -> Vec<String> {
+        let v: Vec<&str> = match self.kind {
+            Kind::Xdp => vec![],
+            Kind::Legacy | Kind::IptNft => {
+                vec![self.kind.iptables(), "-t", "raw", if add { "-A" } else { "-D" }, "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DROP"]
+            }
+            Kind::Netdev if add => vec!["nft", "add", "rule", "netdev", NFT_TABLE, "ingress", "udp", "dport", "5432", "counter", "drop"],
+            Kind::Netdev => vec!["nft", "flush", "chain", "netdev", NFT_TABLE, "ingress"],
+        };
+        v.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Switches the fence on or off.
+    fn fence(&mut self, on: bool) -> Result<()> {
+        if let Some(dp) = self.dp.as_mut() {
+            let base = Fixture::base_fence();
+            dp.set_fence(&if on { FenceState { flags: FENCE_FENCED, ..base } } else { base })?;
+            return Ok(());
+        }
+        let args = self.rule_args(on);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        in_ns(&self.link.b, &refs)?;
+        Ok(())
+    }
+
+    /// Packets dropped by the fence so far.
+    fn dropped(&self) -> Result<u64> {
+        match self.kind {
+            Kind::Xdp => Ok(self.dp.as_ref().context("datapath")?.counters()?.get(Counter::ClientFenced)),
+            Kind::Legacy | Kind::IptNft => {
+                let out = in_ns(&self.link.b, &[self.kind.iptables(), "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])?;
+                // Header lines, then "pkts bytes target ..." per rule.
+                out.lines()
+                    .filter(|l| l.contains("DROP"))
+                    .map(|l| l.split_whitespace().next().unwrap_or("0").parse::<u64>().context("rule counter"))
+                    .sum()
+            }
+            Kind::Netdev => {
+                let out = in_ns(&self.link.b, &["nft", "list", "chain", "netdev", NFT_TABLE, "ingress"])?;
+                let mut total = 0;
+                for l in out.lines().filter(|l| l.contains("packets")) {
+                    let mut w = l.split_whitespace();
+                    while let Some(x) = w.next() {
+                        if x == "packets" {
+                            total += w.next().unwrap_or("0").parse::<u64>().context("nft counter")?;
+                        }
+                    }
+                }
+                Ok(total)
+            }
+        }
+    }
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Live frames from A for `secs`: (frames injected, dropped at B, wall ns).
+fn live_run(case: &Case, secs: f64) -> Result<(u64, u64, u64)> {
+    let before = case.dropped()?;
+    let (a_if, frame) = (case.link.a_if.clone(), case.frame.clone());
+    let (sent, wall) = case.link.a.run(move || -> Result<(u64, u64)> {
+        let gen = bpf::load_constant_xdp(bpf::XDP_TX, "efm_bench_gen")?;
+        let ifindex = bpf::ifindex(&a_if)?;
+        let chunk = 1u32 << 16;
+        let t0 = monotonic_ns();
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let mut sent = 0u64;
+        while Instant::now() < until {
+            bpf::inject_live(&gen, &frame, ifindex, chunk)?;
+            sent += u64::from(chunk);
+        }
+        Ok((sent, monotonic_ns() - t0))
+    })?;
+    Ok((sent, case.dropped()? - before, wall))
+}
+
+/// A UDP socket sender in A for `secs`: (datagrams sent, dropped at B, wall ns).
+fn socket_run(case: &Case, secs: f64) -> Result<(u64, u64, u64)> {
+    let before = case.dropped()?;
+    let (sent, wall) = case.link.a.run(move || -> Result<(u64, u64)> {
+        let s = UdpSocket::bind((NS_A_V4, 0))?;
+        s.connect((NS_B_V4, DB_PORT))?;
+        let buf = [0u8; 18];
+        let t0 = monotonic_ns();
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let mut sent = 0u64;
+        while Instant::now() < until {
+            for _ in 0..256 {
+                if s.send(&buf).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        Ok((sent, monotonic_ns() - t0))
+    })?;
+    Ok((sent, case.dropped()? - before, wall))
+}
+
+#[expect(clippy::cast_precision_loss, reason = "rates")]
+fn mpps(dropped: u64, wall_ns: u64) -> f64 {
+    dropped as f64 / (wall_ns as f64 / 1e9) / 1e6
+}
+
+/// One activation trial: latency in ns from the start of the switch to the first dropped
+/// datagram, and how long the switch itself took. None when the cut was not clean.
+fn activation_trial(case: &mut Case, recv: &Arc<UdpSocket>) -> Result<Option<(i64, u64, u64)>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (st, r) = (stop.clone(), recv.clone());
+    let receiver = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match r.recv(&mut buf) {
+                Ok(n) if n >= 8 => got.push(u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8]))),
+                Ok(_) => {}
+                Err(_) if st.load(Ordering::Relaxed) => break,
+                Err(_) => {}
+            }
+        }
+        got
+    });
+    let st = stop.clone();
+    let a_path = format!("/var/run/netns/{}", case.link.a.name);
+    let sender = std::thread::spawn(move || -> Result<Vec<u64>> {
+        efm_tests::enter_netns(&a_path);
+        let s = UdpSocket::bind((NS_A_V4, 0))?;
+        s.connect((NS_B_V4, DB_PORT))?;
+        let mut log = Vec::with_capacity(1 << 20);
+        let mut buf = [0u8; 18];
+        let mut seq = 0u64;
+        while !st.load(Ordering::Relaxed) {
+            buf[..8].copy_from_slice(&seq.to_be_bytes());
+            let t = monotonic_ns();
+            if s.send(&buf).is_ok() {
+                log.push(t);
+                seq += 1;
+            }
+        }
+        Ok(log)
+    });
+    std::thread::sleep(Duration::from_millis(15));
+    let t0 = monotonic_ns();
+    case.fence(true)?;
+    let switched = monotonic_ns() - t0;
+    std::thread::sleep(Duration::from_millis(15));
+    stop.store(true, Ordering::Relaxed);
+    let log = sender.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    // The receiver drains what is queued, then times out.
+    let got = receiver.join().map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
+    case.fence(false)?;
+    let Some(&last) = got.iter().max() else { return Ok(None) };
+    let first_dropped = usize::try_from(last + 1)?;
+    let Some(&t_drop) = log.get(first_dropped) else { return Ok(None) };
+    let gap = if log.len() > 1 { (log[log.len() - 1] - log[0]) / u64::try_from(log.len() - 1)? } else { 0 };
+    Ok(Some((i64::try_from(t_drop)? - i64::try_from(t0)?, switched, gap)))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let quick = args.flag("--quick");
+    let secs: f64 = args.get("--duration", if quick { 1.0 } else { 3.0 })?;
+    let rounds: usize = args.get("--rounds", if quick { 1 } else { 3 })?;
+    let trials: usize = args.get("--trials", if quick { 20 } else { 100 })?;
+    for tool in ["iptables-legacy", "iptables-nft", "nft"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            bail!("{tool} is missing: run `cargo xtask setup`");
+        }
+    }
+    let mut cases = KINDS.iter().map(|&k| Case::new(k)).collect::<Result<Vec<_>>>()?;
+    let mut rep = Report::new("fence");
+    rep.setting("seconds_per_measurement", secs);
+    rep.setting("rounds", rounds);
+    rep.setting("activation_trials_per_kind", trials);
+    rep.setting("traffic", "UDP to the database port 5432, 60-byte frames");
+    rep.setting("live_frames", "BPF_PROG_RUN live-frames mode, XDP_TX generator on A's veth, 65536 frames per call, kernel batches of 64");
+    rep.setting("socket_sender", "one thread, blocking UdpSocket::send of 18-byte datagrams");
+    rep.setting("rule_cases_xdp_on_b", "empty XDP_PASS program with live frames (veth needs one to receive XDP_TX frames); none with the socket sender");
+
+    // Throughput.
+    let mut live: Vec<Vec<f64>> = vec![Vec::new(); KINDS.len()];
+    let mut sock: Vec<Vec<f64>> = vec![Vec::new(); KINDS.len()];
+    let mut losses: Vec<(u64, u64)> = vec![(0, 0); KINDS.len()];
+    for c in &mut cases {
+        c.fence(true)?;
+    }
+    for round in 0..rounds {
+        for (i, c) in cases.iter_mut().enumerate() {
+            c.set_pass_program(true)?;
+            let (sent, dropped, wall) = live_run(c, secs)?;
+            eprintln!("round {round} {}: live frames injected {sent}, dropped {dropped}, {:.3} Mpps", c.kind.name(), mpps(dropped, wall));
+            live[i].push(mpps(dropped, wall));
+            losses[i].0 += sent.saturating_sub(dropped);
+            c.set_pass_program(false)?;
+            let (sent, dropped, wall) = socket_run(c, secs)?;
+            eprintln!("round {round} {}: socket sent {sent}, dropped {dropped}, {:.3} Mpps", c.kind.name(), mpps(dropped, wall));
+            sock[i].push(mpps(dropped, wall));
+            losses[i].1 += sent.saturating_sub(dropped);
+        }
+    }
+    for c in &mut cases {
+        c.fence(false)?;
+    }
+    let live_m: Vec<f64> = live.iter().map(|v| median_f(v)).collect();
+    let sock_m: Vec<f64> = sock.iter().map(|v| median_f(v)).collect();
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let mut rows = Vec::new();
+    for (i, k) in KINDS.iter().enumerate() {
+        rep.metric(&format!("live_{}_mpps", k.name()), round3(live_m[i]));
+        rep.metric(&format!("socket_{}_mpps", k.name()), round3(sock_m[i]));
+        rep.metric(&format!("live_{}_not_dropped", k.name()), losses[i].0);
+        rep.metric(&format!("socket_{}_not_dropped", k.name()), losses[i].1);
+        rows.push(vec![
+            k.label().to_owned(),
+            format!("{:.3}", live_m[i]),
+            format!("{:.2}×", live_m[0] / live_m[i]),
+            format!("{:.3}", sock_m[i]),
+            format!("{:.2}×", sock_m[0] / sock_m[i]),
+            format!("{} / {}", losses[i].0, losses[i].1),
+        ]);
+    }
+    rep.table(&["fence", "live frames Mpps dropped", "XDP ÷ this", "socket Mpps dropped", "XDP ÷ this", "sent but not counted as dropped (live / socket)"], &rows);
+    let ratio = |a: f64, b: f64| round3(a / b);
+    let r_legacy = ratio(live_m[0], live_m[1]);
+    let r_nft = ratio(live_m[0], live_m[2]);
+    rep.target("live_xdp_over_iptables_legacy", ">= 2.5", r_legacy, r_legacy >= 2.5);
+    rep.target("live_xdp_over_iptables_nft", ">= 3", r_nft, r_nft >= 3.0);
+    for (i, k) in KINDS.iter().enumerate().skip(1) {
+        let r = ratio(sock_m[0], sock_m[i]);
+        rep.target(&format!("socket_xdp_over_{}", k.name()), ">= 1 (never slower)", r, r >= 1.0);
+    }
+
+    // Activation latency.
+    let mut rows = Vec::new();
+    for c in &mut cases {
+        let recv = Arc::new(c.link.b.run(|| UdpSocket::bind((NS_B_V4, DB_PORT))).context("binding the receiver")?);
+        recv.set_read_timeout(Some(Duration::from_millis(30)))?;
+        let mut lat = Vec::new();
+        let mut switch = Vec::new();
+        let mut gaps = Vec::new();
+        let mut unclean = 0usize;
+        for _ in 0..trials {
+            match activation_trial(c, &recv)? {
+                Some((l, s, g)) if l >= 0 => {
+                    lat.push(u64::try_from(l)?);
+                    switch.push(s);
+                    gaps.push(g);
+                }
+                _ => unclean += 1,
+            }
+        }
+        let d = Dist::of(&mut lat);
+        let sw = Dist::of(&mut switch);
+        let gap = Dist::of(&mut gaps).p50;
+        let n = c.kind.name();
+        rep.metric(&format!("activation_{n}_p50_us"), us(d.p50));
+        rep.metric(&format!("activation_{n}_p99_us"), us(d.p99));
+        rep.metric(&format!("activation_{n}_max_us"), us(d.max));
+        rep.metric(&format!("activation_{n}_switch_p50_us"), us(sw.p50));
+        rep.metric(&format!("activation_{n}_unclean_trials"), unclean);
+        rep.metric(&format!("activation_{n}_send_gap_us"), us(gap));
+        if c.kind == Kind::Xdp {
+            rep.target("activation_xdp_p99_us", "<= 50 µs", us(d.p99), d.n > 0 && d.p99 <= 50_000);
+            rep.target("activation_xdp_max_us", "first drop within 1 ms (max <= 1000 µs)", us(d.max), d.n > 0 && d.max <= 1_000_000);
+        }
+        rows.push(vec![c.kind.label().to_owned(), d.n.to_string(), unclean.to_string(), us(d.p50).to_string(), us(d.p99).to_string(), us(d.max).to_string(), us(sw.p50).to_string(), us(gap).to_string()]);
+    }
+    rep.table(&["fence", "trials", "unclean", "p50 µs", "p99 µs", "max µs", "switch call p50 µs", "send gap µs"], &rows);
+    rep.note(
+        "Activation: from the start of the map write (XDP) or of the rule-inserting command to the send \
+         time of the first datagram that never arrived (all later ones were dropped too); resolution is \
+         the sender's gap between datagrams. Unclean: no datagram lost, or the loss began before the switch.",
+    );
+    rep.finish(&crate::harness::command_line())
+}

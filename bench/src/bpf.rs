@@ -24,6 +24,7 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames run through the program really go where it sends them.
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
+pub const XDP_DROP: i32 = 1;
 pub const XDP_PASS: i32 = 2;
 pub const XDP_TX: i32 = 3;
 
@@ -167,7 +168,7 @@ struct LinkCreate {
     pad: [u64; 4],
 }
 
-/// Attaches `prog` in native mode to `ifindex` (calling thread's namespace) through a bpf_link;
+/// Attaches `prog` in native mode to `ifindex` (calling thread's namespace) through a `bpf_link`;
 /// dropping the returned fd detaches it.
 pub fn attach_xdp(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
     let mut attr = LinkCreate {

@@ -9,11 +9,13 @@ use serde_json::json;
 
 use crate::harness::{percentile, Args, Report};
 
+type Fault = fn(&mut Cluster);
+
 pub fn run(args: &Args) -> Result<()> {
     let runs: usize = args.get("--runs", 20)?;
     crate::build_agent()?;
     let kinds = [Kind::Primary, Kind::Standby, Kind::Standby];
-    let faults: [(&str, fn(&mut Cluster)); 2] = [
+    let faults: [(&str, Fault); 2] = [
         ("postmaster-sigkill", |c| c.pg[0].as_ref().expect("node 1 runs PostgreSQL").sigkill()),
         ("link-down", |c| c.bed.link_down(0)),
     ];

@@ -53,19 +53,18 @@ fn verdict_changes(c: &Cluster) -> usize {
     (0..3)
         .map(|i| {
             std::fs::read_to_string(witnesses::log_path(c, i))
-                .map(|t| t.lines().filter(|l| l.contains("peer verdict changed")).count())
-                .unwrap_or(0)
+                .map_or(0, |t| t.lines().filter(|l| l.contains("peer verdict changed")).count())
         })
         .sum()
 }
 
 /// Samples the peer slots of every node each millisecond until `stop`; returns the largest
 /// heartbeat age seen (ns).
-fn age_sampler(maps: Vec<OwnedFd>, stop: Arc<AtomicBool>) -> Result<u64> {
+fn age_sampler(maps: &[OwnedFd], stop: &AtomicBool) -> Result<u64> {
     let mut last: Vec<Vec<u64>> = vec![vec![0; MAX_SLOTS]; maps.len()];
     let mut max_age = 0;
     let mut active: Vec<Vec<u32>> = Vec::new();
-    for m in &maps {
+    for m in maps {
         let mut a = Vec::new();
         for s in 0..u32::try_from(MAX_SLOTS)? {
             if bpf::array_get::<PeerSlot>(m, s)?.pings > 0 {
@@ -119,7 +118,9 @@ struct Flood {
 }
 
 impl Flood {
-    fn start(c: &Cluster) -> Result<Self> {
+    /// `pps` 0: as fast as one CPU can inject.
+    #[expect(clippy::cast_precision_loss, reason = "pacing arithmetic")]
+    fn start(c: &Cluster, pps: u64) -> Result<Self> {
         let client = c.bed.nodes.last().context("client namespace")?;
         let (cif, nif) = (client.ifname.clone(), c.bed.nodes[0].ifname.clone());
         let cmac = client.ns.run(move || bpf::mac_of(&cif))?;
@@ -134,9 +135,19 @@ impl Flood {
             efm_tests::enter_netns(&path);
             let gen = bpf::load_constant_xdp(bpf::XDP_TX, "efm_bench_gen")?;
             let ifindex = bpf::ifindex(&ifname)?;
+            let chunk: u32 = if pps == 0 { 1 << 14 } else { 256 };
+            let t0 = Instant::now();
+            let mut sent = 0u64;
             while !st.load(Ordering::Relaxed) {
-                bpf::inject_live(&gen, &frame, ifindex, 1 << 14)?;
-                se.fetch_add(1 << 14, Ordering::Relaxed);
+                bpf::inject_live(&gen, &frame, ifindex, chunk)?;
+                sent += u64::from(chunk);
+                se.store(sent, Ordering::Relaxed);
+                if pps > 0 {
+                    let due = Duration::from_secs_f64(sent as f64 / pps as f64);
+                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
             }
             Ok(())
         });
@@ -161,6 +172,7 @@ impl Drop for Flood {
 #[expect(clippy::cast_precision_loss, reason = "rates")]
 pub fn run(args: &Args) -> Result<()> {
     let secs: u64 = args.get("--duration", if args.flag("--quick") { 60 } else { 600 })?;
+    let flood_pps: u64 = args.get("--flood-pps", 0)?;
     let mut plan: Vec<(Timing, Load)> = vec![(DEFAULTS, Load::Idle), (DEFAULTS, Load::Stress), (DEFAULTS, Load::Flood)];
     if args.flag("--fast-all") {
         plan.extend([(FAST, Load::Idle), (FAST, Load::Stress)]);
@@ -169,7 +181,8 @@ pub fn run(args: &Args) -> Result<()> {
     let mut rep = Report::new("false-positives");
     rep.setting("seconds_per_condition", secs);
     rep.setting("stress", STRESS.join(" "));
-    rep.setting("flood", "UDP to node 1's heartbeat port from the client namespace (not a peer), BPF_PROG_RUN live frames at full speed, dropped by XDP");
+    rep.setting("flood", "UDP to node 1's heartbeat port from the client namespace (not a peer), BPF_PROG_RUN live frames, dropped by node 1's XDP");
+    rep.setting("flood_pps_requested", if flood_pps == 0 { "as fast as one CPU injects".to_owned() } else { flood_pps.to_string() });
     rep.setting("cluster", "three witness agents (no databases), native XDP, namespaces on a bridge");
     rep.setting("interval_count", "duration / heartbeat.interval × 6 directed detector pairs");
     let mut rows = Vec::new();
@@ -188,9 +201,9 @@ pub fn run(args: &Args) -> Result<()> {
         let before = verdict_changes(c);
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
-        let sampler = std::thread::spawn(move || age_sampler(maps, st));
+        let sampler = std::thread::spawn(move || age_sampler(&maps, &st));
         let stress = if load == Load::Stress { Some(Stress::start(&STRESS)?) } else { None };
-        let mut flood = if load == Load::Flood { Some(Flood::start(c)?) } else { None };
+        let mut flood = if load == Load::Flood { Some(Flood::start(c, flood_pps)?) } else { None };
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(secs) {
             std::thread::sleep(Duration::from_millis(500));

@@ -44,6 +44,8 @@ enum Kind {
     Legacy,
     IptNft,
     Netdev,
+    /// Not a fence: an `XDP_DROP` program on B, the floor of what the generator can reach.
+    Floor,
 }
 
 const KINDS: [Kind; 4] = [Kind::Xdp, Kind::Legacy, Kind::IptNft, Kind::Netdev];
@@ -56,6 +58,7 @@ impl Kind {
             Self::Legacy => "iptables_legacy",
             Self::IptNft => "iptables_nft",
             Self::Netdev => "nft_netdev",
+            Self::Floor => "xdp_drop_all",
         }
     }
 
@@ -65,6 +68,7 @@ impl Kind {
             Self::Legacy => "iptables-legacy -t raw PREROUTING DROP",
             Self::IptNft => "iptables-nft -t raw PREROUTING DROP",
             Self::Netdev => "nft netdev ingress drop",
+            Self::Floor => "empty XDP_DROP program (generator floor)",
         }
     }
 
@@ -114,12 +118,21 @@ impl Case {
         frame[6..12].copy_from_slice(&a_mac);
         // Neighbour entries both ways, so the socket sender sends at once.
         in_ns(&link.a, &["ip", "neigh", "replace", &NS_B_V4.to_string(), "lladdr", &mac_text(b_mac), "dev", &link.a_if])?;
-        Ok(Self { kind, link, dp, _pins: pins, pass: None, frame })
+        let pass = if kind == Kind::Floor {
+            let b_if = link.b_if.clone();
+            Some(link.b.run(move || -> Result<OwnedFd> {
+                let prog = bpf::load_constant_xdp(bpf::XDP_DROP, "efm_bench_drop")?;
+                bpf::attach_xdp(&prog, bpf::ifindex(&b_if)?)
+            })?)
+        } else {
+            None
+        };
+        Ok(Self { kind, link, dp, _pins: pins, pass, frame })
     }
 
     /// Whether B runs an XDP program other than efm's (needed for live frames).
     fn set_pass_program(&mut self, on: bool) -> Result<()> {
-        if self.kind == Kind::Xdp || on == self.pass.is_some() {
+        if matches!(self.kind, Kind::Xdp | Kind::Floor) || on == self.pass.is_some() {
             return Ok(());
         }
         if on {
@@ -136,7 +149,7 @@ impl Case {
 
     fn rule_args(&self, add: bool) -> Vec<String> {
         let v: Vec<&str> = match self.kind {
-            Kind::Xdp => vec![],
+            Kind::Xdp | Kind::Floor => vec![],
             Kind::Legacy | Kind::IptNft => {
                 vec![self.kind.iptables(), "-t", "raw", if add { "-A" } else { "-D" }, "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DROP"]
             }
@@ -151,6 +164,9 @@ impl Case {
         if let Some(dp) = self.dp.as_mut() {
             let base = Fixture::base_fence();
             dp.set_fence(&if on { FenceState { flags: FENCE_FENCED, ..base } } else { base })?;
+            return Ok(());
+        }
+        if self.kind == Kind::Floor {
             return Ok(());
         }
         let args = self.rule_args(on);
@@ -169,6 +185,13 @@ impl Case {
                 out.lines()
                     .filter(|l| l.contains("DROP"))
                     .map(|l| l.split_whitespace().next().unwrap_or("0").parse::<u64>().context("rule counter"))
+                    .sum()
+            }
+            Kind::Floor => {
+                let out = in_ns(&self.link.b, &["ethtool", "-S", &self.link.b_if])?;
+                out.lines()
+                    .filter(|l| l.contains("xdp_drops:"))
+                    .map(|l| l.rsplit(':').next().unwrap_or("0").trim().parse::<u64>().context("ethtool counter"))
                     .sum()
             }
             Kind::Netdev => {
@@ -263,9 +286,8 @@ fn activation_trial(case: &mut Case, recv: &Arc<UdpSocket>) -> Result<Option<(i6
         loop {
             match r.recv(&mut buf) {
                 Ok(n) if n >= 8 => got.push(u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8]))),
-                Ok(_) => {}
                 Err(_) if st.load(Ordering::Relaxed) => break,
-                Err(_) => {}
+                _ => {}
             }
         }
         got
@@ -306,6 +328,7 @@ fn activation_trial(case: &mut Case, recv: &Arc<UdpSocket>) -> Result<Option<(i6
     Ok(Some((i64::try_from(t_drop)? - i64::try_from(t0)?, switched, gap)))
 }
 
+#[expect(clippy::too_many_lines, reason = "the suite's measurements in order, read top to bottom")]
 pub fn run(args: &Args) -> Result<()> {
     let quick = args.flag("--quick");
     let secs: f64 = args.get("--duration", if quick { 1.0 } else { 3.0 })?;
@@ -317,6 +340,8 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let mut cases = KINDS.iter().map(|&k| Case::new(k)).collect::<Result<Vec<_>>>()?;
+    let floor = Case::new(Kind::Floor)?;
+    let mut floor_runs = Vec::new();
     let mut rep = Report::new("fence");
     rep.setting("seconds_per_measurement", secs);
     rep.setting("rounds", rounds);
@@ -335,6 +360,9 @@ pub fn run(args: &Args) -> Result<()> {
         c.fence(true)?;
     }
     for round in 0..rounds {
+        let (sent, dropped, wall) = live_run(&floor, secs)?;
+        eprintln!("round {round} floor: live frames injected {sent}, dropped {dropped}, {:.3} Mpps", mpps(dropped, wall));
+        floor_runs.push(mpps(dropped, wall));
         for (i, c) in cases.iter_mut().enumerate() {
             c.set_pass_program(true)?;
             let (sent, dropped, wall) = live_run(c, secs)?;
@@ -359,13 +387,13 @@ pub fn run(args: &Args) -> Result<()> {
     let live_m: Vec<f64> = live.iter().map(|v| median_f(v)).collect();
     let sock_m: Vec<f64> = sock.iter().map(|v| median_f(v)).collect();
     let sock_pass_m: Vec<f64> = sock_pass.iter().map(|v| if v.is_empty() { 0.0 } else { median_f(v) }).collect();
-    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let three_places = |x: f64| (x * 1000.0).round() / 1000.0;
     let mut rows = Vec::new();
     for (i, k) in KINDS.iter().enumerate() {
-        rep.metric(&format!("live_{}_mpps", k.name()), round3(live_m[i]));
-        rep.metric(&format!("socket_{}_mpps", k.name()), round3(sock_m[i]));
+        rep.metric(&format!("live_{}_mpps", k.name()), three_places(live_m[i]));
+        rep.metric(&format!("socket_{}_mpps", k.name()), three_places(sock_m[i]));
         if *k != Kind::Xdp {
-            rep.metric(&format!("socket_{}_with_empty_xdp_mpps", k.name()), round3(sock_pass_m[i]));
+            rep.metric(&format!("socket_{}_with_empty_xdp_mpps", k.name()), three_places(sock_pass_m[i]));
         }
         rep.metric(&format!("live_{}_not_dropped", k.name()), losses[i].0);
         rep.metric(&format!("socket_{}_not_dropped", k.name()), losses[i].1);
@@ -388,7 +416,23 @@ pub fn run(args: &Args) -> Result<()> {
          own NAPI and converts (often copies) each skb for XDP; the last socket column shows the rule \
          fences paying that same toll, which isolates the cost of the fence itself.",
     );
-    let ratio = |a: f64, b: f64| round3(a / b);
+    // What each fence adds per packet on the receiving side: wall time per dropped packet minus
+    // the generator floor's.
+    let floor_m = median_f(&floor_runs);
+    rep.metric("live_xdp_drop_all_floor_mpps", three_places(floor_m));
+    let rx_ns: Vec<f64> = live_m.iter().map(|&m| 1000.0 / m - 1000.0 / floor_m).collect();
+    let mut rows = Vec::new();
+    for (i, k) in KINDS.iter().enumerate() {
+        rep.metric(&format!("live_{}_receive_ns_over_floor", k.name()), three_places(rx_ns[i]));
+        rows.push(vec![k.label().to_owned(), format!("{:.1}", rx_ns[i]), format!("{:.2}×", rx_ns[i] / rx_ns[0])]);
+    }
+    rep.note(&format!(
+        "Live frames include the generator's own cost (frame setup, XDP_TX, the veth ring), the same in \
+         every case. Floor: B runs an XDP program that drops everything: {floor_m:.3} Mpps. Per-packet \
+         cost above that floor (1/rate − 1/floor):"
+    ));
+    rep.table(&["fence", "ns per packet above the floor", "÷ XDP fence"], &rows);
+    let ratio = |a: f64, b: f64| three_places(a / b);
     let r_legacy = ratio(live_m[0], live_m[1]);
     let r_nft = ratio(live_m[0], live_m[2]);
     rep.target("live_xdp_over_iptables_legacy", ">= 2.5", r_legacy, r_legacy >= 2.5);

@@ -15,7 +15,7 @@ mod heartbeat_latency;
 mod prog_cost;
 mod witnesses;
 
-use std::process::Command;
+use std::{fmt::Write as _, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -25,7 +25,7 @@ use crate::harness::Args;
 const SUITES: &[(&str, &[&str], &[&str], &str)] = &[
     ("heartbeat-latency", &["--samples"], &["--quick", "--no-stress"], "kernel PONG vs user-space UDP echo vs ICMP echo RTT, idle and under stress-ng"),
     ("detection", &["--trials"], &["--quick"], "fault -> detector verdict for agent SIGKILL, SIGSTOP, link down; default and 10ms/40ms timings"),
-    ("false-positives", &["--duration"], &["--quick"], "false verdicts and max heartbeat age: idle, stress-ng, UDP flood"),
+    ("false-positives", &["--duration", "--flood-pps"], &["--quick", "--fast-all"], "false verdicts and max heartbeat age: idle, stress-ng, UDP flood"),
     ("fence", &["--duration", "--rounds", "--trials"], &["--quick"], "XDP fence vs iptables-legacy / iptables-nft / nft netdev: drop rate and activation latency"),
     ("prog-cost", &["--repeat", "--calls", "--singles"], &["--quick"], "ns per packet in the kernel (BPF_PROG_RUN)"),
     ("failover", &["--runs"], &[], "fault -> first client write on the new primary (real PostgreSQL cluster)"),
@@ -35,7 +35,7 @@ fn usage() -> String {
     let mut s = String::from("usage: bench SUITE [options]   (as root)\n\nsuites:\n");
     for (name, values, flags, what) in SUITES {
         let opts: Vec<String> = values.iter().map(|v| format!("[{v} N]")).chain(flags.iter().map(|f| format!("[{f}]"))).collect();
-        s.push_str(&format!("  {name} {}\n      {what}\n", opts.join(" ")));
+        let _ = writeln!(s, "  {name} {}\n      {what}", opts.join(" "));
     }
     s
 }
@@ -65,12 +65,18 @@ fn main() -> Result<()> {
 /// Builds the agent binaries next to this executable (the cluster library starts them from there).
 pub fn build_agent() -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let profile_release = std::env::current_exe()?.parent().is_some_and(|d| d.ends_with("release"));
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    let profile_dir = exe.parent().context("the bench executable's directory")?;
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-p", "efm-agent", "--bins"]);
-    if profile_release {
+    if profile_dir.ends_with("release") {
         cmd.arg("--release");
     }
+    // Into the target directory this executable was built in, whatever CARGO_TARGET_DIR says now.
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     let st = cmd.status().context("building efm-agent")?;
     if !st.success() {
         bail!("building efm-agent failed");

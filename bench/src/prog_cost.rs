@@ -28,6 +28,7 @@ struct Case {
     expect: u32,
 }
 
+#[expect(clippy::too_many_lines, reason = "the suite's measurements in order, read top to bottom")]
 pub fn run(args: &Args) -> Result<()> {
     let repeat: u32 = args.get("--repeat", 10_000_000)?;
     let calls: usize = args.get("--calls", 5)?;
@@ -109,7 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
         2,
         "empty",
     )?;
-    let ping_single = single(
+    let ping_ns = single(
         &mut |seq| {
             let r = fx.dp.test_run(&hb_frame(Addrs::v4(), &ping(1, seq)))?;
             Ok((r.action, u64::try_from(r.duration.as_nanos())?))
@@ -117,7 +118,7 @@ pub fn run(args: &Args) -> Result<()> {
         3,
         "ping",
     )?;
-    let pong_single = single(
+    let pong_rx_ns = single(
         &mut |seq| {
             let r = fx.dp.test_run(&hb_frame(Addrs::v4(), &pong(seq)))?;
             Ok((r.action, u64::try_from(r.duration.as_nanos())?))
@@ -126,13 +127,13 @@ pub fn run(args: &Args) -> Result<()> {
         "pong",
     )?;
     rep.metric("single_empty_ns", empty_single);
-    rep.metric("ping_accepted_ns", ping_single);
-    rep.metric("pong_accepted_ns", pong_single);
-    rep.metric("ping_accepted_over_empty_ns", i64::try_from(ping_single)? - i64::try_from(empty_single)?);
-    rep.metric("pong_accepted_over_empty_ns", i64::try_from(pong_single)? - i64::try_from(empty_single)?);
+    rep.metric("ping_accepted_ns", ping_ns);
+    rep.metric("pong_accepted_ns", pong_rx_ns);
+    rep.metric("ping_accepted_over_empty_ns", i64::try_from(ping_ns)? - i64::try_from(empty_single)?);
+    rep.metric("pong_accepted_over_empty_ns", i64::try_from(pong_rx_ns)? - i64::try_from(empty_single)?);
     rows.push(vec!["empty XDP program, single runs".into(), "single".into(), empty_single.to_string(), "0".into(), String::new()]);
-    rows.push(vec!["PING accepted: slot updated, PONG built (XDP_TX)".into(), "single".into(), ping_single.to_string(), format!("{:+}", i128::from(ping_single) - i128::from(empty_single)), String::new()]);
-    rows.push(vec!["PONG accepted: slot and RTT histogram updated".into(), "single".into(), pong_single.to_string(), format!("{:+}", i128::from(pong_single) - i128::from(empty_single)), String::new()]);
+    rows.push(vec!["PING accepted: slot updated, PONG built (XDP_TX)".into(), "single".into(), ping_ns.to_string(), format!("{:+}", i128::from(ping_ns) - i128::from(empty_single)), String::new()]);
+    rows.push(vec!["PONG accepted: slot and RTT histogram updated".into(), "single".into(), pong_rx_ns.to_string(), format!("{:+}", i128::from(pong_rx_ns) - i128::from(empty_single)), String::new()]);
     rep.table(&["frame", "mode", "ns/packet (median)", "over empty", "calls (ns)"], &rows);
     rep.note(&format!(
         "repeat: the kernel's mean over {repeat} runs of one frame, median of {calls} calls. single: one \

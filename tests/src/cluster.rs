@@ -166,7 +166,7 @@ fn defaults_not_in(extra: &str) -> String {
     DEFAULT_PROPS
         .lines()
         .filter(|l| l.split_once('=').is_none_or(|(k, _)| !set.contains(&k.trim())))
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect()
 }
 

@@ -280,12 +280,11 @@ fn mpps(dropped: u64, wall_ns: u64) -> f64 {
 fn activation_trial(case: &mut Case, recv: &Arc<UdpSocket>) -> Result<Option<(i64, u64, u64)>> {
     let stop = Arc::new(AtomicBool::new(false));
     let (st, r) = (stop.clone(), recv.clone());
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let receiver = std::thread::spawn(move || {
-        // Leave both CPUs to the sender and the switch while the trial runs: the 64 MiB receive
-        // buffer holds everything; drain it afterwards.
-        while !st.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // Leave both CPUs to the sender and the switch while the trial runs (blocked, no periodic
+        // wake-ups): the 64 MiB receive buffer holds everything; drain it afterwards.
+        let _ = go_rx.recv();
         let mut got = Vec::new();
         let mut buf = [0u8; 64];
         loop {
@@ -327,6 +326,7 @@ fn activation_trial(case: &mut Case, recv: &Arc<UdpSocket>) -> Result<Option<(i6
     let switched = monotonic_ns() - t0;
     std::thread::sleep(Duration::from_millis(15));
     stop.store(true, Ordering::Relaxed);
+    let _ = go_tx.send(());
     let log = sender.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
     // The receiver drains what is queued, then times out.
     let got = receiver.join().map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;

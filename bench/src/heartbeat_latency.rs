@@ -206,7 +206,7 @@ impl Drop for Echo {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let samples: usize = args.get("--samples", if args.flag("--quick") { 2_000 } else { 20_000 })?;
+    let samples: usize = args.get("--samples", if args.flag("--quick") { 5_000 } else { 100_000 })?;
     let stress_args = ["--cpu", "4", "--vm", "2", "--vm-bytes", "256M"];
     let link = Link::new(&[&format!("{NS_A_V4}/24")], &[&format!("{NS_B_V4}/24")]);
     let (pins_a, pins_b) = (PinDir::new("bla"), PinDir::new("blb"));

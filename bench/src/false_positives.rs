@@ -49,13 +49,14 @@ impl Load {
 
 const STRESS: [&str; 4] = ["--cpu", "4", "--vm", "2"];
 
-fn verdict_changes(c: &Cluster) -> usize {
-    (0..3)
-        .map(|i| {
-            std::fs::read_to_string(witnesses::log_path(c, i))
-                .map_or(0, |t| t.lines().filter(|l| l.contains("peer verdict changed")).count())
-        })
-        .sum()
+/// "peer verdict changed" lines in each node's agent log.
+fn verdict_changes(c: &Cluster) -> [usize; 3] {
+    let mut n = [0; 3];
+    for (i, v) in n.iter_mut().enumerate() {
+        *v = std::fs::read_to_string(witnesses::log_path(c, i))
+            .map_or(0, |t| t.lines().filter(|l| l.contains("peer verdict changed")).count());
+    }
+    n
 }
 
 /// Samples the peer slots of every node each millisecond until `stop`; returns the largest
@@ -215,7 +216,9 @@ pub fn run(args: &Args) -> Result<()> {
         let max_age = sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))??;
         // Verdict changes are logged at the tick that makes them; give the last tick time to log.
         std::thread::sleep(Duration::from_millis(200));
-        let false_verdicts = verdict_changes(c) - before;
+        let after = verdict_changes(c);
+        let per_node: Vec<usize> = after.iter().zip(before.iter()).map(|(a, b)| a - b).collect();
+        let false_verdicts: usize = per_node.iter().sum();
         let dropped = percpu_counter(&stats, Counter::HbUnknownPeer as u32)? - dropped_before;
         let intervals = elapsed.as_secs_f64() * 1000.0 / timing.interval_ms as f64 * 6.0;
         let per_1e5 = false_verdicts as f64 * 1e5 / intervals;
@@ -224,6 +227,9 @@ pub fn run(args: &Args) -> Result<()> {
         rep.metric(&format!("{key}_per_1e5_intervals"), (per_1e5 * 1000.0).round() / 1000.0);
         rep.metric(&format!("{key}_max_heartbeat_age_ms"), ms(max_age));
         rep.metric(&format!("{key}_intervals"), intervals.round());
+        for (i, n) in per_node.iter().enumerate() {
+            rep.metric(&format!("{key}_false_verdicts_by_node{}", i + 1), *n);
+        }
         if load == Load::Flood {
             let pps = flooded as f64 / elapsed.as_secs_f64();
             rep.metric(&format!("{key}_flood_pps"), pps.round());
@@ -239,13 +245,14 @@ pub fn run(args: &Args) -> Result<()> {
             load.name().to_owned(),
             format!("{:.0}", elapsed.as_secs_f64()),
             format!("{intervals:.0}"),
-            false_verdicts.to_string(),
+            format!("{false_verdicts} ({})", per_node.iter().map(ToString::to_string).collect::<Vec<_>>().join("/")),
             format!("{per_1e5:.3}"),
             ms(max_age).to_string(),
             if load == Load::Flood { format!("{:.0} pps sent, {dropped} dropped by XDP", flooded as f64 / elapsed.as_secs_f64()) } else { String::new() },
         ]);
     }
     drop(current);
-    rep.table(&["timing", "load", "seconds", "heartbeat intervals", "false verdicts", "per 10^5 intervals", "max heartbeat age ms", "flood"], &rows);
+    rep.table(&["timing", "load", "seconds", "heartbeat intervals", "false verdicts (by observer n1/n2/n3)", "per 10^5 intervals", "max heartbeat age ms", "flood"], &rows);
+    rep.note("Node 1 is the flooded node. A false verdict is any verdict change an agent logged during the window.");
     rep.finish(&crate::harness::command_line())
 }

@@ -126,6 +126,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             let d = Dist::of(&mut samples);
             let key = format!("{}_{}", timing.name, fault.name());
+            rep.samples.insert(format!("{key}_ns"), samples.clone().into());
             rep.metric(&format!("{key}_p50_ms"), ms(d.p50));
             rep.metric(&format!("{key}_p99_ms"), ms(d.p99));
             rep.metric(&format!("{key}_max_ms"), ms(d.max));

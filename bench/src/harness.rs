@@ -155,13 +155,15 @@ pub struct Report {
     pub settings: Map<String, Value>,
     pub metrics: Map<String, Value>,
     pub targets: Map<String, Value>,
+    /// Raw samples behind some metrics (arrays), kept out of `metrics`, which holds numbers only.
+    pub samples: Map<String, Value>,
     /// Markdown: tables and notes, in order.
     pub body: String,
 }
 
 impl Report {
     pub fn new(suite: &'static str) -> Self {
-        Self { suite, settings: Map::new(), metrics: Map::new(), targets: Map::new(), body: String::new() }
+        Self { suite, settings: Map::new(), metrics: Map::new(), targets: Map::new(), samples: Map::new(), body: String::new() }
     }
 
     pub fn setting(&mut self, name: &str, v: impl Into<Value>) {
@@ -216,6 +218,7 @@ impl Report {
             "settings": self.settings,
             "metrics": self.metrics,
             "targets": self.targets,
+            "samples": self.samples,
         });
         let md = format!(
             "## {}\n\n`{command}`\n\nMachine: {}.\n\nSettings: {}\n\n{}",

@@ -1,8 +1,8 @@
 //! efm benchmarks: `sudo cargo run -p bench --release -- SUITE [options]`.
 //!
-//! Each suite prints markdown and writes `bench/results/SUITE.json` (`{"suite", "machine",
-//! "settings", "metrics": {name: number}, "targets": {name: {"target", "value", "met"}}}`) and
-//! `bench/results/SUITE.md`. Every suite has options for shorter runs; the defaults are the
+//! Each suite prints markdown and writes `bench/results/SUITE.json` (`{"suite", "command",
+//! "machine", "settings", "metrics": {name: number}, "targets": {name: {"target", "value",
+//! "met"}}, "samples": {name: [...]}}`) and `bench/results/SUITE.md`. Every suite has options for shorter runs; the defaults are the
 //! issue's sizes. Suites that run agents build them first (release).
 
 mod bpf;

@@ -97,7 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
     rep.setting("seed", seed);
     let mut rows = Vec::new();
     for timing in [DEFAULTS, FAST] {
-        let mut c = witnesses::start(timing);
+        let mut c = witnesses::start(timing)?;
         let t = |x: u64| Duration::from_millis(x);
         for fault in [Fault::Kill, Fault::Stop, Fault::Link] {
             let mut samples = Vec::new();

@@ -16,6 +16,7 @@ pub fn run(args: &Args) -> Result<()> {
     crate::build_agent()?;
     let kinds = [Kind::Primary, Kind::Standby, Kind::Standby];
     let faults: [(&str, Fault); 2] = [
+        // Node 1 is the primary (`kinds[0]`), so it always has a database.
         ("postmaster-sigkill", |c| c.pg[0].as_ref().expect("node 1 runs PostgreSQL").sigkill()),
         ("link-down", |c| c.bed.link_down(0)),
     ];

@@ -191,7 +191,7 @@ pub fn run(args: &Args) -> Result<()> {
     for (timing, load) in plan {
         if current.as_ref().is_none_or(|(t, _)| t.name != timing.name) {
             drop(current.take());
-            current = Some((timing, witnesses::start(timing)));
+            current = Some((timing, witnesses::start(timing)?));
         }
         let Some((_, c)) = current.as_ref() else { continue };
         // Settle, then count.

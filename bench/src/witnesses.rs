@@ -36,10 +36,11 @@ pub fn addr(i: usize) -> String {
     format!("198.18.0.{}:7800", i + 1)
 }
 
-/// Starts three witness agents with `timing` and waits until every one sees every peer alive.
-pub fn start(timing: Timing) -> Cluster {
-    crate::build_agent().expect("building the agent");
-    Cluster::start(&[Kind::Witness, Kind::Witness, Kind::Witness], &timing.props())
+/// Starts three witness agents with `timing` and waits until every one sees every peer alive
+/// (the test library panics, after printing the agents' logs, if they do not within a minute).
+pub fn start(timing: Timing) -> Result<Cluster> {
+    crate::build_agent()?;
+    Ok(Cluster::start(&[Kind::Witness, Kind::Witness, Kind::Witness], &timing.props()))
 }
 
 /// Observer `obs`'s view of node `target`: (verdict, verdict since ns).

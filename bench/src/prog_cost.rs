@@ -30,9 +30,10 @@ struct Case {
 
 #[expect(clippy::too_many_lines, reason = "the suite's measurements in order, read top to bottom")]
 pub fn run(args: &Args) -> Result<()> {
-    let repeat: u32 = args.get("--repeat", 10_000_000)?;
-    let calls: usize = args.get("--calls", 5)?;
-    let singles: usize = args.get("--singles", 100_000)?;
+    let quick = args.flag("--quick");
+    let repeat: u32 = args.get("--repeat", if quick { 1_000_000 } else { 10_000_000 })?;
+    let calls: usize = args.get("--calls", if quick { 3 } else { 5 })?;
+    let singles: usize = args.get("--singles", if quick { 10_000 } else { 100_000 })?;
     let mut fx = Fixture::new();
     let empty = bpf::load_constant_xdp(bpf::XDP_PASS, "efm_bench_pass")?;
 

@@ -180,9 +180,22 @@ pub struct Cluster {
 /// Timing settings every node gets (the product's defaults, written out).
 pub const DEFAULT_PROPS: &str = "heartbeat.interval=50ms\nnode.timeout=500ms\nlease.timeout=1s\n";
 
+/// The lines of [`DEFAULT_PROPS`] whose property `extra` does not set (a property set twice is
+/// a configuration error).
+fn defaults_not_in(extra: &str) -> String {
+    let set: Vec<&str> = extra.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k.trim()).collect();
+    DEFAULT_PROPS
+        .lines()
+        .filter(|l| l.split_once('=').is_none_or(|(k, _)| !set.contains(&k.trim())))
+        .flat_map(|l| [l, "\n"])
+        .collect()
+}
+
 impl Cluster {
-    /// Starts nodes of the given kinds (the first must be the primary) at 198.18.0.1.. and a
-    /// client namespace after them; `extra` goes into every node's properties.
+    /// Starts nodes of the given kinds (the first must be the primary, unless all are witnesses:
+    /// a cluster without databases, for heartbeat and detection measurements) at 198.18.0.1..
+    /// and a client namespace after them; `extra` goes into every node's properties, and a
+    /// timing it sets replaces the default in [`DEFAULT_PROPS`].
     #[must_use]
     pub fn start(kinds: &[Kind], extra: &str) -> Self {
         Self::start_with(kinds, extra, |_| String::new())
@@ -192,8 +205,11 @@ impl Cluster {
     #[must_use]
     pub fn start_with(kinds: &[Kind], extra: &str, per_node: impl Fn(usize) -> String) -> Self {
         require_root();
-        pg::require_postgres();
-        assert_eq!(kinds[0], Kind::Primary);
+        let witnesses_only = kinds.iter().all(|k| *k == Kind::Witness);
+        if !witnesses_only {
+            pg::require_postgres();
+            assert_eq!(kinds[0], Kind::Primary);
+        }
         let n = kinds.len();
         let bed = Bed::new(u8::try_from(n + 1).unwrap());
         let root = pg::TempDir::new("cluster");
@@ -225,9 +241,10 @@ impl Cluster {
                 "db.user=postgres\ndb.port=5432\ndb.database=postgres\nbind.address={ip}:7800\n\
                  lock.dir={d}/lock\nlog.dir={d}/log\nlocal.period=1\nlocal.timeout=5\n\
                  local.timeout.final=1\nremote.timeout=2\ncluster.key.file={key}\n\
-                 virtual.ip={VIP}\nvirtual.ip.prefix=24\n{DEFAULT_PROPS}{extra}\n",
+                 virtual.ip={VIP}\nvirtual.ip.prefix=24\n{defaults}{extra}\n",
                 d = dir.display(),
                 key = key.display(),
+                defaults = defaults_not_in(extra),
             );
             match pgs[i].as_ref() {
                 Some(p) => props.push_str(&format!(
@@ -338,6 +355,9 @@ impl Cluster {
             self.wait_for(i, "a healthy cluster", timeout, |v| {
                 v["peers"].as_array().is_some_and(|ps| ps.iter().all(|p| p["verdict"] == "alive"))
             });
+        }
+        if self.kinds[0] != Kind::Primary {
+            return;
         }
         self.wait_for(0, "the primary serving", timeout, |v| {
             v["outcome"].as_str().is_some_and(|o| o.starts_with("primary for epoch"))

@@ -18,6 +18,9 @@ pub const PACKAGES: &[&str] = &[
     "postgresql",
     "postgresql-contrib",
     "iproute2",
+    // The fence benchmark compares against nft (netdev ingress), iptables-legacy and iptables-nft
+    // (both from the iptables package); the detection benchmarks load the host with stress-ng and
+    // read veth XDP counters with ethtool.
     "nftables",
     "iptables",
     "stress-ng",

@@ -1,0 +1,53 @@
+//! `failover`: failover time (fault → first client write through the VIP on the new primary)
+//! over fresh three-node clusters per fault kind, with the product's default timings.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use efm_tests::cluster::{run_failover, Cluster, Kind};
+use serde_json::json;
+
+use crate::harness::{percentile, Args, Report};
+
+type Fault = fn(&mut Cluster);
+
+pub fn run(args: &Args) -> Result<()> {
+    let runs: usize = args.get("--runs", 20)?;
+    crate::build_agent()?;
+    let kinds = [Kind::Primary, Kind::Standby, Kind::Standby];
+    let faults: [(&str, Fault); 2] = [
+        // Node 1 is the primary (`kinds[0]`), so it always has a database.
+        ("postmaster-sigkill", |c| c.pg[0].as_ref().expect("node 1 runs PostgreSQL").sigkill()),
+        ("link-down", |c| c.bed.link_down(0)),
+    ];
+    let mut rep = Report::new("failover");
+    rep.setting("heartbeat.interval", "50ms");
+    rep.setting("node.timeout", "500ms");
+    rep.setting("lease.timeout", "1s");
+    rep.setting("fence.mode", "reset");
+    rep.setting("nodes", "primary + 2 standbys");
+    rep.setting("runs_per_fault", runs);
+    let mut rows = Vec::new();
+    for (name, fault) in faults {
+        let mut times = Vec::new();
+        for r in 0..runs {
+            let (c, _acks, run) = run_failover(&kinds, "", Duration::from_secs(30), fault);
+            eprintln!("{name} run {}/{runs}: {} ms (gap {} ms)", r + 1, run.failover_ms, run.gap_ms);
+            times.push(run.failover_ms);
+            drop(c);
+        }
+        times.sort_unstable();
+        let (med, p90, worst) = (percentile(&times, 0.5), percentile(&times, 0.9), *times.last().unwrap_or(&0));
+        rows.push(vec![name.to_owned(), runs.to_string(), med.to_string(), p90.to_string(), worst.to_string(), "0".into()]);
+        rep.metric(&format!("{name}_median_ms"), med);
+        rep.metric(&format!("{name}_p90_ms"), p90);
+        rep.metric(&format!("{name}_worst_ms"), worst);
+        rep.metric(&format!("{name}_overlaps"), 0);
+        rep.samples.insert(format!("{name}_ms"), json!(times));
+        rep.target(&format!("{name}_median_ms"), "< 1500", med, med < 1500);
+        rep.target(&format!("{name}_worst_ms"), "< 3000", worst, worst < 3000);
+    }
+    rep.table(&["fault", "runs", "median ms", "p90 ms", "worst ms", "overlaps"], &rows);
+    rep.note("An overlap of writable primaries fails the run; every run passed that check.");
+    rep.finish(&crate::harness::command_line())
+}

@@ -181,14 +181,16 @@ impl Recorder {
 
 #[test]
 fn switchover_and_back_keep_every_acknowledged_write() {
-    let c = Cluster::start(&PSS, "");
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let c = Cluster::start_with(&PSS, "", |i| format!("script.notification={r} n{} notify %s\n", i + 1));
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
     std::thread::sleep(Duration::from_millis(500));
 
     // Switchover, asked on a standby's agent.
     let t0 = monotonic_ns();
-    let msg = ok(&c.efm_cmd(2, "promote", &["-switchover"]), "efm promote -switchover");
+    let msg = ok(&c.efm_cmd(2, "promote", &["-switchover", "-quiet"]), "efm promote -switchover -quiet");
     assert!(msg.contains("Switchover completed"), "{msg}");
     let new = first_other_or_dump(&c, &w.log, "n1", t0, Duration::from_secs(30));
     let t0_done = monotonic_ns();
@@ -219,12 +221,19 @@ fn switchover_and_back_keep_every_acknowledged_write() {
     let st = status_json(&c, 0);
     assert_eq!(st["failoverpriority"][0], ip(&c, 0), "{st:#}");
     let t1 = monotonic_ns();
-    let msg = ok(&c.efm_cmd(0, "promote", &["-switchover"]), "efm promote -switchover (back)");
+    assert!(
+        !rec.lines().iter().any(|l| l.contains("Switchover has completed") || l.contains("Promotion has started")),
+        "-quiet: no notifications about the hand-over: {:#?}",
+        rec.lines()
+    );
+    let msg = ok(&c.efm_cmd(0, "promote", &["-switchover", "-sourcenode", &ip(&c, other)]), "efm promote -switchover -sourcenode (back)");
     assert!(msg.contains(&format!("{}:7800 is the primary", ip(&c, 0))), "{msg}");
     assert!(w.wait_ack_from("n1", t1, Duration::from_secs(30)).is_some(), "the client writes to n1 again");
     let t1_done = monotonic_ns();
     streams_from(&c, ni, &ip(&c, 0), Duration::from_secs(60));
     streams_from(&c, other, &ip(&c, 0), Duration::from_secs(30));
+    rec.wait_containing("n1 notify Switchover has completed on cluster acctg", Duration::from_secs(10));
+    rec.wait_containing("notify Promotion has started on cluster acctg", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     let acks = w.finish();
 
@@ -482,4 +491,21 @@ fn custom_monitor_failure_idles_a_standby_and_safe_mode_only_reports() {
     std::thread::sleep(Duration::from_secs(2));
     ok(&c.efm_cmd(1, "resume", &[]), "resume after the custom monitor recovered");
     c.wait_for(1, "n2 monitored again", Duration::from_secs(15), |v| v["monitoring"] == "active" && v["kernel"]["fenced"] == false);
+}
+
+#[test]
+fn auto_resume_failure_period_resumes_a_restarted_standby_by_itself() {
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let c = Cluster::start_with(&PSS, "auto.resume.failure.period=60\n", |i| format!("script.resumed={r} n{} resumed\n", i + 1));
+    let n3 = c.pg[2].as_ref().unwrap();
+    n3.stop("fast");
+    c.wait_for(2, "monitoring suspended on n3", Duration::from_secs(20), |v| {
+        v["monitoring"].as_str().is_some_and(|m| m.starts_with("suspended"))
+    });
+    n3.start();
+    c.wait_for(2, "n3 resumed without efm resume", Duration::from_secs(30), |v| {
+        v["monitoring"] == "active" && v["kernel"]["fenced"] == false
+    });
+    rec.wait_line("root n3 resumed", Duration::from_secs(10));
 }

@@ -822,7 +822,9 @@ async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: Socket
         .map_err(|e| format!("-sourcenode {src}: reading its primary_conninfo: {e}"))?;
     Ok(postgres::parse_conninfo(&conninfo)
         .into_iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "host" | "hostaddr" | "port" | "password" | "user"))
+        // The new primary's address, our credentials and this node's own application_name
+        // (synchronous_standby_names may name it) are not the source's to give.
+        .filter(|(k, _)| !matches!(k.as_str(), "host" | "hostaddr" | "port" | "password" | "user" | "application_name"))
         .collect())
 }
 

@@ -473,8 +473,9 @@ impl Engine {
         // An operator's promotion ignores auto.failover (as EFM's does).
         let handover = c.handover.filter(|h| Some(h.from) == c.primary);
         let auto_failover = c.auto_failover || handover.is_some();
-        if handover.is_some_and(|h| h.quiet) {
-            self.quiet_from = Some(c.epoch);
+        if let Some(h) = handover {
+            // A later hand-over that is not `-quiet` ends the quiet spell of an earlier one.
+            self.quiet_from = h.quiet.then_some(c.epoch);
         }
         self.remote_promotion_hooks(c, inp, &mut actions);
         // A vote of ours in the log is ours even if this engine did not cast it (restart).

@@ -689,3 +689,22 @@ fn the_leader_promotes_the_switchover_target_once_the_old_primary_is_seen_stoppe
     let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. }));
     assert!(matches!(promote, Some(Proposal::Promote { candidate, .. }) if candidate == addr(2)), "{promote:?}");
 }
+
+#[test]
+fn a_quiet_hand_over_sends_no_notifications_and_a_later_one_does() {
+    let mut e = Engine::new(cfg(1));
+    let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let mut c = with_handover(committed(1, Some(1)), 2, true);
+    if let Some(h) = c.handover.as_mut() {
+        h.quiet = true;
+    }
+    let s = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    assert!(s.actions.iter().any(|a| matches!(a, Action::HandOver { .. })));
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::Notify(_))), "-quiet: {:?}", s.actions);
+    // Next epoch, this node primary again (promoted back) and handing over without -quiet.
+    let mut e = Engine::new(cfg(1));
+    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    let loud = with_handover(committed(3, Some(1)), 2, true);
+    let s = step(&mut e, 100, Some(&loud), false, &[standby_view(2, 3, 100), witness_view(3, 3)], PRIMARY_DB, &Work::Idle);
+    assert!(s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::PromotionStarted { .. }))), "{:?}", s.actions);
+}

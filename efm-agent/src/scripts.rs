@@ -293,6 +293,13 @@ impl ScriptOutcome {
         let exit = self
             .exit
             .map_or_else(|| self.status_text(), |c| c.to_string());
+        format!("Exit Value: {exit}\nResults: {}", self.output_text())
+    }
+
+    /// Standard output then standard error, trimmed, with a note where either was cut at the
+    /// cap.
+    #[must_use]
+    pub fn output_text(&self) -> String {
         let mut results = self.stdout.trim_end().to_owned();
         if self.stdout_truncated {
             results.push_str("\n[output truncated]");
@@ -307,7 +314,7 @@ impl ScriptOutcome {
                 results.push_str("\n[error output truncated]");
             }
         }
-        format!("Exit Value: {exit}\nResults: {results}")
+        results
     }
 }
 

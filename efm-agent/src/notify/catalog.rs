@@ -30,21 +30,7 @@ impl ScriptResult {
             .exit
             .filter(|_| !outcome.timed_out)
             .map_or_else(|| outcome.status_text(), |c| c.to_string());
-        let mut output = outcome.stdout.trim_end().to_owned();
-        if outcome.stdout_truncated {
-            output.push_str("\n[output truncated]");
-        }
-        let err = outcome.stderr.trim_end();
-        if !err.is_empty() {
-            if !output.is_empty() {
-                output.push('\n');
-            }
-            output.push_str(err);
-            if outcome.stderr_truncated {
-                output.push_str("\n[error output truncated]");
-            }
-        }
-        Self { script: script.to_owned(), exit, output }
+        Self { script: script.to_owned(), exit, output: outcome.output_text() }
     }
 
     /// From a script that could not be started.

@@ -4,6 +4,7 @@
 //! the shared kernel clock, which server acknowledged each write.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
@@ -247,11 +248,9 @@ impl Cluster {
                 defaults = defaults_not_in(extra),
             );
             match pgs[i].as_ref() {
-                Some(p) => props.push_str(&format!(
-                    "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}\n",
-                    p.data.display(),
-                    pg::bin_dir().display()
-                )),
+                Some(p) => {
+                    let _ = writeln!(props, "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}", p.data.display(), pg::bin_dir().display());
+                }
                 None => props.push_str("is.witness=true\n"),
             }
             if *k == Kind::Witness {

@@ -197,7 +197,7 @@ fn switchover_and_back_keep_every_acknowledged_write() {
     let ni = Cluster::index_of(&new);
     let other = if ni == 1 { 2 } else { 1 };
     // The old primary rejoins as a standby of the new one; the other standby follows it.
-    streams_from(&c, 0, &ip(&c, ni), Duration::from_secs(60));
+    streams_from(&c, 0, &ip(&c, ni), Duration::from_mins(1));
     streams_from(&c, other, &ip(&c, ni), Duration::from_secs(30));
     c.wait_for(0, "n1 an unfenced standby", Duration::from_secs(30), |v| {
         v["outcome"].as_str().is_some_and(|o| o.starts_with("standby")) && v["kernel"]["fenced"] == false
@@ -230,7 +230,7 @@ fn switchover_and_back_keep_every_acknowledged_write() {
     assert!(msg.contains(&format!("{}:7800 is the primary", ip(&c, 0))), "{msg}");
     assert!(w.wait_ack_from("n1", t1, Duration::from_secs(30)).is_some(), "the client writes to n1 again");
     let t1_done = monotonic_ns();
-    streams_from(&c, ni, &ip(&c, 0), Duration::from_secs(60));
+    streams_from(&c, ni, &ip(&c, 0), Duration::from_mins(1));
     streams_from(&c, other, &ip(&c, 0), Duration::from_secs(30));
     rec.wait_containing("n1 notify Switchover has completed on cluster acctg", Duration::from_secs(10));
     rec.wait_containing("notify Promotion has started on cluster acctg", Duration::from_secs(10));
@@ -389,7 +389,7 @@ fn stop_cluster_stops_every_agent_and_leaves_the_databases_serving() {
     for i in 0..3 {
         c.restart_agent(i);
     }
-    c.wait_healthy(Duration::from_secs(60));
+    c.wait_healthy(Duration::from_mins(1));
 }
 
 #[test]
@@ -405,23 +405,23 @@ fn every_failover_hook_fires_with_its_arguments_as_the_script_user() {
              script.load.balancer.detach={r} {n} detach %h %t\nscript.notification={r} {n} notify %s\n"
         )
     });
-    let (a, b, d) = (ip(&c, 0), ip(&c, 1), ip(&c, 2));
-    rec.wait_line(&format!("postgres n1 attach {a} p"), Duration::from_secs(10));
-    rec.wait_line(&format!("postgres n2 attach {b} s"), Duration::from_secs(10));
-    rec.wait_line(&format!("postgres n3 attach {d} s"), Duration::from_secs(10));
+    let (ip1, ip2, ip3) = (ip(&c, 0), ip(&c, 1), ip(&c, 2));
+    rec.wait_line(&format!("postgres n1 attach {ip1} p"), Duration::from_secs(10));
+    rec.wait_line(&format!("postgres n2 attach {ip2} s"), Duration::from_secs(10));
+    rec.wait_line(&format!("postgres n3 attach {ip3} s"), Duration::from_secs(10));
     c.pg[0].as_ref().unwrap().sigkill();
     wait_until("a new serving primary", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
     let p = c.serving_primary().unwrap();
-    let o = if p == 1 { 2 } else { 1 };
-    let (np, no) = (format!("n{}", p + 1), format!("n{}", o + 1));
+    let other = if p == 1 { 2 } else { 1 };
+    let (np, no) = (format!("n{}", p + 1), format!("n{}", other + 1));
     let pip = ip(&c, p);
     let t = Duration::from_secs(15);
-    rec.wait_line(&format!("postgres {np} fence {pip} {a}"), t);
-    rec.wait_line(&format!("postgres {np} post {pip} {a}"), t);
-    rec.wait_line(&format!("postgres {no} remote-pre {pip} {a}"), t);
-    rec.wait_line(&format!("postgres {no} remote-post {pip} {a}"), t);
+    rec.wait_line(&format!("postgres {np} fence {pip} {ip1}"), t);
+    rec.wait_line(&format!("postgres {np} post {pip} {ip1}"), t);
+    rec.wait_line(&format!("postgres {no} remote-pre {pip} {ip1}"), t);
+    rec.wait_line(&format!("postgres {no} remote-post {pip} {ip1}"), t);
     rec.wait_line("postgres n1 db-failure", t);
-    rec.wait_line(&format!("postgres n1 detach {a} p"), t);
+    rec.wait_line(&format!("postgres n1 detach {ip1} p"), t);
     rec.wait_line(&format!("postgres {np} attach {pip} p"), t);
     rec.wait_containing(&format!("postgres {np} notify Executed fencing script"), t);
     rec.wait_containing("notify Primary database failure for cluster acctg", t);

@@ -177,6 +177,19 @@ pub struct Shared {
     pub metrics: Option<Arc<crate::health::MetricsSnapshot>>,
 }
 
+impl Shared {
+    /// The role as EFM reports it: an agent whose monitoring is suspended is idle, whatever its
+    /// database is.
+    #[must_use]
+    pub fn effective_role(&self) -> Role {
+        if self.suspended.is_some() {
+            Role::Idle
+        } else {
+            self.role
+        }
+    }
+}
+
 /// Why a node's database is not monitored.
 #[derive(Clone, Debug)]
 pub struct Suspension {
@@ -515,7 +528,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     tracing::info!("efm-agent stopping");
     lifecycle::notify("STOPPING=1");
     {
-        let role = if lock(&shared).suspended.is_some() { Role::Idle } else { lock(&shared).role };
+        let role = lock(&shared).effective_role();
         crate::ha::runtime::notify(&cfg, agent_event(role, false));
     }
     admin_task.abort();

@@ -143,9 +143,7 @@ fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState,
 pub async fn cluster_status(shared: &Arc<Mutex<Shared>>, cs: &crate::coordination::ClusterState) -> Result<serde_json::Value, String> {
     let (cfg, me, role, db, peers, epoch, config_dir, leader) = {
         let s = lock(shared);
-        // An agent whose monitoring is suspended is idle, whatever its database is.
-        let role = if s.suspended.is_some() { Role::Idle } else { s.role };
-        (s.config.clone(), s.me, role, s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone(), s.leader)
+        (s.config.clone(), s.me, s.effective_role(), s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone(), s.leader)
     };
     let mut st = ClusterStatus {
         minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),

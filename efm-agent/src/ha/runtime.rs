@@ -150,6 +150,14 @@ impl HaRuntime {
         self.engine.endorsement_sent(epoch, sent_ns);
     }
 
+    /// Until when this node counts its lease for `epoch` as granted: the kernel's deadline, but
+    /// never before `lease.timeout` after it began enforcing the lease for that epoch (see
+    /// `lease_floor`).
+    fn granted_until(&self, epoch: u64, kernel_deadline_ns: u64) -> u64 {
+        let floor = self.lease_floor.filter(|(e, _)| *e == epoch).map_or(0, |(_, t)| t);
+        kernel_deadline_ns.max(floor)
+    }
+
     /// Records `epoch` as voted against, durably, before the vote is proposed.
     fn record_vote(&self, epoch: u64) -> std::io::Result<()> {
         use std::io::Write as _;
@@ -269,9 +277,8 @@ impl HaRuntime {
         };
         // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).
         let lease_now = dp.lease()?;
-        let floor = |f: &FenceState| self.lease_floor.filter(|(e, _)| *e == f.epoch).map_or(0, |(_, t)| t);
         let lease_lapsed_for = self.last_fence.and_then(|f| {
-            let deadline = lease_now.deadline_ns.max(floor(&f));
+            let deadline = self.granted_until(f.epoch, lease_now.deadline_ns);
             (f.flags & FENCE_LEASE_ENFORCED != 0 && f.lease_k > 0 && now_ns > deadline).then(|| Duration::from_nanos(now_ns - deadline))
         });
         let mut step = self.engine.step(&Inputs {
@@ -379,8 +386,7 @@ impl HaRuntime {
         // that still hear it (but whose endorsements do not arrive) stop waiting on it. Never at
         // start-up: no lease was granted yet (deadline 0).
         let mut desired = step.desired;
-        let granted_until = lease.deadline_ns.max(self.lease_floor.filter(|(e, _)| *e == fence.epoch).map_or(0, |(_, t)| t));
-        if desired.lease_enforced && lease.deadline_ns != 0 && now_ns > granted_until {
+        if desired.lease_enforced && lease.deadline_ns != 0 && now_ns > self.granted_until(fence.epoch, lease.deadline_ns) {
             desired.ping_flags |= efm_common::wire::FLAG_LEASE_LAPSED;
         }
         self.reconcile_vip(step.desired.vip);
@@ -507,9 +513,9 @@ impl HaRuntime {
             if let Ok(msg) = crate::operator::resumable(&s.config, s.me, db, st, self.engine.voted_against(st.epoch)) {
                 tracing::info!(%msg, "monitoring resumed automatically (auto.resume period)");
                 s.suspended = None;
+                let me = s.me;
                 drop(s);
                 let cfg = self.cfg.clone();
-                let me = lock(shared).me;
                 tokio::spawn(async move { resumed(&cfg, me, "automatically").await });
                 return false;
             }

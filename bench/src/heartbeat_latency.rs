@@ -22,8 +22,8 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use efm_agent::datapath::{Attachment, Datapath, ModeChoice};
-use efm_common::wire::{Heartbeat, HB_KIND_PING, ROLE_STANDBY};
-use efm_tests::{configure_side, inet_checksum, key, monotonic_ns, Fixture, Link, PinDir, Side, CLUSTER_ID, HB_PORT, NS_A_V4, NS_B_V4};
+use efm_common::wire::Heartbeat;
+use efm_tests::{configure_side, inet_checksum, key, monotonic_ns, Fixture, Link, PinDir, Side, HB_PORT, NS_A_V4, NS_B_V4};
 
 use crate::harness::{us, Args, Dist, Report, Stress};
 
@@ -119,17 +119,7 @@ fn measure(link: &Link, dp_a: Datapath, seq0: u64, samples: usize) -> Result<(Da
         for i in 0..samples {
             let seq = seq0 + u64::try_from(i)?;
             // Kernel PONG.
-            let ping = Heartbeat {
-                kind: HB_KIND_PING,
-                flags: ROLE_STANDBY,
-                cluster_id: CLUSTER_ID,
-                node_id: Side::A.node_id(),
-                incarnation: 1,
-                seq,
-                epoch: 3,
-                send_ns: monotonic_ns(),
-                lsn: 0,
-            };
+            let ping = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..efm_tests::ping(1, seq) };
             hb.send_to(&ping.encode(&key()), (NS_B_V4, HB_PORT)).context("sending a PING")?;
             let until = Instant::now() + TIMEOUT;
             loop {

@@ -48,17 +48,7 @@ fn pings_are_timed_by_the_kernel_and_answered_with_pongs() {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind heartbeat socket");
         let to = SocketAddr::from((NS_B_V4, HB_PORT));
         for seq in 1..=100u64 {
-            let hb = Heartbeat {
-                kind: HB_KIND_PING,
-                flags: ROLE_STANDBY,
-                cluster_id: CLUSTER_ID,
-                node_id: Side::A.node_id(),
-                incarnation: 1,
-                seq,
-                epoch: 3,
-                send_ns: monotonic_ns(),
-                lsn: 0,
-            };
+            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..ping(1, seq) };
             sock.send_to(&hb.encode(&key()), to).expect("send PING");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -236,17 +226,7 @@ fn generic_mode_attachment_answers_pings_too() {
     link.a.run(|| {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind");
         for seq in 1..=10u64 {
-            let hb = Heartbeat {
-                kind: HB_KIND_PING,
-                flags: ROLE_STANDBY,
-                cluster_id: CLUSTER_ID,
-                node_id: Side::A.node_id(),
-                incarnation: 1,
-                seq,
-                epoch: 3,
-                send_ns: monotonic_ns(),
-                lsn: 0,
-            };
+            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..ping(1, seq) };
             sock.send_to(&hb.encode(&key()), (NS_B_V4, HB_PORT)).expect("send");
             std::thread::sleep(Duration::from_millis(2));
         }

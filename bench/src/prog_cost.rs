@@ -204,7 +204,7 @@ fn egress_cost(fx: &mut Fixture, rep: &mut Report, repeat: u32, calls: usize, si
         rows.push(vec![what.to_owned(), "repeat".into(), ns.to_string(), format!("{:+}", i128::from(ns) - i128::from(empty_ns))]);
     }
     // Single runs: the empty program, a serving reply, and the conversion into a RST.
-    let mut single = |run: &mut dyn FnMut() -> Result<(u32, Vec<u8>, u64)>, check: &dyn Fn(u32, &[u8]) -> bool, what: &str| -> Result<u64> {
+    let single = |run: &mut dyn FnMut() -> Result<(u32, Vec<u8>, u64)>, check: &dyn Fn(u32, &[u8]) -> bool, what: &str| -> Result<u64> {
         let mut v = Vec::with_capacity(singles);
         for _ in 0..singles {
             let (action, out, ns) = run()?;

@@ -18,7 +18,7 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::bpf_skb_load_bytes,
     macros::classifier,
     programs::TcContext,
 };
@@ -28,7 +28,7 @@ use efm_common::{
 };
 
 use crate::{
-    count, exempt, be16, EFM_CONFIG, EFM_FENCE, EFM_LEASE, EFM_SERVICE, ETH_HLEN, ETH_P_8021AD,
+    be16, count, exempt, lease_clock, EFM_CONFIG, EFM_FENCE, EFM_LEASE, EFM_SERVICE, ETH_HLEN, ETH_P_8021AD,
     ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_V6_EXT, TCP_ACK, TCP_RST,
 };
 
@@ -100,9 +100,7 @@ fn egress(ctx: &TcContext) -> i32 {
         count(Counter::EgressDrop);
         return TC_ACT_SHOT;
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let r = fence_reasons(fence, lease, now);
+    let r = fence_reasons(fence, lease, lease_clock(fence));
     if r == 0 {
         count(Counter::EgressPass);
         return TCX_NEXT;

@@ -30,7 +30,7 @@ use efm_common::{
     jump::{JUMP_CLIENT_TCP, JUMP_CLIENT_UDP, JUMP_COUNT, JUMP_HEARTBEAT},
     maps::{
         rtt_bucket, ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, SERVICE_VIP,
-        PeerInfo, PeerSlot, RttHistogram, FENCE_RESET,
+        PeerInfo, PeerSlot, RttHistogram, FENCE_LEASE_ENFORCED, FENCE_RESET,
         MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
     },
     serving::{exempt_applies, fence_reasons, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
@@ -413,9 +413,18 @@ fn arp(ctx: &XdpContext, l3off: usize) -> Result<u32, ()> {
 /// program and the agent); 0 when the node serves.
 #[inline(always)]
 fn reasons_now(fence: &FenceState, lease: &LeaseState) -> u32 {
+    fence_reasons(fence, lease, lease_clock(fence))
+}
+
+/// `bpf_ktime_get_ns`, read only when the lease is enforced (the only case the rule looks at the
+/// time; 0 otherwise saves the helper call on every client packet).
+#[inline(always)]
+pub(crate) fn lease_clock(fence: &FenceState) -> u64 {
+    if fence.flags & FENCE_LEASE_ENFORCED == 0 {
+        return 0;
+    }
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    fence_reasons(fence, lease, now)
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Why client traffic to this node is cut off right now, if it is, as the counter to bump (the

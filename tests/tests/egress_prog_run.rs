@@ -258,8 +258,8 @@ fn ipv4_options_and_fragments() {
     assert_eq!(egress(&mut fx, &frag).0, TC_NEXT, "serving: fragments pass");
     // A truncated TCP header from a service address: dropped while not serving.
     enter(&mut fx, State::Fenced, true);
-    let cut = &plain[..14 + 20 + 1];
-    let mut cut = cut.to_vec();
+    // Ethernet, IPv4 and one byte of the TCP header.
+    let mut cut = plain[..=14 + 20].to_vec();
     cut[16..18].copy_from_slice(&21u16.to_be_bytes());
     assert_eq!(egress(&mut fx, &cut).0, TC_SHOT);
 }

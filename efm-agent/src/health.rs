@@ -471,7 +471,7 @@ pub fn render_metrics(v: &View) -> String {
         e.sample("efm_peer_rtt_seconds_bucket", &[("peer", peer.as_str()), ("le", "+Inf")], &total.to_string());
         e.sample("efm_peer_rtt_seconds_count", &[("peer", peer.as_str())], &total.to_string());
     }
-    e.family("efm_xdp_packets_total", "counter", "Frames by the XDP program's decision (reason), summed over CPUs.");
+    e.family("efm_xdp_packets_total", "counter", "Frames by the decision (reason) of efm's kernel programs — XDP ingress, and the TC egress fence for the egress_* reasons —, summed over CPUs.");
     for (c, n) in snap.map_or(&[][..], |s| &s.counters[..]) {
         e.sample("efm_xdp_packets_total", &[("reason", c.label())], &n.to_string());
     }

@@ -828,9 +828,20 @@ async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr,
 /// (everything in its `primary_conninfo` but the host and port, which name the new primary).
 async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: SocketAddr) -> Result<Vec<(String, String)>, String> {
     let t = localdb::target(cfg, config_dir, &src.ip().to_string())?;
-    let conninfo = postgres::setting(&t, "primary_conninfo", cfg.remote_timeout)
-        .await
-        .map_err(|e| format!("-sourcenode {src}: reading its primary_conninfo: {e}"))?;
+    // Retried for a moment: right after the promotion the source standby's kernel may have seen
+    // the new epoch before its agent adopted it, and an epoch-fenced node refuses members too
+    // (ARCHITECTURE.md, "The fence and the cluster's own nodes").
+    let deadline = Instant::now() + cfg.remote_timeout.max(Duration::from_secs(3));
+    let conninfo = loop {
+        match postgres::setting(&t, "primary_conninfo", cfg.remote_timeout).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => return Err(format!("-sourcenode {src}: reading its primary_conninfo: {e}")),
+            Err(e) => {
+                tracing::debug!(%src, error = %e, "reading the source node's primary_conninfo failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     Ok(postgres::parse_conninfo(&conninfo)
         .into_iter()
         // The new primary's address, our credentials and this node's own application_name

@@ -353,6 +353,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         node_id: heartbeat::node_id(&me),
         hb_port: u32::from(me.port()),
         db_port: u32::from(cfg.db_port),
+        // Kept by set_config: the generation's nonce.
+        nonce: 0,
     })?;
     dp.set_key(&ClusterKey { k0: key.k0, k1: key.k1 })?;
     // When in doubt, fence: a primary database is cut off until the HA engine, with the committed
@@ -389,7 +391,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     }
     dp.set_exempt(&exempt)?;
 
-    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns())
+    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns(), dp.nonce())
         .map_err(|source| AgentError::Socket { addr: me, source })?;
     let mut detector = Detector::new(
         DetectorConfig { node_timeout: cfg.node_timeout, rtt_window: Duration::from_mins(1) },
@@ -615,8 +617,10 @@ fn one_tick(
     let slots = lock(shared).peers.iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>();
     let now = heartbeat::monotonic_ns();
     let mut healths = Vec::with_capacity(slots.len());
+    let mut echoes = Vec::with_capacity(slots.len());
     for (node_id, slot, addr) in slots {
         let s = dp.slot(slot)?;
+        echoes.push((addr, s.peer_nonce));
         let h = dp.rtt_histogram(slot)?;
         if let Some(c) = detector.observe(now, node_id, &s, &h) {
             match c.to {
@@ -639,7 +643,8 @@ fn one_tick(
     };
     let (desired, _) = ha.cycle(shared, dp, now)?;
     let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };
-    for (peer, e) in pinger.send_round(view, now, desired.endorse) {
+    let echo = |peer: SocketAddr| echoes.iter().find(|(a, _)| *a == peer).map_or(0, |(_, n)| *n);
+    for (peer, e) in pinger.send_round(view, now, desired.endorse, echo) {
         tracing::debug!(%peer, error = %e, "PING not sent");
     }
     if desired.endorse.is_some() {

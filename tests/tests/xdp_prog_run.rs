@@ -36,7 +36,7 @@ fn slot(fx: &Fixture, s: u32) -> PeerSlot {
     fx.dp.slot(s).unwrap()
 }
 
-fn assert_pong(out: &[u8], ping: &Heartbeat, fence: &FenceState, a: Addrs) {
+fn assert_pong(out: &[u8], ping: &Heartbeat, fence: &FenceState, nonce: u64, a: Addrs) {
     let p = parse_checked(out);
     assert_eq!(p.dst_mac, PEER_MAC, "PONG goes back to the sender's MAC");
     assert_eq!(p.src_mac, LOCAL_MAC);
@@ -61,6 +61,8 @@ fn assert_pong(out: &[u8], ping: &Heartbeat, fence: &FenceState, a: Addrs) {
     assert_eq!(pong.epoch, fence.epoch);
     assert_eq!(pong.lsn, fence.lsn);
     assert_eq!(u32::from(pong.flags & efm_common::wire::ROLE_MASK), fence.role);
+    assert_eq!(pong.sender_nonce, nonce, "PONG carries the responder's datapath nonce");
+    assert_eq!(pong.echo_nonce, ping.sender_nonce, "PONG echoes the PING's sender nonce");
 }
 
 #[test]
@@ -77,7 +79,8 @@ fn heartbeat_mac_matches_reference_siphash() {
 
 fn valid_ping_case(a: Addrs) {
     let mut fx = Fixture::new();
-    let hb = ping(7, 42);
+    let n = fx.dp.nonce();
+    let hb = ping_to(n, 7, 42);
     let t0 = monotonic_ns();
     let (action, out, moved) = run_counted(&mut fx, &hb_frame(a, &hb));
     let t1 = monotonic_ns();
@@ -90,7 +93,7 @@ fn valid_ping_case(a: Addrs) {
     assert_eq!(s.ping_lsn, hb.lsn);
     assert_eq!(s.ping_send_ns, hb.send_ns);
     assert_eq!(s.ping_flags, u32::from(hb.flags));
-    assert_pong(&out, &hb, &Fixture::base_fence(), a);
+    assert_pong(&out, &hb, &Fixture::base_fence(), n, a);
 }
 
 #[test]
@@ -120,57 +123,60 @@ fn assert_dropped(fx: &mut Fixture, frame: &[u8], counter: Counter) {
 #[test]
 fn bad_heartbeats_are_dropped_and_counted_by_reason() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     let a = Addrs::v4();
     // From an address that is not a peer (even with a valid MAC).
-    assert_dropped(&mut fx, &hb_frame(a.with_src(STRANGER_V4.into()), &ping(1, 1)), Counter::HbUnknownPeer);
-    let good = ping(1, 1).encode(&key());
+    assert_dropped(&mut fx, &hb_frame(a.with_src(STRANGER_V4.into()), &ping_to(n, 1, 1)), Counter::HbUnknownPeer);
+    let good = ping_to(n, 1, 1).encode(&key());
     let mut bad = good;
     bad[0] ^= 0xff;
     assert_dropped(&mut fx, &udp_frame(a, HB_PORT, HB_PORT, &bad), Counter::HbBadMagic);
     let mut bad = good;
-    bad[OFF_VERSION] = 2;
+    bad[OFF_VERSION] = 1; // version 1 (no nonces) is refused
     assert_dropped(&mut fx, &udp_frame(a, HB_PORT, HB_PORT, &bad), Counter::HbBadVersion);
-    let wrong_cluster = Heartbeat { cluster_id: CLUSTER_ID + 1, ..ping(1, 1) };
+    let wrong_cluster = Heartbeat { cluster_id: CLUSTER_ID + 1, ..ping_to(n, 1, 1) };
     assert_dropped(&mut fx, &hb_frame(a, &wrong_cluster), Counter::HbBadCluster);
-    let bad_kind = Heartbeat { kind: 9, ..ping(1, 1) };
+    let bad_kind = Heartbeat { kind: 9, ..ping_to(n, 1, 1) };
     assert_dropped(&mut fx, &hb_frame(a, &bad_kind), Counter::HbBadKind);
     // One flipped bit anywhere under the MAC, or in the MAC itself.
-    for byte in [20usize, 40, 55, 56, 63] {
+    for byte in [20usize, 40, 55, 56, 63, 64, 71, 72, 79] {
         let mut bad = good;
         bad[byte] ^= 0x01;
         assert_dropped(&mut fx, &udp_frame(a, HB_PORT, HB_PORT, &bad), Counter::HbBadMac);
     }
     // Signed with another key.
     let other_key = efm_common::wire::ClusterKeyBytes { k0: 1, k1: 2 };
-    let forged = ping(1, 1).encode(&other_key);
+    let forged = ping_to(n, 1, 1).encode(&other_key);
     assert_dropped(&mut fx, &udp_frame(a, HB_PORT, HB_PORT, &forged), Counter::HbBadMac);
     // Authenticated but claiming to be node 3 from node 2's address.
-    let spoofed = Heartbeat { node_id: OTHER_NODE, ..ping(1, 1) };
+    let spoofed = Heartbeat { node_id: OTHER_NODE, ..ping_to(n, 1, 1) };
     assert_dropped(&mut fx, &hb_frame(a, &spoofed), Counter::HbNodeMismatch);
     // Still accepts a good one afterwards.
-    let (action, _, _) = run_counted(&mut fx, &hb_frame(a, &ping(1, 1)));
+    let (action, _, _) = run_counted(&mut fx, &hb_frame(a, &ping_to(n, 1, 1)));
     assert_eq!(action, XDP_TX);
 }
 
 #[test]
 fn replayed_or_older_sequence_is_dropped() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     let a = Addrs::v4();
-    assert_eq!(run(&mut fx, &hb_frame(a, &ping(5, 10))).0, XDP_TX);
-    assert_dropped(&mut fx, &hb_frame(a, &ping(5, 10)), Counter::HbReplay);
-    assert_dropped(&mut fx, &hb_frame(a, &ping(5, 9)), Counter::HbReplay);
-    assert_dropped(&mut fx, &hb_frame(a, &ping(4, 11)), Counter::HbReplay);
+    assert_eq!(run(&mut fx, &hb_frame(a, &ping_to(n, 5, 10))).0, XDP_TX);
+    assert_dropped(&mut fx, &hb_frame(a, &ping_to(n, 5, 10)), Counter::HbReplay);
+    assert_dropped(&mut fx, &hb_frame(a, &ping_to(n, 5, 9)), Counter::HbReplay);
+    assert_dropped(&mut fx, &hb_frame(a, &ping_to(n, 4, 11)), Counter::HbReplay);
     assert_eq!(slot(&fx, 0).ping_seq, 10);
-    assert_eq!(run(&mut fx, &hb_frame(a, &ping(5, 11))).0, XDP_TX);
+    assert_eq!(run(&mut fx, &hb_frame(a, &ping_to(n, 5, 11))).0, XDP_TX);
     assert_eq!(slot(&fx, 0).ping_seq, 11);
 }
 
 #[test]
 fn new_incarnation_is_accepted_with_a_lower_sequence() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     let a = Addrs::v4();
-    assert_eq!(run(&mut fx, &hb_frame(a, &ping(5, 1000))).0, XDP_TX);
-    let (action, _, moved) = run_counted(&mut fx, &hb_frame(a, &ping(6, 1)));
+    assert_eq!(run(&mut fx, &hb_frame(a, &ping_to(n, 5, 1000))).0, XDP_TX);
+    let (action, _, moved) = run_counted(&mut fx, &hb_frame(a, &ping_to(n, 6, 1)));
     assert_eq!(action, XDP_TX);
     assert!(moved.contains(&(Counter::HbPingAccepted, 1)));
     let s = slot(&fx, 0);
@@ -180,9 +186,10 @@ fn new_incarnation_is_accepted_with_a_lower_sequence() {
 #[test]
 fn pong_records_rtt_and_histogram() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     let a = Addrs::v4();
     let sent = monotonic_ns() - 1_000_000; // our PING left 1 ms ago
-    let pong = Heartbeat { kind: HB_KIND_PONG, send_ns: sent, incarnation: 77, seq: 5, epoch: 3, ..ping(0, 0) };
+    let pong = Heartbeat { kind: HB_KIND_PONG, send_ns: sent, incarnation: 77, seq: 5, epoch: 3, ..ping_to(n, 0, 0) };
     let before_hist = fx.dp.rtt_histogram(0).unwrap();
     let (action, _, moved) = run_counted(&mut fx, &hb_frame(a, &pong));
     let now = monotonic_ns();
@@ -203,8 +210,9 @@ fn pong_records_rtt_and_histogram() {
 #[test]
 fn every_truncation_length_is_handled_and_counted() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     for a in [Addrs::v4(), Addrs::v6(), Addrs::v4().with_vlan(7)] {
-        let full = hb_frame(a, &ping(1, 1_000_000));
+        let full = hb_frame(a, &ping_to(n, 1, 1_000_000));
         for len in 0..full.len() {
             let cut = &full[..len];
             if len < 14 {
@@ -220,10 +228,10 @@ fn every_truncation_length_is_handled_and_counted() {
         }
         // Consistent headers around a short or long heartbeat payload.
         for plen in 0..HB_LEN {
-            let payload = &ping(2, 1).encode(&key())[..plen];
+            let payload = &ping_to(n, 2, 1).encode(&key())[..plen];
             assert_dropped(&mut fx, &udp_frame(a, HB_PORT, HB_PORT, payload), Counter::HbTruncated);
         }
-        let mut long = ping(2, 1).encode(&key()).to_vec();
+        let mut long = ping_to(n, 2, 1).encode(&key()).to_vec();
         long.push(0);
         assert_dropped(&mut fx, &udp_frame(a, HB_PORT, HB_PORT, &long), Counter::HbBadLength);
         assert_eq!(slot(&fx, 0).ping_seq, 0, "nothing truncated was ever accepted");
@@ -332,8 +340,9 @@ fn reset_mode_answers_with_a_valid_rst() {
     assert_eq!(run_counted(&mut fx, &udp).0, XDP_DROP);
 }
 
-fn endorse(seq: u64, epoch: u64) -> Heartbeat {
-    Heartbeat { flags: efm_common::wire::ROLE_STANDBY | FLAG_ENDORSE, epoch, ..ping(1, seq) }
+/// An endorsing PING from node 2, echoing the receiver's nonce `n`.
+fn endorse(n: u64, seq: u64, epoch: u64) -> Heartbeat {
+    Heartbeat { flags: efm_common::wire::ROLE_STANDBY | FLAG_ENDORSE, epoch, ..ping_to(n, 1, seq) }
 }
 
 fn lease_fence(k: u32, timeout_ms: u64) -> FenceState {
@@ -348,16 +357,17 @@ fn lease_fence(k: u32, timeout_ms: u64) -> FenceState {
 #[test]
 fn lease_lapses_without_endorsements_and_is_renewed_by_them() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     fx.set_fence(lease_fence(1, 60_000));
     let (action, _, moved) = run_counted(&mut fx, &syn(client_v4()));
     assert_eq!((action, moved), (XDP_DROP, vec![(Counter::ClientLeaseLapsed, 1)]), "no endorsement yet");
     // An endorsement for another epoch does not count.
-    let (_, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &endorse(1, 2)));
+    let (_, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &endorse(n, 1, 2)));
     assert!(!moved.iter().any(|(c, _)| *c == Counter::LeaseEndorsed));
     assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_DROP);
     // One endorsement for our epoch renews the lease (k = 1).
     let t0 = monotonic_ns();
-    let (_, pong, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &endorse(2, 3)));
+    let (_, pong, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &endorse(n, 2, 3)));
     assert!(moved.contains(&(Counter::LeaseEndorsed, 1)), "{moved:?}");
     let lease = fx.dp.lease().unwrap();
     assert!(lease.deadline_ns >= t0 + 60_000_000_000 && lease.deadline_ns <= monotonic_ns() + 60_000_000_000);
@@ -367,7 +377,7 @@ fn lease_lapses_without_endorsements_and_is_renewed_by_them() {
     assert_eq!(pong.flags & (FLAG_FENCED | FLAG_LEASE_LAPSED), 0, "PONG says the lease holds");
     // A PING without endorsement changes nothing: the lease runs its full time.
     let before = fx.dp.lease().unwrap();
-    let (_, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &ping(1, 3)));
+    let (_, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &ping_to(n, 1, 3)));
     assert!(!moved.iter().any(|(c, _)| *c == Counter::LeaseEndorsed), "{moved:?}");
     assert_eq!(fx.dp.lease().unwrap().deadline_ns, before.deadline_ns);
     assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_PASS);
@@ -376,8 +386,9 @@ fn lease_lapses_without_endorsements_and_is_renewed_by_them() {
 #[test]
 fn pong_reports_a_lapsed_lease() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     fx.set_fence(lease_fence(1, 60_000));
-    let (_, pong, _) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &ping(1, 1)));
+    let (_, pong, _) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &ping_to(n, 1, 1)));
     let p = parse_checked(&pong);
     let pong = Heartbeat::decode(&p.l4[8..], &key()).unwrap();
     assert_ne!(pong.flags & FLAG_LEASE_LAPSED, 0, "PONG says the lease lapsed");
@@ -387,24 +398,26 @@ fn pong_reports_a_lapsed_lease() {
 #[test]
 fn lease_expires_after_its_timeout() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     fx.set_fence(lease_fence(1, 50));
-    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(1, 3)));
+    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(n, 1, 3)));
     assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_PASS, "fresh lease");
     std::thread::sleep(std::time::Duration::from_millis(120));
     let (action, _, moved) = run_counted(&mut fx, &syn(client_v4()));
     assert_eq!((action, moved), (XDP_DROP, vec![(Counter::ClientLeaseLapsed, 1)]));
-    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(2, 3)));
+    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(n, 2, 3)));
     assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_PASS, "renewed");
 }
 
 #[test]
 fn lease_needs_k_distinct_endorsers() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     fx.set_fence(lease_fence(2, 60_000));
-    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(1, 3)));
-    run(&mut fx, &hb_frame(Addrs::v6(), &endorse(2, 3))); // same node over IPv6: still one voter
+    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(n, 1, 3)));
+    run(&mut fx, &hb_frame(Addrs::v6(), &endorse(n, 2, 3))); // same node over IPv6: still one voter
     assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_DROP, "one endorser is not a majority of 2");
-    let other = Heartbeat { node_id: OTHER_NODE, ..endorse(1, 3) };
+    let other = Heartbeat { node_id: OTHER_NODE, ..endorse(n, 1, 3) };
     run(&mut fx, &hb_frame(Addrs::v4().with_src(OTHER_V4.into()), &other));
     assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_PASS, "two endorsers");
     let lease = fx.dp.lease().unwrap();
@@ -415,7 +428,8 @@ fn lease_needs_k_distinct_endorsers() {
 #[test]
 fn higher_epoch_fences_the_node_at_once() {
     let mut fx = Fixture::new();
-    let newer = Heartbeat { epoch: 5, ..ping(1, 1) };
+    let n = fx.dp.nonce();
+    let newer = Heartbeat { epoch: 5, ..ping_to(n, 1, 1) };
     let (action, out, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &newer));
     assert_eq!(action, XDP_TX);
     assert!(moved.contains(&(Counter::EpochFence, 1)), "{moved:?}");
@@ -427,7 +441,7 @@ fn higher_epoch_fences_the_node_at_once() {
     assert_eq!((action, moved), (XDP_DROP, vec![(Counter::ClientEpochFenced, 1)]));
     assert_eq!(fx.dp.lease().unwrap().max_epoch_seen, 5);
     // A higher epoch in a PONG fences too.
-    let pong5 = Heartbeat { kind: HB_KIND_PONG, epoch: 6, send_ns: monotonic_ns(), ..ping(1, 1) };
+    let pong5 = Heartbeat { kind: HB_KIND_PONG, epoch: 6, send_ns: monotonic_ns(), ..ping_to(n, 1, 1) };
     let (_, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &pong5));
     assert!(moved.contains(&(Counter::EpochFence, 1)), "{moved:?}");
     // Only adopting the epoch (an agent decision) lifts it.
@@ -438,6 +452,7 @@ fn higher_epoch_fences_the_node_at_once() {
 #[test]
 fn unrelated_traffic_passes_untouched() {
     let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
     fx.set_fence(FenceState { flags: FENCE_FENCED | FENCE_RESET, ..Fixture::base_fence() });
     for f in [
         udp_frame(Addrs::v4(), 53, 53, b"dns"),
@@ -449,7 +464,7 @@ fn unrelated_traffic_passes_untouched() {
         assert_eq!(out, f, "frame unchanged");
     }
     let pong_kind = {
-        let mut b = ping(1, 1).encode(&key());
+        let mut b = ping_to(n, 1, 1).encode(&key());
         b[OFF_KIND] = HB_KIND_PONG;
         b
     };

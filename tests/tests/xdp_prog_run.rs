@@ -499,3 +499,166 @@ fn arp_for_the_vip_is_not_answered_while_the_node_does_not_serve() {
     fx.set_fence(Fixture::base_fence());
     assert_eq!(run_counted(&mut fx, &vip).0, XDP_PASS, "serving again");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replay protection across datapath generations (the echoed nonce).
+
+/// The counters a heartbeat echoing a stale nonce moves: a replay, and more precisely a stale
+/// nonce (plus `extra`, e.g. the PONG answering it).
+fn stale(extra: &[(Counter, u64)]) -> Vec<(Counter, u64)> {
+    let mut v: Vec<(Counter, u64)> = [(Counter::HbReplay, 1), (Counter::HbStaleNonce, 1)].into_iter().chain(extra.iter().copied()).collect();
+    v.sort_by_key(|(c, _)| *c as u32);
+    v
+}
+
+#[test]
+fn ping_echoing_a_stale_nonce_changes_nothing_counts_as_replay_and_is_answered() {
+    let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
+    assert_ne!(n, 0, "a datapath's nonce is never 0");
+    let a = Addrs::v4();
+    assert_eq!(run(&mut fx, &hb_frame(a, &ping_to(n, 5, 10))).0, XDP_TX);
+    let before = (slot(&fx, 0), fx.dp.lease().unwrap());
+    // A newer sequence and a higher epoch, but echoing no nonce, another one, or one bit off.
+    for echo in [0, n ^ 1, n.rotate_left(17), u64::MAX] {
+        let hb = Heartbeat { epoch: 9, ..ping_to(echo, 5, 11) };
+        let (action, out, moved) = run_counted(&mut fx, &hb_frame(a, &hb));
+        assert_eq!(action, XDP_TX, "echo {echo:#x}: answered, so the sender can learn our nonce");
+        assert_eq!(moved, stale(&[(Counter::HbPongSent, 1)]), "echo {echo:#x}");
+        assert_eq!((slot(&fx, 0), fx.dp.lease().unwrap()), before, "echo {echo:#x}: slot and lease unchanged");
+        // The PONG teaches the current nonce and echoes the sender's.
+        assert_pong(&out, &hb, &Fixture::base_fence(), n, a);
+    }
+    assert_eq!(fx.dp.lease().unwrap().max_epoch_seen, 3, "a stale heartbeat (epoch 9) raises no epoch");
+    // The same PING echoing the current nonce is accepted.
+    let (action, _, moved) = run_counted(&mut fx, &hb_frame(a, &ping_to(n, 5, 11)));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(moved, vec![(Counter::HbPingAccepted, 1), (Counter::HbPongSent, 1)]);
+    assert_eq!(slot(&fx, 0).ping_seq, 11);
+}
+
+#[test]
+fn endorsing_ping_echoing_a_stale_nonce_does_not_extend_the_lease() {
+    let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
+    fx.set_fence(lease_fence(1, 60_000));
+    // No lease yet: a stale endorsement does not grant one.
+    let (action, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &endorse(n ^ 0xff, 1, 3)));
+    assert_eq!((action, moved), (XDP_TX, stale(&[(Counter::HbPongSent, 1)])));
+    assert_eq!(fx.dp.lease().unwrap().deadline_ns, 0);
+    assert_eq!(run(&mut fx, &syn(client_v4())).0, XDP_DROP, "still no lease");
+    // A current endorsement grants one; a later stale one (newer sequence) does not move it.
+    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(n, 2, 3)));
+    let granted = fx.dp.lease().unwrap();
+    assert_ne!(granted.deadline_ns, 0);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    for echo in [0, n ^ 0xff] {
+        let (_, _, moved) = run_counted(&mut fx, &hb_frame(Addrs::v4(), &endorse(echo, 3, 3)));
+        assert!(!moved.contains(&(Counter::LeaseEndorsed, 1)), "{moved:?}");
+        assert_eq!(fx.dp.lease().unwrap(), granted, "lease deadline and endorsement times unchanged");
+    }
+    // A current one does extend it.
+    run(&mut fx, &hb_frame(Addrs::v4(), &endorse(n, 3, 3)));
+    assert!(fx.dp.lease().unwrap().deadline_ns > granted.deadline_ns);
+}
+
+#[test]
+fn pong_echoing_a_wrong_nonce_is_rejected() {
+    let mut fx = Fixture::new();
+    let n = fx.dp.nonce();
+    let a = Addrs::v4();
+    let pong = |echo: u64, seq: u64| Heartbeat { kind: HB_KIND_PONG, epoch: 7, send_ns: monotonic_ns(), ..ping_to(echo, 1, seq) };
+    for echo in [0, n ^ 1, n.wrapping_add(1)] {
+        let before = (slot(&fx, 0), fx.dp.lease().unwrap(), fx.dp.rtt_histogram(0).unwrap());
+        let (action, _, moved) = run_counted(&mut fx, &hb_frame(a, &pong(echo, 5)));
+        assert_eq!((action, moved), (XDP_DROP, stale(&[])), "echo {echo:#x}");
+        assert_eq!((slot(&fx, 0), fx.dp.lease().unwrap(), fx.dp.rtt_histogram(0).unwrap()), before, "echo {echo:#x}: nothing recorded");
+    }
+    assert_eq!(slot(&fx, 0).peer_nonce, 0, "no peer nonce learned from a rejected PONG");
+    // Echoing our nonce: accepted, and the peer's nonce is learned from its sender nonce.
+    let (action, _, moved) = run_counted(&mut fx, &hb_frame(a, &pong(n, 5)));
+    assert_eq!(action, XDP_DROP);
+    assert!(moved.contains(&(Counter::HbPongAccepted, 1)), "{moved:?}");
+    let s = slot(&fx, 0);
+    assert_eq!((s.pong_seq, s.peer_nonce), (5, PEER_NONCE));
+}
+
+/// What one node's kernel accepts from frames captured off the wire while an earlier generation
+/// of its maps lived.
+#[test]
+fn frames_captured_before_the_maps_were_recreated_are_rejected() {
+    require_root();
+    let pins = PinDir::new("gen");
+    let mut dp = efm_agent::datapath::Datapath::load(&pins.0).expect("load");
+    configure(&mut dp);
+    dp.set_fence(&lease_fence(1, 60_000)).unwrap();
+    let n1 = dp.nonce();
+    let a = Addrs::v4();
+    // Generation 1: a peer's PINGs, endorsements and PONGs echoing n1, all accepted; and some
+    // captured in flight that never arrived (newer sequence numbers).
+    let delivered: Vec<Vec<u8>> = (1..=5).map(|s| hb_frame(a, &endorse(n1, s, 3))).collect();
+    for f in &delivered {
+        assert_eq!(dp.test_run(f).unwrap().action, XDP_TX);
+    }
+    let pong1 = hb_frame(a, &Heartbeat { kind: HB_KIND_PONG, send_ns: monotonic_ns(), ..ping_to(n1, 1, 1) });
+    assert_eq!(dp.test_run(&pong1).unwrap().action, XDP_DROP);
+    assert_eq!(dp.slot(0).unwrap().pongs, 1);
+    let undelivered: Vec<Vec<u8>> = (6..=10).map(|s| hb_frame(a, &endorse(n1, s, 3))).collect();
+    let undelivered_pong = hb_frame(a, &Heartbeat { kind: HB_KIND_PONG, send_ns: monotonic_ns(), ..ping_to(n1, 1, 2) });
+    assert_ne!(dp.lease().unwrap().deadline_ns, 0, "generation 1 granted a lease");
+
+    // The agent re-opens the pinned maps (restart, crash): same generation, same nonce; what was
+    // delivered is an old sequence.
+    drop(dp);
+    let mut dp = efm_agent::datapath::Datapath::load(&pins.0).expect("re-open");
+    assert!(dp.reused_maps());
+    assert_eq!(dp.nonce(), n1, "re-opening the pinned maps keeps the nonce");
+    configure(&mut dp);
+    assert_eq!(dp.config().unwrap().nonce, n1, "set_config keeps the generation's nonce");
+    let c0 = dp.counters().unwrap();
+    let s0 = dp.slot(0).unwrap();
+    for f in &delivered {
+        assert_eq!(dp.test_run(f).unwrap().action, XDP_DROP, "a delivered frame is a replay");
+    }
+    assert_eq!(dp.slot(0).unwrap(), s0);
+    assert_eq!(dp.counters().unwrap().get(Counter::HbReplay) - c0.get(Counter::HbReplay), 5);
+
+    // Orderly stop removes the maps; the next start creates them anew with a fresh nonce.
+    dp.detach().expect("detach");
+    let mut dp = efm_agent::datapath::Datapath::load(&pins.0).expect("recreate");
+    assert!(!dp.reused_maps());
+    let n2 = dp.nonce();
+    assert!(n2 != 0 && n2 != n1, "a new generation has a new nonce: {n1:#x} then {n2:#x}");
+    configure(&mut dp);
+    dp.set_fence(&lease_fence(1, 60_000)).unwrap();
+    let empty = dp.slot(0).unwrap();
+    assert_eq!(empty, PeerSlot::default());
+    for f in delivered.iter().chain(&undelivered) {
+        let before = dp.counters().unwrap();
+        let r = dp.test_run(f).unwrap();
+        let after = dp.counters().unwrap();
+        assert_eq!(r.action, XDP_TX, "answered (the PONG carries the new nonce)");
+        let p = parse_checked(&r.frame);
+        let pong = Heartbeat::decode(&p.l4[8..], &key()).unwrap();
+        assert_eq!((pong.sender_nonce, pong.echo_nonce), (n2, PEER_NONCE));
+        assert_eq!(after.get(Counter::HbReplay) - before.get(Counter::HbReplay), 1);
+        assert_eq!(after.get(Counter::HbStaleNonce) - before.get(Counter::HbStaleNonce), 1);
+        assert_eq!(after.get(Counter::HbPingAccepted), before.get(Counter::HbPingAccepted));
+        assert_eq!(after.get(Counter::LeaseEndorsed), before.get(Counter::LeaseEndorsed));
+    }
+    for f in [&pong1, &undelivered_pong] {
+        assert_eq!(dp.test_run(f).unwrap().action, XDP_DROP);
+    }
+    assert_eq!(dp.slot(0).unwrap(), empty, "no captured heartbeat reached the new slots");
+    let lease = dp.lease().unwrap();
+    assert_eq!((lease.deadline_ns, lease.endorse_ns[0]), (0, 0), "no captured endorsement grants a lease");
+    let (action, _) = {
+        let r = dp.test_run(&syn(client_v4())).unwrap();
+        (r.action, r.frame)
+    };
+    assert_eq!(action, XDP_DROP, "clients stay cut off: the enforced lease was never granted");
+    // The peer, having learned n2 from those PONGs, is accepted again.
+    assert_eq!(dp.test_run(&hb_frame(a, &endorse(n2, 1, 3))).unwrap().action, XDP_TX);
+    assert_ne!(dp.lease().unwrap().deadline_ns, 0);
+    dp.detach().expect("detach");
+}

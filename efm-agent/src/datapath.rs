@@ -6,6 +6,13 @@
 //! re-uses the maps as they are and atomically swaps the new program onto the pinned links, so an
 //! agent restart or crash never lifts a fence and never resets the kernel's view of the peers.
 //! Only [`Datapath::detach`] (an orderly stop) removes the pins.
+//!
+//! Each generation of the maps has a random non-zero nonce ([`Datapath::nonce`], stored in
+//! `EFM_CONFIG`): kept when the pinned maps are re-opened, drawn afresh whenever they are created.
+//! The kernel accepts only heartbeats echoing it, so nothing captured before the maps were created
+//! is accepted again (ARCHITECTURE.md, "no heartbeat is accepted twice"). Pinned maps of another
+//! shape (another efm version) are refused with [`DatapathError::IncompatiblePin`], never re-used
+//! or silently replaced.
 
 #![expect(
     clippy::result_large_err,

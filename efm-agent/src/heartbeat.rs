@@ -3,7 +3,9 @@
 //! Every `heartbeat.interval` the agent sends one PING to each peer from a UDP socket bound to
 //! `bind.address` (the peers' XDP programs accept heartbeats only from addresses in their peer
 //! maps). The peers' kernels record them and answer with PONGs, which our own XDP program
-//! records; nothing here receives anything.
+//! records; nothing here receives anything. Each PING carries our datapath's nonce and echoes the
+//! peer's, which our kernel learned from the peer's PONGs: a peer accepts only PINGs echoing its
+//! current nonce (replay protection across its restarts and reboots).
 
 use std::{
     fmt, fs, io,

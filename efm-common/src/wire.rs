@@ -54,7 +54,7 @@ pub const OFF_ECHO_NONCE: usize = 64;
 pub const OFF_MAC: usize = HB_MAC_OFFSET;
 // The MAC reads whole 8-byte words and the nonces sit right before it.
 const _: () = assert!(
-    HB_MAC_OFFSET % 8 == 0 && HB_MAC_OFFSET + 8 == HB_LEN && OFF_ECHO_NONCE + 8 == HB_MAC_OFFSET
+    HB_MAC_OFFSET.is_multiple_of(8) && HB_MAC_OFFSET + 8 == HB_LEN && OFF_ECHO_NONCE + 8 == HB_MAC_OFFSET
 );
 
 /// Role of the sender, in bits 0-1 of the flags.

@@ -222,8 +222,8 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
     assert!(endorsing >= 20, "the witness endorses the primary: {endorsing} of {} captured PINGs endorse", to_p.len());
     let pins_p = Pins(c.files[p].bpffs.0.join(CLUSTER));
     let pins_s = Pins(c.files[s].bpffs.0.join(CLUSTER));
-    let nonce_p = pins_p.nonce();
-    assert!(to_p.iter().all(|f| decoded(f).echo_nonce == nonce_p), "the witness echoes the primary's nonce");
+    let primary_nonce = pins_p.nonce();
+    assert!(to_p.iter().all(|f| decoded(f).echo_nonce == primary_nonce), "the witness echoes the primary's nonce");
 
     // Cut the witness off: its agent stops (orderly: its XDP goes too, so nothing of it is heard).
     c.agents[w] = Agent::start_later();
@@ -232,14 +232,14 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
     // 1. The primary's agent restarted in order (a primary keeps its pins: same generation).
     c.restart_agent(p);
     wait_primary_serving(&c, p);
-    assert_eq!(pins_p.nonce(), nonce_p, "an orderly restart of a primary keeps its maps and nonce");
+    assert_eq!(pins_p.nonce(), primary_nonce, "an orderly restart of a primary keeps its maps and nonce");
     replay_changes_nothing(&c, "primary, agent restarted in order", p, w, &to_p, false);
 
     // 2. The primary's agent SIGKILLed and started again (pins kept).
     c.agents[p].sigkill();
     c.agents[p] = Agent::start(&c.bed.nodes[p].ns.name, &c.files[p]);
     wait_primary_serving(&c, p);
-    assert_eq!(pins_p.nonce(), nonce_p, "a crash keeps the maps and the nonce");
+    assert_eq!(pins_p.nonce(), primary_nonce, "a crash keeps the maps and the nonce");
     replay_changes_nothing(&c, "primary, agent SIGKILLed and restarted", p, w, &to_p, false);
 
     // 3. The primary's maps recreated (a reboot empties bpffs: SIGKILL, pins removed, start).
@@ -247,21 +247,21 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
     std::fs::remove_dir_all(c.files[p].bpffs.0.join(CLUSTER)).expect("removing the primary's pins");
     c.agents[p] = Agent::start(&c.bed.nodes[p].ns.name, &c.files[p]);
     wait_primary_serving(&c, p);
-    let nonce_p2 = pins_p.nonce();
-    assert!(nonce_p2 != 0 && nonce_p2 != nonce_p, "new maps, new nonce: {nonce_p:#x} then {nonce_p2:#x}");
+    let primary_nonce_new = pins_p.nonce();
+    assert!(primary_nonce_new != 0 && primary_nonce_new != primary_nonce, "new maps, new nonce: {primary_nonce:#x} then {primary_nonce_new:#x}");
     replay_changes_nothing(&c, "primary, maps recreated", p, w, &to_p, true);
     assert_eq!(pins_p.slot_of(ip(w)).1.pings, 0, "nothing of the witness accepted in the new generation");
     assert_eq!(pins_p.lease().endorse_ns[pins_p.slot_of(ip(w)).0 as usize], 0, "no endorsement of the witness in the new lease");
 
     // 4. The standby's agent restarted in order: a non-primary removes its pins, so its maps are
     //    recreated (the case where 60 replayed PINGs used to make a cut-off peer look alive).
-    let nonce_s = pins_s.nonce();
+    let standby_nonce = pins_s.nonce();
     c.restart_agent(s);
     c.wait_for(s, "the standby's agent back", Duration::from_mins(1), |v| {
         peer_verdict(v, &format!("{}:{HB_PORT}", ip(p))) == "alive"
     });
-    let nonce_s2 = pins_s.nonce();
-    assert!(nonce_s2 != 0 && nonce_s2 != nonce_s, "orderly stop of a standby: new maps, new nonce");
+    let standby_nonce_new = pins_s.nonce();
+    assert!(standby_nonce_new != 0 && standby_nonce_new != standby_nonce, "orderly stop of a standby: new maps, new nonce");
     replay_changes_nothing(&c, "standby, agent restarted in order (maps recreated)", s, w, &to_s, true);
 
     // 5. The standby's agent SIGKILLed and started again (pins kept, captured frames still stale).
@@ -270,6 +270,6 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
     c.wait_for(s, "the standby's agent back", Duration::from_mins(1), |v| {
         peer_verdict(v, &format!("{}:{HB_PORT}", ip(p))) == "alive"
     });
-    assert_eq!(pins_s.nonce(), nonce_s2, "a crash keeps the standby's maps and nonce");
+    assert_eq!(pins_s.nonce(), standby_nonce_new, "a crash keeps the standby's maps and nonce");
     replay_changes_nothing(&c, "standby, agent SIGKILLed and restarted", s, w, &to_s, true);
 }

@@ -36,7 +36,7 @@ fn slot(fx: &Fixture, s: u32) -> PeerSlot {
     fx.dp.slot(s).unwrap()
 }
 
-fn assert_pong(out: &[u8], ping: &Heartbeat, fence: &FenceState, nonce: u64, a: Addrs) {
+fn assert_pong(out: &[u8], sent: &Heartbeat, fence: &FenceState, nonce: u64, a: Addrs) {
     let p = parse_checked(out);
     assert_eq!(p.dst_mac, PEER_MAC, "PONG goes back to the sender's MAC");
     assert_eq!(p.src_mac, LOCAL_MAC);
@@ -55,14 +55,14 @@ fn assert_pong(out: &[u8], ping: &Heartbeat, fence: &FenceState, nonce: u64, a: 
     assert_eq!(pong.kind, HB_KIND_PONG);
     assert_eq!(pong.cluster_id, CLUSTER_ID);
     assert_eq!(pong.node_id, LOCAL_NODE, "PONG carries the responder's node id");
-    assert_eq!(pong.incarnation, ping.incarnation, "incarnation echoed");
-    assert_eq!(pong.seq, ping.seq, "sequence echoed");
-    assert_eq!(pong.send_ns, ping.send_ns, "send time echoed");
+    assert_eq!(pong.incarnation, sent.incarnation, "incarnation echoed");
+    assert_eq!(pong.seq, sent.seq, "sequence echoed");
+    assert_eq!(pong.send_ns, sent.send_ns, "send time echoed");
     assert_eq!(pong.epoch, fence.epoch);
     assert_eq!(pong.lsn, fence.lsn);
     assert_eq!(u32::from(pong.flags & efm_common::wire::ROLE_MASK), fence.role);
     assert_eq!(pong.sender_nonce, nonce, "PONG carries the responder's datapath nonce");
-    assert_eq!(pong.echo_nonce, ping.sender_nonce, "PONG echoes the PING's sender nonce");
+    assert_eq!(pong.echo_nonce, sent.sender_nonce, "PONG echoes the PING's sender nonce");
 }
 
 #[test]

@@ -662,3 +662,24 @@ fn frames_captured_before_the_maps_were_recreated_are_rejected() {
     assert_ne!(dp.lease().unwrap().deadline_ns, 0);
     dp.detach().expect("detach");
 }
+
+/// The nonce is kept only if every map it protects is re-opened: a slot map (or lease map)
+/// created anew next to an old configuration map starts a new generation.
+#[test]
+fn a_partly_recreated_datapath_gets_a_fresh_nonce() {
+    require_root();
+    let pins = PinDir::new("part");
+    let dp = efm_agent::datapath::Datapath::load(&pins.0).expect("load");
+    let n1 = dp.nonce();
+    drop(dp);
+    let dp = efm_agent::datapath::Datapath::load(&pins.0).expect("re-open");
+    assert_eq!(dp.nonce(), n1, "all maps re-opened: nonce kept");
+    drop(dp);
+    for map in [efm_common::maps::MAP_SLOTS, efm_common::maps::MAP_LEASE, efm_common::maps::MAP_CONFIG] {
+        let before = efm_agent::datapath::Datapath::load(&pins.0).expect("re-open").nonce();
+        std::fs::remove_file(pins.0.join(map)).expect("removing one pin");
+        let dp = efm_agent::datapath::Datapath::load(&pins.0).expect("re-open with one map missing");
+        assert!(dp.nonce() != 0 && dp.nonce() != before, "{map} recreated: fresh nonce");
+        assert_eq!(dp.config().unwrap().nonce, dp.nonce(), "{map} recreated: the kernel sees the fresh nonce");
+    }
+}

@@ -12,8 +12,8 @@
 //!   records `endorse_ns[peer] = now` and recomputes `lease_deadline`, the k-th newest
 //!   endorsement plus the lease timeout, with the `lease_k` in force at that moment; a PING
 //!   without the flag changes nothing); `raise_epoch` on every accepted PING and PONG; PONGs
-//!   built from the kernel's fence state; `fence_reason` (fenced, epoch-fenced, enforced lease
-//!   lapsed) for client traffic;
+//!   built from the kernel's fence state; for client traffic the kernel's serving rule itself,
+//!   `efm_common::serving::fence_reasons` (fenced, epoch-fenced, enforced lease lapsed);
 //! - **its agent**: every `heartbeat.interval` of its own clock it reads the kernel slots like
 //!   the detector (alive = a PING arrived within `node.timeout`), steps the engine, writes the
 //!   `Desired` fence state into the kernel, carries out the actions and sends one PING to each
@@ -438,13 +438,27 @@ impl Kernel {
         }
     }
 
-    /// `fence_reason` of the XDP program.
+    /// The kernel's serving rule, [`efm_common::serving::fence_reasons`] itself (the one the XDP
+    /// and egress programs run), on this kernel's state; the first reason, named.
     fn fence_reason(&self, now: u64) -> Option<&'static str> {
-        if self.fenced {
+        use efm_common::{
+            maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED},
+            serving::{fence_reasons, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
+        };
+        let fence = FenceState {
+            flags: if self.fenced { FENCE_FENCED } else { 0 } | if self.lease_enforced { FENCE_LEASE_ENFORCED } else { 0 },
+            epoch: self.epoch,
+            lease_k: self.lease_k,
+            lease_timeout_ns: LEASE,
+            ..FenceState::default()
+        };
+        let lease = LeaseState { deadline_ns: self.deadline, max_epoch_seen: self.max_epoch_seen, ..LeaseState::default() };
+        let r = fence_reasons(&fence, &lease, now);
+        if r & REASON_FENCED != 0 {
             Some("fenced")
-        } else if self.max_epoch_seen > self.epoch {
+        } else if r & REASON_EPOCH != 0 {
             Some("epoch-fenced")
-        } else if self.lease_enforced && self.lease_k > 0 && now > self.deadline {
+        } else if r & REASON_LAPSED != 0 {
             Some("lease lapsed")
         } else {
             None

@@ -216,7 +216,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut rep = Report::new("heartbeat-latency");
     rep.setting("samples_per_method_and_condition", samples);
     rep.setting("topology", "two network namespaces, one veth pair, efm XDP native on both ends");
-    rep.setting("payload", "PING/PONG 64 B heartbeat; UDP echo 64 B; ICMP echo 56 B data");
+    rep.setting("payload", format!("PING/PONG {} B heartbeat; UDP echo 64 B; ICMP echo 56 B data", efm_common::wire::HB_LEN));
     rep.setting("stress", stress_args.join(" "));
     rep.setting("order", "interleaved: PONG, UDP, ICMP per round, sequential (one request in flight)");
 

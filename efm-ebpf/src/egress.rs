@@ -13,9 +13,15 @@
 //! delivered to an application). The TCP checksum is fixed with `bpf_l4_csum_replace`, which is
 //! right for both a `CHECKSUM_PARTIAL` skb (locally generated TCP) and a full checksum.
 //!
-//! Packets are read with `bpf_skb_load_bytes`, so headers in non-linear skb data are seen too.
+//! Headers are read from the linear data directly, and with `bpf_skb_load_bytes` when they lie
+//! beyond it, so headers in non-linear skb data are seen too.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::classifier,
+    programs::TcContext,
+};
 use efm_common::{
     maps::{Counter, PeerAddr, FENCE_RESET},
     serving::fence_reasons,
@@ -48,11 +54,11 @@ struct Egress {
 
 #[inline(always)]
 fn egress(ctx: &TcContext) -> i32 {
-    let Ok(eth) = ctx.load::<[u8; ETH_HLEN]>(0) else { return TCX_NEXT };
+    let Some(eth) = read::<ETH_HLEN>(ctx, 0) else { return TCX_NEXT };
     let mut ethertype = be16([eth[12], eth[13]]);
     let mut l3off = ETH_HLEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let Ok(tag) = ctx.load::<[u8; 4]>(ETH_HLEN) else { return TCX_NEXT };
+        let Some(tag) = read::<4>(ctx, ETH_HLEN) else { return TCX_NEXT };
         ethertype = be16([tag[2], tag[3]]);
         l3off = ETH_HLEN + 4;
     }
@@ -72,8 +78,8 @@ fn egress(ctx: &TcContext) -> i32 {
         if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
             return TCX_NEXT;
         }
-        match ctx.load::<[u8; 2]>(l4off) {
-            Ok(sport) => {
+        match read::<2>(ctx, l4off) {
+            Some(sport) => {
                 if u32::from(be16(sport)) != cfg.db_port {
                     return TCX_NEXT;
                 }
@@ -82,7 +88,7 @@ fn egress(ctx: &TcContext) -> i32 {
                 }
             }
             // Truncated transport header: undetermined, decided below.
-            Err(_) => {}
+            None => {}
         }
     }
     // SAFETY: read-only lookup; the value is not kept.
@@ -110,7 +116,7 @@ fn egress(ctx: &TcContext) -> i32 {
         count(Counter::EgressDrop);
         return TC_ACT_SHOT;
     };
-    let Ok(word) = ctx.load::<[u8; 2]>(l4off + 12) else {
+    let Some(word) = read::<2>(ctx, l4off + 12) else {
         count(Counter::EgressDrop);
         return TC_ACT_SHOT;
     };
@@ -139,9 +145,28 @@ fn egress(ctx: &TcContext) -> i32 {
     TCX_NEXT
 }
 
+/// `N` bytes at `off`: straight from the linear packet data when they lie there (the usual
+/// case), else through `bpf_skb_load_bytes` (headers in non-linear data). The buffer is zeroed
+/// first: an uninitialised one lets LLVM merge an undefined register into the result, which the
+/// verifier refuses.
+#[inline(always)]
+fn read<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    if start + off + N <= ctx.data_end() {
+        // SAFETY: bounds checked against data_end just above; a byte array has no alignment.
+        return Some(unsafe { ((start + off) as *const [u8; N]).read_unaligned() });
+    }
+    let mut buf = [0u8; N];
+    // SAFETY: the helper writes at most N bytes into `buf` and checks the offset itself.
+    let rc = unsafe {
+        bpf_skb_load_bytes(ctx.skb.skb as *const c_void, off as u32, buf.as_mut_ptr().cast::<c_void>(), N as u32)
+    };
+    (rc == 0).then_some(buf)
+}
+
 #[inline(always)]
 fn parse_v4(ctx: &TcContext, l3off: usize) -> Option<Egress> {
-    let ip = ctx.load::<[u8; 20]>(l3off).ok()?;
+    let ip = read::<20>(ctx, l3off)?;
     let src = PeerAddr::v4([ip[12], ip[13], ip[14], ip[15]]);
     let dst = PeerAddr::v4([ip[16], ip[17], ip[18], ip[19]]);
     let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -152,7 +177,7 @@ fn parse_v4(ctx: &TcContext, l3off: usize) -> Option<Egress> {
 
 #[inline(always)]
 fn parse_v6(ctx: &TcContext, l3off: usize) -> Option<Egress> {
-    let ip = ctx.load::<[u8; 40]>(l3off).ok()?;
+    let ip = read::<40>(ctx, l3off)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src.copy_from_slice(&ip[8..24]);
@@ -172,19 +197,19 @@ fn parse_v6(ctx: &TcContext, l3off: usize) -> Option<Egress> {
             }
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let Ok(h) = ctx.load::<[u8; 2]>(off) else { break };
+                let Some(h) = read::<2>(ctx, off) else { break };
                 next = h[0];
                 off += (usize::from(h[1]) + 1) * 8;
             }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
-                let Ok(h) = ctx.load::<[u8; 2]>(off) else { break };
+                let Some(h) = read::<2>(ctx, off) else { break };
                 next = h[0];
                 off += (usize::from(h[1]) + 2) * 4;
             }
             // Fragment header: only the first fragment carries the transport header.
             44 => {
-                let Ok(h) = ctx.load::<[u8; 4]>(off) else { break };
+                let Some(h) = read::<4>(ctx, off) else { break };
                 if be16([h[2], h[3]]) & 0xfff8 != 0 {
                     break;
                 }

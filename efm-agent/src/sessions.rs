@@ -372,22 +372,33 @@ pub fn members_exempt(fenced: bool, epoch_fenced: bool, lease_lapsed: bool) -> b
 }
 
 /// Watches the kernel's state cycle by cycle and says when sessions must end: when it stops
-/// serving, and again when members stop being exempt. The first state seen is the baseline (an
-/// agent that starts on a node that already does not serve leaves those sessions to the egress
-/// fence, which answers the server's next segment).
+/// serving, and — in that same episode, while it has not served again — when members stop being
+/// exempt. States before the node first serves in this agent's life end nothing: at start-up a
+/// primary is fenced until the log confirms it, then unendorsed for a moment, and its clients
+/// and walsenders must survive an agent restart. (An agent that starts on a node that already
+/// does not serve leaves those sessions to the egress fence, which answers the server's next
+/// segment.)
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
     last: Option<Gate>,
+    /// The node served, then stopped: a fence episode is under way.
+    episode: bool,
 }
 
 impl Tracker {
     /// `Some(members_spared)` when sessions must end now.
     pub fn observe(&mut self, now: Gate) -> Option<bool> {
         let prev = self.last.replace(now);
+        if now.serving {
+            self.episode = false;
+            return None;
+        }
         let prev = prev?;
-        let stopped_serving = prev.serving && !now.serving;
-        let members_lost = prev.members_pass && !now.members_pass;
-        (stopped_serving || members_lost).then_some(now.members_pass)
+        if prev.serving {
+            self.episode = true;
+            return Some(now.members_pass);
+        }
+        (self.episode && prev.members_pass && !now.members_pass).then_some(false)
     }
 }
 
@@ -504,14 +515,19 @@ mod tests {
         let serving = Gate { serving: true, members_pass: true };
         let handing_over = Gate { serving: false, members_pass: true };
         let epoch_fenced = Gate { serving: false, members_pass: false };
+        let unendorsed = Gate { serving: false, members_pass: false };
         let mut t = Tracker::default();
         assert_eq!(t.observe(handing_over), None, "the first state is the baseline");
+        assert_eq!(t.observe(unendorsed), None, "start-up: fenced until the log agrees, then not endorsed yet");
         assert_eq!(t.observe(serving), None, "starting to serve ends nothing");
         assert_eq!(t.observe(serving), None);
         assert_eq!(t.observe(handing_over), Some(true), "fenced explicitly: members keep replication");
         assert_eq!(t.observe(handing_over), None, "once per change");
         assert_eq!(t.observe(epoch_fenced), Some(false), "a newer epoch: members' sessions end too");
         assert_eq!(t.observe(epoch_fenced), None);
+        assert_eq!(t.observe(handing_over), None, "members exempt again within the episode: nothing to end");
+        assert_eq!(t.observe(epoch_fenced), Some(false));
+        assert_eq!(t.observe(serving), None);
         let mut t = Tracker::default();
         t.observe(serving);
         assert_eq!(t.observe(epoch_fenced), Some(false), "lease lapsed: everyone but the exempt hosts");

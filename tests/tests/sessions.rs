@@ -1,11 +1,13 @@
-//! Ending client sessions (`efm_agent::sessions`) against a real PostgreSQL 15 in a network
+//! Ending client sessions (`efm_agent::sessions`) against a real `PostgreSQL` 15 in a network
 //! namespace, with clients in another namespace (run as root): `SOCK_DESTROY` through
 //! `NETLINK_SOCK_DIAG` for the sessions on the database port at the service addresses (own
 //! address and VIP, IPv4 and IPv6), then `pg_terminate_backend`. A client blocked in
 //! `pg_sleep(60)` with keepalives off gets an error within 1 s; a sleeping insert is cancelled
 //! and never commits; spared clients (a member while members are exempt, an exempt host) and a
 //! session at a non-service address keep working; the listening socket still accepts; with
-//! members no longer exempt, the member's session ends too.
+//! members no longer exempt, the member's session ends too. And end to end with real agents:
+//! a client blocked through the VIP on a primary cut off from the other nodes gets an error
+//! within 1 s of the primary's kernel fence (its lease lapsing).
 //!
 //! `cargo test -p efm-tests --test sessions -- --test-threads=1`
 
@@ -20,7 +22,8 @@ use efm_agent::{
     sessions::{self, Ended, Spare},
 };
 use efm_tests::{
-    enter_netns,
+    cluster::{Cluster, Kind, CLUSTER, VIP},
+    enter_netns, monotonic_ns,
     pg::{PgNode, PgOptions, SUPERUSER},
     Link, Netns,
 };
@@ -29,7 +32,7 @@ use tokio_postgres::{Client, NoTls};
 
 const PORT: u16 = 5544;
 const SERVER: &str = "198.18.1.1";
-const VIP: &str = "198.18.1.100";
+const VIP1: &str = "198.18.1.100";
 /// A server address that is not a service address (e.g. a management interface).
 const OTHER: &str = "198.18.1.50";
 const SERVER6: &str = "fd00:efd::1";
@@ -43,7 +46,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn service() -> Vec<IpAddr> {
-    vec![ip(SERVER), ip(VIP), ip(SERVER6)]
+    vec![ip(SERVER), ip(VIP1), ip(SERVER6)]
 }
 
 fn spare(members_spared: bool) -> Spare {
@@ -137,11 +140,11 @@ async fn blocked_clients_get_an_error_spared_ones_keep_working_and_nothing_commi
         &["198.18.1.2/24", "198.18.1.3/24", "198.18.1.4/24", "fd00:efd::2/64"],
     );
     let (srv, cli) = (&link.a, &link.b);
-    let pg = PgNode::primary_with(PgOptions::new(PORT, &format!("{SERVER},{VIP},{OTHER},{SERVER6}")).netns(&srv.name));
+    let pg = PgNode::primary_with(PgOptions::new(PORT, &format!("{SERVER},{VIP1},{OTHER},{SERVER6}")).netns(&srv.name));
     pg.psql("CREATE TABLE t(id int)");
 
     let blocked = connect_from(cli, CLIENT, SERVER).await;
-    let writer = connect_from(cli, CLIENT, VIP).await;
+    let writer = connect_from(cli, CLIENT, VIP1).await;
     let blocked6 = connect_from(cli, CLIENT6, SERVER6).await;
     let member = connect_from(cli, MEMBER, SERVER).await;
     let exempt = connect_from(cli, EXEMPT, SERVER).await;
@@ -200,7 +203,7 @@ async fn blocked_clients_get_an_error_spared_ones_keep_working_and_nothing_commi
     select_one(&member, "member").await;
     select_one(&exempt, "exempt host").await;
     select_one(&connect_from(cli, CLIENT, SERVER).await, "new connection").await;
-    select_one(&connect_from(cli, CLIENT, VIP).await, "new connection to the VIP").await;
+    select_one(&connect_from(cli, CLIENT, VIP1).await, "new connection to the VIP").await;
     select_one(&connect_from(cli, CLIENT6, SERVER6).await, "new IPv6 connection").await;
     // OTHER's socket was not destroyed (not a service address), but its backend was
     // terminated: the database side is by client address.
@@ -228,4 +231,86 @@ async fn blocked_clients_get_an_error_spared_ones_keep_working_and_nothing_commi
     terminate_in(srv, false);
     assert!(member.simple_query("SELECT 1").await.is_err(), "the member's session was ended");
     select_one(&exempt, "exempt host").await;
+}
+
+/// The primary's kernel lease deadline (`CLOCK_MONOTONIC` ns) from its pinned `EFM_LEASE` map.
+fn pinned_lease_deadline(c: &Cluster, i: usize) -> u64 {
+    let path = c.files[i].bpffs.0.join(CLUSTER).join(efm_common::maps::MAP_LEASE);
+    let data = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let arr: aya::maps::Array<_, efm_common::maps::LeaseState> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("EFM_LEASE is an array");
+    arr.get(&0, 0).expect("reading EFM_LEASE").deadline_ns
+}
+
+/// End to end, real agents: a client (keepalives off) blocked in `pg_sleep(60)` through the VIP
+/// on a primary that is then cut off from the other nodes (not from the client). Its kernel
+/// lease lapses (no endorsements); its agent sees that and ends the sessions: the client gets an
+/// error within 1 s of the lapse.
+#[test]
+fn a_client_blocked_on_a_partitioned_primary_gets_an_error_within_a_second_of_the_fence() {
+    let c = Cluster::start(&[Kind::Primary, Kind::Standby, Kind::Standby], "");
+    let n = c.kinds.len();
+    let client_ns = format!("/var/run/netns/{}", c.bed.nodes[n].ns.name);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        enter_netns(&client_ns);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(VIP).port(5432).user(SUPERUSER).dbname("postgres").keepalives(false).connect_timeout(Duration::from_secs(5));
+            let (client, conn) = cfg.connect(NoTls).await.expect("connecting through the VIP");
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let started = monotonic_ns();
+            let res = client.simple_query("SELECT pg_sleep(60)").await;
+            let _ = tx.send((started, monotonic_ns(), res.map(|_| ()).map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.severity(), d.message())))));
+        });
+    });
+    let p = c.pg[0].as_ref().unwrap();
+    wait_active(p, 1);
+
+    // Cut n1 off from the other nodes at the switch; the client's port stays connected.
+    let sw: Vec<String> = c.bed.nodes.iter().map(|b| b.sw_if.clone()).collect();
+    let others = sw[1..n].iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let rules = format!(
+        "table bridge efm_cut {{\n chain cut {{\n  type filter hook forward priority 0;\n  \
+         iifname \"{p0}\" oifname {{ {others} }} drop\n  iifname {{ {others} }} oifname \"{p0}\" drop\n }}\n}}\n",
+        p0 = sw[0]
+    );
+    let out = c.bed.switch.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(|mut ch| {
+        use std::io::Write as _;
+        ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
+        ch.wait_with_output()
+    });
+    assert!(out.as_ref().is_ok_and(|o| o.status.success()), "nft partition rules: {out:?}");
+    let t_cut = monotonic_ns();
+
+    let (started, t_err, res) = rx.recv_timeout(Duration::from_secs(15)).expect("the blocked client got no answer within 15 s of the partition");
+    let _ = client.join();
+    let err = res.expect_err("pg_sleep(60) cannot have finished");
+    let deadline = pinned_lease_deadline(&c, 0);
+    let ms = |a: u64, b: u64| (i128::from(a) - i128::from(b)) / 1_000_000;
+    // The agent's log line (its file is written by a background thread: give it a moment).
+    let log_path = c.files[0].config_dir.join(format!("log/{CLUSTER}.log"));
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("client sessions ended") || std::time::Instant::now() > until {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ended: Vec<&str> = log.lines().filter(|l| l.contains("client sessions ended")).collect();
+    println!(
+        "partition at +{} ms (from the query's start); n1's lease lapsed {} ms after the partition; \
+         the client's error came {} ms after the lapse: {err}\nagent: {ended:?}",
+        ms(t_cut, started),
+        ms(deadline, t_cut),
+        ms(t_err, deadline)
+    );
+    assert!(deadline > t_cut, "the lease lapsed after the partition");
+    assert!(t_err >= deadline, "the client's session ended only once the node stopped serving");
+    assert!(t_err - deadline < 1_000_000_000, "error {} ms after the kernel fence", ms(t_err, deadline));
+    assert!(!ended.is_empty(), "n1's agent logged the ending of the sessions in {}", log_path.display());
 }

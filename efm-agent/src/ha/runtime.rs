@@ -446,7 +446,10 @@ impl HaRuntime {
                 serving: kernel.serving,
                 members_pass: kernel.serving || crate::sessions::members_exempt(step.desired.fenced, epoch_fenced, lapsed),
             };
-            if let Some(members_spared) = self.session_gate.observe(gate) {
+            // A database known to be a standby has no writes to cut short: its read-only
+            // sessions survive a moment of epoch fence while its log catches up.
+            let standby = local.up == Some(true) && local.in_recovery == Some(true);
+            if let Some(members_spared) = self.session_gate.observe(gate).filter(|_| !standby) {
                 let why = if epoch_fenced {
                     "a newer epoch exists"
                 } else if lapsed {

@@ -356,19 +356,9 @@ impl Spare {
 pub struct Gate {
     /// Clients pass (not fenced, not epoch-fenced, lease valid).
     pub serving: bool,
-    /// Members' connections pass (serving, or only fenced explicitly; see
-    /// [`members_exempt`]).
+    /// Members' connections pass: serving, or fenced explicitly only
+    /// (`efm_common::serving::exempt_applies`).
     pub members_pass: bool,
-}
-
-/// Members are exempt from the fence only while the node is fenced explicitly and neither
-/// epoch-fenced nor lease-lapsed (a primary handing over ships its last WAL to them; once a
-/// newer epoch exists or its lease lapsed, they are fenced like any client).
-// TODO(integration): the same rule lives in efm-common as the kernel's pure function (issue 11);
-// use that one once merged.
-#[must_use]
-pub fn members_exempt(fenced: bool, epoch_fenced: bool, lease_lapsed: bool) -> bool {
-    fenced && !epoch_fenced && !lease_lapsed
 }
 
 /// Watches the kernel's state cycle by cycle and says when sessions must end: when it stops
@@ -500,14 +490,6 @@ mod tests {
         s.members_spared = false;
         assert!(!s.spares(ip("198.18.0.2")) && !s.spares(ip("fd00:efd::2")));
         assert!(s.spares(ip("198.18.5.9")) && s.spares(ip("198.18.0.1")));
-    }
-
-    #[test]
-    fn member_rule() {
-        assert!(members_exempt(true, false, false));
-        assert!(!members_exempt(true, true, false));
-        assert!(!members_exempt(true, false, true));
-        assert!(!members_exempt(false, false, false), "not fenced: nothing to be exempt from");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
 
 use efm_common::{
     maps::{FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET},
-    serving::{fence_reasons, serves, REASON_LAPSED},
+    serving::{exempt_applies, fence_reasons, serves, EXEMPT_MEMBER, REASON_EPOCH, REASON_LAPSED},
     wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
 
@@ -440,19 +440,20 @@ impl HaRuntime {
         // The kernel fence is written: end the open sessions it does not let through, before
         // any action below stops the database.
         if let Some(ender) = &self.sessions {
-            let epoch_fenced = lease.max_epoch_seen > fence.epoch;
-            let lapsed = step.desired.lease_enforced && lease_left == 0;
+            // The kernel's own rule: members pass only while the explicit flag is the only
+            // reason (efm_common::serving).
+            let reasons = fence_reasons(&fence, &lease, now_ns);
             let gate = crate::sessions::Gate {
-                serving: kernel.serving,
-                members_pass: kernel.serving || crate::sessions::members_exempt(step.desired.fenced, epoch_fenced, lapsed),
+                serving: serves(reasons),
+                members_pass: serves(reasons) || exempt_applies(Some(EXEMPT_MEMBER), reasons),
             };
             // A database known to be a standby has no writes to cut short: its read-only
             // sessions survive a moment of epoch fence while its log catches up.
             let standby = local.up == Some(true) && local.in_recovery == Some(true);
             if let Some(members_spared) = self.session_gate.observe(gate).filter(|_| !standby) {
-                let why = if epoch_fenced {
+                let why = if reasons & REASON_EPOCH != 0 {
                     "a newer epoch exists"
-                } else if lapsed {
+                } else if reasons & REASON_LAPSED != 0 {
                     "lease lapsed"
                 } else {
                     "fenced"

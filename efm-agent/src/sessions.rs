@@ -150,7 +150,8 @@ impl Diag {
     /// One datagram from the kernel into `self.buf`.
     fn recv(&mut self, what: &'static str) -> Result<(), SessionsError> {
         self.buf.clear();
-        let n = self.sock.recv(&mut self.buf, 0).map_err(|source| SessionsError::Io { what, source })?;
+        // MSG_TRUNC: the answer is the datagram's real length, so a cut one is noticed.
+        let n = self.sock.recv(&mut self.buf, libc::MSG_TRUNC).map_err(|source| SessionsError::Io { what, source })?;
         if n > self.buf.len() {
             return Err(SessionsError::Decode(format!("{what}: a {n}-byte datagram did not fit the {RECV_BUF}-byte buffer")));
         }

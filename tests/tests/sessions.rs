@@ -313,4 +313,26 @@ fn a_client_blocked_on_a_partitioned_primary_gets_an_error_within_a_second_of_th
     assert!(t_err >= deadline, "the client's session ended only once the node stopped serving");
     assert!(t_err - deadline < 1_000_000_000, "error {} ms after the kernel fence", ms(t_err, deadline));
     assert!(!ended.is_empty(), "n1's agent logged the ending of the sessions in {}", log_path.display());
+
+    // The isolated primary flow (stop.isolated.primary=true, the default) goes on in order:
+    // sessions ended → database stopped → VIP released.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.lines().any(|l| l.contains("VIP") && l.contains("assigned=false")) {
+            break log;
+        }
+        assert!(std::time::Instant::now() < until, "n1 did not release the VIP within 20 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let at = |needle: &dyn Fn(&str) -> bool, what: &str| -> String {
+        let line = log.lines().find(|l| needle(l)).unwrap_or_else(|| panic!("n1 never logged {what}:\n{log}"));
+        line.split_whitespace().next().unwrap_or_default().to_owned()
+    };
+    let t_sessions = at(&|l| l.contains("client sessions ended"), "the sessions ended");
+    let t_stopped = at(&|l| l.contains("isolated primary: database stopped"), "the database stopped");
+    let t_vip = at(&|l| l.contains("VIP") && l.contains("assigned=false"), "the VIP released");
+    println!("n1: sessions ended {t_sessions}, database stopped {t_stopped}, VIP released {t_vip}");
+    // RFC 3339 UTC timestamps of one format: they order as strings.
+    assert!(t_sessions < t_stopped && t_stopped <= t_vip, "order: sessions {t_sessions}, database {t_stopped}, VIP {t_vip}");
 }

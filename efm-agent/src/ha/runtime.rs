@@ -819,17 +819,16 @@ impl HaRuntime {
                             s.settled(SESSIONS_SETTLE).await;
                         }
                         match control::DbControl::from_config(&cfg) {
-                            Ok(c) => {
-                                if let Err(e) = c.stop().await {
-                                    tracing::warn!(error = %e, "stopping the isolated primary database");
-                                }
-                            }
+                            Ok(c) => match c.stop().await {
+                                Ok(()) => tracing::info!(epoch, "isolated primary: database stopped; the VIP goes next"),
+                                Err(e) => tracing::warn!(error = %e, "stopping the isolated primary database"),
+                            },
                             Err(e) => tracing::warn!(error = %e, "cannot stop the isolated primary database"),
                         }
                         drop(vip_kept);
                     }
                     run_hook(&cfg, Hook::PrimaryIsolated, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
-                    tracing::warn!(epoch, "isolated primary: fenced, VIP released");
+                    tracing::warn!(epoch, "isolated primary: fenced, sessions ended, database handled, VIP released after it");
                 });
             }
             Action::Notify(event) => notify(&cfg, event),

@@ -261,7 +261,7 @@ pub enum Action {
     /// This primary's lease has been lapsed longer than the promotion wait (it is cut off from a
     /// majority; the kernel already refuses its clients): stop the database if
     /// `stop.isolated.primary`, run `script.primary.isolated`. The VIP is released through
-    /// [`Desired::vip`].
+    /// [`Desired::vip`], by the runtime once the database has stopped.
     PrimaryIsolated { epoch: u64 },
     /// Point the local standby at the committed primary (`auto.reconfigure`).
     Follow { primary: SocketAddr, epoch: u64 },

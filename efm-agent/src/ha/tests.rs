@@ -708,3 +708,51 @@ fn a_quiet_hand_over_sends_no_notifications_and_a_later_one_does() {
     let s = step(&mut e, 100, Some(&loud), false, &[standby_view(2, 3, 100), witness_view(3, 3)], PRIMARY_DB, &Work::Idle);
     assert!(s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::PromotionStarted { .. }))), "{:?}", s.actions);
 }
+
+/// Order on demotion: kernel fence → end sessions → stop the database → release the VIP. The
+/// engine's part: every step that asks for the database to be stopped (or gives up the VIP)
+/// already has the kernel not serving (fenced, or its lease lapsed), so the runtime — which
+/// writes the kernel before it starts any action, ends the sessions on that change, and keeps
+/// the VIP while a database stop runs — never stops a database, nor drops the VIP, in front of
+/// a kernel that still passes clients.
+#[test]
+fn every_demotion_fences_the_kernel_in_the_step_that_stops_the_database() {
+    let stops = |s: &Step| {
+        s.actions.iter().any(|a| {
+            matches!(a, Action::PrimaryDbFailed { .. } | Action::DemoteLocal { .. } | Action::PrimaryIsolated { .. } | Action::HandOver { demote: true, .. })
+        })
+    };
+    let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
+    // Switchover: fenced in the step that starts the clean stop; the VIP is given up there too,
+    // and the runtime holds it until the stop is done.
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let _ = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 50, Some(&with_handover(c, 2, true)), true, &peers, PRIMARY_DB, &Work::Idle);
+    assert!(stops(&s) && s.desired.fenced && !s.desired.vip);
+    // Failed primary database.
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let s = step(&mut e, 0, Some(&c), true, &peers, LocalDb { failed: true, ..PRIMARY_DB }, &Work::Idle);
+    assert!(stops(&s) && s.desired.fenced && !s.desired.vip);
+    // Old primary of an earlier epoch.
+    let mut e = Engine::new(cfg(1));
+    let c = committed(2, Some(2));
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &Work::Idle);
+    assert!(stops(&s) && s.desired.fenced && !s.desired.vip);
+    // Isolated primary: its kernel stopped serving (lease lapsed) long before the isolated
+    // flow; the sessions ended then.
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let s = e.step(&Inputs {
+        now_ns: 5_000 * MS,
+        committed: Some(&c),
+        is_leader: false,
+        peers: &[],
+        db: PRIMARY_DB,
+        work: &Work::Idle,
+        lease_lapsed_for: Some(Duration::from_millis(1_200)),
+        max_epoch_seen: 1,
+    });
+    assert!(stops(&s) && s.desired.lease_enforced && !s.desired.vip);
+}

@@ -226,7 +226,8 @@ pub struct KernelView {
     pub lease_left_ms: u64,
     pub epoch: u64,
     pub max_epoch_seen: u64,
-    /// Client traffic to the database port passes: not fenced, not epoch-fenced, lease valid.
+    /// Client traffic to the database port passes (`efm_common::serving::fence_reasons` is 0, the
+    /// rule the kernel applies): not fenced, not epoch-fenced, lease valid.
     pub serving: bool,
 }
 
@@ -378,19 +379,14 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     )?;
     let vips: Vec<IpAddr> = cfg.virtual_ip.into_iter().collect();
     dp.set_service_addrs(&[me.ip()], &vips)?;
-    // The cluster's own nodes are never fenced off the database port: their connections are
-    // replication (and efm's checks). A fenced primary must still ship its last WAL to the
-    // standbys and get their acknowledgements (a clean switchover waits for them), and a standby
-    // whose walreceiver was cut off while its primary was fenced at start-up would fall behind
-    // and could be promoted without writes the primary acknowledged.
-    let mut exempt: Vec<(IpAddr, u8)> = cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect();
-    for a in &peer_addrs {
-        let host = (a.ip(), if a.is_ipv4() { 32 } else { 128 });
-        if !exempt.contains(&host) {
-            exempt.push(host);
-        }
-    }
-    dp.set_exempt(&exempt)?;
+    // `fence.exempt.hosts` pass the fence always. The cluster's own nodes pass only while this
+    // node is fenced explicitly only (efm_common::serving, ARCHITECTURE.md "The fence and the
+    // cluster's own nodes"): a primary fenced for a clean hand-over, or at start-up, keeps its
+    // standbys streaming and collects their acknowledgements; once a newer epoch exists or its
+    // lease lapsed, a member is fenced like any client.
+    let always: Vec<(IpAddr, u8)> = cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect();
+    let members: Vec<IpAddr> = peer_addrs.iter().map(SocketAddr::ip).collect();
+    dp.set_exempt_with_members(&always, &members)?;
 
     let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns())
         .map_err(|source| AgentError::Socket { addr: me, source })?;

@@ -1,10 +1,11 @@
 //! The kernel side as seen from user space: load the embedded XDP object, attach it, pin it, and
 //! read and write its maps with typed values.
 //!
-//! All maps and the XDP links are pinned under one bpffs directory per cluster
-//! (`/sys/fs/bpf/efm/<cluster>/`). Opening a datapath whose directory already holds pinned state
-//! re-uses the maps as they are and atomically swaps the new program onto the pinned links, so an
-//! agent restart or crash never lifts a fence and never resets the kernel's view of the peers.
+//! All maps, the XDP links and the TCX egress links are pinned under one bpffs directory per
+//! cluster (`/sys/fs/bpf/efm/<cluster>/`: `link_<iface>` for XDP, `egress_<iface>` for the egress
+//! fence). Opening a datapath whose directory already holds pinned state re-uses the maps as they
+//! are and atomically swaps the new programs onto the pinned links, so an agent restart or crash
+//! never lifts a fence and never resets the kernel's view of the peers.
 //! Only [`Datapath::detach`] (an orderly stop) removes the pins.
 
 #![expect(
@@ -13,7 +14,6 @@
 )]
 
 use std::{
-    collections::BTreeSet,
     ffi::CString,
     fs, io,
     net::IpAddr,
@@ -27,8 +27,10 @@ use aya::{
     },
     programs::{
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
-        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
+        XdpMode,
     },
     Ebpf, EbpfError, EbpfLoader, Pod,
 };
@@ -37,8 +39,9 @@ use efm_common::maps::{
     ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, PeerInfo, PeerSlot,
     RttHistogram, MAP_CONFIG, MAP_EXEMPT, MAP_FENCE, MAP_KEY, MAP_LEASE, MAP_PEERS, MAP_RTT_HIST,
     MAP_SERVICE, MAP_SLOTS, MAP_STATS, MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
-    PROG_NAME, RTT_BUCKETS,
+    EGRESS_PROG_NAME, PROG_NAME, RTT_BUCKETS,
 };
+use efm_common::serving::{EXEMPT_ALWAYS, EXEMPT_MEMBER};
 
 /// The XDP object built from `efm-ebpf` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/efm.o"));
@@ -47,6 +50,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ef
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINK_PREFIX: &str = "link_";
+/// Pinned TCX egress links: `egress_<iface>`.
+const EGRESS_PREFIX: &str = "egress_";
 
 /// The pin directory of a cluster: `/sys/fs/bpf/efm/<cluster>`.
 #[must_use]
@@ -97,10 +102,14 @@ pub enum DatapathError {
     IncompatiblePin { path: PathBuf, dir: PathBuf, what: &'static str, found: u32, expected: u32 },
     #[error("loading the XDP object failed: {0} (efm needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and a kernel with BTF)")]
     Load(#[source] EbpfError),
-    #[error("the XDP object has no program {PROG_NAME}")]
-    ProgramMissing,
+    #[error("the XDP object has no program {0}")]
+    ProgramMissing(&'static str),
     #[error("program {PROG_NAME}: {0}")]
     Program(#[source] ProgramError),
+    #[error("egress program {EGRESS_PROG_NAME}: {0}")]
+    EgressProgram(#[source] ProgramError),
+    #[error("attaching the egress fence (TCX egress) to {iface} failed: {source} (efm needs Linux 6.6 or later with CONFIG_NET_XGRESS)")]
+    AttachEgress { iface: String, source: ProgramError },
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}{hint}")]
     Attach { iface: String, mode: &'static str, hint: &'static str, source: ProgramError },
     #[error("XDP on {iface} was attached through netlink, which cannot be pinned; efm needs bpf_link (Linux 5.9 or later)")]
@@ -197,7 +206,7 @@ impl Datapath {
             .map_err(DatapathError::Load)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing)?
+            .ok_or(DatapathError::ProgramMissing(PROG_NAME))?
             .try_into()
             .map_err(DatapathError::Program)?;
         prog.load().map_err(DatapathError::Program)?;
@@ -205,7 +214,7 @@ impl Datapath {
         for (index, name) in JUMP_PROGRAMS {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
-                .ok_or(DatapathError::ProgramMissing)?
+                .ok_or(DatapathError::ProgramMissing(name))?
                 .try_into()
                 .map_err(DatapathError::Program)?;
             p.load().map_err(DatapathError::Program)?;
@@ -218,16 +227,23 @@ impl Datapath {
         for (index, fd) in &fds {
             jumps.set(*index, fd, 0).map_err(map_err(MAP_JUMP))?;
         }
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(EGRESS_PROG_NAME)
+            .ok_or(DatapathError::ProgramMissing(EGRESS_PROG_NAME))?
+            .try_into()
+            .map_err(DatapathError::EgressProgram)?;
+        egress.load().map_err(DatapathError::EgressProgram)?;
         Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), attachments: Vec::new(), reused_maps })
     }
 
-    /// Loads the program and attaches it to every interface in `ifaces` (names in the calling
-    /// thread's network namespace). Links pinned by an earlier run are taken over; pinned links
-    /// for interfaces no longer listed are removed.
+    /// Loads the programs and attaches them to every interface in `ifaces` (names in the calling
+    /// thread's network namespace): XDP on ingress, the egress fence on TCX egress. Links pinned
+    /// by an earlier run are taken over; pinned links for interfaces no longer listed are removed.
     pub fn open(pin_dir: &Path, ifaces: &[&str], mode: ModeChoice) -> Result<Self, DatapathError> {
         let mut dp = Self::load(pin_dir)?;
         for iface in ifaces {
             let att = dp.attach(iface, mode)?;
+            dp.attach_egress(iface)?;
             dp.attachments.push(((*iface).to_owned(), att));
         }
         dp.remove_stale_links(ifaces);
@@ -254,13 +270,51 @@ impl Datapath {
     fn program(&mut self) -> Result<&mut Xdp, DatapathError> {
         self.ebpf
             .program_mut(PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing)?
+            .ok_or(DatapathError::ProgramMissing(PROG_NAME))?
             .try_into()
             .map_err(DatapathError::Program)
     }
 
+    fn egress_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        self.ebpf
+            .program_mut(EGRESS_PROG_NAME)
+            .ok_or(DatapathError::ProgramMissing(EGRESS_PROG_NAME))?
+            .try_into()
+            .map_err(DatapathError::EgressProgram)
+    }
+
     fn link_path(&self, iface: &str) -> PathBuf {
         self.pin_dir.join(format!("{LINK_PREFIX}{iface}"))
+    }
+
+    /// Attaches the egress fence to `iface` as a TCX egress link pinned at `egress_<iface>`, or
+    /// swaps this load's program onto the link pinned by an earlier run (`bpf_link_update`:
+    /// atomic, no packet passes unfenced in between). Returns whether a pinned link was re-used.
+    fn attach_egress(&mut self, iface: &str) -> Result<bool, DatapathError> {
+        let path = self.pin_dir.join(format!("{EGRESS_PREFIX}{iface}"));
+        let err = |source| DatapathError::AttachEgress { iface: iface.into(), source };
+        if path.exists() {
+            if let Ok(pinned) = PinnedLink::from_pin(&path) {
+                let fd_link: FdLink = pinned.into();
+                if let Ok(link) = SchedClassifierLink::try_from(fd_link) {
+                    self.egress_program()?.attach_to_link(link).map_err(err)?;
+                    return Ok(true);
+                }
+            }
+            // Not a usable TCX link (a stale file): replace it.
+            let _ = fs::remove_file(&path);
+        }
+        let prog = self.egress_program()?;
+        let id = prog
+            .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(err)?;
+        let link = prog.take_link(id).map_err(DatapathError::EgressProgram)?;
+        let fd_link = FdLink::try_from(link)
+            .map_err(|e| err(ProgramError::IOError(io::Error::other(e.to_string()))))?;
+        fd_link
+            .pin(&path)
+            .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
+        Ok(false)
     }
 
     fn attach(&mut self, iface: &str, mode: ModeChoice) -> Result<Attachment, DatapathError> {
@@ -312,10 +366,12 @@ impl Datapath {
         let Ok(entries) = fs::read_dir(&self.pin_dir) else { return };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(iface) = name.strip_prefix(LINK_PREFIX) {
-                if !keep.contains(&iface) {
-                    tracing::warn!(iface, "removing pinned XDP link of an interface no longer configured");
-                    let _ = fs::remove_file(e.path());
+            for (prefix, what) in [(LINK_PREFIX, "XDP"), (EGRESS_PREFIX, "egress")] {
+                if let Some(iface) = name.strip_prefix(prefix) {
+                    if !keep.contains(&iface) {
+                        tracing::warn!(iface, link = what, "removing a pinned link of an interface no longer configured");
+                        let _ = fs::remove_file(e.path());
+                    }
                 }
             }
         }
@@ -330,7 +386,7 @@ impl Datapath {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(LINK_PREFIX) || name.starts_with("EFM_") {
+                if name.starts_with(LINK_PREFIX) || name.starts_with(EGRESS_PREFIX) || name.starts_with("EFM_") {
                     fs::remove_file(e.path())
                         .map_err(|source| DatapathError::Pin { path: e.path(), source })?;
                 }
@@ -353,6 +409,20 @@ impl Datapath {
     pub fn test_run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError> {
         let mut out = vec![0u8; frame.len().max(64) + 256];
         let prog = self.program()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).map_err(DatapathError::TestRun)?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunResult { action: r.return_value, frame: out, duration: r.duration })
+    }
+
+    /// Runs the egress fence `repeat` times on `frame` (an Ethernet frame as it would leave);
+    /// `action` is the TC verdict as `u32` (`TCX_NEXT` −1 = `u32::MAX`, `TC_ACT_SHOT` 2).
+    pub fn test_run_egress(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError> {
+        let mut out = vec![0u8; frame.len().max(64) + 256];
+        let prog = self.egress_program()?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
@@ -493,16 +563,34 @@ impl Datapath {
         Ok(())
     }
 
-    /// Replaces the exempt prefixes (`fence.exempt.hosts`): sources that pass even when fenced.
+    /// Replaces the exempt prefixes (`fence.exempt.hosts`), with no member entries: see
+    /// [`Datapath::set_exempt_with_members`].
     pub fn set_exempt(&mut self, prefixes: &[(IpAddr, u8)]) -> Result<(), DatapathError> {
-        let mut want = BTreeSet::new();
+        self.set_exempt_with_members(prefixes, &[])
+    }
+
+    /// Replaces the `EFM_EXEMPT` trie: `prefixes` (`fence.exempt.hosts`) pass the fence in every
+    /// state; `members` (the cluster's nodes) only while the node is fenced explicitly only
+    /// (`efm_common::serving::exempt_applies`). A member covered by an always-exempt prefix gets
+    /// no entry of its own: the trie's longest match would otherwise narrow the prefix's rule
+    /// for that address.
+    pub fn set_exempt_with_members(&mut self, prefixes: &[(IpAddr, u8)], members: &[IpAddr]) -> Result<(), DatapathError> {
+        let mut want = std::collections::BTreeMap::new();
         for &(addr, prefix) in prefixes {
             let bits = match addr {
                 IpAddr::V4(_) if prefix <= 32 => 96 + u32::from(prefix),
                 IpAddr::V6(_) if prefix <= 128 => u32::from(prefix),
                 _ => return Err(DatapathError::BadPrefix { addr, prefix }),
             };
-            want.insert((bits, mask(peer_addr(addr).octets, bits)));
+            want.insert((bits, mask(peer_addr(addr).octets, bits)), EXEMPT_ALWAYS);
+        }
+        let always: Vec<(u32, [u8; 16])> = want.keys().copied().collect();
+        for &m in members {
+            let octets = peer_addr(m).octets;
+            if always.iter().any(|&(bits, data)| mask(octets, bits) == data) {
+                continue;
+            }
+            want.entry((128, octets)).or_insert(EXEMPT_MEMBER);
         }
         check_count("exempt prefixes", want.len(), MAX_EXEMPT)?;
         let map = self.ebpf.map_mut(MAP_EXEMPT).ok_or(DatapathError::MapMissing(MAP_EXEMPT))?;
@@ -510,12 +598,12 @@ impl Datapath {
             LpmTrie::try_from(map).map_err(map_err(MAP_EXEMPT))?;
         let old: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
         for k in &old {
-            if !want.contains(&(k.prefix_len(), k.data())) {
+            if !want.contains_key(&(k.prefix_len(), k.data())) {
                 trie.remove(k).map_err(map_err(MAP_EXEMPT))?;
             }
         }
-        for (bits, data) in &want {
-            trie.insert(&Key::new(*bits, *data), 1, 0).map_err(map_err(MAP_EXEMPT))?;
+        for ((bits, data), kind) in &want {
+            trie.insert(&Key::new(*bits, *data), kind, 0).map_err(map_err(MAP_EXEMPT))?;
         }
         Ok(())
     }

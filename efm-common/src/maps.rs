@@ -13,7 +13,7 @@
 //! | `EFM_SLOTS` | array\[[`MAX_SLOTS`]\] | slot | [`PeerSlot`] | XDP |
 //! | `EFM_RTT_HIST` | per-CPU array\[[`MAX_SLOTS`]\] | slot | [`RttHistogram`] | XDP |
 //! | `EFM_SERVICE` | hash | [`PeerAddr`] | `u32`: [`SERVICE_NODE`] or [`SERVICE_VIP`] | agent |
-//! | `EFM_EXEMPT` | LPM trie | prefix length + 16-byte mapped address (an IPv4 `/24` is `96 + 24`) | `u32` (1) | agent |
+//! | `EFM_EXEMPT` | LPM trie | prefix length + 16-byte mapped address (an IPv4 `/24` is `96 + 24`) | `u32`: [`crate::serving::EXEMPT_ALWAYS`] or [`crate::serving::EXEMPT_MEMBER`] | agent |
 //! | `EFM_STATS` | per-CPU array\[[`Counter::COUNT`]\] | counter | `u64` | XDP |
 //! | `EFM_JUMP` | program array\[[`crate::jump::JUMP_COUNT`]\] | index | program | agent (loader) |
 
@@ -29,6 +29,8 @@ pub const MAP_EXEMPT: &str = "EFM_EXEMPT";
 pub const MAP_STATS: &str = "EFM_STATS";
 /// Name of the XDP program in the object.
 pub const PROG_NAME: &str = "efm_xdp";
+/// Name of the TC (TCX egress) program in the object.
+pub const EGRESS_PROG_NAME: &str = "efm_tc_egress";
 
 /// `EFM_SERVICE` value: one of the node's own addresses.
 pub const SERVICE_NODE: u32 = 1;
@@ -291,6 +293,17 @@ counters! {
     VipArpDropped = "vip_arp_dropped",
     /// Internal error (a map lookup that cannot fail failed): `XDP_ABORTED`.
     Aborted = "aborted",
+    /// Egress: a segment from the database port on a service address left while the node
+    /// serves (or it is a RST, which always leaves).
+    EgressPass = "egress_pass",
+    /// Egress: a TCP segment toward a client rewritten into a RST while the node does not serve.
+    EgressReset = "egress_reset",
+    /// Egress: a segment (drop mode, UDP, or unparsable) from a service address dropped while the
+    /// node does not serve.
+    EgressDrop = "egress_drop",
+    /// Egress: not serving, but the destination is exempt (always, or a member while members are
+    /// exempt): passed.
+    EgressExempt = "egress_exempt",
 }
 
 #[cfg(feature = "user")]

@@ -10,9 +10,14 @@
 //! - anything else: pass.
 //!
 //! Every verdict increments one per-CPU counter. Nothing is logged on this path.
+//!
+//! The object also holds the egress fence (`egress`, a TC program on the same interfaces, same
+//! maps); both decide "does this node serve" with `efm_common::serving`.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
+
+mod egress;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -25,9 +30,10 @@ use efm_common::{
     jump::{JUMP_CLIENT_TCP, JUMP_CLIENT_UDP, JUMP_COUNT, JUMP_HEARTBEAT},
     maps::{
         rtt_bucket, ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, SERVICE_VIP,
-        PeerInfo, PeerSlot, RttHistogram, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET,
+        PeerInfo, PeerSlot, RttHistogram, FENCE_RESET,
         MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
     },
+    serving::{exempt_applies, fence_reasons, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
     wire::{
         mac, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, HB_KIND_PING, HB_KIND_PONG, HB_LEN,
         HB_MAGIC, HB_VERSION, OFF_CLUSTER, OFF_EPOCH, OFF_FLAGS, OFF_INCARNATION, OFF_KIND, OFF_LSN,
@@ -403,28 +409,33 @@ fn arp(ctx: &XdpContext, l3off: usize) -> Result<u32, ()> {
     verdict(Counter::NonIpPass, xdp_action::XDP_PASS)
 }
 
-/// Why client traffic to this node is cut off right now, if it is.
+/// The fence reasons that hold right now (`efm_common::serving`, the rule shared with the egress
+/// program and the agent); 0 when the node serves.
+#[inline(always)]
+fn reasons_now(fence: &FenceState, lease: &LeaseState) -> u32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    fence_reasons(fence, lease, now)
+}
+
+/// Why client traffic to this node is cut off right now, if it is, as the counter to bump (the
+/// explicit flag first, then the epoch, then the lease).
 #[inline(always)]
 fn fence_reason(fence: &FenceState, lease: &LeaseState) -> Option<Counter> {
-    if fence.flags & FENCE_FENCED != 0 {
-        return Some(Counter::ClientFenced);
+    reason_counter(reasons_now(fence, lease))
+}
+
+#[inline(always)]
+fn reason_counter(r: u32) -> Option<Counter> {
+    if r & REASON_FENCED != 0 {
+        Some(Counter::ClientFenced)
+    } else if r & REASON_EPOCH != 0 {
+        Some(Counter::ClientEpochFenced)
+    } else if r & REASON_LAPSED != 0 {
+        Some(Counter::ClientLeaseLapsed)
+    } else {
+        None
     }
-    if lease.max_epoch_seen > fence.epoch {
-        return Some(Counter::ClientEpochFenced);
-    }
-    if fence.flags & FENCE_LEASE_ENFORCED != 0 {
-        // Fail closed: an enforced lease needing no endorsement is a contradiction (the agent
-        // never writes it; a torn read of a state being rewritten could show it).
-        if fence.lease_k == 0 {
-            return Some(Counter::ClientLeaseLapsed);
-        }
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if now > lease.deadline_ns {
-            return Some(Counter::ClientLeaseLapsed);
-        }
-    }
-    None
 }
 
 /// An IP packet whose transport header we cannot see (non-first fragment, long IPv6 extension
@@ -437,15 +448,18 @@ fn undetermined(pkt: &Packet, cfg: &DatapathConfig) -> Result<u32, ()> {
     }
     let fence = EFM_FENCE.get(0).ok_or(())?;
     let lease = EFM_LEASE.get(0).ok_or(())?;
-    match fence_reason(fence, lease) {
-        Some(reason) if !exempt(&pkt.src) => verdict(reason, xdp_action::XDP_DROP),
+    let r = reasons_now(fence, lease);
+    match reason_counter(r) {
+        Some(reason) if !exempt(&pkt.src, r) => verdict(reason, xdp_action::XDP_DROP),
         _ => verdict(Counter::OtherPass, xdp_action::XDP_PASS),
     }
 }
 
+/// Whether `addr` (a client's address) passes a fence with reasons `r`: always-exempt prefixes
+/// do, members only while the node is fenced explicitly only (`efm_common::serving`).
 #[inline(always)]
-fn exempt(src: &PeerAddr) -> bool {
-    EFM_EXEMPT.get(Key::new(128, src.octets)).is_some()
+fn exempt(addr: &PeerAddr, r: u32) -> bool {
+    exempt_applies(EFM_EXEMPT.get(Key::new(128, addr.octets)).copied(), r)
 }
 
 /// TCP or UDP to the database port.
@@ -462,10 +476,11 @@ fn client(ctx: &XdpContext, tcp: bool) -> u32 {
     let (Some(fence), Some(lease)) = (EFM_FENCE.get(0), EFM_LEASE.get(0)) else {
         return act(Counter::Aborted, xdp_action::XDP_ABORTED);
     };
-    let Some(reason) = fence_reason(fence, lease) else {
+    let r = reasons_now(fence, lease);
+    let Some(reason) = reason_counter(r) else {
         return act(Counter::ClientPass, xdp_action::XDP_PASS);
     };
-    if exempt(&pkt.src) {
+    if exempt(&pkt.src, r) {
         return act(Counter::ClientExempt, xdp_action::XDP_PASS);
     }
     count(reason);

@@ -308,3 +308,136 @@ fn pongs_cross_a_bridge() {
     assert!(sent >= 19, "B's kernel answered: {sent}");
     assert_eq!(dp_a.slot(0).unwrap().pong_seq, 20, "A's kernel got the PONGs across the bridge");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The egress fence (TCX egress on the same interface)
+
+/// A client in A connected to a server on B's database port: (client, server).
+fn connected_pair(link: &Link) -> (TcpStream, TcpStream) {
+    let l = link.b.run(|| TcpListener::bind((NS_B_V4, DB_PORT)).expect("bind db port"));
+    let c = link.a.run(|| connect(DB_PORT, Duration::from_secs(2)).expect("connect to the db port"));
+    let (s, _) = l.accept().expect("accept");
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    (c, s)
+}
+
+/// The server writes a "result"; returns what the client's next read gives and how long after
+/// the write it came.
+fn server_writes(c: &mut TcpStream, s: &mut TcpStream) -> (std::io::Result<Vec<u8>>, u64) {
+    use std::io::{Read as _, Write as _};
+    let t0 = monotonic_ns();
+    s.write_all(b"C\0\0\0\x0dCOMMIT\0Z\0\0\0\x05I").expect("server write");
+    let mut buf = [0u8; 64];
+    let r = c.read(&mut buf).map(|n| buf[..n].to_vec());
+    (r, monotonic_ns() - t0)
+}
+
+/// Number of TCX egress programs on `iface` in `ns`.
+fn tcx_egress_count(ns: &Netns, iface: &str) -> usize {
+    let iface = iface.to_owned();
+    ns.run(move || {
+        aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Egress)
+            .unwrap_or_else(|e| panic!("querying TCX egress of {iface}: {e}"))
+            .1
+            .len()
+    })
+}
+
+#[test]
+fn egress_fence_resets_a_connected_client_when_the_server_writes() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let mut dp_b = open_side(&link, Side::B, &pins_b.0);
+    let _dp_a = open_side(&link, Side::A, &pins_a.0);
+    assert!(pins_b.0.join(format!("egress_{}", link.b_if)).exists(), "egress link pinned");
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1, "one TCX egress program on B's veth");
+    let base = Fixture::base_fence();
+
+    // Serving: the result reaches the client.
+    let (mut c, mut s) = connected_pair(&link);
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert!(r.is_ok_and(|d| d.starts_with(b"C")), "unfenced: the client gets the result");
+
+    // Reset mode: the server's next segment becomes a RST; the client learns at once.
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        dp_b.set_fence(&base).unwrap();
+        let (mut c, mut s) = connected_pair(&link);
+        let before = dp_b.counters().unwrap().get(Counter::EgressReset);
+        dp_b.set_fence(&FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base }).unwrap();
+        let (r, dt) = server_writes(&mut c, &mut s);
+        let err = r.expect_err("fenced: the client must not get the result");
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "the client sees ECONNRESET: {err}");
+        assert!(dp_b.counters().unwrap().get(Counter::EgressReset) > before, "converted by the egress fence");
+        times.push(dt);
+    }
+    let (med, max) = (median(&mut times), *times.last().unwrap());
+    eprintln!("server write -> client ECONNRESET: median {med} ns, max {max} ns (10 trials)");
+    assert!(med < 50_000_000, "the client learns at once: median {med} ns");
+
+    // Drop mode: nothing of the result leaves.
+    dp_b.set_fence(&base).unwrap();
+    let (mut c, mut s) = connected_pair(&link);
+    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let before = dp_b.counters().unwrap().get(Counter::EgressDrop);
+    dp_b.set_fence(&FenceState { flags: FENCE_FENCED, ..base }).unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    let err = r.expect_err("drop mode: the client gets nothing");
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err}");
+    assert!(dp_b.counters().unwrap().get(Counter::EgressDrop) > before);
+
+    // A member is exempt while the node is fenced explicitly only (a clean hand-over ships
+    // its last WAL).
+    dp_b.set_fence(&base).unwrap();
+    dp_b.set_exempt_with_members(&[], &[NS_A_V4.into()]).unwrap();
+    let (mut c, mut s) = connected_pair(&link);
+    dp_b.set_fence(&FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base }).unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert!(r.is_ok_and(|d| d.starts_with(b"C")), "member, explicit fence only: data flows");
+    // ... and not once the lease lapsed (enforced, no endorsement).
+    dp_b.set_fence(&FenceState {
+        flags: FENCE_FENCED | FENCE_RESET | efm_common::maps::FENCE_LEASE_ENFORCED,
+        lease_k: 1,
+        lease_timeout_ns: 1_000_000,
+        ..base
+    })
+    .unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert_eq!(r.expect_err("lapsed: members are fenced too").kind(), ErrorKind::ConnectionReset);
+}
+
+#[test]
+fn egress_fence_survives_killing_and_restarting_the_loader() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let _dp_a = open_side(&link, Side::A, &pins_a.0);
+    let (hold, ready) = spawn_hold(&link.b, &pins_b.0, &link.b_if, "b", false);
+    assert_eq!(ready, "READY attachment=native reused=false");
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1);
+    let mut maps = Datapath::load(&pins_b.0).expect("open the pinned maps");
+    let base = Fixture::base_fence();
+    let fenced = FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base };
+
+    // SIGKILL of the loader: the pinned TCX link keeps the egress fence attached.
+    let (mut c, mut s) = connected_pair(&link);
+    drop(hold);
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1, "egress program still attached");
+    maps.set_fence(&fenced).unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert_eq!(r.expect_err("fenced after the loader died").kind(), ErrorKind::ConnectionReset);
+
+    // A restarted loader swaps its program onto the pinned link: still one program, still fenced.
+    maps.set_fence(&base).unwrap();
+    let (mut c, mut s) = connected_pair(&link);
+    maps.set_fence(&fenced).unwrap();
+    let (hold, ready) = spawn_hold(&link.b, &pins_b.0, &link.b_if, "b", false);
+    assert_eq!(ready, "READY attachment=re-attached to pinned link reused=true");
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1, "replaced, not added");
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert_eq!(r.expect_err("fenced across the restart").kind(), ErrorKind::ConnectionReset);
+    drop(hold);
+
+    // Orderly stop: detach removes the egress link with the rest.
+    maps.detach().expect("detach");
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 0, "egress program detached");
+}

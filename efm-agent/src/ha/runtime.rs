@@ -13,6 +13,7 @@ use std::{
 
 use efm_common::{
     maps::{FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET},
+    serving::{fence_reasons, serves, REASON_LAPSED},
     wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
 
@@ -279,9 +280,13 @@ impl HaRuntime {
         };
         // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).
         let lease_now = dp.lease()?;
+        // The kernel's own rule (efm_common::serving), with the deadline held back to the lease
+        // floor: an enforced lease with k = 0 counts as lapsed, as the kernel fails closed on it.
         let lease_lapsed_for = self.last_fence.and_then(|f| {
             let deadline = self.granted_until(f.epoch, lease_now.deadline_ns);
-            (f.flags & FENCE_LEASE_ENFORCED != 0 && f.lease_k > 0 && now_ns > deadline).then(|| Duration::from_nanos(now_ns - deadline))
+            let mut held = lease_now;
+            held.deadline_ns = deadline;
+            (fence_reasons(&f, &held, now_ns) & REASON_LAPSED != 0).then(|| Duration::from_nanos(now_ns.saturating_sub(deadline)))
         });
         let mut step = self.engine.step(&Inputs {
             now_ns,
@@ -374,7 +379,7 @@ impl HaRuntime {
             lease_left_ms: if lease_left == u64::MAX { 0 } else { lease_left / 1_000_000 },
             epoch: fence.epoch,
             max_epoch_seen: lease.max_epoch_seen,
-            serving: !step.desired.fenced && lease.max_epoch_seen <= fence.epoch && lease_left > 0,
+            serving: serves(fence_reasons(&fence, &lease, now_ns)),
         };
         {
             let mut s = lock(shared);

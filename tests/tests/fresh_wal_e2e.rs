@@ -29,6 +29,18 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn a_standby_1mb_behind_is_never_promoted_over_a_current_one_at_local_period_10() {
+    lagging_standby_scenario(false);
+}
+
+/// The position that counts is what a promotion ends up with: WAL received (and flushed), which
+/// promotion replays first. A current standby whose replay is paused — its replay position as
+/// far behind as the cut-off standby — is still the one to promote.
+#[test]
+fn a_current_standby_with_its_replay_paused_is_still_promoted_over_one_1mb_behind() {
+    lagging_standby_scenario(true);
+}
+
+fn lagging_standby_scenario(pause_replay_on_current: bool) {
     // EFM's default local.period: the monitor reads the databases only every 10 s.
     let c = Cluster::start(&PSS, "local.period=10\nlocal.timeout=30\n");
     let (p, lag, cur) = (c.pg[0].as_ref().unwrap(), c.pg[1].as_ref().unwrap(), c.pg[2].as_ref().unwrap());
@@ -46,6 +58,10 @@ fn a_standby_1mb_behind_is_never_promoted_over_a_current_one_at_local_period_10(
         lag.psql("SELECT count(*) FROM pg_stat_wal_receiver") == "0"
             && p.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'n2'") == "0"
     });
+    if pause_replay_on_current {
+        cur.psql("SELECT pg_wal_replay_pause()");
+        wait_until("n3's replay to pause", Duration::from_secs(10), || cur.psql("SELECT pg_get_wal_replay_pause_state()") == "paused");
+    }
     std::thread::sleep(Duration::from_millis(500));
     let t_sync = monotonic_ns();
 
@@ -59,6 +75,10 @@ fn a_standby_1mb_behind_is_never_promoted_over_a_current_one_at_local_period_10(
     let (lag_bytes, cur_bytes) = (behind(&lag_lsn), behind(&cur_lsn));
     assert!(lag_bytes >= MB, "n2 is only {lag_bytes} bytes behind (primary {primary_lsn}, n2 {lag_lsn})");
     assert!(lag.psql("SELECT pg_is_in_recovery()") == "t" && cur.psql("SELECT pg_is_in_recovery()") == "t");
+    let cur_replay_bytes = behind(&cur.psql("SELECT pg_last_wal_replay_lsn()"));
+    if pause_replay_on_current {
+        assert!(cur_replay_bytes >= MB, "n3's replay is paused {cur_replay_bytes} bytes behind");
+    }
 
     // The primary dies at once: the positions the `local.period` monitor read are seconds old.
     let t_fault = monotonic_ns();
@@ -75,7 +95,8 @@ fn a_standby_1mb_behind_is_never_promoted_over_a_current_one_at_local_period_10(
     let acks = w.finish();
     let (_, first_new) = no_overlap(&acks, "n1", &new);
     eprintln!(
-        "fresh positions: n2 {lag_bytes} bytes behind, n3 {cur_bytes} bytes behind; promoted {new}; \
+        "fresh positions: n2 {lag_bytes} bytes behind, n3 {cur_bytes} bytes behind (replay \
+         {cur_replay_bytes}); promoted {new}; \
          failover {} ms from the SIGKILL to the first write on {new}",
         (first_new - t_fault) / 1_000_000
     );

@@ -29,6 +29,10 @@
 //!    and a primary whose database failed. Such a primary fences its kernel first and then votes
 //!    against its own epoch; it stays fenced for that epoch even if the database comes back, so
 //!    the other voters may vote at once when they see its vote in the log.
+//!
+//! Not a safety rule but the data one: the leader promotes the standby with the most WAL,
+//! comparing only fresh positions (at most two heartbeats old) that were read after the failure
+//! and have stopped moving, waiting for them at most `position_wait` (see `choose_candidate`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

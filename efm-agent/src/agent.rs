@@ -175,6 +175,9 @@ pub struct Shared {
     /// The kernel counters and histograms `/metrics` shows, taken by the main loop at most once
     /// a second while the health endpoint runs (see [`crate::health`]).
     pub metrics: Option<Arc<crate::health::MetricsSnapshot>>,
+    /// The local database's WAL position, read every half `heartbeat.interval` by
+    /// [`localdb::track_wal`] (not by the `local.period` monitor); see [`localdb::fresh_lsn`].
+    pub wal: Option<localdb::WalSample>,
 }
 
 impl Shared {
@@ -434,6 +437,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
             auto_reconfigure: cfg.auto_reconfigure,
             promotion_grace: Duration::from_secs(30),
+            heartbeat_interval: cfg.heartbeat_interval,
         }),
         coord.clone(),
         cfg.clone(),
@@ -468,6 +472,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         started_unix_ms: unix_ms(),
         committed_primary: None,
         metrics: None,
+        wal: None,
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
@@ -635,7 +640,8 @@ fn one_tick(
         for (p, h) in s.peers.iter_mut().zip(healths) {
             p.health = h;
         }
-        s.db.lsn().map_or(0, |l| l.0)
+        // Read every half heartbeat, not every `local.period`; 0 ("unknown") when stale.
+        localdb::fresh_lsn(s.wal, now, s.config.heartbeat_interval)
     };
     let (desired, _) = ha.cycle(shared, dp, now)?;
     let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };

@@ -282,9 +282,9 @@ impl HaRuntime {
         now_ns: u64,
     ) -> Result<(Desired, Outcome), DatapathError> {
         let st = self.coord.state().borrow().clone();
-        let (me, db, peers_h) = {
+        let (me, db, peers_h, wal) = {
             let s = lock(shared);
-            (s.me, s.db.clone(), s.peers.clone())
+            (s.me, s.db.clone(), s.peers.clone(), s.wal)
         };
         // A member announces itself (kind, priority, promotable) until the log shows it.
         // Once registered, the priority is the operator's (`efm set-priority`): re-registering
@@ -331,7 +331,9 @@ impl HaRuntime {
             up: db.up,
             in_recovery: db.info.as_ref().map(|i| i.in_recovery),
             failed: db.up == Some(false) || suspended,
-            lsn: db.lsn().map_or(0, |l| l.0),
+            // The position read every half heartbeat (0 when older than two heartbeats), not
+            // the `local.period` monitor's: the failover compares fresh positions.
+            lsn: localdb::fresh_lsn(wal, now_ns, self.cfg.heartbeat_interval),
             timeline: db.info.as_ref().and_then(|i| i.timeline).unwrap_or(0),
         };
         // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).

@@ -169,6 +169,7 @@ fn engine_cfg(i: usize, witness: bool) -> EngineConfig {
         minimum_standbys: 0,
         auto_reconfigure: true,
         promotion_grace: Duration::from_secs(30),
+        heartbeat_interval: Duration::from_nanos(HB_INTERVAL),
     }
 }
 
@@ -789,6 +790,9 @@ struct Sim {
     rng: Rng,
     trace: Vec<String>,
     serving: u32,
+    /// Sim ms up to which WAL exists: it grows only while some node serves writes (a dead or
+    /// cut-off primary writes nothing its standbys could receive), so positions stop moving.
+    wal_head: u64,
     /// When the last check ran (a lease lapse between checks is dated by its deadline).
     checked_at: u64,
     warm: bool,
@@ -874,6 +878,7 @@ impl Sim {
             rng,
             trace: Vec::new(),
             serving: 0,
+            wal_head: 0,
             checked_at: 0,
             warm: false,
             outages: Vec::new(),
@@ -1011,7 +1016,7 @@ impl Sim {
     }
 
     fn lsn(&self, i: usize) -> u64 {
-        let t = self.now / MS + 1_000;
+        let t = if self.serving != 0 { self.now / MS } else { self.wal_head } + 1_000;
         match self.nodes[i].db {
             Db::Primary => t,
             Db::Standby => t - self.nodes[i].lag,
@@ -1740,6 +1745,9 @@ impl Sim {
                 self.warm = true;
             }
             self.serving = serving;
+        }
+        if self.serving != 0 {
+            self.wal_head = self.now / MS;
         }
         self.checked_at = self.now;
     }

@@ -17,7 +17,7 @@ use efm_common::{
     maps::{FenceState, FENCE_FENCED, FENCE_RESET},
     wire::{Heartbeat, HB_KIND_PONG},
 };
-use efm_tests::{hb_frame, ping, tcp_frame, Addrs, Fixture, LOCAL_V4, STRANGER_V4, DB_PORT, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
+use efm_tests::{hb_frame, ping, ping_to, tcp_frame, Addrs, Fixture, LOCAL_V4, STRANGER_V4, DB_PORT, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
 
 use crate::{
     bpf,
@@ -44,9 +44,11 @@ pub fn run(args: &Args) -> Result<()> {
     let client = Addrs::v4().with_src(STRANGER_V4.into()).with_dst(LOCAL_V4.into());
     let syn = tcp_frame(client, 40000, DB_PORT, 1, 0, TCP_SYN, &[]);
     let unrelated = tcp_frame(client, 40000, 8080, 1, 0, TCP_SYN, &[]);
-    let pong = |seq: u64| Heartbeat { kind: HB_KIND_PONG, ..ping(1, seq) };
+    // Heartbeats echoing the fixture datapath's nonce, as a peer that learned it sends them.
+    let nonce = fx.dp.nonce();
+    let pong = |seq: u64| Heartbeat { kind: HB_KIND_PONG, ..ping_to(nonce, 1, seq) };
     let cases = [
-        Case { name: "ping_replayed", what: "PING, repeated copy (MAC verified, then dropped as a replay)", frame: hb_frame(Addrs::v4(), &ping(1, 1)), fenced: false, expect: 1 },
+        Case { name: "ping_replayed", what: "PING, repeated copy (MAC verified, then dropped as a replay)", frame: hb_frame(Addrs::v4(), &ping_to(nonce, 1, 1)), fenced: false, expect: 1 },
         Case { name: "pong_replayed", what: "PONG, repeated copy (MAC verified, then dropped as a replay)", frame: hb_frame(Addrs::v4(), &pong(1)), fenced: false, expect: 1 },
         Case { name: "client_fenced", what: "client TCP SYN to the database port, node fenced (drop)", frame: syn.clone(), fenced: true, expect: 1 },
         Case { name: "client_unfenced", what: "client TCP SYN to the database port, not fenced (pass)", frame: syn, fenced: false, expect: 2 },
@@ -117,11 +119,19 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     let ping_ns = single(
         &mut |seq| {
-            let r = fx.dp.test_run(&hb_frame(Addrs::v4(), &ping(1, seq)))?;
+            let r = fx.dp.test_run(&hb_frame(Addrs::v4(), &ping_to(nonce, 1, seq)))?;
             Ok((r.action, u64::try_from(r.duration.as_nanos())?))
         },
         3,
         "ping",
+    )?;
+    let stale_ns = single(
+        &mut |seq| {
+            let r = fx.dp.test_run(&hb_frame(Addrs::v4(), &ping(1, seq)))?;
+            Ok((r.action, u64::try_from(r.duration.as_nanos())?))
+        },
+        3,
+        "stale-nonce ping",
     )?;
     let pong_rx_ns = single(
         &mut |seq| {
@@ -134,10 +144,12 @@ pub fn run(args: &Args) -> Result<()> {
     rep.metric("single_empty_ns", empty_single);
     rep.metric("ping_accepted_ns", ping_ns);
     rep.metric("pong_accepted_ns", pong_rx_ns);
+    rep.metric("ping_stale_nonce_ns", stale_ns);
     rep.metric("ping_accepted_over_empty_ns", i64::try_from(ping_ns)? - i64::try_from(empty_single)?);
     rep.metric("pong_accepted_over_empty_ns", i64::try_from(pong_rx_ns)? - i64::try_from(empty_single)?);
     rows.push(vec!["empty XDP program, single runs".into(), "single".into(), empty_single.to_string(), "0".into(), String::new()]);
     rows.push(vec!["PING accepted: slot updated, PONG built (XDP_TX)".into(), "single".into(), ping_ns.to_string(), format!("{:+}", i128::from(ping_ns) - i128::from(empty_single)), String::new()]);
+    rows.push(vec!["PING echoing a stale nonce: nothing recorded, PONG built (XDP_TX)".into(), "single".into(), stale_ns.to_string(), format!("{:+}", i128::from(stale_ns) - i128::from(empty_single)), String::new()]);
     rows.push(vec!["PONG accepted: slot and RTT histogram updated".into(), "single".into(), pong_rx_ns.to_string(), format!("{:+}", i128::from(pong_rx_ns) - i128::from(empty_single)), String::new()]);
     rep.table(&["frame", "mode", "ns/packet (median)", "over empty", "calls (ns)"], &rows);
     rep.note(&format!(

@@ -175,6 +175,9 @@ pub struct Shared {
     /// The kernel counters and histograms `/metrics` shows, taken by the main loop at most once
     /// a second while the health endpoint runs (see [`crate::health`]).
     pub metrics: Option<Arc<crate::health::MetricsSnapshot>>,
+    /// The local database's WAL position, read every half `heartbeat.interval` by
+    /// [`localdb::track_wal`] (not by the `local.period` monitor); see [`localdb::fresh_lsn`].
+    pub wal: Option<localdb::WalSample>,
 }
 
 impl Shared {
@@ -354,6 +357,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         node_id: heartbeat::node_id(&me),
         hb_port: u32::from(me.port()),
         db_port: u32::from(cfg.db_port),
+        // Kept by set_config: the generation's nonce.
+        nonce: 0,
     })?;
     dp.set_key(&ClusterKey { k0: key.k0, k1: key.k1 })?;
     // When in doubt, fence: a primary database is cut off until the HA engine, with the committed
@@ -385,7 +390,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let members: Vec<IpAddr> = peer_addrs.iter().map(SocketAddr::ip).collect();
     dp.set_exempt_with_members(&always, &members)?;
 
-    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns())
+    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns(), dp.nonce())
         .map_err(|source| AgentError::Socket { addr: me, source })?;
     let mut detector = Detector::new(
         DetectorConfig { node_timeout: cfg.node_timeout, rtt_window: Duration::from_mins(1) },
@@ -432,6 +437,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
             auto_reconfigure: cfg.auto_reconfigure,
             promotion_grace: Duration::from_secs(30),
+            heartbeat_interval: cfg.heartbeat_interval,
         }),
         coord.clone(),
         cfg.clone(),
@@ -466,6 +472,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         started_unix_ms: unix_ms(),
         committed_primary: None,
         metrics: None,
+        wal: None,
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
@@ -611,8 +618,10 @@ fn one_tick(
     let slots = lock(shared).peers.iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>();
     let now = heartbeat::monotonic_ns();
     let mut healths = Vec::with_capacity(slots.len());
+    let mut echoes = Vec::with_capacity(slots.len());
     for (node_id, slot, addr) in slots {
         let s = dp.slot(slot)?;
+        echoes.push((addr, s.peer_nonce));
         let h = dp.rtt_histogram(slot)?;
         if let Some(c) = detector.observe(now, node_id, &s, &h) {
             match c.to {
@@ -631,11 +640,13 @@ fn one_tick(
         for (p, h) in s.peers.iter_mut().zip(healths) {
             p.health = h;
         }
-        s.db.lsn().map_or(0, |l| l.0)
+        // Read every half heartbeat, not every `local.period`; 0 ("unknown") when stale.
+        localdb::fresh_lsn(s.wal, now, s.config.heartbeat_interval)
     };
     let (desired, _) = ha.cycle(shared, dp, now)?;
     let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };
-    for (peer, e) in pinger.send_round(view, now, desired.endorse) {
+    let echo = |peer: SocketAddr| echoes.iter().find(|(a, _)| *a == peer).map_or(0, |(_, n)| *n);
+    for (peer, e) in pinger.send_round(view, now, desired.endorse, echo) {
         tracing::debug!(%peer, error = %e, "PING not sent");
     }
     if desired.endorse.is_some() {

@@ -7,6 +7,13 @@
 //! are and atomically swaps the new programs onto the pinned links, so an agent restart or crash
 //! never lifts a fence and never resets the kernel's view of the peers.
 //! Only [`Datapath::detach`] (an orderly stop) removes the pins.
+//!
+//! Each generation of the maps has a random non-zero nonce ([`Datapath::nonce`], stored in
+//! `EFM_CONFIG`): kept when the pinned maps are re-opened, drawn afresh whenever they are created.
+//! The kernel accepts only heartbeats echoing it, so nothing captured before the maps were created
+//! is accepted again (ARCHITECTURE.md, "no heartbeat is accepted twice"). Pinned maps of another
+//! shape (another efm version) are refused with [`DatapathError::IncompatiblePin`], never re-used
+//! or silently replaced.
 
 #![expect(
     clippy::result_large_err,
@@ -130,6 +137,8 @@ pub enum DatapathError {
     BadPrefix { addr: IpAddr, prefix: u8 },
     #[error("BPF_PROG_RUN failed: {0}")]
     TestRun(#[source] ProgramError),
+    #[error("drawing the datapath nonce from the kernel's random source failed: {0}")]
+    Nonce(String),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -180,6 +189,7 @@ pub struct Datapath {
     pin_dir: PathBuf,
     attachments: Vec<(String, Attachment)>,
     reused_maps: bool,
+    nonce: u64,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -188,6 +198,7 @@ impl std::fmt::Debug for Datapath {
             .field("pin_dir", &self.pin_dir)
             .field("attachments", &self.attachments)
             .field("reused_maps", &self.reused_maps)
+            .field("nonce", &format_args!("{:#018x}", self.nonce))
             .finish_non_exhaustive()
     }
 }
@@ -200,6 +211,7 @@ impl Datapath {
         fs::create_dir_all(pin_dir)
             .map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
         let reused_maps = check_pinned_maps(pin_dir)?;
+        let whole_generation = GENERATION_MAPS.iter().all(|m| pin_dir.join(m).exists());
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
@@ -233,7 +245,31 @@ impl Datapath {
             .try_into()
             .map_err(DatapathError::EgressProgram)?;
         egress.load().map_err(DatapathError::EgressProgram)?;
-        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), attachments: Vec::new(), reused_maps })
+        let mut dp = Self { ebpf, pin_dir: pin_dir.to_owned(), attachments: Vec::new(), reused_maps, nonce: 0 };
+        dp.init_nonce(whole_generation)?;
+        Ok(dp)
+    }
+
+    /// Keeps the generation nonce of pinned maps that are re-opened whole, and draws a fresh one
+    /// when any of the maps it protects was created now (see [`GENERATION_MAPS`]).
+    fn init_nonce(&mut self, whole_generation: bool) -> Result<(), DatapathError> {
+        let mut cfg: DatapathConfig = self.get_single(MAP_CONFIG)?;
+        if !whole_generation || cfg.nonce == 0 {
+            cfg.nonce = fresh_nonce()?;
+            self.set_single(MAP_CONFIG, &cfg)?;
+            tracing::info!(nonce = %format_args!("{:#018x}", cfg.nonce), "new datapath generation: fresh heartbeat nonce");
+        } else {
+            tracing::info!(nonce = %format_args!("{:#018x}", cfg.nonce), "re-opened pinned maps: heartbeat nonce kept");
+        }
+        self.nonce = cfg.nonce;
+        Ok(())
+    }
+
+    /// This datapath generation's nonce (never 0): our PINGs carry it as their sender nonce, our
+    /// kernel's PONGs too, and a heartbeat is accepted only if it echoes it.
+    #[must_use]
+    pub fn nonce(&self) -> u64 {
+        self.nonce
     }
 
     /// Loads the programs and attaches them to every interface in `ifaces` (names in the calling
@@ -450,8 +486,11 @@ impl Datapath {
         self.array::<V>(name)?.get(&0, 0).map_err(map_err(name))
     }
 
+    /// Writes the static settings. `cfg.nonce` is ignored: the generation's nonce, chosen when the
+    /// maps were created, is written with them (it must never change while the maps live).
     pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
-        self.set_single(MAP_CONFIG, cfg)
+        let cfg = DatapathConfig { nonce: self.nonce, ..*cfg };
+        self.set_single(MAP_CONFIG, &cfg)
     }
 
     pub fn config(&self) -> Result<DatapathConfig, DatapathError> {
@@ -653,6 +692,23 @@ fn ensure_bpffs() -> Result<(), DatapathError> {
          does and a crash lifts the fence: mount bpffs on the host instead"
     );
     Ok(())
+}
+
+/// The maps one generation nonce protects: created together, so the nonce is kept only when all
+/// of them are re-opened. (`EFM_CONFIG` holds the nonce, `EFM_SLOTS` the last accepted
+/// heartbeats, `EFM_LEASE` the endorsements.)
+const GENERATION_MAPS: [&str; 3] = [MAP_CONFIG, MAP_SLOTS, MAP_LEASE];
+
+/// A random non-zero 64-bit nonce.
+fn fresh_nonce() -> Result<u64, DatapathError> {
+    loop {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b).map_err(|e| DatapathError::Nonce(e.to_string()))?;
+        let n = u64::from_ne_bytes(b);
+        if n != 0 {
+            return Ok(n);
+        }
+    }
 }
 
 /// Expected key size, value size and entries of every pinned map.

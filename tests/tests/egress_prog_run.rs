@@ -86,7 +86,7 @@ const ALL_STATES: [State; 6] =
 fn enter(fx: &mut Fixture, state: State, reset: bool) {
     let lease = fx.dp.lease().unwrap();
     if lease.max_epoch_seen < 5 {
-        let newer = Heartbeat { epoch: 5, ..ping(1, 1) };
+        let newer = Heartbeat { epoch: 5, ..fx.ping(1, 1) };
         let r = fx.dp.test_run(&hb_frame(Addrs::v4(), &newer)).unwrap();
         assert_eq!(r.action, XDP_TX, "the PING raising the epoch is accepted");
         assert_eq!(fx.dp.lease().unwrap().max_epoch_seen, 5);

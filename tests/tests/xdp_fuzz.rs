@@ -1,10 +1,11 @@
 //! 100 000+ random and mutated frames through the XDP program with `BPF_PROG_RUN`: the verdict is
 //! always one the program is allowed to give, it never aborts, and no peer slot changes unless the
-//! frame carried a heartbeat with a valid MAC. Seed: `EFM_FUZZ_SEED` (printed on failure).
+//! frame carried a heartbeat with a valid MAC echoing the datapath's current nonce. Seed:
+//! `EFM_FUZZ_SEED` (printed on failure).
 
 use efm_common::{
     maps::{Counter, FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET},
-    wire::{Heartbeat, HB_KIND_PONG, HB_LEN, OFF_MAC},
+    wire::{Heartbeat, HB_KIND_PONG, HB_LEN, OFF_ECHO_NONCE, OFF_MAC},
 };
 use efm_tests::*;
 
@@ -30,9 +31,15 @@ impl Rng {
     }
 }
 
-fn base_frame(rng: &mut Rng, n: u64) -> Vec<u8> {
+fn base_frame(rng: &mut Rng, n: u64, nonce: u64) -> Vec<u8> {
     // Mostly increasing sequence numbers, sometimes an old one (a replay).
     let seq = if rng.below(8) == 0 { rng.next() % (n + 1) } else { n };
+    // Mostly the receiver's current nonce echoed, sometimes none or another generation's.
+    let echo = match rng.below(8) {
+        0 => 0,
+        1 => rng.next(),
+        _ => nonce,
+    };
     let mut a = match rng.below(3) {
         0 => Addrs::v4(),
         1 => Addrs::v6(),
@@ -48,6 +55,7 @@ fn base_frame(rng: &mut Rng, n: u64) -> Vec<u8> {
                 node_id: node,
                 epoch: rng.next() % 6,
                 flags: u16::try_from(rng.below(32)).unwrap(),
+                echo_nonce: echo,
                 ..ping(1, seq)
             };
             hb_frame(a, &hb)
@@ -57,6 +65,7 @@ fn base_frame(rng: &mut Rng, n: u64) -> Vec<u8> {
                 kind: HB_KIND_PONG,
                 node_id: node,
                 send_ns: monotonic_ns().saturating_sub(rng.next() % 10_000_000),
+                echo_nonce: echo,
                 ..ping(1, seq)
             };
             hb_frame(a, &hb)
@@ -99,12 +108,14 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
     }
 }
 
-/// Whether any place a heartbeat payload can sit in this frame holds one with a valid MAC.
-fn carries_valid_mac(f: &[u8]) -> bool {
+/// Whether any place a heartbeat payload can sit in this frame holds one with a valid MAC that
+/// echoes `nonce`.
+fn carries_current_heartbeat(f: &[u8], nonce: u64) -> bool {
     [42usize, 46, 62, 66].iter().any(|&off| {
         f.get(off..off + HB_LEN).is_some_and(|p| {
             let p: [u8; HB_LEN] = p.try_into().unwrap();
             u64::from_be_bytes(p[OFF_MAC..].try_into().unwrap()) == reference_mac(&p)
+                && u64::from_be_bytes(p[OFF_ECHO_NONCE..OFF_MAC].try_into().unwrap()) == nonce
         })
     })
 }
@@ -115,6 +126,7 @@ fn random_and_mutated_frames_never_corrupt_state() {
     let seed = std::env::var("EFM_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut fx = Fixture::new();
+    let nonce = fx.dp.nonce();
     let fences = [
         Fixture::base_fence(),
         FenceState { flags: FENCE_FENCED | FENCE_RESET, ..Fixture::base_fence() },
@@ -126,7 +138,7 @@ fn random_and_mutated_frames_never_corrupt_state() {
         if i % 10_000 == 0 {
             fx.set_fence(fences[(i / 10_000) % fences.len()]);
         }
-        let mut f = base_frame(&mut rng, i as u64 + 1);
+        let mut f = base_frame(&mut rng, i as u64 + 1, nonce);
         if rng.below(4) != 0 {
             mutate(&mut rng, &mut f);
         }
@@ -142,8 +154,8 @@ fn random_and_mutated_frames_never_corrupt_state() {
         if after != before {
             slot_changes += 1;
             assert!(
-                carries_valid_mac(&f),
-                "seed {seed:#x} frame {i}: a slot changed without a valid MAC: {f:02x?}"
+                carries_current_heartbeat(&f, nonce),
+                "seed {seed:#x} frame {i}: a slot changed without a valid MAC echoing the current nonce: {f:02x?}"
             );
         }
         if r.action == XDP_TX {
@@ -153,6 +165,7 @@ fn random_and_mutated_frames_never_corrupt_state() {
     }
     let counters = fx.dp.counters().unwrap();
     assert_eq!(counters.get(Counter::Aborted), 0, "the program never aborted");
+    assert!(counters.get(Counter::HbStaleNonce) > 100, "stale nonces were exercised: {}", counters.get(Counter::HbStaleNonce));
     eprintln!(
         "fuzz: {FRAMES} frames, seed {seed:#x}: drop {} pass {} tx {}, slot updates {slot_changes}",
         verdicts[1], verdicts[2], verdicts[3]

@@ -44,15 +44,31 @@ fn pings_are_timed_by_the_kernel_and_answered_with_pongs() {
     let dp_a = open_side(&link, Side::A, &pins_a.0);
     assert_eq!(dp_b.attachments()[0].1, Attachment::Native, "veth supports native XDP");
 
-    let sent = link.a.run(|| {
+    // A sends as its agent would: its own nonce, and B's echoed. The first PING echoes nothing
+    // (B's nonce not learned yet): B records nothing but answers, and A's kernel learns B's nonce
+    // from that PONG.
+    let (a_nonce, b_nonce) = (dp_a.nonce(), dp_b.nonce());
+    link.a.run(move || {
+        let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind heartbeat socket");
+        let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, ..ping(1, 1) };
+        sock.send_to(&hb.encode(&key()), (NS_B_V4, HB_PORT)).expect("send PING");
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(dp_b.slot(0).unwrap().pings, 0, "a PING not echoing B's nonce is not recorded");
+    assert_eq!(dp_b.counters().unwrap().get(Counter::HbStaleNonce), 1);
+    let a0 = dp_a.slot(0).unwrap();
+    assert_eq!(a0.peer_nonce, b_nonce, "A's kernel learned B's nonce from B's PONG");
+    assert_eq!((a0.pong_seq, a0.pongs), (1, 1));
+
+    let sent = link.a.run(move || {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind heartbeat socket");
         let to = SocketAddr::from((NS_B_V4, HB_PORT));
-        for seq in 1..=100u64 {
-            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..ping(1, seq) };
+        for seq in 2..=101u64 {
+            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, echo_nonce: a0.peer_nonce, ..ping(1, seq) };
             sock.send_to(&hb.encode(&key()), to).expect("send PING");
             std::thread::sleep(Duration::from_millis(2));
         }
-        100u64
+        101u64
     });
     std::thread::sleep(Duration::from_millis(20));
 
@@ -65,7 +81,7 @@ fn pings_are_timed_by_the_kernel_and_answered_with_pongs() {
 
     let a = dp_a.slot(0).unwrap();
     assert_eq!(a.pong_seq, sent, "A's kernel received the PONG for the last PING");
-    assert!(a.pongs >= 95, "pongs {}", a.pongs);
+    assert!(a.pongs >= 96, "pongs {}", a.pongs);
     assert!(a.pong_rtt_ns > 0 && a.pong_rtt_ns < 20_000_000, "plausible RTT: {} ns", a.pong_rtt_ns);
     let hist = dp_a.rtt_histogram(0).unwrap();
     assert_eq!(hist.iter().sum::<u64>(), a.pongs, "every PONG is in the RTT histogram");
@@ -223,10 +239,11 @@ fn generic_mode_attachment_answers_pings_too() {
     });
     assert_eq!(dp_b.attachments()[0].1, Attachment::Generic);
     let dp_a = open_side(&link, Side::A, &pins_a.0);
-    link.a.run(|| {
+    let (a_nonce, b_nonce) = (dp_a.nonce(), dp_b.nonce());
+    link.a.run(move || {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind");
         for seq in 1..=10u64 {
-            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..ping(1, seq) };
+            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, echo_nonce: b_nonce, ..ping(1, seq) };
             sock.send_to(&hb.encode(&key()), (NS_B_V4, HB_PORT)).expect("send");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -273,6 +290,7 @@ fn pongs_cross_a_bridge() {
                 node_id: me,
                 hb_port: u32::from(HB_PORT),
                 db_port: u32::from(DB_PORT),
+                nonce: 0, // the datapath keeps its own generation nonce
             })
             .unwrap();
             dp.set_key(&efm_common::maps::ClusterKey { k0: k.k0, k1: k.k1 }).unwrap();
@@ -284,6 +302,7 @@ fn pongs_cross_a_bridge() {
     let b_ip = bed.nodes[1].ip;
     let dp_a = open(0, &pins_a.0, 2, 1, b_ip);
     let dp_b = open(1, &pins_b.0, 1, 2, a_ip);
+    let (a_nonce, b_nonce) = (dp_a.nonce(), dp_b.nonce());
     bed.nodes[0].ns.run(move || {
         let sock = UdpSocket::bind((a_ip, HB_PORT)).expect("bind");
         for seq in 1..=20u64 {
@@ -297,6 +316,8 @@ fn pongs_cross_a_bridge() {
                 epoch: 3,
                 send_ns: monotonic_ns(),
                 lsn: 0,
+                sender_nonce: a_nonce,
+                echo_nonce: b_nonce,
             };
             sock.send_to(&hb.encode(&key()), (b_ip, HB_PORT)).expect("send");
             std::thread::sleep(Duration::from_millis(2));
@@ -437,12 +458,12 @@ fn egress_fence_survives_killing_and_restarting_the_loader() {
     assert_eq!(r.expect_err("fenced across the restart").kind(), ErrorKind::ConnectionReset);
     drop(hold);
 
-    // Orderly stop: detach removes the egress link with the rest.
+    // Orderly stop: detach removes the egress link with the rest. The killed loader's link fd is
+    // closed by the kernel after its exit (deferred fput), so the link may go a moment later.
     maps.detach().expect("detach");
-    // The kernel releases a link whose last pin went away from a work queue: allow it a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    while tcx_egress_count(&link.b, &link.b_if) != 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while tcx_egress_count(&link.b, &link.b_if) != 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(tcx_egress_count(&link.b, &link.b_if), 0, "egress program detached");
 }

@@ -100,6 +100,10 @@ pub const FENCE_FENCED: u32 = 1 << 0;
 pub const FENCE_LEASE_ENFORCED: u32 = 1 << 1;
 /// Answer fenced TCP segments with a RST instead of dropping them.
 pub const FENCE_RESET: u32 = 1 << 2;
+/// Members stay exempt from an explicit fence: set only by the primary of the current epoch
+/// fenced for an operator's hand-over, so its standbys receive its last WAL
+/// (`efm_common::serving::exempt_applies`).
+pub const FENCE_MEMBERS_EXEMPT: u32 = 1 << 3;
 
 /// What the agent tells the kernel about fencing and the lease. Written whole by the agent only.
 #[repr(C)]

@@ -10,12 +10,16 @@
 //!   contradiction the agent never writes: fail closed) or `now > deadline`.
 //!
 //! Members (the cluster's own nodes, `EFM_EXEMPT` value [`EXEMPT_MEMBER`]) are exempt only while
-//! the explicit flag is the *only* reason ([`exempt_applies`]): a primary fenced for a clean
-//! hand-over, or at agent start, keeps its standbys streaming. Once a newer epoch exists or the
-//! lease lapsed, members are fenced like any client. Always-exempt prefixes
-//! (`fence.exempt.hosts`, [`EXEMPT_ALWAYS`]) pass in every state.
+//! the explicit flag is the *only* reason and the agent asked for it with
+//! [`FENCE_MEMBERS_EXEMPT`] ([`exempt_applies`]): the primary of the current epoch fenced for an
+//! operator's clean hand-over keeps its standbys streaming until its database has stopped. In
+//! every other state (agent start, a stale old primary whose agent adopted the newer epoch, a
+//! newer epoch seen, a lapsed lease) members are fenced like any client — dropped, never reset,
+//! by the programs (a reset walreceiver waits 5 s before it streams again; a dropped segment is
+//! sent again). Always-exempt prefixes (`fence.exempt.hosts`, [`EXEMPT_ALWAYS`]) pass in every
+//! state.
 
-use crate::maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED};
+use crate::maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT};
 
 /// The agent fenced the node explicitly.
 pub const REASON_FENCED: u32 = 1 << 0;
@@ -55,15 +59,12 @@ pub const fn serves(reasons: u32) -> bool {
 }
 
 /// Whether a source (ingress) or destination (egress) whose `EFM_EXEMPT` lookup gave `kind`
-/// (`None`: not in the trie) passes a fence with these `reasons` (non-zero).
+/// (0: not in the trie) passes a fence with these `reasons` (non-zero), the agent's
+/// `FenceState::flags` being `fence_flags`.
 #[inline(always)]
 #[must_use]
-pub const fn exempt_applies(kind: Option<u32>, reasons: u32) -> bool {
-    match kind {
-        Some(EXEMPT_ALWAYS) => true,
-        Some(EXEMPT_MEMBER) => reasons == REASON_FENCED,
-        _ => false,
-    }
+pub const fn exempt_applies(kind: u32, reasons: u32, fence_flags: u32) -> bool {
+    kind == EXEMPT_ALWAYS || (kind == EXEMPT_MEMBER && reasons == REASON_FENCED && fence_flags & FENCE_MEMBERS_EXEMPT != 0)
 }
 
 #[cfg(test)]
@@ -124,6 +125,7 @@ mod tests {
 
     #[test]
     fn members_exempt_only_while_fenced_explicitly_only() {
+        let ask = FENCE_FENCED | FENCE_MEMBERS_EXEMPT;
         for (reasons, member) in [
             (REASON_FENCED, true),
             (REASON_EPOCH, false),
@@ -132,10 +134,11 @@ mod tests {
             (REASON_FENCED | REASON_LAPSED, false),
             (REASON_EPOCH | REASON_LAPSED, false),
         ] {
-            assert_eq!(exempt_applies(Some(EXEMPT_MEMBER), reasons), member, "member, reasons {reasons:#b}");
-            assert!(exempt_applies(Some(EXEMPT_ALWAYS), reasons), "always-exempt, reasons {reasons:#b}");
-            assert!(!exempt_applies(None, reasons), "not exempt, reasons {reasons:#b}");
-            assert!(!exempt_applies(Some(77), reasons), "unknown kind");
+            assert_eq!(exempt_applies(EXEMPT_MEMBER, reasons, ask), member, "member, reasons {reasons:#b}");
+            assert!(!exempt_applies(EXEMPT_MEMBER, reasons, FENCE_FENCED), "member without the agent's request, reasons {reasons:#b}");
+            assert!(exempt_applies(EXEMPT_ALWAYS, reasons, 0), "always-exempt, reasons {reasons:#b}");
+            assert!(!exempt_applies(0, reasons, ask), "not exempt, reasons {reasons:#b}");
+            assert!(!exempt_applies(77, reasons, ask), "unknown kind");
         }
     }
 }

@@ -24,11 +24,11 @@ use aya_ebpf::{
 };
 use efm_common::{
     maps::{Counter, PeerAddr, FENCE_RESET},
-    serving::fence_reasons,
+    serving::{exempt_applies, fence_reasons, EXEMPT_MEMBER},
 };
 
 use crate::{
-    be16, count, exempt, lease_clock, EFM_CONFIG, EFM_FENCE, EFM_LEASE, EFM_SERVICE, ETH_HLEN, ETH_P_8021AD,
+    be16, count, exempt_kind, lease_clock, EFM_CONFIG, EFM_FENCE, EFM_LEASE, EFM_SERVICE, ETH_HLEN, ETH_P_8021AD,
     ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_V6_EXT, TCP_ACK, TCP_RST,
 };
 
@@ -105,7 +105,8 @@ fn egress(ctx: &TcContext) -> i32 {
         count(Counter::EgressPass);
         return TCX_NEXT;
     }
-    if exempt(&pkt.dst, r) {
+    let kind = exempt_kind(&pkt.dst);
+    if exempt_applies(kind, r, fence.flags) {
         count(Counter::EgressExempt);
         return TCX_NEXT;
     }
@@ -123,7 +124,9 @@ fn egress(ctx: &TcContext) -> i32 {
         count(Counter::EgressPass);
         return TCX_NEXT;
     }
-    if fence.flags & FENCE_RESET == 0 {
+    // Drop mode, and members that are not exempt (dropped, never reset: see `client` in
+    // main.rs — a reset walreceiver waits 5 s before it streams again).
+    if fence.flags & FENCE_RESET == 0 || kind == EXEMPT_MEMBER {
         count(Counter::EgressDrop);
         return TC_ACT_SHOT;
     }

@@ -36,7 +36,7 @@ use efm_common::{
         PeerInfo, PeerSlot, RttHistogram, FENCE_LEASE_ENFORCED, FENCE_RESET,
         MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
     },
-    serving::{exempt_applies, fence_reasons, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
+    serving::{exempt_applies, fence_reasons, EXEMPT_MEMBER, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
     wire::{
         mac, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, HB_KIND_PING, HB_KIND_PONG, HB_LEN,
         HB_MAGIC, HB_VERSION, OFF_CLUSTER, OFF_ECHO_NONCE, OFF_EPOCH, OFF_FLAGS, OFF_INCARNATION,
@@ -463,16 +463,16 @@ fn undetermined(pkt: &Packet, cfg: &DatapathConfig) -> Result<u32, ()> {
     let lease = EFM_LEASE.get(0).ok_or(())?;
     let r = reasons_now(fence, lease);
     match reason_counter(r) {
-        Some(reason) if !exempt(&pkt.src, r) => verdict(reason, xdp_action::XDP_DROP),
+        Some(reason) if !exempt_applies(exempt_kind(&pkt.src), r, fence.flags) => verdict(reason, xdp_action::XDP_DROP),
         _ => verdict(Counter::OtherPass, xdp_action::XDP_PASS),
     }
 }
 
-/// Whether `addr` (a client's address) passes a fence with reasons `r`: always-exempt prefixes
-/// do, members only while the node is fenced explicitly only (`efm_common::serving`).
+/// The `EFM_EXEMPT` kind of an address (0: not in the trie); whether it passes a fence is
+/// `efm_common::serving::exempt_applies`.
 #[inline(always)]
-fn exempt(addr: &PeerAddr, r: u32) -> bool {
-    exempt_applies(EFM_EXEMPT.get(Key::new(128, addr.octets)).copied(), r)
+fn exempt_kind(addr: &PeerAddr) -> u32 {
+    EFM_EXEMPT.get(Key::new(128, addr.octets)).map_or(0, |k| *k)
 }
 
 /// TCP or UDP to the database port.
@@ -493,11 +493,16 @@ fn client(ctx: &XdpContext, tcp: bool) -> u32 {
     let Some(reason) = reason_counter(r) else {
         return act(Counter::ClientPass, xdp_action::XDP_PASS);
     };
-    if exempt(&pkt.src, r) {
+    let kind = exempt_kind(&pkt.src);
+    if exempt_applies(kind, r, fence.flags) {
         return act(Counter::ClientExempt, xdp_action::XDP_PASS);
     }
     count(reason);
-    if tcp && fence.flags & FENCE_RESET != 0 && !pkt.has_options && send_rst(ctx, pkt) {
+    // A member that is not exempt is dropped, never reset: the state is often a moment long (a
+    // new primary before its first endorsements, an agent's start-up), and a standby whose
+    // walreceiver is reset waits `wal_retrieve_retry_interval` (5 s) before it streams again,
+    // while dropped segments are simply sent again.
+    if tcp && kind != EXEMPT_MEMBER && fence.flags & FENCE_RESET != 0 && !pkt.has_options && send_rst(ctx, pkt) {
         return act(Counter::ClientReset, xdp_action::XDP_TX);
     }
     xdp_action::XDP_DROP

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use efm_common::{
-    maps::{Counter, FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET},
+    maps::{Counter, FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT, FENCE_RESET},
     wire::Heartbeat,
 };
 use efm_tests::*;
@@ -65,8 +65,12 @@ fn reply(a: Addrs) -> Vec<u8> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Serving,
-    /// The explicit flag only (members exempt).
+    /// The explicit flag only (members fenced: the agent did not ask for their exemption).
     Fenced,
+    /// The explicit flag with `FENCE_MEMBERS_EXEMPT`: a primary handing over (members exempt).
+    HandOver,
+    /// A hand-over whose enforced lease lapsed (members fenced).
+    HandOverLapsed,
     /// A higher epoch was seen.
     Epoch,
     /// Enforced lease with no endorsement: lapsed.
@@ -77,8 +81,16 @@ enum State {
     FencedAndEpoch,
 }
 
-const ALL_STATES: [State; 6] =
-    [State::Serving, State::Fenced, State::Epoch, State::Lapsed, State::LapsedK0, State::FencedAndEpoch];
+const ALL_STATES: [State; 8] = [
+    State::Serving,
+    State::Fenced,
+    State::HandOver,
+    State::HandOverLapsed,
+    State::Epoch,
+    State::Lapsed,
+    State::LapsedK0,
+    State::FencedAndEpoch,
+];
 
 /// Puts the fixture into `state`, with or without reset mode. The epoch states need the XDP
 /// program to have seen a heartbeat with a higher epoch; that is done once per fixture (the
@@ -96,6 +108,13 @@ fn enter(fx: &mut Fixture, state: State, reset: bool) {
     let f = match state {
         State::Serving => base,
         State::Fenced => FenceState { flags: rst | FENCE_FENCED, ..base },
+        State::HandOver => FenceState { flags: rst | FENCE_FENCED | FENCE_MEMBERS_EXEMPT, ..base },
+        State::HandOverLapsed => FenceState {
+            flags: rst | FENCE_FENCED | FENCE_MEMBERS_EXEMPT | FENCE_LEASE_ENFORCED,
+            lease_k: 1,
+            lease_timeout_ns: 1_000_000,
+            ..base
+        },
         State::Epoch => FenceState { epoch: 3, ..base },
         State::Lapsed => FenceState { flags: rst | FENCE_LEASE_ENFORCED, lease_k: 1, lease_timeout_ns: 1_000_000, ..base },
         State::LapsedK0 => FenceState { flags: rst | FENCE_LEASE_ENFORCED, lease_k: 0, ..base },
@@ -307,22 +326,25 @@ fn member_rule_in_every_state_both_directions() {
     for state in ALL_STATES {
         enter(&mut fx, state, true);
         let serving = state == State::Serving;
-        let members_exempt = state == State::Fenced;
-        for (who, exempt) in [(admin, true), (member, members_exempt), (member6, members_exempt), (stranger(), false)] {
-            // Egress: a reply toward `who`.
+        let members_exempt = state == State::HandOver;
+        for (who, exempt, is_member) in [(admin, true, false), (member, members_exempt, true), (member6, members_exempt, true), (stranger(), false, false)] {
+            // Egress: a reply toward `who`. A member that is not exempt is dropped, never reset
+            // (a reset walreceiver would wait 5 s before streaming again).
             let f = reply(server_to(who));
             let (action, out, moved) = egress(&mut fx, &f);
             let want = if serving {
                 (TC_NEXT, vec![(Counter::EgressPass, 1)])
             } else if exempt {
                 (TC_NEXT, vec![(Counter::EgressExempt, 1)])
+            } else if is_member {
+                (TC_SHOT, vec![(Counter::EgressDrop, 1)])
             } else {
                 (TC_NEXT, vec![(Counter::EgressReset, 1)])
             };
             assert_eq!((action, moved), want, "egress {state:?} to {who}");
             if serving || exempt {
                 assert_eq!(out, f, "{state:?} {who}: unchanged");
-            } else {
+            } else if !is_member {
                 assert_converted(&f, &out);
             }
             // Ingress: a SYN from `who` to the database port.
@@ -333,6 +355,9 @@ fn member_rule_in_every_state_both_directions() {
                 assert_eq!((action, moved), (XDP_PASS, vec![(Counter::ClientPass, 1)]), "ingress {state:?} from {who}");
             } else if exempt {
                 assert_eq!((action, moved), (XDP_PASS, vec![(Counter::ClientExempt, 1)]), "ingress {state:?} from {who}");
+            } else if is_member {
+                assert_eq!(action, XDP_DROP, "ingress {state:?} from member {who}: dropped, not reset");
+                assert!(!moved.contains(&(Counter::ClientReset, 1)), "ingress {state:?} from {who}: {moved:?}");
             } else {
                 assert_eq!(action, XDP_TX, "ingress {state:?} from {who}: answered with a RST");
                 assert!(moved.contains(&(Counter::ClientReset, 1)), "ingress {state:?} from {who}: {moved:?}");
@@ -350,9 +375,8 @@ fn a_member_inside_an_always_exempt_prefix_stays_always_exempt() {
     enter(&mut fx, State::Epoch, true);
     let (action, _, moved) = egress(&mut fx, &reply(server_to(PEER_V4.into())));
     assert_eq!((action, moved), (TC_NEXT, vec![(Counter::EgressExempt, 1)]), "covered member: always exempt");
-    let (action, out, moved) = egress(&mut fx, &reply(server_to(PEER_V6.into())));
-    assert_eq!((action, moved), (TC_NEXT, vec![(Counter::EgressReset, 1)]), "uncovered member: fenced after the epoch moved");
-    assert_converted(&reply(server_to(PEER_V6.into())), &out);
+    let (action, _, moved) = egress(&mut fx, &reply(server_to(PEER_V6.into())));
+    assert_eq!((action, moved), (TC_SHOT, vec![(Counter::EgressDrop, 1)]), "uncovered member: fenced (dropped) after the epoch moved");
     // Replacing the set removes what is no longer listed.
     fx.dp.set_exempt(&[]).unwrap();
     let (_, _, moved) = egress(&mut fx, &reply(server_to(PEER_V4.into())));

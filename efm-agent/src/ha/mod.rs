@@ -253,6 +253,10 @@ pub struct Desired {
     /// Enforce the primary lease with `lease_k` endorsements.
     pub lease_enforced: bool,
     pub lease_k: u32,
+    /// Keep the cluster's own nodes exempt from the explicit fence (`FENCE_MEMBERS_EXEMPT`):
+    /// only the current epoch's primary handing over, under its lease, so that its standbys
+    /// receive its last WAL.
+    pub members_exempt: bool,
     pub epoch: u64,
     /// Role bits and flags for PINGs and PONGs.
     pub ping_flags: u16,
@@ -541,6 +545,7 @@ impl Engine {
                     fenced: !known_standby,
                     lease_enforced: false,
                     lease_k: 0,
+                    members_exempt: false,
                     epoch: 0,
                     ping_flags: role | db_flag | if known_standby { 0 } else { FLAG_FENCED },
                     vip: false,
@@ -835,8 +840,12 @@ impl Engine {
     /// The old primary's side of an operator hand-over: fenced from this cycle on; votes against
     /// its own epoch at once, or (`-switchover`) once its database stopped cleanly. If the clean
     /// stop fails, it asks the log to call the hand-over off and serves again when it is.
-    fn handing_over(&mut self, c: &Committed, inp: &Inputs<'_>, h: Handover, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    fn handing_over(&mut self, c: &Committed, inp: &Inputs<'_>, h: Handover, k: u32, actions: &mut Vec<Action>) -> (Desired, Outcome) {
         let (me, e) = (self.cfg.me, c.epoch);
+        // Fenced for clients; the cluster's own nodes stay exempt so the standbys receive the
+        // last WAL, but only under the lease: cut off from the voters, the node fences its
+        // members too (its lease lapses), as it no longer knows it is the primary.
+        let fenced = Desired { lease_enforced: k > 0, lease_k: k, members_exempt: true, ..self.fenced(e, ROLE_PRIMARY | Self::db_flags(&inp.db)) };
         if self.handover.is_none_or(|(he, _)| he != e) {
             self.handover = Some((e, h));
             actions.push(Action::HandOver { epoch: e, to: h.to, demote: h.demote });
@@ -853,7 +862,7 @@ impl Engine {
                         in_progress: format!("{} (switchover called off: the primary could not stop its database cleanly: {reason}; it serves again)", h.to),
                     }));
                 }
-                return (self.fenced(e, ROLE_PRIMARY | Self::db_flags(&inp.db)), Outcome::HandingOver { epoch: e, to: h.to });
+                return (fenced, Outcome::HandingOver { epoch: e, to: h.to });
             }
         }
         let ready = !h.demote || matches!(inp.work, Work::HandedOver { epoch } if *epoch == e);
@@ -862,7 +871,7 @@ impl Engine {
             self.vote_proposed_ns = inp.now_ns;
             actions.push(Action::Propose(Proposal::Vote { voter: me, epoch: e }));
         }
-        (self.fenced(e, ROLE_PRIMARY | Self::db_flags(&inp.db)), Outcome::HandingOver { epoch: e, to: h.to })
+        (fenced, Outcome::HandingOver { epoch: e, to: h.to })
     }
 
     fn as_committed_primary(
@@ -874,7 +883,7 @@ impl Engine {
         actions: &mut Vec<Action>,
     ) -> (Desired, Outcome) {
         if let Some(h) = c.handover.filter(|h| h.from == self.cfg.me) {
-            return self.handing_over(c, inp, h, actions);
+            return self.handing_over(c, inp, h, k, actions);
         }
         if self.handover.is_some_and(|(e, _)| e == c.epoch) && !self.voted_against(c.epoch) {
             // The hand-over was called off before this node voted: it is still the primary.
@@ -945,6 +954,7 @@ impl Engine {
             fenced: false,
             lease_enforced: k > 0,
             lease_k: k,
+            members_exempt: false,
             epoch,
             ping_flags: ROLE_PRIMARY | db_flag,
             vip,
@@ -958,6 +968,7 @@ impl Engine {
             fenced: true,
             lease_enforced: false,
             lease_k: 0,
+            members_exempt: false,
             epoch,
             ping_flags: ping_flags | FLAG_FENCED,
             vip: false,
@@ -967,7 +978,7 @@ impl Engine {
 
     #[expect(clippy::unused_self, reason = "read as a method next to the engine's other role helpers")]
     fn unfenced(&self, epoch: u64, ping_flags: u16, endorse: Option<SocketAddr>) -> Desired {
-        Desired { fenced: false, lease_enforced: false, lease_k: 0, epoch, ping_flags, vip: false, endorse }
+        Desired { fenced: false, lease_enforced: false, lease_k: 0, members_exempt: false, epoch, ping_flags, vip: false, endorse }
     }
 
     /// The standby to promote: alive, up, promotable, priority > 0; most advanced WAL position,

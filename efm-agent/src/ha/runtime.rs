@@ -12,7 +12,7 @@ use std::{
 };
 
 use efm_common::{
-    maps::{FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET},
+    maps::{FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT, FENCE_RESET},
     serving::{exempt_applies, fence_reasons, serves, EXEMPT_MEMBER, REASON_EPOCH, REASON_LAPSED},
     wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
@@ -400,6 +400,9 @@ impl HaRuntime {
         if step.desired.lease_enforced {
             flags |= FENCE_LEASE_ENFORCED;
         }
+        if step.desired.members_exempt {
+            flags |= FENCE_MEMBERS_EXEMPT;
+        }
         let fence = FenceState {
             flags,
             role: u32::from(step.desired.ping_flags & ROLE_MASK),
@@ -443,11 +446,11 @@ impl HaRuntime {
         // any action below stops the database.
         if let Some(ender) = &self.sessions {
             // The kernel's own rule: members pass only while the explicit flag is the only
-            // reason (efm_common::serving).
+            // reason and the agent asked for it (efm_common::serving).
             let reasons = fence_reasons(&fence, &lease, now_ns);
             let gate = crate::sessions::Gate {
                 serving: serves(reasons),
-                members_pass: serves(reasons) || exempt_applies(Some(EXEMPT_MEMBER), reasons),
+                members_pass: serves(reasons) || exempt_applies(EXEMPT_MEMBER, reasons, fence.flags),
             };
             // A database known to be a standby has no writes to cut short: its read-only
             // sessions survive a moment of epoch fence while its log catches up.

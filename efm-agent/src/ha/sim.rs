@@ -510,6 +510,9 @@ struct Agent {
     last_outcome: Option<Outcome>,
     /// Proposals not yet handed to a connected majority (the runtime retries them).
     pending: Vec<Proposal>,
+    /// The runtime's `lease_floor`: (epoch, `lease.timeout` after it began enforcing the lease
+    /// for that epoch); a deadline left from an earlier epoch does not count before it.
+    lease_floor: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -1001,6 +1004,7 @@ impl Sim {
             paused_until: 0,
             last_outcome: None,
             pending: Vec::new(),
+            lease_floor: None,
         });
         let first = self.now + self.rng.between(MS, HB_INTERVAL);
         self.push(first, Ev::Tick { node: i, incarnation });
@@ -1087,10 +1091,13 @@ impl Sim {
         if let Some(c) = fresh {
             agent.committed = Some(c);
         }
-        // As the runtime reads it from the kernel: how long the enforced lease has been lapsed.
+        // As the runtime reads it from the kernel: how long the enforced lease has been lapsed
+        // (the kernel's rule, with the deadline held back to the lease floor).
+        let lease_floor = agent.lease_floor;
         let kern = &self.nodes[i].kernel;
-        let lease_lapsed_for = (kern.lease_enforced && kern.lease_k > 0 && now > kern.deadline)
-            .then(|| Duration::from_nanos(now - kern.deadline));
+        let floor = lease_floor.filter(|(e, _)| *e == kern.epoch).map_or(0, |(_, t)| t);
+        let held = kern.deadline.max(floor);
+        let lease_lapsed_for = (kern.lease_enforced && (kern.lease_k == 0 || now > held)).then(|| Duration::from_nanos(now.saturating_sub(held)));
         let max_epoch_seen = kern.max_epoch_seen;
         let Some(agent) = self.nodes[i].agent.as_mut() else { return };
         let Agent { engine, committed, work, .. } = &mut *agent;
@@ -1099,6 +1106,10 @@ impl Sim {
         let d = step.desired;
         let changed = agent.last_outcome.as_ref() != Some(&step.outcome);
         agent.last_outcome = Some(step.outcome.clone());
+        if d.lease_enforced && agent.lease_floor.is_none_or(|(e, _)| e != d.epoch) {
+            agent.lease_floor = Some((d.epoch, now + LEASE));
+        }
+        let floor = agent.lease_floor.filter(|(e, _)| *e == d.epoch).map_or(0, |(_, t)| t);
         let k = &mut self.nodes[i].kernel;
         k.fenced = d.fenced;
         k.lease_enforced = d.lease_enforced;
@@ -1124,7 +1135,7 @@ impl Sim {
         let lsn = db.lsn;
         // DESIGN "Safety" (3): a primary whose lease lapsed (after it had one) says so.
         let k = &self.nodes[i].kernel;
-        let lapsed = self.params.announce_lapse && k.deadline != 0 && k.fence_reason(now) == Some("lease lapsed");
+        let lapsed = self.params.announce_lapse && k.lease_enforced && k.deadline != 0 && now > k.deadline.max(floor);
         let d = Desired { ping_flags: d.ping_flags | if lapsed { FLAG_LEASE_LAPSED } else { 0 }, ..d };
         for j in (0..n).filter(|&j| j != i) {
             let Some(agent) = self.nodes[i].agent.as_mut() else { return };

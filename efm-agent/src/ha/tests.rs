@@ -590,6 +590,26 @@ fn with_handover(mut c: Committed, to: u8, demote: bool) -> Committed {
     c
 }
 
+/// Only a hand-over asks the kernel to keep members exempt: a stale old primary (its database
+/// still a primary after a newer epoch), a node at start-up and a failed primary fence them.
+#[test]
+fn members_stay_exempt_only_for_the_primary_handing_over() {
+    let mut e = Engine::new(cfg(1));
+    let peers = [standby_view(2, 2, 100), witness_view(3, 2)];
+    let s = step(&mut e, 0, None, false, &peers, PRIMARY_DB, &Work::Idle);
+    assert!(s.desired.fenced && !s.desired.members_exempt, "start-up");
+    let c = committed(2, Some(2));
+    let s = step(&mut e, 50, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    assert!(s.desired.fenced && !s.desired.members_exempt, "stale primary of an earlier epoch: {:?}", s.outcome);
+    let mut e = Engine::new(cfg(1));
+    let c = committed(1, Some(1));
+    let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let s = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
+    assert!(!s.desired.fenced && !s.desired.members_exempt, "serving");
+    let s = step(&mut e, 50, Some(&with_handover(c, 2, false)), true, &peers, PRIMARY_DB, &Work::Idle);
+    assert!(s.desired.fenced && s.desired.members_exempt, "plain promote: the old primary hands over too");
+}
+
 #[test]
 fn switchover_primary_fences_first_and_votes_only_after_a_clean_stop() {
     let mut e = Engine::new(cfg(1));
@@ -600,7 +620,11 @@ fn switchover_primary_fences_first_and_votes_only_after_a_clean_stop() {
     let c = with_handover(c, 2, true);
     let s = step(&mut e, 50, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
     assert_eq!(s.outcome, Outcome::HandingOver { epoch: 1, to: addr(2) });
-    assert!(s.desired.fenced && !s.desired.vip && !s.desired.lease_enforced, "clients cut off at once");
+    assert!(s.desired.fenced && !s.desired.vip, "clients cut off at once");
+    assert!(
+        s.desired.members_exempt && s.desired.lease_enforced && s.desired.lease_k == 1,
+        "the standbys keep receiving WAL, but only under the lease"
+    );
     assert!(s.actions.contains(&Action::HandOver { epoch: 1, to: addr(2), demote: true }));
     assert!(proposals(&s).is_empty(), "no vote before the database stopped cleanly");
     let s = step(&mut e, 100, Some(&c), true, &peers, PRIMARY_DB, &Work::HandingOver { epoch: 1 });

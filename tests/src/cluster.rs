@@ -431,9 +431,10 @@ impl Writer {
         Self::start_to(netns_path, VIP.to_owned(), LONG_WRITERS)
     }
 
-    /// A writer in the namespace at `netns_path` writing to `host`:5432 with `long` long writers.
+    /// A writer in the namespace at `netns_path` writing to `host`:5432 with `long_writers` long
+    /// writers beside the short one.
     #[must_use]
-    pub fn start_to(netns_path: String, host: String, long: usize) -> Self {
+    pub fn start_to(netns_path: String, host: String, long_writers: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (s, l) = (stop.clone(), log.clone());
@@ -444,7 +445,7 @@ impl Writer {
             rt.block_on(async move {
                 let seq = Arc::new(std::sync::atomic::AtomicI64::new(0));
                 let mut tasks = Vec::new();
-                for k in 0..long {
+                for k in 0..long_writers {
                     let seed = monotonic_ns() ^ (0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(k as u64 + 1));
                     tasks.push(tokio::spawn(write_loop(host.clone(), s.clone(), l.clone(), seq.clone(), Some(seed))));
                 }

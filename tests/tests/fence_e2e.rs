@@ -25,6 +25,8 @@ use efm_tests::{
 
 const PSW: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Witness];
 const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
+/// The row of the 4 s sleeping insert in (a).
+const SEQ: i64 = -4;
 
 fn ns_path(c: &Cluster, i: usize) -> String {
     format!("/var/run/netns/{}", c.bed.nodes[i].ns.name)
@@ -133,7 +135,6 @@ fn sleeping_insert_on_a_cut_off_primary(freeze: bool) {
 
     // The statement under test commits locally only (the case: nothing but the fence
     // stands between its commit and the client).
-    const SEQ: i64 = -4;
     let (sent_rx, stmt) = sleeping_insert(
         client_ns(&c),
         VIP.to_owned(),

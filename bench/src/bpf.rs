@@ -1,5 +1,6 @@
 //! The few `bpf(2)` commands the benchmarks need beyond what the datapath offers: loading
-//! two-instruction XDP programs (the empty `XDP_PASS` baseline and the `XDP_TX` frame generator),
+//! two-instruction XDP programs (the empty `XDP_PASS` baseline and the `XDP_TX` frame generator)
+//! and TC programs (the empty `TCX_NEXT` baseline of the egress fence),
 //! `BPF_PROG_RUN` with repeat and in live-frames mode, XDP links for those programs, and reading
 //! a pinned array map.
 
@@ -19,6 +20,9 @@ const BPF_OBJ_GET: i64 = 7;
 const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_LINK_CREATE: i64 = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `TCX_NEXT`: what the empty TC baseline returns (and the egress fence when it passes).
+pub const TCX_NEXT: i32 = -1;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames run through the program really go where it sends them.
@@ -64,6 +68,16 @@ struct ProgLoad {
 
 /// Loads the XDP program `r0 = action; exit`.
 pub fn load_constant_xdp(action: i32, name: &str) -> Result<OwnedFd> {
+    load_constant(BPF_PROG_TYPE_XDP, BPF_XDP, action, name)
+}
+
+/// Loads the TC (`sched_cls`) program `r0 = action; exit`: the empty baseline of the egress
+/// fence (`TCX_NEXT` = −1).
+pub fn load_constant_tc(action: i32, name: &str) -> Result<OwnedFd> {
+    load_constant(BPF_PROG_TYPE_SCHED_CLS, 0, action, name)
+}
+
+fn load_constant(prog_type: u32, expected_attach_type: u32, action: i32, name: &str) -> Result<OwnedFd> {
     // BPF_ALU64 | BPF_MOV | BPF_K to r0, then BPF_JMP | BPF_EXIT.
     let mut insns = [0u64; 2];
     let mov = [0xb7u8, 0x00, 0, 0];
@@ -72,11 +86,11 @@ pub fn load_constant_xdp(action: i32, name: &str) -> Result<OwnedFd> {
     insns[1] = u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]);
     let license = c"GPL";
     let mut attr = ProgLoad {
-        prog_type: BPF_PROG_TYPE_XDP,
+        prog_type,
         insn_cnt: 2,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        expected_attach_type: BPF_XDP,
+        expected_attach_type,
         ..ProgLoad::default()
     };
     for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {

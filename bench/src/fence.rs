@@ -15,6 +15,8 @@
 //!   in B, the fence is switched on — one map write for XDP, the `iptables`/`nft` command that
 //!   inserts the rule otherwise. Latency = send time of the first datagram never received (every
 //!   later one is missing too) minus the time the switch started.
+//! - **Egress activation**: on a TCP connection to B's database port, from the fence map write to
+//!   the client's ECONNRESET caused by the first server segment after it (the TCX egress fence).
 
 use std::{
     net::UdpSocket,
@@ -541,5 +543,75 @@ pub fn run(args: &Args) -> Result<()> {
          the sender's gap between datagrams. Unclean: no datagram was lost (left out). Raced: the first \
          dropped datagram's send time was read just before the switch began (counted as 0 µs).",
     );
+    egress_activation(&mut rep, trials)?;
     rep.finish(&crate::harness::command_line())
+}
+
+/// The egress fence's activation on a real TCP connection: a client in A connected to a server on
+/// B's database port (efm attached on B: XDP and the TCX egress fence), the result flowing. Then
+/// one fence map write (reset mode), and at once the server writes a result. Measured: from the
+/// start of the map write to the client's read failing with ECONNRESET, i.e. the first segment
+/// the server sent after the write left as a RST. A trial where the client got the data instead
+/// is a leak (target: none).
+fn egress_activation(rep: &mut Report, trials: usize) -> Result<()> {
+    use std::{
+        io::{ErrorKind, Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+    };
+    use efm_common::maps::FENCE_RESET;
+    let link = Link::new(&[&format!("{NS_A_V4}/24")], &[&format!("{NS_B_V4}/24")]);
+    let (pins_a, pins_b) = (PinDir::new("bea"), PinDir::new("beb"));
+    let mut dp = open_side(&link, Side::B, &pins_b)?;
+    let _dp_a = open_side(&link, Side::A, &pins_a)?;
+    let base = Fixture::base_fence();
+    let fenced = FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base };
+    let listener = link.b.run(|| TcpListener::bind((NS_B_V4, DB_PORT))).context("binding the server")?;
+    let (mut lat, mut write_ns, mut leaks, mut other) = (Vec::new(), Vec::new(), 0usize, 0usize);
+    let before = dp.counters()?.get(Counter::EgressReset);
+    for _ in 0..trials {
+        dp.set_fence(&base)?;
+        let mut c = link.a.run(|| TcpStream::connect((NS_B_V4, DB_PORT))).context("connecting")?;
+        let (mut s, _) = listener.accept()?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 64];
+        s.write_all(b"warm")?;
+        c.read_exact(&mut buf[..4])?;
+        let t0 = monotonic_ns();
+        dp.set_fence(&fenced)?;
+        let t1 = monotonic_ns();
+        s.write_all(b"C\0\0\0\x0dCOMMIT\0Z\0\0\0\x05I")?;
+        match c.read(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                lat.push(monotonic_ns() - t0);
+                write_ns.push(t1 - t0);
+            }
+            Ok(n) if n > 0 => leaks += 1,
+            _ => other += 1,
+        }
+    }
+    dp.set_fence(&base)?;
+    let converted = dp.counters()?.get(Counter::EgressReset) - before;
+    let d = Dist::of(&mut lat);
+    let w = Dist::of(&mut write_ns);
+    rep.metric("egress_activation_p50_us", us(d.p50));
+    rep.metric("egress_activation_p99_us", us(d.p99));
+    rep.metric("egress_activation_max_us", us(d.max));
+    rep.metric("egress_activation_map_write_p50_us", us(w.p50));
+    rep.metric("egress_activation_leaked_trials", leaks);
+    rep.metric("egress_activation_other_trials", other);
+    rep.metric("egress_activation_segments_converted", converted);
+    rep.target("egress_activation_leaked_trials", "0 (no result leaves after the map write)", leaks, leaks == 0 && other == 0);
+    rep.target("egress_activation_p99_us", "<= 1000 µs (map write to the client's ECONNRESET)", us(d.p99), d.n > 0 && d.p99 <= 1_000_000);
+    rep.note(&format!(
+        "Egress fence activation (TCX egress, reset mode) on a real TCP connection over a veth, {trials} \
+         trials: from the start of the fence map write to the client's read failing with ECONNRESET \
+         (the server wrote its result right after the write; the first segment after the write left \
+         as a RST): p50 {} µs, p99 {} µs, max {} µs; the map write itself p50 {} µs. Trials where the \
+         client got the result: {leaks}; neither result nor reset: {other}; segments converted: {converted}.",
+        us(d.p50),
+        us(d.p99),
+        us(d.max),
+        us(w.p50),
+    ));
+    Ok(())
 }

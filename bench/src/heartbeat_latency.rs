@@ -106,8 +106,9 @@ fn icmp_rtt(fd: &OwnedFd, id: u16, seq: u16) -> Option<u64> {
 }
 
 /// Runs `samples` rounds in namespace A; returns the datapath (moved in and out of the thread).
-fn measure(link: &Link, dp_a: Datapath, seq0: u64, samples: usize) -> Result<(Datapath, Samples)> {
+fn measure(link: &Link, dp_a: Datapath, b_nonce: u64, seq0: u64, samples: usize) -> Result<(Datapath, Samples)> {
     link.a.run(move || -> Result<(Datapath, Samples)> {
+        let a_nonce = dp_a.nonce();
         let hb = UdpSocket::bind((NS_A_V4, HB_PORT)).context("binding the heartbeat port")?;
         let udp = UdpSocket::bind((NS_A_V4, 0)).context("binding a UDP socket")?;
         udp.connect(SocketAddr::from((NS_B_V4, ECHO_PORT)))?;
@@ -119,7 +120,14 @@ fn measure(link: &Link, dp_a: Datapath, seq0: u64, samples: usize) -> Result<(Da
         for i in 0..samples {
             let seq = seq0 + u64::try_from(i)?;
             // Kernel PONG.
-            let ping = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..efm_tests::ping(1, seq) };
+            // As A's agent sends it: A's nonce, and B's as learned from B's PONGs.
+            let ping = Heartbeat {
+                send_ns: monotonic_ns(),
+                lsn: 0,
+                sender_nonce: a_nonce,
+                echo_nonce: b_nonce,
+                ..efm_tests::ping(1, seq)
+            };
             hb.send_to(&ping.encode(&key()), (NS_B_V4, HB_PORT)).context("sending a PING")?;
             let until = Instant::now() + TIMEOUT;
             loop {
@@ -200,26 +208,27 @@ pub fn run(args: &Args) -> Result<()> {
     let stress_args = ["--cpu", "4", "--vm", "2", "--vm-bytes", "256M"];
     let link = Link::new(&[&format!("{NS_A_V4}/24")], &[&format!("{NS_B_V4}/24")]);
     let (pins_a, pins_b) = (PinDir::new("bla"), PinDir::new("blb"));
-    let _dp_b = open_side(&link, Side::B, &pins_b)?;
+    let dp_b = open_side(&link, Side::B, &pins_b)?;
+    let b_nonce = dp_b.nonce();
     let mut dp_a = open_side(&link, Side::A, &pins_a)?;
     let _echo = Echo::start(&link)?;
 
     let mut rep = Report::new("heartbeat-latency");
     rep.setting("samples_per_method_and_condition", samples);
     rep.setting("topology", "two network namespaces, one veth pair, efm XDP native on both ends");
-    rep.setting("payload", "PING/PONG 64 B heartbeat; UDP echo 64 B; ICMP echo 56 B data");
+    rep.setting("payload", format!("PING/PONG {} B heartbeat; UDP echo 64 B; ICMP echo 56 B data", efm_common::wire::HB_LEN));
     rep.setting("stress", stress_args.join(" "));
     rep.setting("order", "interleaved: PONG, UDP, ICMP per round, sequential (one request in flight)");
 
     // Warm-up: ARP, caches.
-    let (dp, _) = measure(&link, dp_a, 1, 100)?;
+    let (dp, _) = measure(&link, dp_a, b_nonce, 1, 100)?;
     dp_a = dp;
     let mut seq0 = 1_000;
     let mut rows = Vec::new();
     let conditions: &[&str] = if args.flag("--no-stress") { &["idle"] } else { &["idle", "stress"] };
     for &cond in conditions {
         let _stress = if cond == "stress" { Some(Stress::start(&stress_args)?) } else { None };
-        let (dp, mut s) = measure(&link, dp_a, seq0, samples)?;
+        let (dp, mut s) = measure(&link, dp_a, b_nonce, seq0, samples)?;
         dp_a = dp;
         seq0 += u64::try_from(samples)? + 10;
         for (name, v, lost) in [("kernel_pong", &mut s.pong, s.lost[0]), ("udp_echo", &mut s.udp, s.lost[1]), ("icmp_echo", &mut s.icmp, s.lost[2])] {

@@ -175,6 +175,9 @@ pub struct Shared {
     /// The kernel counters and histograms `/metrics` shows, taken by the main loop at most once
     /// a second while the health endpoint runs (see [`crate::health`]).
     pub metrics: Option<Arc<crate::health::MetricsSnapshot>>,
+    /// The local database's WAL position, read every half `heartbeat.interval` by
+    /// [`localdb::track_wal`] (not by the `local.period` monitor); see [`localdb::fresh_lsn`].
+    pub wal: Option<localdb::WalSample>,
 }
 
 impl Shared {
@@ -223,7 +226,8 @@ pub struct KernelView {
     pub lease_left_ms: u64,
     pub epoch: u64,
     pub max_epoch_seen: u64,
-    /// Client traffic to the database port passes: not fenced, not epoch-fenced, lease valid.
+    /// Client traffic to the database port passes (`efm_common::serving::fence_reasons` is 0, the
+    /// rule the kernel applies): not fenced, not epoch-fenced, lease valid.
     pub serving: bool,
 }
 
@@ -353,6 +357,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         node_id: heartbeat::node_id(&me),
         hb_port: u32::from(me.port()),
         db_port: u32::from(cfg.db_port),
+        // Kept by set_config: the generation's nonce.
+        nonce: 0,
     })?;
     dp.set_key(&ClusterKey { k0: key.k0, k1: key.k1 })?;
     // When in doubt, fence: a primary database is cut off until the HA engine, with the committed
@@ -375,21 +381,16 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     )?;
     let vips: Vec<IpAddr> = cfg.virtual_ip.into_iter().collect();
     dp.set_service_addrs(&[me.ip()], &vips)?;
-    // The cluster's own nodes are never fenced off the database port: their connections are
-    // replication (and efm's checks). A fenced primary must still ship its last WAL to the
-    // standbys and get their acknowledgements (a clean switchover waits for them), and a standby
-    // whose walreceiver was cut off while its primary was fenced at start-up would fall behind
-    // and could be promoted without writes the primary acknowledged.
-    let mut exempt: Vec<(IpAddr, u8)> = cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect();
-    for a in &peer_addrs {
-        let host = (a.ip(), if a.is_ipv4() { 32 } else { 128 });
-        if !exempt.contains(&host) {
-            exempt.push(host);
-        }
-    }
-    dp.set_exempt(&exempt)?;
+    // `fence.exempt.hosts` pass the fence always. The cluster's own nodes pass only while this
+    // node is fenced explicitly only (efm_common::serving, ARCHITECTURE.md "The fence and the
+    // cluster's own nodes"): a primary fenced for a clean hand-over, or at start-up, keeps its
+    // standbys streaming and collects their acknowledgements; once a newer epoch exists or its
+    // lease lapsed, a member is fenced like any client.
+    let always: Vec<(IpAddr, u8)> = cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect();
+    let members: Vec<IpAddr> = peer_addrs.iter().map(SocketAddr::ip).collect();
+    dp.set_exempt_with_members(&always, &members)?;
 
-    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns())
+    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns(), dp.nonce())
         .map_err(|source| AgentError::Socket { addr: me, source })?;
     let mut detector = Detector::new(
         DetectorConfig { node_timeout: cfg.node_timeout, rtt_window: Duration::from_mins(1) },
@@ -436,6 +437,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
             auto_reconfigure: cfg.auto_reconfigure,
             promotion_grace: Duration::from_secs(30),
+            heartbeat_interval: cfg.heartbeat_interval,
         }),
         coord.clone(),
         cfg.clone(),
@@ -470,6 +472,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         started_unix_ms: unix_ms(),
         committed_primary: None,
         metrics: None,
+        wal: None,
     }));
 
     let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
@@ -615,8 +618,10 @@ fn one_tick(
     let slots = lock(shared).peers.iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>();
     let now = heartbeat::monotonic_ns();
     let mut healths = Vec::with_capacity(slots.len());
+    let mut echoes = Vec::with_capacity(slots.len());
     for (node_id, slot, addr) in slots {
         let s = dp.slot(slot)?;
+        echoes.push((addr, s.peer_nonce));
         let h = dp.rtt_histogram(slot)?;
         if let Some(c) = detector.observe(now, node_id, &s, &h) {
             match c.to {
@@ -635,11 +640,13 @@ fn one_tick(
         for (p, h) in s.peers.iter_mut().zip(healths) {
             p.health = h;
         }
-        s.db.lsn().map_or(0, |l| l.0)
+        // Read every half heartbeat, not every `local.period`; 0 ("unknown") when stale.
+        localdb::fresh_lsn(s.wal, now, s.config.heartbeat_interval)
     };
     let (desired, _) = ha.cycle(shared, dp, now)?;
     let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };
-    for (peer, e) in pinger.send_round(view, now, desired.endorse) {
+    let echo = |peer: SocketAddr| echoes.iter().find(|(a, _)| *a == peer).map_or(0, |(_, n)| *n);
+    for (peer, e) in pinger.send_round(view, now, desired.endorse, echo) {
         tracing::debug!(%peer, error = %e, "PING not sent");
     }
     if desired.endorse.is_some() {

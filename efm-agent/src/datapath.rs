@@ -1,11 +1,19 @@
 //! The kernel side as seen from user space: load the embedded XDP object, attach it, pin it, and
 //! read and write its maps with typed values.
 //!
-//! All maps and the XDP links are pinned under one bpffs directory per cluster
-//! (`/sys/fs/bpf/efm/<cluster>/`). Opening a datapath whose directory already holds pinned state
-//! re-uses the maps as they are and atomically swaps the new program onto the pinned links, so an
-//! agent restart or crash never lifts a fence and never resets the kernel's view of the peers.
+//! All maps, the XDP links and the TCX egress links are pinned under one bpffs directory per
+//! cluster (`/sys/fs/bpf/efm/<cluster>/`: `link_<iface>` for XDP, `egress_<iface>` for the egress
+//! fence). Opening a datapath whose directory already holds pinned state re-uses the maps as they
+//! are and atomically swaps the new programs onto the pinned links, so an agent restart or crash
+//! never lifts a fence and never resets the kernel's view of the peers.
 //! Only [`Datapath::detach`] (an orderly stop) removes the pins.
+//!
+//! Each generation of the maps has a random non-zero nonce ([`Datapath::nonce`], stored in
+//! `EFM_CONFIG`): kept when the pinned maps are re-opened, drawn afresh whenever they are created.
+//! The kernel accepts only heartbeats echoing it, so nothing captured before the maps were created
+//! is accepted again (ARCHITECTURE.md, "no heartbeat is accepted twice"). Pinned maps of another
+//! shape (another efm version) are refused with [`DatapathError::IncompatiblePin`], never re-used
+//! or silently replaced.
 
 #![expect(
     clippy::result_large_err,
@@ -13,7 +21,6 @@
 )]
 
 use std::{
-    collections::BTreeSet,
     ffi::CString,
     fs, io,
     net::IpAddr,
@@ -27,8 +34,10 @@ use aya::{
     },
     programs::{
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
-        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
+        XdpMode,
     },
     Ebpf, EbpfError, EbpfLoader, Pod,
 };
@@ -37,8 +46,9 @@ use efm_common::maps::{
     ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, PeerInfo, PeerSlot,
     RttHistogram, MAP_CONFIG, MAP_EXEMPT, MAP_FENCE, MAP_KEY, MAP_LEASE, MAP_PEERS, MAP_RTT_HIST,
     MAP_SERVICE, MAP_SLOTS, MAP_STATS, MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
-    PROG_NAME, RTT_BUCKETS,
+    EGRESS_PROG_NAME, PROG_NAME, RTT_BUCKETS,
 };
+use efm_common::serving::{EXEMPT_ALWAYS, EXEMPT_MEMBER};
 
 /// The XDP object built from `efm-ebpf` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/efm.o"));
@@ -47,6 +57,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ef
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINK_PREFIX: &str = "link_";
+/// Pinned TCX egress links: `egress_<iface>`.
+const EGRESS_PREFIX: &str = "egress_";
 
 /// The pin directory of a cluster: `/sys/fs/bpf/efm/<cluster>`.
 #[must_use]
@@ -97,10 +109,14 @@ pub enum DatapathError {
     IncompatiblePin { path: PathBuf, dir: PathBuf, what: &'static str, found: u32, expected: u32 },
     #[error("loading the XDP object failed: {0} (efm needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and a kernel with BTF)")]
     Load(#[source] EbpfError),
-    #[error("the XDP object has no program {PROG_NAME}")]
-    ProgramMissing,
+    #[error("the XDP object has no program {0}")]
+    ProgramMissing(&'static str),
     #[error("program {PROG_NAME}: {0}")]
     Program(#[source] ProgramError),
+    #[error("egress program {EGRESS_PROG_NAME}: {0}")]
+    EgressProgram(#[source] ProgramError),
+    #[error("attaching the egress fence (TCX egress) to {iface} failed: {source} (efm needs Linux 6.6 or later with CONFIG_NET_XGRESS)")]
+    AttachEgress { iface: String, source: ProgramError },
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}{hint}")]
     Attach { iface: String, mode: &'static str, hint: &'static str, source: ProgramError },
     #[error("XDP on {iface} was attached through netlink, which cannot be pinned; efm needs bpf_link (Linux 5.9 or later)")]
@@ -121,6 +137,8 @@ pub enum DatapathError {
     BadPrefix { addr: IpAddr, prefix: u8 },
     #[error("BPF_PROG_RUN failed: {0}")]
     TestRun(#[source] ProgramError),
+    #[error("drawing the datapath nonce from the kernel's random source failed: {0}")]
+    Nonce(String),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -171,6 +189,7 @@ pub struct Datapath {
     pin_dir: PathBuf,
     attachments: Vec<(String, Attachment)>,
     reused_maps: bool,
+    nonce: u64,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -179,6 +198,7 @@ impl std::fmt::Debug for Datapath {
             .field("pin_dir", &self.pin_dir)
             .field("attachments", &self.attachments)
             .field("reused_maps", &self.reused_maps)
+            .field("nonce", &format_args!("{:#018x}", self.nonce))
             .finish_non_exhaustive()
     }
 }
@@ -191,13 +211,14 @@ impl Datapath {
         fs::create_dir_all(pin_dir)
             .map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
         let reused_maps = check_pinned_maps(pin_dir)?;
+        let whole_generation = GENERATION_MAPS.iter().all(|m| pin_dir.join(m).exists());
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing)?
+            .ok_or(DatapathError::ProgramMissing(PROG_NAME))?
             .try_into()
             .map_err(DatapathError::Program)?;
         prog.load().map_err(DatapathError::Program)?;
@@ -205,7 +226,7 @@ impl Datapath {
         for (index, name) in JUMP_PROGRAMS {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
-                .ok_or(DatapathError::ProgramMissing)?
+                .ok_or(DatapathError::ProgramMissing(name))?
                 .try_into()
                 .map_err(DatapathError::Program)?;
             p.load().map_err(DatapathError::Program)?;
@@ -218,16 +239,47 @@ impl Datapath {
         for (index, fd) in &fds {
             jumps.set(*index, fd, 0).map_err(map_err(MAP_JUMP))?;
         }
-        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), attachments: Vec::new(), reused_maps })
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(EGRESS_PROG_NAME)
+            .ok_or(DatapathError::ProgramMissing(EGRESS_PROG_NAME))?
+            .try_into()
+            .map_err(DatapathError::EgressProgram)?;
+        egress.load().map_err(DatapathError::EgressProgram)?;
+        let mut dp = Self { ebpf, pin_dir: pin_dir.to_owned(), attachments: Vec::new(), reused_maps, nonce: 0 };
+        dp.init_nonce(whole_generation)?;
+        Ok(dp)
     }
 
-    /// Loads the program and attaches it to every interface in `ifaces` (names in the calling
-    /// thread's network namespace). Links pinned by an earlier run are taken over; pinned links
-    /// for interfaces no longer listed are removed.
+    /// Keeps the generation nonce of pinned maps that are re-opened whole, and draws a fresh one
+    /// when any of the maps it protects was created now (see [`GENERATION_MAPS`]).
+    fn init_nonce(&mut self, whole_generation: bool) -> Result<(), DatapathError> {
+        let mut cfg: DatapathConfig = self.get_single(MAP_CONFIG)?;
+        if !whole_generation || cfg.nonce == 0 {
+            cfg.nonce = fresh_nonce()?;
+            self.set_single(MAP_CONFIG, &cfg)?;
+            tracing::info!(nonce = %format_args!("{:#018x}", cfg.nonce), "new datapath generation: fresh heartbeat nonce");
+        } else {
+            tracing::info!(nonce = %format_args!("{:#018x}", cfg.nonce), "re-opened pinned maps: heartbeat nonce kept");
+        }
+        self.nonce = cfg.nonce;
+        Ok(())
+    }
+
+    /// This datapath generation's nonce (never 0): our PINGs carry it as their sender nonce, our
+    /// kernel's PONGs too, and a heartbeat is accepted only if it echoes it.
+    #[must_use]
+    pub fn nonce(&self) -> u64 {
+        self.nonce
+    }
+
+    /// Loads the programs and attaches them to every interface in `ifaces` (names in the calling
+    /// thread's network namespace): XDP on ingress, the egress fence on TCX egress. Links pinned
+    /// by an earlier run are taken over; pinned links for interfaces no longer listed are removed.
     pub fn open(pin_dir: &Path, ifaces: &[&str], mode: ModeChoice) -> Result<Self, DatapathError> {
         let mut dp = Self::load(pin_dir)?;
         for iface in ifaces {
             let att = dp.attach(iface, mode)?;
+            dp.attach_egress(iface)?;
             dp.attachments.push(((*iface).to_owned(), att));
         }
         dp.remove_stale_links(ifaces);
@@ -254,13 +306,51 @@ impl Datapath {
     fn program(&mut self) -> Result<&mut Xdp, DatapathError> {
         self.ebpf
             .program_mut(PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing)?
+            .ok_or(DatapathError::ProgramMissing(PROG_NAME))?
             .try_into()
             .map_err(DatapathError::Program)
     }
 
+    fn egress_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        self.ebpf
+            .program_mut(EGRESS_PROG_NAME)
+            .ok_or(DatapathError::ProgramMissing(EGRESS_PROG_NAME))?
+            .try_into()
+            .map_err(DatapathError::EgressProgram)
+    }
+
     fn link_path(&self, iface: &str) -> PathBuf {
         self.pin_dir.join(format!("{LINK_PREFIX}{iface}"))
+    }
+
+    /// Attaches the egress fence to `iface` as a TCX egress link pinned at `egress_<iface>`, or
+    /// swaps this load's program onto the link pinned by an earlier run (`bpf_link_update`:
+    /// atomic, no packet passes unfenced in between). Returns whether a pinned link was re-used.
+    fn attach_egress(&mut self, iface: &str) -> Result<bool, DatapathError> {
+        let path = self.pin_dir.join(format!("{EGRESS_PREFIX}{iface}"));
+        let err = |source| DatapathError::AttachEgress { iface: iface.into(), source };
+        if path.exists() {
+            if let Ok(pinned) = PinnedLink::from_pin(&path) {
+                let fd_link: FdLink = pinned.into();
+                if let Ok(link) = SchedClassifierLink::try_from(fd_link) {
+                    self.egress_program()?.attach_to_link(link).map_err(err)?;
+                    return Ok(true);
+                }
+            }
+            // Not a usable TCX link (a stale file): replace it.
+            let _ = fs::remove_file(&path);
+        }
+        let prog = self.egress_program()?;
+        let id = prog
+            .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(err)?;
+        let link = prog.take_link(id).map_err(DatapathError::EgressProgram)?;
+        let fd_link = FdLink::try_from(link)
+            .map_err(|e| err(ProgramError::IOError(io::Error::other(e.to_string()))))?;
+        fd_link
+            .pin(&path)
+            .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
+        Ok(false)
     }
 
     fn attach(&mut self, iface: &str, mode: ModeChoice) -> Result<Attachment, DatapathError> {
@@ -312,10 +402,12 @@ impl Datapath {
         let Ok(entries) = fs::read_dir(&self.pin_dir) else { return };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(iface) = name.strip_prefix(LINK_PREFIX) {
-                if !keep.contains(&iface) {
-                    tracing::warn!(iface, "removing pinned XDP link of an interface no longer configured");
-                    let _ = fs::remove_file(e.path());
+            for (prefix, what) in [(LINK_PREFIX, "XDP"), (EGRESS_PREFIX, "egress")] {
+                if let Some(iface) = name.strip_prefix(prefix) {
+                    if !keep.contains(&iface) {
+                        tracing::warn!(iface, link = what, "removing a pinned link of an interface no longer configured");
+                        let _ = fs::remove_file(e.path());
+                    }
                 }
             }
         }
@@ -330,7 +422,7 @@ impl Datapath {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(LINK_PREFIX) || name.starts_with("EFM_") {
+                if name.starts_with(LINK_PREFIX) || name.starts_with(EGRESS_PREFIX) || name.starts_with("EFM_") {
                     fs::remove_file(e.path())
                         .map_err(|source| DatapathError::Pin { path: e.path(), source })?;
                 }
@@ -362,6 +454,20 @@ impl Datapath {
         Ok(RunResult { action: r.return_value, frame: out, duration: r.duration })
     }
 
+    /// Runs the egress fence `repeat` times on `frame` (an Ethernet frame as it would leave);
+    /// `action` is the TC verdict as `u32` (`TCX_NEXT` −1 = `u32::MAX`, `TC_ACT_SHOT` 2).
+    pub fn test_run_egress(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError> {
+        let mut out = vec![0u8; frame.len().max(64) + 256];
+        let prog = self.egress_program()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).map_err(DatapathError::TestRun)?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunResult { action: r.return_value, frame: out, duration: r.duration })
+    }
+
     fn array<V: Pod>(&self, name: &'static str) -> Result<Array<&MapData, V>, DatapathError> {
         let map = self.ebpf.map(name).ok_or(DatapathError::MapMissing(name))?;
         Array::try_from(map).map_err(map_err(name))
@@ -380,8 +486,11 @@ impl Datapath {
         self.array::<V>(name)?.get(&0, 0).map_err(map_err(name))
     }
 
+    /// Writes the static settings. `cfg.nonce` is ignored: the generation's nonce, chosen when the
+    /// maps were created, is written with them (it must never change while the maps live).
     pub fn set_config(&mut self, cfg: &DatapathConfig) -> Result<(), DatapathError> {
-        self.set_single(MAP_CONFIG, cfg)
+        let cfg = DatapathConfig { nonce: self.nonce, ..*cfg };
+        self.set_single(MAP_CONFIG, &cfg)
     }
 
     pub fn config(&self) -> Result<DatapathConfig, DatapathError> {
@@ -493,16 +602,34 @@ impl Datapath {
         Ok(())
     }
 
-    /// Replaces the exempt prefixes (`fence.exempt.hosts`): sources that pass even when fenced.
+    /// Replaces the exempt prefixes (`fence.exempt.hosts`), with no member entries: see
+    /// [`Datapath::set_exempt_with_members`].
     pub fn set_exempt(&mut self, prefixes: &[(IpAddr, u8)]) -> Result<(), DatapathError> {
-        let mut want = BTreeSet::new();
+        self.set_exempt_with_members(prefixes, &[])
+    }
+
+    /// Replaces the `EFM_EXEMPT` trie: `prefixes` (`fence.exempt.hosts`) pass the fence in every
+    /// state; `members` (the cluster's nodes) only while the node is fenced explicitly only
+    /// (`efm_common::serving::exempt_applies`). A member covered by an always-exempt prefix gets
+    /// no entry of its own: the trie's longest match would otherwise narrow the prefix's rule
+    /// for that address.
+    pub fn set_exempt_with_members(&mut self, prefixes: &[(IpAddr, u8)], members: &[IpAddr]) -> Result<(), DatapathError> {
+        let mut want = std::collections::BTreeMap::new();
         for &(addr, prefix) in prefixes {
             let bits = match addr {
                 IpAddr::V4(_) if prefix <= 32 => 96 + u32::from(prefix),
                 IpAddr::V6(_) if prefix <= 128 => u32::from(prefix),
                 _ => return Err(DatapathError::BadPrefix { addr, prefix }),
             };
-            want.insert((bits, mask(peer_addr(addr).octets, bits)));
+            want.insert((bits, mask(peer_addr(addr).octets, bits)), EXEMPT_ALWAYS);
+        }
+        let always: Vec<(u32, [u8; 16])> = want.keys().copied().collect();
+        for &m in members {
+            let octets = peer_addr(m).octets;
+            if always.iter().any(|&(bits, data)| mask(octets, bits) == data) {
+                continue;
+            }
+            want.entry((128, octets)).or_insert(EXEMPT_MEMBER);
         }
         check_count("exempt prefixes", want.len(), MAX_EXEMPT)?;
         let map = self.ebpf.map_mut(MAP_EXEMPT).ok_or(DatapathError::MapMissing(MAP_EXEMPT))?;
@@ -510,12 +637,12 @@ impl Datapath {
             LpmTrie::try_from(map).map_err(map_err(MAP_EXEMPT))?;
         let old: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
         for k in &old {
-            if !want.contains(&(k.prefix_len(), k.data())) {
+            if !want.contains_key(&(k.prefix_len(), k.data())) {
                 trie.remove(k).map_err(map_err(MAP_EXEMPT))?;
             }
         }
-        for (bits, data) in &want {
-            trie.insert(&Key::new(*bits, *data), 1, 0).map_err(map_err(MAP_EXEMPT))?;
+        for ((bits, data), kind) in &want {
+            trie.insert(&Key::new(*bits, *data), kind, 0).map_err(map_err(MAP_EXEMPT))?;
         }
         Ok(())
     }
@@ -565,6 +692,23 @@ fn ensure_bpffs() -> Result<(), DatapathError> {
          does and a crash lifts the fence: mount bpffs on the host instead"
     );
     Ok(())
+}
+
+/// The maps one generation nonce protects: created together, so the nonce is kept only when all
+/// of them are re-opened. (`EFM_CONFIG` holds the nonce, `EFM_SLOTS` the last accepted
+/// heartbeats, `EFM_LEASE` the endorsements.)
+const GENERATION_MAPS: [&str; 3] = [MAP_CONFIG, MAP_SLOTS, MAP_LEASE];
+
+/// A random non-zero 64-bit nonce.
+fn fresh_nonce() -> Result<u64, DatapathError> {
+    loop {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b).map_err(|e| DatapathError::Nonce(e.to_string()))?;
+        let n = u64::from_ne_bytes(b);
+        if n != 0 {
+            return Ok(n);
+        }
+    }
 }
 
 /// Expected key size, value size and entries of every pinned map.

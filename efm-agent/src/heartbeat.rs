@@ -3,7 +3,9 @@
 //! Every `heartbeat.interval` the agent sends one PING to each peer from a UDP socket bound to
 //! `bind.address` (the peers' XDP programs accept heartbeats only from addresses in their peer
 //! maps). The peers' kernels record them and answer with PONGs, which our own XDP program
-//! records; nothing here receives anything.
+//! records; nothing here receives anything. Each PING carries our datapath's nonce and echoes the
+//! peer's, which our kernel learned from the peer's PONGs: a peer accepts only PINGs echoing its
+//! current nonce (replay protection across its restarts and reboots).
 
 use std::{
     fmt, fs, io,
@@ -115,6 +117,8 @@ pub struct Pinger {
     node_id: u32,
     incarnation: u64,
     seq: u64,
+    /// This node's datapath nonce (the sender nonce of every PING).
+    nonce: u64,
 }
 
 impl fmt::Debug for Pinger {
@@ -129,22 +133,37 @@ impl fmt::Debug for Pinger {
 }
 
 impl Pinger {
-    /// Binds the heartbeat socket. `incarnation` must grow across restarts of this agent (the
-    /// peers drop anything not newer than what they last accepted); the wall clock in ns is used.
+    /// Binds the heartbeat socket. `incarnation` should grow across restarts of this agent (the
+    /// peers drop anything not newer than what they last accepted in their current generation);
+    /// the wall clock in ns is used. `nonce` is this node's datapath nonce
+    /// ([`crate::datapath::Datapath::nonce`]).
     pub fn new(
         bind: SocketAddr,
         cluster: &str,
         key: ClusterKeyBytes,
         peers: Vec<SocketAddr>,
         incarnation: u64,
+        nonce: u64,
     ) -> io::Result<Self> {
         let sock = UdpSocket::bind(bind)?;
         sock.set_nonblocking(true)?;
-        Ok(Self { sock, peers, key, cluster_id: cluster_id(cluster), node_id: node_id(&bind), incarnation, seq: 0 })
+        Ok(Self {
+            sock,
+            peers,
+            key,
+            cluster_id: cluster_id(cluster),
+            node_id: node_id(&bind),
+            incarnation,
+            seq: 0,
+            nonce,
+        })
     }
 
     /// Sends one PING to every peer, stamped with `CLOCK_MONOTONIC` now; the PING to `endorse`
     /// (the committed primary this node vouches for) carries the endorse flag, no other does.
+    /// Each PING echoes `echo(peer)`: the peer's datapath nonce as our kernel last learned it
+    /// from the peer's PONGs (`PeerSlot::peer_nonce`; 0 when not yet known — the peer then
+    /// ignores the PING but answers it, and so teaches us its nonce).
     /// A peer that cannot be reached (no route, no ARP answer yet) is skipped; that is what the
     /// detector is for.
     pub fn send_round(
@@ -152,6 +171,7 @@ impl Pinger {
         view: LocalView,
         now_ns: u64,
         endorse: Option<SocketAddr>,
+        echo: impl Fn(SocketAddr) -> u64,
     ) -> Vec<(SocketAddr, io::Error)> {
         let mut errors = Vec::new();
         for peer in &self.peers {
@@ -167,6 +187,8 @@ impl Pinger {
                 epoch: view.epoch,
                 send_ns: now_ns,
                 lsn: view.lsn,
+                sender_nonce: self.nonce,
+                echo_nonce: echo(*peer),
             };
             if let Err(e) = self.sock.send_to(&hb.encode(&self.key), peer) {
                 if e.kind() != io::ErrorKind::WouldBlock {

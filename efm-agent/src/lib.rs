@@ -20,5 +20,6 @@ pub mod postgres;
 pub mod report;
 pub mod scripts;
 pub mod secret;
+pub mod sessions;
 pub mod status;
 pub mod vip;

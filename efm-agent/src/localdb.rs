@@ -5,7 +5,7 @@
 use std::{
     path::Path,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc;
@@ -38,6 +38,96 @@ impl DbView {
     }
 }
 
+/// A WAL position read by [`track_wal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalSample {
+    pub lsn: Lsn,
+    pub in_recovery: bool,
+    /// `CLOCK_MONOTONIC` ns just before the query was sent: the position is at least this new.
+    pub at_ns: u64,
+}
+
+/// The WAL position this node advertises (PINGs, PONGs) and decides with at `now_ns`: the
+/// latest sample if it is at most two heartbeat intervals old, else 0 — "unknown", never
+/// compared as a position (the HA engine's `position_max_age`).
+#[must_use]
+pub fn fresh_lsn(sample: Option<WalSample>, now_ns: u64, heartbeat_interval: Duration) -> u64 {
+    let max_age = u64::try_from((heartbeat_interval * 2).as_nanos()).unwrap_or(u64::MAX);
+    sample.filter(|w| now_ns.saturating_sub(w.at_ns) <= max_age).map_or(0, |w| w.lsn.0)
+}
+
+/// Keeps `shared.wal` fresh: every half `heartbeat.interval` (at most every 10 ms) one query
+/// (`pg_is_in_recovery()`, the current, received and replayed positions) on a persistent
+/// connection, independently of the `local.period` monitor and never on the heartbeat loop. A
+/// query is bounded by four heartbeat intervals (at least 200 ms); a failed or slow one drops
+/// the connection, which is opened again (within 2 s; 250 ms apart after a failed attempt).
+/// Meanwhile the sample ages and [`fresh_lsn`] turns it into "unknown".
+pub async fn track_wal(shared: Arc<Mutex<Shared>>, target: DbTarget) {
+    let hb = lock(&shared).config.heartbeat_interval;
+    let period = (hb / 2).max(Duration::from_millis(10));
+    let query_timeout = (hb * 4).max(Duration::from_millis(200));
+    let connect_timeout = Duration::from_secs(2);
+    let addr = target.addr();
+    let mut client = None;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            match postgres::connect(&target, connect_timeout).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(db = %addr, error = %e, "cannot read the WAL position; it is advertised as unknown until it can");
+                    }
+                    failing = true;
+                    // A database that is down refuses at once: do not knock 40 times a second.
+                    tokio::time::sleep(CONNECT_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let at_ns = crate::heartbeat::monotonic_ns();
+        match tokio::time::timeout(query_timeout, postgres::wal_position(c, &addr)).await {
+            Ok(Ok((in_recovery, lsn))) => {
+                if failing {
+                    tracing::info!(db = %addr, lsn = ?lsn, "reading the WAL position again");
+                    failing = false;
+                }
+                lock(&shared).wal = lsn.map(|lsn| WalSample { lsn, in_recovery, at_ns });
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(db = %addr, error = %e, "reading the WAL position failed; reconnecting");
+                }
+                failing = true;
+                client = None;
+            }
+            Err(_) => {
+                if !failing {
+                    tracing::warn!(db = %addr, timeout_ms = query_timeout.as_millis(), "reading the WAL position timed out; reconnecting");
+                }
+                failing = true;
+                client = None;
+            }
+        }
+    }
+}
+
+/// The pause after a failed connection attempt of [`track_wal`].
+const CONNECT_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Aborts the task when dropped (the WAL tracker ends with [`run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How to reach the database of the node at `host` with this cluster's settings. The password
 /// is `db.password.encrypted` decrypted with `<config_dir>/efm.key`; without it, libpq's rules
 /// apply (`.pgpass`).
@@ -66,6 +156,7 @@ pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
     if let Some(dir) = data_dir {
         tokio::spawn(watch_postmaster(shared.clone(), target.clone(), dir, timings.timeout_final));
     }
+    let _wal = AbortOnDrop(tokio::spawn(track_wal(shared.clone(), target.clone())));
     let (tx, mut rx) = mpsc::channel(16);
     let monitor = LocalMonitor::new(timings, Instant::now());
     tokio::spawn(monitor.run(target, tx, std::future::pending()));
@@ -136,5 +227,22 @@ async fn watch_postmaster(shared: Arc<Mutex<Shared>>, target: DbTarget, data_dir
             s.db.error = Some(format!("postmaster (pid {pid}) exited"));
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_older_than_two_heartbeats_is_advertised_as_unknown() {
+        let hb = Duration::from_millis(50);
+        let w = Some(WalSample { lsn: Lsn(0x1_0000_0060), in_recovery: true, at_ns: 1_000_000_000 });
+        assert_eq!(fresh_lsn(w, 1_000_000_000, hb), 0x1_0000_0060);
+        assert_eq!(fresh_lsn(w, 1_100_000_000, hb), 0x1_0000_0060, "exactly two heartbeats old");
+        assert_eq!(fresh_lsn(w, 1_100_000_001, hb), 0, "older: unknown");
+        assert_eq!(fresh_lsn(None, 1_000_000_000, hb), 0, "never read");
+        // The `local.period` monitor's view plays no part: only the sample's age counts.
+        assert_eq!(fresh_lsn(w, 11_000_000_000, hb), 0);
     }
 }

@@ -13,7 +13,7 @@
 //! | `EFM_SLOTS` | array\[[`MAX_SLOTS`]\] | slot | [`PeerSlot`] | XDP |
 //! | `EFM_RTT_HIST` | per-CPU array\[[`MAX_SLOTS`]\] | slot | [`RttHistogram`] | XDP |
 //! | `EFM_SERVICE` | hash | [`PeerAddr`] | `u32`: [`SERVICE_NODE`] or [`SERVICE_VIP`] | agent |
-//! | `EFM_EXEMPT` | LPM trie | prefix length + 16-byte mapped address (an IPv4 `/24` is `96 + 24`) | `u32` (1) | agent |
+//! | `EFM_EXEMPT` | LPM trie | prefix length + 16-byte mapped address (an IPv4 `/24` is `96 + 24`) | `u32`: [`crate::serving::EXEMPT_ALWAYS`] or [`crate::serving::EXEMPT_MEMBER`] | agent |
 //! | `EFM_STATS` | per-CPU array\[[`Counter::COUNT`]\] | counter | `u64` | XDP |
 //! | `EFM_JUMP` | program array\[[`crate::jump::JUMP_COUNT`]\] | index | program | agent (loader) |
 
@@ -29,6 +29,8 @@ pub const MAP_EXEMPT: &str = "EFM_EXEMPT";
 pub const MAP_STATS: &str = "EFM_STATS";
 /// Name of the XDP program in the object.
 pub const PROG_NAME: &str = "efm_xdp";
+/// Name of the TC (TCX egress) program in the object.
+pub const EGRESS_PROG_NAME: &str = "efm_tc_egress";
 
 /// `EFM_SERVICE` value: one of the node's own addresses.
 pub const SERVICE_NODE: u32 = 1;
@@ -77,6 +79,11 @@ pub struct DatapathConfig {
     pub hb_port: u32,
     /// TCP/UDP port of the database; 0 disables the client fence.
     pub db_port: u32,
+    /// This datapath generation's nonce: random, non-zero, chosen when the pinned maps are
+    /// created and kept while they live (the agent re-opening them keeps it). Stamped into PONGs
+    /// as their sender nonce; a heartbeat is accepted only if its echo nonce equals it. 0 (maps
+    /// not yet initialised) accepts nothing.
+    pub nonce: u64,
 }
 
 /// The cluster key, `SipHash` key words (see [`crate::wire::ClusterKeyBytes`]).
@@ -168,6 +175,9 @@ pub struct PeerSlot {
     pub pong_flags: u32,
     pub pad1: u32,
     pub pongs: u64,
+    /// The peer's datapath nonce, from the sender nonce of the last accepted PONG (0: not yet
+    /// learned). Our agent echoes it in its PINGs to that peer.
+    pub peer_nonce: u64,
 }
 
 /// Per-peer log2 histogram of PONG round-trip times.
@@ -266,7 +276,8 @@ counters! {
     HbBadMac = "hb_bad_mac",
     /// Authenticated, but the node id is not the one registered for the source address.
     HbNodeMismatch = "hb_node_mismatch",
-    /// (incarnation, sequence) not newer than the last accepted from that peer.
+    /// A replay: (incarnation, sequence) not newer than the last accepted from that peer, or an
+    /// echo nonce that is not this datapath's current nonce (then `hb_stale_nonce` counts too).
     HbReplay = "hb_replay",
     HbPingAccepted = "hb_ping_accepted",
     /// PONG answered with `XDP_TX`.
@@ -291,6 +302,21 @@ counters! {
     VipArpDropped = "vip_arp_dropped",
     /// Internal error (a map lookup that cannot fail failed): `XDP_ABORTED`.
     Aborted = "aborted",
+    /// Egress: a segment from the database port on a service address left while the node
+    /// serves (or it is a RST, which always leaves).
+    EgressPass = "egress_pass",
+    /// Egress: a TCP segment toward a client rewritten into a RST while the node does not serve.
+    EgressReset = "egress_reset",
+    /// Egress: a segment (drop mode, UDP, or unparsable) from a service address dropped while the
+    /// node does not serve.
+    EgressDrop = "egress_drop",
+    /// Egress: not serving, but the destination is exempt (always, or a member while members are
+    /// exempt): passed.
+    EgressExempt = "egress_exempt",
+    /// Authenticated heartbeat whose echo nonce is not this datapath generation's nonce (captured
+    /// before the maps were created, or the sender has not learned our nonce yet): changes
+    /// nothing, counted under `hb_replay` as well. A PING is still answered with a PONG.
+    HbStaleNonce = "hb_stale_nonce",
 }
 
 #[cfg(feature = "user")]
@@ -329,10 +355,10 @@ mod tests {
     fn pod_types_have_no_implicit_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<PeerAddr>(), 16);
-        assert_eq!(size_of::<DatapathConfig>(), 16);
+        assert_eq!(size_of::<DatapathConfig>(), 24);
         assert_eq!(size_of::<FenceState>(), 40);
         assert_eq!(size_of::<LeaseState>(), 8 * (MAX_SLOTS + 3));
-        assert_eq!(size_of::<PeerSlot>(), 8 * 16);
+        assert_eq!(size_of::<PeerSlot>(), 8 * 17);
         assert_eq!(size_of::<RttHistogram>(), 8 * RTT_BUCKETS);
     }
 }

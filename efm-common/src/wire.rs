@@ -1,4 +1,4 @@
-//! Heartbeat wire format, version 1.
+//! Heartbeat wire format, version 2.
 //!
 //! A heartbeat is the payload of one UDP datagram to the cluster's heartbeat port. It is exactly
 //! [`HB_LEN`] bytes; multi-byte fields are big-endian (network order).
@@ -16,20 +16,27 @@
 //! | 32 | 8 | epoch (fencing token) the sender holds |
 //! | 40 | 8 | sender's `CLOCK_MONOTONIC` send time in ns (PONG: echoed from the PING) |
 //! | 48 | 8 | WAL LSN of the sender's database (0 when unknown) |
-//! | 56 | 8 | MAC: SipHash-2-4 of bytes 0..56, keyed by the cluster key |
+//! | 56 | 8 | sender nonce: the sending node's current datapath nonce |
+//! | 64 | 8 | echo nonce: the receiver's datapath nonce as the sender last learned it (0: unknown) |
+//! | 72 | 8 | MAC: SipHash-2-4 of bytes 0..72, keyed by the cluster key |
 //!
 //! A PONG is written by the receiving node's XDP program, not by its agent: it proves that node's
-//! kernel is alive, and its echoed send time gives the pinger an RTT on its own clock.
+//! kernel is alive, and its echoed send time gives the pinger an RTT on its own clock. Its sender
+//! nonce is the responder's nonce, its echo nonce the PING's sender nonce.
+//!
+//! The nonces are the replay protection: every datapath generation (the moment a node's pinned
+//! maps are created) has a fresh random non-zero nonce, and a receiver accepts a heartbeat only
+//! when its echo nonce is the receiver's current nonce (see ARCHITECTURE.md, "Replay").
 
 /// `"EFMH"`.
 pub const HB_MAGIC: u32 = 0x4546_4D48;
-pub const HB_VERSION: u8 = 1;
+pub const HB_VERSION: u8 = 2;
 pub const HB_KIND_PING: u8 = 1;
 pub const HB_KIND_PONG: u8 = 2;
 /// Length of a heartbeat payload in bytes.
-pub const HB_LEN: usize = 64;
+pub const HB_LEN: usize = 80;
 /// Bytes covered by the MAC (everything before it).
-pub const HB_MAC_OFFSET: usize = 56;
+pub const HB_MAC_OFFSET: usize = 72;
 
 pub const OFF_MAGIC: usize = 0;
 pub const OFF_VERSION: usize = 4;
@@ -42,7 +49,13 @@ pub const OFF_SEQ: usize = 24;
 pub const OFF_EPOCH: usize = 32;
 pub const OFF_SEND_NS: usize = 40;
 pub const OFF_LSN: usize = 48;
+pub const OFF_SENDER_NONCE: usize = 56;
+pub const OFF_ECHO_NONCE: usize = 64;
 pub const OFF_MAC: usize = HB_MAC_OFFSET;
+// The MAC reads whole 8-byte words and the nonces sit right before it.
+const _: () = assert!(
+    HB_MAC_OFFSET.is_multiple_of(8) && HB_MAC_OFFSET + 8 == HB_LEN && OFF_ECHO_NONCE + 8 == HB_MAC_OFFSET
+);
 
 /// Role of the sender, in bits 0-1 of the flags.
 pub const ROLE_MASK: u16 = 0x0003;
@@ -73,6 +86,10 @@ pub struct Heartbeat {
     pub epoch: u64,
     pub send_ns: u64,
     pub lsn: u64,
+    /// The sender's datapath nonce.
+    pub sender_nonce: u64,
+    /// The receiver's datapath nonce as the sender knows it.
+    pub echo_nonce: u64,
 }
 
 /// Why a byte string is not a valid heartbeat.
@@ -101,6 +118,8 @@ impl Heartbeat {
         b[OFF_EPOCH..OFF_EPOCH + 8].copy_from_slice(&self.epoch.to_be_bytes());
         b[OFF_SEND_NS..OFF_SEND_NS + 8].copy_from_slice(&self.send_ns.to_be_bytes());
         b[OFF_LSN..OFF_LSN + 8].copy_from_slice(&self.lsn.to_be_bytes());
+        b[OFF_SENDER_NONCE..OFF_SENDER_NONCE + 8].copy_from_slice(&self.sender_nonce.to_be_bytes());
+        b[OFF_ECHO_NONCE..OFF_ECHO_NONCE + 8].copy_from_slice(&self.echo_nonce.to_be_bytes());
         let mac = mac(key.k0, key.k1, &b);
         b[OFF_MAC..OFF_MAC + 8].copy_from_slice(&mac.to_be_bytes());
         b
@@ -133,6 +152,8 @@ impl Heartbeat {
             epoch: be64(b, OFF_EPOCH),
             send_ns: be64(b, OFF_SEND_NS),
             lsn: be64(b, OFF_LSN),
+            sender_nonce: be64(b, OFF_SENDER_NONCE),
+            echo_nonce: be64(b, OFF_ECHO_NONCE),
         })
     }
 }
@@ -196,7 +217,7 @@ pub fn mac(k0: u64, k1: u64, hb: &[u8; HB_LEN]) -> u64 {
         v0 ^= m;
         i += 1;
     }
-    // Final block: no tail bytes (56 is a multiple of 8), only the length in the top byte.
+    // Final block: no tail bytes (72 is a multiple of 8), only the length in the top byte.
     let b = (HB_MAC_OFFSET as u64) << 56;
     v3 ^= b;
     sipround(&mut v0, &mut v1, &mut v2, &mut v3);

@@ -3,16 +3,24 @@
 //!
 //! Per frame: parse Ethernet (one optional VLAN tag), IPv4/IPv6 (IPv6 extension headers skipped),
 //! UDP/TCP; then
-//! - heartbeat port: authenticate, replay-check and record the heartbeat; answer a PING with a PONG
-//!   (XDP_TX); keep the primary lease and the highest epoch seen;
+//! - heartbeat port: authenticate, replay-check (echoed nonce of this datapath generation, then a
+//!   newer (incarnation, sequence)) and record the heartbeat; answer every authenticated PING
+//!   that is not an in-generation replay with a PONG (XDP_TX); keep the primary lease and the
+//!   highest epoch seen;
 //! - database port on a service address: pass, or cut off (drop, or RST in reset mode) when the node
 //!   is fenced, a higher epoch was seen, or the enforced lease lapsed; exempt sources pass;
 //! - anything else: pass.
 //!
-//! Every verdict increments one per-CPU counter. Nothing is logged on this path.
+//! Every verdict increments one per-CPU counter (a stale-nonce heartbeat counts as `hb_replay` and
+//! `hb_stale_nonce`). Nothing is logged on this path.
+//!
+//! The object also holds the egress fence (`egress`, a TC program on the same interfaces, same
+//! maps); both decide "does this node serve" with `efm_common::serving`.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
+
+mod egress;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -25,13 +33,15 @@ use efm_common::{
     jump::{JUMP_CLIENT_TCP, JUMP_CLIENT_UDP, JUMP_COUNT, JUMP_HEARTBEAT},
     maps::{
         rtt_bucket, ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, SERVICE_VIP,
-        PeerInfo, PeerSlot, RttHistogram, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET,
+        PeerInfo, PeerSlot, RttHistogram, FENCE_RESET,
         MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
     },
+    serving::{exempt_applies, fence_reasons, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
     wire::{
         mac, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, HB_KIND_PING, HB_KIND_PONG, HB_LEN,
-        HB_MAGIC, HB_VERSION, OFF_CLUSTER, OFF_EPOCH, OFF_FLAGS, OFF_INCARNATION, OFF_KIND, OFF_LSN,
-        OFF_MAC, OFF_MAGIC, OFF_NODE, OFF_SEND_NS, OFF_SEQ, OFF_VERSION, ROLE_MASK,
+        HB_MAGIC, HB_VERSION, OFF_CLUSTER, OFF_ECHO_NONCE, OFF_EPOCH, OFF_FLAGS, OFF_INCARNATION,
+        OFF_KIND, OFF_LSN, OFF_MAC, OFF_MAGIC, OFF_NODE, OFF_SENDER_NONCE, OFF_SEND_NS, OFF_SEQ,
+        OFF_VERSION, ROLE_MASK,
     },
 };
 
@@ -403,28 +413,33 @@ fn arp(ctx: &XdpContext, l3off: usize) -> Result<u32, ()> {
     verdict(Counter::NonIpPass, xdp_action::XDP_PASS)
 }
 
-/// Why client traffic to this node is cut off right now, if it is.
+/// The fence reasons that hold right now (`efm_common::serving`, the rule shared with the egress
+/// program and the agent); 0 when the node serves.
+#[inline(always)]
+fn reasons_now(fence: &FenceState, lease: &LeaseState) -> u32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    fence_reasons(fence, lease, now)
+}
+
+/// Why client traffic to this node is cut off right now, if it is, as the counter to bump (the
+/// explicit flag first, then the epoch, then the lease).
 #[inline(always)]
 fn fence_reason(fence: &FenceState, lease: &LeaseState) -> Option<Counter> {
-    if fence.flags & FENCE_FENCED != 0 {
-        return Some(Counter::ClientFenced);
+    reason_counter(reasons_now(fence, lease))
+}
+
+#[inline(always)]
+fn reason_counter(r: u32) -> Option<Counter> {
+    if r & REASON_FENCED != 0 {
+        Some(Counter::ClientFenced)
+    } else if r & REASON_EPOCH != 0 {
+        Some(Counter::ClientEpochFenced)
+    } else if r & REASON_LAPSED != 0 {
+        Some(Counter::ClientLeaseLapsed)
+    } else {
+        None
     }
-    if lease.max_epoch_seen > fence.epoch {
-        return Some(Counter::ClientEpochFenced);
-    }
-    if fence.flags & FENCE_LEASE_ENFORCED != 0 {
-        // Fail closed: an enforced lease needing no endorsement is a contradiction (the agent
-        // never writes it; a torn read of a state being rewritten could show it).
-        if fence.lease_k == 0 {
-            return Some(Counter::ClientLeaseLapsed);
-        }
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if now > lease.deadline_ns {
-            return Some(Counter::ClientLeaseLapsed);
-        }
-    }
-    None
 }
 
 /// An IP packet whose transport header we cannot see (non-first fragment, long IPv6 extension
@@ -437,15 +452,18 @@ fn undetermined(pkt: &Packet, cfg: &DatapathConfig) -> Result<u32, ()> {
     }
     let fence = EFM_FENCE.get(0).ok_or(())?;
     let lease = EFM_LEASE.get(0).ok_or(())?;
-    match fence_reason(fence, lease) {
-        Some(reason) if !exempt(&pkt.src) => verdict(reason, xdp_action::XDP_DROP),
+    let r = reasons_now(fence, lease);
+    match reason_counter(r) {
+        Some(reason) if !exempt(&pkt.src, r) => verdict(reason, xdp_action::XDP_DROP),
         _ => verdict(Counter::OtherPass, xdp_action::XDP_PASS),
     }
 }
 
+/// Whether `addr` (a client's address) passes a fence with reasons `r`: always-exempt prefixes
+/// do, members only while the node is fenced explicitly only (`efm_common::serving`).
 #[inline(always)]
-fn exempt(src: &PeerAddr) -> bool {
-    EFM_EXEMPT.get(Key::new(128, src.octets)).is_some()
+fn exempt(addr: &PeerAddr, r: u32) -> bool {
+    exempt_applies(EFM_EXEMPT.get(Key::new(128, addr.octets)).copied(), r)
 }
 
 /// TCP or UDP to the database port.
@@ -462,10 +480,11 @@ fn client(ctx: &XdpContext, tcp: bool) -> u32 {
     let (Some(fence), Some(lease)) = (EFM_FENCE.get(0), EFM_LEASE.get(0)) else {
         return act(Counter::Aborted, xdp_action::XDP_ABORTED);
     };
-    let Some(reason) = fence_reason(fence, lease) else {
+    let r = reasons_now(fence, lease);
+    let Some(reason) = reason_counter(r) else {
         return act(Counter::ClientPass, xdp_action::XDP_PASS);
     };
-    if exempt(&pkt.src) {
+    if exempt(&pkt.src, r) {
         return act(Counter::ClientExempt, xdp_action::XDP_PASS);
     }
     count(reason);
@@ -688,8 +707,17 @@ fn heartbeat(ctx: &XdpContext) -> u32 {
     let flags = u16::from_be_bytes([hb[OFF_FLAGS], hb[OFF_FLAGS + 1]]);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // Replay protection across generations: only a heartbeat echoing this datapath's current
+    // nonce can be fresh; anything captured before the maps were created echoes another one.
+    // Nonce 0 (maps not initialised by an agent yet) accepts nothing.
+    let own_nonce = cfg.nonce;
+    let current = own_nonce != 0 && get_be64(hb, OFF_ECHO_NONCE) == own_nonce;
 
     if kind == HB_KIND_PONG {
+        if !current {
+            count(Counter::HbStaleNonce);
+            return act(Counter::HbReplay, xdp_action::XDP_DROP);
+        }
         if !newer(inc, seq, s.pong_incarnation, s.pong_seq) {
             return act(Counter::HbReplay, xdp_action::XDP_DROP);
         }
@@ -703,6 +731,8 @@ fn heartbeat(ctx: &XdpContext) -> u32 {
         s.pong_lsn = get_be64(hb, OFF_LSN);
         s.pong_flags = u32::from(flags);
         s.pongs += 1;
+        // The peer's current nonce, echoed by our agent's next PINGs to it.
+        s.peer_nonce = get_be64(hb, OFF_SENDER_NONCE);
         if let Some(h) = EFM_RTT_HIST.get_ptr_mut(slot_idx) {
             // SAFETY: per-CPU value; the bucket index is bounds-checked by get_mut.
             let h = unsafe { &mut *h };
@@ -713,33 +743,45 @@ fn heartbeat(ctx: &XdpContext) -> u32 {
         return act(Counter::HbPongAccepted, xdp_action::XDP_DROP);
     }
 
-    if !newer(inc, seq, s.ping_incarnation, s.ping_seq) {
-        return act(Counter::HbReplay, xdp_action::XDP_DROP);
-    }
-    raise_epoch(lease, fence, epoch, now);
-    s.ping_incarnation = inc;
-    s.ping_seq = seq;
-    s.ping_arrival_ns = now;
-    s.ping_send_ns = get_be64(hb, OFF_SEND_NS);
-    s.ping_epoch = epoch;
-    s.ping_lsn = get_be64(hb, OFF_LSN);
-    s.ping_flags = u32::from(flags);
-    s.pings += 1;
-    count(Counter::HbPingAccepted);
-
-    // The lease: an endorsement counts only for the epoch this node holds. A PING without one
-    // changes nothing: the earlier endorsement keeps its full lease time, so a short pause of
-    // this node's agent does not cut its clients off; the voters count their wait before any
-    // promotion from their own last endorsement.
-    if flags & FLAG_ENDORSE != 0 && epoch == fence.epoch {
-        if let Some(e) = lease.endorse_ns.get_mut(slot_idx as usize) {
-            *e = now;
-            lease.deadline_ns = lease_deadline(&lease.endorse_ns, fence);
-            count(Counter::LeaseEndorsed);
+    if current {
+        if !newer(inc, seq, s.ping_incarnation, s.ping_seq) {
+            return act(Counter::HbReplay, xdp_action::XDP_DROP);
         }
+        raise_epoch(lease, fence, epoch, now);
+        s.ping_incarnation = inc;
+        s.ping_seq = seq;
+        s.ping_arrival_ns = now;
+        s.ping_send_ns = get_be64(hb, OFF_SEND_NS);
+        s.ping_epoch = epoch;
+        s.ping_lsn = get_be64(hb, OFF_LSN);
+        s.ping_flags = u32::from(flags);
+        s.pings += 1;
+        count(Counter::HbPingAccepted);
+
+        // The lease: an endorsement counts only for the epoch this node holds. A PING without
+        // one changes nothing: the earlier endorsement keeps its full lease time, so a short
+        // pause of this node's agent does not cut its clients off; the voters count their wait
+        // before any promotion from their own last endorsement.
+        if flags & FLAG_ENDORSE != 0 && epoch == fence.epoch {
+            if let Some(e) = lease.endorse_ns.get_mut(slot_idx as usize) {
+                *e = now;
+                lease.deadline_ns = lease_deadline(&lease.endorse_ns, fence);
+                count(Counter::LeaseEndorsed);
+            }
+        }
+    } else {
+        // Not echoing our current nonce: a replay from an earlier generation, or a sender that
+        // has not learned our nonce yet. It changes nothing, but is answered: the PONG carries
+        // our nonce, so a restarted peer learns it from our kernel (our agent need not run).
+        count(Counter::HbStaleNonce);
+        count(Counter::HbReplay);
     }
 
-    // Answer with a PONG from this node's kernel, built in the scratch buffer.
+    // Answer with a PONG from this node's kernel, built in the scratch buffer: our nonce as the
+    // sender nonce, the PING's sender nonce echoed.
+    let their_nonce = get_be64(hb, OFF_SENDER_NONCE);
+    hb[OFF_SENDER_NONCE..OFF_SENDER_NONCE + 8].copy_from_slice(&own_nonce.to_be_bytes());
+    hb[OFF_ECHO_NONCE..OFF_ECHO_NONCE + 8].copy_from_slice(&their_nonce.to_be_bytes());
     hb[OFF_KIND] = HB_KIND_PONG;
     let mut pflags = (fence.role as u16) & ROLE_MASK;
     match fence_reason(fence, lease) {

@@ -181,12 +181,17 @@ pub struct Cluster {
 /// Timing settings every node gets (the product's defaults, written out).
 pub const DEFAULT_PROPS: &str = "heartbeat.interval=50ms\nnode.timeout=500ms\nlease.timeout=1s\n";
 
-/// The lines of [`DEFAULT_PROPS`] whose property `extra` does not set (a property set twice is
-/// a configuration error).
+/// Database monitoring settings every node gets unless `extra` sets them (shorter than the
+/// product's defaults, so that the tests run quickly).
+pub const TEST_DB_PROPS: &str = "local.period=1\nlocal.timeout=5\nlocal.timeout.final=1\nremote.timeout=2\n";
+
+/// The lines of [`DEFAULT_PROPS`] and [`TEST_DB_PROPS`] whose property `extra` does not set (a
+/// property set twice is a configuration error).
 fn defaults_not_in(extra: &str) -> String {
     let set: Vec<&str> = extra.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k.trim()).collect();
     DEFAULT_PROPS
         .lines()
+        .chain(TEST_DB_PROPS.lines())
         .filter(|l| l.split_once('=').is_none_or(|(k, _)| !set.contains(&k.trim())))
         .flat_map(|l| [l, "\n"])
         .collect()
@@ -240,8 +245,7 @@ impl Cluster {
             let ip = bed.nodes[i].ip.to_string();
             let mut props = format!(
                 "db.user=postgres\ndb.port=5432\ndb.database=postgres\nbind.address={ip}:7800\n\
-                 lock.dir={d}/lock\nlog.dir={d}/log\nlocal.period=1\nlocal.timeout=5\n\
-                 local.timeout.final=1\nremote.timeout=2\ncluster.key.file={key}\n\
+                 lock.dir={d}/lock\nlog.dir={d}/log\ncluster.key.file={key}\n\
                  virtual.ip={VIP}\nvirtual.ip.prefix=24\n{defaults}{extra}\n",
                 d = dir.display(),
                 key = key.display(),

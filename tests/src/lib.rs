@@ -126,6 +126,13 @@ impl Fixture {
     pub fn set_fence(&mut self, f: FenceState) {
         self.dp.set_fence(&f).expect("writing fence state");
     }
+
+    /// A PING from node 2 (see [`ping`]) that echoes this datapath's current nonce, as a peer
+    /// that learned it from our PONGs sends it.
+    #[must_use]
+    pub fn ping(&self, inc: u64, seq: u64) -> Heartbeat {
+        ping_to(self.dp.nonce(), inc, seq)
+    }
 }
 
 impl Default for Fixture {
@@ -142,6 +149,7 @@ pub fn configure(dp: &mut Datapath) {
         node_id: LOCAL_NODE,
         hb_port: u32::from(HB_PORT),
         db_port: u32::from(DB_PORT),
+        nonce: 0, // the datapath keeps its own generation nonce
     })
     .expect("config");
     dp.set_key(&ClusterKey { k0: k.k0, k1: k.k1 }).expect("key");
@@ -154,7 +162,19 @@ pub fn configure(dp: &mut Datapath) {
     dp.set_service_addrs(&[LOCAL_V4.into(), LOCAL_V6.into()], &[VIP_V4.into()]).expect("service");
 }
 
-/// A PING from node 2 with the given incarnation and sequence.
+/// [`ping`] echoing `nonce`: a PING a receiver whose datapath nonce is `nonce` accepts.
+#[must_use]
+pub fn ping_to(nonce: u64, inc: u64, seq: u64) -> Heartbeat {
+    Heartbeat { echo_nonce: nonce, ..ping(inc, seq) }
+}
+
+/// The sender nonce of the heartbeats [`ping`] builds (node 2's datapath nonce in the tests that
+/// have no datapath for node 2).
+pub const PEER_NONCE: u64 = 0x5eed_0002_0002_5eed;
+
+/// A PING from node 2 with the given incarnation and sequence, sender nonce [`PEER_NONCE`] and
+/// echo nonce 0 (the receiver's nonce not known yet): set `echo_nonce` to the receiving
+/// datapath's [`Datapath::nonce`] (or use [`Fixture::ping`]) for a PING the receiver accepts.
 #[must_use]
 pub fn ping(inc: u64, seq: u64) -> Heartbeat {
     Heartbeat {
@@ -167,6 +187,8 @@ pub fn ping(inc: u64, seq: u64) -> Heartbeat {
         epoch: 3,
         send_ns: 1_000_000,
         lsn: 0x0000_0001_0000_0000,
+        sender_nonce: PEER_NONCE,
+        echo_nonce: 0,
     }
 }
 
@@ -572,6 +594,7 @@ pub fn configure_side(dp: &mut Datapath, side: Side) {
         node_id: side.node_id(),
         hb_port: u32::from(HB_PORT),
         db_port: u32::from(DB_PORT),
+        nonce: 0, // the datapath keeps its own generation nonce
     })
     .expect("config");
     dp.set_key(&ClusterKey { k0: k.k0, k1: k.k1 }).expect("key");

@@ -44,15 +44,31 @@ fn pings_are_timed_by_the_kernel_and_answered_with_pongs() {
     let dp_a = open_side(&link, Side::A, &pins_a.0);
     assert_eq!(dp_b.attachments()[0].1, Attachment::Native, "veth supports native XDP");
 
-    let sent = link.a.run(|| {
+    // A sends as its agent would: its own nonce, and B's echoed. The first PING echoes nothing
+    // (B's nonce not learned yet): B records nothing but answers, and A's kernel learns B's nonce
+    // from that PONG.
+    let (a_nonce, b_nonce) = (dp_a.nonce(), dp_b.nonce());
+    link.a.run(move || {
+        let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind heartbeat socket");
+        let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, ..ping(1, 1) };
+        sock.send_to(&hb.encode(&key()), (NS_B_V4, HB_PORT)).expect("send PING");
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(dp_b.slot(0).unwrap().pings, 0, "a PING not echoing B's nonce is not recorded");
+    assert_eq!(dp_b.counters().unwrap().get(Counter::HbStaleNonce), 1);
+    let a0 = dp_a.slot(0).unwrap();
+    assert_eq!(a0.peer_nonce, b_nonce, "A's kernel learned B's nonce from B's PONG");
+    assert_eq!((a0.pong_seq, a0.pongs), (1, 1));
+
+    let sent = link.a.run(move || {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind heartbeat socket");
         let to = SocketAddr::from((NS_B_V4, HB_PORT));
-        for seq in 1..=100u64 {
-            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..ping(1, seq) };
+        for seq in 2..=101u64 {
+            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, echo_nonce: a0.peer_nonce, ..ping(1, seq) };
             sock.send_to(&hb.encode(&key()), to).expect("send PING");
             std::thread::sleep(Duration::from_millis(2));
         }
-        100u64
+        101u64
     });
     std::thread::sleep(Duration::from_millis(20));
 
@@ -65,7 +81,7 @@ fn pings_are_timed_by_the_kernel_and_answered_with_pongs() {
 
     let a = dp_a.slot(0).unwrap();
     assert_eq!(a.pong_seq, sent, "A's kernel received the PONG for the last PING");
-    assert!(a.pongs >= 95, "pongs {}", a.pongs);
+    assert!(a.pongs >= 96, "pongs {}", a.pongs);
     assert!(a.pong_rtt_ns > 0 && a.pong_rtt_ns < 20_000_000, "plausible RTT: {} ns", a.pong_rtt_ns);
     let hist = dp_a.rtt_histogram(0).unwrap();
     assert_eq!(hist.iter().sum::<u64>(), a.pongs, "every PONG is in the RTT histogram");
@@ -223,10 +239,11 @@ fn generic_mode_attachment_answers_pings_too() {
     });
     assert_eq!(dp_b.attachments()[0].1, Attachment::Generic);
     let dp_a = open_side(&link, Side::A, &pins_a.0);
-    link.a.run(|| {
+    let (a_nonce, b_nonce) = (dp_a.nonce(), dp_b.nonce());
+    link.a.run(move || {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind");
         for seq in 1..=10u64 {
-            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, ..ping(1, seq) };
+            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, echo_nonce: b_nonce, ..ping(1, seq) };
             sock.send_to(&hb.encode(&key()), (NS_B_V4, HB_PORT)).expect("send");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -273,6 +290,7 @@ fn pongs_cross_a_bridge() {
                 node_id: me,
                 hb_port: u32::from(HB_PORT),
                 db_port: u32::from(DB_PORT),
+                nonce: 0, // the datapath keeps its own generation nonce
             })
             .unwrap();
             dp.set_key(&efm_common::maps::ClusterKey { k0: k.k0, k1: k.k1 }).unwrap();
@@ -284,6 +302,7 @@ fn pongs_cross_a_bridge() {
     let b_ip = bed.nodes[1].ip;
     let dp_a = open(0, &pins_a.0, 2, 1, b_ip);
     let dp_b = open(1, &pins_b.0, 1, 2, a_ip);
+    let (a_nonce, b_nonce) = (dp_a.nonce(), dp_b.nonce());
     bed.nodes[0].ns.run(move || {
         let sock = UdpSocket::bind((a_ip, HB_PORT)).expect("bind");
         for seq in 1..=20u64 {
@@ -297,6 +316,8 @@ fn pongs_cross_a_bridge() {
                 epoch: 3,
                 send_ns: monotonic_ns(),
                 lsn: 0,
+                sender_nonce: a_nonce,
+                echo_nonce: b_nonce,
             };
             sock.send_to(&hb.encode(&key()), (b_ip, HB_PORT)).expect("send");
             std::thread::sleep(Duration::from_millis(2));
@@ -307,4 +328,142 @@ fn pongs_cross_a_bridge() {
     assert_eq!(dp_b.slot(0).unwrap().ping_seq, 20, "B's kernel got the PINGs");
     assert!(sent >= 19, "B's kernel answered: {sent}");
     assert_eq!(dp_a.slot(0).unwrap().pong_seq, 20, "A's kernel got the PONGs across the bridge");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The egress fence (TCX egress on the same interface)
+
+/// A client in A connected to a server on B's database port: (client, server).
+fn connected_pair(link: &Link) -> (TcpStream, TcpStream) {
+    let l = link.b.run(|| TcpListener::bind((NS_B_V4, DB_PORT)).expect("bind db port"));
+    let c = link.a.run(|| connect(DB_PORT, Duration::from_secs(2)).expect("connect to the db port"));
+    let (s, _) = l.accept().expect("accept");
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    (c, s)
+}
+
+/// The server writes a "result"; returns what the client's next read gives and how long after
+/// the write it came.
+fn server_writes(c: &mut TcpStream, s: &mut TcpStream) -> (std::io::Result<Vec<u8>>, u64) {
+    use std::io::{Read as _, Write as _};
+    let t0 = monotonic_ns();
+    s.write_all(b"C\0\0\0\x0dCOMMIT\0Z\0\0\0\x05I").expect("server write");
+    let mut buf = [0u8; 64];
+    let r = c.read(&mut buf).map(|n| buf[..n].to_vec());
+    (r, monotonic_ns() - t0)
+}
+
+/// Number of TCX egress programs on `iface` in `ns`.
+fn tcx_egress_count(ns: &Netns, iface: &str) -> usize {
+    let iface = iface.to_owned();
+    ns.run(move || {
+        aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Egress)
+            .unwrap_or_else(|e| panic!("querying TCX egress of {iface}: {e}"))
+            .1
+            .len()
+    })
+}
+
+#[test]
+fn egress_fence_resets_a_connected_client_when_the_server_writes() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let mut dp_b = open_side(&link, Side::B, &pins_b.0);
+    let _dp_a = open_side(&link, Side::A, &pins_a.0);
+    assert!(pins_b.0.join(format!("egress_{}", link.b_if)).exists(), "egress link pinned");
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1, "one TCX egress program on B's veth");
+    let base = Fixture::base_fence();
+
+    // Serving: the result reaches the client.
+    let (mut c, mut s) = connected_pair(&link);
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert!(r.is_ok_and(|d| d.starts_with(b"C")), "unfenced: the client gets the result");
+
+    // Reset mode: the server's next segment becomes a RST; the client learns at once.
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        dp_b.set_fence(&base).unwrap();
+        let (mut c, mut s) = connected_pair(&link);
+        let before = dp_b.counters().unwrap().get(Counter::EgressReset);
+        dp_b.set_fence(&FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base }).unwrap();
+        let (r, dt) = server_writes(&mut c, &mut s);
+        let err = r.expect_err("fenced: the client must not get the result");
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "the client sees ECONNRESET: {err}");
+        assert!(dp_b.counters().unwrap().get(Counter::EgressReset) > before, "converted by the egress fence");
+        times.push(dt);
+    }
+    let (med, max) = (median(&mut times), *times.last().unwrap());
+    eprintln!("server write -> client ECONNRESET: median {med} ns, max {max} ns (10 trials)");
+    assert!(med < 50_000_000, "the client learns at once: median {med} ns");
+
+    // Drop mode: nothing of the result leaves.
+    dp_b.set_fence(&base).unwrap();
+    let (mut c, mut s) = connected_pair(&link);
+    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let before = dp_b.counters().unwrap().get(Counter::EgressDrop);
+    dp_b.set_fence(&FenceState { flags: FENCE_FENCED, ..base }).unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    let err = r.expect_err("drop mode: the client gets nothing");
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err}");
+    assert!(dp_b.counters().unwrap().get(Counter::EgressDrop) > before);
+
+    // A member is exempt while the node is fenced explicitly only (a clean hand-over ships
+    // its last WAL).
+    dp_b.set_fence(&base).unwrap();
+    dp_b.set_exempt_with_members(&[], &[NS_A_V4.into()]).unwrap();
+    let (mut c, mut s) = connected_pair(&link);
+    dp_b.set_fence(&FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base }).unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert!(r.is_ok_and(|d| d.starts_with(b"C")), "member, explicit fence only: data flows");
+    // ... and not once the lease lapsed (enforced, no endorsement).
+    dp_b.set_fence(&FenceState {
+        flags: FENCE_FENCED | FENCE_RESET | efm_common::maps::FENCE_LEASE_ENFORCED,
+        lease_k: 1,
+        lease_timeout_ns: 1_000_000,
+        ..base
+    })
+    .unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert_eq!(r.expect_err("lapsed: members are fenced too").kind(), ErrorKind::ConnectionReset);
+}
+
+#[test]
+fn egress_fence_survives_killing_and_restarting_the_loader() {
+    let link = bed();
+    let (pins_a, pins_b) = (PinDir::new("na"), PinDir::new("nb"));
+    let _dp_a = open_side(&link, Side::A, &pins_a.0);
+    let (hold, ready) = spawn_hold(&link.b, &pins_b.0, &link.b_if, "b", false);
+    assert_eq!(ready, "READY attachment=native reused=false");
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1);
+    let mut maps = Datapath::load(&pins_b.0).expect("open the pinned maps");
+    let base = Fixture::base_fence();
+    let fenced = FenceState { flags: FENCE_FENCED | FENCE_RESET, ..base };
+
+    // SIGKILL of the loader: the pinned TCX link keeps the egress fence attached.
+    let (mut c, mut s) = connected_pair(&link);
+    drop(hold);
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1, "egress program still attached");
+    maps.set_fence(&fenced).unwrap();
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert_eq!(r.expect_err("fenced after the loader died").kind(), ErrorKind::ConnectionReset);
+
+    // A restarted loader swaps its program onto the pinned link: still one program, still fenced.
+    maps.set_fence(&base).unwrap();
+    let (mut c, mut s) = connected_pair(&link);
+    maps.set_fence(&fenced).unwrap();
+    let (hold, ready) = spawn_hold(&link.b, &pins_b.0, &link.b_if, "b", false);
+    assert_eq!(ready, "READY attachment=re-attached to pinned link reused=true");
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 1, "replaced, not added");
+    let (r, _) = server_writes(&mut c, &mut s);
+    assert_eq!(r.expect_err("fenced across the restart").kind(), ErrorKind::ConnectionReset);
+    drop(hold);
+
+    // Orderly stop: detach removes the egress link with the rest. The killed loader's link fd is
+    // closed by the kernel after its exit (deferred fput), so the link may go a moment later.
+    maps.detach().expect("detach");
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while tcx_egress_count(&link.b, &link.b_if) != 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(tcx_egress_count(&link.b, &link.b_if), 0, "egress program detached");
 }

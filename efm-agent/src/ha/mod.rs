@@ -29,6 +29,10 @@
 //!    and a primary whose database failed. Such a primary fences its kernel first and then votes
 //!    against its own epoch; it stays fenced for that epoch even if the database comes back, so
 //!    the other voters may vote at once when they see its vote in the log.
+//!
+//! Not a safety rule but the data one: the leader promotes the standby with the most WAL,
+//! comparing only fresh positions (at most two heartbeats old) that were read after the failure
+//! and have stopped moving, waiting for them at most `position_wait` (see `choose_candidate`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -66,6 +70,10 @@ pub struct EngineConfig {
     /// A committed primary that has not shown itself primary and unfenced this long after its
     /// epoch began (failed promotion) is treated as failed.
     pub promotion_grace: Duration,
+    /// `heartbeat.interval`: every agent reads its WAL position at least this often and sends
+    /// it in every PING; the failover compares positions at most
+    /// [`EngineConfig::position_max_age`] old (see [`Engine::step`], "fresh positions").
+    pub heartbeat_interval: Duration,
 }
 
 impl EngineConfig {
@@ -74,6 +82,32 @@ impl EngineConfig {
     pub fn promotion_wait(&self) -> Duration {
         self.lease_timeout.mul_f64(1.0 + self.clock_drift) + self.margin
     }
+
+    /// A WAL position older than this is not compared (2 × `heartbeat.interval`). The agents
+    /// apply the same bound when they advertise: a sample older than this goes out as 0
+    /// ("unknown").
+    #[must_use]
+    pub fn position_max_age(&self) -> Duration {
+        self.heartbeat_interval * 2
+    }
+
+    /// How long the leader waits, from when a promotion is first due, for every candidate's
+    /// position to be final (reported after the decision began and unchanged since the report
+    /// before). After that it compares what it has: fresh positions first.
+    #[must_use]
+    pub fn position_wait(&self) -> Duration {
+        self.heartbeat_interval * 8
+    }
+}
+
+/// The latest WAL position report of a node (a peer's PING, or this node's own sample).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PositionReport {
+    /// When it arrived (this node's clock; for this node: the step that read it).
+    arrival_ns: u64,
+    lsn: u64,
+    /// The position in the report before this one.
+    prev_lsn: Option<u64>,
 }
 
 /// What a node is in the committed state.
@@ -261,7 +295,7 @@ pub enum Action {
     /// This primary's lease has been lapsed longer than the promotion wait (it is cut off from a
     /// majority; the kernel already refuses its clients): stop the database if
     /// `stop.isolated.primary`, run `script.primary.isolated`. The VIP is released through
-    /// [`Desired::vip`].
+    /// [`Desired::vip`], by the runtime once the database has stopped.
     PrimaryIsolated { epoch: u64 },
     /// Point the local standby at the committed primary (`auto.reconfigure`).
     Follow { primary: SocketAddr, epoch: u64 },
@@ -296,6 +330,9 @@ pub enum Outcome {
     Voted { epoch: u64 },
     PromotionProposed { candidate: SocketAddr, epoch: u64 },
     NoCandidate { epoch: u64, reason: String },
+    /// A promotion is due; waiting (bounded by [`EngineConfig::position_wait`]) for these
+    /// candidates to report a fresh, settled WAL position.
+    ComparingPositions { epoch: u64, waiting_for: Vec<SocketAddr> },
     ManualFailoverRequired { primary: SocketAddr },
     HandingOver { epoch: u64, to: SocketAddr },
     Rejoining { primary: SocketAddr },
@@ -320,6 +357,13 @@ impl fmt::Display for Outcome {
             Self::Voted { epoch } => write!(f, "voted against the primary of epoch {epoch}"),
             Self::PromotionProposed { candidate, epoch } => write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1),
             Self::NoCandidate { epoch, reason } => write!(f, "no standby to promote for epoch {epoch}: {reason}"),
+            Self::ComparingPositions { epoch, waiting_for } => {
+                write!(f, "comparing WAL positions for epoch {epoch}: waiting for fresh, settled positions from")?;
+                for a in waiting_for {
+                    write!(f, " {a}")?;
+                }
+                Ok(())
+            }
             Self::ManualFailoverRequired { primary } => write!(f, "primary {primary} failed; auto.failover is off: manual failover required"),
             Self::HandingOver { epoch, to } => write!(f, "fenced: handing epoch {epoch} over to {to} (operator request)"),
             Self::Rejoining { primary } => write!(f, "fenced: old primary rejoining as a standby of {primary}"),
@@ -374,6 +418,23 @@ pub struct Engine {
     /// The last epoch this node saw, and the promotion whose remote post-promotion hook is due.
     last_epoch: Option<u64>,
     post_promotion_due: Option<(u64, Option<SocketAddr>)>,
+    /// The latest WAL position report of every node (peers from their PINGs, this node from
+    /// its own sample), kept every step.
+    positions: BTreeMap<SocketAddr, PositionReport>,
+    /// (epoch, when) this node first saw a vote against the epoch in the log. A vote comes
+    /// after its voter saw the primary fail (dead, cut off past its lease, or its database
+    /// failed), so a position read after this moment is read after the failure.
+    votes_seen: Option<(u64, u64)>,
+    /// (epoch, when) this node, leading the log, first found a promotion due: the bound of the
+    /// wait for final positions ([`EngineConfig::position_wait`]) counts from here.
+    comparing_since: Option<(u64, u64)>,
+}
+
+/// The candidate choice: promote now, or wait for positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Choice {
+    Promote(SocketAddr, u64),
+    Wait(Vec<SocketAddr>),
 }
 
 impl Engine {
@@ -403,6 +464,29 @@ impl Engine {
             quiet_from: None,
             last_epoch: None,
             post_promotion_due: None,
+            positions: BTreeMap::new(),
+            votes_seen: None,
+            comparing_since: None,
+        }
+    }
+
+    /// Records the WAL positions of this step: a peer's position is new when a new PING
+    /// arrived (its arrival time, from the kernel's slot, changed); this node's is read every
+    /// step.
+    fn track_positions(&mut self, inp: &Inputs<'_>) {
+        let mut record = |addr: SocketAddr, arrival_ns: u64, lsn: u64| {
+            let e = self.positions.entry(addr).or_insert(PositionReport { arrival_ns, lsn, prev_lsn: None });
+            if e.arrival_ns != arrival_ns {
+                *e = PositionReport { arrival_ns, lsn, prev_lsn: Some(e.lsn) };
+            }
+        };
+        if !self.cfg.is_witness {
+            record(self.cfg.me, inp.now_ns, inp.db.lsn);
+        }
+        for v in inp.peers {
+            if let Some(age) = v.agent_age {
+                record(v.addr, inp.now_ns.saturating_sub(duration_ns(age)), v.lsn);
+            }
         }
     }
 
@@ -478,6 +562,10 @@ impl Engine {
             self.quiet_from = h.quiet.then_some(c.epoch);
         }
         self.remote_promotion_hooks(c, inp, &mut actions);
+        self.track_positions(inp);
+        if !c.votes.is_empty() && self.votes_seen.is_none_or(|(e, _)| e != c.epoch) {
+            self.votes_seen = Some((c.epoch, inp.now_ns));
+        }
         // A vote of ours in the log is ours even if this engine did not cast it (restart).
         if c.votes.contains(&me) {
             self.voted = Some(c.epoch);
@@ -572,12 +660,19 @@ impl Engine {
                 || inp.peers.iter().any(|v| v.addr == h.from && (!v.alive || (!v.db_up && v.db_reachable == Some(false))))
         });
         if inp.is_leader && c.votes.len() >= c.majority() && promote_due && handover_ready {
-            let choice = match handover.and_then(|h| self.handover_target(c, inp, h.to)) {
-                Some(t) => Ok(t),
-                None => self.choose_candidate(c, inp),
+            let choice = if let Some((t, lsn)) = handover.and_then(|h| self.handover_target(c, inp, h.to)) {
+                Ok(Choice::Promote(t, lsn))
+            } else {
+                if self.comparing_since.is_none_or(|(e, _)| e != c.epoch) {
+                    self.comparing_since = Some((c.epoch, inp.now_ns));
+                }
+                self.choose_candidate(c, inp)
             };
             match choice {
-                Ok((candidate, lsn)) => {
+                Ok(Choice::Wait(waiting_for)) => {
+                    promo_outcome = Some(Outcome::ComparingPositions { epoch: c.epoch, waiting_for });
+                }
+                Ok(Choice::Promote(candidate, lsn)) => {
                     self.proposed_promote = Some((c.epoch, inp.now_ns));
                     actions.push(Action::Propose(Proposal::Promote {
                         candidate,
@@ -875,11 +970,34 @@ impl Engine {
         Desired { fenced: false, lease_enforced: false, lease_k: 0, epoch, ping_flags, vip: false, endorse }
     }
 
-    /// The standby to promote: alive, up, promotable, priority > 0; most advanced LSN, then
-    /// priority (lower first), then address. Refuses when `minimum.standbys` would be violated.
-    fn choose_candidate(&self, c: &Committed, inp: &Inputs<'_>) -> Result<(SocketAddr, u64), String> {
-        let mut cands: Vec<(SocketAddr, u64, u32)> = Vec::new();
+    /// The standby to promote: alive, up, promotable, priority > 0; most advanced WAL position,
+    /// then priority (lower first), then address. Refuses when `minimum.standbys` would be
+    /// violated.
+    ///
+    /// Fresh positions: a position is compared only if its report is at most
+    /// [`EngineConfig::position_max_age`] old (a peer's PING arrived that recently and carries a
+    /// non-zero LSN — agents send 0 when their own sample is older than that); an older one
+    /// counts as unknown (0, below every known position). The leader waits, at most
+    /// [`EngineConfig::position_wait`] from when the promotion was first due, until every
+    /// candidate's position is final: reported at least `position_max_age` after this node
+    /// first saw a vote against the epoch (so read after the failure) and equal to its report
+    /// before (no longer moving — a walreceiver may still be writing the old primary's last
+    /// WAL). Once the old primary is gone the positions stop moving, so the comparison is exact.
+    fn choose_candidate(&self, c: &Committed, inp: &Inputs<'_>) -> Result<Choice, String> {
+        // (address, position or 0 when unknown, priority, final)
+        let mut cands: Vec<(SocketAddr, u64, u32, bool)> = Vec::new();
         let meta = |a: &SocketAddr| c.nodes.get(a).copied().unwrap_or_default();
+        let max_age = self.cfg.position_max_age();
+        let since = self.comparing_since.filter(|(e, _)| *e == c.epoch).map_or(inp.now_ns, |(_, t)| t);
+        // A report that arrived `max_age` after the first vote was read after it (agents send
+        // nothing older), hence after the failure.
+        let after = self.votes_seen.filter(|(e, _)| *e == c.epoch).map_or(since, |(_, t)| t.min(since));
+        let settled = |addr: &SocketAddr, lsn: u64| {
+            lsn != 0
+                && self.positions.get(addr).is_some_and(|r| {
+                    r.lsn == lsn && r.prev_lsn == Some(lsn) && r.arrival_ns >= after.saturating_add(duration_ns(max_age))
+                })
+        };
         if !self.cfg.is_witness
             && Some(self.cfg.me) != c.primary
             && inp.db.up == Some(true)
@@ -888,7 +1006,9 @@ impl Engine {
         {
             let m = meta(&self.cfg.me);
             if m.promotable && m.priority > 0 {
-                cands.push((self.cfg.me, inp.db.lsn, m.priority));
+                // The runtime passes 0 when its own sample is older than `position_max_age`.
+                let lsn = inp.db.lsn;
+                cands.push((self.cfg.me, lsn, m.priority, settled(&self.cfg.me, lsn)));
             }
         }
         let mut standbys = usize::from(cands.len() == 1);
@@ -899,11 +1019,12 @@ impl Engine {
             standbys += 1;
             let m = meta(&v.addr);
             if m.promotable && m.priority > 0 && !m.witness {
-                cands.push((v.addr, v.lsn, m.priority));
+                let lsn = if v.agent_age.is_some_and(|a| a <= max_age) { v.lsn } else { 0 };
+                cands.push((v.addr, lsn, m.priority, settled(&v.addr, lsn)));
             }
         }
         cands.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
-        let Some(&(best, lsn, _)) = cands.first() else {
+        let Some(&(best, lsn, _, _)) = cands.first() else {
             return Err(if standbys == 0 {
                 "no standby is available".into()
             } else {
@@ -917,7 +1038,11 @@ impl Engine {
                 self.cfg.minimum_standbys
             ));
         }
-        Ok((best, lsn))
+        let pending: Vec<SocketAddr> = cands.iter().filter(|c| !c.3).map(|c| c.0).collect();
+        if !pending.is_empty() && inp.now_ns.saturating_sub(since) < duration_ns(self.cfg.position_wait()) {
+            return Ok(Choice::Wait(pending));
+        }
+        Ok(Choice::Promote(best, lsn))
     }
 }
 

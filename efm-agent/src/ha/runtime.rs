@@ -13,6 +13,7 @@ use std::{
 
 use efm_common::{
     maps::{FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET},
+    serving::{exempt_applies, fence_reasons, serves, EXEMPT_MEMBER, REASON_EPOCH, REASON_LAPSED},
     wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
 
@@ -77,6 +78,27 @@ pub struct HaRuntime {
     lease_floor: Option<(u64, u64)>,
     /// When this agent saw `efm stop-cluster` committed.
     stop_seen: Option<Instant>,
+    /// Ends the open client sessions when the kernel stops serving (not on a witness).
+    sessions: Option<crate::sessions::Ender>,
+    session_gate: crate::sessions::Tracker,
+    /// Tasks stopping the database after the node stopped serving: the VIP is released only
+    /// once they are done (kernel fence → end sessions → stop the database → release the VIP).
+    db_stopping: Arc<std::sync::atomic::AtomicUsize>,
+    vip_kept_logged: bool,
+}
+
+/// How long stopping the database waits for the sessions to be ended first.
+const SESSIONS_SETTLE: Duration = Duration::from_secs(4);
+
+/// What `reconcile_vip` does: `Some(true)` assign, `Some(false)` release, `None` nothing. A
+/// release waits while the database is being stopped, so the backends' last words (and the
+/// RSTs of ended sessions) leave from the address the clients know.
+fn vip_change(held: bool, want: bool, db_stopping: usize) -> Option<bool> {
+    match (held, want) {
+        (true, false) if db_stopping > 0 => None,
+        (h, w) if h != w => Some(w),
+        _ => None,
+    }
 }
 
 /// How long an agent keeps running after it saw `efm stop-cluster`.
@@ -142,7 +164,44 @@ impl HaRuntime {
             lb_detached_peers: std::collections::BTreeSet::new(),
             lease_floor: None,
             stop_seen: None,
+            sessions: None,
+            session_gate: crate::sessions::Tracker::default(),
+            db_stopping: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            vip_kept_logged: false,
         }
+        .with_sessions()
+    }
+
+    /// The session ender for this node: sessions on `db.port` at its own address and VIP;
+    /// `fence.exempt.hosts` and this host's own addresses always spared, the `.nodes` members
+    /// while members are exempt; backends terminated through the agent's local connection.
+    fn with_sessions(mut self) -> Self {
+        if self.cfg.is_witness {
+            return self;
+        }
+        let me = self.cfg.bind_address;
+        let service: Vec<std::net::IpAddr> = std::iter::once(me.ip()).chain(self.cfg.virtual_ip).collect();
+        let spare = crate::sessions::Spare {
+            exempt: self.cfg.fence_exempt_hosts.clone(),
+            local: service.clone(),
+            members: self.cfg.nodes.iter().map(SocketAddr::ip).filter(|ip| *ip != me.ip()).collect(),
+            members_spared: true,
+        };
+        let db = match localdb::target(&self.cfg, &self.config_dir, &me.ip().to_string()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "ending sessions will not terminate backends: no connection to the local database");
+                None
+            }
+        };
+        self.sessions = Some(crate::sessions::Ender::new(self.cfg.db_port, service, spare, db));
+        self
+    }
+
+    /// A guard that keeps the VIP while the database is being stopped, and a wait for the
+    /// session ending that started with the fence: call both before stopping the database.
+    fn db_stop_order(&self) -> (Planned, Option<crate::sessions::Ender>) {
+        (Planned::new(&self.db_stopping), self.sessions.clone())
     }
 
     /// The PING endorsing the primary of `epoch` has been sent (see [`Engine::endorsement_sent`]).
@@ -223,9 +282,9 @@ impl HaRuntime {
         now_ns: u64,
     ) -> Result<(Desired, Outcome), DatapathError> {
         let st = self.coord.state().borrow().clone();
-        let (me, db, peers_h) = {
+        let (me, db, peers_h, wal) = {
             let s = lock(shared);
-            (s.me, s.db.clone(), s.peers.clone())
+            (s.me, s.db.clone(), s.peers.clone(), s.wal)
         };
         // A member announces itself (kind, priority, promotable) until the log shows it.
         // Once registered, the priority is the operator's (`efm set-priority`): re-registering
@@ -272,14 +331,20 @@ impl HaRuntime {
             up: db.up,
             in_recovery: db.info.as_ref().map(|i| i.in_recovery),
             failed: db.up == Some(false) || suspended,
-            lsn: db.lsn().map_or(0, |l| l.0),
+            // The position read every half heartbeat (0 when older than two heartbeats), not
+            // the `local.period` monitor's: the failover compares fresh positions.
+            lsn: localdb::fresh_lsn(wal, now_ns, self.cfg.heartbeat_interval),
             timeline: db.info.as_ref().and_then(|i| i.timeline).unwrap_or(0),
         };
         // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).
         let lease_now = dp.lease()?;
+        // The kernel's own rule (efm_common::serving), with the deadline held back to the lease
+        // floor: an enforced lease with k = 0 counts as lapsed, as the kernel fails closed on it.
         let lease_lapsed_for = self.last_fence.and_then(|f| {
             let deadline = self.granted_until(f.epoch, lease_now.deadline_ns);
-            (f.flags & FENCE_LEASE_ENFORCED != 0 && f.lease_k > 0 && now_ns > deadline).then(|| Duration::from_nanos(now_ns - deadline))
+            let mut held = lease_now;
+            held.deadline_ns = deadline;
+            (fence_reasons(&f, &held, now_ns) & REASON_LAPSED != 0).then(|| Duration::from_nanos(now_ns.saturating_sub(deadline)))
         });
         let mut step = self.engine.step(&Inputs {
             now_ns,
@@ -372,8 +437,32 @@ impl HaRuntime {
             lease_left_ms: if lease_left == u64::MAX { 0 } else { lease_left / 1_000_000 },
             epoch: fence.epoch,
             max_epoch_seen: lease.max_epoch_seen,
-            serving: !step.desired.fenced && lease.max_epoch_seen <= fence.epoch && lease_left > 0,
+            serving: serves(fence_reasons(&fence, &lease, now_ns)),
         };
+        // The kernel fence is written: end the open sessions it does not let through, before
+        // any action below stops the database.
+        if let Some(ender) = &self.sessions {
+            // The kernel's own rule: members pass only while the explicit flag is the only
+            // reason (efm_common::serving).
+            let reasons = fence_reasons(&fence, &lease, now_ns);
+            let gate = crate::sessions::Gate {
+                serving: serves(reasons),
+                members_pass: serves(reasons) || exempt_applies(Some(EXEMPT_MEMBER), reasons),
+            };
+            // A database known to be a standby has no writes to cut short: its read-only
+            // sessions survive a moment of epoch fence while its log catches up.
+            let standby = local.up == Some(true) && local.in_recovery == Some(true);
+            if let Some(members_spared) = self.session_gate.observe(gate).filter(|_| !standby) {
+                let why = if reasons & REASON_EPOCH != 0 {
+                    "a newer epoch exists"
+                } else if reasons & REASON_LAPSED != 0 {
+                    "lease lapsed"
+                } else {
+                    "fenced"
+                };
+                ender.end_now(members_spared, why);
+            }
+        }
         {
             let mut s = lock(shared);
             s.epoch = st.epoch;
@@ -389,7 +478,6 @@ impl HaRuntime {
         if desired.lease_enforced && lease.deadline_ns != 0 && now_ns > self.granted_until(fence.epoch, lease.deadline_ns) {
             desired.ping_flags |= efm_common::wire::FLAG_LEASE_LAPSED;
         }
-        self.reconcile_vip(step.desired.vip);
         self.check_primary_db(&st, &peers);
         for a in step.actions.clone() {
             if let Action::Propose(Proposal::Vote { epoch, .. }) = a {
@@ -401,6 +489,8 @@ impl HaRuntime {
             }
             self.start(a, shared, &st);
         }
+        // After the actions: one that stops the database holds the VIP until it is stopped.
+        self.reconcile_vip(step.desired.vip);
         if self.last_outcome.as_ref() != Some(&step.outcome) {
             tracing::info!(outcome = %step.outcome, "ha");
             self.last_outcome = Some(step.outcome.clone());
@@ -418,9 +508,15 @@ impl HaRuntime {
         if !held {
             self.vip_since = None;
         }
-        if held == want {
+        let stopping = self.db_stopping.load(std::sync::atomic::Ordering::SeqCst);
+        if vip_change(held, want, stopping).is_none() {
+            if held && !want && !self.vip_kept_logged {
+                self.vip_kept_logged = true;
+                tracing::info!(vip = %addr, "keeping the VIP until the database has stopped");
+            }
             return;
         }
+        self.vip_kept_logged = false;
         {
             let Ok(mut busy) = self.vip_busy.lock() else { return };
             if *busy {
@@ -665,11 +761,15 @@ impl HaRuntime {
                 });
             }
             Action::PrimaryDbFailed { epoch } => {
+                let order = cfg.stop_failed_primary.then(|| self.db_stop_order());
                 tokio::spawn(async move {
                     if let Err(e) = write_standby_signal(&cfg).await {
                         tracing::error!(error = %e, "could not mark the failed primary as a standby");
                     }
-                    if cfg.stop_failed_primary {
+                    if let Some((_vip_kept, sessions)) = order {
+                        if let Some(s) = sessions {
+                            s.settled(SESSIONS_SETTLE).await;
+                        }
                         if let Ok(c) = control::DbControl::from_config(&cfg) {
                             if let Err(e) = c.stop().await {
                                 tracing::warn!(error = %e, "stopping the failed primary database");
@@ -681,6 +781,7 @@ impl HaRuntime {
                 });
             }
             Action::DemoteLocal { epoch, primary } => {
+                let order = cfg.stop_isolated_primary.then(|| self.db_stop_order());
                 tokio::spawn(async move {
                     if let Some(p) = primary {
                         let res = demote_local(&cfg, &config_dir, p);
@@ -689,7 +790,10 @@ impl HaRuntime {
                             Err(e) => tracing::error!(epoch, error = %e, "demoting the old primary failed; it stays fenced"),
                         }
                     }
-                    if cfg.stop_isolated_primary {
+                    if let Some((_vip_kept, sessions)) = order {
+                        if let Some(s) = sessions {
+                            s.settled(SESSIONS_SETTLE).await;
+                        }
                         if let Ok(c) = control::DbControl::from_config(&cfg) {
                             let _ = c.stop().await;
                         }
@@ -710,36 +814,40 @@ impl HaRuntime {
                 });
             }
             Action::PrimaryIsolated { epoch } => {
+                let order = cfg.stop_isolated_primary.then(|| self.db_stop_order());
                 tokio::spawn(async move {
-                    if cfg.stop_isolated_primary {
+                    if let Some((vip_kept, sessions)) = order {
+                        if let Some(s) = sessions {
+                            s.settled(SESSIONS_SETTLE).await;
+                        }
                         match control::DbControl::from_config(&cfg) {
-                            Ok(c) => {
-                                if let Err(e) = c.stop().await {
-                                    tracing::warn!(error = %e, "stopping the isolated primary database");
-                                }
-                            }
+                            Ok(c) => match c.stop().await {
+                                Ok(()) => tracing::info!(epoch, "isolated primary: database stopped; the VIP goes next"),
+                                Err(e) => tracing::warn!(error = %e, "stopping the isolated primary database"),
+                            },
                             Err(e) => tracing::warn!(error = %e, "cannot stop the isolated primary database"),
                         }
+                        drop(vip_kept);
                     }
                     run_hook(&cfg, Hook::PrimaryIsolated, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
-                    tracing::warn!(epoch, "isolated primary: fenced, VIP released");
+                    tracing::warn!(epoch, "isolated primary: fenced, sessions ended, database handled, VIP released after it");
                 });
             }
             Action::Notify(event) => notify(&cfg, event),
             Action::HandOver { epoch, to, demote } => {
                 let work = self.work.clone();
                 let planned = Planned::new(&self.planned);
-                let vip_iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+                let order = demote.then(|| self.db_stop_order());
                 if let Ok(mut w) = work.lock() {
                     *w = if demote { Work::HandingOver { epoch } } else { Work::Idle };
                 }
                 tokio::spawn(async move {
                     let _planned = planned;
                     tracing::warn!(epoch, %to, demote, "operator hand-over: clients are fenced off this primary");
-                    if !demote {
-                        return;
+                    let Some((_vip_kept, sessions)) = order else { return };
+                    if let Some(s) = sessions {
+                        s.settled(SESSIONS_SETTLE).await;
                     }
-                    let _ = vip_iface;
                     let next = match control::DbControl::from_config(&cfg) {
                         Ok(c) => match c.stop().await {
                             Ok(()) => {
@@ -957,3 +1065,19 @@ async fn write_standby_signal(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::vip_change;
+
+    #[test]
+    fn the_vip_is_released_only_after_the_database_stopped() {
+        assert_eq!(vip_change(true, false, 1), None, "a database stop in progress keeps the VIP");
+        assert_eq!(vip_change(true, false, 2), None);
+        assert_eq!(vip_change(true, false, 0), Some(false), "stopped (or no stop asked): released");
+        assert_eq!(vip_change(false, true, 1), Some(true), "taking the VIP never waits");
+        assert_eq!(vip_change(false, true, 0), Some(true));
+        assert_eq!(vip_change(true, true, 0), None);
+        assert_eq!(vip_change(false, false, 1), None);
+    }
+}

@@ -12,8 +12,8 @@
 //!   records `endorse_ns[peer] = now` and recomputes `lease_deadline`, the k-th newest
 //!   endorsement plus the lease timeout, with the `lease_k` in force at that moment; a PING
 //!   without the flag changes nothing); `raise_epoch` on every accepted PING and PONG; PONGs
-//!   built from the kernel's fence state; `fence_reason` (fenced, epoch-fenced, enforced lease
-//!   lapsed) for client traffic;
+//!   built from the kernel's fence state; for client traffic the kernel's serving rule itself,
+//!   `efm_common::serving::fence_reasons` (fenced, epoch-fenced, enforced lease lapsed);
 //! - **its agent**: every `heartbeat.interval` of its own clock it reads the kernel slots like
 //!   the detector (alive = a PING arrived within `node.timeout`), steps the engine, writes the
 //!   `Desired` fence state into the kernel, carries out the actions and sends one PING to each
@@ -46,6 +46,15 @@
 //! The network has per directed link up/down (partitions may be asymmetric), a loss rate and a
 //! delay of 0.1–3 ms (so messages may be reordered).
 //!
+//! **The client** (its own random stream) sends a write every 20–60 ms to each node whose kernel
+//! lets client traffic in (a client may still hold an old VIP address); 30 % are long
+//! statements that sleep 0.5–3 s inside the database before committing, the rest take
+//! 1–20 ms. A statement commits if its database still runs as the same primary when it ends —
+//! whatever the kernel did meanwhile, as the fence does not reach inside PostgreSQL — and its
+//! acknowledgement leaves only if the kernel serves at that moment (the egress fence;
+//! `Params::egress_fence = false` models the ingress-only data plane, and a test shows the
+//! invariant then fails).
+//!
 //! **Operator hand-overs** (`Schedule::with_handovers`, a separate test): `efm promote
 //! [-switchover]` at random times, 70 % with `-switchover`. As `operator::promote` checks it, the
 //! request needs a running standby (the target is one of them, at random) and, with
@@ -72,13 +81,15 @@
 //! `-switchover`'s `Promote` never commits while the old primary's database still runs as
 //! primary — no acknowledged write lost — unless a fault touched the old primary's agent, node
 //! or links from 1 s before the request on (killed, paused, down, cut off); (7) `Rejoin` only
-//! for a database whose agent has not seen it run since its hand-over's clean stop. A `Rejoin` before the
+//! for a database whose agent has not seen it run since its hand-over's clean stop. (8) No
+//! client write is acknowledged by the primary of an epoch after the first acknowledgement by
+//! the primary of a later epoch — statements in flight included. A `Rejoin` before the
 //! runtime reported the clean stop (the database had failed before the hand-over, so the old
 //! primary's vote was already in the log) is counted and reported, not failed.
 //!
 //! Not modelled: `PostgreSQL` replication and data loss, the VIP, scripts, Raft elections and
-//! timeouts (leadership moves at once), message loss on the coordination channel, client
-//! traffic itself (a node "serves" when a client packet would pass), the start-up ordering of
+//! timeouts (leadership moves at once), message loss on the coordination channel, the agent
+//! ending sessions (only the kernel's fence is relied on), the start-up ordering of
 //! a rebooted node (the kernel comes back fenced before the database accepts clients).
 //!
 //! `EFM_SIM_SEED` (base seed) and `EFM_SIM_SCHEDULES` (schedules per test) override the
@@ -158,6 +169,7 @@ fn engine_cfg(i: usize, witness: bool) -> EngineConfig {
         minimum_standbys: 0,
         auto_reconfigure: true,
         promotion_grace: Duration::from_secs(30),
+        heartbeat_interval: Duration::from_nanos(HB_INTERVAL),
     }
 }
 
@@ -427,13 +439,27 @@ impl Kernel {
         }
     }
 
-    /// `fence_reason` of the XDP program.
+    /// The kernel's serving rule, [`efm_common::serving::fence_reasons`] itself (the one the XDP
+    /// and egress programs run), on this kernel's state; the first reason, named.
     fn fence_reason(&self, now: u64) -> Option<&'static str> {
-        if self.fenced {
+        use efm_common::{
+            maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED},
+            serving::{fence_reasons, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
+        };
+        let fence = FenceState {
+            flags: if self.fenced { FENCE_FENCED } else { 0 } | if self.lease_enforced { FENCE_LEASE_ENFORCED } else { 0 },
+            epoch: self.epoch,
+            lease_k: self.lease_k,
+            lease_timeout_ns: LEASE,
+            ..FenceState::default()
+        };
+        let lease = LeaseState { deadline_ns: self.deadline, max_epoch_seen: self.max_epoch_seen, ..LeaseState::default() };
+        let r = fence_reasons(&fence, &lease, now);
+        if r & REASON_FENCED != 0 {
             Some("fenced")
-        } else if self.max_epoch_seen > self.epoch {
+        } else if r & REASON_EPOCH != 0 {
             Some("epoch-fenced")
-        } else if self.lease_enforced && self.lease_k > 0 && now > self.deadline {
+        } else if r & REASON_LAPSED != 0 {
             Some("lease lapsed")
         } else {
             None
@@ -626,6 +652,11 @@ enum Ev {
     /// The clean stop of a `-switchover` finished (`ok`) or failed.
     HandOverDone { node: usize, epoch: u64, incarnation: u64, ok: bool },
     RejoinDone { node: usize, epoch: u64, incarnation: u64 },
+    /// The client sends a write to every node whose kernel lets it in.
+    ClientTick,
+    /// A write received at `started` finishes inside the database (`life`: the database's life
+    /// it started in; `epoch`: the epoch the database was primary for).
+    StatementDone { node: usize, life: u64, epoch: u64, started: u64, long: bool },
 }
 
 /// One committed operator hand-over and what became of it.
@@ -709,6 +740,12 @@ struct RunResult {
     /// with the first one's trace.
     early_rejoins: u32,
     early_rejoin: Option<String>,
+    /// Client writes acknowledged (of them long statements); committed locally on a kernel
+    /// that no longer served (never acknowledged); lost with their database.
+    acks: u64,
+    long_acks: u64,
+    statements_unacknowledged: u64,
+    statements_lost: u64,
 }
 
 /// Choices about the runtime around the engine.
@@ -725,6 +762,9 @@ struct Params {
     /// The runtime passes `committed` only after the detector's start-up grace (`node.timeout`,
     /// or every peer heard); `ha::runtime` as written does not wait.
     detector_grace: bool,
+    /// The kernel's egress fence: a segment from the database port leaves only while the kernel
+    /// serves. Off models the data plane before it (ingress only), to show what it prevents.
+    egress_fence: bool,
 }
 
 impl Default for Params {
@@ -733,7 +773,7 @@ impl Default for Params {
     /// committed state is passed from the first cycle (the engine's own start-up wait covers the
     /// detector's grace).
     fn default() -> Self {
-        Self { retry_proposals: true, announce_lapse: true, remember_across_restarts: false, detector_grace: false }
+        Self { retry_proposals: true, announce_lapse: true, remember_across_restarts: false, detector_grace: false, egress_fence: true }
     }
 }
 
@@ -750,6 +790,9 @@ struct Sim {
     rng: Rng,
     trace: Vec<String>,
     serving: u32,
+    /// Sim ms up to which WAL exists: it grows only while some node serves writes (a dead or
+    /// cut-off primary writes nothing its standbys could receive), so positions stop moving.
+    wal_head: u64,
     /// When the last check ran (a lease lapse between checks is dated by its deadline).
     checked_at: u64,
     warm: bool,
@@ -769,6 +812,21 @@ struct Sim {
     /// The longest clean stop of a `-switchover` since the last fault: a planned outage the
     /// liveness bound allows for (the hand-over waits for it, by design).
     stop_slack: u64,
+    /// The client's own random stream, so client traffic does not change the schedule's.
+    client_rng: Rng,
+    /// Per node: the database's life (bumped whenever it stops, fails, goes down with its node
+    /// or is promoted: a statement in flight does not survive that).
+    db_life: [u64; MAX_N],
+    /// Per node: the epoch its database is primary for (0: never was).
+    db_epoch: [u64; MAX_N],
+    acks: Acks,
+}
+
+/// The acknowledgements the client received, for invariant (8).
+#[derive(Clone, Debug, Default)]
+struct Acks {
+    /// The highest epoch acknowledged so far, and when its first acknowledgement left.
+    newest: Option<(u64, u64)>,
 }
 
 impl Sim {
@@ -806,6 +864,7 @@ impl Sim {
             });
         }
         let loss = sched.loss;
+        let sched_seed = sched.seed;
         let mut sim = Self {
             params,
             sched,
@@ -819,6 +878,7 @@ impl Sim {
             rng,
             trace: Vec::new(),
             serving: 0,
+            wal_head: 0,
             checked_at: 0,
             warm: false,
             outages: Vec::new(),
@@ -831,6 +891,14 @@ impl Sim {
             stop_pending: [false; MAX_N],
             touched: [None; MAX_N],
             stop_slack: 0,
+            client_rng: Rng(sched_seed ^ 0xC11E_47C1_1E47_0000),
+            db_life: [0; MAX_N],
+            db_epoch: {
+                let mut e = [0; MAX_N];
+                e[0] = 1;
+                e
+            },
+            acks: Acks::default(),
         };
         for i in 0..n {
             sim.start_agent(i);
@@ -841,6 +909,7 @@ impl Sim {
         for (at, o) in sim.sched.operator.clone() {
             sim.push(at, Ev::Operator(o));
         }
+        sim.push(10 * MS, Ev::ClientTick);
         sim
     }
 
@@ -947,7 +1016,7 @@ impl Sim {
     }
 
     fn lsn(&self, i: usize) -> u64 {
-        let t = self.now / MS + 1_000;
+        let t = if self.serving != 0 { self.now / MS } else { self.wal_head } + 1_000;
         match self.nodes[i].db {
             Db::Primary => t,
             Db::Standby => t - self.nodes[i].lag,
@@ -1216,6 +1285,7 @@ impl Sim {
             // `pg_ctl stop` of a database that is not running succeeds too.
             if matches!(self.nodes[i].db, Db::Primary | Db::Standby) {
                 self.nodes[i].db = Db::Stopped;
+                self.db_life[i] += 1;
             }
             self.handed_over[i] = Some(epoch);
             self.down_since_handover[i] = true;
@@ -1446,6 +1516,7 @@ impl Sim {
                 let i = self.resolve(who);
                 self.touch(i);
                 self.nodes[i].up = false;
+                self.db_life[i] += 1;
                 self.stop_agent(i);
                 if let Some(d) = back_after {
                     self.push(self.now + d, Ev::Fault(Fault::NodeUp(i)));
@@ -1464,6 +1535,7 @@ impl Sim {
                 // A database stopped for a switchover has nothing left to fail.
                 if !matches!(self.nodes[i].db, Db::None | Db::Stopped) {
                     self.nodes[i].db = Db::Failed;
+                    self.db_life[i] += 1;
                 }
                 format!("n{i}'s database fails")
             }
@@ -1499,6 +1571,56 @@ impl Sim {
 
     fn pause_ends_now(&self, i: usize) -> bool {
         self.nodes[i].up && self.nodes[i].agent.as_ref().is_some_and(|a| a.paused_until <= self.now + 1)
+    }
+
+    // ---- The client. ----
+
+    /// Every 20–60 ms the client sends a write to each node whose kernel lets client traffic in
+    /// (a client may still hold an old address of the VIP): 30 % are long statements that sleep
+    /// 0.5–3 s inside the database before they commit, the rest take 1–20 ms.
+    fn client_tick(&mut self) {
+        for i in 0..self.n() {
+            if self.serving_now(i) {
+                let long = self.client_rng.chance(0.3);
+                let d = if long { self.client_rng.between(500 * MS, 3 * SEC) } else { self.client_rng.between(MS, 20 * MS) };
+                let (life, epoch, started) = (self.db_life[i], self.db_epoch[i], self.now);
+                self.push(self.now + d, Ev::StatementDone { node: i, life, epoch, started, long });
+            }
+        }
+        let next = self.now + self.client_rng.between(20 * MS, 60 * MS);
+        self.push(next, Ev::ClientTick);
+    }
+
+    /// A statement commits in a database that still runs (whatever its kernel does: the fence
+    /// does not reach inside PostgreSQL); its acknowledgement leaves only through the egress
+    /// fence. Invariant (8): no acknowledgement of an older epoch's primary after the first
+    /// acknowledgement of a newer one.
+    fn statement_done(&mut self, i: usize, life: u64, epoch: u64, started: u64, long: bool) {
+        let nd = &self.nodes[i];
+        if !nd.up || nd.db != Db::Primary || self.db_life[i] != life {
+            self.res.statements_lost += 1;
+            return;
+        }
+        let kernel_serves = nd.kernel.fence_reason(self.local(i, self.now)).is_none();
+        if self.params.egress_fence && !kernel_serves {
+            // Committed locally; the egress fence turns the result into a RST.
+            self.res.statements_unacknowledged += 1;
+            return;
+        }
+        self.res.acks += 1;
+        self.res.long_acks += u64::from(long);
+        match self.acks.newest {
+            Some((e, first)) if epoch < e => {
+                self.violate(&format!(
+                    "n{i} acknowledged a write of epoch {epoch} (received {}, {}) after the first acknowledgement of epoch {e} at {}",
+                    ts(started),
+                    if long { "long statement" } else { "short statement" },
+                    ts(first)
+                ));
+            }
+            Some((e, _)) if epoch == e => {}
+            _ => self.acks.newest = Some((epoch, self.now)),
+        }
     }
 
     // ---- Invariants. ----
@@ -1624,6 +1746,9 @@ impl Sim {
             }
             self.serving = serving;
         }
+        if self.serving != 0 {
+            self.wal_head = self.now / MS;
+        }
         self.checked_at = self.now;
     }
 
@@ -1661,6 +1786,8 @@ impl Sim {
                             self.violate(&format!("n{node}'s database became primary without a committed Promote for epoch {epoch}"));
                         }
                         self.nodes[node].db = Db::Primary;
+                        self.db_life[node] += 1;
+                        self.db_epoch[node] = epoch;
                         self.note(&format!("n{node}: database promoted (epoch {epoch})"));
                         let at = self.now + self.rng.between(0, 20 * MS);
                         self.push(at, Ev::WorkDone { node, epoch, incarnation });
@@ -1675,6 +1802,8 @@ impl Sim {
                 Ev::Operator(o) => self.operator_promote(o),
                 Ev::HandOverDone { node, epoch, incarnation, ok } => self.hand_over_done(node, epoch, incarnation, ok),
                 Ev::RejoinDone { node, epoch, incarnation } => self.rejoin_done(node, epoch, incarnation),
+                Ev::ClientTick => self.client_tick(),
+                Ev::StatementDone { node, life, epoch, started, long } => self.statement_done(node, life, epoch, started, long),
             }
             self.check();
             if self.res.violation.is_some() {
@@ -1811,6 +1940,9 @@ struct Stats {
     early_rejoins: u32,
     switchover_promotes: u32,
     switchover_promotes_running: u32,
+    acks: u64,
+    long_acks: u64,
+    statements_unacknowledged: u64,
 }
 
 impl Stats {
@@ -1871,6 +2003,9 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.failovers += r.failovers;
         st.dropped += r.proposals_dropped;
         st.messages += r.messages;
+        st.acks += r.acks;
+        st.long_acks += r.long_acks;
+        st.statements_unacknowledged += r.statements_unacknowledged;
         st.add_handovers(&r, seed);
         if let Some(o) = r.early_rejoin {
             early_rejoins.push(format!("seed {seed}:\n{o}"));
@@ -1922,6 +2057,10 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.messages,
     );
     st.report_handovers(n);
+    eprintln!(
+        "ha::sim {n} voters: client writes acknowledged {} ({} long statements); committed on a kernel that no longer served and never acknowledged: {}",
+        st.acks, st.long_acks, st.statements_unacknowledged
+    );
     if let Some(first) = early_rejoins.first() {
         eprintln!("ha::sim {n} voters: first rejoin before the clean stop was reported:\n{first}");
     }
@@ -1989,10 +2128,24 @@ fn restarted_voters_that_remember_their_endorsements_are_safe() {
 /// PINGs do not announce a lapsed lease. Safety is asserted; liveness is only reported.
 #[test]
 fn runtime_as_written_keeps_at_most_one_writable_primary() {
-    let params = Params { retry_proposals: false, announce_lapse: false, remember_across_restarts: false, detector_grace: false };
+    let params = Params { retry_proposals: false, announce_lapse: false, remember_across_restarts: false, detector_grace: false, egress_fence: true };
     let a = run_many(3, 150, 0x33, params, false);
     let b = run_many(5, 100, 0x55, params, false);
     assert!(a.failovers + b.failovers > 0);
+}
+
+/// The model finds what the egress fence prevents: with the ingress fence alone, a statement
+/// that was inside the old primary when its lease lapsed is acknowledged after the new
+/// primary's first acknowledgement (the field report of issue 11).
+#[test]
+fn without_the_egress_fence_statements_in_flight_are_acknowledged_late() {
+    let params = Params { egress_fence: false, ..Params::default() };
+    let mut late = 0;
+    for k in 0..300 {
+        let r = Sim::new(Schedule::generate(DEFAULT_SEED ^ 0xE6 ^ k, 3), params).run();
+        late += u32::from(r.violation.is_some_and(|v| v.contains("after the first acknowledgement of epoch")));
+    }
+    assert!(late > 0, "300 schedules without the egress fence found no late acknowledgement: the client model does not exercise statements in flight");
 }
 
 #[test]

@@ -389,6 +389,7 @@ fn shared() -> Arc<Mutex<Shared>> {
         kernel: serving(3),
         committed_primary: Some(v.me),
         metrics: Some(Arc::new(snapshot())),
+        wal: None,
         suspended: None,
         custom_monitor_failed: None,
         stop_requested: false,

@@ -490,6 +490,47 @@ SELECT pg_is_in_recovery(), current_setting('server_version_num'), \
 SELECT status, received_tli, sender_host FROM pg_stat_wal_receiver; \
 SELECT setting FROM pg_settings WHERE name = 'primary_conninfo'";
 
+const WAL_POSITION_SQL: &str = "\
+SELECT pg_is_in_recovery(), \
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END, \
+  pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()";
+
+/// The cheap part of [`probe`]: whether the server is in recovery and its WAL position as
+/// [`DbInfo::wal_position`] defines it (current on a primary; on a standby the later of the
+/// WAL received and flushed by streaming and the WAL replayed). Run every half heartbeat on a
+/// persistent connection by [`crate::localdb::track_wal`].
+pub async fn wal_position(client: &Client, addr: &str) -> Result<(bool, Option<Lsn>), DbError> {
+    let sets = result_sets(client.simple_query(WAL_POSITION_SQL).await.map_err(|e| DbError::Query {
+        addr: addr.to_owned(),
+        message: chain(&e),
+    })?);
+    let proto = |m: String| DbError::Protocol { addr: addr.to_owned(), message: m };
+    let row = sets
+        .first()
+        .and_then(|s| s.first())
+        .filter(|r| r.len() == 4)
+        .ok_or_else(|| proto("WAL position query returned no row".into()))?;
+    let lsn = |i: usize| -> Result<Option<Lsn>, DbError> {
+        row[i].as_deref().map(str::parse).transpose().map_err(|e: ParseLsnError| proto(e.to_string()))
+    };
+    let in_recovery = match row[0].as_deref() {
+        Some("t") => true,
+        Some("f") => false,
+        other => return Err(proto(format!("pg_is_in_recovery() returned {other:?}"))),
+    };
+    let info = DbInfo {
+        in_recovery,
+        server_version_num: 0,
+        current_lsn: lsn(1)?,
+        receive_lsn: lsn(2)?,
+        replay_lsn: lsn(3)?,
+        timeline: None,
+        is_streaming: false,
+        upstream_host: None,
+    };
+    Ok((in_recovery, info.wal_position()))
+}
+
 /// Text rows of the result sets of a simple query, one `Vec` per statement.
 fn result_sets(msgs: Vec<SimpleQueryMessage>) -> Vec<Vec<Vec<Option<String>>>> {
     let mut sets = vec![Vec::new()];

@@ -2,15 +2,19 @@
 //!
 //! A Unix stream socket `<run_dir>/<cluster>.sock`, mode 0660, owner root and group `efm` (when
 //! that group exists; root-only otherwise). One request per connection: a JSON object on one
-//! line, answered by one JSON line.
+//! line, answered by one JSON line. The request is an [`AdminCommand`] (the `command` tag and
+//! its typed fields) plus the protocol version:
 //!
 //! ```text
-//! → {"version":1,"command":"cluster-status","args":[]}
+//! → {"version":2,"command":"cluster-status"}
+//! → {"version":2,"command":"promote","switchover":true,"quiet":false,"force":false,"sourcenode":"10.0.1.9"}
+//! → {"version":2,"command":"set-priority","address":"10.0.1.9","priority":1}
 //! ← {"ok":true,"result":{...}}
-//! ← {"ok":false,"error":"unknown command \"frobnicate\"; known: cluster-status, node-status"}
+//! ← {"ok":false,"error":"unknown command \"frobnicate\"; known: cluster-status, node-status, ..."}
 //! ```
 //! Malformed, oversized, wrong-version or unknown requests get an error answer; they never stop
-//! the agent.
+//! the agent. The version is checked before anything else, so an `efm` of another release gets
+//! "protocol version N is not supported" rather than a complaint about a field.
 
 use std::{
     ffi::CString,
@@ -23,17 +27,102 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2 since requests are typed ([`AdminCommand`]); version 1 sent `command` and `args` words.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
+/// Every request the agent answers, as `efm` sends it. Node addresses stay the operator's words
+/// (`IP` or `IP:PORT`): the agent resolves them against the cluster's nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AdminCommand {
+    ClusterStatus,
+    NodeStatus,
+    /// `efm promote [-switchover [-sourcenode ADDRESS] [-quiet]] [-force]`.
+    Promote {
+        #[serde(default)]
+        switchover: bool,
+        #[serde(default)]
+        quiet: bool,
+        #[serde(default)]
+        force: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sourcenode: Option<String>,
+    },
+    Resume,
+    SetPriority {
+        address: String,
+        priority: u32,
+    },
+    AllowNode {
+        address: String,
+    },
+    DisallowNode {
+        address: String,
+    },
+    StopCluster,
+}
+
+impl AdminCommand {
+    /// Every command name, as on the wire and on `efm`'s command line.
+    pub const NAMES: &'static [&'static str] = &[
+        "cluster-status",
+        "node-status",
+        "promote",
+        "resume",
+        "set-priority",
+        "allow-node",
+        "disallow-node",
+        "stop-cluster",
+    ];
+
+    /// The command's name, as on the wire and on `efm`'s command line.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ClusterStatus => "cluster-status",
+            Self::NodeStatus => "node-status",
+            Self::Promote { .. } => "promote",
+            Self::Resume => "resume",
+            Self::SetPriority { .. } => "set-priority",
+            Self::AllowNode { .. } => "allow-node",
+            Self::DisallowNode { .. } => "disallow-node",
+            Self::StopCluster => "stop-cluster",
+        }
+    }
+}
+
+impl std::fmt::Display for AdminCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request: the protocol version and the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub version: u32,
-    pub command: String,
-    #[serde(default)]
-    pub args: Vec<String>,
+    pub command: AdminCommand,
+}
+
+impl Request {
+    /// A request of this release's protocol.
+    #[must_use]
+    pub fn new(command: AdminCommand) -> Self {
+        Self { version: PROTOCOL_VERSION, command }
+    }
+
+    /// The JSON line (without the newline).
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            version: u32,
+            #[serde(flatten)]
+            command: &'a AdminCommand,
+        }
+        serde_json::to_string(&Wire { version: self.version, command: &self.command })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,16 +164,39 @@ pub fn socket_path(run_dir: &Path, cluster: &str) -> PathBuf {
     run_dir.join(format!("{cluster}.sock"))
 }
 
-/// Parses one request line, or says what is wrong with it.
+/// Parses one request line, or says what is wrong with it: not JSON, another protocol version
+/// (checked first), an unknown command (named, with the known ones), or a field that is missing,
+/// unknown or of the wrong type for the command.
 pub fn parse_request(line: &str) -> Result<Request, String> {
-    let req: Request = serde_json::from_str(line.trim()).map_err(|e| format!("malformed request: {e}"))?;
-    if req.version != PROTOCOL_VERSION {
+    let mut v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("malformed request: {e}"))?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err("malformed request: not a JSON object".into());
+    };
+    let version = match obj.remove("version") {
+        None => return Err("malformed request: no \"version\"".into()),
+        Some(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("malformed request: version {n} is not a number"))?,
+    };
+    if version != PROTOCOL_VERSION {
         return Err(format!(
-            "protocol version {} is not supported (this agent speaks {PROTOCOL_VERSION}); use the efm command of the same release",
-            req.version
+            "protocol version {version} is not supported (this agent speaks {PROTOCOL_VERSION}); use the efm command of the same release"
         ));
     }
-    Ok(req)
+    let name = match obj.get("command") {
+        None => return Err("malformed request: no \"command\"".into()),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => return Err(format!("malformed request: command {other} is not a string")),
+    };
+    if !AdminCommand::NAMES.contains(&name.as_str()) {
+        return Err(format!("unknown command {name:?}; known: {}", AdminCommand::NAMES.join(", ")));
+    }
+    let fields: Vec<String> = obj.keys().filter(|k| *k != "command").map(|k| format!("`{k}`")).collect();
+    let command = AdminCommand::deserialize(v).map_err(|e| format!("malformed {name} request: {e}"))?;
+    // serde checks the fields of the commands that have some; these have none.
+    let unit = matches!(command, AdminCommand::ClusterStatus | AdminCommand::NodeStatus | AdminCommand::Resume | AdminCommand::StopCluster);
+    if unit && !fields.is_empty() {
+        return Err(format!("malformed {name} request: unknown field {}, {name} takes none", fields.join(", ")));
+    }
+    Ok(Request { version, command })
 }
 
 /// Binds the admin socket with its permissions.
@@ -165,7 +277,7 @@ pub fn request(run_dir: &Path, cluster: &str, req: &Request, timeout: Duration) 
         .map_err(|source| AdminError::Connect { cluster: cluster.to_owned(), path: path.clone(), source })?;
     s.set_read_timeout(Some(timeout)).map_err(io_err)?;
     s.set_write_timeout(Some(timeout)).map_err(io_err)?;
-    let mut line = serde_json::to_string(req).map_err(|e| io_err(io::Error::other(e)))?;
+    let mut line = req.to_json().map_err(|e| io_err(io::Error::other(e)))?;
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io_err)?;
     let mut answer = String::new();
@@ -179,14 +291,52 @@ mod tests {
 
     #[test]
     fn requests_are_validated() {
+        assert_eq!(parse_request(r#"{"version":2,"command":"cluster-status"}"#).unwrap(), Request::new(AdminCommand::ClusterStatus));
         assert_eq!(
-            parse_request(r#"{"version":1,"command":"cluster-status"}"#).unwrap(),
-            Request { version: 1, command: "cluster-status".into(), args: vec![] }
+            parse_request(r#"{"command":"set-priority","address":"10.0.1.9","priority":1,"version":2}"#).unwrap().command,
+            AdminCommand::SetPriority { address: "10.0.1.9".into(), priority: 1 }
+        );
+        assert_eq!(
+            parse_request(r#"{"version":2,"command":"promote","switchover":true}"#).unwrap().command,
+            AdminCommand::Promote { switchover: true, quiet: false, force: false, sourcenode: None }
         );
         assert!(parse_request("not json").unwrap_err().starts_with("malformed request"));
+        assert!(parse_request("[2]").unwrap_err().contains("not a JSON object"));
         assert!(parse_request(r#"{"version":9,"command":"x"}"#).unwrap_err().contains("version 9"));
-        assert!(parse_request(r#"{"version":1,"command":"x","evil":1}"#).unwrap_err().contains("unknown field"));
-        assert!(parse_request(r#"{"version":1}"#).unwrap_err().contains("command"));
+        let v1 = parse_request(r#"{"version":1,"command":"promote","args":["switchover"]}"#).unwrap_err();
+        assert!(v1.contains("protocol version 1 is not supported (this agent speaks 2)"), "{v1}");
+        let unknown = parse_request(r#"{"version":2,"command":"frobnicate"}"#).unwrap_err();
+        assert!(unknown.starts_with("unknown command \"frobnicate\"; known: cluster-status, node-status, promote"), "{unknown}");
+        let extra = parse_request(r#"{"version":2,"command":"resume","evil":1}"#).unwrap_err();
+        assert!(extra.starts_with("malformed resume request") && extra.contains("evil"), "{extra}");
+        let extra = parse_request(r#"{"version":2,"command":"promote","switchover":true,"evil":1}"#).unwrap_err();
+        assert!(extra.starts_with("malformed promote request") && extra.contains("evil"), "{extra}");
+        let missing = parse_request(r#"{"version":2,"command":"allow-node"}"#).unwrap_err();
+        assert!(missing.contains("malformed allow-node request") && missing.contains("address"), "{missing}");
+        let typed = parse_request(r#"{"version":2,"command":"set-priority","address":"a","priority":"high"}"#).unwrap_err();
+        assert!(typed.contains("malformed set-priority request"), "{typed}");
+        assert!(parse_request(r#"{"version":2}"#).unwrap_err().contains("command"));
+        assert!(parse_request(r#"{"command":"resume"}"#).unwrap_err().contains("version"));
+    }
+
+    #[test]
+    fn every_command_round_trips_and_is_named() {
+        let all = [
+            AdminCommand::ClusterStatus,
+            AdminCommand::NodeStatus,
+            AdminCommand::Promote { switchover: true, quiet: true, force: false, sourcenode: Some("198.18.0.9".into()) },
+            AdminCommand::Resume,
+            AdminCommand::SetPriority { address: "198.18.0.2:7800".into(), priority: 0 },
+            AdminCommand::AllowNode { address: "198.18.0.3".into() },
+            AdminCommand::DisallowNode { address: "198.18.0.3".into() },
+            AdminCommand::StopCluster,
+        ];
+        assert_eq!(all.iter().map(AdminCommand::as_str).collect::<Vec<_>>(), AdminCommand::NAMES);
+        for c in all {
+            let line = Request::new(c.clone()).to_json().unwrap();
+            assert!(line.starts_with(&format!(r#"{{"version":2,"command":"{c}""#)), "{line}");
+            assert_eq!(parse_request(&line).unwrap().command, c, "{line}");
+        }
     }
 
     #[test]
@@ -198,23 +348,25 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
         rt.spawn(serve(listener, |req: Request| async move {
-            if req.command == "echo" {
-                Response::ok(serde_json::json!({ "args": req.args }))
-            } else {
-                Response::err(format!("unknown command {:?}", req.command))
+            match req.command {
+                AdminCommand::AllowNode { address } => Response::ok(serde_json::json!({ "address": address })),
+                other => Response::err(format!("not here: {other}")),
             }
         }));
         let t = Duration::from_secs(5);
         let dir2 = dir.clone();
         let answers = std::thread::spawn(move || {
-            let ok = request(&dir2, "acctg", &Request { version: 1, command: "echo".into(), args: vec!["x".into()] }, t).unwrap();
-            let unknown = request(&dir2, "acctg", &Request { version: 1, command: "nope".into(), args: vec![] }, t).unwrap();
+            let ok = request(&dir2, "acctg", &Request::new(AdminCommand::AllowNode { address: "x".into() }), t).unwrap();
+            let mut raw = UnixStream::connect(socket_path(&dir2, "acctg")).unwrap();
+            raw.write_all(b"{\"version\":2,\"command\":\"nope\"}\n").unwrap();
+            let mut unknown = String::new();
+            io::BufReader::new(raw).read_line(&mut unknown).unwrap();
             let mut raw = UnixStream::connect(socket_path(&dir2, "acctg")).unwrap();
             raw.write_all(&vec![b'x'; MAX_REQUEST + 10]).unwrap();
             raw.write_all(b"\n").unwrap();
             let mut line = String::new();
             io::BufReader::new(raw).read_line(&mut line).unwrap();
-            let missing = request(&dir2, "other", &Request { version: 1, command: "echo".into(), args: vec![] }, t);
+            let missing = request(&dir2, "other", &Request::new(AdminCommand::Resume), t);
             (ok, unknown, line, missing.unwrap_err().to_string())
         });
         let (ok, unknown, huge, missing) = rt.block_on(async {
@@ -225,8 +377,9 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
-        assert_eq!(ok.result, Some(serde_json::json!({ "args": ["x"] })));
-        assert_eq!(unknown.error.as_deref(), Some("unknown command \"nope\""));
+        assert_eq!(ok.result, Some(serde_json::json!({ "address": "x" })));
+        let unknown: Response = serde_json::from_str(&unknown).unwrap();
+        assert!(unknown.error.as_deref().is_some_and(|e| e.starts_with("unknown command \"nope\"; known: ")), "{unknown:?}");
         assert!(huge.contains("longer than"), "{huge}");
         assert!(missing.contains("is efm-agent running"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -13,6 +13,8 @@ use std::{
 use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
 
+use crate::admin::AdminCommand;
+
 /// Default directory of the clusters' configuration files.
 pub const CONFIG_DIR: &str = "/etc/efm";
 /// Default directory of the admin sockets and pid files.
@@ -222,6 +224,33 @@ pub enum Cmd {
     },
 }
 
+impl Cmd {
+    /// The request this command sends to the local agent, and the cluster whose agent it asks;
+    /// `None` for the commands that work on files. (`efm promote` may send a second request with
+    /// `force` after the operator confirmed.)
+    #[must_use]
+    pub fn admin_request(&self) -> Option<(&str, AdminCommand)> {
+        Some(match self {
+            Self::ClusterStatus { cluster } | Self::ClusterStatusJson { cluster } => (cluster, AdminCommand::ClusterStatus),
+            Self::NodeStatusJson { cluster } => (cluster, AdminCommand::NodeStatus),
+            Self::Promote { cluster, switchover, sourcenode, quiet, force } => (
+                cluster,
+                AdminCommand::Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.clone() },
+            ),
+            Self::Resume { cluster } => (cluster, AdminCommand::Resume),
+            Self::SetPriority { cluster, address, priority } => {
+                (cluster, AdminCommand::SetPriority { address: address.clone(), priority: *priority })
+            }
+            Self::AllowNode { cluster, address } => (cluster, AdminCommand::AllowNode { address: address.clone() }),
+            Self::DisallowNode { cluster, address } => (cluster, AdminCommand::DisallowNode { address: address.clone() }),
+            Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
+            Self::PropCheck { .. } | Self::UpgradeConf { .. } | Self::Encrypt { .. } | Self::GenerateKey { .. } | Self::GenerateDocs { .. } => {
+                return None
+            }
+        })
+    }
+}
+
 /// The shells completions are generated for, with the file name each expects.
 pub const SHELLS: &[(Shell, &str)] = &[(Shell::Bash, "bash"), (Shell::Zsh, "zsh"), (Shell::Fish, "fish")];
 
@@ -365,6 +394,37 @@ fn roff_escape(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_admin_command_has_its_efm_command() {
+        let parse = |words: &[&str]| Cli::try_parse_from(std::iter::once("efm").chain(words.iter().copied())).unwrap().cmd;
+        let sent: Vec<&str> = [
+            &["cluster-status", "acctg"][..],
+            &["node-status-json", "acctg"],
+            &["promote", "acctg", "--switchover", "--sourcenode", "198.18.0.9", "--quiet"],
+            &["resume", "acctg"],
+            &["set-priority", "acctg", "198.18.0.2", "1"],
+            &["allow-node", "acctg", "198.18.0.3"],
+            &["disallow-node", "acctg", "198.18.0.3"],
+            &["stop-cluster", "acctg"],
+        ]
+        .iter()
+        .map(|w| parse(w).admin_request().unwrap().1.as_str())
+        .collect();
+        assert_eq!(sent, AdminCommand::NAMES);
+        let cmd = parse(&["promote", "acctg", "--switchover", "--sourcenode", "198.18.0.9", "--quiet"]);
+        let (cluster, promote) = cmd.admin_request().unwrap();
+        assert_eq!(cluster, "acctg");
+        assert_eq!(
+            promote,
+            AdminCommand::Promote { switchover: true, quiet: true, force: false, sourcenode: Some("198.18.0.9".into()) }
+        );
+        assert_eq!(
+            parse(&["set-priority", "acctg", "198.18.0.2", "0"]).admin_request().unwrap().1,
+            AdminCommand::SetPriority { address: "198.18.0.2".into(), priority: 0 }
+        );
+        assert!(parse(&["prop-check", "acctg"]).admin_request().is_none());
+    }
 
     #[test]
     fn definitions_are_consistent() {

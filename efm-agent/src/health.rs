@@ -11,15 +11,18 @@
 //! `/primary`, `/replica` and `/health` carry a small JSON object (role, epoch, serving, lease
 //! left, database state, and for a 503 the reason) for humans with `curl`.
 //!
-//! The server is a deliberately small HTTP/1.1 implementation on tokio: one request per
-//! connection, every answer `Connection: close`. The request head is limited to
-//! [`MAX_HEAD`] bytes and [`MAX_HEADERS`] lines and must arrive within [`READ_TIMEOUT`] (a
-//! deadline for the whole head, so a client dribbling bytes cannot hold a connection);
-//! at most [`MAX_CONNECTIONS`] connections are served at once (further ones wait in the listen
-//! backlog). Garbage gets 400, unknown paths 404, methods other than GET, HEAD and OPTIONS 405.
-//! OPTIONS is answered like HEAD because `HAProxy` configurations written for Patroni check with
-//! `option httpchk OPTIONS /primary`. A `Host` header is not required (HTTP/1.0 health checkers
-//! send none). A request body is never read.
+//! The server is hyper's HTTP/1 server (no HTTP/2), **one request per connection**: every
+//! answer says `Connection: close` (load balancers open a connection per check; a kept-alive
+//! idle connection would only hold one of the [`MAX_CONNECTIONS`] slots). The request head is
+//! limited to [`MAX_HEAD`] bytes and [`MAX_HEADERS`] lines (else 431) and must arrive within
+//! [`READ_TIMEOUT`] of the accept (a deadline for the whole head, so a client dribbling bytes
+//! cannot hold a connection; else 408); the answer must be taken within [`WRITE_TIMEOUT`] after
+//! that. At most [`MAX_CONNECTIONS`] connections are served at once (further ones wait in the
+//! listen backlog). Garbage gets 400, unknown paths 404, methods other than GET, HEAD and
+//! OPTIONS 405, an HTTP/2 preface a closed connection. OPTIONS is answered like GET because
+//! `HAProxy` configurations written for Patroni check with `option httpchk OPTIONS /primary`.
+//! A `Host` header is not required (HTTP/1.0 health checkers send none). A request body is
+//! never read.
 //!
 //! **Where the numbers come from.** The datapath belongs to the main loop (`&mut Datapath`), so
 //! the HTTP handlers never touch the kernel: the main loop calls [`after_tick`] after each cycle,
@@ -30,13 +33,18 @@
 //! [`View`] out; rendering happens outside it, so a slow client never delays the agent.
 
 use std::{
+    convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
 use efm_common::maps::{Counter, RTT_BUCKETS};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -494,11 +502,11 @@ pub fn render_metrics(v: &View) -> String {
 pub enum Method {
     Get,
     Head,
-    /// Answered like HEAD (`HAProxy` checks written for Patroni use it).
+    /// Answered like GET (`HAProxy` checks written for Patroni use it).
     Options,
 }
 
-/// A parsed request head.
+/// A request as the answers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
@@ -506,13 +514,12 @@ pub struct Request {
     pub path: String,
 }
 
-/// Why a request head was refused; each maps to a status code.
+/// Why a request hyper parsed is still refused; each maps to a status code. (Malformed heads,
+/// too many or too large headers never get here: hyper answers them 400 and 431.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     BadRequest(&'static str),
     MethodNotAllowed,
-    HeadTooLarge,
-    VersionNotSupported,
 }
 
 impl Refusal {
@@ -520,8 +527,6 @@ impl Refusal {
         match self {
             Self::BadRequest(_) => 400,
             Self::MethodNotAllowed => 405,
-            Self::HeadTooLarge => 431,
-            Self::VersionNotSupported => 505,
         }
     }
 
@@ -529,97 +534,24 @@ impl Refusal {
         match self {
             Self::BadRequest(m) => m,
             Self::MethodNotAllowed => "only GET, HEAD and OPTIONS are answered",
-            Self::HeadTooLarge => "request head too large",
-            Self::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are spoken",
         }
     }
 }
 
-/// Where the head ends (the index after the blank line), accepting CRLF or bare LF line ends.
-#[must_use]
-pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Parses a complete request head (through the blank line).
-pub fn parse_head(head: &[u8]) -> Result<Request, Refusal> {
-    if head.len() > MAX_HEAD {
-        return Err(Refusal::HeadTooLarge);
-    }
-    let text = std::str::from_utf8(head).map_err(|_| Refusal::BadRequest("request head is not UTF-8"))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(Refusal::BadRequest("malformed request line"));
-    };
-    if method.is_empty() || !method.bytes().all(is_tchar) {
-        return Err(Refusal::BadRequest("malformed method"));
-    }
-    let Some(v) = version.strip_prefix("HTTP/") else {
-        return Err(Refusal::BadRequest("malformed HTTP version"));
-    };
-    let vb = v.as_bytes();
-    if vb.len() != 3 || !vb[0].is_ascii_digit() || vb[1] != b'.' || !vb[2].is_ascii_digit() {
-        return Err(Refusal::BadRequest("malformed HTTP version"));
-    }
-    if vb[0] != b'1' {
-        return Err(Refusal::VersionNotSupported);
-    }
-    if target.is_empty() || target.bytes().any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii()) {
-        return Err(Refusal::BadRequest("malformed request target"));
-    }
-    // Origin form (`/path?query`), or absolute form (`http://host/path`), which HTTP/1.1 servers
-    // must accept.
-    let origin = if let Some(rest) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
-        rest.find('/').map_or("/", |i| &rest[i..])
-    } else {
-        target
-    };
-    if !origin.starts_with('/') {
-        return Err(Refusal::BadRequest("request target must be a path"));
-    }
-    let path = origin.split(['?', '#']).next().unwrap_or("/").to_owned();
-    let mut headers = 0;
-    for l in lines {
-        if l.is_empty() {
-            break;
-        }
-        headers += 1;
-        if headers > MAX_HEADERS {
-            return Err(Refusal::HeadTooLarge);
-        }
-        let Some((name, _value)) = l.split_once(':') else {
-            return Err(Refusal::BadRequest("header line without a colon"));
-        };
-        // No whitespace before the colon, no obsolete line folding (RFC 9112 §5).
-        if name.is_empty() || !name.bytes().all(is_tchar) {
-            return Err(Refusal::BadRequest("malformed header name"));
-        }
-    }
-    let method = match method {
-        "GET" => Method::Get,
-        "HEAD" => Method::Head,
-        "OPTIONS" => Method::Options,
+/// The request hyper parsed, as a [`Request`]: GET, HEAD or OPTIONS on a path (origin form, or
+/// absolute form, which HTTP/1.1 servers must accept; not `*` or an authority).
+pub fn route(method: &hyper::Method, uri: &hyper::Uri) -> Result<Request, Refusal> {
+    let method = match *method {
+        hyper::Method::GET => Method::Get,
+        hyper::Method::HEAD => Method::Head,
+        hyper::Method::OPTIONS => Method::Options,
         _ => return Err(Refusal::MethodNotAllowed),
     };
-    Ok(Request { method, path })
+    let path = uri.path();
+    if !path.starts_with('/') {
+        return Err(Refusal::BadRequest("request target must be a path"));
+    }
+    Ok(Request { method, path: path.to_owned() })
 }
 
 /// A complete answer.
@@ -639,36 +571,26 @@ impl Answer {
         Self { status, content_type: "application/json", body }
     }
 
-    /// The bytes on the wire; HEAD and OPTIONS get the head only (with the body's length).
+    /// The hyper response: `Connection: close` (one request per connection), never cached, and
+    /// `Allow` on a 405. hyper writes `Content-Length` and leaves the body out for HEAD.
     #[must_use]
-    pub fn to_bytes(&self, with_body: bool) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            408 => "Request Timeout",
-            431 => "Request Header Fields Too Large",
-            503 => "Service Unavailable",
-            505 => "HTTP Version Not Supported",
-            _ => "Unknown",
-        };
-        let allow = if self.status == 405 { "Allow: GET, HEAD, OPTIONS\r\n" } else { "" };
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{allow}Connection: close\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        if with_body {
-            out.extend_from_slice(self.body.as_bytes());
+    pub fn into_response(self) -> hyper::Response<String> {
+        use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
+        let status = hyper::StatusCode::from_u16(self.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = hyper::Response::new(self.body);
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == hyper::StatusCode::METHOD_NOT_ALLOWED {
+            h.insert(ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
         }
-        out
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+        r
     }
 }
 
-/// The answer to a parsed request, from `view`.
+/// The answer to a request, from `view`.
 #[must_use]
 pub fn answer(req: &Request, view: &View) -> Answer {
     let status = |r: &Result<(), String>| if r.is_ok() { 200 } else { 503 };
@@ -684,6 +606,17 @@ pub fn answer(req: &Request, view: &View) -> Answer {
         "/health" => Answer::json(200, view.status_json(&Ok(()))),
         "/metrics" => Answer { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", body: render_metrics(view) },
         _ => Answer::text(404, "unknown path; try /primary, /replica, /health or /metrics"),
+    }
+}
+
+/// The whole answer to one parsed request (the service hyper calls).
+fn respond(req: &hyper::Request<hyper::body::Incoming>, shared: &Mutex<Shared>) -> Answer {
+    match route(req.method(), req.uri()) {
+        Err(r) => Answer::text(r.status(), r.message()),
+        Ok(req) => {
+            let view = View::from_shared(&lock(shared), monotonic_ns());
+            answer(&req, &view)
+        }
     }
 }
 
@@ -756,7 +689,7 @@ async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>, limits: Limits
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 conns.spawn(async move {
-                    connection(stream, peer, &shared, limits.read_timeout).await;
+                    connection(stream, peer, shared, limits.read_timeout).await;
                     drop(permit);
                 });
             }
@@ -770,67 +703,78 @@ async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>, limits: Limits
     }
 }
 
-/// Reads the head within [`READ_TIMEOUT`]: `Ok(Some(len))` when complete, `Ok(None)` when the
-/// client closed before sending anything.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> Result<Option<usize>, Answer> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => return Err(Answer::text(408, "request head not received in time")),
-            Ok(Err(_)) => return Ok(None),
-            Ok(Ok(n)) => n,
-        };
-        if n == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(Answer::text(400, "incomplete request head")) };
-        }
-        // Look for the end from a little before the new bytes (the blank line may straddle).
-        let from = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head_end(&buf[from..]) {
-            let end = from + end;
-            if end > MAX_HEAD {
-                return Err(Answer::text(431, Refusal::HeadTooLarge.message()));
+/// The answer to a client that did not send a complete head within the deadline (hyper itself
+/// would close without a word).
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n\
+    Content-Length: 34\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nrequest head not received in time\n";
+
+/// One connection, one request: hyper parses the head (at most [`MAX_HEAD`] bytes and
+/// [`MAX_HEADERS`] lines, else 431; malformed, 400) and writes the answer. The head must be
+/// complete within `read_timeout` of the accept (else 408), the answer written within
+/// [`WRITE_TIMEOUT`] after that.
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Mutex<Shared>>, read_timeout: Duration) {
+    let answered = Arc::new(AtomicU16::new(0));
+    let service = {
+        let answered = answered.clone();
+        hyper::service::service_fn(move |req| {
+            let a = respond(&req, &shared);
+            answered.store(a.status, Ordering::Relaxed);
+            std::future::ready(Ok::<_, Infallible>(a.into_response()))
+        })
+    };
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_HEAD)
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut deadline = tokio::time::Instant::now() + read_timeout;
+    let mut head_deadline = true;
+    let outcome = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r.err(),
+            () = tokio::time::sleep_until(deadline) => {
+                if !head_deadline {
+                    tracing::debug!(%peer, "health endpoint: answer not taken in time");
+                    return;
+                }
+                if answered.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(%peer, status = 408, "health endpoint request");
+                    let mut stream = conn.into_parts().io.into_inner();
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, finish(&mut stream, REQUEST_TIMEOUT)).await;
+                    return;
+                }
+                head_deadline = false;
+                deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
             }
-            return Ok(Some(end));
         }
-        if buf.len() > MAX_HEAD {
-            return Err(Answer::text(431, Refusal::HeadTooLarge.message()));
-        }
+    };
+    let status = answered.load(Ordering::Relaxed);
+    match &outcome {
+        None => tracing::debug!(%peer, status, "health endpoint request"),
+        // A parse error (hyper answered 400 or 431), a client gone, an HTTP/2 preface (closed).
+        Some(e) => tracing::debug!(%peer, error = %e, "health endpoint: request refused"),
     }
+    let mut stream = conn.into_parts().io.into_inner();
+    let _ = tokio::time::timeout(deadline.saturating_duration_since(tokio::time::Instant::now()), finish(&mut stream, b"")).await;
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Mutex<Shared>>, read_timeout: Duration) {
-    let mut buf = Vec::with_capacity(1024);
-    let (answer, with_body) = match read_head(&mut stream, &mut buf, read_timeout).await {
-        Ok(None) => return,
-        Err(a) => (a, true),
-        Ok(Some(end)) => match parse_head(&buf[..end]) {
-            Err(r) => (Answer::text(r.status(), r.message()), true),
-            Ok(req) => {
-                let view = View::from_shared(&lock(shared), monotonic_ns());
-                (answer(&req, &view), req.method == Method::Get)
-            }
-        },
-    };
-    tracing::debug!(%peer, status = answer.status, "health endpoint request");
-    let bytes = answer.to_bytes(with_body);
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await?;
-        // Read what the client still sends (a body, a pipelined request) for a moment: closing
-        // with unread data makes the kernel send a RST, which can destroy the answer in flight.
-        let mut sink = [0u8; 1024];
-        let mut left = 64 * 1024usize;
-        while left > 0 {
-            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-                _ => break,
-            }
+/// Writes `bytes`, shuts the sending side and reads what the client still sends (a body, a
+/// pipelined request) for a moment: closing with unread data makes the kernel send a RST,
+/// which can destroy the answer in flight.
+async fn finish(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 1024];
+    let mut left = 64 * 1024usize;
+    while left > 0 {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //!
 //! Every command checks its arguments and the committed cluster state first and refuses with a
 //! message naming what is wrong; what changes cluster state goes through the coordination log as
-//! one entry, so it is applied by every node or by none (nothing is half-applied). Request
-//! arguments are words: `promote` takes `switchover`, `quiet`, `force` and `sourcenode=ADDR`;
-//! the others take addresses and numbers in EFM's order.
+//! one entry, so it is applied by every node or by none (nothing is half-applied). Requests are
+//! typed ([`AdminCommand`], shared with `efm`); node addresses are the operator's words (`IP` or
+//! `IP:PORT`), resolved here against the cluster's nodes.
 //!
 //! # Promotion and switchover (`efm promote [-switchover [-sourcenode ADDR] [-quiet]]`)
 //!
@@ -29,7 +29,7 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    admin::{Request, Response},
+    admin::{AdminCommand, Request, Response},
     agent::{lock, Shared},
     config::Config,
     coordination::{ClusterState, Command, CoordError, Coordinator, NodeKind},
@@ -38,7 +38,7 @@ use crate::{
     postgres,
 };
 
-/// The admin commands this module answers.
+/// The admin commands this module answers (the others are the status reports).
 pub const COMMANDS: &[&str] = &["promote", "resume", "set-priority", "allow-node", "disallow-node", "stop-cluster"];
 
 /// How long `promote` waits for the new primary to serve.
@@ -52,24 +52,29 @@ fn message(m: impl Into<String>) -> Response {
 
 /// Answers one of [`COMMANDS`].
 pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, req: &Request) -> Response {
-    let res = match req.command.as_str() {
-        "promote" => promote(shared, coord, &req.args).await,
-        "resume" => resume(shared, coord, &req.args).await,
-        "set-priority" => set_priority(shared, coord, &req.args).await,
-        "allow-node" => allow_node(shared, coord, &req.args).await,
-        "disallow-node" => disallow_node(shared, coord, &req.args).await,
-        "stop-cluster" => stop_cluster(coord, &req.args).await,
-        other => Err(format!("unknown command {other:?}")),
+    let res = match &req.command {
+        AdminCommand::Promote { switchover, quiet, force, sourcenode } => {
+            promote(shared, coord, Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.as_deref() }).await
+        }
+        AdminCommand::Resume => resume(shared, coord).await,
+        AdminCommand::SetPriority { address, priority } => set_priority(shared, coord, address, *priority).await,
+        AdminCommand::AllowNode { address } => allow_node(shared, coord, address).await,
+        AdminCommand::DisallowNode { address } => disallow_node(shared, coord, address).await,
+        AdminCommand::StopCluster => stop_cluster(coord).await,
+        other @ (AdminCommand::ClusterStatus | AdminCommand::NodeStatus) => {
+            Err(format!("{other} is a status report, not an operator command"))
+        }
     };
     res.unwrap_or_else(Response::err)
 }
 
-fn no_args(cmd: &str, args: &[String]) -> Result<(), String> {
-    if args.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{cmd} takes no arguments (got {})", args.join(" ")))
-    }
+/// `efm promote`'s options.
+#[derive(Clone, Copy, Debug)]
+struct Promote<'a> {
+    switchover: bool,
+    quiet: bool,
+    force: bool,
+    sourcenode: Option<&'a str>,
 }
 
 async fn propose(coord: &Coordinator, cmd: Command) -> Result<(), String> {
@@ -211,17 +216,8 @@ fn primary_alive(snap: &Snapshot, primary: SocketAddr) -> bool {
     primary == snap.me || snap.peers.iter().any(|p| p.addr == primary && p.health.is_some_and(|h| h.verdict == Verdict::Alive))
 }
 
-async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
-    let (mut switchover, mut quiet, mut force, mut source_arg) = (false, false, false, None);
-    for a in args {
-        match a.as_str() {
-            "switchover" => switchover = true,
-            "quiet" => quiet = true,
-            "force" => force = true,
-            s if s.starts_with("sourcenode=") => source_arg = Some(s["sourcenode=".len()..].to_owned()),
-            other => return Err(format!("promote: unknown argument {other:?} (known: switchover, quiet, force, sourcenode=ADDRESS)")),
-        }
-    }
+async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, opts: Promote<'_>) -> Result<Response, String> {
+    let Promote { switchover, quiet, force, sourcenode: source_arg } = opts;
     if !switchover && (quiet || source_arg.is_some()) {
         return Err("-sourcenode and -quiet apply to a switchover only: add -switchover".into());
     }
@@ -239,7 +235,7 @@ async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[
             "-switchover needs a running primary, and the agent of primary {primary} is not heard; use efm promote without -switchover to fail over"
         ));
     }
-    let source = match &source_arg {
+    let source = match source_arg {
         None => None,
         Some(a) => {
             let addr = resolve_node(a, &known_nodes(st, &snap.cfg), snap.me.port())?;
@@ -370,8 +366,7 @@ pub fn resumable(cfg: &Config, me: SocketAddr, db: &DbView, st: &ClusterState, v
     }
 }
 
-async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
-    no_args("resume", args)?;
+async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>) -> Result<Response, String> {
     let (cfg, me, config_dir, sus, custom) = {
         let s = lock(shared);
         (s.config.clone(), s.me, s.config_dir.clone(), s.suspended.clone(), s.custom_monitor_failed.clone())
@@ -415,11 +410,7 @@ async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[S
     }
 }
 
-async fn set_priority(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
-    let [addr, prio] = args else {
-        return Err("set-priority takes ADDRESS PRIORITY (0 = never promote, 1 = first)".into());
-    };
-    let priority: u32 = prio.parse().map_err(|_| format!("priority {prio:?} is not a number from 0 to {}", u32::MAX))?;
+async fn set_priority(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, addr: &str, priority: u32) -> Result<Response, String> {
     let snap = snapshot(shared, coord);
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
@@ -436,8 +427,7 @@ async fn set_priority(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, arg
     )))
 }
 
-async fn allow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
-    let [addr] = args else { return Err("allow-node takes one ADDRESS".into()) };
+async fn allow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
     let snap = snapshot(shared, coord);
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
@@ -448,8 +438,7 @@ async fn allow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args:
     Ok(message(format!("Added {node} to the allowed node host list; start its agent to join")))
 }
 
-async fn disallow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
-    let [addr] = args else { return Err("disallow-node takes one ADDRESS".into()) };
+async fn disallow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
     let snap = snapshot(shared, coord);
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
@@ -468,8 +457,7 @@ async fn disallow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, ar
     )))
 }
 
-async fn stop_cluster(coord: &Arc<Coordinator>, args: &[String]) -> Result<Response, String> {
-    no_args("stop-cluster", args)?;
+async fn stop_cluster(coord: &Arc<Coordinator>) -> Result<Response, String> {
     propose(coord, Command::StopCluster { at_unix_ms: crate::agent::unix_ms() }).await?;
     Ok(message("Every agent of the cluster is stopping; the databases keep running as they are, without failover protection"))
 }
@@ -480,6 +468,12 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn commands_are_the_operator_variants() {
+        let ours: Vec<&str> = AdminCommand::NAMES.iter().copied().filter(|n| !n.ends_with("-status")).collect();
+        assert_eq!(ours, COMMANDS);
     }
 
     #[test]

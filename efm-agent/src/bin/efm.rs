@@ -10,7 +10,7 @@ use std::{
 
 use clap::Parser as _;
 use efm_agent::{
-    admin::{self, Request, PROTOCOL_VERSION},
+    admin::{self, AdminCommand, Request},
     cli::{self, Cli, Cmd},
     config, heartbeat, secret,
     status::{self, ClusterStatus},
@@ -32,12 +32,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn ask(cli: &Cli, cluster: &str, command: &str) -> Result<serde_json::Value, String> {
-    ask_with(cli, cluster, command, Vec::new(), Duration::from_mins(1))
+fn ask(cli: &Cli, cluster: &str, command: AdminCommand) -> Result<serde_json::Value, String> {
+    ask_with(cli, cluster, command, Duration::from_mins(1))
 }
 
-fn ask_with(cli: &Cli, cluster: &str, command: &str, args: Vec<String>, timeout: Duration) -> Result<serde_json::Value, String> {
-    let req = Request { version: PROTOCOL_VERSION, command: command.into(), args };
+fn ask_with(cli: &Cli, cluster: &str, command: AdminCommand, timeout: Duration) -> Result<serde_json::Value, String> {
+    let req = Request::new(command);
     let resp = admin::request(&cli.run_dir, cluster, &req, timeout).map_err(|e| e.to_string())?;
     if resp.ok {
         resp.result.ok_or_else(|| "the agent answered without a result".to_owned())
@@ -47,7 +47,7 @@ fn ask_with(cli: &Cli, cluster: &str, command: &str, args: Vec<String>, timeout:
 }
 
 fn cluster_status(cli: &Cli, cluster: &str) -> Result<ClusterStatus, String> {
-    serde_json::from_value(ask(cli, cluster, "cluster-status")?).map_err(|e| format!("unreadable cluster status: {e}"))
+    serde_json::from_value(ask(cli, cluster, AdminCommand::ClusterStatus)?).map_err(|e| format!("unreadable cluster status: {e}"))
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -67,37 +67,32 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Ok(exit(status::exit_code(&st)))
         }
         Cmd::NodeStatusJson { cluster } => {
-            let v = ask(cli, cluster, "node-status")?;
+            let v = ask(cli, cluster, AdminCommand::NodeStatus)?;
             println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Promote { cluster, switchover, sourcenode, quiet, force } => {
-            let mut args = Vec::new();
-            for (on, word) in [(*switchover, "switchover"), (*quiet, "quiet"), (*force, "force")] {
-                if on {
-                    args.push(word.to_owned());
-                }
-            }
-            if let Some(s) = sourcenode {
-                args.push(format!("sourcenode={s}"));
-            }
+        Cmd::Promote { .. } => {
+            let Some((cluster, mut command)) = cli.cmd.admin_request() else { return Err("promote: no admin request".into()) };
             eprintln!("efm: promote command sent to the local agent; waiting for the new primary");
-            let mut v = ask_with(cli, cluster, "promote", args.clone(), Duration::from_secs(100))?;
+            let mut v = ask_with(cli, cluster, command.clone(), Duration::from_secs(100))?;
             if let Some(q) = v.get("confirm").and_then(|q| q.as_str()) {
                 if !confirm(q)? {
                     return Err("promotion cancelled; nothing was changed".into());
                 }
-                args.push("force".into());
-                v = ask_with(cli, cluster, "promote", args, Duration::from_secs(100))?;
+                if let AdminCommand::Promote { force, .. } = &mut command {
+                    *force = true;
+                }
+                v = ask_with(cli, cluster, command, Duration::from_secs(100))?;
             }
             print_message(&v);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Resume { cluster } => operator(cli, cluster, "resume", vec![]),
-        Cmd::SetPriority { cluster, address, priority } => operator(cli, cluster, "set-priority", vec![address.clone(), priority.to_string()]),
-        Cmd::AllowNode { cluster, address } => operator(cli, cluster, "allow-node", vec![address.clone()]),
-        Cmd::DisallowNode { cluster, address } => operator(cli, cluster, "disallow-node", vec![address.clone()]),
-        Cmd::StopCluster { cluster } => operator(cli, cluster, "stop-cluster", vec![]),
+        Cmd::Resume { .. } | Cmd::SetPriority { .. } | Cmd::AllowNode { .. } | Cmd::DisallowNode { .. } | Cmd::StopCluster { .. } => {
+            let Some((cluster, command)) = cli.cmd.admin_request() else { return Err("no admin request".into()) };
+            let v = ask_with(cli, cluster, command, Duration::from_mins(1))?;
+            print_message(&v);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::PropCheck { cluster } => {
             let report = config::check::prop_check(&cli.config_dir, cluster);
             print!("{}", report.render());
@@ -141,12 +136,6 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn operator(cli: &Cli, cluster: &str, command: &str, args: Vec<String>) -> Result<ExitCode, String> {
-    let v = ask_with(cli, cluster, command, args, Duration::from_mins(1))?;
-    print_message(&v);
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_message(v: &serde_json::Value) {

@@ -23,7 +23,6 @@
 //! removed (`DisallowNode` removes a node from the membership too): EFM 5 semantics.
 
 pub mod net;
-pub mod siphash;
 pub mod state;
 pub mod store;
 pub mod types;

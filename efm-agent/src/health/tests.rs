@@ -1,4 +1,4 @@
-//! The HTTP parser's edge cases, the `/primary` and `/replica` decisions, and the Prometheus
+//! The HTTP server's edge cases over a real socket, the `/primary` and `/replica` decisions, and the Prometheus
 //! rendering against golden text.
 
 use std::{
@@ -27,93 +27,43 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn req(text: &str) -> Result<Request, Refusal> {
-    let bytes = text.as_bytes();
-    let end = head_end(bytes).expect("a complete head");
-    parse_head(&bytes[..end])
-}
-
 fn get(path: &str) -> Request {
     Request { method: Method::Get, path: path.into() }
 }
 
-// --- HTTP parsing -----------------------------------------------------------------------------
-
-#[test]
-fn head_end_accepts_crlf_and_bare_lf() {
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n"), Some(18));
-    assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), Some(27));
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
-    assert_eq!(head_end(b""), None);
+fn route_str(method: &str, target: &str) -> Result<Request, Refusal> {
+    route(&hyper::Method::from_bytes(method.as_bytes()).unwrap(), &target.parse().unwrap())
 }
 
-#[test]
-fn well_formed_requests_parse() {
-    assert_eq!(req("GET /primary HTTP/1.1\r\nHost: db1:8008\r\nUser-Agent: x\r\n\r\n"), Ok(get("/primary")));
-    assert_eq!(req("GET /replica?lag=1MB HTTP/1.0\r\n\r\n"), Ok(get("/replica")), "query dropped, HTTP/1.0 fine");
-    assert_eq!(req("GET http://db1:8008/metrics HTTP/1.1\r\n\r\n"), Ok(get("/metrics")), "absolute form");
-    assert_eq!(req("GET http://db1:8008 HTTP/1.1\r\n\r\n"), Ok(get("/")));
-    assert_eq!(req("HEAD /primary HTTP/1.1\n\n").unwrap().method, Method::Head);
-    assert_eq!(req("OPTIONS /primary HTTP/1.0\r\n\r\n").unwrap().method, Method::Options);
-    assert_eq!(req("GET /health HTTP/1.1\r\nX-Empty:\r\n\r\n"), Ok(get("/health")), "empty header value");
-}
+// --- Requests as hyper hands them over ----------------------------------------------------------
 
 #[test]
-fn garbage_and_malformed_heads_are_bad_requests() {
-    for bad in [
-        "hello\r\n\r\n",
-        "GET\r\n\r\n",
-        "GET /primary\r\n\r\n",
-        "GET  /primary HTTP/1.1\r\n\r\n",
-        "GET /primary HTTP/1.1 extra\r\n\r\n",
-        "GET /primary HTTX/1.1\r\n\r\n",
-        "GET /primary HTTP/1.10\r\n\r\n",
-        "G(T /primary HTTP/1.1\r\n\r\n",
-        "GET primary HTTP/1.1\r\n\r\n",
-        "GET * HTTP/1.1\r\n\r\n",
-        "GET /pri\x01mary HTTP/1.1\r\n\r\n",
-        "GET /primary HTTP/1.1\r\nno colon here\r\n\r\n",
-        "GET /primary HTTP/1.1\r\nHost : x\r\n\r\n",
-        "GET /primary HTTP/1.1\r\n: x\r\n\r\n",
-        "GET /primary HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
-        "\r\n\r\n",
-    ] {
-        assert!(matches!(req(bad), Err(Refusal::BadRequest(_))), "{bad:?}: {:?}", req(bad));
+fn routes_take_the_path_of_origin_and_absolute_forms() {
+    assert_eq!(route_str("GET", "/primary"), Ok(get("/primary")));
+    assert_eq!(route_str("GET", "/replica?lag=1MB"), Ok(get("/replica")), "query dropped");
+    assert_eq!(route_str("GET", "http://db1:8008/metrics"), Ok(get("/metrics")), "absolute form");
+    assert_eq!(route_str("GET", "http://db1:8008"), Ok(get("/")));
+    assert_eq!(route_str("HEAD", "/primary").unwrap().method, Method::Head);
+    assert_eq!(route_str("OPTIONS", "/primary").unwrap().method, Method::Options);
+    assert!(matches!(route_str("GET", "*"), Err(Refusal::BadRequest(_))));
+    assert!(matches!(route_str("OPTIONS", "*"), Err(Refusal::BadRequest(_))));
+    for m in ["POST", "PUT", "DELETE", "get", "CONNECT", "TRACE", "BREW"] {
+        assert_eq!(route_str(m, "/primary"), Err(Refusal::MethodNotAllowed), "{m}");
     }
-    let not_utf8 = b"GET /\xff HTTP/1.1\r\n\r\n";
-    assert!(matches!(parse_head(not_utf8), Err(Refusal::BadRequest(_))));
 }
 
 #[test]
-fn other_methods_versions_and_sizes_are_refused() {
-    for m in ["POST", "PUT", "DELETE", "get", "CONNECT", "TRACE"] {
-        assert_eq!(req(&format!("{m} /primary HTTP/1.1\r\n\r\n")), Err(Refusal::MethodNotAllowed), "{m}");
-    }
-    assert_eq!(req("GET /primary HTTP/2.0\r\n\r\n"), Err(Refusal::VersionNotSupported));
-    assert_eq!(req("PRI * HTTP/2.0\r\n\r\n"), Err(Refusal::VersionNotSupported), "h2 preface");
-    let many = (0..=MAX_HEADERS).fold(String::new(), |mut acc, i| {
-        let _ = write!(acc, "X-{i}: y\r\n");
-        acc
-    });
-    assert_eq!(req(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(Refusal::HeadTooLarge));
-    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
-    assert_eq!(req(&long), Err(Refusal::HeadTooLarge));
-}
-
-#[test]
-fn answers_close_the_connection_and_head_has_no_body() {
-    let a = Answer::text(404, "nope");
-    let full = String::from_utf8(a.to_bytes(true)).unwrap();
-    assert_eq!(
-        full,
-        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\nnope\n"
-    );
-    let head = String::from_utf8(a.to_bytes(false)).unwrap();
-    assert!(head.ends_with("Content-Length: 5\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"), "{head}");
-    let allow = String::from_utf8(Answer::text(405, "x").to_bytes(true)).unwrap();
-    assert!(allow.contains("\r\nAllow: GET, HEAD, OPTIONS\r\n"), "{allow}");
+fn responses_close_the_connection_and_are_not_cached() {
+    let r = Answer::text(404, "nope").into_response();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.body(), "nope\n");
+    let h = r.headers();
+    assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["connection"], "close");
+    assert!(h.get("allow").is_none());
+    let allow = Answer::text(405, "x").into_response();
+    assert_eq!(allow.headers()["allow"], "GET, HEAD, OPTIONS");
 }
 
 // --- /primary and /replica --------------------------------------------------------------------
@@ -421,15 +371,24 @@ fn server_answers_refuses_and_times_out() {
     let (a, _rt) = server(Limits { read_timeout: Duration::from_millis(300), max_connections: 4 });
     let ok = exchange(a, b"GET /primary HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.contains("\"serving\":true"), "{ok}");
+    for h in ["Content-Type: application/json\r\n", "Cache-Control: no-store\r\n", "Connection: close\r\n"] {
+        assert!(ok.contains(h), "{h:?} in {ok}");
+    }
+    let body = ok.split_once("\r\n\r\n").unwrap().1;
+    assert!(ok.contains(&format!("Content-Length: {}\r\n", body.len())), "{ok}");
     let head = exchange(a, b"HEAD /replica HTTP/1.1\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 503 ") && head.ends_with("\r\n\r\n"), "{head}");
+    let options = exchange(a, b"OPTIONS /primary HTTP/1.1\r\n\r\n");
+    assert!(options.starts_with("HTTP/1.1 200 ") && options.ends_with("}\n"), "OPTIONS is answered like GET: {options}");
+    assert!(exchange(a, b"GET /health HTTP/1.1\nX-Empty:\n\n").starts_with("HTTP/1.1 200 "), "bare LF, empty value");
     let m = exchange(a, b"GET /metrics HTTP/1.1\r\n\r\n");
     assert!(m.contains("efm_xdp_packets_total{reason=\"hb_ping_accepted\"}"), "{m}");
+    assert!(m.contains("Content-Type: text/plain; version=0.0.4"), "{m}");
     assert!(exchange(a, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n").starts_with("HTTP/1.1 400 "), "TLS hello");
-    assert!(exchange(a, b"POST /primary HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").starts_with("HTTP/1.1 405 "));
+    let post = exchange(a, b"POST /primary HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+    assert!(post.starts_with("HTTP/1.1 405 ") && post.contains("Allow: GET, HEAD, OPTIONS\r\n"), "{post}");
     assert!(exchange(a, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
-    let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 3 * MAX_HEAD], b"\r\n\r\n"].concat();
-    assert!(exchange(a, &big).starts_with("HTTP/1.1 431 "));
+    assert!(exchange(a, b"GET * HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));
     // Slowloris: a partial head gets 408 after the read timeout, while others are served.
     let mut slow = std::net::TcpStream::connect(a).unwrap();
     slow.write_all(b"GET /primary HTTP/1.1\r\nX-Slow:").unwrap();
@@ -437,10 +396,62 @@ fn server_answers_refuses_and_times_out() {
     let mut out = String::new();
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = slow.read_to_string(&mut out);
-    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n") && out.ends_with("\r\n\r\nrequest head not received in time\n"), "{out}");
+    // Empty lines only: not a head either.
+    assert!(exchange(a, b"\r\n\r\n").starts_with("HTTP/1.1 408 "));
     // A client that connects and leaves gets nothing and costs nothing.
     drop(std::net::TcpStream::connect(a).unwrap());
-    assert!(exchange(a, b"GET /health HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 200 "));
+    // HTTP/1.0 health checkers (HAProxy's default) get an HTTP/1.0 answer.
+    let old = exchange(a, b"OPTIONS /health HTTP/1.0\r\n\r\n");
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n") && old.contains("Connection: close\r\n"), "{old}");
+}
+
+#[test]
+fn garbage_and_malformed_heads_are_bad_requests() {
+    let (a, _rt) = server(Limits { read_timeout: Duration::from_secs(5), max_connections: 4 });
+    for bad in [
+        b"hello\r\n\r\n".as_slice(),
+        b"GET\r\n\r\n",
+        b"GET /primary\r\n\r\n",
+        b"GET  /primary HTTP/1.1\r\n\r\n",
+        b"GET /primary HTTP/1.1 extra\r\n\r\n",
+        b"GET /primary HTTX/1.1\r\n\r\n",
+        b"GET /primary HTTP/1.10\r\n\r\n",
+        b"G(T /primary HTTP/1.1\r\n\r\n",
+        b"GET primary HTTP/1.1\r\n\r\n",
+        b"GET /pri\x01mary HTTP/1.1\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\n\r\n",
+        b"GET /primary HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET /primary HTTP/1.1\r\nHost : x\r\n\r\n",
+        b"GET /primary HTTP/1.1\r\n: x\r\n\r\n",
+        b"GET /primary HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+        b"GET /primary HTTP/2.0\r\n\r\n",
+        b"\x00\x01garbage\xff\r\n\r\n",
+    ] {
+        let out = exchange(a, bad);
+        assert!(out.starts_with("HTTP/1.1 400 "), "{:?}: {out:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn heads_beyond_the_limits_get_431_and_h2_is_closed() {
+    let (a, _rt) = server(Limits { read_timeout: Duration::from_secs(5), max_connections: 4 });
+    let many = (0..=MAX_HEADERS).fold(String::new(), |mut acc, i| {
+        let _ = write!(acc, "X-{i}: y\r\n");
+        acc
+    });
+    let out = exchange(a, format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+    assert!(out.starts_with("HTTP/1.1 431 "), "{} headers: {out:?}", MAX_HEADERS + 1);
+    let at_limit = many.split_inclusive("\r\n").skip(1).collect::<String>();
+    let out = exchange(a, format!("GET /health HTTP/1.1\r\n{at_limit}\r\n").as_bytes());
+    assert!(out.starts_with("HTTP/1.1 200 "), "{MAX_HEADERS} headers: {out:?}");
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_HEAD));
+    assert!(exchange(a, long.as_bytes()).starts_with("HTTP/1.1 431 "));
+    let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 3 * MAX_HEAD], b"\r\n\r\n"].concat();
+    assert!(exchange(a, &big).starts_with("HTTP/1.1 431 "));
+    // HTTP/2 with prior knowledge: hyper closes without an answer (it speaks HTTP/1 only).
+    assert_eq!(exchange(a, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "");
+    assert!(exchange(a, b"GET /health HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 "), "still serving");
 }
 
 #[test]

@@ -28,7 +28,7 @@ const SUITES: &[(&str, &[&str], &[&str], &str)] = &[
     ("false-positives", &["--duration", "--flood-pps"], &["--quick", "--fast-all"], "false verdicts and max heartbeat age: idle, stress-ng, UDP flood"),
     ("fence", &["--duration", "--rounds", "--trials"], &["--quick"], "XDP fence vs iptables-legacy / iptables-nft / nft netdev: drop rate and activation latency"),
     ("prog-cost", &["--repeat", "--calls", "--singles"], &["--quick"], "ns per packet in the kernel (BPF_PROG_RUN)"),
-    ("failover", &["--runs"], &[], "fault -> first client write on the new primary (real PostgreSQL cluster)"),
+    ("failover", &["--runs", "--faults"], &["--quick"], "fault -> first client write on the new primary (real PostgreSQL cluster; short and long statements)"),
 ];
 
 fn usage() -> String {

@@ -75,4 +75,39 @@ impl Bed {
     pub fn link_up(&self, i: usize) {
         ip_in(&self.switch.name, &["link", "set", &self.nodes[i].sw_if, "up"]);
     }
+
+    /// Cuts node `i` off from the nodes `others`, both directions, with an nftables bridge
+    /// table in the switch namespace; every other port (the client's) still reaches it. Undone
+    /// by [`Bed::heal`] or by dropping the bed.
+    pub fn partition(&self, i: usize, others: &[usize]) {
+        let a = &self.nodes[i].sw_if;
+        let set = others.iter().map(|&o| format!("\"{}\"", self.nodes[o].sw_if)).collect::<Vec<_>>().join(", ");
+        let rules = format!(
+            "table bridge efm_partition {{\n chain cut {{\n  type filter hook forward priority 0;\n  \
+             iifname \"{a}\" oifname {{ {set} }} drop\n  iifname {{ {set} }} oifname \"{a}\" drop\n }}\n}}\n"
+        );
+        self.nft(&rules);
+    }
+
+    /// Removes the partition of [`Bed::partition`].
+    pub fn heal(&self) {
+        self.nft("delete table bridge efm_partition\n");
+    }
+
+    /// Runs an nftables script in the switch namespace; panics with its output on failure.
+    pub fn nft(&self, script: &str) {
+        use std::io::Write as _;
+        let mut ch = self
+            .switch
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running nft (is nftables installed?)");
+        ch.stdin.take().expect("nft stdin").write_all(script.as_bytes()).expect("writing the nft script");
+        let out = ch.wait_with_output().expect("waiting for nft");
+        assert!(out.status.success(), "nft -f - failed: {}\n{script}", String::from_utf8_lossy(&out.stderr));
+    }
 }

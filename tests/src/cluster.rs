@@ -391,15 +391,39 @@ impl Cluster {
     }
 }
 
-/// One write attempt: when it finished, and which server acknowledged it (None: failed).
+/// One write attempt: when it was sent and when its answer (or error) arrived, on the shared
+/// monotonic clock, and which server acknowledged it (None: failed).
 #[derive(Clone, Debug)]
 pub struct Ack {
+    /// When the answer (acknowledgement or error) arrived at the client.
     pub t_ns: u64,
+    /// When the statement was sent.
+    pub sent_ns: u64,
     pub seq: i64,
     pub server: Option<String>,
+    /// How long the statement slept inside the server before inserting (0: a short write).
+    pub sleep_ms: u32,
+    /// Why it failed (None when acknowledged).
+    pub error: Option<String>,
 }
 
-/// A client writing one row every few ms through the VIP, reconnecting at once on any error.
+impl Ack {
+    /// A write whose statement slept inside the server before committing.
+    #[must_use]
+    pub fn is_long(&self) -> bool {
+        self.sleep_ms > 0
+    }
+}
+
+/// How many writers whose statements sleep inside the server (0.5–3 s) run beside the short one.
+pub const LONG_WRITERS: usize = 3;
+
+/// A client writing through the VIP like an application: one connection writing a row every
+/// few ms, and [`LONG_WRITERS`] connections whose statements sleep 0.5–3 s inside the server
+/// before inserting (`WITH s AS (SELECT pg_sleep(x)) INSERT ... FROM s RETURNING ...`), so a
+/// fault always finds statements in flight. TCP keepalives are off on every connection (a
+/// blocked client sends nothing); after an error a writer reconnects, as an application would.
+/// Every attempt is recorded with the server that acknowledged it.
 pub struct Writer {
     stop: Arc<AtomicBool>,
     pub log: Arc<Mutex<Vec<Ack>>>,
@@ -408,25 +432,49 @@ pub struct Writer {
 
 impl Writer {
     fn start(netns_path: String) -> Self {
+        Self::start_to(netns_path, VIP.to_owned(), LONG_WRITERS)
+    }
+
+    /// A writer in the namespace at `netns_path` writing to `host`:5432 with `long_writers` long
+    /// writers beside the short one.
+    #[must_use]
+    pub fn start_to(netns_path: String, host: String, long_writers: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (s, l) = (stop.clone(), log.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             enter_netns(&netns_path);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(write_loop(s, l));
+            rt.block_on(async move {
+                let seq = Arc::new(std::sync::atomic::AtomicI64::new(0));
+                let mut tasks = Vec::new();
+                for k in 0..long_writers {
+                    let seed = monotonic_ns() ^ (0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(k as u64 + 1));
+                    tasks.push(tokio::spawn(write_loop(host.clone(), s.clone(), l.clone(), seq.clone(), Some(seed))));
+                }
+                tasks.push(tokio::spawn(write_loop(host, s, l, seq, None)));
+                let _ = ready_tx.send(());
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
         });
+        let _ = ready_rx.recv();
         Self { stop, log, thread: Some(thread) }
     }
 
-    /// Stops the client and returns its record.
+    /// Stops the client and returns its record. Statements in flight are awaited (each is
+    /// bounded by its own timeout), so an acknowledgement that arrives late is still counted.
     #[must_use]
     pub fn finish(mut self) -> Vec<Ack> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.log.lock().unwrap().clone()
+        let mut v = self.log.lock().unwrap().clone();
+        v.sort_by_key(|a| a.t_ns);
+        v
     }
 
     /// Waits until some write has been acknowledged by `server` after `after_ns`.
@@ -448,6 +496,21 @@ impl Writer {
         }
         None
     }
+
+    /// Waits until each long writer has had a statement acknowledged by `server` after
+    /// `after_ns` (so long statements are in flight from then on).
+    #[must_use]
+    pub fn wait_long_acks_from(&self, server: &str, after_ns: u64, n: usize, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            let k = self.log.lock().unwrap().iter().filter(|a| a.is_long() && a.t_ns > after_ns && a.server.as_deref() == Some(server)).count();
+            if k >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
 }
 
 impl Drop for Writer {
@@ -459,55 +522,123 @@ impl Drop for Writer {
     }
 }
 
-async fn write_loop(stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>) {
+/// A client configuration for `host`:5432 as `postgres`, TCP keepalives off.
+#[must_use]
+pub fn client_config(host: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(VIP).port(5432).user("postgres").dbname("postgres").connect_timeout(Duration::from_millis(300));
+    cfg.host(host).port(5432).user("postgres").dbname("postgres").keepalives(false).connect_timeout(Duration::from_millis(300));
+    cfg
+}
+
+/// Connects (bounded by 400 ms) and drives the connection on a task.
+pub async fn connect(cfg: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
+    match tokio::time::timeout(Duration::from_millis(400), cfg.connect(tokio_postgres::NoTls)).await {
+        Ok(Ok((c, conn))) => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Some(c)
+        }
+        _ => None,
+    }
+}
+
+/// The statement of a long write: sleeps `sleep_s` inside the server, then inserts.
+#[must_use]
+pub fn long_insert_sql(seq: i64, t: i64, sleep_s: f64) -> String {
+    format!(
+        "WITH s AS (SELECT pg_sleep({sleep_s:.3})) INSERT INTO efm_probe (seq, t) SELECT {seq}, {t} FROM s \
+         RETURNING current_setting('cluster_name')"
+    )
+}
+
+/// One writer: short writes (`seed` None) every few ms with a 500 ms timeout, or long ones
+/// (sleeping 0.5–3 s, chosen by a xorshift generator from `seed`) with the sleep + 4 s as
+/// timeout. After `stop` a long writer still waits for the answer to the statement it sent.
+async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>, seqs: Arc<std::sync::atomic::AtomicI64>, seed: Option<u64>) {
+    let cfg = client_config(&host);
     let mut client: Option<tokio_postgres::Client> = None;
-    let mut seq: i64 = 0;
+    let mut rng = seed.unwrap_or(1) | 1;
     while !stop.load(Ordering::SeqCst) {
         if client.is_none() {
-            if let Ok(Ok((c, conn))) = tokio::time::timeout(Duration::from_millis(400), cfg.connect(tokio_postgres::NoTls)).await {
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                client = Some(c);
-            } else {
+            client = connect(&cfg).await;
+            if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         }
-        seq += 1;
         let Some(c) = client.as_ref() else { continue };
-        let t = i64::try_from(monotonic_ns()).unwrap_or(i64::MAX);
-        let res = tokio::time::timeout(
-            Duration::from_millis(500),
-            c.query_one("INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')", &[&seq, &t]),
-        )
-        .await;
-        let now = monotonic_ns();
-        if let Ok(Ok(row)) = res {
-            let server: String = row.get(0);
-            log.lock().unwrap().push(Ack { t_ns: now, seq, server: Some(server) });
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let seq = seqs.fetch_add(1, Ordering::SeqCst) + 1;
+        let sent = monotonic_ns();
+        let t = i64::try_from(sent).unwrap_or(i64::MAX);
+        let (res, sleep_ms) = if seed.is_some() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let sleep_ms = 500 + u32::try_from(rng % 2_501).unwrap_or(0);
+            let sql = long_insert_sql(seq, t, f64::from(sleep_ms) / 1000.0);
+            let limit = Duration::from_millis(u64::from(sleep_ms) + 4_000);
+            (tokio::time::timeout(limit, c.query_one(sql.as_str(), &[])).await, sleep_ms)
         } else {
-            log.lock().unwrap().push(Ack { t_ns: now, seq, server: None });
-            client = None;
+            let r = tokio::time::timeout(
+                Duration::from_millis(500),
+                c.query_one("INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')", &[&seq, &t]),
+            )
+            .await;
+            (r, 0)
+        };
+        let now = monotonic_ns();
+        match res {
+            Ok(Ok(row)) => {
+                let server: String = row.get(0);
+                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: Some(server), sleep_ms, error: None });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(Err(e)) => {
+                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: None, sleep_ms, error: Some(e.to_string()) });
+                client = None;
+            }
+            Err(_) => {
+                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: None, sleep_ms, error: Some("client timeout".into()) });
+                client = None;
+            }
         }
     }
 }
 
-/// The overlap check: the last write the old primary acknowledged came before the first one the
-/// new primary acknowledged. Returns (last old ack, first new ack) in ns.
+/// The overlap check: the last write the old primary acknowledged — short or long: a long
+/// statement's acknowledgement counts when it arrives — came before the first one the new
+/// primary acknowledged. Returns (last old ack, first new ack) in ns.
 #[must_use]
 pub fn no_overlap(acks: &[Ack], old: &str, new: &str) -> (u64, u64) {
     let first_new = acks.iter().filter(|a| a.server.as_deref() == Some(new)).map(|a| a.t_ns).min().expect("the new primary acknowledged writes");
+    let late: Vec<&Ack> = acks.iter().filter(|a| a.server.as_deref() == Some(old) && a.t_ns >= first_new).collect();
     let last_old = acks.iter().filter(|a| a.server.as_deref() == Some(old)).map(|a| a.t_ns).max().unwrap_or(0);
     assert!(
-        last_old < first_new,
-        "two writable primaries: {old} acknowledged a write {} µs after {new} acknowledged its first",
-        (last_old - first_new) / 1000
+        late.is_empty(),
+        "two writable primaries: {old} acknowledged {} write(s) after {new} acknowledged its first, the last {} ms after; \
+         {} of them long statements (sent {:?} ms before {new}'s first): {late:?}",
+        late.len(),
+        (last_old - first_new) / 1_000_000,
+        late.iter().filter(|a| a.is_long()).count(),
+        late.iter().map(|a| (first_new.saturating_sub(a.sent_ns)) / 1_000_000).collect::<Vec<_>>(),
     );
     (last_old, first_new)
+}
+
+/// How many writes `server` acknowledged: (short, long).
+#[must_use]
+pub fn ack_counts(acks: &[Ack], server: &str) -> (usize, usize) {
+    let of = |long: bool| acks.iter().filter(|a| a.server.as_deref() == Some(server) && a.is_long() == long).count();
+    (of(false), of(true))
+}
+
+/// The acknowledged writes whose rows are missing on the database `pg` (by `seq`).
+#[must_use]
+pub fn missing_rows(pg: &pg::PgNode, acks: &[Ack]) -> Vec<i64> {
+    let have: std::collections::HashSet<i64> =
+        pg.query("SELECT seq FROM efm_probe").iter().filter_map(|r| r.first().and_then(|v| v.parse().ok())).collect();
+    acks.iter().filter(|a| a.server.is_some() && !have.contains(&a.seq)).map(|a| a.seq).collect()
 }
 
 /// One measured failover.
@@ -519,6 +650,12 @@ pub struct FailoverRun {
     /// last (positive: no overlap).
     pub gap_ms: i64,
     pub new_primary: String,
+    /// Long statements (sleeping inside the server) acknowledged by the old and the new primary;
+    /// all of them were counted in the overlap check.
+    pub long_acks_old: usize,
+    pub long_acks_new: usize,
+    /// Long statements that failed (error or client timeout).
+    pub long_failed: usize,
 }
 
 /// Starts a cluster of `kinds` with a client writing through the VIP, applies `fault`, and
@@ -528,6 +665,9 @@ pub fn run_failover(kinds: &[Kind], extra: &str, timeout: Duration, fault: impl 
     let mut c = Cluster::start(kinds, extra);
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
+    // Every long writer has its connection open and a statement done: from now on long
+    // statements are in flight.
+    assert!(w.wait_long_acks_from("n1", 0, LONG_WRITERS, Duration::from_secs(20)), "the long writers write through the VIP to n1");
     std::thread::sleep(Duration::from_millis(300));
     let t_fault = monotonic_ns();
     fault(&mut c);
@@ -545,6 +685,9 @@ pub fn run_failover(kinds: &[Kind], extra: &str, timeout: Duration, fault: impl 
     let run = FailoverRun {
         failover_ms: (first_new - t_fault) / 1_000_000,
         gap_ms: i64::try_from(first_new / 1_000_000).unwrap_or(i64::MAX) - i64::try_from(last_old / 1_000_000).unwrap_or(0),
+        long_acks_old: ack_counts(&acks, "n1").1,
+        long_acks_new: ack_counts(&acks, &new).1,
+        long_failed: acks.iter().filter(|a| a.is_long() && a.server.is_none()).count(),
         new_primary: new,
     };
     (c, acks, run)

@@ -2,7 +2,9 @@
 //! a client writing through the VIP. For each fault: exactly one primary afterwards, the client's
 //! writes resume through the VIP, the other standby follows the new primary, and — on the shared
 //! kernel clock — no write was acknowledged by the old primary after the new primary acknowledged
-//! its first. Needs root; run single-threaded.
+//! its first — counting the acknowledgements of statements that sleep inside the server (0.5–3 s)
+//! before committing, on connections opened before the fault (keepalives off). Needs root; run
+//! single-threaded.
 
 use std::time::Duration;
 
@@ -23,8 +25,9 @@ fn index_of(name: &str) -> usize {
 fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<Ack>, u64) {
     let (c, acks, run) = run_failover(kinds, "", Duration::from_secs(30), fault);
     eprintln!(
-        "{what}: failover {} ms from fault to first client write on {}; last write on n1 {} ms before it",
-        run.failover_ms, run.new_primary, run.gap_ms
+        "{what}: failover {} ms from fault to first client write on {}; last write on n1 {} ms before it; \
+         long statements acknowledged by n1 {} / by {} {}, failed {} (all counted in the overlap check)",
+        run.failover_ms, run.new_primary, run.gap_ms, run.long_acks_old, run.new_primary, run.long_acks_new, run.long_failed
     );
     assert!(run.failover_ms < 10_000, "{what}: failover took {} ms", run.failover_ms);
     let p = c.serving_primary().expect("exactly one serving primary");
@@ -159,9 +162,13 @@ fn synchronous_standby_loses_no_acknowledged_row() {
         p.sigkill();
     });
     eprintln!("synchronous standby: failover {} ms", run.failover_ms);
+    // Statements sent after the reload run with synchronous commit (a backend reads the new
+    // configuration before its next command), long ones included.
     let acked: Vec<i64> =
-        acks.iter().filter(|a| a.t_ns > t_sync && a.server.as_deref() == Some("n1")).map(|a| a.seq).collect();
+        acks.iter().filter(|a| a.sent_ns > t_sync && a.server.as_deref() == Some("n1")).map(|a| a.seq).collect();
     assert!(acked.len() > 10, "the client wrote synchronously to n1 for a while: {}", acked.len());
+    let long = acks.iter().filter(|a| a.sent_ns > t_sync && a.is_long() && a.server.is_some()).count();
+    eprintln!("synchronous standby: {} acknowledged writes checked, {long} of them long statements", acked.len());
     let have: std::collections::HashSet<i64> = c.pg[1]
         .as_ref()
         .unwrap()

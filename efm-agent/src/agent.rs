@@ -664,16 +664,13 @@ fn cluster_state(coord: &crate::coordination::Coordinator) -> Arc<crate::coordin
 
 /// Answers one admin request.
 pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<crate::coordination::Coordinator>, req: Request) -> Response {
-    match req.command.as_str() {
-        "node-status" => Response::ok(crate::report::node_status(shared)),
-        "cluster-status" => match crate::report::cluster_status(shared, &cluster_state(coord)).await {
+    // Unknown commands and malformed fields were answered by `admin::parse_request` already.
+    match &req.command {
+        crate::admin::AdminCommand::NodeStatus => Response::ok(crate::report::node_status(shared)),
+        crate::admin::AdminCommand::ClusterStatus => match crate::report::cluster_status(shared, &cluster_state(coord)).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e),
         },
-        cmd if crate::operator::COMMANDS.contains(&cmd) => crate::operator::handle(shared, coord, &req).await,
-        other => Response::err(format!(
-            "unknown command {other:?}; this agent answers: node-status, cluster-status, {}",
-            crate::operator::COMMANDS.join(", ")
-        )),
+        _ => crate::operator::handle(shared, coord, &req).await,
     }
 }

@@ -8,6 +8,8 @@
 //!     is promoted and takes writes; no acknowledged row is missing on the new primary (writes are
 //!     synchronous; the sleeping statement commits locally only, so it is the one a fenced node
 //!     could acknowledge).
+//! (b) a client (keepalives off) blocked in a 60 s statement on a primary whose agent is frozen
+//!     and which is cut off gets an error within 1 s of the server's next segment (a NOTICE).
 //! (c) after a failover with `stop.isolated.primary=false` (the old primary keeps its database
 //!     running), writes from a cluster member's address to the old primary's own address fail.
 //!
@@ -202,6 +204,62 @@ fn a_sleeping_insert_on_a_frozen_and_partitioned_primary_gets_an_error() {
 #[test]
 fn a_sleeping_insert_on_a_partitioned_primary_gets_an_error() {
     sleeping_insert_on_a_cut_off_primary(false);
+}
+
+/// Scenario (b), agent frozen: a client (keepalives off) blocked in a 60 s statement on a primary
+/// whose agent is frozen and which is cut off from the other nodes. The client sends nothing, so
+/// the ingress fence never sees it; the kernel's egress fence must turn the server's next segment
+/// — here a NOTICE the statement raises after `NOTICE_AFTER` — into a RST, so the client gets an
+/// error within 1 s of it instead of waiting out the statement (or TCP timeouts).
+#[test]
+fn a_client_blocked_on_a_frozen_primary_gets_an_error_at_the_servers_next_segment() {
+    const NOTICE_AFTER: f64 = 4.0;
+    let c = Cluster::start(&PSW, "");
+    let w = c.writer();
+    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(30)).is_some(), "the client writes through the VIP to n1");
+    let (tx, rx) = mpsc::channel();
+    let ns = client_ns(&c);
+    let blocked = std::thread::spawn(move || {
+        enter_netns(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let c = connect(&client_config(VIP)).await.expect("the client connects through the VIP");
+            let sql = format!(
+                "DO $$ BEGIN PERFORM pg_sleep({NOTICE_AFTER}); RAISE NOTICE 'still working'; PERFORM pg_sleep(60); END $$"
+            );
+            let sent = monotonic_ns();
+            let _ = tx.send(sent);
+            let r = tokio::time::timeout(Duration::from_secs(70), c.batch_execute(&sql)).await;
+            let outcome = match r {
+                Ok(Ok(())) => Outcome::Ack(String::new()),
+                Ok(Err(e)) => Outcome::Error(format!("{e} ({e:?})")),
+                Err(_) => Outcome::Hang,
+            };
+            Record { sent_ns: sent, done_ns: monotonic_ns(), outcome }
+        })
+    });
+    let sent = rx.recv_timeout(Duration::from_secs(20)).expect("the blocking statement was sent");
+    std::thread::sleep(Duration::from_millis(300));
+    let t_fault = monotonic_ns();
+    c.agents[0].signal(libc::SIGSTOP);
+    c.bed.partition(0, &[1, 2]);
+    let rec = blocked.join().expect("the blocked client's thread");
+    let notice_ns = sent + (NOTICE_AFTER * 1e9) as u64;
+    eprintln!(
+        "(b) agent frozen: statement sent {} ms before the fault; the server's NOTICE due {} ms after the fault; \
+         the client's outcome {} ms after the fault ({} ms after the NOTICE was due): {:?}",
+        ms(t_fault - sent),
+        ms(notice_ns - t_fault),
+        ms(rec.done_ns.saturating_sub(t_fault)),
+        i64::try_from(ms(rec.done_ns)).unwrap() - i64::try_from(ms(notice_ns)).unwrap(),
+        rec.outcome
+    );
+    let _ = w.finish();
+    assert!(matches!(rec.outcome, Outcome::Error(_)), "the blocked client must get an error, got {:?}", rec.outcome);
+    // Not before the server's segment (nothing else could reach the client: the agent is
+    // frozen and the client sends nothing), and within 1 s of it.
+    assert!(rec.done_ns + 200_000_000 >= notice_ns, "the error came {} ms before the server's segment", ms(notice_ns - rec.done_ns));
+    assert!(rec.done_ns <= notice_ns + 1_000_000_000, "the error came {} ms after the server's segment", ms(rec.done_ns - notice_ns));
 }
 
 /// A client in the namespace at `ns` (a cluster member's) writing to `host`:5432 directly: it

@@ -145,6 +145,22 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
+/// `BPF_PROG_RUN` of `frame`, `repeat` times, through an XDP or TC program, with room in the
+/// output for a frame that grows.
+fn run_frame<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len().max(64) + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.repeat = repeat;
+    let r = prog.test_run(opts).map_err(DatapathError::TestRun)?;
+    out.truncate(r.data_size_out as usize);
+    Ok(RunResult { action: r.return_value, frame: out, duration: r.duration })
+}
+
 /// 16-byte map form of an address (IPv4 mapped into IPv6).
 #[must_use]
 pub fn peer_addr(ip: IpAddr) -> PeerAddr {
@@ -180,6 +196,18 @@ impl Counters {
     #[must_use]
     pub fn get(&self, c: Counter) -> u64 {
         self.0.get(c as usize).copied().unwrap_or(0)
+    }
+
+    /// The counters that moved since `before`, and by how much.
+    #[must_use]
+    pub fn moved_since(&self, before: &Self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .filter_map(|&c| {
+                let d = self.get(c).wrapping_sub(before.get(c));
+                (d != 0).then_some((c, d))
+            })
+            .collect()
     }
 }
 
@@ -443,29 +471,13 @@ impl Datapath {
 
     /// Runs the program `repeat` times on `frame`; `duration` is the kernel's mean per run.
     pub fn test_run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError> {
-        let mut out = vec![0u8; frame.len().max(64) + 256];
-        let prog = self.program()?;
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat;
-        let r = prog.test_run(opts).map_err(DatapathError::TestRun)?;
-        out.truncate(r.data_size_out as usize);
-        Ok(RunResult { action: r.return_value, frame: out, duration: r.duration })
+        run_frame(self.program()?, frame, repeat)
     }
 
     /// Runs the egress fence `repeat` times on `frame` (an Ethernet frame as it would leave);
     /// `action` is the TC verdict as `u32` (`TCX_NEXT` −1 = `u32::MAX`, `TC_ACT_SHOT` 2).
     pub fn test_run_egress(&mut self, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError> {
-        let mut out = vec![0u8; frame.len().max(64) + 256];
-        let prog = self.egress_program()?;
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat;
-        let r = prog.test_run(opts).map_err(DatapathError::TestRun)?;
-        out.truncate(r.data_size_out as usize);
-        Ok(RunResult { action: r.return_value, frame: out, duration: r.duration })
+        run_frame(self.egress_program()?, frame, repeat)
     }
 
     fn array<V: Pod>(&self, name: &'static str) -> Result<Array<&MapData, V>, DatapathError> {

@@ -21,14 +21,7 @@ const CLIENT_PORT: u16 = 40000;
 fn egress(fx: &mut Fixture, frame: &[u8]) -> (u32, Vec<u8>, Vec<(Counter, u64)>) {
     let before = fx.dp.counters().unwrap();
     let r = fx.dp.test_run_egress(frame, 1).expect("BPF_PROG_RUN of the egress program");
-    let after = fx.dp.counters().unwrap();
-    let moved = Counter::ALL
-        .iter()
-        .filter_map(|&c| {
-            let d = after.get(c) - before.get(c);
-            (d != 0).then_some((c, d))
-        })
-        .collect();
+    let moved = fx.dp.counters().unwrap().moved_since(&before);
     (r.action, r.frame, moved)
 }
 
@@ -36,14 +29,7 @@ fn egress(fx: &mut Fixture, frame: &[u8]) -> (u32, Vec<u8>, Vec<(Counter, u64)>)
 fn ingress(fx: &mut Fixture, frame: &[u8]) -> (u32, Vec<(Counter, u64)>) {
     let before = fx.dp.counters().unwrap();
     let r = fx.dp.test_run(frame).expect("BPF_PROG_RUN of the XDP program");
-    let after = fx.dp.counters().unwrap();
-    let moved = Counter::ALL
-        .iter()
-        .filter_map(|&c| {
-            let d = after.get(c) - before.get(c);
-            (d != 0).then_some((c, d))
-        })
-        .collect();
+    let moved = fx.dp.counters().unwrap().moved_since(&before);
     (r.action, moved)
 }
 

@@ -21,14 +21,7 @@ fn run(fx: &mut Fixture, frame: &[u8]) -> (u32, Vec<u8>) {
 fn run_counted(fx: &mut Fixture, frame: &[u8]) -> (u32, Vec<u8>, Vec<(Counter, u64)>) {
     let before = fx.dp.counters().unwrap();
     let (action, out) = run(fx, frame);
-    let after = fx.dp.counters().unwrap();
-    let moved = Counter::ALL
-        .iter()
-        .filter_map(|&c| {
-            let d = after.get(c) - before.get(c);
-            (d != 0).then_some((c, d))
-        })
-        .collect();
+    let moved = fx.dp.counters().unwrap().moved_since(&before);
     (action, out, moved)
 }
 

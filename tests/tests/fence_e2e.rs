@@ -244,7 +244,7 @@ fn a_client_blocked_on_a_frozen_primary_gets_an_error_at_the_servers_next_segmen
     c.agents[0].signal(libc::SIGSTOP);
     c.bed.partition(0, &[1, 2]);
     let rec = blocked.join().expect("the blocked client's thread");
-    let notice_ns = sent + (NOTICE_AFTER * 1e9) as u64;
+    let notice_ns = sent + u64::try_from(Duration::from_secs_f64(NOTICE_AFTER).as_nanos()).unwrap();
     eprintln!(
         "(b) agent frozen: statement sent {} ms before the fault; the server's NOTICE due {} ms after the fault; \
          the client's outcome {} ms after the fault ({} ms after the NOTICE was due): {:?}",

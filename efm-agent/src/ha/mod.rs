@@ -247,6 +247,7 @@ pub struct Inputs<'a> {
 
 /// How the kernel and the VIP should look (level-triggered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(clippy::struct_excessive_bools, reason = "independent fields of the kernel's fence state, written as flags")]
 pub struct Desired {
     /// Cut client traffic off regardless of the lease.
     pub fenced: bool,

@@ -50,7 +50,7 @@
 //! lets client traffic in (a client may still hold an old VIP address); 30 % are long
 //! statements that sleep 0.5–3 s inside the database before committing, the rest take
 //! 1–20 ms. A statement commits if its database still runs as the same primary when it ends —
-//! whatever the kernel did meanwhile, as the fence does not reach inside PostgreSQL — and its
+//! whatever the kernel did meanwhile, as the fence does not reach inside `PostgreSQL` — and its
 //! acknowledgement leaves only if the kernel serves at that moment (the egress fence;
 //! `Params::egress_fence = false` models the ingress-only data plane, and a test shows the
 //! invariant then fails).
@@ -1603,7 +1603,7 @@ impl Sim {
     }
 
     /// A statement commits in a database that still runs (whatever its kernel does: the fence
-    /// does not reach inside PostgreSQL); its acknowledgement leaves only through the egress
+    /// does not reach inside `PostgreSQL`); its acknowledgement leaves only through the egress
     /// fence. Invariant (8): no acknowledgement of an older epoch's primary after the first
     /// acknowledgement of a newer one.
     fn statement_done(&mut self, i: usize, life: u64, epoch: u64, started: u64, long: bool) {
@@ -1971,6 +1971,19 @@ impl Stats {
         self.switchover_promotes_running += r.switchover_promotes_running;
     }
 
+    fn add_client(&mut self, r: &RunResult) {
+        self.acks += r.acks;
+        self.long_acks += r.long_acks;
+        self.statements_unacknowledged += r.statements_unacknowledged;
+    }
+
+    fn report_client(&self, n: usize) {
+        eprintln!(
+            "ha::sim {n} voters: client writes acknowledged {} ({} long statements); committed on a kernel that no longer served and never acknowledged: {}",
+            self.acks, self.long_acks, self.statements_unacknowledged
+        );
+    }
+
     fn report_handovers(&self, n: usize) {
         if self.handovers == 0 {
             return;
@@ -2014,9 +2027,7 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.failovers += r.failovers;
         st.dropped += r.proposals_dropped;
         st.messages += r.messages;
-        st.acks += r.acks;
-        st.long_acks += r.long_acks;
-        st.statements_unacknowledged += r.statements_unacknowledged;
+        st.add_client(&r);
         st.add_handovers(&r, seed);
         if let Some(o) = r.early_rejoin {
             early_rejoins.push(format!("seed {seed}:\n{o}"));
@@ -2068,10 +2079,7 @@ fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_
         st.messages,
     );
     st.report_handovers(n);
-    eprintln!(
-        "ha::sim {n} voters: client writes acknowledged {} ({} long statements); committed on a kernel that no longer served and never acknowledged: {}",
-        st.acks, st.long_acks, st.statements_unacknowledged
-    );
+    st.report_client(n);
     if let Some(first) = early_rejoins.first() {
         eprintln!("ha::sim {n} voters: first rejoin before the clean stop was reported:\n{first}");
     }

@@ -158,50 +158,61 @@ impl Diag {
         Ok(())
     }
 
+    /// Reads answers to request `seq` until `on` returns a result: every message of that
+    /// sequence number is handed to `on` in order (`what` names the exchange in errors).
+    fn answers<T>(
+        &mut self,
+        seq: u32,
+        what: &'static str,
+        mut on: impl FnMut(NetlinkPayload<SockDiagMessage>) -> Option<Result<T, SessionsError>>,
+    ) -> Result<T, SessionsError> {
+        loop {
+            self.recv(what)?;
+            let mut off = 0;
+            while off < self.buf.len() {
+                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..])
+                    .map_err(|e| SessionsError::Decode(format!("{what}: {e}")))?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(SessionsError::Decode(format!("{what}: a zero-length message")));
+                }
+                off += len;
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                if let Some(r) = on(msg.payload) {
+                    return r;
+                }
+            }
+        }
+    }
+
     /// The TCP sessions of `family` with local port `port` (the kernel filters on the port).
     fn dump(&mut self, family: u8, port: u16, out: &mut Vec<Session>) -> Result<(), SessionsError> {
         let mut id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
         id.source_port = port;
         let req = InetRequest { family, protocol: IPPROTO_TCP, extensions: ExtensionFlags::empty(), states: session_states(), socket_id: id };
         let seq = self.send(NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(req), "sending the socket dump request")?;
-        loop {
-            self.recv("reading the socket dump")?;
-            let mut off = 0;
-            while off < self.buf.len() {
-                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..])
-                    .map_err(|e| SessionsError::Decode(format!("socket dump: {e}")))?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    return Err(SessionsError::Decode("socket dump: a zero-length message".into()));
+        self.answers(seq, "socket dump", |payload| match payload {
+            NetlinkPayload::Done(_) => Some(Ok(())),
+            NetlinkPayload::Error(e) => e.code.map(|code| {
+                Err(SessionsError::Kernel { what: "socket dump", source: std::io::Error::from_raw_os_error(-code.get()) })
+            }),
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                let h = &r.header;
+                if h.socket_id.source_port == port {
+                    out.push(Session {
+                        local: SocketAddr::new(canonical(h.socket_id.source_address), h.socket_id.source_port),
+                        remote: SocketAddr::new(canonical(h.socket_id.destination_address), h.socket_id.destination_port),
+                        state: h.state,
+                        family: h.family,
+                        id: h.socket_id.clone(),
+                    });
                 }
-                off += len;
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(e) => {
-                        if let Some(code) = e.code {
-                            return Err(SessionsError::Kernel { what: "socket dump", source: std::io::Error::from_raw_os_error(-code.get()) });
-                        }
-                    }
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                        let h = &r.header;
-                        if h.socket_id.source_port != port {
-                            continue;
-                        }
-                        out.push(Session {
-                            local: SocketAddr::new(canonical(h.socket_id.source_address), h.socket_id.source_port),
-                            remote: SocketAddr::new(canonical(h.socket_id.destination_address), h.socket_id.destination_port),
-                            state: h.state,
-                            family: h.family,
-                            id: h.socket_id.clone(),
-                        });
-                    }
-                    _ => {}
-                }
+                None
             }
-        }
+            _ => None,
+        })
     }
 
     /// `SOCK_DESTROY` for one session. `Ok(false)`: it was already gone.
@@ -217,33 +228,18 @@ impl Diag {
             socket_id: s.id.clone(),
         };
         let seq = self.send(NLM_F_REQUEST | NLM_F_ACK, SockDiagDestroy::new(SockDiagMessage::InetRequest(req)), "sending SOCK_DESTROY")?;
-        loop {
-            self.recv("reading the SOCK_DESTROY answer")?;
-            let mut off = 0;
-            while off < self.buf.len() {
-                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[off..])
-                    .map_err(|e| SessionsError::Decode(format!("SOCK_DESTROY answer: {e}")))?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    return Err(SessionsError::Decode("SOCK_DESTROY answer: a zero-length message".into()));
-                }
-                off += len;
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                if let NetlinkPayload::Error(e) = msg.payload {
-                    let Some(code) = e.code else { return Ok(true) };
-                    let errno = -code.get();
-                    let (local, remote) = (s.local, s.remote);
-                    return match errno {
-                        libc::ENOENT => Ok(false),
-                        libc::EOPNOTSUPP => Err(SessionsError::Unsupported { local, remote }),
-                        libc::EPERM | libc::EACCES => Err(SessionsError::NotPermitted { local, remote }),
-                        _ => Err(SessionsError::Destroy { local, remote, source: std::io::Error::from_raw_os_error(errno) }),
-                    };
-                }
-            }
-        }
+        let (local, remote) = (s.local, s.remote);
+        self.answers(seq, "SOCK_DESTROY answer", |payload| {
+            let NetlinkPayload::Error(e) = payload else { return None };
+            let Some(code) = e.code else { return Some(Ok(true)) };
+            let errno = -code.get();
+            Some(match errno {
+                libc::ENOENT => Ok(false),
+                libc::EOPNOTSUPP => Err(SessionsError::Unsupported { local, remote }),
+                libc::EPERM | libc::EACCES => Err(SessionsError::NotPermitted { local, remote }),
+                _ => Err(SessionsError::Destroy { local, remote, source: std::io::Error::from_raw_os_error(errno) }),
+            })
+        })
     }
 }
 

@@ -145,6 +145,14 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
+/// Program `name` of the object as its type `P`; a wrong type is reported through `err`.
+fn program_in<'a, P>(ebpf: &'a mut Ebpf, name: &'static str, err: fn(ProgramError) -> DatapathError) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name).ok_or(DatapathError::ProgramMissing(name))?.try_into().map_err(err)
+}
+
 /// `BPF_PROG_RUN` of `frame`, `repeat` times, through an XDP or TC program, with room in the
 /// output for a frame that grows.
 fn run_frame<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<RunResult, DatapathError>
@@ -244,19 +252,11 @@ impl Datapath {
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing(PROG_NAME))?
-            .try_into()
-            .map_err(DatapathError::Program)?;
+        let prog: &mut Xdp = program_in(&mut ebpf, PROG_NAME, DatapathError::Program)?;
         prog.load().map_err(DatapathError::Program)?;
         let mut fds = Vec::new();
         for (index, name) in JUMP_PROGRAMS {
-            let p: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::ProgramMissing(name))?
-                .try_into()
-                .map_err(DatapathError::Program)?;
+            let p: &mut Xdp = program_in(&mut ebpf, name, DatapathError::Program)?;
             p.load().map_err(DatapathError::Program)?;
             fds.push((index, p.fd().map_err(DatapathError::Program)?.try_clone().map_err(
                 |e| DatapathError::Program(ProgramError::IOError(e)),
@@ -267,11 +267,7 @@ impl Datapath {
         for (index, fd) in &fds {
             jumps.set(*index, fd, 0).map_err(map_err(MAP_JUMP))?;
         }
-        let egress: &mut SchedClassifier = ebpf
-            .program_mut(EGRESS_PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing(EGRESS_PROG_NAME))?
-            .try_into()
-            .map_err(DatapathError::EgressProgram)?;
+        let egress: &mut SchedClassifier = program_in(&mut ebpf, EGRESS_PROG_NAME, DatapathError::EgressProgram)?;
         egress.load().map_err(DatapathError::EgressProgram)?;
         let mut dp = Self { ebpf, pin_dir: pin_dir.to_owned(), attachments: Vec::new(), reused_maps, nonce: 0 };
         dp.init_nonce(whole_generation)?;
@@ -332,19 +328,11 @@ impl Datapath {
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DatapathError> {
-        self.ebpf
-            .program_mut(PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing(PROG_NAME))?
-            .try_into()
-            .map_err(DatapathError::Program)
+        program_in(&mut self.ebpf, PROG_NAME, DatapathError::Program)
     }
 
     fn egress_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        self.ebpf
-            .program_mut(EGRESS_PROG_NAME)
-            .ok_or(DatapathError::ProgramMissing(EGRESS_PROG_NAME))?
-            .try_into()
-            .map_err(DatapathError::EgressProgram)
+        program_in(&mut self.ebpf, EGRESS_PROG_NAME, DatapathError::EgressProgram)
     }
 
     fn link_path(&self, iface: &str) -> PathBuf {

@@ -434,20 +434,21 @@ impl HaRuntime {
         } else {
             u64::MAX
         };
+        // The kernel's own rule (efm_common::serving), once for the view and the session gate.
+        let reasons = fence_reasons(&fence, &lease, now_ns);
         let kernel = crate::agent::KernelView {
             fenced: step.desired.fenced,
             lease_enforced: step.desired.lease_enforced,
             lease_left_ms: if lease_left == u64::MAX { 0 } else { lease_left / 1_000_000 },
             epoch: fence.epoch,
             max_epoch_seen: lease.max_epoch_seen,
-            serving: serves(fence_reasons(&fence, &lease, now_ns)),
+            serving: serves(reasons),
         };
         // The kernel fence is written: end the open sessions it does not let through, before
         // any action below stops the database.
         if let Some(ender) = &self.sessions {
-            // The kernel's own rule: members pass only while the explicit flag is the only
-            // reason and the agent asked for it (efm_common::serving).
-            let reasons = fence_reasons(&fence, &lease, now_ns);
+            // Members pass only while the explicit flag is the only reason and the agent asked
+            // for it.
             let gate = crate::sessions::Gate {
                 serving: serves(reasons),
                 members_pass: serves(reasons) || exempt_applies(EXEMPT_MEMBER, reasons, fence.flags),

@@ -505,6 +505,20 @@ pub fn enter_netns(path: &str) {
     assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
 }
 
+/// Runs `fut` on a thread of its own, moved into the namespace at `path`, on a current-thread
+/// tokio runtime: a client living in a test host's namespace.
+pub fn spawn_in_netns<F, T>(path: String, fut: impl FnOnce() -> F + Send + 'static) -> std::thread::JoinHandle<T>
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(fut())
+    })
+}
+
 /// Two namespaces joined by a veth pair, both ends up, addressed as given.
 pub struct Link {
     pub a: Netns,

@@ -22,7 +22,7 @@ use std::{
 
 use efm_tests::{
     cluster::{ack_counts, client_config, connect, long_insert_sql, missing_rows, no_overlap, Ack, Cluster, Kind, VIP},
-    enter_netns, monotonic_ns,
+    monotonic_ns, spawn_in_netns,
 };
 
 const PSW: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Witness];
@@ -73,27 +73,23 @@ fn sleeping_insert(
     limit: Duration,
 ) -> (mpsc::Receiver<u64>, std::thread::JoinHandle<Record>) {
     let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        enter_netns(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let cfg = client_config(&host);
-            let c = connect(&cfg).await.expect("the client connects through the VIP");
-            if let Some(s) = setup {
-                c.simple_query(s).await.expect("session setup");
-            }
-            let sent = monotonic_ns();
-            let sql = long_insert_sql(seq, i64::try_from(sent).unwrap(), sleep_s);
-            let _ = tx.send(sent);
-            let r = tokio::time::timeout(limit, c.query_one(sql.as_str(), &[])).await;
-            let done = monotonic_ns();
-            let outcome = match r {
-                Ok(Ok(row)) => Outcome::Ack(row.get(0)),
-                Ok(Err(e)) => Outcome::Error(format!("{e} ({e:?})")),
-                Err(_) => Outcome::Hang,
-            };
-            Record { sent_ns: sent, done_ns: done, outcome }
-        })
+    let h = spawn_in_netns(ns, move || async move {
+        let cfg = client_config(&host);
+        let c = connect(&cfg).await.expect("the client connects through the VIP");
+        if let Some(s) = setup {
+            c.simple_query(s).await.expect("session setup");
+        }
+        let sent = monotonic_ns();
+        let sql = long_insert_sql(seq, i64::try_from(sent).unwrap(), sleep_s);
+        let _ = tx.send(sent);
+        let r = tokio::time::timeout(limit, c.query_one(sql.as_str(), &[])).await;
+        let done = monotonic_ns();
+        let outcome = match r {
+            Ok(Ok(row)) => Outcome::Ack(row.get(0)),
+            Ok(Err(e)) => Outcome::Error(format!("{e} ({e:?})")),
+            Err(_) => Outcome::Hang,
+        };
+        Record { sent_ns: sent, done_ns: done, outcome }
     });
     (rx, h)
 }
@@ -219,24 +215,20 @@ fn a_client_blocked_on_a_frozen_primary_gets_an_error_at_the_servers_next_segmen
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(30)).is_some(), "the client writes through the VIP to n1");
     let (tx, rx) = mpsc::channel();
     let ns = client_ns(&c);
-    let blocked = std::thread::spawn(move || {
-        enter_netns(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let c = connect(&client_config(VIP)).await.expect("the client connects through the VIP");
-            let sql = format!(
-                "DO $$ BEGIN PERFORM pg_sleep({NOTICE_AFTER}); RAISE NOTICE 'still working'; PERFORM pg_sleep(60); END $$"
-            );
-            let sent = monotonic_ns();
-            let _ = tx.send(sent);
-            let r = tokio::time::timeout(Duration::from_secs(70), c.batch_execute(&sql)).await;
-            let outcome = match r {
-                Ok(Ok(())) => Outcome::Ack(String::new()),
-                Ok(Err(e)) => Outcome::Error(format!("{e} ({e:?})")),
-                Err(_) => Outcome::Hang,
-            };
-            Record { sent_ns: sent, done_ns: monotonic_ns(), outcome }
-        })
+    let blocked = spawn_in_netns(ns, move || async move {
+        let c = connect(&client_config(VIP)).await.expect("the client connects through the VIP");
+        let sql = format!(
+            "DO $$ BEGIN PERFORM pg_sleep({NOTICE_AFTER}); RAISE NOTICE 'still working'; PERFORM pg_sleep(60); END $$"
+        );
+        let sent = monotonic_ns();
+        let _ = tx.send(sent);
+        let r = tokio::time::timeout(Duration::from_secs(70), c.batch_execute(&sql)).await;
+        let outcome = match r {
+            Ok(Ok(())) => Outcome::Ack(String::new()),
+            Ok(Err(e)) => Outcome::Error(format!("{e} ({e:?})")),
+            Err(_) => Outcome::Hang,
+        };
+        Record { sent_ns: sent, done_ns: monotonic_ns(), outcome }
     });
     let sent = rx.recv_timeout(Duration::from_secs(20)).expect("the blocking statement was sent");
     std::thread::sleep(Duration::from_millis(300));
@@ -268,49 +260,45 @@ fn a_client_blocked_on_a_frozen_primary_gets_an_error_at_the_servers_next_segmen
 fn member_writes(ns: String, host: String, seq0: i64, tries: usize) -> (mpsc::Sender<()>, mpsc::Receiver<bool>, std::thread::JoinHandle<Vec<Outcome>>) {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        enter_netns(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let cfg = client_config(&host);
-            let mut client = connect(&cfg).await;
-            let _ = ready_tx.send(client.is_some());
-            // Wait for the go without blocking the connection's task.
-            while go_rx.try_recv().is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let h = spawn_in_netns(ns, move || async move {
+        let cfg = client_config(&host);
+        let mut client = connect(&cfg).await;
+        let _ = ready_tx.send(client.is_some());
+        // Wait for the go without blocking the connection's task.
+        while go_rx.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut out = Vec::new();
+        for k in 0..tries {
+            if client.is_none() {
+                client = connect(&cfg).await;
             }
-            let mut out = Vec::new();
-            for k in 0..tries {
-                if client.is_none() {
-                    client = connect(&cfg).await;
-                }
-                let Some(c) = client.as_ref() else {
-                    out.push(Outcome::Error("connect failed".into()));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let seq = seq0 + i64::try_from(k).unwrap();
-                let t = i64::try_from(monotonic_ns()).unwrap();
-                let r = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    c.query_one("INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')", &[&seq, &t]),
-                )
-                .await;
-                match r {
-                    Ok(Ok(row)) => out.push(Outcome::Ack(row.get(0))),
-                    Ok(Err(e)) => {
-                        out.push(Outcome::Error(e.to_string()));
-                        client = None;
-                    }
-                    Err(_) => {
-                        out.push(Outcome::Hang);
-                        client = None;
-                    }
-                }
+            let Some(c) = client.as_ref() else {
+                out.push(Outcome::Error("connect failed".into()));
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let seq = seq0 + i64::try_from(k).unwrap();
+            let t = i64::try_from(monotonic_ns()).unwrap();
+            let r = tokio::time::timeout(
+                Duration::from_secs(3),
+                c.query_one("INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')", &[&seq, &t]),
+            )
+            .await;
+            match r {
+                Ok(Ok(row)) => out.push(Outcome::Ack(row.get(0))),
+                Ok(Err(e)) => {
+                    out.push(Outcome::Error(e.to_string()));
+                    client = None;
+                }
+                Err(_) => {
+                    out.push(Outcome::Hang);
+                    client = None;
+                }
             }
-            out
-        })
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
     });
     (go_tx, ready_rx, h)
 }

@@ -85,9 +85,17 @@ impl SmtpServer {
     /// Every stored message: (headers, body), headers unfolded, names lower-cased.
     fn messages(&self) -> Vec<(HashMap<String, String>, String)> {
         let Ok(entries) = fs::read_dir(self.maildir.join("new")) else { return Vec::new() };
-        let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
-        files.sort();
-        files.iter().map(|f| parse_message(&fs::read_to_string(f).unwrap())).collect()
+        let files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+        let mut mails: Vec<_> = files.iter().map(|f| parse_message(&fs::read_to_string(f).unwrap())).collect();
+        // In sending order: the Message-ID ends in the sender's running count
+        // (`<efm.T.PID.N@host>`). Maildir names do not sort by time (Python writes the
+        // microseconds without zero padding), which made this order flaky.
+        mails.sort_by_key(|(h, _)| {
+            h.get("message-id")
+                .and_then(|id| id.split('@').next()?.rsplit('.').next()?.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        });
+        mails
     }
 }
 

@@ -88,6 +88,13 @@ impl WriteError {
     }
 }
 
+/// For callers that return `io::Result`: the kind is kept, the message names the path and step.
+impl From<WriteError> for io::Error {
+    fn from(e: WriteError) -> Self {
+        io::Error::new(e.source.kind(), e)
+    }
+}
+
 /// Removes the temporary file unless disarmed.
 struct TempName<'a> {
     path: &'a Path,

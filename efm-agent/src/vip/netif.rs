@@ -1,18 +1,24 @@
 //! rtnetlink for the VIP and interface lookups: `RTM_GETLINK` (an interface's index, type and
 //! MAC), `RTM_NEWADDR`/`RTM_DELADDR` (the VIP), `RTM_GETADDR` dumps (is an address here, which
-//! interface holds an address). Messages are `netlink-packet-route` types over a blocking
+//! interface holds an address). Requests are `netlink-packet-route` messages over a blocking
 //! `netlink-sys` socket of the calling thread's network namespace; the kernel's extended-ACK text
 //! is kept so it reaches the user.
+//!
+//! Answers are decoded with the crate's header and attribute parsers, but attribute by
+//! attribute, keeping only those we use: decoding a whole `RTM_NEWLINK` fails when one attribute
+//! (statistics, driver-specific info) is newer or longer than the crate knows
+//! (netlink-packet-route#151), and a VIP failover must not depend on that.
 
 use std::{io, net::IpAddr, time::Duration};
 
 use netlink_packet_core::{
-    ErrorMessage, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    DecodeError, ErrorMessage, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
+    Parseable, ParseableParametrized, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope},
-    link::{LinkAttribute, LinkLayerType, LinkMessage},
+    address::{AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope},
+    link::{LinkAttribute, LinkHeader, LinkLayerType, LinkMessage},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -55,6 +61,33 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dumps come in datagrams of up to 32 KiB; a smaller buffer would truncate them.
 const RECV_BUF: usize = 64 * 1024;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+/// `struct ifinfomsg` and `struct ifaddrmsg`: the fixed parts before the attributes.
+const IFINFOMSG_LEN: usize = 16;
+const IFADDRMSG_LEN: usize = 8;
+/// The `RTM_NEWLINK` attributes we read (`IFLA_ADDRESS`, `IFLA_IFNAME`).
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+/// The `RTM_NEWADDR` attributes we read.
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+
+/// An answer from the kernel: its message type and payload, decoded later by the parts we use.
+#[derive(Debug)]
+struct Answer {
+    ty: u16,
+    payload: Vec<u8>,
+}
+
+impl NetlinkDeserializable for Answer {
+    type Error = DecodeError;
+
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
+        Ok(Self { ty: header.message_type, payload: payload.to_vec() })
+    }
+}
 
 /// An interface as `RTM_GETLINK` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,13 +154,13 @@ impl Rtnl {
     fn answers<T>(
         &mut self,
         seq: u32,
-        mut on: impl FnMut(u16, NetlinkPayload<RouteNetlinkMessage>) -> Option<Result<T, NlError>>,
+        mut on: impl FnMut(u16, NetlinkPayload<Answer>) -> Option<Result<T, NlError>>,
     ) -> Result<T, NlError> {
         loop {
             let n = self.recv()?;
             let mut off = 0;
             while off < n {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
+                let msg = NetlinkMessage::<Answer>::deserialize(&self.buf[off..n])
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink answer: {e}")))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
@@ -154,7 +187,7 @@ impl Rtnl {
     }
 
     /// A `GET` request answered by one message (or an error).
-    fn get(&mut self, msg: RouteNetlinkMessage) -> Result<RouteNetlinkMessage, NlError> {
+    fn get(&mut self, msg: RouteNetlinkMessage) -> Result<Answer, NlError> {
         let seq = self.send(NLM_F_REQUEST, msg)?;
         self.answers(seq, |flags, payload| match payload {
             NetlinkPayload::InnerMessage(m) => Some(Ok(m)),
@@ -166,7 +199,7 @@ impl Rtnl {
     }
 
     /// A dump request; `f` sees every answer until `NLMSG_DONE`.
-    fn dump(&mut self, msg: RouteNetlinkMessage, mut f: impl FnMut(RouteNetlinkMessage)) -> Result<(), NlError> {
+    fn dump(&mut self, msg: RouteNetlinkMessage, mut f: impl FnMut(Answer)) -> Result<(), NlError> {
         let seq = self.send(NLM_F_REQUEST | NLM_F_DUMP, msg)?;
         self.answers(seq, |flags, payload| match payload {
             NetlinkPayload::Done(_) => Some(Ok(())),
@@ -211,18 +244,29 @@ fn family_of(addr: IpAddr) -> AddressFamily {
     }
 }
 
-fn link_of(m: &LinkMessage) -> Link {
+/// An `RTM_NEWLINK` payload: the header, and the name and MAC attributes (others are skipped
+/// undecoded).
+fn decode_link(payload: &[u8]) -> Result<Link, DecodeError> {
+    let header = LinkHeader::parse(payload)?;
     let mut name = String::new();
     let mut mac = None;
-    for a in &m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => name.clone_from(n),
+    for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..).unwrap_or_default()) {
+        let nla = nla?;
+        if !matches!(nla.kind(), IFLA_ADDRESS | IFLA_IFNAME) {
+            continue;
+        }
+        match LinkAttribute::parse_with_param(&nla, header.interface_family)? {
+            LinkAttribute::IfName(n) => name = n,
             LinkAttribute::Address(a) => mac = Mac::try_from(a.as_slice()).ok(),
             _ => {}
         }
     }
-    let ether = m.header.link_layer_type == LinkLayerType::Ether;
-    Link { index: m.header.index, name, mac: mac.filter(|_| ether) }
+    let ether = header.link_layer_type == LinkLayerType::Ether;
+    Ok(Link { index: header.index, name, mac: mac.filter(|_| ether) })
+}
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> NlError {
+    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {what}: {e}")).into()
 }
 
 /// Interface `name` of this network namespace (`ENODEV` if there is none).
@@ -240,10 +284,11 @@ pub(super) fn link_by_index(index: u32) -> Result<Link, NlError> {
 }
 
 fn link(m: LinkMessage) -> Result<Link, NlError> {
-    match Rtnl::open()?.get(RouteNetlinkMessage::GetLink(m))? {
-        RouteNetlinkMessage::NewLink(l) => Ok(link_of(&l)),
-        other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("netlink: unexpected answer to RTM_GETLINK: {other:?}")).into()),
+    let a = Rtnl::open()?.get(RouteNetlinkMessage::GetLink(m))?;
+    if a.ty != RTM_NEWLINK {
+        return Err(invalid("answer to RTM_GETLINK", format!("message type {}", a.ty)));
     }
+    decode_link(&a.payload).map_err(|e| invalid("RTM_NEWLINK", e))
 }
 
 /// `RTM_NEWADDR` (create-exclusive; IPv6 with `IFA_F_NODAD`, so the address is usable at once) or
@@ -275,22 +320,29 @@ pub(super) fn change_address(add: bool, index: u32, addr: IpAddr, prefix: u8) ->
     Rtnl::open()?.request(flags, msg)
 }
 
-/// The address an `RTM_NEWADDR` entry gives this host: `IFA_LOCAL` (for IPv4 `IFA_ADDRESS` is
-/// the peer on point-to-point links); for IPv6 `IFA_ADDRESS` when there is no `IFA_LOCAL`.
-fn own_address(m: &AddressMessage) -> Option<IpAddr> {
-    let local = m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(ip) => Some(*ip),
-        _ => None,
-    });
-    let address = m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(ip) => Some(*ip),
-        _ => None,
-    });
-    match m.header.family {
+/// An `RTM_NEWADDR` payload: the interface index and the address the entry gives this host:
+/// `IFA_LOCAL` (for IPv4 `IFA_ADDRESS` is the peer on point-to-point links); for IPv6
+/// `IFA_ADDRESS` when there is no `IFA_LOCAL`. Other attributes are skipped undecoded.
+fn decode_address(payload: &[u8]) -> Result<Option<(u32, IpAddr)>, DecodeError> {
+    let header = AddressHeader::parse(payload)?;
+    let (mut local, mut address) = (None, None);
+    for nla in NlasIterator::new(payload.get(IFADDRMSG_LEN..).unwrap_or_default()) {
+        let nla = nla?;
+        if !matches!(nla.kind(), IFA_ADDRESS | IFA_LOCAL) {
+            continue;
+        }
+        match AddressAttribute::parse(&nla)? {
+            AddressAttribute::Local(ip) => local = Some(ip),
+            AddressAttribute::Address(ip) => address = Some(ip),
+            _ => {}
+        }
+    }
+    let own = match header.family {
         AddressFamily::Inet => local,
         AddressFamily::Inet6 => local.or(address),
         _ => None,
-    }
+    };
+    Ok(own.map(|ip| (header.index, ip)))
 }
 
 /// Every address of this network namespace (of `addr`'s family, or all with `None`) as
@@ -299,12 +351,19 @@ pub(super) fn addresses(family: Option<IpAddr>) -> Result<Vec<(u32, IpAddr)>, Nl
     let mut req = AddressMessage::default();
     req.header.family = family.map_or(AddressFamily::Unspec, family_of);
     let mut out = Vec::new();
-    Rtnl::open()?.dump(RouteNetlinkMessage::GetAddress(req), |m| {
-        if let RouteNetlinkMessage::NewAddress(a) = m {
-            out.extend(own_address(&a).map(|ip| (a.header.index, ip)));
+    let mut bad = None;
+    Rtnl::open()?.dump(RouteNetlinkMessage::GetAddress(req), |a| {
+        if a.ty == RTM_NEWADDR {
+            match decode_address(&a.payload) {
+                Ok(entry) => out.extend(entry),
+                Err(e) => bad = Some(e),
+            }
         }
     })?;
-    Ok(out)
+    match bad {
+        Some(e) => Err(invalid("RTM_NEWADDR", e)),
+        None => Ok(out),
+    }
 }
 
 /// Whether `addr` is on interface `index` (any prefix length).
@@ -334,7 +393,7 @@ pub fn interface_of(ip: IpAddr) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_core::NLMSG_ERROR;
+    use netlink_packet_core::{Emitable, NLMSG_ERROR};
 
     use super::*;
 
@@ -410,7 +469,7 @@ mod tests {
     }
 
     fn parse_error(d: &[u8]) -> Result<(), NlError> {
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(d).expect("a netlink message");
+        let msg = NetlinkMessage::<Answer>::deserialize(d).expect("a netlink message");
         let NetlinkPayload::Error(e) = msg.payload else { panic!("not an error: {msg:?}") };
         nl_result(msg.header.flags, &e)
     }
@@ -435,6 +494,12 @@ mod tests {
         assert!(err.is(Errno::PERM) && err.msg.is_none());
     }
 
+    fn emitted(m: &impl Emitable) -> Vec<u8> {
+        let mut out = vec![0; m.buffer_len()];
+        m.emit(&mut out);
+        out
+    }
+
     #[test]
     fn dump_entries_give_the_local_address() {
         let v4: IpAddr = "198.18.0.100".parse().unwrap();
@@ -442,17 +507,40 @@ mod tests {
         let entry = |family, attrs: Vec<AddressAttribute>| {
             let mut m = AddressMessage::default();
             m.header.family = family;
+            m.header.index = 4;
             m.attributes = attrs;
-            m
+            decode_address(&emitted(&m)).expect("decodes")
         };
-        let a = entry(AddressFamily::Inet, vec![AddressAttribute::Address(peer), AddressAttribute::Local(v4)]);
-        assert_eq!(own_address(&a), Some(v4), "v4: IFA_LOCAL, IFA_ADDRESS is the peer");
-        assert_eq!(own_address(&entry(AddressFamily::Inet, vec![AddressAttribute::Address(peer)])), None);
+        let label = AddressAttribute::Label("veth0:vip".into());
+        let a = entry(AddressFamily::Inet, vec![AddressAttribute::Address(peer), AddressAttribute::Local(v4), label]);
+        assert_eq!(a, Some((4, v4)), "v4: IFA_LOCAL, IFA_ADDRESS is the peer");
+        assert_eq!(entry(AddressFamily::Inet, vec![AddressAttribute::Address(peer)]), None);
         let v6: IpAddr = "fd00:efd::100".parse().unwrap();
-        assert_eq!(own_address(&entry(AddressFamily::Inet6, vec![AddressAttribute::Address(v6)])), Some(v6));
+        assert_eq!(entry(AddressFamily::Inet6, vec![AddressAttribute::Address(v6)]), Some((4, v6)));
         let p6: IpAddr = "fd00:efd::1".parse().unwrap();
         let with_peer = entry(AddressFamily::Inet6, vec![AddressAttribute::Address(p6), AddressAttribute::Local(v6)]);
-        assert_eq!(own_address(&with_peer), Some(v6), "v6 with a peer: IFA_LOCAL");
+        assert_eq!(with_peer, Some((4, v6)), "v6 with a peer: IFA_LOCAL");
+        assert!(decode_address(&[2, 24, 0]).is_err(), "truncated header");
+    }
+
+    #[test]
+    fn link_answers_decode_name_and_mac_despite_attributes_the_crate_cannot_parse() {
+        let mut m = LinkMessage::default();
+        m.header.index = 7;
+        m.header.link_layer_type = LinkLayerType::Ether;
+        m.attributes = vec![
+            LinkAttribute::IfName("veth-efm0".into()),
+            LinkAttribute::Address(vec![0x02, 0xef, 0, 0, 0, 1]),
+        ];
+        let mut payload = emitted(&m);
+        // IFLA_MTU (4) as a 64-bit value: the crate's whole-message parse refuses it, as it
+        // refuses attributes a kernel sends in a form it does not know.
+        payload.extend_from_slice(&[12, 0, 4, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(LinkMessage::parse(payload.as_slice()).is_err());
+        let link = decode_link(&payload).expect("decodes");
+        assert_eq!(link, Link { index: 7, name: "veth-efm0".into(), mac: Some([0x02, 0xef, 0, 0, 0, 1]) });
+        m.header.link_layer_type = LinkLayerType::Loopback;
+        assert_eq!(decode_link(&emitted(&m)).expect("decodes").mac, None, "not Ethernet: no MAC");
     }
 
     #[test]

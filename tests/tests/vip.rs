@@ -246,3 +246,59 @@ fn interface_of_finds_addresses_on_a_veth() {
     let own = n.ns.run(move || efm_agent::agent::interface_of(own4));
     assert_eq!(own, want(&n.ifname));
 }
+
+/// Drops `CAP_NET_ADMIN` and `CAP_NET_RAW` from the calling thread (capabilities are
+/// per-thread; `capset(2)` with pid 0 changes only the caller).
+fn drop_net_caps() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const NET_ADMIN_RAW: u32 = (1 << 12) | (1 << 13);
+    let mut h = Header { version: VERSION_3, pid: 0 };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and two data structs, as capget(2) says.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut h, d.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    d[0].effective &= !NET_ADMIN_RAW;
+    d[0].permitted &= !NET_ADMIN_RAW;
+    // SAFETY: as above.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut h, d.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// Without `CAP_NET_ADMIN`/`CAP_NET_RAW` the kernel refuses (EPERM) and the error says so and
+/// what is needed.
+#[test]
+fn permission_errors_say_what_is_needed() {
+    require_root();
+    let bed = Bed::new(1);
+    let iface = bed.nodes[0].ifname.clone();
+    let msgs = bed.nodes[0].ns.run(move || {
+        drop_net_caps();
+        let v4: IpAddr = VIP4.parse().unwrap();
+        vec![
+            vip::assign(&iface, v4, 24).unwrap_err(),
+            vip::release(&iface, v4, 24).unwrap_err(),
+            vip::probe_in_use(&iface, v4, PROBE_TIMEOUT).unwrap_err(),
+            vip::probe_in_use(&iface, VIP6.parse().unwrap(), PROBE_TIMEOUT).unwrap_err(),
+        ]
+    });
+    for e in &msgs {
+        let s = e.to_string();
+        eprintln!("{s}");
+        assert!(s.contains("Operation not permitted") && s.contains("needs root"), "{s}");
+        assert!(s.contains(&bed.nodes[0].ifname), "{s}");
+    }
+    assert!(matches!(msgs[0], VipError::Netlink { .. }), "{:?}", msgs[0]);
+    assert!(matches!(msgs[2], VipError::Socket { .. }), "{:?}", msgs[2]);
+}

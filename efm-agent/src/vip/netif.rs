@@ -49,7 +49,7 @@ impl From<Errno> for NlError {
 }
 
 impl NlError {
-    /// The errno, as `std::io::Error::raw_os_error` gives it.
+    /// Whether the kernel (or the socket) answered errno `e`.
     pub(super) fn is(&self, e: Errno) -> bool {
         self.errno.raw_os_error() == Some(e.raw_os_error())
     }

@@ -108,8 +108,8 @@ fn encrypt_creates_the_password_key_and_refuses_unsafe_ones() {
     ok(&out, "efm encrypt");
     assert!(text(&out.stderr).contains("created the encryption key"), "{}", text(&out.stderr));
     assert_eq!(mode(&key), 0o600);
-    let line = text(&out.stdout);
-    let value = line.trim().strip_prefix("db.password.encrypted=").expect("the property line");
+    let printed = text(&out.stdout);
+    let value = printed.trim().strip_prefix("db.password.encrypted=").expect("the property line");
     let k = secret::Key::load(&key).unwrap();
     assert_eq!(secret::decrypt(&k, "acctg", value).unwrap(), "s3cret pw");
 

@@ -351,9 +351,13 @@ fn set_priority_changes_the_promotion_choice() {
 
 #[test]
 fn disallow_node_keeps_a_node_out_after_its_agent_restarts() {
-    let mut c = Cluster::start(&PSS, "");
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let mut c = Cluster::start_with(&PSS, "", |i| format!("script.notification={r} n{} notify %s\n", i + 1));
     let msg = ok(&c.efm_cmd(0, "disallow-node", &[&ip(&c, 2)]), "disallow-node n3");
     assert!(msg.contains("Removed"), "{msg}");
+    // Two members left: EFM's warning, from the agent that removed it.
+    rec.wait_containing("n1 notify Cluster acctg has dropped below three nodes", Duration::from_secs(10));
     wait_until("n3 out of the allowed list", Duration::from_secs(10), || {
         !status_json(&c, 0)["allowednodes"].as_array().unwrap().iter().any(|a| *a == ip(&c, 2))
     });

@@ -127,7 +127,7 @@ pub enum Event {
     StandbyDatabaseFailed { node: String },
     /// A standby's agent reports its database down, but others can reach it.
     StandbyCannotReachDatabase { node: String },
-    /// Fewer than three nodes remain.
+    /// Fewer than three member nodes remain (`efm disallow-node`; failed members still count).
     BelowThreeNodes { nodes: usize },
     /// This node sees only a minority of the cluster and will not take part in a failover.
     SubsetDisconnected { visible: Vec<String> },
@@ -557,9 +557,10 @@ impl Event {
                 "The agent of standby {other} reports its database down, but the other nodes can reach it."
             ),
             E::BelowThreeNodes { nodes } => format!(
-                "Cluster {c} has {nodes} agent(s) running. Failover protection needs at least three \
-                 (a primary, a standby and another standby or a witness): with fewer, one more failure \
-                 leaves no majority to decide a failover."
+                "Cluster {c} is down to {nodes} member node(s) (a member whose agent has failed still \
+                 counts, as for the quorum). Failover protection needs at least three (a primary, a \
+                 standby and another standby or a witness): with fewer, one failure leaves no majority \
+                 to decide a failover. Add a standby or a witness."
             ),
             E::SubsetDisconnected { visible } => format!(
                 "This node sees only a minority of cluster {c} and will not take part in a failover. \

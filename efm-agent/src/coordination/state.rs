@@ -16,8 +16,12 @@
 //!
 //! The rule, and why it keeps at most one primary serving:
 //! - The primary of epoch `e` enforces its lease with `k = quorum() − 1` endorsements
-//!   ([`ClusterState::quorum`], the majority of the voters in *its* copy of the state); its
-//!   kernel counts endorsements only from members.
+//!   ([`ClusterState::quorum`], the majority of the voters in *its* copy of the state), counted
+//!   by its kernel from the peers in its table, which should be the voters
+//!   ([`ClusterState::is_voter`]); and a node endorses only while its own copy shows it a voter.
+//!   (Where the table and the endorsing node follow the allowed list instead, one allowed
+//!   non-member may endorse — a joining node catching up on the log before its membership entry
+//!   applies; joins are serialized — and the rule below still holds with one such endorser.)
 //! - A `Vote` counts only from a voter; a `Promote` that replaces a primary needs votes from a
 //!   majority of **every voter set in force since the epoch began**
 //!   ([`ClusterState::epoch_voter_sets`], [`ClusterState::missing_votes`]). The primary's copy may

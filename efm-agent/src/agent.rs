@@ -248,6 +248,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    config::check::warn_if_too_few_agents(&loaded.config);
     let cfg = loaded.config;
     let _lock = ClusterLock::acquire(&cfg.lock_dir, &cfg.cluster)?;
     let _pid = PidFile::create(&opts.run_dir, &cfg.cluster)?;

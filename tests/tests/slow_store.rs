@@ -43,7 +43,9 @@ struct Maps {
 
 impl Maps {
     fn open(pins: &Path) -> Self {
-        let data = |name: &str| MapData::from_pin(pins.join(name)).unwrap_or_else(|e| panic!("open {}/{name}: {e}", pins.display()));
+        let data = |name: &str| {
+            MapData::from_pin(pins.join(name)).unwrap_or_else(|e| panic!("open {}/{name}: {e}", pins.display()))
+        };
         Self {
             lease: Array::try_from(Map::Array(data(MAP_LEASE))).expect("EFM_LEASE is an array"),
             slots: Array::try_from(Map::Array(data(MAP_SLOTS))).expect("EFM_SLOTS is an array"),
@@ -92,7 +94,7 @@ struct Seen {
 
 /// Samples every 2 ms until `stop`: the primary's (node 0) endorsements and PINGs from both
 /// voters, and each voter's PINGs from the primary.
-fn sample(pins: Vec<std::path::PathBuf>, ips: Vec<String>, stop: Arc<AtomicBool>) -> Seen {
+fn sample(pins: &[std::path::PathBuf], ips: &[String], stop: &AtomicBool) -> Seen {
     let maps: Vec<Maps> = pins.iter().map(|p| Maps::open(p)).collect();
     // (series, node whose kernel is read, slot there, endorsement (lease) or PING (slot)).
     let mut watched: Vec<(Series, usize, u32, bool)> = Vec::new();
@@ -100,7 +102,12 @@ fn sample(pins: Vec<std::path::PathBuf>, ips: Vec<String>, stop: Arc<AtomicBool>
         let at_primary = maps[0].slot_of(&ips[v]);
         watched.push((Series { name: format!("endorsements n{}→n1", v + 1), times: Vec::new() }, 0, at_primary, true));
         watched.push((Series { name: format!("PINGs n{}→n1", v + 1), times: Vec::new() }, 0, at_primary, false));
-        watched.push((Series { name: format!("PINGs n1→n{}", v + 1), times: Vec::new() }, v, maps[v].slot_of(&ips[0]), false));
+        watched.push((
+            Series { name: format!("PINGs n1→n{}", v + 1), times: Vec::new() },
+            v,
+            maps[v].slot_of(&ips[0]),
+            false,
+        ));
     }
     let mut lease_left = Vec::new();
     let mut samples = 0;
@@ -168,7 +175,7 @@ fn slow_raft_store_does_not_delay_pings_or_endorsements() {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (ips, stop) = (ips.clone(), stop.clone());
-        std::thread::spawn(move || sample(pins, ips, stop))
+        std::thread::spawn(move || sample(&pins, &ips, &stop))
     };
     std::thread::sleep(Duration::from_millis(300));
 
@@ -208,8 +215,18 @@ fn slow_raft_store_does_not_delay_pings_or_endorsements() {
         took[0],
         took[took.len() - 1]
     );
-    let min_left = seen.lease_left.iter().filter(|(t, _)| (t_start..=t_end).contains(t)).map(|(_, l)| *l).min().expect("lease samples");
-    eprintln!("{} samples of the kernels' maps; the primary's lease had at least {} ms left", seen.samples, min_left / 1_000_000);
+    let min_left = seen
+        .lease_left
+        .iter()
+        .filter(|(t, _)| (t_start..=t_end).contains(t))
+        .map(|(_, l)| *l)
+        .min()
+        .expect("lease samples");
+    eprintln!(
+        "{} samples of the kernels' maps; the primary's lease had at least {} ms left",
+        seen.samples,
+        min_left / 1_000_000
+    );
     let mut worst = Vec::new();
     for s in &seen.series {
         let (arrivals, gap) = s.in_window(t_start, t_end);
@@ -219,7 +236,11 @@ fn slow_raft_store_does_not_delay_pings_or_endorsements() {
 
     // The hook was in force: every entry waited for at least one slow commit.
     assert!(took.len() >= 5, "only {} entries committed in {window_ms} ms", took.len());
-    assert!(took[0] >= Duration::from_millis(DELAY_MS), "an entry committed in {:?}, faster than one slow commit", took[0]);
+    assert!(
+        took[0] >= Duration::from_millis(DELAY_MS),
+        "an entry committed in {:?}, faster than one slow commit",
+        took[0]
+    );
     for (name, arrivals, gap) in worst {
         let expected = usize::try_from(window_ms / HB_MS / 2).unwrap();
         assert!(arrivals >= expected, "{name}: only {arrivals} arrivals in {window_ms} ms");
@@ -237,10 +258,17 @@ fn slow_raft_store_does_not_delay_pings_or_endorsements() {
         assert_eq!(v["epoch"].as_u64(), Some(epoch), "node {}: the epoch moved: {v:#}", i + 1);
         for p in v["peers"].as_array().unwrap() {
             assert_eq!(p["verdict"], "alive", "node {}: {p:#}", i + 1);
-            assert!(p["verdictSinceNs"].as_u64().unwrap() < t_start, "node {}: a verdict changed during the window: {p:#}", i + 1);
+            assert!(
+                p["verdictSinceNs"].as_u64().unwrap() < t_start,
+                "node {}: a verdict changed during the window: {p:#}",
+                i + 1
+            );
         }
     }
     let v = c.node_status(0).unwrap();
-    assert!(v["outcome"].as_str().is_some_and(|o| o.starts_with("primary for epoch")), "n1 is no longer the serving primary: {v:#}");
+    assert!(
+        v["outcome"].as_str().is_some_and(|o| o.starts_with("primary for epoch")),
+        "n1 is no longer the serving primary: {v:#}"
+    );
     assert_eq!(c.serving_primary(), Some(0), "exactly one serving primary, n1");
 }

@@ -158,9 +158,20 @@ pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
     }
     let _wal = AbortOnDrop(tokio::spawn(track_wal(shared.clone(), target.clone())));
     let (tx, mut rx) = mpsc::channel(16);
+    let mut notices = crate::notify::local::LocalDbNotices::new(timings.timeout);
     let monitor = LocalMonitor::new(timings, Instant::now());
     tokio::spawn(monitor.run(target, tx, std::future::pending()));
     while let Some(ev) = rx.recv().await {
+        // EFM's notifications about the local database (connection refused, timing out,
+        // standby.signal on a primary): see `notify::local`.
+        let node = lock(&shared).me.ip().to_string();
+        let notes = notices.observe(&ev, Instant::now(), &node, || crate::notify::local::recovery_file(&lock(&shared).config));
+        if !notes.is_empty() {
+            let cfg = lock(&shared).config.clone();
+            for n in notes {
+                crate::notify::emit(&cfg, n);
+            }
+        }
         let mut s = lock(&shared);
         match ev {
             DbEvent::Available(info) | DbEvent::Checked(info) | DbEvent::Recovered(info) => {

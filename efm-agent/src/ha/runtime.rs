@@ -781,7 +781,7 @@ impl HaRuntime {
                 let order = cfg.stop_isolated_primary.then(|| self.db_stop_order());
                 tokio::spawn(async move {
                     if let Some(p) = primary {
-                        let res = demote_local(&cfg, &config_dir, p);
+                        let res = demote_local(&cfg, &config_dir, p).await;
                         match res {
                             Ok(()) => tracing::info!(epoch, new_primary = %p, "old primary demoted: it restarts as a standby"),
                             Err(e) => tracing::error!(epoch, error = %e, "demoting the old primary failed; it stays fenced"),
@@ -916,17 +916,18 @@ async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr,
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
     let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;
-    let mut up = upstream(cfg, config_dir, primary)?;
+    let mut up = upstream(cfg, config_dir, primary).await?;
     if let Some(src) = source {
-        up.extra = source_settings(cfg, config_dir, src).await?;
+        up.template = source_settings(cfg, config_dir, src).await?;
+        up.replace_own = true;
     }
     control::demote_to_standby(&control, &data, version, &up).map_err(|e| e.to_string())?;
     control.start().await.map_err(|e| format!("starting the database as a standby: {e}"))
 }
 
 /// `-sourcenode`: the replication settings of the standby `src` that the old primary takes over
-/// (everything in its `primary_conninfo` but the host and port, which name the new primary).
-async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: SocketAddr) -> Result<Vec<(String, String)>, String> {
+/// (its `primary_conninfo`; `Upstream::conninfo_for` changes host, port and application_name).
+async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: SocketAddr) -> Result<control::ConnInfo, String> {
     let t = localdb::target(cfg, config_dir, &src.ip().to_string())?;
     // Retried for a moment: right after the promotion the source standby's kernel may have seen
     // the new epoch before its agent adopted it, and an epoch-fenced node refuses members too
@@ -942,12 +943,7 @@ async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: Socket
             }
         }
     };
-    Ok(postgres::parse_conninfo(&conninfo)
-        .into_iter()
-        // The new primary's address, our credentials and this node's own application_name
-        // (synchronous_standby_names may name it) are not the source's to give.
-        .filter(|(k, _)| !matches!(k.as_str(), "host" | "hostaddr" | "port" | "password" | "user" | "application_name"))
-        .collect())
+    control::ConnInfo::parse(&conninfo).map_err(|e| format!("-sourcenode {src}: its primary_conninfo: {e}"))
 }
 
 fn to_command(p: Proposal, st: &ClusterState) -> Command {
@@ -1034,31 +1030,34 @@ async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAdd
     Ok(start.elapsed())
 }
 
-fn upstream(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<control::Upstream, String> {
+/// The new primary; for a server without a `primary_conninfo` of its own, the template is the
+/// new primary's former one (a promotion leaves it set), else `user=db.user` (never db.user's
+/// password: the monitoring password is not written into the database's configuration).
+async fn upstream(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<control::Upstream, String> {
+    let mut up = control::Upstream::new(primary.ip().to_string(), cfg.db_port, cfg.db_user.clone());
+    up.application_name = cfg.application_name.clone().or_else(|| Some(cfg.bind_address.ip().to_string()));
     let t = localdb::target(cfg, config_dir, &primary.ip().to_string())?;
-    Ok(control::Upstream {
-        host: primary.ip().to_string(),
-        port: cfg.db_port,
-        user: cfg.db_user.clone(),
-        password: t.password,
-        application_name: cfg.application_name.clone().or_else(|| Some(cfg.bind_address.ip().to_string())),
-        extra: Vec::new(),
-    })
+    match control::read_primary_conninfo(&t, cfg.remote_timeout).await {
+        Ok(Some(template)) => up.template = template,
+        Ok(None) => tracing::warn!(%primary, "the new primary has no primary_conninfo to copy; a server without one uses user=db.user"),
+        Err(e) => tracing::warn!(%primary, error = %e, "cannot read the new primary's primary_conninfo; a server without one uses user=db.user"),
+    }
+    Ok(up)
 }
 
 async fn follow(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, primary: SocketAddr) -> Result<String, String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
-    let up = upstream(cfg, config_dir, primary)?;
+    let up = upstream(cfg, config_dir, primary).await?;
     let target = localdb::target(cfg, config_dir, &me.ip().to_string())?;
     let out = control::reconfigure_standby(&target, &control, &up).await.map_err(|e| e.to_string())?;
     Ok(format!("{:?}", out.method))
 }
 
-fn demote_local(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<(), String> {
+async fn demote_local(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<(), String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
     let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;
-    let up = upstream(cfg, config_dir, primary)?;
+    let up = upstream(cfg, config_dir, primary).await?;
     control::demote_to_standby(&control, &data, version, &up).map(|_| ()).map_err(|e| e.to_string())
 }
 

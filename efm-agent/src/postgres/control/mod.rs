@@ -38,9 +38,11 @@ mod files;
 mod role;
 mod server;
 
-pub use conninfo::{quote_conf_value, quote_conninfo_value, quote_sql_literal, Upstream};
-pub use files::{demote_to_standby, read_pg_version, recovery_conf_text, set_conf_line};
-pub use role::{promote, reconfigure_standby};
+pub use conninfo::{
+    quote_conf_value, quote_conninfo_value, quote_sql_literal, unquote_conf_value, ConnInfo, ConnInfoError, Upstream,
+};
+pub use files::{conf_value, demote_to_standby, own_primary_conninfo, read_pg_version, recovery_conf_text, set_conf_line};
+pub use role::{promote, read_primary_conninfo, reconfigure_standby};
 pub use server::{is_running, stop, DbControl};
 
 /// What went wrong. Every variant names the server (`host:port`) or the command and file.

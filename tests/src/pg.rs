@@ -515,7 +515,8 @@ impl PgNode {
         for e in fs::read_dir(&self.data).expect("reading the data directory").flatten() {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
-            if (name.ends_with(".conf") || name.ends_with(".signal")) && fs::read_to_string(&p).is_ok_and(|t| t.contains(needle)) {
+            let ext = Path::new(&name).extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if (ext == "conf" || ext == "signal") && fs::read_to_string(&p).is_ok_and(|t| t.contains(needle)) {
                 hits.push(p);
             }
         }

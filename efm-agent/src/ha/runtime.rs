@@ -926,7 +926,7 @@ async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr,
 }
 
 /// `-sourcenode`: the replication settings of the standby `src` that the old primary takes over
-/// (its `primary_conninfo`; `Upstream::conninfo_for` changes host, port and application_name).
+/// (its `primary_conninfo`; `Upstream::conninfo_for` changes host, port and `application_name`).
 async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: SocketAddr) -> Result<control::ConnInfo, String> {
     let t = localdb::target(cfg, config_dir, &src.ip().to_string())?;
     // Retried for a moment: right after the promotion the source standby's kernel may have seen

@@ -125,12 +125,12 @@ pub fn own_primary_conninfo(
 #[must_use]
 pub fn conf_value(text: &str, key: &str) -> Option<String> {
     text.lines()
+        .rev()
         .filter(|l| conf_key(l).is_some_and(|k| k.eq_ignore_ascii_case(key)))
-        .filter_map(|l| {
+        .find_map(|l| {
             let t = l.trim_start()[key.len()..].trim_start();
             unquote_conf_value(t.strip_prefix('=').unwrap_or(t))
         })
-        .last()
 }
 
 pub(super) fn read_optional(path: &Path) -> Result<Option<String>, ControlError> {

@@ -15,6 +15,7 @@ pub mod heartbeat;
 pub mod lifecycle;
 pub mod custom_monitor;
 pub mod localdb;
+pub mod node;
 pub mod operator;
 pub mod postgres;
 pub mod report;

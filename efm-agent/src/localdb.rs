@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     config::Config,
     coordination::ClusterState,
-    node::{DbOwner, DbUpdate, Identity, LocalDatabase, Role},
+    node::{DbOwner, DbReport, DbUpdate, Identity, LocalDatabase, Role},
     postgres::{
         self,
         monitor::{DbEvent, LocalMonitor, LocalTimings},
@@ -151,12 +151,15 @@ pub async fn run(id: Arc<Identity>, owner: DbOwner, target: DbTarget) {
                 None => return,
             },
             Some(pid) = gone.recv() => db.send_modify(|s| postmaster_gone(s, pid)),
-            Some(r) = reports.recv() => {
-                db.send_modify(|s| apply(s, r.update));
-                let _ = r.applied.send(());
-            }
+            Some(r) = reports.recv() => serve_report(&db, r),
         }
     }
+}
+
+/// Applies a report and tells its sender (who may now rely on the view showing it).
+fn serve_report(db: &watch::Sender<LocalDatabase>, r: DbReport) {
+    db.send_modify(|s| apply(s, r.update));
+    let _ = r.applied.send(());
 }
 
 /// A successful check: the database is up, and its role is this node's.
@@ -306,5 +309,105 @@ mod tests {
         assert_eq!(fresh_lsn(None, 1_000_000_000, hb), 0, "never read");
         // The `local.period` monitor's view plays no part: only the sample's age counts.
         assert_eq!(fresh_lsn(w, 11_000_000_000, hb), 0);
+    }
+
+    fn standby(upstream: Option<&str>) -> DbInfo {
+        DbInfo {
+            in_recovery: true,
+            server_version_num: 150_004,
+            current_lsn: None,
+            receive_lsn: Some(Lsn(0x2ff_0000)),
+            replay_lsn: Some(Lsn(0x2ff_0000)),
+            timeline: Some(1),
+            is_streaming: upstream.is_some(),
+            upstream_host: upstream.map(str::to_owned),
+        }
+    }
+
+    fn primary() -> DbInfo {
+        DbInfo { in_recovery: false, current_lsn: Some(Lsn(0x300_0000)), receive_lsn: None, replay_lsn: None, ..standby(None) }
+    }
+
+    fn config() -> Config {
+        let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
+        let nodes = vec!["198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap()];
+        crate::config::from_properties(props, Path::new("/etc/efm/acctg.properties"), "acctg", nodes).unwrap().config
+    }
+
+    fn identity() -> Arc<Identity> {
+        let config = config();
+        Arc::new(Identity {
+            me: config.bind_address,
+            config,
+            node_id: 1,
+            config_dir: "/etc/efm".into(),
+            iface: "eth0".into(),
+            attachment: "native".into(),
+            started_unix_ms: 0,
+        })
+    }
+
+    fn failed_standby() -> LocalDatabase {
+        LocalDatabase { role: Role::Standby, view: DbView { up: Some(false), info: Some(standby(None)), error: Some("gone".into()) } }
+    }
+
+    /// The promotion task and `efm resume` report to the owner, which applies the report before
+    /// the sender goes on; without an owner the sender is told so.
+    #[tokio::test]
+    async fn reports_are_applied_by_the_owner_before_the_sender_goes_on() {
+        let (facts, owners) = crate::node::wire(identity(), failed_standby(), Vec::new(), 3);
+        let DbOwner { db, mut reports, .. } = owners.db;
+        let owner = tokio::spawn(async move {
+            while let Some(r) = reports.recv().await {
+                serve_report(&db, r);
+            }
+        });
+
+        facts.report_db(DbUpdate::Promoted).await.unwrap();
+        let now = facts.db.borrow().clone();
+        assert_eq!(now.role, Role::Primary);
+        assert_eq!(now.view.up, Some(true));
+        assert_eq!(now.view.info.as_ref().map(|i| i.in_recovery), Some(false), "pg_promote() confirmed it left recovery");
+
+        facts.report_db(DbUpdate::Checked(standby(Some("198.18.0.2")))).await.unwrap();
+        let now = facts.db.borrow().clone();
+        assert_eq!(now.role, Role::Standby, "a check gives the role, as the monitor's do");
+        assert_eq!((now.view.up, now.view.error), (Some(true), None));
+        assert_eq!(now.view.info.and_then(|i| i.upstream_host).as_deref(), Some("198.18.0.2"));
+
+        owner.abort();
+        let _ = owner.await;
+        let gone = facts.report_db(DbUpdate::Promoted).await.unwrap_err();
+        assert!(gone.to_string().contains("database task"), "{gone}");
+        assert_eq!(facts.db.borrow().role, Role::Standby, "nothing applied without the owner");
+    }
+
+    #[test]
+    fn monitor_events_and_the_postmaster_watch_change_the_view_as_before() {
+        let mut s = failed_standby();
+        on_event(&mut s, DbEvent::Recovered(primary()));
+        assert_eq!((s.role, s.view.up, s.view.error.clone()), (Role::Primary, Some(true), None));
+        postmaster_gone(&mut s, 4242);
+        assert_eq!((s.role, s.view.up), (Role::Primary, Some(false)), "the role stays what the database last said");
+        assert_eq!(s.view.error.as_deref(), Some("postmaster (pid 4242) exited"));
+        on_event(&mut s, DbEvent::CheckFailed { error: crate::postgres::DbError::Refused { addr: "198.18.0.1:5444".into() }, silent_for: Duration::from_secs(1) });
+        assert_eq!(s.view.up, Some(false), "a failed check alone changes nothing");
+    }
+
+    #[test]
+    fn resumable_needs_a_running_standby_of_the_primary_or_the_unvoted_primary() {
+        let (cfg, me, p) = (config(), "198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap());
+        let up = |info: DbInfo| DbView { up: Some(true), info: Some(info), error: None };
+        let st = ClusterState { primary: Some(p), epoch: 4, ..ClusterState::default() };
+        let down = DbView { up: Some(false), info: None, error: Some("connection refused".into()) };
+        assert!(resumable(&cfg, me, &down, &st, false).unwrap_err().contains("not running (connection refused)"));
+        assert!(resumable(&cfg, me, &up(standby(Some("198.18.0.2"))), &st, false).unwrap().contains("standby of the primary"));
+        assert!(resumable(&cfg, me, &up(standby(Some("198.18.0.9"))), &st, false).unwrap_err().contains("replicates from 198.18.0.9"));
+        assert!(resumable(&cfg, me, &up(primary()), &st, false).unwrap_err().contains("belongs to 198.18.0.2:7800"));
+        let mine = ClusterState { primary: Some(me), ..st.clone() };
+        assert!(resumable(&cfg, me, &up(primary()), &mine, false).unwrap().contains("primary of epoch 4"));
+        assert!(resumable(&cfg, me, &up(primary()), &mine, true).is_err(), "this node voted against its own epoch");
+        let voted = ClusterState { votes: [me].into(), ..mine };
+        assert!(resumable(&cfg, me, &up(primary()), &voted, false).is_err(), "the log has its vote");
     }
 }

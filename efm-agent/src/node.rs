@@ -359,3 +359,55 @@ pub fn wire(id: Arc<Identity>, db: LocalDatabase, peers: Vec<PeerEntry>, epoch: 
     };
     (facts, owners)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Arc<Identity> {
+        let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
+        let nodes = vec!["198.18.0.1:7800".parse().unwrap()];
+        let config = crate::config::from_properties(props, std::path::Path::new("/etc/efm/acctg.properties"), "acctg", nodes)
+            .unwrap()
+            .config;
+        Arc::new(Identity {
+            me: config.bind_address,
+            config,
+            node_id: 1,
+            config_dir: "/etc/efm".into(),
+            iface: "eth0".into(),
+            attachment: "native".into(),
+            started_unix_ms: 0,
+        })
+    }
+
+    fn standby() -> LocalDatabase {
+        LocalDatabase { role: Role::Standby, view: DbView::default() }
+    }
+
+    #[test]
+    fn readers_see_the_owners_latest_value_and_suspension_idles_the_role() {
+        let (facts, owners) = wire(identity(), standby(), Vec::new(), 7);
+        assert_eq!(facts.status.borrow().epoch, 7, "the kernel's epoch until the first cycle");
+        assert_eq!(facts.effective_role(), Role::Standby);
+        let suspension = Suspension { reason: "database failure".into(), kind: SuspendKind::Failure, since: Instant::now() };
+        owners.runtime.status.send_replace(Status { suspended: Some(suspension), ..Status::default() });
+        assert_eq!(facts.effective_role(), Role::Idle, "EFM reports a suspended agent as idle");
+        drop(owners);
+        assert_eq!(facts.effective_role(), Role::Idle, "the last value outlives its writer");
+    }
+
+    #[tokio::test]
+    async fn a_resume_request_is_answered_by_the_owner_or_says_it_is_gone() {
+        let (facts, mut owners) = wire(identity(), standby(), Vec::new(), 0);
+        let owner = tokio::spawn(async move {
+            let Some(RuntimeRequest::Resume { db, reply }) = owners.runtime.requests.recv().await else { panic!("no request") };
+            let _ = reply.send(ResumeAnswer::NotResumable { why: format!("up: {:?}", db.up), was: "test".into() });
+            owners
+        });
+        let answer = facts.resume(DbView { up: Some(false), ..DbView::default() }).await.unwrap();
+        assert_eq!(answer, ResumeAnswer::NotResumable { why: "up: Some(false)".into(), was: "test".into() });
+        drop(owner.await.unwrap());
+        assert_eq!(facts.resume(DbView::default()).await, Err(OwnerGone { owner: "HA runtime" }));
+    }
+}

@@ -1149,7 +1149,72 @@ async fn write_standby_signal(cfg: &Config) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::vip_change;
+    use super::{answer_resume, vip_change};
+    use crate::{
+        coordination::ClusterState,
+        node::{DbView, ResumeAnswer, SuspendKind, Suspension},
+        postgres::DbInfo,
+    };
+    use std::{net::SocketAddr, time::Instant};
+
+    fn config() -> crate::config::Config {
+        let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
+        let nodes = vec!["198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap()];
+        crate::config::from_properties(props, std::path::Path::new("/etc/efm/acctg.properties"), "acctg", nodes).unwrap().config
+    }
+
+    fn db(in_recovery: bool, upstream: Option<&str>) -> DbView {
+        let info = DbInfo {
+            in_recovery,
+            server_version_num: 150_004,
+            current_lsn: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            timeline: Some(1),
+            is_streaming: upstream.is_some(),
+            upstream_host: upstream.map(str::to_owned),
+        };
+        DbView { up: Some(true), info: Some(info), error: None }
+    }
+
+    fn suspension() -> Suspension {
+        Suspension { reason: "database failure: gone".into(), kind: SuspendKind::Failure, since: Instant::now() }
+    }
+
+    /// `efm resume` is decided by the owner of the suspension, with the rule and the vote the
+    /// auto.resume periods use (the operator's path once ignored this node's own vote against
+    /// its epoch).
+    #[test]
+    fn the_owner_decides_efm_resume() {
+        let cfg = config();
+        let (me, p): (SocketAddr, SocketAddr) = ("198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap());
+        let st = ClusterState { primary: Some(p), epoch: 4, ..ClusterState::default() };
+
+        let mut none = None;
+        assert_eq!(answer_resume(&mut none, None, &cfg, me, &db(true, Some("198.18.0.2")), &st, false), ResumeAnswer::NotSuspended);
+
+        let mut s = Some(suspension());
+        let a = answer_resume(&mut s, Some("exit value 1"), &cfg, me, &db(true, Some("198.18.0.2")), &st, false);
+        assert_eq!(a, ResumeAnswer::CustomMonitorFails("exit value 1".into()));
+        assert!(s.is_some(), "still suspended");
+
+        let a = answer_resume(&mut s, None, &cfg, me, &db(true, Some("198.18.0.9")), &st, false);
+        assert!(matches!(&a, ResumeAnswer::NotResumable { why, was } if why.contains("198.18.0.9") && was == "database failure: gone"), "{a:?}");
+        assert!(s.is_some());
+
+        let a = answer_resume(&mut s, None, &cfg, me, &db(true, Some("198.18.0.2")), &st, false);
+        assert!(matches!(&a, ResumeAnswer::Resumed { why, .. } if why.contains("standby of the primary")), "{a:?}");
+        assert!(s.is_none(), "the owner cleared the suspension");
+
+        // The primary of the epoch resumes only if this node never voted against that epoch.
+        let mine = ClusterState { primary: Some(me), ..st };
+        let mut s = Some(suspension());
+        let a = answer_resume(&mut s, None, &cfg, me, &db(false, None), &mine, true);
+        assert!(matches!(a, ResumeAnswer::NotResumable { .. }), "{a:?}");
+        assert!(s.is_some());
+        let a = answer_resume(&mut s, None, &cfg, me, &db(false, None), &mine, false);
+        assert!(matches!(a, ResumeAnswer::Resumed { .. }), "{a:?}");
+    }
 
     #[test]
     fn the_vip_is_released_only_after_the_database_stopped() {

@@ -5,6 +5,7 @@
 //! [`crate::node`]) — and the WAL position tracker.
 
 use std::{
+    net::SocketAddr,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     config::Config,
     coordination::ClusterState,
-    node::{DbOwner, DbReport, DbUpdate, Identity, LocalDatabase, Role},
+    node::{DbOwner, DbReport, DbUpdate, Identity, LocalDatabase, ResumeAnswer, Role, Suspension},
     postgres::{
         self,
         monitor::{DbEvent, LocalMonitor, LocalTimings},
@@ -211,10 +212,37 @@ fn apply(s: &mut LocalDatabase, update: DbUpdate) {
     }
 }
 
+/// `efm resume` as the owner of the suspension (the HA runtime) decides it: refused while `script.custom.monitor`
+/// fails; else resumed (and `suspended` cleared) when [`resumable`] accepts `db` — the
+/// rule the `auto.resume.*.period`s apply, with this node's own vote against the epoch counted
+/// in both.
+pub fn decide_resume(
+    suspended: &mut Option<Suspension>,
+    custom_monitor_failed: Option<&str>,
+    cfg: &Config,
+    me: SocketAddr,
+    db: &DbView,
+    st: &ClusterState,
+    voted_against_epoch: bool,
+) -> ResumeAnswer {
+    let Some(sus) = suspended.as_ref() else { return ResumeAnswer::NotSuspended };
+    if let Some(c) = custom_monitor_failed {
+        return ResumeAnswer::CustomMonitorFails(c.to_owned());
+    }
+    let was = sus.reason.clone();
+    match resumable(cfg, me, db, st, voted_against_epoch) {
+        Ok(why) => {
+            *suspended = None;
+            ResumeAnswer::Resumed { why, was }
+        }
+        Err(why) => ResumeAnswer::NotResumable { why, was },
+    }
+}
+
 /// Whether a suspended node may resume: its database runs and is either the primary of the
 /// current epoch (never voted against by this node) or a standby streaming from that primary.
 /// The one rule for both `efm resume` and the `auto.resume.*.period`s (the HA runtime decides).
-pub fn resumable(cfg: &Config, me: std::net::SocketAddr, db: &DbView, st: &ClusterState, voted_against_epoch: bool) -> Result<String, String> {
+pub fn resumable(cfg: &Config, me: SocketAddr, db: &DbView, st: &ClusterState, voted_against_epoch: bool) -> Result<String, String> {
     let (Some(true), Some(info)) = (db.up, &db.info) else {
         return Err(format!(
             "the database of {me} is not running{}: start it, then run efm resume {} again",
@@ -409,5 +437,45 @@ mod tests {
         assert!(resumable(&cfg, me, &up(primary()), &mine, true).is_err(), "this node voted against its own epoch");
         let voted = ClusterState { votes: [me].into(), ..mine };
         assert!(resumable(&cfg, me, &up(primary()), &voted, false).is_err(), "the log has its vote");
+    }
+
+    fn suspension() -> Suspension {
+        Suspension { reason: "database failure: gone".into(), kind: crate::node::SuspendKind::Failure, since: Instant::now() }
+    }
+
+    /// `efm resume` is decided by the owner of the suspension, with the rule and the vote the
+    /// auto.resume periods use (the operator's path once ignored this node's own vote against
+    /// its epoch).
+    #[test]
+    fn the_owner_decides_efm_resume() {
+        let cfg = config();
+        let (me, p): (SocketAddr, SocketAddr) = ("198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap());
+        let st = ClusterState { primary: Some(p), epoch: 4, ..ClusterState::default() };
+        let up = |info: DbInfo| DbView { up: Some(true), info: Some(info), error: None };
+
+        let mut none = None;
+        assert_eq!(decide_resume(&mut none, None, &cfg, me, &up(standby(Some("198.18.0.2"))), &st, false), ResumeAnswer::NotSuspended);
+
+        let mut s = Some(suspension());
+        let a = decide_resume(&mut s, Some("exit value 1"), &cfg, me, &up(standby(Some("198.18.0.2"))), &st, false);
+        assert_eq!(a, ResumeAnswer::CustomMonitorFails("exit value 1".into()));
+        assert!(s.is_some(), "still suspended");
+
+        let a = decide_resume(&mut s, None, &cfg, me, &up(standby(Some("198.18.0.9"))), &st, false);
+        assert!(matches!(&a, ResumeAnswer::NotResumable { why, was } if why.contains("198.18.0.9") && was == "database failure: gone"), "{a:?}");
+        assert!(s.is_some());
+
+        let a = decide_resume(&mut s, None, &cfg, me, &up(standby(Some("198.18.0.2"))), &st, false);
+        assert!(matches!(&a, ResumeAnswer::Resumed { why, .. } if why.contains("standby of the primary")), "{a:?}");
+        assert!(s.is_none(), "the owner cleared the suspension");
+
+        // The primary of the epoch resumes only if this node never voted against that epoch.
+        let mine = ClusterState { primary: Some(me), ..st };
+        let mut s = Some(suspension());
+        let a = decide_resume(&mut s, None, &cfg, me, &up(primary()), &mine, true);
+        assert!(matches!(a, ResumeAnswer::NotResumable { .. }), "{a:?}");
+        assert!(s.is_some());
+        let a = decide_resume(&mut s, None, &cfg, me, &up(primary()), &mine, false);
+        assert!(matches!(a, ResumeAnswer::Resumed { .. }), "{a:?}");
     }
 }

@@ -529,7 +529,7 @@ impl HaRuntime {
                     let custom = self.facts.custom_monitor.borrow().clone();
                     let me = self.facts.id.me;
                     let voted = self.engine.voted_against(st.epoch);
-                    let answer = answer_resume(&mut self.suspended, custom.as_deref(), &self.cfg, me, &db, st, voted);
+                    let answer = localdb::decide_resume(&mut self.suspended, custom.as_deref(), &self.cfg, me, &db, st, voted);
                     if let ResumeAnswer::Resumed { why, was } = &answer {
                         tracing::info!(%why, %was, "monitoring resumed by the operator");
                         let cfg = self.cfg.clone();
@@ -956,33 +956,6 @@ pub async fn resumed(cfg: &Config, me: SocketAddr, how: &str) {
     run_hook(cfg, Hook::Resumed, &Substitutions::default()).await;
 }
 
-/// `efm resume` decided by the owner of the suspension: refused while `script.custom.monitor`
-/// fails; else resumed (and `suspended` cleared) when [`localdb::resumable`] accepts `db` — the
-/// rule the `auto.resume.*.period`s apply, with this node's own vote against the epoch counted
-/// in both.
-fn answer_resume(
-    suspended: &mut Option<Suspension>,
-    custom_monitor_failed: Option<&str>,
-    cfg: &Config,
-    me: SocketAddr,
-    db: &DbView,
-    st: &ClusterState,
-    voted_against_epoch: bool,
-) -> ResumeAnswer {
-    let Some(sus) = suspended.as_ref() else { return ResumeAnswer::NotSuspended };
-    if let Some(c) = custom_monitor_failed {
-        return ResumeAnswer::CustomMonitorFails(c.to_owned());
-    }
-    let was = sus.reason.clone();
-    match localdb::resumable(cfg, me, db, st, voted_against_epoch) {
-        Ok(why) => {
-            *suspended = None;
-            ResumeAnswer::Resumed { why, was }
-        }
-        Err(why) => ResumeAnswer::NotResumable { why, was },
-    }
-}
-
 /// The stopped old primary becomes a standby of `primary` (`standby.signal` and
 /// `primary_conninfo`, copied from `source`'s settings when given) and is started.
 async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr, source: Option<SocketAddr>) -> Result<(), String> {
@@ -1149,72 +1122,7 @@ async fn write_standby_signal(cfg: &Config) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{answer_resume, vip_change};
-    use crate::{
-        coordination::ClusterState,
-        node::{DbView, ResumeAnswer, SuspendKind, Suspension},
-        postgres::DbInfo,
-    };
-    use std::{net::SocketAddr, time::Instant};
-
-    fn config() -> crate::config::Config {
-        let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
-        let nodes = vec!["198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap()];
-        crate::config::from_properties(props, std::path::Path::new("/etc/efm/acctg.properties"), "acctg", nodes).unwrap().config
-    }
-
-    fn db(in_recovery: bool, upstream: Option<&str>) -> DbView {
-        let info = DbInfo {
-            in_recovery,
-            server_version_num: 150_004,
-            current_lsn: None,
-            receive_lsn: None,
-            replay_lsn: None,
-            timeline: Some(1),
-            is_streaming: upstream.is_some(),
-            upstream_host: upstream.map(str::to_owned),
-        };
-        DbView { up: Some(true), info: Some(info), error: None }
-    }
-
-    fn suspension() -> Suspension {
-        Suspension { reason: "database failure: gone".into(), kind: SuspendKind::Failure, since: Instant::now() }
-    }
-
-    /// `efm resume` is decided by the owner of the suspension, with the rule and the vote the
-    /// auto.resume periods use (the operator's path once ignored this node's own vote against
-    /// its epoch).
-    #[test]
-    fn the_owner_decides_efm_resume() {
-        let cfg = config();
-        let (me, p): (SocketAddr, SocketAddr) = ("198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap());
-        let st = ClusterState { primary: Some(p), epoch: 4, ..ClusterState::default() };
-
-        let mut none = None;
-        assert_eq!(answer_resume(&mut none, None, &cfg, me, &db(true, Some("198.18.0.2")), &st, false), ResumeAnswer::NotSuspended);
-
-        let mut s = Some(suspension());
-        let a = answer_resume(&mut s, Some("exit value 1"), &cfg, me, &db(true, Some("198.18.0.2")), &st, false);
-        assert_eq!(a, ResumeAnswer::CustomMonitorFails("exit value 1".into()));
-        assert!(s.is_some(), "still suspended");
-
-        let a = answer_resume(&mut s, None, &cfg, me, &db(true, Some("198.18.0.9")), &st, false);
-        assert!(matches!(&a, ResumeAnswer::NotResumable { why, was } if why.contains("198.18.0.9") && was == "database failure: gone"), "{a:?}");
-        assert!(s.is_some());
-
-        let a = answer_resume(&mut s, None, &cfg, me, &db(true, Some("198.18.0.2")), &st, false);
-        assert!(matches!(&a, ResumeAnswer::Resumed { why, .. } if why.contains("standby of the primary")), "{a:?}");
-        assert!(s.is_none(), "the owner cleared the suspension");
-
-        // The primary of the epoch resumes only if this node never voted against that epoch.
-        let mine = ClusterState { primary: Some(me), ..st };
-        let mut s = Some(suspension());
-        let a = answer_resume(&mut s, None, &cfg, me, &db(false, None), &mine, true);
-        assert!(matches!(a, ResumeAnswer::NotResumable { .. }), "{a:?}");
-        assert!(s.is_some());
-        let a = answer_resume(&mut s, None, &cfg, me, &db(false, None), &mine, false);
-        assert!(matches!(a, ResumeAnswer::Resumed { .. }), "{a:?}");
-    }
+    use super::vip_change;
 
     #[test]
     fn the_vip_is_released_only_after_the_database_stopped() {

@@ -5,7 +5,7 @@
 //! owning `bind.address`, or `xdp.interface`), the heartbeat socket, the role (witness, or what
 //! the local database says), the admin socket; then systemd is told `READY=1`. The optional
 //! health endpoint (`health.listen.address`, see [`crate::health`]) is bound right after the
-//! key, before the kernel is touched, and serves once the shared state exists.
+//! key, before the kernel is touched, and serves once the channels it reads exist.
 //!
 //! The main loop ticks every `heartbeat.interval`: it sends one PING to each peer, reads every
 //! peer's slot and RTT histogram from the kernel, and feeds them to the detector. The local

@@ -45,6 +45,8 @@ pub const COMMANDS: &[&str] = &["promote", "resume", "set-priority", "allow-node
 const PROMOTE_WAIT: Duration = Duration::from_secs(75);
 /// How long `resume` waits for a restarted standby to stream from the primary.
 const RESUME_WAIT: Duration = Duration::from_secs(15);
+/// How long `resume` waits for the HA runtime's answer (it answers within one cycle).
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 fn message(m: impl Into<String>) -> Response {
     Response::ok(json!({ "message": m.into() }))
@@ -353,7 +355,10 @@ async fn resume(facts: &Facts) -> Result<Response, String> {
             Err(e) => DbView { up: Some(false), info: None, error: Some(e.to_string()) },
         };
         let up = db.up == Some(true);
-        match facts.resume(db).await.map_err(|e| e.to_string())? {
+        let answer = tokio::time::timeout(ANSWER_WAIT, facts.resume(db))
+            .await
+            .map_err(|_| format!("the agent's HA runtime did not answer within {} s; see the agent's log", ANSWER_WAIT.as_secs()))?;
+        match answer.map_err(|e| e.to_string())? {
             ResumeAnswer::NotSuspended => return Ok(nothing()),
             ResumeAnswer::CustomMonitorFails(c) => return Err(format!("the custom monitor script still fails ({c}); fix that first")),
             ResumeAnswer::Resumed { why, .. } => return Ok(message(format!("Resumed monitoring on {me}: {why}"))),

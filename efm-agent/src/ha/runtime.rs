@@ -92,6 +92,8 @@ pub struct HaRuntime {
     /// Monitoring of the local database is suspended (EFM's idle agent): this runtime is the
     /// only writer, published in [`Status::suspended`].
     suspended: Option<Suspension>,
+    /// Requests taken at the start of the cycle, decided in [`Self::track_monitoring`].
+    requests: Vec<RuntimeRequest>,
     /// Answers to requests, sent once the cycle that decided them has published its [`Status`].
     replies: Vec<(tokio::sync::oneshot::Sender<ResumeAnswer>, ResumeAnswer)>,
 }
@@ -180,6 +182,7 @@ impl HaRuntime {
             facts,
             owner,
             suspended: None,
+            requests: Vec::new(),
             replies: Vec::new(),
         }
         .with_sessions()
@@ -290,6 +293,10 @@ impl HaRuntime {
     #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
     pub fn cycle(&mut self, dp: &mut Datapath, now_ns: u64) -> Result<(Desired, Outcome), DatapathError> {
         let st = self.coord.state().borrow().clone();
+        // Completions and requests before the facts they depend on: their senders had the
+        // database view updated first (`DbReport`, answered), so a later read sees it.
+        let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
+        self.requests.extend(std::iter::from_fn(|| self.owner.requests.try_recv().ok()));
         let me = self.facts.id.me;
         let db = self.facts.db.borrow().view.clone();
         let peers_h = self.facts.peers.borrow().clone();
@@ -333,7 +340,6 @@ impl HaRuntime {
                 }
             })
             .collect();
-        let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
         let suspended = self.track_monitoring(&db, &st, &work);
         let local = LocalDb {
             up: db.up,
@@ -521,9 +527,9 @@ impl HaRuntime {
         }
     }
 
-    /// Takes the requests sent since the last cycle (`efm resume`) and decides them.
+    /// Decides the requests taken at the start of the cycle (`efm resume`).
     fn take_requests(&mut self, st: &ClusterState) {
-        while let Ok(req) = self.owner.requests.try_recv() {
+        for req in std::mem::take(&mut self.requests) {
             match req {
                 RuntimeRequest::Resume { db, reply } => {
                     let custom = self.facts.custom_monitor.borrow().clone();

@@ -143,17 +143,30 @@ pub async fn run(id: Arc<Identity>, owner: DbOwner, target: DbTarget) {
         .map(|dir| AbortOnDrop(tokio::spawn(watch_postmaster(gone_tx, target.clone(), dir, timings.timeout_final))));
     let _wal = AbortOnDrop(tokio::spawn(track_wal(id.config.heartbeat_interval, wal, target.clone())));
     let (tx, mut rx) = mpsc::channel(16);
+    let mut notices = crate::notify::local::LocalDbNotices::new(timings.timeout);
     let monitor = LocalMonitor::new(timings, Instant::now());
     tokio::spawn(monitor.run(target, tx, std::future::pending()));
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => db.send_modify(|s| on_event(s, ev)),
+                Some(ev) => {
+                    notify_local(&mut notices, &ev, &id);
+                    db.send_modify(|s| on_event(s, ev));
+                }
                 None => return,
             },
             Some(pid) = gone.recv() => db.send_modify(|s| postmaster_gone(s, pid)),
             Some(r) = reports.recv() => serve_report(&db, r),
         }
+    }
+}
+
+/// EFM's notifications about the local database (connection refused, timing out,
+/// standby.signal on a primary): see `notify::local`.
+fn notify_local(notices: &mut crate::notify::local::LocalDbNotices, ev: &DbEvent, id: &Identity) {
+    let node = id.me.ip().to_string();
+    for n in notices.observe(ev, Instant::now(), &node, || crate::notify::local::recovery_file(&id.config)) {
+        crate::notify::emit(&id.config, n);
     }
 }
 

@@ -207,14 +207,6 @@ pub struct Identity {
     pub started_unix_ms: u64,
 }
 
-impl Identity {
-    /// The interface the VIP lives on (`virtual.ip.interface`, else the XDP interface).
-    #[must_use]
-    pub fn vip_interface(&self) -> &str {
-        self.config.virtual_ip_interface.as_deref().unwrap_or(&self.iface)
-    }
-}
-
 /// Something another task learned about the local database, sent to its owner (`localdb`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum DbUpdate {

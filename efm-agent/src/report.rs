@@ -157,9 +157,7 @@ pub async fn cluster_status(facts: &Facts, cs: &crate::coordination::ClusterStat
     st.efm.epoch = epoch;
     st.efm.cluster.clone_from(&cfg.cluster);
     let vip = cfg.virtual_ip.map(|v| v.to_string()).unwrap_or_default();
-    let vip_here = |addr: &SocketAddr| {
-        *addr == me && cfg.virtual_ip.is_some_and(|v| crate::vip::is_assigned_here(facts.id.vip_interface(), v).unwrap_or(false))
-    };
+    let vip_here = |addr: &SocketAddr| cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::vip::interface_of).is_some();
     let priority = |addr: &SocketAddr| match cs.info(addr) {
         Some(i) => Some(i.priority),
         None => cfg.priority_standbys.iter().position(|p| p == &addr.ip().to_string() || p == &addr.to_string()).map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)),

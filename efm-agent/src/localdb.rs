@@ -311,16 +311,13 @@ async fn watch_postmaster(gone: mpsc::Sender<i32>, target: DbTarget, data_dir: s
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;
         };
-        // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let Ok(fd) = i32::try_from(fd) else { continue };
-        if fd < 0 {
+        let Some(owned) = rustix::process::Pid::from_raw(pid)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+        else {
             // No such process (stale pid file): the monitor's checks decide.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;
-        }
-        // SAFETY: fd is a fresh pidfd we own.
-        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        };
         // SAFETY: `owned` is a valid pidfd that the AsyncFd owns until it is dropped.
         let Ok(afd) = (unsafe { AsyncFd::register(owned) }) else { return };
         if let Ok(mut guard) = afd.readable().await {

@@ -24,12 +24,7 @@
 //! to `localdb` (which applies it and says so), and `efm resume` asks the HA runtime, the owner
 //! of the suspension, with a [`RuntimeRequest`].
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Instant,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use efm_common::wire::{ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS};
 use serde::Serialize;
@@ -122,7 +117,8 @@ pub enum SuspendKind {
 /// Now as Unix milliseconds.
 #[must_use]
 pub fn unix_ms() -> u64 {
-    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())).unwrap_or(0)
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()))
+        .unwrap_or(0)
 }
 
 /// What the agent last learned about its database.
@@ -359,9 +355,10 @@ mod tests {
     fn identity() -> Arc<Identity> {
         let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
         let nodes = vec!["198.18.0.1:7800".parse().unwrap()];
-        let config = crate::config::from_properties(props, std::path::Path::new("/etc/efm/acctg.properties"), "acctg", nodes)
-            .unwrap()
-            .config;
+        let config =
+            crate::config::from_properties(props, std::path::Path::new("/etc/efm/acctg.properties"), "acctg", nodes)
+                .unwrap()
+                .config;
         Arc::new(Identity {
             me: config.bind_address,
             config,
@@ -382,7 +379,8 @@ mod tests {
         let (facts, owners) = wire(identity(), standby(), Vec::new(), 7);
         assert_eq!(facts.status.borrow().epoch, 7, "the kernel's epoch until the first cycle");
         assert_eq!(facts.effective_role(), Role::Standby);
-        let suspension = Suspension { reason: "database failure".into(), kind: SuspendKind::Failure, since: Instant::now() };
+        let suspension =
+            Suspension { reason: "database failure".into(), kind: SuspendKind::Failure, since: Instant::now() };
         owners.runtime.status.send_replace(Status { suspended: Some(suspension), ..Status::default() });
         assert_eq!(facts.effective_role(), Role::Idle, "EFM reports a suspended agent as idle");
         drop(owners);
@@ -393,7 +391,9 @@ mod tests {
     async fn a_resume_request_is_answered_by_the_owner_or_says_it_is_gone() {
         let (facts, mut owners) = wire(identity(), standby(), Vec::new(), 0);
         let owner = tokio::spawn(async move {
-            let Some(RuntimeRequest::Resume { db, reply }) = owners.runtime.requests.recv().await else { panic!("no request") };
+            let Some(RuntimeRequest::Resume { db, reply }) = owners.runtime.requests.recv().await else {
+                panic!("no request")
+            };
             let _ = reply.send(ResumeAnswer::NotResumable { why: format!("up: {:?}", db.up), was: "test".into() });
             owners
         });

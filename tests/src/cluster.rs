@@ -81,7 +81,14 @@ impl Agent {
 
     #[must_use]
     pub fn start(ns: &str, f: &NodeFiles) -> Self {
-        let child = Self::command(ns, f).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn efm-agent");
+        Self::spawn(Self::command(ns, f))
+    }
+
+    /// Starts `cmd`, an [`Agent::command`] the caller may have added to (e.g. a test hook's
+    /// environment variable).
+    #[must_use]
+    pub fn spawn(mut cmd: Command) -> Self {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn efm-agent");
         Self { child: Some(child) }
     }
 

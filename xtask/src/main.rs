@@ -2,6 +2,7 @@
 //! Arguments are parsed by hand to keep this crate's only dependency `anyhow`.
 
 mod install;
+mod lint;
 mod package;
 mod run;
 mod setup;
@@ -23,8 +24,11 @@ commands:
                      packages, nightly rust-src, bpf-linker 0.13.0 (against nightly's LLVM), bpffs
   build-ebpf         build the XDP program (efm-ebpf) and print where the object is
   build [--release]  build every host crate of the workspace (everything but efm-ebpf)
-  test [-- ARGS]     as root: setup, build, unit tests, then the privileged kernel tests
-                     (single-threaded); ARGS go to both `cargo test` runs (e.g. a test name filter)
+  lint               check formatting (`cargo fmt --all --check`, rustfmt.toml) and run clippy
+                     with warnings denied on the host crates (all targets) and on efm-ebpf (nightly)
+  test [-- ARGS]     as root: setup, lint, build, unit tests, then the privileged kernel tests
+                     (single-threaded); ARGS go to both `cargo test` runs (e.g. a test name filter).
+                     A lint failure fails the run but does not stop the tests
   install [--prefix P] [--destdir D] [--binaries DIR]
                      build the release binaries and install efm: P/sbin/efm-agent, P/bin/efm, the
                      systemd unit efm-agent@.service, tmpfiles.d and sysusers.d, templates in
@@ -102,6 +106,21 @@ fn try_main() -> Result<()> {
             no_args(command, rest)?;
             build_ebpf()
         }
+        "lint" => {
+            no_args(command, rest)?;
+            let mut failed = Vec::new();
+            for (name, (result, _)) in lint_steps() {
+                if let Err(e) = result {
+                    eprintln!("error: {e:#}");
+                    failed.push(name);
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                bail!("xtask lint: failed: {} (see the errors above)", failed.join(", "))
+            }
+        }
         "build" => {
             let release = match rest {
                 [] => false,
@@ -153,6 +172,19 @@ fn unknown_args(command: &str, rest: &[String]) -> anyhow::Error {
     )
 }
 
+/// The lint gates in order, each run even if one before failed (so one run shows every
+/// problem), with their results and times.
+fn lint_steps() -> Vec<(&'static str, (Result<()>, Duration))> {
+    /// (name in the summary, step title, the gate)
+    type Gate = (&'static str, &'static str, fn() -> Result<()>);
+    let gates: [Gate; 3] = [
+        ("format", "format (cargo fmt --all --check)", lint::format),
+        ("clippy", "clippy (host crates, all targets, -D warnings)", lint::clippy_host),
+        ("clippy eBPF", "clippy (efm-ebpf, nightly, -D warnings)", lint::clippy_ebpf),
+    ];
+    gates.into_iter().map(|(name, title, f)| (name, step(title, f))).collect()
+}
+
 fn build_ebpf() -> Result<()> {
     let root = workspace_root();
     run(&mut ebpf_build_command(&root)).context(
@@ -200,9 +232,12 @@ fn test(extra: &[String]) -> Result<()> {
         failed
     };
 
-    // Setup and the build gate everything after them; both test runs go ahead even if the other
-    // fails, so one run shows every failure.
+    // Setup and the build gate everything after them; the lint gates and both test runs go
+    // ahead even if one of them fails, so one run shows every failure.
     let gate_failed = record("setup", step("setup", setup::setup)) || {
+        for (name, outcome) in lint_steps() {
+            record(name, outcome);
+        }
         let mut cmd = cargo();
         // --bins as well: the end-to-end tests start the real efm-agent and efm binaries.
         cmd.arg("build").args(HOST_WORKSPACE).args(["--bins", "--tests"]);

@@ -42,7 +42,11 @@ fn main() -> ExitCode {
         bpffs_dir: args.bpffs_dir,
         state_dir: args.state_dir,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Two workers for the spawned tasks (Raft, the admin socket, database probes, actions); the
+    // main loop that sends PINGs and endorsements runs on this thread in `block_on`, beside
+    // them. Blocking work (redb commits, file writes, netlink) still belongs on the blocking
+    // pool, never on a worker (ARCHITECTURE.md, "nothing blocks the heartbeat").
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("efm-worker").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");

@@ -30,7 +30,7 @@ pub mod wire;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{self, Cursor, Write as _},
+    io::{self, Cursor},
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -201,10 +201,17 @@ impl Coordinator {
             path: path.clone(),
             source,
         };
+        let delay = store::test_commit_delay().map_err(CoordError::Raft)?;
+        if !delay.is_zero() {
+            tracing::warn!(env = store::DELAY_ENV, ?delay, "test hook: every Raft store commit is delayed");
+        }
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| store_err(e.into()))?;
-        let db = open_db_retrying(&path).await.map_err(store_err)?;
-        let had_state = store::has_state(&db).map_err(store_err)?;
-        let (sm, state_rx) = StateMachine::open(db.clone()).map_err(store_err)?;
+        let db = open_db_retrying(&path, delay).await.map_err(store_err)?;
+        let shared = db.clone();
+        let (had_state, (sm, state_rx)) = db
+            .run(move |d| Ok((d.has_state()?, StateMachine::open(shared)?)))
+            .await
+            .map_err(store_err)?;
         let log = LogStore::new(db);
 
         let t = &cfg.timings;
@@ -357,11 +364,15 @@ impl Drop for Coordinator {
     }
 }
 
-async fn open_db_retrying(path: &std::path::Path) -> Result<Arc<redb::Database>, redb::Error> {
+async fn open_db_retrying(path: &std::path::Path, delay: Duration) -> Result<Arc<store::Disk>, redb::Error> {
     // A coordinator shut down a moment ago may still be releasing the file lock.
     let mut tries = 0;
     loop {
-        match store::open_db(path) {
+        let p = path.to_owned();
+        let opened = tokio::task::spawn_blocking(move || store::open_db(&p, delay))
+            .await
+            .map_err(|e| redb::Error::Io(io::Error::other(format!("store task: {e}"))))?;
+        match opened {
             Err(redb::Error::DatabaseAlreadyOpen) if tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -786,7 +797,12 @@ async fn watch_membership(inner: Arc<Inner>) {
         let m: BTreeMap<u64, SocketAddr> = members(&inner);
         let set: BTreeSet<SocketAddr> = m.values().copied().collect();
         if !set.is_empty() && set != written && !inner.cfg.stable_nodes_file {
-            match write_nodes_file(&inner.cfg.nodes_file_path, &set) {
+            // fsync and rename on the blocking pool, off the runtime's threads.
+            let (path, members) = (inner.cfg.nodes_file_path.clone(), set.clone());
+            let written_now = tokio::task::spawn_blocking(move || write_nodes_file(&path, &members))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(format!("writing task: {e}"))));
+            match written_now {
                 Ok(()) => {
                     tracing::info!(path = %inner.cfg.nodes_file_path.display(), members = ?set, "updated the .nodes file");
                     written = set;
@@ -843,17 +859,8 @@ async fn watch_membership(inner: Arc<Inner>) {
     }
 }
 
-/// Atomically replaces the `.nodes` file (temporary file, fsync, rename).
+/// Atomically replaces the `.nodes` file ([`crate::files::write_atomic`], mode 0644).
 fn write_nodes_file(path: &std::path::Path, members: &BTreeSet<SocketAddr>) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("nodes"),
-        std::process::id()
-    ));
     let mut text =
         String::from("# Raft membership, kept in step by efm-agent (stable.nodes.file=false)\n");
     let list: Vec<String> = members
@@ -868,14 +875,6 @@ fn write_nodes_file(path: &std::path::Path, members: &BTreeSet<SocketAddr>) -> i
         .collect();
     text.push_str(&list.join(" "));
     text.push('\n');
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::files::write_atomic(path, text.as_bytes(), crate::files::WriteOptions::private().mode(0o644))?;
     Ok(())
 }

@@ -235,18 +235,11 @@ impl HaRuntime {
 
     /// Records `epoch` as voted against, durably, before the vote is proposed.
     fn record_vote(&self, epoch: u64) -> std::io::Result<()> {
-        use std::io::Write as _;
         if let Some(dir) = self.voted_file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = self.voted_file.with_extension("voted.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{epoch}")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.voted_file)?;
-        if let Some(dir) = self.voted_file.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        let text = format!("{epoch}\n");
+        crate::files::write_atomic(&self.voted_file, text.as_bytes(), crate::files::WriteOptions::private().mode(0o644))?;
         Ok(())
     }
 

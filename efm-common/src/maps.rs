@@ -349,8 +349,9 @@ mod tests {
         assert_eq!(rtt_bucket(3), 2);
         assert_eq!(rtt_bucket(1024), 11);
         assert_eq!(rtt_bucket(1023), 10);
-        assert_eq!(rtt_bucket(u64::MAX), (RTT_BUCKETS - 1) as u32);
-        for shift in 0..(RTT_BUCKETS as u32 - 1) {
+        let last = u32::try_from(RTT_BUCKETS - 1).unwrap();
+        assert_eq!(rtt_bucket(u64::MAX), last);
+        for shift in 0..last {
             assert_eq!(rtt_bucket(1u64 << shift), shift + 1);
         }
     }

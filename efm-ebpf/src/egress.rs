@@ -78,21 +78,18 @@ fn egress(ctx: &TcContext) -> i32 {
         if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
             return TCX_NEXT;
         }
-        match read::<2>(ctx, l4off) {
-            Some(sport) => {
-                if u32::from(be16(sport)) != cfg.db_port {
-                    return TCX_NEXT;
-                }
-                if proto == IPPROTO_TCP {
-                    tcp_off = Some(l4off);
-                }
+        // A truncated transport header is undetermined: decided below.
+        if let Some(sport) = read::<2>(ctx, l4off) {
+            if u32::from(be16(sport)) != cfg.db_port {
+                return TCX_NEXT;
             }
-            // Truncated transport header: undetermined, decided below.
-            None => {}
+            if proto == IPPROTO_TCP {
+                tcp_off = Some(l4off);
+            }
         }
     }
     // SAFETY: read-only lookup; the value is not kept.
-    if unsafe { EFM_SERVICE.get(&pkt.src) }.is_none() {
+    if unsafe { EFM_SERVICE.get(pkt.src) }.is_none() {
         return TCX_NEXT;
     }
     let (Some(fence), Some(lease)) = (EFM_FENCE.get(0), EFM_LEASE.get(0)) else {

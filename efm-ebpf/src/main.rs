@@ -402,7 +402,7 @@ fn arp(ctx: &XdpContext, l3off: usize) -> Result<u32, ()> {
     if is_request {
         let tpa = PeerAddr::v4([a[24], a[25], a[26], a[27]]);
         // SAFETY: read-only lookup; the value is copied out at once.
-        if unsafe { EFM_SERVICE.get(&tpa) }.copied() == Some(SERVICE_VIP) {
+        if unsafe { EFM_SERVICE.get(tpa) }.copied() == Some(SERVICE_VIP) {
             let fence = EFM_FENCE.get(0).ok_or(())?;
             let lease = EFM_LEASE.get(0).ok_or(())?;
             if fence_reason(fence, lease).is_some() {
@@ -456,7 +456,7 @@ fn reason_counter(r: u32) -> Option<Counter> {
 #[inline(always)]
 fn undetermined(pkt: &Packet, cfg: &DatapathConfig) -> Result<u32, ()> {
     // SAFETY: read-only lookup; the value is not kept past this call.
-    if cfg.db_port == 0 || unsafe { EFM_SERVICE.get(&pkt.dst) }.is_none() {
+    if cfg.db_port == 0 || unsafe { EFM_SERVICE.get(pkt.dst) }.is_none() {
         return verdict(Counter::OtherPass, xdp_action::XDP_PASS);
     }
     let fence = EFM_FENCE.get(0).ok_or(())?;
@@ -483,7 +483,7 @@ fn client(ctx: &XdpContext, tcp: bool) -> u32 {
     };
     let pkt = &pkt;
     // SAFETY: read-only lookup; the value is not kept past this call.
-    if unsafe { EFM_SERVICE.get(&pkt.dst) }.is_none() {
+    if unsafe { EFM_SERVICE.get(pkt.dst) }.is_none() {
         return act(Counter::OtherPass, xdp_action::XDP_PASS);
     }
     let (Some(fence), Some(lease)) = (EFM_FENCE.get(0), EFM_LEASE.get(0)) else {
@@ -675,7 +675,7 @@ fn heartbeat(ctx: &XdpContext) -> u32 {
         return act(Counter::HbUnsupportedHeader, xdp_action::XDP_DROP);
     }
     // SAFETY: read-only lookup; copied out at once.
-    let Some(peer) = (unsafe { EFM_PEERS.get(&pkt.src) }).copied() else {
+    let Some(peer) = (unsafe { EFM_PEERS.get(pkt.src) }).copied() else {
         return act(Counter::HbUnknownPeer, xdp_action::XDP_DROP);
     };
     let Some(p_pl) = ptr_at::<[u8; HB_LEN]>(ctx, payload_off) else {

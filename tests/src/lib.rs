@@ -284,11 +284,11 @@ pub fn frame(a: Addrs, proto: u8, mut l4: Vec<u8>, csum_off: usize) -> Vec<u8> {
     let pseudo = pseudo_header(a.src, a.dst, proto, l4.len());
     l4[csum_off] = 0;
     l4[csum_off + 1] = 0;
-    let mut c = inet_checksum(&[&pseudo, &l4]);
-    if proto == 17 && c == 0 {
-        c = 0xffff;
+    let mut sum = inet_checksum(&[&pseudo, &l4]);
+    if proto == 17 && sum == 0 {
+        sum = 0xffff;
     }
-    l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+    l4[csum_off..csum_off + 2].copy_from_slice(&sum.to_be_bytes());
     let mut f = Vec::new();
     f.extend_from_slice(&LOCAL_MAC);
     f.extend_from_slice(&PEER_MAC);
@@ -297,24 +297,24 @@ pub fn frame(a: Addrs, proto: u8, mut l4: Vec<u8>, csum_off: usize) -> Vec<u8> {
         f.extend_from_slice(&vid.to_be_bytes());
     }
     match (a.src, a.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
             f.extend_from_slice(&[0x08, 0x00]);
             let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 61, proto, 0, 0];
             let total = u16::try_from(20 + l4.len()).unwrap();
             ip[2..4].copy_from_slice(&total.to_be_bytes());
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = inet_checksum(&[&ip]);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&dst.octets());
+            let ipsum = inet_checksum(&[&ip]);
+            ip[10..12].copy_from_slice(&ipsum.to_be_bytes());
             f.extend_from_slice(&ip);
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
             f.extend_from_slice(&[0x86, 0xdd]);
             let mut ip = vec![0x60, 0, 0, 0];
             ip.extend_from_slice(&u16::try_from(l4.len()).unwrap().to_be_bytes());
             ip.extend_from_slice(&[proto, 61]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&dst.octets());
             f.extend_from_slice(&ip);
         }
         _ => panic!("mixed address families"),

@@ -277,14 +277,6 @@ pub enum Proposal {
     ClearSwitchover,
 }
 
-/// Notification severity (EFM's levels).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Info,
-    Warning,
-    Severe,
-}
-
 /// One-shot work for the runtime.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

@@ -19,12 +19,12 @@ use efm_common::{
 
 use super::{Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Work};
 use crate::{
-    agent::{lock, Shared},
     config::{Config, FenceMode},
     coordination::{ClusterState, Command, Coordinator, NodeInfo, NodeKind},
     datapath::{Datapath, DatapathError},
     detector::Verdict,
     localdb,
+    node::{DbUpdate, DbView, Facts, KernelView, ResumeAnswer, RuntimeOwner, RuntimeRequest, Status, SuspendKind, Suspension},
     postgres::{self, control},
     scripts::{Hook, ScriptRunner, Substitutions},
     vip,
@@ -85,6 +85,17 @@ pub struct HaRuntime {
     /// once they are done (kernel fence → end sessions → stop the database → release the VIP).
     db_stopping: Arc<std::sync::atomic::AtomicUsize>,
     vip_kept_logged: bool,
+    /// What the runtime reads (the other tasks' facts) and owns (its [`Status`], the stop
+    /// signal, the requests it answers); see [`crate::node`].
+    facts: Facts,
+    owner: RuntimeOwner,
+    /// Monitoring of the local database is suspended (EFM's idle agent): this runtime is the
+    /// only writer, published in [`Status::suspended`].
+    suspended: Option<Suspension>,
+    /// Requests taken at the start of the cycle, decided in [`Self::track_monitoring`].
+    requests: Vec<RuntimeRequest>,
+    /// Answers to requests, sent once the cycle that decided them has published its [`Status`].
+    replies: Vec<(tokio::sync::oneshot::Sender<ResumeAnswer>, ResumeAnswer)>,
 }
 
 /// How long stopping the database waits for the sessions to be ended first.
@@ -121,18 +132,18 @@ impl Drop for Planned {
 }
 
 impl HaRuntime {
+    /// The runtime of this node (configuration and identity from `facts.id`), owning `owner`.
     #[must_use]
-    #[expect(clippy::too_many_arguments, reason = "built once at start-up from the agent's parts")]
     pub fn new(
         engine: Engine,
         coord: Arc<Coordinator>,
-        cfg: Config,
-        config_dir: PathBuf,
-        iface: String,
+        facts: Facts,
+        owner: RuntimeOwner,
         vip_held: bool,
         info: NodeInfo,
         state_dir: &std::path::Path,
     ) -> Self {
+        let (cfg, config_dir, iface) = (facts.id.config.clone(), facts.id.config_dir.clone(), facts.id.iface.clone());
         let voted_file = state_dir.join(format!("{}.voted", cfg.cluster));
         let mut engine = engine;
         if let Some(e) = std::fs::read_to_string(&voted_file).ok().and_then(|t| t.trim().parse::<u64>().ok()) {
@@ -168,6 +179,11 @@ impl HaRuntime {
             session_gate: crate::sessions::Tracker::default(),
             db_stopping: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             vip_kept_logged: false,
+            facts,
+            owner,
+            suspended: None,
+            requests: Vec::new(),
+            replies: Vec::new(),
         }
         .with_sessions()
     }
@@ -268,17 +284,16 @@ impl HaRuntime {
     /// Returns what to put into this cycle's PINGs: (flags, epoch, endorse target).
     #[expect(clippy::too_many_lines, reason = "one cycle in order: inputs, decision, kernel, VIP, actions")]
     #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
-    pub fn cycle(
-        &mut self,
-        shared: &Arc<Mutex<Shared>>,
-        dp: &mut Datapath,
-        now_ns: u64,
-    ) -> Result<(Desired, Outcome), DatapathError> {
+    pub fn cycle(&mut self, dp: &mut Datapath, now_ns: u64) -> Result<(Desired, Outcome), DatapathError> {
         let st = self.coord.state().borrow().clone();
-        let (me, db, peers_h, wal) = {
-            let s = lock(shared);
-            (s.me, s.db.clone(), s.peers.clone(), s.wal)
-        };
+        // Completions and requests before the facts they depend on: their senders had the
+        // database view updated first (`DbReport`, answered), so a later read sees it.
+        let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
+        self.requests.extend(std::iter::from_fn(|| self.owner.requests.try_recv().ok()));
+        let me = self.facts.id.me;
+        let db = self.facts.db.borrow().view.clone();
+        let peers_h = self.facts.peers.borrow().clone();
+        let wal = *self.facts.wal.borrow();
         // A member announces itself (kind, priority, promotable) until the log shows it.
         // Once registered, the priority is the operator's (`efm set-priority`): re-registering
         // keeps the log's value.
@@ -318,8 +333,7 @@ impl HaRuntime {
                 }
             })
             .collect();
-        let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
-        let suspended = self.track_monitoring(shared, &db, &st, &work);
+        let suspended = self.track_monitoring(&db, &st, &work);
         let local = LocalDb {
             up: db.up,
             in_recovery: db.info.as_ref().map(|i| i.in_recovery),
@@ -354,7 +368,7 @@ impl HaRuntime {
         // database), a serving primary no longer depends on endorsements, and the agent exits
         // a moment later, once the leader had time to tell every follower that the stop
         // committed (a leader exiting at once would strand them).
-        let started_unix_ms = lock(shared).started_unix_ms;
+        let started_unix_ms = self.facts.id.started_unix_ms;
         if st.stopped_at_unix_ms.is_some_and(|t| t >= started_unix_ms) {
             let seen = *self.stop_seen.get_or_insert_with(|| {
                 tracing::warn!("efm stop-cluster: this agent exits shortly; the database is left as it is");
@@ -366,7 +380,7 @@ impl HaRuntime {
                 step.desired.lease_k = 0;
             }
             if seen.elapsed() >= STOP_LINGER {
-                lock(shared).stop_requested = true;
+                self.owner.stop.send_replace(true);
             }
         }
         // The kernel counts endorsements only from members the log allows (a node disallowed
@@ -429,7 +443,7 @@ impl HaRuntime {
         };
         // The kernel's own rule (efm_common::serving), once for the view and the session gate.
         let reasons = fence_reasons(&fence, &lease, now_ns);
-        let kernel = crate::agent::KernelView {
+        let kernel = KernelView {
             fenced: step.desired.fenced,
             lease_enforced: step.desired.lease_enforced,
             lease_left_ms: if lease_left == u64::MAX { 0 } else { lease_left / 1_000_000 },
@@ -460,12 +474,6 @@ impl HaRuntime {
                 ender.end_now(members_spared, why);
             }
         }
-        {
-            let mut s = lock(shared);
-            s.epoch = st.epoch;
-            s.outcome = Some(step.outcome.to_string());
-            s.kernel = kernel;
-        }
         self.load_balancer(&step.desired, &step.outcome, &peers, me);
 
         // DESIGN "Safety" (3): a primary whose lease was granted and has lapsed says so, so peers
@@ -484,7 +492,7 @@ impl HaRuntime {
                     continue;
                 }
             }
-            self.start(a, shared, &st);
+            self.start(a, &st);
         }
         // After the actions: one that stops the database holds the VIP until it is stopped.
         self.reconcile_vip(step.desired.vip);
@@ -492,7 +500,44 @@ impl HaRuntime {
             tracing::info!(outcome = %step.outcome, "ha");
             self.last_outcome = Some(step.outcome.clone());
         }
+        self.publish(Status {
+            epoch: st.epoch,
+            outcome: Some(step.outcome.to_string()),
+            kernel,
+            suspended: self.suspended.clone(),
+            committed_primary: st.primary,
+            leader: self.coord.leader(),
+        });
         Ok((desired, step.outcome))
+    }
+
+    /// Publishes this cycle's [`Status`], then answers the requests it decided (so a client
+    /// that got its answer reads a status that agrees).
+    fn publish(&mut self, status: Status) {
+        self.owner.status.send_replace(status);
+        for (reply, answer) in self.replies.drain(..) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Decides the requests taken at the start of the cycle (`efm resume`).
+    fn take_requests(&mut self, st: &ClusterState) {
+        for req in std::mem::take(&mut self.requests) {
+            match req {
+                RuntimeRequest::Resume { db, reply } => {
+                    let custom = self.facts.custom_monitor.borrow().clone();
+                    let me = self.facts.id.me;
+                    let voted = self.engine.voted_against(st.epoch);
+                    let answer = localdb::decide_resume(&mut self.suspended, custom.as_deref(), &self.cfg, me, &db, st, voted);
+                    if let ResumeAnswer::Resumed { why, was } = &answer {
+                        tracing::info!(%why, %was, "monitoring resumed by the operator");
+                        let cfg = self.cfg.clone();
+                        tokio::spawn(async move { resumed(&cfg, me, "efm resume").await });
+                    }
+                    self.replies.push((reply, answer));
+                }
+            }
+        }
     }
 
     fn reconcile_vip(&mut self, want: bool) {
@@ -572,42 +617,44 @@ impl HaRuntime {
     /// is back in a state the cluster accepts. A custom monitor failure counts as a database
     /// failure. Stops and starts the agent makes itself are not failures. Returns whether
     /// monitoring is suspended.
-    fn track_monitoring(&mut self, shared: &Arc<Mutex<Shared>>, db: &localdb::DbView, st: &ClusterState, work: &Work) -> bool {
+    fn track_monitoring(&mut self, db: &DbView, st: &ClusterState, work: &Work) -> bool {
         if self.cfg.is_witness {
+            self.take_requests(st);
             return false;
         }
         let planned = self.planned.load(std::sync::atomic::Ordering::SeqCst) > 0
             || matches!(work, Work::HandingOver { .. } | Work::HandedOver { .. } | Work::Rejoining { .. });
         let prev = std::mem::replace(&mut self.last_db_up, db.up);
         let first = !std::mem::replace(&mut self.db_seen, true);
-        let mut s = lock(shared);
-        let custom_failed = s.custom_monitor_failed.is_some();
-        if s.suspended.is_none() {
+        let custom_monitor_failed = self.facts.custom_monitor.borrow().clone();
+        let custom_failed = custom_monitor_failed.is_some();
+        if self.suspended.is_none() {
             let reason = match (prev, db.up) {
-                _ if custom_failed => s.custom_monitor_failed.clone().map(|r| (format!("custom monitor: {r}"), crate::agent::SuspendKind::Failure)),
-                _ if first && db.up != Some(true) => Some(("the database was not running when the agent started".to_owned(), crate::agent::SuspendKind::Startup)),
+                _ if custom_failed => custom_monitor_failed.map(|r| (format!("custom monitor: {r}"), SuspendKind::Failure)),
+                _ if first && db.up != Some(true) => Some(("the database was not running when the agent started".to_owned(), SuspendKind::Startup)),
                 (Some(true) | None, Some(false)) if !planned => Some((
                     format!("database failure: {}", db.error.as_deref().unwrap_or("it stopped answering")),
-                    crate::agent::SuspendKind::Failure,
+                    SuspendKind::Failure,
                 )),
                 _ => None,
             };
             if let Some((reason, kind)) = reason {
                 tracing::warn!(%reason, "monitoring of the local database suspended: the node stays idle until `efm resume`");
-                s.suspended = Some(crate::agent::Suspension { reason, kind, since: Instant::now() });
+                self.suspended = Some(Suspension { reason, kind, since: Instant::now() });
             }
         }
-        let Some(sus) = s.suspended.clone() else { return false };
+        // `efm resume`, decided here by the same rule as the auto.resume periods below.
+        self.take_requests(st);
+        let Some(sus) = self.suspended.clone() else { return false };
         let period = match sus.kind {
-            crate::agent::SuspendKind::Startup => self.cfg.auto_resume_startup_period,
-            crate::agent::SuspendKind::Failure => self.cfg.auto_resume_failure_period,
+            SuspendKind::Startup => self.cfg.auto_resume_startup_period,
+            SuspendKind::Failure => self.cfg.auto_resume_failure_period,
         };
         if !custom_failed && !period.is_zero() && sus.since.elapsed() <= period {
-            if let Ok(msg) = crate::operator::resumable(&s.config, s.me, db, st, self.engine.voted_against(st.epoch)) {
+            let me = self.facts.id.me;
+            if let Ok(msg) = localdb::resumable(&self.cfg, me, db, st, self.engine.voted_against(st.epoch)) {
                 tracing::info!(%msg, "monitoring resumed automatically (auto.resume period)");
-                s.suspended = None;
-                let me = s.me;
-                drop(s);
+                self.suspended = None;
                 let cfg = self.cfg.clone();
                 tokio::spawn(async move { resumed(&cfg, me, "automatically").await });
                 return false;
@@ -688,8 +735,8 @@ impl HaRuntime {
     }
 
     #[expect(clippy::too_many_lines, reason = "one arm per action, each a small task")]
-    fn start(&self, action: Action, shared: &Arc<Mutex<Shared>>, st: &ClusterState) {
-        let me = lock(shared).me;
+    fn start(&self, action: Action, st: &ClusterState) {
+        let me = self.facts.id.me;
         let config_dir = self.config_dir.clone();
         let cfg = self.cfg.clone();
         match action {
@@ -711,20 +758,18 @@ impl HaRuntime {
                 let old = old_primary.or(st.previous_primary).filter(|o| *o != me);
                 let promotion = st.history.last().filter(|h| h.epoch == epoch && h.node == me).cloned();
                 let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
-                let shared = shared.clone();
+                let facts = self.facts.clone();
                 tokio::spawn(async move {
                     let res = promote_local(&cfg, &config_dir, me, old, &iface).await;
                     let next = match res {
                         Ok(took) => {
                             tracing::info!(epoch, took_ms = took.as_millis(), "promoted the local database");
                             // pg_promote() confirmed it left recovery: do not wait for the next
-                            // local check (local.period) to know it.
-                            let mut s = lock(&shared);
-                            if let Some(info) = s.db.info.as_mut() {
-                                info.in_recovery = false;
+                            // local check (local.period) to know it. Its owner applies it before
+                            // the engine hears of the promotion.
+                            if let Err(e) = facts.report_db(DbUpdate::Promoted).await {
+                                tracing::warn!(error = %e, "the promotion is known to the local database view only at its next check");
                             }
-                            s.db.up = Some(true);
-                            s.role = crate::agent::Role::Primary;
                             Work::Promoted { epoch }
                         }
                         Err(reason) => {
@@ -799,7 +844,7 @@ impl HaRuntime {
                 });
             }
             Action::Follow { primary, epoch } => {
-                let db_upstream = lock(shared).db.info.as_ref().and_then(|i| i.upstream_host.clone());
+                let db_upstream = self.facts.db.borrow().view.info.as_ref().and_then(|i| i.upstream_host.clone());
                 if db_upstream.as_deref() == Some(&primary.ip().to_string()) {
                     return;
                 }

@@ -427,18 +427,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         _ => false,
     };
     let mut ha = crate::ha::runtime::HaRuntime::new(
-        crate::ha::Engine::new(crate::ha::EngineConfig {
-            me,
-            is_witness: cfg.is_witness,
-            lease_timeout: cfg.lease_timeout,
-            clock_drift: 0.05,
-            margin: Duration::from_millis(50),
-            endorse_window: cfg.heartbeat_interval * 3,
-            minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
-            auto_reconfigure: cfg.auto_reconfigure,
-            promotion_grace: Duration::from_secs(30),
-            heartbeat_interval: cfg.heartbeat_interval,
-        }),
+        crate::ha::Engine::new(crate::ha::runtime::engine_config(&cfg, me)),
         coord.clone(),
         cfg.clone(),
         opts.config_dir.clone(),

@@ -56,7 +56,7 @@ pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, req: 
         AdminCommand::Promote { switchover, quiet, force, sourcenode } => {
             promote(shared, coord, Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.as_deref() }).await
         }
-        AdminCommand::Resume => resume(shared, coord).await,
+        AdminCommand::Resume => resume(shared).await,
         AdminCommand::SetPriority { address, priority } => set_priority(shared, coord, address, *priority).await,
         AdminCommand::AllowNode { address } => allow_node(shared, coord, address).await,
         AdminCommand::DisallowNode { address } => disallow_node(shared, coord, address).await,
@@ -323,50 +323,7 @@ fn serving(shared: &Arc<Mutex<Shared>>, p: SocketAddr, epoch: u64) -> bool {
     })
 }
 
-/// Whether a suspended node may resume: its database runs and is either the primary of the
-/// current epoch (never voted against) or a standby streaming from that primary.
-pub fn resumable(cfg: &Config, me: SocketAddr, db: &DbView, st: &ClusterState, voted_against_epoch: bool) -> Result<String, String> {
-    let (Some(true), Some(info)) = (db.up, &db.info) else {
-        return Err(format!(
-            "the database of {me} is not running{}: start it, then run efm resume {} again",
-            db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
-            cfg.cluster
-        ));
-    };
-    match st.primary {
-        _ if !info.in_recovery => {
-            if st.primary == Some(me) && !voted_against_epoch && !st.votes.contains(&me) {
-                Ok(format!("the database of {me} is the primary of epoch {}", st.epoch))
-            } else {
-                Err(format!(
-                    "the database of {me} is a primary, but epoch {} belongs to {}: make it a standby of that primary (for example pg_rewind and standby.signal), start it, then resume",
-                    st.epoch,
-                    st.primary.map_or("no node".into(), |p| p.to_string())
-                ))
-            }
-        }
-        None => Ok(format!("the database of {me} is a standby (no primary is committed yet)")),
-        Some(p) if p == me => Err(format!(
-            "{me} is the primary of epoch {} but its database is in recovery; wait for the promotion to finish",
-            st.epoch
-        )),
-        Some(p) => {
-            let up = info.upstream_host.as_deref();
-            if up == Some(p.ip().to_string().as_str()) {
-                Ok(format!("the database of {me} is a standby of the primary {p}"))
-            } else {
-                Err(format!(
-                    "the database of {me} {} , not from the primary of epoch {} ({p}): point primary_conninfo at {}, restart it, then resume",
-                    up.map_or("is not streaming".into(), |u| format!("replicates from {u}")),
-                    st.epoch,
-                    p.ip()
-                ))
-            }
-        }
-    }
-}
-
-async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>) -> Result<Response, String> {
+async fn resume(shared: &Arc<Mutex<Shared>>) -> Result<Response, String> {
     let (cfg, me, config_dir, sus, custom) = {
         let s = lock(shared);
         (s.config.clone(), s.me, s.config_dir.clone(), s.suspended.clone(), s.custom_monitor_failed.clone())
@@ -387,17 +344,11 @@ async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>) -> Result
             Ok(info) => DbView { up: Some(true), info: Some(info), error: None },
             Err(e) => DbView { up: Some(false), info: None, error: Some(e.to_string()) },
         };
-        let st = coord.state().borrow().as_ref().clone();
-        match resumable(&cfg, me, &db, &st, false) {
+        // The engine decides, with the rule its automatic resume applies.
+        let lsn = db.lsn().map_or(0, |l| l.0);
+        match crate::ha::runtime::request_resume(crate::ha::runtime::local_db(&db, lsn)).await {
             Ok(why) => {
-                {
-                    let mut s = lock(shared);
-                    s.db = db;
-                    s.suspended = None;
-                }
                 tracing::info!(%why, was = %sus.reason, "monitoring resumed by the operator");
-                let cfg2 = cfg.clone();
-                tokio::spawn(async move { crate::ha::runtime::resumed(&cfg2, me, "efm resume").await });
                 return Ok(message(format!("Resumed monitoring on {me}: {why}")));
             }
             // A standby that just restarted needs a moment to stream again.
@@ -405,7 +356,10 @@ async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>) -> Result
                 tracing::debug!(error = %e, "resume: not yet");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(format!("cannot resume monitoring: {e} (suspended because: {})", sus.reason)),
+            Err(e) => {
+                let detail = db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+                return Err(format!("cannot resume monitoring: {e}{detail} (suspended because: {})", sus.reason));
+            }
         }
     }
 }

@@ -9,18 +9,7 @@ fn addr(i: u8) -> SocketAddr {
 }
 
 fn cfg(me: u8) -> EngineConfig {
-    EngineConfig {
-        me: addr(me),
-        is_witness: false,
-        lease_timeout: Duration::from_secs(1),
-        clock_drift: 0.05,
-        margin: Duration::from_millis(50),
-        endorse_window: Duration::from_millis(150),
-        minimum_standbys: 0,
-        auto_reconfigure: true,
-        promotion_grace: Duration::from_secs(30),
-        heartbeat_interval: Duration::from_millis(50),
-    }
+    EngineConfig::basic(addr(me), false, Duration::from_secs(1), Duration::from_millis(50))
 }
 
 /// Three voters: 1 primary, 2 standby, 3 witness.
@@ -42,7 +31,6 @@ fn primary_view(i: u8, epoch: u64, age_ms: u64) -> PeerView {
         db_up: true,
         fenced: false,
         lsn: 100,
-        db_reachable: None,
     }
 }
 
@@ -54,11 +42,39 @@ fn witness_view(i: u8, epoch: u64) -> PeerView {
     PeerView { role: PeerRole::Witness, db_up: false, ..primary_view(i, epoch, 10) }
 }
 
-const STANDBY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn: 100, timeline: 1 };
-const PRIMARY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn: 100, timeline: 1 };
+const STANDBY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn: 100, timeline: 1, upstream: None };
+const PRIMARY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn: 100, timeline: 1, upstream: None };
+static NO_MEMBERS: BTreeSet<SocketAddr> = BTreeSet::new();
 
-fn step(e: &mut Engine, now_ms: u64, c: Option<&Committed>, leader: bool, peers: &[PeerView], db: LocalDb, work: &Work) -> Step {
-    e.step(&Inputs { now_ns: now_ms * MS, committed: c, is_leader: leader, peers, db, work, lease_lapsed_for: None, max_epoch_seen: 0 })
+/// The inputs of a step with nothing unusual: registered, no custom monitor, no stop, a kernel
+/// that holds no fence yet.
+fn inputs<'a>(now_ms: u64, c: Option<&'a Committed>, leader: bool, peers: &'a [PeerView], db: LocalDb, events: &'a [Event]) -> Inputs<'a> {
+    Inputs {
+        now_ns: now_ms * MS,
+        committed: c,
+        allowed: &NO_MEMBERS,
+        registered: true,
+        is_leader: leader,
+        peers,
+        db,
+        db_error: None,
+        custom_monitor_failed: None,
+        stop_cluster: false,
+        kernel: KernelState::default(),
+        events,
+    }
+}
+
+fn step(e: &mut Engine, now_ms: u64, c: Option<&Committed>, leader: bool, peers: &[PeerView], db: LocalDb, events: &[Event]) -> Step {
+    e.step(&inputs(now_ms, c, leader, peers, db, events))
+}
+
+/// A kernel holding `epoch`'s enforced lease (k = 1) whose deadline passed `lapsed_ms` ago at
+/// `now_ms` (`None`: valid for another second).
+fn lease_kernel(epoch: u64, now_ms: u64, lapsed_ms: Option<u64>) -> KernelState {
+    let fence = FenceState { flags: efm_common::maps::FENCE_LEASE_ENFORCED, epoch, lease_k: 1, lease_timeout_ns: 1_000 * MS, ..FenceState::default() };
+    let deadline_ns = lapsed_ms.map_or((now_ms + 1_000) * MS, |l| (now_ms - l) * MS);
+    KernelState { fence: Some(fence), deadline_ns, max_epoch_seen: epoch }
 }
 
 fn proposals(s: &Step) -> Vec<Proposal> {
@@ -68,18 +84,18 @@ fn proposals(s: &Step) -> Vec<Proposal> {
 #[test]
 fn a_primary_database_stays_fenced_until_the_cluster_agrees() {
     let mut e = Engine::new(cfg(1));
-    let s = step(&mut e, 0, None, false, &[], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, None, false, &[], PRIMARY_DB, &[]);
     assert!(s.desired.fenced && !s.desired.vip);
     assert_eq!(s.outcome, Outcome::NotJoined);
     // Joined, no primary yet: registers itself, still fenced.
     let c = committed(0, None);
-    let s = step(&mut e, 10, Some(&c), false, &[], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), false, &[], PRIMARY_DB, &[]);
     assert_eq!(proposals(&s), vec![Proposal::SetPrimary { node: addr(1), expected_epoch: 0 }]);
     assert!(s.desired.fenced);
     assert_eq!(s.outcome, Outcome::RegisteringPrimary);
-    let s = step(&mut e, 20, Some(&c), false, &[], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 20, Some(&c), false, &[], PRIMARY_DB, &[]);
     assert!(proposals(&s).is_empty(), "not again at once");
-    let s = step(&mut e, 1_020, Some(&c), false, &[], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 1_020, Some(&c), false, &[], PRIMARY_DB, &[]);
     assert_eq!(proposals(&s).len(), 1, "repeated while the log does not show it");
 }
 
@@ -88,19 +104,19 @@ fn a_vote_the_log_did_not_record_is_proposed_again() {
     let mut e = Engine::new(PeerlessWitness::cfg());
     let mut c = committed(1, Some(1));
     let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
-    assert!(proposals(&step(&mut e, 0, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).is_empty());
-    assert_eq!(proposals(&step(&mut e, 1_200, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).len(), 1);
-    assert!(proposals(&step(&mut e, 1_700, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).is_empty());
-    assert_eq!(proposals(&step(&mut e, 2_200, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).len(), 1);
+    assert!(proposals(&step(&mut e, 0, Some(&c), false, &[dead], LocalDb::default(), &[])).is_empty());
+    assert_eq!(proposals(&step(&mut e, 1_200, Some(&c), false, &[dead], LocalDb::default(), &[])).len(), 1);
+    assert!(proposals(&step(&mut e, 1_700, Some(&c), false, &[dead], LocalDb::default(), &[])).is_empty());
+    assert_eq!(proposals(&step(&mut e, 2_200, Some(&c), false, &[dead], LocalDb::default(), &[])).len(), 1);
     c.votes.insert(addr(3));
-    assert!(proposals(&step(&mut e, 4_000, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle)).is_empty());
+    assert!(proposals(&step(&mut e, 4_000, Some(&c), false, &[dead], LocalDb::default(), &[])).is_empty());
 }
 
 #[test]
 fn committed_primary_serves_under_the_lease_with_the_vip() {
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
-    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90), witness_view(3, 1)], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90), witness_view(3, 1)], PRIMARY_DB, &[]);
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 });
     assert!(!s.desired.fenced && s.desired.lease_enforced && s.desired.vip);
     assert_eq!(s.desired.lease_k, 1, "3 voters: majority 2, one endorsement besides itself");
@@ -113,7 +129,7 @@ fn committed_primary_serves_under_the_lease_with_the_vip() {
 fn standby_endorses_a_healthy_primary_only() {
     let mut e = Engine::new(cfg(2));
     let c = committed(1, Some(1));
-    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 40)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 40)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, Some(addr(1)));
     assert!(!s.desired.fenced && !s.desired.lease_enforced);
     assert_eq!(s.outcome, Outcome::Standby { primary: Some(addr(1)), endorsing: true });
@@ -124,7 +140,7 @@ fn standby_endorses_a_healthy_primary_only() {
         PeerView { db_up: false, ..primary_view(1, 1, 10) },    // database down
         PeerView { role: PeerRole::Idle, ..primary_view(1, 1, 10) },
     ] {
-        let s = step(&mut e, 10, Some(&c), false, &[bad], STANDBY_DB, &Work::Idle);
+        let s = step(&mut e, 10, Some(&c), false, &[bad], STANDBY_DB, &[]);
         assert_eq!(s.desired.endorse, None, "{bad:?}");
     }
 }
@@ -134,19 +150,19 @@ fn vote_waits_for_the_lease_after_the_last_endorsement_and_is_final() {
     let mut e = Engine::new(cfg(2));
     let c = committed(1, Some(1));
     let wait_ms = 1_000 * 105 / 100 + 50; // lease × (1 + drift) + margin
-    step(&mut e, 1_000, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    step(&mut e, 1_000, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     // The primary goes silent; suspect once node.timeout passes, but no vote before the wait.
     let silent = |now: u64| PeerView { alive: false, agent_age: Some(Duration::from_millis(now - 1_000)), ..primary_view(1, 1, 0) };
-    let s = step(&mut e, 1_600, Some(&c), false, &[silent(1_600)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 1_600, Some(&c), false, &[silent(1_600)], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty());
     assert!(matches!(s.outcome, Outcome::PrimarySuspect { .. }), "{}", s.outcome);
-    let s = step(&mut e, 1_000 + wait_ms - 1, Some(&c), false, &[silent(1_000 + wait_ms - 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 1_000 + wait_ms - 1, Some(&c), false, &[silent(1_000 + wait_ms - 1)], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty(), "one ms early");
-    let s = step(&mut e, 1_000 + wait_ms, Some(&c), false, &[silent(1_000 + wait_ms)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 1_000 + wait_ms, Some(&c), false, &[silent(1_000 + wait_ms)], STANDBY_DB, &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
     assert_eq!(s.outcome, Outcome::Voted { epoch: 1 });
     // The primary comes back: never endorsed again in this epoch, and no second vote.
-    let s = step(&mut e, 3_000, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 3_000, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, None);
     assert!(proposals(&s).is_empty());
 }
@@ -157,11 +173,11 @@ fn a_restarted_voter_waits_the_promotion_wait_from_its_start() {
     let mut e = Engine::new(PeerlessWitness::cfg());
     let c = committed(1, Some(1));
     let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
-    let s = step(&mut e, 10, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), false, &[dead], LocalDb::default(), &[]);
     assert!(proposals(&s).is_empty(), "no vote right after start");
-    let s = step(&mut e, 10 + 1_099, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10 + 1_099, Some(&c), false, &[dead], LocalDb::default(), &[]);
     assert!(proposals(&s).is_empty(), "1 ms before the wait is over");
-    let s = step(&mut e, 10 + 1_100, Some(&c), false, &[dead], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10 + 1_100, Some(&c), false, &[dead], LocalDb::default(), &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(3), epoch: 1 }]);
     assert!(!s.desired.fenced);
     assert_eq!(s.desired.ping_flags & efm_common::wire::ROLE_MASK, ROLE_WITNESS);
@@ -178,13 +194,16 @@ impl PeerlessWitness {
 fn database_failure_needs_confirmation_from_here() {
     let mut e = Engine::new(cfg(2));
     let c = committed(1, Some(1));
-    let down = PeerView { db_up: false, db_reachable: None, ..primary_view(1, 1, 10) };
-    let s = step(&mut e, 0, Some(&c), false, &[down], STANDBY_DB, &Work::Idle);
+    let down = PeerView { db_up: false, ..primary_view(1, 1, 10) };
+    let s = step(&mut e, 0, Some(&c), false, &[down], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty(), "not yet confirmed");
-    let s = step(&mut e, 1_200, Some(&c), false, &[down], STANDBY_DB, &Work::Idle);
+    assert!(s.actions.contains(&Action::CheckRemoteDb { node: addr(1) }), "checked from here");
+    let s = step(&mut e, 500, Some(&c), false, &[down], STANDBY_DB, &[]);
+    assert!(!s.actions.iter().any(|a| matches!(a, Action::CheckRemoteDb { .. })), "at most once a second");
+    let s = step(&mut e, 1_200, Some(&c), false, &[down], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty(), "still not confirmed");
-    let confirmed = PeerView { db_reachable: Some(false), ..down };
-    let s = step(&mut e, 1_210, Some(&c), false, &[confirmed], STANDBY_DB, &Work::Idle);
+    let confirmed = [Event::RemoteChecked { node: addr(1), reachable: false }];
+    let s = step(&mut e, 1_210, Some(&c), false, &[down], STANDBY_DB, &confirmed);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
 }
 
@@ -195,24 +214,24 @@ fn leader_promotes_only_with_a_majority_of_votes() {
     let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
     let peers = [dead, standby_view(2, 1, 120)];
     c.votes.insert(addr(3));
-    let s = step(&mut e, 10, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), true, &peers, LocalDb::default(), &[]);
     assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "1 vote of 3");
     c.votes.insert(addr(2));
     // The standby's position must be read after the first vote (10 ms) and settled.
-    let s = step(&mut e, 20, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 20, Some(&c), true, &peers, LocalDb::default(), &[]);
     assert_eq!(s.outcome, Outcome::ComparingPositions { epoch: 1, waiting_for: vec![addr(2)] });
     assert!(proposals(&s).is_empty());
-    let s = step(&mut e, 120, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 120, Some(&c), true, &peers, LocalDb::default(), &[]);
     let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. })).expect("promote");
     assert!(matches!(promote, Proposal::Promote { candidate, expected_epoch: 1, lsn: 120, .. } if candidate == addr(2)));
     assert_eq!(s.outcome, Outcome::PromotionProposed { candidate: addr(2), epoch: 1 });
-    let s = step(&mut e, 130, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 130, Some(&c), true, &peers, LocalDb::default(), &[]);
     assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "not again at once");
-    let s = step(&mut e, 1_130, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 1_130, Some(&c), true, &peers, LocalDb::default(), &[]);
     assert!(proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "retried while the epoch stands");
     // A follower with the same votes does not propose.
     let mut f = Engine::new(PeerlessWitness::cfg());
-    let s = step(&mut f, 10, Some(&c), false, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut f, 10, Some(&c), false, &peers, LocalDb::default(), &[]);
     assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })));
 }
 
@@ -244,7 +263,7 @@ fn decide(
 ) -> (u64, Result<SocketAddr, String>) {
     let mut now = from_ms;
     loop {
-        let s = step(e, now, Some(c), true, &peers_at(now), db, &Work::Idle);
+        let s = step(e, now, Some(c), true, &peers_at(now), db, &[]);
         match s.outcome {
             Outcome::ComparingPositions { .. } if now < from_ms + 2_000 => now += 50,
             Outcome::PromotionProposed { candidate, .. } => return (now, Ok(candidate)),
@@ -256,7 +275,7 @@ fn decide(
 
 fn outcome_of(c: &Committed, peers: &[PeerView], min: u32) -> Result<SocketAddr, String> {
     let mut e = Engine::new(EngineConfig { minimum_standbys: min, ..PeerlessWitness::cfg() });
-    let s = step(&mut e, 10, Some(c), true, peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10, Some(c), true, peers, LocalDb::default(), &[]);
     match s.outcome {
         Outcome::PromotionProposed { candidate, .. } => Ok(candidate),
         Outcome::NoCandidate { reason, .. } => Err(reason),
@@ -315,7 +334,7 @@ fn a_stale_position_is_not_trusted() {
             reporting(5, 7, now, 0, |_| 1_000),
         ]
     };
-    let s = step(&mut e, 10, Some(&c), true, &peers(10), LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), true, &peers(10), LocalDb::default(), &[]);
     assert!(matches!(&s.outcome, Outcome::ComparingPositions { waiting_for, .. } if waiting_for.contains(&addr(4))), "{}", s.outcome);
     // n4's agent reports again, with a fresh position: it wins as soon as it is settled.
     let fresh = |now: u64| {
@@ -396,16 +415,16 @@ fn named_standby_promotes_once_and_stays_fenced_until_done() {
     let mut e = Engine::new(cfg(2));
     let c = committed(2, Some(2));
     let peers = [witness_view(3, 2)];
-    let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &[]);
     assert_eq!(s.actions, vec![Action::PromoteLocal { epoch: 2, old_primary: None }]);
     assert!(s.desired.fenced, "fenced until the promotion is done");
     assert!(s.desired.vip, "but already holding the VIP, so clients find it at once");
     assert_eq!(s.desired.epoch, 2, "adopts the new epoch at once: its PINGs fence the old primary");
     assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
     // pg_promote() done but the runtime has not finished (VIP, scripts): still fenced.
-    let s = step(&mut e, 50, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoting { epoch: 2 });
+    let s = step(&mut e, 50, Some(&c), false, &peers, PRIMARY_DB, &[]);
     assert!(s.desired.fenced && s.actions.is_empty());
-    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &[Event::Promoted { epoch: 2 }]);
     assert_eq!(s.outcome, Outcome::Primary { epoch: 2 });
     assert!(!s.desired.fenced && s.desired.lease_enforced && s.desired.vip);
 }
@@ -414,12 +433,12 @@ fn named_standby_promotes_once_and_stays_fenced_until_done() {
 fn old_primary_is_fenced_and_demoted() {
     let mut e = Engine::new(cfg(1));
     let c = committed(2, Some(2));
-    let s = step(&mut e, 0, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &[]);
     assert!(s.desired.fenced && !s.desired.vip && !s.desired.lease_enforced);
-    assert!(s.actions.contains(&Action::DemoteLocal { epoch: 2, primary: Some(addr(2)) }));
+    assert!(s.actions.contains(&Action::DemoteLocal { epoch: 2, primary: Some(addr(2)), stop: false }));
     assert_eq!(s.outcome, Outcome::FencedOldPrimary { epoch: 2 });
     assert_eq!(s.desired.endorse, Some(addr(2)), "still a voter: it vouches for the legitimate primary");
-    let s = step(&mut e, 10, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &[]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::DemoteLocal { .. })), "once per epoch");
 }
 
@@ -428,10 +447,10 @@ fn failed_primary_database_fences_and_releases_the_vip() {
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
     let failed = LocalDb { failed: true, ..PRIMARY_DB };
-    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90)], failed, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90)], failed, &[]);
     assert!(s.desired.fenced && !s.desired.vip);
     assert_eq!(s.desired.ping_flags & (FLAG_FENCED | FLAG_DB_UP), FLAG_FENCED);
-    assert!(s.actions.contains(&Action::PrimaryDbFailed { epoch: 1 }));
+    assert!(s.actions.contains(&Action::PrimaryDbFailed { epoch: 1, stop: false }));
     assert!(s.actions.contains(&Action::Propose(Proposal::Vote { voter: addr(1), epoch: 1 })), "votes against itself");
     assert_eq!(s.outcome, Outcome::PrimaryDatabaseFailed);
 }
@@ -442,12 +461,12 @@ fn without_auto_failover_only_a_notification() {
     let mut c = committed(1, Some(1));
     c.auto_failover = false;
     let dead = PeerView { alive: false, agent_age: None, ..primary_view(1, 1, 0) };
-    let s = step(&mut e, 10, Some(&c), false, &[dead], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), false, &[dead], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty());
     let notes: Vec<_> = s.actions.iter().filter(|a| matches!(a, Action::Notify(_))).collect();
     assert!(matches!(&notes[..], [Action::Notify(crate::notify::Event::ManualFailoverRequired { .. })]));
     assert_eq!(s.outcome, Outcome::ManualFailoverRequired { primary: addr(1) });
-    let s = step(&mut e, 20, Some(&c), false, &[dead], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 20, Some(&c), false, &[dead], STANDBY_DB, &[]);
     assert!(s.actions.is_empty(), "notified once: {:?}", s.actions);
 }
 
@@ -455,9 +474,9 @@ fn without_auto_failover_only_a_notification() {
 fn standby_follows_a_new_primary_once() {
     let mut e = Engine::new(cfg(2));
     let c = committed(3, Some(4));
-    let s = step(&mut e, 0, Some(&c), false, &[primary_view(4, 3, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(4, 3, 10)], STANDBY_DB, &[]);
     assert!(s.actions.contains(&Action::Follow { primary: addr(4), epoch: 3 }));
-    let s = step(&mut e, 10, Some(&c), false, &[primary_view(4, 3, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), false, &[primary_view(4, 3, 10)], STANDBY_DB, &[]);
     assert!(s.actions.is_empty());
 }
 
@@ -466,9 +485,9 @@ fn failed_promotion_is_treated_as_a_failed_primary_after_the_grace() {
     let mut e = Engine::new(PeerlessWitness::cfg());
     let c = committed(2, Some(2));
     let stuck = PeerView { role: PeerRole::Standby, fenced: true, ..primary_view(2, 2, 10) };
-    let s = step(&mut e, 0, Some(&c), false, &[stuck], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[stuck], LocalDb::default(), &[]);
     assert!(proposals(&s).is_empty());
-    let s = step(&mut e, 31_000, Some(&c), false, &[stuck], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 31_000, Some(&c), false, &[stuck], LocalDb::default(), &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(3), epoch: 2 }]);
 }
 
@@ -477,7 +496,7 @@ fn a_vote_recorded_in_the_log_is_never_followed_by_an_endorsement() {
     let mut e = Engine::new(cfg(2));
     let mut c = committed(1, Some(1));
     c.votes.insert(addr(2));
-    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, None, "a restarted agent recovers its vote from the log");
 }
 
@@ -486,13 +505,13 @@ fn a_primary_that_gave_up_is_replaced_without_the_lease_wait() {
     let mut e = Engine::new(cfg(2));
     let mut c = committed(1, Some(1));
     let fenced = PeerView { fenced: true, db_up: false, ..primary_view(1, 1, 10) };
-    step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
-    let s = step(&mut e, 1_200, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
+    let s = step(&mut e, 1_200, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, Some(addr(1)), "endorsing at 1.2 s");
-    let s = step(&mut e, 1_250, Some(&c), false, &[fenced], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 1_250, Some(&c), false, &[fenced], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty(), "endorsed 50 ms ago: must wait");
     c.votes.insert(addr(1));
-    let s = step(&mut e, 1_300, Some(&c), false, &[fenced], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 1_300, Some(&c), false, &[fenced], STANDBY_DB, &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "its own vote means its kernel is fenced");
 }
 
@@ -501,9 +520,9 @@ fn a_primary_stays_fenced_for_an_epoch_it_voted_against() {
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
     let failed = LocalDb { failed: true, ..PRIMARY_DB };
-    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90)], failed, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &[standby_view(2, 1, 90)], failed, &[]);
     assert!(s.desired.fenced);
-    let s = step(&mut e, 100, Some(&c), true, &[standby_view(2, 1, 90)], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 100, Some(&c), true, &[standby_view(2, 1, 90)], PRIMARY_DB, &[]);
     assert!(s.desired.fenced && !s.desired.vip, "the database came back, but the epoch is given up");
 }
 
@@ -511,25 +530,20 @@ fn a_primary_stays_fenced_for_an_epoch_it_voted_against() {
 fn an_unendorsed_primary_runs_the_isolated_flow_after_the_promotion_wait() {
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
-    let lapsed = |ms: Option<u64>| Inputs {
-        now_ns: 5_000 * MS,
-        committed: Some(&c),
-        is_leader: false,
-        peers: &[],
-        db: PRIMARY_DB,
-        work: &Work::Idle,
-        lease_lapsed_for: ms.map(Duration::from_millis),
-        max_epoch_seen: 1,
-    };
-    let s = e.step(&lapsed(Some(300)));
+    // The lease floor: counted as granted for `lease.timeout` after this node began enforcing
+    // it (at 5 s), so the lapse is measured from 6 s at the earliest.
+    let lapsed = |now: u64, ms: Option<u64>| Inputs { kernel: lease_kernel(1, now, ms), ..inputs(now, Some(&c), false, &[], PRIMARY_DB, &[]) };
+    let s = e.step(&lapsed(5_000, Some(300)));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "a short lapse (start-up, a glitch) is not isolation");
-    let s = e.step(&lapsed(Some(1_200)));
+    let s = e.step(&lapsed(6_500, Some(2_000)));
+    assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "the lease floor: granted until 6 s");
+    let s = e.step(&lapsed(7_200, Some(2_000)));
     assert_eq!(s.outcome, Outcome::PrimaryIsolated { epoch: 1 });
     assert!(!s.desired.vip && s.desired.lease_enforced, "VIP released; the lease keeps clients off");
-    assert!(s.actions.contains(&Action::PrimaryIsolated { epoch: 1 }));
+    assert!(s.actions.contains(&Action::PrimaryIsolated { epoch: 1, stop: false }));
     assert!(proposals(&s).is_empty(), "no vote: nothing sticky");
-    assert!(e.step(&lapsed(Some(1_300))).actions.is_empty(), "once per episode");
-    let s = e.step(&lapsed(None));
+    assert!(!e.step(&lapsed(7_300, Some(2_100))).actions.iter().any(|a| matches!(a, Action::PrimaryIsolated { .. })), "once per episode");
+    let s = e.step(&lapsed(7_400, None));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "endorsed again: back to primary");
     assert!(s.desired.vip);
 }
@@ -539,10 +553,10 @@ fn a_vote_recorded_before_a_restart_is_never_followed_by_an_endorsement() {
     let mut e = Engine::new(cfg(2));
     e.set_voted_floor(1);
     let c = committed(1, Some(1));
-    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, None);
     let c2 = committed(2, Some(1));
-    let s = step(&mut e, 10, Some(&c2), false, &[primary_view(1, 2, 10)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 10, Some(&c2), false, &[primary_view(1, 2, 10)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, Some(addr(1)), "a later epoch is endorsed again");
 }
 
@@ -550,16 +564,8 @@ fn a_vote_recorded_before_a_restart_is_never_followed_by_an_endorsement() {
 fn a_node_whose_log_is_behind_its_kernel_does_not_endorse() {
     let mut e = Engine::new(cfg(2));
     let c = committed(1, Some(1));
-    let s = e.step(&Inputs {
-        now_ns: 0,
-        committed: Some(&c),
-        is_leader: false,
-        peers: &[primary_view(1, 1, 10)],
-        db: STANDBY_DB,
-        work: &Work::Idle,
-        lease_lapsed_for: None,
-        max_epoch_seen: 2,
-    });
+    let peers = [primary_view(1, 1, 10)];
+    let s = e.step(&Inputs { kernel: KernelState { max_epoch_seen: 2, ..KernelState::default() }, ..inputs(0, Some(&c), false, &peers, STANDBY_DB, &[]) });
     assert_eq!(s.desired.endorse, None, "epoch 2 exists somewhere: epoch 1 is superseded");
 }
 
@@ -568,11 +574,11 @@ fn a_database_of_unknown_state_is_fenced() {
     let mut e = Engine::new(cfg(2));
     let c = committed(2, Some(3));
     let unknown = LocalDb::default();
-    let s = step(&mut e, 0, Some(&c), false, &[], unknown, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[], unknown, &[]);
     assert!(s.desired.fenced, "it may still be a primary");
-    let s = step(&mut Engine::new(cfg(2)), 0, None, false, &[], unknown, &Work::Idle);
+    let s = step(&mut Engine::new(cfg(2)), 0, None, false, &[], unknown, &[]);
     assert!(s.desired.fenced, "not joined and not known to be a standby");
-    let s = step(&mut Engine::new(cfg(2)), 0, None, false, &[], STANDBY_DB, &Work::Idle);
+    let s = step(&mut Engine::new(cfg(2)), 0, None, false, &[], STANDBY_DB, &[]);
     assert!(!s.desired.fenced, "a known standby serves read-only clients");
 }
 
@@ -596,17 +602,17 @@ fn with_handover(mut c: Committed, to: u8, demote: bool) -> Committed {
 fn members_stay_exempt_only_for_the_primary_handing_over() {
     let mut e = Engine::new(cfg(1));
     let peers = [standby_view(2, 2, 100), witness_view(3, 2)];
-    let s = step(&mut e, 0, None, false, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, None, false, &peers, PRIMARY_DB, &[]);
     assert!(s.desired.fenced && !s.desired.members_exempt, "start-up");
     let c = committed(2, Some(2));
-    let s = step(&mut e, 50, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 50, Some(&c), false, &peers, PRIMARY_DB, &[]);
     assert!(s.desired.fenced && !s.desired.members_exempt, "stale primary of an earlier epoch: {:?}", s.outcome);
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
-    let s = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &[]);
     assert!(!s.desired.fenced && !s.desired.members_exempt, "serving");
-    let s = step(&mut e, 50, Some(&with_handover(c, 2, false)), true, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 50, Some(&with_handover(c, 2, false)), true, &peers, PRIMARY_DB, &[]);
     assert!(s.desired.fenced && s.desired.members_exempt, "plain promote: the old primary hands over too");
 }
 
@@ -615,10 +621,10 @@ fn switchover_primary_fences_first_and_votes_only_after_a_clean_stop() {
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
-    let s = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &[]);
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 });
     let c = with_handover(c, 2, true);
-    let s = step(&mut e, 50, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 50, Some(&c), true, &peers, PRIMARY_DB, &[]);
     assert_eq!(s.outcome, Outcome::HandingOver { epoch: 1, to: addr(2) });
     assert!(s.desired.fenced && !s.desired.vip, "clients cut off at once");
     assert!(
@@ -627,12 +633,12 @@ fn switchover_primary_fences_first_and_votes_only_after_a_clean_stop() {
     );
     assert!(s.actions.contains(&Action::HandOver { epoch: 1, to: addr(2), demote: true }));
     assert!(proposals(&s).is_empty(), "no vote before the database stopped cleanly");
-    let s = step(&mut e, 100, Some(&c), true, &peers, PRIMARY_DB, &Work::HandingOver { epoch: 1 });
+    let s = step(&mut e, 100, Some(&c), true, &peers, PRIMARY_DB, &[]);
     assert!(proposals(&s).is_empty());
     assert!(s.desired.fenced);
     // Stopped: the database is down now, which is not a database failure here.
     let down = LocalDb { up: Some(false), failed: true, ..PRIMARY_DB };
-    let s = step(&mut e, 900, Some(&c), true, &peers, down, &Work::HandedOver { epoch: 1 });
+    let s = step(&mut e, 900, Some(&c), true, &peers, down, &[Event::HandedOver { epoch: 1 }]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(1), epoch: 1 }]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::PrimaryDbFailed { .. })));
     assert_eq!(s.outcome, Outcome::HandingOver { epoch: 1, to: addr(2) });
@@ -649,10 +655,10 @@ fn the_leader_promotes_the_switchover_target_only_after_the_old_primary_voted() 
     let fenced_primary = PeerView { fenced: true, ..primary_view(1, 1, 10) };
     let peers = [fenced_primary, standby_view(2, 1, 100), standby_view(4, 1, 200)];
     let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
-    let s = step(&mut e, 0, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &peers, LocalDb::default(), &[]);
     assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "the old primary has not stopped yet");
     c.votes.insert(addr(1));
-    let s = step(&mut e, 10, Some(&c), true, &peers, LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), true, &peers, LocalDb::default(), &[]);
     let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. }));
     assert!(
         matches!(promote, Some(Proposal::Promote { candidate, expected_epoch: 1, .. }) if candidate == addr(2)),
@@ -667,7 +673,7 @@ fn voters_vote_at_once_on_a_manual_promotion_even_with_auto_failover_off() {
     c.votes.insert(addr(1));
     let fenced_primary = PeerView { fenced: true, ..primary_view(1, 1, 10) };
     let mut e = Engine::new(cfg(2));
-    let s = step(&mut e, 0, Some(&c), false, &[fenced_primary, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[fenced_primary, witness_view(3, 1)], STANDBY_DB, &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::ManualFailoverRequired { .. }))));
 }
@@ -677,17 +683,17 @@ fn a_switched_over_primary_rejoins_as_a_standby_of_the_new_one() {
     let mut e = Engine::new(cfg(1));
     let c = with_handover(committed(1, Some(1)), 2, true);
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
-    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
     let down = LocalDb { up: Some(false), failed: true, ..PRIMARY_DB };
-    let _ = step(&mut e, 500, Some(&c), false, &peers, down, &Work::HandedOver { epoch: 1 });
+    let _ = step(&mut e, 500, Some(&c), false, &peers, down, &[Event::HandedOver { epoch: 1 }]);
     let mut c2 = committed(2, Some(2));
     c2.previous_primary = Some(addr(1));
-    let s = step(&mut e, 800, Some(&c2), false, &[primary_view(2, 2, 10), witness_view(3, 2)], down, &Work::HandedOver { epoch: 1 });
+    let s = step(&mut e, 800, Some(&c2), false, &[primary_view(2, 2, 10), witness_view(3, 2)], down, &[Event::HandedOver { epoch: 1 }]);
     assert!(s.actions.contains(&Action::Rejoin { epoch: 2, primary: addr(2), source: None }));
     assert_eq!(s.outcome, Outcome::Rejoining { primary: addr(2) });
     assert!(s.desired.fenced);
     // Started as a standby: an ordinary, unfenced standby that follows the new primary.
-    let s = step(&mut e, 3_000, Some(&c2), false, &[primary_view(2, 2, 10), witness_view(3, 2)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 3_000, Some(&c2), false, &[primary_view(2, 2, 10), witness_view(3, 2)], STANDBY_DB, &[]);
     assert!(matches!(s.outcome, Outcome::Standby { primary: Some(p), .. } if p == addr(2)));
     assert!(!s.desired.fenced);
 }
@@ -697,13 +703,13 @@ fn a_hand_over_the_primary_could_not_carry_out_is_called_off_and_it_serves_again
     let mut e = Engine::new(cfg(1));
     let c = with_handover(committed(1, Some(1)), 2, true);
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
-    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
-    let failed = Work::HandOverFailed { epoch: 1, reason: "pg_ctl stop failed".into() };
-    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &failed);
+    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
+    let failed = Event::HandOverFailed { epoch: 1, reason: "pg_ctl stop failed".into() };
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &[failed.clone()]);
     assert_eq!(proposals(&s), vec![Proposal::ClearSwitchover]);
     assert!(s.desired.fenced, "fenced until the log shows the hand-over called off");
     let cleared = committed(1, Some(1));
-    let s = step(&mut e, 200, Some(&cleared), false, &peers, PRIMARY_DB, &failed);
+    let s = step(&mut e, 200, Some(&cleared), false, &peers, PRIMARY_DB, &[failed.clone()]);
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 });
     assert!(!s.desired.fenced && s.desired.vip);
 }
@@ -712,22 +718,22 @@ fn a_hand_over_the_primary_could_not_carry_out_is_called_off_and_it_serves_again
 fn remote_promotion_hooks_fire_on_uninvolved_nodes_only() {
     let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
     let c1 = committed(1, Some(1));
-    let s = step(&mut e, 0, Some(&c1), false, &[primary_view(1, 1, 10), standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 0, Some(&c1), false, &[primary_view(1, 1, 10), standby_view(2, 1, 100)], LocalDb::default(), &[]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePrePromotion { .. })), "not at the first step");
     let mut c2 = committed(2, Some(2));
     c2.previous_primary = Some(addr(1));
     let candidate = PeerView { fenced: true, role: PeerRole::Standby, ..primary_view(2, 2, 10) };
-    let s = step(&mut e, 100, Some(&c2), false, &[primary_view(1, 1, 10), candidate], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 100, Some(&c2), false, &[primary_view(1, 1, 10), candidate], LocalDb::default(), &[]);
     assert!(s.actions.contains(&Action::RemotePrePromotion { new_primary: addr(2), old_primary: Some(addr(1)) }));
     assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePostPromotion { .. })), "not serving yet");
-    let s = step(&mut e, 200, Some(&c2), false, &[primary_view(2, 2, 10)], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 200, Some(&c2), false, &[primary_view(2, 2, 10)], LocalDb::default(), &[]);
     assert!(s.actions.contains(&Action::RemotePostPromotion { new_primary: addr(2), old_primary: Some(addr(1)) }));
-    let s = step(&mut e, 300, Some(&c2), false, &[primary_view(2, 2, 10)], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 300, Some(&c2), false, &[primary_view(2, 2, 10)], LocalDb::default(), &[]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePostPromotion { .. })), "once");
     // The new primary itself runs neither.
     let mut p = Engine::new(cfg(2));
-    let _ = step(&mut p, 0, Some(&c1), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
-    let s = step(&mut p, 100, Some(&c2), false, &[primary_view(1, 1, 10)], STANDBY_DB, &Work::Idle);
+    let _ = step(&mut p, 0, Some(&c1), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
+    let s = step(&mut p, 100, Some(&c2), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePrePromotion { .. })));
 }
 
@@ -741,20 +747,20 @@ fn remote_promotion_hooks_fire_on_uninvolved_nodes_only() {
 fn voters_keep_endorsing_a_switchover_primary_that_is_stopping_cleanly() {
     let mut e = Engine::new(cfg(2));
     let c = committed(1, Some(1));
-    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, Some(addr(1)));
     let stopping = PeerView { fenced: true, ..primary_view(1, 1, 10) };
     let h = with_handover(c.clone(), 2, true);
-    let s = step(&mut e, 50, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 50, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, Some(addr(1)), "fenced on purpose, by its kernel: its lease is kept");
-    let s = step(&mut e, 3_000, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 3_000, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty(), "endorsed: no vote; it votes itself once stopped, or calls the hand-over off");
     assert_eq!(s.desired.endorse, Some(addr(1)));
     // Called off: the log may show it before the primary's PINGs do.
-    let s = step(&mut e, 3_050, Some(&c), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 3_050, Some(&c), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty(), "endorsed 50 ms ago");
     // The primary serves again and is endorsed.
-    let s = step(&mut e, 3_100, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 3_100, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &[]);
     assert_eq!(s.desired.endorse, Some(addr(1)));
     assert_eq!(s.outcome, Outcome::Standby { primary: Some(addr(1)), endorsing: true });
 }
@@ -764,18 +770,18 @@ fn voters_vote_on_a_switchover_once_the_stopped_primary_voted_or_its_agent_is_go
     let stopping = PeerView { fenced: true, db_up: false, ..primary_view(1, 1, 10) };
     let mut h = with_handover(committed(1, Some(1)), 2, true);
     let mut e = Engine::new(cfg(2));
-    let _ = step(&mut e, 0, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let _ = step(&mut e, 0, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &[]);
     h.votes.insert(addr(1));
-    let s = step(&mut e, 100, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 100, Some(&h), false, &[stopping, witness_view(3, 1)], STANDBY_DB, &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "stopped and voted: at once");
     assert_eq!(s.desired.endorse, None, "its database is down");
     let h = with_handover(committed(1, Some(1)), 2, true);
     let gone = PeerView { alive: false, agent_age: Some(Duration::from_millis(600)), ..stopping };
     let mut e = Engine::new(cfg(2));
-    let _ = step(&mut e, 0, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
-    let s = step(&mut e, 500, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let _ = step(&mut e, 0, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &[]);
+    let s = step(&mut e, 500, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty(), "the promotion wait still applies");
-    let s = step(&mut e, 1_200, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 1_200, Some(&h), false, &[gone, witness_view(3, 1)], STANDBY_DB, &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "its agent is gone: after the wait");
 }
 
@@ -787,19 +793,19 @@ fn a_promoted_primary_serves_again_after_its_hand_over_is_called_off() {
     let mut e = Engine::new(cfg(2));
     let c = committed(2, Some(2));
     let peers = [standby_view(1, 2, 100), witness_view(3, 2)];
-    let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &peers, STANDBY_DB, &[]);
     assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
-    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoting { epoch: 2 });
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &[]);
     assert_eq!(s.outcome, Outcome::Candidate { epoch: 2 });
-    let s = step(&mut e, 200, Some(&c), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    let s = step(&mut e, 200, Some(&c), false, &peers, PRIMARY_DB, &[Event::Promoted { epoch: 2 }]);
     assert_eq!(s.outcome, Outcome::Primary { epoch: 2 });
     let h = with_handover(c.clone(), 1, true);
-    let s = step(&mut e, 300, Some(&h), false, &peers, PRIMARY_DB, &Work::Promoted { epoch: 2 });
+    let s = step(&mut e, 300, Some(&h), false, &peers, PRIMARY_DB, &[Event::Promoted { epoch: 2 }]);
     assert_eq!(s.outcome, Outcome::HandingOver { epoch: 2, to: addr(1) });
-    let failed = Work::HandOverFailed { epoch: 2, reason: "pg_ctl stop failed".into() };
-    let s = step(&mut e, 400, Some(&h), false, &peers, PRIMARY_DB, &failed);
+    let failed = Event::HandOverFailed { epoch: 2, reason: "pg_ctl stop failed".into() };
+    let s = step(&mut e, 400, Some(&h), false, &peers, PRIMARY_DB, &[failed.clone()]);
     assert_eq!(proposals(&s), vec![Proposal::ClearSwitchover]);
-    let s = step(&mut e, 500, Some(&c), false, &peers, PRIMARY_DB, &failed);
+    let s = step(&mut e, 500, Some(&c), false, &peers, PRIMARY_DB, &[failed.clone()]);
     assert_eq!(s.outcome, Outcome::Primary { epoch: 2 }, "its promotion finished before the hand-over");
     assert!(!s.desired.fenced && s.desired.vip);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::PromoteLocal { .. })));
@@ -814,24 +820,24 @@ fn a_rejoined_old_primary_is_not_rejoined_again_after_a_later_failure() {
     let mut e = Engine::new(cfg(1));
     let c = with_handover(committed(1, Some(1)), 2, true);
     let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
-    let _ = step(&mut e, 0, Some(&c), false, &peers1, PRIMARY_DB, &Work::Idle);
+    let _ = step(&mut e, 0, Some(&c), false, &peers1, PRIMARY_DB, &[]);
     let stopped = LocalDb { up: Some(false), in_recovery: None, failed: true, ..PRIMARY_DB };
-    let _ = step(&mut e, 500, Some(&c), false, &peers1, stopped, &Work::HandedOver { epoch: 1 });
+    let _ = step(&mut e, 500, Some(&c), false, &peers1, stopped, &[Event::HandedOver { epoch: 1 }]);
     let mut c2 = committed(2, Some(2));
     c2.previous_primary = Some(addr(1));
     let peers2 = [primary_view(2, 2, 10), witness_view(3, 2)];
-    let s = step(&mut e, 800, Some(&c2), false, &peers2, stopped, &Work::HandedOver { epoch: 1 });
+    let s = step(&mut e, 800, Some(&c2), false, &peers2, stopped, &[Event::HandedOver { epoch: 1 }]);
     assert!(s.actions.contains(&Action::Rejoin { epoch: 2, primary: addr(2), source: None }));
-    let s = step(&mut e, 2_000, Some(&c2), false, &peers2, STANDBY_DB, &Work::Idle);
+    let s = step(&mut e, 2_000, Some(&c2), false, &peers2, STANDBY_DB, &[]);
     assert!(matches!(s.outcome, Outcome::Standby { .. }));
     // Its database fails as a standby; later another standby is promoted.
     let failed = LocalDb { up: Some(false), in_recovery: None, failed: true, ..STANDBY_DB };
-    let s = step(&mut e, 3_000, Some(&c2), false, &peers2, failed, &Work::Idle);
+    let s = step(&mut e, 3_000, Some(&c2), false, &peers2, failed, &[]);
     assert_eq!(s.outcome, Outcome::Idle, "a failed standby, not an old primary rejoining");
     let mut c3 = committed(3, Some(4));
     c3.nodes.insert(addr(4), NodeMeta { witness: false, priority: 1, promotable: true });
     c3.previous_primary = Some(addr(2));
-    let s = step(&mut e, 4_000, Some(&c3), false, &[primary_view(4, 3, 10), witness_view(3, 3)], failed, &Work::Idle);
+    let s = step(&mut e, 4_000, Some(&c3), false, &[primary_view(4, 3, 10), witness_view(3, 3)], failed, &[]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::Rejoin { .. })), "{:?}", s.actions);
     assert_eq!(s.outcome, Outcome::Idle);
 }
@@ -847,13 +853,14 @@ fn the_leader_promotes_the_switchover_target_once_the_old_primary_is_seen_stoppe
     c.votes.insert(addr(3));
     let stopping = PeerView { fenced: true, ..primary_view(1, 1, 10) };
     let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
-    let s = step(&mut e, 0, Some(&c), true, &[stopping, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &[stopping, standby_view(2, 1, 100)], LocalDb::default(), &[]);
     assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "its database still runs");
     let unknown = PeerView { db_up: false, ..stopping };
-    let s = step(&mut e, 10, Some(&c), true, &[unknown, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    let s = step(&mut e, 10, Some(&c), true, &[unknown, standby_view(2, 1, 100)], LocalDb::default(), &[]);
     assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "not confirmed from here");
-    let stopped = PeerView { db_up: false, db_reachable: Some(false), ..stopping };
-    let s = step(&mut e, 20, Some(&c), true, &[stopped, standby_view(2, 1, 100)], LocalDb::default(), &Work::Idle);
+    let stopped = PeerView { db_up: false, ..stopping };
+    let checked = [Event::RemoteChecked { node: addr(1), reachable: false }];
+    let s = step(&mut e, 20, Some(&c), true, &[stopped, standby_view(2, 1, 100)], LocalDb::default(), &checked);
     let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. }));
     assert!(matches!(promote, Some(Proposal::Promote { candidate, .. }) if candidate == addr(2)), "{promote:?}");
 }
@@ -866,14 +873,14 @@ fn a_quiet_hand_over_sends_no_notifications_and_a_later_one_does() {
     if let Some(h) = c.handover.as_mut() {
         h.quiet = true;
     }
-    let s = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
     assert!(s.actions.iter().any(|a| matches!(a, Action::HandOver { .. })));
     assert!(!s.actions.iter().any(|a| matches!(a, Action::Notify(_))), "-quiet: {:?}", s.actions);
     // Next epoch, this node primary again (promoted back) and handing over without -quiet.
     let mut e = Engine::new(cfg(1));
-    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &Work::Idle);
+    let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
     let loud = with_handover(committed(3, Some(1)), 2, true);
-    let s = step(&mut e, 100, Some(&loud), false, &[standby_view(2, 3, 100), witness_view(3, 3)], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 100, Some(&loud), false, &[standby_view(2, 3, 100), witness_view(3, 3)], PRIMARY_DB, &[]);
     assert!(s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::PromotionStarted { .. }))), "{:?}", s.actions);
 }
 
@@ -895,32 +902,23 @@ fn every_demotion_fences_the_kernel_in_the_step_that_stops_the_database() {
     // and the runtime holds it until the stop is done.
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
-    let _ = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &Work::Idle);
-    let s = step(&mut e, 50, Some(&with_handover(c, 2, true)), true, &peers, PRIMARY_DB, &Work::Idle);
+    let _ = step(&mut e, 0, Some(&c), true, &peers, PRIMARY_DB, &[]);
+    let s = step(&mut e, 50, Some(&with_handover(c, 2, true)), true, &peers, PRIMARY_DB, &[]);
     assert!(stops(&s) && s.desired.fenced && !s.desired.vip);
     // Failed primary database.
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
-    let s = step(&mut e, 0, Some(&c), true, &peers, LocalDb { failed: true, ..PRIMARY_DB }, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), true, &peers, LocalDb { failed: true, ..PRIMARY_DB }, &[]);
     assert!(stops(&s) && s.desired.fenced && !s.desired.vip);
     // Old primary of an earlier epoch.
     let mut e = Engine::new(cfg(1));
     let c = committed(2, Some(2));
-    let s = step(&mut e, 0, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &Work::Idle);
+    let s = step(&mut e, 0, Some(&c), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &[]);
     assert!(stops(&s) && s.desired.fenced && !s.desired.vip);
     // Isolated primary: its kernel stopped serving (lease lapsed) long before the isolated
     // flow; the sessions ended then.
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
-    let s = e.step(&Inputs {
-        now_ns: 5_000 * MS,
-        committed: Some(&c),
-        is_leader: false,
-        peers: &[],
-        db: PRIMARY_DB,
-        work: &Work::Idle,
-        lease_lapsed_for: Some(Duration::from_millis(1_200)),
-        max_epoch_seen: 1,
-    });
+    let s = e.step(&Inputs { kernel: lease_kernel(1, 5_000, Some(1_200)), ..inputs(5_000, Some(&c), false, &[], PRIMARY_DB, &[]) });
     assert!(stops(&s) && s.desired.lease_enforced && !s.desired.vip);
 }

@@ -73,10 +73,18 @@ pub mod primary;
 pub mod runtime;
 pub mod standby;
 pub mod voter;
-// #[cfg(test)]
-// mod sim;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod leader_tests;
+#[cfg(test)]
+mod primary_tests;
+#[cfg(test)]
+mod standby_tests;
+#[cfg(test)]
+mod voter_tests;
 
 use latch::Latches;
 pub use monitoring::{SuspendKind, Suspension};

@@ -78,7 +78,11 @@ mod sim;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod effects_tests;
+#[cfg(test)]
 mod leader_tests;
+#[cfg(test)]
+mod monitoring_tests;
 #[cfg(test)]
 mod primary_tests;
 #[cfg(test)]

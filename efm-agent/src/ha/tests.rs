@@ -161,3 +161,67 @@ fn every_demotion_fences_the_kernel_in_the_step_that_stops_the_database() {
     let s = e.step(&Inputs { kernel: lease_kernel(1, 5_000, Some(1_200)), ..inputs(5_000, Some(&c), false, &[], PRIMARY_DB, &[]) });
     assert!(stops(&s) && s.desired.lease_enforced && !s.desired.vip);
 }
+
+/// The own-role cascade of [`Engine::own_role`], row by row (the doc table there).
+#[test]
+fn own_role_decision_table() {
+    let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let failed = LocalDb { failed: true, ..PRIMARY_DB };
+    let down = LocalDb { up: Some(false), in_recovery: None, failed: true, lsn: 0, timeline: 0, upstream: None };
+    // (row, outcome kind, fenced, vip, the step)
+    let rows: Vec<(u8, &str, bool, bool, Step)> = vec![
+        (1, "witness", false, false, step(&mut Engine::new(PeerlessWitness::cfg()), 0, Some(&committed(1, Some(1))), false, &[primary_view(1, 1, 10)], LocalDb::default(), &[])),
+        (2, "handing-over", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&with_handover(committed(1, Some(1)), 2, true)), false, &peers1, PRIMARY_DB, &[])),
+        (3, "primary-isolated", false, false, {
+            let c = committed(1, Some(1));
+            Engine::new(cfg(1)).step(&Inputs { kernel: lease_kernel(1, 5_000, Some(1_200)), ..inputs(5_000, Some(&c), false, &peers1, PRIMARY_DB, &[]) })
+        }),
+        (4, "primary-database-failed", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&committed(1, Some(1))), false, &peers1, failed, &[])),
+        (5, "primary", false, true, step(&mut Engine::new(cfg(1)), 0, Some(&committed(1, Some(1))), false, &peers1, PRIMARY_DB, &[])),
+        (6, "candidate", true, true, step(&mut Engine::new(cfg(2)), 0, Some(&committed(2, Some(2))), false, &[witness_view(3, 2)], STANDBY_DB, &[])),
+        (7, "rejoining", true, false, {
+            let mut e = Engine::new(cfg(1));
+            let _ = step(&mut e, 0, Some(&with_handover(committed(1, Some(1)), 2, true)), false, &peers1, PRIMARY_DB, &[]);
+            let _ = step(&mut e, 500, Some(&with_handover(committed(1, Some(1)), 2, true)), false, &peers1, down, &[Event::HandedOver { epoch: 1 }]);
+            step(&mut e, 800, Some(&committed(2, Some(2))), false, &[primary_view(2, 2, 10), witness_view(3, 2)], down, &[])
+        }),
+        (8, "registering-primary", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&committed(0, None)), false, &[], PRIMARY_DB, &[])),
+        (9, "fenced-old-primary", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&committed(2, Some(2))), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &[])),
+        (10, "standby", false, false, step(&mut Engine::new(cfg(2)), 0, Some(&committed(1, Some(1))), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[])),
+        (11, "idle", true, false, step(&mut Engine::new(cfg(2)), 0, Some(&committed(1, Some(1))), false, &[primary_view(1, 1, 10)], down, &[])),
+    ];
+    for (row, kind, fenced, vip, s) in rows {
+        assert_eq!((s.outcome.kind(), s.desired.fenced, s.desired.vip), (kind, fenced, vip), "row {row}: {}", s.outcome);
+    }
+}
+
+/// One latch used to serve "no standby to promote" and "the old primary could not rejoin": the
+/// first to fire in an epoch silenced the other. Each has its own latch now.
+#[test]
+fn no_candidate_and_a_failed_rejoin_both_notify_in_one_epoch() {
+    let notices = |s: &Step| -> Vec<String> {
+        s.actions.iter().filter_map(|a| if let Action::Notify(n) = a { Some(format!("{n:?}")) } else { None }).collect()
+    };
+    let down = LocalDb { up: Some(false), in_recovery: None, failed: true, lsn: 0, timeline: 0, upstream: None };
+    let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
+    let h = with_handover(committed(1, Some(1)), 2, true);
+    for rejoin_first in [true, false] {
+        let mut e = Engine::new(cfg(1));
+        let _ = step(&mut e, 0, Some(&h), false, &peers1, PRIMARY_DB, &[]);
+        let _ = step(&mut e, 500, Some(&h), false, &peers1, down, &[Event::HandedOver { epoch: 1 }]);
+        let mut c2 = committed(2, Some(2));
+        c2.previous_primary = Some(addr(1));
+        let dead2 = PeerView { alive: false, agent_age: None, ..primary_view(2, 2, 0) };
+        let s = step(&mut e, 800, Some(&c2), false, &[dead2, witness_view(3, 2)], down, &[]);
+        assert!(s.actions.iter().any(|a| matches!(a, Action::Rejoin { epoch: 2, .. })));
+        let failed = [Event::RejoinFailed { epoch: 2, reason: "pg_ctl start failed".into() }];
+        let mut voted = c2.clone();
+        voted.votes = [addr(1), addr(3)].into();
+        let (first, second) = if rejoin_first { ((&c2, false, &failed[..]), (&voted, true, &[][..])) } else { ((&voted, true, &[][..]), (&c2, false, &failed[..])) };
+        let a = step(&mut e, 900, Some(first.0), first.1, &[dead2, witness_view(3, 2)], down, first.2);
+        let b = step(&mut e, 1_000, Some(second.0), second.1, &[dead2, witness_view(3, 2)], down, second.2);
+        let all: Vec<String> = notices(&a).into_iter().chain(notices(&b)).collect();
+        assert!(all.iter().any(|n| n.contains("DemotionFailed")), "rejoin first {rejoin_first}: {all:?}");
+        assert!(all.iter().any(|n| n.contains("FailoverNotOccurred")), "rejoin first {rejoin_first}: {all:?}");
+    }
+}

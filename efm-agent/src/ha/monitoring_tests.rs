@@ -129,7 +129,7 @@ fn a_failing_custom_monitor_fails_the_primary_over_and_blocks_resume() {
 /// one asked the engine. Both now apply the engine's rule.
 #[test]
 fn neither_resume_path_resumes_a_primary_that_gave_its_epoch_up() {
-    let mut e = Engine::new(EngineConfig { auto_resume_failure: Duration::from_secs(60), ..cfg(1) });
+    let mut e = Engine::new(EngineConfig { auto_resume_failure: Duration::from_mins(1), ..cfg(1) });
     e.set_voted_floor(1);
     let c = committed(1, Some(1));
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];

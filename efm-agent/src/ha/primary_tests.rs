@@ -116,11 +116,11 @@ fn a_hand_over_the_primary_could_not_carry_out_is_called_off_and_it_serves_again
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
     let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
     let failed = Event::HandOverFailed { epoch: 1, reason: "pg_ctl stop failed".into() };
-    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, &[failed.clone()]);
+    let s = step(&mut e, 100, Some(&c), false, &peers, PRIMARY_DB, std::slice::from_ref(&failed));
     assert_eq!(proposals(&s), vec![Proposal::ClearSwitchover]);
     assert!(s.desired.fenced, "fenced until the log shows the hand-over called off");
     let cleared = committed(1, Some(1));
-    let s = step(&mut e, 200, Some(&cleared), false, &peers, PRIMARY_DB, &[failed.clone()]);
+    let s = step(&mut e, 200, Some(&cleared), false, &peers, PRIMARY_DB, std::slice::from_ref(&failed));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 });
     assert!(!s.desired.fenced && s.desired.vip);
 }
@@ -143,9 +143,9 @@ fn a_promoted_primary_serves_again_after_its_hand_over_is_called_off() {
     let s = step(&mut e, 300, Some(&h), false, &peers, PRIMARY_DB, &[Event::Promoted { epoch: 2 }]);
     assert_eq!(s.outcome, Outcome::HandingOver { epoch: 2, to: addr(1) });
     let failed = Event::HandOverFailed { epoch: 2, reason: "pg_ctl stop failed".into() };
-    let s = step(&mut e, 400, Some(&h), false, &peers, PRIMARY_DB, &[failed.clone()]);
+    let s = step(&mut e, 400, Some(&h), false, &peers, PRIMARY_DB, std::slice::from_ref(&failed));
     assert_eq!(proposals(&s), vec![Proposal::ClearSwitchover]);
-    let s = step(&mut e, 500, Some(&c), false, &peers, PRIMARY_DB, &[failed.clone()]);
+    let s = step(&mut e, 500, Some(&c), false, &peers, PRIMARY_DB, std::slice::from_ref(&failed));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 2 }, "its promotion finished before the hand-over");
     assert!(!s.desired.fenced && s.desired.vip);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::PromoteLocal { .. })));

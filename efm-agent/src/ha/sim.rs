@@ -15,24 +15,30 @@
 //!   built from the kernel's fence state; for client traffic the kernel's serving rule itself,
 //!   `efm_common::serving::fence_reasons` (fenced, epoch-fenced, enforced lease lapsed);
 //! - **its agent**: every `heartbeat.interval` of its own clock it reads the kernel slots like
-//!   the detector (alive = a PING arrived within `node.timeout`), steps the engine, writes the
-//!   `Desired` fence state into the kernel, carries out the actions and sends one PING to each
-//!   peer (endorse flag only to `Desired.endorse`). A new or restarted agent has a fresh `Engine`
-//!   and no committed state; it passes `committed` only once it has read it from a connected
-//!   majority and its detector is past its start-up grace (`node.timeout`, or every peer heard);
-//!   until then the engine sees `committed: None` (and fences a primary database). A paused agent
-//!   (SIGSTOP) does nothing and the kernel keeps the last values; a killed one disappears;
+//!   the detector (alive = a PING arrived within `node.timeout`), and steps the real [`Engine`]
+//!   with the real inputs (committed state once read from a connected majority, the kernel's
+//!   fence as last written and its lease deadline, the completions that came back since) —
+//!   every decision (lease floor and lapse flag, suspension, remote-check scheduling, the VIP,
+//!   the peer table) is the engine's. The simulated executor writes `Desired` into the kernel
+//!   and carries out the actions with **faults injected at their effects**
+//!   ([`EffectFaults`], per schedule): completions that come back late (0.2–1.5 s), a vote
+//!   record on a slow disk (100–800 ms before the Vote is proposed) or one that fails (no
+//!   proposal; the engine proposes again), proposals lost on their way to the log, remote
+//!   checks that wrongly say "unreachable", failed promotions, a failing custom monitor,
+//!   heartbeats delayed on every link, and database stops (`stop.failed.primary`,
+//!   `stop.isolated.primary`) that report [`Completion::DbStopDone`]. It then sends one PING
+//!   to each peer (endorse flag only to `Desired.endorse`). A new or restarted agent has a fresh
+//!   `Engine` and no committed state. A paused agent (SIGSTOP) does nothing and the kernel
+//!   keeps the last values; a killed one disappears with its pending completions;
 //! - **its database**: standby or primary; `PromoteLocal` makes it primary after 20–300 ms and
-//!   the runtime reports `Work::Promoted` 0–20 ms later. A primary never becomes a standby by
+//!   [`Completion::Promoted`] comes back 0–20 ms later. A primary never becomes a standby by
 //!   itself; a failed database is down for good (`LocalDb.failed`), and peers' remote checks
-//!   then report `db_reachable = Some(false)`. `HandOver { demote: true }` (the runtime sets
-//!   `Work::HandingOver`) stops it cleanly after 50–500 ms (15 %: 1–2.5 s, longer than the
-//!   promotion wait) and reports `Work::HandedOver` — a planned stop, not a failure: the
-//!   database is down (`up: false`, `failed: true`, as the runtime reports any database that is
-//!   down) until a `Rejoin`, 100–800 ms after which it runs as a standby and the work is `Idle`
-//!   again; 8 % of the stops fail (`Work::HandOverFailed`, the database keeps running as
-//!   primary). The stop goes on if the agent that started it dies; only that agent hears the
-//!   result. `HandOver { demote: false }` changes no work state;
+//!   ([`Action::CheckRemoteDb`]) then answer "unreachable". `HandOver { demote: true }` stops it
+//!   cleanly after 50–500 ms (15 %: 1–2.5 s, longer than the promotion wait) and reports
+//!   [`Completion::HandedOver`] — a planned stop, not a failure: the database is down until a
+//!   `Rejoin`, 100–800 ms after which it runs as a standby ([`Completion::Rejoined`]); 8 % of
+//!   the stops fail ([`Completion::HandOverFailed`], the database keeps running as primary). The
+//!   stop goes on if the agent that started it dies; only that agent hears the result;
 //! - **the coordination log**: one linearizable log with the apply rules the engine relies on
 //!   (`Vote` only for the current epoch; `Promote` only with the expected epoch, a majority of
 //!   votes and a database node as candidate, recording `previous_primary` and clearing any
@@ -87,10 +93,13 @@
 //! runtime reported the clean stop (the database had failed before the hand-over, so the old
 //! primary's vote was already in the log) is counted and reported, not failed.
 //!
-//! Not modelled: `PostgreSQL` replication and data loss, the VIP, scripts, Raft elections and
-//! timeouts (leadership moves at once), message loss on the coordination channel, the agent
-//! ending sessions (only the kernel's fence is relied on), the start-up ordering of
-//! a rebooted node (the kernel comes back fenced before the database accepts clients).
+//! Not modelled: `PostgreSQL` replication and data loss, the VIP's addresses (its actions
+//! complete at once; clients reach any node whose kernel lets them in), scripts, Raft
+//! elections and timeouts (leadership moves at once), the agent ending sessions (only the
+//! kernel's fence is relied on), the start-up ordering of a rebooted node (the kernel comes back
+//! fenced before the database accepts clients). The liveness bound grows by what the injected
+//! effect faults may add ([`EffectFaults::slack`]); after an injected promotion failure
+//! liveness is not checked (the candidate waits out the 30 s promotion grace, by design).
 //!
 //! `EFM_SIM_SEED` (base seed) and `EFM_SIM_SCHEDULES` (schedules per test) override the
 //! defaults; a failure prints the seed that reproduces it with `EFM_SIM_SCHEDULES=1`;
@@ -1229,7 +1238,6 @@ impl Sim {
     }
 
     /// The executor's effects, with faults injected.
-    #[expect(clippy::too_many_lines, reason = "one arm per action")]
     fn act(&mut self, i: usize, incarnation: u64, a: Action) {
         match a {
             Action::Propose(p @ Proposal::Vote { .. }) => {

@@ -204,23 +204,24 @@ fn no_candidate_and_a_failed_rejoin_both_notify_in_one_epoch() {
     };
     let down = LocalDb { up: Some(false), in_recovery: None, failed: true, lsn: 0, timeline: 0, upstream: None };
     let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
-    let h = with_handover(committed(1, Some(1)), 2, true);
+    let handover = with_handover(committed(1, Some(1)), 2, true);
     for rejoin_first in [true, false] {
-        let mut e = Engine::new(cfg(1));
-        let _ = step(&mut e, 0, Some(&h), false, &peers1, PRIMARY_DB, &[]);
-        let _ = step(&mut e, 500, Some(&h), false, &peers1, down, &[Event::HandedOver { epoch: 1 }]);
+        let mut engine = Engine::new(cfg(1));
+        let e = &mut engine;
+        let _ = step(e, 0, Some(&handover), false, &peers1, PRIMARY_DB, &[]);
+        let _ = step(e, 500, Some(&handover), false, &peers1, down, &[Event::HandedOver { epoch: 1 }]);
         let mut c2 = committed(2, Some(2));
         c2.previous_primary = Some(addr(1));
         let dead2 = PeerView { alive: false, agent_age: None, ..primary_view(2, 2, 0) };
-        let s = step(&mut e, 800, Some(&c2), false, &[dead2, witness_view(3, 2)], down, &[]);
-        assert!(s.actions.iter().any(|a| matches!(a, Action::Rejoin { epoch: 2, .. })));
+        let rejoin = step(e, 800, Some(&c2), false, &[dead2, witness_view(3, 2)], down, &[]);
+        assert!(rejoin.actions.iter().any(|a| matches!(a, Action::Rejoin { epoch: 2, .. })));
         let failed = [Event::RejoinFailed { epoch: 2, reason: "pg_ctl start failed".into() }];
         let mut voted = c2.clone();
         voted.votes = [addr(1), addr(3)].into();
         let (first, second) = if rejoin_first { ((&c2, false, &failed[..]), (&voted, true, &[][..])) } else { ((&voted, true, &[][..]), (&c2, false, &failed[..])) };
-        let a = step(&mut e, 900, Some(first.0), first.1, &[dead2, witness_view(3, 2)], down, first.2);
-        let b = step(&mut e, 1_000, Some(second.0), second.1, &[dead2, witness_view(3, 2)], down, second.2);
-        let all: Vec<String> = notices(&a).into_iter().chain(notices(&b)).collect();
+        let one = step(e, 900, Some(first.0), first.1, &[dead2, witness_view(3, 2)], down, first.2);
+        let two = step(e, 1_000, Some(second.0), second.1, &[dead2, witness_view(3, 2)], down, second.2);
+        let all: Vec<String> = notices(&one).into_iter().chain(notices(&two)).collect();
         assert!(all.iter().any(|n| n.contains("DemotionFailed")), "rejoin first {rejoin_first}: {all:?}");
         assert!(all.iter().any(|n| n.contains("FailoverNotOccurred")), "rejoin first {rejoin_first}: {all:?}");
     }

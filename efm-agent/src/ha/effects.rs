@@ -67,6 +67,10 @@ pub(super) struct Effects {
 }
 
 impl Effects {
+    pub(super) fn peer_table_failed(&mut self) {
+        self.last_peers = None;
+    }
+
     pub(super) fn remote_checked(&mut self, node: SocketAddr, reachable: bool, now: u64) {
         let r = self.remote.entry(node).or_default();
         r.reachable = Some(reachable);

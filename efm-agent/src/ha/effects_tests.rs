@@ -104,6 +104,9 @@ fn the_kernel_peer_table_follows_the_allowed_members() {
     let fewer: BTreeSet<SocketAddr> = [addr(1), addr(2)].into();
     let s = e.step(&Inputs { allowed: &fewer, ..inputs(100, Some(&c), false, &peers, STANDBY_DB, &[]) });
     assert!(s.actions.contains(&Action::SetPeerTable { members: vec![addr(1)] }));
+    let failed = [Event::PeerTableFailed];
+    let s = e.step(&Inputs { allowed: &fewer, ..inputs(150, Some(&c), false, &peers, STANDBY_DB, &failed) });
+    assert!(s.actions.contains(&Action::SetPeerTable { members: vec![addr(1)] }), "written again after a failure");
 }
 
 #[test]

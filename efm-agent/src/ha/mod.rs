@@ -335,6 +335,8 @@ pub enum Event {
     VipDone { assign: bool, ok: bool },
     /// `efm resume`: the operator's fresh reading of the local database.
     ResumeRequested { id: u64, db: LocalDb },
+    /// [`Action::SetPeerTable`] could not be written: ask again.
+    PeerTableFailed,
 }
 
 /// Everything one step looks at.
@@ -944,6 +946,7 @@ impl Engine {
             Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now),
             Event::VipDone { assign, ok } => self.vip_done(*assign, *ok, out),
             Event::ResumeRequested { id, db } => self.resume_requested(*id, db, inp, out),
+            Event::PeerTableFailed => self.fx.peer_table_failed(),
         }
     }
 }

@@ -408,7 +408,12 @@ impl HaRuntime {
             Action::RemotePostPromotion { new_primary, old_primary } => self.hook(Hook::RemotePostPromotion, promotion_subst(new_primary, old_primary)),
             Action::LoadBalancer { attach, node, primary } => self.load_balancer(attach, node, primary, me),
             Action::CheckRemoteDb { node } => self.check_remote(node),
-            Action::SetPeerTable { members } => Self::set_peer_table(dp, &members, peers)?,
+            Action::SetPeerTable { members } => {
+                if let Err(e) = Self::set_peer_table(dp, &members, peers) {
+                    tracing::error!(error = %e, "writing the kernel peer table failed; retrying next cycle");
+                    let _ = self.events_tx.send(Event::PeerTableFailed);
+                }
+            }
             Action::EndSessions { members_spared, why } => {
                 if let Some(ender) = &self.sessions {
                     ender.end_now(members_spared, why);

@@ -319,7 +319,7 @@ impl HaRuntime {
         let mut exit = false;
         for a in step.actions.iter().cloned() {
             exit |= matches!(a, Action::Exit);
-            self.execute(a, dp, &st, me, &peers_h)?;
+            self.execute(a, dp, &st, me, &peers_h);
         }
 
         // ---- Outputs, written in one place. ----
@@ -391,8 +391,7 @@ impl HaRuntime {
     }
 
     /// Executes one action.
-    #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
-    fn execute(&mut self, action: Action, dp: &mut Datapath, st: &ClusterState, me: SocketAddr, peers: &[crate::agent::PeerEntry]) -> Result<(), DatapathError> {
+    fn execute(&mut self, action: Action, dp: &mut Datapath, st: &ClusterState, me: SocketAddr, peers: &[crate::agent::PeerEntry]) {
         match action {
             Action::Propose(Proposal::Vote { voter, epoch }) => self.vote(voter, epoch),
             Action::Propose(p) => self.propose(to_command(p, st)),
@@ -433,7 +432,6 @@ impl HaRuntime {
             Action::Notify(event) => notify(&self.cfg, event),
             Action::Exit => tracing::warn!("efm stop-cluster: this agent exits now; the database is left as it is"),
         }
-        Ok(())
     }
 
     fn propose(&self, cmd: Command) {

@@ -9,7 +9,7 @@
 //! it every cycle), one-shot [`Action`]s for the runtime to execute (proposals, promotion,
 //! demotion, hooks, remote checks, the kernel peer table, ending sessions, VIP changes,
 //! notifications, exit) and an [`Outcome`] naming the decision. No I/O, no clock: everything
-//! arrives in [`Inputs`]. The runtime (`runtime.rs`) only executes; the simulation (`sim.rs`)
+//! arrives in [`Inputs`]. The runtime (`runtime.rs`) only executes; the simulation (`sim/`)
 //! runs this same engine.
 //!
 //! The step is one ordered cascade ([`Engine::step`]); its parts live by role, as openraft's

@@ -17,7 +17,6 @@
 //! "protocol version N is not supported" rather than a complaint about a field.
 
 use std::{
-    ffi::CString,
     io::{self, BufRead as _, Write as _},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
@@ -209,24 +208,16 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, AdminError> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    if let Some(gid) = efm_gid() {
-        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| err(io::Error::other(e)))?;
-        // SAFETY: chown on a NUL-terminated path; uid 0 (root), gid of group efm.
-        if unsafe { libc::chown(c.as_ptr(), 0, gid) } != 0 {
-            return Err(err(io::Error::last_os_error()));
+    match crate::users::group_gid("efm") {
+        Ok(Some(gid)) => std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(err)?,
+        Ok(None) => {
+            tracing::warn!(socket = %path.display(), "group efm does not exist: the admin socket is usable by root only");
         }
-    } else {
-        tracing::warn!(socket = %path.display(), "group efm does not exist: the admin socket is usable by root only");
+        Err(e) => {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot look up group efm: the admin socket is usable by root only");
+        }
     }
     Ok(listener)
-}
-
-fn efm_gid() -> Option<libc::gid_t> {
-    let name = CString::new("efm").ok()?;
-    // SAFETY: getgrnam returns a pointer into static storage or null; we copy the gid at once.
-    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
-    // SAFETY: non-null pointer from getgrnam.
-    (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
 }
 
 /// Serves requests until the task is dropped. `handle` answers one parsed request.

@@ -238,49 +238,8 @@ pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The name of the interface holding `ip`.
-#[must_use]
-#[expect(clippy::cast_ptr_alignment, reason = "getifaddrs hands out sockaddr storage aligned for its family")]
-pub fn interface_of(ip: IpAddr) -> Option<String> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below.
-    if unsafe { libc::getifaddrs(&raw mut ifap) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: cur is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
-            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-            let addr = match family {
-                libc::AF_INET => {
-                    // SAFETY: family is AF_INET.
-                    let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                    Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
-                }
-                libc::AF_INET6 => {
-                    // SAFETY: family is AF_INET6.
-                    let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
-                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => None,
-            };
-            if addr == Some(ip) {
-                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-                found = Some(name.to_string_lossy().into_owned());
-                break;
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: the list from getifaddrs, freed once.
-    unsafe { libc::freeifaddrs(ifap) };
-    found
-}
+/// The name of the interface holding an address (an `RTM_GETADDR` dump; it lives in `vip`).
+pub use crate::vip::interface_of;
 
 /// Runs the agent until SIGTERM or SIGINT.
 #[expect(clippy::too_many_lines, reason = "start-up is one ordered sequence; splitting it hides the order")]
@@ -289,6 +248,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    config::check::warn_if_too_few_agents(&loaded.config);
     let cfg = loaded.config;
     let _lock = ClusterLock::acquire(&cfg.lock_dir, &cfg.cluster)?;
     let _pid = PidFile::create(&opts.run_dir, &cfg.cluster)?;

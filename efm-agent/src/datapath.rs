@@ -21,7 +21,6 @@
 )]
 
 use std::{
-    ffi::CString,
     fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -670,22 +669,12 @@ fn check_count(what: &'static str, count: usize, max: u32) -> Result<(), Datapat
 
 /// Mounts bpffs at [`BPFFS`] when nothing is mounted there (systemd normally does this).
 fn ensure_bpffs() -> Result<(), DatapathError> {
-    let path = CString::new(BPFFS).map_err(|e| DatapathError::Bpffs(io::Error::other(e)))?;
-    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statfs(path.as_ptr(), &raw mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
+    if rustix::fs::statfs(BPFFS).is_ok_and(|st| st.f_type == BPF_FS_MAGIC) {
         return Ok(());
     }
     fs::create_dir_all(BPFFS).map_err(DatapathError::Bpffs)?;
-    let fstype = c"bpf";
-    // SAFETY: plain mount(2) with NUL-terminated strings and no data.
-    let rc = unsafe {
-        libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
-    if rc != 0 {
-        return Err(DatapathError::Bpffs(io::Error::last_os_error()));
-    }
+    rustix::mount::mount("bpf", BPFFS, "bpf", rustix::mount::MountFlags::empty(), None)
+        .map_err(|e| DatapathError::Bpffs(e.into()))?;
     tracing::warn!(
         "bpffs was not mounted at {BPFFS}; mounted it. If this process runs in a private mount \
          namespace (ip netns exec, some container runtimes), the pins live only as long as it \

@@ -8,13 +8,15 @@
 //! current nonce (replay protection across its restarts and reboots).
 
 use std::{
-    fmt, fs, io,
+    fmt, io,
     net::{SocketAddr, UdpSocket},
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use efm_common::wire::{ClusterKeyBytes, Heartbeat, FLAG_ENDORSE, HB_KIND_PING};
+use zeroize::Zeroizing;
+
+use crate::keyfile::{self, KeyKind};
 
 /// FNV-1a, 32 bit: a stable id from a name, identical on every node.
 fn fnv1a(bytes: &[u8]) -> u32 {
@@ -40,63 +42,35 @@ pub fn node_id(addr: &SocketAddr) -> u32 {
     fnv1a(addr.to_string().as_bytes()).max(1)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cluster key file {path}: {source} (create one with `efm generate-key CLUSTER` and copy it to every node)")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cluster key file {path} must hold 32 hex digits (128 bits), found {found}")]
-    Format { path: PathBuf, found: String },
-    #[error("cluster key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
-    Mode { path: PathBuf, mode: u32 },
-}
+/// What is wrong with the cluster key file (the one key-file error of [`crate::keyfile`]).
+pub use crate::keyfile::KeyFileError as KeyError;
 
-/// Reads the cluster key: 32 hex digits, optionally followed by a newline; the file must not be
-/// group- or world-readable.
+/// Bytes of the cluster key (SipHash-2-4 takes 128 bits).
+const CLUSTER_KEY_LEN: usize = 16;
+
+/// Reads the cluster key: 32 hex digits, optionally followed by a newline, in a regular file
+/// (not a symbolic link) that group and others cannot access (see [`crate::keyfile`]).
 pub fn load_cluster_key(path: &Path) -> Result<ClusterKeyBytes, KeyError> {
-    let meta = fs::metadata(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Mode { path: path.into(), mode });
-    }
-    let text = fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
-    let hex = text.trim();
-    let bytes = decode_hex16(hex).ok_or_else(|| KeyError::Format {
-        path: path.into(),
-        found: if hex.len() > 40 { format!("{} characters", hex.len()) } else { format!("{hex:?}") },
-    })?;
+    let contents = keyfile::read(KeyKind::Cluster, path)?;
+    let text = std::str::from_utf8(&contents)
+        .map_err(|_| KeyError::malformed(KeyKind::Cluster, path, "it is not text; it must hold 32 hex digits (128 bits)"))?;
+    let bytes = keyfile::decode_hex::<CLUSTER_KEY_LEN>(text.trim())
+        .map_err(|reason| KeyError::malformed(KeyKind::Cluster, path, format!("it must hold 32 hex digits (128 bits): {reason}")))?;
     Ok(ClusterKeyBytes::from_bytes(&bytes))
 }
 
-fn decode_hex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Creates a new random cluster key file (mode 0600). Refuses to overwrite an existing file.
+/// Creates a new random cluster key file (mode 0600, atomically). Refuses to overwrite an
+/// existing file.
 pub fn generate_cluster_key(path: &Path) -> Result<(), KeyError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut key = [0u8; 16];
-    getrandom::getrandom(&mut key)
-        .map_err(|e| KeyError::Read { path: path.into(), source: io::Error::other(e.to_string()) })?;
-    let hex: String = key.iter().fold(String::new(), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
-    });
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| KeyError::Read { path: path.into(), source })?;
-    writeln!(f, "{hex}").and_then(|()| f.sync_all()).map_err(|source| KeyError::Read { path: path.into(), source })
+    let key = keyfile::random_key::<CLUSTER_KEY_LEN>(KeyKind::Cluster)?;
+    let mut text = Zeroizing::new(String::with_capacity(2 * CLUSTER_KEY_LEN + 1));
+    keyfile::hex_into(&mut text, key.as_slice());
+    text.push('\n');
+    if keyfile::create(KeyKind::Cluster, path, text.as_bytes())? {
+        Ok(())
+    } else {
+        Err(KeyError::Exists { kind: KeyKind::Cluster, path: path.to_owned() })
+    }
 }
 
 /// What this node says about itself in each PING.
@@ -208,9 +182,7 @@ impl Pinger {
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
 #[must_use]
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
@@ -239,25 +211,49 @@ mod tests {
 
     #[test]
     fn key_file_round_trip_and_errors() {
+        use std::{fs, os::unix::fs::PermissionsExt as _};
         let dir = std::env::temp_dir().join(format!("efm-key-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join("acctg.key");
         generate_cluster_key(&p).unwrap();
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = fs::read_to_string(&p).unwrap();
+        assert!(text.len() == 33 && text.ends_with('\n'), "{text:?}");
         let k1 = load_cluster_key(&p).unwrap();
-        assert!(generate_cluster_key(&p).is_err(), "never overwrites");
+        let e = generate_cluster_key(&p).unwrap_err();
+        assert!(matches!(e, KeyError::Exists { .. }), "never overwrites: {e:?}");
+        assert!(e.to_string().contains("already exists"), "{e}");
         assert_eq!(load_cluster_key(&p).unwrap(), k1);
+        // A second key differs (random).
+        let p2 = dir.join("other.key");
+        generate_cluster_key(&p2).unwrap();
+        assert_ne!(load_cluster_key(&p2).unwrap(), k1);
 
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_cluster_key(&p).unwrap_err().to_string();
-        assert!(e.contains("chmod 600"), "{e}");
+        assert!(e.contains(&format!("chmod 600 {}", p.display())), "{e}");
+
+        // Written by hand, with surrounding whitespace: accepted; the bytes are the hex's.
+        let hand = dir.join("hand.key");
+        fs::write(&hand, " 000102030405060708090a0b0c0d0e0F\r\n").unwrap();
+        fs::set_permissions(&hand, fs::Permissions::from_mode(0o600)).unwrap();
+        let want: [u8; 16] = core::array::from_fn(|i| u8::try_from(i).unwrap());
+        assert_eq!(load_cluster_key(&hand).unwrap(), ClusterKeyBytes::from_bytes(&want));
 
         let bad = dir.join("bad.key");
         fs::write(&bad, "not hex\n").unwrap();
         fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
         let e = load_cluster_key(&bad).unwrap_err().to_string();
-        assert!(e.contains("32 hex digits") && e.contains("not hex"), "{e}");
+        assert!(e.contains("32 hex digits") && e.contains(&bad.display().to_string()), "{e}");
+        fs::write(&bad, "0123456789abcdef0123456789abcdeg\n").unwrap();
+        let e = load_cluster_key(&bad).unwrap_err().to_string();
+        assert!(e.contains("not hex"), "{e}");
+
+        let link = dir.join("link.key");
+        std::os::unix::fs::symlink(&p2, &link).unwrap();
+        let e = load_cluster_key(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
 
         let e = load_cluster_key(&dir.join("missing.key")).unwrap_err().to_string();
         assert!(e.contains("efm generate-key"), "{e}");

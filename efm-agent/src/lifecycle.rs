@@ -3,7 +3,7 @@
 use std::{
     fs,
     io::{self, Read as _, Seek as _, Write as _},
-    os::{fd::AsRawFd as _, unix::net::UnixDatagram},
+    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
 };
 
@@ -37,10 +37,8 @@ impl ClusterLock {
             .truncate(false)
             .open(&path)
             .map_err(err)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            if e == rustix::io::Errno::WOULDBLOCK {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
@@ -50,7 +48,7 @@ impl ClusterLock {
                     path,
                 });
             }
-            return Err(err(e));
+            return Err(err(e.into()));
         }
         file.set_len(0).map_err(err)?;
         file.rewind().map_err(err)?;

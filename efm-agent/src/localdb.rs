@@ -158,9 +158,20 @@ pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
     }
     let _wal = AbortOnDrop(tokio::spawn(track_wal(shared.clone(), target.clone())));
     let (tx, mut rx) = mpsc::channel(16);
+    let mut notices = crate::notify::local::LocalDbNotices::new(timings.timeout);
     let monitor = LocalMonitor::new(timings, Instant::now());
     tokio::spawn(monitor.run(target, tx, std::future::pending()));
     while let Some(ev) = rx.recv().await {
+        // EFM's notifications about the local database (connection refused, timing out,
+        // standby.signal on a primary): see `notify::local`.
+        let node = lock(&shared).me.ip().to_string();
+        let notes = notices.observe(&ev, Instant::now(), &node, || crate::notify::local::recovery_file(&lock(&shared).config));
+        if !notes.is_empty() {
+            let cfg = lock(&shared).config.clone();
+            for n in notes {
+                crate::notify::emit(&cfg, n);
+            }
+        }
         let mut s = lock(&shared);
         match ev {
             DbEvent::Available(info) | DbEvent::Checked(info) | DbEvent::Recovered(info) => {
@@ -201,16 +212,13 @@ async fn watch_postmaster(shared: Arc<Mutex<Shared>>, target: DbTarget, data_dir
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;
         };
-        // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        let Ok(fd) = i32::try_from(fd) else { continue };
-        if fd < 0 {
+        let Some(owned) = rustix::process::Pid::from_raw(pid)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+        else {
             // No such process (stale pid file): the monitor's checks decide.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;
-        }
-        // SAFETY: fd is a fresh pidfd we own.
-        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        };
         // SAFETY: `owned` is a valid pidfd that the AsyncFd owns until it is dropped.
         let Ok(afd) = (unsafe { AsyncFd::register(owned) }) else { return };
         if let Ok(mut guard) = afd.readable().await {

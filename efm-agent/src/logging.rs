@@ -134,12 +134,7 @@ impl Environment {
 fn stderr_is(dev_ino: &str) -> bool {
     let Some((dev, ino)) = dev_ino.split_once(':') else { return false };
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
-    // SAFETY: fstat on descriptor 2 into a zeroed stat we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    if unsafe { libc::fstat(2, &raw mut st) } != 0 {
-        return false;
-    }
+    let Ok(st) = rustix::fs::fstat(io::stderr()) else { return false };
     st.st_dev == dev && st.st_ino == ino
 }
 
@@ -456,14 +451,14 @@ pub fn rfc3339_utc(t: SystemTime) -> String {
     s
 }
 
+/// The host name (`uname`'s node name, what `gethostname` returns on Linux); `-` when empty.
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return "-".to_owned();
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "-".to_owned()
+    } else {
+        name
     }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 enum SyslogMsg {

@@ -406,6 +406,12 @@ async fn disallow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, ad
         return Err(format!("{node} is not in the allowed node host list"));
     }
     propose(coord, Command::DisallowNode { node }).await?;
+    // EFM 5 sizes the cluster by its members (failed ones included): removing one is the moment
+    // it can drop below three.
+    let left = snap.st.voters().iter().filter(|v| **v != node).count();
+    if left < crate::config::check::MIN_AGENTS {
+        crate::notify::emit(&snap.cfg, crate::notify::Event::BelowThreeNodes { nodes: left });
+    }
     Ok(message(format!(
         "Removed {node} from the allowed node host list; it no longer counts in the cluster and cannot rejoin until allowed again (its agent keeps running until stopped)"
     )))

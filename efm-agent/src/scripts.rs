@@ -44,7 +44,6 @@
 //! are appended as two more arguments.
 
 use std::{
-    ffi::CString,
     fmt,
     os::unix::process::ExitStatusExt,
     path::Path,
@@ -52,6 +51,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustix::process::{Pid, Signal};
+use rustix::thread::{self, Gid, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Output kept per stream by default.
@@ -370,72 +371,7 @@ pub fn substitute(
     Ok(argv)
 }
 
-/// A user to run as, resolved from the password and group databases.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserIds {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// Supplementary groups (`getgrouplist`).
-    pub groups: Vec<u32>,
-    pub home: String,
-}
-
-/// Looks a user up by name (`getpwnam_r`, `getgrouplist`).
-pub fn lookup_user(name: &str) -> Result<UserIds, String> {
-    let cname = CString::new(name).map_err(|_| "the user name contains a NUL byte".to_owned())?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: passwd is plain old data; zeroed is a valid value.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf outlives the use of pw's strings.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &raw mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &raw mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "looking the user up: {}",
-            std::io::Error::from_raw_os_error(rc)
-        ));
-    }
-    if result.is_null() {
-        return Err("no such user".to_owned());
-    }
-    // SAFETY: pw_dir points into buf, NUL-terminated, set by getpwnam_r.
-    let home = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) }
-        .to_string_lossy()
-        .into_owned();
-    let mut n: libc::c_int = 64;
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let cap = n;
-        // SAFETY: groups has room for n entries; n is updated with the real count.
-        let rc = unsafe {
-            libc::getgrouplist(cname.as_ptr(), pw.pw_gid, groups.as_mut_ptr(), &raw mut n)
-        };
-        if rc >= 0 {
-            groups.truncate(usize::try_from(n).unwrap_or(0));
-            break;
-        }
-        if n <= cap {
-            n = cap * 2;
-        }
-        groups.resize(usize::try_from(n).unwrap_or(0), 0);
-    }
-    Ok(UserIds {
-        name: name.to_owned(),
-        uid: pw.pw_uid,
-        gid: pw.pw_gid,
-        groups,
-        home,
-    })
-}
+pub use crate::users::{lookup_user, UserIds};
 
 /// Options of one run (see [`run_argv`]).
 #[derive(Debug, Clone)]
@@ -455,17 +391,17 @@ struct GroupGuard {
 }
 
 impl GroupGuard {
-    fn signal(&self, sig: libc::c_int) {
-        if let Some(p) = self.pgid {
-            // SAFETY: killpg has no memory-safety preconditions.
-            unsafe { libc::killpg(p, sig) };
+    fn signal(&self, sig: Signal) {
+        if let Some(p) = self.pgid.and_then(Pid::from_raw) {
+            // The group may be gone already; nothing to do then.
+            let _ = rustix::process::kill_process_group(p, sig);
         }
     }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
+        self.signal(Signal::KILL);
     }
 }
 
@@ -546,17 +482,17 @@ fn build_command(argv: &[String], run_as: Option<&UserIds>) -> tokio::process::C
         cmd.env("HOME", &u.home)
             .env("USER", &u.name)
             .env("LOGNAME", &u.name);
-        let (uid, gid, groups) = (u.uid, u.gid, u.groups.clone());
-        // SAFETY: the closure only makes async-signal-safe system calls (setgroups, setgid,
-        // setuid) on data prepared before the fork.
+        let (uid, gid) = (Uid::from_raw(u.uid), Gid::from_raw(u.gid));
+        let groups: Vec<Gid> = u.groups.iter().copied().map(Gid::from_raw).collect();
+        // SAFETY (`pre_exec` runs in the forked child, where only async-signal-safe calls are
+        // allowed): the closure makes three raw system calls (rustix's linux_raw backend: no libc
+        // locks, no allocation) on data prepared before the fork. They change the credentials
+        // of the calling thread only, which in the child is the whole process: it has one thread.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                thread::set_thread_groups(&groups)?;
+                thread::set_thread_gid(gid)?;
+                thread::set_thread_uid(uid)?;
                 Ok(())
             });
         }
@@ -621,13 +557,13 @@ pub async fn run_argv(argv: &[String], opts: &RunOptions) -> Result<ScriptOutcom
         timed_out = true;
         tracing::warn!(script = %program, what = %opts.what, timeout = ?opts.timeout,
             "script timed out; terminating its process group");
-        guard.signal(libc::SIGTERM);
+        guard.signal(Signal::TERM);
         if let Ok(r) = tokio::time::timeout(opts.kill_grace, child.wait()).await {
             // The leader is gone; make sure the rest of the group is too.
-            guard.signal(libc::SIGKILL);
+            guard.signal(Signal::KILL);
             r.map_err(wait_err)?
         } else {
-            guard.signal(libc::SIGKILL);
+            guard.signal(Signal::KILL);
             child.wait().await.map_err(wait_err)?
         }
     };

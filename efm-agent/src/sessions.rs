@@ -42,6 +42,7 @@ use netlink_packet_sock_diag::{
     SockDiagDestroy, SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
+use rustix::{io::Errno, net::RecvFlags};
 
 use crate::{config::Cidr, postgres::DbTarget};
 
@@ -151,7 +152,8 @@ impl Diag {
     fn recv(&mut self, what: &'static str) -> Result<(), SessionsError> {
         self.buf.clear();
         // MSG_TRUNC: the answer is the datagram's real length, so a cut one is noticed.
-        let n = self.sock.recv(&mut self.buf, libc::MSG_TRUNC).map_err(|source| SessionsError::Io { what, source })?;
+        let (_, n) = rustix::net::recv(&self.sock, rustix::buffer::spare_capacity(&mut self.buf), RecvFlags::TRUNC)
+            .map_err(|e| SessionsError::Io { what, source: e.into() })?;
         if n > self.buf.len() {
             return Err(SessionsError::Decode(format!("{what}: a {n}-byte datagram did not fit the {RECV_BUF}-byte buffer")));
         }
@@ -233,10 +235,10 @@ impl Diag {
             let NetlinkPayload::Error(e) = payload else { return None };
             let Some(code) = e.code else { return Some(Ok(true)) };
             let errno = -code.get();
-            Some(match errno {
-                libc::ENOENT => Ok(false),
-                libc::EOPNOTSUPP => Err(SessionsError::Unsupported { local, remote }),
-                libc::EPERM | libc::EACCES => Err(SessionsError::NotPermitted { local, remote }),
+            Some(match Errno::from_raw_os_error(errno) {
+                Errno::NOENT => Ok(false),
+                Errno::OPNOTSUPP => Err(SessionsError::Unsupported { local, remote }),
+                Errno::PERM | Errno::ACCESS => Err(SessionsError::NotPermitted { local, remote }),
                 _ => Err(SessionsError::Destroy { local, remote, source: std::io::Error::from_raw_os_error(errno) }),
             })
         })

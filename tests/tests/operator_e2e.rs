@@ -351,9 +351,13 @@ fn set_priority_changes_the_promotion_choice() {
 
 #[test]
 fn disallow_node_keeps_a_node_out_after_its_agent_restarts() {
-    let mut c = Cluster::start(&PSS, "");
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    let mut c = Cluster::start_with(&PSS, "", |i| format!("script.notification={r} n{} notify %s\n", i + 1));
     let msg = ok(&c.efm_cmd(0, "disallow-node", &[&ip(&c, 2)]), "disallow-node n3");
     assert!(msg.contains("Removed"), "{msg}");
+    // Two members left: EFM's warning, from the agent that removed it.
+    rec.wait_containing("n1 notify Cluster acctg has dropped below three nodes", Duration::from_secs(10));
     wait_until("n3 out of the allowed list", Duration::from_secs(10), || {
         !status_json(&c, 0)["allowednodes"].as_array().unwrap().iter().any(|a| *a == ip(&c, 2))
     });
@@ -374,6 +378,18 @@ fn stop_cluster_stops_every_agent_and_leaves_the_databases_serving() {
     let mut c = Cluster::start(&PSS, "");
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some());
+    // An address allowed by the operator whose agent never starts: it must not count for the
+    // quorum (the primary keeps its lease with its two standbys) and stop-cluster forgets it.
+    let stranger = "198.18.0.9";
+    ok(&c.efm_cmd(0, "allow-node", &[stranger]), "allow-node 198.18.0.9");
+    wait_until("198.18.0.9 in the allowed list", Duration::from_secs(10), || {
+        status_json(&c, 1)["allowednodes"].as_array().unwrap().iter().any(|a| *a == stranger)
+    });
+    // Longer than the lease: the primary still serves (four allowed, three joined).
+    std::thread::sleep(Duration::from_secs(2));
+    let t = monotonic_ns();
+    assert!(w.wait_ack_from("n1", t, Duration::from_secs(10)).is_some(), "the primary serves with an allowed node that never joined");
+    assert_eq!(c.serving_primary(), Some(0));
     let msg = ok(&c.efm_cmd(1, "stop-cluster", &[]), "efm stop-cluster");
     assert!(msg.contains("stopping"), "{msg}");
     wait_until("every agent to exit", Duration::from_secs(20), || c.agents.iter_mut().all(efm_tests::cluster::Agent::exited));
@@ -390,6 +406,25 @@ fn stop_cluster_stops_every_agent_and_leaves_the_databases_serving() {
         c.restart_agent(i);
     }
     c.wait_healthy(Duration::from_mins(1));
+    // EFM 3.3: the allowed list was lost with the stop; the members (the .nodes list) remain.
+    let allowed: Vec<String> = status_json(&c, 2)["allowednodes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    let mut want: Vec<String> = (0..3).map(|i| ip(&c, i)).collect();
+    want.sort();
+    assert_eq!(allowed, want, "after stop-cluster only the members are allowed");
+    // The restarted cluster works: n1 serves through the VIP, and a failover promotes a standby.
+    wait_until("n1 serving again", Duration::from_secs(30), || c.serving_primary() == Some(0));
+    let w = c.writer();
+    let t = monotonic_ns();
+    assert!(w.wait_ack_from("n1", t, Duration::from_secs(20)).is_some(), "the restarted primary takes writes");
+    let killed = monotonic_ns();
+    c.pg[0].as_ref().unwrap().sigkill();
+    wait_until("a new serving primary after the restart", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
+    let p = c.serving_primary().unwrap();
+    let server = first_other_or_dump(&c, &w.log, "n1", killed, Duration::from_secs(30));
+    assert_eq!(server, format!("n{}", p + 1), "the client writes to the new primary");
+    let acks = w.finish();
+    let (last_old, first_new) = no_overlap(&acks, "n1", &server);
+    assert!(last_old < first_new);
 }
 
 #[test]

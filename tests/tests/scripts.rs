@@ -367,7 +367,7 @@ async fn runs_as_the_given_user() {
     let who = script(
         dir.path(),
         "who.sh",
-        "id -u; id -g; echo \"$HOME\"; echo \"$USER\"",
+        "id -u; id -g; echo \"$HOME\"; echo \"$USER\"; id -G",
     );
     let pg = lookup_user("postgres").expect("the postgres user exists");
     let o = ScriptRunner::new()
@@ -383,7 +383,7 @@ async fn runs_as_the_given_user() {
     assert!(o.success(), "{o:?}");
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(
-        lines,
+        lines[..4],
         [
             pg.uid.to_string().as_str(),
             pg.gid.to_string().as_str(),
@@ -391,6 +391,14 @@ async fn runs_as_the_given_user() {
             "postgres"
         ]
     );
+    // Exactly the user's groups (getgrouplist), none of the agent's (root's) left over.
+    let mut got: Vec<u32> = lines[4].split_whitespace().map(|g| g.parse().unwrap()).collect();
+    let mut want = pg.groups.clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    want.dedup();
+    assert_eq!(got, want, "supplementary groups of the script");
+    assert!(!got.contains(&0), "root's group left over: {got:?}");
 
     // Without run_as: the agent's user (root).
     let o = ScriptRunner::new()

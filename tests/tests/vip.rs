@@ -208,3 +208,97 @@ fn netlink_errors_carry_the_kernels_reason() {
     assert!(s.contains("lo") && s.contains(&format!("{VIP6}/64")), "{s}");
     eprintln!("{s}");
 }
+
+/// `interface_of` (an `RTM_GETADDR` dump) finds addresses assigned to a veth in a namespace:
+/// the bed's own IPv4 address, an IPv6 one, and a VIP right after `assign` (and not after
+/// `release`); an address nobody holds has no interface.
+#[test]
+fn interface_of_finds_addresses_on_a_veth() {
+    require_root();
+    let bed = bed_v6();
+    let n = &bed.nodes[0];
+    let (iface, own4) = (n.ifname.clone(), IpAddr::V4(n.ip));
+    let found = n.ns.run(move || {
+        let mut found = Vec::new();
+        for a in [own4, "fd00:efd::1".parse().unwrap()] {
+            found.push((a, vip::interface_of(a)));
+        }
+        let v4: IpAddr = VIP4.parse().unwrap();
+        found.push((v4, vip::interface_of(v4)));
+        vip::assign(&iface, v4, 24).expect("assigning");
+        found.push((v4, vip::interface_of(v4)));
+        vip::release(&iface, v4, 24).expect("releasing");
+        found.push((v4, vip::interface_of(v4)));
+        // The loopback of the namespace, and an address of node 2 (another namespace).
+        found.push(("127.0.0.1".parse().unwrap(), vip::interface_of("127.0.0.1".parse().unwrap())));
+        found.push(("198.18.0.2".parse().unwrap(), vip::interface_of("198.18.0.2".parse().unwrap())));
+        found
+    });
+    let want = |name: &str| Some(name.to_owned());
+    assert_eq!(found[0], (own4, want(&n.ifname)), "the bed's address");
+    assert_eq!(found[1].1, want(&n.ifname), "an IPv6 address");
+    assert_eq!(found[2].1, None, "the VIP before it is assigned");
+    assert_eq!(found[3].1, want(&n.ifname), "the VIP once assigned");
+    assert_eq!(found[4].1, None, "the VIP after it is released");
+    assert_eq!(found[5].1, want("lo"));
+    assert_eq!(found[6].1, None, "node 2's address is in another namespace");
+    // The agent's own entry point answers the same.
+    let own = n.ns.run(move || efm_agent::agent::interface_of(own4));
+    assert_eq!(own, want(&n.ifname));
+}
+
+/// Drops `CAP_NET_ADMIN` and `CAP_NET_RAW` from the calling thread (capabilities are
+/// per-thread; `capset(2)` with pid 0 changes only the caller).
+fn drop_net_caps() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const NET_ADMIN_RAW: u32 = (1 << 12) | (1 << 13);
+    let mut h = Header { version: VERSION_3, pid: 0 };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and two data structs, as capget(2) says.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut h, d.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    d[0].effective &= !NET_ADMIN_RAW;
+    d[0].permitted &= !NET_ADMIN_RAW;
+    // SAFETY: as above.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut h, d.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// Without `CAP_NET_ADMIN`/`CAP_NET_RAW` the kernel refuses (EPERM) and the error says so and
+/// what is needed.
+#[test]
+fn permission_errors_say_what_is_needed() {
+    require_root();
+    let bed = Bed::new(1);
+    let iface = bed.nodes[0].ifname.clone();
+    let msgs = bed.nodes[0].ns.run(move || {
+        drop_net_caps();
+        let v4: IpAddr = VIP4.parse().unwrap();
+        vec![
+            vip::assign(&iface, v4, 24).unwrap_err(),
+            vip::release(&iface, v4, 24).unwrap_err(),
+            vip::probe_in_use(&iface, v4, PROBE_TIMEOUT).unwrap_err(),
+            vip::probe_in_use(&iface, VIP6.parse().unwrap(), PROBE_TIMEOUT).unwrap_err(),
+        ]
+    });
+    for e in &msgs {
+        let s = e.to_string();
+        eprintln!("{s}");
+        assert!(s.contains("Operation not permitted") && s.contains("needs root"), "{s}");
+        assert!(s.contains(&bed.nodes[0].ifname), "{s}");
+    }
+    assert!(matches!(msgs[0], VipError::Netlink { .. }), "{:?}", msgs[0]);
+    assert!(matches!(msgs[2], VipError::Socket { .. }), "{:?}", msgs[2]);
+}

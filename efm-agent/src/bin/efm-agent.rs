@@ -7,7 +7,7 @@ use clap::Parser as _;
 use efm_agent::{
     agent::{self, AgentError, Options},
     cli::AgentArgs,
-    config, logging,
+    config, logging, notify,
 };
 
 fn main() -> ExitCode {
@@ -16,9 +16,10 @@ fn main() -> ExitCode {
     // (and reports its problems); here it is read only for the logging properties.
     let early = logging::early();
     let env = logging::Environment::detect();
-    let plan = match config::load(&args.config_dir, &args.cluster) {
-        Ok(loaded) => logging::Plan::for_agent(&loaded.config, &env),
-        Err(_) => logging::stderr_plan(&args.cluster, &env),
+    let early_config = config::load(&args.config_dir, &args.cluster).ok().map(|l| l.config);
+    let plan = match &early_config {
+        Some(cfg) => logging::Plan::for_agent(cfg, &env),
+        None => logging::stderr_plan(&args.cluster, &env),
     };
     drop(early);
     let logging = match logging::init(&plan) {
@@ -64,6 +65,12 @@ fn main() -> ExitCode {
             tracing::error!("efm-agent stopped: {e}");
             if !logged_to_console {
                 eprintln!("efm-agent: {e}");
+            }
+            // EFM's "Agent exited for cluster": the agent could not start (its configuration
+            // loaded, so the notification settings are known).
+            if let Some(cfg) = &early_config {
+                let event = notify::Event::AgentExitedEarly { reason: e.to_string() };
+                rt.block_on(notify::deliver_now(cfg, &event));
             }
             ExitCode::FAILURE
         }

@@ -60,6 +60,50 @@ pub struct PropCheckReport {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// Agents a cluster needs for failover protection: a primary, a standby and a third agent (a
+/// second standby or a witness), so that a majority is left when any one node fails.
+pub const MIN_AGENTS: usize = 3;
+
+/// Why a cluster of the `.nodes` members plus this node (`me`, its `bind.address`) would have too
+/// few agents; `None` from [`MIN_AGENTS`] on. `efm prop-check` reports it as a warning and the
+/// agent logs it at start.
+#[must_use]
+pub fn too_few_agents(nodes: &[SocketAddr], me: SocketAddr) -> Option<String> {
+    let mut agents: Vec<SocketAddr> = nodes.to_vec();
+    agents.push(me);
+    agents.sort_unstable();
+    agents.dedup();
+    let n = agents.len();
+    if n >= MIN_AGENTS {
+        return None;
+    }
+    let counted = if n == 1 {
+        "the .nodes file lists no other node, so this node would be the only agent".to_owned()
+    } else {
+        let others: Vec<String> = agents.iter().filter(|a| **a != me).map(ToString::to_string).collect();
+        format!("the cluster would have {n} agents (this node and {})", others.join(", "))
+    };
+    let why = if n == 1 {
+        "there is no node to fail over to, and no majority to decide a failover"
+    } else {
+        "with two, neither node is a majority on its own: when the primary's node fails no standby \
+         can be promoted, and when the other node fails the primary's lease lapses (it needs that \
+         node's endorsement) and its clients are cut off"
+    };
+    Some(format!(
+        "{counted}: failover protection needs at least {MIN_AGENTS} agents — a primary, a standby and a \
+         third agent (another standby, or a witness with is.witness=true); {why}. (Counted from the \
+         .nodes file and this node: a node joining a larger running cluster may list fewer.)"
+    ))
+}
+
+/// Logs [`too_few_agents`] as a warning (the agent, at start).
+pub fn warn_if_too_few_agents(cfg: &Config) {
+    if let Some(why) = too_few_agents(&cfg.nodes, cfg.bind_address) {
+        tracing::warn!(cluster = %cfg.cluster, "{why}");
+    }
+}
+
 /// Check `<dir>/<cluster>.properties` and `<dir>/<cluster>.nodes`.
 #[must_use]
 pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
@@ -103,7 +147,12 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
             report.nodes.clone().unwrap_or_default(),
         );
         let (effective, errors) = match analysis.result {
-            Ok(loaded) => (loaded.config.effective(), Vec::new()),
+            Ok(loaded) => {
+                if let Some(why) = report.nodes.as_deref().and_then(|n| too_few_agents(n, loaded.config.bind_address)) {
+                    node_diagnostics.push(Diagnostic::warning(&report.nodes_file, None, None, why));
+                }
+                (loaded.config.effective(), Vec::new())
+            }
             Err(errors) => (analysis.effective, errors.0),
         };
         if !effective.is_empty() {
@@ -466,10 +515,10 @@ lock.dir=
     fn good_set() {
         let dir = temp_dir("good");
         std::fs::write(dir.join("acctg.properties"), GOOD).unwrap();
-        std::fs::write(dir.join("acctg.nodes"), "198.18.0.1:7800 198.18.0.2:7800\n").unwrap();
+        std::fs::write(dir.join("acctg.nodes"), "198.18.0.1:7800 198.18.0.2:7800 198.18.0.3:7800\n").unwrap();
         let r = prop_check(&dir, "acctg");
         assert_eq!(r.exit_code(), 0, "{}", r.render());
-        assert_eq!(r.nodes.as_ref().unwrap().len(), 2);
+        assert_eq!(r.nodes.as_ref().unwrap().len(), 3);
         assert_eq!(
             r.effective.as_ref().unwrap().len(),
             PROPERTIES.len(),
@@ -528,13 +577,46 @@ lock.dir=
         let dir = temp_dir("clean");
         let text = GOOD.replace("virtualIp=", "virtual.ip=");
         std::fs::write(dir.join("acctg.properties"), text).unwrap();
-        std::fs::write(dir.join("acctg.nodes"), "").unwrap();
+        std::fs::write(dir.join("acctg.nodes"), "198.18.0.2:7800 198.18.0.4:7800\n").unwrap();
         let r = prop_check(&dir, "acctg");
         let out = r.render();
         assert_eq!(r.exit_code(), 0);
         assert!(out.ends_with("No problems found.\n"), "{out}");
-        assert!(out.contains("none listed"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fewer_than_three_agents_is_a_warning_with_the_reason() {
+        let dir = temp_dir("few");
+        let text = GOOD.replace("virtualIp=", "virtual.ip=");
+        std::fs::write(dir.join("acctg.properties"), text).unwrap();
+        // This node (198.18.0.1:7800) and one other; listing itself does not count twice.
+        std::fs::write(dir.join("acctg.nodes"), "198.18.0.1:7800 198.18.0.2:7800\n").unwrap();
+        let r = prop_check(&dir, "acctg");
+        let out = r.render();
+        assert_eq!((r.exit_code(), r.errors(), r.warnings()), (0, 0, 1), "{out}");
+        assert!(
+            out.contains("warning: acctg.nodes: the cluster would have 2 agents (this node and 198.18.0.2:7800): failover protection needs at least 3 agents"),
+            "{out}"
+        );
+        assert!(out.contains("or a witness with is.witness=true"), "{out}");
+        assert!(out.contains("the primary's lease lapses"), "{out}");
+        // Alone.
+        std::fs::write(dir.join("acctg.nodes"), "").unwrap();
+        let r = prop_check(&dir, "acctg");
+        let out = r.render();
+        assert_eq!(r.warnings(), 1, "{out}");
+        assert!(out.contains("none listed"), "{out}");
+        assert!(out.contains("this node would be the only agent"), "{out}");
+        assert!(out.contains("no node to fail over to"), "{out}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The function the agent logs with, directly.
+        let me: SocketAddr = "198.18.0.1:7800".parse().unwrap();
+        let two: SocketAddr = "198.18.0.2:7800".parse().unwrap();
+        let three: SocketAddr = "198.18.0.3:7800".parse().unwrap();
+        assert!(too_few_agents(&[me, two, three], me).is_none());
+        assert!(too_few_agents(&[two, three], me).is_none(), "this node counts too");
+        assert!(too_few_agents(&[two, two], me).is_some(), "a node listed twice is one agent");
     }
 
     #[test]

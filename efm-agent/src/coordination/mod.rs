@@ -30,7 +30,7 @@ pub mod wire;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{self, Cursor, Write as _},
+    io::{self, Cursor},
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -843,17 +843,8 @@ async fn watch_membership(inner: Arc<Inner>) {
     }
 }
 
-/// Atomically replaces the `.nodes` file (temporary file, fsync, rename).
+/// Atomically replaces the `.nodes` file ([`crate::files::write_atomic`], mode 0644).
 fn write_nodes_file(path: &std::path::Path, members: &BTreeSet<SocketAddr>) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("nodes"),
-        std::process::id()
-    ));
     let mut text =
         String::from("# Raft membership, kept in step by efm-agent (stable.nodes.file=false)\n");
     let list: Vec<String> = members
@@ -868,14 +859,6 @@ fn write_nodes_file(path: &std::path::Path, members: &BTreeSet<SocketAddr>) -> i
         .collect();
     text.push_str(&list.join(" "));
     text.push('\n');
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::files::write_atomic(path, text.as_bytes(), crate::files::WriteOptions::private().mode(0o644))?;
     Ok(())
 }

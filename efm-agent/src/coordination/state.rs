@@ -3,6 +3,48 @@
 //! Every committed Raft entry carries one [`Command`]; every node applies it with [`apply`] to its
 //! copy of [`ClusterState`] and gets the same [`Response`]. Nothing here does I/O or reads a clock:
 //! times come in the command (`Promote::at_unix_ms`), so replicas stay identical.
+//!
+//! # Quorum: who counts
+//!
+//! The **voters** are the allowed nodes that have joined: members of the Raft membership (voters
+//! and learners, as last applied by [`apply_membership`]) that are still allowed
+//! ([`ClusterState::voters`]). A member whose agent has failed stays a voter until `efm
+//! disallow-node` removes it (EFM 5: failed nodes still count for quorum). An address that `efm
+//! allow-node` allowed but that never joined does **not** count: it cannot endorse a primary
+//! (its agent has no copy of the log, so it has no committed view to endorse from), so counting it
+//! would only raise the majority — and cut a primary's lease off — before the node ever exists.
+//!
+//! The rule, and why it keeps at most one primary serving:
+//! - The primary of epoch `e` enforces its lease with `k = quorum() − 1` endorsements
+//!   ([`ClusterState::quorum`], the majority of the voters in *its* copy of the state), counted
+//!   by its kernel from the peers in its table, which should be the voters
+//!   ([`ClusterState::is_voter`]); and a node endorses only while its own copy shows it a voter.
+//!   (Where the table and the endorsing node follow the allowed list instead, one allowed
+//!   non-member may endorse — a joining node catching up on the log before its membership entry
+//!   applies; joins are serialized — and the rule below still holds with one such endorser.)
+//! - A `Vote` counts only from a voter; a `Promote` that replaces a primary needs votes from a
+//!   majority of **every voter set in force since the epoch began**
+//!   ([`ClusterState::epoch_voter_sets`], [`ClusterState::missing_votes`]). The primary's copy may
+//!   lag behind the log (it may be partitioned from the leader), so its `k` may come from any of
+//!   those sets; a majority of that set, less the primary, intersects the voters' majority, and
+//!   every voter in it stopped endorsing before it voted. Counting only the newest set would not
+//!   do: a primary that missed two joins (3 → 5 voters) keeps a lease from one endorsement
+//!   while three new-majority votes exist without it.
+//! - A new epoch (`SetPrimary`, `Promote`) starts the list again from the current voters: the
+//!   new primary serves only after applying the entry that made it primary.
+//! - `DisallowNode` removes the node from every recorded set (the operator's decision shrinks the
+//!   quorum at once, as in EFM). The kernel's peer table of a primary that has not applied the
+//!   removal still counts that node's endorsements; as before, the operator must not disallow a
+//!   node that is still running next to a primary cut off from the rest.
+//!
+//! # `efm stop-cluster`
+//!
+//! `StopCluster` records when the cluster was stopped (every agent running then exits) and
+//! forgets the operator's allow/disallow decisions, as EFM 3.3 loses its allowed-host list: the
+//! allowed list goes back to the Raft membership — the members the `.nodes` files list, kept in
+//! step by the agents — and addresses allowed with `efm allow-node` that never joined must be
+//! allowed again. The epoch, the primary and the history stay: the epoch is a fencing token that
+//! must never go back, also across a stopped cluster.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -80,7 +122,8 @@ pub struct Promotion {
 /// The state every agent agrees on. Small; snapshots carry it whole.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// Nodes allowed to take part (`allow-node`, and every Raft member).
+    /// Nodes allowed to take part (`allow-node`, and every Raft member). Only those that joined
+    /// count for the quorum ([`ClusterState::voters`]).
     pub allowed: BTreeSet<SocketAddr>,
     /// Nodes removed by `DisallowNode` (until allowed again): the Raft leader removes them from
     /// the membership, and membership entries do not re-allow them.
@@ -93,7 +136,8 @@ pub struct ClusterState {
     pub epoch: u64,
     /// Voters that reported, for the current epoch, that they stopped endorsing its primary for
     /// longer than the promotion wait (`Vote`). Emptied when the epoch changes. A `Promote` that
-    /// replaces a primary needs a majority of the allowed nodes here.
+    /// replaces a primary needs a majority of every voter set of the epoch here
+    /// ([`ClusterState::missing_votes`]).
     pub votes: BTreeSet<SocketAddr>,
     /// Cluster-wide `auto.failover`; `None` until someone sets it: each agent then uses its
     /// configured value (see [`ClusterState::auto_failover_or`]).
@@ -110,6 +154,15 @@ pub struct ClusterState {
     /// The primary the last promotion replaced (`%f` of the remote promotion scripts).
     #[serde(default)]
     pub previous_primary: Option<SocketAddr>,
+    /// Every node of the Raft membership last applied (voters and learners); `None` in a state
+    /// written before efm tracked it (then every allowed node counts as a voter, as it did).
+    #[serde(default)]
+    pub members: Option<BTreeSet<SocketAddr>>,
+    /// Every voter set in force since the current epoch began, oldest first (see the module
+    /// documentation, "Quorum"). Empty in a state written before efm tracked it: then only the
+    /// current voters count.
+    #[serde(default)]
+    pub epoch_voter_sets: Vec<BTreeSet<SocketAddr>>,
 }
 
 impl ClusterState {
@@ -119,10 +172,69 @@ impl ClusterState {
         self.auto_failover.unwrap_or(config_default)
     }
 
-    /// Votes a `Promote` needs while there is a primary: a majority of the allowed nodes.
+    /// The voters: allowed nodes that joined (are in the Raft membership), failed ones included.
+    #[must_use]
+    pub fn voters(&self) -> BTreeSet<SocketAddr> {
+        match &self.members {
+            Some(m) => self.allowed.intersection(m).copied().collect(),
+            None => self.allowed.clone(),
+        }
+    }
+
+    /// Whether `node` is a voter ([`ClusterState::voters`]).
+    #[must_use]
+    pub fn is_voter(&self, node: &SocketAddr) -> bool {
+        self.allowed.contains(node) && self.members.as_ref().is_none_or(|m| m.contains(node))
+    }
+
+    /// A majority of the current voters. The primary's lease needs this many nodes, itself
+    /// included (`k = quorum() − 1` endorsements).
+    #[must_use]
+    pub fn quorum(&self) -> usize {
+        self.voters().len() / 2 + 1
+    }
+
+    /// Votes a `Promote` needs from the current voters (a majority of them); see also
+    /// [`ClusterState::missing_votes`], which checks every voter set of the epoch.
     #[must_use]
     pub fn votes_needed(&self) -> usize {
-        self.allowed.len() / 2 + 1
+        self.quorum()
+    }
+
+    /// The voter sets a `Promote` over a primary must each have a majority of votes from.
+    fn voter_sets(&self) -> Vec<BTreeSet<SocketAddr>> {
+        let mut sets = self.epoch_voter_sets.clone();
+        let now = self.voters();
+        if sets.last() != Some(&now) {
+            sets.push(now);
+        }
+        sets
+    }
+
+    /// `None` when the votes against the current epoch are a majority of every voter set in force
+    /// since the epoch began (a `Promote` over the primary may apply); otherwise `(have, need)`
+    /// for the first set they fall short of.
+    #[must_use]
+    pub fn missing_votes(&self) -> Option<(usize, usize)> {
+        self.voter_sets().iter().find_map(|set| {
+            let have = set.iter().filter(|v| self.votes.contains(v)).count();
+            let need = set.len() / 2 + 1;
+            (have < need).then_some((have, need))
+        })
+    }
+
+    /// Whether a `Promote` replacing the primary would get enough votes now.
+    #[must_use]
+    pub fn promotion_votes_met(&self) -> bool {
+        self.missing_votes().is_none()
+    }
+
+    /// Records the current voter set if it changed (called after every change).
+    fn note_voters(&mut self) {
+        let now = self.voters();
+        if self.epoch_voter_sets.last() != Some(&now) {
+            self.epoch_voter_sets.push(now);
+        }
     }
 
     /// Registered info of an allowed node.
@@ -157,7 +269,8 @@ pub enum Command {
         epoch: u64,
     },
     /// Makes `candidate` primary in epoch `expected_epoch + 1`. At most one per epoch; when
-    /// replacing a primary, only with votes from a majority ([`ClusterState::votes_needed`]).
+    /// replacing a primary, only with votes from a majority of every voter set of the epoch
+    /// ([`ClusterState::missing_votes`]).
     Promote {
         candidate: SocketAddr,
         expected_epoch: u64,
@@ -194,7 +307,8 @@ pub enum Command {
     },
     ClearSwitchover,
     /// `efm stop-cluster`: every running agent exits; databases are left as they are. The
-    /// operator's allow/disallow decisions are forgotten (EFM loses its allowed-host list here).
+    /// operator's allow/disallow decisions are forgotten (EFM loses its allowed-host list here):
+    /// the allowed list goes back to the Raft membership.
     StopCluster {
         at_unix_ms: u64,
     },
@@ -259,6 +373,8 @@ pub enum Rejected {
     NotEnoughVotes { have: usize, need: usize },
     #[error("{0} is the current primary; promote another node first")]
     IsPrimary(SocketAddr),
+    #[error("{0} is allowed but has not joined the cluster (its agent has not started)")]
+    NotJoined(SocketAddr),
 }
 
 /// What applying a command returns to its proposer.
@@ -296,8 +412,20 @@ fn promotable(state: &ClusterState, node: SocketAddr) -> Result<(), Rejected> {
 }
 
 /// Applies one command. Pure and deterministic.
-#[allow(clippy::too_many_lines)]
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
+    let epoch = state.epoch;
+    let r = apply_command(state, cmd);
+    if state.epoch != epoch {
+        // A new epoch: its primary applied this entry before it serves, so only voter sets
+        // from here on can be behind its lease.
+        state.epoch_voter_sets.clear();
+    }
+    state.note_voters();
+    r
+}
+
+#[allow(clippy::too_many_lines)]
+fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
     match cmd {
         Command::Register { node, info } => {
             if !state.allowed.contains(node) {
@@ -340,11 +468,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
                 return Err(Rejected::AlreadyPrimary(*candidate));
             }
             promotable(state, *candidate)?;
-            if state.primary.is_some() && state.votes.len() < state.votes_needed() {
-                return Err(Rejected::NotEnoughVotes {
-                    have: state.votes.len(),
-                    need: state.votes_needed(),
-                });
+            if state.primary.is_some() {
+                if let Some((have, need)) = state.missing_votes() {
+                    return Err(Rejected::NotEnoughVotes { have, need });
+                }
             }
             let handover = state.switchover.take().filter(|s| s.requested_epoch == state.epoch);
             state.previous_primary = state.primary;
@@ -372,6 +499,9 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
             if !state.allowed.contains(voter) {
                 return Err(Rejected::NotAllowed(*voter));
             }
+            if !state.is_voter(voter) {
+                return Err(Rejected::NotJoined(*voter));
+            }
             let changed = state.votes.insert(*voter);
             ok(state, changed)
         }
@@ -388,6 +518,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
             state.disallowed.insert(*node);
             let had_info = state.nodes.remove(node).is_some();
             state.votes.remove(node);
+            for set in &mut state.epoch_voter_sets {
+                set.remove(node);
+            }
+            state.epoch_voter_sets.dedup();
             if state.switchover.is_some_and(|s| s.to == *node) {
                 state.switchover = None;
             }
@@ -449,737 +583,32 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
         Command::StopCluster { at_unix_ms } => {
             state.stopped_at_unix_ms = Some(*at_unix_ms);
             state.disallowed.clear();
+            // EFM loses its allowed-host list: what stays is the membership (the `.nodes`
+            // members), so an address allowed but never joined must be allowed again.
+            if let Some(members) = &state.members {
+                state.allowed.retain(|a| members.contains(a));
+                let allowed = &state.allowed;
+                state.nodes.retain(|a, _| allowed.contains(a));
+            }
             ok(state, true)
         }
     }
 }
 
-/// Applies a committed Raft membership: every member is implicitly allowed, except nodes that
+/// Applies a committed Raft membership (every node of it, voters and learners): they are the
+/// members ([`ClusterState::members`]), and every member is implicitly allowed, except nodes that
 /// were disallowed (a membership entry that still lists them is on the way to removing them).
 pub fn apply_membership(state: &mut ClusterState, members: impl IntoIterator<Item = SocketAddr>) {
-    for m in members {
-        if !state.disallowed.contains(&m) {
-            state.allowed.insert(m);
+    let members: BTreeSet<SocketAddr> = members.into_iter().collect();
+    for m in &members {
+        if !state.disallowed.contains(m) {
+            state.allowed.insert(*m);
         }
     }
+    state.members = Some(members);
+    state.note_voters();
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn a(n: u8) -> SocketAddr {
-        SocketAddr::from(([198, 18, 0, n], 7800))
-    }
-
-    const DB: NodeInfo = NodeInfo {
-        kind: NodeKind::Database,
-        priority: 1,
-        promotable: true,
-    };
-    const WITNESS: NodeInfo = NodeInfo {
-        kind: NodeKind::Witness,
-        priority: 0,
-        promotable: false,
-    };
-
-    /// Three database nodes and a witness, registered; primary 1 at epoch 1.
-    fn cluster() -> ClusterState {
-        let mut s = ClusterState::default();
-        apply_membership(&mut s, [a(1), a(2), a(3), a(4)]);
-        for n in 1..=3 {
-            apply(
-                &mut s,
-                &Command::Register {
-                    node: a(n),
-                    info: DB,
-                },
-            )
-            .unwrap();
-        }
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(4),
-                info: WITNESS,
-            },
-        )
-        .unwrap();
-        apply(
-            &mut s,
-            &Command::SetPrimary {
-                node: a(1),
-                expected_epoch: 0,
-            },
-        )
-        .unwrap();
-        s
-    }
-
-    /// Votes from every voter but the primary against the current epoch.
-    fn vote(s: &mut ClusterState) {
-        let e = s.epoch;
-        for n in 1..=4 {
-            if s.primary != Some(a(n)) {
-                apply(
-                    s,
-                    &Command::Vote {
-                        voter: a(n),
-                        epoch: e,
-                    },
-                )
-                .unwrap();
-            }
-        }
-    }
-
-    fn promote(to: SocketAddr, expected_epoch: u64) -> Command {
-        Command::Promote {
-            candidate: to,
-            expected_epoch,
-            lsn: 0x100,
-            timeline: 2,
-            at_unix_ms: 5,
-            reason: "test".into(),
-        }
-    }
-
-    #[test]
-    fn coordination_register_only_allowed() {
-        let mut s = ClusterState::default();
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::Register {
-                    node: a(1),
-                    info: DB
-                }
-            ),
-            Err(Rejected::NotAllowed(a(1)))
-        );
-        assert!(s.nodes.is_empty());
-        apply(&mut s, &Command::AllowNode { node: a(1) }).unwrap();
-        assert!(
-            apply(
-                &mut s,
-                &Command::Register {
-                    node: a(1),
-                    info: DB
-                }
-            )
-            .unwrap()
-            .changed
-        );
-        assert!(
-            !apply(
-                &mut s,
-                &Command::Register {
-                    node: a(1),
-                    info: DB
-                }
-            )
-            .unwrap()
-            .changed
-        );
-        assert_eq!(s.info(&a(1)), Some(&DB));
-    }
-
-    #[test]
-    fn coordination_membership_allows() {
-        let mut s = ClusterState::default();
-        apply_membership(&mut s, [a(1), a(2)]);
-        assert!(s.allowed.contains(&a(2)));
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(2),
-                info: DB,
-            },
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn coordination_set_primary_rules() {
-        let mut s = ClusterState::default();
-        apply_membership(&mut s, [a(1), a(2), a(4)]);
-        // Unregistered.
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::SetPrimary {
-                    node: a(1),
-                    expected_epoch: 0
-                }
-            ),
-            Err(Rejected::NotRegistered(a(1)))
-        );
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(1),
-                info: DB,
-            },
-        )
-        .unwrap();
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(4),
-                info: WITNESS,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::SetPrimary {
-                    node: a(4),
-                    expected_epoch: 0
-                }
-            ),
-            Err(Rejected::NotPromotable(a(4)))
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::SetPrimary {
-                    node: a(1),
-                    expected_epoch: 3
-                }
-            ),
-            Err(Rejected::StaleEpoch {
-                expected: 3,
-                current: 0
-            })
-        );
-        let r = apply(
-            &mut s,
-            &Command::SetPrimary {
-                node: a(1),
-                expected_epoch: 0,
-            },
-        )
-        .unwrap();
-        assert_eq!((r.epoch, r.primary), (1, Some(a(1))));
-        // Only when there is none.
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(2),
-                info: DB,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::SetPrimary {
-                    node: a(2),
-                    expected_epoch: 1
-                }
-            ),
-            Err(Rejected::PrimaryExists(a(1)))
-        );
-        assert_eq!(s.epoch, 1);
-        assert!(s.history.is_empty());
-    }
-
-    #[test]
-    fn coordination_promote_bumps_epoch_and_records() {
-        let mut s = cluster();
-        vote(&mut s);
-        let r = apply(&mut s, &promote(a(2), 1)).unwrap();
-        assert_eq!((r.epoch, r.primary, r.changed), (2, Some(a(2)), true));
-        assert_eq!(s.history.len(), 1);
-        let h = &s.history[0];
-        assert_eq!(
-            (
-                h.epoch,
-                h.node,
-                h.lsn,
-                h.timeline,
-                h.at_unix_ms,
-                h.reason.as_str()
-            ),
-            (2, a(2), 0x100, 2, 5, "test")
-        );
-    }
-
-    #[test]
-    fn coordination_at_most_one_promotion_per_epoch() {
-        let mut s = cluster();
-        vote(&mut s);
-        // Two candidates race for epoch 1: the first committed wins, the second is stale.
-        apply(&mut s, &promote(a(2), 1)).unwrap();
-        assert_eq!(
-            apply(&mut s, &promote(a(3), 1)),
-            Err(Rejected::StaleEpoch {
-                expected: 1,
-                current: 2
-            })
-        );
-        // Even the same candidate again.
-        assert_eq!(
-            apply(&mut s, &promote(a(2), 1)),
-            Err(Rejected::StaleEpoch {
-                expected: 1,
-                current: 2
-            })
-        );
-        assert_eq!((s.primary, s.epoch, s.history.len()), (Some(a(2)), 2, 1));
-    }
-
-    #[test]
-    fn coordination_promote_stale_and_future_epochs_rejected() {
-        let mut s = cluster();
-        assert_eq!(
-            apply(&mut s, &promote(a(2), 0)),
-            Err(Rejected::StaleEpoch {
-                expected: 0,
-                current: 1
-            })
-        );
-        assert_eq!(
-            apply(&mut s, &promote(a(2), 7)),
-            Err(Rejected::StaleEpoch {
-                expected: 7,
-                current: 1
-            })
-        );
-        assert_eq!((s.primary, s.epoch), (Some(a(1)), 1));
-    }
-
-    #[test]
-    fn coordination_promote_candidate_checks() {
-        let mut s = cluster();
-        let before = s.clone();
-        assert_eq!(
-            apply(&mut s, &promote(a(1), 1)),
-            Err(Rejected::AlreadyPrimary(a(1)))
-        );
-        assert_eq!(
-            apply(&mut s, &promote(a(4), 1)),
-            Err(Rejected::NotPromotable(a(4)))
-        );
-        assert_eq!(
-            apply(&mut s, &promote(a(9), 1)),
-            Err(Rejected::NotAllowed(a(9)))
-        );
-        apply(
-            &mut s,
-            &Command::SetPriority {
-                node: a(2),
-                priority: 0,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            apply(&mut s, &promote(a(2), 1)),
-            Err(Rejected::NotPromotable(a(2)))
-        );
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(3),
-                info: NodeInfo {
-                    promotable: false,
-                    ..DB
-                },
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            apply(&mut s, &promote(a(3), 1)),
-            Err(Rejected::NotPromotable(a(3)))
-        );
-        assert_eq!(
-            (s.primary, s.epoch, &s.history),
-            (before.primary, before.epoch, &before.history)
-        );
-        // Promotion from no primary (the old one was never recorded) is fine.
-        let mut s = cluster();
-        s.primary = None;
-        apply(&mut s, &promote(a(2), 1)).unwrap();
-    }
-
-    #[test]
-    fn coordination_history_keeps_last_50() {
-        let mut s = cluster();
-        for e in 1..=60u64 {
-            vote(&mut s);
-            let to = if e % 2 == 1 { a(2) } else { a(1) };
-            apply(&mut s, &promote(to, e)).unwrap();
-        }
-        assert_eq!(s.epoch, 61);
-        assert_eq!(s.history.len(), HISTORY_LEN);
-        assert_eq!(s.history.first().unwrap().epoch, 12);
-        assert_eq!(s.history.last().unwrap().epoch, 61);
-    }
-
-    #[test]
-    fn coordination_promotion_needs_a_majority_of_votes() {
-        let mut s = cluster();
-        // 4 allowed nodes: 3 votes needed.
-        assert_eq!(s.votes_needed(), 3);
-        let not_enough = |have| Err(Rejected::NotEnoughVotes { have, need: 3 });
-        assert_eq!(apply(&mut s, &promote(a(2), 1)), not_enough(0));
-        apply(
-            &mut s,
-            &Command::Vote {
-                voter: a(2),
-                epoch: 1,
-            },
-        )
-        .unwrap();
-        let again = apply(
-            &mut s,
-            &Command::Vote {
-                voter: a(2),
-                epoch: 1,
-            },
-        );
-        assert!(!again.unwrap().changed, "counted once");
-        apply(
-            &mut s,
-            &Command::Vote {
-                voter: a(4),
-                epoch: 1,
-            },
-        )
-        .unwrap();
-        assert_eq!(apply(&mut s, &promote(a(2), 1)), not_enough(2));
-        // Votes for another epoch or from strangers do not count.
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::Vote {
-                    voter: a(3),
-                    epoch: 0
-                }
-            ),
-            Err(Rejected::StaleEpoch {
-                expected: 0,
-                current: 1
-            })
-        );
-        let stranger = apply(
-            &mut s,
-            &Command::Vote {
-                voter: a(9),
-                epoch: 1,
-            },
-        );
-        assert_eq!(stranger, Err(Rejected::NotAllowed(a(9))));
-        apply(
-            &mut s,
-            &Command::Vote {
-                voter: a(3),
-                epoch: 1,
-            },
-        )
-        .unwrap();
-        apply(&mut s, &promote(a(2), 1)).unwrap();
-        // The new epoch starts without votes.
-        assert!(s.votes.is_empty());
-        assert_eq!(apply(&mut s, &promote(a(3), 2)), not_enough(0));
-    }
-
-    #[test]
-    fn coordination_allow_disallow() {
-        let mut s = cluster();
-        assert!(
-            !apply(&mut s, &Command::AllowNode { node: a(2) })
-                .unwrap()
-                .changed
-        );
-        assert_eq!(
-            apply(&mut s, &Command::DisallowNode { node: a(1) }),
-            Err(Rejected::IsPrimary(a(1)))
-        );
-        assert!(
-            apply(&mut s, &Command::DisallowNode { node: a(3) })
-                .unwrap()
-                .changed
-        );
-        assert!(!s.allowed.contains(&a(3)) && !s.nodes.contains_key(&a(3)));
-        assert!(s.disallowed.contains(&a(3)));
-        // The joint membership that removes it still lists it: it stays disallowed.
-        apply_membership(&mut s, [a(1), a(2), a(3)]);
-        assert!(!s.allowed.contains(&a(3)));
-        assert!(
-            !apply(&mut s, &Command::DisallowNode { node: a(3) })
-                .unwrap()
-                .changed
-        );
-        assert_eq!(
-            apply(&mut s, &promote(a(3), 1)),
-            Err(Rejected::NotAllowed(a(3)))
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::Register {
-                    node: a(3),
-                    info: DB
-                }
-            ),
-            Err(Rejected::NotAllowed(a(3)))
-        );
-        // Allowing it again clears the removal.
-        assert!(
-            apply(&mut s, &Command::AllowNode { node: a(3) })
-                .unwrap()
-                .changed
-        );
-        assert!(s.disallowed.is_empty());
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(3),
-                info: DB,
-            },
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn coordination_set_priority() {
-        let mut s = cluster();
-        assert!(
-            apply(
-                &mut s,
-                &Command::SetPriority {
-                    node: a(3),
-                    priority: 9
-                }
-            )
-            .unwrap()
-            .changed
-        );
-        assert_eq!(s.nodes[&a(3)].priority, 9);
-        assert!(
-            !apply(
-                &mut s,
-                &Command::SetPriority {
-                    node: a(3),
-                    priority: 9
-                }
-            )
-            .unwrap()
-            .changed
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::SetPriority {
-                    node: a(8),
-                    priority: 1
-                }
-            ),
-            Err(Rejected::NotAllowed(a(8)))
-        );
-        apply(&mut s, &Command::AllowNode { node: a(8) }).unwrap();
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::SetPriority {
-                    node: a(8),
-                    priority: 1
-                }
-            ),
-            Err(Rejected::NotRegistered(a(8)))
-        );
-    }
-
-    #[test]
-    fn coordination_flags() {
-        let mut s = cluster();
-        assert!(s.auto_failover_or(true));
-        assert!(!s.auto_failover_or(false));
-        assert!(
-            apply(&mut s, &Command::SetAutoFailover(false))
-                .unwrap()
-                .changed
-        );
-        assert!(!s.auto_failover_or(true));
-        assert!(
-            !apply(&mut s, &Command::SetAutoFailover(false))
-                .unwrap()
-                .changed
-        );
-        assert!(apply(&mut s, &Command::SetPaused(true)).unwrap().changed);
-        assert!(s.paused);
-        assert!(!apply(&mut s, &Command::SetPaused(true)).unwrap().changed);
-    }
-
-    #[test]
-    #[allow(clippy::too_many_lines)]
-    fn coordination_switchover() {
-        let mut s = ClusterState::default();
-        apply_membership(&mut s, [a(1), a(2)]);
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(2),
-                info: DB,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::RequestSwitchover {
-                    to: a(2),
-                    expected_epoch: 0,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-                }
-            ),
-            Err(Rejected::NoPrimary)
-        );
-        let mut s = cluster();
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::RequestSwitchover {
-                    to: a(2),
-                    expected_epoch: 0,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-                }
-            ),
-            Err(Rejected::StaleEpoch {
-                expected: 0,
-                current: 1
-            })
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::RequestSwitchover {
-                    to: a(1),
-                    expected_epoch: 1,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-                }
-            ),
-            Err(Rejected::AlreadyPrimary(a(1)))
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::RequestSwitchover {
-                    to: a(4),
-                    expected_epoch: 1,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-                }
-            ),
-            Err(Rejected::NotPromotable(a(4)))
-        );
-        apply(
-            &mut s,
-            &Command::RequestSwitchover {
-                to: a(2),
-                expected_epoch: 1,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            s.switchover,
-            Some(Switchover {
-                from: a(1),
-                to: a(2),
-                requested_epoch: 1,
-                demote: true,
-                quiet: false,
-                source: None,
-            })
-        );
-        assert_eq!(
-            apply(
-                &mut s,
-                &Command::RequestSwitchover {
-                    to: a(3),
-                    expected_epoch: 1,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-                }
-            ),
-            Err(Rejected::SwitchoverPending(a(2)))
-        );
-        assert!(apply(&mut s, &Command::ClearSwitchover).unwrap().changed);
-        assert!(!apply(&mut s, &Command::ClearSwitchover).unwrap().changed);
-        // A promotion completes (clears) a pending switchover.
-        apply(
-            &mut s,
-            &Command::RequestSwitchover {
-                to: a(2),
-                expected_epoch: 1,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-            },
-        )
-        .unwrap();
-        vote(&mut s);
-        apply(&mut s, &promote(a(2), 1)).unwrap();
-        assert_eq!(s.switchover, None);
-        // Disallowing the target clears it too.
-        apply(
-            &mut s,
-            &Command::RequestSwitchover {
-                to: a(3),
-                expected_epoch: 2,
-                    demote: true,
-                    quiet: false,
-                    source: None,
-            },
-        )
-        .unwrap();
-        apply(&mut s, &Command::DisallowNode { node: a(3) }).unwrap();
-        assert_eq!(s.switchover, None);
-    }
-
-    #[test]
-    fn stop_cluster_is_recorded_and_forgets_disallowed_nodes() {
-        let mut s = cluster();
-        apply(&mut s, &Command::DisallowNode { node: a(3) }).unwrap();
-        assert!(s.disallowed.contains(&a(3)));
-        apply(&mut s, &Command::StopCluster { at_unix_ms: 1234 }).unwrap();
-        assert_eq!(s.stopped_at_unix_ms, Some(1234));
-        assert!(s.disallowed.is_empty());
-        // The primary and the epoch are untouched: databases keep running as they are.
-        assert_eq!((s.primary, s.epoch), (Some(a(1)), 1));
-    }
-
-    #[test]
-    fn log_entries_from_before_the_switchover_fields_still_decode() {
-        let old = r#"{"RequestSwitchover":{"to":"198.18.0.2:7800","expected_epoch":3}}"#;
-        let cmd: Command = serde_json::from_str(old).unwrap();
-        assert_eq!(cmd, Command::RequestSwitchover { to: a(2), expected_epoch: 3, demote: false, quiet: false, source: None });
-    }
-
-    #[test]
-    fn coordination_state_roundtrips_json() {
-        let mut s = cluster();
-        vote(&mut s);
-        apply(&mut s, &promote(a(2), 1)).unwrap();
-        let j = serde_json::to_vec(&s).unwrap();
-        assert_eq!(serde_json::from_slice::<ClusterState>(&j).unwrap(), s);
-        let c = promote(a(3), 2);
-        assert_eq!(
-            serde_json::from_slice::<Command>(&serde_json::to_vec(&c).unwrap()).unwrap(),
-            c
-        );
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;

@@ -722,21 +722,14 @@ fn promotion_subst(new_primary: SocketAddr, old_primary: Option<SocketAddr>) -> 
     Substitutions { new_primary: Some(new_primary.ip().to_string()), failed_primary: old_primary.map(|o| o.ip().to_string()), ..Substitutions::default() }
 }
 
-/// Records `epoch` as voted against, durably (file and directory synced). Blocking: runs on
-/// the blocking pool.
+/// Records `epoch` as voted against, durably (`files::write_atomic`: file and directory
+/// synced). Blocking: runs on the blocking pool.
 fn record_vote(voted_file: &std::path::Path, epoch: u64) -> std::io::Result<()> {
-    use std::io::Write as _;
     if let Some(dir) = voted_file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = voted_file.with_extension("voted.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{epoch}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, voted_file)?;
-    if let Some(dir) = voted_file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    let text = format!("{epoch}\n");
+    crate::files::write_atomic(voted_file, text.as_bytes(), crate::files::WriteOptions::private().mode(0o644))?;
     Ok(())
 }
 

@@ -127,7 +127,7 @@ pub enum Event {
     StandbyDatabaseFailed { node: String },
     /// A standby's agent reports its database down, but others can reach it.
     StandbyCannotReachDatabase { node: String },
-    /// Fewer than three nodes remain.
+    /// Fewer than three member nodes remain (`efm disallow-node`; failed members still count).
     BelowThreeNodes { nodes: usize },
     /// This node sees only a minority of the cluster and will not take part in a failover.
     SubsetDisconnected { visible: Vec<String> },
@@ -525,12 +525,15 @@ impl Event {
                 "The agent has stopped: the database of this node is no longer monitored.".into()
             }
             E::PrimaryLeft { node: other } => format!(
-                "The agent of primary {other} has left the cluster. No failover will happen until it is back."
+                "The agent of primary {other} has left the cluster. While its node answers heartbeats and \
+                 the other agents reach its database, no failover happens; a failed database or an \
+                 unreachable node still fails over. Start the agent again."
             ),
             E::AgentExited => "The agent has stopped (it was idle).".into(),
-            E::AgentExitedEarly { reason } => {
-                format!("The agent stopped before its start-up completed: {reason}")
-            }
+            E::AgentExitedEarly { reason } => format!(
+                "The agent stopped on an error, in most cases before its start-up completed; this \
+                 node is not monitored. Error: {reason}"
+            ),
             E::AutoResumeCheckStarted { period_secs } => format!(
                 "The local database has failed. The agent checks every {period_secs} s whether it is back \
                  and then resumes monitoring it. Stop the agent if the database will not be started again."
@@ -554,8 +557,10 @@ impl Event {
                 "The agent of standby {other} reports its database down, but the other nodes can reach it."
             ),
             E::BelowThreeNodes { nodes } => format!(
-                "Cluster {c} has {nodes} node(s) left. Failover protection needs at least three: \
-                 add a standby or a witness."
+                "Cluster {c} is down to {nodes} member node(s) (a member whose agent has failed still \
+                 counts, as for the quorum). Failover protection needs at least three (a primary, a \
+                 standby and another standby or a witness): with fewer, one failure leaves no majority \
+                 to decide a failover. Add a standby or a witness."
             ),
             E::SubsetDisconnected { visible } => format!(
                 "This node sees only a minority of cluster {c} and will not take part in a failover. \

@@ -30,6 +30,7 @@
 //! for tests and for an orderly stop. [`Notifier::stats`] counts what happened.
 
 mod catalog;
+pub mod local;
 #[cfg(test)]
 mod tests;
 

@@ -585,3 +585,275 @@ fn script_runs_map_to_executed_and_failed_events() {
         }
     }
 }
+
+/// EFM's notification tables, the reference for the catalog: the EFM 2.0.3 guide's three tables
+/// (§7) in full, and the events the 3.3 guide adds where its text shows the subject. (severity,
+/// subject with EFM's placeholders `cluster_name` and `node_address`), as EFM writes them.
+const EFM_REFERENCE: &[(&str, &str)] = &[
+    // 2.0.3, INFO
+    ("INFO", "Executing fencing script"),
+    ("INFO", "Executed post-promotion script"),
+    ("INFO", "Executed post-database failure script"),
+    ("INFO", "Executed master isolation script"),
+    ("INFO", "Witness agent running on node_address for cluster cluster_name"),
+    ("INFO", "Master agent running on node_address for cluster cluster_name"),
+    ("INFO", "Standby agent running on node_address for cluster cluster_name"),
+    ("INFO", "Assigning VIP to node node_address"),
+    ("INFO", "Releasing VIP from node node_address"),
+    ("INFO", "Witness agent exited on node_address for cluster cluster_name"),
+    ("INFO", "Master agent exited on node_address for cluster cluster_name"),
+    ("INFO", "Cluster cluster_name notified that master node has left"),
+    ("INFO", "Standby agent exited on node_address for cluster cluster_name"),
+    ("INFO", "Agent exited during promotion on node_address for cluster cluster_name"),
+    ("INFO", "Agent exited on node_address for cluster cluster_name"),
+    ("INFO", "Agent exited for cluster cluster_name"),
+    // 3.3, INFO
+    ("INFO", "Starting auto resume check for cluster cluster_name"),
+    // 2.0.3, WARNING
+    ("WARNING", "Virtual IP address assigned to non-master node"),
+    ("WARNING", "No standby agent in cluster for cluster cluster_name"),
+    ("WARNING", "Standby agent failed for cluster cluster_name"),
+    ("WARNING", "Standby database failed for cluster cluster_name"),
+    ("WARNING", "Standby agent cannot reach database for cluster cluster_name"),
+    ("WARNING", "Cluster cluster_name has dropped below three nodes"),
+    ("WARNING", "Subset of cluster cluster_name disconnected from master"),
+    ("WARNING", "Promotion has started on cluster cluster_name."),
+    ("WARNING", "Witness failure for cluster cluster_name"),
+    ("WARNING", "Idle agent failure for cluster cluster_name."),
+    ("WARNING", "One or more nodes isolated from network for cluster cluster_name"),
+    ("WARNING", "Node no longer isolated from network for cluster cluster_name."),
+    ("WARNING", "Standby agent tried to promote, but master DB is still running"),
+    ("WARNING", "Standby agent tried to promote, but could not verify master DB"),
+    ("WARNING", "Standby agent tried to promote, but VIP appears to still be assigned"),
+    ("WARNING", "Standby agent tried to promote, but appears to be orphaned"),
+    ("WARNING", "Failover has not occurred"),
+    ("WARNING", "Potential manual failover required on cluster cluster_name."),
+    ("WARNING", "Failover has completed on cluster cluster_name"),
+    ("WARNING", "Lock file for cluster cluster_name has been removed"),
+    ("WARNING", "recovery.conf file for cluster cluster_name has been found"),
+    ("WARNING", "Trial license expiring soon"),
+    ("WARNING", "Full license expiring soon"),
+    ("WARNING", "License has expired"),
+    ("WARNING", "Promotion has not occurred for cluster cluster_name"),
+    ("WARNING", "EFM Standby not reconfigured after failover in cluster cluster_name"),
+    ("WARNING", "Could not resume replay for cluster cluster_name"),
+    ("WARNING", "License is invalid"),
+    // 3.3, WARNING
+    ("WARNING", "No standbys available for promotion in cluster cluster_name"),
+    ("WARNING", "Custom monitor timeout for cluster cluster_name"),
+    ("WARNING", "Custom monitor 'safe mode' failure for cluster cluster_name"),
+    // 2.0.3, SEVERE ("Unable to connect to DB" is listed three times, once per reason; the
+    // database failure as "master_or_standby database failure")
+    ("SEVERE", "Unable to connect to DB on node_address"),
+    ("SEVERE", "Master cannot ping local database for cluster cluster_name"),
+    ("SEVERE", "Communication error for cluster cluster_name"),
+    ("SEVERE", "Fencing script error"),
+    ("SEVERE", "Post-promotion script failed"),
+    ("SEVERE", "Post-database failure script error"),
+    ("SEVERE", "Master isolation script failed"),
+    ("SEVERE", "Could not promote standby"),
+    ("SEVERE", "Error creating recovery.conf file on node_address for cluster cluster_name"),
+    ("SEVERE", "An unexpected error has occurred for cluster cluster_name"),
+    ("SEVERE", "Master database being fenced off for cluster cluster_name"),
+    ("SEVERE", "Could not assign VIP to node node_address"),
+    ("SEVERE", "Master database failure for cluster cluster_name"),
+    ("SEVERE", "Standby database failure for cluster cluster_name"),
+    ("SEVERE", "Agent is timing out for cluster cluster_name"),
+    ("SEVERE", "Resume timed out for cluster cluster_name"),
+    ("SEVERE", "License has expired"),
+    ("SEVERE", "License is invalid"),
+    // 3.3, SEVERE
+    ("SEVERE", "Internal state mismatch for cluster cluster_name"),
+    ("SEVERE", "Database in wrong state on node_address"),
+    ("SEVERE", "Database connection failure for cluster cluster_name"),
+    ("SEVERE", "Standby custom monitor failure for cluster cluster_name"),
+    ("SEVERE", "Master custom monitor failure for cluster cluster_name"),
+    ("SEVERE", "Load balancer attach script failed"),
+    ("SEVERE", "Load balancer detach script failed"),
+];
+
+/// Reference events that do not apply to efm, and why.
+const NOT_APPLICABLE: &[(&str, &str)] = &[
+    ("Trial license expiring soon", "efm has no license"),
+    ("Full license expiring soon", "efm has no license"),
+    ("License has expired", "efm has no license"),
+    ("License is invalid", "efm has no license"),
+];
+
+/// A reference subject as efm writes it: "master" is "primary" (as EFM 4 on), `recovery.conf`
+/// is `standby.signal/recovery.conf` (`PostgreSQL` 12 on), 2.0.3's "Executing fencing script" is
+/// reported after the script ran ("Executed", as for every other script), and 2.0.3's "EFM "
+/// before "Standby not reconfigured" is gone (3.3). Placeholders become `acctg`.
+fn in_efm_terms(subject: &str) -> String {
+    subject
+        .replace("Executing fencing script", "Executed fencing script")
+        .replace("EFM Standby not reconfigured", "Standby not reconfigured")
+        .replace("recovery.conf", "standby.signal/recovery.conf")
+        .replace("master", "primary")
+        .replace("Master", "Primary")
+        .replace("cluster_name", "acctg")
+}
+
+/// An address in one of our subjects, as the reference's placeholder.
+fn addresses_as_placeholder(subject: &str) -> String {
+    subject
+        .split(' ')
+        .map(|w| if w.parse::<std::net::IpAddr>().is_ok() { "node_address" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn every_event_of_efms_tables_is_in_the_catalog_with_its_severity() {
+    let ours: std::collections::HashSet<(&str, String)> = every_event()
+        .iter()
+        .map(|e| (severity_name(e.severity()), addresses_as_placeholder(&e.subject("acctg", "10.0.1.11"))))
+        .collect();
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for (severity, subject) in EFM_REFERENCE {
+        if NOT_APPLICABLE.iter().any(|(s, _)| s == subject) {
+            continue;
+        }
+        checked += 1;
+        let want = (*severity, in_efm_terms(subject));
+        if !ours.contains(&want) {
+            missing.push(format!("{severity} {subject:?} (as {:?})", want.1));
+        }
+    }
+    assert!(missing.is_empty(), "EFM events missing from the catalog (or with another severity):\n{}", missing.join("\n"));
+    assert_eq!(checked, EFM_REFERENCE.len() - 6, "every reference event but the six license ones is checked");
+    // The list of events that were never sent: each is in the catalog (by variant).
+    let names: std::collections::HashSet<&str> = every_event().iter().map(variant).collect();
+    for v in [
+        "NoStandbyAgent", "StandbyDatabaseFailed", "StandbyCannotReachDatabase", "BelowThreeNodes",
+        "SubsetDisconnected", "NodesIsolated", "NoLongerIsolated", "PromotionRefusedPrimaryRunning",
+        "PromotionRefusedPrimaryUnverified", "PromotionRefusedVipAssigned", "PromotionRefusedOrphaned",
+        "VipOnNonPrimary", "VipAssignFailed", "LockFileRemoved", "RecoveryConfFound",
+        "StandbyNotReconfigured", "ReplayResumeFailed", "NoStandbysAvailable", "DbConnectFailed",
+        "PrimaryCannotPingLocalDb", "CommunicationError", "UnexpectedError", "AgentTimingOut",
+        "ResumeTimedOut", "InternalStateMismatch", "DatabaseWrongState", "DatabaseConnectionFailure",
+        "AutoResumeCheckStarted", "AgentExitedDuringPromotion", "AgentExitedEarly",
+    ] {
+        assert!(names.contains(v), "{v}");
+    }
+}
+
+mod local_db {
+    use std::time::{Duration, Instant};
+
+    use crate::notify::local::{connect_refusal, LocalDbNotices};
+    use crate::notify::Event;
+    use crate::postgres::{monitor::DbEvent, DbError, DbInfo};
+
+    fn info(in_recovery: bool) -> DbInfo {
+        DbInfo {
+            in_recovery,
+            server_version_num: 150_004,
+            current_lsn: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            timeline: Some(1),
+            is_streaming: false,
+            upstream_host: None,
+        }
+    }
+
+    fn too_many() -> DbError {
+        DbError::Connect { addr: "198.18.0.1:5432".into(), message: "sorry, too many clients already (53300)".into() }
+    }
+
+    fn timeout() -> DbError {
+        DbError::Timeout { addr: "198.18.0.1:5432".into(), stage: "querying", timeout: Duration::from_secs(1) }
+    }
+
+    fn failed(error: DbError, secs: u64) -> DbEvent {
+        DbEvent::CheckFailed { error, silent_for: Duration::from_secs(secs) }
+    }
+
+    #[test]
+    fn refusals_are_efms_reasons_only() {
+        assert!(connect_refusal(&too_many()).unwrap().contains("max_connections"));
+        let auth = DbError::Auth { addr: "a".into(), user: "efm".into(), message: "password authentication failed".into() };
+        assert!(connect_refusal(&auth).unwrap().contains("password authentication failed"));
+        assert_eq!(connect_refusal(&timeout()), None);
+        assert_eq!(connect_refusal(&DbError::Refused { addr: "a".into() }), None);
+        let other = DbError::Connect { addr: "a".into(), message: "database \"x\" does not exist (3D000)".into() };
+        assert_eq!(connect_refusal(&other), None);
+    }
+
+    #[test]
+    fn unable_to_connect_once_per_episode() {
+        let t0 = Instant::now();
+        let mut n = LocalDbNotices::new(Duration::from_mins(1));
+        let none = || None;
+        assert!(n.observe(&DbEvent::Available(info(true)), t0, "198.18.0.1", none).is_empty());
+        let e = n.observe(&failed(too_many(), 1), t0, "198.18.0.1", none);
+        assert!(matches!(&e[..], [Event::DbConnectFailed { node, reason }] if node == "198.18.0.1" && reason.contains("53300")), "{e:?}");
+        assert!(n.observe(&failed(too_many(), 2), t0, "198.18.0.1", none).is_empty(), "once per episode");
+        assert!(n.observe(&DbEvent::Checked(info(true)), t0, "198.18.0.1", none).is_empty());
+        assert_eq!(n.observe(&failed(too_many(), 1), t0, "198.18.0.1", none).len(), 1, "a new episode");
+    }
+
+    #[test]
+    fn timing_out_is_a_final_check_that_succeeded() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let none = || None;
+        let mut n = LocalDbNotices::new(s(60));
+        n.observe(&DbEvent::Available(info(true)), t0, "n", none);
+        // Failed checks, then a success before local.timeout: not timing out.
+        n.observe(&failed(timeout(), 10), t0 + s(10), "n", none);
+        assert!(n.observe(&DbEvent::Checked(info(true)), t0 + s(20), "n", none).is_empty());
+        // Silent for local.timeout, then the final check succeeds.
+        n.observe(&failed(timeout(), 50), t0 + s(70), "n", none);
+        let e = n.observe(&DbEvent::Checked(info(true)), t0 + s(81), "n", none);
+        assert_eq!(e, vec![Event::AgentTimingOut]);
+        // Declared failed and recovered: EFM's resume flow, not timing out.
+        n.observe(&failed(timeout(), 50), t0 + s(130), "n", none);
+        n.observe(&DbEvent::Failed { error: timeout(), silent_for: s(70), ever_available: true }, t0 + s(151), "n", none);
+        assert!(n.observe(&DbEvent::Recovered(info(true)), t0 + s(300), "n", none).is_empty());
+        // Never seen before: a slow start is not timing out either.
+        let mut n = LocalDbNotices::new(s(60));
+        n.observe(&failed(timeout(), 70), t0 + s(70), "n", none);
+        assert!(n.observe(&DbEvent::Available(info(true)), t0 + s(80), "n", none).is_empty());
+    }
+
+    #[test]
+    fn standby_signal_on_a_primary_is_reported_once() {
+        let t0 = Instant::now();
+        let mut n = LocalDbNotices::new(Duration::from_mins(1));
+        let mut asked = 0;
+        let e = n.observe(&DbEvent::Available(info(true)), t0, "n", || {
+            asked += 1;
+            Some("/pg/standby.signal".into())
+        });
+        assert!(e.is_empty(), "a standby: not asked");
+        let e = n.observe(&DbEvent::Checked(info(false)), t0, "n", || {
+            asked += 1;
+            Some("/pg/standby.signal".into())
+        });
+        assert_eq!(e, vec![Event::RecoveryConfFound { path: "/pg/standby.signal".into() }]);
+        let e = n.observe(&DbEvent::Checked(info(false)), t0, "n", || {
+            asked += 1;
+            Some("/pg/standby.signal".into())
+        });
+        assert!(e.is_empty());
+        assert_eq!(asked, 1, "asked only the first time the database is a primary");
+    }
+
+    #[test]
+    fn recovery_file_looks_in_the_data_directory() {
+        let dir = std::env::temp_dir().join(format!("efm-recovery-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = super::config("");
+        cfg.db_data_dir = Some(dir.clone());
+        assert_eq!(crate::notify::local::recovery_file(&cfg), None);
+        std::fs::write(dir.join("standby.signal"), "").unwrap();
+        assert_eq!(crate::notify::local::recovery_file(&cfg), Some(dir.join("standby.signal")));
+        std::fs::remove_file(dir.join("standby.signal")).unwrap();
+        std::fs::write(dir.join("recovery.conf"), "").unwrap();
+        assert_eq!(crate::notify::local::recovery_file(&cfg), Some(dir.join("recovery.conf")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

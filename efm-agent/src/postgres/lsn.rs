@@ -96,6 +96,9 @@ mod tests {
             "+1/0",
             " 0/0",
             "0/-1",
+            "0/+1",
+            "100000000/0",
+            "UNKNOWN",
         ] {
             assert!(s.parse::<Lsn>().is_err(), "{s:?} parsed");
         }

@@ -11,7 +11,7 @@
 
 use std::{
     fs,
-    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -133,26 +133,7 @@ pub(crate) fn home_dir() -> Option<PathBuf> {
     if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         return Some(PathBuf::from(h));
     }
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: passwd is plain old data; zeroed is a valid (empty) value.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the duration of the call and buf's length is passed.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            libc::geteuid(),
-            &raw mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &raw mut result,
-        )
-    };
-    if rc != 0 || result.is_null() || pw.pw_dir.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded, so pw_dir points to a NUL-terminated string inside buf.
-    let dir = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) };
-    Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    crate::users::effective_home()
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::postgres::Lsn;
+
 pub use render::render_text;
 
 /// The value EFM shows in an LSN column when the database could not be queried.
@@ -488,17 +490,9 @@ pub fn lsn_in_sync(primary: &str, standby_replay: &str) -> bool {
     }
 }
 
-/// Parses the `pg_lsn` text form: two hexadecimal numbers of 1 to 8 digits
-/// separated by `/`, the high and low 32 bits.
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    let half = |s: &str| -> Option<u64> {
-        if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u64::from_str_radix(s, 16).ok()
-    };
-    Some((half(hi)? << 32) | half(lo)?)
+/// The `pg_lsn` text of a status field ([`Lsn`]'s form; surrounding whitespace ignored).
+fn parse_lsn(text: &str) -> Option<Lsn> {
+    text.trim().parse().ok()
 }
 
 /// Sort key putting addresses in numeric order (IPv4 before IPv6, names last).

@@ -602,11 +602,11 @@ fn exit_code_rules() {
 
 #[test]
 fn lsn_parsing_and_sync() {
-    assert_eq!(parse_lsn("0/0"), Some(0));
-    assert_eq!(parse_lsn("0/31000140"), Some(0x3100_0140));
-    assert_eq!(parse_lsn("2/77000220"), Some((2 << 32) | 0x7700_0220));
-    assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
-    assert_eq!(parse_lsn("ab/cd"), Some((0xab << 32) | 0xcd));
+    assert_eq!(parse_lsn("0/0"), Some(Lsn(0)));
+    assert_eq!(parse_lsn("0/31000140"), Some(Lsn(0x3100_0140)));
+    assert_eq!(parse_lsn(" 2/77000220\n"), Some(Lsn((2 << 32) | 0x7700_0220)));
+    assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(Lsn(u64::MAX)));
+    assert_eq!(parse_lsn("ab/cd"), Some(Lsn((0xab << 32) | 0xcd)));
     for bad in [
         "",
         "/",

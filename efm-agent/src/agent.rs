@@ -345,18 +345,7 @@ fn coord_config(cfg: &Config, me: SocketAddr, key: ClusterKeyBytes, opts: &Optio
 fn ha_runtime(facts: &Facts, owner: RuntimeOwner, coord: Arc<Coordinator>, vip_held: bool, state_dir: &Path) -> HaRuntime {
     let (cfg, me) = (&facts.id.config, facts.id.me);
     HaRuntime::new(
-        crate::ha::Engine::new(crate::ha::EngineConfig {
-            me,
-            is_witness: cfg.is_witness,
-            lease_timeout: cfg.lease_timeout,
-            clock_drift: 0.05,
-            margin: Duration::from_millis(50),
-            endorse_window: cfg.heartbeat_interval * 3,
-            minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
-            auto_reconfigure: cfg.auto_reconfigure,
-            promotion_grace: Duration::from_secs(30),
-            heartbeat_interval: cfg.heartbeat_interval,
-        }),
+        crate::ha::Engine::new(crate::ha::runtime::engine_config(cfg, me)),
         coord,
         facts.clone(),
         owner,

@@ -5,7 +5,6 @@
 //! [`crate::node`]) — and the WAL position tracker.
 
 use std::{
-    net::SocketAddr,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -15,8 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::Config,
-    coordination::ClusterState,
-    node::{DbOwner, DbReport, DbUpdate, Identity, LocalDatabase, ResumeAnswer, Role, Suspension},
+    node::{DbOwner, DbReport, DbUpdate, Identity, LocalDatabase, Role},
     postgres::{
         self,
         monitor::{DbEvent, LocalMonitor, LocalTimings},
@@ -225,77 +223,6 @@ fn apply(s: &mut LocalDatabase, update: DbUpdate) {
     }
 }
 
-/// `efm resume` as the owner of the suspension (the HA runtime) decides it: refused while `script.custom.monitor`
-/// fails; else resumed (and `suspended` cleared) when [`resumable`] accepts `db` — the
-/// rule the `auto.resume.*.period`s apply, with this node's own vote against the epoch counted
-/// in both.
-pub fn decide_resume(
-    suspended: &mut Option<Suspension>,
-    custom_monitor_failed: Option<&str>,
-    cfg: &Config,
-    me: SocketAddr,
-    db: &DbView,
-    st: &ClusterState,
-    voted_against_epoch: bool,
-) -> ResumeAnswer {
-    let Some(sus) = suspended.as_ref() else { return ResumeAnswer::NotSuspended };
-    if let Some(c) = custom_monitor_failed {
-        return ResumeAnswer::CustomMonitorFails(c.to_owned());
-    }
-    let was = sus.reason.clone();
-    match resumable(cfg, me, db, st, voted_against_epoch) {
-        Ok(why) => {
-            *suspended = None;
-            ResumeAnswer::Resumed { why, was }
-        }
-        Err(why) => ResumeAnswer::NotResumable { why, was },
-    }
-}
-
-/// Whether a suspended node may resume: its database runs and is either the primary of the
-/// current epoch (never voted against by this node) or a standby streaming from that primary.
-/// The one rule for both `efm resume` and the `auto.resume.*.period`s (the HA runtime decides).
-pub fn resumable(cfg: &Config, me: SocketAddr, db: &DbView, st: &ClusterState, voted_against_epoch: bool) -> Result<String, String> {
-    let (Some(true), Some(info)) = (db.up, &db.info) else {
-        return Err(format!(
-            "the database of {me} is not running{}: start it, then run efm resume {} again",
-            db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
-            cfg.cluster
-        ));
-    };
-    match st.primary {
-        _ if !info.in_recovery => {
-            if st.primary == Some(me) && !voted_against_epoch && !st.votes.contains(&me) {
-                Ok(format!("the database of {me} is the primary of epoch {}", st.epoch))
-            } else {
-                Err(format!(
-                    "the database of {me} is a primary, but epoch {} belongs to {}: make it a standby of that primary (for example pg_rewind and standby.signal), start it, then resume",
-                    st.epoch,
-                    st.primary.map_or("no node".into(), |p| p.to_string())
-                ))
-            }
-        }
-        None => Ok(format!("the database of {me} is a standby (no primary is committed yet)")),
-        Some(p) if p == me => Err(format!(
-            "{me} is the primary of epoch {} but its database is in recovery; wait for the promotion to finish",
-            st.epoch
-        )),
-        Some(p) => {
-            let up = info.upstream_host.as_deref();
-            if up == Some(p.ip().to_string().as_str()) {
-                Ok(format!("the database of {me} is a standby of the primary {p}"))
-            } else {
-                Err(format!(
-                    "the database of {me} {} , not from the primary of epoch {} ({p}): point primary_conninfo at {}, restart it, then resume",
-                    up.map_or("is not streaming".into(), |u| format!("replicates from {u}")),
-                    st.epoch,
-                    p.ip()
-                ))
-            }
-        }
-    }
-}
-
 /// Watches the postmaster process named in `<data_dir>/postmaster.pid` (a pidfd becomes readable
 /// when the process exits). When it exits, one final check runs at once with
 /// `local.timeout.final`; if that fails too, the database is declared failed without waiting for
@@ -430,62 +357,5 @@ mod tests {
         assert_eq!(s.view.error.as_deref(), Some("postmaster (pid 4242) exited"));
         on_event(&mut s, DbEvent::CheckFailed { error: crate::postgres::DbError::Refused { addr: "198.18.0.1:5444".into() }, silent_for: Duration::from_secs(1) });
         assert_eq!(s.view.up, Some(false), "a failed check alone changes nothing");
-    }
-
-    #[test]
-    fn resumable_needs_a_running_standby_of_the_primary_or_the_unvoted_primary() {
-        let (cfg, me, p) = (config(), "198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap());
-        let up = |info: DbInfo| DbView { up: Some(true), info: Some(info), error: None };
-        let st = ClusterState { primary: Some(p), epoch: 4, ..ClusterState::default() };
-        let down = DbView { up: Some(false), info: None, error: Some("connection refused".into()) };
-        assert!(resumable(&cfg, me, &down, &st, false).unwrap_err().contains("not running (connection refused)"));
-        assert!(resumable(&cfg, me, &up(standby(Some("198.18.0.2"))), &st, false).unwrap().contains("standby of the primary"));
-        assert!(resumable(&cfg, me, &up(standby(Some("198.18.0.9"))), &st, false).unwrap_err().contains("replicates from 198.18.0.9"));
-        assert!(resumable(&cfg, me, &up(primary()), &st, false).unwrap_err().contains("belongs to 198.18.0.2:7800"));
-        let mine = ClusterState { primary: Some(me), ..st.clone() };
-        assert!(resumable(&cfg, me, &up(primary()), &mine, false).unwrap().contains("primary of epoch 4"));
-        assert!(resumable(&cfg, me, &up(primary()), &mine, true).is_err(), "this node voted against its own epoch");
-        let voted = ClusterState { votes: [me].into(), ..mine };
-        assert!(resumable(&cfg, me, &up(primary()), &voted, false).is_err(), "the log has its vote");
-    }
-
-    fn suspension() -> Suspension {
-        Suspension { reason: "database failure: gone".into(), kind: crate::node::SuspendKind::Failure, since: Instant::now() }
-    }
-
-    /// `efm resume` is decided by the owner of the suspension, with the rule and the vote the
-    /// auto.resume periods use (the operator's path once ignored this node's own vote against
-    /// its epoch).
-    #[test]
-    fn the_owner_decides_efm_resume() {
-        let cfg = config();
-        let (me, p): (SocketAddr, SocketAddr) = ("198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap());
-        let st = ClusterState { primary: Some(p), epoch: 4, ..ClusterState::default() };
-        let up = |info: DbInfo| DbView { up: Some(true), info: Some(info), error: None };
-
-        let mut none = None;
-        assert_eq!(decide_resume(&mut none, None, &cfg, me, &up(standby(Some("198.18.0.2"))), &st, false), ResumeAnswer::NotSuspended);
-
-        let mut s = Some(suspension());
-        let a = decide_resume(&mut s, Some("exit value 1"), &cfg, me, &up(standby(Some("198.18.0.2"))), &st, false);
-        assert_eq!(a, ResumeAnswer::CustomMonitorFails("exit value 1".into()));
-        assert!(s.is_some(), "still suspended");
-
-        let a = decide_resume(&mut s, None, &cfg, me, &up(standby(Some("198.18.0.9"))), &st, false);
-        assert!(matches!(&a, ResumeAnswer::NotResumable { why, was } if why.contains("198.18.0.9") && was == "database failure: gone"), "{a:?}");
-        assert!(s.is_some());
-
-        let a = decide_resume(&mut s, None, &cfg, me, &up(standby(Some("198.18.0.2"))), &st, false);
-        assert!(matches!(&a, ResumeAnswer::Resumed { why, .. } if why.contains("standby of the primary")), "{a:?}");
-        assert!(s.is_none(), "the owner cleared the suspension");
-
-        // The primary of the epoch resumes only if this node never voted against that epoch.
-        let mine = ClusterState { primary: Some(me), ..st };
-        let mut s = Some(suspension());
-        let a = decide_resume(&mut s, None, &cfg, me, &up(primary()), &mine, true);
-        assert!(matches!(a, ResumeAnswer::NotResumable { .. }), "{a:?}");
-        assert!(s.is_some());
-        let a = decide_resume(&mut s, None, &cfg, me, &up(primary()), &mine, false);
-        assert!(matches!(a, ResumeAnswer::Resumed { .. }), "{a:?}");
     }
 }

@@ -220,24 +220,12 @@ pub struct DbReport {
     pub applied: oneshot::Sender<()>,
 }
 
-/// What the HA runtime answers to `efm resume`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ResumeAnswer {
-    /// Monitoring was not suspended.
-    NotSuspended,
-    /// Suspended, and `script.custom.monitor` still fails.
-    CustomMonitorFails(String),
-    /// Resumed: why the database is acceptable, and why it had been suspended.
-    Resumed { why: String, was: String },
-    /// Still suspended: why the database is not acceptable, and why it was suspended.
-    NotResumable { why: String, was: String },
-}
-
 /// A request to the HA runtime, the owner of the suspension.
 #[derive(Debug)]
 pub enum RuntimeRequest {
     /// `efm resume`, with the database as the operator's check just found it.
-    Resume { db: DbView, reply: oneshot::Sender<ResumeAnswer> },
+    /// Answered with why it resumed (or had nothing to resume), or why it cannot.
+    Resume { db: DbView, reply: oneshot::Sender<Result<String, String>> },
 }
 
 /// Why a request to an owner got no answer.
@@ -281,7 +269,7 @@ impl Facts {
 
     /// Asks the HA runtime to resume monitoring, given the database as just checked; answered
     /// within one cycle.
-    pub async fn resume(&self, db: DbView) -> Result<ResumeAnswer, OwnerGone> {
+    pub async fn resume(&self, db: DbView) -> Result<Result<String, String>, OwnerGone> {
         let gone = OwnerGone { owner: "HA runtime" };
         let (reply, answer) = oneshot::channel();
         self.requests.send(RuntimeRequest::Resume { db, reply }).await.map_err(|_| gone)?;
@@ -394,11 +382,11 @@ mod tests {
             let Some(RuntimeRequest::Resume { db, reply }) = owners.runtime.requests.recv().await else {
                 panic!("no request")
             };
-            let _ = reply.send(ResumeAnswer::NotResumable { why: format!("up: {:?}", db.up), was: "test".into() });
+            let _ = reply.send(Err(format!("up: {:?}", db.up)));
             owners
         });
         let answer = facts.resume(DbView { up: Some(false), ..DbView::default() }).await.unwrap();
-        assert_eq!(answer, ResumeAnswer::NotResumable { why: "up: Some(false)".into(), was: "test".into() });
+        assert_eq!(answer, Err("up: Some(false)".into()));
         drop(owner.await.unwrap());
         assert_eq!(facts.resume(DbView::default()).await, Err(OwnerGone { owner: "HA runtime" }));
     }

@@ -34,7 +34,7 @@ use crate::{
     coordination::{ClusterState, Command, CoordError, Coordinator, NodeKind},
     detector::Verdict,
     localdb,
-    node::{unix_ms, DbUpdate, DbView, Facts, PeerEntry, ResumeAnswer},
+    node::{unix_ms, DbUpdate, DbView, Facts, PeerEntry},
     postgres,
 };
 
@@ -332,11 +332,12 @@ fn serving(facts: &Facts, p: SocketAddr, epoch: u64) -> bool {
 }
 
 /// `efm resume`: checks the database now and asks the HA runtime, the owner of the
-/// suspension, to resume with it ([`localdb::resumable`], the rule the `auto.resume.*.period`s
+/// suspension, to resume with it (the engine's rule, which the `auto.resume.*.period`s
 /// apply too). A standby that just restarted gets [`RESUME_WAIT`] to stream again. The check
 /// goes to the owner of the database view first, so the cycle that resumes sees it.
 async fn resume(facts: &Facts) -> Result<Response, String> {
     let (cfg, me) = (&facts.id.config, facts.id.me);
+    let was = facts.status.borrow().suspended.as_ref().map_or_else(String::new, |s| s.reason.clone());
     if cfg.is_witness {
         return Err("this node is a witness: it has no database to monitor".into());
     }
@@ -355,19 +356,18 @@ async fn resume(facts: &Facts) -> Result<Response, String> {
             Err(e) => DbView { up: Some(false), info: None, error: Some(e.to_string()) },
         };
         let up = db.up == Some(true);
+        let detail = db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
         let answer = tokio::time::timeout(ANSWER_WAIT, facts.resume(db))
             .await
             .map_err(|_| format!("the agent's HA runtime did not answer within {} s; see the agent's log", ANSWER_WAIT.as_secs()))?;
         match answer.map_err(|e| e.to_string())? {
-            ResumeAnswer::NotSuspended => return Ok(nothing()),
-            ResumeAnswer::CustomMonitorFails(c) => return Err(format!("the custom monitor script still fails ({c}); fix that first")),
-            ResumeAnswer::Resumed { why, .. } => return Ok(message(format!("Resumed monitoring on {me}: {why}"))),
+            Ok(why) => return Ok(message(format!("Resumed monitoring on {me}: {why}"))),
             // A standby that just restarted needs a moment to stream again.
-            ResumeAnswer::NotResumable { why, .. } if up && started.elapsed() < RESUME_WAIT => {
+            Err(why) if up && started.elapsed() < RESUME_WAIT => {
                 tracing::debug!(error = %why, "resume: not yet");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            ResumeAnswer::NotResumable { why, was } => return Err(format!("cannot resume monitoring: {why} (suspended because: {was})")),
+            Err(e) => return Err(format!("cannot resume monitoring: {e}{detail} (suspended because: {was})")),
         }
     }
 }

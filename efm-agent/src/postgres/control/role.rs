@@ -23,6 +23,16 @@ fn sql_err(addr: &str, what: &'static str, e: &tokio_postgres::Error) -> Control
     }
 }
 
+/// Runs file work (reads, atomic writes with `fsync`) on the blocking pool: nothing blocks
+/// the runtime's threads (ARCHITECTURE.md, "nothing blocks the heartbeat").
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::Config(format!("configuration file task failed: {e}")))?
+}
+
 /// The first row of the first result of a simple query, as text.
 async fn row(
     client: &Client,
@@ -240,7 +250,8 @@ async fn current_primary_conninfo(
             Err(e) => return Err(e),
         }
     }
-    own_primary_conninfo(control, &control.data_dir, version)
+    let c = control.clone();
+    blocking(move || own_primary_conninfo(&c, &c.data_dir, version)).await
 }
 
 /// The `primary_conninfo` of the (running) server at `target`, e.g. another standby's to copy
@@ -317,13 +328,17 @@ async fn apply_settings(
     }
     if !via_sql {
         let auto = control.data_dir.join("postgresql.auto.conf");
-        let owner = control.owner_ids()?;
-        let existing = read_optional(&auto)?;
-        let mut new = set_conf_line(existing.as_deref(), "primary_conninfo", &text);
-        if !timeline_latest {
-            new = set_conf_line(Some(&new), "recovery_target_timeline", "latest");
-        }
-        write_atomic(&auto, &new, Some(&owner))?;
+        let (c, path, value) = (control.clone(), auto.clone(), text.clone());
+        blocking(move || {
+            let owner = c.owner_ids()?;
+            let existing = read_optional(&path)?;
+            let mut new = set_conf_line(existing.as_deref(), "primary_conninfo", &value);
+            if !timeline_latest {
+                new = set_conf_line(Some(&new), "recovery_target_timeline", "latest");
+            }
+            write_atomic(&path, &new, Some(&owner))
+        })
+        .await?;
         tracing::info!(db = %addr, file = %auto.display(),
             "not allowed to ALTER SYSTEM; wrote primary_conninfo into postgresql.auto.conf");
     }
@@ -352,9 +367,13 @@ async fn apply_with_recovery_conf(
         .clone()
         .unwrap_or_else(|| control.data_dir.clone());
     let path = dir.join("recovery.conf");
-    let existing = read_optional(&path)?;
-    let text = recovery_conf_text(existing.as_deref(), &conninfo.conninfo());
-    write_atomic(&path, &text, Some(&control.owner_ids()?))?;
+    let (c, p, value) = (control.clone(), path.clone(), conninfo.conninfo());
+    blocking(move || {
+        let existing = read_optional(&p)?;
+        let text = recovery_conf_text(existing.as_deref(), &value);
+        write_atomic(&p, &text, Some(&c.owner_ids()?))
+    })
+    .await?;
     tracing::info!(db = %addr, conninfo = %conninfo.redacted(),
         "recovery.conf written; restarting the standby");
     control.restart().await?;

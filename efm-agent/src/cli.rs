@@ -117,7 +117,9 @@ pub enum Cmd {
     /// up-to-date standby it asks first (and refuses without a terminal unless --force).
     /// With -switchover the primary stops cleanly, the standby takes over and the old primary
     /// rejoins as its standby. EFM's single-dash spellings (-switchover, -sourcenode, -quiet) work.
-    #[command(after_help = "Example:\n  efm promote acctg -switchover\n  efm promote acctg -switchover -sourcenode 10.0.1.9 -quiet")]
+    #[command(
+        after_help = "Example:\n  efm promote acctg -switchover\n  efm promote acctg -switchover -sourcenode 10.0.1.9 -quiet"
+    )]
     Promote {
         /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
         cluster: String,
@@ -231,22 +233,33 @@ impl Cmd {
     #[must_use]
     pub fn admin_request(&self) -> Option<(&str, AdminCommand)> {
         Some(match self {
-            Self::ClusterStatus { cluster } | Self::ClusterStatusJson { cluster } => (cluster, AdminCommand::ClusterStatus),
+            Self::ClusterStatus { cluster } | Self::ClusterStatusJson { cluster } => {
+                (cluster, AdminCommand::ClusterStatus)
+            }
             Self::NodeStatusJson { cluster } => (cluster, AdminCommand::NodeStatus),
             Self::Promote { cluster, switchover, sourcenode, quiet, force } => (
                 cluster,
-                AdminCommand::Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.clone() },
+                AdminCommand::Promote {
+                    switchover: *switchover,
+                    quiet: *quiet,
+                    force: *force,
+                    sourcenode: sourcenode.clone(),
+                },
             ),
             Self::Resume { cluster } => (cluster, AdminCommand::Resume),
             Self::SetPriority { cluster, address, priority } => {
                 (cluster, AdminCommand::SetPriority { address: address.clone(), priority: *priority })
             }
             Self::AllowNode { cluster, address } => (cluster, AdminCommand::AllowNode { address: address.clone() }),
-            Self::DisallowNode { cluster, address } => (cluster, AdminCommand::DisallowNode { address: address.clone() }),
-            Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
-            Self::PropCheck { .. } | Self::UpgradeConf { .. } | Self::Encrypt { .. } | Self::GenerateKey { .. } | Self::GenerateDocs { .. } => {
-                return None
+            Self::DisallowNode { cluster, address } => {
+                (cluster, AdminCommand::DisallowNode { address: address.clone() })
             }
+            Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
+            Self::PropCheck { .. }
+            | Self::UpgradeConf { .. }
+            | Self::Encrypt { .. }
+            | Self::GenerateKey { .. }
+            | Self::GenerateDocs { .. } => return None,
         })
     }
 }
@@ -317,8 +330,7 @@ fn without_hidden(cmd: &clap::Command, name: &'static str) -> clap::Command {
     if let Some(a) = cmd.get_about() {
         out = out.about(a.clone());
     }
-    out.args(cmd.get_arguments().cloned())
-        .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+    out.args(cmd.get_arguments().cloned()).subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// A man page: `clap_mangen`'s sections, the examples (clap's after-help) as EXAMPLES rather than
@@ -326,7 +338,8 @@ fn without_hidden(cmd: &clap::Command, name: &'static str) -> clap::Command {
 fn render_man(cmd: clap::Command, section: &str, see_also: &str) -> io::Result<Vec<u8>> {
     let extra = cmd.get_after_long_help().or_else(|| cmd.get_after_help()).map(ToString::to_string);
     let cmd = cmd.after_help(None::<&str>).after_long_help(None::<&str>);
-    let man = clap_mangen::Man::new(cmd).section(section).manual("efm").source(concat!("efm ", env!("CARGO_PKG_VERSION")));
+    let man =
+        clap_mangen::Man::new(cmd).section(section).manual("efm").source(concat!("efm ", env!("CARGO_PKG_VERSION")));
     let mut out = Vec::new();
     man.render(&mut out)?;
     if let Some(extra) = extra {
@@ -397,7 +410,8 @@ mod tests {
 
     #[test]
     fn every_admin_command_has_its_efm_command() {
-        let parse = |words: &[&str]| Cli::try_parse_from(std::iter::once("efm").chain(words.iter().copied())).unwrap().cmd;
+        let parse =
+            |words: &[&str]| Cli::try_parse_from(std::iter::once("efm").chain(words.iter().copied())).unwrap().cmd;
         let sent: Vec<&str> = [
             &["cluster-status", "acctg"][..],
             &["node-status-json", "acctg"],
@@ -417,7 +431,12 @@ mod tests {
         assert_eq!(cluster, "acctg");
         assert_eq!(
             promote,
-            AdminCommand::Promote { switchover: true, quiet: true, force: false, sourcenode: Some("198.18.0.9".into()) }
+            AdminCommand::Promote {
+                switchover: true,
+                quiet: true,
+                force: false,
+                sourcenode: Some("198.18.0.9".into())
+            }
         );
         assert_eq!(
             parse(&["set-priority", "acctg", "198.18.0.2", "0"]).admin_request().unwrap().1,
@@ -434,9 +453,10 @@ mod tests {
 
     #[test]
     fn every_command_has_an_about_and_an_example() {
-        for cmd in std::iter::once(AgentArgs::command()).chain(std::iter::once(Cli::command())).chain(
-            Cli::command().get_subcommands().cloned().collect::<Vec<_>>(),
-        ) {
+        for cmd in std::iter::once(AgentArgs::command())
+            .chain(std::iter::once(Cli::command()))
+            .chain(Cli::command().get_subcommands().cloned().collect::<Vec<_>>())
+        {
             let name = cmd.get_name().to_owned();
             assert!(cmd.get_about().is_some(), "{name} has no description");
             let after = cmd.get_after_help().map(ToString::to_string).unwrap_or_default();
@@ -481,7 +501,10 @@ mod tests {
         assert!(!written.iter().any(|p| p.to_string_lossy().contains("generate-docs")), "hidden command documented");
         let agent = fs::read_to_string(dir.join("man8/efm-agent.8")).unwrap();
         assert!(agent.starts_with(".ie") || agent.contains(".TH efm\\-agent 8"), "{}", &agent[..200.min(agent.len())]);
-        assert!(agent.contains(".SH EXAMPLES") && agent.contains(".SH FILES") && agent.contains("\\-\\-cluster"), "{agent}");
+        assert!(
+            agent.contains(".SH EXAMPLES") && agent.contains(".SH FILES") && agent.contains("\\-\\-cluster"),
+            "{agent}"
+        );
         assert!(!agent.contains(".SH EXTRA"), "{agent}");
         let bash = fs::read_to_string(dir.join("completions/bash/efm")).unwrap();
         assert!(bash.contains("cluster-status") && !bash.contains("generate-docs"), "hidden command completed");
@@ -491,6 +514,9 @@ mod tests {
     #[test]
     fn roff_sections_keep_examples_verbatim() {
         let r = roff_sections("Example:\n  efm x -y\n\nFiles:\n  /etc/efm  config\nplain text.");
-        assert_eq!(r, ".SH EXAMPLES\n.nf\n  efm x \\-y\n.fi\n.PP\n.SH FILES\n.nf\n  /etc/efm  config\n.fi\nplain text.\n");
+        assert_eq!(
+            r,
+            ".SH EXAMPLES\n.nf\n  efm x \\-y\n.fi\n.PP\n.SH FILES\n.nf\n  /etc/efm  config\n.fi\nplain text.\n"
+        );
     }
 }

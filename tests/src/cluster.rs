@@ -45,7 +45,11 @@ pub fn bin(name: &str) -> PathBuf {
         dir = dir.parent().expect("target dir");
     }
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: build it first (`cargo build -p efm-agent --bins`; `cargo xtask test` does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build -p efm-agent --bins`; `cargo xtask test` does)",
+        p.display()
+    );
     p
 }
 
@@ -255,9 +259,11 @@ impl Cluster {
             let dir = root.path().join(format!("node{}", i + 1));
             fs::create_dir_all(&dir).unwrap();
             let ip = bed.nodes[i].ip.to_string();
-            let monitor_password = pgs.iter().flatten().next().map(|p| p.creds.monitor_password.clone()).unwrap_or_default();
+            let monitor_password =
+                pgs.iter().flatten().next().map(|p| p.creds.monitor_password.clone()).unwrap_or_default();
             let enc_key = efm_agent::secret::Key::load_or_create(&dir.join("efm.key")).expect("creating efm.key");
-            let enc = efm_agent::secret::encrypt(&enc_key, CLUSTER, &monitor_password).expect("encrypting the monitoring password");
+            let enc = efm_agent::secret::encrypt(&enc_key, CLUSTER, &monitor_password)
+                .expect("encrypting the monitoring password");
             let mut props = format!(
                 "db.user={user}\ndb.password.encrypted={enc}\ndb.port=5432\ndb.database=postgres\nbind.address={ip}:7800\n\
                  lock.dir={d}/lock\nlog.dir={d}/log\ncluster.key.file={key}\n\
@@ -269,7 +275,12 @@ impl Cluster {
             );
             match pgs[i].as_ref() {
                 Some(p) => {
-                    let _ = writeln!(props, "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}", p.data.display(), pg::bin_dir().display());
+                    let _ = writeln!(
+                        props,
+                        "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}",
+                        p.data.display(),
+                        pg::bin_dir().display()
+                    );
                 }
                 None => props.push_str("is.witness=true\n"),
             }
@@ -522,7 +533,13 @@ impl Writer {
     pub fn wait_long_acks_from(&self, server: &str, after_ns: u64, n: usize, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
         while Instant::now() < until {
-            let k = self.log.lock().unwrap().iter().filter(|a| a.is_long() && a.t_ns > after_ns && a.server.as_deref() == Some(server)).count();
+            let k = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.is_long() && a.t_ns > after_ns && a.server.as_deref() == Some(server))
+                .count();
             if k >= n {
                 return true;
             }
@@ -546,7 +563,12 @@ impl Drop for Writer {
 #[must_use]
 pub fn client_config(host: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host).port(5432).user(pg::APP_USER).dbname("postgres").keepalives(false).connect_timeout(Duration::from_millis(300));
+    cfg.host(host)
+        .port(5432)
+        .user(pg::APP_USER)
+        .dbname("postgres")
+        .keepalives(false)
+        .connect_timeout(Duration::from_millis(300));
     cfg
 }
 
@@ -575,7 +597,13 @@ pub fn long_insert_sql(seq: i64, t: i64, sleep_s: f64) -> String {
 /// One writer: short writes (`seed` None) every few ms with a 500 ms timeout, or long ones
 /// (sleeping 0.5–3 s, chosen by a xorshift generator from `seed`) with the sleep + 4 s as
 /// timeout. After `stop` a long writer still waits for the answer to the statement it sent.
-async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>, seqs: Arc<std::sync::atomic::AtomicI64>, seed: Option<u64>) {
+async fn write_loop(
+    host: String,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Ack>>>,
+    seqs: Arc<std::sync::atomic::AtomicI64>,
+    seed: Option<u64>,
+) {
     let cfg = client_config(&host);
     let mut client: Option<tokio_postgres::Client> = None;
     let mut rng = seed.unwrap_or(1) | 1;
@@ -602,7 +630,10 @@ async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>
         } else {
             let r = tokio::time::timeout(
                 Duration::from_millis(500),
-                c.query_one("INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')", &[&seq, &t]),
+                c.query_one(
+                    "INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')",
+                    &[&seq, &t],
+                ),
             )
             .await;
             (r, 0)
@@ -611,15 +642,36 @@ async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>
         match res {
             Ok(Ok(row)) => {
                 let server: String = row.get(0);
-                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: Some(server), sleep_ms, error: None });
+                log.lock().unwrap().push(Ack {
+                    t_ns: now,
+                    sent_ns: sent,
+                    seq,
+                    server: Some(server),
+                    sleep_ms,
+                    error: None,
+                });
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Ok(Err(e)) => {
-                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: None, sleep_ms, error: Some(e.to_string()) });
+                log.lock().unwrap().push(Ack {
+                    t_ns: now,
+                    sent_ns: sent,
+                    seq,
+                    server: None,
+                    sleep_ms,
+                    error: Some(e.to_string()),
+                });
                 client = None;
             }
             Err(_) => {
-                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: None, sleep_ms, error: Some("client timeout".into()) });
+                log.lock().unwrap().push(Ack {
+                    t_ns: now,
+                    sent_ns: sent,
+                    seq,
+                    server: None,
+                    sleep_ms,
+                    error: Some("client timeout".into()),
+                });
                 client = None;
             }
         }
@@ -631,7 +683,12 @@ async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>
 /// primary acknowledged. Returns (last old ack, first new ack) in ns.
 #[must_use]
 pub fn no_overlap(acks: &[Ack], old: &str, new: &str) -> (u64, u64) {
-    let first_new = acks.iter().filter(|a| a.server.as_deref() == Some(new)).map(|a| a.t_ns).min().expect("the new primary acknowledged writes");
+    let first_new = acks
+        .iter()
+        .filter(|a| a.server.as_deref() == Some(new))
+        .map(|a| a.t_ns)
+        .min()
+        .expect("the new primary acknowledged writes");
     let late: Vec<&Ack> = acks.iter().filter(|a| a.server.as_deref() == Some(old) && a.t_ns >= first_new).collect();
     let last_old = acks.iter().filter(|a| a.server.as_deref() == Some(old)).map(|a| a.t_ns).max().unwrap_or(0);
     assert!(
@@ -681,19 +738,29 @@ pub struct FailoverRun {
 /// Starts a cluster of `kinds` with a client writing through the VIP, applies `fault`, and
 /// waits for a new primary to accept writes. Panics if two primaries acknowledged writes at
 /// overlapping times, or if no new primary appears within `timeout`.
-pub fn run_failover(kinds: &[Kind], extra: &str, timeout: Duration, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<Ack>, FailoverRun) {
+pub fn run_failover(
+    kinds: &[Kind],
+    extra: &str,
+    timeout: Duration,
+    fault: impl FnOnce(&mut Cluster),
+) -> (Cluster, Vec<Ack>, FailoverRun) {
     let mut c = Cluster::start(kinds, extra);
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
     // Every long writer has its connection open and a statement done: from now on long
     // statements are in flight.
-    assert!(w.wait_long_acks_from("n1", 0, LONG_WRITERS, Duration::from_secs(20)), "the long writers write through the VIP to n1");
+    assert!(
+        w.wait_long_acks_from("n1", 0, LONG_WRITERS, Duration::from_secs(20)),
+        "the long writers write through the VIP to n1"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let t_fault = monotonic_ns();
     fault(&mut c);
     let until = Instant::now() + timeout;
     let new = loop {
-        if let Some(a) = w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != "n1")) {
+        if let Some(a) =
+            w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != "n1"))
+        {
             break a.server.clone().unwrap();
         }
         assert!(Instant::now() < until, "no new primary accepted writes within {timeout:?} of the fault");
@@ -704,7 +771,8 @@ pub fn run_failover(kinds: &[Kind], extra: &str, timeout: Duration, fault: impl 
     let (last_old, first_new) = no_overlap(&acks, "n1", &new);
     let run = FailoverRun {
         failover_ms: (first_new - t_fault) / 1_000_000,
-        gap_ms: i64::try_from(first_new / 1_000_000).unwrap_or(i64::MAX) - i64::try_from(last_old / 1_000_000).unwrap_or(0),
+        gap_ms: i64::try_from(first_new / 1_000_000).unwrap_or(i64::MAX)
+            - i64::try_from(last_old / 1_000_000).unwrap_or(0),
         long_acks_old: ack_counts(&acks, "n1").1,
         long_acks_new: ack_counts(&acks, &new).1,
         long_failed: acks.iter().filter(|a| a.is_long() && a.server.is_none()).count(),
@@ -735,7 +803,12 @@ impl Cluster {
                 if last == format!("{}|streaming", pg::REPLICATION_USER) {
                     break;
                 }
-                assert!(Instant::now() < until, "{name} does not stream from n{} as {}: pg_stat_replication says {last:?}", primary + 1, pg::REPLICATION_USER);
+                assert!(
+                    Instant::now() < until,
+                    "{name} does not stream from n{} as {}: pg_stat_replication says {last:?}",
+                    primary + 1,
+                    pg::REPLICATION_USER
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
             let ci = s.psql("SHOW primary_conninfo");

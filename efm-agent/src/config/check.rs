@@ -118,14 +118,8 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
         diagnostics: Vec::new(),
     };
     if !dir.is_dir() {
-        let message = if dir.exists() {
-            "not a directory"
-        } else {
-            "configuration directory does not exist"
-        };
-        report
-            .diagnostics
-            .push(Diagnostic::error(dir, None, None, message.into()));
+        let message = if dir.exists() { "not a directory" } else { "configuration directory does not exist" };
+        report.diagnostics.push(Diagnostic::error(dir, None, None, message.into()));
         return report;
     }
 
@@ -140,12 +134,7 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
 
     if let Some(text) = read(&report.properties_file, &mut report.diagnostics) {
         let file = &report.properties_file;
-        let analysis = analyze(
-            &text,
-            file,
-            cluster,
-            report.nodes.clone().unwrap_or_default(),
-        );
+        let analysis = analyze(&text, file, cluster, report.nodes.clone().unwrap_or_default());
         let (effective, errors) = match analysis.result {
             Ok(loaded) => {
                 if let Some(why) = report.nodes.as_deref().and_then(|n| too_few_agents(n, loaded.config.bind_address)) {
@@ -163,9 +152,7 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
         let duplicate = |d: &Diagnostic| {
             d.message == REQUIRED_NOT_SET
                 && d.line.is_some()
-                && errors.iter().any(|o| {
-                    o.message != REQUIRED_NOT_SET && o.line == d.line && o.property == d.property
-                })
+                && errors.iter().any(|o| o.message != REQUIRED_NOT_SET && o.line == d.line && o.property == d.property)
         };
         let errors: Vec<Diagnostic> = errors.iter().filter(|d| !duplicate(d)).cloned().collect();
         report.diagnostics.extend(errors);
@@ -175,9 +162,7 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
 
     let props = report.properties_file.clone();
     // Stable: keeps the loader's order among diagnostics of the same line.
-    report
-        .diagnostics
-        .sort_by_key(|d| (d.file != props, d.line.unwrap_or(0)));
+    report.diagnostics.sort_by_key(|d| (d.file != props, d.line.unwrap_or(0)));
     for d in &mut report.diagnostics {
         if d.value.is_some() && d.property.as_deref().is_some_and(is_secret) {
             d.value = Some("(set)".into());
@@ -190,20 +175,14 @@ fn read(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) => {
-            diagnostics.push(Diagnostic::error(
-                path,
-                None,
-                None,
-                format!("cannot read: {e}"),
-            ));
+            diagnostics.push(Diagnostic::error(path, None, None, format!("cannot read: {e}")));
             None
         }
     }
 }
 
 fn is_secret(name: &str) -> bool {
-    SECRETS.contains(&name)
-        || properties::legacy(name).is_some_and(|l| l.targets.iter().any(|t| SECRETS.contains(t)))
+    SECRETS.contains(&name) || properties::legacy(name).is_some_and(|l| l.targets.iter().any(|t| SECRETS.contains(t)))
 }
 
 /// Attach a source to every effective value. `effective` is only non-empty
@@ -218,9 +197,7 @@ fn describe(text: &str, file: &Path, effective: &[(String, String)]) -> Vec<Effe
             sources.entry(def.name).or_insert((entry.line, None, empty));
         } else if let Some(legacy) = properties::legacy(&entry.key) {
             for target in legacy.targets {
-                sources
-                    .entry(target)
-                    .or_insert((entry.line, Some(entry.key.clone()), empty));
+                sources.entry(target).or_insert((entry.line, Some(entry.key.clone()), empty));
             }
         }
     }
@@ -231,30 +208,16 @@ fn describe(text: &str, file: &Path, effective: &[(String, String)]) -> Vec<Effe
                 None => ValueSource::Default,
                 Some((line, _, true)) => ValueSource::EmptyInFile { line: *line },
                 Some((line, None, false)) => ValueSource::File { line: *line },
-                Some((line, Some(from), false)) => ValueSource::Legacy {
-                    line: *line,
-                    from: from.clone(),
-                },
+                Some((line, Some(from), false)) => ValueSource::Legacy { line: *line, from: from.clone() },
             };
-            let value = if is_secret(name) && !raw.is_empty() {
-                "(set)".to_owned()
-            } else {
-                raw.clone()
-            };
-            EffectiveProperty {
-                name: name.clone(),
-                value,
-                source,
-            }
+            let value = if is_secret(name) && !raw.is_empty() { "(set)".to_owned() } else { raw.clone() };
+            EffectiveProperty { name: name.clone(), value, source }
         })
         .collect()
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Longest value that still widens the value column.
@@ -274,10 +237,7 @@ impl PropCheckReport {
     }
 
     fn count(&self, severity: Severity) -> usize {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == severity)
-            .count()
+        self.diagnostics.iter().filter(|d| d.severity == severity).count()
     }
 
     /// 0 when the configuration has no errors, 1 otherwise.
@@ -429,10 +389,7 @@ fn render_diagnostic(d: &Diagnostic) -> String {
 pub fn compare(a: &Config, b: &Config) -> Vec<String> {
     let (ea, eb) = (a.effective(), b.effective());
     let value_of = |e: &[(String, String)], name: &str| {
-        e.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        e.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
     };
     PROPERTIES
         .iter()
@@ -441,10 +398,7 @@ pub fn compare(a: &Config, b: &Config) -> Vec<String> {
             let (va, vb) = (value_of(&ea, def.name), value_of(&eb, def.name));
             let same = match (va.is_empty(), vb.is_empty()) {
                 (true, true) => true,
-                (false, false) => match (
-                    value::validate(def.kind, &va),
-                    value::validate(def.kind, &vb),
-                ) {
+                (false, false) => match (value::validate(def.kind, &va), value::validate(def.kind, &vb)) {
                     (Ok(x), Ok(y)) => x == y,
                     _ => va == vb,
                 },
@@ -503,12 +457,7 @@ lock.dir=
     }
 
     fn find<'a>(r: &'a PropCheckReport, name: &str) -> &'a EffectiveProperty {
-        r.effective
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap()
+        r.effective.as_ref().unwrap().iter().find(|p| p.name == name).unwrap()
     }
 
     #[test]
@@ -519,21 +468,11 @@ lock.dir=
         let r = prop_check(&dir, "acctg");
         assert_eq!(r.exit_code(), 0, "{}", r.render());
         assert_eq!(r.nodes.as_ref().unwrap().len(), 3);
-        assert_eq!(
-            r.effective.as_ref().unwrap().len(),
-            PROPERTIES.len(),
-            "every property is listed"
-        );
+        assert_eq!(r.effective.as_ref().unwrap().len(), PROPERTIES.len(), "every property is listed");
         assert_eq!(find(&r, "db.port").source, ValueSource::File { line: 4 });
         assert_eq!(find(&r, "auto.failover").source, ValueSource::Default);
         assert_eq!(find(&r, "lock.dir").value, "/var/lock/efm");
-        assert_eq!(
-            find(&r, "virtual.ip").source,
-            ValueSource::Legacy {
-                line: 9,
-                from: "virtualIp".into()
-            }
-        );
+        assert_eq!(find(&r, "virtual.ip").source, ValueSource::Legacy { line: 9, from: "virtualIp".into() });
         assert_eq!(find(&r, "db.password.encrypted").value, "(set)");
 
         let text = r.render();
@@ -550,25 +489,13 @@ lock.dir=
         assert!(line("db.port").contains("= 5444"), "{text}");
         assert!(line("db.port").ends_with("(acctg.properties:4)"), "{text}");
         assert!(line("auto.failover").ends_with("(default)"), "{text}");
-        assert!(
-            line("virtual.ip").ends_with("(acctg.properties:9, from legacy virtualIp)"),
-            "{text}"
-        );
-        assert!(
-            line("lock.dir").ends_with("(default; empty in acctg.properties:11)"),
-            "{text}"
-        );
+        assert!(line("virtual.ip").ends_with("(acctg.properties:9, from legacy virtualIp)"), "{text}");
+        assert!(line("lock.dir").ends_with("(default; empty in acctg.properties:11)"), "{text}");
         assert!(text.contains("  198.18.0.2:7800\n"), "{text}");
         // The legacy name is worth a warning, not an error.
         assert_eq!(r.warnings(), 1, "{text}");
-        assert!(
-            text.contains("warning: acctg.properties:9: virtualIp: deprecated property name"),
-            "{text}"
-        );
-        assert!(
-            text.ends_with("1 problem (0 errors, 1 warning)\n"),
-            "{text}"
-        );
+        assert!(text.contains("warning: acctg.properties:9: virtualIp: deprecated property name"), "{text}");
+        assert!(text.ends_with("1 problem (0 errors, 1 warning)\n"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -633,9 +560,7 @@ lock.dir=
         // The configuration is still shown, with the offending value.
         assert_eq!(find(&r, "db.port").value, "abc");
         assert!(
-            out.contains(
-                "  error: acctg.properties:4: db.port = \"abc\": expected a port number 1-65535\n"
-            ),
+            out.contains("  error: acctg.properties:4: db.port = \"abc\": expected a port number 1-65535\n"),
             "{out}"
         );
         assert!(
@@ -659,18 +584,9 @@ lock.dir=
         let out = r.render();
         assert_eq!(r.exit_code(), 1);
         assert!(r.effective.is_none() && r.nodes.is_none());
-        assert!(
-            out.contains("Effective configuration: not available"),
-            "{out}"
-        );
-        assert!(
-            out.contains("error: acctg.properties:1: expected key=value"),
-            "{out}"
-        );
-        assert!(
-            out.contains("error: acctg.nodes:1: bad node entry"),
-            "{out}"
-        );
+        assert!(out.contains("Effective configuration: not available"), "{out}");
+        assert!(out.contains("error: acctg.properties:1: expected key=value"), "{out}");
+        assert!(out.contains("error: acctg.nodes:1: bad node entry"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -681,23 +597,14 @@ lock.dir=
         let out = r.render();
         assert_eq!(r.exit_code(), 1);
         assert_eq!(r.errors(), 1);
-        assert!(
-            out.contains("configuration directory does not exist"),
-            "{out}"
-        );
-        assert!(
-            out.contains("Effective configuration: not available"),
-            "{out}"
-        );
+        assert!(out.contains("configuration directory does not exist"), "{out}");
+        assert!(out.contains("Effective configuration: not available"), "{out}");
 
         let dir = temp_dir("empty");
         let r = prop_check(&dir, "acctg");
         let out = r.render();
         assert_eq!(r.errors(), 2, "{out}");
-        assert!(
-            out.contains("error: acctg.properties: cannot read: "),
-            "{out}"
-        );
+        assert!(out.contains("error: acctg.properties: cannot read: "), "{out}");
         assert!(out.contains("error: acctg.nodes: cannot read: "), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -707,26 +614,16 @@ lock.dir=
             "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=enterprisedb\n\
              db.data.dir=/var/lib/edb/data\nbind.address={bind}\n{extra}\n"
         );
-        from_properties(
-            &text,
-            Path::new("/etc/efm/acctg.properties"),
-            "acctg",
-            Vec::new(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .config
+        from_properties(&text, Path::new("/etc/efm/acctg.properties"), "acctg", Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
     }
 
     #[test]
     fn compare_must_match_properties() {
-        let a = config(
-            "node.timeout=50\nauto.failover=TRUE\nadmin.port=7809",
-            "10.0.0.1:7800",
-        );
-        let b = config(
-            "node.timeout=50s\nadmin.port=7810\nvirtual.ip=10.0.0.100\nvirtual.ip.prefix=24",
-            "10.0.0.2:7800",
-        );
+        let a = config("node.timeout=50\nauto.failover=TRUE\nadmin.port=7809", "10.0.0.1:7800");
+        let b =
+            config("node.timeout=50s\nadmin.port=7810\nvirtual.ip=10.0.0.100\nvirtual.ip.prefix=24", "10.0.0.2:7800");
         // admin.port may differ; 50 and 50s, TRUE and the default true are equal.
         let diff = compare(&a, &b);
         assert_eq!(

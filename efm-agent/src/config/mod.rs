@@ -54,13 +54,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    fn new(
-        severity: Severity,
-        file: &Path,
-        line: Option<usize>,
-        property: Option<&str>,
-        message: String,
-    ) -> Self {
+    fn new(severity: Severity, file: &Path, line: Option<usize>, property: Option<&str>, message: String) -> Self {
         Diagnostic {
             file: file.to_path_buf(),
             line,
@@ -71,12 +65,7 @@ impl Diagnostic {
         }
     }
 
-    pub(crate) fn error(
-        file: &Path,
-        line: Option<usize>,
-        property: Option<&str>,
-        message: String,
-    ) -> Self {
+    pub(crate) fn error(file: &Path, line: Option<usize>, property: Option<&str>, message: String) -> Self {
         Self::new(Severity::Error, file, line, property, message)
     }
 
@@ -378,12 +367,7 @@ fn read(path: &Path, errors: &mut Vec<Diagnostic>) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(t) => Some(t),
         Err(e) => {
-            errors.push(Diagnostic::error(
-                path,
-                None,
-                None,
-                format!("cannot read: {e}"),
-            ));
+            errors.push(Diagnostic::error(path, None, None, format!("cannot read: {e}")));
             None
         }
     }
@@ -391,12 +375,7 @@ fn read(path: &Path, errors: &mut Vec<Diagnostic>) -> Option<String> {
 
 /// Build a [`Config`] from the text of a properties file (`file` is used
 /// in diagnostics only) and already-parsed nodes.
-pub fn from_properties(
-    text: &str,
-    file: &Path,
-    cluster: &str,
-    nodes: Vec<SocketAddr>,
-) -> Result<Loaded, ConfigErrors> {
+pub fn from_properties(text: &str, file: &Path, cluster: &str, nodes: Vec<SocketAddr>) -> Result<Loaded, ConfigErrors> {
     analyze(text, file, cluster, nodes).result
 }
 
@@ -416,19 +395,10 @@ pub(crate) fn analyze(text: &str, file: &Path, cluster: &str, nodes: Vec<SocketA
     let entries = match parse_properties(text, file) {
         Ok(entries) => entries,
         Err(errors) => {
-            return Analysis {
-                result: Err(ConfigErrors(errors)),
-                warnings: Vec::new(),
-                effective: Vec::new(),
-            }
+            return Analysis { result: Err(ConfigErrors(errors)), warnings: Vec::new(), effective: Vec::new() }
         }
     };
-    let mut b = Builder {
-        file,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-        sources: HashMap::new(),
-    };
+    let mut b = Builder { file, errors: Vec::new(), warnings: Vec::new(), sources: HashMap::new() };
     for entry in &entries {
         b.resolve(entry);
     }
@@ -436,18 +406,11 @@ pub(crate) fn analyze(text: &str, file: &Path, cluster: &str, nodes: Vec<SocketA
     let config = b.build(&values, cluster, nodes);
     b.cross_checks(&config, &values);
     let result = if b.errors.is_empty() {
-        Ok(Loaded {
-            config,
-            warnings: b.warnings.clone(),
-        })
+        Ok(Loaded { config, warnings: b.warnings.clone() })
     } else {
         Err(ConfigErrors(b.errors))
     };
-    Analysis {
-        result,
-        warnings: b.warnings,
-        effective: values.effective,
-    }
+    Analysis { result, warnings: b.warnings, effective: values.effective }
 }
 
 /// Where a canonical property's value came from.
@@ -487,21 +450,17 @@ impl Builder<'_> {
                 Some(&e.key),
                 format!("deprecated property name; use {new_names} instead"),
             ));
-            let converted = if e.value.is_empty() {
-                Ok(String::new())
-            } else {
-                convert(legacy.conversion, &e.value)
-            };
+            let converted = if e.value.is_empty() { Ok(String::new()) } else { convert(legacy.conversion, &e.value) };
             match converted {
                 Ok(raw) => {
                     for target in legacy.targets {
                         self.insert(target, e, raw.clone());
                     }
                 }
-                Err(expected) => self.errors.push(
-                    Diagnostic::error(file, Some(e.line), Some(&e.key), expected)
-                        .with_value(&e.value),
-                ),
+                Err(expected) => {
+                    self.errors
+                        .push(Diagnostic::error(file, Some(e.line), Some(&e.key), expected).with_value(&e.value));
+                }
             }
         } else if JAVA_ONLY.contains(&e.key.as_str()) {
             self.warnings.push(Diagnostic::new(
@@ -512,8 +471,7 @@ impl Builder<'_> {
                 "only meaningful to the Java implementation of EFM; ignored".into(),
             ));
         } else {
-            let hint = properties::suggest(&e.key)
-                .map_or_else(String::new, |s| format!("; did you mean {s}?"));
+            let hint = properties::suggest(&e.key).map_or_else(String::new, |s| format!("; did you mean {s}?"));
             self.warnings.push(Diagnostic::warning(
                 file,
                 Some(e.line),
@@ -536,15 +494,7 @@ impl Builder<'_> {
             ));
             return;
         }
-        self.sources.insert(
-            name,
-            Source {
-                key: e.key.clone(),
-                written: e.value.clone(),
-                raw,
-                line: e.line,
-            },
-        );
+        self.sources.insert(name, Source { key: e.key.clone(), written: e.value.clone(), raw, line: e.line });
     }
 
     fn validate(&mut self, cluster: &str) -> Values {
@@ -570,8 +520,9 @@ impl Builder<'_> {
 
     fn push_invalid(&mut self, def: &PropDef, raw: &str, expected: String) {
         let d = match self.sources.get(def.name) {
-            Some(src) => Diagnostic::error(self.file, Some(src.line), Some(&src.key), expected)
-                .with_value(&src.written),
+            Some(src) => {
+                Diagnostic::error(self.file, Some(src.line), Some(&src.key), expected).with_value(&src.written)
+            }
             None => Diagnostic::error(self.file, None, Some(def.name), expected).with_value(raw),
         };
         self.errors.push(d);
@@ -579,8 +530,7 @@ impl Builder<'_> {
 
     fn error_for(&mut self, name: &str, message: String) {
         let d = match self.sources.get(name) {
-            Some(src) => Diagnostic::error(self.file, Some(src.line), Some(&src.key), message)
-                .with_value(&src.written),
+            Some(src) => Diagnostic::error(self.file, Some(src.line), Some(&src.key), message).with_value(&src.written),
             None => Diagnostic::error(self.file, None, Some(name), message),
         };
         self.errors.push(d);
@@ -602,18 +552,13 @@ impl Builder<'_> {
         }
         for name in required {
             // A property that is written but invalid already has its own error.
-            let already = self
-                .sources
-                .get(name)
-                .is_some_and(|src| self.errors.iter().any(|d| d.line == Some(src.line)));
+            let already =
+                self.sources.get(name).is_some_and(|src| self.errors.iter().any(|d| d.line == Some(src.line)));
             if !v.typed.contains_key(name) && !already {
                 self.error_for(name, "required property is not set".into());
             }
         }
-        if !is_witness
-            && !v.typed.contains_key("db.data.dir")
-            && !v.typed.contains_key("db.recovery.conf.dir")
-        {
+        if !is_witness && !v.typed.contains_key("db.data.dir") && !v.typed.contains_key("db.recovery.conf.dir") {
             self.errors.push(Diagnostic::error(
                 self.file,
                 None,
@@ -747,11 +692,7 @@ impl Builder<'_> {
             log_dir: v.path("log.dir").unwrap_or_default(),
             syslog_host: v.text("syslog.host").unwrap_or_default(),
             syslog_port: v.port("syslog.port"),
-            syslog_protocol: if v.word("syslog.protocol") == "TCP" {
-                SyslogProtocol::Tcp
-            } else {
-                SyslogProtocol::Udp
-            },
+            syslog_protocol: if v.word("syslog.protocol") == "TCP" { SyslogProtocol::Tcp } else { SyslogProtocol::Udp },
             syslog_facility: v.word("syslog.facility").to_owned(),
             file_log_enabled: v.bool("file.log.enabled"),
             syslog_enabled: v.bool("syslog.enabled"),
@@ -763,11 +704,7 @@ impl Builder<'_> {
                 "generic" => XdpMode::Generic,
                 _ => XdpMode::Auto,
             },
-            fence_mode: if v.word("fence.mode") == "drop" {
-                FenceMode::Drop
-            } else {
-                FenceMode::Reset
-            },
+            fence_mode: if v.word("fence.mode") == "drop" { FenceMode::Drop } else { FenceMode::Reset },
             fence_exempt_hosts: match v.typed.get("fence.exempt.hosts") {
                 Some(Value::Cidrs(c)) => c.clone(),
                 _ => Vec::new(),
@@ -812,15 +749,9 @@ impl Builder<'_> {
         }
         if let Some(vip) = c.virtual_ip {
             match c.virtual_ip_prefix {
-                None => self.error_for(
-                    "virtual.ip.prefix",
-                    "required when virtual.ip is set".into(),
-                ),
+                None => self.error_for("virtual.ip.prefix", "required when virtual.ip is set".into()),
                 Some(p) if vip.is_ipv4() && p > 32 => {
-                    self.error_for(
-                        "virtual.ip.prefix",
-                        "expected a prefix length 0-32 for an IPv4 virtual.ip".into(),
-                    );
+                    self.error_for("virtual.ip.prefix", "expected a prefix length 0-32 for an IPv4 virtual.ip".into());
                 }
                 Some(_) => {}
             }
@@ -833,18 +764,14 @@ impl Builder<'_> {
         if c.smtp_password.is_some() && c.smtp_username.is_none() {
             self.error_for(
                 "smtp.password",
-                "smtp.username must be set too (the password is only used to log in as that user)"
-                    .into(),
+                "smtp.username must be set too (the password is only used to log in as that user)".into(),
             );
         }
         if v.typed.contains_key("node.timeout")
             && v.typed.contains_key("heartbeat.interval")
             && c.node_timeout <= c.heartbeat_interval
         {
-            self.error_for(
-                "node.timeout",
-                "expected a duration longer than heartbeat.interval".into(),
-            );
+            self.error_for("node.timeout", "expected a duration longer than heartbeat.interval".into());
         }
     }
 }

@@ -31,23 +31,13 @@ pub fn parse_properties(text: &str, file: &Path) -> Result<Vec<Entry>, Vec<Diagn
             continue;
         }
         let Some((key, value)) = trimmed.split_once('=') else {
-            errors.push(Diagnostic::error(
-                file,
-                Some(line),
-                None,
-                format!("expected key=value, found \"{trimmed}\""),
-            ));
+            errors.push(Diagnostic::error(file, Some(line), None, format!("expected key=value, found \"{trimmed}\"")));
             continue;
         };
         let key = key.trim();
         let value = value.trim();
         if key.is_empty() {
-            errors.push(Diagnostic::error(
-                file,
-                Some(line),
-                None,
-                "missing property name before '='".into(),
-            ));
+            errors.push(Diagnostic::error(file, Some(line), None, "missing property name before '='".into()));
             continue;
         }
         if let Some(first) = entries.iter().find(|e| e.key == key) {
@@ -59,11 +49,7 @@ pub fn parse_properties(text: &str, file: &Path) -> Result<Vec<Entry>, Vec<Diagn
             ));
             continue;
         }
-        entries.push(Entry {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            line,
-        });
+        entries.push(Entry { key: key.to_owned(), value: value.to_owned(), line });
     }
     if errors.is_empty() {
         Ok(entries)

@@ -52,547 +52,44 @@
 //! comparing only fresh positions (at most two heartbeats old) that were read after the failure
 //! and have stopped moving, waiting for them at most `position_wait` (see `choose_candidate`).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use crate::notify::Event as Notice;
-use efm_common::{
-    maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT},
-    wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS},
-};
+use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_WITNESS};
 
 pub mod effects;
-pub mod latch;
-pub mod leader;
-pub mod monitoring;
-pub mod primary;
-pub mod runtime;
-pub mod standby;
-pub mod voter;
-#[cfg(test)]
-mod sim;
-#[cfg(test)]
-mod tests;
 #[cfg(test)]
 mod effects_tests;
+pub mod latch;
+pub mod leader;
 #[cfg(test)]
 mod leader_tests;
+mod local;
+pub mod monitoring;
 #[cfg(test)]
 mod monitoring_tests;
+pub mod primary;
 #[cfg(test)]
 mod primary_tests;
+pub mod runtime;
+#[cfg(test)]
+mod sim;
+pub mod standby;
 #[cfg(test)]
 mod standby_tests;
+#[cfg(test)]
+mod tests;
+mod types;
+pub mod voter;
 #[cfg(test)]
 mod voter_tests;
 
 use latch::Latches;
 pub use monitoring::{SuspendKind, Suspension};
-
-/// Engine settings, from the properties.
-#[derive(Clone, Debug, PartialEq)]
-#[expect(clippy::struct_excessive_bools, reason = "independent properties")]
-pub struct EngineConfig {
-    pub me: SocketAddr,
-    pub is_witness: bool,
-    /// `lease.timeout`.
-    pub lease_timeout: Duration,
-    /// Bound on the relative rate difference of two nodes' monotonic clocks (0.05 = 5 %).
-    pub clock_drift: f64,
-    /// Added to the promotion wait: covers one-way delay and scheduling.
-    pub margin: Duration,
-    /// A voter endorses only if it heard the primary's agent this recently.
-    pub endorse_window: Duration,
-    /// `minimum.standbys`: never promote if fewer standbys would remain.
-    pub minimum_standbys: u32,
-    /// `auto.reconfigure`.
-    pub auto_reconfigure: bool,
-    /// A committed primary that has not shown itself primary and unfenced this long after its
-    /// epoch began (failed promotion) is treated as failed.
-    pub promotion_grace: Duration,
-    /// `heartbeat.interval`: every agent reads its WAL position at least this often and sends
-    /// it in every PING; the failover compares positions at most
-    /// [`EngineConfig::position_max_age`] old (see [`Engine::step`], "fresh positions").
-    pub heartbeat_interval: Duration,
-    /// `virtual.ip`, if any.
-    pub vip: Option<IpAddr>,
-    /// `stop.failed.primary`: a failed primary's database is stopped (the VIP waits for it).
-    pub stop_failed_primary: bool,
-    /// `stop.isolated.primary`: an isolated or stale primary's database is stopped.
-    pub stop_isolated_primary: bool,
-    /// `script.load.balancer.attach` or `detach` is set.
-    pub load_balancer: bool,
-    /// `detach.on.agent.failure`.
-    pub detach_on_agent_failure: bool,
-    /// `auto.resume.startup.period` (zero: never).
-    pub auto_resume_startup: Duration,
-    /// `auto.resume.failure.period` (zero: never).
-    pub auto_resume_failure: Duration,
-}
-
-impl EngineConfig {
-    /// How long a voter waits after its last endorsement before voting against the primary.
-    #[must_use]
-    pub fn promotion_wait(&self) -> Duration {
-        self.lease_timeout.mul_f64(1.0 + self.clock_drift) + self.margin
-    }
-
-    /// A WAL position older than this is not compared (2 × `heartbeat.interval`). The agents
-    /// apply the same bound when they advertise: a sample older than this goes out as 0
-    /// ("unknown").
-    #[must_use]
-    pub fn position_max_age(&self) -> Duration {
-        self.heartbeat_interval * 2
-    }
-
-    /// How long the leader waits, from when a promotion is first due, for every candidate's
-    /// position to be final (reported after the decision began and unchanged since the report
-    /// before). After that it compares what it has: fresh positions first.
-    #[must_use]
-    pub fn position_wait(&self) -> Duration {
-        self.heartbeat_interval * 8
-    }
-
-    /// Settings with every optional feature off (tests, the simulation).
-    #[must_use]
-    pub fn basic(me: SocketAddr, is_witness: bool, lease_timeout: Duration, heartbeat_interval: Duration) -> Self {
-        Self {
-            me,
-            is_witness,
-            lease_timeout,
-            clock_drift: 0.05,
-            margin: Duration::from_millis(50),
-            endorse_window: heartbeat_interval * 3,
-            minimum_standbys: 0,
-            auto_reconfigure: true,
-            promotion_grace: Duration::from_secs(30),
-            heartbeat_interval,
-            vip: None,
-            stop_failed_primary: false,
-            stop_isolated_primary: false,
-            load_balancer: false,
-            detach_on_agent_failure: false,
-            auto_resume_startup: Duration::ZERO,
-            auto_resume_failure: Duration::ZERO,
-        }
-    }
-}
-
-/// The latest WAL position report of a node (a peer's PING, or this node's own sample).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct PositionReport {
-    /// When it arrived (this node's clock; for this node: the step that read it).
-    arrival_ns: u64,
-    lsn: u64,
-    /// The position in the report before this one.
-    prev_lsn: Option<u64>,
-}
-
-/// What a node is in the committed state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NodeMeta {
-    pub witness: bool,
-    /// 0: never promote; otherwise lower is preferred.
-    pub priority: u32,
-    pub promotable: bool,
-}
-
-/// An operator's hand-over of the current epoch (`efm promote [-switchover]`), as committed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Handover {
-    /// The primary handing over (the current epoch's).
-    pub from: SocketAddr,
-    /// The standby the operator's command chose.
-    pub to: SocketAddr,
-    /// `-switchover`: the old primary stops cleanly first and rejoins as a standby of `to`.
-    pub demote: bool,
-    /// `-quiet`: no notifications about this hand-over.
-    pub quiet: bool,
-    /// `-sourcenode`: whose replication settings the old primary copies when it rejoins.
-    pub source: Option<SocketAddr>,
-}
-
-/// The part of the committed cluster state the engine needs.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Committed {
-    pub epoch: u64,
-    pub primary: Option<SocketAddr>,
-    /// The primary of the epoch before (the one the last promotion replaced).
-    pub previous_primary: Option<SocketAddr>,
-    /// A hand-over requested for this epoch and not carried out yet.
-    pub handover: Option<Handover>,
-    /// Voting members (database nodes and witnesses).
-    pub nodes: BTreeMap<SocketAddr, NodeMeta>,
-    /// Voters that voted against the current epoch's primary.
-    pub votes: BTreeSet<SocketAddr>,
-    pub auto_failover: bool,
-    /// Some voter set of this epoch lacks a majority of votes (`ClusterState::missing_votes`):
-    /// the voters changed during the epoch, and a primary cut off from the log may still count
-    /// its endorsements with an earlier set. The state machine refuses the promotion then.
-    pub votes_short: bool,
-}
-
-impl Committed {
-    #[must_use]
-    pub fn majority(&self) -> usize {
-        self.nodes.len() / 2 + 1
-    }
-}
-
-/// Role bits a peer announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerRole {
-    Primary,
-    Standby,
-    Witness,
-    Idle,
-}
-
-impl PeerRole {
-    #[must_use]
-    pub fn from_bits(bits: u16) -> Self {
-        match bits & efm_common::wire::ROLE_MASK {
-            ROLE_PRIMARY => Self::Primary,
-            ROLE_STANDBY => Self::Standby,
-            ROLE_WITNESS => Self::Witness,
-            _ => Self::Idle,
-        }
-    }
-}
-
-/// One peer as the detector and its PINGs describe it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerView {
-    pub addr: SocketAddr,
-    /// The detector's verdict is "alive" (agent heard within `node.timeout`).
-    pub alive: bool,
-    /// Time since its agent's last PING.
-    pub agent_age: Option<Duration>,
-    pub role: PeerRole,
-    pub epoch: u64,
-    pub db_up: bool,
-    /// Its PINGs say its node is fenced or its lease lapsed.
-    pub fenced: bool,
-    pub lsn: u64,
-}
-
-/// The local database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct LocalDb {
-    /// `None` until the first check.
-    pub up: Option<bool>,
-    pub in_recovery: Option<bool>,
-    /// Declared failed by the local monitor (`local.timeout` + final check). The engine adds
-    /// its own suspension (EFM's idle state) to this.
-    pub failed: bool,
-    pub lsn: u64,
-    pub timeline: u32,
-    /// A standby's upstream (`primary_conninfo` host), when it is an address.
-    pub upstream: Option<IpAddr>,
-}
-
-/// What the kernel holds, as read at the start of the cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct KernelState {
-    /// `EFM_FENCE` as the runtime last wrote it (`None` before the first write).
-    pub fence: Option<FenceState>,
-    /// `EFM_LEASE`: the lease deadline (k-th newest endorsement + lease timeout; 0: none).
-    pub deadline_ns: u64,
-    /// The highest epoch the kernel has seen in any authenticated heartbeat: above the
-    /// committed epoch, this node's copy of the log is behind.
-    pub max_epoch_seen: u64,
-}
-
-impl KernelState {
-    /// The kernel's lease map as `efm_common::serving` reads it.
-    #[must_use]
-    pub fn lease(&self) -> LeaseState {
-        LeaseState { deadline_ns: self.deadline_ns, max_epoch_seen: self.max_epoch_seen, ..LeaseState::default() }
-    }
-}
-
-/// Completions of the engine's actions and operator requests: the runtime delivers them on a
-/// channel it drains at the start of each cycle.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// [`Action::PromoteLocal`]: `pg_promote()` confirmed the database left recovery.
-    Promoted { epoch: u64 },
-    PromotionFailed { epoch: u64, reason: String },
-    /// [`Action::HandOver`] with `demote`: the database stopped cleanly (every acknowledged
-    /// write reached the connected standbys) ...
-    HandedOver { epoch: u64 },
-    /// ... or could not be stopped.
-    HandOverFailed { epoch: u64, reason: String },
-    /// [`Action::Rejoin`]: the old primary runs as a standby again, or could not.
-    Rejoined { epoch: u64 },
-    RejoinFailed { epoch: u64, reason: String },
-    /// An action that stops the database (`stop: true`, or a `-switchover`'s clean stop) is
-    /// done with it, successfully or not: the VIP may go.
-    DbStopDone,
-    /// [`Action::CheckRemoteDb`]: whether the peer's database answered from here.
-    RemoteChecked { node: SocketAddr, reachable: bool },
-    /// [`Action::Vip`] finished (`ok`: the address is now as wanted).
-    VipDone { assign: bool, ok: bool },
-    /// `efm resume`: the operator's fresh reading of the local database.
-    ResumeRequested { id: u64, db: LocalDb },
-    /// [`Action::SetPeerTable`] could not be written: ask again.
-    PeerTableFailed,
-}
-
-/// Everything one step looks at.
-#[derive(Clone, Debug)]
-pub struct Inputs<'a> {
-    /// `CLOCK_MONOTONIC` ns.
-    pub now_ns: u64,
-    /// `None` until this node has joined the coordination log.
-    pub committed: Option<&'a Committed>,
-    /// The voting members (`ClusterState::voters`: allowed and joined; empty: not read yet): the
-    /// kernel's peer table follows them, so only they can keep a primary's lease alive.
-    pub allowed: &'a BTreeSet<SocketAddr>,
-    /// The log shows this node's registration (kind, priority, promotable) as it would send it.
-    pub registered: bool,
-    pub is_leader: bool,
-    pub peers: &'a [PeerView],
-    pub db: LocalDb,
-    /// The local monitor's last error, for the suspension's reason.
-    pub db_error: Option<&'a str>,
-    /// `script.custom.monitor` fails (not in safe mode), with what it said.
-    pub custom_monitor_failed: Option<&'a str>,
-    /// `efm stop-cluster` was committed during this agent's life.
-    pub stop_cluster: bool,
-    pub kernel: KernelState,
-    /// Completions and operator requests since the last step, in arrival order.
-    pub events: &'a [Event],
-}
-
-/// How the kernel and the VIP should look (level-triggered).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[expect(clippy::struct_excessive_bools, reason = "independent fields of the kernel's fence state, written as flags")]
-pub struct Desired {
-    /// Cut client traffic off regardless of the lease.
-    pub fenced: bool,
-    /// Enforce the primary lease with `lease_k` endorsements.
-    pub lease_enforced: bool,
-    pub lease_k: u32,
-    /// Keep the cluster's own nodes exempt from the explicit fence (`FENCE_MEMBERS_EXEMPT`):
-    /// only the current epoch's primary handing over, under its lease, so that its standbys
-    /// receive its last WAL.
-    pub members_exempt: bool,
-    pub epoch: u64,
-    /// Role bits and flags for PINGs and PONGs (with `FLAG_LEASE_LAPSED` once a granted lease
-    /// has lapsed).
-    pub ping_flags: u16,
-    /// This node should hold the VIP.
-    pub vip: bool,
-    /// Endorse this peer in PINGs sent to it.
-    pub endorse: Option<SocketAddr>,
-}
-
-impl Desired {
-    /// The `FENCE_*` flags (without `FENCE_RESET`, a property of the runtime).
-    #[must_use]
-    pub fn fence_flags(&self) -> u32 {
-        let mut flags = 0;
-        if self.fenced {
-            flags |= FENCE_FENCED;
-        }
-        if self.lease_enforced {
-            flags |= FENCE_LEASE_ENFORCED;
-        }
-        if self.members_exempt {
-            flags |= FENCE_MEMBERS_EXEMPT;
-        }
-        flags
-    }
-
-    /// `EFM_FENCE` for this state.
-    #[must_use]
-    pub fn fence_state(&self, extra_flags: u32, lease_timeout: Duration, lsn: u64) -> FenceState {
-        FenceState {
-            flags: self.fence_flags() | extra_flags,
-            role: u32::from(self.ping_flags & efm_common::wire::ROLE_MASK),
-            epoch: self.epoch,
-            lease_k: self.lease_k,
-            pad: 0,
-            lease_timeout_ns: duration_ns(lease_timeout),
-            lsn,
-        }
-    }
-}
-
-/// A proposal to the coordination log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Proposal {
-    SetPrimary { node: SocketAddr, expected_epoch: u64 },
-    Vote { voter: SocketAddr, epoch: u64 },
-    Promote { candidate: SocketAddr, expected_epoch: u64, lsn: u64, reason: String },
-    /// Call off a hand-over that could not be carried out (the old primary serves again).
-    ClearSwitchover,
-}
-
-/// One-shot work for the runtime (the executor): one small function each.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// A proposal to the log. A `Vote` is first recorded durably (see rule 5).
-    Propose(Proposal),
-    /// Register this node (kind, priority, promotable) in the log.
-    Register,
-    /// Promote the local standby for `epoch` (fence script, `pg_promote()`, post script);
-    /// reports [`Event::Promoted`] or [`Event::PromotionFailed`].
-    PromoteLocal { epoch: u64, old_primary: Option<SocketAddr> },
-    /// The local primary's database failed: write `standby.signal`, stop it if `stop`
-    /// (reporting [`Event::DbStopDone`]), run `script.db.failure`.
-    PrimaryDbFailed { epoch: u64, stop: bool },
-    /// The local database is a primary but another node is the committed primary: keep it
-    /// fenced and make sure a restart brings it back in recovery; stop it if `stop`.
-    DemoteLocal { epoch: u64, primary: Option<SocketAddr>, stop: bool },
-    /// This primary's lease has been lapsed longer than the promotion wait (it is cut off from a
-    /// majority; the kernel already refuses its clients): stop the database if `stop`, run
-    /// `script.primary.isolated`. The VIP goes after the stop ([`Event::DbStopDone`]).
-    PrimaryIsolated { epoch: u64, stop: bool },
-    /// Point the local standby at the committed primary (`auto.reconfigure`).
-    Follow { primary: SocketAddr, epoch: u64 },
-    /// The operator hands this primary's epoch over to `to`: the kernel is already fenced; with
-    /// `demote`, stop the database cleanly (so the standbys have every acknowledged write) and
-    /// report [`Event::HandedOver`]; the engine then votes against its own epoch.
-    HandOver { epoch: u64, to: SocketAddr, demote: bool },
-    /// After a `-switchover`: restart the stopped old primary as a standby of `primary`.
-    Rejoin { epoch: u64, primary: SocketAddr, source: Option<SocketAddr> },
-    /// `script.remote.pre.promotion` on a node not involved in the promotion to `new_primary`.
-    RemotePrePromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
-    /// `script.remote.post.promotion` once the new primary serves.
-    RemotePostPromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
-    /// `script.load.balancer.attach` / `detach` for `node` (`%h`), `%t` = `p` or `s`.
-    LoadBalancer { attach: bool, node: SocketAddr, primary: bool },
-    /// Check `node`'s database from here (`remote.timeout`); reports [`Event::RemoteChecked`].
-    CheckRemoteDb { node: SocketAddr },
-    /// The kernel counts heartbeats (and endorsements) only from these members.
-    SetPeerTable { members: Vec<SocketAddr> },
-    /// The kernel stopped serving: end the open client sessions (members spared or not).
-    EndSessions { members_spared: bool, why: &'static str },
-    /// Assign (or release) the VIP; reports [`Event::VipDone`].
-    Vip { assign: bool },
-    /// Announce the held VIP again (gratuitous ARP / unsolicited NA).
-    AnnounceVip,
-    /// Monitoring resumed: the notification and `script.resumed`.
-    Resumed { how: &'static str },
-    /// The answer to [`Event::ResumeRequested`].
-    AnswerResume { id: u64, result: Result<String, String> },
-    /// An EFM notification (logged, `script.notification`, mail).
-    Notify(Notice),
-    /// `efm stop-cluster`: leave the process now (the leader had time to tell every follower).
-    Exit,
-}
-
-/// The decision of one cycle, for logs and `cluster-status`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Witness,
-    Standby { primary: Option<SocketAddr>, endorsing: bool },
-    Primary { epoch: u64 },
-    Idle,
-    NotJoined,
-    RegisteringPrimary,
-    Candidate { epoch: u64 },
-    FencedOldPrimary { epoch: u64 },
-    PrimaryDatabaseFailed,
-    PrimaryIsolated { epoch: u64 },
-    PrimarySuspect { primary: SocketAddr, reason: &'static str },
-    Voted { epoch: u64 },
-    PromotionProposed { candidate: SocketAddr, epoch: u64 },
-    NoCandidate { epoch: u64, reason: String },
-    /// A promotion is due; waiting (bounded by [`EngineConfig::position_wait`]) for these
-    /// candidates to report a fresh, settled WAL position.
-    ComparingPositions { epoch: u64, waiting_for: Vec<SocketAddr> },
-    ManualFailoverRequired { primary: SocketAddr },
-    HandingOver { epoch: u64, to: SocketAddr },
-    Rejoining { primary: SocketAddr },
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Witness => write!(f, "witness"),
-            Self::Standby { primary: Some(p), endorsing: true } => write!(f, "standby, endorsing primary {p}"),
-            Self::Standby { primary: Some(p), endorsing: false } => write!(f, "standby of {p}, not endorsing"),
-            Self::Standby { primary: None, .. } => write!(f, "standby, no committed primary"),
-            Self::Primary { epoch } => write!(f, "primary for epoch {epoch}"),
-            Self::Idle => write!(f, "idle (local database not available)"),
-            Self::NotJoined => write!(f, "not yet part of the coordination log"),
-            Self::RegisteringPrimary => write!(f, "registering the existing primary"),
-            Self::Candidate { epoch } => write!(f, "promoting for epoch {epoch}"),
-            Self::FencedOldPrimary { epoch } => write!(f, "fenced: database is a primary but epoch {epoch} belongs to another node"),
-            Self::PrimaryDatabaseFailed => write!(f, "fenced: the primary database failed"),
-            Self::PrimaryIsolated { epoch } => write!(f, "isolated primary of epoch {epoch}: no endorsements, clients cut off by the lease"),
-            Self::PrimarySuspect { primary, reason } => write!(f, "primary {primary} suspect: {reason}"),
-            Self::Voted { epoch } => write!(f, "voted against the primary of epoch {epoch}"),
-            Self::PromotionProposed { candidate, epoch } => write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1),
-            Self::NoCandidate { epoch, reason } => write!(f, "no standby to promote for epoch {epoch}: {reason}"),
-            Self::ComparingPositions { epoch, waiting_for } => {
-                write!(f, "comparing WAL positions for epoch {epoch}: waiting for fresh, settled positions from")?;
-                for a in waiting_for {
-                    write!(f, " {a}")?;
-                }
-                Ok(())
-            }
-            Self::ManualFailoverRequired { primary } => write!(f, "primary {primary} failed; auto.failover is off: manual failover required"),
-            Self::HandingOver { epoch, to } => write!(f, "fenced: handing epoch {epoch} over to {to} (operator request)"),
-            Self::Rejoining { primary } => write!(f, "fenced: old primary rejoining as a standby of {primary}"),
-        }
-    }
-}
-
-impl Outcome {
-    /// A short name for logs and the cycle's span.
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Witness => "witness",
-            Self::Standby { .. } => "standby",
-            Self::Primary { .. } => "primary",
-            Self::Idle => "idle",
-            Self::NotJoined => "not-joined",
-            Self::RegisteringPrimary => "registering-primary",
-            Self::Candidate { .. } => "candidate",
-            Self::FencedOldPrimary { .. } => "fenced-old-primary",
-            Self::PrimaryDatabaseFailed => "primary-database-failed",
-            Self::PrimaryIsolated { .. } => "primary-isolated",
-            Self::PrimarySuspect { .. } => "primary-suspect",
-            Self::Voted { .. } => "voted",
-            Self::PromotionProposed { .. } => "promotion-proposed",
-            Self::NoCandidate { .. } => "no-candidate",
-            Self::ComparingPositions { .. } => "comparing-positions",
-            Self::ManualFailoverRequired { .. } => "manual-failover-required",
-            Self::HandingOver { .. } => "handing-over",
-            Self::Rejoining { .. } => "rejoining",
-        }
-    }
-}
-
-/// The result of one step.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Step {
-    pub desired: Desired,
-    pub actions: Vec<Action>,
-    pub outcome: Outcome,
-    /// EFM's idle state: monitoring of the local database is suspended.
-    pub suspended: Option<Suspension>,
-    /// The local database as the engine sees it (a promotion or `efm resume` it saw complete
-    /// counts before the local monitor's next check).
-    pub db: LocalDb,
-}
-
-/// Progress of one of this node's own long actions, as its completions report it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Progress {
-    Running,
-    Done { at_ns: u64 },
-    Failed { reason: String },
-}
+pub use types::*;
+use types::{PositionReport, Progress};
+#[cfg(test)]
+use {efm_common::maps::FenceState, std::collections::BTreeSet};
 
 /// The engine's memory between cycles.
 #[derive(Clone, Debug)]
@@ -716,7 +213,11 @@ impl Engine {
     }
 
     fn db_flags(db: &LocalDb) -> u16 {
-        if db.up == Some(true) && !db.failed { FLAG_DB_UP } else { 0 }
+        if db.up == Some(true) && !db.failed {
+            FLAG_DB_UP
+        } else {
+            0
+        }
     }
 
     /// One decision cycle: completions, monitoring, the node's decision cascade, then the
@@ -776,7 +277,14 @@ impl Engine {
     }
 
     /// The ordered cascade for a member of the log.
-    fn decide(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, lapsed: Option<Duration>, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    fn decide(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        lapsed: Option<Duration>,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
         let me = self.cfg.me;
         if self.epoch_seen.is_none_or(|(e, _)| e != c.epoch) {
             self.epoch_seen = Some((c.epoch, inp.now_ns));
@@ -833,7 +341,14 @@ impl Engine {
     /// | 9 | db a primary, another node committed                         | `FencedOldPrimary` | fenced                  |
     /// |10 | db a standby, up, monitored                                  | `Standby`          | unfenced (reads)        |
     /// |11 | anything else (db down, unknown, suspended)                  | `Idle`             | fenced                  |
-    fn own_role(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, lapsed: Option<Duration>, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    fn own_role(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        lapsed: Option<Duration>,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
         let k = u32::try_from(c.majority().saturating_sub(1)).unwrap_or(u32::MAX);
         if self.handover.is_some_and(|(e, _)| c.epoch > e) && db.up == Some(true) {
             // The old primary's database runs again (rejoined, or promoted again): the
@@ -851,7 +366,14 @@ impl Engine {
 
     /// The cycle's headline: a promotion decision first, then this node's vote, a suspect
     /// primary, else the own role.
-    fn headline(c: &Committed, promo: Option<Outcome>, own: Outcome, vote: &voter::VoterView, handover: bool, actions: &[Action]) -> Outcome {
+    fn headline(
+        c: &Committed,
+        promo: Option<Outcome>,
+        own: Outcome,
+        vote: &voter::VoterView,
+        handover: bool,
+        actions: &[Action],
+    ) -> Outcome {
         let auto_failover = c.auto_failover || handover;
         if let Some(o) = promo {
             return o;
@@ -860,7 +382,9 @@ impl Engine {
             Action::Propose(Proposal::Vote { epoch, .. }) => Some(*epoch),
             _ => None,
         });
-        if let (Some(epoch), false) = (voted, matches!(own, Outcome::PrimaryDatabaseFailed | Outcome::HandingOver { .. })) {
+        if let (Some(epoch), false) =
+            (voted, matches!(own, Outcome::PrimaryDatabaseFailed | Outcome::HandingOver { .. }))
+        {
             return Outcome::Voted { epoch };
         }
         match (vote.suspect, c.primary) {
@@ -903,7 +427,16 @@ impl Engine {
 
     #[expect(clippy::unused_self, reason = "read as a method next to the engine's other role helpers")]
     fn unfenced(&self, epoch: u64, ping_flags: u16, endorse: Option<SocketAddr>) -> Desired {
-        Desired { fenced: false, lease_enforced: false, lease_k: 0, members_exempt: false, epoch, ping_flags, vip: false, endorse }
+        Desired {
+            fenced: false,
+            lease_enforced: false,
+            lease_k: 0,
+            members_exempt: false,
+            epoch,
+            ping_flags,
+            vip: false,
+            endorse,
+        }
     }
 
     /// Records the WAL positions of this step: a peer's position is new when a new PING
@@ -934,11 +467,17 @@ impl Engine {
                 self.promotion = Some((*epoch, Progress::Done { at_ns: now }));
                 self.monitor.promoted(inp.db);
             }
-            Event::PromotionFailed { epoch, reason } => self.promotion = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::PromotionFailed { epoch, reason } => {
+                self.promotion = Some((*epoch, Progress::Failed { reason: reason.clone() }));
+            }
             Event::HandedOver { epoch } => self.stop_work = Some((*epoch, Progress::Done { at_ns: now })),
-            Event::HandOverFailed { epoch, reason } => self.stop_work = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::HandOverFailed { epoch, reason } => {
+                self.stop_work = Some((*epoch, Progress::Failed { reason: reason.clone() }));
+            }
             Event::Rejoined { epoch } => self.rejoin_work = Some((*epoch, Progress::Done { at_ns: now })),
-            Event::RejoinFailed { epoch, reason } => self.rejoin_work = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::RejoinFailed { epoch, reason } => {
+                self.rejoin_work = Some((*epoch, Progress::Failed { reason: reason.clone() }));
+            }
             Event::DbStopDone => self.fx.vip.db_stops = self.fx.vip.db_stops.saturating_sub(1),
             Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now),
             Event::VipDone { assign, ok } => self.vip_done(*assign, *ok, out),
@@ -955,6 +494,6 @@ fn retry_due(last_ns: u64, now_ns: u64) -> bool {
     now_ns.saturating_sub(last_ns) >= RETRY_NS
 }
 
-fn duration_ns(d: Duration) -> u64 {
+pub(super) fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -307,7 +307,8 @@ fn announce_on(iface: &str, link: &Link, addr: IpAddr, a: &Announce) -> Result<u
             vec![frames::neighbor_advert_frame(v6, mac)]
         }
     };
-    let what = if addr.is_ipv4() { "sending a gratuitous ARP" } else { "sending an unsolicited Neighbor Advertisement" };
+    let what =
+        if addr.is_ipv4() { "sending a gratuitous ARP" } else { "sending an unsolicited Neighbor Advertisement" };
     let sock = PacketSocket::open(link.index, 0).map_err(|e| err("opening a packet socket", e))?;
     for i in 0..a.count {
         for f in &frames {

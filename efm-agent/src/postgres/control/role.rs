@@ -8,19 +8,14 @@ use std::{
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::files::{own_primary_conninfo, read_optional, recovery_conf_text, set_conf_line, write_atomic};
-use super::{quote_sql_literal, ApplyMethod, ConnInfo, ControlError, DbControl, PromoteOutcome, ReconfigureOutcome, Upstream};
+use super::{
+    quote_sql_literal, ApplyMethod, ConnInfo, ControlError, DbControl, PromoteOutcome, ReconfigureOutcome, Upstream,
+};
 use crate::postgres::{connect, probe, DbError, DbTarget};
 
 fn sql_err(addr: &str, what: &'static str, e: &tokio_postgres::Error) -> ControlError {
-    let message = e.as_db_error().map_or_else(
-        || e.to_string(),
-        |d| format!("{} ({})", d.message(), d.code().code()),
-    );
-    ControlError::Sql {
-        addr: addr.to_owned(),
-        what,
-        message,
-    }
+    let message = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{} ({})", d.message(), d.code().code()));
+    ControlError::Sql { addr: addr.to_owned(), what, message }
 }
 
 /// Runs file work (reads, atomic writes with `fsync`) on the blocking pool: nothing blocks
@@ -43,19 +38,10 @@ async fn row(
 ) -> Result<Option<Vec<Option<String>>>, ControlError> {
     let msgs = match tokio::time::timeout(limit, client.simple_query(sql)).await {
         Ok(r) => r.map_err(|e| sql_err(addr, what, &e))?,
-        Err(_) => {
-            return Err(DbError::Timeout {
-                addr: addr.to_owned(),
-                stage: what,
-                timeout: limit,
-            }
-            .into())
-        }
+        Err(_) => return Err(DbError::Timeout { addr: addr.to_owned(), stage: what, timeout: limit }.into()),
     };
     Ok(msgs.into_iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(r) => {
-            Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-        }
+        SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
         _ => None,
     }))
 }
@@ -70,10 +56,7 @@ pub async fn promote(target: &DbTarget, wait: Duration) -> Result<PromoteOutcome
     let client = connect(target, limit).await?;
     let before = probe(&client, &addr).await?;
     if !before.in_recovery {
-        return Err(ControlError::NotStandby {
-            addr,
-            what: "promote it",
-        });
+        return Err(ControlError::NotStandby { addr, what: "promote it" });
     }
     if before.server_version_num < 120_000 {
         return Err(ControlError::Unsupported {
@@ -85,28 +68,16 @@ pub async fn promote(target: &DbTarget, wait: Duration) -> Result<PromoteOutcome
     }
     let secs = wait.as_secs().clamp(1, i32::MAX as u64);
     tracing::info!(db = %addr, wait_seconds = secs, "promoting the standby");
-    let r = row(
-        &client,
-        &addr,
-        "pg_promote()",
-        &format!("SELECT pg_promote(wait => true, wait_seconds => {secs})"),
-        limit,
-    )
-    .await?;
-    let promoted = r
-        .as_ref()
-        .and_then(|r| r.first().cloned().flatten())
-        .is_some_and(|v| v == "t");
+    let r =
+        row(&client, &addr, "pg_promote()", &format!("SELECT pg_promote(wait => true, wait_seconds => {secs})"), limit)
+            .await?;
+    let promoted = r.as_ref().and_then(|r| r.first().cloned().flatten()).is_some_and(|v| v == "t");
     let after = probe(&client, &addr).await?;
     if !promoted {
         return Err(if after.in_recovery {
             ControlError::PromoteTimedOut { addr, wait }
         } else {
-            ControlError::Sql {
-                addr,
-                what: "pg_promote()",
-                message: "returned false".into(),
-            }
+            ControlError::Sql { addr, what: "pg_promote()", message: "returned false".into() }
         });
     }
     if after.in_recovery {
@@ -124,14 +95,7 @@ pub async fn promote(target: &DbTarget, wait: Duration) -> Result<PromoteOutcome
 }
 
 /// State of the WAL receiver: `(pid, status, sender_host, sender_port, received_tli, conninfo)`.
-type Receiver = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+type Receiver = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
 
 async fn wal_receiver(client: &Client, addr: &str) -> Result<Option<Receiver>, ControlError> {
     let r = row(
@@ -171,9 +135,7 @@ async fn wait_streaming(
         if let Some(c) = &client {
             match wal_receiver(c, &addr).await {
                 Ok(Some((pid, status, host, port, tli, conninfo))) => {
-                    let got_user = conninfo
-                        .as_deref()
-                        .and_then(|ci| crate::postgres::conninfo_value(ci, "user"));
+                    let got_user = conninfo.as_deref().and_then(|ci| crate::postgres::conninfo_value(ci, "user"));
                     state = format!(
                         "pid {} status {} sender {}:{} user {}",
                         pid.as_deref().unwrap_or("?"),
@@ -257,20 +219,11 @@ async fn current_primary_conninfo(
 /// The `primary_conninfo` of the (running) server at `target`, e.g. another standby's to copy
 /// (`-sourcenode`) or a new primary's former one (a promotion leaves it set). `None` when
 /// unset. Needs superuser or `pg_read_all_settings` (in `pg_monitor`).
-pub async fn read_primary_conninfo(
-    target: &DbTarget,
-    timeout: Duration,
-) -> Result<Option<ConnInfo>, ControlError> {
+pub async fn read_primary_conninfo(target: &DbTarget, timeout: Duration) -> Result<Option<ConnInfo>, ControlError> {
     let addr = target.addr();
     let client = connect(target, timeout).await?;
-    let r = row(
-        &client,
-        &addr,
-        "reading primary_conninfo",
-        "SELECT current_setting('primary_conninfo')",
-        timeout,
-    )
-    .await?;
+    let r =
+        row(&client, &addr, "reading primary_conninfo", "SELECT current_setting('primary_conninfo')", timeout).await?;
     let v = r.and_then(|r| r.into_iter().next().flatten()).unwrap_or_default();
     if v.trim().is_empty() {
         return Ok(None);
@@ -290,12 +243,10 @@ async fn alter_system(client: &Client, addr: &str, name: &str, value: &str) -> R
         Ok(Ok(_)) => Ok(true),
         Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => Ok(false),
         Ok(Err(e)) => Err(sql_err(addr, "ALTER SYSTEM", &e)),
-        Err(_) => Err(DbError::Timeout {
-            addr: addr.to_owned(),
-            stage: "ALTER SYSTEM",
-            timeout: Duration::from_secs(10),
+        Err(_) => {
+            Err(DbError::Timeout { addr: addr.to_owned(), stage: "ALTER SYSTEM", timeout: Duration::from_secs(10) }
+                .into())
         }
-        .into()),
     }
 }
 
@@ -311,15 +262,10 @@ async fn apply_settings(
     version: u32,
 ) -> Result<ApplyMethod, ControlError> {
     let q = Duration::from_secs(10);
-    let timeline = row(
-        &client,
-        addr,
-        "reading recovery_target_timeline",
-        "SELECT current_setting('recovery_target_timeline')",
-        q,
-    )
-    .await?
-    .and_then(|r| r.into_iter().next().flatten());
+    let timeline =
+        row(&client, addr, "reading recovery_target_timeline", "SELECT current_setting('recovery_target_timeline')", q)
+            .await?
+            .and_then(|r| r.into_iter().next().flatten());
     let timeline_latest = timeline.as_deref() == Some("latest");
     let text = conninfo.conninfo();
     let mut via_sql = alter_system(&client, addr, "primary_conninfo", &text).await?;
@@ -362,10 +308,7 @@ async fn apply_with_recovery_conf(
     conninfo: &ConnInfo,
     addr: &str,
 ) -> Result<PathBuf, ControlError> {
-    let dir = control
-        .recovery_conf_dir
-        .clone()
-        .unwrap_or_else(|| control.data_dir.clone());
+    let dir = control.recovery_conf_dir.clone().unwrap_or_else(|| control.data_dir.clone());
     let path = dir.join("recovery.conf");
     let (c, p, value) = (control.clone(), path.clone(), conninfo.conninfo());
     blocking(move || {
@@ -398,10 +341,7 @@ pub async fn reconfigure_standby(
     let client = connect(target, control.timeout.min(q)).await?;
     let info = probe(&client, &addr).await?;
     if !info.in_recovery {
-        return Err(ControlError::NotStandby {
-            addr,
-            what: "point it at a new primary",
-        });
+        return Err(ControlError::NotStandby { addr, what: "point it at a new primary" });
     }
     let version = info.server_version_num;
     let old = wal_receiver(&client, &addr).await?;
@@ -428,10 +368,7 @@ pub async fn reconfigure_standby(
             .and_then(|o| o.0.clone()),
         ApplyMethod::Reload | ApplyMethod::Restart => None,
     };
-    let waited = control
-        .timeout
-        .saturating_sub(start.elapsed())
-        .max(Duration::from_secs(5));
+    let waited = control.timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
     let (streaming_from, timeline) =
         wait_streaming(target, upstream, ci.get("user"), old_pid.as_deref(), method, waited).await?;
     tracing::info!(db = %addr, %method, from = %streaming_from, ?timeline, kept_own = own.is_some() && !upstream.replace_own,

@@ -22,6 +22,8 @@ pub mod upgrade;
 pub mod value;
 
 #[cfg(test)]
+mod compat_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

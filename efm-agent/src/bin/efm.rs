@@ -17,12 +17,8 @@ use efm_agent::{
 };
 
 fn main() -> ExitCode {
-    // EFM spells the promote options with one dash (`-switchover`); accept both.
-    let args = std::env::args_os().map(|a| match a.to_str() {
-        Some(s @ ("-switchover" | "-sourcenode" | "-quiet" | "-force")) => format!("-{s}").into(),
-        _ => a,
-    });
-    let cli = Cli::parse_from(args);
+    // EFM spells some options with one dash (`-switchover`, `-source`); accept both.
+    let cli = Cli::parse_from(cli::efm_args(std::env::args_os()));
     match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
@@ -93,6 +89,22 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_message(&v);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::AddNode { cluster, address, priority } => {
+            eprintln!("{}", cli::deprecated_node_command("add-node", cluster, address, *priority));
+            let v = ask(cli, cluster, AdminCommand::AllowNode { address: address.clone() })?;
+            print_message(&v);
+            if let Some(priority) = priority {
+                let v = ask(cli, cluster, AdminCommand::SetPriority { address: address.clone(), priority: *priority })?;
+                print_message(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::RemoveNode { cluster, address } => {
+            eprintln!("{}", cli::deprecated_node_command("remove-node", cluster, address, None));
+            let v = ask(cli, cluster, AdminCommand::DisallowNode { address: address.clone() })?;
+            print_message(&v);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::PropCheck { cluster } => {
             let report = config::check::prop_check(&cli.config_dir, cluster);
             print!("{}", report.render());
@@ -114,12 +126,17 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             let enc = secret::encrypt(&key, cluster, &pw).map_err(|e| e.to_string());
             secret::wipe_string(&mut pw);
             let enc = enc?;
-            println!("{}={enc}", secret::PROPERTY);
-            eprintln!(
-                "efm: put this line in {} (it decrypts only for cluster {cluster} with {})",
-                cli.config_dir.join(format!("{cluster}.properties")).display(),
-                key_file.display()
-            );
+            if *from_env {
+                // EFM 3.3 prints the bare value with --from-env, for scripts.
+                println!("{enc}");
+            } else {
+                println!("{}={enc}", secret::PROPERTY);
+                eprintln!(
+                    "efm: put this line in {} (it decrypts only for cluster {cluster} with {})",
+                    cli.config_dir.join(format!("{cluster}.properties")).display(),
+                    key_file.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GenerateKey { cluster, output } => {

@@ -526,7 +526,7 @@ impl HaRuntime {
         let vip_cfg = self.cfg.clone();
         tokio::task::spawn_blocking(move || {
             let res = if want {
-                vip::assign(&iface, addr, prefix).map(|a| format!("{a:?}"))
+                vip::assign_labeled(&iface, vip_cfg.virtual_ip_label.as_deref(), addr, prefix, &vip::Announce::default()).map(|a| format!("{a:?}"))
             } else {
                 vip::release(&iface, addr, prefix).map(|r| format!("{r:?}"))
             };

@@ -262,12 +262,14 @@ impl Cmd {
             Self::SetPriority { cluster, address, priority } => {
                 (cluster, AdminCommand::SetPriority { address: address.clone(), priority: *priority })
             }
-            Self::AllowNode { cluster, address } => (cluster, AdminCommand::AllowNode { address: address.clone() }),
-            Self::DisallowNode { cluster, address } => (cluster, AdminCommand::DisallowNode { address: address.clone() }),
-            Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
             // add-node sends allow-node, then set-priority when a priority is given (see `efm`).
-            Self::AddNode { cluster, address, .. } => (cluster, AdminCommand::AllowNode { address: address.clone() }),
-            Self::RemoveNode { cluster, address } => (cluster, AdminCommand::DisallowNode { address: address.clone() }),
+            Self::AllowNode { cluster, address } | Self::AddNode { cluster, address, .. } => {
+                (cluster, AdminCommand::AllowNode { address: address.clone() })
+            }
+            Self::DisallowNode { cluster, address } | Self::RemoveNode { cluster, address } => {
+                (cluster, AdminCommand::DisallowNode { address: address.clone() })
+            }
+            Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
             Self::PropCheck { .. } | Self::UpgradeConf { .. } | Self::Encrypt { .. } | Self::GenerateKey { .. } | Self::GenerateDocs { .. } => {
                 return None
             }

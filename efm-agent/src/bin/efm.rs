@@ -89,22 +89,8 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_message(&v);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::AddNode { cluster, address, priority } => {
-            eprintln!("{}", cli::deprecated_node_command("add-node", cluster, address, *priority));
-            let v = ask(cli, cluster, AdminCommand::AllowNode { address: address.clone() })?;
-            print_message(&v);
-            if let Some(priority) = priority {
-                let v = ask(cli, cluster, AdminCommand::SetPriority { address: address.clone(), priority: *priority })?;
-                print_message(&v);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::RemoveNode { cluster, address } => {
-            eprintln!("{}", cli::deprecated_node_command("remove-node", cluster, address, None));
-            let v = ask(cli, cluster, AdminCommand::DisallowNode { address: address.clone() })?;
-            print_message(&v);
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::AddNode { cluster, address, priority } => legacy_node_command(cli, "add-node", cluster, address, *priority),
+        Cmd::RemoveNode { cluster, address } => legacy_node_command(cli, "remove-node", cluster, address, None),
         Cmd::PropCheck { cluster } => {
             let report = config::check::prop_check(&cli.config_dir, cluster);
             print!("{}", report.render());
@@ -153,6 +139,22 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// EFM 2.0's `add-node` (allow-node, then set-priority with a priority) and `remove-node`
+/// (disallow-node), with the deprecation notice on stderr.
+fn legacy_node_command(cli: &Cli, name: &str, cluster: &str, address: &str, priority: Option<u32>) -> Result<ExitCode, String> {
+    eprintln!("{}", cli::deprecated_node_command(name, cluster, address, priority));
+    let first = if name == "add-node" {
+        AdminCommand::AllowNode { address: address.to_owned() }
+    } else {
+        AdminCommand::DisallowNode { address: address.to_owned() }
+    };
+    print_message(&ask(cli, cluster, first)?);
+    if let Some(priority) = priority {
+        print_message(&ask(cli, cluster, AdminCommand::SetPriority { address: address.to_owned(), priority })?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_message(v: &serde_json::Value) {

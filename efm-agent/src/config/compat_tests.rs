@@ -218,10 +218,10 @@ fn host_names_are_resolved_at_load() {
     let n = l.warnings.iter().find(|w| w.property.as_deref() == Some("bind.address")).unwrap();
     assert_eq!((n.severity, n.line), (Severity::Notice, Some(6)));
     assert!(n.message.contains("resolves to 2 addresses (198.18.0.1, fd00:efd::1); efm uses 198.18.0.1:7800, the first"), "{n}");
-    let mut notes = Vec::new();
-    parse_nodes_with("multi.example:7800\n", Path::new("/etc/efm/acctg.nodes"), &table(), &mut notes).unwrap();
-    assert_eq!(notes.len(), 1);
-    assert!(notes[0].to_string().contains("acctg.nodes:1: note: \"multi.example:7800\": host name multi.example resolves to 2 addresses"), "{}", notes[0]);
+    let mut multi_notes = Vec::new();
+    parse_nodes_with("multi.example:7800\n", Path::new("/etc/efm/acctg.nodes"), &table(), &mut multi_notes).unwrap();
+    assert_eq!(multi_notes.len(), 1);
+    assert!(multi_notes[0].to_string().contains("acctg.nodes:1: note: \"multi.example:7800\": host name multi.example resolves to 2 addresses"), "{}", multi_notes[0]);
 
     // A malformed name is refused without asking the resolver.
     let e = load_with_resolver(&text.replace("bind.address=db1.example:7800", "bind.address=db_1!:7800").replace("vip.example", "198.18.0.100"), vec![], &NeverAsked).unwrap_err();
@@ -302,8 +302,9 @@ fn efm_encrypted_password_is_flagged_with_the_step() {
     assert!(is_efm_java_encrypted(EFM_ENCRYPTED));
 }
 
-/// The 3.3 template's `node.timeout=50` and the 2.0 guide's JGroups timing.
+/// The 3.3 template's `node.timeout=50` and the 2.0 guide's `JGroups` timing.
 #[test]
+#[allow(clippy::many_single_char_names)]
 fn timing_remarks_for_node_timeout_and_jgroups() {
     let base = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=enterprisedb\n\
                 db.data.dir=/var/lib/edb/data\nbind.address=198.18.0.1:7800\n";

@@ -480,7 +480,7 @@ pub(crate) fn analyze(
     nodes: Vec<SocketAddr>,
     resolver: &dyn Resolve,
 ) -> Analysis {
-    let (entries, notes) = match parse::parse_properties_noted(text, file) {
+    let (entries, syntax_notes) = match parse::parse_properties_noted(text, file) {
         Ok(parsed) => parsed,
         Err(errors) => {
             return Analysis {
@@ -493,7 +493,7 @@ pub(crate) fn analyze(
     let mut b = Builder {
         file,
         errors: Vec::new(),
-        warnings: notes,
+        warnings: syntax_notes,
         sources: HashMap::new(),
         resolver,
     };
@@ -631,13 +631,11 @@ impl Builder<'_> {
                 _ => def.default.replace("{cluster}", cluster),
             };
             let raw = if RESOLVED.contains(&def.name) {
-                match self.resolve_name(def, &raw) {
-                    Ok(r) => r,
-                    Err(()) => {
-                        effective.push((def.name.to_owned(), raw));
-                        continue;
-                    }
-                }
+                let Ok(resolved) = self.resolve_name(def, &raw) else {
+                    effective.push((def.name.to_owned(), raw));
+                    continue;
+                };
+                resolved
             } else {
                 raw
             };

@@ -293,7 +293,7 @@ pub fn parse_nodes_with(
     resolver: &dyn Resolve,
     notes: &mut Vec<Diagnostic>,
 ) -> Result<Vec<SocketAddr>, Vec<Diagnostic>> {
-    let mut nodes = Vec::new();
+    let mut members = Vec::new();
     let mut errors = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
         let content = raw.split_once('#').map_or(raw, |(before, _)| before);
@@ -319,8 +319,8 @@ pub fn parse_nodes_with(
             };
             match parsed {
                 Ok(addr) => {
-                    if !nodes.contains(&addr) {
-                        nodes.push(addr);
+                    if !members.contains(&addr) {
+                        members.push(addr);
                     }
                 }
                 Err(expected) => errors.push(Diagnostic::error(
@@ -333,7 +333,7 @@ pub fn parse_nodes_with(
         }
     }
     if errors.is_empty() {
-        Ok(nodes)
+        Ok(members)
     } else {
         Err(errors)
     }

@@ -293,6 +293,7 @@ fn link(m: LinkMessage) -> Result<Link, NlError> {
 
 /// `RTM_NEWADDR` (create-exclusive; IPv6 with `IFA_F_NODAD`, so the address is usable at once) or
 /// `RTM_DELADDR` for `addr/prefix` on interface `index`.
+#[cfg(test)]
 pub(super) fn address_request(add: bool, index: u32, addr: IpAddr, prefix: u8) -> (u16, RouteNetlinkMessage) {
     labeled_address_request(add, index, addr, prefix, None)
 }

@@ -265,7 +265,7 @@ pub fn upgrade_text(cluster: &str, properties: &str, nodes: &str) -> UpgradeResu
     }
 }
 
-/// The EFM 2.0 JGroups timing (`jgroups.timeout` ms, `jgroups.max.tries`), when set.
+/// The EFM 2.0 `JGroups` timing (`jgroups.timeout` ms, `jgroups.max.tries`), when set.
 fn jgroups_values(items: &[Logical]) -> (Option<u64>, Option<u64>) {
     let get = |name: &str| {
         items.iter().find_map(|i| match i {
@@ -493,7 +493,7 @@ impl Upgrader<'_> {
         }
     }
 
-    /// What replaces EFM 2.0's JGroups timing in efm, with the equivalent value.
+    /// What replaces EFM 2.0's `JGroups` timing in efm, with the equivalent value.
     fn jgroups_mapping(&self, key: &str) -> String {
         let fmt_ms = |ms: u64| value::format_duration(Duration::from_millis(ms));
         match (key, self.jgroups) {

@@ -479,15 +479,19 @@ fn nodes_file() {
     .unwrap();
     assert_eq!(nodes.len(), 3);
     assert_eq!(nodes[2], "[fd00::3]:7800".parse().unwrap());
-    let e = parse_nodes(
+    // A table resolver: db3 is not in it, and no name server is asked.
+    let e = parse_nodes_with(
         "10.0.0.1:7800\n10.0.0.2\nfd00::3:7800 db3:7800 10.0.0.4:0\n",
         f,
+        &value::TableResolver::default(),
+        &mut Vec::new(),
     )
     .unwrap_err();
     assert_eq!(e.len(), 4);
     assert_eq!(e[0].to_string(), "/etc/efm/acctg.nodes:2: bad node entry \"10.0.0.2\": expected ip:port (IPv6 as [addr]:port)");
     assert!(e[1].message.contains("[addr]:port"));
     assert_eq!(e[2].line, Some(3));
+    assert!(e[2].message.contains("host name \"db3\" does not resolve"), "{}", e[2]);
     assert!(e[3].message.contains("1-65535"));
     assert!(parse_nodes("", f).unwrap().is_empty());
 }

@@ -1,7 +1,7 @@
-//! EFM files as written (issue 15), with real agents and PostgreSQL: a cluster whose `.nodes`
+//! EFM files as written (issue 15), with real agents and `PostgreSQL`: a cluster whose `.nodes`
 //! files are EFM 2.0's (each lists only the *other* members) elects a coordinator and serves;
 //! `efm cluster-status` says when automatic failover is disabled; `efm prop-check` explains the
-//! 2.0 file. Needs root and PostgreSQL; run single-threaded
+//! 2.0 file. Needs root and `PostgreSQL`; run single-threaded
 //! (`cargo test -p efm-tests --test compat_e2e -- --test-threads=1`).
 
 use std::{fs, time::Duration};
@@ -17,9 +17,9 @@ fn efm20_nodes_files_elect_a_leader_and_status_says_auto_failover_is_off() {
     // Started together, as the 2.0 guide allows when the addresses are known in advance.
     let c = Cluster::start_nodes_style(&[Kind::Primary, Kind::Standby, Kind::Witness], "auto.failover=false", |_| String::new(), true);
     let ips: Vec<String> = (0..3).map(|i| format!("198.18.0.{}", i + 1)).collect();
-    for i in 0..3 {
+    for (i, ip) in ips.iter().enumerate() {
         let nodes = fs::read_to_string(c.files[i].config_dir.join(format!("{CLUSTER}.nodes"))).unwrap();
-        assert!(!nodes.contains(&format!("{}:7800", ips[i])), "node {i}'s file lists only the others: {nodes}");
+        assert!(!nodes.contains(&format!("{ip}:7800")), "node {i}'s file lists only the others: {nodes}");
     }
     // Every agent reports the same three members and a coordinator.
     let mut coordinators = Vec::new();

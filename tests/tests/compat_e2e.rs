@@ -60,3 +60,39 @@ fn efm20_nodes_files_elect_a_leader_and_status_says_auto_failover_is_off() {
     assert!(report.contains("(this node, from bind.address: added, the file lists only the others)"), "{report}");
     assert!(report.contains("read as an EFM 2.0 members file"), "{report}");
 }
+
+/// An EFM-encrypted `db.password.encrypted` (the 2.0 guide's example value): the agent refuses
+/// to start with the step to take, before asking for any key file.
+#[test]
+fn agent_start_names_the_step_for_an_efm_encrypted_password() {
+    let dir = std::env::temp_dir().join(format!("efm-compat-agent-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("acctg.properties"),
+        "db.user=efm\ndb.password.encrypted=835fb18954f198e94fd3d6f4b070350b\ndb.port=5444\n\
+         db.database=edb\ndb.service.owner=enterprisedb\ndb.data.dir=/var/lib/edb/data\n\
+         bind.address=198.18.0.1:7800\n",
+    )
+    .unwrap();
+    fs::write(dir.join("acctg.nodes"), "198.18.0.2:7800 198.18.0.3:7800\n").unwrap();
+    let out = std::process::Command::new(efm_tests::cluster::bin("efm-agent"))
+        .args(["--cluster", "acctg", "--config-dir"])
+        .arg(&dir)
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--bpffs-dir")
+        .arg(dir.join("bpf"))
+        .env("EFM_LOG", "error")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("acctg.properties:2: db.password.encrypted: this value was encrypted by EDB Failover Manager"), "{err}");
+    assert!(err.contains("Run `efm encrypt acctg`") && err.contains("--from-env"), "{err}");
+    assert!(!err.contains("efm.key: "), "no key file asked for: {err}");
+    assert!(!err.contains("835fb189"), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}

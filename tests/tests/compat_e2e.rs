@@ -15,7 +15,12 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn efm20_nodes_files_elect_a_leader_and_status_says_auto_failover_is_off() {
     // Started together, as the 2.0 guide allows when the addresses are known in advance.
-    let c = Cluster::start_nodes_style(&[Kind::Primary, Kind::Standby, Kind::Witness], "auto.failover=false", |_| String::new(), true);
+    let c = Cluster::start_nodes_style(
+        &[Kind::Primary, Kind::Standby, Kind::Witness],
+        "auto.failover=false",
+        |_| String::new(),
+        true,
+    );
     let ips: Vec<String> = (0..3).map(|i| format!("198.18.0.{}", i + 1)).collect();
     for (i, ip) in ips.iter().enumerate() {
         let nodes = fs::read_to_string(c.files[i].config_dir.join(format!("{CLUSTER}.nodes"))).unwrap();
@@ -51,7 +56,8 @@ fn efm20_nodes_files_elect_a_leader_and_status_says_auto_failover_is_off() {
     let status = text(&out.stdout);
     assert!(status.contains("Promote Status:"), "{status}\n{}", text(&out.stderr));
     let lines: Vec<&str> = status.lines().collect();
-    let off = lines.iter().position(|l| *l == "\tAutomatic failover is disabled.").unwrap_or_else(|| panic!("{status}"));
+    let off =
+        lines.iter().position(|l| *l == "\tAutomatic failover is disabled.").unwrap_or_else(|| panic!("{status}"));
     assert!(lines[off - 1].contains("promote"), "under the promote verdict: {status}");
 
     let out = c.efm(0, &["prop-check"]);
@@ -90,7 +96,10 @@ fn agent_start_names_the_step_for_an_efm_encrypted_password() {
         .unwrap();
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("acctg.properties:2: db.password.encrypted: this value was encrypted by EDB Failover Manager"), "{err}");
+    assert!(
+        err.contains("acctg.properties:2: db.password.encrypted: this value was encrypted by EDB Failover Manager"),
+        "{err}"
+    );
     assert!(err.contains("Run `efm encrypt acctg`") && err.contains("--from-env"), "{err}");
     assert!(!err.contains("efm.key: "), "no key file asked for: {err}");
     assert!(!err.contains("835fb189"), "{err}");

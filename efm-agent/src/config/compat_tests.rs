@@ -49,7 +49,8 @@ fn load_with_resolver(text: &str, nodes: Vec<SocketAddr>, r: &dyn Resolve) -> Re
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("efm-compat-{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir =
+        std::env::temp_dir().join(format!("efm-compat-{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -180,7 +181,10 @@ fn efm20_nodes_files_list_the_others_and_this_node_is_added() {
     let r = prop_check_with(&dir, "acctg", &NeverAsked);
     let out = r.render();
     assert_eq!((r.exit_code(), r.errors(), r.warnings()), (0, 0, 0), "{out}");
-    assert!(out.contains("  198.18.0.1:7800  (this node, from bind.address: added, the file lists only the others)"), "{out}");
+    assert!(
+        out.contains("  198.18.0.1:7800  (this node, from bind.address: added, the file lists only the others)"),
+        "{out}"
+    );
     assert!(out.contains("note: acctg.nodes: does not list this node (198.18.0.1:7800, bind.address): read as an EFM 2.0 members file"), "{out}");
     assert!(out.contains("the cluster members are 198.18.0.2:7800 198.18.0.3:7800 198.18.0.1:7800"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -191,13 +195,23 @@ fn host_names_are_resolved_at_load() {
     let text = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=enterprisedb\n\
                 db.data.dir=/var/lib/edb/data\nbind.address=db1.example:7800\nvirtualIp=vip.example\n\
                 virtualIp.prefix=24\n";
-    let nodes = parse_nodes_with("db2.example:7800 db3.example:7800\n", Path::new("/etc/efm/acctg.nodes"), &table(), &mut Vec::new()).unwrap();
+    let nodes = parse_nodes_with(
+        "db2.example:7800 db3.example:7800\n",
+        Path::new("/etc/efm/acctg.nodes"),
+        &table(),
+        &mut Vec::new(),
+    )
+    .unwrap();
     assert_eq!(nodes, [sa("198.18.0.2:7800"), sa("198.18.0.3:7800")]);
     let l = load_with_resolver(text, nodes, &table()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(l.config.bind_address, sa("198.18.0.1:7800"));
     assert_eq!(l.config.virtual_ip, Some(ip("198.18.0.100")));
     assert_eq!(l.config.nodes.len(), 3);
-    assert!(l.warnings.iter().all(|w| w.severity == Severity::Notice || w.message.contains("deprecated")), "{:?}", l.warnings);
+    assert!(
+        l.warnings.iter().all(|w| w.severity == Severity::Notice || w.message.contains("deprecated")),
+        "{:?}",
+        l.warnings
+    );
 
     // Not resolving: the file, line, property and name.
     let bad = text.replace("vip.example", "vip9.example");
@@ -206,10 +220,22 @@ fn host_names_are_resolved_at_load() {
         e.contains("/etc/efm/acctg.properties:7: virtualIp = \"vip9.example\": host name \"vip9.example\" does not resolve (Name or service not known)"),
         "{e}"
     );
-    let e = parse_nodes_with("db2.example:7800\n\n db9.example:7800\n", Path::new("/etc/efm/acctg.nodes"), &table(), &mut Vec::new()).unwrap_err();
+    let e = parse_nodes_with(
+        "db2.example:7800\n\n db9.example:7800\n",
+        Path::new("/etc/efm/acctg.nodes"),
+        &table(),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].line, Some(3));
-    assert!(e[0].to_string().starts_with("/etc/efm/acctg.nodes:3: bad node entry \"db9.example:7800\": host name \"db9.example\" does not resolve"), "{}", e[0]);
+    assert!(
+        e[0].to_string().starts_with(
+            "/etc/efm/acctg.nodes:3: bad node entry \"db9.example:7800\": host name \"db9.example\" does not resolve"
+        ),
+        "{}",
+        e[0]
+    );
 
     // Several addresses: a note saying which one is used and why.
     let multi = text.replace("bind.address=db1.example:7800", "bind.address=multi.example:7800");
@@ -217,14 +243,30 @@ fn host_names_are_resolved_at_load() {
     assert_eq!(l.config.bind_address, sa("198.18.0.1:7800"));
     let n = l.warnings.iter().find(|w| w.property.as_deref() == Some("bind.address")).unwrap();
     assert_eq!((n.severity, n.line), (Severity::Notice, Some(6)));
-    assert!(n.message.contains("resolves to 2 addresses (198.18.0.1, fd00:efd::1); efm uses 198.18.0.1:7800, the first"), "{n}");
+    assert!(
+        n.message.contains("resolves to 2 addresses (198.18.0.1, fd00:efd::1); efm uses 198.18.0.1:7800, the first"),
+        "{n}"
+    );
     let mut multi_notes = Vec::new();
     parse_nodes_with("multi.example:7800\n", Path::new("/etc/efm/acctg.nodes"), &table(), &mut multi_notes).unwrap();
     assert_eq!(multi_notes.len(), 1);
-    assert!(multi_notes[0].to_string().contains("acctg.nodes:1: note: \"multi.example:7800\": host name multi.example resolves to 2 addresses"), "{}", multi_notes[0]);
+    assert!(
+        multi_notes[0]
+            .to_string()
+            .contains("acctg.nodes:1: note: \"multi.example:7800\": host name multi.example resolves to 2 addresses"),
+        "{}",
+        multi_notes[0]
+    );
 
     // A malformed name is refused without asking the resolver.
-    let e = load_with_resolver(&text.replace("bind.address=db1.example:7800", "bind.address=db_1!:7800").replace("vip.example", "198.18.0.100"), vec![], &NeverAsked).unwrap_err();
+    let e = load_with_resolver(
+        &text
+            .replace("bind.address=db1.example:7800", "bind.address=db_1!:7800")
+            .replace("vip.example", "198.18.0.100"),
+        vec![],
+        &NeverAsked,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("bind.address = \"db_1!:7800\": expected ip:port"), "{e}");
     assert!(parse_nodes_with("db_1!:7800\n", Path::new("n"), &NeverAsked, &mut Vec::new()).is_err());
 }
@@ -278,7 +320,12 @@ fn efm_encrypted_password_is_flagged_with_the_step() {
     );
     // The agent's start error.
     let e = load_with_resolver(&text, vec![], &NeverAsked).unwrap_err().to_string();
-    assert!(e.starts_with("/etc/efm/acctg.properties:2: db.password.encrypted: this value was encrypted by EDB Failover Manager"), "{e}");
+    assert!(
+        e.starts_with(
+            "/etc/efm/acctg.properties:2: db.password.encrypted: this value was encrypted by EDB Failover Manager"
+        ),
+        "{e}"
+    );
     assert!(e.contains("Run `efm encrypt acctg`") && e.contains("--from-env"), "{e}");
     assert!(!e.contains(EFM_ENCRYPTED), "the value is not repeated: {e}");
     // prop-check: an error with the step, not "(set)".
@@ -289,14 +336,27 @@ fn efm_encrypted_password_is_flagged_with_the_step() {
     let out = r.render();
     assert_eq!(r.exit_code(), 1, "{out}");
     assert!(out.contains("db.password.encrypted        = (EFM-encrypted: efm cannot use it, see below)"), "{out}");
-    assert!(out.contains("error: acctg.properties:2: db.password.encrypted: this value was encrypted by EDB Failover Manager"), "{out}");
+    assert!(
+        out.contains(
+            "error: acctg.properties:2: db.password.encrypted: this value was encrypted by EDB Failover Manager"
+        ),
+        "{out}"
+    );
     assert!(!out.contains(EFM_ENCRYPTED), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
     // upgrade-conf: commented out with the same step.
     let u = upgrade_text("acctg", &text, "");
-    assert!(u.changes.iter().any(|c| matches!(c, Change::CommentedOut { name, reason, line: 2 }
-        if name == "db.password.encrypted" && reason.contains("Run `efm encrypt acctg`"))), "{}", u.render_changes());
-    assert!(u.properties_text.contains(&format!("\n#db.password.encrypted={EFM_ENCRYPTED}\n")), "{}", u.properties_text);
+    assert!(
+        u.changes.iter().any(|c| matches!(c, Change::CommentedOut { name, reason, line: 2 }
+        if name == "db.password.encrypted" && reason.contains("Run `efm encrypt acctg`"))),
+        "{}",
+        u.render_changes()
+    );
+    assert!(
+        u.properties_text.contains(&format!("\n#db.password.encrypted={EFM_ENCRYPTED}\n")),
+        "{}",
+        u.properties_text
+    );
     // efm's own format passes.
     assert!(!is_efm_java_encrypted("efm1:00112233445566778899aabb:cafe"));
     assert!(is_efm_java_encrypted(EFM_ENCRYPTED));
@@ -313,19 +373,34 @@ fn timing_remarks_for_node_timeout_and_jgroups() {
     let n = l.warnings.iter().find(|w| w.property.as_deref() == Some("node.timeout")).unwrap();
     assert_eq!((n.severity, n.line), (Severity::Notice, Some(7)));
     assert!(n.message.contains("efm reads this as 50s") && n.message.contains("node.timeout=0.5s"), "{n}");
-    assert!(load_with_resolver(&format!("{base}node.timeout=0.5s\n"), vec![], &NeverAsked).unwrap().warnings.is_empty());
+    assert!(load_with_resolver(&format!("{base}node.timeout=0.5s\n"), vec![], &NeverAsked)
+        .unwrap()
+        .warnings
+        .is_empty());
 
-    let l = load_with_resolver(&format!("{base}jgroups.max.tries=8\njgroups.timeout=5000\n"), vec![], &NeverAsked).unwrap();
+    let l =
+        load_with_resolver(&format!("{base}jgroups.max.tries=8\njgroups.timeout=5000\n"), vec![], &NeverAsked).unwrap();
     let t = l.warnings.iter().find(|w| w.property.as_deref() == Some("jgroups.timeout")).unwrap();
     assert_eq!(t.line, Some(8));
-    assert!(t.message.contains("node.timeout replaces it (the same detection time is node.timeout=5s; efm uses node.timeout=500ms"), "{t}");
+    assert!(
+        t.message.contains(
+            "node.timeout replaces it (the same detection time is node.timeout=5s; efm uses node.timeout=500ms"
+        ),
+        "{t}"
+    );
     let m = l.warnings.iter().find(|w| w.property.as_deref() == Some("jgroups.max.tries")).unwrap();
     assert!(m.message.contains("one every 625ms: the same cadence is heartbeat.interval=625ms"), "{m}");
-    assert!(!l.warnings.iter().any(|w| w.message.contains("only meaningful to the Java")), "not dismissed as Java-only");
+    assert!(
+        !l.warnings.iter().any(|w| w.message.contains("only meaningful to the Java")),
+        "not dismissed as Java-only"
+    );
     // upgrade-conf writes the mapping next to the commented-out lines.
     let u = upgrade_text("acctg", &format!("{base}jgroups.max.tries=8\njgroups.timeout=5000\n"), "");
     let out = &u.properties_text;
-    assert!(out.contains("the same detection time is node.timeout=5s") && out.contains("\n#jgroups.timeout=5000\n"), "{out}");
+    assert!(
+        out.contains("the same detection time is node.timeout=5s") && out.contains("\n#jgroups.timeout=5000\n"),
+        "{out}"
+    );
     assert!(out.contains("heartbeat.interval=625ms") && out.contains("\n#jgroups.max.tries=8\n"), "{out}");
 }
 
@@ -338,8 +413,12 @@ fn upgrade_conf_writes_java_syntax_as_key_value() {
     assert!(out.contains("\ndb.service.owner=enterprisedb\n"), "{out}");
     assert!(out.contains("\nscript.fence=/usr/local/bin/fence.sh --tag a=b\n"), "{out}");
     assert!(out.contains("\n! a comment in the other Java style\n"), "comments kept: {out}");
-    assert!(u.changes.iter().any(|c| matches!(c, Change::Converted { from, detail, line: 5, .. }
-        if from == "db.user" && detail.contains("Java properties syntax"))), "{}", u.render_changes());
+    assert!(
+        u.changes.iter().any(|c| matches!(c, Change::Converted { from, detail, line: 5, .. }
+        if from == "db.user" && detail.contains("Java properties syntax"))),
+        "{}",
+        u.render_changes()
+    );
     // And the result loads to the same values.
     let dir = temp_dir("upjava");
     u.write_to(&dir, "acctg", false).unwrap();
@@ -349,4 +428,3 @@ fn upgrade_conf_writes_java_syntax_as_key_value() {
     assert_eq!(c.script_fence.as_deref(), Some("/usr/local/bin/fence.sh --tag a=b"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
-

@@ -1100,8 +1100,8 @@ pub fn efm_java_password_step(cluster: &str) -> String {
         "this value was encrypted by EDB Failover Manager (Java), and efm cannot decrypt it (a \
          different cipher and key). Run `efm encrypt {cluster}` on this host and put the value it \
          prints in db.password.encrypted (scripted, as with EFM 3.3+: `EFMPASS=<password> efm \
-         encrypt {cluster} --from-env` prints the bare value); copy efm.key (beside the properties file; efm encrypt creates it) with the \
-         properties file to the other nodes. Or leave db.password.encrypted empty and give the \
+         encrypt {cluster} --from-env` prints the bare value); copy the key file it creates (efm.key, beside the properties file) \
+         to the other nodes with the properties file. Or leave db.password.encrypted empty and give the \
          password in ~/.pgpass"
     )
 }

@@ -5,36 +5,48 @@
 //! owning `bind.address`, or `xdp.interface`), the heartbeat socket, the role (witness, or what
 //! the local database says), the admin socket; then systemd is told `READY=1`. The optional
 //! health endpoint (`health.listen.address`, see [`crate::health`]) is bound right after the
-//! key, before the kernel is touched, and serves once the shared state exists.
+//! key, before the kernel is touched, and serves once the channels it reads exist.
 //!
 //! The main loop ticks every `heartbeat.interval`: it sends one PING to each peer, reads every
 //! peer's slot and RTT histogram from the kernel, and feeds them to the detector. The local
 //! database is checked by its own task (`local.period`, `local.timeout`, `local.timeout.final`).
 //! SIGTERM/SIGINT stop the agent in order: `STOPPING=1`, tasks stopped, datapath detached, admin
 //! socket and pid file removed, lock released.
+//!
+//! This module only assembles the process: each task gets its configuration and identity (an
+//! `Arc<`[`Identity`]`>`), the channels it reads and the one writer it owns (see
+//! [`crate::node`]); no other module imports it.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use efm_common::{
     maps::{ClusterKey, DatapathConfig, FenceState, FENCE_RESET, MAX_SLOTS},
-    wire::{ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS},
+    wire::ClusterKeyBytes,
 };
-use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::watch,
+    task::JoinHandle,
+};
 
 use crate::{
     admin::{self, AdminError, Request, Response},
     config::{self, Config, ConfigErrors, FenceMode, XdpMode},
+    coordination::{ClusterState, CoordConfig, Coordinator, NodeInfo, NodeKind, RaftTimings},
     datapath::{self, Datapath, DatapathError, ModeChoice, Peer},
-    detector::{Detector, DetectorConfig, PeerHealth, Verdict},
+    detector::{Detector, DetectorConfig, Verdict},
+    ha::runtime::HaRuntime,
+    health::{HealthListener, HealthServer, Metrics},
     heartbeat::{self, KeyError, LocalView, Pinger},
     lifecycle::{self, ClusterLock, LifecycleError, PidFile},
-    localdb::{self, DbView},
+    localdb,
+    node::{self, DbOwner, DbView, Facts, Identity, LocalDatabase, Owners, PeerEntry, Role, RuntimeOwner, WalSample},
+    postgres::DbTarget,
 };
 
 /// Where the agent keeps its runtime files.
@@ -73,8 +85,10 @@ pub enum AgentError {
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// Boxed: the datapath's errors carry aya's, which would make every start-up step's
+    /// `Result` large.
     #[error(transparent)]
-    Datapath(#[from] DatapathError),
+    Datapath(Box<DatapathError>),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("no interface on this node has the bind.address IP {ip}; set xdp.interface or fix bind.address")]
@@ -95,170 +109,111 @@ pub enum AgentError {
     Health(#[from] crate::health::HealthError),
 }
 
-/// A node's role as EFM names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub enum Role {
-    Primary,
-    Standby,
-    Witness,
-    Idle,
-}
-
-impl Role {
-    #[must_use]
-    pub fn bits(self) -> u16 {
-        match self {
-            Self::Primary => ROLE_PRIMARY,
-            Self::Standby => ROLE_STANDBY,
-            Self::Witness => ROLE_WITNESS,
-            Self::Idle => ROLE_IDLE,
-        }
+impl From<DatapathError> for AgentError {
+    fn from(e: DatapathError) -> Self {
+        Self::Datapath(Box::new(e))
     }
-
-    #[must_use]
-    pub fn from_bits(bits: u16) -> Self {
-        match bits & efm_common::wire::ROLE_MASK {
-            ROLE_PRIMARY => Self::Primary,
-            ROLE_STANDBY => Self::Standby,
-            ROLE_WITNESS => Self::Witness,
-            _ => Self::Idle,
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
-
-/// One peer as the agent tracks it.
-#[derive(Clone, Debug)]
-pub struct PeerEntry {
-    pub addr: SocketAddr,
-    pub node_id: u32,
-    pub slot: u32,
-    pub health: Option<PeerHealth>,
-}
-
-/// State shared between the main loop, the database task and the admin socket.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub me: SocketAddr,
-    pub node_id: u32,
-    pub role: Role,
-    pub db: DbView,
-    pub peers: Vec<PeerEntry>,
-    /// How XDP was attached.
-    pub attachment: String,
-    pub epoch: u64,
-    /// Where the configuration (and the password key) live.
-    pub config_dir: PathBuf,
-    /// The HA engine's last decision.
-    pub outcome: Option<String>,
-    /// The coordination log's leader (EFM's membership coordinator).
-    pub leader: Option<SocketAddr>,
-    /// What the kernel enforces right now (read every cycle).
-    pub kernel: KernelView,
-    /// Monitoring of the local database is suspended (EFM's idle agent) until `efm resume`.
-    pub suspended: Option<Suspension>,
-    /// The last `script.custom.monitor` failure, while it lasts.
-    pub custom_monitor_failed: Option<String>,
-    /// `efm stop-cluster` reached this agent: the main loop exits.
-    pub stop_requested: bool,
-    /// When this agent started (Unix ms): a stop-cluster entry older than that is history.
-    pub started_unix_ms: u64,
-    /// The committed primary (coordination log) as of the last cycle; kept by
-    /// [`crate::health::after_tick`] while the health endpoint runs.
-    pub committed_primary: Option<SocketAddr>,
-    /// The kernel counters and histograms `/metrics` shows, taken by the main loop at most once
-    /// a second while the health endpoint runs (see [`crate::health`]).
-    pub metrics: Option<Arc<crate::health::MetricsSnapshot>>,
-    /// The local database's WAL position, read every half `heartbeat.interval` by
-    /// [`localdb::track_wal`] (not by the `local.period` monitor); see [`localdb::fresh_lsn`].
-    pub wal: Option<localdb::WalSample>,
-}
-
-impl Shared {
-    /// The role as EFM reports it: an agent whose monitoring is suspended is idle, whatever its
-    /// database is.
-    #[must_use]
-    pub fn effective_role(&self) -> Role {
-        if self.suspended.is_some() {
-            Role::Idle
-        } else {
-            self.role
-        }
-    }
-}
-
-/// Why a node's database is not monitored.
-#[derive(Clone, Debug)]
-pub struct Suspension {
-    pub reason: String,
-    pub kind: SuspendKind,
-    pub since: std::time::Instant,
-}
-
-/// Which `auto.resume.*.period` applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SuspendKind {
-    /// The database was not running when the agent started (`auto.resume.startup.period`).
-    Startup,
-    /// The database failed (`auto.resume.failure.period`).
-    Failure,
-}
-
-/// Now as Unix milliseconds.
-#[must_use]
-pub fn unix_ms() -> u64 {
-    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())).unwrap_or(0)
-}
-
-/// The kernel's fence and lease as of the last cycle.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KernelView {
-    pub fenced: bool,
-    pub lease_enforced: bool,
-    /// The lease is enforced and has time left (ms), or 0.
-    pub lease_left_ms: u64,
-    pub epoch: u64,
-    pub max_epoch_seen: u64,
-    /// Client traffic to the database port passes (`efm_common::serving::fence_reasons` is 0, the
-    /// rule the kernel applies): not fenced, not epoch-fenced, lease valid.
-    pub serving: bool,
-}
-
-
-/// Locks the shared state, recovering it if a task panicked while holding the lock (the state is
-/// plain data; a half-finished update is preferable to a dead agent).
-pub fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The name of the interface holding an address (an `RTM_GETADDR` dump; it lives in `vip`).
 pub use crate::vip::interface_of;
 
-/// Runs the agent until SIGTERM or SIGINT.
-#[expect(clippy::too_many_lines, reason = "start-up is one ordered sequence; splitting it hides the order")]
+/// Runs the agent until SIGTERM or SIGINT (or `efm stop-cluster`).
 pub async fn run(opts: Options) -> Result<(), AgentError> {
+    let Prepared { cfg, lock, pid, key, health } = prepare(&opts).await?;
+    let me = cfg.bind_address;
+    let peers = peer_table(&cfg, me)?;
+    let (mut dp, iface, attachment, epoch) = open_datapath(&cfg, &opts.bpffs_dir, me)?;
+    let (db_target, local) = local_database(&cfg, &opts.config_dir, me).await?;
+    let role = local.role;
+    arm_kernel(&mut dp, &cfg, me, key, role, epoch, &peers)?;
+    let peer_addrs: Vec<SocketAddr> = peers.iter().map(|p| p.addr).collect();
+    let pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs, heartbeat::realtime_ns(), dp.nonce())
+        .map_err(|source| AgentError::Socket { addr: me, source })?;
+    let detector = Detector::new(
+        DetectorConfig { node_timeout: cfg.node_timeout, rtt_window: Duration::from_mins(1) },
+        heartbeat::monotonic_ns(),
+        peers.iter().map(|p| p.node_id),
+    );
+    let coord = Arc::new(Coordinator::start(coord_config(&cfg, me, key, &opts)).await?);
+    let vip_held = match (cfg.virtual_ip, &cfg.virtual_ip_interface) {
+        (Some(v), i) => crate::vip::is_assigned_here(i.as_deref().unwrap_or(&iface), v).unwrap_or(false),
+        _ => false,
+    };
+    let id = Arc::new(Identity {
+        config: cfg.clone(),
+        me,
+        node_id: heartbeat::node_id(&me),
+        config_dir: opts.config_dir.clone(),
+        iface,
+        attachment,
+        started_unix_ms: node::unix_ms(),
+    });
+    let peer_count = peers.len();
+    let (facts, owners) = node::wire(id.clone(), local, peers, epoch);
+    let Owners { db: db_owner, peers: peers_tx, custom_monitor, runtime, stop } = owners;
+    let ha = ha_runtime(&facts, runtime, coord.clone(), vip_held, &opts.state_dir);
+    let (metrics_tx, metrics_rx) = watch::channel(None);
+    let tasks = Tasks::spawn(&opts, &facts, &coord, db_target.map(|t| (t, db_owner)), custom_monitor, health.map(|h| (h, metrics_rx)))?;
+    let signals = Signals::new()?;
+    tracing::info!(
+        cluster = %cfg.cluster, node = %me, %role, interface = %id.iface, xdp = %id.attachment,
+        peers = peer_count, "efm-agent started"
+    );
+    crate::notify::install(crate::notify::Notifier::start(&cfg));
+    crate::ha::runtime::notify(&cfg, agent_event(role, true));
+    lifecycle::notify("READY=1");
+    lifecycle::notify(&format!("STATUS={role} on {me}, {peer_count} peers"));
+
+    let mut main = MainLoop {
+        id,
+        dp,
+        pinger,
+        detector,
+        ha,
+        peers: peers_tx,
+        wal: facts.wal.clone(),
+        metrics: tasks.health.is_some().then_some(metrics_tx),
+        stop,
+    };
+    let fenced_at_exit = main.run(role == Role::Primary, signals).await;
+    shutdown(&opts, main, tasks, &facts, coord, fenced_at_exit).await?;
+    drop((pid, lock));
+    Ok(())
+}
+
+/// What start-up holds before it touches the kernel.
+struct Prepared {
+    cfg: Config,
+    lock: ClusterLock,
+    pid: PidFile,
+    key: ClusterKeyBytes,
+    health: Option<HealthListener>,
+}
+
+/// Configuration (every problem reported), the per-cluster lock and pid file, the cluster key,
+/// and the health endpoint's socket (bound early so a busy port stops the agent before it
+/// touches the kernel).
+async fn prepare(opts: &Options) -> Result<Prepared, AgentError> {
     let loaded = config::load(&opts.config_dir, &opts.cluster).map_err(AgentError::Config)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
     config::check::warn_if_too_few_agents(&loaded.config);
     let cfg = loaded.config;
-    let _lock = ClusterLock::acquire(&cfg.lock_dir, &cfg.cluster)?;
-    let _pid = PidFile::create(&opts.run_dir, &cfg.cluster)?;
+    let lock = ClusterLock::acquire(&cfg.lock_dir, &cfg.cluster)?;
+    let pid = PidFile::create(&opts.run_dir, &cfg.cluster)?;
     let key = heartbeat::load_cluster_key(&cfg.cluster_key_file)?;
-    let health_listener = match cfg.health_listen_address {
-        Some(addr) => Some(crate::health::HealthListener::bind(addr).await?),
+    let health = match cfg.health_listen_address {
+        Some(addr) => Some(HealthListener::bind(addr).await?),
         None => None,
     };
+    Ok(Prepared { cfg, lock, pid, key, health })
+}
 
-    let me = cfg.bind_address;
+/// The peers of the `.nodes` file, one kernel slot each (sorted, this node left out); refuses
+/// too many peers and two nodes with the same node id.
+fn peer_table(cfg: &Config, me: SocketAddr) -> Result<Vec<PeerEntry>, AgentError> {
     let mut peer_addrs: Vec<SocketAddr> = cfg.nodes.iter().copied().filter(|a| *a != me).collect();
     peer_addrs.sort();
     peer_addrs.dedup();
@@ -271,12 +226,18 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             return Err(AgentError::IdCollision { a: b, b: a });
         }
     }
-    let peers: Vec<PeerEntry> = peer_addrs
+    Ok(peer_addrs
         .iter()
         .zip(0u32..)
         .map(|(a, slot)| PeerEntry { addr: *a, node_id: heartbeat::node_id(a), slot, health: None })
-        .collect();
+        .collect())
+}
 
+/// XDP on the heartbeat interface (the one holding `bind.address`, or `xdp.interface`) and, when
+/// the VIP lives elsewhere, on that one too: the fence must see every path client traffic can
+/// take. Returns the datapath, the interface, how XDP was attached, and the epoch the pinned
+/// maps held (0 on fresh maps).
+fn open_datapath(cfg: &Config, bpffs_dir: &Path, me: SocketAddr) -> Result<(Datapath, String, String, u64), AgentError> {
     let iface = match &cfg.xdp_interface {
         Some(i) => i.clone(),
         None => interface_of(me.ip()).ok_or(AgentError::NoInterface { ip: me.ip() })?,
@@ -286,32 +247,36 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         XdpMode::Native => ModeChoice::Native,
         XdpMode::Generic => ModeChoice::Generic,
     };
-    // XDP on the heartbeat interface and, when the VIP lives elsewhere, on that one too: the
-    // fence must see every path client traffic can take.
     let mut ifaces = vec![iface.as_str()];
     if let Some(v) = cfg.virtual_ip_interface.as_deref().filter(|v| *v != iface) {
         ifaces.push(v);
     }
-    let mut dp = Datapath::open(&opts.bpffs_dir.join(&cfg.cluster), &ifaces, mode)?;
+    let dp = Datapath::open(&bpffs_dir.join(&cfg.cluster), &ifaces, mode)?;
     let attachment = dp.attachments().first().map(|(_, a)| a.to_string()).unwrap_or_default();
     let epoch = if dp.reused_maps() { dp.fence().map_or(0, |f| f.epoch) } else { 0 };
+    Ok((dp, iface, attachment, epoch))
+}
 
-    let db_target = if cfg.is_witness {
-        None
-    } else {
-        Some(localdb::target(&cfg, &opts.config_dir, &me.ip().to_string()).map_err(AgentError::Password)?)
+/// How to reach the local database (none on a witness) and what it says at start: the role
+/// (standby in recovery, else primary; idle if it does not answer).
+async fn local_database(cfg: &Config, config_dir: &Path, me: SocketAddr) -> Result<(Option<DbTarget>, LocalDatabase), AgentError> {
+    if cfg.is_witness {
+        return Ok((None, LocalDatabase { role: Role::Witness, view: DbView::default() }));
+    }
+    let target = localdb::target(cfg, config_dir, &me.ip().to_string()).map_err(AgentError::Password)?;
+    let local = match localdb::initial_role(cfg, &target).await {
+        Ok((role, info)) => LocalDatabase { role, view: DbView { up: Some(true), info: Some(info), error: None } },
+        Err(e) => {
+            tracing::warn!(error = %e, "local database does not answer: starting as Idle");
+            LocalDatabase { role: Role::Idle, view: DbView { up: None, info: None, error: Some(e.to_string()) } }
+        }
     };
-    let (role, first_db) = match &db_target {
-        None => (Role::Witness, DbView::default()),
-        Some(t) => match localdb::initial_role(&cfg, t).await {
-            Ok((r, info)) => (r, DbView { up: Some(true), info: Some(info), error: None }),
-            Err(e) => {
-                tracing::warn!(error = %e, "local database does not answer: starting as Idle");
-                (Role::Idle, DbView { up: None, info: None, error: Some(e.to_string()) })
-            }
-        },
-    };
+    Ok((Some(target), local))
+}
 
+/// The kernel's configuration, key, first fence state, peer table, service addresses and
+/// exemptions.
+fn arm_kernel(dp: &mut Datapath, cfg: &Config, me: SocketAddr, key: ClusterKeyBytes, role: Role, epoch: u64, peers: &[PeerEntry]) -> Result<(), AgentError> {
     dp.set_config(&DatapathConfig {
         cluster_id: heartbeat::cluster_id(&cfg.cluster),
         node_id: heartbeat::node_id(&me),
@@ -336,9 +301,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         ..FenceState::default()
     };
     dp.set_fence(&fence)?;
-    dp.set_peers(
-        &peers.iter().map(|p| Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] }).collect::<Vec<_>>(),
-    )?;
+    dp.set_peers(&peers.iter().map(|p| Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] }).collect::<Vec<_>>())?;
     let vips: Vec<IpAddr> = cfg.virtual_ip.into_iter().collect();
     dp.set_service_addrs(&[me.ip()], &vips)?;
     // `fence.exempt.hosts` pass the fence always. The cluster's own nodes pass only while this
@@ -347,170 +310,228 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     // standbys streaming and collects their acknowledgements; once a newer epoch exists or its
     // lease lapsed, a member is fenced like any client.
     let always: Vec<(IpAddr, u8)> = cfg.fence_exempt_hosts.iter().map(|c| (c.addr, c.prefix)).collect();
-    let members: Vec<IpAddr> = peer_addrs.iter().map(SocketAddr::ip).collect();
+    let members: Vec<IpAddr> = peers.iter().map(|p| p.addr.ip()).collect();
     dp.set_exempt_with_members(&always, &members)?;
+    Ok(())
+}
 
-    let mut pinger = Pinger::new(me, &cfg.cluster, key, peer_addrs.clone(), heartbeat::realtime_ns(), dp.nonce())
-        .map_err(|source| AgentError::Socket { addr: me, source })?;
-    let mut detector = Detector::new(
-        DetectorConfig { node_timeout: cfg.node_timeout, rtt_window: Duration::from_mins(1) },
-        heartbeat::monotonic_ns(),
-        peers.iter().map(|p| p.node_id),
-    );
-
-    let coord = crate::coordination::Coordinator::start(crate::coordination::CoordConfig {
+/// The coordination log's settings for this node.
+fn coord_config(cfg: &Config, me: SocketAddr, key: ClusterKeyBytes, opts: &Options) -> CoordConfig {
+    CoordConfig {
         cluster: cfg.cluster.clone(),
         me,
         key,
         state_dir: opts.state_dir.clone(),
         nodes_file_members: cfg.nodes.clone(),
-        kind: if cfg.is_witness { crate::coordination::NodeKind::Witness } else { crate::coordination::NodeKind::Database },
-        priority: priority_of(&cfg, me),
+        kind: if cfg.is_witness { NodeKind::Witness } else { NodeKind::Database },
+        priority: priority_of(cfg, me),
         promotable: cfg.promotable && !cfg.is_witness,
         auto_allow_hosts: cfg.auto_allow_hosts,
         stable_nodes_file: cfg.stable_nodes_file,
         nodes_file_path: opts.config_dir.join(format!("{}.nodes", cfg.cluster)),
         timings: {
             let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-            let mut t = crate::coordination::RaftTimings::default();
+            let mut t = RaftTimings::default();
             t.heartbeat_ms = ms(cfg.raft_heartbeat_interval);
             t.election_min_ms = ms(cfg.raft_election_timeout).max(t.heartbeat_ms * 2);
             t.election_max_ms = t.election_min_ms * 2;
             t.rpc_timeout_ms = t.rpc_timeout_ms.max(t.heartbeat_ms * 2);
             t
         },
-    })
-    .await?;
-    let coord = Arc::new(coord);
-    let vip_held = match (cfg.virtual_ip, &cfg.virtual_ip_interface) {
-        (Some(v), i) => crate::vip::is_assigned_here(i.as_deref().unwrap_or(&iface), v).unwrap_or(false),
-        _ => false,
-    };
-    let mut ha = crate::ha::runtime::HaRuntime::new(
-        crate::ha::Engine::new(crate::ha::EngineConfig {
-            me,
-            is_witness: cfg.is_witness,
-            lease_timeout: cfg.lease_timeout,
-            clock_drift: 0.05,
-            margin: Duration::from_millis(50),
-            endorse_window: cfg.heartbeat_interval * 3,
-            minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
-            auto_reconfigure: cfg.auto_reconfigure,
-            promotion_grace: Duration::from_secs(30),
-            heartbeat_interval: cfg.heartbeat_interval,
-        }),
-        coord.clone(),
-        cfg.clone(),
-        opts.config_dir.clone(),
-        iface.clone(),
+    }
+}
+
+/// The HA engine and its runtime, owning the runtime's channels.
+fn ha_runtime(facts: &Facts, owner: RuntimeOwner, coord: Arc<Coordinator>, vip_held: bool, state_dir: &Path) -> HaRuntime {
+    let (cfg, me) = (&facts.id.config, facts.id.me);
+    HaRuntime::new(
+        crate::ha::Engine::new(crate::ha::runtime::engine_config(cfg, me)),
+        coord,
+        facts.clone(),
+        owner,
         vip_held,
-        crate::coordination::NodeInfo {
-            kind: if cfg.is_witness { crate::coordination::NodeKind::Witness } else { crate::coordination::NodeKind::Database },
-            priority: if cfg.is_witness { 0 } else { priority_of(&cfg, me) },
+        NodeInfo {
+            kind: if cfg.is_witness { NodeKind::Witness } else { NodeKind::Database },
+            priority: if cfg.is_witness { 0 } else { priority_of(cfg, me) },
             promotable: cfg.promotable && !cfg.is_witness,
         },
-        &opts.state_dir,
-    );
+        state_dir,
+    )
+}
 
-    let interval = cfg.heartbeat_interval;
-    let shared = Arc::new(Mutex::new(Shared {
-        config: cfg.clone(),
-        me,
-        node_id: heartbeat::node_id(&me),
-        role,
-        db: first_db,
-        peers,
-        attachment: attachment.clone(),
-        epoch,
-        config_dir: opts.config_dir.clone(),
-        outcome: None,
-        leader: None,
-        kernel: KernelView::default(),
-        suspended: None,
-        custom_monitor_failed: None,
-        stop_requested: false,
-        started_unix_ms: unix_ms(),
-        committed_primary: None,
-        metrics: None,
-        wal: None,
-    }));
+/// The tasks beside the main loop.
+struct Tasks {
+    admin: JoinHandle<()>,
+    db: Option<JoinHandle<()>>,
+    custom_monitor: Option<JoinHandle<()>>,
+    health: Option<HealthServer>,
+}
 
-    let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
-    let admin_shared = shared.clone();
-    let admin_coord = coord.clone();
-    let admin_task = tokio::spawn(admin::serve(listener, move |req| {
-        let (shared, coord) = (admin_shared.clone(), admin_coord.clone());
-        async move { handle(&shared, &coord, req).await }
-    }));
-    let db_task = db_target.map(|t| tokio::spawn(localdb::run(shared.clone(), t)));
-    let custom_monitor = cfg
-        .script_custom_monitor
-        .as_ref()
-        .filter(|_| !cfg.is_witness)
-        .map(|_| tokio::spawn(crate::custom_monitor::run(shared.clone())));
-    let health = health_listener.map(|l| l.serve(shared.clone()));
+impl Tasks {
+    /// The admin socket; the local database's owner (not on a witness); the custom monitor (when
+    /// configured, not on a witness); the health endpoint (when configured).
+    fn spawn(
+        opts: &Options,
+        facts: &Facts,
+        coord: &Arc<Coordinator>,
+        db: Option<(DbTarget, DbOwner)>,
+        custom_monitor: watch::Sender<Option<String>>,
+        health: Option<(HealthListener, watch::Receiver<Option<Arc<crate::health::MetricsSnapshot>>>)>,
+    ) -> Result<Self, AgentError> {
+        let cfg = &facts.id.config;
+        let listener = admin::bind(&admin::socket_path(&opts.run_dir, &cfg.cluster))?;
+        let (admin_facts, admin_coord) = (facts.clone(), coord.clone());
+        let admin = tokio::spawn(admin::serve(listener, move |req| {
+            let (facts, coord) = (admin_facts.clone(), admin_coord.clone());
+            async move { handle(&facts, &coord, req).await }
+        }));
+        let db = db.map(|(t, owner)| tokio::spawn(localdb::run(facts.id.clone(), owner, t)));
+        let custom_monitor = cfg
+            .script_custom_monitor
+            .as_ref()
+            .filter(|_| !cfg.is_witness)
+            .map(|_| tokio::spawn(crate::custom_monitor::run(facts.id.clone(), facts.db.clone(), custom_monitor)));
+        let health = health.map(|(l, metrics)| l.serve(facts.clone(), metrics));
+        Ok(Self { admin, db, custom_monitor, health })
+    }
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    tracing::info!(
-        cluster = %cfg.cluster, node = %me, %role, interface = %iface, xdp = %attachment,
-        peers = peer_addrs.len(), "efm-agent started"
-    );
-    crate::notify::install(crate::notify::Notifier::start(&cfg));
-    crate::ha::runtime::notify(&cfg, agent_event(role, true));
-    lifecycle::notify("READY=1");
-    lifecycle::notify(&format!("STATUS={role} on {me}, {} peers", peer_addrs.len()));
+    fn stop(self) {
+        self.admin.abort();
+        if let Some(h) = self.health {
+            h.stop();
+        }
+        if let Some(t) = self.db {
+            t.abort();
+        }
+        if let Some(t) = self.custom_monitor {
+            t.abort();
+        }
+    }
+}
 
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fenced_at_exit = role == Role::Primary;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                match one_tick(&shared, &mut dp, &mut pinger, &mut detector, &mut ha) {
-                    Ok(keep) => fenced_at_exit = keep,
-                    Err(e) => tracing::error!(error = %e, "reading the datapath failed"),
-                }
-                if health.is_some() {
-                    let primary = coord.state().borrow().primary;
-                    if let Err(e) = crate::health::after_tick(&shared, &dp, primary) {
-                        tracing::warn!(error = %e, "reading the datapath for /metrics failed");
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, AgentError> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(AgentError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(AgentError::Signal)?,
+        })
+    }
+}
+
+/// The main loop's parts: it owns the datapath, the detector, the HA runtime, the peers' health
+/// and the `/metrics` snapshot, and receives the stop signal.
+struct MainLoop {
+    id: Arc<Identity>,
+    dp: Datapath,
+    pinger: Pinger,
+    detector: Detector,
+    ha: HaRuntime,
+    peers: watch::Sender<Vec<PeerEntry>>,
+    wal: watch::Receiver<Option<WalSample>>,
+    /// Only while the health endpoint runs.
+    metrics: Option<Metrics>,
+    /// Set by the HA runtime once `efm stop-cluster` reached this agent.
+    stop: watch::Receiver<bool>,
+}
+
+impl MainLoop {
+    /// Ticks every `heartbeat.interval` until a signal or the stop; returns whether the node is
+    /// fenced (`fenced` until the first cycle says).
+    async fn run(&mut self, mut fenced: bool, mut signals: Signals) -> bool {
+        let mut tick = tokio::time::interval(self.id.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match self.tick() {
+                        Ok(keep) => fenced = keep,
+                        Err(e) => tracing::error!(error = %e, "reading the datapath failed"),
+                    }
+                    if let Some(m) = &self.metrics {
+                        let peers = self.peers.borrow().clone();
+                        if let Err(e) = crate::health::after_tick(m, &self.dp, &peers) {
+                            tracing::warn!(error = %e, "reading the datapath for /metrics failed");
+                        }
+                    }
+                    if *self.stop.borrow() {
+                        return fenced;
                     }
                 }
-                let mut s = lock(&shared);
-                s.leader = coord.leader();
-                if s.stop_requested {
-                    break;
-                }
+                _ = signals.term.recv() => return fenced,
+                _ = signals.int.recv() => return fenced,
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
         }
     }
 
+    /// One cycle: kernel slots → detector → HA engine → kernel fence state and PINGs. Returns
+    /// whether the node is fenced.
+    #[expect(clippy::result_large_err, reason = "an error here is logged and the loop goes on")]
+    fn tick(&mut self) -> Result<bool, DatapathError> {
+        let slots = self.peers.borrow().iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>();
+        let now = heartbeat::monotonic_ns();
+        let mut healths = Vec::with_capacity(slots.len());
+        let mut echoes = Vec::with_capacity(slots.len());
+        for (node_id, slot, addr) in slots {
+            let s = self.dp.slot(slot)?;
+            echoes.push((addr, s.peer_nonce));
+            let h = self.dp.rtt_histogram(slot)?;
+            if let Some(c) = self.detector.observe(now, node_id, &s, &h) {
+                match c.to {
+                    Verdict::Alive => tracing::info!(peer = %addr, from = %c.from, "peer agent alive"),
+                    Verdict::Unknown => {}
+                    to => {
+                        tracing::warn!(peer = %addr, from = %c.from, verdict = %to, "peer verdict changed");
+                        let role = Role::from_bits(self.detector.peer(node_id).map_or(0, |h| h.role));
+                        notify_peer_failure(&self.id.config, addr, to, role);
+                    }
+                }
+            }
+            healths.push(self.detector.peer(node_id));
+        }
+        self.peers.send_modify(|peers| {
+            for (p, h) in peers.iter_mut().zip(healths) {
+                p.health = h;
+            }
+        });
+        // Read every half heartbeat, not every `local.period`; 0 ("unknown") when stale.
+        let lsn = localdb::fresh_lsn(*self.wal.borrow(), now, self.id.config.heartbeat_interval);
+        let (desired, _) = self.ha.cycle(&mut self.dp, now)?;
+        let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };
+        let echo = |peer: SocketAddr| echoes.iter().find(|(a, _)| *a == peer).map_or(0, |(_, n)| *n);
+        for (peer, e) in self.pinger.send_round(view, now, desired.endorse, echo) {
+            tracing::debug!(%peer, error = %e, "PING not sent");
+        }
+        if desired.endorse.is_some() {
+            // The promotion wait counts from when the endorsement actually left.
+            self.ha.endorsement_sent(desired.epoch, heartbeat::monotonic_ns());
+        }
+        Ok(desired.fenced)
+    }
+}
+
+/// The orderly stop: `STOPPING=1`, tasks stopped, admin socket removed, coordination shut down,
+/// then the datapath detached — unless the kernel must keep enforcing (a fenced node, a primary
+/// database) — or, after `efm stop-cluster`, detached from a node that serves.
+async fn shutdown(opts: &Options, main: MainLoop, tasks: Tasks, facts: &Facts, coord: Arc<Coordinator>, fenced_at_exit: bool) -> Result<(), AgentError> {
+    let cfg = &facts.id.config;
     tracing::info!("efm-agent stopping");
     lifecycle::notify("STOPPING=1");
-    {
-        let role = lock(&shared).effective_role();
-        crate::ha::runtime::notify(&cfg, agent_event(role, false));
-    }
-    admin_task.abort();
-    if let Some(h) = health {
-        h.stop();
-    }
-    if let Some(t) = db_task {
-        t.abort();
-    }
-    if let Some(t) = custom_monitor {
-        t.abort();
-    }
-    let stop_cluster = lock(&shared).stop_requested;
+    crate::ha::runtime::notify(cfg, agent_event(facts.effective_role(), false));
+    tasks.stop();
+    let stop_cluster = *main.stop.borrow();
     let _ = std::fs::remove_file(admin::socket_path(&opts.run_dir, &cfg.cluster));
+    let MainLoop { dp, ha, .. } = main;
     drop(ha);
     if let Ok(c) = Arc::try_unwrap(coord) {
         c.shutdown().await;
     }
-    let db_primary = lock(&shared).db.info.as_ref().is_some_and(|i| !i.in_recovery);
+    let db_primary = facts.db.borrow().view.info.as_ref().is_some_and(|i| !i.in_recovery);
     if stop_cluster && !fenced_at_exit {
         // `efm stop-cluster`: no agent is left to endorse a lease, and the databases must keep
         // serving as they are; a fenced node stays fenced.
@@ -528,9 +549,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
 }
 
 /// EFM's notifications for a peer that stopped being heard (its role as last announced).
-fn notify_peer_failure(shared: &Arc<Mutex<Shared>>, addr: SocketAddr, verdict: Verdict, role: Role) {
+fn notify_peer_failure(cfg: &Config, addr: SocketAddr, verdict: Verdict, role: Role) {
     use crate::notify::Event;
-    let cfg = lock(shared).config.clone();
     tracing::warn!(peer = %addr, %verdict, %role, "peer failure");
     let node = addr.to_string();
     let event = match role {
@@ -539,7 +559,7 @@ fn notify_peer_failure(shared: &Arc<Mutex<Shared>>, addr: SocketAddr, verdict: V
         Role::Witness => Event::WitnessFailure { node },
         Role::Idle => Event::IdleAgentFailure { node },
     };
-    crate::ha::runtime::notify(&cfg, event);
+    crate::ha::runtime::notify(cfg, event);
 }
 
 /// EFM's "agent running" / "agent exited" notifications for this node.
@@ -565,72 +585,21 @@ fn priority_of(cfg: &Config, me: SocketAddr) -> u32 {
         .map_or(1, |i| u32::try_from(i + 1).unwrap_or(u32::MAX))
 }
 
-/// One cycle: kernel slots → detector → HA engine → kernel fence state and PINGs. Returns whether
-/// the node is fenced.
-#[expect(clippy::result_large_err, reason = "an error here is logged and the loop goes on")]
-fn one_tick(
-    shared: &Arc<Mutex<Shared>>,
-    dp: &mut Datapath,
-    pinger: &mut Pinger,
-    detector: &mut Detector,
-    ha: &mut crate::ha::runtime::HaRuntime,
-) -> Result<bool, DatapathError> {
-    let slots = lock(shared).peers.iter().map(|p| (p.node_id, p.slot, p.addr)).collect::<Vec<_>>();
-    let now = heartbeat::monotonic_ns();
-    let mut healths = Vec::with_capacity(slots.len());
-    let mut echoes = Vec::with_capacity(slots.len());
-    for (node_id, slot, addr) in slots {
-        let s = dp.slot(slot)?;
-        echoes.push((addr, s.peer_nonce));
-        let h = dp.rtt_histogram(slot)?;
-        if let Some(c) = detector.observe(now, node_id, &s, &h) {
-            match c.to {
-                Verdict::Alive => tracing::info!(peer = %addr, from = %c.from, "peer agent alive"),
-                Verdict::Unknown => {}
-                to => {
-                    tracing::warn!(peer = %addr, from = %c.from, verdict = %to, "peer verdict changed");
-                    notify_peer_failure(shared, addr, to, Role::from_bits(detector.peer(node_id).map_or(0, |h| h.role)));
-                }
-            }
-        }
-        healths.push(detector.peer(node_id));
-    }
-    let lsn = {
-        let mut s = lock(shared);
-        for (p, h) in s.peers.iter_mut().zip(healths) {
-            p.health = h;
-        }
-        // Read every half heartbeat, not every `local.period`; 0 ("unknown") when stale.
-        localdb::fresh_lsn(s.wal, now, s.config.heartbeat_interval)
-    };
-    let (desired, _) = ha.cycle(shared, dp, now)?;
-    let view = LocalView { flags: desired.ping_flags, epoch: desired.epoch, lsn };
-    let echo = |peer: SocketAddr| echoes.iter().find(|(a, _)| *a == peer).map_or(0, |(_, n)| *n);
-    for (peer, e) in pinger.send_round(view, now, desired.endorse, echo) {
-        tracing::debug!(%peer, error = %e, "PING not sent");
-    }
-    if desired.endorse.is_some() {
-        // The promotion wait counts from when the endorsement actually left.
-        ha.endorsement_sent(desired.epoch, heartbeat::monotonic_ns());
-    }
-    Ok(desired.fenced)
-}
-
 /// The committed cluster state, copied out of the watch (its guard must not live across an
 /// await).
-fn cluster_state(coord: &crate::coordination::Coordinator) -> Arc<crate::coordination::ClusterState> {
+fn cluster_state(coord: &Coordinator) -> Arc<ClusterState> {
     coord.state().borrow().clone()
 }
 
 /// Answers one admin request.
-pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<crate::coordination::Coordinator>, req: Request) -> Response {
+pub async fn handle(facts: &Facts, coord: &Arc<Coordinator>, req: Request) -> Response {
     // Unknown commands and malformed fields were answered by `admin::parse_request` already.
     match &req.command {
-        crate::admin::AdminCommand::NodeStatus => Response::ok(crate::report::node_status(shared)),
-        crate::admin::AdminCommand::ClusterStatus => match crate::report::cluster_status(shared, &cluster_state(coord)).await {
+        crate::admin::AdminCommand::NodeStatus => Response::ok(crate::report::node_status(facts)),
+        crate::admin::AdminCommand::ClusterStatus => match crate::report::cluster_status(facts, &cluster_state(coord)).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e),
         },
-        _ => crate::operator::handle(shared, coord, &req).await,
+        _ => crate::operator::handle(facts, coord, &req).await,
     }
 }

@@ -27,10 +27,11 @@
 //! **Where the numbers come from.** The datapath belongs to the main loop (`&mut Datapath`), so
 //! the HTTP handlers never touch the kernel: the main loop calls [`after_tick`] after each cycle,
 //! which takes a [`MetricsSnapshot`] (per-peer slots and RTT histograms, the verdict counters) at
-//! most once per [`SNAPSHOT_EVERY`] into [`Shared::metrics`], and records the committed primary.
-//! The role, database, fence and lease state come from [`Shared`] as of the last cycle (the main
-//! loop updates them every `heartbeat.interval`). A handler holds the shared lock only to copy a
-//! [`View`] out; rendering happens outside it, so a slow client never delays the agent.
+//! most once per [`SNAPSHOT_EVERY`] and publishes it on its [`Metrics`] channel (the main loop is
+//! its only writer). The role, database, fence, lease state and committed primary come from the
+//! agent's published [`Facts`] (the HA runtime's [`crate::node::Status`] of the last cycle, the
+//! local database's view, the peers' health). A handler copies a [`View`] out of the channels
+//! (`borrow()`, no lock held while rendering), so a slow client never delays the agent.
 
 use std::{
     convert::Infallible,
@@ -38,7 +39,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU16, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -49,15 +50,15 @@ use serde_json::json;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{watch, Semaphore},
     task::{JoinHandle, JoinSet},
 };
 
 use crate::{
-    agent::{lock, KernelView, Role, Shared},
     datapath::{Datapath, DatapathError},
     detector::{PeerHealth, Verdict},
     heartbeat::monotonic_ns,
+    node::{Facts, KernelView, PeerEntry, Role},
 };
 
 /// Largest request head (request line plus headers) accepted; larger ones get 431.
@@ -111,27 +112,22 @@ pub struct MetricsSnapshot {
     pub counters: Vec<(Counter, u64)>,
 }
 
+/// The latest [`MetricsSnapshot`] (`None` until the first one): written by the main loop only.
+pub type Metrics = watch::Sender<Option<Arc<MetricsSnapshot>>>;
+
 #[expect(clippy::result_large_err, reason = "the datapath's errors carry aya's; logged by the caller, once a second at most")]
-/// Called by the main loop after each cycle: records the committed primary and, at most once
-/// per [`SNAPSHOT_EVERY`], reads the kernel's maps into [`Shared::metrics`].
-pub fn after_tick(
-    shared: &Arc<Mutex<Shared>>,
-    dp: &Datapath,
-    committed_primary: Option<SocketAddr>,
-) -> Result<(), DatapathError> {
+/// Called by the main loop after each cycle: at most once per [`SNAPSHOT_EVERY`], reads the
+/// kernel's maps for `peers` and publishes them on `metrics`.
+pub fn after_tick(metrics: &Metrics, dp: &Datapath, peers: &[PeerEntry]) -> Result<(), DatapathError> {
     let now = monotonic_ns();
-    let (due, slots) = {
-        let mut s = lock(shared);
-        s.committed_primary = committed_primary;
-        let due = s
-            .metrics
-            .as_ref()
-            .is_none_or(|m| now.saturating_sub(m.taken_ns) >= u64::try_from(SNAPSHOT_EVERY.as_nanos()).unwrap_or(u64::MAX));
-        (due, s.peers.iter().map(|p| (p.addr, p.slot)).collect::<Vec<_>>())
-    };
+    let due = metrics
+        .borrow()
+        .as_ref()
+        .is_none_or(|m| now.saturating_sub(m.taken_ns) >= u64::try_from(SNAPSHOT_EVERY.as_nanos()).unwrap_or(u64::MAX));
     if !due {
         return Ok(());
     }
+    let slots: Vec<(SocketAddr, u32)> = peers.iter().map(|p| (p.addr, p.slot)).collect();
     let started = std::time::Instant::now();
     let mut peers = Vec::with_capacity(slots.len());
     for (addr, slot) in slots {
@@ -150,14 +146,14 @@ pub fn after_tick(
     let counters = Counter::ALL.iter().map(|&k| (k, c.get(k))).collect();
     let snap = MetricsSnapshot { taken_ns: monotonic_ns(), cost: started.elapsed(), peers, counters };
     tracing::trace!(cost_us = snap.cost.as_micros(), "metrics snapshot");
-    lock(shared).metrics = Some(Arc::new(snap));
+    metrics.send_replace(Some(Arc::new(snap)));
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // What the answers are computed from.
 
-/// Everything an answer needs, copied out of [`Shared`] under its lock.
+/// Everything an answer needs, copied out of the agent's [`Facts`].
 #[derive(Clone, Debug)]
 pub struct View {
     pub cluster: String,
@@ -182,21 +178,29 @@ pub struct View {
 
 impl View {
     #[must_use]
-    pub fn from_shared(s: &Shared, now_ns: u64) -> Self {
+    pub fn from_facts(facts: &Facts, metrics: Option<Arc<MetricsSnapshot>>, now_ns: u64) -> Self {
+        let (role, db_up, in_recovery, lsn) = {
+            let d = facts.db.borrow();
+            (d.role, d.view.up, d.view.info.as_ref().map(|i| i.in_recovery), d.view.lsn().map(|l| l.0))
+        };
+        let (epoch, committed_primary, kernel, outcome) = {
+            let s = facts.status.borrow();
+            (s.epoch, s.committed_primary, s.kernel, s.outcome.clone())
+        };
         Self {
-            cluster: s.config.cluster.clone(),
-            me: s.me,
-            role: s.role,
-            epoch: s.epoch,
-            committed_primary: s.committed_primary,
-            kernel: s.kernel,
-            db_up: s.db.up,
-            in_recovery: s.db.info.as_ref().map(|i| i.in_recovery),
-            lsn: s.db.lsn().map(|l| l.0),
-            outcome: s.outcome.clone(),
-            peers: s.peers.iter().map(|p| (p.addr, p.health)).collect(),
-            max_lag: s.config.health_replica_max_lag_bytes,
-            metrics: s.metrics.clone(),
+            cluster: facts.id.config.cluster.clone(),
+            me: facts.id.me,
+            role,
+            epoch,
+            committed_primary,
+            kernel,
+            db_up,
+            in_recovery,
+            lsn,
+            outcome,
+            peers: facts.peers.borrow().iter().map(|p| (p.addr, p.health)).collect(),
+            max_lag: facts.id.config.health_replica_max_lag_bytes,
+            metrics,
             now_ns,
         }
     }
@@ -610,11 +614,12 @@ pub fn answer(req: &Request, view: &View) -> Answer {
 }
 
 /// The whole answer to one parsed request (the service hyper calls).
-fn respond(req: &hyper::Request<hyper::body::Incoming>, shared: &Mutex<Shared>) -> Answer {
+fn respond(req: &hyper::Request<hyper::body::Incoming>, src: &Sources) -> Answer {
     match route(req.method(), req.uri()) {
         Err(r) => Answer::text(r.status(), r.message()),
         Ok(req) => {
-            let view = View::from_shared(&lock(shared), monotonic_ns());
+            let metrics = src.metrics.borrow().clone();
+            let view = View::from_facts(&src.facts, metrics, monotonic_ns());
             answer(&req, &view)
         }
     }
@@ -639,11 +644,11 @@ impl HealthListener {
         self.addr
     }
 
-    /// Serves from `shared` until [`HealthServer::stop`].
+    /// Serves from `facts` and `metrics` until [`HealthServer::stop`].
     #[must_use]
-    pub fn serve(self, shared: Arc<Mutex<Shared>>) -> HealthServer {
+    pub fn serve(self, facts: Facts, metrics: watch::Receiver<Option<Arc<MetricsSnapshot>>>) -> HealthServer {
         tracing::info!(address = %self.addr, "health endpoint listening");
-        let task = tokio::spawn(serve(self.listener, shared, Limits::default()));
+        let task = tokio::spawn(serve(self.listener, Arc::new(Sources { facts, metrics }), Limits::default()));
         HealthServer { addr: self.addr, task }
     }
 }
@@ -678,7 +683,13 @@ impl Default for Limits {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>, limits: Limits) {
+/// What the answers are read from.
+struct Sources {
+    facts: Facts,
+    metrics: watch::Receiver<Option<Arc<MetricsSnapshot>>>,
+}
+
+async fn serve(listener: TcpListener, src: Arc<Sources>, limits: Limits) {
     let limit = Arc::new(Semaphore::new(limits.max_connections));
     // Owned here, so aborting the server aborts its connections too.
     let mut conns = JoinSet::new();
@@ -687,9 +698,9 @@ async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>, limits: Limits
         let Ok(permit) = limit.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let shared = shared.clone();
+                let src = src.clone();
                 conns.spawn(async move {
-                    connection(stream, peer, shared, limits.read_timeout).await;
+                    connection(stream, peer, src, limits.read_timeout).await;
                     drop(permit);
                 });
             }
@@ -712,12 +723,12 @@ const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: t
 /// [`MAX_HEADERS`] lines, else 431; malformed, 400) and writes the answer. The head must be
 /// complete within `read_timeout` of the accept (else 408), the answer written within
 /// [`WRITE_TIMEOUT`] after that.
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Mutex<Shared>>, read_timeout: Duration) {
+async fn connection(stream: TcpStream, peer: SocketAddr, src: Arc<Sources>, read_timeout: Duration) {
     let answered = Arc::new(AtomicU16::new(0));
     let service = {
         let answered = answered.clone();
         hyper::service::service_fn(move |req| {
-            let a = respond(&req, &shared);
+            let a = respond(&req, &src);
             answered.store(a.status, Ordering::Relaxed);
             std::future::ready(Ok::<_, Infallible>(a.into_response()))
         })

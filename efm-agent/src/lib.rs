@@ -17,6 +17,7 @@ pub mod keyfile;
 pub mod lifecycle;
 pub mod custom_monitor;
 pub mod localdb;
+pub mod node;
 pub mod operator;
 pub mod postgres;
 pub mod report;

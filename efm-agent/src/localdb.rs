@@ -1,51 +1,30 @@
 //! The agent's view of its own database: how to reach it, its role at start, and the task that
-//! keeps [`DbView`] current from the local monitor's events (`local.period`, `local.timeout`,
-//! `local.timeout.final`; see [`crate::postgres::monitor`]).
+//! owns [`LocalDatabase`] — kept current from the local monitor's events (`local.period`,
+//! `local.timeout`, `local.timeout.final`; see [`crate::postgres::monitor`]), the postmaster
+//! watch, and the [`DbReport`]s other tasks send it (it is the only writer; see
+//! [`crate::node`]) — and the WAL position tracker.
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
-    agent::{lock, Role, Shared},
     config::Config,
+    node::{DbOwner, DbReport, DbUpdate, Identity, LocalDatabase, Role},
     postgres::{
         self,
         monitor::{DbEvent, LocalMonitor, LocalTimings},
-        DbInfo, DbTarget, Lsn,
+        DbInfo, DbTarget,
     },
     secret,
 };
 
-/// What the agent last learned about its database.
-#[derive(Clone, Debug, Default)]
-pub struct DbView {
-    /// `None` until the first check finished.
-    pub up: Option<bool>,
-    pub info: Option<DbInfo>,
-    pub error: Option<String>,
-}
-
-impl DbView {
-    /// The WAL position to advertise: current LSN on a primary, replayed LSN on a standby.
-    #[must_use]
-    pub fn lsn(&self) -> Option<Lsn> {
-        self.info.as_ref().and_then(DbInfo::wal_position)
-    }
-}
-
-/// A WAL position read by [`track_wal`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WalSample {
-    pub lsn: Lsn,
-    pub in_recovery: bool,
-    /// `CLOCK_MONOTONIC` ns just before the query was sent: the position is at least this new.
-    pub at_ns: u64,
-}
+/// Kept under their old path for callers (they live in [`crate::node`]).
+pub use crate::node::{DbView, WalSample};
 
 /// The WAL position this node advertises (PINGs, PONGs) and decides with at `now_ns`: the
 /// latest sample if it is at most two heartbeat intervals old, else 0 — "unknown", never
@@ -56,14 +35,13 @@ pub fn fresh_lsn(sample: Option<WalSample>, now_ns: u64, heartbeat_interval: Dur
     sample.filter(|w| now_ns.saturating_sub(w.at_ns) <= max_age).map_or(0, |w| w.lsn.0)
 }
 
-/// Keeps `shared.wal` fresh: every half `heartbeat.interval` (at most every 10 ms) one query
+/// Keeps the WAL sample fresh (its only writer): every half `heartbeat.interval` (at most every 10 ms) one query
 /// (`pg_is_in_recovery()`, the current, received and replayed positions) on a persistent
 /// connection, independently of the `local.period` monitor and never on the heartbeat loop. A
 /// query is bounded by four heartbeat intervals (at least 200 ms); a failed or slow one drops
 /// the connection, which is opened again (within 2 s; 250 ms apart after a failed attempt).
 /// Meanwhile the sample ages and [`fresh_lsn`] turns it into "unknown".
-pub async fn track_wal(shared: Arc<Mutex<Shared>>, target: DbTarget) {
-    let hb = lock(&shared).config.heartbeat_interval;
+pub async fn track_wal(hb: Duration, wal: watch::Sender<Option<WalSample>>, target: DbTarget) {
     let period = (hb / 2).max(Duration::from_millis(10));
     let query_timeout = (hb * 4).max(Duration::from_millis(200));
     let connect_timeout = Duration::from_secs(2);
@@ -96,7 +74,7 @@ pub async fn track_wal(shared: Arc<Mutex<Shared>>, target: DbTarget) {
                     tracing::info!(db = %addr, lsn = ?lsn, "reading the WAL position again");
                     failing = false;
                 }
-                lock(&shared).wal = lsn.map(|lsn| WalSample { lsn, in_recovery, at_ns });
+                wal.send_replace(lsn.map(|lsn| WalSample { lsn, in_recovery, at_ns }));
             }
             Ok(Err(e)) => {
                 if !failing {
@@ -119,7 +97,7 @@ pub async fn track_wal(shared: Arc<Mutex<Shared>>, target: DbTarget) {
 /// The pause after a failed connection attempt of [`track_wal`].
 const CONNECT_BACKOFF: Duration = Duration::from_millis(250);
 
-/// Aborts the task when dropped (the WAL tracker ends with [`run`]).
+/// Aborts the task when dropped (the WAL tracker and the postmaster watch end with [`run`]).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -149,51 +127,99 @@ pub async fn initial_role(cfg: &Config, target: &DbTarget) -> Result<(Role, DbIn
     Ok((if info.in_recovery { Role::Standby } else { Role::Primary }, info))
 }
 
-/// Keeps `shared.db` (and the role of a non-witness node) current until aborted.
-pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
-    let timings = LocalTimings::from_config(&lock(&shared).config);
-    let data_dir = lock(&shared).config.db_data_dir.clone();
-    if let Some(dir) = data_dir {
-        tokio::spawn(watch_postmaster(shared.clone(), target.clone(), dir, timings.timeout_final));
-    }
-    let _wal = AbortOnDrop(tokio::spawn(track_wal(shared.clone(), target.clone())));
+/// Owns [`LocalDatabase`] (the view and the role of a non-witness node) until aborted: applies
+/// the local monitor's events, the postmaster watch's verdicts and other tasks' [`DbReport`]s,
+/// in the order they arrive. Runs [`track_wal`] beside it.
+pub async fn run(id: Arc<Identity>, owner: DbOwner, target: DbTarget) {
+    let DbOwner { db, mut reports, wal } = owner;
+    let timings = LocalTimings::from_config(&id.config);
+    let (gone_tx, mut gone) = mpsc::channel(4);
+    let _postmaster = id
+        .config
+        .db_data_dir
+        .clone()
+        .map(|dir| AbortOnDrop(tokio::spawn(watch_postmaster(gone_tx, target.clone(), dir, timings.timeout_final))));
+    let _wal = AbortOnDrop(tokio::spawn(track_wal(id.config.heartbeat_interval, wal, target.clone())));
     let (tx, mut rx) = mpsc::channel(16);
     let mut notices = crate::notify::local::LocalDbNotices::new(timings.timeout);
     let monitor = LocalMonitor::new(timings, Instant::now());
     tokio::spawn(monitor.run(target, tx, std::future::pending()));
-    while let Some(ev) = rx.recv().await {
-        // EFM's notifications about the local database (connection refused, timing out,
-        // standby.signal on a primary): see `notify::local`.
-        let node = lock(&shared).me.ip().to_string();
-        let notes = notices.observe(&ev, Instant::now(), &node, || crate::notify::local::recovery_file(&lock(&shared).config));
-        if !notes.is_empty() {
-            let cfg = lock(&shared).config.clone();
-            for n in notes {
-                crate::notify::emit(&cfg, n);
-            }
-        }
-        let mut s = lock(&shared);
-        match ev {
-            DbEvent::Available(info) | DbEvent::Checked(info) | DbEvent::Recovered(info) => {
-                let role = if info.in_recovery { Role::Standby } else { Role::Primary };
-                if s.role != role {
-                    tracing::info!(from = %s.role, to = %role, "role from the local database");
-                    s.role = role;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    notify_local(&mut notices, &ev, &id);
+                    db.send_modify(|s| on_event(s, ev));
                 }
-                if s.db.up != Some(true) {
-                    tracing::info!(lsn = ?info.wal_position(), "local database is up");
-                }
-                s.db = DbView { up: Some(true), info: Some(info), error: None };
-            }
-            DbEvent::CheckFailed { error, silent_for } => {
-                tracing::warn!(%error, silent_ms = silent_for.as_millis(), "local database check failed");
-            }
-            DbEvent::Failed { error, silent_for, .. } => {
-                tracing::error!(%error, silent_ms = silent_for.as_millis(), "local database failed");
-                s.db.up = Some(false);
-                s.db.error = Some(error.to_string());
-            }
+                None => return,
+            },
+            Some(pid) = gone.recv() => db.send_modify(|s| postmaster_gone(s, pid)),
+            Some(r) = reports.recv() => serve_report(&db, r),
         }
+    }
+}
+
+/// EFM's notifications about the local database (connection refused, timing out,
+/// standby.signal on a primary): see `notify::local`.
+fn notify_local(notices: &mut crate::notify::local::LocalDbNotices, ev: &DbEvent, id: &Identity) {
+    let node = id.me.ip().to_string();
+    for n in notices.observe(ev, Instant::now(), &node, || crate::notify::local::recovery_file(&id.config)) {
+        crate::notify::emit(&id.config, n);
+    }
+}
+
+/// Applies a report and tells its sender (who may now rely on the view showing it).
+fn serve_report(db: &watch::Sender<LocalDatabase>, r: DbReport) {
+    db.send_modify(|s| apply(s, r.update));
+    let _ = r.applied.send(());
+}
+
+/// A successful check: the database is up, and its role is this node's.
+fn observed(s: &mut LocalDatabase, info: DbInfo) {
+    let role = if info.in_recovery { Role::Standby } else { Role::Primary };
+    if s.role != role {
+        tracing::info!(from = %s.role, to = %role, "role from the local database");
+        s.role = role;
+    }
+    if s.view.up != Some(true) {
+        tracing::info!(lsn = ?info.wal_position(), "local database is up");
+    }
+    s.view = DbView { up: Some(true), info: Some(info), error: None };
+}
+
+fn on_event(s: &mut LocalDatabase, ev: DbEvent) {
+    match ev {
+        DbEvent::Available(info) | DbEvent::Checked(info) | DbEvent::Recovered(info) => observed(s, info),
+        DbEvent::CheckFailed { error, silent_for } => {
+            tracing::warn!(%error, silent_ms = silent_for.as_millis(), "local database check failed");
+        }
+        DbEvent::Failed { error, silent_for, .. } => {
+            tracing::error!(%error, silent_ms = silent_for.as_millis(), "local database failed");
+            s.view.up = Some(false);
+            s.view.error = Some(error.to_string());
+        }
+    }
+}
+
+fn postmaster_gone(s: &mut LocalDatabase, pid: i32) {
+    if s.view.up != Some(false) {
+        tracing::error!(pid, "local database failed: the postmaster exited and the final check failed");
+    }
+    s.view.up = Some(false);
+    s.view.error = Some(format!("postmaster (pid {pid}) exited"));
+}
+
+/// What another task learned (see [`DbUpdate`]), applied by the owner.
+fn apply(s: &mut LocalDatabase, update: DbUpdate) {
+    match update {
+        DbUpdate::Promoted => {
+            if let Some(info) = s.view.info.as_mut() {
+                info.in_recovery = false;
+            }
+            s.view.up = Some(true);
+            s.role = Role::Primary;
+        }
+        DbUpdate::Checked(info) => observed(s, info),
     }
 }
 
@@ -202,7 +228,7 @@ pub async fn run(shared: Arc<Mutex<Shared>>, target: DbTarget) {
 /// `local.timeout.final`; if that fails too, the database is declared failed without waiting for
 /// `local.timeout` — the process is gone, there is nothing to wait for. The periodic monitor
 /// keeps running and reports the recovery when a new postmaster answers.
-async fn watch_postmaster(shared: Arc<Mutex<Shared>>, target: DbTarget, data_dir: std::path::PathBuf, final_timeout: std::time::Duration) {
+async fn watch_postmaster(gone: mpsc::Sender<i32>, target: DbTarget, data_dir: std::path::PathBuf, final_timeout: std::time::Duration) {
     use tokio::io::unix::AsyncFd;
     loop {
         let pid = std::fs::read_to_string(data_dir.join("postmaster.pid"))
@@ -226,13 +252,8 @@ async fn watch_postmaster(shared: Arc<Mutex<Shared>>, target: DbTarget, data_dir
         }
         tracing::warn!(pid, "the postmaster exited; checking the database once more");
         let ok = crate::postgres::remote_check(&target, final_timeout).await.is_ok();
-        if !ok {
-            let mut s = lock(&shared);
-            if s.db.up != Some(false) {
-                tracing::error!(pid, "local database failed: the postmaster exited and the final check failed");
-            }
-            s.db.up = Some(false);
-            s.db.error = Some(format!("postmaster (pid {pid}) exited"));
+        if !ok && gone.send(pid).await.is_err() {
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
@@ -241,6 +262,7 @@ async fn watch_postmaster(shared: Arc<Mutex<Shared>>, target: DbTarget, data_dir
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::postgres::Lsn;
 
     #[test]
     fn a_sample_older_than_two_heartbeats_is_advertised_as_unknown() {
@@ -252,5 +274,88 @@ mod tests {
         assert_eq!(fresh_lsn(None, 1_000_000_000, hb), 0, "never read");
         // The `local.period` monitor's view plays no part: only the sample's age counts.
         assert_eq!(fresh_lsn(w, 11_000_000_000, hb), 0);
+    }
+
+    fn standby(upstream: Option<&str>) -> DbInfo {
+        DbInfo {
+            in_recovery: true,
+            server_version_num: 150_004,
+            current_lsn: None,
+            receive_lsn: Some(Lsn(0x2ff_0000)),
+            replay_lsn: Some(Lsn(0x2ff_0000)),
+            timeline: Some(1),
+            is_streaming: upstream.is_some(),
+            upstream_host: upstream.map(str::to_owned),
+        }
+    }
+
+    fn primary() -> DbInfo {
+        DbInfo { in_recovery: false, current_lsn: Some(Lsn(0x300_0000)), receive_lsn: None, replay_lsn: None, ..standby(None) }
+    }
+
+    fn config() -> Config {
+        let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
+        let nodes = vec!["198.18.0.1:7800".parse().unwrap(), "198.18.0.2:7800".parse().unwrap()];
+        crate::config::from_properties(props, Path::new("/etc/efm/acctg.properties"), "acctg", nodes).unwrap().config
+    }
+
+    fn identity() -> Arc<Identity> {
+        let config = config();
+        Arc::new(Identity {
+            me: config.bind_address,
+            config,
+            node_id: 1,
+            config_dir: "/etc/efm".into(),
+            iface: "eth0".into(),
+            attachment: "native".into(),
+            started_unix_ms: 0,
+        })
+    }
+
+    fn failed_standby() -> LocalDatabase {
+        LocalDatabase { role: Role::Standby, view: DbView { up: Some(false), info: Some(standby(None)), error: Some("gone".into()) } }
+    }
+
+    /// The promotion task and `efm resume` report to the owner, which applies the report before
+    /// the sender goes on; without an owner the sender is told so.
+    #[tokio::test]
+    async fn reports_are_applied_by_the_owner_before_the_sender_goes_on() {
+        let (facts, owners) = crate::node::wire(identity(), failed_standby(), Vec::new(), 3);
+        let DbOwner { db, mut reports, .. } = owners.db;
+        let owner = tokio::spawn(async move {
+            while let Some(r) = reports.recv().await {
+                serve_report(&db, r);
+            }
+        });
+
+        facts.report_db(DbUpdate::Promoted).await.unwrap();
+        let now = facts.db.borrow().clone();
+        assert_eq!(now.role, Role::Primary);
+        assert_eq!(now.view.up, Some(true));
+        assert_eq!(now.view.info.as_ref().map(|i| i.in_recovery), Some(false), "pg_promote() confirmed it left recovery");
+
+        facts.report_db(DbUpdate::Checked(standby(Some("198.18.0.2")))).await.unwrap();
+        let now = facts.db.borrow().clone();
+        assert_eq!(now.role, Role::Standby, "a check gives the role, as the monitor's do");
+        assert_eq!((now.view.up, now.view.error), (Some(true), None));
+        assert_eq!(now.view.info.and_then(|i| i.upstream_host).as_deref(), Some("198.18.0.2"));
+
+        owner.abort();
+        let _ = owner.await;
+        let gone = facts.report_db(DbUpdate::Promoted).await.unwrap_err();
+        assert!(gone.to_string().contains("database task"), "{gone}");
+        assert_eq!(facts.db.borrow().role, Role::Standby, "nothing applied without the owner");
+    }
+
+    #[test]
+    fn monitor_events_and_the_postmaster_watch_change_the_view_as_before() {
+        let mut s = failed_standby();
+        on_event(&mut s, DbEvent::Recovered(primary()));
+        assert_eq!((s.role, s.view.up, s.view.error.clone()), (Role::Primary, Some(true), None));
+        postmaster_gone(&mut s, 4242);
+        assert_eq!((s.role, s.view.up), (Role::Primary, Some(false)), "the role stays what the database last said");
+        assert_eq!(s.view.error.as_deref(), Some("postmaster (pid 4242) exited"));
+        on_event(&mut s, DbEvent::CheckFailed { error: crate::postgres::DbError::Refused { addr: "198.18.0.1:5444".into() }, silent_for: Duration::from_secs(1) });
+        assert_eq!(s.view.up, Some(false), "a failed check alone changes nothing");
     }
 }

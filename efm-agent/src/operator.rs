@@ -22,7 +22,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -30,11 +30,11 @@ use serde_json::json;
 
 use crate::{
     admin::{AdminCommand, Request, Response},
-    agent::{lock, Shared},
     config::Config,
     coordination::{ClusterState, Command, CoordError, Coordinator, NodeKind},
     detector::Verdict,
-    localdb::{self, DbView},
+    localdb,
+    node::{unix_ms, DbUpdate, DbView, Facts, PeerEntry},
     postgres,
 };
 
@@ -45,21 +45,23 @@ pub const COMMANDS: &[&str] = &["promote", "resume", "set-priority", "allow-node
 const PROMOTE_WAIT: Duration = Duration::from_secs(75);
 /// How long `resume` waits for a restarted standby to stream from the primary.
 const RESUME_WAIT: Duration = Duration::from_secs(15);
+/// How long `resume` waits for the HA runtime's answer (it answers within one cycle).
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 fn message(m: impl Into<String>) -> Response {
     Response::ok(json!({ "message": m.into() }))
 }
 
 /// Answers one of [`COMMANDS`].
-pub async fn handle(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, req: &Request) -> Response {
+pub async fn handle(facts: &Facts, coord: &Arc<Coordinator>, req: &Request) -> Response {
     let res = match &req.command {
         AdminCommand::Promote { switchover, quiet, force, sourcenode } => {
-            promote(shared, coord, Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.as_deref() }).await
+            promote(facts, coord, Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.as_deref() }).await
         }
-        AdminCommand::Resume => resume(shared, coord).await,
-        AdminCommand::SetPriority { address, priority } => set_priority(shared, coord, address, *priority).await,
-        AdminCommand::AllowNode { address } => allow_node(shared, coord, address).await,
-        AdminCommand::DisallowNode { address } => disallow_node(shared, coord, address).await,
+        AdminCommand::Resume => resume(facts).await,
+        AdminCommand::SetPriority { address, priority } => set_priority(facts, coord, address, *priority).await,
+        AdminCommand::AllowNode { address } => allow_node(facts, coord, address).await,
+        AdminCommand::DisallowNode { address } => disallow_node(facts, coord, address).await,
         AdminCommand::StopCluster => stop_cluster(coord).await,
         other @ (AdminCommand::ClusterStatus | AdminCommand::NodeStatus) => {
             Err(format!("{other} is a status report, not an operator command"))
@@ -123,13 +125,19 @@ struct Snapshot {
     cfg: Config,
     db: DbView,
     suspended: bool,
-    peers: Vec<crate::agent::PeerEntry>,
+    peers: Vec<PeerEntry>,
 }
 
-fn snapshot(shared: &Arc<Mutex<Shared>>, coord: &Coordinator) -> Snapshot {
+fn snapshot(facts: &Facts, coord: &Coordinator) -> Snapshot {
     let st = coord.state().borrow().as_ref().clone();
-    let s = lock(shared);
-    Snapshot { st, me: s.me, cfg: s.config.clone(), db: s.db.clone(), suspended: s.suspended.is_some(), peers: s.peers.clone() }
+    Snapshot {
+        st,
+        me: facts.id.me,
+        cfg: facts.id.config.clone(),
+        db: facts.db.borrow().view.clone(),
+        suspended: facts.status.borrow().suspended.is_some(),
+        peers: facts.peers.borrow().clone(),
+    }
 }
 
 fn member(snap: &Snapshot) -> Result<(), String> {
@@ -216,12 +224,12 @@ fn primary_alive(snap: &Snapshot, primary: SocketAddr) -> bool {
     primary == snap.me || snap.peers.iter().any(|p| p.addr == primary && p.health.is_some_and(|h| h.verdict == Verdict::Alive))
 }
 
-async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, opts: Promote<'_>) -> Result<Response, String> {
+async fn promote(facts: &Facts, coord: &Arc<Coordinator>, opts: Promote<'_>) -> Result<Response, String> {
     let Promote { switchover, quiet, force, sourcenode: source_arg } = opts;
     if !switchover && (quiet || source_arg.is_some()) {
         return Err("-sourcenode and -quiet apply to a switchover only: add -switchover".into());
     }
-    let snap = snapshot(shared, coord);
+    let snap = snapshot(facts, coord);
     member(&snap)?;
     let st = &snap.st;
     let Some(primary) = st.primary else {
@@ -281,7 +289,7 @@ async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, opts: Pr
         seen |= pending;
         if now.epoch > expected_epoch {
             let Some(p) = now.primary else { return Err("the promotion committed without a primary (unexpected)".into()) };
-            if serving(shared, p, now.epoch) {
+            if serving(facts, p, now.epoch) {
                 let what = if switchover { "Switchover" } else { "Promotion" };
                 return Ok(message(format!(
                     "{what} completed: {p} is the primary of epoch {} (took {:.1} s){}",
@@ -307,12 +315,12 @@ async fn promote(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, opts: Pr
 
 /// The primary of `epoch` serves clients: its PINGs say primary, unfenced, that epoch (or, when
 /// it is this node, its kernel lets clients through).
-fn serving(shared: &Arc<Mutex<Shared>>, p: SocketAddr, epoch: u64) -> bool {
-    let s = lock(shared);
-    if p == s.me {
-        return s.kernel.serving && s.kernel.epoch == epoch;
+fn serving(facts: &Facts, p: SocketAddr, epoch: u64) -> bool {
+    if p == facts.id.me {
+        let kernel = facts.status.borrow().kernel;
+        return kernel.serving && kernel.epoch == epoch;
     }
-    s.peers.iter().any(|e| {
+    facts.peers.borrow().iter().any(|e| {
         e.addr == p
             && e.health.is_some_and(|h| {
                 h.verdict == Verdict::Alive
@@ -323,95 +331,49 @@ fn serving(shared: &Arc<Mutex<Shared>>, p: SocketAddr, epoch: u64) -> bool {
     })
 }
 
-/// Whether a suspended node may resume: its database runs and is either the primary of the
-/// current epoch (never voted against) or a standby streaming from that primary.
-pub fn resumable(cfg: &Config, me: SocketAddr, db: &DbView, st: &ClusterState, voted_against_epoch: bool) -> Result<String, String> {
-    let (Some(true), Some(info)) = (db.up, &db.info) else {
-        return Err(format!(
-            "the database of {me} is not running{}: start it, then run efm resume {} again",
-            db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
-            cfg.cluster
-        ));
-    };
-    match st.primary {
-        _ if !info.in_recovery => {
-            if st.primary == Some(me) && !voted_against_epoch && !st.votes.contains(&me) {
-                Ok(format!("the database of {me} is the primary of epoch {}", st.epoch))
-            } else {
-                Err(format!(
-                    "the database of {me} is a primary, but epoch {} belongs to {}: make it a standby of that primary (for example pg_rewind and standby.signal), start it, then resume",
-                    st.epoch,
-                    st.primary.map_or("no node".into(), |p| p.to_string())
-                ))
-            }
-        }
-        None => Ok(format!("the database of {me} is a standby (no primary is committed yet)")),
-        Some(p) if p == me => Err(format!(
-            "{me} is the primary of epoch {} but its database is in recovery; wait for the promotion to finish",
-            st.epoch
-        )),
-        Some(p) => {
-            let up = info.upstream_host.as_deref();
-            if up == Some(p.ip().to_string().as_str()) {
-                Ok(format!("the database of {me} is a standby of the primary {p}"))
-            } else {
-                Err(format!(
-                    "the database of {me} {} , not from the primary of epoch {} ({p}): point primary_conninfo at {}, restart it, then resume",
-                    up.map_or("is not streaming".into(), |u| format!("replicates from {u}")),
-                    st.epoch,
-                    p.ip()
-                ))
-            }
-        }
-    }
-}
-
-async fn resume(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>) -> Result<Response, String> {
-    let (cfg, me, config_dir, sus, custom) = {
-        let s = lock(shared);
-        (s.config.clone(), s.me, s.config_dir.clone(), s.suspended.clone(), s.custom_monitor_failed.clone())
-    };
+/// `efm resume`: checks the database now and asks the HA runtime, the owner of the
+/// suspension, to resume with it (the engine's rule, which the `auto.resume.*.period`s
+/// apply too). A standby that just restarted gets [`RESUME_WAIT`] to stream again. The check
+/// goes to the owner of the database view first, so the cycle that resumes sees it.
+async fn resume(facts: &Facts) -> Result<Response, String> {
+    let (cfg, me) = (&facts.id.config, facts.id.me);
+    let was = facts.status.borrow().suspended.as_ref().map_or_else(String::new, |s| s.reason.clone());
     if cfg.is_witness {
         return Err("this node is a witness: it has no database to monitor".into());
     }
-    let Some(sus) = sus else {
-        return Ok(message(format!("the agent on {me} is monitoring its database already; nothing to resume")));
-    };
-    if let Some(c) = custom {
-        return Err(format!("the custom monitor script still fails ({c}); fix that first"));
+    let nothing = || message(format!("the agent on {me} is monitoring its database already; nothing to resume"));
+    if facts.status.borrow().suspended.is_none() {
+        return Ok(nothing());
     }
-    let target = localdb::target(&cfg, &config_dir, &me.ip().to_string())?;
+    let target = localdb::target(cfg, &facts.id.config_dir, &me.ip().to_string())?;
     let started = Instant::now();
     loop {
         let db = match postgres::remote_check(&target, cfg.local_timeout).await {
-            Ok(info) => DbView { up: Some(true), info: Some(info), error: None },
+            Ok(info) => {
+                facts.report_db(DbUpdate::Checked(info.clone())).await.map_err(|e| e.to_string())?;
+                DbView { up: Some(true), info: Some(info), error: None }
+            }
             Err(e) => DbView { up: Some(false), info: None, error: Some(e.to_string()) },
         };
-        let st = coord.state().borrow().as_ref().clone();
-        match resumable(&cfg, me, &db, &st, false) {
-            Ok(why) => {
-                {
-                    let mut s = lock(shared);
-                    s.db = db;
-                    s.suspended = None;
-                }
-                tracing::info!(%why, was = %sus.reason, "monitoring resumed by the operator");
-                let cfg2 = cfg.clone();
-                tokio::spawn(async move { crate::ha::runtime::resumed(&cfg2, me, "efm resume").await });
-                return Ok(message(format!("Resumed monitoring on {me}: {why}")));
-            }
+        let up = db.up == Some(true);
+        let detail = db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+        let answer = tokio::time::timeout(ANSWER_WAIT, facts.resume(db))
+            .await
+            .map_err(|_| format!("the agent's HA runtime did not answer within {} s; see the agent's log", ANSWER_WAIT.as_secs()))?;
+        match answer.map_err(|e| e.to_string())? {
+            Ok(why) => return Ok(message(format!("Resumed monitoring on {me}: {why}"))),
             // A standby that just restarted needs a moment to stream again.
-            Err(e) if db.up == Some(true) && started.elapsed() < RESUME_WAIT => {
-                tracing::debug!(error = %e, "resume: not yet");
+            Err(why) if up && started.elapsed() < RESUME_WAIT => {
+                tracing::debug!(error = %why, "resume: not yet");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(format!("cannot resume monitoring: {e} (suspended because: {})", sus.reason)),
+            Err(e) => return Err(format!("cannot resume monitoring: {e}{detail} (suspended because: {was})")),
         }
     }
 }
 
-async fn set_priority(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, addr: &str, priority: u32) -> Result<Response, String> {
-    let snap = snapshot(shared, coord);
+async fn set_priority(facts: &Facts, coord: &Arc<Coordinator>, addr: &str, priority: u32) -> Result<Response, String> {
+    let snap = snapshot(facts, coord);
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
     match snap.st.info(&node) {
@@ -427,8 +389,8 @@ async fn set_priority(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, add
     )))
 }
 
-async fn allow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
-    let snap = snapshot(shared, coord);
+async fn allow_node(facts: &Facts, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
+    let snap = snapshot(facts, coord);
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
     if snap.st.allowed.contains(&node) {
@@ -438,8 +400,8 @@ async fn allow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, addr:
     Ok(message(format!("Added {node} to the allowed node host list; start its agent to join")))
 }
 
-async fn disallow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
-    let snap = snapshot(shared, coord);
+async fn disallow_node(facts: &Facts, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
+    let snap = snapshot(facts, coord);
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
     if node == snap.me {
@@ -464,7 +426,7 @@ async fn disallow_node(shared: &Arc<Mutex<Shared>>, coord: &Arc<Coordinator>, ad
 }
 
 async fn stop_cluster(coord: &Arc<Coordinator>) -> Result<Response, String> {
-    propose(coord, Command::StopCluster { at_unix_ms: crate::agent::unix_ms() }).await?;
+    propose(coord, Command::StopCluster { at_unix_ms: unix_ms() }).await?;
     Ok(message("Every agent of the cluster is stopping; the databases keep running as they are, without failover protection"))
 }
 

@@ -1,23 +1,20 @@
-//! Answers to the admin socket's status requests, built from the agent's shared state.
+//! Answers to the admin socket's status requests, built from the agent's published facts
+//! ([`Facts`]: each read with `borrow()`, copied out, never held across an await).
 //!
 //! `cluster-status` combines what this node knows directly (its own role and database, and each
 //! peer's heartbeat verdict from the kernel's slots) with a check of every live peer's database
 //! bounded by `remote.timeout`, the way EFM's agents query each other's databases.
 //! The "membership coordinator" is the coordination log's leader.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use serde_json::json;
 
 use crate::{
-    agent::{lock, Role, Shared},
     detector::{PeerHealth, Verdict},
     heartbeat::monotonic_ns,
     localdb,
+    node::{Facts, Role},
     postgres::{self, DbInfo},
     status::{self, AgentState, AgentType, ClusterStatus, DbState, MissingNode, NodeStatus, Promotion},
 };
@@ -58,12 +55,17 @@ fn heartbeat(h: &PeerHealth) -> status::Heartbeat {
 }
 
 /// `node-status`: this node and the kernel's view of each peer.
-pub fn node_status(shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
-    let s = lock(shared);
+#[must_use]
+pub fn node_status(facts: &Facts) -> serde_json::Value {
+    let id = &facts.id;
+    let local = facts.db.borrow().clone();
+    let status = facts.status.borrow().clone();
+    let custom_monitor_failed = facts.custom_monitor.borrow().clone();
     let now = monotonic_ns();
-    let info = s.db.info.as_ref();
-    let peers: Vec<_> = s
+    let info = local.view.info.as_ref();
+    let peers: Vec<_> = facts
         .peers
+        .borrow()
         .iter()
         .map(|p| {
             let h = p.health;
@@ -85,31 +87,31 @@ pub fn node_status(shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
         })
         .collect();
     json!({
-        "cluster": s.config.cluster,
-        "address": s.me.to_string(),
-        "nodeId": s.node_id,
-        "type": s.role.to_string(),
-        "epoch": s.epoch,
-        "outcome": s.outcome,
-        "monitoring": match &s.suspended {
+        "cluster": id.config.cluster,
+        "address": id.me.to_string(),
+        "nodeId": id.node_id,
+        "type": local.role.to_string(),
+        "epoch": status.epoch,
+        "outcome": status.outcome,
+        "monitoring": match &status.suspended {
             None => "active".to_owned(),
             Some(sus) => format!("suspended: {}", sus.reason),
         },
-        "customMonitorFailure": s.custom_monitor_failed,
-        "kernel": s.kernel,
-        "leader": s.leader.map(|l| l.to_string()),
-        "xdp": s.attachment,
+        "customMonitorFailure": custom_monitor_failed,
+        "kernel": status.kernel,
+        "leader": status.leader.map(|l| l.to_string()),
+        "xdp": id.attachment,
         "monotonicNs": now,
         "db": {
-            "state": match s.db.up { Some(true) => "UP", Some(false) => "DOWN", None => "UNKNOWN" },
+            "state": match local.view.up { Some(true) => "UP", Some(false) => "DOWN", None => "UNKNOWN" },
             "inRecovery": info.map(|i| i.in_recovery),
-            "lsn": s.db.lsn().map(|l| l.to_string()),
+            "lsn": local.view.lsn().map(|l| l.to_string()),
             "currentLsn": info.and_then(|i| i.current_lsn).map(|l| l.to_string()),
             "receiveLsn": info.and_then(|i| i.receive_lsn).map(|l| l.to_string()),
             "replayLsn": info.and_then(|i| i.replay_lsn).map(|l| l.to_string()),
             "timeline": info.and_then(|i| i.timeline),
             "streaming": info.map(|i| i.is_streaming),
-            "error": s.db.error,
+            "error": local.view.error,
         },
         "peers": peers,
     })
@@ -140,11 +142,13 @@ fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState,
 ///
 /// Priorities and the allowed node host list come from the committed cluster state `cs` (what
 /// `efm set-priority` / `allow-node` / `disallow-node` changed), when this node has it.
-pub async fn cluster_status(shared: &Arc<Mutex<Shared>>, cs: &crate::coordination::ClusterState) -> Result<serde_json::Value, String> {
-    let (cfg, me, role, db, peers, epoch, config_dir, leader) = {
-        let s = lock(shared);
-        (s.config.clone(), s.me, s.effective_role(), s.db.clone(), s.peers.clone(), s.epoch, s.config_dir.clone(), s.leader)
-    };
+pub async fn cluster_status(facts: &Facts, cs: &crate::coordination::ClusterState) -> Result<serde_json::Value, String> {
+    let (cfg, me, config_dir) = (&facts.id.config, facts.id.me, &facts.id.config_dir);
+    let role = facts.effective_role();
+    let db = facts.db.borrow().view.clone();
+    let peers = facts.peers.borrow().clone();
+    let status = facts.status.borrow().clone();
+    let (epoch, leader) = (status.epoch, status.leader);
     let mut st = ClusterStatus {
         minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
         ..ClusterStatus::default()
@@ -154,7 +158,7 @@ pub async fn cluster_status(shared: &Arc<Mutex<Shared>>, cs: &crate::coordinatio
     st.efm.cluster.clone_from(&cfg.cluster);
     st.efm.auto_failover = Some(cs.auto_failover_or(cfg.auto_failover));
     let vip = cfg.virtual_ip.map(|v| v.to_string()).unwrap_or_default();
-    let vip_here = |addr: &SocketAddr| cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::agent::interface_of).is_some();
+    let vip_here = |addr: &SocketAddr| cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::vip::interface_of).is_some();
     let priority = |addr: &SocketAddr| match cs.info(addr) {
         Some(i) => Some(i.priority),
         None => cfg.priority_standbys.iter().position(|p| p == &addr.ip().to_string() || p == &addr.to_string()).map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)),
@@ -193,7 +197,7 @@ pub async fn cluster_status(shared: &Arc<Mutex<Shared>>, cs: &crate::coordinatio
             continue;
         };
         let kind = agent_type(Role::from_bits(h.role));
-        let target = localdb::target(&cfg, &config_dir, &p.addr.ip().to_string());
+        let target = localdb::target(cfg, config_dir, &p.addr.ip().to_string());
         let timeout = cfg.remote_timeout;
         let task = tokio::spawn(async move {
             if kind == AgentType::Witness {

@@ -1,11 +1,23 @@
 //! The HA engine: one pure decision step per cycle.
 //!
-//! Inputs: the committed cluster state (from the Raft log), whether this node leads the log, the
-//! detector's view of every peer, the local database, and how far local promotion/demotion work
-//! has got. Outputs: the *desired* state of the kernel fence, lease and VIP (level-triggered: the
-//! runtime makes the kernel match it every cycle), one-shot [`Action`]s (proposals to the log,
-//! promotion, demotion, notifications), and an [`Outcome`] naming the decision for logs and
-//! status. No I/O, no clock: everything arrives in [`Inputs`].
+//! Inputs ([`Inputs`]): the committed cluster state (from the Raft log), whether this node leads
+//! the log, the detector's view of every peer, the local database, the custom monitor, the
+//! kernel's fence and lease as they stand, `efm stop-cluster`, and [`Event`]s: completions of the
+//! actions the engine started (promotion, clean stop, rejoin, remote checks, VIP changes,
+//! database stops) and operator requests (`efm resume`). Outputs ([`Step`]): the *desired*
+//! state of the kernel fence, lease and VIP (level-triggered: the runtime makes the kernel match
+//! it every cycle), one-shot [`Action`]s for the runtime to execute (proposals, promotion,
+//! demotion, hooks, remote checks, the kernel peer table, ending sessions, VIP changes,
+//! notifications, exit) and an [`Outcome`] naming the decision. No I/O, no clock: everything
+//! arrives in [`Inputs`]. The runtime (`runtime.rs`) only executes; the simulation (`sim/`)
+//! runs this same engine.
+//!
+//! The step is one ordered cascade ([`Engine::step`]); its parts live by role, as openraft's
+//! engine does: [`voter`] (endorsements and votes), [`leader`] (promotion proposals, candidate
+//! choice), [`primary`] (this node as the committed primary), [`standby`] (every other own
+//! role), [`monitoring`] (EFM's idle state: suspension and resume) and [`effects`] (the
+//! kernel's lease floor and lapse flag, peer table, session ending, VIP, load balancer, remote
+//! checks, stop-cluster). One-shot decisions are latched per (what, epoch) ([`latch`]).
 //!
 //! # Safety rules (see DESIGN.md "Safety" and ARCHITECTURE.md)
 //!
@@ -29,6 +41,12 @@
 //!    and a primary whose database failed. Such a primary fences its kernel first and then votes
 //!    against its own epoch; it stays fenced for that epoch even if the database comes back, so
 //!    the other voters may vote at once when they see its vote in the log.
+//! 5. A vote is proposed only after it is recorded durably (the runtime writes and syncs
+//!    `<cluster>.voted` on the blocking pool and proposes on completion); a restarted agent
+//!    never endorses an epoch it voted against ([`Engine::set_voted_floor`]).
+//! 6. Demotion runs in order: kernel fence (this step's [`Desired`]), end sessions
+//!    ([`Action::EndSessions`], before any action that stops the database), stop the database,
+//!    and only once that stop completed ([`Event::DbStopDone`]) release the VIP.
 //!
 //! Not a safety rule but the data one: the leader promotes the standby with the most WAL,
 //! comparing only fresh positions (at most two heartbeats old) that were read after the failure
@@ -37,21 +55,47 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
-use crate::notify::{Event, NodeRole};
-use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS};
+use crate::notify::Event as Notice;
+use efm_common::{
+    maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT},
+    wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS},
+};
 
+pub mod effects;
+pub mod latch;
+pub mod leader;
+pub mod monitoring;
+pub mod primary;
 pub mod runtime;
+pub mod standby;
+pub mod voter;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod sim;
+mod effects_tests;
+#[cfg(test)]
+mod leader_tests;
+#[cfg(test)]
+mod monitoring_tests;
+#[cfg(test)]
+mod primary_tests;
+#[cfg(test)]
+mod standby_tests;
+#[cfg(test)]
+mod voter_tests;
+
+use latch::Latches;
+pub use monitoring::{SuspendKind, Suspension};
 
 /// Engine settings, from the properties.
 #[derive(Clone, Debug, PartialEq)]
+#[expect(clippy::struct_excessive_bools, reason = "independent properties")]
 pub struct EngineConfig {
     pub me: SocketAddr,
     pub is_witness: bool,
@@ -74,6 +118,20 @@ pub struct EngineConfig {
     /// it in every PING; the failover compares positions at most
     /// [`EngineConfig::position_max_age`] old (see [`Engine::step`], "fresh positions").
     pub heartbeat_interval: Duration,
+    /// `virtual.ip`, if any.
+    pub vip: Option<IpAddr>,
+    /// `stop.failed.primary`: a failed primary's database is stopped (the VIP waits for it).
+    pub stop_failed_primary: bool,
+    /// `stop.isolated.primary`: an isolated or stale primary's database is stopped.
+    pub stop_isolated_primary: bool,
+    /// `script.load.balancer.attach` or `detach` is set.
+    pub load_balancer: bool,
+    /// `detach.on.agent.failure`.
+    pub detach_on_agent_failure: bool,
+    /// `auto.resume.startup.period` (zero: never).
+    pub auto_resume_startup: Duration,
+    /// `auto.resume.failure.period` (zero: never).
+    pub auto_resume_failure: Duration,
 }
 
 impl EngineConfig {
@@ -97,6 +155,30 @@ impl EngineConfig {
     #[must_use]
     pub fn position_wait(&self) -> Duration {
         self.heartbeat_interval * 8
+    }
+
+    /// Settings with every optional feature off (tests, the simulation).
+    #[must_use]
+    pub fn basic(me: SocketAddr, is_witness: bool, lease_timeout: Duration, heartbeat_interval: Duration) -> Self {
+        Self {
+            me,
+            is_witness,
+            lease_timeout,
+            clock_drift: 0.05,
+            margin: Duration::from_millis(50),
+            endorse_window: heartbeat_interval * 3,
+            minimum_standbys: 0,
+            auto_reconfigure: true,
+            promotion_grace: Duration::from_secs(30),
+            heartbeat_interval,
+            vip: None,
+            stop_failed_primary: false,
+            stop_isolated_primary: false,
+            load_balancer: false,
+            detach_on_agent_failure: false,
+            auto_resume_startup: Duration::ZERO,
+            auto_resume_failure: Duration::ZERO,
+        }
     }
 }
 
@@ -148,6 +230,10 @@ pub struct Committed {
     /// Voters that voted against the current epoch's primary.
     pub votes: BTreeSet<SocketAddr>,
     pub auto_failover: bool,
+    /// Some voter set of this epoch lacks a majority of votes (`ClusterState::missing_votes`):
+    /// the voters changed during the epoch, and a primary cut off from the log may still count
+    /// its endorsements with an earlier set. The state machine refuses the promotion then.
+    pub votes_short: bool,
 }
 
 impl Committed {
@@ -192,8 +278,6 @@ pub struct PeerView {
     /// Its PINGs say its node is fenced or its lease lapsed.
     pub fenced: bool,
     pub lsn: u64,
-    /// Result of a check of its database from here (`remote.timeout`), when one was made.
-    pub db_reachable: Option<bool>,
 }
 
 /// The local database.
@@ -202,28 +286,61 @@ pub struct LocalDb {
     /// `None` until the first check.
     pub up: Option<bool>,
     pub in_recovery: Option<bool>,
-    /// Declared failed by the local monitor (`local.timeout` + final check).
+    /// Declared failed by the local monitor (`local.timeout` + final check). The engine adds
+    /// its own suspension (EFM's idle state) to this.
     pub failed: bool,
     pub lsn: u64,
     pub timeline: u32,
+    /// A standby's upstream (`primary_conninfo` host), when it is an address.
+    pub upstream: Option<IpAddr>,
 }
 
-/// Progress of this node's own promotion or demotion work (runtime → engine).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum Work {
-    #[default]
-    Idle,
-    Promoting { epoch: u64 },
+/// What the kernel holds, as read at the start of the cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KernelState {
+    /// `EFM_FENCE` as the runtime last wrote it (`None` before the first write).
+    pub fence: Option<FenceState>,
+    /// `EFM_LEASE`: the lease deadline (k-th newest endorsement + lease timeout; 0: none).
+    pub deadline_ns: u64,
+    /// The highest epoch the kernel has seen in any authenticated heartbeat: above the
+    /// committed epoch, this node's copy of the log is behind.
+    pub max_epoch_seen: u64,
+}
+
+impl KernelState {
+    /// The kernel's lease map as `efm_common::serving` reads it.
+    #[must_use]
+    pub fn lease(&self) -> LeaseState {
+        LeaseState { deadline_ns: self.deadline_ns, max_epoch_seen: self.max_epoch_seen, ..LeaseState::default() }
+    }
+}
+
+/// Completions of the engine's actions and operator requests: the runtime delivers them on a
+/// channel it drains at the start of each cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// [`Action::PromoteLocal`]: `pg_promote()` confirmed the database left recovery.
     Promoted { epoch: u64 },
     PromotionFailed { epoch: u64, reason: String },
-    /// The old primary of `epoch` is stopping its database cleanly (`-switchover`).
-    HandingOver { epoch: u64 },
-    /// ... and has stopped it: every acknowledged write has reached the connected standbys.
+    /// [`Action::HandOver`] with `demote`: the database stopped cleanly (every acknowledged
+    /// write reached the connected standbys) ...
     HandedOver { epoch: u64 },
+    /// ... or could not be stopped.
     HandOverFailed { epoch: u64, reason: String },
-    /// The old primary is being restarted as a standby of the primary of `epoch`.
-    Rejoining { epoch: u64 },
+    /// [`Action::Rejoin`]: the old primary runs as a standby again, or could not.
+    Rejoined { epoch: u64 },
     RejoinFailed { epoch: u64, reason: String },
+    /// An action that stops the database (`stop: true`, or a `-switchover`'s clean stop) is
+    /// done with it, successfully or not: the VIP may go.
+    DbStopDone,
+    /// [`Action::CheckRemoteDb`]: whether the peer's database answered from here.
+    RemoteChecked { node: SocketAddr, reachable: bool },
+    /// [`Action::Vip`] finished (`ok`: the address is now as wanted).
+    VipDone { assign: bool, ok: bool },
+    /// `efm resume`: the operator's fresh reading of the local database.
+    ResumeRequested { id: u64, db: LocalDb },
+    /// [`Action::SetPeerTable`] could not be written: ask again.
+    PeerTableFailed,
 }
 
 /// Everything one step looks at.
@@ -233,16 +350,23 @@ pub struct Inputs<'a> {
     pub now_ns: u64,
     /// `None` until this node has joined the coordination log.
     pub committed: Option<&'a Committed>,
+    /// The voting members (`ClusterState::voters`: allowed and joined; empty: not read yet): the
+    /// kernel's peer table follows them, so only they can keep a primary's lease alive.
+    pub allowed: &'a BTreeSet<SocketAddr>,
+    /// The log shows this node's registration (kind, priority, promotable) as it would send it.
+    pub registered: bool,
     pub is_leader: bool,
     pub peers: &'a [PeerView],
     pub db: LocalDb,
-    pub work: &'a Work,
-    /// How long this node's enforced lease has been lapsed, per its kernel (None: not lapsed
-    /// or not enforced).
-    pub lease_lapsed_for: Option<Duration>,
-    /// The highest epoch this node's kernel has seen in any authenticated heartbeat: above the
-    /// committed epoch, this node's copy of the log is behind.
-    pub max_epoch_seen: u64,
+    /// The local monitor's last error, for the suspension's reason.
+    pub db_error: Option<&'a str>,
+    /// `script.custom.monitor` fails (not in safe mode), with what it said.
+    pub custom_monitor_failed: Option<&'a str>,
+    /// `efm stop-cluster` was committed during this agent's life.
+    pub stop_cluster: bool,
+    pub kernel: KernelState,
+    /// Completions and operator requests since the last step, in arrival order.
+    pub events: &'a [Event],
 }
 
 /// How the kernel and the VIP should look (level-triggered).
@@ -259,12 +383,45 @@ pub struct Desired {
     /// receive its last WAL.
     pub members_exempt: bool,
     pub epoch: u64,
-    /// Role bits and flags for PINGs and PONGs.
+    /// Role bits and flags for PINGs and PONGs (with `FLAG_LEASE_LAPSED` once a granted lease
+    /// has lapsed).
     pub ping_flags: u16,
     /// This node should hold the VIP.
     pub vip: bool,
     /// Endorse this peer in PINGs sent to it.
     pub endorse: Option<SocketAddr>,
+}
+
+impl Desired {
+    /// The `FENCE_*` flags (without `FENCE_RESET`, a property of the runtime).
+    #[must_use]
+    pub fn fence_flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.fenced {
+            flags |= FENCE_FENCED;
+        }
+        if self.lease_enforced {
+            flags |= FENCE_LEASE_ENFORCED;
+        }
+        if self.members_exempt {
+            flags |= FENCE_MEMBERS_EXEMPT;
+        }
+        flags
+    }
+
+    /// `EFM_FENCE` for this state.
+    #[must_use]
+    pub fn fence_state(&self, extra_flags: u32, lease_timeout: Duration, lsn: u64) -> FenceState {
+        FenceState {
+            flags: self.fence_flags() | extra_flags,
+            role: u32::from(self.ping_flags & efm_common::wire::ROLE_MASK),
+            epoch: self.epoch,
+            lease_k: self.lease_k,
+            pad: 0,
+            lease_timeout_ns: duration_ns(lease_timeout),
+            lsn,
+        }
+    }
 }
 
 /// A proposal to the coordination log.
@@ -277,36 +434,31 @@ pub enum Proposal {
     ClearSwitchover,
 }
 
-/// Notification severity (EFM's levels).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Info,
-    Warning,
-    Severe,
-}
-
-/// One-shot work for the runtime.
+/// One-shot work for the runtime (the executor): one small function each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// A proposal to the log. A `Vote` is first recorded durably (see rule 5).
     Propose(Proposal),
-    /// Promote the local standby for `epoch` (fence script, `pg_promote()`, VIP, post script).
+    /// Register this node (kind, priority, promotable) in the log.
+    Register,
+    /// Promote the local standby for `epoch` (fence script, `pg_promote()`, post script);
+    /// reports [`Event::Promoted`] or [`Event::PromotionFailed`].
     PromoteLocal { epoch: u64, old_primary: Option<SocketAddr> },
-    /// The local primary's database failed: release the VIP, write `standby.signal`, stop it if
-    /// `stop.failed.primary`, run `script.db.failure`.
-    PrimaryDbFailed { epoch: u64 },
+    /// The local primary's database failed: write `standby.signal`, stop it if `stop`
+    /// (reporting [`Event::DbStopDone`]), run `script.db.failure`.
+    PrimaryDbFailed { epoch: u64, stop: bool },
     /// The local database is a primary but another node is the committed primary: keep it
-    /// fenced and make sure a restart brings it back in recovery.
-    DemoteLocal { epoch: u64, primary: Option<SocketAddr> },
+    /// fenced and make sure a restart brings it back in recovery; stop it if `stop`.
+    DemoteLocal { epoch: u64, primary: Option<SocketAddr>, stop: bool },
     /// This primary's lease has been lapsed longer than the promotion wait (it is cut off from a
-    /// majority; the kernel already refuses its clients): stop the database if
-    /// `stop.isolated.primary`, run `script.primary.isolated`. The VIP is released through
-    /// [`Desired::vip`], by the runtime once the database has stopped.
-    PrimaryIsolated { epoch: u64 },
+    /// majority; the kernel already refuses its clients): stop the database if `stop`, run
+    /// `script.primary.isolated`. The VIP goes after the stop ([`Event::DbStopDone`]).
+    PrimaryIsolated { epoch: u64, stop: bool },
     /// Point the local standby at the committed primary (`auto.reconfigure`).
     Follow { primary: SocketAddr, epoch: u64 },
     /// The operator hands this primary's epoch over to `to`: the kernel is already fenced; with
     /// `demote`, stop the database cleanly (so the standbys have every acknowledged write) and
-    /// report [`Work::HandedOver`]; the engine then votes against its own epoch.
+    /// report [`Event::HandedOver`]; the engine then votes against its own epoch.
     HandOver { epoch: u64, to: SocketAddr, demote: bool },
     /// After a `-switchover`: restart the stopped old primary as a standby of `primary`.
     Rejoin { epoch: u64, primary: SocketAddr, source: Option<SocketAddr> },
@@ -314,8 +466,26 @@ pub enum Action {
     RemotePrePromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
     /// `script.remote.post.promotion` once the new primary serves.
     RemotePostPromotion { new_primary: SocketAddr, old_primary: Option<SocketAddr> },
+    /// `script.load.balancer.attach` / `detach` for `node` (`%h`), `%t` = `p` or `s`.
+    LoadBalancer { attach: bool, node: SocketAddr, primary: bool },
+    /// Check `node`'s database from here (`remote.timeout`); reports [`Event::RemoteChecked`].
+    CheckRemoteDb { node: SocketAddr },
+    /// The kernel counts heartbeats (and endorsements) only from these members.
+    SetPeerTable { members: Vec<SocketAddr> },
+    /// The kernel stopped serving: end the open client sessions (members spared or not).
+    EndSessions { members_spared: bool, why: &'static str },
+    /// Assign (or release) the VIP; reports [`Event::VipDone`].
+    Vip { assign: bool },
+    /// Announce the held VIP again (gratuitous ARP / unsolicited NA).
+    AnnounceVip,
+    /// Monitoring resumed: the notification and `script.resumed`.
+    Resumed { how: &'static str },
+    /// The answer to [`Event::ResumeRequested`].
+    AnswerResume { id: u64, result: Result<String, String> },
     /// An EFM notification (logged, `script.notification`, mail).
-    Notify(Event),
+    Notify(Notice),
+    /// `efm stop-cluster`: leave the process now (the leader had time to tell every follower).
+    Exit,
 }
 
 /// The decision of one cycle, for logs and `cluster-status`.
@@ -376,18 +546,60 @@ impl fmt::Display for Outcome {
     }
 }
 
+impl Outcome {
+    /// A short name for logs and the cycle's span.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Witness => "witness",
+            Self::Standby { .. } => "standby",
+            Self::Primary { .. } => "primary",
+            Self::Idle => "idle",
+            Self::NotJoined => "not-joined",
+            Self::RegisteringPrimary => "registering-primary",
+            Self::Candidate { .. } => "candidate",
+            Self::FencedOldPrimary { .. } => "fenced-old-primary",
+            Self::PrimaryDatabaseFailed => "primary-database-failed",
+            Self::PrimaryIsolated { .. } => "primary-isolated",
+            Self::PrimarySuspect { .. } => "primary-suspect",
+            Self::Voted { .. } => "voted",
+            Self::PromotionProposed { .. } => "promotion-proposed",
+            Self::NoCandidate { .. } => "no-candidate",
+            Self::ComparingPositions { .. } => "comparing-positions",
+            Self::ManualFailoverRequired { .. } => "manual-failover-required",
+            Self::HandingOver { .. } => "handing-over",
+            Self::Rejoining { .. } => "rejoining",
+        }
+    }
+}
+
 /// The result of one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub desired: Desired,
     pub actions: Vec<Action>,
     pub outcome: Outcome,
+    /// EFM's idle state: monitoring of the local database is suspended.
+    pub suspended: Option<Suspension>,
+    /// The local database as the engine sees it (a promotion or `efm resume` it saw complete
+    /// counts before the local monitor's next check).
+    pub db: LocalDb,
+}
+
+/// Progress of one of this node's own long actions, as its completions report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Progress {
+    Running,
+    Done { at_ns: u64 },
+    Failed { reason: String },
 }
 
 /// The engine's memory between cycles.
 #[derive(Clone, Debug)]
 pub struct Engine {
     cfg: EngineConfig,
+    /// One-shot decisions per (what, epoch).
+    latches: Latches,
     /// Last time (ns) this node endorsed, per epoch.
     last_endorse: Option<(u64, u64)>,
     /// The epoch this node voted against (never endorsed again).
@@ -397,15 +609,12 @@ pub struct Engine {
     /// (epoch, when) of the last promotion proposal (re-proposed until the epoch moves on).
     proposed_promote: Option<(u64, u64)>,
     proposed_set_primary: Option<(u64, u64)>,
-    promote_started: Option<u64>,
-    /// The epoch whose local promotion the runtime reported done.
-    promote_done: Option<u64>,
-    db_failure_handled: Option<u64>,
-    isolation_handled: Option<u64>,
-    demoted: Option<u64>,
-    followed: Option<(SocketAddr, u64)>,
-    manual_notified: Option<u64>,
-    no_candidate_notified: Option<u64>,
+    /// The local promotion, by epoch ([`Action::PromoteLocal`] → [`Event::Promoted`]).
+    promotion: Option<(u64, Progress)>,
+    /// The clean stop of a `-switchover` this node (as primary) started, by epoch.
+    stop_work: Option<(u64, Progress)>,
+    /// The rejoin of this old primary as a standby, by epoch.
+    rejoin_work: Option<(u64, Progress)>,
     /// When this node first saw each epoch (for `promotion_grace`).
     epoch_seen: Option<(u64, u64)>,
     /// The first step's time. An agent that (re)started may have endorsed just before, in its
@@ -417,7 +626,6 @@ pub struct Engine {
     /// The hand-over this node (as primary) started, with its epoch.
     handover: Option<(u64, Handover)>,
     handover_cleared: Option<u64>,
-    rejoin_started: Option<u64>,
     /// A `-quiet` hand-over was requested in this epoch: no notifications for it and the next.
     quiet_from: Option<u64>,
     /// The last epoch this node saw, and the promotion whose remote post-promotion hook is due.
@@ -433,6 +641,10 @@ pub struct Engine {
     /// (epoch, when) this node, leading the log, first found a promotion due: the bound of the
     /// wait for final positions ([`EngineConfig::position_wait`]) counts from here.
     comparing_since: Option<(u64, u64)>,
+    /// EFM's monitoring state (suspension, resume).
+    monitor: monitoring::Monitor,
+    /// The kernel, VIP, load balancer, remote checks and stop-cluster.
+    fx: effects::Effects,
 }
 
 /// The candidate choice: promote now, or wait for positions.
@@ -447,57 +659,39 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
             cfg,
+            latches: Latches::default(),
             last_endorse: None,
             voted: None,
             vote_proposed_ns: 0,
             proposed_promote: None,
             proposed_set_primary: None,
-            promote_started: None,
-            promote_done: None,
-            db_failure_handled: None,
-            isolation_handled: None,
-            demoted: None,
-            followed: None,
-            manual_notified: None,
-            no_candidate_notified: None,
+            promotion: None,
+            stop_work: None,
+            rejoin_work: None,
             epoch_seen: None,
             started_ns: None,
             voted_floor: 0,
             handover: None,
             handover_cleared: None,
-            rejoin_started: None,
             quiet_from: None,
             last_epoch: None,
             post_promotion_due: None,
             positions: BTreeMap::new(),
             votes_seen: None,
             comparing_since: None,
-        }
-    }
-
-    /// Records the WAL positions of this step: a peer's position is new when a new PING
-    /// arrived (its arrival time, from the kernel's slot, changed); this node's is read every
-    /// step.
-    fn track_positions(&mut self, inp: &Inputs<'_>) {
-        let mut record = |addr: SocketAddr, arrival_ns: u64, lsn: u64| {
-            let e = self.positions.entry(addr).or_insert(PositionReport { arrival_ns, lsn, prev_lsn: None });
-            if e.arrival_ns != arrival_ns {
-                *e = PositionReport { arrival_ns, lsn, prev_lsn: Some(e.lsn) };
-            }
-        };
-        if !self.cfg.is_witness {
-            record(self.cfg.me, inp.now_ns, inp.db.lsn);
-        }
-        for v in inp.peers {
-            if let Some(age) = v.agent_age {
-                record(v.addr, inp.now_ns.saturating_sub(duration_ns(age)), v.lsn);
-            }
+            monitor: monitoring::Monitor::default(),
+            fx: effects::Effects::default(),
         }
     }
 
     /// Epochs up to `epoch` were voted against (from the durable record of a previous life).
     pub fn set_voted_floor(&mut self, epoch: u64) {
         self.voted_floor = self.voted_floor.max(epoch);
+    }
+
+    /// Whether this node holds the VIP when the agent starts.
+    pub fn set_vip_held(&mut self, held: bool) {
+        self.fx.vip.held = held;
     }
 
     /// The PING that carried an endorsement of `epoch` left at `sent_ns` (after the step that
@@ -525,50 +719,77 @@ impl Engine {
         if db.up == Some(true) && !db.failed { FLAG_DB_UP } else { 0 }
     }
 
-    /// One decision cycle.
+    /// One decision cycle: completions, monitoring, the node's decision cascade, then the
+    /// effects that follow from it (in the order the runtime must carry them out).
     #[must_use]
-    #[expect(clippy::too_many_lines, reason = "one ordered cascade of checks, as Patroni's run_cycle; splitting it hides the order")]
     pub fn step(&mut self, inp: &Inputs<'_>) -> Step {
-        let me = self.cfg.me;
+        let mut fx_before = Vec::new();
+        let now = inp.now_ns;
+        self.started_ns.get_or_insert(now);
+        // 1. What happened since the last step (completions, operator requests).
+        for ev in inp.events {
+            self.absorb(ev, inp, &mut fx_before);
+        }
+        // 2. EFM's monitoring state: a suspended node's database counts as failed.
+        let db = self.monitor(inp, &mut fx_before);
+        // 3. How long the kernel's lease has been lapsed (the kernel's rule, lease floor).
+        let lease_lapsed_for = self.lease_lapsed_for(inp);
+        // 4. The cascade: voter, leader, own role.
         let mut actions = Vec::new();
-        let db_flag = Self::db_flags(&inp.db);
-        let db_is_primary = inp.db.up == Some(true) && inp.db.in_recovery == Some(false);
-        let started = *self.started_ns.get_or_insert(inp.now_ns);
-
-        let Some(c) = inp.committed else {
-            // Not part of the log yet: anything but a known standby stays fenced until the
-            // cluster agrees (when in doubt, fence).
-            let outcome = if self.cfg.is_witness { Outcome::Witness } else { Outcome::NotJoined };
-            let role = if self.cfg.is_witness { ROLE_WITNESS } else { ROLE_IDLE };
-            let known_standby = self.cfg.is_witness || inp.db.in_recovery == Some(true);
-            return Step {
-                desired: Desired {
-                    fenced: !known_standby,
-                    lease_enforced: false,
-                    lease_k: 0,
-                    members_exempt: false,
-                    epoch: 0,
-                    ping_flags: role | db_flag | if known_standby { 0 } else { FLAG_FENCED },
-                    vip: false,
-                    endorse: None,
-                },
-                actions,
-                outcome,
-            };
+        let (mut desired, outcome) = match inp.committed {
+            None => (self.not_joined(&db), if self.cfg.is_witness { Outcome::Witness } else { Outcome::NotJoined }),
+            Some(c) => self.decide(c, inp, &db, lease_lapsed_for, &mut actions),
         };
+        // 5. `efm stop-cluster`: nothing is started any more; the process exits shortly.
+        if inp.stop_cluster {
+            self.stop_cluster(now, &mut desired, &mut actions);
+        }
+        // 6. Effects: the kernel (peer table, lease floor and lapse flag, ending sessions)
+        //    first, then hooks and checks, the decisions, and the VIP after them (a database
+        //    stop started above holds it).
+        let mut ordered = self.kernel_effects(inp, &mut desired);
+        ordered.append(&mut fx_before);
+        self.load_balancer(inp, &desired, &outcome, &mut ordered);
+        self.remote_checks(inp, &mut ordered);
+        self.register(inp, &mut ordered);
+        self.count_db_stops(&actions);
+        ordered.append(&mut actions);
+        self.vip(now, desired.vip, &mut ordered);
+        Step { desired, actions: ordered, outcome, suspended: self.monitor.suspension.clone(), db }
+    }
+
+    /// Not part of the log yet: anything but a known standby stays fenced until the cluster
+    /// agrees (when in doubt, fence).
+    fn not_joined(&self, db: &LocalDb) -> Desired {
+        let role = if self.cfg.is_witness { ROLE_WITNESS } else { ROLE_IDLE };
+        let known_standby = self.cfg.is_witness || db.in_recovery == Some(true);
+        Desired {
+            fenced: !known_standby,
+            lease_enforced: false,
+            lease_k: 0,
+            members_exempt: false,
+            epoch: 0,
+            ping_flags: role | Self::db_flags(db) | if known_standby { 0 } else { FLAG_FENCED },
+            vip: false,
+            endorse: None,
+        }
+    }
+
+    /// The ordered cascade for a member of the log.
+    fn decide(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, lapsed: Option<Duration>, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+        let me = self.cfg.me;
         if self.epoch_seen.is_none_or(|(e, _)| e != c.epoch) {
             self.epoch_seen = Some((c.epoch, inp.now_ns));
         }
-        let k = u32::try_from(c.majority().saturating_sub(1)).unwrap_or(u32::MAX);
+        self.latches.forget_before(c.epoch.saturating_sub(1));
         // An operator's promotion ignores auto.failover (as EFM's does).
         let handover = c.handover.filter(|h| Some(h.from) == c.primary);
-        let auto_failover = c.auto_failover || handover.is_some();
         if let Some(h) = handover {
             // A later hand-over that is not `-quiet` ends the quiet spell of an earlier one.
             self.quiet_from = h.quiet.then_some(c.epoch);
         }
-        self.remote_promotion_hooks(c, inp, &mut actions);
-        self.track_positions(inp);
+        self.remote_promotion_hooks(c, inp, actions);
+        self.track_positions(inp, db);
         if !c.votes.is_empty() && self.votes_seen.is_none_or(|(e, _)| e != c.epoch) {
             self.votes_seen = Some((c.epoch, inp.now_ns));
         }
@@ -577,375 +798,78 @@ impl Engine {
             self.voted = Some(c.epoch);
         }
 
-        // ---- Endorsement and votes (every voter but the primary itself). ----
-        let mut endorse = None;
-        let mut suspect_reason = None;
-        if let Some(p) = c.primary.filter(|p| *p != me) {
-            let view = inp.peers.iter().find(|v| v.addr == p);
-            let epoch_age = self.epoch_seen.map_or(0, |(_, t)| inp.now_ns.saturating_sub(t));
-            // A primary stopping its database cleanly for a `-switchover` is fenced on purpose
-            // (its kernel refuses clients whatever its lease) and votes against its epoch once
-            // stopped. It stays endorsed meanwhile: if the stop fails, the hand-over is called
-            // off and it must serve again at once, under a lease that has not lapsed and with
-            // no voter having voted against it (rule 1 exception; see `handing_over`).
-            let stopping = handover.is_some_and(|h| h.demote);
-            let healthy = view.is_some_and(|v| {
-                v.agent_age.is_some_and(|a| a <= self.cfg.endorse_window)
-                    && v.epoch == c.epoch
-                    && v.role == PeerRole::Primary
-                    && (!v.fenced || stopping)
-                    && v.db_up
-            });
-            // A kernel that saw a higher epoch than the log means this log copy is behind.
-            if healthy && !self.voted_against(c.epoch) && inp.max_epoch_seen <= c.epoch {
-                endorse = Some(p);
-                self.last_endorse = Some((c.epoch, inp.now_ns));
-            }
-            suspect_reason = match view {
-                None => Some("not a known peer"),
-                Some(v) if !v.alive => Some("agent not heard within node.timeout"),
-                Some(v) if v.epoch == c.epoch && !v.db_up && v.db_reachable == Some(false) => {
-                    Some("database down and unreachable from here")
-                }
-                Some(v) if v.epoch == c.epoch && v.fenced && v.role == PeerRole::Primary => Some("reports itself fenced"),
-                Some(v)
-                    if (v.role != PeerRole::Primary || v.fenced)
-                        && Duration::from_nanos(epoch_age) > self.cfg.promotion_grace =>
-                {
-                    Some("did not become a working primary")
-                }
-                _ => None,
-            };
-            if let Some(reason) = suspect_reason {
-                if !auto_failover {
-                    if self.manual_notified != Some(c.epoch) {
-                        self.manual_notified = Some(c.epoch);
-                        actions.push(Action::Notify(Event::ManualFailoverRequired { primary: p.to_string(), reason: reason.to_owned() }));
-                    }
-                } else if !self.voted_against(c.epoch) {
-                    // Counted from our last endorsement of this epoch, or from our own start
-                    // (a previous life of this agent may have endorsed just before).
-                    // Never before the promotion wait has passed since this voter saw the epoch
-                    // begin: a new primary gets that long to show itself.
-                    let epoch_began = self.epoch_seen.map_or(started, |(_, t)| t);
-                    let since = match self.last_endorse {
-                        Some((e, t)) if e == c.epoch => t.max(started),
-                        _ => started,
-                    }
-                    .max(epoch_began);
-                    // A primary that voted against its own epoch fenced its kernel before it did
-                    // and stays fenced for the epoch (rule 4): no lease of its can serve.
-                    let gave_up = c.votes.contains(&p);
-                    let waited = gave_up || inp.now_ns.saturating_sub(since) >= duration_ns(self.cfg.promotion_wait());
-                    if waited {
-                        self.voted = Some(c.epoch);
-                        self.vote_proposed_ns = inp.now_ns;
-                        actions.push(Action::Propose(Proposal::Vote { voter: me, epoch: c.epoch }));
-                    }
-                } else if !c.votes.contains(&me) && retry_due(self.vote_proposed_ns, inp.now_ns) {
-                    // Voted, but the log has not recorded it (lost proposal, leader change).
-                    self.vote_proposed_ns = inp.now_ns;
-                    actions.push(Action::Propose(Proposal::Vote { voter: me, epoch: c.epoch }));
-                }
-            }
-        }
-
-        // ---- Promotion proposal (the log's leader). ----
-        let mut promo_outcome = None;
-        let promote_due = match self.proposed_promote {
-            Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
-            _ => true,
+        // Every voter but the primary itself: endorse it, or vote against it (voter.rs).
+        let vote = self.as_voter(c, inp, handover, actions);
+        // The log's leader: propose a promotion once a majority voted (leader.rs).
+        let promo_outcome = self.as_leader(c, inp, db, handover, actions);
+        // This node's own role (primary.rs, standby.rs).
+        let (mut desired, outcome) = self.own_role(c, inp, db, lapsed, actions);
+        desired.endorse = vote.endorse;
+        let outcome = match outcome {
+            Outcome::Standby { primary, .. } => Outcome::Standby { primary, endorsing: vote.endorse.is_some() },
+            o => o,
         };
-        // A `-switchover` hand-over is promoted only once the old primary has voted, i.e. has
-        // stopped its database cleanly (every acknowledged write is on the standbys), unless
-        // its agent is gone, or its database is seen stopped (its own PINGs say it is down and
-        // it is unreachable from here) while its vote cannot reach the log.
-        let handover_ready = handover.is_none_or(|h| {
-            !h.demote
-                || c.votes.contains(&h.from)
-                || inp.peers.iter().any(|v| v.addr == h.from && (!v.alive || (!v.db_up && v.db_reachable == Some(false))))
-        });
-        if inp.is_leader && c.votes.len() >= c.majority() && promote_due && handover_ready {
-            let choice = if let Some((t, lsn)) = handover.and_then(|h| self.handover_target(c, inp, h.to)) {
-                Ok(Choice::Promote(t, lsn))
-            } else {
-                if self.comparing_since.is_none_or(|(e, _)| e != c.epoch) {
-                    self.comparing_since = Some((c.epoch, inp.now_ns));
-                }
-                self.choose_candidate(c, inp)
-            };
-            match choice {
-                Ok(Choice::Wait(waiting_for)) => {
-                    promo_outcome = Some(Outcome::ComparingPositions { epoch: c.epoch, waiting_for });
-                }
-                Ok(Choice::Promote(candidate, lsn)) => {
-                    self.proposed_promote = Some((c.epoch, inp.now_ns));
-                    actions.push(Action::Propose(Proposal::Promote {
-                        candidate,
-                        expected_epoch: c.epoch,
-                        lsn,
-                        reason: match handover {
-                            Some(h) if h.demote => format!("switchover from {} requested by the operator", h.from),
-                            Some(h) => format!("promotion requested by the operator (primary was {})", h.from),
-                            None => format!(
-                                "{} of {} voters stopped endorsing {}",
-                                c.votes.len(),
-                                c.nodes.len(),
-                                c.primary.map_or("no primary".into(), |p| p.to_string())
-                            ),
-                        },
-                    }));
-                    promo_outcome = Some(Outcome::PromotionProposed { candidate, epoch: c.epoch });
-                }
-                Err(reason) => {
-                    if self.no_candidate_notified != Some(c.epoch) {
-                        self.no_candidate_notified = Some(c.epoch);
-                        actions.push(Action::Notify(Event::FailoverNotOccurred { reason: reason.clone() }));
-                    }
-                    promo_outcome = Some(Outcome::NoCandidate { epoch: c.epoch, reason });
-                }
-            }
-        }
 
-        // ---- This node's own role. ----
-        if self.handover.is_some_and(|(e, _)| c.epoch > e) && inp.db.up == Some(true) {
+        let outcome = Self::headline(c, promo_outcome, outcome, &vote, handover.is_some(), actions);
+        if self.quiet_from.is_some_and(|q| c.epoch <= q + 1) {
+            actions.retain(|a| !matches!(a, Action::Notify(_)));
+        }
+        (desired, outcome)
+    }
+
+    /// The node's own role: the first row of this table that applies (tested row by row in
+    /// `tests.rs`, `own_role_decision_table`).
+    ///
+    /// | # | condition                                                    | outcome            | kernel                  |
+    /// |---|--------------------------------------------------------------|--------------------|-------------------------|
+    /// | 1 | witness                                                      | `Witness`          | unfenced, no lease      |
+    /// | 2 | committed primary, a hand-over of its epoch committed        | `HandingOver`      | fenced, members exempt under the lease |
+    /// | 3 | committed primary, lease lapsed ≥ promotion wait, db up      | `PrimaryIsolated`  | lease enforced, no VIP  |
+    /// | 4 | committed primary, db failed/down/suspended or epoch given up | `PrimaryDatabaseFailed` | fenced             |
+    /// | 5 | committed primary, db a primary (registered or promoted)     | `Primary`          | unfenced, lease, VIP    |
+    /// | 6 | committed primary, db a standby                              | `Candidate`        | fenced, VIP (promoting) |
+    /// | 7 | handed over with `-switchover`, later epoch, db not up       | `Rejoining`        | fenced                  |
+    /// | 8 | db a primary, no primary committed yet (epoch 0)             | `RegisteringPrimary` | fenced                |
+    /// | 9 | db a primary, another node committed                         | `FencedOldPrimary` | fenced                  |
+    /// |10 | db a standby, up, monitored                                  | `Standby`          | unfenced (reads)        |
+    /// |11 | anything else (db down, unknown, suspended)                  | `Idle`             | fenced                  |
+    fn own_role(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, lapsed: Option<Duration>, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+        let k = u32::try_from(c.majority().saturating_sub(1)).unwrap_or(u32::MAX);
+        if self.handover.is_some_and(|(e, _)| c.epoch > e) && db.up == Some(true) {
             // The old primary's database runs again (rejoined, or promoted again): the
             // hand-over is over, and a later failure of the database is not its business.
             self.handover = None;
         }
-        let (mut desired, outcome) = if self.cfg.is_witness {
-            (self.unfenced(c.epoch, ROLE_WITNESS, endorse), Outcome::Witness)
-        } else if c.primary == Some(me) {
-            self.as_committed_primary(c, inp, k, db_is_primary, &mut actions)
-        } else if let Some((p, h)) = self.rejoin_due(c, inp) {
-            if self.rejoin_started != Some(c.epoch) {
-                self.rejoin_started = Some(c.epoch);
-                actions.push(Action::Rejoin { epoch: c.epoch, primary: p, source: h.source });
-            }
-            if let Work::RejoinFailed { epoch, reason } = inp.work {
-                if *epoch == c.epoch && self.no_candidate_notified != Some(c.epoch) {
-                    self.no_candidate_notified = Some(c.epoch);
-                    actions.push(Action::Notify(Event::DemotionFailed { node: self.cfg.me.to_string(), error: reason.clone() }));
-                }
-            }
-            (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::Rejoining { primary: p })
-        } else if db_is_primary || (inp.db.in_recovery == Some(false)) {
-            // A primary database that is not the committed primary (or none is committed yet).
-            if c.primary.is_none() && c.epoch == 0 {
-                let due = match self.proposed_set_primary {
-                    Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
-                    _ => true,
-                };
-                if due {
-                    self.proposed_set_primary = Some((c.epoch, inp.now_ns));
-                    actions.push(Action::Propose(Proposal::SetPrimary { node: me, expected_epoch: c.epoch }));
-                }
-                (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::RegisteringPrimary)
-            } else {
-                if self.demoted != Some(c.epoch) {
-                    self.demoted = Some(c.epoch);
-                    actions.push(Action::DemoteLocal { epoch: c.epoch, primary: c.primary });
-                    actions.push(Action::Notify(Event::PrimaryFencedOff { node: me.to_string() }));
-                }
-                (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch })
-            }
-        } else if inp.db.up == Some(true) && !inp.db.failed {
-            if let Some(p) = c.primary {
-                if self.cfg.auto_reconfigure && self.followed != Some((p, c.epoch)) {
-                    self.followed = Some((p, c.epoch));
-                    actions.push(Action::Follow { primary: p, epoch: c.epoch });
-                }
-            }
-            let out = Outcome::Standby { primary: c.primary, endorsing: endorse.is_some() };
-            (self.unfenced(c.epoch, ROLE_STANDBY | db_flag, endorse), out)
+        if self.cfg.is_witness {
+            (self.unfenced(c.epoch, ROLE_WITNESS, None), Outcome::Witness)
+        } else if c.primary == Some(self.cfg.me) {
+            self.as_committed_primary(c, inp, db, k, lapsed, actions)
         } else {
-            // Database down or not known yet: it may still be a primary; fence (when in doubt).
-            let mut d = self.fenced(c.epoch, ROLE_IDLE);
-            d.endorse = endorse;
-            (d, Outcome::Idle)
-        };
-        desired.endorse = endorse;
+            self.as_other(c, inp, db, actions)
+        }
+    }
 
-        let outcome = if let Some(o) = promo_outcome {
-            o
-        } else if let (Some(Action::Propose(Proposal::Vote { epoch, .. })), false) = (
-            actions.iter().find(|a| matches!(a, Action::Propose(Proposal::Vote { .. }))),
-            matches!(outcome, Outcome::PrimaryDatabaseFailed | Outcome::HandingOver { .. }),
-        ) {
-            Outcome::Voted { epoch: *epoch }
-        } else if let (Some(reason), Some(p), false) = (suspect_reason, c.primary, auto_failover) {
-            let _ = reason;
-            Outcome::ManualFailoverRequired { primary: p }
-        } else if let (Some(reason), Some(p)) = (suspect_reason, c.primary) {
-            if matches!(outcome, Outcome::Standby { .. } | Outcome::Witness | Outcome::Idle) {
+    /// The cycle's headline: a promotion decision first, then this node's vote, a suspect
+    /// primary, else the own role.
+    fn headline(c: &Committed, promo: Option<Outcome>, own: Outcome, vote: &voter::VoterView, handover: bool, actions: &[Action]) -> Outcome {
+        let auto_failover = c.auto_failover || handover;
+        if let Some(o) = promo {
+            return o;
+        }
+        let voted = actions.iter().find_map(|a| match a {
+            Action::Propose(Proposal::Vote { epoch, .. }) => Some(*epoch),
+            _ => None,
+        });
+        if let (Some(epoch), false) = (voted, matches!(own, Outcome::PrimaryDatabaseFailed | Outcome::HandingOver { .. })) {
+            return Outcome::Voted { epoch };
+        }
+        match (vote.suspect, c.primary) {
+            (Some(_), Some(p)) if !auto_failover => Outcome::ManualFailoverRequired { primary: p },
+            (Some(reason), Some(p)) if matches!(own, Outcome::Standby { .. } | Outcome::Witness | Outcome::Idle) => {
                 Outcome::PrimarySuspect { primary: p, reason }
-            } else {
-                outcome
             }
-        } else {
-            outcome
-        };
-        if self.quiet_from.is_some_and(|q| c.epoch <= q + 1) {
-            actions.retain(|a| !matches!(a, Action::Notify(_)));
+            _ => own,
         }
-        Step { desired, actions, outcome }
-    }
-
-    /// `script.remote.pre.promotion` when a promotion this node is not part of commits, and
-    /// `script.remote.post.promotion` once the new primary serves (PINGs: primary, unfenced, the
-    /// new epoch). Not at the first step: a starting agent did not see the promotion happen.
-    fn remote_promotion_hooks(&mut self, c: &Committed, inp: &Inputs<'_>, actions: &mut Vec<Action>) {
-        let me = self.cfg.me;
-        let prev = self.last_epoch.replace(c.epoch);
-        if let (Some(prev), Some(p)) = (prev, c.primary) {
-            let involved = p == me || c.previous_primary == Some(me);
-            if c.epoch > prev && prev > 0 && !involved {
-                actions.push(Action::RemotePrePromotion { new_primary: p, old_primary: c.previous_primary });
-                self.post_promotion_due = Some((c.epoch, c.previous_primary));
-            }
-        }
-        if let (Some((e, old)), Some(p)) = (self.post_promotion_due, c.primary) {
-            if e != c.epoch {
-                self.post_promotion_due = None;
-            } else if inp.peers.iter().any(|v| v.addr == p && v.epoch == e && v.role == PeerRole::Primary && !v.fenced) {
-                self.post_promotion_due = None;
-                actions.push(Action::RemotePostPromotion { new_primary: p, old_primary: old });
-            }
-        }
-    }
-
-    /// The hand-over target if it can be promoted now (alive standby with its database up).
-    fn handover_target(&self, c: &Committed, inp: &Inputs<'_>, to: SocketAddr) -> Option<(SocketAddr, u64)> {
-        let m = c.nodes.get(&to).copied().unwrap_or_default();
-        if !m.promotable || m.priority == 0 || m.witness {
-            return None;
-        }
-        if to == self.cfg.me {
-            let ok = inp.db.up == Some(true) && inp.db.in_recovery == Some(true) && !inp.db.failed;
-            return ok.then_some((to, inp.db.lsn));
-        }
-        inp.peers
-            .iter()
-            .find(|v| v.addr == to && v.alive && v.role == PeerRole::Standby && v.db_up)
-            .map(|v| (to, v.lsn))
-    }
-
-    /// This node handed its epoch over with `-switchover`, a later epoch is committed and the
-    /// database is still stopped: time to restart it as a standby of the new primary.
-    fn rejoin_due(&self, c: &Committed, inp: &Inputs<'_>) -> Option<(SocketAddr, Handover)> {
-        let (e, h) = self.handover?;
-        let p = c.primary?;
-        (h.demote && c.epoch > e && p != self.cfg.me && inp.db.up != Some(true)).then_some((p, h))
-    }
-
-    /// The old primary's side of an operator hand-over: fenced from this cycle on; votes against
-    /// its own epoch at once, or (`-switchover`) once its database stopped cleanly. If the clean
-    /// stop fails, it asks the log to call the hand-over off and serves again when it is.
-    fn handing_over(&mut self, c: &Committed, inp: &Inputs<'_>, h: Handover, k: u32, actions: &mut Vec<Action>) -> (Desired, Outcome) {
-        let (me, e) = (self.cfg.me, c.epoch);
-        // Fenced for clients; the cluster's own nodes stay exempt so the standbys receive the
-        // last WAL, but only under the lease: cut off from the voters, the node fences its
-        // members too (its lease lapses), as it no longer knows it is the primary.
-        let fenced = Desired { lease_enforced: k > 0, lease_k: k, members_exempt: true, ..self.fenced(e, ROLE_PRIMARY | Self::db_flags(&inp.db)) };
-        if self.handover.is_none_or(|(he, _)| he != e) {
-            self.handover = Some((e, h));
-            actions.push(Action::HandOver { epoch: e, to: h.to, demote: h.demote });
-            if !h.quiet {
-                actions.push(Action::Notify(Event::PromotionStarted { candidate: h.to.to_string() }));
-            }
-        }
-        if let Work::HandOverFailed { epoch, reason } = inp.work {
-            if *epoch == e && !c.votes.contains(&me) {
-                if self.handover_cleared.is_none_or(|at| retry_due(at, inp.now_ns)) {
-                    self.handover_cleared = Some(inp.now_ns);
-                    actions.push(Action::Propose(Proposal::ClearSwitchover));
-                    actions.push(Action::Notify(Event::PromotionNotOccurred {
-                        in_progress: format!("{} (switchover called off: the primary could not stop its database cleanly: {reason}; it serves again)", h.to),
-                    }));
-                }
-                return (fenced, Outcome::HandingOver { epoch: e, to: h.to });
-            }
-        }
-        let ready = !h.demote || matches!(inp.work, Work::HandedOver { epoch } if *epoch == e);
-        if ready && !c.votes.contains(&me) && (self.voted != Some(e) || retry_due(self.vote_proposed_ns, inp.now_ns)) {
-            self.voted = Some(e);
-            self.vote_proposed_ns = inp.now_ns;
-            actions.push(Action::Propose(Proposal::Vote { voter: me, epoch: e }));
-        }
-        (fenced, Outcome::HandingOver { epoch: e, to: h.to })
-    }
-
-    fn as_committed_primary(
-        &mut self,
-        c: &Committed,
-        inp: &Inputs<'_>,
-        k: u32,
-        db_is_primary: bool,
-        actions: &mut Vec<Action>,
-    ) -> (Desired, Outcome) {
-        if let Some(h) = c.handover.filter(|h| h.from == self.cfg.me) {
-            return self.handing_over(c, inp, h, k, actions);
-        }
-        if self.handover.is_some_and(|(e, _)| e == c.epoch) && !self.voted_against(c.epoch) {
-            // The hand-over was called off before this node voted: it is still the primary.
-            self.handover = None;
-            self.handover_cleared = None;
-        }
-        let db_flag = Self::db_flags(&inp.db);
-        let isolated = inp.lease_lapsed_for.is_some_and(|d| d >= self.cfg.promotion_wait());
-        if !isolated && self.isolation_handled == Some(c.epoch) {
-            // Endorsed again: the isolation episode is over (the VIP comes back below).
-            self.isolation_handled = None;
-        }
-        if isolated && !inp.db.failed && inp.db.up != Some(false) {
-            // Unendorsed for longer than any voter waits before voting: cut off from a majority.
-            // The kernel already refuses clients (lease); give up the VIP and run EFM's isolated
-            // primary flow once per episode. No vote and nothing sticky: when endorsements come
-            // back, so does the primary.
-            if self.isolation_handled != Some(c.epoch) {
-                self.isolation_handled = Some(c.epoch);
-                actions.push(Action::PrimaryIsolated { epoch: c.epoch });
-                actions.push(Action::Notify(Event::IsolatedPrimary { node: self.cfg.me.to_string() }));
-            }
-            return (Self::serving(c.epoch, k, db_flag, false), Outcome::PrimaryIsolated { epoch: c.epoch });
-        }
-        if inp.db.failed || inp.db.up == Some(false) || self.voted_against(c.epoch) {
-            // Fenced by its own kernel from this cycle on, so its vote is safe at once; without
-            // it a cluster that has lost another voter could never replace it.
-            if !c.votes.contains(&self.cfg.me) && (self.voted != Some(c.epoch) || retry_due(self.vote_proposed_ns, inp.now_ns)) {
-                self.voted = Some(c.epoch);
-                self.vote_proposed_ns = inp.now_ns;
-                actions.push(Action::Propose(Proposal::Vote { voter: self.cfg.me, epoch: c.epoch }));
-            }
-            if self.db_failure_handled != Some(c.epoch) {
-                self.db_failure_handled = Some(c.epoch);
-                actions.push(Action::PrimaryDbFailed { epoch: c.epoch });
-                actions.push(Action::Notify(Event::DatabaseFailure { role: NodeRole::Primary, node: self.cfg.me.to_string() }));
-            }
-            return (self.fenced(c.epoch, ROLE_PRIMARY), Outcome::PrimaryDatabaseFailed);
-        }
-        // Remembered: the runtime replaces `Work::Promoted` when a hand-over starts, and a
-        // called-off hand-over leaves `HandOverFailed`.
-        if matches!(inp.work, Work::Promoted { epoch } if *epoch == c.epoch) {
-            self.promote_done = Some(c.epoch);
-        }
-        let promoted = self.promote_done == Some(c.epoch);
-        if db_is_primary && (promoted || self.promote_started != Some(c.epoch)) {
-            // Registered or promoted primary serving under the lease.
-            return (Self::serving(c.epoch, k, db_flag, true), Outcome::Primary { epoch: c.epoch });
-        }
-        // A standby named primary by the log: promote it (once per epoch).
-        if self.promote_started != Some(c.epoch) && inp.db.up == Some(true) {
-            self.promote_started = Some(c.epoch);
-            let old = None;
-            actions.push(Action::PromoteLocal { epoch: c.epoch, old_primary: old });
-        }
-        // Take the VIP at once: the kernel refuses database traffic until the promotion is done
-        // (clients get a RST and retry), and the old holder's lease has lapsed, so clients find
-        // the new primary as soon as it can serve.
-        let mut d = self.fenced(c.epoch, ROLE_STANDBY | db_flag);
-        d.vip = true;
-        (d, Outcome::Candidate { epoch: c.epoch })
     }
 
     /// The primary of `epoch` under its lease (k endorsements; a single-voter cluster, k = 0,
@@ -982,79 +906,45 @@ impl Engine {
         Desired { fenced: false, lease_enforced: false, lease_k: 0, members_exempt: false, epoch, ping_flags, vip: false, endorse }
     }
 
-    /// The standby to promote: alive, up, promotable, priority > 0; most advanced WAL position,
-    /// then priority (lower first), then address. Refuses when `minimum.standbys` would be
-    /// violated.
-    ///
-    /// Fresh positions: a position is compared only if its report is at most
-    /// [`EngineConfig::position_max_age`] old (a peer's PING arrived that recently and carries a
-    /// non-zero LSN — agents send 0 when their own sample is older than that); an older one
-    /// counts as unknown (0, below every known position). The leader waits, at most
-    /// [`EngineConfig::position_wait`] from when the promotion was first due, until every
-    /// candidate's position is final: reported at least `position_max_age` after this node
-    /// first saw a vote against the epoch (so read after the failure) and equal to its report
-    /// before (no longer moving — a walreceiver may still be writing the old primary's last
-    /// WAL). Once the old primary is gone the positions stop moving, so the comparison is exact.
-    fn choose_candidate(&self, c: &Committed, inp: &Inputs<'_>) -> Result<Choice, String> {
-        // (address, position or 0 when unknown, priority, final)
-        let mut cands: Vec<(SocketAddr, u64, u32, bool)> = Vec::new();
-        let meta = |a: &SocketAddr| c.nodes.get(a).copied().unwrap_or_default();
-        let max_age = self.cfg.position_max_age();
-        let since = self.comparing_since.filter(|(e, _)| *e == c.epoch).map_or(inp.now_ns, |(_, t)| t);
-        // A report that arrived `max_age` after the first vote was read after it (agents send
-        // nothing older), hence after the failure.
-        let after = self.votes_seen.filter(|(e, _)| *e == c.epoch).map_or(since, |(_, t)| t.min(since));
-        let settled = |addr: &SocketAddr, lsn: u64| {
-            lsn != 0
-                && self.positions.get(addr).is_some_and(|r| {
-                    r.lsn == lsn && r.prev_lsn == Some(lsn) && r.arrival_ns >= after.saturating_add(duration_ns(max_age))
-                })
-        };
-        if !self.cfg.is_witness
-            && Some(self.cfg.me) != c.primary
-            && inp.db.up == Some(true)
-            && inp.db.in_recovery == Some(true)
-            && !inp.db.failed
-        {
-            let m = meta(&self.cfg.me);
-            if m.promotable && m.priority > 0 {
-                // The runtime passes 0 when its own sample is older than `position_max_age`.
-                let lsn = inp.db.lsn;
-                cands.push((self.cfg.me, lsn, m.priority, settled(&self.cfg.me, lsn)));
+    /// Records the WAL positions of this step: a peer's position is new when a new PING
+    /// arrived (its arrival time, from the kernel's slot, changed); this node's is read every
+    /// step.
+    fn track_positions(&mut self, inp: &Inputs<'_>, db: &LocalDb) {
+        let mut record = |addr: SocketAddr, arrival_ns: u64, lsn: u64| {
+            let e = self.positions.entry(addr).or_insert(PositionReport { arrival_ns, lsn, prev_lsn: None });
+            if e.arrival_ns != arrival_ns {
+                *e = PositionReport { arrival_ns, lsn, prev_lsn: Some(e.lsn) };
             }
+        };
+        if !self.cfg.is_witness {
+            record(self.cfg.me, inp.now_ns, db.lsn);
         }
-        let mut standbys = usize::from(cands.len() == 1);
         for v in inp.peers {
-            if Some(v.addr) == c.primary || !v.alive || v.role != PeerRole::Standby || !v.db_up {
-                continue;
-            }
-            standbys += 1;
-            let m = meta(&v.addr);
-            if m.promotable && m.priority > 0 && !m.witness {
-                let lsn = if v.agent_age.is_some_and(|a| a <= max_age) { v.lsn } else { 0 };
-                cands.push((v.addr, lsn, m.priority, settled(&v.addr, lsn)));
+            if let Some(age) = v.agent_age {
+                record(v.addr, inp.now_ns.saturating_sub(duration_ns(age)), v.lsn);
             }
         }
-        cands.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
-        let Some(&(best, lsn, _, _)) = cands.first() else {
-            return Err(if standbys == 0 {
-                "no standby is available".into()
-            } else {
-                "no available standby is promotable (promotable=false or priority 0)".into()
-            });
-        };
-        let remaining = standbys.saturating_sub(1);
-        if remaining < self.cfg.minimum_standbys as usize {
-            return Err(format!(
-                "promoting {best} would leave {remaining} standby(s), below minimum.standbys={}",
-                self.cfg.minimum_standbys
-            ));
+    }
+
+    /// A completion or an operator request.
+    fn absorb(&mut self, ev: &Event, inp: &Inputs<'_>, out: &mut Vec<Action>) {
+        let now = inp.now_ns;
+        match ev {
+            Event::Promoted { epoch } => {
+                self.promotion = Some((*epoch, Progress::Done { at_ns: now }));
+                self.monitor.promoted(inp.db);
+            }
+            Event::PromotionFailed { epoch, reason } => self.promotion = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::HandedOver { epoch } => self.stop_work = Some((*epoch, Progress::Done { at_ns: now })),
+            Event::HandOverFailed { epoch, reason } => self.stop_work = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::Rejoined { epoch } => self.rejoin_work = Some((*epoch, Progress::Done { at_ns: now })),
+            Event::RejoinFailed { epoch, reason } => self.rejoin_work = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::DbStopDone => self.fx.vip.db_stops = self.fx.vip.db_stops.saturating_sub(1),
+            Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now),
+            Event::VipDone { assign, ok } => self.vip_done(*assign, *ok, out),
+            Event::ResumeRequested { id, db } => self.resume_requested(*id, db, inp, out),
+            Event::PeerTableFailed => self.fx.peer_table_failed(),
         }
-        let pending: Vec<SocketAddr> = cands.iter().filter(|c| !c.3).map(|c| c.0).collect();
-        if !pending.is_empty() && inp.now_ns.saturating_sub(since) < duration_ns(self.cfg.position_wait()) {
-            return Ok(Choice::Wait(pending));
-        }
-        Ok(Choice::Promote(best, lsn))
     }
 }
 

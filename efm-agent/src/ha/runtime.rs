@@ -1,30 +1,33 @@
-//! Runs the HA engine inside the agent: builds [`Inputs`] from the committed state, the detector
-//! and the local database every cycle, makes the kernel and the VIP match [`Desired`], and
-//! carries out [`Action`]s as async tasks so the loop never blocks (promotion, demotion,
-//! following, scripts, proposals). Work progress comes back through [`Work`].
+//! The executor of the HA engine inside the agent. Every cycle it reads the inputs (committed
+//! state, detector, local database, custom monitor, kernel lease, and the [`Event`]s that
+//! completed actions and operator requests sent on its channel since the last cycle), steps
+//! the [`Engine`], writes the kernel's fence state to match [`Desired`], and executes the
+//! step's [`Action`]s in order — one small function each, long ones as tasks (file writes on
+//! the blocking pool) that report their completion as an [`Event`]. It decides nothing.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use efm_common::{
-    maps::{FenceState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT, FENCE_RESET},
-    serving::{exempt_applies, fence_reasons, serves, EXEMPT_MEMBER, REASON_EPOCH, REASON_LAPSED},
+    maps::{FenceState, FENCE_RESET},
+    serving::{fence_reasons, serves},
     wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Work};
+use super::{Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Step};
 use crate::{
-    agent::{lock, Shared},
     config::{Config, FenceMode},
     coordination::{ClusterState, Command, Coordinator, NodeInfo, NodeKind},
     datapath::{Datapath, DatapathError},
     detector::Verdict,
     localdb,
+    node::{DbUpdate, DbView, Facts, KernelView, PeerEntry, RuntimeOwner, RuntimeRequest, Status, SuspendKind, Suspension},
     postgres::{self, control},
     scripts::{Hook, ScriptRunner, Substitutions},
     vip,
@@ -33,10 +36,57 @@ use crate::{
 /// How long `pg_promote()` may take.
 const PROMOTE_WAIT: Duration = Duration::from_mins(1);
 
-/// Per peer: was its database reachable from here at the last check, and when that was.
-type RemoteChecks = Arc<Mutex<HashMap<SocketAddr, (Option<bool>, Instant)>>>;
+/// How long stopping the database waits for the sessions to be ended first.
+const SESSIONS_SETTLE: Duration = Duration::from_secs(4);
 
-/// The engine plus what it needs between cycles.
+/// The engine's settings from the properties.
+#[must_use]
+pub fn engine_config(cfg: &Config, me: SocketAddr) -> EngineConfig {
+    EngineConfig {
+        me,
+        is_witness: cfg.is_witness,
+        lease_timeout: cfg.lease_timeout,
+        clock_drift: 0.05,
+        margin: Duration::from_millis(50),
+        endorse_window: cfg.heartbeat_interval * 3,
+        minimum_standbys: u32::try_from(cfg.minimum_standbys).unwrap_or(u32::MAX),
+        auto_reconfigure: cfg.auto_reconfigure,
+        promotion_grace: Duration::from_secs(30),
+        heartbeat_interval: cfg.heartbeat_interval,
+        vip: cfg.virtual_ip.filter(|_| cfg.virtual_ip_prefix.is_some()),
+        stop_failed_primary: cfg.stop_failed_primary,
+        stop_isolated_primary: cfg.stop_isolated_primary,
+        load_balancer: cfg.script_load_balancer_attach.is_some() || cfg.script_load_balancer_detach.is_some(),
+        detach_on_agent_failure: cfg.detach_on_agent_failure,
+        auto_resume_startup: cfg.auto_resume_startup_period,
+        auto_resume_failure: cfg.auto_resume_failure_period,
+    }
+}
+
+/// The local database as the engine reads it. `lsn`: the fresh position (0 when stale).
+#[must_use]
+pub fn local_db(db: &DbView, lsn: u64) -> LocalDb {
+    LocalDb {
+        up: db.up,
+        in_recovery: db.info.as_ref().map(|i| i.in_recovery),
+        failed: db.up == Some(false),
+        lsn,
+        timeline: db.info.as_ref().and_then(|i| i.timeline).unwrap_or(0),
+        upstream: db.info.as_ref().and_then(|i| i.upstream_host.as_deref()).and_then(|h| h.parse().ok()),
+    }
+}
+
+/// Sends [`Event::DbStopDone`] when dropped: an action that stops the database reports it done
+/// however it ends (also if its task panics), so the VIP is never held for ever.
+struct StopDone(mpsc::UnboundedSender<Event>);
+
+impl Drop for StopDone {
+    fn drop(&mut self) {
+        let _ = self.0.send(Event::DbStopDone);
+    }
+}
+
+/// The engine plus what executing its actions needs.
 pub struct HaRuntime {
     engine: Engine,
     coord: Arc<Coordinator>,
@@ -44,130 +94,66 @@ pub struct HaRuntime {
     /// Where the password key lives (`<config-dir>/efm.key`).
     config_dir: PathBuf,
     iface: String,
-    work: Arc<Mutex<Work>>,
-    vip_held: Arc<Mutex<bool>>,
-    vip_busy: Arc<Mutex<bool>>,
-    /// Since when this node holds the VIP, and when it last re-announced it.
-    vip_since: Option<Instant>,
-    vip_announced: Option<Instant>,
-    remote: RemoteChecks,
-    last_fence: Option<FenceState>,
-    last_outcome: Option<Outcome>,
-    /// What this node registers in the log, and when it last proposed it.
+    /// What this node registers in the log.
     info: NodeInfo,
-    register_proposed: Option<Instant>,
     /// `<state_dir>/<cluster>.voted`: the highest epoch this node voted against, written (and
     /// synced) before the vote is proposed, so a restarted agent never endorses it again.
     voted_file: PathBuf,
-    /// The peer table last written to the kernel (only members the log allows).
-    last_peers: Option<Vec<SocketAddr>>,
-    /// Database stops and starts the agent makes itself (switchover, rejoin, following a new
-    /// primary) in progress: a database going down then is not a failure.
-    planned: Arc<std::sync::atomic::AtomicUsize>,
-    /// The database's availability in the previous cycle (`None` if unknown), and whether
-    /// there was a previous cycle.
-    last_db_up: Option<bool>,
-    db_seen: bool,
-    /// Whether this node is in service (for `script.load.balancer.attach`/`detach`).
-    lb_attached: Option<bool>,
-    /// Peers this node detached from the load balancer after their agent failed.
-    lb_detached_peers: std::collections::BTreeSet<SocketAddr>,
-    /// (epoch, ns): this node started enforcing its lease for `epoch` and counts it as granted
-    /// until `ns` (start + `lease.timeout`). The kernel's deadline may still be one from an
-    /// earlier epoch of this node's; that one must not make a new primary look lapsed.
-    lease_floor: Option<(u64, u64)>,
-    /// When this agent saw `efm stop-cluster` committed.
-    stop_seen: Option<Instant>,
+    /// Completions of actions come back here.
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// What the runtime reads (the other tasks' facts) and owns (its [`Status`], the stop
+    /// signal, the requests it answers); see [`crate::node`].
+    facts: Facts,
+    owner: RuntimeOwner,
+    next_request: u64,
+    replies: HashMap<u64, oneshot::Sender<Result<String, String>>>,
+    /// `EFM_FENCE` as last written.
+    last_fence: Option<FenceState>,
+    last_outcome: Option<Outcome>,
     /// Ends the open client sessions when the kernel stops serving (not on a witness).
     sessions: Option<crate::sessions::Ender>,
-    session_gate: crate::sessions::Tracker,
-    /// Tasks stopping the database after the node stopped serving: the VIP is released only
-    /// once they are done (kernel fence → end sessions → stop the database → release the VIP).
-    db_stopping: Arc<std::sync::atomic::AtomicUsize>,
-    vip_kept_logged: bool,
-}
-
-/// How long stopping the database waits for the sessions to be ended first.
-const SESSIONS_SETTLE: Duration = Duration::from_secs(4);
-
-/// What `reconcile_vip` does: `Some(true)` assign, `Some(false)` release, `None` nothing. A
-/// release waits while the database is being stopped, so the backends' last words (and the
-/// RSTs of ended sessions) leave from the address the clients know.
-fn vip_change(held: bool, want: bool, db_stopping: usize) -> Option<bool> {
-    match (held, want) {
-        (true, false) if db_stopping > 0 => None,
-        (h, w) if h != w => Some(w),
-        _ => None,
-    }
-}
-
-/// How long an agent keeps running after it saw `efm stop-cluster`.
-const STOP_LINGER: Duration = Duration::from_millis(1_500);
-
-/// Counts a planned database operation while alive.
-struct Planned(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Planned {
-    fn new(c: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Self(c.clone())
-    }
-}
-
-impl Drop for Planned {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 impl HaRuntime {
     #[must_use]
-    #[expect(clippy::too_many_arguments, reason = "built once at start-up from the agent's parts")]
+    /// The runtime of this node (configuration and identity from `facts.id`), owning `owner`.
     pub fn new(
         engine: Engine,
         coord: Arc<Coordinator>,
-        cfg: Config,
-        config_dir: PathBuf,
-        iface: String,
+        facts: Facts,
+        owner: RuntimeOwner,
         vip_held: bool,
         info: NodeInfo,
         state_dir: &std::path::Path,
     ) -> Self {
+        let (cfg, config_dir, iface) = (facts.id.config.clone(), facts.id.config_dir.clone(), facts.id.iface.clone());
         let voted_file = state_dir.join(format!("{}.voted", cfg.cluster));
         let mut engine = engine;
+        // A small read once at start-up, before the heartbeat loop runs.
         if let Some(e) = std::fs::read_to_string(&voted_file).ok().and_then(|t| t.trim().parse::<u64>().ok()) {
             tracing::info!(epoch = e, "this node voted against epoch {e} before it restarted; it never endorses it again");
             engine.set_voted_floor(e);
         }
+        engine.set_vip_held(vip_held);
+        let (events_tx, events) = mpsc::unbounded_channel();
         Self {
             engine,
             coord,
             cfg,
             config_dir,
             iface,
-            work: Arc::new(Mutex::new(Work::Idle)),
-            vip_held: Arc::new(Mutex::new(vip_held)),
-            vip_busy: Arc::new(Mutex::new(false)),
-            vip_since: None,
-            vip_announced: None,
-            remote: Arc::new(Mutex::new(HashMap::new())),
+            info,
+            voted_file,
+            events_tx,
+            events,
+            facts,
+            owner,
+            next_request: 0,
+            replies: HashMap::new(),
             last_fence: None,
             last_outcome: None,
-            info,
-            register_proposed: None,
-            voted_file,
-            last_peers: None,
-            planned: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            last_db_up: None,
-            db_seen: false,
-            lb_attached: None,
-            lb_detached_peers: std::collections::BTreeSet::new(),
-            lease_floor: None,
-            stop_seen: None,
             sessions: None,
-            session_gate: crate::sessions::Tracker::default(),
-            db_stopping: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            vip_kept_logged: false,
         }
         .with_sessions()
     }
@@ -198,43 +184,20 @@ impl HaRuntime {
         self
     }
 
-    /// A guard that keeps the VIP while the database is being stopped, and a wait for the
-    /// session ending that started with the fence: call both before stopping the database.
-    fn db_stop_order(&self) -> (Planned, Option<crate::sessions::Ender>) {
-        (Planned::new(&self.db_stopping), self.sessions.clone())
-    }
-
     /// The PING endorsing the primary of `epoch` has been sent (see [`Engine::endorsement_sent`]).
     pub fn endorsement_sent(&mut self, epoch: u64, sent_ns: u64) {
         self.engine.endorsement_sent(epoch, sent_ns);
     }
 
-    /// Until when this node counts its lease for `epoch` as granted: the kernel's deadline, but
-    /// never before `lease.timeout` after it began enforcing the lease for that epoch (see
-    /// `lease_floor`).
-    fn granted_until(&self, epoch: u64, kernel_deadline_ns: u64) -> u64 {
-        let floor = self.lease_floor.filter(|(e, _)| *e == epoch).map_or(0, |(_, t)| t);
-        kernel_deadline_ns.max(floor)
-    }
-
-    /// Records `epoch` as voted against, durably, before the vote is proposed.
-    fn record_vote(&self, epoch: u64) -> std::io::Result<()> {
-        if let Some(dir) = self.voted_file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let text = format!("{epoch}\n");
-        crate::files::write_atomic(&self.voted_file, text.as_bytes(), crate::files::WriteOptions::private().mode(0o644))?;
-        Ok(())
-    }
-
-    /// The committed state as the engine sees it; `None` while this node is not a member.
+    /// The committed state as the engine sees it; `None` while this node is not a voter (an
+    /// allowed node that joined the membership: `ClusterState::voters`, the quorum's count).
     #[must_use]
     pub fn committed_view(st: &ClusterState, me: SocketAddr, default_auto_failover: bool) -> Option<Committed> {
-        if !st.allowed.contains(&me) {
+        if !st.is_voter(&me) {
             return None;
         }
         let nodes = st
-            .allowed
+            .voters()
             .iter()
             .map(|a| {
                 let info = st.nodes.get(a);
@@ -261,302 +224,450 @@ impl HaRuntime {
             nodes,
             votes: st.votes.iter().copied().collect(),
             auto_failover: st.auto_failover_or(default_auto_failover) && !st.paused,
+            votes_short: st.missing_votes().is_some(),
         })
     }
 
-    /// One cycle: decide, then make the kernel and the VIP match and start the actions.
-    /// Returns what to put into this cycle's PINGs: (flags, epoch, endorse target).
-    #[expect(clippy::too_many_lines, reason = "one cycle in order: inputs, decision, kernel, VIP, actions")]
-    #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
-    pub fn cycle(
-        &mut self,
-        shared: &Arc<Mutex<Shared>>,
-        dp: &mut Datapath,
-        now_ns: u64,
-    ) -> Result<(Desired, Outcome), DatapathError> {
-        let st = self.coord.state().borrow().clone();
-        let (me, db, peers_h, wal) = {
-            let s = lock(shared);
-            (s.me, s.db.clone(), s.peers.clone(), s.wal)
-        };
-        // A member announces itself (kind, priority, promotable) until the log shows it.
-        // Once registered, the priority is the operator's (`efm set-priority`): re-registering
-        // keeps the log's value.
+    /// What this node registers: its own kind and promotability, the log's priority once
+    /// registered (`efm set-priority` is the operator's).
+    fn registration(&self, st: &ClusterState, me: SocketAddr) -> (NodeInfo, bool) {
         let registered = st.nodes.get(&me).copied();
         let info = NodeInfo { priority: registered.map_or(self.info.priority, |r| r.priority), ..self.info };
-        if st.allowed.contains(&me)
-            && registered != Some(info)
-            && self.register_proposed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.register_proposed = Some(Instant::now());
-            let (coord, cmd) = (self.coord.clone(), Command::Register { node: me, info });
-            tokio::spawn(async move {
-                if let Err(e) = coord.propose(cmd).await {
-                    tracing::warn!(error = %e, "registering this node failed; retrying");
-                }
-            });
+        (info, registered == Some(info))
+    }
+
+    /// The completions and operator requests since the last cycle.
+    fn drain(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            events.push(e);
         }
+        while let Ok(RuntimeRequest::Resume { db, reply }) = self.owner.requests.try_recv() {
+            self.next_request += 1;
+            self.replies.insert(self.next_request, reply);
+            let lsn = db.lsn().map_or(0, |l| l.0);
+            events.push(super::monitoring::resume_event(self.next_request, local_db(&db, lsn)));
+        }
+        events
+    }
+
+    /// One cycle: read the inputs, decide, make the kernel match, execute the actions, publish
+    /// the outputs. Returns what to put into this cycle's PINGs (flags, epoch, endorse target)
+    /// and the outcome.
+    #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
+    pub fn cycle(&mut self, dp: &mut Datapath, now_ns: u64) -> Result<(Desired, Outcome), DatapathError> {
+        // ---- Inputs, read once. Completions and requests before the facts they depend on:
+        // their senders had the database view updated first (`DbReport`, answered), so the
+        // reads below see it. ----
+        let st = self.coord.state().borrow().clone();
+        let events = self.drain();
+        let (me, started_unix_ms) = (self.facts.id.me, self.facts.id.started_unix_ms);
+        let db = self.facts.db.borrow().view.clone();
+        let peers_h = self.facts.peers.borrow().clone();
+        let wal = *self.facts.wal.borrow();
+        let custom_failed = self.facts.custom_monitor.borrow().clone();
+        let lease = dp.lease()?;
         let committed = Self::committed_view(&st, me, self.cfg.auto_failover);
-        let remote = self.remote.lock().map(|m| m.clone()).unwrap_or_default();
-        let peers: Vec<PeerView> = peers_h
-            .iter()
-            .map(|p| {
-                let h = p.health;
-                let flags = h.map_or(0, |h| h.flags);
-                PeerView {
-                    addr: p.addr,
-                    alive: h.is_some_and(|h| h.verdict == Verdict::Alive),
-                    agent_age: h.and_then(|h| h.agent_age),
-                    role: PeerRole::from_bits(flags & ROLE_MASK),
-                    epoch: h.map_or(0, |h| h.epoch),
-                    db_up: flags & FLAG_DB_UP != 0,
-                    fenced: flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
-                    lsn: h.map_or(0, |h| h.lsn),
-                    // Only a fresh check counts (an old one may be about another epoch's
-                    // primary on the same node).
-                    db_reachable: remote.get(&p.addr).filter(|(_, t)| t.elapsed() < Duration::from_secs(3)).and_then(|(r, _)| *r),
-                }
-            })
-            .collect();
-        let work = self.work.lock().map(|w| w.clone()).unwrap_or_default();
-        let suspended = self.track_monitoring(shared, &db, &st, &work);
-        let local = LocalDb {
-            up: db.up,
-            in_recovery: db.info.as_ref().map(|i| i.in_recovery),
-            failed: db.up == Some(false) || suspended,
-            // The position read every half heartbeat (0 when older than two heartbeats), not
-            // the `local.period` monitor's: the failover compares fresh positions.
-            lsn: localdb::fresh_lsn(wal, now_ns, self.cfg.heartbeat_interval),
-            timeline: db.info.as_ref().and_then(|i| i.timeline).unwrap_or(0),
-        };
-        // How long the kernel's enforced lease has been lapsed (as of the last cycle's settings).
-        let lease_now = dp.lease()?;
-        // The kernel's own rule (efm_common::serving), with the deadline held back to the lease
-        // floor: an enforced lease with k = 0 counts as lapsed, as the kernel fails closed on it.
-        let lease_lapsed_for = self.last_fence.and_then(|f| {
-            let deadline = self.granted_until(f.epoch, lease_now.deadline_ns);
-            let mut held = lease_now;
-            held.deadline_ns = deadline;
-            (fence_reasons(&f, &held, now_ns) & REASON_LAPSED != 0).then(|| Duration::from_nanos(now_ns.saturating_sub(deadline)))
-        });
-        let mut step = self.engine.step(&Inputs {
+        let peers: Vec<PeerView> = peers_h.iter().map(peer_view).collect();
+        // The kernel counts endorsements from the voters only (the quorum's members).
+        let allowed: BTreeSet<SocketAddr> = st.voters();
+        let local = local_db(&db, localdb::fresh_lsn(wal, now_ns, self.cfg.heartbeat_interval));
+        let span = tracing::info_span!("ha_cycle", epoch = st.epoch, role = tracing::field::Empty, outcome = tracing::field::Empty);
+        let _entered = span.enter();
+
+        // ---- Decide. ----
+        let step = self.engine.step(&Inputs {
             now_ns,
             committed: committed.as_ref(),
+            allowed: &allowed,
+            registered: self.registration(&st, me).1,
             is_leader: self.coord.is_leader(),
             peers: &peers,
             db: local,
-            work: &work,
-            lease_lapsed_for,
-            max_epoch_seen: lease_now.max_epoch_seen,
+            db_error: db.error.as_deref(),
+            custom_monitor_failed: custom_failed.as_deref(),
+            stop_cluster: st.stopped_at_unix_ms.is_some_and(|t| t >= started_unix_ms),
+            kernel: KernelState { fence: self.last_fence, deadline_ns: lease.deadline_ns, max_epoch_seen: lease.max_epoch_seen },
+            events: &events,
         });
-        // `efm stop-cluster`: the databases stay as they are. Nothing is started any more (an
-        // agent whose peers exit first must not take that for an isolation and stop its
-        // database), a serving primary no longer depends on endorsements, and the agent exits
-        // a moment later, once the leader had time to tell every follower that the stop
-        // committed (a leader exiting at once would strand them).
-        let started_unix_ms = lock(shared).started_unix_ms;
-        if st.stopped_at_unix_ms.is_some_and(|t| t >= started_unix_ms) {
-            let seen = *self.stop_seen.get_or_insert_with(|| {
-                tracing::warn!("efm stop-cluster: this agent exits shortly; the database is left as it is");
-                Instant::now()
-            });
-            step.actions.clear();
-            if !step.desired.fenced {
-                step.desired.lease_enforced = false;
-                step.desired.lease_k = 0;
-            }
-            if seen.elapsed() >= STOP_LINGER {
-                lock(shared).stop_requested = true;
-            }
-        }
-        // The kernel counts endorsements only from members the log allows (a node disallowed
-        // while partitioned must not keep a primary's lease alive).
-        if !st.allowed.is_empty() {
-            let allowed: Vec<SocketAddr> = peers_h.iter().map(|p| p.addr).filter(|a| st.allowed.contains(a)).collect();
-            if self.last_peers.as_ref() != Some(&allowed) {
-                let table: Vec<crate::datapath::Peer> = peers_h
-                    .iter()
-                    .filter(|p| st.allowed.contains(&p.addr))
-                    .map(|p| crate::datapath::Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] })
-                    .collect();
-                dp.set_peers(&table)?;
-                tracing::info!(peers = ?allowed, "kernel peer table follows the allowed members");
-                self.last_peers = Some(allowed);
-            }
+        span.record("role", role_name(step.desired.ping_flags));
+        span.record("outcome", step.outcome.kind());
+
+        // ---- Execute: the kernel first, then the actions in the engine's order. ----
+        let fence = self.write_fence(dp, &step.desired, step.db.lsn)?;
+        let mut exit = false;
+        for a in step.actions.iter().cloned() {
+            exit |= matches!(a, Action::Exit);
+            self.execute(a, dp, &st, me, &peers_h);
         }
 
-        // The kernel.
-        let mut flags = if self.cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
-        if step.desired.fenced {
-            flags |= FENCE_FENCED;
-        }
-        if step.desired.lease_enforced {
-            flags |= FENCE_LEASE_ENFORCED;
-        }
-        if step.desired.members_exempt {
-            flags |= FENCE_MEMBERS_EXEMPT;
-        }
-        let fence = FenceState {
-            flags,
-            role: u32::from(step.desired.ping_flags & ROLE_MASK),
-            epoch: step.desired.epoch,
-            lease_k: step.desired.lease_k,
-            pad: 0,
-            lease_timeout_ns: u64::try_from(self.cfg.lease_timeout.as_nanos()).unwrap_or(u64::MAX),
-            lsn: local.lsn,
-        };
-        if step.desired.lease_enforced && self.lease_floor.is_none_or(|(e, _)| e != fence.epoch) {
-            self.lease_floor = Some((fence.epoch, now_ns.saturating_add(fence.lease_timeout_ns)));
-        }
+        // ---- Outputs, written in one place. ----
+        let lease = dp.lease()?;
+        self.publish(&st, &step, &fence, &lease, now_ns, exit);
+        Ok((step.desired, step.outcome))
+    }
+
+    /// Writes `EFM_FENCE` when the desired state differs from what the kernel holds.
+    #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
+    fn write_fence(&mut self, dp: &mut Datapath, d: &Desired, lsn: u64) -> Result<FenceState, DatapathError> {
+        let reset = if self.cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+        let fence = d.fence_state(reset, self.cfg.lease_timeout, lsn);
         if self.last_fence != Some(fence) {
             dp.set_fence(&fence)?;
             if self.last_fence.is_none_or(|f| f.flags != fence.flags || f.epoch != fence.epoch) {
-                tracing::info!(
-                    fenced = step.desired.fenced,
-                    lease = step.desired.lease_enforced,
-                    k = fence.lease_k,
-                    epoch = fence.epoch,
-                    "kernel fence state"
-                );
+                tracing::info!(fenced = d.fenced, lease = d.lease_enforced, k = fence.lease_k, epoch = fence.epoch, "kernel fence state");
             }
             self.last_fence = Some(fence);
         }
-        let lease = dp.lease()?;
-        let lease_left = if step.desired.lease_enforced && step.desired.lease_k > 0 {
-            lease.deadline_ns.saturating_sub(now_ns)
-        } else {
-            u64::MAX
-        };
-        // The kernel's own rule (efm_common::serving), once for the view and the session gate.
-        let reasons = fence_reasons(&fence, &lease, now_ns);
-        let kernel = crate::agent::KernelView {
+        Ok(fence)
+    }
+
+    /// The cycle's results for status, reports and the main loop.
+    fn publish(&mut self, st: &ClusterState, step: &Step, fence: &FenceState, lease: &efm_common::maps::LeaseState, now_ns: u64, exit: bool) {
+        let lease_left = if step.desired.lease_enforced && step.desired.lease_k > 0 { lease.deadline_ns.saturating_sub(now_ns) } else { u64::MAX };
+        let kernel = KernelView {
             fenced: step.desired.fenced,
             lease_enforced: step.desired.lease_enforced,
             lease_left_ms: if lease_left == u64::MAX { 0 } else { lease_left / 1_000_000 },
             epoch: fence.epoch,
             max_epoch_seen: lease.max_epoch_seen,
-            serving: serves(reasons),
+            serving: serves(fence_reasons(fence, lease, now_ns)),
         };
-        // The kernel fence is written: end the open sessions it does not let through, before
-        // any action below stops the database.
-        if let Some(ender) = &self.sessions {
-            // Members pass only while the explicit flag is the only reason and the agent asked
-            // for it.
-            let gate = crate::sessions::Gate {
-                serving: serves(reasons),
-                members_pass: serves(reasons) || exempt_applies(EXEMPT_MEMBER, reasons, fence.flags),
-            };
-            // A database known to be a standby has no writes to cut short: its read-only
-            // sessions survive a moment of epoch fence while its log catches up.
-            let standby = local.up == Some(true) && local.in_recovery == Some(true);
-            if let Some(members_spared) = self.session_gate.observe(gate).filter(|_| !standby) {
-                let why = if reasons & REASON_EPOCH != 0 {
-                    "a newer epoch exists"
-                } else if reasons & REASON_LAPSED != 0 {
-                    "lease lapsed"
-                } else {
-                    "fenced"
-                };
-                ender.end_now(members_spared, why);
-            }
-        }
-        {
-            let mut s = lock(shared);
-            s.epoch = st.epoch;
-            s.outcome = Some(step.outcome.to_string());
-            s.kernel = kernel;
-        }
-        self.load_balancer(&step.desired, &step.outcome, &peers, me);
-
-        // DESIGN "Safety" (3): a primary whose lease was granted and has lapsed says so, so peers
-        // that still hear it (but whose endorsements do not arrive) stop waiting on it. Never at
-        // start-up: no lease was granted yet (deadline 0).
-        let mut desired = step.desired;
-        if desired.lease_enforced && lease.deadline_ns != 0 && now_ns > self.granted_until(fence.epoch, lease.deadline_ns) {
-            desired.ping_flags |= efm_common::wire::FLAG_LEASE_LAPSED;
-        }
-        self.check_primary_db(&st, &peers);
-        for a in step.actions.clone() {
-            if let Action::Propose(Proposal::Vote { epoch, .. }) = a {
-                if let Err(e) = self.record_vote(epoch) {
-                    // Without the record a restart could endorse this epoch again: do not vote.
-                    tracing::error!(epoch, error = %e, file = %self.voted_file.display(), "cannot record the vote; not proposing it");
-                    continue;
-                }
-            }
-            self.start(a, shared, &st);
-        }
-        // After the actions: one that stops the database holds the VIP until it is stopped.
-        self.reconcile_vip(step.desired.vip);
         if self.last_outcome.as_ref() != Some(&step.outcome) {
             tracing::info!(outcome = %step.outcome, "ha");
             self.last_outcome = Some(step.outcome.clone());
         }
-        Ok((desired, step.outcome))
+        let was_suspended = self.owner.status.borrow().suspended.is_some();
+        match (was_suspended, &step.suspended) {
+            (false, Some(sus)) => tracing::warn!(reason = %sus.reason, "monitoring of the local database suspended: the node stays idle until `efm resume`"),
+            (true, None) => tracing::info!("monitoring of the local database resumed"),
+            _ => {}
+        }
+        let suspended = step.suspended.as_ref().map(|sus| Suspension {
+            reason: sus.reason.clone(),
+            kind: match sus.kind {
+                super::SuspendKind::Startup => SuspendKind::Startup,
+                super::SuspendKind::Failure => SuspendKind::Failure,
+            },
+            since: Instant::now().checked_sub(Duration::from_nanos(now_ns.saturating_sub(sus.since_ns))).unwrap_or_else(Instant::now),
+        });
+        self.owner.status.send_replace(Status {
+            epoch: st.epoch,
+            outcome: Some(step.outcome.to_string()),
+            kernel,
+            suspended,
+            committed_primary: st.primary,
+            leader: self.coord.leader(),
+        });
+        if exit {
+            self.owner.stop.send_replace(true);
+        }
     }
 
-    fn reconcile_vip(&mut self, want: bool) {
-        let (Some(addr), Some(prefix)) = (self.cfg.virtual_ip, self.cfg.virtual_ip_prefix) else { return };
-        let held = self.vip_held.lock().is_ok_and(|h| *h);
-        if held && want {
-            self.reannounce_vip(addr);
-            return;
-        }
-        if !held {
-            self.vip_since = None;
-        }
-        let stopping = self.db_stopping.load(std::sync::atomic::Ordering::SeqCst);
-        if vip_change(held, want, stopping).is_none() {
-            if held && !want && !self.vip_kept_logged {
-                self.vip_kept_logged = true;
-                tracing::info!(vip = %addr, "keeping the VIP until the database has stopped");
-            }
-            return;
-        }
-        self.vip_kept_logged = false;
-        {
-            let Ok(mut busy) = self.vip_busy.lock() else { return };
-            if *busy {
-                return;
-            }
-            *busy = true;
-        }
-        let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
-        let (held_flag, busy_flag) = (self.vip_held.clone(), self.vip_busy.clone());
-        let vip_cfg = self.cfg.clone();
-        tokio::task::spawn_blocking(move || {
-            let res = if want {
-                vip::assign_labeled(&iface, vip_cfg.virtual_ip_label.as_deref(), addr, prefix, &vip::Announce::default()).map(|a| format!("{a:?}"))
-            } else {
-                vip::release(&iface, addr, prefix).map(|r| format!("{r:?}"))
-            };
-            match res {
-                Ok(how) => {
-                    tracing::info!(vip = %addr, %iface, assigned = want, %how, "VIP");
-                    let vip = addr.to_string();
-                    notify(&vip_cfg, if want { crate::notify::Event::AssigningVip { vip } } else { crate::notify::Event::ReleasingVip { vip } });
-                    if let Ok(mut h) = held_flag.lock() {
-                        *h = want;
-                    }
+    /// Executes one action.
+    fn execute(&mut self, action: Action, dp: &mut Datapath, st: &ClusterState, me: SocketAddr, peers: &[PeerEntry]) {
+        match action {
+            Action::Propose(Proposal::Vote { voter, epoch }) => self.vote(voter, epoch),
+            Action::Propose(p) => self.propose(to_command(p, st)),
+            Action::Register => self.propose(Command::Register { node: me, info: self.registration(st, me).0 }),
+            Action::PromoteLocal { epoch, old_primary } => self.promote(epoch, old_primary, st, me),
+            Action::PrimaryDbFailed { epoch, stop } => self.primary_db_failed(epoch, stop, me),
+            Action::DemoteLocal { epoch, primary, stop } => self.demote(epoch, primary, stop, me),
+            Action::PrimaryIsolated { epoch, stop } => self.primary_isolated(epoch, stop, me),
+            Action::Follow { primary, epoch } => self.follow(primary, epoch, me),
+            Action::HandOver { epoch, to, demote } => self.hand_over(epoch, to, demote),
+            Action::Rejoin { epoch, primary, source } => self.rejoin(epoch, primary, source),
+            Action::RemotePrePromotion { new_primary, old_primary } => self.hook(Hook::RemotePrePromotion, promotion_subst(new_primary, old_primary)),
+            Action::RemotePostPromotion { new_primary, old_primary } => self.hook(Hook::RemotePostPromotion, promotion_subst(new_primary, old_primary)),
+            Action::LoadBalancer { attach, node, primary } => self.load_balancer(attach, node, primary, me),
+            Action::CheckRemoteDb { node } => self.check_remote(node),
+            Action::SetPeerTable { members } => {
+                if let Err(e) = Self::set_peer_table(dp, &members, peers) {
+                    tracing::error!(error = %e, "writing the kernel peer table failed; retrying next cycle");
+                    let _ = self.events_tx.send(Event::PeerTableFailed);
                 }
-                Err(e) => tracing::error!(vip = %addr, %iface, error = %e, "VIP change failed; retrying next cycle"),
             }
-            if let Ok(mut b) = busy_flag.lock() {
-                *b = false;
+            Action::EndSessions { members_spared, why } => {
+                if let Some(ender) = &self.sessions {
+                    ender.end_now(members_spared, why);
+                }
+            }
+            Action::Vip { assign } => self.vip(assign),
+            Action::AnnounceVip => self.announce_vip(),
+            Action::Resumed { how } => {
+                let cfg = self.cfg.clone();
+                tokio::spawn(async move { resumed(&cfg, me, how).await });
+            }
+            Action::AnswerResume { id, result } => {
+                if let Some(tx) = self.replies.remove(&id) {
+                    let _ = tx.send(result);
+                }
+            }
+            Action::Notify(event) => notify(&self.cfg, event),
+            Action::Exit => tracing::warn!("efm stop-cluster: this agent exits now; the database is left as it is"),
+        }
+    }
+
+    fn propose(&self, cmd: Command) {
+        let coord = self.coord.clone();
+        tokio::spawn(async move {
+            match coord.propose(cmd.clone()).await {
+                Ok(r) => tracing::info!(?cmd, result = ?r, "proposal committed"),
+                Err(e) => tracing::warn!(?cmd, error = %e, "proposal failed"),
             }
         });
     }
 
-    /// Keeps announcing the VIP while holding it: neighbours ignore an ARP update within
-    /// `locktime` (1 s) of the previous one, and a node whose agent died may still answer for the
-    /// VIP; so a gratuitous ARP / unsolicited NA every second for the first 15 s, then every 10 s.
-    fn reannounce_vip(&mut self, addr: std::net::IpAddr) {
-        let since = *self.vip_since.get_or_insert_with(Instant::now);
-        let every = if since.elapsed() < Duration::from_secs(15) { Duration::from_secs(1) } else { Duration::from_secs(10) };
-        if self.vip_announced.is_some_and(|t| t.elapsed() < every) {
+    /// Records the vote durably on the blocking pool (never on the heartbeat loop), then
+    /// proposes it. Without the record a restart could endorse this epoch again: no vote then
+    /// (the engine proposes it again a second later).
+    fn vote(&self, voter: SocketAddr, epoch: u64) {
+        let (coord, file) = (self.coord.clone(), self.voted_file.clone());
+        tokio::spawn(async move {
+            let recorded = tokio::task::spawn_blocking({
+                let file = file.clone();
+                move || record_vote(&file, epoch)
+            })
+            .await;
+            match recorded {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return tracing::error!(epoch, error = %e, file = %file.display(), "cannot record the vote; not proposing it"),
+                Err(e) => return tracing::error!(epoch, error = %e, "recording the vote did not finish; not proposing it"),
+            }
+            let cmd = Command::Vote { voter, epoch };
+            match coord.propose(cmd.clone()).await {
+                Ok(r) => tracing::info!(?cmd, result = ?r, "proposal committed"),
+                Err(e) => tracing::warn!(?cmd, error = %e, "proposal failed"),
+            }
+        });
+    }
+
+    fn promote(&self, epoch: u64, old: Option<SocketAddr>, st: &ClusterState, me: SocketAddr) {
+        let (cfg, config_dir, done) = (self.cfg.clone(), self.config_dir.clone(), self.events_tx.clone());
+        let promotion = st.history.last().filter(|h| h.epoch == epoch && h.node == me).cloned();
+        let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+        let facts = self.facts.clone();
+        tokio::spawn(async move {
+            let res = promote_local(&cfg, &config_dir, me, old, &iface).await;
+            let reason = match res {
+                Ok(took) => {
+                    tracing::info!(epoch, took_ms = took.as_millis(), "promoted the local database");
+                    // pg_promote() confirmed it left recovery: the owner of the database view
+                    // applies it (without waiting for the next local.period check) before the
+                    // engine hears of the promotion.
+                    if let Err(e) = facts.report_db(DbUpdate::Promoted).await {
+                        tracing::warn!(error = %e, "the promotion reaches the local database view only at its next check");
+                    }
+                    let _ = done.send(Event::Promoted { epoch });
+                    None
+                }
+                Err(reason) => {
+                    tracing::error!(epoch, %reason, "promotion failed; staying fenced");
+                    notify(&cfg, crate::notify::Event::PromotionFailed { error: reason.clone() });
+                    let _ = done.send(Event::PromotionFailed { epoch, reason: reason.clone() });
+                    Some(reason)
+                }
+            };
+            if reason.is_some() {
+                return;
+            }
+            run_hook(&cfg, Hook::PostPromotion, &promotion_subst(me, old)).await;
+            match &promotion {
+                Some(p) if p.quiet => {}
+                Some(p) if p.switchover => notify(
+                    &cfg,
+                    crate::notify::Event::SwitchoverCompleted { old_primary: old.map_or_else(String::new, |o| o.to_string()), new_primary: me.to_string() },
+                ),
+                _ => notify(&cfg, crate::notify::Event::FailoverCompleted { old_primary: old.map(|o| o.to_string()), new_primary: me.to_string() }),
+            }
+        });
+    }
+
+    /// A task that stops the database (after the session round the fence started, bounded),
+    /// reporting [`Event::DbStopDone`] however it ends.
+    fn stop_database(&self, why: &'static str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (cfg, sessions, done) = (self.cfg.clone(), self.sessions.clone(), StopDone(self.events_tx.clone()));
+        async move {
+            let _done = done;
+            if let Some(s) = sessions {
+                s.settled(SESSIONS_SETTLE).await;
+            }
+            match control::DbControl::from_config(&cfg) {
+                Ok(c) => match c.stop().await {
+                    Ok(()) => tracing::info!(why, "database stopped; the VIP may go"),
+                    Err(e) => tracing::warn!(why, error = %e, "stopping the database failed"),
+                },
+                Err(e) => tracing::warn!(why, error = %e, "cannot stop the database"),
+            }
+        }
+    }
+
+    fn primary_db_failed(&self, epoch: u64, stop: bool, me: SocketAddr) {
+        let cfg = self.cfg.clone();
+        let stopping = stop.then(|| self.stop_database("failed primary"));
+        tokio::spawn(async move {
+            if let Err(e) = write_standby_signal(&cfg).await {
+                tracing::error!(error = %e, "could not mark the failed primary as a standby");
+            }
+            if let Some(s) = stopping {
+                s.await;
+            }
+            run_hook(&cfg, Hook::DbFailure, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
+            tracing::info!(epoch, "failed primary database handled");
+        });
+    }
+
+    fn demote(&self, epoch: u64, primary: Option<SocketAddr>, stop: bool, me: SocketAddr) {
+        let (cfg, config_dir) = (self.cfg.clone(), self.config_dir.clone());
+        let stopping = stop.then(|| self.stop_database("old primary of an earlier epoch"));
+        tokio::spawn(async move {
+            if let Some(p) = primary {
+                // `standby.signal` and the configuration files: on the blocking pool.
+                let (c, d) = (cfg.clone(), config_dir.clone());
+                let res = tokio::task::spawn_blocking(move || demote_local(&c, &d, p)).await.unwrap_or_else(|e| Err(e.to_string()));
+                match res {
+                    Ok(()) => tracing::info!(epoch, new_primary = %p, "old primary demoted: it restarts as a standby"),
+                    Err(e) => tracing::error!(epoch, error = %e, "demoting the old primary failed; it stays fenced"),
+                }
+            }
+            if let Some(s) = stopping {
+                s.await;
+            }
+            let subst = Substitutions { failed_primary: Some(me.ip().to_string()), new_primary: primary.map(|p| p.ip().to_string()), ..Substitutions::default() };
+            run_hook(&cfg, Hook::PrimaryIsolated, &subst).await;
+        });
+    }
+
+    fn primary_isolated(&self, epoch: u64, stop: bool, me: SocketAddr) {
+        let cfg = self.cfg.clone();
+        let stopping = stop.then(|| self.stop_database("isolated primary"));
+        tokio::spawn(async move {
+            if let Some(s) = stopping {
+                s.await;
+            }
+            run_hook(&cfg, Hook::PrimaryIsolated, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
+            tracing::warn!(epoch, "isolated primary: fenced, sessions ended, database handled, VIP released after it");
+        });
+    }
+
+    fn follow(&self, primary: SocketAddr, epoch: u64, me: SocketAddr) {
+        let (cfg, config_dir) = (self.cfg.clone(), self.config_dir.clone());
+        tokio::spawn(async move {
+            match follow(&cfg, &config_dir, me, primary).await {
+                Ok(how) => tracing::info!(epoch, %primary, %how, "standby follows the new primary"),
+                Err(e) => tracing::error!(epoch, %primary, error = %e, "reconfiguring the standby failed"),
+            }
+        });
+    }
+
+    fn hand_over(&self, epoch: u64, to: SocketAddr, demote: bool) {
+        tracing::warn!(epoch, %to, demote, "operator hand-over: clients are fenced off this primary");
+        if !demote {
             return;
         }
-        self.vip_announced = Some(Instant::now());
+        let (cfg, sessions, done, stopped) = (self.cfg.clone(), self.sessions.clone(), self.events_tx.clone(), StopDone(self.events_tx.clone()));
+        tokio::spawn(async move {
+            let _stopped = stopped;
+            if let Some(s) = sessions {
+                s.settled(SESSIONS_SETTLE).await;
+            }
+            let res = match control::DbControl::from_config(&cfg) {
+                Ok(c) => c.stop().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = done.send(match res {
+                Ok(()) => {
+                    tracing::info!(epoch, "switchover: database stopped cleanly; its WAL is on the standbys");
+                    Event::HandedOver { epoch }
+                }
+                Err(reason) => Event::HandOverFailed { epoch, reason },
+            });
+        });
+    }
+
+    fn rejoin(&self, epoch: u64, primary: SocketAddr, source: Option<SocketAddr>) {
+        let (cfg, config_dir, done) = (self.cfg.clone(), self.config_dir.clone(), self.events_tx.clone());
+        tokio::spawn(async move {
+            let _ = done.send(match rejoin(&cfg, &config_dir, primary, source).await {
+                Ok(()) => {
+                    tracing::info!(epoch, %primary, "switchover: the old primary restarted as a standby of the new one");
+                    Event::Rejoined { epoch }
+                }
+                Err(reason) => {
+                    tracing::error!(epoch, %primary, %reason, "switchover: the old primary could not rejoin as a standby");
+                    Event::RejoinFailed { epoch, reason }
+                }
+            });
+        });
+    }
+
+    fn hook(&self, hook: Hook, subst: Substitutions) {
+        let cfg = self.cfg.clone();
+        tokio::spawn(async move {
+            run_hook(&cfg, hook, &subst).await;
+        });
+    }
+
+    /// `%h` is the node's address, `%t` its type (`p` primary, `s` standby).
+    fn load_balancer(&self, attach: bool, node: SocketAddr, primary: bool, me: SocketAddr) {
+        if node != me {
+            tracing::warn!(peer = %node, "detach.on.agent.failure: detaching the node whose agent failed");
+        }
+        let hook = if attach { Hook::LoadBalancerAttach } else { Hook::LoadBalancerDetach };
+        let t = if primary { "p" } else { "s" };
+        self.hook(hook, Substitutions { host: Some(node.ip().to_string()), node_type: Some(t.to_owned()), ..Substitutions::default() });
+    }
+
+    fn check_remote(&self, node: SocketAddr) {
+        let (cfg, config_dir, done) = (self.cfg.clone(), self.config_dir.clone(), self.events_tx.clone());
+        tokio::spawn(async move {
+            let reachable = match localdb::target(&cfg, &config_dir, &node.ip().to_string()) {
+                Ok(t) => postgres::remote_check(&t, cfg.remote_timeout).await.is_ok(),
+                Err(_) => false,
+            };
+            tracing::info!(primary = %node, reachable, "checked the primary's database from here");
+            let _ = done.send(Event::RemoteChecked { node, reachable });
+        });
+    }
+
+    #[expect(clippy::result_large_err, reason = "a datapath error is logged and the loop goes on")]
+    fn set_peer_table(dp: &mut Datapath, members: &[SocketAddr], peers: &[PeerEntry]) -> Result<(), DatapathError> {
+        let table: Vec<crate::datapath::Peer> = peers
+            .iter()
+            .filter(|p| members.contains(&p.addr))
+            .map(|p| crate::datapath::Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] })
+            .collect();
+        dp.set_peers(&table)?;
+        tracing::info!(peers = ?members, "kernel peer table follows the voting members");
+        Ok(())
+    }
+
+    fn vip(&self, assign: bool) {
+        let (Some(addr), Some(prefix)) = (self.cfg.virtual_ip, self.cfg.virtual_ip_prefix) else { return };
+        let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+        // EFM 2.0's alias form (`eth0:0`): the address goes on the base interface with that label.
+        let label = self.cfg.virtual_ip_label.clone();
+        let done = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let res = if assign {
+                vip::assign_labeled(&iface, label.as_deref(), addr, prefix, &vip::Announce::default()).map(|a| format!("{a:?}"))
+            } else { vip::release(&iface, addr, prefix).map(|r| format!("{r:?}")) };
+            let ok = match res {
+                Ok(how) => {
+                    tracing::info!(vip = %addr, %iface, assigned = assign, %how, "VIP");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(vip = %addr, %iface, error = %e, "VIP change failed; retrying next cycle");
+                    false
+                }
+            };
+            let _ = done.send(Event::VipDone { assign, ok });
+        });
+    }
+
+    fn announce_vip(&self) {
+        let Some(addr) = self.cfg.virtual_ip else { return };
         let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
         tokio::task::spawn_blocking(move || {
             let once = vip::Announce { count: 1, interval: Duration::from_millis(1) };
@@ -565,342 +676,46 @@ impl HaRuntime {
             }
         });
     }
+}
 
-    /// EFM's monitoring states: a database failure (or a database that was not running when the
-    /// agent started) suspends monitoring — the node stays fenced and idle — until `efm resume`,
-    /// or, within `auto.resume.failure.period` / `auto.resume.startup.period`, until the database
-    /// is back in a state the cluster accepts. A custom monitor failure counts as a database
-    /// failure. Stops and starts the agent makes itself are not failures. Returns whether
-    /// monitoring is suspended.
-    fn track_monitoring(&mut self, shared: &Arc<Mutex<Shared>>, db: &localdb::DbView, st: &ClusterState, work: &Work) -> bool {
-        if self.cfg.is_witness {
-            return false;
-        }
-        let planned = self.planned.load(std::sync::atomic::Ordering::SeqCst) > 0
-            || matches!(work, Work::HandingOver { .. } | Work::HandedOver { .. } | Work::Rejoining { .. });
-        let prev = std::mem::replace(&mut self.last_db_up, db.up);
-        let first = !std::mem::replace(&mut self.db_seen, true);
-        let mut s = lock(shared);
-        let custom_failed = s.custom_monitor_failed.is_some();
-        if s.suspended.is_none() {
-            let reason = match (prev, db.up) {
-                _ if custom_failed => s.custom_monitor_failed.clone().map(|r| (format!("custom monitor: {r}"), crate::agent::SuspendKind::Failure)),
-                _ if first && db.up != Some(true) => Some(("the database was not running when the agent started".to_owned(), crate::agent::SuspendKind::Startup)),
-                (Some(true) | None, Some(false)) if !planned => Some((
-                    format!("database failure: {}", db.error.as_deref().unwrap_or("it stopped answering")),
-                    crate::agent::SuspendKind::Failure,
-                )),
-                _ => None,
-            };
-            if let Some((reason, kind)) = reason {
-                tracing::warn!(%reason, "monitoring of the local database suspended: the node stays idle until `efm resume`");
-                s.suspended = Some(crate::agent::Suspension { reason, kind, since: Instant::now() });
-            }
-        }
-        let Some(sus) = s.suspended.clone() else { return false };
-        let period = match sus.kind {
-            crate::agent::SuspendKind::Startup => self.cfg.auto_resume_startup_period,
-            crate::agent::SuspendKind::Failure => self.cfg.auto_resume_failure_period,
-        };
-        if !custom_failed && !period.is_zero() && sus.since.elapsed() <= period {
-            if let Ok(msg) = crate::operator::resumable(&s.config, s.me, db, st, self.engine.voted_against(st.epoch)) {
-                tracing::info!(%msg, "monitoring resumed automatically (auto.resume period)");
-                s.suspended = None;
-                let me = s.me;
-                drop(s);
-                let cfg = self.cfg.clone();
-                tokio::spawn(async move { resumed(&cfg, me, "automatically").await });
-                return false;
-            }
-        }
-        true
+/// A peer as the detector and its PINGs describe it.
+fn peer_view(p: &PeerEntry) -> PeerView {
+    let h = p.health;
+    let flags = h.map_or(0, |h| h.flags);
+    PeerView {
+        addr: p.addr,
+        alive: h.is_some_and(|h| h.verdict == Verdict::Alive),
+        agent_age: h.and_then(|h| h.agent_age),
+        role: PeerRole::from_bits(flags & ROLE_MASK),
+        epoch: h.map_or(0, |h| h.epoch),
+        db_up: flags & FLAG_DB_UP != 0,
+        fenced: flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
+        lsn: h.map_or(0, |h| h.lsn),
     }
+}
 
-    /// `script.load.balancer.attach` when this node starts serving (primary, or standby with its
-    /// database monitored), `detach` when it stops; with `detach.on.agent.failure`, the log's
-    /// leader detaches a peer whose agent failed. `%h` is the node's address, `%t` its type
-    /// (`p` primary, `s` standby).
-    fn load_balancer(&mut self, desired: &Desired, outcome: &Outcome, peers: &[PeerView], me: SocketAddr) {
-        if self.cfg.script_load_balancer_attach.is_none() && self.cfg.script_load_balancer_detach.is_none() {
-            return;
-        }
-        let (in_service, kind) = match outcome {
-            Outcome::Primary { .. } => (true, "p"),
-            Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => (!desired.fenced, "s"),
-            Outcome::Witness | Outcome::NotJoined => return,
-            _ => (false, if desired.ping_flags & ROLE_MASK == efm_common::wire::ROLE_PRIMARY { "p" } else { "s" }),
-        };
-        if self.lb_attached != Some(in_service) {
-            // At start nothing is attached yet: only an attach is due.
-            let first = self.lb_attached.is_none();
-            self.lb_attached = Some(in_service);
-            if !first || in_service {
-                let hook = if in_service { Hook::LoadBalancerAttach } else { Hook::LoadBalancerDetach };
-                let (cfg, node, t) = (self.cfg.clone(), me.ip().to_string(), kind.to_owned());
-                tokio::spawn(async move {
-                    run_hook(&cfg, hook, &Substitutions { host: Some(node), node_type: Some(t), ..Substitutions::default() }).await;
-                });
-            }
-        }
-        if self.cfg.detach_on_agent_failure && self.coord.is_leader() {
-            for v in peers {
-                if v.alive {
-                    self.lb_detached_peers.remove(&v.addr);
-                } else if v.agent_age.is_some() && self.lb_detached_peers.insert(v.addr) {
-                    let (cfg, node) = (self.cfg.clone(), v.addr.ip().to_string());
-                    let t = if v.role == PeerRole::Primary { "p" } else { "s" }.to_owned();
-                    tracing::warn!(peer = %v.addr, "detach.on.agent.failure: detaching the node whose agent failed");
-                    tokio::spawn(async move {
-                        run_hook(&cfg, Hook::LoadBalancerDetach, &Substitutions { host: Some(node), node_type: Some(t), ..Substitutions::default() }).await;
-                    });
-                }
-            }
-        }
+fn role_name(flags: u16) -> &'static str {
+    match PeerRole::from_bits(flags) {
+        PeerRole::Primary => "primary",
+        PeerRole::Standby => "standby",
+        PeerRole::Witness => "witness",
+        PeerRole::Idle => "idle",
     }
+}
 
-    /// When the committed primary says its database is down, check it from here
-    /// (`remote.timeout`), at most once a second.
-    fn check_primary_db(&self, st: &ClusterState, peers: &[PeerView]) {
-        let Some(p) = st.primary else { return };
-        let Some(v) = peers.iter().find(|v| v.addr == p) else { return };
-        if v.db_up || !v.alive {
-            return;
-        }
-        let due = self.remote.lock().is_ok_and(|m| m.get(&p).is_none_or(|(_, t)| t.elapsed() >= Duration::from_secs(1)));
-        if !due {
-            return;
-        }
-        if let Ok(mut m) = self.remote.lock() {
-            let prev = m.get(&p).and_then(|(r, _)| *r);
-            m.insert(p, (prev, Instant::now()));
-        }
-        let (cfg, remote, config_dir) = (self.cfg.clone(), self.remote.clone(), self.config_dir.clone());
-        tokio::spawn(async move {
-            let reachable = match localdb::target(&cfg, &config_dir, &p.ip().to_string()) {
-                Ok(t) => postgres::remote_check(&t, cfg.remote_timeout).await.is_ok(),
-                Err(_) => false,
-            };
-            tracing::info!(primary = %p, reachable, "checked the primary's database from here");
-            if let Ok(mut m) = remote.lock() {
-                m.insert(p, (Some(reachable), Instant::now()));
-            }
-        });
-    }
+fn promotion_subst(new_primary: SocketAddr, old_primary: Option<SocketAddr>) -> Substitutions {
+    Substitutions { new_primary: Some(new_primary.ip().to_string()), failed_primary: old_primary.map(|o| o.ip().to_string()), ..Substitutions::default() }
+}
 
-    #[expect(clippy::too_many_lines, reason = "one arm per action, each a small task")]
-    fn start(&self, action: Action, shared: &Arc<Mutex<Shared>>, st: &ClusterState) {
-        let me = lock(shared).me;
-        let config_dir = self.config_dir.clone();
-        let cfg = self.cfg.clone();
-        match action {
-            Action::Propose(p) => {
-                let coord = self.coord.clone();
-                let cmd = to_command(p, st);
-                tokio::spawn(async move {
-                    match coord.propose(cmd.clone()).await {
-                        Ok(r) => tracing::info!(?cmd, result = ?r, "proposal committed"),
-                        Err(e) => tracing::warn!(?cmd, error = %e, "proposal failed"),
-                    }
-                });
-            }
-            Action::PromoteLocal { epoch, old_primary } => {
-                let work = self.work.clone();
-                if let Ok(mut w) = work.lock() {
-                    *w = Work::Promoting { epoch };
-                }
-                let old = old_primary.or(st.previous_primary).filter(|o| *o != me);
-                let promotion = st.history.last().filter(|h| h.epoch == epoch && h.node == me).cloned();
-                let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let res = promote_local(&cfg, &config_dir, me, old, &iface).await;
-                    let next = match res {
-                        Ok(took) => {
-                            tracing::info!(epoch, took_ms = took.as_millis(), "promoted the local database");
-                            // pg_promote() confirmed it left recovery: do not wait for the next
-                            // local check (local.period) to know it.
-                            let mut s = lock(&shared);
-                            if let Some(info) = s.db.info.as_mut() {
-                                info.in_recovery = false;
-                            }
-                            s.db.up = Some(true);
-                            s.role = crate::agent::Role::Primary;
-                            Work::Promoted { epoch }
-                        }
-                        Err(reason) => {
-                            tracing::error!(epoch, %reason, "promotion failed; staying fenced");
-                            notify(&cfg, crate::notify::Event::PromotionFailed { error: reason.clone() });
-                            Work::PromotionFailed { epoch, reason }
-                        }
-                    };
-                    let promoted = matches!(next, Work::Promoted { .. });
-                    if let Ok(mut w) = work.lock() {
-                        *w = next;
-                    }
-                    if promoted {
-                        let subst = Substitutions { new_primary: Some(me.ip().to_string()), failed_primary: old.map(|o| o.ip().to_string()), ..Substitutions::default() };
-                        run_hook(&cfg, Hook::PostPromotion, &subst).await;
-                        match &promotion {
-                            Some(p) if p.quiet => {}
-                            Some(p) if p.switchover => notify(
-                                &cfg,
-                                crate::notify::Event::SwitchoverCompleted {
-                                    old_primary: old.map_or_else(String::new, |o| o.to_string()),
-                                    new_primary: me.to_string(),
-                                },
-                            ),
-                            _ => notify(
-                                &cfg,
-                                crate::notify::Event::FailoverCompleted { old_primary: old.map(|o| o.to_string()), new_primary: me.to_string() },
-                            ),
-                        }
-                    }
-                });
-            }
-            Action::PrimaryDbFailed { epoch } => {
-                let order = cfg.stop_failed_primary.then(|| self.db_stop_order());
-                tokio::spawn(async move {
-                    if let Err(e) = write_standby_signal(&cfg).await {
-                        tracing::error!(error = %e, "could not mark the failed primary as a standby");
-                    }
-                    if let Some((_vip_kept, sessions)) = order {
-                        if let Some(s) = sessions {
-                            s.settled(SESSIONS_SETTLE).await;
-                        }
-                        if let Ok(c) = control::DbControl::from_config(&cfg) {
-                            if let Err(e) = c.stop().await {
-                                tracing::warn!(error = %e, "stopping the failed primary database");
-                            }
-                        }
-                    }
-                    run_hook(&cfg, Hook::DbFailure, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
-                    tracing::info!(epoch, "failed primary database handled");
-                });
-            }
-            Action::DemoteLocal { epoch, primary } => {
-                let order = cfg.stop_isolated_primary.then(|| self.db_stop_order());
-                tokio::spawn(async move {
-                    if let Some(p) = primary {
-                        let res = demote_local(&cfg, &config_dir, p);
-                        match res {
-                            Ok(()) => tracing::info!(epoch, new_primary = %p, "old primary demoted: it restarts as a standby"),
-                            Err(e) => tracing::error!(epoch, error = %e, "demoting the old primary failed; it stays fenced"),
-                        }
-                    }
-                    if let Some((_vip_kept, sessions)) = order {
-                        if let Some(s) = sessions {
-                            s.settled(SESSIONS_SETTLE).await;
-                        }
-                        if let Ok(c) = control::DbControl::from_config(&cfg) {
-                            let _ = c.stop().await;
-                        }
-                    }
-                    run_hook(&cfg, Hook::PrimaryIsolated, &Substitutions { failed_primary: Some(me.ip().to_string()), new_primary: primary.map(|p| p.ip().to_string()), ..Substitutions::default() }).await;
-                });
-            }
-            Action::Follow { primary, epoch } => {
-                let db_upstream = lock(shared).db.info.as_ref().and_then(|i| i.upstream_host.clone());
-                if db_upstream.as_deref() == Some(&primary.ip().to_string()) {
-                    return;
-                }
-                tokio::spawn(async move {
-                    match follow(&cfg, &config_dir, me, primary).await {
-                        Ok(how) => tracing::info!(epoch, %primary, %how, "standby follows the new primary"),
-                        Err(e) => tracing::error!(epoch, %primary, error = %e, "reconfiguring the standby failed"),
-                    }
-                });
-            }
-            Action::PrimaryIsolated { epoch } => {
-                let order = cfg.stop_isolated_primary.then(|| self.db_stop_order());
-                tokio::spawn(async move {
-                    if let Some((vip_kept, sessions)) = order {
-                        if let Some(s) = sessions {
-                            s.settled(SESSIONS_SETTLE).await;
-                        }
-                        match control::DbControl::from_config(&cfg) {
-                            Ok(c) => match c.stop().await {
-                                Ok(()) => tracing::info!(epoch, "isolated primary: database stopped; the VIP goes next"),
-                                Err(e) => tracing::warn!(error = %e, "stopping the isolated primary database"),
-                            },
-                            Err(e) => tracing::warn!(error = %e, "cannot stop the isolated primary database"),
-                        }
-                        drop(vip_kept);
-                    }
-                    run_hook(&cfg, Hook::PrimaryIsolated, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
-                    tracing::warn!(epoch, "isolated primary: fenced, sessions ended, database handled, VIP released after it");
-                });
-            }
-            Action::Notify(event) => notify(&cfg, event),
-            Action::HandOver { epoch, to, demote } => {
-                let work = self.work.clone();
-                let planned = Planned::new(&self.planned);
-                let order = demote.then(|| self.db_stop_order());
-                if let Ok(mut w) = work.lock() {
-                    *w = if demote { Work::HandingOver { epoch } } else { Work::Idle };
-                }
-                tokio::spawn(async move {
-                    let _planned = planned;
-                    tracing::warn!(epoch, %to, demote, "operator hand-over: clients are fenced off this primary");
-                    let Some((_vip_kept, sessions)) = order else { return };
-                    if let Some(s) = sessions {
-                        s.settled(SESSIONS_SETTLE).await;
-                    }
-                    let next = match control::DbControl::from_config(&cfg) {
-                        Ok(c) => match c.stop().await {
-                            Ok(()) => {
-                                tracing::info!(epoch, "switchover: database stopped cleanly; its WAL is on the standbys");
-                                Work::HandedOver { epoch }
-                            }
-                            Err(e) => Work::HandOverFailed { epoch, reason: e.to_string() },
-                        },
-                        Err(e) => Work::HandOverFailed { epoch, reason: e.to_string() },
-                    };
-                    if let Ok(mut w) = work.lock() {
-                        *w = next;
-                    }
-                });
-            }
-            Action::Rejoin { epoch, primary, source } => {
-                let work = self.work.clone();
-                let planned = Planned::new(&self.planned);
-                if let Ok(mut w) = work.lock() {
-                    *w = Work::Rejoining { epoch };
-                }
-                tokio::spawn(async move {
-                    let _planned = planned;
-                    let res = rejoin(&cfg, &config_dir, primary, source).await;
-                    let next = match res {
-                        Ok(()) => {
-                            tracing::info!(epoch, %primary, "switchover: the old primary restarted as a standby of the new one");
-                            Work::Idle
-                        }
-                        Err(reason) => {
-                            tracing::error!(epoch, %primary, %reason, "switchover: the old primary could not rejoin as a standby");
-                            Work::RejoinFailed { epoch, reason }
-                        }
-                    };
-                    // Give the local monitor a moment to see the database up before the
-                    // planned window closes.
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    if let Ok(mut w) = work.lock() {
-                        *w = next;
-                    }
-                });
-            }
-            Action::RemotePrePromotion { new_primary, old_primary } => {
-                tokio::spawn(async move {
-                    let subst = Substitutions { new_primary: Some(new_primary.ip().to_string()), failed_primary: old_primary.map(|o| o.ip().to_string()), ..Substitutions::default() };
-                    run_hook(&cfg, Hook::RemotePrePromotion, &subst).await;
-                });
-            }
-            Action::RemotePostPromotion { new_primary, old_primary } => {
-                tokio::spawn(async move {
-                    let subst = Substitutions { new_primary: Some(new_primary.ip().to_string()), failed_primary: old_primary.map(|o| o.ip().to_string()), ..Substitutions::default() };
-                    run_hook(&cfg, Hook::RemotePostPromotion, &subst).await;
-                });
-            }
-        }
+/// Records `epoch` as voted against, durably (`files::write_atomic`: file and directory
+/// synced). Blocking: runs on the blocking pool.
+fn record_vote(voted_file: &std::path::Path, epoch: u64) -> std::io::Result<()> {
+    if let Some(dir) = voted_file.parent() {
+        std::fs::create_dir_all(dir)?;
     }
+    let text = format!("{epoch}\n");
+    crate::files::write_atomic(voted_file, text.as_bytes(), crate::files::WriteOptions::private().mode(0o644))?;
+    Ok(())
 }
 
 /// `script.resumed` and the notification after monitoring resumed.
@@ -920,7 +735,10 @@ async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr,
     if let Some(src) = source {
         up.extra = source_settings(cfg, config_dir, src).await?;
     }
-    control::demote_to_standby(&control, &data, version, &up).map_err(|e| e.to_string())?;
+    let c = control.clone();
+    tokio::task::spawn_blocking(move || control::demote_to_standby(&c, &data, version, &up).map(|_| ()).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())??;
     control.start().await.map_err(|e| format!("starting the database as a standby: {e}"))
 }
 
@@ -1054,6 +872,7 @@ async fn follow(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, prim
     Ok(format!("{:?}", out.method))
 }
 
+/// Blocking (file writes): runs on the blocking pool.
 fn demote_local(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<(), String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
@@ -1071,21 +890,4 @@ async fn write_standby_signal(cfg: &Config) -> Result<(), String> {
         let _ = tokio::process::Command::new("chown").arg(owner).arg(&path).status().await;
     }
     Ok(())
-}
-
-
-#[cfg(test)]
-mod tests {
-    use super::vip_change;
-
-    #[test]
-    fn the_vip_is_released_only_after_the_database_stopped() {
-        assert_eq!(vip_change(true, false, 1), None, "a database stop in progress keeps the VIP");
-        assert_eq!(vip_change(true, false, 2), None);
-        assert_eq!(vip_change(true, false, 0), Some(false), "stopped (or no stop asked): released");
-        assert_eq!(vip_change(false, true, 1), Some(true), "taking the VIP never waits");
-        assert_eq!(vip_change(false, true, 0), Some(true));
-        assert_eq!(vip_change(true, true, 0), None);
-        assert_eq!(vip_change(false, false, 1), None);
-    }
 }

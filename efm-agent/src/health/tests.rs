@@ -5,7 +5,7 @@ use std::{
     io::{Read as _, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -14,9 +14,8 @@ use std::fmt::Write as _;
 
 use super::*;
 use crate::{
-    agent::{KernelView, PeerEntry, Role, Shared},
     detector::{PeerHealth, Verdict},
-    localdb::DbView,
+    node::{DbView, Identity, KernelView, LocalDatabase, PeerEntry, Role, Status},
     postgres::{DbInfo, Lsn},
 };
 
@@ -318,33 +317,29 @@ fn metrics_are_valid_exposition_and_histograms_cumulative() {
 
 // --- The server over a real socket ------------------------------------------------------------
 
-fn shared() -> Arc<Mutex<Shared>> {
+/// The channels as a primary's agent would have published them. The writers are dropped: a
+/// receiver keeps the last value.
+fn sources() -> Arc<Sources> {
     let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
     let cfg = crate::config::from_properties(props, Path::new("/etc/efm/acctg.properties"), "acctg", vec![addr(ME), addr(PEER)])
         .unwrap()
         .config;
     let v = primary_view();
-    Arc::new(Mutex::new(Shared {
+    let id = Arc::new(Identity {
         config: cfg,
         me: v.me,
         node_id: 1,
-        role: Role::Primary,
-        db: DbView { up: Some(true), info: Some(info(false)), error: None },
-        peers: vec![PeerEntry { addr: addr(PEER), node_id: 2, slot: 0, health: Some(peer_health(Verdict::Alive, 1)) }],
-        attachment: "native".into(),
-        epoch: 3,
         config_dir: PathBuf::from("/etc/efm"),
-        outcome: None,
-        leader: None,
-        kernel: serving(3),
-        committed_primary: Some(v.me),
-        metrics: Some(Arc::new(snapshot())),
-        wal: None,
-        suspended: None,
-        custom_monitor_failed: None,
-        stop_requested: false,
+        iface: "eth0".into(),
+        attachment: "native".into(),
         started_unix_ms: 0,
-    }))
+    });
+    let db = LocalDatabase { role: Role::Primary, view: DbView { up: Some(true), info: Some(info(false)), error: None } };
+    let peers = vec![PeerEntry { addr: addr(PEER), node_id: 2, slot: 0, health: Some(peer_health(Verdict::Alive, 1)) }];
+    let (facts, owners) = crate::node::wire(id, db, peers, 3);
+    owners.runtime.status.send_replace(Status { epoch: 3, kernel: serving(3), committed_primary: Some(v.me), ..Status::default() });
+    let (_, metrics) = tokio::sync::watch::channel(Some(Arc::new(snapshot())));
+    Arc::new(Sources { facts, metrics })
 }
 
 /// A server on 127.0.0.1 with a short read timeout; returns its address and the runtime.
@@ -352,8 +347,8 @@ fn server(limits: Limits) -> (SocketAddr, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let l = rt.block_on(HealthListener::bind(addr("127.0.0.1:0"))).unwrap();
     let a = l.local_addr();
-    let sh = shared();
-    rt.spawn(serve(l.listener, sh, limits));
+    let src = sources();
+    rt.spawn(serve(l.listener, src, limits));
     (a, rt)
 }
 

@@ -7,7 +7,7 @@
 //! and [`Event::details`]. Addresses are given as text (`10.0.1.11` or `10.0.1.11:7800`) so
 //! callers can pass whatever form they hold.
 
-use crate::ha::Severity;
+use super::Severity;
 use crate::scripts::{Hook, ScriptError, ScriptOutcome};
 
 /// What a script did, for the notifications that report it ("Exit Value:", "Results:").

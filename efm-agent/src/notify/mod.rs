@@ -56,8 +56,15 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::catalog::{Event, NodeRole, ScriptResult};
 use crate::config::{Config, NotificationLevel, SmtpTls};
-pub use crate::ha::Severity;
 use crate::scripts::{Hook, ScriptRunner, Substitutions};
+
+/// Notification severity (EFM's levels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Severe,
+}
 
 /// Notifications a lane holds before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 64;

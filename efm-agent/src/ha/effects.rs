@@ -1,0 +1,306 @@
+//! The effects that follow from a step's decision, decided here so that the runtime only
+//! executes: the kernel's peer table, the lease floor and the lapse announcement, ending
+//! sessions when the kernel stops serving, the VIP (released only after a database stop),
+//! load-balancer hooks, remote checks of the primary's database, registration, and
+//! `efm stop-cluster`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use efm_common::{
+    serving::{exempt_applies, fence_reasons, serves, EXEMPT_MEMBER, REASON_EPOCH, REASON_LAPSED},
+    wire::{FLAG_LEASE_LAPSED, ROLE_MASK, ROLE_PRIMARY},
+};
+
+use super::{duration_ns, retry_due, Action, Desired, Engine, Inputs, Notice, Outcome, PeerRole};
+
+/// How long an agent keeps running after it saw `efm stop-cluster` (the leader must have time
+/// to tell every follower that the stop committed).
+pub const STOP_LINGER: Duration = Duration::from_millis(1_500);
+/// A remote check of the primary's database is started at most this often.
+const REMOTE_EVERY: Duration = Duration::from_secs(1);
+
+/// The VIP as the engine knows it from its completions.
+#[derive(Clone, Debug, Default)]
+pub(super) struct VipState {
+    pub(super) held: bool,
+    /// A change is under way.
+    busy: bool,
+    /// Actions stopping the database that have not reported [`super::Event::DbStopDone`].
+    pub(super) db_stops: u32,
+    /// Since when this node holds the VIP, and when it last re-announced it.
+    since_ns: Option<u64>,
+    announced_ns: Option<u64>,
+}
+
+/// One peer's remote database check.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct RemoteCheck {
+    pub(super) reachable: Option<bool>,
+    started_ns: u64,
+    pub(super) done_ns: u64,
+}
+
+/// The effects' memory between steps.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Effects {
+    /// (epoch, ns): this node started enforcing its lease for `epoch` and counts it as granted
+    /// until `ns` (start + `lease.timeout`). The kernel's deadline may still be one from an
+    /// earlier epoch of this node's; that one must not make a new primary look lapsed.
+    lease_floor: Option<(u64, u64)>,
+    /// The peer table last asked of the kernel.
+    last_peers: Option<Vec<SocketAddr>>,
+    sessions: crate::sessions::Tracker,
+    pub(super) vip: VipState,
+    /// Whether this node is in service for the load balancer.
+    lb_attached: Option<bool>,
+    /// Peers this node detached from the load balancer after their agent failed.
+    lb_detached_peers: BTreeSet<SocketAddr>,
+    pub(super) remote: BTreeMap<SocketAddr, RemoteCheck>,
+    /// When this agent saw `efm stop-cluster` committed, and whether it asked to exit.
+    stop_seen: Option<u64>,
+    exit_asked: bool,
+    register_proposed: Option<u64>,
+}
+
+impl Effects {
+    pub(super) fn peer_table_failed(&mut self) {
+        self.last_peers = None;
+    }
+
+    pub(super) fn remote_checked(&mut self, node: SocketAddr, reachable: bool, now: u64) {
+        let r = self.remote.entry(node).or_default();
+        r.reachable = Some(reachable);
+        r.done_ns = now;
+    }
+}
+
+/// What `vip` does: `Some(true)` assign, `Some(false)` release, `None` nothing. A release waits
+/// while the database is being stopped, so the backends' last words (and the RSTs of ended
+/// sessions) leave from the address the clients know.
+fn vip_change(held: bool, want: bool, db_stops: u32) -> Option<bool> {
+    match (held, want) {
+        (true, false) if db_stops > 0 => None,
+        (h, w) if h != w => Some(w),
+        _ => None,
+    }
+}
+
+impl Engine {
+    /// Until when this node counts its lease for `epoch` as granted: the kernel's deadline, but
+    /// never before `lease.timeout` after it began enforcing the lease for that epoch.
+    fn granted_until(&self, epoch: u64, kernel_deadline_ns: u64) -> u64 {
+        let floor = self.fx.lease_floor.filter(|(e, _)| *e == epoch).map_or(0, |(_, t)| t);
+        kernel_deadline_ns.max(floor)
+    }
+
+    /// How long this node's enforced lease has been lapsed: the kernel's own rule
+    /// (`efm_common::serving`) on the fence it holds, with the deadline held back to the lease
+    /// floor; an enforced lease with k = 0 counts as lapsed, as the kernel fails closed on it.
+    pub(super) fn lease_lapsed_for(&self, inp: &Inputs<'_>) -> Option<Duration> {
+        let f = inp.kernel.fence?;
+        let mut held = inp.kernel.lease();
+        held.deadline_ns = self.granted_until(f.epoch, held.deadline_ns);
+        (fence_reasons(&f, &held, inp.now_ns) & REASON_LAPSED != 0).then(|| Duration::from_nanos(inp.now_ns.saturating_sub(held.deadline_ns)))
+    }
+
+    /// The kernel side of the decision: the peer table (only members the log allows: a node
+    /// disallowed while partitioned must not keep a primary's lease alive), the lease floor,
+    /// the lapse announcement (DESIGN "Safety" (3): a primary whose granted lease has lapsed
+    /// says so in its PINGs; never at start-up, when none was granted yet), and ending the
+    /// sessions the new fence no longer lets through — before any action stops the database.
+    pub(super) fn kernel_effects(&mut self, inp: &Inputs<'_>, desired: &mut Desired) -> Vec<Action> {
+        let mut out = Vec::new();
+        let now = inp.now_ns;
+        if !inp.allowed.is_empty() {
+            let members: Vec<SocketAddr> = inp.peers.iter().map(|p| p.addr).filter(|a| inp.allowed.contains(a)).collect();
+            if self.fx.last_peers.as_ref() != Some(&members) {
+                self.fx.last_peers = Some(members.clone());
+                out.push(Action::SetPeerTable { members });
+            }
+        }
+        if desired.lease_enforced && self.fx.lease_floor.is_none_or(|(e, _)| e != desired.epoch) {
+            self.fx.lease_floor = Some((desired.epoch, now.saturating_add(duration_ns(self.cfg.lease_timeout))));
+        }
+        let deadline = inp.kernel.deadline_ns;
+        if desired.lease_enforced && deadline != 0 && now > self.granted_until(desired.epoch, deadline) {
+            desired.ping_flags |= FLAG_LEASE_LAPSED;
+        }
+        if !self.cfg.is_witness {
+            let fence = desired.fence_state(0, self.cfg.lease_timeout, 0);
+            let reasons = fence_reasons(&fence, &inp.kernel.lease(), now);
+            // Members pass only while the explicit flag is the only reason and it was asked for.
+            let gate = crate::sessions::Gate {
+                serving: serves(reasons),
+                members_pass: serves(reasons) || exempt_applies(EXEMPT_MEMBER, reasons, fence.flags),
+            };
+            // A database known to be a standby has no writes to cut short: its read-only
+            // sessions survive a moment of epoch fence while its log catches up.
+            let standby = inp.db.up == Some(true) && inp.db.in_recovery == Some(true);
+            if let Some(members_spared) = self.fx.sessions.observe(gate).filter(|_| !standby) {
+                let why = if reasons & REASON_EPOCH != 0 {
+                    "a newer epoch exists"
+                } else if reasons & REASON_LAPSED != 0 {
+                    "lease lapsed"
+                } else {
+                    "fenced"
+                };
+                out.push(Action::EndSessions { members_spared, why });
+            }
+        }
+        out
+    }
+
+    /// `efm stop-cluster`: the databases stay as they are. Nothing is started any more (an agent
+    /// whose peers exit first must not take that for an isolation and stop its database), a
+    /// serving primary no longer depends on endorsements, and the agent exits a moment later.
+    pub(super) fn stop_cluster(&mut self, now: u64, desired: &mut Desired, actions: &mut Vec<Action>) {
+        let seen = *self.fx.stop_seen.get_or_insert(now);
+        actions.clear();
+        if !desired.fenced {
+            desired.lease_enforced = false;
+            desired.lease_k = 0;
+        }
+        if now.saturating_sub(seen) >= duration_ns(STOP_LINGER) && !self.fx.exit_asked {
+            self.fx.exit_asked = true;
+            actions.push(Action::Exit);
+        }
+    }
+
+    /// `script.load.balancer.attach` when this node starts serving (primary, or standby with its
+    /// database monitored), `detach` when it stops; with `detach.on.agent.failure`, the log's
+    /// leader detaches a peer whose agent failed.
+    pub(super) fn load_balancer(&mut self, inp: &Inputs<'_>, desired: &Desired, outcome: &Outcome, out: &mut Vec<Action>) {
+        if !self.cfg.load_balancer {
+            return;
+        }
+        let me = self.cfg.me;
+        let in_service = match outcome {
+            Outcome::Primary { .. } => Some((true, true)),
+            Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => Some((!desired.fenced, false)),
+            Outcome::Witness | Outcome::NotJoined => None,
+            _ => Some((false, desired.ping_flags & ROLE_MASK == ROLE_PRIMARY)),
+        };
+        if let Some((in_service, primary)) = in_service {
+            if self.fx.lb_attached != Some(in_service) {
+                // At start nothing is attached yet: only an attach is due.
+                let first = self.fx.lb_attached.is_none();
+                self.fx.lb_attached = Some(in_service);
+                if !first || in_service {
+                    out.push(Action::LoadBalancer { attach: in_service, node: me, primary });
+                }
+            }
+        }
+        if self.cfg.detach_on_agent_failure && inp.is_leader {
+            for v in inp.peers {
+                if v.alive {
+                    self.fx.lb_detached_peers.remove(&v.addr);
+                } else if v.agent_age.is_some() && self.fx.lb_detached_peers.insert(v.addr) {
+                    out.push(Action::LoadBalancer { attach: false, node: v.addr, primary: v.role == PeerRole::Primary });
+                }
+            }
+        }
+    }
+
+    /// When the committed primary says its database is down, check it from here
+    /// (`remote.timeout`), at most once a second.
+    pub(super) fn remote_checks(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
+        let Some(p) = inp.committed.and_then(|c| c.primary).filter(|p| *p != self.cfg.me) else { return };
+        let Some(v) = inp.peers.iter().find(|v| v.addr == p) else { return };
+        if v.db_up || !v.alive {
+            return;
+        }
+        let r = self.fx.remote.entry(p).or_default();
+        if r.started_ns != 0 && inp.now_ns.saturating_sub(r.started_ns) < duration_ns(REMOTE_EVERY) {
+            return;
+        }
+        r.started_ns = inp.now_ns.max(1);
+        out.push(Action::CheckRemoteDb { node: p });
+    }
+
+    /// A member announces itself (kind, priority, promotable) until the log shows it.
+    pub(super) fn register(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
+        if inp.committed.is_none() || inp.registered || inp.stop_cluster {
+            return;
+        }
+        if self.fx.register_proposed.is_none_or(|t| retry_due(t, inp.now_ns)) {
+            self.fx.register_proposed = Some(inp.now_ns);
+            out.push(Action::Register);
+        }
+    }
+
+    /// Counts the database stops the step's actions start: the VIP waits for them.
+    pub(super) fn count_db_stops(&mut self, actions: &[Action]) {
+        for a in actions {
+            if matches!(
+                a,
+                Action::PrimaryDbFailed { stop: true, .. }
+                    | Action::DemoteLocal { stop: true, .. }
+                    | Action::PrimaryIsolated { stop: true, .. }
+                    | Action::HandOver { demote: true, .. }
+            ) {
+                self.fx.vip.db_stops += 1;
+            }
+        }
+    }
+
+    /// Makes the VIP follow [`Desired::vip`]: assign at once, release only once no database
+    /// stop is under way; while held, announce it every second for the first 15 s, then every
+    /// 10 s (neighbours ignore an ARP update within `locktime` of the previous one, and a node
+    /// whose agent died may still answer for the VIP).
+    pub(super) fn vip(&mut self, now: u64, want: bool, out: &mut Vec<Action>) {
+        if self.cfg.vip.is_none() {
+            return;
+        }
+        let v = &mut self.fx.vip;
+        if v.held && want {
+            let since = *v.since_ns.get_or_insert(now);
+            let every = if now.saturating_sub(since) < 15_000_000_000 { 1_000_000_000 } else { 10_000_000_000 };
+            if v.announced_ns.is_none_or(|t| now.saturating_sub(t) >= every) {
+                v.announced_ns = Some(now);
+                out.push(Action::AnnounceVip);
+            }
+            return;
+        }
+        if !v.held {
+            v.since_ns = None;
+        }
+        if v.busy {
+            return;
+        }
+        if let Some(assign) = vip_change(v.held, want, v.db_stops) {
+            v.busy = true;
+            out.push(Action::Vip { assign });
+        }
+    }
+
+    pub(super) fn vip_done(&mut self, assign: bool, ok: bool, out: &mut Vec<Action>) {
+        self.fx.vip.busy = false;
+        if ok {
+            self.fx.vip.held = assign;
+            if let Some(addr) = self.cfg.vip {
+                let vip = addr.to_string();
+                out.push(Action::Notify(if assign { Notice::AssigningVip { vip } } else { Notice::ReleasingVip { vip } }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vip_change;
+
+    #[test]
+    fn the_vip_is_released_only_after_the_database_stopped() {
+        assert_eq!(vip_change(true, false, 1), None, "a database stop in progress keeps the VIP");
+        assert_eq!(vip_change(true, false, 2), None);
+        assert_eq!(vip_change(true, false, 0), Some(false), "stopped (or no stop asked): released");
+        assert_eq!(vip_change(false, true, 1), Some(true), "taking the VIP never waits");
+        assert_eq!(vip_change(false, true, 0), Some(true));
+        assert_eq!(vip_change(true, true, 0), None);
+        assert_eq!(vip_change(false, false, 1), None);
+    }
+}

@@ -424,7 +424,6 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
     r
 }
 
-#[allow(clippy::too_many_lines)]
 fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
     match cmd {
         Command::Register { node, info } => {
@@ -455,44 +454,8 @@ fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
             state.votes.clear();
             ok(state, true)
         }
-        Command::Promote {
-            candidate,
-            expected_epoch,
-            lsn,
-            timeline,
-            at_unix_ms,
-            reason,
-        } => {
-            check_epoch(state, *expected_epoch)?;
-            if state.primary == Some(*candidate) {
-                return Err(Rejected::AlreadyPrimary(*candidate));
-            }
-            promotable(state, *candidate)?;
-            if state.primary.is_some() {
-                if let Some((have, need)) = state.missing_votes() {
-                    return Err(Rejected::NotEnoughVotes { have, need });
-                }
-            }
-            let handover = state.switchover.take().filter(|s| s.requested_epoch == state.epoch);
-            state.previous_primary = state.primary;
-            state.primary = Some(*candidate);
-            state.epoch += 1;
-            state.votes.clear();
-            state.history.push(Promotion {
-                epoch: state.epoch,
-                node: *candidate,
-                lsn: *lsn,
-                timeline: *timeline,
-                at_unix_ms: *at_unix_ms,
-                reason: reason.clone(),
-                switchover: handover.is_some_and(|h| h.demote),
-                quiet: handover.is_some_and(|h| h.quiet),
-            });
-            if state.history.len() > HISTORY_LEN {
-                let excess = state.history.len() - HISTORY_LEN;
-                state.history.drain(..excess);
-            }
-            ok(state, true)
+        Command::Promote { candidate, expected_epoch, lsn, timeline, at_unix_ms, reason } => {
+            apply_promote(state, *candidate, *expected_epoch, (*lsn, *timeline, *at_unix_ms), reason)
         }
         Command::Vote { voter, epoch } => {
             check_epoch(state, *epoch)?;
@@ -510,23 +473,7 @@ fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
             let changed = state.allowed.insert(*node);
             ok(state, changed)
         }
-        Command::DisallowNode { node } => {
-            if state.primary == Some(*node) {
-                return Err(Rejected::IsPrimary(*node));
-            }
-            let was_allowed = state.allowed.remove(node);
-            state.disallowed.insert(*node);
-            let had_info = state.nodes.remove(node).is_some();
-            state.votes.remove(node);
-            for set in &mut state.epoch_voter_sets {
-                set.remove(node);
-            }
-            state.epoch_voter_sets.dedup();
-            if state.switchover.is_some_and(|s| s.to == *node) {
-                state.switchover = None;
-            }
-            ok(state, was_allowed || had_info)
-        }
+        Command::DisallowNode { node } => apply_disallow(state, *node),
         Command::SetPriority { node, priority } => {
             if !state.allowed.contains(node) {
                 return Err(Rejected::NotAllowed(*node));
@@ -548,33 +495,8 @@ fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
             state.paused = *b;
             ok(state, changed)
         }
-        Command::RequestSwitchover {
-            to,
-            expected_epoch,
-            demote,
-            quiet,
-            source,
-        } => {
-            check_epoch(state, *expected_epoch)?;
-            let Some(from) = state.primary else {
-                return Err(Rejected::NoPrimary);
-            };
-            if let Some(s) = state.switchover {
-                return Err(Rejected::SwitchoverPending(s.to));
-            }
-            if from == *to {
-                return Err(Rejected::AlreadyPrimary(*to));
-            }
-            promotable(state, *to)?;
-            state.switchover = Some(Switchover {
-                from,
-                to: *to,
-                requested_epoch: state.epoch,
-                demote: *demote,
-                quiet: *quiet,
-                source: *source,
-            });
-            ok(state, true)
+        Command::RequestSwitchover { to, expected_epoch, demote, quiet, source } => {
+            apply_switchover(state, *to, *expected_epoch, (*demote, *quiet, *source))
         }
         Command::ClearSwitchover => {
             let changed = state.switchover.take().is_some();
@@ -593,6 +515,86 @@ fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
             ok(state, true)
         }
     }
+}
+
+/// `Promote`: at most one per epoch, and over a primary only with a majority of votes from every
+/// voter set of the epoch.
+fn apply_promote(state: &mut ClusterState, candidate: SocketAddr, expected_epoch: u64, at: (u64, u32, u64), reason: &str) -> Response {
+    let (lsn, timeline, at_unix_ms) = at;
+    check_epoch(state, expected_epoch)?;
+    if state.primary == Some(candidate) {
+        return Err(Rejected::AlreadyPrimary(candidate));
+    }
+    promotable(state, candidate)?;
+    if state.primary.is_some() {
+        if let Some((have, need)) = state.missing_votes() {
+            return Err(Rejected::NotEnoughVotes { have, need });
+        }
+    }
+    let handover = state.switchover.take().filter(|s| s.requested_epoch == state.epoch);
+    state.previous_primary = state.primary;
+    state.primary = Some(candidate);
+    state.epoch += 1;
+    state.votes.clear();
+    state.history.push(Promotion {
+        epoch: state.epoch,
+        node: candidate,
+        lsn,
+        timeline,
+        at_unix_ms,
+        reason: reason.to_owned(),
+        switchover: handover.is_some_and(|h| h.demote),
+        quiet: handover.is_some_and(|h| h.quiet),
+    });
+    if state.history.len() > HISTORY_LEN {
+        let excess = state.history.len() - HISTORY_LEN;
+        state.history.drain(..excess);
+    }
+    ok(state, true)
+}
+
+/// `DisallowNode`: out of the allowed list, the registrations, the votes and every voter set.
+fn apply_disallow(state: &mut ClusterState, node: SocketAddr) -> Response {
+    if state.primary == Some(node) {
+        return Err(Rejected::IsPrimary(node));
+    }
+    let was_allowed = state.allowed.remove(&node);
+    state.disallowed.insert(node);
+    let had_info = state.nodes.remove(&node).is_some();
+    state.votes.remove(&node);
+    for set in &mut state.epoch_voter_sets {
+        set.remove(&node);
+    }
+    state.epoch_voter_sets.dedup();
+    if state.switchover.is_some_and(|s| s.to == node) {
+        state.switchover = None;
+    }
+    ok(state, was_allowed || had_info)
+}
+
+/// `RequestSwitchover`: an operator's hand-over of the current epoch to a promotable standby.
+fn apply_switchover(state: &mut ClusterState, to: SocketAddr, expected_epoch: u64, how: (bool, bool, Option<SocketAddr>)) -> Response {
+    let (demote, quiet, source) = how;
+    check_epoch(state, expected_epoch)?;
+    let Some(from) = state.primary else {
+        return Err(Rejected::NoPrimary);
+    };
+    if let Some(s) = state.switchover {
+        return Err(Rejected::SwitchoverPending(s.to));
+    }
+    if from == to {
+        return Err(Rejected::AlreadyPrimary(to));
+    }
+    promotable(state, to)?;
+    state.switchover = Some(Switchover {
+        from,
+        to,
+        requested_epoch: state.epoch,
+        demote,
+        quiet,
+        source,
+    });
+    ok(state, true)
 }
 
 /// Applies a committed Raft membership (every node of it, voters and learners): they are the

@@ -17,22 +17,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(prebuilt) = env::var_os("EFM_EBPF_OBJECT") {
         let prebuilt = PathBuf::from(prebuilt);
         println!("cargo:rerun-if-changed={}", prebuilt.display());
-        fs::copy(&prebuilt, &out)
-            .with_context(|| format!("copying EFM_EBPF_OBJECT {}", prebuilt.display()))?;
+        fs::copy(&prebuilt, &out).with_context(|| format!("copying EFM_EBPF_OBJECT {}", prebuilt.display()))?;
         return Ok(());
     }
-    for p in [
-        "efm-ebpf/src",
-        "efm-ebpf/Cargo.toml",
-        "efm-ebpf/build_command.rs",
-        "efm-common/src",
-        "efm-common/Cargo.toml",
-    ] {
+    for p in
+        ["efm-ebpf/src", "efm-ebpf/Cargo.toml", "efm-ebpf/build_command.rs", "efm-common/src", "efm-common/Cargo.toml"]
+    {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
-    let status = ebpf_build_command(&root).status().context(
-        "running `rustup run nightly cargo build -p efm-ebpf` (run `cargo xtask setup` first)",
-    )?;
+    let status = ebpf_build_command(&root)
+        .status()
+        .context("running `rustup run nightly cargo build -p efm-ebpf` (run `cargo xtask setup` first)")?;
     if !status.success() {
         bail!(
             "building the XDP program failed ({status}); `cargo xtask setup` installs the nightly \

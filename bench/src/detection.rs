@@ -112,7 +112,14 @@ pub fn run(args: &Args) -> Result<()> {
                 let (t_fault, took) = apply(&mut c, fault)?;
                 apply_max = apply_max.max(took);
                 for o in OBSERVERS {
-                    let at = witnesses::wait_verdict(&c, o, TARGET, fault.expect(), t_fault, t(timing.timeout_ms * 10 + 2000))?;
+                    let at = witnesses::wait_verdict(
+                        &c,
+                        o,
+                        TARGET,
+                        fault.expect(),
+                        t_fault,
+                        t(timing.timeout_ms * 10 + 2000),
+                    )?;
                     samples.push(at - t_fault);
                 }
                 restore(&mut c, fault)?;

@@ -126,7 +126,12 @@ impl Flood {
         let (cif, nif) = (client.ifname.clone(), c.bed.nodes[0].ifname.clone());
         let cmac = client.ns.run(move || bpf::mac_of(&cif))?;
         let nmac = c.bed.nodes[0].ns.run(move || bpf::mac_of(&nif))?;
-        let mut frame = udp_frame(Addrs::v4().with_src(client.ip.into()).with_dst(c.bed.nodes[0].ip.into()), 7800, 7800, &[0x42; 64]);
+        let mut frame = udp_frame(
+            Addrs::v4().with_src(client.ip.into()).with_dst(c.bed.nodes[0].ip.into()),
+            7800,
+            7800,
+            &[0x42; 64],
+        );
         frame[0..6].copy_from_slice(&nmac);
         frame[6..12].copy_from_slice(&cmac);
         let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -138,7 +143,8 @@ impl Flood {
             let ifindex = bpf::ifindex(&ifname)?;
             // Each call sets up a page pool, which costs milliseconds: pace in calls of 50 ms
             // worth of frames.
-            let chunk: u32 = if pps == 0 { 1 << 14 } else { u32::try_from((pps / 20).clamp(64, 1 << 14)).unwrap_or(1 << 14) };
+            let chunk: u32 =
+                if pps == 0 { 1 << 14 } else { u32::try_from((pps / 20).clamp(64, 1 << 14)).unwrap_or(1 << 14) };
             let t0 = Instant::now();
             let mut sent = 0u64;
             while !st.load(Ordering::Relaxed) {
@@ -185,7 +191,10 @@ pub fn run(args: &Args) -> Result<()> {
     rep.setting("seconds_per_condition", secs);
     rep.setting("stress", STRESS.join(" "));
     rep.setting("flood", "UDP to node 1's heartbeat port from the client namespace (not a peer), BPF_PROG_RUN live frames, dropped by node 1's XDP");
-    rep.setting("flood_pps_requested", if flood_pps == 0 { "as fast as one CPU injects".to_owned() } else { flood_pps.to_string() });
+    rep.setting(
+        "flood_pps_requested",
+        if flood_pps == 0 { "as fast as one CPU injects".to_owned() } else { flood_pps.to_string() },
+    );
     rep.setting("cluster", "three witness agents (no databases), native XDP, namespaces on a bridge");
     rep.setting("interval_count", "duration / heartbeat.interval × 6 directed detector pairs");
     let mut rows = Vec::new();
@@ -250,11 +259,27 @@ pub fn run(args: &Args) -> Result<()> {
             format!("{false_verdicts} ({})", per_node.iter().map(ToString::to_string).collect::<Vec<_>>().join("/")),
             format!("{per_1e5:.3}"),
             ms(max_age).to_string(),
-            if load == Load::Flood { format!("{:.0} pps sent, {dropped} dropped by XDP", flooded as f64 / elapsed.as_secs_f64()) } else { String::new() },
+            if load == Load::Flood {
+                format!("{:.0} pps sent, {dropped} dropped by XDP", flooded as f64 / elapsed.as_secs_f64())
+            } else {
+                String::new()
+            },
         ]);
     }
     drop(current);
-    rep.table(&["timing", "load", "seconds", "heartbeat intervals", "false verdicts (by observer n1/n2/n3)", "per 10^5 intervals", "max heartbeat age ms", "flood"], &rows);
+    rep.table(
+        &[
+            "timing",
+            "load",
+            "seconds",
+            "heartbeat intervals",
+            "false verdicts (by observer n1/n2/n3)",
+            "per 10^5 intervals",
+            "max heartbeat age ms",
+            "flood",
+        ],
+        &rows,
+    );
     rep.note("Node 1 is the flooded node. A false verdict is any verdict change an agent logged during the window.");
     rep.finish(&crate::harness::command_line())
 }

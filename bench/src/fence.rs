@@ -87,7 +87,8 @@ impl Kind {
 fn in_ns(ns: &Netns, argv: &[&str]) -> Result<String> {
     let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
     let shown = argv.join(" ");
-    let out = ns.run(move || Command::new(&argv[0]).args(&argv[1..]).output()).with_context(|| format!("running {shown}"))?;
+    let out =
+        ns.run(move || Command::new(&argv[0]).args(&argv[1..]).output()).with_context(|| format!("running {shown}"))?;
     ensure!(out.status.success(), "{shown} failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -115,11 +116,15 @@ impl Case {
         let (a_if, b_if) = (link.a_if.clone(), link.b_if.clone());
         let a_mac = link.a.run(move || bpf::mac_of(&a_if))?;
         let b_mac = link.b.run(move || bpf::mac_of(&b_if))?;
-        let mut frame = udp_frame(Addrs::v4().with_src(NS_A_V4.into()).with_dst(NS_B_V4.into()), 40000, DB_PORT, &[0u8; 18]);
+        let mut frame =
+            udp_frame(Addrs::v4().with_src(NS_A_V4.into()).with_dst(NS_B_V4.into()), 40000, DB_PORT, &[0u8; 18]);
         frame[0..6].copy_from_slice(&b_mac);
         frame[6..12].copy_from_slice(&a_mac);
         // Neighbour entries both ways, so the socket sender sends at once.
-        in_ns(&link.a, &["ip", "neigh", "replace", &NS_B_V4.to_string(), "lladdr", &mac_text(b_mac), "dev", &link.a_if])?;
+        in_ns(
+            &link.a,
+            &["ip", "neigh", "replace", &NS_B_V4.to_string(), "lladdr", &mac_text(b_mac), "dev", &link.a_if],
+        )?;
         let pass = if kind == Kind::Floor {
             let b_if = link.b_if.clone();
             Some(link.b.run(move || -> Result<OwnedFd> {
@@ -153,9 +158,23 @@ impl Case {
         let v: Vec<&str> = match self.kind {
             Kind::Xdp | Kind::Floor => vec![],
             Kind::Legacy | Kind::IptNft => {
-                vec![self.kind.iptables(), "-t", "raw", if add { "-A" } else { "-D" }, "PREROUTING", "-p", "udp", "--dport", "5432", "-j", "DROP"]
+                vec![
+                    self.kind.iptables(),
+                    "-t",
+                    "raw",
+                    if add { "-A" } else { "-D" },
+                    "PREROUTING",
+                    "-p",
+                    "udp",
+                    "--dport",
+                    "5432",
+                    "-j",
+                    "DROP",
+                ]
             }
-            Kind::Netdev if add => vec!["nft", "add", "rule", "netdev", NFT_TABLE, "ingress", "udp", "dport", "5432", "counter", "drop"],
+            Kind::Netdev if add => {
+                vec!["nft", "add", "rule", "netdev", NFT_TABLE, "ingress", "udp", "dport", "5432", "counter", "drop"]
+            }
             Kind::Netdev => vec!["nft", "flush", "chain", "netdev", NFT_TABLE, "ingress"],
         };
         v.into_iter().map(str::to_owned).collect()
@@ -182,7 +201,8 @@ impl Case {
         match self.kind {
             Kind::Xdp => Ok(self.dp.as_ref().context("datapath")?.counters()?.get(Counter::ClientFenced)),
             Kind::Legacy | Kind::IptNft => {
-                let out = in_ns(&self.link.b, &[self.kind.iptables(), "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])?;
+                let out =
+                    in_ns(&self.link.b, &[self.kind.iptables(), "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])?;
                 // Header lines, then "pkts bytes target ..." per rule.
                 out.lines()
                     .filter(|l| l.contains("DROP"))
@@ -220,7 +240,13 @@ fn big_receive_buffer(s: &UdpSocket) -> Result<()> {
     let size: libc::c_int = 64 << 20;
     // SAFETY: setsockopt with an int we own on a socket we own.
     let rc = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, std::ptr::from_ref(&size).cast(), u32::try_from(size_of::<libc::c_int>())?)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::from_ref(&size).cast(),
+            u32::try_from(size_of::<libc::c_int>())?,
+        )
     };
     ensure!(rc == 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
     Ok(())
@@ -359,7 +385,10 @@ pub fn run(args: &Args) -> Result<()> {
     rep.setting("rounds", rounds);
     rep.setting("activation_trials_per_kind", trials);
     rep.setting("traffic", "UDP to the database port 5432, 60-byte frames");
-    rep.setting("live_frames", "BPF_PROG_RUN live-frames mode, XDP_TX generator on A's veth, 65536 frames per call, kernel batches of 64");
+    rep.setting(
+        "live_frames",
+        "BPF_PROG_RUN live-frames mode, XDP_TX generator on A's veth, 65536 frames per call, kernel batches of 64",
+    );
     rep.setting("socket_sender", "one thread, blocking UdpSocket::send of 18-byte datagrams");
     rep.setting("rule_cases_xdp_on_b", "empty XDP_PASS program with live frames (veth needs one to receive XDP_TX frames); none with the socket sender");
 
@@ -373,12 +402,19 @@ pub fn run(args: &Args) -> Result<()> {
     }
     for round in 0..rounds {
         let (sent, dropped, wall) = live_run(&floor, secs)?;
-        eprintln!("round {round} floor: live frames injected {sent}, dropped {dropped}, {:.3} Mpps", mpps(dropped, wall));
+        eprintln!(
+            "round {round} floor: live frames injected {sent}, dropped {dropped}, {:.3} Mpps",
+            mpps(dropped, wall)
+        );
         floor_runs.push(mpps(dropped, wall));
         for (i, c) in cases.iter_mut().enumerate() {
             c.set_pass_program(true)?;
             let (sent, dropped, wall) = live_run(c, secs)?;
-            eprintln!("round {round} {}: live frames injected {sent}, dropped {dropped}, {:.3} Mpps", c.kind.name(), mpps(dropped, wall));
+            eprintln!(
+                "round {round} {}: live frames injected {sent}, dropped {dropped}, {:.3} Mpps",
+                c.kind.name(),
+                mpps(dropped, wall)
+            );
             live[i].push(mpps(dropped, wall));
             losses[i].0 += sent.saturating_sub(dropped);
             if c.kind != Kind::Xdp {
@@ -388,7 +424,11 @@ pub fn run(args: &Args) -> Result<()> {
             }
             c.set_pass_program(false)?;
             let (sent, dropped, wall) = socket_run(c, secs)?;
-            eprintln!("round {round} {}: socket sent {sent}, dropped {dropped}, {:.3} Mpps", c.kind.name(), mpps(dropped, wall));
+            eprintln!(
+                "round {round} {}: socket sent {sent}, dropped {dropped}, {:.3} Mpps",
+                c.kind.name(),
+                mpps(dropped, wall)
+            );
             sock[i].push(mpps(dropped, wall));
             losses[i].1 += sent.saturating_sub(dropped);
         }
@@ -415,12 +455,24 @@ pub fn run(args: &Args) -> Result<()> {
             format!("{:.2}×", live_m[0] / live_m[i]),
             format!("{:.3}", sock_m[i]),
             format!("{:.2}×", sock_m[0] / sock_m[i]),
-            if *k == Kind::Xdp { "—".into() } else { format!("{:.3} ({:.2}×)", sock_pass_m[i], sock_m[0] / sock_pass_m[i]) },
+            if *k == Kind::Xdp {
+                "—".into()
+            } else {
+                format!("{:.3} ({:.2}×)", sock_pass_m[i], sock_m[0] / sock_pass_m[i])
+            },
             format!("{} / {}", losses[i].0, losses[i].1),
         ]);
     }
     rep.table(
-        &["fence", "live frames Mpps dropped", "XDP ÷ this", "socket Mpps dropped", "XDP ÷ this", "socket, empty XDP on B: Mpps (XDP ÷ this)", "sent but not counted as dropped (live / socket)"],
+        &[
+            "fence",
+            "live frames Mpps dropped",
+            "XDP ÷ this",
+            "socket Mpps dropped",
+            "XDP ÷ this",
+            "socket, empty XDP on B: Mpps (XDP ÷ this)",
+            "sent but not counted as dropped (live / socket)",
+        ],
         &rows,
     );
     rep.note(
@@ -532,11 +584,28 @@ pub fn run(args: &Args) -> Result<()> {
         rep.metric(&format!("activation_{n}_send_gap_us"), us(gap));
         if c.kind == Kind::Xdp {
             rep.target("activation_xdp_p99_us", "<= 50 µs", us(d.p99), d.n > 0 && d.p99 <= 50_000);
-            rep.target("activation_xdp_max_us", "first drop within 1 ms (max <= 1000 µs)", us(d.max), d.n > 0 && d.max <= 1_000_000);
+            rep.target(
+                "activation_xdp_max_us",
+                "first drop within 1 ms (max <= 1000 µs)",
+                us(d.max),
+                d.n > 0 && d.max <= 1_000_000,
+            );
         }
-        rows.push(vec![c.kind.label().to_owned(), d.n.to_string(), format!("{unclean} / {raced}"), us(d.p50).to_string(), us(d.p99).to_string(), us(d.max).to_string(), us(sw.p50).to_string(), us(gap).to_string()]);
+        rows.push(vec![
+            c.kind.label().to_owned(),
+            d.n.to_string(),
+            format!("{unclean} / {raced}"),
+            us(d.p50).to_string(),
+            us(d.p99).to_string(),
+            us(d.max).to_string(),
+            us(sw.p50).to_string(),
+            us(gap).to_string(),
+        ]);
     }
-    rep.table(&["fence", "trials", "unclean / raced", "p50 µs", "p99 µs", "max µs", "switch call p50 µs", "send gap µs"], &rows);
+    rep.table(
+        &["fence", "trials", "unclean / raced", "p50 µs", "p99 µs", "max µs", "switch call p50 µs", "send gap µs"],
+        &rows,
+    );
     rep.note(
         "Activation: from the start of the map write (XDP) or of the rule-inserting command to the send \
          time of the first datagram that never arrived (all later ones were dropped too); resolution is \
@@ -554,11 +623,11 @@ pub fn run(args: &Args) -> Result<()> {
 /// the server sent after the write left as a RST. A trial where the client got the data instead
 /// is a leak (target: none).
 fn egress_activation(rep: &mut Report, trials: usize) -> Result<()> {
+    use efm_common::maps::FENCE_RESET;
     use std::{
         io::{ErrorKind, Read as _, Write as _},
         net::{TcpListener, TcpStream},
     };
-    use efm_common::maps::FENCE_RESET;
     let link = Link::new(&[&format!("{NS_A_V4}/24")], &[&format!("{NS_B_V4}/24")]);
     let (pins_a, pins_b) = (PinDir::new("bea"), PinDir::new("beb"));
     let mut dp = open_side(&link, Side::B, &pins_b)?;
@@ -600,8 +669,18 @@ fn egress_activation(rep: &mut Report, trials: usize) -> Result<()> {
     rep.metric("egress_activation_leaked_trials", leaks);
     rep.metric("egress_activation_other_trials", other);
     rep.metric("egress_activation_segments_converted", converted);
-    rep.target("egress_activation_leaked_trials", "0 (no result leaves after the map write)", leaks, leaks == 0 && other == 0);
-    rep.target("egress_activation_p99_us", "<= 1000 µs (map write to the client's ECONNRESET)", us(d.p99), d.n > 0 && d.p99 <= 1_000_000);
+    rep.target(
+        "egress_activation_leaked_trials",
+        "0 (no result leaves after the map write)",
+        leaks,
+        leaks == 0 && other == 0,
+    );
+    rep.target(
+        "egress_activation_p99_us",
+        "<= 1000 µs (map write to the client's ECONNRESET)",
+        us(d.p99),
+        d.n > 0 && d.p99 <= 1_000_000,
+    );
     rep.note(&format!(
         "Egress fence activation (TCX egress, reset mode) on a real TCP connection over a veth, {trials} \
          trials: from the start of the fence map write to the client's read failing with ECONNRESET \

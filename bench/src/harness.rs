@@ -163,7 +163,14 @@ pub struct Report {
 
 impl Report {
     pub fn new(suite: &'static str) -> Self {
-        Self { suite, settings: Map::new(), metrics: Map::new(), targets: Map::new(), samples: Map::new(), body: String::new() }
+        Self {
+            suite,
+            settings: Map::new(),
+            metrics: Map::new(),
+            targets: Map::new(),
+            samples: Map::new(),
+            body: String::new(),
+        }
     }
 
     pub fn setting(&mut self, name: &str, v: impl Into<Value>) {

@@ -23,7 +23,9 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use efm_agent::datapath::{Attachment, Datapath, ModeChoice};
 use efm_common::wire::Heartbeat;
-use efm_tests::{configure_side, inet_checksum, key, monotonic_ns, Fixture, Link, PinDir, Side, HB_PORT, NS_A_V4, NS_B_V4};
+use efm_tests::{
+    configure_side, inet_checksum, key, monotonic_ns, Fixture, Link, PinDir, Side, HB_PORT, NS_A_V4, NS_B_V4,
+};
 
 use crate::harness::{us, Args, Dist, Report, Stress};
 
@@ -38,7 +40,8 @@ pub fn open_side(link: &Link, side: Side, pins: &PinDir) -> Result<Datapath> {
     };
     let dir = pins.0.clone();
     let dp = ns.run(move || -> Result<Datapath> {
-        let mut dp = Datapath::open(&dir, &[iface.as_str()], ModeChoice::Native).context("attaching efm's XDP program")?;
+        let mut dp =
+            Datapath::open(&dir, &[iface.as_str()], ModeChoice::Native).context("attaching efm's XDP program")?;
         configure_side(&mut dp, side);
         dp.set_fence(&Fixture::base_fence()).context("fence state")?;
         Ok(dp)
@@ -63,7 +66,13 @@ fn icmp_socket() -> Result<OwnedFd> {
     let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
     // SAFETY: setsockopt with a timeval we own.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, std::ptr::from_ref(&tv).cast(), u32::try_from(size_of::<libc::timeval>())?);
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            u32::try_from(size_of::<libc::timeval>())?,
+        );
     }
     Ok(fd)
 }
@@ -85,7 +94,14 @@ fn icmp_rtt(fd: &OwnedFd, id: u16, seq: u16) -> Option<u64> {
     let t0 = monotonic_ns();
     // SAFETY: sendto with buffers we own.
     let rc = unsafe {
-        libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, std::ptr::from_ref(&dst).cast(), u32::try_from(size_of::<libc::sockaddr_in>()).ok()?)
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            std::ptr::from_ref(&dst).cast(),
+            u32::try_from(size_of::<libc::sockaddr_in>()).ok()?,
+        )
     };
     if rc < 0 {
         return None;
@@ -98,7 +114,11 @@ fn icmp_rtt(fd: &OwnedFd, id: u16, seq: u16) -> Option<u64> {
         let t1 = monotonic_ns();
         let Ok(n) = usize::try_from(n) else { return None };
         let ihl = usize::from(buf[0] & 0xf) * 4;
-        if n >= ihl + 8 && buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == id.to_be_bytes() && buf[ihl + 6..ihl + 8] == seq.to_be_bytes() {
+        if n >= ihl + 8
+            && buf[ihl] == 0
+            && buf[ihl + 4..ihl + 6] == id.to_be_bytes()
+            && buf[ihl + 6..ihl + 8] == seq.to_be_bytes()
+        {
             return Some(t1 - t0);
         }
     }
@@ -115,7 +135,12 @@ fn measure(link: &Link, dp_a: Datapath, b_nonce: u64, seq0: u64, samples: usize)
         udp.set_read_timeout(Some(TIMEOUT))?;
         let icmp = icmp_socket()?;
         let id = u16::try_from(std::process::id() & 0xffff)?;
-        let mut s = Samples { pong: Vec::with_capacity(samples), udp: Vec::with_capacity(samples), icmp: Vec::with_capacity(samples), lost: [0; 3] };
+        let mut s = Samples {
+            pong: Vec::with_capacity(samples),
+            udp: Vec::with_capacity(samples),
+            icmp: Vec::with_capacity(samples),
+            lost: [0; 3],
+        };
         let mut buf = [0u8; 64];
         for i in 0..samples {
             let seq = seq0 + u64::try_from(i)?;
@@ -216,7 +241,10 @@ pub fn run(args: &Args) -> Result<()> {
     let mut rep = Report::new("heartbeat-latency");
     rep.setting("samples_per_method_and_condition", samples);
     rep.setting("topology", "two network namespaces, one veth pair, efm XDP native on both ends");
-    rep.setting("payload", format!("PING/PONG {} B heartbeat; UDP echo 64 B; ICMP echo 56 B data", efm_common::wire::HB_LEN));
+    rep.setting(
+        "payload",
+        format!("PING/PONG {} B heartbeat; UDP echo 64 B; ICMP echo 56 B data", efm_common::wire::HB_LEN),
+    );
     rep.setting("stress", stress_args.join(" "));
     rep.setting("order", "interleaved: PONG, UDP, ICMP per round, sequential (one request in flight)");
 
@@ -231,13 +259,26 @@ pub fn run(args: &Args) -> Result<()> {
         let (dp, mut s) = measure(&link, dp_a, b_nonce, seq0, samples)?;
         dp_a = dp;
         seq0 += u64::try_from(samples)? + 10;
-        for (name, v, lost) in [("kernel_pong", &mut s.pong, s.lost[0]), ("udp_echo", &mut s.udp, s.lost[1]), ("icmp_echo", &mut s.icmp, s.lost[2])] {
+        for (name, v, lost) in [
+            ("kernel_pong", &mut s.pong, s.lost[0]),
+            ("udp_echo", &mut s.udp, s.lost[1]),
+            ("icmp_echo", &mut s.icmp, s.lost[2]),
+        ] {
             let d = Dist::of(v);
             for (stat, val) in [("p50", d.p50), ("p99", d.p99), ("p999", d.p999), ("max", d.max)] {
                 rep.metric(&format!("{cond}_{name}_{stat}_us"), us(val));
             }
             rep.metric(&format!("{cond}_{name}_lost"), lost);
-            rows.push(vec![cond.to_owned(), name.replace('_', " "), d.n.to_string(), lost.to_string(), us(d.p50).to_string(), us(d.p99).to_string(), us(d.p999).to_string(), us(d.max).to_string()]);
+            rows.push(vec![
+                cond.to_owned(),
+                name.replace('_', " "),
+                d.n.to_string(),
+                lost.to_string(),
+                us(d.p50).to_string(),
+                us(d.p99).to_string(),
+                us(d.p999).to_string(),
+                us(d.max).to_string(),
+            ]);
         }
     }
     rep.table(&["condition", "method", "samples", "lost", "p50 µs", "p99 µs", "p99.9 µs", "max µs"], &rows);

@@ -23,18 +23,44 @@ use crate::harness::Args;
 
 /// Suite name, options that take a value, switches, one-line description.
 const SUITES: &[(&str, &[&str], &[&str], &str)] = &[
-    ("heartbeat-latency", &["--samples"], &["--quick", "--no-stress"], "kernel PONG vs user-space UDP echo vs ICMP echo RTT, idle and under stress-ng"),
-    ("detection", &["--trials"], &["--quick"], "fault -> detector verdict for agent SIGKILL, SIGSTOP, link down; default and 10ms/40ms timings"),
-    ("false-positives", &["--duration", "--flood-pps"], &["--quick", "--fast-all"], "false verdicts and max heartbeat age: idle, stress-ng, UDP flood"),
-    ("fence", &["--duration", "--rounds", "--trials"], &["--quick"], "XDP fence vs iptables-legacy / iptables-nft / nft netdev: drop rate and activation latency"),
+    (
+        "heartbeat-latency",
+        &["--samples"],
+        &["--quick", "--no-stress"],
+        "kernel PONG vs user-space UDP echo vs ICMP echo RTT, idle and under stress-ng",
+    ),
+    (
+        "detection",
+        &["--trials"],
+        &["--quick"],
+        "fault -> detector verdict for agent SIGKILL, SIGSTOP, link down; default and 10ms/40ms timings",
+    ),
+    (
+        "false-positives",
+        &["--duration", "--flood-pps"],
+        &["--quick", "--fast-all"],
+        "false verdicts and max heartbeat age: idle, stress-ng, UDP flood",
+    ),
+    (
+        "fence",
+        &["--duration", "--rounds", "--trials"],
+        &["--quick"],
+        "XDP fence vs iptables-legacy / iptables-nft / nft netdev: drop rate and activation latency",
+    ),
     ("prog-cost", &["--repeat", "--calls", "--singles"], &["--quick"], "ns per packet in the kernel (BPF_PROG_RUN)"),
-    ("failover", &["--runs", "--faults"], &["--quick"], "fault -> first client write on the new primary (real PostgreSQL cluster; short and long statements)"),
+    (
+        "failover",
+        &["--runs", "--faults"],
+        &["--quick"],
+        "fault -> first client write on the new primary (real PostgreSQL cluster; short and long statements)",
+    ),
 ];
 
 fn usage() -> String {
     let mut s = String::from("usage: bench SUITE [options]   (as root)\n\nsuites:\n");
     for (name, values, flags, what) in SUITES {
-        let opts: Vec<String> = values.iter().map(|v| format!("[{v} N]")).chain(flags.iter().map(|f| format!("[{f}]"))).collect();
+        let opts: Vec<String> =
+            values.iter().map(|v| format!("[{v} N]")).chain(flags.iter().map(|f| format!("[{f}]"))).collect();
         let _ = writeln!(s, "  {name} {}\n      {what}", opts.join(" "));
     }
     s

@@ -17,7 +17,10 @@ use efm_common::{
     maps::{FenceState, FENCE_FENCED, FENCE_RESET},
     wire::{Heartbeat, HB_KIND_PONG},
 };
-use efm_tests::{hb_frame, ping, ping_to, tcp_frame, Addrs, Fixture, LOCAL_V4, STRANGER_V4, DB_PORT, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
+use efm_tests::{
+    hb_frame, ping, ping_to, tcp_frame, Addrs, Fixture, DB_PORT, LOCAL_V4, STRANGER_V4, TCP_ACK, TCP_PSH, TCP_RST,
+    TCP_SYN,
+};
 
 use crate::{
     bpf,
@@ -48,11 +51,41 @@ pub fn run(args: &Args) -> Result<()> {
     let nonce = fx.dp.nonce();
     let pong = |seq: u64| Heartbeat { kind: HB_KIND_PONG, ..ping_to(nonce, 1, seq) };
     let cases = [
-        Case { name: "ping_replayed", what: "PING, repeated copy (MAC verified, then dropped as a replay)", frame: hb_frame(Addrs::v4(), &ping_to(nonce, 1, 1)), fenced: false, expect: 1 },
-        Case { name: "pong_replayed", what: "PONG, repeated copy (MAC verified, then dropped as a replay)", frame: hb_frame(Addrs::v4(), &pong(1)), fenced: false, expect: 1 },
-        Case { name: "client_fenced", what: "client TCP SYN to the database port, node fenced (drop)", frame: syn.clone(), fenced: true, expect: 1 },
-        Case { name: "client_unfenced", what: "client TCP SYN to the database port, not fenced (pass)", frame: syn, fenced: false, expect: 2 },
-        Case { name: "unrelated", what: "unrelated TCP SYN (port 8080)", frame: unrelated.clone(), fenced: false, expect: 2 },
+        Case {
+            name: "ping_replayed",
+            what: "PING, repeated copy (MAC verified, then dropped as a replay)",
+            frame: hb_frame(Addrs::v4(), &ping_to(nonce, 1, 1)),
+            fenced: false,
+            expect: 1,
+        },
+        Case {
+            name: "pong_replayed",
+            what: "PONG, repeated copy (MAC verified, then dropped as a replay)",
+            frame: hb_frame(Addrs::v4(), &pong(1)),
+            fenced: false,
+            expect: 1,
+        },
+        Case {
+            name: "client_fenced",
+            what: "client TCP SYN to the database port, node fenced (drop)",
+            frame: syn.clone(),
+            fenced: true,
+            expect: 1,
+        },
+        Case {
+            name: "client_unfenced",
+            what: "client TCP SYN to the database port, not fenced (pass)",
+            frame: syn,
+            fenced: false,
+            expect: 2,
+        },
+        Case {
+            name: "unrelated",
+            what: "unrelated TCP SYN (port 8080)",
+            frame: unrelated.clone(),
+            fenced: false,
+            expect: 2,
+        },
     ];
 
     let base = Fixture::base_fence();
@@ -61,7 +94,10 @@ pub fn run(args: &Args) -> Result<()> {
     rep.setting("calls_per_case", calls);
     rep.setting("single_runs", singles);
     rep.setting("program", "efm_xdp (tail calls to the heartbeat / client programs), JIT as configured");
-    rep.setting("bpf_jit_enable", std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default().trim());
+    rep.setting(
+        "bpf_jit_enable",
+        std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default().trim(),
+    );
 
     // Repeat mode.
     let median_of = |v: &mut Vec<u64>| {
@@ -75,7 +111,13 @@ pub fn run(args: &Args) -> Result<()> {
         empty_runs.push(u64::try_from(d.as_nanos())?);
     }
     let empty_ns = median_of(&mut empty_runs);
-    let mut rows = vec![vec!["empty XDP program (XDP_PASS)".to_owned(), "repeat".into(), empty_ns.to_string(), "0".into(), format!("{empty_runs:?}")]];
+    let mut rows = vec![vec![
+        "empty XDP program (XDP_PASS)".to_owned(),
+        "repeat".into(),
+        empty_ns.to_string(),
+        "0".into(),
+        format!("{empty_runs:?}"),
+    ]];
     rep.metric("empty_ns", empty_ns);
     let mut unrelated_ns = 0;
     for c in &cases {
@@ -94,7 +136,13 @@ pub fn run(args: &Args) -> Result<()> {
             unrelated_ns = ns;
         }
         rep.metric(&format!("{}_ns", c.name), ns);
-        rows.push(vec![c.what.to_owned(), "repeat".into(), ns.to_string(), format!("{:+}", i128::from(ns) - i128::from(empty_ns)), format!("{v:?}")]);
+        rows.push(vec![
+            c.what.to_owned(),
+            "repeat".into(),
+            ns.to_string(),
+            format!("{:+}", i128::from(ns) - i128::from(empty_ns)),
+            format!("{v:?}"),
+        ]);
     }
     fx.set_fence(base);
 
@@ -147,10 +195,34 @@ pub fn run(args: &Args) -> Result<()> {
     rep.metric("ping_stale_nonce_ns", stale_ns);
     rep.metric("ping_accepted_over_empty_ns", i64::try_from(ping_ns)? - i64::try_from(empty_single)?);
     rep.metric("pong_accepted_over_empty_ns", i64::try_from(pong_rx_ns)? - i64::try_from(empty_single)?);
-    rows.push(vec!["empty XDP program, single runs".into(), "single".into(), empty_single.to_string(), "0".into(), String::new()]);
-    rows.push(vec!["PING accepted: slot updated, PONG built (XDP_TX)".into(), "single".into(), ping_ns.to_string(), format!("{:+}", i128::from(ping_ns) - i128::from(empty_single)), String::new()]);
-    rows.push(vec!["PING echoing a stale nonce: nothing recorded, PONG built (XDP_TX)".into(), "single".into(), stale_ns.to_string(), format!("{:+}", i128::from(stale_ns) - i128::from(empty_single)), String::new()]);
-    rows.push(vec!["PONG accepted: slot and RTT histogram updated".into(), "single".into(), pong_rx_ns.to_string(), format!("{:+}", i128::from(pong_rx_ns) - i128::from(empty_single)), String::new()]);
+    rows.push(vec![
+        "empty XDP program, single runs".into(),
+        "single".into(),
+        empty_single.to_string(),
+        "0".into(),
+        String::new(),
+    ]);
+    rows.push(vec![
+        "PING accepted: slot updated, PONG built (XDP_TX)".into(),
+        "single".into(),
+        ping_ns.to_string(),
+        format!("{:+}", i128::from(ping_ns) - i128::from(empty_single)),
+        String::new(),
+    ]);
+    rows.push(vec![
+        "PING echoing a stale nonce: nothing recorded, PONG built (XDP_TX)".into(),
+        "single".into(),
+        stale_ns.to_string(),
+        format!("{:+}", i128::from(stale_ns) - i128::from(empty_single)),
+        String::new(),
+    ]);
+    rows.push(vec![
+        "PONG accepted: slot and RTT histogram updated".into(),
+        "single".into(),
+        pong_rx_ns.to_string(),
+        format!("{:+}", i128::from(pong_rx_ns) - i128::from(empty_single)),
+        String::new(),
+    ]);
     rep.table(&["frame", "mode", "ns/packet (median)", "over empty", "calls (ns)"], &rows);
     rep.note(&format!(
         "repeat: the kernel's mean over {repeat} runs of one frame, median of {calls} calls. single: one \
@@ -188,11 +260,18 @@ fn egress_cost(fx: &mut Fixture, rep: &mut Report, repeat: u32, calls: usize, si
     }
     let empty_ns = median_of(&mut v);
     rep.metric("egress_empty_ns", empty_ns);
-    let mut rows = vec![vec!["empty TC program (TCX_NEXT)".to_owned(), "repeat".into(), empty_ns.to_string(), "0".into()]];
+    let mut rows =
+        vec![vec!["empty TC program (TCX_NEXT)".to_owned(), "repeat".into(), empty_ns.to_string(), "0".into()]];
     let cases: [(&str, &str, &[u8], FenceState, u32); 4] = [
         ("egress_unrelated", "unrelated segment (source port 22) from a service address", &unrelated, base, NEXT),
         ("egress_serving", "reply from the database port, node serving (pass)", &reply, base, NEXT),
-        ("egress_fenced_drop", "reply from the database port, node fenced, drop mode", &reply, FenceState { flags: FENCE_FENCED, ..base }, SHOT),
+        (
+            "egress_fenced_drop",
+            "reply from the database port, node fenced, drop mode",
+            &reply,
+            FenceState { flags: FENCE_FENCED, ..base },
+            SHOT,
+        ),
         (
             "egress_fenced_rst_passes",
             "a RST from the database port, node fenced (passes)",
@@ -213,10 +292,18 @@ fn egress_cost(fx: &mut Fixture, rep: &mut Report, repeat: u32, calls: usize, si
         let ns = median_of(&mut v);
         rep.metric(&format!("{name}_ns"), ns);
         rep.metric(&format!("{name}_over_empty_ns"), i64::try_from(ns)? - i64::try_from(empty_ns)?);
-        rows.push(vec![what.to_owned(), "repeat".into(), ns.to_string(), format!("{:+}", i128::from(ns) - i128::from(empty_ns))]);
+        rows.push(vec![
+            what.to_owned(),
+            "repeat".into(),
+            ns.to_string(),
+            format!("{:+}", i128::from(ns) - i128::from(empty_ns)),
+        ]);
     }
     // Single runs: the empty program, a serving reply, and the conversion into a RST.
-    let single = |run: &mut dyn FnMut() -> Result<(u32, Vec<u8>, u64)>, check: &dyn Fn(u32, &[u8]) -> bool, what: &str| -> Result<u64> {
+    let single = |run: &mut dyn FnMut() -> Result<(u32, Vec<u8>, u64)>,
+                  check: &dyn Fn(u32, &[u8]) -> bool,
+                  what: &str|
+     -> Result<u64> {
         let mut v = Vec::with_capacity(singles);
         for _ in 0..singles {
             let (action, out, ns) = run()?;
@@ -253,14 +340,28 @@ fn egress_cost(fx: &mut Fixture, rep: &mut Report, repeat: u32, calls: usize, si
         "fenced, RST conversion",
     )?;
     fx.set_fence(base);
-    for (name, ns) in [("egress_single_empty_ns", empty_single), ("egress_single_serving_ns", serving_single), ("egress_single_fenced_rst_ns", rst_single)] {
+    for (name, ns) in [
+        ("egress_single_empty_ns", empty_single),
+        ("egress_single_serving_ns", serving_single),
+        ("egress_single_fenced_rst_ns", rst_single),
+    ] {
         rep.metric(name, ns);
     }
     rep.metric("egress_serving_over_empty_single_ns", i64::try_from(serving_single)? - i64::try_from(empty_single)?);
     rep.metric("egress_fenced_rst_over_empty_single_ns", i64::try_from(rst_single)? - i64::try_from(empty_single)?);
     rows.push(vec!["empty TC program, single runs".into(), "single".into(), empty_single.to_string(), "0".into()]);
-    rows.push(vec!["reply from the database port, node serving (pass)".into(), "single".into(), serving_single.to_string(), format!("{:+}", i128::from(serving_single) - i128::from(empty_single))]);
-    rows.push(vec!["reply from the database port, node fenced: rewritten into a RST".into(), "single".into(), rst_single.to_string(), format!("{:+}", i128::from(rst_single) - i128::from(empty_single))]);
+    rows.push(vec![
+        "reply from the database port, node serving (pass)".into(),
+        "single".into(),
+        serving_single.to_string(),
+        format!("{:+}", i128::from(serving_single) - i128::from(empty_single)),
+    ]);
+    rows.push(vec![
+        "reply from the database port, node fenced: rewritten into a RST".into(),
+        "single".into(),
+        rst_single.to_string(),
+        format!("{:+}", i128::from(rst_single) - i128::from(empty_single)),
+    ]);
     rep.note("Egress fence (TC program on TCX egress), 118-byte IPv4 frames, against an empty TC program:");
     rep.table(&["segment", "mode", "ns/packet (median)", "over empty TC"], &rows);
     Ok(())

@@ -52,7 +52,14 @@ pub fn verdict(c: &Cluster, obs: usize, target: usize) -> Option<(String, u64)> 
 
 /// Waits until observer `obs` holds `want` about `target`, decided after `after_ns`; returns
 /// the time of the decision.
-pub fn wait_verdict(c: &Cluster, obs: usize, target: usize, want: &str, after_ns: u64, timeout: Duration) -> Result<u64> {
+pub fn wait_verdict(
+    c: &Cluster,
+    obs: usize,
+    target: usize,
+    want: &str,
+    after_ns: u64,
+    timeout: Duration,
+) -> Result<u64> {
     let until = Instant::now() + timeout;
     let mut last = None;
     while Instant::now() < until {

@@ -147,7 +147,9 @@ impl Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot reach the efm agent of cluster {cluster} at {path}: {source} (is efm-agent running for this cluster?)")]
+    #[error(
+        "cannot reach the efm agent of cluster {cluster} at {path}: {source} (is efm-agent running for this cluster?)"
+    )]
     Connect { cluster: String, path: PathBuf, source: io::Error },
     #[error("talking to the agent at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -173,7 +175,10 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     };
     let version = match obj.remove("version") {
         None => return Err("malformed request: no \"version\"".into()),
-        Some(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("malformed request: version {n} is not a number"))?,
+        Some(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("malformed request: version {n} is not a number"))?,
     };
     if version != PROTOCOL_VERSION {
         return Err(format!(
@@ -191,7 +196,10 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     let fields: Vec<String> = obj.keys().filter(|k| *k != "command").map(|k| format!("`{k}`")).collect();
     let command = AdminCommand::deserialize(v).map_err(|e| format!("malformed {name} request: {e}"))?;
     // serde checks the fields of the commands that have some; these have none.
-    let unit = matches!(command, AdminCommand::ClusterStatus | AdminCommand::NodeStatus | AdminCommand::Resume | AdminCommand::StopCluster);
+    let unit = matches!(
+        command,
+        AdminCommand::ClusterStatus | AdminCommand::NodeStatus | AdminCommand::Resume | AdminCommand::StopCluster
+    );
     if unit && !fields.is_empty() {
         return Err(format!("malformed {name} request: unknown field {}, {name} takes none", fields.join(", ")));
     }
@@ -251,9 +259,8 @@ where
                     Err(msg) => Response::err(msg),
                 },
             };
-            let mut out = serde_json::to_string(&resp).unwrap_or_else(|e| {
-                format!(r#"{{"ok":false,"error":"cannot encode the answer: {e}"}}"#)
-            });
+            let mut out = serde_json::to_string(&resp)
+                .unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"cannot encode the answer: {e}"}}"#));
             out.push('\n');
             let _ = wr.write_all(out.as_bytes()).await;
         });
@@ -264,8 +271,11 @@ where
 pub fn request(run_dir: &Path, cluster: &str, req: &Request, timeout: Duration) -> Result<Response, AdminError> {
     let path = socket_path(run_dir, cluster);
     let io_err = |source| AdminError::Io { path: path.clone(), source };
-    let mut s = UnixStream::connect(&path)
-        .map_err(|source| AdminError::Connect { cluster: cluster.to_owned(), path: path.clone(), source })?;
+    let mut s = UnixStream::connect(&path).map_err(|source| AdminError::Connect {
+        cluster: cluster.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
     s.set_read_timeout(Some(timeout)).map_err(io_err)?;
     s.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let mut line = req.to_json().map_err(|e| io_err(io::Error::other(e)))?;
@@ -282,9 +292,14 @@ mod tests {
 
     #[test]
     fn requests_are_validated() {
-        assert_eq!(parse_request(r#"{"version":2,"command":"cluster-status"}"#).unwrap(), Request::new(AdminCommand::ClusterStatus));
         assert_eq!(
-            parse_request(r#"{"command":"set-priority","address":"10.0.1.9","priority":1,"version":2}"#).unwrap().command,
+            parse_request(r#"{"version":2,"command":"cluster-status"}"#).unwrap(),
+            Request::new(AdminCommand::ClusterStatus)
+        );
+        assert_eq!(
+            parse_request(r#"{"command":"set-priority","address":"10.0.1.9","priority":1,"version":2}"#)
+                .unwrap()
+                .command,
             AdminCommand::SetPriority { address: "10.0.1.9".into(), priority: 1 }
         );
         assert_eq!(
@@ -297,14 +312,18 @@ mod tests {
         let v1 = parse_request(r#"{"version":1,"command":"promote","args":["switchover"]}"#).unwrap_err();
         assert!(v1.contains("protocol version 1 is not supported (this agent speaks 2)"), "{v1}");
         let unknown = parse_request(r#"{"version":2,"command":"frobnicate"}"#).unwrap_err();
-        assert!(unknown.starts_with("unknown command \"frobnicate\"; known: cluster-status, node-status, promote"), "{unknown}");
+        assert!(
+            unknown.starts_with("unknown command \"frobnicate\"; known: cluster-status, node-status, promote"),
+            "{unknown}"
+        );
         let extra = parse_request(r#"{"version":2,"command":"resume","evil":1}"#).unwrap_err();
         assert!(extra.starts_with("malformed resume request") && extra.contains("evil"), "{extra}");
         let extra = parse_request(r#"{"version":2,"command":"promote","switchover":true,"evil":1}"#).unwrap_err();
         assert!(extra.starts_with("malformed promote request") && extra.contains("evil"), "{extra}");
         let missing = parse_request(r#"{"version":2,"command":"allow-node"}"#).unwrap_err();
         assert!(missing.contains("malformed allow-node request") && missing.contains("address"), "{missing}");
-        let typed = parse_request(r#"{"version":2,"command":"set-priority","address":"a","priority":"high"}"#).unwrap_err();
+        let typed =
+            parse_request(r#"{"version":2,"command":"set-priority","address":"a","priority":"high"}"#).unwrap_err();
         assert!(typed.contains("malformed set-priority request"), "{typed}");
         assert!(parse_request(r#"{"version":2}"#).unwrap_err().contains("command"));
         assert!(parse_request(r#"{"command":"resume"}"#).unwrap_err().contains("version"));
@@ -315,7 +334,12 @@ mod tests {
         let all = [
             AdminCommand::ClusterStatus,
             AdminCommand::NodeStatus,
-            AdminCommand::Promote { switchover: true, quiet: true, force: false, sourcenode: Some("198.18.0.9".into()) },
+            AdminCommand::Promote {
+                switchover: true,
+                quiet: true,
+                force: false,
+                sourcenode: Some("198.18.0.9".into()),
+            },
             AdminCommand::Resume,
             AdminCommand::SetPriority { address: "198.18.0.2:7800".into(), priority: 0 },
             AdminCommand::AllowNode { address: "198.18.0.3".into() },
@@ -347,7 +371,8 @@ mod tests {
         let t = Duration::from_secs(5);
         let dir2 = dir.clone();
         let answers = std::thread::spawn(move || {
-            let ok = request(&dir2, "acctg", &Request::new(AdminCommand::AllowNode { address: "x".into() }), t).unwrap();
+            let ok =
+                request(&dir2, "acctg", &Request::new(AdminCommand::AllowNode { address: "x".into() }), t).unwrap();
             let mut raw = UnixStream::connect(socket_path(&dir2, "acctg")).unwrap();
             raw.write_all(b"{\"version\":2,\"command\":\"nope\"}\n").unwrap();
             let mut unknown = String::new();
@@ -370,7 +395,10 @@ mod tests {
         });
         assert_eq!(ok.result, Some(serde_json::json!({ "address": "x" })));
         let unknown: Response = serde_json::from_str(&unknown).unwrap();
-        assert!(unknown.error.as_deref().is_some_and(|e| e.starts_with("unknown command \"nope\"; known: ")), "{unknown:?}");
+        assert!(
+            unknown.error.as_deref().is_some_and(|e| e.starts_with("unknown command \"nope\"; known: ")),
+            "{unknown:?}"
+        );
         assert!(huge.contains("longer than"), "{huge}");
         assert!(missing.contains("is efm-agent running"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);

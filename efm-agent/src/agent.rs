@@ -154,7 +154,14 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let Owners { db: db_owner, peers: peers_tx, custom_monitor, runtime, stop } = owners;
     let ha = ha_runtime(&facts, runtime, coord.clone(), vip_held, &opts.state_dir);
     let (metrics_tx, metrics_rx) = watch::channel(None);
-    let tasks = Tasks::spawn(&opts, &facts, &coord, db_target.map(|t| (t, db_owner)), custom_monitor, health.map(|h| (h, metrics_rx)))?;
+    let tasks = Tasks::spawn(
+        &opts,
+        &facts,
+        &coord,
+        db_target.map(|t| (t, db_owner)),
+        custom_monitor,
+        health.map(|h| (h, metrics_rx)),
+    )?;
     let signals = Signals::new()?;
     tracing::info!(
         cluster = %cfg.cluster, node = %me, %role, interface = %id.iface, xdp = %id.attachment,
@@ -237,7 +244,11 @@ fn peer_table(cfg: &Config, me: SocketAddr) -> Result<Vec<PeerEntry>, AgentError
 /// the VIP lives elsewhere, on that one too: the fence must see every path client traffic can
 /// take. Returns the datapath, the interface, how XDP was attached, and the epoch the pinned
 /// maps held (0 on fresh maps).
-fn open_datapath(cfg: &Config, bpffs_dir: &Path, me: SocketAddr) -> Result<(Datapath, String, String, u64), AgentError> {
+fn open_datapath(
+    cfg: &Config,
+    bpffs_dir: &Path,
+    me: SocketAddr,
+) -> Result<(Datapath, String, String, u64), AgentError> {
     let iface = match &cfg.xdp_interface {
         Some(i) => i.clone(),
         None => interface_of(me.ip()).ok_or(AgentError::NoInterface { ip: me.ip() })?,
@@ -259,7 +270,11 @@ fn open_datapath(cfg: &Config, bpffs_dir: &Path, me: SocketAddr) -> Result<(Data
 
 /// How to reach the local database (none on a witness) and what it says at start: the role
 /// (standby in recovery, else primary; idle if it does not answer).
-async fn local_database(cfg: &Config, config_dir: &Path, me: SocketAddr) -> Result<(Option<DbTarget>, LocalDatabase), AgentError> {
+async fn local_database(
+    cfg: &Config,
+    config_dir: &Path,
+    me: SocketAddr,
+) -> Result<(Option<DbTarget>, LocalDatabase), AgentError> {
     if cfg.is_witness {
         return Ok((None, LocalDatabase { role: Role::Witness, view: DbView::default() }));
     }
@@ -276,7 +291,15 @@ async fn local_database(cfg: &Config, config_dir: &Path, me: SocketAddr) -> Resu
 
 /// The kernel's configuration, key, first fence state, peer table, service addresses and
 /// exemptions.
-fn arm_kernel(dp: &mut Datapath, cfg: &Config, me: SocketAddr, key: ClusterKeyBytes, role: Role, epoch: u64, peers: &[PeerEntry]) -> Result<(), AgentError> {
+fn arm_kernel(
+    dp: &mut Datapath,
+    cfg: &Config,
+    me: SocketAddr,
+    key: ClusterKeyBytes,
+    role: Role,
+    epoch: u64,
+    peers: &[PeerEntry],
+) -> Result<(), AgentError> {
     dp.set_config(&DatapathConfig {
         cluster_id: heartbeat::cluster_id(&cfg.cluster),
         node_id: heartbeat::node_id(&me),
@@ -301,7 +324,9 @@ fn arm_kernel(dp: &mut Datapath, cfg: &Config, me: SocketAddr, key: ClusterKeyBy
         ..FenceState::default()
     };
     dp.set_fence(&fence)?;
-    dp.set_peers(&peers.iter().map(|p| Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] }).collect::<Vec<_>>())?;
+    dp.set_peers(
+        &peers.iter().map(|p| Peer { node_id: p.node_id, slot: p.slot, addrs: vec![p.addr.ip()] }).collect::<Vec<_>>(),
+    )?;
     let vips: Vec<IpAddr> = cfg.virtual_ip.into_iter().collect();
     dp.set_service_addrs(&[me.ip()], &vips)?;
     // `fence.exempt.hosts` pass the fence always. The cluster's own nodes pass only while this
@@ -342,7 +367,13 @@ fn coord_config(cfg: &Config, me: SocketAddr, key: ClusterKeyBytes, opts: &Optio
 }
 
 /// The HA engine and its runtime, owning the runtime's channels.
-fn ha_runtime(facts: &Facts, owner: RuntimeOwner, coord: Arc<Coordinator>, vip_held: bool, state_dir: &Path) -> HaRuntime {
+fn ha_runtime(
+    facts: &Facts,
+    owner: RuntimeOwner,
+    coord: Arc<Coordinator>,
+    vip_held: bool,
+    state_dir: &Path,
+) -> HaRuntime {
     let (cfg, me) = (&facts.id.config, facts.id.me);
     HaRuntime::new(
         crate::ha::Engine::new(crate::ha::runtime::engine_config(cfg, me)),
@@ -518,7 +549,14 @@ impl MainLoop {
 /// The orderly stop: `STOPPING=1`, tasks stopped, admin socket removed, coordination shut down,
 /// then the datapath detached — unless the kernel must keep enforcing (a fenced node, a primary
 /// database) — or, after `efm stop-cluster`, detached from a node that serves.
-async fn shutdown(opts: &Options, main: MainLoop, tasks: Tasks, facts: &Facts, coord: Arc<Coordinator>, fenced_at_exit: bool) -> Result<(), AgentError> {
+async fn shutdown(
+    opts: &Options,
+    main: MainLoop,
+    tasks: Tasks,
+    facts: &Facts,
+    coord: Arc<Coordinator>,
+    fenced_at_exit: bool,
+) -> Result<(), AgentError> {
     let cfg = &facts.id.config;
     tracing::info!("efm-agent stopping");
     lifecycle::notify("STOPPING=1");
@@ -535,7 +573,9 @@ async fn shutdown(opts: &Options, main: MainLoop, tasks: Tasks, facts: &Facts, c
     if stop_cluster && !fenced_at_exit {
         // `efm stop-cluster`: no agent is left to endorse a lease, and the databases must keep
         // serving as they are; a fenced node stays fenced.
-        tracing::warn!("efm stop-cluster: detaching XDP; the cluster has no failover protection until the agents start again");
+        tracing::warn!(
+            "efm stop-cluster: detaching XDP; the cluster has no failover protection until the agents start again"
+        );
         dp.detach()?;
     } else if fenced_at_exit || db_primary {
         // The kernel keeps enforcing: a fenced node stays fenced, and a primary's clients lose
@@ -596,10 +636,12 @@ pub async fn handle(facts: &Facts, coord: &Arc<Coordinator>, req: Request) -> Re
     // Unknown commands and malformed fields were answered by `admin::parse_request` already.
     match &req.command {
         crate::admin::AdminCommand::NodeStatus => Response::ok(crate::report::node_status(facts)),
-        crate::admin::AdminCommand::ClusterStatus => match crate::report::cluster_status(facts, &cluster_state(coord)).await {
-            Ok(v) => Response::ok(v),
-            Err(e) => Response::err(e),
-        },
+        crate::admin::AdminCommand::ClusterStatus => {
+            match crate::report::cluster_status(facts, &cluster_state(coord)).await {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(e),
+            }
+        }
         _ => crate::operator::handle(facts, coord, &req).await,
     }
 }

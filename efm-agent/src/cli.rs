@@ -117,7 +117,9 @@ pub enum Cmd {
     /// up-to-date standby it asks first (and refuses without a terminal unless --force).
     /// With -switchover the primary stops cleanly, the standby takes over and the old primary
     /// rejoins as its standby. EFM's single-dash spellings (-switchover, -sourcenode, -quiet) work.
-    #[command(after_help = "Example:\n  efm promote acctg -switchover\n  efm promote acctg -switchover -sourcenode 10.0.1.9 -quiet")]
+    #[command(
+        after_help = "Example:\n  efm promote acctg -switchover\n  efm promote acctg -switchover -sourcenode 10.0.1.9 -quiet"
+    )]
     Promote {
         /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
         cluster: String,
@@ -170,7 +172,9 @@ pub enum Cmd {
     },
     /// EFM 2.0's name for allow-node (deprecated): allow a node to join, and with PRIORITY also
     /// set its failover priority (set-priority).
-    #[command(after_help = "Example:\n  efm add-node acctg 10.0.1.9:7800 1   # the same as: efm allow-node acctg 10.0.1.9:7800 && efm set-priority acctg 10.0.1.9:7800 1")]
+    #[command(
+        after_help = "Example:\n  efm add-node acctg 10.0.1.9:7800 1   # the same as: efm allow-node acctg 10.0.1.9:7800 && efm set-priority acctg 10.0.1.9:7800 1"
+    )]
     AddNode {
         /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
         cluster: String,
@@ -180,7 +184,9 @@ pub enum Cmd {
         priority: Option<u32>,
     },
     /// EFM 2.0's name for disallow-node (deprecated): remove a node from the allowed node host list.
-    #[command(after_help = "Example:\n  efm remove-node acctg 10.0.1.9:7800   # the same as: efm disallow-node acctg 10.0.1.9:7800")]
+    #[command(
+        after_help = "Example:\n  efm remove-node acctg 10.0.1.9:7800   # the same as: efm disallow-node acctg 10.0.1.9:7800"
+    )]
     RemoveNode {
         /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
         cluster: String,
@@ -202,7 +208,9 @@ pub enum Cmd {
     },
     /// Convert an EFM 2.x-5.x configuration into efm's, reporting every change. EFM 3.3's
     /// spelling `-source DIR` works too.
-    #[command(after_help = "Example:\n  efm upgrade-conf acctg --source /etc/edb/efm-4.7\n  efm upgrade-conf acctg -source /etc/efm-2.0")]
+    #[command(
+        after_help = "Example:\n  efm upgrade-conf acctg --source /etc/edb/efm-4.7\n  efm upgrade-conf acctg -source /etc/efm-2.0"
+    )]
     UpgradeConf {
         /// Cluster name: reads <source>/<cluster>.properties, writes <config-dir>/<cluster>.properties.
         cluster: String,
@@ -252,11 +260,18 @@ impl Cmd {
     #[must_use]
     pub fn admin_request(&self) -> Option<(&str, AdminCommand)> {
         Some(match self {
-            Self::ClusterStatus { cluster } | Self::ClusterStatusJson { cluster } => (cluster, AdminCommand::ClusterStatus),
+            Self::ClusterStatus { cluster } | Self::ClusterStatusJson { cluster } => {
+                (cluster, AdminCommand::ClusterStatus)
+            }
             Self::NodeStatusJson { cluster } => (cluster, AdminCommand::NodeStatus),
             Self::Promote { cluster, switchover, sourcenode, quiet, force } => (
                 cluster,
-                AdminCommand::Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.clone() },
+                AdminCommand::Promote {
+                    switchover: *switchover,
+                    quiet: *quiet,
+                    force: *force,
+                    sourcenode: sourcenode.clone(),
+                },
             ),
             Self::Resume { cluster } => (cluster, AdminCommand::Resume),
             Self::SetPriority { cluster, address, priority } => {
@@ -270,9 +285,11 @@ impl Cmd {
                 (cluster, AdminCommand::DisallowNode { address: address.clone() })
             }
             Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
-            Self::PropCheck { .. } | Self::UpgradeConf { .. } | Self::Encrypt { .. } | Self::GenerateKey { .. } | Self::GenerateDocs { .. } => {
-                return None
-            }
+            Self::PropCheck { .. }
+            | Self::UpgradeConf { .. }
+            | Self::Encrypt { .. }
+            | Self::GenerateKey { .. }
+            | Self::GenerateDocs { .. } => return None,
         })
     }
 }
@@ -366,8 +383,7 @@ fn without_hidden(cmd: &clap::Command, name: &'static str) -> clap::Command {
     if let Some(a) = cmd.get_about() {
         out = out.about(a.clone());
     }
-    out.args(cmd.get_arguments().cloned())
-        .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+    out.args(cmd.get_arguments().cloned()).subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// A man page: `clap_mangen`'s sections, the examples (clap's after-help) as EXAMPLES rather than
@@ -375,7 +391,8 @@ fn without_hidden(cmd: &clap::Command, name: &'static str) -> clap::Command {
 fn render_man(cmd: clap::Command, section: &str, see_also: &str) -> io::Result<Vec<u8>> {
     let extra = cmd.get_after_long_help().or_else(|| cmd.get_after_help()).map(ToString::to_string);
     let cmd = cmd.after_help(None::<&str>).after_long_help(None::<&str>);
-    let man = clap_mangen::Man::new(cmd).section(section).manual("efm").source(concat!("efm ", env!("CARGO_PKG_VERSION")));
+    let man =
+        clap_mangen::Man::new(cmd).section(section).manual("efm").source(concat!("efm ", env!("CARGO_PKG_VERSION")));
     let mut out = Vec::new();
     man.render(&mut out)?;
     if let Some(extra) = extra {
@@ -446,7 +463,8 @@ mod tests {
 
     #[test]
     fn every_admin_command_has_its_efm_command() {
-        let parse = |words: &[&str]| Cli::try_parse_from(std::iter::once("efm").chain(words.iter().copied())).unwrap().cmd;
+        let parse =
+            |words: &[&str]| Cli::try_parse_from(std::iter::once("efm").chain(words.iter().copied())).unwrap().cmd;
         let sent: Vec<&str> = [
             &["cluster-status", "acctg"][..],
             &["node-status-json", "acctg"],
@@ -466,7 +484,12 @@ mod tests {
         assert_eq!(cluster, "acctg");
         assert_eq!(
             promote,
-            AdminCommand::Promote { switchover: true, quiet: true, force: false, sourcenode: Some("198.18.0.9".into()) }
+            AdminCommand::Promote {
+                switchover: true,
+                quiet: true,
+                force: false,
+                sourcenode: Some("198.18.0.9".into())
+            }
         );
         assert_eq!(
             parse(&["set-priority", "acctg", "198.18.0.2", "0"]).admin_request().unwrap().1,
@@ -488,7 +511,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse(&["upgrade-conf", "acctg", "--source", "/x"]), Cmd::UpgradeConf { .. }));
-        assert!(matches!(parse(&["promote", "acctg", "-switchover", "-quiet"]), Cmd::Promote { switchover: true, quiet: true, .. }));
+        assert!(matches!(
+            parse(&["promote", "acctg", "-switchover", "-quiet"]),
+            Cmd::Promote { switchover: true, quiet: true, .. }
+        ));
         let add = parse(&["add-node", "acctg", "10.0.1.9:7800", "1"]);
         assert!(matches!(&add, Cmd::AddNode { priority: Some(1), .. }), "{add:?}");
         assert_eq!(add.admin_request().unwrap().1, AdminCommand::AllowNode { address: "10.0.1.9:7800".into() });
@@ -498,7 +524,11 @@ mod tests {
             AdminCommand::DisallowNode { address: "10.0.1.9".into() }
         );
         let n = deprecated_node_command("add-node", "acctg", "10.0.1.9:7800", Some(1));
-        assert!(n.contains("deprecated") && n.contains("efm allow-node acctg 10.0.1.9:7800 and efm set-priority acctg 10.0.1.9:7800 1"), "{n}");
+        assert!(
+            n.contains("deprecated")
+                && n.contains("efm allow-node acctg 10.0.1.9:7800 and efm set-priority acctg 10.0.1.9:7800 1"),
+            "{n}"
+        );
         assert!(deprecated_node_command("remove-node", "acctg", "10.0.1.9", None).contains("use disallow-node"));
     }
 
@@ -510,9 +540,10 @@ mod tests {
 
     #[test]
     fn every_command_has_an_about_and_an_example() {
-        for cmd in std::iter::once(AgentArgs::command()).chain(std::iter::once(Cli::command())).chain(
-            Cli::command().get_subcommands().cloned().collect::<Vec<_>>(),
-        ) {
+        for cmd in std::iter::once(AgentArgs::command())
+            .chain(std::iter::once(Cli::command()))
+            .chain(Cli::command().get_subcommands().cloned().collect::<Vec<_>>())
+        {
             let name = cmd.get_name().to_owned();
             assert!(cmd.get_about().is_some(), "{name} has no description");
             let after = cmd.get_after_help().map(ToString::to_string).unwrap_or_default();
@@ -557,7 +588,10 @@ mod tests {
         assert!(!written.iter().any(|p| p.to_string_lossy().contains("generate-docs")), "hidden command documented");
         let agent = fs::read_to_string(dir.join("man8/efm-agent.8")).unwrap();
         assert!(agent.starts_with(".ie") || agent.contains(".TH efm\\-agent 8"), "{}", &agent[..200.min(agent.len())]);
-        assert!(agent.contains(".SH EXAMPLES") && agent.contains(".SH FILES") && agent.contains("\\-\\-cluster"), "{agent}");
+        assert!(
+            agent.contains(".SH EXAMPLES") && agent.contains(".SH FILES") && agent.contains("\\-\\-cluster"),
+            "{agent}"
+        );
         assert!(!agent.contains(".SH EXTRA"), "{agent}");
         let bash = fs::read_to_string(dir.join("completions/bash/efm")).unwrap();
         assert!(bash.contains("cluster-status") && !bash.contains("generate-docs"), "hidden command completed");
@@ -567,6 +601,9 @@ mod tests {
     #[test]
     fn roff_sections_keep_examples_verbatim() {
         let r = roff_sections("Example:\n  efm x -y\n\nFiles:\n  /etc/efm  config\nplain text.");
-        assert_eq!(r, ".SH EXAMPLES\n.nf\n  efm x \\-y\n.fi\n.PP\n.SH FILES\n.nf\n  /etc/efm  config\n.fi\nplain text.\n");
+        assert_eq!(
+            r,
+            ".SH EXAMPLES\n.nf\n  efm x \\-y\n.fi\n.PP\n.SH FILES\n.nf\n  /etc/efm  config\n.fi\nplain text.\n"
+        );
     }
 }

@@ -36,7 +36,9 @@ pub async fn run(id: Arc<Identity>, db: watch::Receiver<LocalDatabase>, failure:
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let res = runner.run(Hook::CustomMonitor, &line, &Substitutions::default(), timeout, cfg.script_user.as_deref()).await;
+        let res = runner
+            .run(Hook::CustomMonitor, &line, &Substitutions::default(), timeout, cfg.script_user.as_deref())
+            .await;
         match res {
             Ok(out) if out.success() => {
                 let was = failure.send_replace(None);
@@ -54,7 +56,12 @@ pub async fn run(id: Arc<Identity>, db: watch::Receiver<LocalDatabase>, failure:
     }
 }
 
-fn failed(failure: &watch::Sender<Option<String>>, db: &watch::Receiver<LocalDatabase>, cfg: &crate::config::Config, result: ScriptResult) {
+fn failed(
+    failure: &watch::Sender<Option<String>>,
+    db: &watch::Receiver<LocalDatabase>,
+    cfg: &crate::config::Config,
+    result: ScriptResult,
+) {
     if cfg.custom_monitor_safe_mode {
         notify(cfg, Event::CustomMonitorSafeModeFailure { result });
         return;

@@ -35,17 +35,15 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
-        XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
     },
     Ebpf, EbpfError, EbpfLoader, Pod,
 };
 use efm_common::jump::{JUMP_COUNT, JUMP_PROGRAMS, MAP_JUMP};
 use efm_common::maps::{
-    ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, PeerInfo, PeerSlot,
-    RttHistogram, MAP_CONFIG, MAP_EXEMPT, MAP_FENCE, MAP_KEY, MAP_LEASE, MAP_PEERS, MAP_RTT_HIST,
-    MAP_SERVICE, MAP_SLOTS, MAP_STATS, MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
-    EGRESS_PROG_NAME, PROG_NAME, RTT_BUCKETS,
+    ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, PeerInfo, PeerSlot, RttHistogram,
+    EGRESS_PROG_NAME, MAP_CONFIG, MAP_EXEMPT, MAP_FENCE, MAP_KEY, MAP_LEASE, MAP_PEERS, MAP_RTT_HIST, MAP_SERVICE,
+    MAP_SLOTS, MAP_STATS, MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS, PROG_NAME, RTT_BUCKETS,
 };
 use efm_common::serving::{EXEMPT_ALWAYS, EXEMPT_MEMBER};
 
@@ -118,7 +116,9 @@ pub enum DatapathError {
     AttachEgress { iface: String, source: ProgramError },
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}{hint}")]
     Attach { iface: String, mode: &'static str, hint: &'static str, source: ProgramError },
-    #[error("XDP on {iface} was attached through netlink, which cannot be pinned; efm needs bpf_link (Linux 5.9 or later)")]
+    #[error(
+        "XDP on {iface} was attached through netlink, which cannot be pinned; efm needs bpf_link (Linux 5.9 or later)"
+    )]
     NotPinnable { iface: String },
     #[error("pinning {path}: {source}")]
     Pin { path: PathBuf, source: io::Error },
@@ -145,7 +145,11 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 }
 
 /// Program `name` of the object as its type `P`; a wrong type is reported through `err`.
-fn program_in<'a, P>(ebpf: &'a mut Ebpf, name: &'static str, err: fn(ProgramError) -> DatapathError) -> Result<&'a mut P, DatapathError>
+fn program_in<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    err: fn(ProgramError) -> DatapathError,
+) -> Result<&'a mut P, DatapathError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -243,23 +247,24 @@ impl Datapath {
     /// attaching it anywhere; used for `BPF_PROG_RUN` and by [`Datapath::open`].
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
         ensure_bpffs()?;
-        fs::create_dir_all(pin_dir)
-            .map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
+        fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir { path: pin_dir.to_owned(), source })?;
         let reused_maps = check_pinned_maps(pin_dir)?;
         let whole_generation = GENERATION_MAPS.iter().all(|m| pin_dir.join(m).exists());
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(OBJECT)
-            .map_err(DatapathError::Load)?;
+        let mut ebpf =
+            EbpfLoader::new().default_map_pin_directory(pin_dir).load(OBJECT).map_err(DatapathError::Load)?;
         let prog: &mut Xdp = program_in(&mut ebpf, PROG_NAME, DatapathError::Program)?;
         prog.load().map_err(DatapathError::Program)?;
         let mut fds = Vec::new();
         for (index, name) in JUMP_PROGRAMS {
             let p: &mut Xdp = program_in(&mut ebpf, name, DatapathError::Program)?;
             p.load().map_err(DatapathError::Program)?;
-            fds.push((index, p.fd().map_err(DatapathError::Program)?.try_clone().map_err(
-                |e| DatapathError::Program(ProgramError::IOError(e)),
-            )?));
+            fds.push((
+                index,
+                p.fd()
+                    .map_err(DatapathError::Program)?
+                    .try_clone()
+                    .map_err(|e| DatapathError::Program(ProgramError::IOError(e)))?,
+            ));
         }
         let jump_map = ebpf.map_mut(MAP_JUMP).ok_or(DatapathError::MapMissing(MAP_JUMP))?;
         let mut jumps = ProgramArray::try_from(jump_map).map_err(map_err(MAP_JUMP))?;
@@ -360,8 +365,8 @@ impl Datapath {
             .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(err)?;
         let link = prog.take_link(id).map_err(DatapathError::EgressProgram)?;
-        let fd_link = FdLink::try_from(link)
-            .map_err(|e| err(ProgramError::IOError(io::Error::other(e.to_string()))))?;
+        let fd_link =
+            FdLink::try_from(link).map_err(|e| err(ProgramError::IOError(io::Error::other(e.to_string()))))?;
         fd_link
             .pin(&path)
             .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
@@ -374,8 +379,11 @@ impl Datapath {
             if let Ok(pinned) = PinnedLink::from_pin(&path) {
                 let fd_link: FdLink = pinned.into();
                 if let Ok(link) = XdpLink::try_from(fd_link) {
-                    self.program()?.attach_to_link(link).map_err(|source| {
-                        DatapathError::Attach { iface: iface.into(), mode: "pinned", hint: "", source }
+                    self.program()?.attach_to_link(link).map_err(|source| DatapathError::Attach {
+                        iface: iface.into(),
+                        mode: "pinned",
+                        hint: "",
+                        source,
                     })?;
                     return Ok(Attachment::Reattached);
                 }
@@ -384,10 +392,9 @@ impl Datapath {
             let _ = fs::remove_file(&path);
         }
         let tries: &[(XdpMode, Attachment, &'static str)] = match mode {
-            ModeChoice::Auto => &[
-                (XdpMode::Driver, Attachment::Native, "native"),
-                (XdpMode::Skb, Attachment::Generic, "generic"),
-            ],
+            ModeChoice::Auto => {
+                &[(XdpMode::Driver, Attachment::Native, "native"), (XdpMode::Skb, Attachment::Generic, "generic")]
+            }
             ModeChoice::Native => &[(XdpMode::Driver, Attachment::Native, "native")],
             ModeChoice::Generic => &[(XdpMode::Skb, Attachment::Generic, "generic")],
         };
@@ -397,8 +404,8 @@ impl Datapath {
             match prog.attach(iface, xdp_mode) {
                 Ok(id) => {
                     let link = prog.take_link(id).map_err(DatapathError::Program)?;
-                    let fd_link = FdLink::try_from(link)
-                        .map_err(|_| DatapathError::NotPinnable { iface: iface.into() })?;
+                    let fd_link =
+                        FdLink::try_from(link).map_err(|_| DatapathError::NotPinnable { iface: iface.into() })?;
                     fd_link.pin(&path).map_err(|e| DatapathError::Pin {
                         path: path.clone(),
                         source: io::Error::other(e.to_string()),
@@ -420,7 +427,11 @@ impl Datapath {
             for (prefix, what) in [(LINK_PREFIX, "XDP"), (EGRESS_PREFIX, "egress")] {
                 if let Some(iface) = name.strip_prefix(prefix) {
                     if !keep.contains(&iface) {
-                        tracing::warn!(iface, link = what, "removing a pinned link of an interface no longer configured");
+                        tracing::warn!(
+                            iface,
+                            link = what,
+                            "removing a pinned link of an interface no longer configured"
+                        );
                         let _ = fs::remove_file(e.path());
                     }
                 }
@@ -438,15 +449,12 @@ impl Datapath {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with(LINK_PREFIX) || name.starts_with(EGRESS_PREFIX) || name.starts_with("EFM_") {
-                    fs::remove_file(e.path())
-                        .map_err(|source| DatapathError::Pin { path: e.path(), source })?;
+                    fs::remove_file(e.path()).map_err(|source| DatapathError::Pin { path: e.path(), source })?;
                 }
             }
         }
         match fs::remove_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(DatapathError::PinDir { path: dir, source: e })
-            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DatapathError::PinDir { path: dir, source: e }),
             _ => Ok(()),
         }
     }
@@ -520,16 +528,13 @@ impl Datapath {
 
     /// Clears a slot, for a slot handed to a different peer.
     pub fn reset_slot(&mut self, slot: u32) -> Result<(), DatapathError> {
-        self.array_mut::<PeerSlot>(MAP_SLOTS)?
-            .set(slot, PeerSlot::default(), 0)
-            .map_err(map_err(MAP_SLOTS))
+        self.array_mut::<PeerSlot>(MAP_SLOTS)?.set(slot, PeerSlot::default(), 0).map_err(map_err(MAP_SLOTS))
     }
 
     /// The RTT histogram of a slot, summed over CPUs.
     pub fn rtt_histogram(&self, slot: u32) -> Result<[u64; RTT_BUCKETS], DatapathError> {
         let map = self.ebpf.map(MAP_RTT_HIST).ok_or(DatapathError::MapMissing(MAP_RTT_HIST))?;
-        let arr: PerCpuArray<&MapData, RttHistogram> =
-            PerCpuArray::try_from(map).map_err(map_err(MAP_RTT_HIST))?;
+        let arr: PerCpuArray<&MapData, RttHistogram> = PerCpuArray::try_from(map).map_err(map_err(MAP_RTT_HIST))?;
         let mut sum = [0u64; RTT_BUCKETS];
         for cpu in arr.get(&slot, 0).map_err(map_err(MAP_RTT_HIST))?.iter() {
             for (s, b) in sum.iter_mut().zip(cpu.buckets.iter()) {
@@ -566,8 +571,7 @@ impl Datapath {
         }
         check_count("peer addresses", want.len(), MAX_PEER_ADDRS)?;
         let map = self.ebpf.map_mut(MAP_PEERS).ok_or(DatapathError::MapMissing(MAP_PEERS))?;
-        let mut hm: HashMap<&mut MapData, PeerAddr, PeerInfo> =
-            HashMap::try_from(map).map_err(map_err(MAP_PEERS))?;
+        let mut hm: HashMap<&mut MapData, PeerAddr, PeerInfo> = HashMap::try_from(map).map_err(map_err(MAP_PEERS))?;
         let old: Vec<PeerAddr> = hm.keys().filter_map(Result::ok).collect();
         for k in old.iter().filter(|k| !want.contains_key(k)) {
             hm.remove(k).map_err(map_err(MAP_PEERS))?;
@@ -589,8 +593,7 @@ impl Datapath {
         }
         check_count("service addresses", want.len(), MAX_SERVICE_ADDRS)?;
         let map = self.ebpf.map_mut(MAP_SERVICE).ok_or(DatapathError::MapMissing(MAP_SERVICE))?;
-        let mut hm: HashMap<&mut MapData, PeerAddr, u32> =
-            HashMap::try_from(map).map_err(map_err(MAP_SERVICE))?;
+        let mut hm: HashMap<&mut MapData, PeerAddr, u32> = HashMap::try_from(map).map_err(map_err(MAP_SERVICE))?;
         let old: Vec<PeerAddr> = hm.keys().filter_map(Result::ok).collect();
         for k in old.iter().filter(|k| !want.contains_key(&k.octets)) {
             hm.remove(k).map_err(map_err(MAP_SERVICE))?;
@@ -612,7 +615,11 @@ impl Datapath {
     /// (`efm_common::serving::exempt_applies`). A member covered by an always-exempt prefix gets
     /// no entry of its own: the trie's longest match would otherwise narrow the prefix's rule
     /// for that address.
-    pub fn set_exempt_with_members(&mut self, prefixes: &[(IpAddr, u8)], members: &[IpAddr]) -> Result<(), DatapathError> {
+    pub fn set_exempt_with_members(
+        &mut self,
+        prefixes: &[(IpAddr, u8)],
+        members: &[IpAddr],
+    ) -> Result<(), DatapathError> {
         let mut want = std::collections::BTreeMap::new();
         for &(addr, prefix) in prefixes {
             let bits = match addr {
@@ -632,8 +639,7 @@ impl Datapath {
         }
         check_count("exempt prefixes", want.len(), MAX_EXEMPT)?;
         let map = self.ebpf.map_mut(MAP_EXEMPT).ok_or(DatapathError::MapMissing(MAP_EXEMPT))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
-            LpmTrie::try_from(map).map_err(map_err(MAP_EXEMPT))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> = LpmTrie::try_from(map).map_err(map_err(MAP_EXEMPT))?;
         let old: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
         for k in &old {
             if !want.contains_key(&(k.prefix_len(), k.data())) {

@@ -189,9 +189,7 @@ impl Detector {
         if st.snapshots.back().is_none_or(|(t, _)| now_ns.saturating_sub(*t) >= SNAPSHOT_EVERY_NS) {
             st.snapshots.push_back((now_ns, *hist));
         }
-        while st.snapshots.len() > 1
-            && st.snapshots.front().is_some_and(|(t, _)| now_ns.saturating_sub(*t) > window)
-        {
+        while st.snapshots.len() > 1 && st.snapshots.front().is_some_and(|(t, _)| now_ns.saturating_sub(*t) > window) {
             st.snapshots.pop_front();
         }
         let base = st.snapshots.front().map_or([0; RTT_BUCKETS], |(_, h)| *h);
@@ -314,7 +312,11 @@ mod tests {
         d.observe(t0 + 110 * MS, 2, &slot(10, last_ping, 10, t0 + 105 * MS), &NO_HIST);
         // The agent stops; its kernel keeps answering our PINGs.
         let s = |now: u64| slot(10, last_ping, 20, now - 5 * MS);
-        assert_eq!(d.observe(last_ping + 500 * MS, 2, &s(last_ping + 500 * MS), &NO_HIST), None, "not before node.timeout");
+        assert_eq!(
+            d.observe(last_ping + 500 * MS, 2, &s(last_ping + 500 * MS), &NO_HIST),
+            None,
+            "not before node.timeout"
+        );
         let c = d.observe(last_ping + 550 * MS, 2, &s(last_ping + 550 * MS), &NO_HIST).unwrap();
         assert_eq!((c.from, c.to), (Verdict::Alive, Verdict::AgentDead));
         assert_eq!(c.to.to_string(), "agent dead, node alive");

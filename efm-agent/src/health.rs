@@ -115,7 +115,10 @@ pub struct MetricsSnapshot {
 /// The latest [`MetricsSnapshot`] (`None` until the first one): written by the main loop only.
 pub type Metrics = watch::Sender<Option<Arc<MetricsSnapshot>>>;
 
-#[expect(clippy::result_large_err, reason = "the datapath's errors carry aya's; logged by the caller, once a second at most")]
+#[expect(
+    clippy::result_large_err,
+    reason = "the datapath's errors carry aya's; logged by the caller, once a second at most"
+)]
 /// Called by the main loop after each cycle: at most once per [`SNAPSHOT_EVERY`], reads the
 /// kernel's maps for `peers` and publishes them on `metrics`.
 pub fn after_tick(metrics: &Metrics, dp: &Datapath, peers: &[PeerEntry]) -> Result<(), DatapathError> {
@@ -351,7 +354,11 @@ fn float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -388,7 +395,11 @@ impl Exposition {
 }
 
 fn bit(b: bool) -> &'static str {
-    if b { "1" } else { "0" }
+    if b {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 fn verdict_label(v: Verdict) -> &'static str {
@@ -409,14 +420,27 @@ pub fn render_metrics(v: &View) -> String {
     e.family("efm_info", "gauge", "The agent: cluster, node (bind.address), role and version; always 1.");
     e.sample(
         "efm_info",
-        &[("cluster", v.cluster.as_str()), ("node", v.me.to_string().as_str()), ("role", role.as_str()), ("version", env!("CARGO_PKG_VERSION"))],
+        &[
+            ("cluster", v.cluster.as_str()),
+            ("node", v.me.to_string().as_str()),
+            ("role", role.as_str()),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
         "1",
     );
     e.gauge("efm_epoch", "The committed epoch as the HA engine last saw it.", &v.epoch.to_string());
     e.gauge("efm_kernel_epoch", "The epoch this node's kernel holds.", &v.kernel.epoch.to_string());
-    e.gauge("efm_kernel_max_epoch_seen", "The highest epoch carried by any authenticated heartbeat.", &v.kernel.max_epoch_seen.to_string());
+    e.gauge(
+        "efm_kernel_max_epoch_seen",
+        "The highest epoch carried by any authenticated heartbeat.",
+        &v.kernel.max_epoch_seen.to_string(),
+    );
     e.gauge("efm_fenced", "1 when the agent fences this node in the kernel.", bit(v.kernel.fenced));
-    e.gauge("efm_lease_enforced", "1 when the kernel enforces the primary lease on this node.", bit(v.kernel.lease_enforced));
+    e.gauge(
+        "efm_lease_enforced",
+        "1 when the kernel enforces the primary lease on this node.",
+        bit(v.kernel.lease_enforced),
+    );
     e.gauge(
         "efm_lease_left_seconds",
         "Time left on the enforced primary lease (0 when not enforced or lapsed).",
@@ -436,19 +460,31 @@ pub fn render_metrics(v: &View) -> String {
         let peer = addr.to_string();
         let cur = h.map_or(Verdict::Unknown, |h| h.verdict);
         for verdict in [Verdict::Unknown, Verdict::Alive, Verdict::AgentDead, Verdict::NodeDead] {
-            e.sample("efm_peer_verdict", &[("peer", peer.as_str()), ("verdict", verdict_label(verdict))], bit(cur == verdict));
+            e.sample(
+                "efm_peer_verdict",
+                &[("peer", peer.as_str()), ("verdict", verdict_label(verdict))],
+                bit(cur == verdict),
+            );
         }
     }
     let snap = v.metrics.as_deref();
     let peers = snap.map_or(&[][..], |s| &s.peers[..]);
     let age = |at: Option<u64>| at.map(|t| float(seconds(v.now_ns.saturating_sub(t))));
-    e.family("efm_peer_ping_last_seen_seconds", "gauge", "Age of the last PING accepted from the peer's agent (absent before the first).");
+    e.family(
+        "efm_peer_ping_last_seen_seconds",
+        "gauge",
+        "Age of the last PING accepted from the peer's agent (absent before the first).",
+    );
     for p in peers {
         if let Some(a) = age(p.ping_arrival_ns) {
             e.sample("efm_peer_ping_last_seen_seconds", &[("peer", p.addr.to_string().as_str())], &a);
         }
     }
-    e.family("efm_peer_pong_last_seen_seconds", "gauge", "Age of the last PONG accepted from the peer's kernel (absent before the first).");
+    e.family(
+        "efm_peer_pong_last_seen_seconds",
+        "gauge",
+        "Age of the last PONG accepted from the peer's kernel (absent before the first).",
+    );
     for p in peers {
         if let Some(a) = age(p.pong_arrival_ns) {
             e.sample("efm_peer_pong_last_seen_seconds", &[("peer", p.addr.to_string().as_str())], &a);
@@ -477,7 +513,11 @@ pub fn render_metrics(v: &View) -> String {
                 cum += p.rtt[next];
                 next += 1;
             }
-            e.sample("efm_peer_rtt_seconds_bucket", &[("peer", peer.as_str()), ("le", float(seconds(1u64 << k)).as_str())], &cum.to_string());
+            e.sample(
+                "efm_peer_rtt_seconds_bucket",
+                &[("peer", peer.as_str()), ("le", float(seconds(1u64 << k)).as_str())],
+                &cum.to_string(),
+            );
         }
         let total: u64 = p.rtt.iter().sum();
         e.sample("efm_peer_rtt_seconds_bucket", &[("peer", peer.as_str()), ("le", "+Inf")], &total.to_string());
@@ -487,11 +527,19 @@ pub fn render_metrics(v: &View) -> String {
     for (c, n) in snap.map_or(&[][..], |s| &s.counters[..]) {
         e.sample("efm_xdp_packets_total", &[("reason", c.label())], &n.to_string());
     }
-    e.family("efm_metrics_snapshot_age_seconds", "gauge", "Age of the kernel snapshot these metrics come from (taken at most once a second).");
+    e.family(
+        "efm_metrics_snapshot_age_seconds",
+        "gauge",
+        "Age of the kernel snapshot these metrics come from (taken at most once a second).",
+    );
     if let Some(s) = snap {
         e.sample("efm_metrics_snapshot_age_seconds", &[], &float(seconds(v.now_ns.saturating_sub(s.taken_ns))));
     }
-    e.family("efm_metrics_snapshot_duration_seconds", "gauge", "How long reading the kernel maps for the snapshot took.");
+    e.family(
+        "efm_metrics_snapshot_duration_seconds",
+        "gauge",
+        "How long reading the kernel maps for the snapshot took.",
+    );
     if let Some(s) = snap {
         let cost = u64::try_from(s.cost.as_nanos()).unwrap_or(u64::MAX);
         e.sample("efm_metrics_snapshot_duration_seconds", &[], &float(seconds(cost)));
@@ -608,7 +656,9 @@ pub fn answer(req: &Request, view: &View) -> Answer {
             Answer::json(status(&r), view.status_json(&r))
         }
         "/health" => Answer::json(200, view.status_json(&Ok(()))),
-        "/metrics" => Answer { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", body: render_metrics(view) },
+        "/metrics" => {
+            Answer { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", body: render_metrics(view) }
+        }
         _ => Answer::text(404, "unknown path; try /primary, /replica, /health or /metrics"),
     }
 }
@@ -768,7 +818,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, src: Arc<Sources>, read
         Some(e) => tracing::debug!(%peer, error = %e, "health endpoint: request refused"),
     }
     let mut stream = conn.into_parts().io.into_inner();
-    let _ = tokio::time::timeout(deadline.saturating_duration_since(tokio::time::Instant::now()), finish(&mut stream, b"")).await;
+    let _ =
+        tokio::time::timeout(deadline.saturating_duration_since(tokio::time::Instant::now()), finish(&mut stream, b""))
+            .await;
 }
 
 /// Writes `bytes`, shuts the sending side and reads what the client still sends (a body, a

@@ -52,10 +52,12 @@ const CLUSTER_KEY_LEN: usize = 16;
 /// (not a symbolic link) that group and others cannot access (see [`crate::keyfile`]).
 pub fn load_cluster_key(path: &Path) -> Result<ClusterKeyBytes, KeyError> {
     let contents = keyfile::read(KeyKind::Cluster, path)?;
-    let text = std::str::from_utf8(&contents)
-        .map_err(|_| KeyError::malformed(KeyKind::Cluster, path, "it is not text; it must hold 32 hex digits (128 bits)"))?;
-    let bytes = keyfile::decode_hex::<CLUSTER_KEY_LEN>(text.trim())
-        .map_err(|reason| KeyError::malformed(KeyKind::Cluster, path, format!("it must hold 32 hex digits (128 bits): {reason}")))?;
+    let text = std::str::from_utf8(&contents).map_err(|_| {
+        KeyError::malformed(KeyKind::Cluster, path, "it is not text; it must hold 32 hex digits (128 bits)")
+    })?;
+    let bytes = keyfile::decode_hex::<CLUSTER_KEY_LEN>(text.trim()).map_err(|reason| {
+        KeyError::malformed(KeyKind::Cluster, path, format!("it must hold 32 hex digits (128 bits): {reason}"))
+    })?;
     Ok(ClusterKeyBytes::from_bytes(&bytes))
 }
 

@@ -127,7 +127,8 @@ fn describe(ft: std::fs::FileType) -> &'static str {
 /// Reads the key file at `path` (see the module documentation). The buffer is wiped when
 /// dropped.
 pub fn read(kind: KeyKind, path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
-    let io_err = |op: &'static str| move |source: io::Error| KeyFileError::Io { kind, op, path: path.to_owned(), source };
+    let io_err =
+        |op: &'static str| move |source: io::Error| KeyFileError::Io { kind, op, path: path.to_owned(), source };
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => fd,

@@ -30,13 +30,8 @@ impl ClusterLock {
         let path = lock_dir.join(format!("{cluster}.lock"));
         let err = |source| LifecycleError::Lock { path: path.clone(), source };
         fs::create_dir_all(lock_dir).map_err(err)?;
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(err)?;
+        let mut file =
+            fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(err)?;
         if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             if e == rustix::io::Errno::WOULDBLOCK {
                 let mut pid = String::new();

@@ -134,11 +134,10 @@ pub async fn run(id: Arc<Identity>, owner: DbOwner, target: DbTarget) {
     let DbOwner { db, mut reports, wal } = owner;
     let timings = LocalTimings::from_config(&id.config);
     let (gone_tx, mut gone) = mpsc::channel(4);
-    let _postmaster = id
-        .config
-        .db_data_dir
-        .clone()
-        .map(|dir| AbortOnDrop(tokio::spawn(watch_postmaster(gone_tx, target.clone(), dir, timings.timeout_final))));
+    let _postmaster =
+        id.config.db_data_dir.clone().map(|dir| {
+            AbortOnDrop(tokio::spawn(watch_postmaster(gone_tx, target.clone(), dir, timings.timeout_final)))
+        });
     let _wal = AbortOnDrop(tokio::spawn(track_wal(id.config.heartbeat_interval, wal, target.clone())));
     let (tx, mut rx) = mpsc::channel(16);
     let mut notices = crate::notify::local::LocalDbNotices::new(timings.timeout);
@@ -228,7 +227,12 @@ fn apply(s: &mut LocalDatabase, update: DbUpdate) {
 /// `local.timeout.final`; if that fails too, the database is declared failed without waiting for
 /// `local.timeout` — the process is gone, there is nothing to wait for. The periodic monitor
 /// keeps running and reports the recovery when a new postmaster answers.
-async fn watch_postmaster(gone: mpsc::Sender<i32>, target: DbTarget, data_dir: std::path::PathBuf, final_timeout: std::time::Duration) {
+async fn watch_postmaster(
+    gone: mpsc::Sender<i32>,
+    target: DbTarget,
+    data_dir: std::path::PathBuf,
+    final_timeout: std::time::Duration,
+) {
     use tokio::io::unix::AsyncFd;
     loop {
         let pid = std::fs::read_to_string(data_dir.join("postmaster.pid"))
@@ -290,7 +294,13 @@ mod tests {
     }
 
     fn primary() -> DbInfo {
-        DbInfo { in_recovery: false, current_lsn: Some(Lsn(0x300_0000)), receive_lsn: None, replay_lsn: None, ..standby(None) }
+        DbInfo {
+            in_recovery: false,
+            current_lsn: Some(Lsn(0x300_0000)),
+            receive_lsn: None,
+            replay_lsn: None,
+            ..standby(None)
+        }
     }
 
     fn config() -> Config {
@@ -313,7 +323,10 @@ mod tests {
     }
 
     fn failed_standby() -> LocalDatabase {
-        LocalDatabase { role: Role::Standby, view: DbView { up: Some(false), info: Some(standby(None)), error: Some("gone".into()) } }
+        LocalDatabase {
+            role: Role::Standby,
+            view: DbView { up: Some(false), info: Some(standby(None)), error: Some("gone".into()) },
+        }
     }
 
     /// The promotion task and `efm resume` report to the owner, which applies the report before
@@ -332,7 +345,11 @@ mod tests {
         let now = facts.db.borrow().clone();
         assert_eq!(now.role, Role::Primary);
         assert_eq!(now.view.up, Some(true));
-        assert_eq!(now.view.info.as_ref().map(|i| i.in_recovery), Some(false), "pg_promote() confirmed it left recovery");
+        assert_eq!(
+            now.view.info.as_ref().map(|i| i.in_recovery),
+            Some(false),
+            "pg_promote() confirmed it left recovery"
+        );
 
         facts.report_db(DbUpdate::Checked(standby(Some("198.18.0.2")))).await.unwrap();
         let now = facts.db.borrow().clone();
@@ -355,7 +372,13 @@ mod tests {
         postmaster_gone(&mut s, 4242);
         assert_eq!((s.role, s.view.up), (Role::Primary, Some(false)), "the role stays what the database last said");
         assert_eq!(s.view.error.as_deref(), Some("postmaster (pid 4242) exited"));
-        on_event(&mut s, DbEvent::CheckFailed { error: crate::postgres::DbError::Refused { addr: "198.18.0.1:5444".into() }, silent_for: Duration::from_secs(1) });
+        on_event(
+            &mut s,
+            DbEvent::CheckFailed {
+                error: crate::postgres::DbError::Refused { addr: "198.18.0.1:5444".into() },
+                silent_for: Duration::from_secs(1),
+            },
+        );
         assert_eq!(s.view.up, Some(false), "a failed check alone changes nothing");
     }
 }

@@ -193,7 +193,8 @@ impl Plan {
             }),
             app_name: format!("efm-agent@{}", cfg.cluster),
         });
-        let file = (!env.under_systemd && cfg.file_log_enabled).then(|| cfg.log_dir.join(format!("{}.log", cfg.cluster)));
+        let file =
+            (!env.under_systemd && cfg.file_log_enabled).then(|| cfg.log_dir.join(format!("{}.log", cfg.cluster)));
         Self {
             cluster: cfg.cluster.clone(),
             filter,
@@ -299,9 +300,8 @@ pub fn init(plan: &Plan) -> Result<Logging, LoggingError> {
     if let Some(path) = &plan.file {
         match LogFile::open(path) {
             Ok(f) => {
-                let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-                    .thread_name("efm-log-file")
-                    .finish(f);
+                let (writer, guard) =
+                    tracing_appender::non_blocking::NonBlockingBuilder::default().thread_name("efm-log-file").finish(f);
                 file_guard = Some(guard);
                 layers.push(Box::new(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer)));
                 sinks.push(format!("file {}", path.display()));
@@ -405,7 +405,15 @@ impl Write for LogFile {
 
 /// Formats one RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID - - MSG`.
 #[must_use]
-pub fn rfc5424(facility: u8, severity: u8, time: SystemTime, hostname: &str, app_name: &str, pid: u32, msg: &str) -> String {
+pub fn rfc5424(
+    facility: u8,
+    severity: u8,
+    time: SystemTime,
+    hostname: &str,
+    app_name: &str,
+    pid: u32,
+    msg: &str,
+) -> String {
     let pri = u16::from(facility) * 8 + u16::from(severity);
     let host = header_field(hostname, 255);
     let app = header_field(app_name, 48);
@@ -686,9 +694,13 @@ mod tests {
         assert!(p.stderr && !p.journald);
         assert_eq!(p.filter, directive(LevelFilter::DEBUG));
         let s = p.syslog.unwrap();
-        assert_eq!((s.facility, s.protocol, s.port, s.app_name.as_str()), (19, SyslogProtocol::Tcp, 514, "efm-agent@acctg"));
+        assert_eq!(
+            (s.facility, s.protocol, s.port, s.app_name.as_str()),
+            (19, SyslogProtocol::Tcp, 514, "efm-agent@acctg")
+        );
 
-        let systemd = Environment { under_systemd: true, stderr_is_terminal: false, filter_override: Some("trace".into()) };
+        let systemd =
+            Environment { under_systemd: true, stderr_is_terminal: false, filter_override: Some("trace".into()) };
         let p = Plan::for_agent(&config(""), &systemd);
         assert!(p.journald && !p.stderr && p.file.is_none() && p.syslog.is_none());
         assert_eq!(p.filter, "trace");

@@ -56,7 +56,12 @@ fn message(m: impl Into<String>) -> Response {
 pub async fn handle(facts: &Facts, coord: &Arc<Coordinator>, req: &Request) -> Response {
     let res = match &req.command {
         AdminCommand::Promote { switchover, quiet, force, sourcenode } => {
-            promote(facts, coord, Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.as_deref() }).await
+            promote(
+                facts,
+                coord,
+                Promote { switchover: *switchover, quiet: *quiet, force: *force, sourcenode: sourcenode.as_deref() },
+            )
+            .await
         }
         AdminCommand::Resume => resume(facts).await,
         AdminCommand::SetPriority { address, priority } => set_priority(facts, coord, address, *priority).await,
@@ -144,7 +149,10 @@ fn member(snap: &Snapshot) -> Result<(), String> {
     if snap.st.allowed.contains(&snap.me) {
         Ok(())
     } else {
-        Err(format!("this node ({}) is not a member of cluster {} yet; run the command on a member", snap.me, snap.cfg.cluster))
+        Err(format!(
+            "this node ({}) is not a member of cluster {} yet; run the command on a member",
+            snap.me, snap.cfg.cluster
+        ))
     }
 }
 
@@ -217,11 +225,17 @@ fn primary_lsn(snap: &Snapshot, primary: SocketAddr) -> Option<u64> {
     if primary == snap.me {
         return snap.db.lsn().map(|l| l.0);
     }
-    snap.peers.iter().find(|p| p.addr == primary).and_then(|p| p.health).filter(|h| h.verdict == Verdict::Alive).map(|h| h.lsn)
+    snap.peers
+        .iter()
+        .find(|p| p.addr == primary)
+        .and_then(|p| p.health)
+        .filter(|h| h.verdict == Verdict::Alive)
+        .map(|h| h.lsn)
 }
 
 fn primary_alive(snap: &Snapshot, primary: SocketAddr) -> bool {
-    primary == snap.me || snap.peers.iter().any(|p| p.addr == primary && p.health.is_some_and(|h| h.verdict == Verdict::Alive))
+    primary == snap.me
+        || snap.peers.iter().any(|p| p.addr == primary && p.health.is_some_and(|h| h.verdict == Verdict::Alive))
 }
 
 async fn promote(facts: &Facts, coord: &Arc<Coordinator>, opts: Promote<'_>) -> Result<Response, String> {
@@ -251,7 +265,9 @@ async fn promote(facts: &Facts, coord: &Arc<Coordinator>, opts: Promote<'_>) -> 
                 return Err(format!("-sourcenode {addr} is not a database node of the cluster"));
             }
             if addr == primary {
-                return Err(format!("-sourcenode {addr} is the primary; name a standby whose settings the old primary should copy"));
+                return Err(format!(
+                    "-sourcenode {addr} is the primary; name a standby whose settings the old primary should copy"
+                ));
             }
             Some(addr)
         }
@@ -277,7 +293,8 @@ async fn promote(facts: &Facts, coord: &Arc<Coordinator>, opts: Promote<'_>) -> 
         }
     }
     let expected_epoch = st.epoch;
-    propose(coord, Command::RequestSwitchover { to: best.addr, expected_epoch, demote: switchover, quiet, source }).await?;
+    propose(coord, Command::RequestSwitchover { to: best.addr, expected_epoch, demote: switchover, quiet, source })
+        .await?;
     tracing::warn!(to = %best.addr, from = %primary, switchover, quiet, "operator promotion requested");
     let started = Instant::now();
     let mut rx = coord.state();
@@ -288,18 +305,26 @@ async fn promote(facts: &Facts, coord: &Arc<Coordinator>, opts: Promote<'_>) -> 
         let pending = now.switchover.is_some_and(|s| s.requested_epoch == expected_epoch);
         seen |= pending;
         if now.epoch > expected_epoch {
-            let Some(p) = now.primary else { return Err("the promotion committed without a primary (unexpected)".into()) };
+            let Some(p) = now.primary else {
+                return Err("the promotion committed without a primary (unexpected)".into());
+            };
             if serving(facts, p, now.epoch) {
                 let what = if switchover { "Switchover" } else { "Promotion" };
                 return Ok(message(format!(
                     "{what} completed: {p} is the primary of epoch {} (took {:.1} s){}",
                     now.epoch,
                     started.elapsed().as_secs_f64(),
-                    if switchover { format!("; {primary} is rejoining as its standby") } else { format!("; {primary} stays fenced") }
+                    if switchover {
+                        format!("; {primary} is rejoining as its standby")
+                    } else {
+                        format!("; {primary} stays fenced")
+                    }
                 )));
             }
         } else if seen && !pending {
-            return Err(format!("the promotion was called off (see the agent log of {primary}); {primary} is still the primary"));
+            return Err(format!(
+                "the promotion was called off (see the agent log of {primary}); {primary} is still the primary"
+            ));
         }
         if started.elapsed() > PROMOTE_WAIT {
             return Err(format!(
@@ -357,9 +382,9 @@ async fn resume(facts: &Facts) -> Result<Response, String> {
         };
         let up = db.up == Some(true);
         let detail = db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
-        let answer = tokio::time::timeout(ANSWER_WAIT, facts.resume(db))
-            .await
-            .map_err(|_| format!("the agent's HA runtime did not answer within {} s; see the agent's log", ANSWER_WAIT.as_secs()))?;
+        let answer = tokio::time::timeout(ANSWER_WAIT, facts.resume(db)).await.map_err(|_| {
+            format!("the agent's HA runtime did not answer within {} s; see the agent's log", ANSWER_WAIT.as_secs())
+        })?;
         match answer.map_err(|e| e.to_string())? {
             Ok(why) => return Ok(message(format!("Resumed monitoring on {me}: {why}"))),
             // A standby that just restarted needs a moment to stream again.
@@ -377,9 +402,13 @@ async fn set_priority(facts: &Facts, coord: &Arc<Coordinator>, addr: &str, prior
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
     match snap.st.info(&node) {
-        None if snap.st.allowed.contains(&node) => return Err(format!("{node} has not joined the cluster yet; start its agent first")),
+        None if snap.st.allowed.contains(&node) => {
+            return Err(format!("{node} has not joined the cluster yet; start its agent first"))
+        }
         None => return Err(format!("{node} is not a member of cluster {}", snap.cfg.cluster)),
-        Some(i) if i.kind == NodeKind::Witness => return Err(format!("{node} is a witness; only database nodes have a priority")),
+        Some(i) if i.kind == NodeKind::Witness => {
+            return Err(format!("{node} is a witness; only database nodes have a priority"))
+        }
         Some(_) => {}
     }
     propose(coord, Command::SetPriority { node, priority }).await?;
@@ -427,7 +456,9 @@ async fn disallow_node(facts: &Facts, coord: &Arc<Coordinator>, addr: &str) -> R
 
 async fn stop_cluster(coord: &Arc<Coordinator>) -> Result<Response, String> {
     propose(coord, Command::StopCluster { at_unix_ms: unix_ms() }).await?;
-    Ok(message("Every agent of the cluster is stopping; the databases keep running as they are, without failover protection"))
+    Ok(message(
+        "Every agent of the cluster is stopping; the databases keep running as they are, without failover protection",
+    ))
 }
 
 #[cfg(test)]

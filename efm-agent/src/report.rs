@@ -117,7 +117,11 @@ pub fn node_status(facts: &Facts) -> serde_json::Value {
     })
 }
 
-fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState, Option<String>, Option<String>, Option<String>) {
+fn db_row(
+    kind: AgentType,
+    up: Option<bool>,
+    info: Option<&DbInfo>,
+) -> (DbState, Option<String>, Option<String>, Option<String>) {
     if kind == AgentType::Witness {
         return (DbState::NotApplicable, None, None, None);
     }
@@ -130,7 +134,11 @@ fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState,
     let received = info.filter(|i| i.in_recovery).and_then(|i| i.receive_lsn).map(|l| l.to_string());
     let lsn_info = info.map(|i| {
         if i.in_recovery {
-            format!("{} (timeline {})", if i.is_streaming { "streaming" } else { "not streaming" }, i.timeline.map_or("?".into(), |t| t.to_string()))
+            format!(
+                "{} (timeline {})",
+                if i.is_streaming { "streaming" } else { "not streaming" },
+                i.timeline.map_or("?".into(), |t| t.to_string())
+            )
         } else {
             format!("primary (timeline {})", i.timeline.map_or("?".into(), |t| t.to_string()))
         }
@@ -142,7 +150,10 @@ fn db_row(kind: AgentType, up: Option<bool>, info: Option<&DbInfo>) -> (DbState,
 ///
 /// Priorities and the allowed node host list come from the committed cluster state `cs` (what
 /// `efm set-priority` / `allow-node` / `disallow-node` changed), when this node has it.
-pub async fn cluster_status(facts: &Facts, cs: &crate::coordination::ClusterState) -> Result<serde_json::Value, String> {
+pub async fn cluster_status(
+    facts: &Facts,
+    cs: &crate::coordination::ClusterState,
+) -> Result<serde_json::Value, String> {
     let (cfg, me, config_dir) = (&facts.id.config, facts.id.me, &facts.id.config_dir);
     let role = facts.effective_role();
     let db = facts.db.borrow().view.clone();
@@ -158,12 +169,20 @@ pub async fn cluster_status(facts: &Facts, cs: &crate::coordination::ClusterStat
     st.efm.cluster.clone_from(&cfg.cluster);
     st.efm.auto_failover = Some(cs.auto_failover_or(cfg.auto_failover));
     let vip = cfg.virtual_ip.map(|v| v.to_string()).unwrap_or_default();
-    let vip_here = |addr: &SocketAddr| cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::vip::interface_of).is_some();
+    let vip_here = |addr: &SocketAddr| {
+        cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::vip::interface_of).is_some()
+    };
     let priority = |addr: &SocketAddr| match cs.info(addr) {
         Some(i) => Some(i.priority),
-        None => cfg.priority_standbys.iter().position(|p| p == &addr.ip().to_string() || p == &addr.to_string()).map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)),
+        None => cfg
+            .priority_standbys
+            .iter()
+            .position(|p| p == &addr.ip().to_string() || p == &addr.to_string())
+            .map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)),
     };
-    let promotable = |addr: &SocketAddr, default: bool| cs.info(addr).map_or(default, crate::coordination::NodeInfo::can_be_promoted);
+    let promotable = |addr: &SocketAddr, default: bool| {
+        cs.info(addr).map_or(default, crate::coordination::NodeInfo::can_be_promoted)
+    };
 
     // This node.
     let kind = agent_type(role);
@@ -178,7 +197,11 @@ pub async fn cluster_status(facts: &Facts, cs: &crate::coordination::ClusterStat
             vip_active: vip_here(&me),
             lsn,
             lsn_info,
-            promotion: Promotion { received_lsn: received, priority: priority(&me), promotable: promotable(&me, cfg.promotable) },
+            promotion: Promotion {
+                received_lsn: received,
+                priority: priority(&me),
+                promotable: promotable(&me, cfg.promotable),
+            },
             heartbeat: status::Heartbeat { verdict: status::Verdict::SelfNode, ..status::Heartbeat::default() },
         },
     );
@@ -222,13 +245,18 @@ pub async fn cluster_status(facts: &Facts, cs: &crate::coordination::ClusterStat
                 vip_active: false,
                 lsn,
                 lsn_info,
-                promotion: Promotion { received_lsn: received, priority: priority(&addr), promotable: kind == AgentType::Standby && promotable(&addr, true) },
+                promotion: Promotion {
+                    received_lsn: received,
+                    priority: priority(&addr),
+                    promotable: kind == AgentType::Standby && promotable(&addr, true),
+                },
                 heartbeat: heartbeat(&h),
             },
         );
     }
 
-    let mut allowed: Vec<SocketAddr> = if cs.allowed.is_empty() { cfg.nodes.clone() } else { cs.allowed.iter().copied().collect() };
+    let mut allowed: Vec<SocketAddr> =
+        if cs.allowed.is_empty() { cfg.nodes.clone() } else { cs.allowed.iter().copied().collect() };
     if !allowed.contains(&me) && cs.allowed.is_empty() {
         allowed.push(me);
     }
@@ -238,7 +266,9 @@ pub async fn cluster_status(facts: &Facts, cs: &crate::coordination::ClusterStat
     let mut standbys: Vec<(Option<u32>, String)> = st
         .nodes
         .iter()
-        .filter(|(_, n)| n.agent_type == AgentType::Standby && n.promotion.promotable && n.promotion.priority != Some(0))
+        .filter(|(_, n)| {
+            n.agent_type == AgentType::Standby && n.promotion.promotable && n.promotion.priority != Some(0)
+        })
         .map(|(a, n)| (n.promotion.priority, a.clone()))
         .collect();
     standbys.sort_by(|a, b| (a.0.unwrap_or(u32::MAX), &a.1).cmp(&(b.0.unwrap_or(u32::MAX), &b.1)));

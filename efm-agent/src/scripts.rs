@@ -130,10 +130,7 @@ impl Hook {
     #[must_use]
     pub fn placeholders(self) -> &'static [char] {
         match self {
-            Hook::Fence
-            | Hook::PostPromotion
-            | Hook::RemotePrePromotion
-            | Hook::RemotePostPromotion => &['p', 'f'],
+            Hook::Fence | Hook::PostPromotion | Hook::RemotePrePromotion | Hook::RemotePostPromotion => &['p', 'f'],
             Hook::LoadBalancerAttach | Hook::LoadBalancerDetach => &['h', 't'],
             Hook::Notification => &['s', 'b'],
             Hook::DbFailure | Hook::PrimaryIsolated | Hook::Resumed | Hook::CustomMonitor => &[],
@@ -212,32 +209,18 @@ impl Substitutions {
 pub enum ScriptError {
     #[error("{hook}: the command line is empty")]
     Empty { hook: String },
-    #[error(
-        "{hook}: {program:?} is not an absolute path (scripts are given with their full path)"
-    )]
+    #[error("{hook}: {program:?} is not an absolute path (scripts are given with their full path)")]
     NotAbsolute { hook: String, program: String },
     #[error("{hook}: script {program} does not exist")]
     NotFound { hook: String, program: String },
     #[error("{hook}: script {program} is not an executable file")]
     NotExecutable { hook: String, program: String },
     #[error("{hook}: cannot run the script as {user:?}: {message}")]
-    User {
-        hook: String,
-        user: String,
-        message: String,
-    },
+    User { hook: String, user: String, message: String },
     #[error("{hook}: cannot start {program}: {message}")]
-    Spawn {
-        hook: String,
-        program: String,
-        message: String,
-    },
+    Spawn { hook: String, program: String, message: String },
     #[error("{hook}: waiting for {program}: {message}")]
-    Wait {
-        hook: String,
-        program: String,
-        message: String,
-    },
+    Wait { hook: String, program: String, message: String },
 }
 
 /// How a script ended.
@@ -274,10 +257,7 @@ impl ScriptOutcome {
     #[must_use]
     pub fn status_text(&self) -> String {
         if self.timed_out {
-            format!(
-                "timed out after {:.1}s (killed)",
-                self.duration.as_secs_f64()
-            )
+            format!("timed out after {:.1}s (killed)", self.duration.as_secs_f64())
         } else if let Some(c) = self.exit {
             format!("exit code {c}")
         } else if let Some(s) = self.signal {
@@ -291,9 +271,7 @@ impl ScriptOutcome {
     /// then stderr).
     #[must_use]
     pub fn report(&self) -> String {
-        let exit = self
-            .exit
-            .map_or_else(|| self.status_text(), |c| c.to_string());
+        let exit = self.exit.map_or_else(|| self.status_text(), |c| c.to_string());
         format!("Exit Value: {exit}\nResults: {}", self.output_text())
     }
 
@@ -321,11 +299,7 @@ impl ScriptOutcome {
 
 /// Splits `command_line` on whitespace and substitutes the hook's placeholders (see the module
 /// documentation). The program must be an absolute path.
-pub fn substitute(
-    hook: Hook,
-    command_line: &str,
-    subst: &Substitutions,
-) -> Result<Vec<String>, ScriptError> {
+pub fn substitute(hook: Hook, command_line: &str, subst: &Substitutions) -> Result<Vec<String>, ScriptError> {
     let allowed = hook.placeholders();
     let mut used = false;
     let mut argv: Vec<String> = command_line
@@ -354,15 +328,10 @@ pub fn substitute(
         })
         .collect();
     let Some(program) = argv.first() else {
-        return Err(ScriptError::Empty {
-            hook: hook.to_string(),
-        });
+        return Err(ScriptError::Empty { hook: hook.to_string() });
     };
     if !program.starts_with('/') {
-        return Err(ScriptError::NotAbsolute {
-            hook: hook.to_string(),
-            program: program.clone(),
-        });
+        return Err(ScriptError::NotAbsolute { hook: hook.to_string(), program: program.clone() });
     }
     if hook == Hook::Notification && !used {
         argv.push(subst.subject.clone().unwrap_or_default());
@@ -426,10 +395,7 @@ async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> (Vec<u8>, bo
 }
 
 /// Result of a reader task, or nothing when it did not finish in time.
-async fn collect(
-    h: Option<tokio::task::JoinHandle<(Vec<u8>, bool)>>,
-    until: tokio::time::Instant,
-) -> (String, bool) {
+async fn collect(h: Option<tokio::task::JoinHandle<(Vec<u8>, bool)>>, until: tokio::time::Instant) -> (String, bool) {
     let Some(mut h) = h else {
         return (String::new(), false);
     };
@@ -449,20 +415,14 @@ fn check_program(program: &str, what: &str) -> Result<(), ScriptError> {
         return Ok(());
     }
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ScriptError::NotFound {
-            hook: what.to_owned(),
-            program: program.to_owned(),
-        }),
-        Err(e) => Err(ScriptError::Spawn {
-            hook: what.to_owned(),
-            program: program.to_owned(),
-            message: e.to_string(),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(ScriptError::NotFound { hook: what.to_owned(), program: program.to_owned() })
+        }
+        Err(e) => {
+            Err(ScriptError::Spawn { hook: what.to_owned(), program: program.to_owned(), message: e.to_string() })
+        }
         Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
-            Err(ScriptError::NotExecutable {
-                hook: what.to_owned(),
-                program: program.to_owned(),
-            })
+            Err(ScriptError::NotExecutable { hook: what.to_owned(), program: program.to_owned() })
         }
         Ok(_) => Ok(()),
     }
@@ -479,9 +439,7 @@ fn build_command(argv: &[String], run_as: Option<&UserIds>) -> tokio::process::C
         .current_dir("/")
         .process_group(0);
     if let Some(u) = run_as {
-        cmd.env("HOME", &u.home)
-            .env("USER", &u.name)
-            .env("LOGNAME", &u.name);
+        cmd.env("HOME", &u.home).env("USER", &u.name).env("LOGNAME", &u.name);
         let (uid, gid) = (Uid::from_raw(u.uid), Gid::from_raw(u.gid));
         let groups: Vec<Gid> = u.groups.iter().copied().map(Gid::from_raw).collect();
         // SAFETY (`pre_exec` runs in the forked child, where only async-signal-safe calls are
@@ -505,19 +463,11 @@ fn spawn_error(e: &std::io::Error, program: &str, opts: &RunOptions) -> ScriptEr
     let program = program.to_owned();
     match (e.kind(), &opts.run_as) {
         (std::io::ErrorKind::NotFound, _) => ScriptError::NotFound { hook, program },
-        (std::io::ErrorKind::PermissionDenied, Some(u)) => ScriptError::User {
-            hook,
-            user: u.name.clone(),
-            message: format!("{program}: {e}"),
-        },
-        (std::io::ErrorKind::PermissionDenied, None) => {
-            ScriptError::NotExecutable { hook, program }
+        (std::io::ErrorKind::PermissionDenied, Some(u)) => {
+            ScriptError::User { hook, user: u.name.clone(), message: format!("{program}: {e}") }
         }
-        _ => ScriptError::Spawn {
-            hook,
-            program,
-            message: e.to_string(),
-        },
+        (std::io::ErrorKind::PermissionDenied, None) => ScriptError::NotExecutable { hook, program },
+        _ => ScriptError::Spawn { hook, program, message: e.to_string() },
     }
 }
 
@@ -532,24 +482,13 @@ pub async fn run_argv(argv: &[String], opts: &RunOptions) -> Result<ScriptOutcom
     let mut cmd = build_command(argv, opts.run_as.as_ref());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| spawn_error(&e, program, opts))?;
-    let guard = GroupGuard {
-        pgid: child.id().and_then(|p| i32::try_from(p).ok()),
-    };
+    let guard = GroupGuard { pgid: child.id().and_then(|p| i32::try_from(p).ok()) };
     let cap = opts.output_cap;
-    let out_task = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(read_capped(s, cap)));
-    let err_task = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(read_capped(s, cap)));
+    let out_task = child.stdout.take().map(|s| tokio::spawn(read_capped(s, cap)));
+    let err_task = child.stderr.take().map(|s| tokio::spawn(read_capped(s, cap)));
 
-    let wait_err = |e: std::io::Error| ScriptError::Wait {
-        hook: what(),
-        program: program.clone(),
-        message: e.to_string(),
-    };
+    let wait_err =
+        |e: std::io::Error| ScriptError::Wait { hook: what(), program: program.clone(), message: e.to_string() };
     let mut timed_out = false;
     let status = if let Ok(r) = tokio::time::timeout(opts.timeout, child.wait()).await {
         r.map_err(wait_err)?
@@ -607,10 +546,7 @@ impl ScriptRunner {
     /// A runner keeping 64 KiB of each output stream, with 2 s between SIGTERM and SIGKILL.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            output_cap: DEFAULT_OUTPUT_CAP,
-            kill_grace: DEFAULT_KILL_GRACE,
-        }
+        Self { output_cap: DEFAULT_OUTPUT_CAP, kill_grace: DEFAULT_KILL_GRACE }
     }
 
     /// Keeps at most `bytes` of stdout and of stderr.
@@ -687,16 +623,7 @@ mod tests {
     #[test]
     fn fence_placeholders() {
         let a = substitute(Hook::Fence, "/bin/fence  %p\t%f --x=%p:%% %h", &s()).unwrap();
-        assert_eq!(
-            a,
-            [
-                "/bin/fence",
-                "198.18.0.2",
-                "198.18.0.1",
-                "--x=198.18.0.2:%",
-                "%h"
-            ]
-        );
+        assert_eq!(a, ["/bin/fence", "198.18.0.2", "198.18.0.1", "--x=198.18.0.2:%", "%h"]);
     }
 
     #[test]
@@ -714,30 +641,15 @@ mod tests {
     #[test]
     fn notification_gets_subject_and_body() {
         let a = substitute(Hook::Notification, "/notify --to ops", &s()).unwrap();
-        assert_eq!(
-            a,
-            [
-                "/notify",
-                "--to",
-                "ops",
-                "Failover has completed",
-                "line 1\nline 2"
-            ]
-        );
+        assert_eq!(a, ["/notify", "--to", "ops", "Failover has completed", "line 1\nline 2"]);
         let b = substitute(Hook::Notification, "/notify %b", &s()).unwrap();
         assert_eq!(b, ["/notify", "line 1\nline 2"]);
     }
 
     #[test]
     fn program_must_be_absolute() {
-        assert!(matches!(
-            substitute(Hook::Fence, "fence.sh %p", &s()),
-            Err(ScriptError::NotAbsolute { .. })
-        ));
-        assert!(matches!(
-            substitute(Hook::Fence, "   ", &s()),
-            Err(ScriptError::Empty { .. })
-        ));
+        assert!(matches!(substitute(Hook::Fence, "fence.sh %p", &s()), Err(ScriptError::NotAbsolute { .. })));
+        assert!(matches!(substitute(Hook::Fence, "   ", &s()), Err(ScriptError::Empty { .. })));
     }
 
     #[test]
@@ -788,18 +700,9 @@ mod tests {
     #[tokio::test]
     async fn missing_script() {
         let e = ScriptRunner::new()
-            .run(
-                Hook::Fence,
-                "/nonexistent/fence.sh %p",
-                &s(),
-                Duration::from_secs(1),
-                None,
-            )
+            .run(Hook::Fence, "/nonexistent/fence.sh %p", &s(), Duration::from_secs(1), None)
             .await
             .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "script.fence: script /nonexistent/fence.sh does not exist"
-        );
+        assert_eq!(e.to_string(), "script.fence: script /nonexistent/fence.sh does not exist");
     }
 }

@@ -127,7 +127,8 @@ impl Diag {
     fn open() -> Result<Self, SessionsError> {
         let mut sock = Socket::new(NETLINK_SOCK_DIAG).map_err(SessionsError::Open)?;
         sock.bind_auto().map_err(|source| SessionsError::Io { what: "binding the netlink socket", source })?;
-        sock.connect(&NlAddr::new(0, 0)).map_err(|source| SessionsError::Io { what: "connecting the netlink socket", source })?;
+        sock.connect(&NlAddr::new(0, 0))
+            .map_err(|source| SessionsError::Io { what: "connecting the netlink socket", source })?;
         Ok(Self { sock, seq: 0, buf: Vec::with_capacity(RECV_BUF) })
     }
 
@@ -155,7 +156,9 @@ impl Diag {
         let (_, n) = rustix::net::recv(&self.sock, rustix::buffer::spare_capacity(&mut self.buf), RecvFlags::TRUNC)
             .map_err(|e| SessionsError::Io { what, source: e.into() })?;
         if n > self.buf.len() {
-            return Err(SessionsError::Decode(format!("{what}: a {n}-byte datagram did not fit the {RECV_BUF}-byte buffer")));
+            return Err(SessionsError::Decode(format!(
+                "{what}: a {n}-byte datagram did not fit the {RECV_BUF}-byte buffer"
+            )));
         }
         Ok(())
     }
@@ -193,19 +196,35 @@ impl Diag {
     fn dump(&mut self, family: u8, port: u16, out: &mut Vec<Session>) -> Result<(), SessionsError> {
         let mut id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
         id.source_port = port;
-        let req = InetRequest { family, protocol: IPPROTO_TCP, extensions: ExtensionFlags::empty(), states: session_states(), socket_id: id };
-        let seq = self.send(NLM_F_REQUEST | NLM_F_DUMP, SockDiagMessage::InetRequest(req), "sending the socket dump request")?;
+        let req = InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: session_states(),
+            socket_id: id,
+        };
+        let seq = self.send(
+            NLM_F_REQUEST | NLM_F_DUMP,
+            SockDiagMessage::InetRequest(req),
+            "sending the socket dump request",
+        )?;
         self.answers(seq, "socket dump", |payload| match payload {
             NetlinkPayload::Done(_) => Some(Ok(())),
             NetlinkPayload::Error(e) => e.code.map(|code| {
-                Err(SessionsError::Kernel { what: "socket dump", source: std::io::Error::from_raw_os_error(-code.get()) })
+                Err(SessionsError::Kernel {
+                    what: "socket dump",
+                    source: std::io::Error::from_raw_os_error(-code.get()),
+                })
             }),
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                 let h = &r.header;
                 if h.socket_id.source_port == port {
                     out.push(Session {
                         local: SocketAddr::new(canonical(h.socket_id.source_address), h.socket_id.source_port),
-                        remote: SocketAddr::new(canonical(h.socket_id.destination_address), h.socket_id.destination_port),
+                        remote: SocketAddr::new(
+                            canonical(h.socket_id.destination_address),
+                            h.socket_id.destination_port,
+                        ),
                         state: h.state,
                         family: h.family,
                         id: h.socket_id.clone(),
@@ -229,7 +248,11 @@ impl Diag {
             states: StateFlags::all(),
             socket_id: s.id.clone(),
         };
-        let seq = self.send(NLM_F_REQUEST | NLM_F_ACK, SockDiagDestroy::new(SockDiagMessage::InetRequest(req)), "sending SOCK_DESTROY")?;
+        let seq = self.send(
+            NLM_F_REQUEST | NLM_F_ACK,
+            SockDiagDestroy::new(SockDiagMessage::InetRequest(req)),
+            "sending SOCK_DESTROY",
+        )?;
         let (local, remote) = (s.local, s.remote);
         self.answers(seq, "SOCK_DESTROY answer", |payload| {
             let NetlinkPayload::Error(e) = payload else { return None };
@@ -292,10 +315,17 @@ pub fn end_sessions(port: u16, service: &[IpAddr], spare: impl Fn(IpAddr) -> boo
 /// `pg_terminate_backend` for every client backend and walsender of the database at `target`
 /// whose `client_addr` `spare` does not spare; never the connection doing it, never a backend
 /// without a client address (Unix socket). Returns how many were signalled.
-pub async fn terminate_backends(target: &DbTarget, timeout: Duration, spare: impl Fn(IpAddr) -> bool) -> Result<usize, SessionsError> {
+pub async fn terminate_backends(
+    target: &DbTarget,
+    timeout: Duration,
+    spare: impl Fn(IpAddr) -> bool,
+) -> Result<usize, SessionsError> {
     let client = crate::postgres::connect(target, timeout).await?;
     let addr = target.addr();
-    let q = |e: tokio_postgres::Error| SessionsError::Query { addr: addr.clone(), message: e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned()) };
+    let q = |e: tokio_postgres::Error| SessionsError::Query {
+        addr: addr.clone(),
+        message: e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+    };
     let work = async {
         let rows = client
             .query(
@@ -325,7 +355,10 @@ pub async fn terminate_backends(target: &DbTarget, timeout: Duration, spare: imp
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(SessionsError::Query { addr: target.addr(), message: format!("no answer within {} ms", timeout.as_millis()) }),
+        Err(_) => Err(SessionsError::Query {
+            addr: target.addr(),
+            message: format!("no answer within {} ms", timeout.as_millis()),
+        }),
     }
 }
 
@@ -346,7 +379,9 @@ impl Spare {
     #[must_use]
     pub fn spares(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.exempt.iter().any(|c| c.contains(ip)) || self.local.contains(&ip) || (self.members_spared && self.members.contains(&ip))
+        self.exempt.iter().any(|c| c.contains(ip))
+            || self.local.contains(&ip)
+            || (self.members_spared && self.members.contains(&ip))
     }
 }
 
@@ -414,7 +449,14 @@ impl Ender {
     /// `spare.members_spared` is set per round.
     #[must_use]
     pub fn new(port: u16, service: Vec<IpAddr>, spare: Spare, db: Option<DbTarget>) -> Self {
-        Self { port, service, spare, db, requested: Arc::new(AtomicU64::new(0)), done: Arc::new(tokio::sync::watch::channel(0).0) }
+        Self {
+            port,
+            service,
+            spare,
+            db,
+            requested: Arc::new(AtomicU64::new(0)),
+            done: Arc::new(tokio::sync::watch::channel(0).0),
+        }
     }
 
     /// Ends the sessions now (and once more [`SECOND_ROUND`] later), in a task; returns at
@@ -447,7 +489,16 @@ impl Ender {
         let (destroyed, spared) = sockets.as_ref().map_or((0, 0), |e| (e.destroyed, e.spared));
         let terminated = backends.as_ref().and_then(|b| b.as_ref().ok()).copied().unwrap_or(0);
         if round == 1 || destroyed > 0 || terminated > 0 {
-            tracing::info!(round, why, members_spared, destroyed, spared, terminated, took_ms = ms, "client sessions ended");
+            tracing::info!(
+                round,
+                why,
+                members_spared,
+                destroyed,
+                spared,
+                terminated,
+                took_ms = ms,
+                "client sessions ended"
+            );
         }
         if let Err(e) = sockets {
             tracing::error!(round, error = %e, "ending client sessions failed; the kernel fence answers the server's next segment");

@@ -86,6 +86,9 @@ mod tests {
     fn effective_user_matches_the_process() {
         assert_eq!(is_root(), euid() == 0);
         let home = effective_home().expect("the effective user has a home directory");
-        assert_eq!(home, PathBuf::from(lookup_user(&User::from_uid(Uid::effective()).unwrap().unwrap().name).unwrap().home));
+        assert_eq!(
+            home,
+            PathBuf::from(lookup_user(&User::from_uid(Uid::effective()).unwrap().unwrap().name).unwrap().home)
+        );
     }
 }

@@ -64,7 +64,8 @@ pub const fn serves(reasons: u32) -> bool {
 #[inline(always)]
 #[must_use]
 pub const fn exempt_applies(kind: u32, reasons: u32, fence_flags: u32) -> bool {
-    kind == EXEMPT_ALWAYS || (kind == EXEMPT_MEMBER && reasons == REASON_FENCED && fence_flags & FENCE_MEMBERS_EXEMPT != 0)
+    kind == EXEMPT_ALWAYS
+        || (kind == EXEMPT_MEMBER && reasons == REASON_FENCED && fence_flags & FENCE_MEMBERS_EXEMPT != 0)
 }
 
 #[cfg(test)]
@@ -135,7 +136,10 @@ mod tests {
             (REASON_EPOCH | REASON_LAPSED, false),
         ] {
             assert_eq!(exempt_applies(EXEMPT_MEMBER, reasons, ask), member, "member, reasons {reasons:#b}");
-            assert!(!exempt_applies(EXEMPT_MEMBER, reasons, FENCE_FENCED), "member without the agent's request, reasons {reasons:#b}");
+            assert!(
+                !exempt_applies(EXEMPT_MEMBER, reasons, FENCE_FENCED),
+                "member without the agent's request, reasons {reasons:#b}"
+            );
             assert!(exempt_applies(EXEMPT_ALWAYS, reasons, 0), "always-exempt, reasons {reasons:#b}");
             assert!(!exempt_applies(0, reasons, ask), "not exempt, reasons {reasons:#b}");
             assert!(!exempt_applies(77, reasons, ask), "unknown kind");

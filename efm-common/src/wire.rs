@@ -53,9 +53,8 @@ pub const OFF_SENDER_NONCE: usize = 56;
 pub const OFF_ECHO_NONCE: usize = 64;
 pub const OFF_MAC: usize = HB_MAC_OFFSET;
 // The MAC reads whole 8-byte words and the nonces sit right before it.
-const _: () = assert!(
-    HB_MAC_OFFSET.is_multiple_of(8) && HB_MAC_OFFSET + 8 == HB_LEN && OFF_ECHO_NONCE + 8 == HB_MAC_OFFSET
-);
+const _: () =
+    assert!(HB_MAC_OFFSET.is_multiple_of(8) && HB_MAC_OFFSET + 8 == HB_LEN && OFF_ECHO_NONCE + 8 == HB_MAC_OFFSET);
 
 /// Role of the sender, in bits 0-1 of the flags.
 pub const ROLE_MASK: u16 = 0x0003;
@@ -201,16 +200,8 @@ pub fn mac(k0: u64, k1: u64, hb: &[u8; HB_LEN]) -> u64 {
     let mut i = 0;
     while i < HB_MAC_OFFSET / 8 {
         let o = i * 8;
-        let m = u64::from_le_bytes([
-            hb[o],
-            hb[o + 1],
-            hb[o + 2],
-            hb[o + 3],
-            hb[o + 4],
-            hb[o + 5],
-            hb[o + 6],
-            hb[o + 7],
-        ]);
+        let m =
+            u64::from_le_bytes([hb[o], hb[o + 1], hb[o + 2], hb[o + 3], hb[o + 4], hb[o + 5], hb[o + 6], hb[o + 7]]);
         v3 ^= m;
         sipround(&mut v0, &mut v1, &mut v2, &mut v3);
         sipround(&mut v0, &mut v1, &mut v2, &mut v3);

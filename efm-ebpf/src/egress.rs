@@ -16,12 +16,7 @@
 //! Headers are read from the linear data directly, and with `bpf_skb_load_bytes` when they lie
 //! beyond it, so headers in non-linear skb data are seen too.
 
-use aya_ebpf::{
-    cty::c_void,
-    helpers::bpf_skb_load_bytes,
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{cty::c_void, helpers::bpf_skb_load_bytes, macros::classifier, programs::TcContext};
 use efm_common::{
     maps::{Counter, PeerAddr, FENCE_RESET},
     serving::{exempt_applies, fence_reasons, EXEMPT_MEMBER},
@@ -132,8 +127,7 @@ fn egress(ctx: &TcContext) -> i32 {
     // The checksum helper takes the 16-bit word as it lies in the packet.
     let from = u64::from(u16::from_ne_bytes(word));
     let to = u64::from(u16::from_ne_bytes(new_word));
-    if ctx.store(l4off + 13, &new_flags, 0).is_err()
-        || ctx.l4_csum_replace(l4off + 16, from, to, CSUM_SIZE_2).is_err()
+    if ctx.store(l4off + 13, &new_flags, 0).is_err() || ctx.l4_csum_replace(l4off + 16, from, to, CSUM_SIZE_2).is_err()
     {
         // The segment may be half rewritten: it must not leave.
         count(Counter::EgressDrop);

@@ -32,16 +32,15 @@ use aya_ebpf::{
 use efm_common::{
     jump::{JUMP_CLIENT_TCP, JUMP_CLIENT_UDP, JUMP_COUNT, JUMP_HEARTBEAT},
     maps::{
-        rtt_bucket, ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, SERVICE_VIP,
-        PeerInfo, PeerSlot, RttHistogram, FENCE_LEASE_ENFORCED, FENCE_RESET,
-        MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
+        rtt_bucket, ClusterKey, Counter, DatapathConfig, FenceState, LeaseState, PeerAddr, PeerInfo, PeerSlot,
+        RttHistogram, FENCE_LEASE_ENFORCED, FENCE_RESET, MAX_EXEMPT, MAX_PEER_ADDRS, MAX_SERVICE_ADDRS, MAX_SLOTS,
+        SERVICE_VIP,
     },
     serving::{exempt_applies, fence_reasons, EXEMPT_MEMBER, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
     wire::{
-        mac, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, HB_KIND_PING, HB_KIND_PONG, HB_LEN,
-        HB_MAGIC, HB_VERSION, OFF_CLUSTER, OFF_ECHO_NONCE, OFF_EPOCH, OFF_FLAGS, OFF_INCARNATION,
-        OFF_KIND, OFF_LSN, OFF_MAC, OFF_MAGIC, OFF_NODE, OFF_SENDER_NONCE, OFF_SEND_NS, OFF_SEQ,
-        OFF_VERSION, ROLE_MASK,
+        mac, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, HB_KIND_PING, HB_KIND_PONG, HB_LEN, HB_MAGIC, HB_VERSION,
+        OFF_CLUSTER, OFF_ECHO_NONCE, OFF_EPOCH, OFF_FLAGS, OFF_INCARNATION, OFF_KIND, OFF_LSN, OFF_MAC, OFF_MAGIC,
+        OFF_NODE, OFF_SENDER_NONCE, OFF_SEND_NS, OFF_SEQ, OFF_VERSION, ROLE_MASK,
     },
 };
 
@@ -520,16 +519,11 @@ fn send_rst(ctx: &XdpContext, pkt: &Packet) -> bool {
     if flags & TCP_RST != 0 || doff < TCP_HLEN || pkt.l4len < doff {
         return false;
     }
-    let seg_len = (pkt.l4len - doff) as u32
-        + u32::from(flags & TCP_SYN != 0)
-        + u32::from(flags & TCP_FIN != 0);
+    let seg_len = (pkt.l4len - doff) as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
     let in_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let in_ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-    let (seq, ack, rflags) = if flags & TCP_ACK != 0 {
-        (in_ack, 0, TCP_RST)
-    } else {
-        (0, in_seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
-    };
+    let (seq, ack, rflags) =
+        if flags & TCP_ACK != 0 { (in_ack, 0, TCP_RST) } else { (0, in_seq.wrapping_add(seg_len), TCP_RST | TCP_ACK) };
     let mut out = [0u8; TCP_HLEN];
     out[0] = tcp[2];
     out[1] = tcp[3];
@@ -630,16 +624,7 @@ fn fold(mut acc: u64) -> u16 {
 
 #[inline(always)]
 fn get_be64(b: &[u8; HB_LEN], off: usize) -> u64 {
-    u64::from_be_bytes([
-        b[off],
-        b[off + 1],
-        b[off + 2],
-        b[off + 3],
-        b[off + 4],
-        b[off + 5],
-        b[off + 6],
-        b[off + 7],
-    ])
+    u64::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3], b[off + 4], b[off + 5], b[off + 6], b[off + 7]])
 }
 
 #[inline(always)]

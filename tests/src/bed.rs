@@ -41,7 +41,17 @@ impl Bed {
             let ifname = unique("en");
             let sw_if = unique("sw");
             crate::ip(&[
-                "link", "add", &ifname, "netns", &ns.name, "type", "veth", "peer", "name", &sw_if, "netns",
+                "link",
+                "add",
+                &ifname,
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &sw_if,
+                "netns",
                 &switch.name,
             ]);
             let ip = Ipv4Addr::new(198, 18, 0, i);

@@ -40,7 +40,11 @@ pub fn bin(name: &str) -> PathBuf {
         dir = dir.parent().expect("target dir");
     }
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: build it first (`cargo build -p efm-agent --bins`; `cargo xtask test` does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build -p efm-agent --bins`; `cargo xtask test` does)",
+        p.display()
+    );
     p
 }
 
@@ -223,7 +227,12 @@ impl Cluster {
     /// [`Cluster::start_with`]; with `others_only` each node's `.nodes` file lists only the
     /// *other* members, as EFM 2.0's do (guide section 3.2.2).
     #[must_use]
-    pub fn start_nodes_style(kinds: &[Kind], extra: &str, per_node: impl Fn(usize) -> String, others_only: bool) -> Self {
+    pub fn start_nodes_style(
+        kinds: &[Kind],
+        extra: &str,
+        per_node: impl Fn(usize) -> String,
+        others_only: bool,
+    ) -> Self {
         require_root();
         let witnesses_only = kinds.iter().all(|k| *k == Kind::Witness);
         if !witnesses_only {
@@ -267,7 +276,12 @@ impl Cluster {
             );
             match pgs[i].as_ref() {
                 Some(p) => {
-                    let _ = writeln!(props, "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}", p.data.display(), pg::bin_dir().display());
+                    let _ = writeln!(
+                        props,
+                        "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}",
+                        p.data.display(),
+                        pg::bin_dir().display()
+                    );
                 }
                 None => props.push_str("is.witness=true\n"),
             }
@@ -519,7 +533,13 @@ impl Writer {
     pub fn wait_long_acks_from(&self, server: &str, after_ns: u64, n: usize, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
         while Instant::now() < until {
-            let k = self.log.lock().unwrap().iter().filter(|a| a.is_long() && a.t_ns > after_ns && a.server.as_deref() == Some(server)).count();
+            let k = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.is_long() && a.t_ns > after_ns && a.server.as_deref() == Some(server))
+                .count();
             if k >= n {
                 return true;
             }
@@ -542,7 +562,12 @@ impl Drop for Writer {
 #[must_use]
 pub fn client_config(host: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host).port(5432).user("postgres").dbname("postgres").keepalives(false).connect_timeout(Duration::from_millis(300));
+    cfg.host(host)
+        .port(5432)
+        .user("postgres")
+        .dbname("postgres")
+        .keepalives(false)
+        .connect_timeout(Duration::from_millis(300));
     cfg
 }
 
@@ -571,7 +596,13 @@ pub fn long_insert_sql(seq: i64, t: i64, sleep_s: f64) -> String {
 /// One writer: short writes (`seed` None) every few ms with a 500 ms timeout, or long ones
 /// (sleeping 0.5–3 s, chosen by a xorshift generator from `seed`) with the sleep + 4 s as
 /// timeout. After `stop` a long writer still waits for the answer to the statement it sent.
-async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>>>, seqs: Arc<std::sync::atomic::AtomicI64>, seed: Option<u64>) {
+async fn write_loop(
+    host: String,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Ack>>>,
+    seqs: Arc<std::sync::atomic::AtomicI64>,
+    seed: Option<u64>,
+) {
     let cfg = client_config(&host);
     let mut client: Option<tokio_postgres::Client> = None;
     let mut rng = seed.unwrap_or(1) | 1;
@@ -598,7 +629,10 @@ async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>
         } else {
             let r = tokio::time::timeout(
                 Duration::from_millis(500),
-                c.query_one("INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')", &[&seq, &t]),
+                c.query_one(
+                    "INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')",
+                    &[&seq, &t],
+                ),
             )
             .await;
             (r, 0)
@@ -607,15 +641,36 @@ async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>
         match res {
             Ok(Ok(row)) => {
                 let server: String = row.get(0);
-                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: Some(server), sleep_ms, error: None });
+                log.lock().unwrap().push(Ack {
+                    t_ns: now,
+                    sent_ns: sent,
+                    seq,
+                    server: Some(server),
+                    sleep_ms,
+                    error: None,
+                });
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Ok(Err(e)) => {
-                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: None, sleep_ms, error: Some(e.to_string()) });
+                log.lock().unwrap().push(Ack {
+                    t_ns: now,
+                    sent_ns: sent,
+                    seq,
+                    server: None,
+                    sleep_ms,
+                    error: Some(e.to_string()),
+                });
                 client = None;
             }
             Err(_) => {
-                log.lock().unwrap().push(Ack { t_ns: now, sent_ns: sent, seq, server: None, sleep_ms, error: Some("client timeout".into()) });
+                log.lock().unwrap().push(Ack {
+                    t_ns: now,
+                    sent_ns: sent,
+                    seq,
+                    server: None,
+                    sleep_ms,
+                    error: Some("client timeout".into()),
+                });
                 client = None;
             }
         }
@@ -627,7 +682,12 @@ async fn write_loop(host: String, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Ack>
 /// primary acknowledged. Returns (last old ack, first new ack) in ns.
 #[must_use]
 pub fn no_overlap(acks: &[Ack], old: &str, new: &str) -> (u64, u64) {
-    let first_new = acks.iter().filter(|a| a.server.as_deref() == Some(new)).map(|a| a.t_ns).min().expect("the new primary acknowledged writes");
+    let first_new = acks
+        .iter()
+        .filter(|a| a.server.as_deref() == Some(new))
+        .map(|a| a.t_ns)
+        .min()
+        .expect("the new primary acknowledged writes");
     let late: Vec<&Ack> = acks.iter().filter(|a| a.server.as_deref() == Some(old) && a.t_ns >= first_new).collect();
     let last_old = acks.iter().filter(|a| a.server.as_deref() == Some(old)).map(|a| a.t_ns).max().unwrap_or(0);
     assert!(
@@ -677,19 +737,29 @@ pub struct FailoverRun {
 /// Starts a cluster of `kinds` with a client writing through the VIP, applies `fault`, and
 /// waits for a new primary to accept writes. Panics if two primaries acknowledged writes at
 /// overlapping times, or if no new primary appears within `timeout`.
-pub fn run_failover(kinds: &[Kind], extra: &str, timeout: Duration, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<Ack>, FailoverRun) {
+pub fn run_failover(
+    kinds: &[Kind],
+    extra: &str,
+    timeout: Duration,
+    fault: impl FnOnce(&mut Cluster),
+) -> (Cluster, Vec<Ack>, FailoverRun) {
     let mut c = Cluster::start(kinds, extra);
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
     // Every long writer has its connection open and a statement done: from now on long
     // statements are in flight.
-    assert!(w.wait_long_acks_from("n1", 0, LONG_WRITERS, Duration::from_secs(20)), "the long writers write through the VIP to n1");
+    assert!(
+        w.wait_long_acks_from("n1", 0, LONG_WRITERS, Duration::from_secs(20)),
+        "the long writers write through the VIP to n1"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let t_fault = monotonic_ns();
     fault(&mut c);
     let until = Instant::now() + timeout;
     let new = loop {
-        if let Some(a) = w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != "n1")) {
+        if let Some(a) =
+            w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != "n1"))
+        {
             break a.server.clone().unwrap();
         }
         assert!(Instant::now() < until, "no new primary accepted writes within {timeout:?} of the fault");
@@ -700,7 +770,8 @@ pub fn run_failover(kinds: &[Kind], extra: &str, timeout: Duration, fault: impl 
     let (last_old, first_new) = no_overlap(&acks, "n1", &new);
     let run = FailoverRun {
         failover_ms: (first_new - t_fault) / 1_000_000,
-        gap_ms: i64::try_from(first_new / 1_000_000).unwrap_or(i64::MAX) - i64::try_from(last_old / 1_000_000).unwrap_or(0),
+        gap_ms: i64::try_from(first_new / 1_000_000).unwrap_or(i64::MAX)
+            - i64::try_from(last_old / 1_000_000).unwrap_or(0),
         long_acks_old: ack_counts(&acks, "n1").1,
         long_acks_new: ack_counts(&acks, &new).1,
         long_failed: acks.iter().filter(|a| a.is_long() && a.server.is_none()).count(),

@@ -38,11 +38,7 @@ static DIR_SEQ: AtomicU32 = AtomicU32::new(0);
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("EFM_PG_BINDIR") {
         let d = PathBuf::from(d);
-        assert!(
-            d.join("initdb").exists(),
-            "EFM_PG_BINDIR={} has no initdb",
-            d.display()
-        );
+        assert!(d.join("initdb").exists(), "EFM_PG_BINDIR={} has no initdb", d.display());
         return d;
     }
     let mut best: Option<(u32, PathBuf)> = None;
@@ -52,10 +48,7 @@ pub fn bin_dir() -> PathBuf {
                 continue;
             };
             let bin = e.path().join("bin");
-            if bin.join("initdb").exists()
-                && bin.join("pg_ctl").exists()
-                && best.as_ref().is_none_or(|b| v > b.0)
-            {
+            if bin.join("initdb").exists() && bin.join("pg_ctl").exists() && best.as_ref().is_none_or(|b| v > b.0) {
                 best = Some((v, bin));
             }
         }
@@ -73,10 +66,7 @@ pub fn bin_dir() -> PathBuf {
 pub fn require_postgres() {
     crate::require_root();
     let _ = bin_dir();
-    let ok = Command::new("id")
-        .args(["-u", "postgres"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("id").args(["-u", "postgres"]).output().is_ok_and(|o| o.status.success());
     assert!(ok, "the `postgres` OS user does not exist (it runs initdb and the servers); install postgresql");
 }
 
@@ -109,17 +99,8 @@ impl Drop for TempDir {
 }
 
 fn chown_postgres(p: &Path) {
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(p)
-        .output()
-        .expect("running chown");
-    assert!(
-        out.status.success(),
-        "chown postgres {}: {}",
-        p.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("chown").args(["-R", "postgres:postgres"]).arg(p).output().expect("running chown");
+    assert!(out.status.success(), "chown postgres {}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
 }
 
 fn check(out: &Output, what: &str) {
@@ -147,18 +128,11 @@ pub fn self_signed_cert(dir: &Path, name: &str, subject_cn: &str, san: &str) -> 
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
     let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
-        ])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
-        .args([
-            "-subj",
-            &format!("/CN={subject_cn}"),
-            "-addext",
-            &format!("subjectAltName={san}"),
-        ])
+        .args(["-subj", &format!("/CN={subject_cn}"), "-addext", &format!("subjectAltName={san}")])
         .output()
         .expect("running openssl (is the openssl CLI installed?)");
     check(&out, "openssl req -x509");
@@ -186,13 +160,7 @@ pub struct PgOptions {
 impl PgOptions {
     #[must_use]
     pub fn new(port: u16, listen: &str) -> Self {
-        Self {
-            port,
-            listen: listen.to_owned(),
-            netns: None,
-            ssl: None,
-            extra_conf: Vec::new(),
-        }
+        Self { port, listen: listen.to_owned(), netns: None, ssl: None, extra_conf: Vec::new() }
     }
 
     #[must_use]
@@ -257,16 +225,7 @@ impl PgNode {
             .as_postgres("initdb")
             .arg("-D")
             .arg(&node.data)
-            .args([
-                "-U",
-                SUPERUSER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
+            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
             .output()
             .expect("running initdb");
         check(&out, "initdb");
@@ -304,24 +263,13 @@ impl PgNode {
         let node = Self::layout(opts);
         let out = node
             .as_postgres("pg_basebackup")
-            .args([
-                "-h",
-                primary.host(),
-                "-p",
-                &primary.opts.port.to_string(),
-                "-U",
-                SUPERUSER,
-                "-D",
-            ])
+            .args(["-h", primary.host(), "-p", &primary.opts.port.to_string(), "-U", SUPERUSER, "-D"])
             .arg(&node.data)
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
             .output()
             .expect("running pg_basebackup");
         check(&out, "pg_basebackup");
-        assert!(
-            node.data.join("standby.signal").exists(),
-            "pg_basebackup -R wrote no standby.signal"
-        );
+        assert!(node.data.join("standby.signal").exists(), "pg_basebackup -R wrote no standby.signal");
         node.append_node_conf();
         node.start();
         node.wait_streaming(Duration::from_secs(30));
@@ -337,14 +285,7 @@ impl PgNode {
         chown_postgres(&sock);
         let data = dir.path().join("data");
         let log = dir.path().join("server.log");
-        Self {
-            opts,
-            bin,
-            data,
-            sock,
-            log,
-            dir,
-        }
+        Self { opts, bin, data, sock, log, dir }
     }
 
     fn append_node_conf(&self) {
@@ -451,12 +392,8 @@ impl PgNode {
     /// Stops the server (`pg_ctl -m <mode> stop`), ignoring "not running".
     pub fn stop(&self, mode: &str) {
         let _ = self.sigcont();
-        let _ = self
-            .as_postgres("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", mode, "-w", "-t", "30", "stop"])
-            .output();
+        let _ =
+            self.as_postgres("pg_ctl").arg("-D").arg(&self.data).args(["-m", mode, "-w", "-t", "30", "stop"]).output();
     }
 
     /// The last `n` lines of the server log.
@@ -470,20 +407,14 @@ impl PgNode {
     /// The postmaster's pid (first line of `postmaster.pid`).
     #[must_use]
     pub fn postmaster_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.data.join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(self.data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
     }
 
     /// Sends `sig` to the postmaster.
     pub fn signal(&self, sig: libc::c_int) -> std::io::Result<()> {
-        let pid = self.postmaster_pid().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no postmaster.pid")
-        })?;
+        let pid = self
+            .postmaster_pid()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no postmaster.pid"))?;
         // SAFETY: kill has no memory-safety preconditions.
         if unsafe { libc::kill(pid, sig) } == 0 {
             Ok(())
@@ -509,10 +440,7 @@ impl PgNode {
 
     /// Runs SQL with `psql` over the Unix socket as the superuser; returns the rows, columns
     /// separated by `|`, trimmed. Panics on error.
-    #[expect(
-        clippy::must_use_candidate,
-        reason = "often run for its side effects (DDL, writes)"
-    )]
+    #[expect(clippy::must_use_candidate, reason = "often run for its side effects (DDL, writes)")]
     pub fn psql(&self, sql: &str) -> String {
         let out = self.psql_output(sql);
         check(&out, &format!("psql on port {} `{sql}`", self.opts.port));
@@ -523,19 +451,7 @@ impl PgNode {
     #[must_use]
     pub fn psql_output(&self, sql: &str) -> Output {
         Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-                "-h",
-            ])
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", "postgres", "-h"])
             .arg(&self.sock)
             .args(["-p", &self.opts.port.to_string(), "-c", sql])
             .env("PGCONNECT_TIMEOUT", "10")
@@ -546,11 +462,7 @@ impl PgNode {
     /// The rows of a query, each split into columns.
     #[must_use]
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
-        self.psql(sql)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split('|').map(str::to_owned).collect())
-            .collect()
+        self.psql(sql).lines().filter(|l| !l.is_empty()).map(|l| l.split('|').map(str::to_owned).collect()).collect()
     }
 
     /// Creates (or resets) [`PASSWORD_USER`] with `password`.
@@ -592,9 +504,7 @@ impl PgNode {
     pub fn wait_replayed(&self, lsn: &str, timeout: Duration) {
         let until = Instant::now() + timeout;
         loop {
-            let out = self.psql_output(&format!(
-                "SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"
-            ));
+            let out = self.psql_output(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"));
             if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "t" {
                 return;
             }
@@ -653,10 +563,7 @@ impl PgCluster {
     #[must_use]
     pub fn new(primary: PgOptions, standbys: Vec<PgOptions>) -> Self {
         let primary = PgNode::primary_with(primary);
-        let standbys = standbys
-            .into_iter()
-            .map(|o| PgNode::standby_with(&primary, o))
-            .collect();
+        let standbys = standbys.into_iter().map(|o| PgNode::standby_with(&primary, o)).collect();
         Self { standbys, primary }
     }
 }

@@ -20,7 +20,12 @@ fn json_of(out: &Output) -> Value {
 }
 
 fn peer<'a>(v: &'a Value, addr: &str) -> &'a Value {
-    v["peers"].as_array().unwrap().iter().find(|p| p["address"] == addr).unwrap_or_else(|| panic!("no peer {addr} in {v:#}"))
+    v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == addr)
+        .unwrap_or_else(|| panic!("no peer {addr} in {v:#}"))
 }
 
 fn verdict_is(addr: &'static str, verdict: &'static str) -> impl Fn(&Value) -> bool {
@@ -35,7 +40,9 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
     let addrs = ["198.18.0.1:7800", "198.18.0.2:7800", "198.18.0.3:7800"];
     for i in 0..3 {
         let v = c.wait_for(i, "all peers alive with kernel PONGs", Duration::from_secs(30), |v| {
-            v["peers"].as_array().is_some_and(|ps| ps.iter().all(|p| p["verdict"] == "alive" && p["nodeAgeMs"].is_u64()))
+            v["peers"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().all(|p| p["verdict"] == "alive" && p["nodeAgeMs"].is_u64()))
                 && (v["type"] == "Witness" || v["db"]["state"] == "UP")
         });
         assert_eq!(v["address"], addrs[i]);
@@ -92,7 +99,12 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
     let t_kill = monotonic_ns();
     c.agents[1].sigkill();
     for i in [0, 2] {
-        let v = c.wait_for(i, "agent dead on 198.18.0.2", Duration::from_secs(5), verdict_is("198.18.0.2:7800", "agent dead, node alive"));
+        let v = c.wait_for(
+            i,
+            "agent dead on 198.18.0.2",
+            Duration::from_secs(5),
+            verdict_is("198.18.0.2:7800", "agent dead, node alive"),
+        );
         let took = peer(&v, "198.18.0.2:7800")["verdictSinceNs"].as_u64().unwrap().saturating_sub(t_kill);
         eprintln!("node {}: agent death of 198.18.0.2 detected after {} ms", i + 1, took / 1_000_000);
         assert!(took <= bound, "detected after {took} ns, bound {bound} ns");

@@ -15,8 +15,7 @@ use std::{
 };
 
 use efm_agent::coordination::{
-    wire, ClusterState, Command, CoordConfig, CoordError, Coordinator, NodeInfo, NodeKind,
-    RaftTimings, Rejected,
+    wire, ClusterState, Command, CoordConfig, CoordError, Coordinator, NodeInfo, NodeKind, RaftTimings, Rejected,
 };
 
 const CLUSTER: &str = "coordtest";
@@ -50,18 +49,9 @@ impl Drop for TempDir {
     }
 }
 
-const DB: NodeInfo = NodeInfo {
-    kind: NodeKind::Database,
-    priority: 1,
-    promotable: true,
-};
+const DB: NodeInfo = NodeInfo { kind: NodeKind::Database, priority: 1, promotable: true };
 
-fn config(
-    root: &Path,
-    me: SocketAddr,
-    members: &[SocketAddr],
-    timings: &RaftTimings,
-) -> CoordConfig {
+fn config(root: &Path, me: SocketAddr, members: &[SocketAddr], timings: &RaftTimings) -> CoordConfig {
     let dir = root.join(me.ip().to_string());
     fs::create_dir_all(&dir).unwrap();
     let nodes_file_path = dir.join(format!("{CLUSTER}.nodes"));
@@ -86,20 +76,13 @@ fn config(
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -129,11 +112,7 @@ async fn wait_state(c: &Coordinator, want: &ClusterState, timeout: Duration) {
     }
 }
 
-async fn start3(
-    root: &Path,
-    port: u16,
-    t: &RaftTimings,
-) -> (Vec<SocketAddr>, Vec<Option<Coordinator>>) {
+async fn start3(root: &Path, port: u16, t: &RaftTimings) -> (Vec<SocketAddr>, Vec<Option<Coordinator>>) {
     let addrs: Vec<SocketAddr> = (1..=3).map(|i| addr(i, port)).collect();
     let cfgs: Vec<CoordConfig> = addrs.iter().map(|a| config(root, *a, &addrs, t)).collect();
     let started = futures_join_all(cfgs).await;
@@ -141,10 +120,7 @@ async fn start3(
 }
 
 async fn futures_join_all(cfgs: Vec<CoordConfig>) -> Vec<Coordinator> {
-    let handles: Vec<_> = cfgs
-        .into_iter()
-        .map(|c| tokio::spawn(Coordinator::start(c)))
-        .collect();
+    let handles: Vec<_> = cfgs.into_iter().map(|c| tokio::spawn(Coordinator::start(c))).collect();
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.unwrap().expect("coordinator start"));
@@ -157,14 +133,7 @@ fn live(nodes: &[Option<Coordinator>]) -> Vec<&Coordinator> {
 }
 
 fn promote(candidate: SocketAddr, expected_epoch: u64, reason: &str) -> Command {
-    Command::Promote {
-        candidate,
-        expected_epoch,
-        lsn: 0x300_0000,
-        timeline: 2,
-        at_unix_ms: 1,
-        reason: reason.into(),
-    }
+    Command::Promote { candidate, expected_epoch, lsn: 0x300_0000, timeline: 2, at_unix_ms: 1, reason: reason.into() }
 }
 
 #[test]
@@ -175,10 +144,7 @@ fn coordination_cluster_forms_and_one_promotion_per_epoch() {
         let (addrs, nodes) = start3(&root.0, port(), &t).await;
         let t0 = Instant::now();
         let leader = agreed_leader(&live(&nodes), Duration::from_secs(5)).await;
-        eprintln!(
-            "3-node cluster formed from identical .nodes files; leader {leader} after {:?}",
-            t0.elapsed()
-        );
+        eprintln!("3-node cluster formed from identical .nodes files; leader {leader} after {:?}", t0.elapsed());
         let n: Vec<&Coordinator> = live(&nodes);
         for c in &n {
             let m = c.metrics();
@@ -188,47 +154,23 @@ fn coordination_cluster_forms_and_one_promotion_per_epoch() {
         }
         // Every node registers itself through its own coordinator (followers forward).
         for (i, c) in n.iter().enumerate() {
-            let r = c
-                .propose(Command::Register {
-                    node: addrs[i],
-                    info: DB,
-                })
-                .await
-                .unwrap();
+            let r = c.propose(Command::Register { node: addrs[i], info: DB }).await.unwrap();
             assert!(r.unwrap().changed);
         }
         // Unknown nodes cannot register.
         let stranger = addr(9, 1);
         assert_eq!(
-            n[0].propose(Command::Register {
-                node: stranger,
-                info: DB
-            })
-            .await
-            .unwrap(),
+            n[0].propose(Command::Register { node: stranger, info: DB }).await.unwrap(),
             Err(Rejected::NotAllowed(stranger))
         );
-        let r = n[1]
-            .propose(Command::SetPrimary {
-                node: addrs[0],
-                expected_epoch: 0,
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let r = n[1].propose(Command::SetPrimary { node: addrs[0], expected_epoch: 0 }).await.unwrap().unwrap();
         assert_eq!((r.epoch, r.primary), (1, Some(addrs[0])));
 
         // Replacing the primary needs votes from a majority (2 of 3).
-        let r = n[0]
-            .propose(promote(addrs[1], 1, "no votes yet"))
-            .await
-            .unwrap();
+        let r = n[0].propose(promote(addrs[1], 1, "no votes yet")).await.unwrap();
         assert_eq!(r, Err(Rejected::NotEnoughVotes { have: 0, need: 2 }));
         for (i, c) in n.iter().enumerate().skip(1) {
-            let vote = Command::Vote {
-                voter: addrs[i],
-                epoch: 1,
-            };
+            let vote = Command::Vote { voter: addrs[i], epoch: 1 };
             c.propose(vote).await.unwrap().unwrap();
         }
         // Two standbys race to be promoted for epoch 1 from different nodes.
@@ -238,19 +180,9 @@ fn coordination_cluster_forms_and_one_promotion_per_epoch() {
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         eprintln!("concurrent promotions: node 2 -> {a:?}, node 3 -> {b:?}");
-        assert_eq!(
-            u8::from(a.is_ok()) + u8::from(b.is_ok()),
-            1,
-            "exactly one promotion applies"
-        );
+        assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1, "exactly one promotion applies");
         let loser = if a.is_ok() { &b } else { &a };
-        assert_eq!(
-            loser,
-            &Err(Rejected::StaleEpoch {
-                expected: 1,
-                current: 2
-            })
-        );
+        assert_eq!(loser, &Err(Rejected::StaleEpoch { expected: 1, current: 2 }));
         let winner = if a.is_ok() { addrs[1] } else { addrs[2] };
         // All replicas agree.
         let want = (**n[0].state().borrow()).clone();
@@ -272,10 +204,7 @@ fn coordination_cluster_forms_and_one_promotion_per_epoch() {
 fn coordination_leader_failover_restart_and_minority() {
     let root = TempDir::new("failover");
     // Snapshot every 10 entries, so a node that was down catches up by snapshot.
-    let t = RaftTimings {
-        snapshot_every: 10,
-        ..RaftTimings::default()
-    };
+    let t = RaftTimings { snapshot_every: 10, ..RaftTimings::default() };
     rt().block_on(async {
         let port = port();
         let (addrs, mut nodes) = start3(&root.0, port, &t).await;
@@ -307,7 +236,11 @@ fn coordination_leader_failover_restart_and_minority() {
             // More entries while the old leader is down: beyond the snapshot interval, so the
             // restarted node must be sent a snapshot (its log was purged on the others).
             for k in 0..15 {
-                live(&nodes)[1].propose(Command::SetPriority { node: addrs[(idx + 1) % 3], priority: 10 + k }).await.unwrap().unwrap();
+                live(&nodes)[1]
+                    .propose(Command::SetPriority { node: addrs[(idx + 1) % 3], priority: 10 + k })
+                    .await
+                    .unwrap()
+                    .unwrap();
             }
             // Restart it from its redb state.
             let cfg = config(&root.0, old, &addrs, &t);
@@ -344,9 +277,15 @@ fn coordination_leader_failover_restart_and_minority() {
         let t0 = Instant::now();
         let r = survivor.propose(Command::SetAutoFailover(false)).await;
         let waited = t0.elapsed();
-        eprintln!("minority proposal after {waited:?}: {}", r.as_ref().map_or_else(ToString::to_string, |_| "committed?!".to_owned()));
+        eprintln!(
+            "minority proposal after {waited:?}: {}",
+            r.as_ref().map_or_else(ToString::to_string, |_| "committed?!".to_owned())
+        );
         assert!(matches!(r, Err(CoordError::Timeout { .. })), "{r:?}");
-        assert!(waited >= Duration::from_millis(t.propose_timeout_ms) && waited < Duration::from_millis(t.propose_timeout_ms + 1_000));
+        assert!(
+            waited >= Duration::from_millis(t.propose_timeout_ms)
+                && waited < Duration::from_millis(t.propose_timeout_ms + 1_000)
+        );
         assert_eq!(**survivor.state().borrow(), before, "nothing applied without a majority");
         survivor.shutdown().await;
     });
@@ -360,9 +299,7 @@ fn coordination_join_requires_allow() {
         let port = port();
         let (a, b) = (addr(1, port), addr(2, port));
         // A: empty .nodes list -> single-voter cluster.
-        let ca = Coordinator::start(config(&root.0, a, &[], &t))
-            .await
-            .unwrap();
+        let ca = Coordinator::start(config(&root.0, a, &[], &t)).await.unwrap();
         wait_for("A leads", Duration::from_secs(3), || ca.is_leader()).await;
         // B lists A only: it must join, and is not allowed yet.
         let r = Coordinator::start(config(&root.0, b, &[a], &t)).await;
@@ -371,24 +308,11 @@ fn coordination_join_requires_allow() {
             Err(e) => panic!("expected a refusal, got {e}"),
             Ok(_) => panic!("expected a refusal, B joined"),
         }
-        ca.propose(Command::AllowNode { node: b })
-            .await
-            .unwrap()
-            .unwrap();
-        fs::remove_file(
-            root.0
-                .join("127.0.0.12")
-                .join(format!("{CLUSTER}.raft.redb")),
-        )
-        .ok();
+        ca.propose(Command::AllowNode { node: b }).await.unwrap().unwrap();
+        fs::remove_file(root.0.join("127.0.0.12").join(format!("{CLUSTER}.raft.redb"))).ok();
         let t0 = Instant::now();
-        let cb = Coordinator::start(config(&root.0, b, &[a], &t))
-            .await
-            .unwrap();
-        wait_for("B is a voter", Duration::from_secs(5), || {
-            cb.metrics().voters.len() == 2
-        })
-        .await;
+        let cb = Coordinator::start(config(&root.0, b, &[a], &t)).await.unwrap();
+        wait_for("B is a voter", Duration::from_secs(5), || cb.metrics().voters.len() == 2).await;
         eprintln!("B joined as voter after {:?}", t0.elapsed());
         let s = ca.state().borrow().clone();
         assert_eq!(s.info(&b), Some(&DB), "the joined node was registered");
@@ -396,23 +320,14 @@ fn coordination_join_requires_allow() {
         // A's .nodes file follows the membership.
         let path = root.0.join("127.0.0.11").join(format!("{CLUSTER}.nodes"));
         wait_for("A's .nodes file lists B", Duration::from_secs(2), || {
-            fs::read_to_string(&path)
-                .is_ok_and(|t| t.contains(&b.to_string()) && t.contains(&a.to_string()))
+            fs::read_to_string(&path).is_ok_and(|t| t.contains(&b.to_string()) && t.contains(&a.to_string()))
         })
         .await;
         // Proposals from B are forwarded to A.
         cb.propose(Command::SetPaused(true)).await.unwrap().unwrap();
         // Disallowing B removes it from the membership.
-        ca.propose(Command::DisallowNode { node: b })
-            .await
-            .unwrap()
-            .unwrap();
-        wait_for(
-            "B removed from the membership",
-            Duration::from_secs(3),
-            || ca.metrics().voters == vec![a],
-        )
-        .await;
+        ca.propose(Command::DisallowNode { node: b }).await.unwrap().unwrap();
+        wait_for("B removed from the membership", Duration::from_secs(3), || ca.metrics().voters == vec![a]).await;
         cb.shutdown().await;
         ca.shutdown().await;
     });
@@ -439,39 +354,20 @@ fn coordination_transport_rejects_forged_frames() {
     rt().block_on(async {
         let port = port();
         let (a, b) = (addr(1, port), addr(2, port));
-        let ca = Coordinator::start(config(&root.0, a, &[a, b], &t))
-            .await
-            .unwrap();
-        let cb = Coordinator::start(config(&root.0, b, &[a, b], &t))
-            .await
-            .unwrap();
+        let ca = Coordinator::start(config(&root.0, a, &[a, b], &t)).await.unwrap();
+        let cb = Coordinator::start(config(&root.0, b, &[a, b], &t)).await.unwrap();
         agreed_leader(&[&ca, &cb], Duration::from_secs(5)).await;
         let key = efm_tests::key();
         let hello = |k, from: SocketAddr| {
-            let ctx = wire::MacCtx {
-                key: k,
-                cluster: CLUSTER.into(),
-                client_nonce: [7; 16],
-                server_nonce: [0; 16],
-            };
+            let ctx = wire::MacCtx { key: k, cluster: CLUSTER.into(), client_nonce: [7; 16], server_nonce: [0; 16] };
             let mut p = ctx.client_nonce.to_vec();
             p.extend_from_slice(from.to_string().as_bytes());
-            wire::encode(
-                &ctx,
-                wire::DIR_TO_SERVER,
-                wire::KIND_HELLO,
-                efm_agent::coordination::raft_id(&from),
-                0,
-                &p,
-            )
+            wire::encode(&ctx, wire::DIR_TO_SERVER, wire::KIND_HELLO, efm_agent::coordination::raft_id(&from), 0, &p)
         };
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("garbage", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
             ("oversized length", (64u32 << 20).to_be_bytes().to_vec()),
-            (
-                "wrong key",
-                hello(efm_common::wire::ClusterKeyBytes { k0: 1, k1: 2 }, b),
-            ),
+            ("wrong key", hello(efm_common::wire::ClusterKeyBytes { k0: 1, k1: 2 }, b)),
             ("address mismatch (claims B from 127.0.0.1)", hello(key, b)),
         ];
         let before = ca.metrics().rejected_frames;
@@ -497,24 +393,13 @@ fn coordination_transport_rejects_forged_frames() {
                 s.read_exact(&mut len).await.unwrap();
                 let mut ack = vec![0u8; u32::from_be_bytes(len) as usize];
                 s.read_exact(&mut ack).await.unwrap();
-                let server_nonce: [u8; 16] = ack[wire::HEADER_LEN..wire::HEADER_LEN + 16]
-                    .try_into()
-                    .unwrap();
-                (
-                    s,
-                    wire::MacCtx {
-                        key,
-                        cluster: CLUSTER.into(),
-                        client_nonce: [7; 16],
-                        server_nonce,
-                    },
-                )
+                let server_nonce: [u8; 16] = ack[wire::HEADER_LEN..wire::HEADER_LEN + 16].try_into().unwrap();
+                (s, wire::MacCtx { key, cluster: CLUSTER.into(), client_nonce: [7; 16], server_nonce })
             };
             let request = |ctx: &wire::MacCtx, from: SocketAddr, seq: u64| {
-                let req = serde_json::to_vec(&efm_agent::coordination::net::Rpc::ClientWrite(
-                    Command::SetPaused(false),
-                ))
-                .unwrap();
+                let req =
+                    serde_json::to_vec(&efm_agent::coordination::net::Rpc::ClientWrite(Command::SetPaused(false)))
+                        .unwrap();
                 wire::encode(
                     ctx,
                     wire::DIR_TO_SERVER,
@@ -526,10 +411,7 @@ fn coordination_transport_rejects_forged_frames() {
             };
             let closed = |mut s: tokio::net::TcpStream, what: &'static str| async move {
                 let mut buf = [0u8; 64];
-                let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-                    .await
-                    .unwrap()
-                    .unwrap_or(0);
+                let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap_or(0);
                 assert_eq!(n, 0, "{what}: the connection must be dropped");
             };
             // Unknown sender (a member's IP, but a port no member uses): it proved the key, so the
@@ -568,10 +450,7 @@ fn coordination_transport_rejects_forged_frames() {
         assert_eq!(rejected, 8);
         // Still healthy: the cluster commits.
         cb.propose(Command::SetPaused(true)).await.unwrap().unwrap();
-        ca.propose(Command::SetPaused(false))
-            .await
-            .unwrap()
-            .unwrap();
+        ca.propose(Command::SetPaused(false)).await.unwrap().unwrap();
         cb.shutdown().await;
         ca.shutdown().await;
     });

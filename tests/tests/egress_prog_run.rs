@@ -45,7 +45,15 @@ fn stranger() -> IpAddr {
 
 /// A reply segment from the database: ACK|PSH with a result in it.
 fn reply(a: Addrs) -> Vec<u8> {
-    tcp_frame(a, DB_PORT, CLIENT_PORT, 0x1234_5678, 0x9abc_def0, TCP_ACK | TCP_PSH, b"C\0\0\0\x0dINSERT 0 1\0Z\0\0\0\x05I")
+    tcp_frame(
+        a,
+        DB_PORT,
+        CLIENT_PORT,
+        0x1234_5678,
+        0x9abc_def0,
+        TCP_ACK | TCP_PSH,
+        b"C\0\0\0\x0dINSERT 0 1\0Z\0\0\0\x05I",
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +110,9 @@ fn enter(fx: &mut Fixture, state: State, reset: bool) {
             ..base
         },
         State::Epoch => FenceState { epoch: 3, ..base },
-        State::Lapsed => FenceState { flags: rst | FENCE_LEASE_ENFORCED, lease_k: 1, lease_timeout_ns: 1_000_000, ..base },
+        State::Lapsed => {
+            FenceState { flags: rst | FENCE_LEASE_ENFORCED, lease_k: 1, lease_timeout_ns: 1_000_000, ..base }
+        }
         State::LapsedK0 => FenceState { flags: rst | FENCE_LEASE_ENFORCED, lease_k: 0, ..base },
         State::FencedAndEpoch => FenceState { flags: rst | FENCE_FENCED, epoch: 3, ..base },
     };
@@ -199,7 +209,15 @@ fn other_sources_and_ports_are_never_touched() {
     enter(&mut fx, State::Fenced, true);
     let frames = [
         // Not a service address.
-        tcp_frame(Addrs { src: OTHER_V4.into(), dst: stranger(), vlan: None }, DB_PORT, CLIENT_PORT, 1, 2, TCP_ACK, b"x"),
+        tcp_frame(
+            Addrs { src: OTHER_V4.into(), dst: stranger(), vlan: None },
+            DB_PORT,
+            CLIENT_PORT,
+            1,
+            2,
+            TCP_ACK,
+            b"x",
+        ),
         // A service address, another port (ssh), and the database port as destination (the
         // node as a client of another database).
         tcp_frame(server_to(stranger()), 22, CLIENT_PORT, 1, 2, TCP_ACK, b"x"),
@@ -313,7 +331,12 @@ fn member_rule_in_every_state_both_directions() {
         enter(&mut fx, state, true);
         let serving = state == State::Serving;
         let members_exempt = state == State::HandOver;
-        for (who, exempt, is_member) in [(admin, true, false), (member, members_exempt, true), (member6, members_exempt, true), (stranger(), false, false)] {
+        for (who, exempt, is_member) in [
+            (admin, true, false),
+            (member, members_exempt, true),
+            (member6, members_exempt, true),
+            (stranger(), false, false),
+        ] {
             // Egress: a reply toward `who`. A member that is not exempt is dropped, never reset
             // (a reset walreceiver would wait 5 s before streaming again).
             let f = reply(server_to(who));
@@ -340,7 +363,11 @@ fn member_rule_in_every_state_both_directions() {
             if serving {
                 assert_eq!((action, moved), (XDP_PASS, vec![(Counter::ClientPass, 1)]), "ingress {state:?} from {who}");
             } else if exempt {
-                assert_eq!((action, moved), (XDP_PASS, vec![(Counter::ClientExempt, 1)]), "ingress {state:?} from {who}");
+                assert_eq!(
+                    (action, moved),
+                    (XDP_PASS, vec![(Counter::ClientExempt, 1)]),
+                    "ingress {state:?} from {who}"
+                );
             } else if is_member {
                 assert_eq!(action, XDP_DROP, "ingress {state:?} from member {who}: dropped, not reset");
                 assert!(!moved.contains(&(Counter::ClientReset, 1)), "ingress {state:?} from {who}: {moved:?}");
@@ -362,7 +389,11 @@ fn a_member_inside_an_always_exempt_prefix_stays_always_exempt() {
     let (action, _, moved) = egress(&mut fx, &reply(server_to(PEER_V4.into())));
     assert_eq!((action, moved), (TC_NEXT, vec![(Counter::EgressExempt, 1)]), "covered member: always exempt");
     let (action, _, moved) = egress(&mut fx, &reply(server_to(PEER_V6.into())));
-    assert_eq!((action, moved), (TC_SHOT, vec![(Counter::EgressDrop, 1)]), "uncovered member: fenced (dropped) after the epoch moved");
+    assert_eq!(
+        (action, moved),
+        (TC_SHOT, vec![(Counter::EgressDrop, 1)]),
+        "uncovered member: fenced (dropped) after the epoch moved"
+    );
     // Replacing the set removes what is no longer listed.
     fx.dp.set_exempt(&[]).unwrap();
     let (_, _, moved) = egress(&mut fx, &reply(server_to(PEER_V4.into())));

@@ -27,7 +27,13 @@ fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cl
     eprintln!(
         "{what}: failover {} ms from fault to first client write on {}; last write on n1 {} ms before it; \
          long statements acknowledged by n1 {} / by {} {}, failed {} (all counted in the overlap check)",
-        run.failover_ms, run.new_primary, run.gap_ms, run.long_acks_old, run.new_primary, run.long_acks_new, run.long_failed
+        run.failover_ms,
+        run.new_primary,
+        run.gap_ms,
+        run.long_acks_old,
+        run.new_primary,
+        run.long_acks_new,
+        run.long_failed
     );
     assert!(run.failover_ms < 10_000, "{what}: failover took {} ms", run.failover_ms);
     let p = c.serving_primary().expect("exactly one serving primary");
@@ -91,11 +97,13 @@ fn primary_isolated_by_nftables_fails_over() {
         let rules = format!(
             "table bridge efm_isolate {{\n chain isolate {{\n  type filter hook forward priority 0;\n  iifname \"{sw}\" drop\n  oifname \"{sw}\" drop\n }}\n}}\n"
         );
-        let out = c.bed.switch.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(|mut ch| {
-            use std::io::Write as _;
-            ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
-            ch.wait_with_output()
-        });
+        let out = c.bed.switch.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(
+            |mut ch| {
+                use std::io::Write as _;
+                ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                ch.wait_with_output()
+            },
+        );
         assert!(out.is_ok_and(|o| o.status.success()), "nft isolation rules");
     });
     drop(c);

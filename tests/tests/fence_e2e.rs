@@ -129,7 +129,10 @@ fn sleeping_insert_on_a_cut_off_primary(freeze: bool) {
     p.psql("SELECT pg_reload_conf()");
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(30)).is_some(), "the client writes through the VIP to n1");
-    assert!(w.wait_long_acks_from("n1", 0, efm_tests::cluster::LONG_WRITERS, Duration::from_secs(20)), "long writers on n1");
+    assert!(
+        w.wait_long_acks_from("n1", 0, efm_tests::cluster::LONG_WRITERS, Duration::from_secs(20)),
+        "long writers on n1"
+    );
 
     // The statement under test commits locally only (the case: nothing but the fence
     // stands between its commit and the client).
@@ -250,14 +253,27 @@ fn a_client_blocked_on_a_frozen_primary_gets_an_error_at_the_servers_next_segmen
     assert!(matches!(rec.outcome, Outcome::Error(_)), "the blocked client must get an error, got {:?}", rec.outcome);
     // Not before the server's segment (nothing else could reach the client: the agent is
     // frozen and the client sends nothing), and within 1 s of it.
-    assert!(rec.done_ns + 200_000_000 >= notice_ns, "the error came {} ms before the server's segment", ms(notice_ns - rec.done_ns));
-    assert!(rec.done_ns <= notice_ns + 1_000_000_000, "the error came {} ms after the server's segment", ms(rec.done_ns - notice_ns));
+    assert!(
+        rec.done_ns + 200_000_000 >= notice_ns,
+        "the error came {} ms before the server's segment",
+        ms(notice_ns - rec.done_ns)
+    );
+    assert!(
+        rec.done_ns <= notice_ns + 1_000_000_000,
+        "the error came {} ms after the server's segment",
+        ms(rec.done_ns - notice_ns)
+    );
 }
 
 /// A client in the namespace at `ns` (a cluster member's) writing to `host`:5432 directly: it
 /// opens a connection at once (before the fault), then on `go` makes `tries` writes, each on the
 /// open connection or, after an error, a new one.
-fn member_writes(ns: String, host: String, seq0: i64, tries: usize) -> (mpsc::Sender<()>, mpsc::Receiver<bool>, std::thread::JoinHandle<Vec<Outcome>>) {
+fn member_writes(
+    ns: String,
+    host: String,
+    seq0: i64,
+    tries: usize,
+) -> (mpsc::Sender<()>, mpsc::Receiver<bool>, std::thread::JoinHandle<Vec<Outcome>>) {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let h = spawn_in_netns(ns, move || async move {
@@ -282,7 +298,10 @@ fn member_writes(ns: String, host: String, seq0: i64, tries: usize) -> (mpsc::Se
             let t = i64::try_from(monotonic_ns()).unwrap();
             let r = tokio::time::timeout(
                 Duration::from_secs(3),
-                c.query_one("INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')", &[&seq, &t]),
+                c.query_one(
+                    "INSERT INTO efm_probe (seq, t) VALUES ($1, $2) RETURNING current_setting('cluster_name')",
+                    &[&seq, &t],
+                ),
             )
             .await;
             match r {
@@ -318,8 +337,13 @@ fn members_cannot_write_to_the_old_primary(freeze: bool) {
     // Members' connections to the old primary's own address, opened before the fault.
     let mut members = Vec::new();
     for m in [1usize, 2] {
-        let (go, ready, h) = member_writes(ns_path(&c, m), old_ip.clone(), 1_000_000_000 * i64::try_from(m).unwrap(), TRIES);
-        assert!(ready.recv_timeout(Duration::from_secs(10)).unwrap_or(false), "n{} connects to n1 before the fault", m + 1);
+        let (go, ready, h) =
+            member_writes(ns_path(&c, m), old_ip.clone(), 1_000_000_000 * i64::try_from(m).unwrap(), TRIES);
+        assert!(
+            ready.recv_timeout(Duration::from_secs(10)).unwrap_or(false),
+            "n{} connects to n1 before the fault",
+            m + 1
+        );
         members.push((m, go, h));
     }
     std::thread::sleep(Duration::from_millis(300));

@@ -60,7 +60,9 @@ fn lagging_standby_scenario(pause_replay_on_current: bool) {
     });
     if pause_replay_on_current {
         cur.psql("SELECT pg_wal_replay_pause()");
-        wait_until("n3's replay to pause", Duration::from_secs(10), || cur.psql("SELECT pg_get_wal_replay_pause_state()") == "paused");
+        wait_until("n3's replay to pause", Duration::from_secs(10), || {
+            cur.psql("SELECT pg_get_wal_replay_pause_state()") == "paused"
+        });
     }
     std::thread::sleep(Duration::from_millis(500));
     let t_sync = monotonic_ns();
@@ -68,10 +70,13 @@ fn lagging_standby_scenario(pause_replay_on_current: bool) {
     // More than 1 MB of acknowledged WAL while n2 is cut off.
     p.psql("CREATE TABLE efm_fill (i int PRIMARY KEY, pad text)");
     p.psql("INSERT INTO efm_fill SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 2000) g");
-    let pos = |n: &efm_tests::pg::PgNode| n.psql("SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())");
+    let pos =
+        |n: &efm_tests::pg::PgNode| n.psql("SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())");
     let (lag_lsn, cur_lsn) = (pos(lag), pos(cur));
     let primary_lsn = p.psql("SELECT pg_current_wal_lsn()");
-    let behind = |lsn: &str| p.psql(&format!("SELECT ('{primary_lsn}'::pg_lsn - '{lsn}'::pg_lsn)::bigint")).parse::<i64>().unwrap();
+    let behind = |lsn: &str| {
+        p.psql(&format!("SELECT ('{primary_lsn}'::pg_lsn - '{lsn}'::pg_lsn)::bigint")).parse::<i64>().unwrap()
+    };
     let (lag_bytes, cur_bytes) = (behind(&lag_lsn), behind(&cur_lsn));
     assert!(lag_bytes >= MB, "n2 is only {lag_bytes} bytes behind (primary {primary_lsn}, n2 {lag_lsn})");
     assert!(lag.psql("SELECT pg_is_in_recovery()") == "t" && cur.psql("SELECT pg_is_in_recovery()") == "t");
@@ -85,7 +90,9 @@ fn lagging_standby_scenario(pause_replay_on_current: bool) {
     p.sigkill();
     let until = Instant::now() + Duration::from_secs(30);
     let new = loop {
-        if let Some(a) = w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != "n1")) {
+        if let Some(a) =
+            w.log.lock().unwrap().iter().find(|a| a.t_ns > t_fault && a.server.as_deref().is_some_and(|s| s != "n1"))
+        {
             break a.server.clone().unwrap();
         }
         assert!(Instant::now() < until, "no new primary accepted writes within 30 s of the fault");
@@ -108,10 +115,14 @@ fn lagging_standby_scenario(pause_replay_on_current: bool) {
     assert_eq!(c.serving_primary(), Some(2), "exactly one serving primary: n3");
 
     // No acknowledged write is missing on the new primary.
-    let acked: Vec<i64> = acks.iter().filter(|a| a.t_ns > t_sync && a.server.as_deref() == Some("n1")).map(|a| a.seq).collect();
+    let acked: Vec<i64> =
+        acks.iter().filter(|a| a.t_ns > t_sync && a.server.as_deref() == Some("n1")).map(|a| a.seq).collect();
     assert!(acked.len() > 10, "the client wrote synchronously to n1 for a while: {}", acked.len());
-    let have: HashSet<i64> =
-        cur.psql("SELECT string_agg(seq::text, ',') FROM efm_probe").split(',').filter_map(|s| s.parse().ok()).collect();
+    let have: HashSet<i64> = cur
+        .psql("SELECT string_agg(seq::text, ',') FROM efm_probe")
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
     let lost: Vec<i64> = acked.iter().copied().filter(|s| !have.contains(s)).collect();
     assert!(lost.is_empty(), "acknowledged client writes lost in the failover: {lost:?}");
     assert_eq!(cur.psql("SELECT count(*) FROM efm_fill"), "2000", "the acknowledged 1 MB is on the new primary");

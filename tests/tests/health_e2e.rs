@@ -35,7 +35,11 @@ fn exchange(c: &Cluster, i: usize, request: &[u8]) -> Option<(u16, String)> {
 }
 
 fn get(c: &Cluster, i: usize, path: &str) -> Option<(u16, String)> {
-    exchange(c, i, format!("GET {path} HTTP/1.1\r\nHost: {}:{PORT}\r\nUser-Agent: efm-test\r\n\r\n", c.bed.nodes[i].ip).as_bytes())
+    exchange(
+        c,
+        i,
+        format!("GET {path} HTTP/1.1\r\nHost: {}:{PORT}\r\nUser-Agent: efm-test\r\n\r\n", c.bed.nodes[i].ip).as_bytes(),
+    )
 }
 
 fn status(c: &Cluster, i: usize, path: &str) -> Option<u16> {
@@ -48,7 +52,12 @@ fn round(c: &Cluster) -> Vec<(Option<u16>, Option<u16>)> {
 }
 
 /// Polls until `pred` holds for a round, asserting at most one `/primary` 200 per round.
-fn wait_round(c: &Cluster, what: &str, timeout: Duration, pred: impl Fn(&[(Option<u16>, Option<u16>)]) -> bool) -> Vec<(Option<u16>, Option<u16>)> {
+fn wait_round(
+    c: &Cluster,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[(Option<u16>, Option<u16>)]) -> bool,
+) -> Vec<(Option<u16>, Option<u16>)> {
     let until = Instant::now() + timeout;
     loop {
         let r = round(c);
@@ -64,7 +73,9 @@ fn wait_round(c: &Cluster, what: &str, timeout: Duration, pred: impl Fn(&[(Optio
 
 /// The value of the first sample whose series starts with `prefix`.
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
 /// Every line a comment or `name{labels} value`, every sample's family declared.
@@ -86,16 +97,25 @@ fn check_exposition(text: &str) {
             assert!(labels.ends_with('}'), "bad labels: {line:?}");
             for kv in labels.trim_end_matches('}').split("\",").filter(|s| !s.is_empty()) {
                 let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("bad label in {line:?}"));
-                assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && v.starts_with('"'), "bad label {kv:?} in {line:?}");
+                assert!(
+                    k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && v.starts_with('"'),
+                    "bad label {kv:?} in {line:?}"
+                );
             }
         }
-        let family = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f))).unwrap_or(name);
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f)))
+            .unwrap_or(name);
         assert!(families.contains(family), "undeclared family: {line:?}");
     }
 }
 
 #[test]
-#[expect(clippy::many_single_char_names, reason = "c is the cluster, r a round, t the fault time, as in the other e2e tests")]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "c is the cluster, r a round, t the fault time, as in the other e2e tests"
+)]
 fn health_endpoint_follows_roles_and_flips_on_failover() {
     let c = Cluster::start(&PSS, &format!("health.listen.address=0.0.0.0:{PORT}\n"));
 
@@ -105,7 +125,12 @@ fn health_endpoint_follows_roles_and_flips_on_failover() {
     });
     eprintln!("initial: {r:?}");
     let (_, body) = get(&c, 0, "/primary").unwrap();
-    assert!(body.contains("Connection: close\r\n") && body.contains("\"role\":\"Primary\"") && body.contains("\"serving\":true"), "{body}");
+    assert!(
+        body.contains("Connection: close\r\n")
+            && body.contains("\"role\":\"Primary\"")
+            && body.contains("\"serving\":true"),
+        "{body}"
+    );
     let (_, body) = get(&c, 1, "/primary").unwrap();
     assert!(body.contains("\"reason\":"), "a 503 says why: {body}");
     let (s, head) = exchange(&c, 0, b"HEAD /primary HTTP/1.1\r\n\r\n").unwrap();
@@ -120,9 +145,17 @@ fn health_endpoint_follows_roles_and_flips_on_failover() {
     let text = m.split_once("\r\n\r\n").unwrap().1;
     check_exposition(text);
     for family in [
-        "efm_info", "efm_epoch", "efm_fenced", "efm_lease_enforced", "efm_lease_left_seconds", "efm_serving",
-        "efm_peer_verdict", "efm_peer_ping_last_seen_seconds", "efm_peer_pong_last_seen_seconds",
-        "efm_peer_rtt_seconds", "efm_xdp_packets_total",
+        "efm_info",
+        "efm_epoch",
+        "efm_fenced",
+        "efm_lease_enforced",
+        "efm_lease_left_seconds",
+        "efm_serving",
+        "efm_peer_verdict",
+        "efm_peer_ping_last_seen_seconds",
+        "efm_peer_pong_last_seen_seconds",
+        "efm_peer_rtt_seconds",
+        "efm_xdp_packets_total",
     ] {
         assert!(text.contains(&format!("# TYPE {family} ")), "family {family} missing:\n{text}");
     }
@@ -134,14 +167,26 @@ fn health_endpoint_follows_roles_and_flips_on_failover() {
     assert!(sample(text, "efm_xdp_packets_total{reason=\"hb_ping_accepted\"}").is_some_and(|v| v > 0.0), "{text}");
     assert!(sample(text, "efm_xdp_packets_total{reason=\"hb_pong_sent\"}").is_some_and(|v| v > 0.0), "{text}");
     for peer in ["198.18.0.2:7800", "198.18.0.3:7800"] {
-        assert!(sample(text, &format!("efm_peer_rtt_seconds_count{{peer=\"{peer}\"}}")).is_some_and(|v| v > 0.0), "RTTs of {peer}:\n{text}");
-        assert_eq!(sample(text, &format!("efm_peer_verdict{{peer=\"{peer}\",verdict=\"alive\"}}")), Some(1.0), "{text}");
+        assert!(
+            sample(text, &format!("efm_peer_rtt_seconds_count{{peer=\"{peer}\"}}")).is_some_and(|v| v > 0.0),
+            "RTTs of {peer}:\n{text}"
+        );
+        assert_eq!(
+            sample(text, &format!("efm_peer_verdict{{peer=\"{peer}\",verdict=\"alive\"}}")),
+            Some(1.0),
+            "{text}"
+        );
         let age = sample(text, &format!("efm_peer_ping_last_seen_seconds{{peer=\"{peer}\"}}")).unwrap();
         assert!((0.0..2.0).contains(&age), "PING age of {peer}: {age}");
     }
     let epoch0 = sample(text, "efm_epoch").unwrap();
     let cost = sample(text, "efm_metrics_snapshot_duration_seconds").unwrap();
-    eprintln!("metrics snapshot (2 peers, {} counters) took {:.1} µs; /metrics is {} bytes", efm_common::maps::Counter::COUNT, cost * 1e6, text.len());
+    eprintln!(
+        "metrics snapshot (2 peers, {} counters) took {:.1} µs; /metrics is {} bytes",
+        efm_common::maps::Counter::COUNT,
+        cost * 1e6,
+        text.len()
+    );
 
     // Garbage gets 400 and the agent keeps serving.
     assert_eq!(exchange(&c, 0, b"\x00\x01garbage\xff\r\n\r\n").map(|x| x.0), Some(400));

@@ -121,14 +121,26 @@ fn installed_tree_package_and_agent_work_as_documented() {
     let root = pg::TempDir::new("install");
     let dest = root.path().join("dest");
     let t0 = Instant::now();
-    xtask(&["install", "--binaries", bin_dir().to_str().unwrap(), "--destdir", dest.to_str().unwrap(), "--prefix", "/usr"]);
+    xtask(&[
+        "install",
+        "--binaries",
+        bin_dir().to_str().unwrap(),
+        "--destdir",
+        dest.to_str().unwrap(),
+        "--prefix",
+        "/usr",
+    ]);
     eprintln!("xtask install: {:.1}s", t0.elapsed().as_secs_f64());
 
     // Every file and directory, its owner and mode; nothing else.
     let got = tree(&dest);
     let files = expected_files("site-functions", "");
     let mut want_dirs: Vec<String> = Vec::new();
-    for f in files.iter().map(|(f, _)| f.as_str()).chain(PRIVATE_DIRS.iter().map(|d| format!("{d}/x")).collect::<Vec<_>>().iter().map(String::as_str)) {
+    for f in files
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .chain(PRIVATE_DIRS.iter().map(|d| format!("{d}/x")).collect::<Vec<_>>().iter().map(String::as_str))
+    {
         let mut p = Path::new(f).parent();
         while let Some(d) = p.filter(|d| *d != Path::new("/")) {
             want_dirs.push(d.display().to_string());
@@ -138,7 +150,8 @@ fn installed_tree_package_and_agent_work_as_documented() {
     want_dirs.sort();
     want_dirs.dedup();
     for (path, mode) in &files {
-        let (is_dir, m, uid, gid) = got.get(path).copied().unwrap_or_else(|| panic!("{path} not installed; tree: {got:#?}"));
+        let (is_dir, m, uid, gid) =
+            got.get(path).copied().unwrap_or_else(|| panic!("{path} not installed; tree: {got:#?}"));
         assert!(!is_dir, "{path} is a directory");
         assert_eq!((m, uid, gid), (*mode, 0, 0), "{path}: mode/uid/gid");
         assert!(fs::metadata(dest.join(&path[1..])).unwrap().len() > 0, "{path} is empty");
@@ -162,18 +175,39 @@ fn installed_tree_package_and_agent_work_as_documented() {
     // The unit: the documented ExecStart, no option that would hide the host's bpffs.
     let unit = fs::read_to_string(dest.join("usr/lib/systemd/system/efm-agent@.service")).unwrap();
     let settings: Vec<&str> = unit.lines().filter(|l| !l.starts_with('#') && l.contains('=')).collect();
-    for want in ["Type=notify", "ExecStart=/usr/sbin/efm-agent --cluster %i", "Restart=on-failure", "KillMode=process"] {
+    for want in ["Type=notify", "ExecStart=/usr/sbin/efm-agent --cluster %i", "Restart=on-failure", "KillMode=process"]
+    {
         assert!(settings.contains(&want), "unit lacks {want}");
     }
-    for forbidden in ["ProtectSystem", "ProtectKernelTunables", "PrivateTmp", "PrivateDevices", "ProtectHome", "PrivateNetwork"] {
-        assert!(!settings.iter().any(|l| l.starts_with(forbidden)), "unit sets {forbidden}: it would hide /sys/fs/bpf or the database's files");
+    for forbidden in
+        ["ProtectSystem", "ProtectKernelTunables", "PrivateTmp", "PrivateDevices", "ProtectHome", "PrivateNetwork"]
+    {
+        assert!(
+            !settings.iter().any(|l| l.starts_with(forbidden)),
+            "unit sets {forbidden}: it would hide /sys/fs/bpf or the database's files"
+        );
     }
     let caps = settings.iter().find(|l| l.starts_with("CapabilityBoundingSet=")).expect("a capability bounding set");
-    for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_KILL"] {
+    for cap in [
+        "CAP_BPF",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_SYS_ADMIN",
+        "CAP_PERFMON",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_CHOWN",
+        "CAP_KILL",
+    ] {
         assert!(caps.split(['=', ' ']).any(|c| c == cap), "{cap} missing from {caps}");
     }
     let tmpfiles = fs::read_to_string(dest.join("usr/lib/tmpfiles.d/efm.conf")).unwrap();
-    assert!(tmpfiles.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["d", "/run/efm", "0750", "root", "efm", "-"]), "{tmpfiles}");
+    assert!(
+        tmpfiles
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["d", "/run/efm", "0750", "root", "efm", "-"]),
+        "{tmpfiles}"
+    );
 
     // systemd-analyze verify: directives, dependencies, and that Documentation= names installed
     // man pages. It insists that ExecStart's binary exists on this host, so the copy it checks

@@ -16,7 +16,11 @@ use efm_agent::secret;
 fn efm() -> Command {
     let exe = std::env::current_exe().expect("test executable path");
     let p = exe.parent().and_then(Path::parent).expect("target dir").join("efm");
-    assert!(p.exists(), "{} is missing: build it with `cargo build -p efm-agent --bins` (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p efm-agent --bins` (cargo xtask test does)",
+        p.display()
+    );
     Command::new(p)
 }
 
@@ -43,7 +47,13 @@ fn text(b: &[u8]) -> String {
 }
 
 fn ok(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 fn refused(out: &Output, what: &str) -> String {
@@ -79,7 +89,10 @@ fn generate_key_creates_a_private_key_once() {
     assert_eq!(text(&out.stdout).trim(), key.display().to_string());
     assert_eq!(mode(&key), 0o600);
     let first = fs::read_to_string(&key).unwrap();
-    assert!(first.len() == 33 && first.ends_with('\n') && first[..32].bytes().all(|b| b.is_ascii_hexdigit()), "{first:?}");
+    assert!(
+        first.len() == 33 && first.ends_with('\n') && first[..32].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{first:?}"
+    );
     efm_agent::heartbeat::load_cluster_key(&key).expect("the agent reads the key it made");
 
     // Never replaced, also not a key others can read.

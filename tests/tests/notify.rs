@@ -30,14 +30,9 @@ const BASE: &str = "db.user=efm\ndb.port=5444\ndb.database=appdb\ndb.service.own
 db.data.dir=/var/lib/pg\nbind.address=127.0.0.1:7800\n";
 
 fn config(extra: &str) -> Config {
-    config::from_properties(
-        &format!("{BASE}{extra}\n"),
-        Path::new("/etc/efm/acctg.properties"),
-        "acctg",
-        Vec::new(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-    .config
+    config::from_properties(&format!("{BASE}{extra}\n"), Path::new("/etc/efm/acctg.properties"), "acctg", Vec::new())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
 }
 
 fn free_port() -> u16 {

@@ -65,7 +65,9 @@ fn streams_from(c: &Cluster, i: usize, ip: &str, timeout: Duration) {
 fn first_other(acks: &std::sync::Mutex<Vec<Ack>>, not: &str, after_ns: u64, timeout: Duration) -> String {
     let until = Instant::now() + timeout;
     loop {
-        if let Some(s) = acks.lock().unwrap().iter().find(|a| a.t_ns > after_ns && a.server.as_deref().is_some_and(|s| s != not)) {
+        if let Some(s) =
+            acks.lock().unwrap().iter().find(|a| a.t_ns > after_ns && a.server.as_deref().is_some_and(|s| s != not))
+        {
             return s.server.clone().unwrap();
         }
         assert!(Instant::now() < until, "no server but {not} acknowledged a write within {timeout:?}");
@@ -74,7 +76,13 @@ fn first_other(acks: &std::sync::Mutex<Vec<Ack>>, not: &str, after_ns: u64, time
 }
 
 /// [`first_other`], and on failure what the client's network looks like.
-fn first_other_or_dump(c: &Cluster, acks: &std::sync::Mutex<Vec<Ack>>, not: &str, after_ns: u64, timeout: Duration) -> String {
+fn first_other_or_dump(
+    c: &Cluster,
+    acks: &std::sync::Mutex<Vec<Ack>>,
+    not: &str,
+    after_ns: u64,
+    timeout: Duration,
+) -> String {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| first_other(acks, not, after_ns, timeout)));
     match r {
         Ok(s) => s,
@@ -87,13 +95,21 @@ fn first_other_or_dump(c: &Cluster, acks: &std::sync::Mutex<Vec<Ack>>, not: &str
             eprintln!("client neigh: {}", sh(&client, "ip neigh"));
             eprintln!("client ss: {}", sh(&client, "ss -tnp"));
             for i in 0..c.kinds.len() {
-                eprintln!("n{} addrs: {}", i + 1, sh(&c.bed.nodes[i].ns.name, "ip -br addr; ss -tn state established '( sport = :5432 )'"));
+                eprintln!(
+                    "n{} addrs: {}",
+                    i + 1,
+                    sh(&c.bed.nodes[i].ns.name, "ip -br addr; ss -tn state established '( sport = :5432 )'")
+                );
             }
             for (i, p) in c.pg.iter().enumerate() {
                 if let Some(p) = p {
                     eprintln!("n{} log:\n{}", i + 1, p.log_tail(15));
                     if let Some(pm) = p.postmaster_pid() {
-                        let o = std::process::Command::new("sh").arg("-c").arg(format!("ps -o pid,stat,wchan:24,cmd --ppid {pm} -p {pm}")).output().unwrap();
+                        let o = std::process::Command::new("sh")
+                            .arg("-c")
+                            .arg(format!("ps -o pid,stat,wchan:24,cmd --ppid {pm} -p {pm}"))
+                            .output()
+                            .unwrap();
                         eprintln!("n{} processes:\n{}", i + 1, String::from_utf8_lossy(&o.stdout));
                     }
                 }
@@ -107,7 +123,8 @@ fn first_other_or_dump(c: &Cluster, acks: &std::sync::Mutex<Vec<Ack>>, not: &str
 
 /// The longest time without an acknowledged write between `from` and `to` (ns), in ms.
 fn longest_pause_ms(acks: &[Ack], from: u64, to: u64) -> u64 {
-    let mut times: Vec<u64> = acks.iter().filter(|a| a.server.is_some() && a.t_ns >= from && a.t_ns <= to).map(|a| a.t_ns).collect();
+    let mut times: Vec<u64> =
+        acks.iter().filter(|a| a.server.is_some() && a.t_ns >= from && a.t_ns <= to).map(|a| a.t_ns).collect();
     times.sort_unstable();
     times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0) / 1_000_000
 }
@@ -118,7 +135,13 @@ fn every_acknowledged_write_is_on(c: &Cluster, acks: &[Ack], i: usize) -> usize 
     let have: HashSet<i64> = rows.iter().filter_map(|r| r.first().and_then(|v| v.parse().ok())).collect();
     let acked: Vec<i64> = acks.iter().filter(|a| a.server.is_some()).map(|a| a.seq).collect();
     let lost: Vec<i64> = acked.iter().copied().filter(|s| !have.contains(s)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes are missing on node {}: {:?}", lost.len(), i + 1, &lost[..lost.len().min(20)]);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes are missing on node {}: {:?}",
+        lost.len(),
+        i + 1,
+        &lost[..lost.len().min(20)]
+    );
     acked.len()
 }
 
@@ -161,7 +184,11 @@ impl Recorder {
     fn wait_line(&self, line: &str, timeout: Duration) {
         let until = Instant::now() + timeout;
         while !self.lines().iter().any(|l| l == line) {
-            assert!(Instant::now() < until, "no hook line {line:?} within {timeout:?}; recorded:\n{}", self.lines().join("\n"));
+            assert!(
+                Instant::now() < until,
+                "no hook line {line:?} within {timeout:?}; recorded:\n{}",
+                self.lines().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -173,7 +200,11 @@ impl Recorder {
             if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
                 return l;
             }
-            assert!(Instant::now() < until, "no hook line containing {needle:?} within {timeout:?}; recorded:\n{}", self.lines().join("\n"));
+            assert!(
+                Instant::now() < until,
+                "no hook line containing {needle:?} within {timeout:?}; recorded:\n{}",
+                self.lines().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -226,7 +257,10 @@ fn switchover_and_back_keep_every_acknowledged_write() {
         "-quiet: no notifications about the hand-over: {:#?}",
         rec.lines()
     );
-    let msg = ok(&c.efm_cmd(0, "promote", &["-switchover", "-sourcenode", &ip(&c, other)]), "efm promote -switchover -sourcenode (back)");
+    let msg = ok(
+        &c.efm_cmd(0, "promote", &["-switchover", "-sourcenode", &ip(&c, other)]),
+        "efm promote -switchover -sourcenode (back)",
+    );
     assert!(msg.contains(&format!("{}:7800 is the primary", ip(&c, 0))), "{msg}");
     assert!(w.wait_ack_from("n1", t1, Duration::from_secs(30)).is_some(), "the client writes to n1 again");
     let t1_done = monotonic_ns();
@@ -293,8 +327,12 @@ fn promote_refuses_a_lagging_standby_without_a_terminal_and_fences_the_old_prima
     // Forced: a standby becomes primary, the old primary stays up but fenced.
     let msg = ok(&c.efm_cmd(2, "promote", &["--force"]), "efm promote --force");
     assert!(msg.contains("Promotion completed") && msg.contains("stays fenced"), "{msg}");
-    wait_until("one serving primary that is not n1", Duration::from_secs(20), || c.serving_primary().is_some_and(|p| p != 0));
-    let v = c.wait_for(0, "n1 fenced", Duration::from_secs(20), |v| v["kernel"]["serving"] == false && v["kernel"]["fenced"] == true);
+    wait_until("one serving primary that is not n1", Duration::from_secs(20), || {
+        c.serving_primary().is_some_and(|p| p != 0)
+    });
+    let v = c.wait_for(0, "n1 fenced", Duration::from_secs(20), |v| {
+        v["kernel"]["serving"] == false && v["kernel"]["fenced"] == true
+    });
     assert_eq!(v["db"]["inRecovery"], false, "the old primary database keeps running, cut off: {v:#}");
 }
 
@@ -320,7 +358,9 @@ fn resume_after_a_standby_database_restart() {
     let msg = ok(&c.efm_cmd(1, "resume", &[]), "efm resume");
     assert!(msg.contains("Resumed monitoring") && msg.contains("standby of the primary"), "{msg}");
     c.wait_for(1, "n2 a monitored standby", Duration::from_secs(20), |v| {
-        v["monitoring"] == "active" && v["kernel"]["fenced"] == false && v["outcome"].as_str().is_some_and(|o| o.starts_with("standby"))
+        v["monitoring"] == "active"
+            && v["kernel"]["fenced"] == false
+            && v["outcome"].as_str().is_some_and(|o| o.starts_with("standby"))
     });
     rec.wait_line("root n2 resumed", Duration::from_secs(10));
 }
@@ -333,7 +373,9 @@ fn set_priority_changes_the_promotion_choice() {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let last = status_json(&c, 0);
-        if last["nodes"][ip(&c, 1)]["promotion"]["priority"] == 0 && last["failoverpriority"] == serde_json::json!([ip(&c, 2)]) {
+        if last["nodes"][ip(&c, 1)]["promotion"]["priority"] == 0
+            && last["failoverpriority"] == serde_json::json!([ip(&c, 2)])
+        {
             break;
         }
         assert!(Instant::now() < until, "cluster-status does not show the priority: {last:#}");
@@ -369,7 +411,9 @@ fn disallow_node_keeps_a_node_out_after_its_agent_restarts() {
     assert_eq!(c.serving_primary(), Some(0), "the primary keeps serving with the two allowed nodes");
     // Allowed again, it rejoins.
     ok(&c.efm_cmd(1, "allow-node", &[&ip(&c, 2)]), "allow-node n3");
-    c.wait_for(2, "n3 a member again", Duration::from_secs(30), |v| v["outcome"].as_str().is_some_and(|o| o.starts_with("standby")));
+    c.wait_for(2, "n3 a member again", Duration::from_secs(30), |v| {
+        v["outcome"].as_str().is_some_and(|o| o.starts_with("standby"))
+    });
     assert!(status_json(&c, 0)["allowednodes"].as_array().unwrap().iter().any(|a| *a == ip(&c, 2)));
 }
 
@@ -388,11 +432,16 @@ fn stop_cluster_stops_every_agent_and_leaves_the_databases_serving() {
     // Longer than the lease: the primary still serves (four allowed, three joined).
     std::thread::sleep(Duration::from_secs(2));
     let t = monotonic_ns();
-    assert!(w.wait_ack_from("n1", t, Duration::from_secs(10)).is_some(), "the primary serves with an allowed node that never joined");
+    assert!(
+        w.wait_ack_from("n1", t, Duration::from_secs(10)).is_some(),
+        "the primary serves with an allowed node that never joined"
+    );
     assert_eq!(c.serving_primary(), Some(0));
     let msg = ok(&c.efm_cmd(1, "stop-cluster", &[]), "efm stop-cluster");
     assert!(msg.contains("stopping"), "{msg}");
-    wait_until("every agent to exit", Duration::from_secs(20), || c.agents.iter_mut().all(efm_tests::cluster::Agent::exited));
+    wait_until("every agent to exit", Duration::from_secs(20), || {
+        c.agents.iter_mut().all(efm_tests::cluster::Agent::exited)
+    });
     // Longer than the lease: the primary keeps taking writes without its agents.
     std::thread::sleep(Duration::from_secs(3));
     let t = monotonic_ns();
@@ -407,7 +456,8 @@ fn stop_cluster_stops_every_agent_and_leaves_the_databases_serving() {
     }
     c.wait_healthy(Duration::from_mins(1));
     // EFM 3.3: the allowed list was lost with the stop; the members (the .nodes list) remain.
-    let allowed: Vec<String> = status_json(&c, 2)["allowednodes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    let allowed: Vec<String> =
+        status_json(&c, 2)["allowednodes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
     let mut want: Vec<String> = (0..3).map(|i| ip(&c, i)).collect();
     want.sort();
     assert_eq!(allowed, want, "after stop-cluster only the members are allowed");
@@ -418,7 +468,9 @@ fn stop_cluster_stops_every_agent_and_leaves_the_databases_serving() {
     assert!(w.wait_ack_from("n1", t, Duration::from_secs(20)).is_some(), "the restarted primary takes writes");
     let killed = monotonic_ns();
     c.pg[0].as_ref().unwrap().sigkill();
-    wait_until("a new serving primary after the restart", Duration::from_secs(30), || c.serving_primary().is_some_and(|p| p != 0));
+    wait_until("a new serving primary after the restart", Duration::from_secs(30), || {
+        c.serving_primary().is_some_and(|p| p != 0)
+    });
     let p = c.serving_primary().unwrap();
     let server = first_other_or_dump(&c, &w.log, "n1", killed, Duration::from_secs(30));
     assert_eq!(server, format!("n{}", p + 1), "the client writes to the new primary");
@@ -461,7 +513,11 @@ fn every_failover_hook_fires_with_its_arguments_as_the_script_user() {
     rec.wait_containing(&format!("postgres {np} notify Executed fencing script"), t);
     rec.wait_containing("notify Primary database failure for cluster acctg", t);
     // Neither node involved in the promotion ran the remote hooks.
-    assert!(!rec.lines().iter().any(|l| l.contains(&format!("{np} remote-")) || l.contains("n1 remote-")), "{:#?}", rec.lines());
+    assert!(
+        !rec.lines().iter().any(|l| l.contains(&format!("{np} remote-")) || l.contains("n1 remote-")),
+        "{:#?}",
+        rec.lines()
+    );
 }
 
 #[test]
@@ -484,13 +540,20 @@ fn a_hanging_post_promotion_script_is_killed_and_the_failover_stands() {
 fn a_failing_fence_script_aborts_the_failover() {
     let rec = Recorder::new();
     let r = rec.path().display().to_string();
-    let c = Cluster::start_with(&PSS, "script.fence=/bin/false\n", |i| format!("script.notification={r} n{} notify %s\n", i + 1));
+    let c = Cluster::start_with(&PSS, "script.fence=/bin/false\n", |i| {
+        format!("script.notification={r} n{} notify %s\n", i + 1)
+    });
     c.pg[0].as_ref().unwrap().sigkill();
     rec.wait_containing("notify Fencing script error", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.serving_primary(), None, "no standby was promoted: the fence script failed");
     for i in [1, 2] {
-        assert_eq!(c.pg[i].as_ref().unwrap().psql("SELECT pg_is_in_recovery()").trim(), "t", "n{} is still a standby", i + 1);
+        assert_eq!(
+            c.pg[i].as_ref().unwrap().psql("SELECT pg_is_in_recovery()").trim(),
+            "t",
+            "n{} is still a standby",
+            i + 1
+        );
     }
 }
 
@@ -525,14 +588,18 @@ fn custom_monitor_failure_idles_a_standby_and_safe_mode_only_reports() {
     fs::remove_file(flags.join("fail-n2")).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     ok(&c.efm_cmd(1, "resume", &[]), "resume after the custom monitor recovered");
-    c.wait_for(1, "n2 monitored again", Duration::from_secs(15), |v| v["monitoring"] == "active" && v["kernel"]["fenced"] == false);
+    c.wait_for(1, "n2 monitored again", Duration::from_secs(15), |v| {
+        v["monitoring"] == "active" && v["kernel"]["fenced"] == false
+    });
 }
 
 #[test]
 fn auto_resume_failure_period_resumes_a_restarted_standby_by_itself() {
     let rec = Recorder::new();
     let r = rec.path().display().to_string();
-    let c = Cluster::start_with(&PSS, "auto.resume.failure.period=60\n", |i| format!("script.resumed={r} n{} resumed\n", i + 1));
+    let c = Cluster::start_with(&PSS, "auto.resume.failure.period=60\n", |i| {
+        format!("script.resumed={r} n{} resumed\n", i + 1)
+    });
     let n3 = c.pg[2].as_ref().unwrap();
     n3.stop("fast");
     c.wait_for(2, "monitoring suspended on n3", Duration::from_secs(20), |v| {

@@ -14,8 +14,8 @@ use std::{
 use efm_agent::postgres::{
     conninfo_value,
     control::{
-        demote_to_standby, is_running, promote, read_pg_version, reconfigure_standby, stop,
-        ApplyMethod, ControlError, DbControl, Upstream,
+        demote_to_standby, is_running, promote, read_pg_version, reconfigure_standby, stop, ApplyMethod, ControlError,
+        DbControl, Upstream,
     },
 };
 use efm_agent::scripts::lookup_user;
@@ -48,14 +48,10 @@ async fn planned_switchover_promote_reconfigure_demote() {
     assert!(is_running(&pc).await.unwrap());
     stop(&pc).await.unwrap();
     assert!(!is_running(&pc).await.unwrap());
-    stop(&pc)
-        .await
-        .expect("stopping a stopped server is not an error");
+    stop(&pc).await.expect("stopping a stopped server is not an error");
 
     // Promote A.
-    let out = promote(&a.target(), Duration::from_secs(30))
-        .await
-        .expect("promoting A");
+    let out = promote(&a.target(), Duration::from_secs(30)).await.expect("promoting A");
     assert_eq!(out.addr, "127.0.0.1:5572");
     assert_eq!(out.timeline, Some(2), "{out:?}");
     assert!(out.lsn.0 > 0);
@@ -63,29 +59,20 @@ async fn planned_switchover_promote_reconfigure_demote() {
     a.psql("INSERT INTO t VALUES (2, 'on A')");
 
     // Promoting it again: a clear error naming the host.
-    let err = promote(&a.target(), Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = promote(&a.target(), Duration::from_secs(5)).await.unwrap_err();
     assert!(matches!(err, ControlError::NotStandby { .. }), "{err}");
     assert_eq!(
         err.to_string(),
         "database 127.0.0.1:5572 is not a standby (pg_is_in_recovery() is false); cannot promote it"
     );
-    let err = reconfigure_standby(
-        &a.target(),
-        &control_for(&a),
-        &Upstream::new(LO, 5573, SUPERUSER),
-    )
-    .await
-    .unwrap_err();
+    let err =
+        reconfigure_standby(&a.target(), &control_for(&a), &Upstream::new(LO, 5573, SUPERUSER)).await.unwrap_err();
     assert!(matches!(err, ControlError::NotStandby { .. }), "{err}");
 
     // B follows A: reload on PG 15, streaming from A on the new timeline.
     let mut up = Upstream::new(LO, 5572, SUPERUSER);
     up.application_name = Some("standby_b".into());
-    let rec = reconfigure_standby(&b.target(), &control_for(&b), &up)
-        .await
-        .expect("reconfiguring B");
+    let rec = reconfigure_standby(&b.target(), &control_for(&b), &up).await.expect("reconfiguring B");
     assert_eq!(rec.method, ApplyMethod::Reload, "{rec:?}");
     assert_eq!(rec.streaming_from, "127.0.0.1:5572");
     assert!(rec.timeline.is_some_and(|t| t >= 1), "{rec:?}");
@@ -96,20 +83,11 @@ async fn planned_switchover_promote_reconfigure_demote() {
     while b.psql("SELECT received_tli FROM pg_stat_wal_receiver") != "2" && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(
-        b.psql("SELECT sender_port, received_tli, status FROM pg_stat_wal_receiver"),
-        "5572|2|streaming"
-    );
-    assert_eq!(
-        a.psql("SELECT application_name FROM pg_stat_replication"),
-        "standby_b"
-    );
+    assert_eq!(b.psql("SELECT sender_port, received_tli, status FROM pg_stat_wal_receiver"), "5572|2|streaming");
+    assert_eq!(a.psql("SELECT application_name FROM pg_stat_replication"), "standby_b");
     a.psql("INSERT INTO t VALUES (3, 'after reconfigure')");
     b.wait_replayed(&a.current_lsn(), Duration::from_secs(30));
-    assert_eq!(
-        b.psql("SELECT string_agg(v, ',' ORDER BY id) FROM t"),
-        "before,on A,after reconfigure"
-    );
+    assert_eq!(b.psql("SELECT string_agg(v, ',' ORDER BY id) FROM t"), "before,on A,after reconfigure");
 
     demote_and_follow(&p, &a, &pc).await;
 }
@@ -123,13 +101,7 @@ async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
     let mut up_p = Upstream::new(LO, 5572, SUPERUSER);
     up_p.application_name = Some("old_primary".into());
     let d = demote_to_standby(pc, &p.data, version, &up_p).expect("demoting the old primary");
-    assert_eq!(
-        d.files,
-        [
-            p.data.join("postgresql.auto.conf"),
-            p.data.join("standby.signal")
-        ]
-    );
+    assert_eq!(d.files, [p.data.join("postgresql.auto.conf"), p.data.join("standby.signal")]);
     let pg = lookup_user("postgres").unwrap();
     for f in &d.files {
         let m = std::fs::metadata(f).unwrap();
@@ -139,10 +111,7 @@ async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
     let auto = std::fs::read_to_string(p.data.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("work_mem = '7MB'"), "{auto}");
     assert_eq!(auto.matches("primary_conninfo").count(), 1, "{auto}");
-    assert!(
-        !is_running(pc).await.unwrap(),
-        "demote_to_standby must not start the server"
-    );
+    assert!(!is_running(pc).await.unwrap(), "demote_to_standby must not start the server");
     // Leftover temporary files: none.
     let leftovers: Vec<_> = std::fs::read_dir(&p.data)
         .unwrap()
@@ -157,20 +126,14 @@ async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
     assert_eq!(p.psql("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(p.psql("SHOW work_mem"), "7MB");
     p.wait_streaming(Duration::from_secs(30));
-    assert_eq!(
-        p.psql("SELECT sender_port, received_tli FROM pg_stat_wal_receiver"),
-        "5572|2"
-    );
+    assert_eq!(p.psql("SELECT sender_port, received_tli FROM pg_stat_wal_receiver"), "5572|2");
     a.psql("INSERT INTO t VALUES (4, 'followed')");
     p.wait_replayed(&a.current_lsn(), Duration::from_secs(30));
     assert_eq!(p.psql("SELECT v FROM t WHERE id = 4"), "followed");
     let w = p.psql_output("INSERT INTO t VALUES (5, 'must fail')");
     assert!(!w.status.success());
     let err = String::from_utf8_lossy(&w.stderr);
-    assert!(
-        err.contains("cannot execute INSERT in a read-only transaction"),
-        "{err}"
-    );
+    assert!(err.contains("cannot execute INSERT in a read-only transaction"), "{err}");
     let names = a.psql("SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication");
     assert_eq!(names, "old_primary,standby_b");
 }
@@ -185,11 +148,7 @@ async fn quoted_password_in_primary_conninfo() {
     // Replication connections of that role must authenticate with the password.
     let hba = p.data.join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!("host replication {PASSWORD_USER} 127.0.0.0/8 scram-sha-256\n{old}"),
-    )
-    .unwrap();
+    std::fs::write(&hba, format!("host replication {PASSWORD_USER} 127.0.0.0/8 scram-sha-256\n{old}")).unwrap();
     p.psql("SELECT pg_reload_conf()");
 
     // recovery_target_timeline other than 'latest' forces the restart path.
@@ -202,9 +161,7 @@ async fn quoted_password_in_primary_conninfo() {
     let mut up = Upstream::new(LO, 5574, PASSWORD_USER);
     up.password = Some(password.into());
     up.application_name = Some("with password".into());
-    let r = reconfigure_standby(&s.target(), &sc, &up)
-        .await
-        .expect("reconfiguring with a password");
+    let r = reconfigure_standby(&s.target(), &sc, &up).await.expect("reconfiguring with a password");
     assert_eq!(r.method, ApplyMethod::Restart, "{r:?}");
     assert!(!r.conninfo.contains("secret"), "{}", r.conninfo);
     assert_eq!(s.psql("SHOW recovery_target_timeline"), "latest");
@@ -220,33 +177,14 @@ async fn quoted_password_in_primary_conninfo() {
     bad.password = Some("wrong'one".into());
     let mut quick = sc.clone();
     quick.timeout = Duration::from_secs(6);
-    let e = reconfigure_standby(&s.target(), &quick, &bad)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            ControlError::NotStreaming {
-                method: ApplyMethod::Reload,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let e = reconfigure_standby(&s.target(), &quick, &bad).await.unwrap_err();
+    assert!(matches!(e, ControlError::NotStreaming { method: ApplyMethod::Reload, .. }), "{e}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("127.0.0.1:5575") && msg.contains("127.0.0.1:5574"),
-        "{msg}"
-    );
+    assert!(msg.contains("127.0.0.1:5575") && msg.contains("127.0.0.1:5574"), "{msg}");
     assert!(!msg.contains("wrong"), "{msg}");
 
     // Back to the right password by reload.
-    let r = reconfigure_standby(&s.target(), &sc, &up)
-        .await
-        .expect("reconfiguring back");
+    let r = reconfigure_standby(&s.target(), &sc, &up).await.expect("reconfiguring back");
     assert_eq!(r.method, ApplyMethod::Reload);
-    assert_eq!(
-        p.psql("SELECT usename FROM pg_stat_replication"),
-        PASSWORD_USER
-    );
+    assert_eq!(p.psql("SELECT usename FROM pg_stat_replication"), PASSWORD_USER);
 }

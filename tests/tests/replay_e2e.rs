@@ -19,7 +19,10 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use efm_common::{
-    maps::{Counter, DatapathConfig, LeaseState, PeerAddr, PeerInfo, PeerSlot, MAP_CONFIG, MAP_LEASE, MAP_PEERS, MAP_SLOTS, MAP_STATS},
+    maps::{
+        Counter, DatapathConfig, LeaseState, PeerAddr, PeerInfo, PeerSlot, MAP_CONFIG, MAP_LEASE, MAP_PEERS, MAP_SLOTS,
+        MAP_STATS,
+    },
     wire::{ClusterKeyBytes, Heartbeat, FLAG_ENDORSE, HB_KIND_PING, HB_LEN},
 };
 use efm_tests::{
@@ -49,7 +52,8 @@ impl Pins {
     /// The slot index of the peer at `ip`, and the slot.
     fn slot_of(&self, ip: Ipv4Addr) -> (u32, PeerSlot) {
         let peers: HashMap<MapData, PeerAddr, PeerInfo> = HashMap::try_from(self.map(MAP_PEERS)).unwrap();
-        let info = peers.get(&PeerAddr::v4(ip.octets()), 0).unwrap_or_else(|e| panic!("{ip} is not in the peer map: {e}"));
+        let info =
+            peers.get(&PeerAddr::v4(ip.octets()), 0).unwrap_or_else(|e| panic!("{ip} is not in the peer map: {e}"));
         let slots: Array<MapData, PeerSlot> = Array::try_from(self.map(MAP_SLOTS)).unwrap();
         (info.slot, slots.get(&info.slot, 0).unwrap())
     }
@@ -145,7 +149,12 @@ fn replay(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) {
         for f in &frames {
             // SAFETY: send from a buffer we own.
             let n = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-            assert_eq!(usize::try_from(n).ok(), Some(f.len()), "replaying a frame: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                usize::try_from(n).ok(),
+                Some(f.len()),
+                "replaying a frame: {}",
+                std::io::Error::last_os_error()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     });
@@ -207,7 +216,9 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
     // Capture the witness's heartbeats for 2 s: endorsing PINGs to the primary, PINGs to the
     // standby (every one authenticates: real frames of a real agent).
     let frames = capture(&c.bed.switch, &c.bed.nodes[w].sw_if, ip(w), Duration::from_secs(2));
-    let decoded = |f: &Vec<u8>| Heartbeat::decode(&heartbeat_of(f, ip(w)).unwrap().1, &key).expect("a captured heartbeat authenticates");
+    let decoded = |f: &Vec<u8>| {
+        Heartbeat::decode(&heartbeat_of(f, ip(w)).unwrap().1, &key).expect("a captured heartbeat authenticates")
+    };
     let to = |i: usize| -> Vec<Vec<u8>> {
         // The witness's agent's PINGs (its kernel's PONGs leave the same port).
         frames
@@ -217,7 +228,12 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
             .collect()
     };
     let (to_p, to_s) = (to(p), to(s));
-    assert!(to_p.len() >= 20 && to_s.len() >= 20, "captured {} PINGs to the primary, {} to the standby", to_p.len(), to_s.len());
+    assert!(
+        to_p.len() >= 20 && to_s.len() >= 20,
+        "captured {} PINGs to the primary, {} to the standby",
+        to_p.len(),
+        to_s.len()
+    );
     let endorsing = to_p.iter().filter(|f| decoded(f).flags & FLAG_ENDORSE != 0).count();
     assert!(endorsing >= 20, "the witness endorses the primary: {endorsing} of {} captured PINGs endorse", to_p.len());
     let pins_p = Pins(c.files[p].bpffs.0.join(CLUSTER));
@@ -248,10 +264,17 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
     c.agents[p] = Agent::start(&c.bed.nodes[p].ns.name, &c.files[p]);
     wait_primary_serving(&c, p);
     let primary_nonce_new = pins_p.nonce();
-    assert!(primary_nonce_new != 0 && primary_nonce_new != primary_nonce, "new maps, new nonce: {primary_nonce:#x} then {primary_nonce_new:#x}");
+    assert!(
+        primary_nonce_new != 0 && primary_nonce_new != primary_nonce,
+        "new maps, new nonce: {primary_nonce:#x} then {primary_nonce_new:#x}"
+    );
     replay_changes_nothing(&c, "primary, maps recreated", p, w, &to_p, true);
     assert_eq!(pins_p.slot_of(ip(w)).1.pings, 0, "nothing of the witness accepted in the new generation");
-    assert_eq!(pins_p.lease().endorse_ns[pins_p.slot_of(ip(w)).0 as usize], 0, "no endorsement of the witness in the new lease");
+    assert_eq!(
+        pins_p.lease().endorse_ns[pins_p.slot_of(ip(w)).0 as usize],
+        0,
+        "no endorsement of the witness in the new lease"
+    );
 
     // 4. The standby's agent restarted in order: a non-primary removes its pins, so its maps are
     //    recreated (the case where 60 replayed PINGs used to make a cut-off peer look alive).
@@ -261,7 +284,10 @@ fn heartbeats_captured_earlier_change_nothing_after_restarts_and_new_maps() {
         peer_verdict(v, &format!("{}:{HB_PORT}", ip(p))) == "alive"
     });
     let standby_nonce_new = pins_s.nonce();
-    assert!(standby_nonce_new != 0 && standby_nonce_new != standby_nonce, "orderly stop of a standby: new maps, new nonce");
+    assert!(
+        standby_nonce_new != 0 && standby_nonce_new != standby_nonce,
+        "orderly stop of a standby: new maps, new nonce"
+    );
     replay_changes_nothing(&c, "standby, agent restarted in order (maps recreated)", s, w, &to_s, true);
 
     // 5. The standby's agent SIGKILLed and started again (pins kept, captured frames still stale).

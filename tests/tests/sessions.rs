@@ -185,9 +185,17 @@ async fn blocked_clients_get_an_error_spared_ones_keep_working_and_nothing_commi
     let ended = end_in(srv, true);
     let terminated = terminate_in(srv, true);
     let took = fence.elapsed();
-    assert_eq!(ended, Ended { destroyed: 3, spared: 2, gone: 0 }, "the two sleepers and the insert; member and exempt host spared");
+    assert_eq!(
+        ended,
+        Ended { destroyed: 3, spared: 2, gone: 0 },
+        "the two sleepers and the insert; member and exempt host spared"
+    );
     assert_eq!(terminated, 4, "the three statements' backends and the OTHER session's (a non-spared client address)");
-    for (what, task) in [("pg_sleep(60) over IPv4", sleeping), ("pg_sleep(60) over IPv6", sleeping6), ("sleeping insert via the VIP", inserting)] {
+    for (what, task) in [
+        ("pg_sleep(60) over IPv4", sleeping),
+        ("pg_sleep(60) over IPv6", sleeping6),
+        ("sleeping insert via the VIP", inserting),
+    ] {
         let (at, res) = tokio::time::timeout(Duration::from_secs(2), task)
             .await
             .unwrap_or_else(|_| panic!("{what}: still blocked 2 s after the sessions were ended"))
@@ -212,13 +220,20 @@ async fn blocked_clients_get_an_error_spared_ones_keep_working_and_nothing_commi
     // The insert was cancelled, not committed later.
     tokio::time::sleep(Duration::from_secs(4).saturating_sub(insert_started.elapsed())).await;
     assert_eq!(pg.psql("SELECT count(*) FROM t"), "0", "the terminated insert committed");
-    assert_eq!(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(%' AND pid <> pg_backend_pid()"), "0");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(%' AND pid <> pg_backend_pid()"),
+        "0"
+    );
 
     // Members stop being exempt (a newer epoch, a lapsed lease): the member's session ends, the
     // exempt host's does not.
     let until = Instant::now() + Duration::from_secs(3);
     loop {
-        let mut left: Vec<IpAddr> = srv.run(|| sessions::list(PORT, &service()).expect("listing sessions")).iter().map(|s| s.remote.ip()).collect();
+        let mut left: Vec<IpAddr> = srv
+            .run(|| sessions::list(PORT, &service()).expect("listing sessions"))
+            .iter()
+            .map(|s| s.remote.ip())
+            .collect();
         left.sort();
         if left == [ip(MEMBER), ip(EXEMPT)] {
             break;
@@ -257,14 +272,25 @@ fn a_client_blocked_on_a_partitioned_primary_gets_an_error_within_a_second_of_th
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let mut cfg = tokio_postgres::Config::new();
-            cfg.host(VIP).port(5432).user(SUPERUSER).dbname("postgres").keepalives(false).connect_timeout(Duration::from_secs(5));
+            cfg.host(VIP)
+                .port(5432)
+                .user(SUPERUSER)
+                .dbname("postgres")
+                .keepalives(false)
+                .connect_timeout(Duration::from_secs(5));
             let (client, conn) = cfg.connect(NoTls).await.expect("connecting through the VIP");
             tokio::spawn(async move {
                 let _ = conn.await;
             });
             let started = monotonic_ns();
             let res = client.simple_query("SELECT pg_sleep(60)").await;
-            let _ = tx.send((started, monotonic_ns(), res.map(|_| ()).map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.severity(), d.message())))));
+            let _ = tx.send((
+                started,
+                monotonic_ns(),
+                res.map(|_| ()).map_err(|e| {
+                    e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.severity(), d.message()))
+                }),
+            ));
         });
     });
     let p = c.pg[0].as_ref().unwrap();
@@ -278,15 +304,18 @@ fn a_client_blocked_on_a_partitioned_primary_gets_an_error_within_a_second_of_th
          iifname \"{p0}\" oifname {{ {others} }} drop\n  iifname {{ {others} }} oifname \"{p0}\" drop\n }}\n}}\n",
         p0 = sw[0]
     );
-    let out = c.bed.switch.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(|mut ch| {
-        use std::io::Write as _;
-        ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
-        ch.wait_with_output()
-    });
+    let out =
+        c.bed.switch.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(|mut ch| {
+            use std::io::Write as _;
+            ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            ch.wait_with_output()
+        });
     assert!(out.as_ref().is_ok_and(|o| o.status.success()), "nft partition rules: {out:?}");
     let t_cut = monotonic_ns();
 
-    let (started, t_err, res) = rx.recv_timeout(Duration::from_secs(15)).expect("the blocked client got no answer within 15 s of the partition");
+    let (started, t_err, res) = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the blocked client got no answer within 15 s of the partition");
     let _ = client.join();
     let err = res.expect_err("pg_sleep(60) cannot have finished");
     let deadline = pinned_lease_deadline(&c, 0);
@@ -334,5 +363,8 @@ fn a_client_blocked_on_a_partitioned_primary_gets_an_error_within_a_second_of_th
     let t_vip = at(&|l| l.contains("VIP") && l.contains("assigned=false"), "the VIP released");
     println!("n1: sessions ended {t_sessions}, database stopped {t_stopped}, VIP released {t_vip}");
     // RFC 3339 UTC timestamps of one format: they order as strings.
-    assert!(t_sessions < t_stopped && t_stopped <= t_vip, "order: sessions {t_sessions}, database {t_stopped}, VIP {t_vip}");
+    assert!(
+        t_sessions < t_stopped && t_stopped <= t_vip,
+        "order: sessions {t_sessions}, database {t_stopped}, VIP {t_vip}"
+    );
 }

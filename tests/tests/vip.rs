@@ -265,7 +265,10 @@ fn alias_interface_vip_carries_the_address_label() {
     });
     assert_eq!(assigned.expect("assigning with a label"), Assigned::Added);
     let shown = ip_out(&n.ns, &["-4", "-o", "addr", "show", "dev", &base]);
-    let line = shown.lines().find(|l| l.contains(&format!("{VIP4}/24"))).unwrap_or_else(|| panic!("VIP not on {base}:\n{shown}"));
+    let line = shown
+        .lines()
+        .find(|l| l.contains(&format!("{VIP4}/24")))
+        .unwrap_or_else(|| panic!("VIP not on {base}:\n{shown}"));
     assert!(line.contains(&format!(" {alias}\\")), "label missing: {line}");
     let iface = base.clone();
     assert_eq!(n.ns.run(move || vip::release(&iface, v4, 24)).expect("releasing"), Released::Removed);

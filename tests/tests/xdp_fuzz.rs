@@ -165,7 +165,11 @@ fn random_and_mutated_frames_never_corrupt_state() {
     }
     let counters = fx.dp.counters().unwrap();
     assert_eq!(counters.get(Counter::Aborted), 0, "the program never aborted");
-    assert!(counters.get(Counter::HbStaleNonce) > 100, "stale nonces were exercised: {}", counters.get(Counter::HbStaleNonce));
+    assert!(
+        counters.get(Counter::HbStaleNonce) > 100,
+        "stale nonces were exercised: {}",
+        counters.get(Counter::HbStaleNonce)
+    );
     eprintln!(
         "fuzz: {FRAMES} frames, seed {seed:#x}: drop {} pass {} tx {}, slot updates {slot_changes}",
         verdicts[1], verdicts[2], verdicts[3]
@@ -174,7 +178,6 @@ fn random_and_mutated_frames_never_corrupt_state() {
     assert!(verdicts[1] > 1000 && verdicts[2] > 1000 && verdicts[3] > 1000, "{verdicts:?}");
     assert!(slot_changes > 1000, "valid heartbeats were accepted: {slot_changes}");
 }
-
 
 /// Random and mutated frames leaving through the egress fence: the verdict is pass (`TCX_NEXT`)
 /// or drop, and a passed frame is either unchanged or differs only in the TCP flags byte and the
@@ -191,7 +194,12 @@ fn random_and_mutated_frames_through_the_egress_fence() {
         Fixture::base_fence(),
         FenceState { flags: FENCE_FENCED | FENCE_RESET, ..Fixture::base_fence() },
         FenceState { flags: FENCE_FENCED, ..Fixture::base_fence() },
-        FenceState { flags: FENCE_LEASE_ENFORCED | FENCE_RESET, lease_k: 1, lease_timeout_ns: 5_000_000, ..Fixture::base_fence() },
+        FenceState {
+            flags: FENCE_LEASE_ENFORCED | FENCE_RESET,
+            lease_k: 1,
+            lease_timeout_ns: 5_000_000,
+            ..Fixture::base_fence()
+        },
     ];
     let (mut passed, mut dropped, mut converted, mut refused) = (0usize, 0usize, 0usize, 0usize);
     for i in 0..FRAMES {
@@ -209,7 +217,15 @@ fn random_and_mutated_frames_through_the_egress_fence() {
         let flags = [TCP_SYN | TCP_ACK, TCP_ACK, TCP_RST, TCP_FIN | TCP_ACK, TCP_PSH | TCP_ACK, 0xff][rng.below(6)];
         let mut f = match rng.below(5) {
             0 => udp_frame(a, sport, 40000, &vec![7; rng.below(100)]),
-            _ => tcp_frame(a, sport, 40000, u32::try_from(rng.next() >> 32).unwrap(), 9, flags, &vec![0x5a; rng.below(120)]),
+            _ => tcp_frame(
+                a,
+                sport,
+                40000,
+                u32::try_from(rng.next() >> 32).unwrap(),
+                9,
+                flags,
+                &vec![0x5a; rng.below(120)],
+            ),
         };
         let clean = rng.below(3) == 0;
         if !clean {

@@ -64,7 +64,13 @@ fn pings_are_timed_by_the_kernel_and_answered_with_pongs() {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind heartbeat socket");
         let to = SocketAddr::from((NS_B_V4, HB_PORT));
         for seq in 2..=101u64 {
-            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, echo_nonce: a0.peer_nonce, ..ping(1, seq) };
+            let hb = Heartbeat {
+                send_ns: monotonic_ns(),
+                lsn: 0,
+                sender_nonce: a_nonce,
+                echo_nonce: a0.peer_nonce,
+                ..ping(1, seq)
+            };
             sock.send_to(&hb.encode(&key()), to).expect("send PING");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -97,7 +103,11 @@ fn listeners(link: &Link) {
         )
     });
     for l in [db, other] {
-        std::thread::spawn(move || for s in l.incoming() { drop(s) });
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                drop(s)
+            }
+        });
     }
 }
 
@@ -243,7 +253,13 @@ fn generic_mode_attachment_answers_pings_too() {
     link.a.run(move || {
         let sock = UdpSocket::bind((NS_A_V4, HB_PORT)).expect("bind");
         for seq in 1..=10u64 {
-            let hb = Heartbeat { send_ns: monotonic_ns(), lsn: 0, sender_nonce: a_nonce, echo_nonce: b_nonce, ..ping(1, seq) };
+            let hb = Heartbeat {
+                send_ns: monotonic_ns(),
+                lsn: 0,
+                sender_nonce: a_nonce,
+                echo_nonce: b_nonce,
+                ..ping(1, seq)
+            };
             sock.send_to(&hb.encode(&key()), (NS_B_V4, HB_PORT)).expect("send");
             std::thread::sleep(Duration::from_millis(2));
         }

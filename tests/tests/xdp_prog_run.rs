@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use efm_common::{
     maps::{Counter, FenceState, PeerSlot, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_RESET},
     wire::{
-        Heartbeat, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, HB_KIND_PONG, HB_LEN, OFF_KIND,
-        OFF_MAC, OFF_VERSION, ROLE_PRIMARY,
+        Heartbeat, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, HB_KIND_PONG, HB_LEN, OFF_KIND, OFF_MAC, OFF_VERSION,
+        ROLE_PRIMARY,
     },
 };
 use efm_tests::*;
@@ -312,7 +312,11 @@ fn assert_rst(out: &[u8], a: Addrs, seq: u32, ack: u32, flags: u8) {
 fn reset_mode_answers_with_a_valid_rst() {
     let mut fx = Fixture::new();
     fx.set_fence(FenceState { flags: FENCE_FENCED | FENCE_RESET, ..Fixture::base_fence() });
-    for a in [client_v4(), client_v4().with_vlan(9), Addrs { src: "fd00:efd::99".parse().unwrap(), dst: LOCAL_V6.into(), vlan: None }] {
+    for a in [
+        client_v4(),
+        client_v4().with_vlan(9),
+        Addrs { src: "fd00:efd::99".parse().unwrap(), dst: LOCAL_V6.into(), vlan: None },
+    ] {
         // SYN: RST|ACK acknowledging the SYN.
         let (action, out, moved) = run_counted(&mut fx, &syn(a));
         assert_eq!(action, XDP_TX, "{a:?}");
@@ -499,7 +503,8 @@ fn arp_for_the_vip_is_not_answered_while_the_node_does_not_serve() {
 /// The counters a heartbeat echoing a stale nonce moves: a replay, and more precisely a stale
 /// nonce (plus `extra`, e.g. the PONG answering it).
 fn stale(extra: &[(Counter, u64)]) -> Vec<(Counter, u64)> {
-    let mut v: Vec<(Counter, u64)> = [(Counter::HbReplay, 1), (Counter::HbStaleNonce, 1)].into_iter().chain(extra.iter().copied()).collect();
+    let mut v: Vec<(Counter, u64)> =
+        [(Counter::HbReplay, 1), (Counter::HbStaleNonce, 1)].into_iter().chain(extra.iter().copied()).collect();
     v.sort_by_key(|(c, _)| *c as u32);
     v
 }
@@ -560,12 +565,21 @@ fn pong_echoing_a_wrong_nonce_is_rejected() {
     let mut fx = Fixture::new();
     let n = fx.dp.nonce();
     let a = Addrs::v4();
-    let pong = |echo: u64, seq: u64| Heartbeat { kind: HB_KIND_PONG, epoch: 7, send_ns: monotonic_ns(), ..ping_to(echo, 1, seq) };
+    let pong = |echo: u64, seq: u64| Heartbeat {
+        kind: HB_KIND_PONG,
+        epoch: 7,
+        send_ns: monotonic_ns(),
+        ..ping_to(echo, 1, seq)
+    };
     for echo in [0, n ^ 1, n.wrapping_add(1)] {
         let before = (slot(&fx, 0), fx.dp.lease().unwrap(), fx.dp.rtt_histogram(0).unwrap());
         let (action, _, moved) = run_counted(&mut fx, &hb_frame(a, &pong(echo, 5)));
         assert_eq!((action, moved), (XDP_DROP, stale(&[])), "echo {echo:#x}");
-        assert_eq!((slot(&fx, 0), fx.dp.lease().unwrap(), fx.dp.rtt_histogram(0).unwrap()), before, "echo {echo:#x}: nothing recorded");
+        assert_eq!(
+            (slot(&fx, 0), fx.dp.lease().unwrap(), fx.dp.rtt_histogram(0).unwrap()),
+            before,
+            "echo {echo:#x}: nothing recorded"
+        );
     }
     assert_eq!(slot(&fx, 0).peer_nonce, 0, "no peer nonce learned from a rejected PONG");
     // Echoing our nonce: accepted, and the peer's nonce is learned from its sender nonce.

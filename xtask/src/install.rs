@@ -48,7 +48,8 @@ pub struct Options {
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Self> {
-        let mut opts = Self { prefix: PathBuf::from("/usr/local"), destdir: None, binaries: None, zsh: ZshDir::SiteFunctions };
+        let mut opts =
+            Self { prefix: PathBuf::from("/usr/local"), destdir: None, binaries: None, zsh: ZshDir::SiteFunctions };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let (flag, inline) = match a.split_once('=') {
@@ -219,7 +220,9 @@ fn built_binaries(opts: &Options) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["build", "--release", "-p", "efm-agent", "--bins"]);
     run(&mut cmd).context("building the release binaries failed: see the compiler output above")?;
-    Ok(std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from).join("release"))
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+        .join("release"))
 }
 
 /// Runs the installation `opts` describes.
@@ -251,8 +254,12 @@ pub fn install(opts: &Options) -> Result<Installed> {
     i.copy(&bins.join("efm"), &layout.bin.join("efm"), 0o755)?;
 
     let unit = String::from_utf8(read_conf("efm-agent@.service")?).context("conf/efm-agent@.service is not UTF-8")?;
-    ensure!(unit.contains("ExecStart=/usr/sbin/efm-agent "), "conf/efm-agent@.service: no ExecStart=/usr/sbin/efm-agent");
-    let unit = unit.replace("ExecStart=/usr/sbin/efm-agent ", &format!("ExecStart={}/efm-agent ", layout.sbin.display()));
+    ensure!(
+        unit.contains("ExecStart=/usr/sbin/efm-agent "),
+        "conf/efm-agent@.service: no ExecStart=/usr/sbin/efm-agent"
+    );
+    let unit =
+        unit.replace("ExecStart=/usr/sbin/efm-agent ", &format!("ExecStart={}/efm-agent ", layout.sbin.display()));
     i.file(&layout.unit_dir.join("efm-agent@.service"), unit.as_bytes(), 0o644)?;
     i.file(&layout.tmpfiles_dir.join("efm.conf"), &read_conf("efm.tmpfiles")?, 0o644)?;
     i.file(&layout.sysusers_dir.join("efm.conf"), &read_conf("efm.sysusers")?, 0o644)?;
@@ -301,7 +308,12 @@ pub fn install(opts: &Options) -> Result<Installed> {
         system_setup(&installed)?;
     }
     for e in &installed.entries {
-        println!("install: {:04o} {}{}", e.mode, under(opts.destdir.as_deref(), &e.path).display(), if e.dir { "/" } else { "" });
+        println!(
+            "install: {:04o} {}{}",
+            e.mode,
+            under(opts.destdir.as_deref(), &e.path).display(),
+            if e.dir { "/" } else { "" }
+        );
     }
     Ok(installed)
 }
@@ -316,7 +328,8 @@ fn system_setup(installed: &Installed) -> Result<()> {
             .context("creating the system group efm failed (groupadd is in Debian's passwd / RHEL's shadow-utils)")?;
     }
     for dir in [&installed.layout.conf, &installed.layout.log] {
-        run(Command::new("chown").arg("root:efm").arg(dir)).with_context(|| format!("chown root:efm {}", dir.display()))?;
+        run(Command::new("chown").arg("root:efm").arg(dir))
+            .with_context(|| format!("chown root:efm {}", dir.display()))?;
         let mode = fs::metadata(dir)?.mode() & 0o7777;
         ensure!(mode == 0o750, "{} has mode {mode:o}, expected 750", dir.display());
     }

@@ -84,11 +84,7 @@ fn try_main() -> Result<()> {
         print!("{USAGE}");
         return Ok(());
     };
-    if rest
-        .iter()
-        .take_while(|a| *a != "--")
-        .any(|a| a == "-h" || a == "--help")
-    {
+    if rest.iter().take_while(|a| *a != "--").any(|a| a == "-h" || a == "--help") {
         print!("{USAGE}");
         return Ok(());
     }
@@ -166,10 +162,7 @@ fn no_args(command: &str, rest: &[String]) -> Result<()> {
 }
 
 fn unknown_args(command: &str, rest: &[String]) -> anyhow::Error {
-    anyhow!(
-        "unexpected argument(s) for `cargo xtask {command}`: {}\n\n{USAGE}",
-        rest.join(" ")
-    )
+    anyhow!("unexpected argument(s) for `cargo xtask {command}`: {}\n\n{USAGE}", rest.join(" "))
 }
 
 /// The lint gates in order, each run even if one before failed (so one run shows every
@@ -244,37 +237,28 @@ fn test(extra: &[String]) -> Result<()> {
         record(
             "build",
             step("build (cargo build --tests)", || {
-                run(&mut cmd).context(
-                    "building the workspace and its tests failed: see the compiler output above",
-                )
+                run(&mut cmd).context("building the workspace and its tests failed: see the compiler output above")
             }),
         )
     };
     if !gate_failed {
         let mut unit = cargo();
         // --no-fail-fast: every test binary runs, so one failure does not hide the others.
-        unit.args(["test", "--no-fail-fast"])
-            .args(HOST_WORKSPACE)
-            .args(["--exclude", "efm-tests"]);
+        unit.args(["test", "--no-fail-fast"]).args(HOST_WORKSPACE).args(["--exclude", "efm-tests"]);
         if !extra.is_empty() {
             unit.arg("--").args(extra);
         }
         record(
             "unit tests",
-            step("unit tests", || {
-                run(&mut unit).context("unit tests failed: see the test output above")
-            }),
+            step("unit tests", || run(&mut unit).context("unit tests failed: see the test output above")),
         );
 
         let mut kernel = cargo();
-        kernel
-            .args(["test", "--no-fail-fast", "--package", "efm-tests", "--", "--test-threads=1"])
-            .args(extra);
+        kernel.args(["test", "--no-fail-fast", "--package", "efm-tests", "--", "--test-threads=1"]).args(extra);
         record(
             "kernel tests",
             step("kernel tests (efm-tests, single-threaded)", || {
-                run(&mut kernel)
-                    .context("kernel tests (efm-tests) failed: see the test output above")
+                run(&mut kernel).context("kernel tests (efm-tests) failed: see the test output above")
             }),
         );
     }
@@ -287,23 +271,12 @@ fn test(extra: &[String]) -> Result<()> {
             format!("{name} {outcome} ({})", format_duration(*d))
         })
         .collect();
-    let failed: Vec<&str> = steps
-        .iter()
-        .filter(|s| s.2.is_some())
-        .map(|s| s.0)
-        .collect();
-    println!(
-        "xtask test summary: {}; total {}",
-        parts.join(", "),
-        format_duration(total)
-    );
+    let failed: Vec<&str> = steps.iter().filter(|s| s.2.is_some()).map(|s| s.0).collect();
+    println!("xtask test summary: {}; total {}", parts.join(", "), format_duration(total));
     if failed.is_empty() {
         println!("xtask test: all steps ok");
         Ok(())
     } else {
-        bail!(
-            "xtask test: failed step(s): {} (see the errors above)",
-            failed.join(", ")
-        )
+        bail!("xtask test: failed step(s): {} (see the errors above)", failed.join(", "))
     }
 }

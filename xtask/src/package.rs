@@ -166,7 +166,12 @@ fn depends(bins: &[PathBuf]) -> Result<String> {
     let mut deps = vec![format!("libc6 (>= {}.{})", glibc.0, glibc.1)];
     for lib in &needed {
         let dep = match lib.as_str() {
-            "libc.so.6" | "libm.so.6" | "libdl.so.2" | "libpthread.so.0" | "librt.so.1" | "ld-linux-x86-64.so.2"
+            "libc.so.6"
+            | "libm.so.6"
+            | "libdl.so.2"
+            | "libpthread.so.0"
+            | "librt.so.1"
+            | "ld-linux-x86-64.so.2"
             | "ld-linux-aarch64.so.1" => continue,
             "libgcc_s.so.1" => "libgcc-s1",
             // libssl3t64 is trixie's name for the same library.

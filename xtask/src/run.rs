@@ -29,10 +29,7 @@ pub fn cargo() -> Command {
 /// Quote one word for display the way a POSIX shell would need it.
 fn quote(word: &OsStr) -> String {
     let s = word.to_string_lossy();
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%^".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:+,@%^".contains(c)) {
         return s.into_owned();
     }
     if s.chars().any(char::is_control) {
@@ -67,10 +64,7 @@ pub fn command_line(cmd: &Command) -> String {
 }
 
 fn announce(cmd: &Command) {
-    let dir = cmd
-        .get_current_dir()
-        .map(|d| format!("  (in {})", d.display()))
-        .unwrap_or_default();
+    let dir = cmd.get_current_dir().map(|d| format!("  (in {})", d.display())).unwrap_or_default();
     println!("$ {}{dir}", command_line(cmd));
 }
 
@@ -79,10 +73,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     announce(cmd);
     let line = command_line(cmd);
     let status = cmd.status().with_context(|| {
-        format!(
-            "could not start `{line}`: is `{}` installed and on PATH?",
-            cmd.get_program().to_string_lossy()
-        )
+        format!("could not start `{line}`: is `{}` installed and on PATH?", cmd.get_program().to_string_lossy())
     })?;
     if !status.success() {
         bail!("`{line}` failed ({status})");
@@ -95,17 +86,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn output(cmd: &mut Command) -> Result<String> {
     let line = command_line(cmd);
     let out = cmd.stdin(Stdio::null()).output().with_context(|| {
-        format!(
-            "could not start `{line}`: is `{}` installed and on PATH?",
-            cmd.get_program().to_string_lossy()
-        )
+        format!("could not start `{line}`: is `{}` installed and on PATH?", cmd.get_program().to_string_lossy())
     })?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
 }
@@ -137,10 +121,7 @@ pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> (Result<T>, Duratio
 pub fn euid() -> Result<u32> {
     let status = fs::read_to_string("/proc/self/status")
         .context("reading /proc/self/status to find the effective user id (is /proc mounted?)")?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .context("/proc/self/status has no Uid: line")?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).context("/proc/self/status has no Uid: line")?;
     // Uid: real effective saved filesystem
     line.split_whitespace()
         .nth(1)
@@ -170,13 +151,8 @@ mod tests {
     #[test]
     fn command_line_shows_env_and_args() {
         let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive")
-            .env_remove("X")
-            .args(["install", "-y"]);
-        assert_eq!(
-            command_line(&cmd),
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y"
-        );
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").env_remove("X").args(["install", "-y"]);
+        assert_eq!(command_line(&cmd), "DEBIAN_FRONTEND=noninteractive apt-get install -y");
     }
 
     #[test]

@@ -58,11 +58,8 @@ fn package_installed(pkg: &str) -> Result<bool> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .context(
-            "could not run `dpkg-query`: `cargo xtask setup` supports Debian-based systems only",
-        )?;
-    Ok(out.status.success()
-        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+        .context("could not run `dpkg-query`: `cargo xtask setup` supports Debian-based systems only")?;
+    Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
 fn packages(root: bool) -> Result<()> {
@@ -90,15 +87,11 @@ fn packages(root: bool) -> Result<()> {
         cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
         cmd
     };
-    run(&mut apt(&["update"]))
-        .context("`apt-get update` failed: check the network and /etc/apt/sources.list")?;
+    run(&mut apt(&["update"])).context("`apt-get update` failed: check the network and /etc/apt/sources.list")?;
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
     install.args(&missing);
     run(&mut install).with_context(|| {
-        format!(
-            "installing Debian packages {} failed: see apt-get's output above",
-            missing.join(" ")
-        )
+        format!("installing Debian packages {} failed: see apt-get's output above", missing.join(" "))
     })?;
     for pkg in missing {
         ensure!(
@@ -132,13 +125,9 @@ fn nightly() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let installed =
-        output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))
-            .context("listing the nightly toolchain's components")?;
-    if installed
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some("rust-src"))
-    {
+    let installed = output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("listing the nightly toolchain's components")?;
+    if installed.lines().any(|l| l.split_whitespace().next() == Some("rust-src")) {
         item("rust-src (nightly)", "present");
         return Ok(());
     }
@@ -159,15 +148,11 @@ fn nightly_lib() -> Result<PathBuf> {
 fn nightly_llvm_major() -> Result<String> {
     let vv = output(rustup().args(["run", "nightly", "rustc", "-vV"]))
         .context("asking the nightly rustc for its LLVM version")?;
-    parse_llvm_major(&vv)
-        .with_context(|| format!("no \"LLVM version: N.x\" line in `rustc +nightly -vV`:\n{vv}"))
+    parse_llvm_major(&vv).with_context(|| format!("no \"LLVM version: N.x\" line in `rustc +nightly -vV`:\n{vv}"))
 }
 
 fn parse_llvm_major(vv: &str) -> Option<String> {
-    let version = vv
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("LLVM version:"))?
-        .trim();
+    let version = vv.lines().find_map(|l| l.trim().strip_prefix("LLVM version:"))?.trim();
     let major = version.split('.').next()?;
     (!major.is_empty() && major.bytes().all(|b| b.is_ascii_digit())).then(|| major.to_owned())
 }
@@ -189,9 +174,7 @@ fn cargo_bin_dir() -> Result<PathBuf> {
 
 /// Every `bpf-linker` on `PATH`, then the one in cargo's bin directory.
 fn bpf_linker_candidates() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
     if let Ok(bin) = cargo_bin_dir() {
         dirs.push(bin);
     }
@@ -230,9 +213,7 @@ fn linker_version(exe: &Path, nightly_lib: &Path) -> std::result::Result<String,
 }
 
 fn is_wanted_version(version_line: &str) -> bool {
-    version_line
-        .split_whitespace()
-        .any(|w| w == BPF_LINKER_VERSION)
+    version_line.split_whitespace().any(|w| w == BPF_LINKER_VERSION)
 }
 
 fn bpf_linker() -> Result<()> {
@@ -241,10 +222,7 @@ fn bpf_linker() -> Result<()> {
     for exe in bpf_linker_candidates() {
         match linker_version(&exe, &nightly_lib) {
             Ok(v) if is_wanted_version(&v) => {
-                item(
-                    &format!("bpf-linker {BPF_LINKER_VERSION}"),
-                    &format!("present ({})", exe.display()),
-                );
+                item(&format!("bpf-linker {BPF_LINKER_VERSION}"), &format!("present ({})", exe.display()));
                 return Ok(());
             }
             Ok(v) => rejected.push(format!("{} is `{v}`", exe.display())),
@@ -252,10 +230,7 @@ fn bpf_linker() -> Result<()> {
         }
     }
     if !rejected.is_empty() {
-        println!(
-            "setup: bpf-linker: replacing unusable copies: {}",
-            rejected.join("; ")
-        );
+        println!("setup: bpf-linker: replacing unusable copies: {}", rejected.join("; "));
     }
     let exe = install_bpf_linker(&nightly_lib, None)?;
     let version = linker_version(&exe, &nightly_lib)
@@ -266,16 +241,12 @@ fn bpf_linker() -> Result<()> {
         "installed {} but it reports `{version}`, not {BPF_LINKER_VERSION}",
         exe.display()
     );
-    item(
-        &format!("bpf-linker {BPF_LINKER_VERSION}"),
-        &format!("installed with cargo install ({})", exe.display()),
-    );
+    item(&format!("bpf-linker {BPF_LINKER_VERSION}"), &format!("installed with cargo install ({})", exe.display()));
     if !bpf_linker_candidates().contains(&exe) {
         println!(
             "setup: note: {} is not on PATH; add {} to PATH so the eBPF build finds it",
             exe.display(),
-            exe.parent()
-                .map_or_else(String::new, |p| p.display().to_string())
+            exe.parent().map_or_else(String::new, |p| p.display().to_string())
         );
     }
     Ok(())
@@ -294,46 +265,21 @@ fn install_bpf_linker(nightly_lib: &Path, root: Option<&Path>) -> Result<PathBuf
     if link.symlink_metadata().is_ok() {
         fs::remove_file(&link).with_context(|| format!("removing the old {}", link.display()))?;
     }
-    symlink(&libllvm, &link).with_context(|| {
-        format!(
-            "symlinking {} -> {} (check permissions)",
-            link.display(),
-            libllvm.display()
-        )
-    })?;
+    symlink(&libllvm, &link)
+        .with_context(|| format!("symlinking {} -> {} (check permissions)", link.display(), libllvm.display()))?;
     println!("setup: linked {} -> {}", link.display(), libllvm.display());
 
     let mut cmd = rustup();
-    cmd.args([
-        "run",
-        "nightly",
-        "cargo",
-        "install",
-        "bpf-linker",
-        "--locked",
-        "--force",
-    ])
-    .args([
-        "--version",
-        BPF_LINKER_VERSION,
-        "--no-default-features",
-        "--features",
-    ])
-    .arg(format!("llvm-{major}"));
+    cmd.args(["run", "nightly", "cargo", "install", "bpf-linker", "--locked", "--force"])
+        .args(["--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"));
     if let Some(root) = root {
         cmd.arg("--root").arg(root);
     }
     cmd.env("LLVM_PREFIX", &prefix)
         // Outside the workspace, so its rust-toolchain.toml and .cargo/config.toml don't apply.
         .current_dir(&prefix);
-    for var in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO",
-        "CARGO_TARGET_DIR",
-        "CARGO_ENCODED_RUSTFLAGS",
-    ] {
+    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO", "CARGO_TARGET_DIR", "CARGO_ENCODED_RUSTFLAGS"] {
         cmd.env_remove(var);
     }
     run(&mut cmd).with_context(|| {
@@ -351,29 +297,16 @@ fn install_bpf_linker(nightly_lib: &Path, root: Option<&Path>) -> Result<PathBuf
         },
     };
     let exe = bin.join("bpf-linker");
-    ensure!(
-        exe.is_file(),
-        "cargo install succeeded but {} does not exist",
-        exe.display()
-    );
+    ensure!(exe.is_file(), "cargo install succeeded but {} does not exist", exe.display());
     Ok(exe)
 }
 
 /// The `libLLVM.so.*` shipped in the nightly toolchain's lib directory.
 fn find_libllvm(nightly_lib: &Path) -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(nightly_lib)
-        .with_context(|| {
-            format!(
-                "reading the nightly toolchain's lib dir {}",
-                nightly_lib.display()
-            )
-        })?
+        .with_context(|| format!("reading the nightly toolchain's lib dir {}", nightly_lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so."))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
         .collect();
     found.sort();
     found.into_iter().next().with_context(|| {
@@ -402,12 +335,10 @@ fn bpffs(root: bool) -> Result<()> {
     if !root {
         bail!("{BPFFS} is not a bpf filesystem and mounting it needs root: run `sudo cargo xtask setup`");
     }
-    run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
-        .with_context(|| format!("mounting bpffs at {BPFFS} failed (does {BPFFS} exist? is this a container without CAP_SYS_ADMIN?)"))?;
-    ensure!(
-        bpffs_mounted()?,
-        "mount reported success but {BPFFS} is still not a bpf filesystem"
-    );
+    run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS])).with_context(|| {
+        format!("mounting bpffs at {BPFFS} failed (does {BPFFS} exist? is this a container without CAP_SYS_ADMIN?)")
+    })?;
+    ensure!(bpffs_mounted()?, "mount reported success but {BPFFS} is still not a bpf filesystem");
     item(&format!("bpffs {BPFFS}"), "mounted");
     Ok(())
 }
@@ -420,10 +351,7 @@ mod tests {
     fn llvm_major() {
         let vv = "rustc 1.97.0-nightly\nbinary: rustc\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_major(vv).as_deref(), Some("22"));
-        assert_eq!(
-            parse_llvm_major("LLVM version: 19.1.7").as_deref(),
-            Some("19")
-        );
+        assert_eq!(parse_llvm_major("LLVM version: 19.1.7").as_deref(), Some("19"));
         assert_eq!(parse_llvm_major("rustc 1.0"), None);
     }
 

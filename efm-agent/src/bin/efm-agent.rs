@@ -33,8 +33,7 @@ fn main() -> ExitCode {
         }
     };
     // Whether a fatal error logged with tracing is already visible to whoever started the agent.
-    let logged_to_console =
-        logging.as_ref().is_some_and(|l| l.sinks.iter().any(|s| s == "stderr" || s == "journald"));
+    let logged_to_console = logging.as_ref().is_some_and(|l| l.sinks.iter().any(|s| s == "stderr" || s == "journald"));
     let opts = Options {
         cluster: args.cluster,
         config_dir: args.config_dir,
@@ -46,7 +45,12 @@ fn main() -> ExitCode {
     // main loop that sends PINGs and endorsements runs on this thread in `block_on`, beside
     // them. Blocking work (redb commits, file writes, netlink) still belongs on the blocking
     // pool, never on a worker (ARCHITECTURE.md, "nothing blocks the heartbeat").
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("efm-worker").enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("efm-worker")
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");

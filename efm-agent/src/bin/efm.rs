@@ -1,12 +1,7 @@
 //! `efm`: the administration command, with EFM's command names. Status commands ask the local
 //! agent over its admin socket; configuration commands work on the files directly.
 
-use std::{
-    io::Write as _,
-    path::Path,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{io::Write as _, path::Path, process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use efm_agent::{
@@ -43,7 +38,8 @@ fn ask_with(cli: &Cli, cluster: &str, command: AdminCommand, timeout: Duration) 
 }
 
 fn cluster_status(cli: &Cli, cluster: &str) -> Result<ClusterStatus, String> {
-    serde_json::from_value(ask(cli, cluster, AdminCommand::ClusterStatus)?).map_err(|e| format!("unreadable cluster status: {e}"))
+    serde_json::from_value(ask(cli, cluster, AdminCommand::ClusterStatus)?)
+        .map_err(|e| format!("unreadable cluster status: {e}"))
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -68,7 +64,9 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Promote { .. } => {
-            let Some((cluster, mut command)) = cli.cmd.admin_request() else { return Err("promote: no admin request".into()) };
+            let Some((cluster, mut command)) = cli.cmd.admin_request() else {
+                return Err("promote: no admin request".into());
+            };
             eprintln!("efm: promote command sent to the local agent; waiting for the new primary");
             let mut v = ask_with(cli, cluster, command.clone(), Duration::from_secs(100))?;
             if let Some(q) = v.get("confirm").and_then(|q| q.as_str()) {
@@ -83,13 +81,19 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_message(&v);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Resume { .. } | Cmd::SetPriority { .. } | Cmd::AllowNode { .. } | Cmd::DisallowNode { .. } | Cmd::StopCluster { .. } => {
+        Cmd::Resume { .. }
+        | Cmd::SetPriority { .. }
+        | Cmd::AllowNode { .. }
+        | Cmd::DisallowNode { .. }
+        | Cmd::StopCluster { .. } => {
             let Some((cluster, command)) = cli.cmd.admin_request() else { return Err("no admin request".into()) };
             let v = ask_with(cli, cluster, command, Duration::from_mins(1))?;
             print_message(&v);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::AddNode { cluster, address, priority } => legacy_node_command(cli, "add-node", cluster, address, *priority),
+        Cmd::AddNode { cluster, address, priority } => {
+            legacy_node_command(cli, "add-node", cluster, address, *priority)
+        }
         Cmd::RemoveNode { cluster, address } => legacy_node_command(cli, "remove-node", cluster, address, None),
         Cmd::PropCheck { cluster } => {
             let report = config::check::prop_check(&cli.config_dir, cluster);
@@ -103,12 +107,9 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             if key.was_created() {
                 eprintln!("efm: created the encryption key {}", key_file.display());
             }
-            let mut pw = if *from_env {
-                secret::password_from_env()
-            } else {
-                secret::read_password_twice("database password")
-            }
-            .map_err(|e| e.to_string())?;
+            let mut pw =
+                if *from_env { secret::password_from_env() } else { secret::read_password_twice("database password") }
+                    .map_err(|e| e.to_string())?;
             let enc = secret::encrypt(&key, cluster, &pw).map_err(|e| e.to_string());
             secret::wipe_string(&mut pw);
             let enc = enc?;
@@ -133,7 +134,9 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GenerateDocs { dir } => {
-            for f in cli::generate_docs(dir).map_err(|e| format!("writing the documentation into {}: {e}", dir.display()))? {
+            for f in
+                cli::generate_docs(dir).map_err(|e| format!("writing the documentation into {}: {e}", dir.display()))?
+            {
                 println!("{}", dir.join(f).display());
             }
             Ok(ExitCode::SUCCESS)
@@ -143,7 +146,13 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
 
 /// EFM 2.0's `add-node` (allow-node, then set-priority with a priority) and `remove-node`
 /// (disallow-node), with the deprecation notice on stderr.
-fn legacy_node_command(cli: &Cli, name: &str, cluster: &str, address: &str, priority: Option<u32>) -> Result<ExitCode, String> {
+fn legacy_node_command(
+    cli: &Cli,
+    name: &str,
+    cluster: &str,
+    address: &str,
+    priority: Option<u32>,
+) -> Result<ExitCode, String> {
     eprintln!("{}", cli::deprecated_node_command(name, cluster, address, priority));
     let first = if name == "add-node" {
         AdminCommand::AllowNode { address: address.to_owned() }

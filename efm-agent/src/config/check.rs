@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use super::properties::{self, PROPERTIES};
 use super::value;
 use super::value::{Resolve, SystemResolver};
-use super::{analyze, is_efm_java_encrypted, nodes_note, parse_nodes_with, parse_properties, Config, Diagnostic, Severity};
+use super::{
+    analyze, is_efm_java_encrypted, nodes_note, parse_nodes_with, parse_properties, Config, Diagnostic, Severity,
+};
 
 /// The loader's message for a missing required property.
 const REQUIRED_NOT_SET: &str = "required property is not set";
@@ -76,7 +78,10 @@ fn vip_plan(c: &Config) -> Option<String> {
         (Some(base), Some(label)) => format!(
             "{vip}{prefix} is added to interface {base} with the address label {label} (virtual.ip.interface={label} \
              is an alias of {base}: Linux keeps alias addresses on the base interface); XDP attaches to {}",
-            c.xdp_interface.as_deref().map_or_else(|| format!("the interface holding bind.address ({base} if that is the one)"), ToOwned::to_owned),
+            c.xdp_interface.as_deref().map_or_else(
+                || format!("the interface holding bind.address ({base} if that is the one)"),
+                ToOwned::to_owned
+            ),
         ),
         (Some(i), None) => format!("{vip}{prefix} is added to interface {i}"),
         (None, _) => format!("{vip}{prefix} is added to the interface holding bind.address"),
@@ -150,14 +155,8 @@ pub fn prop_check_with(dir: &Path, cluster: &str, resolver: &dyn Resolve) -> Pro
         vip_plan: None,
     };
     if !dir.is_dir() {
-        let message = if dir.exists() {
-            "not a directory"
-        } else {
-            "configuration directory does not exist"
-        };
-        report
-            .diagnostics
-            .push(Diagnostic::error(dir, None, None, message.into()));
+        let message = if dir.exists() { "not a directory" } else { "configuration directory does not exist" };
+        report.diagnostics.push(Diagnostic::error(dir, None, None, message.into()));
         return report;
     }
 
@@ -172,13 +171,7 @@ pub fn prop_check_with(dir: &Path, cluster: &str, resolver: &dyn Resolve) -> Pro
 
     if let Some(text) = read(&report.properties_file, &mut report.diagnostics) {
         let file = &report.properties_file;
-        let analysis = analyze(
-            &text,
-            file,
-            cluster,
-            report.nodes.clone().unwrap_or_default(),
-            resolver,
-        );
+        let analysis = analyze(&text, file, cluster, report.nodes.clone().unwrap_or_default(), resolver);
         let (effective, errors) = match analysis.result {
             Ok(loaded) => {
                 if let Some(why) = report.nodes.as_deref().and_then(|n| too_few_agents(n, loaded.config.bind_address)) {
@@ -203,9 +196,7 @@ pub fn prop_check_with(dir: &Path, cluster: &str, resolver: &dyn Resolve) -> Pro
         let duplicate = |d: &Diagnostic| {
             d.message == REQUIRED_NOT_SET
                 && d.line.is_some()
-                && errors.iter().any(|o| {
-                    o.message != REQUIRED_NOT_SET && o.line == d.line && o.property == d.property
-                })
+                && errors.iter().any(|o| o.message != REQUIRED_NOT_SET && o.line == d.line && o.property == d.property)
         };
         let errors: Vec<Diagnostic> = errors.iter().filter(|d| !duplicate(d)).cloned().collect();
         report.diagnostics.extend(errors);
@@ -215,9 +206,7 @@ pub fn prop_check_with(dir: &Path, cluster: &str, resolver: &dyn Resolve) -> Pro
 
     let props = report.properties_file.clone();
     // Stable: keeps the loader's order among diagnostics of the same line.
-    report
-        .diagnostics
-        .sort_by_key(|d| (d.file != props, d.line.unwrap_or(0)));
+    report.diagnostics.sort_by_key(|d| (d.file != props, d.line.unwrap_or(0)));
     for d in &mut report.diagnostics {
         if d.value.is_some() && d.property.as_deref().is_some_and(is_secret) {
             d.value = Some("(set)".into());
@@ -230,20 +219,14 @@ fn read(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) => {
-            diagnostics.push(Diagnostic::error(
-                path,
-                None,
-                None,
-                format!("cannot read: {e}"),
-            ));
+            diagnostics.push(Diagnostic::error(path, None, None, format!("cannot read: {e}")));
             None
         }
     }
 }
 
 fn is_secret(name: &str) -> bool {
-    SECRETS.contains(&name)
-        || properties::legacy(name).is_some_and(|l| l.targets.iter().any(|t| SECRETS.contains(t)))
+    SECRETS.contains(&name) || properties::legacy(name).is_some_and(|l| l.targets.iter().any(|t| SECRETS.contains(t)))
 }
 
 /// Attach a source to every effective value. `effective` is only non-empty
@@ -258,9 +241,7 @@ fn describe(text: &str, file: &Path, effective: &[(String, String)]) -> Vec<Effe
             sources.entry(def.name).or_insert((entry.line, None, empty));
         } else if let Some(legacy) = properties::legacy(&entry.key) {
             for target in legacy.targets {
-                sources
-                    .entry(target)
-                    .or_insert((entry.line, Some(entry.key.clone()), empty));
+                sources.entry(target).or_insert((entry.line, Some(entry.key.clone()), empty));
             }
         }
     }
@@ -271,10 +252,7 @@ fn describe(text: &str, file: &Path, effective: &[(String, String)]) -> Vec<Effe
                 None => ValueSource::Default,
                 Some((line, _, true)) => ValueSource::EmptyInFile { line: *line },
                 Some((line, None, false)) => ValueSource::File { line: *line },
-                Some((line, Some(from), false)) => ValueSource::Legacy {
-                    line: *line,
-                    from: from.clone(),
-                },
+                Some((line, Some(from), false)) => ValueSource::Legacy { line: *line, from: from.clone() },
             };
             let value = if is_secret(name) && is_efm_java_encrypted(raw) {
                 "(EFM-encrypted: efm cannot use it, see below)".to_owned()
@@ -283,20 +261,13 @@ fn describe(text: &str, file: &Path, effective: &[(String, String)]) -> Vec<Effe
             } else {
                 raw.clone()
             };
-            EffectiveProperty {
-                name: name.clone(),
-                value,
-                source,
-            }
+            EffectiveProperty { name: name.clone(), value, source }
         })
         .collect()
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Longest value that still widens the value column.
@@ -316,10 +287,7 @@ impl PropCheckReport {
     }
 
     fn count(&self, severity: Severity) -> usize {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == severity)
-            .count()
+        self.diagnostics.iter().filter(|d| d.severity == severity).count()
     }
 
     /// 0 when the configuration has no errors, 1 otherwise.
@@ -390,7 +358,8 @@ impl PropCheckReport {
                     let _ = writeln!(out, "  {n}");
                 }
                 if let Some(me) = self.self_added {
-                    let _ = writeln!(out, "  {me}  (this node, from bind.address: added, the file lists only the others)");
+                    let _ =
+                        writeln!(out, "  {me}  (this node, from bind.address: added, the file lists only the others)");
                 }
             }
             None => {
@@ -477,10 +446,7 @@ fn render_diagnostic(d: &Diagnostic) -> String {
 pub fn compare(a: &Config, b: &Config) -> Vec<String> {
     let (ea, eb) = (a.effective(), b.effective());
     let value_of = |e: &[(String, String)], name: &str| {
-        e.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        e.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
     };
     PROPERTIES
         .iter()
@@ -489,10 +455,7 @@ pub fn compare(a: &Config, b: &Config) -> Vec<String> {
             let (va, vb) = (value_of(&ea, def.name), value_of(&eb, def.name));
             let same = match (va.is_empty(), vb.is_empty()) {
                 (true, true) => true,
-                (false, false) => match (
-                    value::validate(def.kind, &va),
-                    value::validate(def.kind, &vb),
-                ) {
+                (false, false) => match (value::validate(def.kind, &va), value::validate(def.kind, &vb)) {
                     (Ok(x), Ok(y)) => x == y,
                     _ => va == vb,
                 },
@@ -551,12 +514,7 @@ lock.dir=
     }
 
     fn find<'a>(r: &'a PropCheckReport, name: &str) -> &'a EffectiveProperty {
-        r.effective
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap()
+        r.effective.as_ref().unwrap().iter().find(|p| p.name == name).unwrap()
     }
 
     #[test]
@@ -567,21 +525,11 @@ lock.dir=
         let r = prop_check(&dir, "acctg");
         assert_eq!(r.exit_code(), 0, "{}", r.render());
         assert_eq!(r.nodes.as_ref().unwrap().len(), 3);
-        assert_eq!(
-            r.effective.as_ref().unwrap().len(),
-            PROPERTIES.len(),
-            "every property is listed"
-        );
+        assert_eq!(r.effective.as_ref().unwrap().len(), PROPERTIES.len(), "every property is listed");
         assert_eq!(find(&r, "db.port").source, ValueSource::File { line: 4 });
         assert_eq!(find(&r, "auto.failover").source, ValueSource::Default);
         assert_eq!(find(&r, "lock.dir").value, "/var/lock/efm");
-        assert_eq!(
-            find(&r, "virtual.ip").source,
-            ValueSource::Legacy {
-                line: 9,
-                from: "virtualIp".into()
-            }
-        );
+        assert_eq!(find(&r, "virtual.ip").source, ValueSource::Legacy { line: 9, from: "virtualIp".into() });
         assert_eq!(find(&r, "db.password.encrypted").value, "(set)");
 
         let text = r.render();
@@ -598,25 +546,13 @@ lock.dir=
         assert!(line("db.port").contains("= 5444"), "{text}");
         assert!(line("db.port").ends_with("(acctg.properties:4)"), "{text}");
         assert!(line("auto.failover").ends_with("(default)"), "{text}");
-        assert!(
-            line("virtual.ip").ends_with("(acctg.properties:9, from legacy virtualIp)"),
-            "{text}"
-        );
-        assert!(
-            line("lock.dir").ends_with("(default; empty in acctg.properties:11)"),
-            "{text}"
-        );
+        assert!(line("virtual.ip").ends_with("(acctg.properties:9, from legacy virtualIp)"), "{text}");
+        assert!(line("lock.dir").ends_with("(default; empty in acctg.properties:11)"), "{text}");
         assert!(text.contains("  198.18.0.2:7800\n"), "{text}");
         // The legacy name is worth a warning, not an error.
         assert_eq!(r.warnings(), 1, "{text}");
-        assert!(
-            text.contains("warning: acctg.properties:9: virtualIp: deprecated property name"),
-            "{text}"
-        );
-        assert!(
-            text.ends_with("1 problem (0 errors, 1 warning)\n"),
-            "{text}"
-        );
+        assert!(text.contains("warning: acctg.properties:9: virtualIp: deprecated property name"), "{text}");
+        assert!(text.ends_with("1 problem (0 errors, 1 warning)\n"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -681,9 +617,7 @@ lock.dir=
         // The configuration is still shown, with the offending value.
         assert_eq!(find(&r, "db.port").value, "abc");
         assert!(
-            out.contains(
-                "  error: acctg.properties:4: db.port = \"abc\": expected a port number 1-65535\n"
-            ),
+            out.contains("  error: acctg.properties:4: db.port = \"abc\": expected a port number 1-65535\n"),
             "{out}"
         );
         assert!(
@@ -708,14 +642,8 @@ lock.dir=
         let out = r.render();
         assert_eq!(r.exit_code(), 1);
         assert!(r.effective.is_none() && r.nodes.is_none());
-        assert!(
-            out.contains("Effective configuration: not available"),
-            "{out}"
-        );
-        assert!(
-            out.contains("error: acctg.properties:1: db.user: malformed \\uXXXX escape"),
-            "{out}"
-        );
+        assert!(out.contains("Effective configuration: not available"), "{out}");
+        assert!(out.contains("error: acctg.properties:1: db.user: malformed \\uXXXX escape"), "{out}");
         assert!(
             out.contains("error: acctg.nodes:1: bad node entry \"db1:7800\": host name \"db1\" does not resolve"),
             "{out}"
@@ -730,23 +658,14 @@ lock.dir=
         let out = r.render();
         assert_eq!(r.exit_code(), 1);
         assert_eq!(r.errors(), 1);
-        assert!(
-            out.contains("configuration directory does not exist"),
-            "{out}"
-        );
-        assert!(
-            out.contains("Effective configuration: not available"),
-            "{out}"
-        );
+        assert!(out.contains("configuration directory does not exist"), "{out}");
+        assert!(out.contains("Effective configuration: not available"), "{out}");
 
         let dir = temp_dir("empty");
         let r = prop_check(&dir, "acctg");
         let out = r.render();
         assert_eq!(r.errors(), 2, "{out}");
-        assert!(
-            out.contains("error: acctg.properties: cannot read: "),
-            "{out}"
-        );
+        assert!(out.contains("error: acctg.properties: cannot read: "), "{out}");
         assert!(out.contains("error: acctg.nodes: cannot read: "), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -756,26 +675,16 @@ lock.dir=
             "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=enterprisedb\n\
              db.data.dir=/var/lib/edb/data\nbind.address={bind}\n{extra}\n"
         );
-        from_properties(
-            &text,
-            Path::new("/etc/efm/acctg.properties"),
-            "acctg",
-            Vec::new(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .config
+        from_properties(&text, Path::new("/etc/efm/acctg.properties"), "acctg", Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
     }
 
     #[test]
     fn compare_must_match_properties() {
-        let a = config(
-            "node.timeout=50\nauto.failover=TRUE\nadmin.port=7809",
-            "10.0.0.1:7800",
-        );
-        let b = config(
-            "node.timeout=50s\nadmin.port=7810\nvirtual.ip=10.0.0.100\nvirtual.ip.prefix=24",
-            "10.0.0.2:7800",
-        );
+        let a = config("node.timeout=50\nauto.failover=TRUE\nadmin.port=7809", "10.0.0.1:7800");
+        let b =
+            config("node.timeout=50s\nadmin.port=7810\nvirtual.ip=10.0.0.100\nvirtual.ip.prefix=24", "10.0.0.2:7800");
         // admin.port may differ; 50 and 50s, TRUE and the default true are equal.
         let diff = compare(&a, &b);
         assert_eq!(

@@ -62,13 +62,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    fn new(
-        severity: Severity,
-        file: &Path,
-        line: Option<usize>,
-        property: Option<&str>,
-        message: String,
-    ) -> Self {
+    fn new(severity: Severity, file: &Path, line: Option<usize>, property: Option<&str>, message: String) -> Self {
         Diagnostic {
             file: file.to_path_buf(),
             line,
@@ -79,12 +73,7 @@ impl Diagnostic {
         }
     }
 
-    pub(crate) fn error(
-        file: &Path,
-        line: Option<usize>,
-        property: Option<&str>,
-        message: String,
-    ) -> Self {
+    pub(crate) fn error(file: &Path, line: Option<usize>, property: Option<&str>, message: String) -> Self {
         Self::new(Severity::Error, file, line, property, message)
     }
 
@@ -406,12 +395,7 @@ fn read(path: &Path, errors: &mut Vec<Diagnostic>) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(t) => Some(t),
         Err(e) => {
-            errors.push(Diagnostic::error(
-                path,
-                None,
-                None,
-                format!("cannot read: {e}"),
-            ));
+            errors.push(Diagnostic::error(path, None, None, format!("cannot read: {e}")));
             None
         }
     }
@@ -441,12 +425,7 @@ pub(crate) fn nodes_note(c: &Config, nodes_file: &Path) -> Option<Diagnostic> {
 /// Build a [`Config`] from the text of a properties file (`file` is used
 /// in diagnostics only) and already-parsed nodes; host names are resolved
 /// with the system resolver.
-pub fn from_properties(
-    text: &str,
-    file: &Path,
-    cluster: &str,
-    nodes: Vec<SocketAddr>,
-) -> Result<Loaded, ConfigErrors> {
+pub fn from_properties(text: &str, file: &Path, cluster: &str, nodes: Vec<SocketAddr>) -> Result<Loaded, ConfigErrors> {
     analyze(text, file, cluster, nodes, &SystemResolver).result
 }
 
@@ -483,20 +462,10 @@ pub(crate) fn analyze(
     let (entries, syntax_notes) = match parse::parse_properties_noted(text, file) {
         Ok(parsed) => parsed,
         Err(errors) => {
-            return Analysis {
-                result: Err(ConfigErrors(errors)),
-                warnings: Vec::new(),
-                effective: Vec::new(),
-            }
+            return Analysis { result: Err(ConfigErrors(errors)), warnings: Vec::new(), effective: Vec::new() }
         }
     };
-    let mut b = Builder {
-        file,
-        errors: Vec::new(),
-        warnings: syntax_notes,
-        sources: HashMap::new(),
-        resolver,
-    };
+    let mut b = Builder { file, errors: Vec::new(), warnings: syntax_notes, sources: HashMap::new(), resolver };
     for entry in &entries {
         b.resolve(entry);
     }
@@ -505,18 +474,11 @@ pub(crate) fn analyze(
     b.cross_checks(&config, &values);
     b.timing_remarks(&config, &entries);
     let result = if b.errors.is_empty() {
-        Ok(Loaded {
-            config,
-            warnings: b.warnings.clone(),
-        })
+        Ok(Loaded { config, warnings: b.warnings.clone() })
     } else {
         Err(ConfigErrors(b.errors))
     };
-    Analysis {
-        result,
-        warnings: b.warnings,
-        effective: values.effective,
-    }
+    Analysis { result, warnings: b.warnings, effective: values.effective }
 }
 
 /// Where a canonical property's value came from.
@@ -560,21 +522,16 @@ impl Builder<'_> {
                 Some(&e.key),
                 format!("deprecated property name; use {new_names} instead"),
             ));
-            let converted = if e.value.is_empty() {
-                Ok(String::new())
-            } else {
-                convert(legacy.conversion, &e.value)
-            };
+            let converted = if e.value.is_empty() { Ok(String::new()) } else { convert(legacy.conversion, &e.value) };
             match converted {
                 Ok(raw) => {
                     for target in legacy.targets {
                         self.insert(target, e, raw.clone());
                     }
                 }
-                Err(expected) => self.errors.push(
-                    Diagnostic::error(file, Some(e.line), Some(&e.key), expected)
-                        .with_value(&e.value),
-                ),
+                Err(expected) => {
+                    self.errors.push(Diagnostic::error(file, Some(e.line), Some(&e.key), expected).with_value(&e.value))
+                }
             }
         } else if e.key == "jgroups.timeout" || e.key == "jgroups.max.tries" {
             // Mapped by `timing_remarks` once every entry is known.
@@ -587,8 +544,7 @@ impl Builder<'_> {
                 "only meaningful to the Java implementation of EFM; ignored".into(),
             ));
         } else {
-            let hint = properties::suggest(&e.key)
-                .map_or_else(String::new, |s| format!("; did you mean {s}?"));
+            let hint = properties::suggest(&e.key).map_or_else(String::new, |s| format!("; did you mean {s}?"));
             self.warnings.push(Diagnostic::warning(
                 file,
                 Some(e.line),
@@ -611,15 +567,7 @@ impl Builder<'_> {
             ));
             return;
         }
-        self.sources.insert(
-            name,
-            Source {
-                key: e.key.clone(),
-                written: e.value.clone(),
-                raw,
-                line: e.line,
-            },
-        );
+        self.sources.insert(name, Source { key: e.key.clone(), written: e.value.clone(), raw, line: e.line });
     }
 
     fn validate(&mut self, cluster: &str) -> Values {
@@ -691,8 +639,9 @@ impl Builder<'_> {
 
     fn push_invalid(&mut self, def: &PropDef, raw: &str, expected: String) {
         let d = match self.sources.get(def.name) {
-            Some(src) => Diagnostic::error(self.file, Some(src.line), Some(&src.key), expected)
-                .with_value(&src.written),
+            Some(src) => {
+                Diagnostic::error(self.file, Some(src.line), Some(&src.key), expected).with_value(&src.written)
+            }
             None => Diagnostic::error(self.file, None, Some(def.name), expected).with_value(raw),
         };
         self.errors.push(d);
@@ -700,8 +649,7 @@ impl Builder<'_> {
 
     fn error_for(&mut self, name: &str, message: String) {
         let d = match self.sources.get(name) {
-            Some(src) => Diagnostic::error(self.file, Some(src.line), Some(&src.key), message)
-                .with_value(&src.written),
+            Some(src) => Diagnostic::error(self.file, Some(src.line), Some(&src.key), message).with_value(&src.written),
             None => Diagnostic::error(self.file, None, Some(name), message),
         };
         self.errors.push(d);
@@ -723,18 +671,13 @@ impl Builder<'_> {
         }
         for name in required {
             // A property that is written but invalid already has its own error.
-            let already = self
-                .sources
-                .get(name)
-                .is_some_and(|src| self.errors.iter().any(|d| d.line == Some(src.line)));
+            let already =
+                self.sources.get(name).is_some_and(|src| self.errors.iter().any(|d| d.line == Some(src.line)));
             if !v.typed.contains_key(name) && !already {
                 self.error_for(name, "required property is not set".into());
             }
         }
-        if !is_witness
-            && !v.typed.contains_key("db.data.dir")
-            && !v.typed.contains_key("db.recovery.conf.dir")
-        {
+        if !is_witness && !v.typed.contains_key("db.data.dir") && !v.typed.contains_key("db.recovery.conf.dir") {
             self.errors.push(Diagnostic::error(
                 self.file,
                 None,
@@ -883,11 +826,7 @@ impl Builder<'_> {
             log_dir: v.path("log.dir").unwrap_or_default(),
             syslog_host: v.text("syslog.host").unwrap_or_default(),
             syslog_port: v.port("syslog.port"),
-            syslog_protocol: if v.word("syslog.protocol") == "TCP" {
-                SyslogProtocol::Tcp
-            } else {
-                SyslogProtocol::Udp
-            },
+            syslog_protocol: if v.word("syslog.protocol") == "TCP" { SyslogProtocol::Tcp } else { SyslogProtocol::Udp },
             syslog_facility: v.word("syslog.facility").to_owned(),
             file_log_enabled: v.bool("file.log.enabled"),
             syslog_enabled: v.bool("syslog.enabled"),
@@ -899,11 +838,7 @@ impl Builder<'_> {
                 "generic" => XdpMode::Generic,
                 _ => XdpMode::Auto,
             },
-            fence_mode: if v.word("fence.mode") == "drop" {
-                FenceMode::Drop
-            } else {
-                FenceMode::Reset
-            },
+            fence_mode: if v.word("fence.mode") == "drop" { FenceMode::Drop } else { FenceMode::Reset },
             fence_exempt_hosts: match v.typed.get("fence.exempt.hosts") {
                 Some(Value::Cidrs(c)) => c.clone(),
                 _ => Vec::new(),
@@ -965,7 +900,12 @@ impl Builder<'_> {
         if let Some(e) = timeout {
             let equivalent = timeout_ms.map_or_else(
                 || "set node.timeout to the same time".to_owned(),
-                |ms| format!("the same detection time is node.timeout={}", value::format_duration(Duration::from_millis(ms))),
+                |ms| {
+                    format!(
+                        "the same detection time is node.timeout={}",
+                        value::format_duration(Duration::from_millis(ms))
+                    )
+                },
             );
             self.warnings.push(
                 Diagnostic::new(
@@ -1036,15 +976,9 @@ impl Builder<'_> {
         }
         if let Some(vip) = c.virtual_ip {
             match c.virtual_ip_prefix {
-                None => self.error_for(
-                    "virtual.ip.prefix",
-                    "required when virtual.ip is set".into(),
-                ),
+                None => self.error_for("virtual.ip.prefix", "required when virtual.ip is set".into()),
                 Some(p) if vip.is_ipv4() && p > 32 => {
-                    self.error_for(
-                        "virtual.ip.prefix",
-                        "expected a prefix length 0-32 for an IPv4 virtual.ip".into(),
-                    );
+                    self.error_for("virtual.ip.prefix", "expected a prefix length 0-32 for an IPv4 virtual.ip".into());
                 }
                 Some(_) => {}
             }
@@ -1057,18 +991,14 @@ impl Builder<'_> {
         if c.smtp_password.is_some() && c.smtp_username.is_none() {
             self.error_for(
                 "smtp.password",
-                "smtp.username must be set too (the password is only used to log in as that user)"
-                    .into(),
+                "smtp.username must be set too (the password is only used to log in as that user)".into(),
             );
         }
         if v.typed.contains_key("node.timeout")
             && v.typed.contains_key("heartbeat.interval")
             && c.node_timeout <= c.heartbeat_interval
         {
-            self.error_for(
-                "node.timeout",
-                "expected a duration longer than heartbeat.interval".into(),
-            );
+            self.error_for("node.timeout", "expected a duration longer than heartbeat.interval".into());
         }
     }
 }
@@ -1077,10 +1007,7 @@ impl Builder<'_> {
 /// interface name.
 #[must_use]
 pub fn split_alias(interface: &str) -> Option<&str> {
-    interface
-        .split_once(':')
-        .map(|(base, _)| base)
-        .filter(|b| !b.is_empty())
+    interface.split_once(':').map(|(base, _)| base).filter(|b| !b.is_empty())
 }
 
 /// Whether a `db.password.encrypted` value was written by EDB Failover Manager's Java `efm

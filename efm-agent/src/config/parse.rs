@@ -149,14 +149,7 @@ fn split_property(buf: &str, first: usize, last: usize) -> Logical {
     if separator == Separator::Blank && value.is_empty() {
         separator = Separator::None;
     }
-    Logical::Property {
-        first,
-        last,
-        key,
-        value,
-        separator,
-        problems,
-    }
+    Logical::Property { first, last, key, value, separator, problems }
 }
 
 /// Java's escape rules; for a value, trailing unescaped blanks are removed.

@@ -20,158 +20,45 @@ pub struct PropDef {
     pub must_match: bool,
 }
 
-const fn p(
-    name: &'static str,
-    default: &'static str,
-    kind: Kind,
-    description: &'static str,
-) -> PropDef {
-    PropDef {
-        name,
-        default,
-        kind,
-        description,
-        must_match: false,
-    }
+const fn p(name: &'static str, default: &'static str, kind: Kind, description: &'static str) -> PropDef {
+    PropDef { name, default, kind, description, must_match: false }
 }
 
-const fn m(
-    name: &'static str,
-    default: &'static str,
-    kind: Kind,
-    description: &'static str,
-) -> PropDef {
-    PropDef {
-        name,
-        default,
-        kind,
-        description,
-        must_match: true,
-    }
+const fn m(name: &'static str, default: &'static str, kind: Kind, description: &'static str) -> PropDef {
+    PropDef { name, default, kind, description, must_match: true }
 }
 
-pub const SSL_MODES: &[&str] = &[
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-];
+pub const SSL_MODES: &[&str] = &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 pub const NOTIFICATION_LEVELS: &[&str] = &["INFO", "WARNING", "SEVERE"];
 pub const SMTP_TLS_MODES: &[&str] = &["none", "starttls", "tls"];
 pub const XDP_MODES: &[&str] = &["auto", "native", "generic"];
 pub const FENCE_MODES: &[&str] = &["drop", "reset"];
 pub const SYSLOG_PROTOCOLS: &[&str] = &["UDP", "TCP"];
-pub const SYSLOG_FACILITIES: &[&str] = &[
-    "LOCAL0", "LOCAL1", "LOCAL2", "LOCAL3", "LOCAL4", "LOCAL5", "LOCAL6", "LOCAL7", "USER",
-    "DAEMON",
-];
-pub const LOG_LEVELS: &[&str] = &[
-    "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FINEST", "FINER", "FINE", "CONFIG", "WARNING",
-    "SEVERE",
-];
+pub const SYSLOG_FACILITIES: &[&str] =
+    &["LOCAL0", "LOCAL1", "LOCAL2", "LOCAL3", "LOCAL4", "LOCAL5", "LOCAL6", "LOCAL7", "USER", "DAEMON"];
+pub const LOG_LEVELS: &[&str] =
+    &["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FINEST", "FINER", "FINE", "CONFIG", "WARNING", "SEVERE"];
 
 /// Every property, in the order `effective()` lists them.
 pub const PROPERTIES: &[PropDef] = &[
     // Database connection and layout.
-    p(
-        "db.user",
-        "",
-        Kind::Text,
-        "database user the agent connects as",
-    ),
-    p(
-        "db.password.encrypted",
-        "",
-        Kind::Text,
-        "password of db.user, encrypted with `efm encrypt`",
-    ),
-    p(
-        "db.port",
-        "",
-        Kind::Port,
-        "port the local database listens on",
-    ),
-    p(
-        "db.database",
-        "",
-        Kind::Text,
-        "database the agent connects to",
-    ),
-    p(
-        "db.service.owner",
-        "",
-        Kind::Text,
-        "operating-system user owning the database cluster",
-    ),
-    p(
-        "db.service.name",
-        "",
-        Kind::Text,
-        "service name used to start/stop the database",
-    ),
-    p(
-        "db.bin",
-        "",
-        Kind::AbsPath,
-        "directory holding pg_ctl and the other server binaries",
-    ),
-    p(
-        "db.data.dir",
-        "",
-        Kind::AbsPath,
-        "data directory of the database (PostgreSQL 12 and later)",
-    ),
-    p(
-        "db.recovery.conf.dir",
-        "",
-        Kind::AbsPath,
-        "where recovery.conf/trigger files go (before PostgreSQL 12)",
-    ),
-    p(
-        "db.config.dir",
-        "",
-        Kind::AbsPath,
-        "directory holding postgresql.conf when not in the data directory",
-    ),
-    p(
-        "jdbc.sslmode",
-        "disable",
-        Kind::Enum(SSL_MODES),
-        "SSL mode for database connections",
-    ),
-    p(
-        "db.reuse.connection.count",
-        "0",
-        Kind::UInt,
-        "times a database connection is reused for health checks",
-    ),
+    p("db.user", "", Kind::Text, "database user the agent connects as"),
+    p("db.password.encrypted", "", Kind::Text, "password of db.user, encrypted with `efm encrypt`"),
+    p("db.port", "", Kind::Port, "port the local database listens on"),
+    p("db.database", "", Kind::Text, "database the agent connects to"),
+    p("db.service.owner", "", Kind::Text, "operating-system user owning the database cluster"),
+    p("db.service.name", "", Kind::Text, "service name used to start/stop the database"),
+    p("db.bin", "", Kind::AbsPath, "directory holding pg_ctl and the other server binaries"),
+    p("db.data.dir", "", Kind::AbsPath, "data directory of the database (PostgreSQL 12 and later)"),
+    p("db.recovery.conf.dir", "", Kind::AbsPath, "where recovery.conf/trigger files go (before PostgreSQL 12)"),
+    p("db.config.dir", "", Kind::AbsPath, "directory holding postgresql.conf when not in the data directory"),
+    p("jdbc.sslmode", "disable", Kind::Enum(SSL_MODES), "SSL mode for database connections"),
+    p("db.reuse.connection.count", "0", Kind::UInt, "times a database connection is reused for health checks"),
     // Notifications.
-    p(
-        "user.email",
-        "",
-        Kind::EmailList,
-        "addresses that receive notifications",
-    ),
-    p(
-        "from.email",
-        "efm@%h",
-        Kind::Email,
-        "sender address of notification mails; %h becomes this host's name",
-    ),
-    p(
-        "notification.level",
-        "INFO",
-        Kind::Enum(NOTIFICATION_LEVELS),
-        "lowest severity that is notified",
-    ),
-    p(
-        "notification.text.prefix",
-        "",
-        Kind::Text,
-        "text prepended to every notification",
-    ),
+    p("user.email", "", Kind::EmailList, "addresses that receive notifications"),
+    p("from.email", "efm@%h", Kind::Email, "sender address of notification mails; %h becomes this host's name"),
+    p("notification.level", "INFO", Kind::Enum(NOTIFICATION_LEVELS), "lowest severity that is notified"),
+    p("notification.text.prefix", "", Kind::Text, "text prepended to every notification"),
     p(
         "script.notification",
         "",
@@ -184,18 +71,8 @@ pub const PROPERTIES: &[PropDef] = &[
         Kind::Duration,
         "time script.notification may run before its process group is killed",
     ),
-    p(
-        "smtp.server",
-        "127.0.0.1",
-        Kind::Host,
-        "mail server that notification mails to user.email go through",
-    ),
-    p(
-        "smtp.port",
-        "25",
-        Kind::Port,
-        "port of smtp.server",
-    ),
+    p("smtp.server", "127.0.0.1", Kind::Host, "mail server that notification mails to user.email go through"),
+    p("smtp.port", "25", Kind::Port, "port of smtp.server"),
     p(
         "smtp.tls",
         "none",
@@ -208,12 +85,7 @@ pub const PROPERTIES: &[PropDef] = &[
         Kind::Duration,
         "limit for one mail, connecting included; a dead server never delays the agent",
     ),
-    p(
-        "smtp.username",
-        "",
-        Kind::Text,
-        "user name to log in to smtp.server with (no login when not set)",
-    ),
+    p("smtp.username", "", Kind::Text, "user name to log in to smtp.server with (no login when not set)"),
     p(
         "smtp.password",
         "",
@@ -221,218 +93,53 @@ pub const PROPERTIES: &[PropDef] = &[
         "password for smtp.username, in clear text: keep the file readable by root and efm only",
     ),
     // Agent network identity.
-    p(
-        "bind.address",
-        "",
-        Kind::IpPort,
-        "ip:port the agent listens on for other agents",
-    ),
-    p(
-        "external.address",
-        "",
-        Kind::Host,
-        "address other nodes use to reach this one, when behind NAT",
-    ),
-    p(
-        "admin.port",
-        "7809",
-        Kind::Port,
-        "local port for administrative commands",
-    ),
-    p(
-        "is.witness",
-        "false",
-        Kind::Bool,
-        "this node has no database and only votes",
-    ),
+    p("bind.address", "", Kind::IpPort, "ip:port the agent listens on for other agents"),
+    p("external.address", "", Kind::Host, "address other nodes use to reach this one, when behind NAT"),
+    p("admin.port", "7809", Kind::Port, "local port for administrative commands"),
+    p("is.witness", "false", Kind::Bool, "this node has no database and only votes"),
     // Timing.
-    p(
-        "local.period",
-        "10",
-        Kind::Duration,
-        "interval between checks of the local database",
-    ),
-    p(
-        "local.timeout",
-        "60",
-        Kind::Duration,
-        "how long the local database may take to answer",
-    ),
-    p(
-        "local.timeout.final",
-        "10",
-        Kind::Duration,
-        "last-attempt timeout for the local database",
-    ),
-    p(
-        "remote.timeout",
-        "10",
-        Kind::Duration,
-        "how long to wait for a remote database or agent to answer",
-    ),
-    m(
-        "node.timeout",
-        "0.5s",
-        Kind::Duration,
-        "silence after which a node is considered failed",
-    ),
-    m(
-        "heartbeat.interval",
-        "50ms",
-        Kind::Duration,
-        "interval between heartbeats to other nodes",
-    ),
-    m(
-        "lease.timeout",
-        "1s",
-        Kind::Duration,
-        "lifetime of the primary's lease",
-    ),
-    m(
-        "raft.heartbeat.interval",
-        "50ms",
-        Kind::Duration,
-        "interval of the coordination log leader's heartbeats",
-    ),
+    p("local.period", "10", Kind::Duration, "interval between checks of the local database"),
+    p("local.timeout", "60", Kind::Duration, "how long the local database may take to answer"),
+    p("local.timeout.final", "10", Kind::Duration, "last-attempt timeout for the local database"),
+    p("remote.timeout", "10", Kind::Duration, "how long to wait for a remote database or agent to answer"),
+    m("node.timeout", "0.5s", Kind::Duration, "silence after which a node is considered failed"),
+    m("heartbeat.interval", "50ms", Kind::Duration, "interval between heartbeats to other nodes"),
+    m("lease.timeout", "1s", Kind::Duration, "lifetime of the primary's lease"),
+    m("raft.heartbeat.interval", "50ms", Kind::Duration, "interval of the coordination log leader's heartbeats"),
     m(
         "raft.election.timeout",
         "150ms",
         Kind::Duration,
         "minimum election timeout of the coordination log (the maximum is twice this)",
     ),
-    m(
-        "encrypt.agent.messages",
-        "false",
-        Kind::Bool,
-        "encrypt messages between agents",
-    ),
+    m("encrypt.agent.messages", "false", Kind::Bool, "encrypt messages between agents"),
     // Failure handling.
-    p(
-        "stop.isolated.primary",
-        "true",
-        Kind::Bool,
-        "stop the primary database when its agent is isolated",
-    ),
-    p(
-        "stop.failed.primary",
-        "true",
-        Kind::Bool,
-        "try to stop a primary database that stopped answering",
-    ),
-    p(
-        "primary.shutdown.as.failure",
-        "false",
-        Kind::Bool,
-        "treat a clean primary shutdown as a failure",
-    ),
-    p(
-        "update.physical.slots.period",
-        "0",
-        Kind::Duration,
-        "interval for copying physical slots to standbys (0 = off)",
-    ),
-    p(
-        "ping.server.ip",
-        "",
-        Kind::Ip,
-        "address pinged to tell isolation from a remote failure",
-    ),
-    p(
-        "ping.server.command",
-        "/bin/ping -q -c3 -w5",
-        Kind::Command,
-        "command used to ping ping.server.ip",
-    ),
-    p(
-        "auto.allow.hosts",
-        "false",
-        Kind::Bool,
-        "allow the addresses of the .nodes file automatically",
-    ),
-    p(
-        "stable.nodes.file",
-        "false",
-        Kind::Bool,
-        "never rewrite the .nodes file",
-    ),
-    m(
-        "auto.failover",
-        "true",
-        Kind::Bool,
-        "promote a standby automatically when the primary fails",
-    ),
-    p(
-        "auto.reconfigure",
-        "true",
-        Kind::Bool,
-        "point remaining standbys at the new primary",
-    ),
-    p(
-        "promotable",
-        "true",
-        Kind::Bool,
-        "this node may be promoted",
-    ),
-    m(
-        "use.replay.tiebreaker",
-        "true",
-        Kind::Bool,
-        "prefer the standby with the most replayed WAL",
-    ),
-    p(
-        "standby.restart.delay",
-        "0",
-        Kind::Duration,
-        "delay before restarting a reconfigured standby",
-    ),
-    p(
-        "application.name",
-        "",
-        Kind::Text,
-        "application_name used in primary_conninfo",
-    ),
-    p(
-        "restore.command",
-        "",
-        Kind::Text,
-        "restore_command written when reconfiguring a standby",
-    ),
-    p(
-        "reconfigure.num.sync",
-        "false",
-        Kind::Bool,
-        "lower synchronous_standby_names count when standbys fail",
-    ),
+    p("stop.isolated.primary", "true", Kind::Bool, "stop the primary database when its agent is isolated"),
+    p("stop.failed.primary", "true", Kind::Bool, "try to stop a primary database that stopped answering"),
+    p("primary.shutdown.as.failure", "false", Kind::Bool, "treat a clean primary shutdown as a failure"),
+    p("update.physical.slots.period", "0", Kind::Duration, "interval for copying physical slots to standbys (0 = off)"),
+    p("ping.server.ip", "", Kind::Ip, "address pinged to tell isolation from a remote failure"),
+    p("ping.server.command", "/bin/ping -q -c3 -w5", Kind::Command, "command used to ping ping.server.ip"),
+    p("auto.allow.hosts", "false", Kind::Bool, "allow the addresses of the .nodes file automatically"),
+    p("stable.nodes.file", "false", Kind::Bool, "never rewrite the .nodes file"),
+    m("auto.failover", "true", Kind::Bool, "promote a standby automatically when the primary fails"),
+    p("auto.reconfigure", "true", Kind::Bool, "point remaining standbys at the new primary"),
+    p("promotable", "true", Kind::Bool, "this node may be promoted"),
+    m("use.replay.tiebreaker", "true", Kind::Bool, "prefer the standby with the most replayed WAL"),
+    p("standby.restart.delay", "0", Kind::Duration, "delay before restarting a reconfigured standby"),
+    p("application.name", "", Kind::Text, "application_name used in primary_conninfo"),
+    p("restore.command", "", Kind::Text, "restore_command written when reconfiguring a standby"),
+    p("reconfigure.num.sync", "false", Kind::Bool, "lower synchronous_standby_names count when standbys fail"),
     p(
         "reconfigure.sync.primary",
         "false",
         Kind::Bool,
         "switch the primary to asynchronous when sync standbys are gone",
     ),
-    m(
-        "minimum.standbys",
-        "0",
-        Kind::UInt,
-        "never promote if fewer standbys would remain",
-    ),
-    m(
-        "priority.standbys",
-        "",
-        Kind::NodeList,
-        "standby addresses in promotion order",
-    ),
-    p(
-        "recovery.check.period",
-        "1",
-        Kind::Duration,
-        "interval between checks that a promoted database left recovery",
-    ),
-    p(
-        "restart.connection.timeout",
-        "60",
-        Kind::Duration,
-        "how long to wait for the database after a restart",
-    ),
+    m("minimum.standbys", "0", Kind::UInt, "never promote if fewer standbys would remain"),
+    m("priority.standbys", "", Kind::NodeList, "standby addresses in promotion order"),
+    p("recovery.check.period", "1", Kind::Duration, "interval between checks that a promoted database left recovery"),
+    p("restart.connection.timeout", "60", Kind::Duration, "how long to wait for the database after a restart"),
     p(
         "auto.resume.startup.period",
         "0",
@@ -445,37 +152,12 @@ pub const PROPERTIES: &[PropDef] = &[
         Kind::Duration,
         "how long to try resuming monitoring after a database failure",
     ),
-    p(
-        "backup.wal",
-        "false",
-        Kind::Bool,
-        "copy local WAL aside before reconfiguring a standby",
-    ),
+    p("backup.wal", "false", Kind::Bool, "copy local WAL aside before reconfiguring a standby"),
     // Virtual IP.
-    m(
-        "virtual.ip",
-        "",
-        Kind::Ip,
-        "address that follows the primary",
-    ),
-    p(
-        "virtual.ip.interface",
-        "",
-        Kind::Interface,
-        "interface the virtual address is added to",
-    ),
-    m(
-        "virtual.ip.prefix",
-        "",
-        Kind::Prefix,
-        "prefix length of the virtual address",
-    ),
-    m(
-        "virtual.ip.single",
-        "true",
-        Kind::Bool,
-        "release the virtual address before promoting",
-    ),
+    m("virtual.ip", "", Kind::Ip, "address that follows the primary"),
+    p("virtual.ip.interface", "", Kind::Interface, "interface the virtual address is added to"),
+    m("virtual.ip.prefix", "", Kind::Prefix, "prefix length of the virtual address"),
+    m("virtual.ip.single", "true", Kind::Bool, "release the virtual address before promoting"),
     m(
         "check.vip.before.promotion",
         "true",
@@ -483,196 +165,46 @@ pub const PROPERTIES: &[PropDef] = &[
         "make sure nobody answers on the virtual address before promoting",
     ),
     // Load balancers.
-    p(
-        "pgpool.enable",
-        "false",
-        Kind::Bool,
-        "manage a Pgpool-II load balancer",
-    ),
+    p("pgpool.enable", "false", Kind::Bool, "manage a Pgpool-II load balancer"),
     p("pcp.user", "", Kind::Text, "Pgpool PCP user"),
     p("pcp.host", "", Kind::Host, "Pgpool PCP host"),
     p("pcp.port", "9898", Kind::Port, "Pgpool PCP port"),
-    p(
-        "pcp.pass.file",
-        "",
-        Kind::AbsPath,
-        "Pgpool PCP password file",
-    ),
-    p(
-        "pgpool.bin",
-        "",
-        Kind::AbsPath,
-        "directory holding the Pgpool binaries",
-    ),
-    p(
-        "script.load.balancer.attach",
-        "",
-        Kind::Command,
-        "script attaching a node to the load balancer (%h, %t)",
-    ),
-    p(
-        "script.load.balancer.detach",
-        "",
-        Kind::Command,
-        "script detaching a node from the load balancer (%h, %t)",
-    ),
-    p(
-        "detach.on.agent.failure",
-        "false",
-        Kind::Bool,
-        "detach a node when only its agent failed",
-    ),
+    p("pcp.pass.file", "", Kind::AbsPath, "Pgpool PCP password file"),
+    p("pgpool.bin", "", Kind::AbsPath, "directory holding the Pgpool binaries"),
+    p("script.load.balancer.attach", "", Kind::Command, "script attaching a node to the load balancer (%h, %t)"),
+    p("script.load.balancer.detach", "", Kind::Command, "script detaching a node from the load balancer (%h, %t)"),
+    p("detach.on.agent.failure", "false", Kind::Bool, "detach a node when only its agent failed"),
     // Scripts.
-    p(
-        "script.fence",
-        "",
-        Kind::Command,
-        "script run to fence the old primary (%p, %f)",
-    ),
-    p(
-        "script.post.promotion",
-        "",
-        Kind::Command,
-        "script run after a promotion (%p, %f)",
-    ),
-    p(
-        "script.resumed",
-        "",
-        Kind::Command,
-        "script run when monitoring resumes",
-    ),
-    p(
-        "script.db.failure",
-        "",
-        Kind::Command,
-        "script run when the local database fails",
-    ),
-    p(
-        "script.primary.isolated",
-        "",
-        Kind::Command,
-        "script run on a primary that is isolated",
-    ),
-    p(
-        "script.remote.pre.promotion",
-        "",
-        Kind::Command,
-        "script run on other nodes before a promotion (%p)",
-    ),
-    p(
-        "script.remote.post.promotion",
-        "",
-        Kind::Command,
-        "script run on other nodes after a promotion (%p)",
-    ),
-    p(
-        "script.custom.monitor",
-        "",
-        Kind::Command,
-        "custom health-check script",
-    ),
-    p(
-        "custom.monitor.interval",
-        "0",
-        Kind::Duration,
-        "interval between custom monitor runs",
-    ),
-    p(
-        "custom.monitor.timeout",
-        "0",
-        Kind::Duration,
-        "time allowed for one custom monitor run",
-    ),
-    p(
-        "custom.monitor.safe.mode",
-        "false",
-        Kind::Bool,
-        "only log custom monitor failures",
-    ),
-    p(
-        "script.user",
-        "",
-        Kind::Text,
-        "OS user the script hooks run as (empty: the agent's user)",
-    ),
-    p(
-        "script.timeout",
-        "60",
-        Kind::Duration,
-        "time a script hook may run before it is killed and reported",
-    ),
+    p("script.fence", "", Kind::Command, "script run to fence the old primary (%p, %f)"),
+    p("script.post.promotion", "", Kind::Command, "script run after a promotion (%p, %f)"),
+    p("script.resumed", "", Kind::Command, "script run when monitoring resumes"),
+    p("script.db.failure", "", Kind::Command, "script run when the local database fails"),
+    p("script.primary.isolated", "", Kind::Command, "script run on a primary that is isolated"),
+    p("script.remote.pre.promotion", "", Kind::Command, "script run on other nodes before a promotion (%p)"),
+    p("script.remote.post.promotion", "", Kind::Command, "script run on other nodes after a promotion (%p)"),
+    p("script.custom.monitor", "", Kind::Command, "custom health-check script"),
+    p("custom.monitor.interval", "0", Kind::Duration, "interval between custom monitor runs"),
+    p("custom.monitor.timeout", "0", Kind::Duration, "time allowed for one custom monitor run"),
+    p("custom.monitor.safe.mode", "false", Kind::Bool, "only log custom monitor failures"),
+    p("script.user", "", Kind::Text, "OS user the script hooks run as (empty: the agent's user)"),
+    p("script.timeout", "60", Kind::Duration, "time a script hook may run before it is killed and reported"),
     // Privileges, files and logging.
-    p(
-        "sudo.command",
-        "sudo",
-        Kind::Text,
-        "prefix for commands needing extra privileges",
-    ),
-    p(
-        "sudo.user.command",
-        "sudo -u %u",
-        Kind::Text,
-        "prefix for commands run as the database owner",
-    ),
-    p(
-        "lock.dir",
-        "/var/lock/efm",
-        Kind::AbsPath,
-        "directory of the agent lock file",
-    ),
-    p(
-        "log.dir",
-        "/var/log/efm",
-        Kind::AbsPath,
-        "directory of the agent logs",
-    ),
+    p("sudo.command", "sudo", Kind::Text, "prefix for commands needing extra privileges"),
+    p("sudo.user.command", "sudo -u %u", Kind::Text, "prefix for commands run as the database owner"),
+    p("lock.dir", "/var/lock/efm", Kind::AbsPath, "directory of the agent lock file"),
+    p("log.dir", "/var/log/efm", Kind::AbsPath, "directory of the agent logs"),
     p("syslog.host", "localhost", Kind::Host, "syslog server"),
     p("syslog.port", "514", Kind::Port, "syslog server port"),
-    p(
-        "syslog.protocol",
-        "UDP",
-        Kind::Enum(SYSLOG_PROTOCOLS),
-        "syslog transport",
-    ),
-    p(
-        "syslog.facility",
-        "LOCAL1",
-        Kind::Enum(SYSLOG_FACILITIES),
-        "syslog facility",
-    ),
-    p(
-        "file.log.enabled",
-        "true",
-        Kind::Bool,
-        "write logs to log.dir",
-    ),
+    p("syslog.protocol", "UDP", Kind::Enum(SYSLOG_PROTOCOLS), "syslog transport"),
+    p("syslog.facility", "LOCAL1", Kind::Enum(SYSLOG_FACILITIES), "syslog facility"),
+    p("file.log.enabled", "true", Kind::Bool, "write logs to log.dir"),
     p("syslog.enabled", "false", Kind::Bool, "send logs to syslog"),
-    p(
-        "efm.loglevel",
-        "INFO",
-        Kind::Enum(LOG_LEVELS),
-        "agent log level",
-    ),
-    p(
-        "kill.parent.process",
-        "false",
-        Kind::Bool,
-        "stop the parent process when the agent exits",
-    ),
+    p("efm.loglevel", "INFO", Kind::Enum(LOG_LEVELS), "agent log level"),
+    p("kill.parent.process", "false", Kind::Bool, "stop the parent process when the agent exits"),
     // efm's own datapath and fencing.
-    p(
-        "xdp.interface",
-        "",
-        Kind::Interface,
-        "interface for the XDP program (empty: the one owning bind.address)",
-    ),
+    p("xdp.interface", "", Kind::Interface, "interface for the XDP program (empty: the one owning bind.address)"),
     p("xdp.mode", "auto", Kind::Enum(XDP_MODES), "XDP attach mode"),
-    m(
-        "fence.mode",
-        "reset",
-        Kind::Enum(FENCE_MODES),
-        "how a fenced node's traffic is stopped",
-    ),
+    m("fence.mode", "reset", Kind::Enum(FENCE_MODES), "how a fenced node's traffic is stopped"),
     m(
         "fence.exempt.hosts",
         "",
@@ -695,12 +227,7 @@ pub const PROPERTIES: &[PropDef] = &[
         "/replica answers 503 when this standby's WAL position is more than this many bytes \
          behind the primary's last heartbeat (0: no lag check)",
     ),
-    p(
-        "cluster.key.file",
-        "/etc/efm/{cluster}.key",
-        Kind::AbsPath,
-        "file holding the cluster's shared key",
-    ),
+    p("cluster.key.file", "/etc/efm/{cluster}.key", Kind::AbsPath, "file holding the cluster's shared key"),
 ];
 
 /// Look a canonical property up by name.
@@ -732,35 +259,18 @@ pub struct Legacy {
 const RENAMES: &[(&str, &str, Conversion)] = &[
     ("jdbc.ssl", "jdbc.sslmode", Conversion::JdbcSsl),
     ("virtualIp", "virtual.ip", Conversion::Rename),
-    (
-        "virtualIp.interface",
-        "virtual.ip.interface",
-        Conversion::Rename,
-    ),
+    ("virtualIp.interface", "virtual.ip.interface", Conversion::Rename),
     ("virtualIp.prefix", "virtual.ip.prefix", Conversion::Rename),
     ("virtualIp.single", "virtual.ip.single", Conversion::Rename),
-    (
-        "virtualIp.netmask",
-        "virtual.ip.prefix",
-        Conversion::Netmask,
-    ),
+    ("virtualIp.netmask", "virtual.ip.prefix", Conversion::Netmask),
     ("pingServerIp", "ping.server.ip", Conversion::Rename),
     ("pingServer", "ping.server.ip", Conversion::Rename),
-    (
-        "pingServerCommand",
-        "ping.server.command",
-        Conversion::Rename,
-    ),
+    ("pingServerCommand", "ping.server.command", Conversion::Rename),
 ];
 
 /// Properties of the Java implementation that efm accepts and ignores.
-pub const JAVA_ONLY: &[&str] = &[
-    "jvm.options",
-    "jgroups.loglevel",
-    "jgroups.max.tries",
-    "jgroups.timeout",
-    "efm.license",
-];
+pub const JAVA_ONLY: &[&str] =
+    &["jvm.options", "jgroups.loglevel", "jgroups.max.tries", "jgroups.timeout", "efm.license"];
 
 /// If `key` is a legacy spelling, what it stands for.
 #[must_use]
@@ -773,17 +283,11 @@ pub fn legacy(key: &str) -> Option<Legacy> {
         });
     }
     if let Some((_, new, conversion)) = RENAMES.iter().find(|(old, _, _)| *old == key) {
-        return Some(Legacy {
-            targets: vec![new],
-            conversion: *conversion,
-        });
+        return Some(Legacy { targets: vec![new], conversion: *conversion });
     }
     if key.contains("master") {
         if let Some(def) = find(&key.replace("master", "primary")) {
-            return Some(Legacy {
-                targets: vec![def.name],
-                conversion: Conversion::Rename,
-            });
+            return Some(Legacy { targets: vec![def.name], conversion: Conversion::Rename });
         }
     }
     None
@@ -796,18 +300,10 @@ pub fn suggest(key: &str) -> Option<&'static str> {
         .iter()
         .map(|d| (d.name, d.name))
         .chain(RENAMES.iter().map(|(old, new, _)| (*old, *new)))
-        .chain(std::iter::once((
-            "auto.resume.period",
-            "auto.resume.startup.period",
-        )));
+        .chain(std::iter::once(("auto.resume.period", "auto.resume.startup.period")));
     let lower = key.to_ascii_lowercase();
     let (dist, name) = candidates
-        .map(|(spelling, canonical)| {
-            (
-                edit_distance(&lower, &spelling.to_ascii_lowercase()),
-                canonical,
-            )
-        })
+        .map(|(spelling, canonical)| (edit_distance(&lower, &spelling.to_ascii_lowercase()), canonical))
         .min_by_key(|(d, _)| *d)?;
     let limit = (key.chars().count() / 3).max(2);
     (dist <= limit).then_some(name)
@@ -842,18 +338,10 @@ mod tests {
     #[test]
     fn table_has_no_duplicates_and_defaults_validate() {
         for (i, d) in PROPERTIES.iter().enumerate() {
-            assert!(
-                PROPERTIES[..i].iter().all(|o| o.name != d.name),
-                "duplicate {}",
-                d.name
-            );
+            assert!(PROPERTIES[..i].iter().all(|o| o.name != d.name), "duplicate {}", d.name);
             if !d.default.is_empty() {
                 let v = d.default.replace("{cluster}", "c");
-                assert!(
-                    super::super::value::validate(d.kind, &v).is_ok(),
-                    "bad default for {}",
-                    d.name
-                );
+                assert!(super::super::value::validate(d.kind, &v).is_ok(), "bad default for {}", d.name);
             }
         }
     }

@@ -30,7 +30,8 @@ pub fn properties() -> String {
             first.make_ascii_uppercase();
         }
         let _ = writeln!(out, "# {desc}.");
-        let default = if p.default.is_empty() { "not set".to_owned() } else { p.default.replace("{cluster}", "<cluster>") };
+        let default =
+            if p.default.is_empty() { "not set".to_owned() } else { p.default.replace("{cluster}", "<cluster>") };
         let required = if REQUIRED.contains(&p.name) { " Required." } else { "" };
         let scope = if p.must_match { "same on every node" } else { "may differ between nodes" };
         let _ = writeln!(out, "# {}; default: {default}; {scope}.{required}", p.kind.describe());
@@ -93,8 +94,9 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let loaded = super::super::from_properties(&filled, std::path::Path::new("efm.properties"), "acctg", Vec::new())
-            .unwrap_or_else(|e| panic!("the filled template does not load:\n{e}"));
+        let loaded =
+            super::super::from_properties(&filled, std::path::Path::new("efm.properties"), "acctg", Vec::new())
+                .unwrap_or_else(|e| panic!("the filled template does not load:\n{e}"));
         assert!(loaded.warnings.is_empty(), "template warnings: {:?}", loaded.warnings);
         assert!(!properties().contains("8.8.8.8"), "no public ping address in the template");
     }

@@ -31,11 +31,7 @@ fn err(extra: &str) -> String {
 }
 
 fn effective(c: &Config, name: &str) -> String {
-    c.effective()
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-        .unwrap()
+    c.effective().into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap()
 }
 
 #[test]
@@ -90,10 +86,7 @@ syslog.protocol=tcp\nefm.loglevel=WARN\nlog.dir=/var/log/efm-5")
     assert_eq!(c.jdbc_sslmode, SslMode::VerifyFull);
     assert_eq!(c.ping_server_ip, Some("10.0.0.254".parse().unwrap()));
     assert_eq!(c.external_address.as_deref(), Some("db1.example.com"));
-    assert_eq!(
-        c.script_fence.as_deref(),
-        Some("/usr/local/bin/fence %p %f")
-    );
+    assert_eq!(c.script_fence.as_deref(), Some("/usr/local/bin/fence %p %f"));
     assert_eq!(c.user_email, ["a@x.org", "b@y.org", "c@z.org"]);
     assert_eq!(c.virtual_ip_prefix, Some(24));
     assert_eq!(c.priority_standbys.len(), 2);
@@ -111,72 +104,30 @@ syslog.protocol=tcp\nefm.loglevel=WARN\nlog.dir=/var/log/efm-5")
 #[test]
 fn bad_values_name_file_line_property_value_and_expectation() {
     let cases = [
-        (
-            "auto.failover=yes",
-            "auto.failover = \"yes\": expected true or false",
-        ),
-        (
-            "admin.port=abc",
-            "admin.port = \"abc\": expected a port number 1-65535",
-        ),
+        ("auto.failover=yes", "auto.failover = \"yes\": expected true or false"),
+        ("admin.port=abc", "admin.port = \"abc\": expected a port number 1-65535"),
         ("admin.port=0", "expected a port number 1-65535"),
         ("admin.port=70000", "expected a port number 1-65535"),
-        (
-            "minimum.standbys=-1",
-            "minimum.standbys = \"-1\": expected a non-negative integer",
-        ),
+        ("minimum.standbys=-1", "minimum.standbys = \"-1\": expected a non-negative integer"),
         ("local.period=10 minutes", "expected a duration"),
         ("local.period=-1", "expected a duration"),
-        (
-            "xdp.mode=turbo",
-            "xdp.mode = \"turbo\": expected one of auto, native, generic",
-        ),
+        ("xdp.mode=turbo", "xdp.mode = \"turbo\": expected one of auto, native, generic"),
         ("fence.mode=kill", "expected one of drop, reset"),
         ("jdbc.sslmode=on", "expected one of disable"),
-        (
-            "ping.server.ip=not-an-ip",
-            "ping.server.ip = \"not-an-ip\": expected an IP address",
-        ),
-        (
-            "external.address=bad host!",
-            "expected a host name or IP address",
-        ),
-        (
-            "log.dir=var/log",
-            "log.dir = \"var/log\": expected an absolute path",
-        ),
-        (
-            "script.fence=fence.sh",
-            "expected a command starting with an absolute path",
-        ),
+        ("ping.server.ip=not-an-ip", "ping.server.ip = \"not-an-ip\": expected an IP address"),
+        ("external.address=bad host!", "expected a host name or IP address"),
+        ("log.dir=var/log", "log.dir = \"var/log\": expected an absolute path"),
+        ("script.fence=fence.sh", "expected a command starting with an absolute path"),
         ("user.email=a@x.org,nobody", "\"nobody\" is not one"),
         ("from.email=efm", "expected an e-mail address"),
-        (
-            "virtual.ip=10.0.0.100\nvirtual.ip.prefix=200",
-            "expected a prefix length 0-128",
-        ),
-        (
-            "virtual.ip=10.0.0.100\nvirtual.ip.prefix=33",
-            "0-32 for an IPv4",
-        ),
-        (
-            "virtual.ip=10.0.0.100",
-            "virtual.ip.prefix: required when virtual.ip is set",
-        ),
-        (
-            "virtual.ip.interface=averyveryverylonginterface",
-            "expected a network interface name",
-        ),
+        ("virtual.ip=10.0.0.100\nvirtual.ip.prefix=200", "expected a prefix length 0-128"),
+        ("virtual.ip=10.0.0.100\nvirtual.ip.prefix=33", "0-32 for an IPv4"),
+        ("virtual.ip=10.0.0.100", "virtual.ip.prefix: required when virtual.ip is set"),
+        ("virtual.ip.interface=averyveryverylonginterface", "expected a network interface name"),
         ("priority.standbys=db2", "\"db2\" is not one"),
-        (
-            "fence.exempt.hosts=10.0.0.0/33",
-            "expected IP addresses or CIDR blocks",
-        ),
+        ("fence.exempt.hosts=10.0.0.0/33", "expected IP addresses or CIDR blocks"),
         ("node.timeout=10ms", "longer than heartbeat.interval"),
-        (
-            "health.listen.address=0.0.0.0",
-            "health.listen.address = \"0.0.0.0\": expected ip:port",
-        ),
+        ("health.listen.address=0.0.0.0", "health.listen.address = \"0.0.0.0\": expected ip:port"),
         ("health.listen.address=[::]:0", "expected ip:port with a port number 1-65535"),
         ("health.listen.address=localhost:8008", "expected ip:port"),
         (
@@ -186,24 +137,13 @@ fn bad_values_name_file_line_property_value_and_expectation() {
     ];
     for (extra, expected) in cases {
         let msg = err(extra);
-        assert!(
-            msg.contains(expected),
-            "{extra:?}: {msg:?} lacks {expected:?}"
-        );
+        assert!(msg.contains(expected), "{extra:?}: {msg:?} lacks {expected:?}");
         assert!(msg.starts_with(FILE), "{msg}");
     }
     // The line number is that of the offending line (BASE has 6 lines).
-    assert_eq!(
-        err("admin.port=abc"),
-        format!("{FILE}:7: admin.port = \"abc\": expected a port number 1-65535")
-    );
-    let bad_bind = load_text(&BASE.replace("10.0.0.1:7800", "10.0.0.1"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        bad_bind.contains("bind.address = \"10.0.0.1\": expected ip:port"),
-        "{bad_bind}"
-    );
+    assert_eq!(err("admin.port=abc"), format!("{FILE}:7: admin.port = \"abc\": expected a port number 1-65535"));
+    let bad_bind = load_text(&BASE.replace("10.0.0.1:7800", "10.0.0.1")).unwrap_err().to_string();
+    assert!(bad_bind.contains("bind.address = \"10.0.0.1\": expected ip:port"), "{bad_bind}");
 }
 
 #[test]
@@ -249,117 +189,59 @@ fn netmask_conversion() {
     assert_eq!(value::netmask_to_prefix("255.255.240.0"), Ok(20));
     assert_eq!(value::netmask_to_prefix("0.0.0.0"), Ok(0));
     assert_eq!(value::netmask_to_prefix("255.255.255.255"), Ok(32));
-    assert!(value::netmask_to_prefix("255.0.255.0")
-        .unwrap_err()
-        .contains("contiguous"));
+    assert!(value::netmask_to_prefix("255.0.255.0").unwrap_err().contains("contiguous"));
     let l = ok("virtualIp=10.0.0.100\nvirtualIp.netmask=255.255.252.0");
     assert_eq!(l.config.virtual_ip_prefix, Some(22));
     let msg = err("virtualIp=10.0.0.100\nvirtualIp.netmask=255.0.255.0");
-    assert!(
-        msg.contains("virtualIp.netmask = \"255.0.255.0\": expected a contiguous netmask"),
-        "{msg}"
-    );
+    assert!(msg.contains("virtualIp.netmask = \"255.0.255.0\": expected a contiguous netmask"), "{msg}");
 }
 
 #[test]
 fn legacy_names_land_in_new_fields_with_deprecation_warning() {
     type Check = fn(&Config) -> bool;
     let cases: &[(&str, &str, Check)] = &[
-        ("stop.isolated.master=false", "stop.isolated.primary", |c| {
-            !c.stop_isolated_primary
+        ("stop.isolated.master=false", "stop.isolated.primary", |c| !c.stop_isolated_primary),
+        ("stop.failed.master=false", "stop.failed.primary", |c| !c.stop_failed_primary),
+        ("master.shutdown.as.failure=true", "primary.shutdown.as.failure", |c| c.primary_shutdown_as_failure),
+        ("reconfigure.sync.master=true", "reconfigure.sync.primary", |c| c.reconfigure_sync_primary),
+        ("script.master.isolated=/bin/iso", "script.primary.isolated", |c| {
+            c.script_primary_isolated.as_deref() == Some("/bin/iso")
         }),
-        ("stop.failed.master=false", "stop.failed.primary", |c| {
-            !c.stop_failed_primary
+        ("auto.resume.period=30", "auto.resume.startup.period and auto.resume.failure.period", |c| {
+            c.auto_resume_startup_period == Duration::from_secs(30)
+                && c.auto_resume_failure_period == Duration::from_secs(30)
         }),
-        (
-            "master.shutdown.as.failure=true",
-            "primary.shutdown.as.failure",
-            |c| c.primary_shutdown_as_failure,
-        ),
-        (
-            "reconfigure.sync.master=true",
-            "reconfigure.sync.primary",
-            |c| c.reconfigure_sync_primary,
-        ),
-        (
-            "script.master.isolated=/bin/iso",
-            "script.primary.isolated",
-            |c| c.script_primary_isolated.as_deref() == Some("/bin/iso"),
-        ),
-        (
-            "auto.resume.period=30",
-            "auto.resume.startup.period and auto.resume.failure.period",
-            |c| {
-                c.auto_resume_startup_period == Duration::from_secs(30)
-                    && c.auto_resume_failure_period == Duration::from_secs(30)
-            },
-        ),
-        ("jdbc.ssl=true", "jdbc.sslmode", |c| {
-            c.jdbc_sslmode == SslMode::Require
+        ("jdbc.ssl=true", "jdbc.sslmode", |c| c.jdbc_sslmode == SslMode::Require),
+        ("jdbc.ssl=FALSE", "jdbc.sslmode", |c| c.jdbc_sslmode == SslMode::Disable),
+        ("virtualIp=10.0.0.100\nvirtual.ip.prefix=24", "virtual.ip", |c| c.virtual_ip.is_some()),
+        ("virtual.ip=10.0.0.100\nvirtualIp.prefix=24", "virtual.ip.prefix", |c| c.virtual_ip_prefix == Some(24)),
+        ("virtualIp.interface=eth0", "virtual.ip.interface", |c| c.virtual_ip_interface.as_deref() == Some("eth0")),
+        ("virtualIp.single=false", "virtual.ip.single", |c| !c.virtual_ip_single),
+        ("virtual.ip=10.0.0.100\nvirtualIp.netmask=255.255.255.0", "virtual.ip.prefix", |c| {
+            c.virtual_ip_prefix == Some(24)
         }),
-        ("jdbc.ssl=FALSE", "jdbc.sslmode", |c| {
-            c.jdbc_sslmode == SslMode::Disable
-        }),
-        (
-            "virtualIp=10.0.0.100\nvirtual.ip.prefix=24",
-            "virtual.ip",
-            |c| c.virtual_ip.is_some(),
-        ),
-        (
-            "virtual.ip=10.0.0.100\nvirtualIp.prefix=24",
-            "virtual.ip.prefix",
-            |c| c.virtual_ip_prefix == Some(24),
-        ),
-        ("virtualIp.interface=eth0", "virtual.ip.interface", |c| {
-            c.virtual_ip_interface.as_deref() == Some("eth0")
-        }),
-        ("virtualIp.single=false", "virtual.ip.single", |c| {
-            !c.virtual_ip_single
-        }),
-        (
-            "virtual.ip=10.0.0.100\nvirtualIp.netmask=255.255.255.0",
-            "virtual.ip.prefix",
-            |c| c.virtual_ip_prefix == Some(24),
-        ),
-        ("pingServerIp=10.0.0.254", "ping.server.ip", |c| {
-            c.ping_server_ip.is_some()
-        }),
-        ("pingServer=10.0.0.254", "ping.server.ip", |c| {
-            c.ping_server_ip.is_some()
-        }),
-        (
-            "pingServerCommand=/bin/ping -c1",
-            "ping.server.command",
-            |c| c.ping_server_command == "/bin/ping -c1",
-        ),
+        ("pingServerIp=10.0.0.254", "ping.server.ip", |c| c.ping_server_ip.is_some()),
+        ("pingServer=10.0.0.254", "ping.server.ip", |c| c.ping_server_ip.is_some()),
+        ("pingServerCommand=/bin/ping -c1", "ping.server.command", |c| c.ping_server_command == "/bin/ping -c1"),
     ];
     for (extra, new_name, check) in cases {
         let l = ok(extra);
         assert!(check(&l.config), "{extra}: value did not land");
-        let deprecations: Vec<_> = l
-            .warnings
-            .iter()
-            .filter(|w| w.message.contains("deprecated"))
-            .collect();
+        let deprecations: Vec<_> = l.warnings.iter().filter(|w| w.message.contains("deprecated")).collect();
         assert_eq!(deprecations.len(), 1, "{extra}: {:?}", l.warnings);
         let text = deprecations[0].to_string();
         assert!(text.contains(&format!("use {new_name} instead")), "{text}");
         assert!(text.contains(": warning: "), "{text}");
     }
     let msg = err("jdbc.ssl=yes");
-    assert!(
-        msg.contains("jdbc.ssl = \"yes\": expected true or false"),
-        "{msg}"
-    );
+    assert!(msg.contains("jdbc.ssl = \"yes\": expected true or false"), "{msg}");
 }
 
 #[test]
 fn legacy_and_new_name_together_is_an_error() {
     let msg = err("stop.isolated.master=true\nstop.isolated.primary=false");
     assert!(
-        msg.contains(
-            "set twice: as stop.isolated.master on line 7 and as stop.isolated.primary on line 8"
-        ),
+        msg.contains("set twice: as stop.isolated.master on line 7 and as stop.isolated.primary on line 8"),
         "{msg}"
     );
 }
@@ -368,10 +250,7 @@ fn legacy_and_new_name_together_is_an_error() {
 fn java_only_properties_are_ignored_with_notice() {
     let l = ok("jvm.options=-Xmx32m\njgroups.loglevel=INFO\nefm.license=abc");
     assert_eq!(l.warnings.len(), 3);
-    assert!(l
-        .warnings
-        .iter()
-        .all(|w| w.severity == Severity::Notice && w.message.contains("ignored")));
+    assert!(l.warnings.iter().all(|w| w.severity == Severity::Notice && w.message.contains("ignored")));
 }
 
 #[test]
@@ -391,79 +270,50 @@ fn empty_key_is_an_error() {
 
 #[test]
 fn comments_blank_lines_and_whitespace() {
-    let c = ok("# comment\n\n   # indented comment\nsudo.command=/usr/bin/doas  \t\nscript.fence= /bin/f \"quoted\" ").config;
+    let c = ok("# comment\n\n   # indented comment\nsudo.command=/usr/bin/doas  \t\nscript.fence= /bin/f \"quoted\" ")
+        .config;
     assert_eq!(c.sudo_command, "/usr/bin/doas");
     assert_eq!(c.script_fence.as_deref(), Some("/bin/f \"quoted\""));
     // Keys are case-sensitive.
     let l = ok("Auto.Failover=false");
     assert!(l.config.auto_failover);
-    assert!(l.warnings[0]
-        .message
-        .contains("did you mean auto.failover?"));
+    assert!(l.warnings[0].message.contains("did you mean auto.failover?"));
 }
 
 #[test]
 fn unknown_key_suggests_closest_name() {
     let l = ok("auto.failovr=true\nremote.timout=5\ncompletely.unrelated.thing=1");
     assert_eq!(l.warnings.len(), 3);
-    assert!(l.warnings[0]
-        .to_string()
-        .contains("auto.failovr: unknown property, ignored; did you mean auto.failover?"));
-    assert!(l.warnings[1]
-        .message
-        .contains("did you mean remote.timeout?"));
+    assert!(l.warnings[0].to_string().contains("auto.failovr: unknown property, ignored; did you mean auto.failover?"));
+    assert!(l.warnings[1].message.contains("did you mean remote.timeout?"));
     assert!(!l.warnings[2].message.contains("did you mean"));
     let l = ok("virtualip=10.0.0.1");
-    assert!(
-        l.warnings[0].message.contains("did you mean virtual.ip?"),
-        "{:?}",
-        l.warnings
-    );
+    assert!(l.warnings[0].message.contains("did you mean virtual.ip?"), "{:?}", l.warnings);
 }
 
 #[test]
 fn missing_required_properties() {
     let e = load_text("").unwrap_err();
     let text = e.to_string();
-    for name in [
-        "db.user",
-        "db.port",
-        "db.database",
-        "bind.address",
-        "db.service.owner",
-        "db.data.dir",
-    ] {
-        assert!(
-            text.contains(&format!("{FILE}: {name}: required property is not set")),
-            "{name}: {text}"
-        );
+    for name in ["db.user", "db.port", "db.database", "bind.address", "db.service.owner", "db.data.dir"] {
+        assert!(text.contains(&format!("{FILE}: {name}: required property is not set")), "{name}: {text}");
     }
     // A witness needs no database layout.
-    let witness =
-        "db.user=efm\ndb.port=5444\ndb.database=edb\nbind.address=10.0.0.3:7800\nis.witness=true\n";
+    let witness = "db.user=efm\ndb.port=5444\ndb.database=edb\nbind.address=10.0.0.3:7800\nis.witness=true\n";
     assert!(load_text(witness).unwrap().config.is_witness);
     // db.recovery.conf.dir satisfies the data-directory requirement (EFM 3.x).
     let old = BASE.replace("db.data.dir", "db.recovery.conf.dir");
     assert!(load_text(&old).is_ok());
     // An empty value counts as unset.
-    let msg = load_text(&BASE.replace("db.user=efm", "db.user="))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("db.user = \"\": required property is not set"),
-        "{msg}"
-    );
+    let msg = load_text(&BASE.replace("db.user=efm", "db.user=")).unwrap_err().to_string();
+    assert!(msg.contains("db.user = \"\": required property is not set"), "{msg}");
 }
 
 #[test]
 fn public_ping_address_warns() {
     for extra in ["ping.server.ip=8.8.8.8", "pingServerIp=8.8.8.8"] {
         let l = ok(extra);
-        let w = l
-            .warnings
-            .iter()
-            .find(|w| w.message.contains("public"))
-            .expect("warning");
+        let w = l.warnings.iter().find(|w| w.message.contains("public")).expect("warning");
         assert_eq!(w.severity, Severity::Warning);
         assert_eq!(w.line, Some(7));
     }
@@ -472,11 +322,7 @@ fn public_ping_address_warns() {
 #[test]
 fn nodes_file() {
     let f = Path::new("/etc/efm/acctg.nodes");
-    let nodes = parse_nodes(
-        "# nodes\n10.0.0.1:7800 10.0.0.2:7800\n[fd00::3]:7800 # v6\n\n10.0.0.1:7800\n",
-        f,
-    )
-    .unwrap();
+    let nodes = parse_nodes("# nodes\n10.0.0.1:7800 10.0.0.2:7800\n[fd00::3]:7800 # v6\n\n10.0.0.1:7800\n", f).unwrap();
     assert_eq!(nodes.len(), 3);
     assert_eq!(nodes[2], "[fd00::3]:7800".parse().unwrap());
     // A table resolver: db3 is not in it, and no name server is asked.
@@ -488,7 +334,10 @@ fn nodes_file() {
     )
     .unwrap_err();
     assert_eq!(e.len(), 4);
-    assert_eq!(e[0].to_string(), "/etc/efm/acctg.nodes:2: bad node entry \"10.0.0.2\": expected ip:port (IPv6 as [addr]:port)");
+    assert_eq!(
+        e[0].to_string(),
+        "/etc/efm/acctg.nodes:2: bad node entry \"10.0.0.2\": expected ip:port (IPv6 as [addr]:port)"
+    );
     assert!(e[1].message.contains("[addr]:port"));
     assert_eq!(e[2].line, Some(3));
     assert!(e[2].message.contains("host name \"db3\" does not resolve"), "{}", e[2]);
@@ -585,18 +434,9 @@ jvm.options=-Xmx32m
 ";
     let l = load_text(text).unwrap_or_else(|e| panic!("{e}"));
     for w in &l.warnings {
-        assert!(
-            w.severity == Severity::Notice || w.message.contains("deprecated"),
-            "unexpected warning: {w}"
-        );
+        assert!(w.severity == Severity::Notice || w.message.contains("deprecated"), "unexpected warning: {w}");
     }
-    assert_eq!(
-        l.warnings
-            .iter()
-            .filter(|w| w.severity == Severity::Warning)
-            .count(),
-        9
-    );
+    assert_eq!(l.warnings.iter().filter(|w| w.severity == Severity::Warning).count(), 9);
     let c = l.config;
     assert_eq!(c.node_timeout, Duration::from_secs(50));
     assert_eq!(c.virtual_ip_prefix, Some(24));
@@ -619,10 +459,7 @@ pingServerIp=10.0.0.254\npingServerCommand=/bin/ping -q -c3 -w5\nauto.failover=t
 db.reuse.connection.count=0\nscript.fence=\nscript.post.promotion=\nscript.db.failure=\n\
 jgroups.loglevel=INFO\nefm.loglevel=INFO\nefm.license=\n";
     let l = load_text(text).unwrap_or_else(|e| panic!("{e}"));
-    assert!(l
-        .warnings
-        .iter()
-        .all(|w| w.severity == Severity::Notice || w.message.contains("deprecated")));
+    assert!(l.warnings.iter().all(|w| w.severity == Severity::Notice || w.message.contains("deprecated")));
     assert_eq!(l.config.virtual_ip_prefix, Some(24));
     assert_eq!(l.config.jdbc_sslmode, SslMode::Disable);
     // The 2.0 alias form: the VIP goes on eth0 with the label eth0:0.

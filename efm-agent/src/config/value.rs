@@ -92,11 +92,7 @@ impl Cidr {
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(self.prefix))
-                };
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -138,26 +134,16 @@ pub enum Value {
 /// Validate `raw` (trimmed, non-empty) as `kind`.
 pub fn validate(kind: Kind, raw: &str) -> Result<Value, String> {
     match kind {
-        Kind::Bool => parse_bool(raw)
-            .map(Value::Bool)
-            .ok_or_else(|| "expected true or false".into()),
-        Kind::Port => parse_port(raw)
-            .map(Value::Port)
-            .ok_or_else(|| "expected a port number 1-65535".into()),
-        Kind::UInt => raw
-            .parse::<u64>()
-            .map(Value::UInt)
-            .map_err(|_| "expected a non-negative integer".into()),
+        Kind::Bool => parse_bool(raw).map(Value::Bool).ok_or_else(|| "expected true or false".into()),
+        Kind::Port => parse_port(raw).map(Value::Port).ok_or_else(|| "expected a port number 1-65535".into()),
+        Kind::UInt => raw.parse::<u64>().map(Value::UInt).map_err(|_| "expected a non-negative integer".into()),
         Kind::Duration => parse_duration(raw).map(Value::Duration),
         Kind::Enum(words) => words
             .iter()
             .find(|w| w.eq_ignore_ascii_case(raw))
             .map(|w| Value::Enum(w))
             .ok_or_else(|| format!("expected one of {}", words.join(", "))),
-        Kind::Ip => raw
-            .parse::<IpAddr>()
-            .map(Value::Ip)
-            .map_err(|_| "expected an IP address".into()),
+        Kind::Ip => raw.parse::<IpAddr>().map(Value::Ip).map_err(|_| "expected an IP address".into()),
         Kind::IpPort => parse_socket_addr(raw).map(Value::SocketAddr),
         Kind::Host => {
             if raw.parse::<IpAddr>().is_ok() || is_host_name(raw) {
@@ -191,9 +177,7 @@ pub fn validate(kind: Kind, raw: &str) -> Result<Value, String> {
         Kind::EmailList => {
             let list = split_list(raw);
             match list.iter().find(|e| !is_email(e)) {
-                Some(bad) => Err(format!(
-                    "expected e-mail addresses (user@domain); \"{bad}\" is not one"
-                )),
+                Some(bad) => Err(format!("expected e-mail addresses (user@domain); \"{bad}\" is not one")),
                 None => Ok(Value::List(list)),
             }
         }
@@ -203,13 +187,8 @@ pub fn validate(kind: Kind, raw: &str) -> Result<Value, String> {
         },
         Kind::NodeList => {
             let list = split_list(raw);
-            match list
-                .iter()
-                .find(|e| e.parse::<IpAddr>().is_err() && parse_socket_addr(e).is_err())
-            {
-                Some(bad) => Err(format!(
-                    "expected node addresses (ip or ip:port); \"{bad}\" is not one"
-                )),
+            match list.iter().find(|e| e.parse::<IpAddr>().is_err() && parse_socket_addr(e).is_err()) {
+                Some(bad) => Err(format!("expected node addresses (ip or ip:port); \"{bad}\" is not one")),
                 None => Ok(Value::List(list)),
             }
         }
@@ -224,9 +203,7 @@ pub fn validate(kind: Kind, raw: &str) -> Result<Value, String> {
         }
         Kind::Interface => {
             let ok = raw.len() <= 15
-                && raw
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '@'));
+                && raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '@'));
             if ok {
                 Ok(Value::Text(raw.to_owned()))
             } else {
@@ -274,21 +251,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     };
     let (int, frac) = number.split_once('.').unwrap_or((number, ""));
     let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
-    if number.ends_with('.')
-        || int.is_empty()
-        || !digits(int)
-        || !digits(frac)
-        || frac.len() > 9
-        || int.len() > 12
-    {
+    if number.ends_with('.') || int.is_empty() || !digits(int) || !digits(frac) || frac.len() > 9 || int.len() > 12 {
         return Err(EXPECTED.into());
     }
     let int: u128 = int.parse().map_err(|_| EXPECTED.to_owned())?;
-    let frac_val: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().map_err(|_| EXPECTED.to_owned())?
-    };
+    let frac_val: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| EXPECTED.to_owned())? };
     let scale = 10u128.pow(u32::try_from(frac.len()).unwrap_or(0));
     let nanos = int * unit_nanos + frac_val * unit_nanos / scale;
     let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| EXPECTED.to_owned())?;
@@ -322,24 +289,18 @@ pub fn parse_cidr(raw: &str) -> Option<Cidr> {
 
 /// Convert a dotted IPv4 netmask such as `255.255.255.0` to a prefix length.
 pub fn netmask_to_prefix(raw: &str) -> Result<u8, String> {
-    let mask: std::net::Ipv4Addr = raw
-        .parse()
-        .map_err(|_| "expected a dotted netmask such as 255.255.255.0".to_owned())?;
+    let mask: std::net::Ipv4Addr =
+        raw.parse().map_err(|_| "expected a dotted netmask such as 255.255.255.0".to_owned())?;
     let bits = u32::from(mask);
     let ones = bits.leading_ones();
     if bits.checked_shl(ones).unwrap_or(0) != 0 {
-        return Err(
-            "expected a contiguous netmask (ones followed by zeros), such as 255.255.255.0".into(),
-        );
+        return Err("expected a contiguous netmask (ones followed by zeros), such as 255.255.255.0".into());
     }
     Ok(u8::try_from(ones).unwrap_or(32))
 }
 
 fn split_list(raw: &str) -> Vec<String> {
-    raw.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    raw.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 fn is_host_name(raw: &str) -> bool {
@@ -431,19 +392,15 @@ impl<A: fmt::Display> Resolved<A> {
 /// Whether `raw` is shaped like a host name (letters, digits, `-`, dots; not an IP literal).
 #[must_use]
 pub fn looks_like_host_name(raw: &str) -> bool {
-    raw.parse::<IpAddr>().is_err()
-        && is_host_name(raw)
-        && raw.chars().any(|c| c.is_ascii_alphabetic())
+    raw.parse::<IpAddr>().is_err() && is_host_name(raw) && raw.chars().any(|c| c.is_ascii_alphabetic())
 }
 
 /// Resolve `host`; `Err` names the host and the resolver's reason.
 pub fn resolve_host(host: &str, resolver: &dyn Resolve) -> Result<Resolved<IpAddr>, String> {
-    let all = resolver
-        .resolve(host)
-        .map_err(|e| format!("host name \"{host}\" does not resolve ({e}); write an IP address or fix name resolution on this host"))?;
-    let chosen = *all
-        .first()
-        .ok_or_else(|| format!("host name \"{host}\" resolves to no address"))?;
+    let all = resolver.resolve(host).map_err(|e| {
+        format!("host name \"{host}\" does not resolve ({e}); write an IP address or fix name resolution on this host")
+    })?;
+    let chosen = *all.first().ok_or_else(|| format!("host name \"{host}\" resolves to no address"))?;
     Ok(Resolved { name: host.to_owned(), chosen, all })
 }
 

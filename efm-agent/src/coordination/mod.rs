@@ -51,8 +51,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 pub use self::{
     net::JoinReply,
     state::{
-        apply, ApplyOk, ClusterState, Command, NodeInfo, NodeKind, Promotion, Rejected, Response,
-        Switchover, HISTORY_LEN,
+        apply, ApplyOk, ClusterState, Command, NodeInfo, NodeKind, Promotion, Rejected, Response, Switchover,
+        HISTORY_LEN,
     },
     types::{raft_id, RaftNode, TypeConfig},
 };
@@ -122,11 +122,7 @@ impl CoordConfig {
     /// What this node announces in `Join` and `Register`.
     #[must_use]
     pub fn info(&self) -> NodeInfo {
-        NodeInfo {
-            kind: self.kind,
-            priority: self.priority,
-            promotable: self.promotable,
-        }
+        NodeInfo { kind: self.kind, priority: self.priority, promotable: self.promotable }
     }
 }
 
@@ -145,10 +141,7 @@ pub enum CoordError {
             None => "no leader could be elected (a majority of voters must be reachable)".to_owned(),
         }
     )]
-    Timeout {
-        after: Duration,
-        leader: Option<SocketAddr>,
-    },
+    Timeout { after: Duration, leader: Option<SocketAddr> },
     #[error("joining the cluster was refused by {by}: {why}")]
     JoinRefused { by: SocketAddr, why: String },
     #[error("the coordinator is shut down")]
@@ -198,10 +191,7 @@ impl Coordinator {
     /// be reached yet, with the join retried in the background.
     pub async fn start(cfg: CoordConfig) -> Result<Self, CoordError> {
         let path = cfg.state_dir.join(format!("{}.raft.redb", cfg.cluster));
-        let store_err = |source| CoordError::Store {
-            path: path.clone(),
-            source,
-        };
+        let store_err = |source| CoordError::Store { path: path.clone(), source };
         let delay = store::test_commit_delay().map_err(CoordError::Raft)?;
         if !delay.is_zero() {
             tracing::warn!(env = store::DELAY_ENV, ?delay, "test hook: every Raft store commit is delayed");
@@ -209,10 +199,8 @@ impl Coordinator {
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| store_err(e.into()))?;
         let db = open_db_retrying(&path, delay).await.map_err(store_err)?;
         let shared = db.clone();
-        let (had_state, (sm, state_rx)) = db
-            .run(move |d| Ok((d.has_state()?, StateMachine::open(shared)?)))
-            .await
-            .map_err(store_err)?;
+        let (had_state, (sm, state_rx)) =
+            db.run(move |d| Ok((d.has_state()?, StateMachine::open(shared)?))).await.map_err(store_err)?;
         let log = LogStore::new(db);
 
         let t = &cfg.timings;
@@ -229,22 +217,10 @@ impl Coordinator {
         .validate()
         .map_err(raft_err)?;
 
-        let listener = TcpListener::bind(cfg.me)
-            .await
-            .map_err(|source| CoordError::Bind {
-                addr: cfg.me,
-                source,
-            })?;
+        let listener = TcpListener::bind(cfg.me).await.map_err(|source| CoordError::Bind { addr: cfg.me, source })?;
         let id = raft_id(&cfg.me);
-        let net = Arc::new(NetShared::new(
-            cfg.me,
-            cfg.key,
-            cfg.cluster.clone(),
-            cfg.timings.clone(),
-        ));
-        let raft = Raft::new(id, Arc::new(rcfg), NetFactory(net.clone()), log, sm)
-            .await
-            .map_err(raft_err)?;
+        let net = Arc::new(NetShared::new(cfg.me, cfg.key, cfg.cluster.clone(), cfg.timings.clone()));
+        let raft = Raft::new(id, Arc::new(rcfg), NetFactory(net.clone()), log, sm).await.map_err(raft_err)?;
         let inner = Arc::new(Inner {
             cfg,
             id,
@@ -254,10 +230,7 @@ impl Coordinator {
             rejected: AtomicU64::new(0),
             join_lock: tokio::sync::Mutex::new(()),
         });
-        let tasks = vec![
-            tokio::spawn(serve(inner.clone(), listener)),
-            tokio::spawn(watch_membership(inner.clone())),
-        ];
+        let tasks = vec![tokio::spawn(serve(inner.clone(), listener)), tokio::spawn(watch_membership(inner.clone()))];
         tracing::info!(me = %inner.cfg.me, id, had_state, "Raft coordinator started");
 
         let mut this = Self { inner, tasks };
@@ -304,24 +277,9 @@ impl Coordinator {
     #[must_use]
     pub fn metrics(&self) -> CoordMetrics {
         let m = self.inner.raft.metrics().borrow().clone();
-        let addr = |id: u64| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr)
-        };
-        let voters = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter_map(addr)
-            .collect();
-        let learners = m
-            .membership_config
-            .membership()
-            .learner_ids()
-            .filter_map(addr)
-            .collect();
+        let addr = |id: u64| m.membership_config.membership().get_node(&id).map(|n| n.addr);
+        let voters = m.membership_config.membership().voter_ids().filter_map(addr).collect();
+        let learners = m.membership_config.membership().learner_ids().filter_map(addr).collect();
         CoordMetrics {
             id: m.id,
             state: m.state,
@@ -387,20 +345,13 @@ fn leader_addr(inner: &Inner) -> Option<SocketAddr> {
     let m = inner.raft.metrics();
     let m = m.borrow();
     let l = m.current_leader?;
-    m.membership_config
-        .membership()
-        .get_node(&l)
-        .map(|n| n.addr)
+    m.membership_config.membership().get_node(&l).map(|n| n.addr)
 }
 
 fn members(inner: &Inner) -> BTreeMap<u64, SocketAddr> {
     let m = inner.raft.metrics();
     let m = m.borrow();
-    m.membership_config
-        .membership()
-        .nodes()
-        .map(|(id, n)| (*id, n.addr))
-        .collect()
+    m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr)).collect()
 }
 
 fn is_known(inner: &Inner, addr: &SocketAddr) -> bool {
@@ -429,37 +380,23 @@ async fn propose(inner: &Inner, cmd: Command) -> Result<Response, CoordError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(CoordError::Timeout {
-                after,
-                leader: last_leader,
-            });
+            return Err(CoordError::Timeout { after, leader: last_leader });
         }
         match leader_addr(inner) {
             Some(l) if l == inner.cfg.me => {
                 last_leader = Some(l);
                 match tokio::time::timeout(left, local_write(inner, cmd.clone())).await {
                     Ok(Ok(r)) => return Ok(r),
-                    Ok(Err(ForwardError::Failed(e)))
-                        if e.contains("fatal") || e.contains("Fatal") =>
-                    {
+                    Ok(Err(ForwardError::Failed(e))) if e.contains("fatal") || e.contains("Fatal") => {
                         return Err(CoordError::Raft(e));
                     }
                     Ok(Err(e)) => tracing::debug!("local proposal: {e:?}; retrying"),
-                    Err(_) => {
-                        return Err(CoordError::Timeout {
-                            after,
-                            leader: last_leader,
-                        })
-                    }
+                    Err(_) => return Err(CoordError::Timeout { after, leader: last_leader }),
                 }
             }
             Some(l) => {
                 last_leader = Some(l);
-                match inner
-                    .net
-                    .call(l, &Rpc::ClientWrite(cmd.clone()), left)
-                    .await
-                {
+                match inner.net.call(l, &Rpc::ClientWrite(cmd.clone()), left).await {
                     Ok(Reply::ClientWrite(Ok(r))) => return Ok(r),
                     Ok(other) => {
                         tracing::debug!(leader = %l, "forwarded proposal: {other:?}; retrying");
@@ -468,9 +405,7 @@ async fn propose(inner: &Inner, cmd: Command) -> Result<Response, CoordError> {
                 }
             }
             None => {
-                let _ =
-                    tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed())
-                        .await;
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed()).await;
                 continue;
             }
         }
@@ -481,13 +416,7 @@ async fn propose(inner: &Inner, cmd: Command) -> Result<Response, CoordError> {
 /// Bootstrap when the store is empty; returns a background join task when one is needed.
 async fn bootstrap(inner: &Arc<Inner>) -> Result<Option<JoinHandle<()>>, CoordError> {
     let me = inner.cfg.me;
-    let others: Vec<SocketAddr> = inner
-        .cfg
-        .nodes_file_members
-        .iter()
-        .copied()
-        .filter(|a| *a != me)
-        .collect();
+    let others: Vec<SocketAddr> = inner.cfg.nodes_file_members.iter().copied().filter(|a| *a != me).collect();
     if others.is_empty() {
         tracing::info!(%me, "no other members listed: initializing a single-voter cluster");
         initialize(inner, &[me]).await?;
@@ -525,10 +454,7 @@ async fn bootstrap(inner: &Arc<Inner>) -> Result<Option<JoinHandle<()>>, CoordEr
 }
 
 async fn initialize(inner: &Inner, members: &[SocketAddr]) -> Result<(), CoordError> {
-    let nodes: BTreeMap<u64, RaftNode> = members
-        .iter()
-        .map(|a| (raft_id(a), RaftNode { addr: *a }))
-        .collect();
+    let nodes: BTreeMap<u64, RaftNode> = members.iter().map(|a| (raft_id(a), RaftNode { addr: *a })).collect();
     match inner.raft.initialize(nodes).await {
         Ok(()) => Ok(()),
         // Already initialized (e.g. a leader replicated to us meanwhile): fine.
@@ -550,10 +476,7 @@ enum JoinOutcome {
 }
 
 async fn try_join(inner: &Inner, others: &[SocketAddr]) -> Result<JoinOutcome, CoordError> {
-    let rpc = Rpc::Join {
-        node: inner.cfg.me,
-        info: inner.cfg.info(),
-    };
+    let rpc = Rpc::Join { node: inner.cfg.me, info: inner.cfg.info() };
     let t = Duration::from_millis(inner.cfg.timings.join_timeout_ms);
     let probe_t = Duration::from_millis(inner.cfg.timings.election_max_ms.max(200));
     let mut queue: Vec<(SocketAddr, Duration)> = others.iter().map(|a| (*a, probe_t)).collect();
@@ -577,9 +500,7 @@ async fn try_join(inner: &Inner, others: &[SocketAddr]) -> Result<JoinOutcome, C
                     }
                 }
             }
-            Ok(Reply::Join(JoinReply::Refused(why))) => {
-                return Err(CoordError::JoinRefused { by: peer, why })
-            }
+            Ok(Reply::Join(JoinReply::Refused(why))) => return Err(CoordError::JoinRefused { by: peer, why }),
             Ok(other) => {
                 tracing::warn!(%peer, "join: {other:?}");
                 outcome = JoinOutcome::Retry;
@@ -603,7 +524,8 @@ async fn rejoin_when_removed(inner: Arc<Inner>) {
             refused_logged = false;
             continue;
         }
-        let mut others: Vec<SocketAddr> = inner.cfg.nodes_file_members.iter().chain(state.allowed.iter()).copied().filter(|a| *a != me).collect();
+        let mut others: Vec<SocketAddr> =
+            inner.cfg.nodes_file_members.iter().chain(state.allowed.iter()).copied().filter(|a| *a != me).collect();
         others.sort();
         others.dedup();
         match try_join(&inner, &others).await {
@@ -631,14 +553,10 @@ async fn handle_join(inner: &Inner, node: SocketAddr, info: NodeInfo) -> JoinRep
         let m = inner.raft.metrics();
         let m = m.borrow();
         let mem = m.membership_config.membership();
-        mem.voter_ids()
-            .filter_map(|v| mem.get_node(&v).map(|n| n.addr))
-            .collect()
+        mem.voter_ids().filter_map(|v| mem.get_node(&v).map(|n| n.addr)).collect()
     };
     if members(inner).contains_key(&id) && voters(inner).contains(&node) {
-        return JoinReply::AlreadyMember {
-            voters: voters(inner),
-        };
+        return JoinReply::AlreadyMember { voters: voters(inner) };
     }
     if leader_addr(inner) != Some(inner.cfg.me) {
         return JoinReply::NotLeader(leader_addr(inner));
@@ -676,26 +594,15 @@ async fn handle_join(inner: &Inner, node: SocketAddr, info: NodeInfo) -> JoinRep
         Err(_) => return JoinReply::Failed(format!("{node} did not catch up within {t:?}")),
     }
     tracing::info!(%node, "learner caught up; making it a voter");
-    match tokio::time::timeout(
-        t,
-        inner
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds([id].into()), false),
-    )
-    .await
-    {
+    match tokio::time::timeout(t, inner.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return JoinReply::Failed(e.to_string()),
-        Err(_) => {
-            return JoinReply::Failed(format!("membership change not committed within {t:?}"))
-        }
+        Err(_) => return JoinReply::Failed(format!("membership change not committed within {t:?}")),
     }
     if let Err(e) = local_write(inner, Command::Register { node, info }).await {
         tracing::warn!(%node, "registering joined node: {e:?}");
     }
-    JoinReply::Joined {
-        voters: voters(inner),
-    }
+    JoinReply::Joined { voters: voters(inner) }
 }
 
 async fn handle(inner: &Inner, rpc: Rpc) -> Reply {
@@ -703,16 +610,7 @@ async fn handle(inner: &Inner, rpc: Rpc) -> Reply {
         Rpc::Append(r) => Reply::Append(inner.raft.append_entries(r).await),
         Rpc::Vote(r) => Reply::Vote(inner.raft.vote(r).await),
         Rpc::Snapshot { vote, meta, data } => Reply::Snapshot(
-            inner
-                .raft
-                .install_full_snapshot(
-                    vote,
-                    Snapshot {
-                        meta,
-                        snapshot: Box::new(Cursor::new(data)),
-                    },
-                )
-                .await,
+            inner.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }).await,
         ),
         Rpc::SnapshotChunk(r) => Reply::SnapshotChunk(inner.raft.install_snapshot(r).await),
         Rpc::ClientWrite(cmd) => Reply::ClientWrite(local_write(inner, cmd).await),
@@ -745,19 +643,13 @@ async fn serve_conn(inner: Arc<Inner>, stream: tokio::net::TcpStream, src: Socke
         tracing::warn!(%src, "Raft transport: dropping connection: {e}");
     };
     let hello_t = Duration::from_millis(inner.cfg.timings.rpc_timeout_ms.max(1_000));
-    let mut conn = match Conn::accept(
-        stream,
-        inner.cfg.me,
-        inner.cfg.key,
-        &inner.cfg.cluster,
-        |a| is_known(&inner, a),
-        hello_t,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => return reject(&e),
-    };
+    let mut conn =
+        match Conn::accept(stream, inner.cfg.me, inner.cfg.key, &inner.cfg.cluster, |a| is_known(&inner, a), hello_t)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return reject(&e),
+        };
     loop {
         let bytes = match conn.recv().await {
             Ok(Some(b)) => b,
@@ -766,12 +658,7 @@ async fn serve_conn(inner: Arc<Inner>, stream: tokio::net::TcpStream, src: Socke
         };
         let rpc: Rpc = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
-            Err(e) => {
-                return reject(&format_args!(
-                    "{}: undecodable request ({e})",
-                    conn.peer_addr
-                ))
-            }
+            Err(e) => return reject(&format_args!("{}: undecodable request ({e})", conn.peer_addr)),
         };
         if !conn.known && !matches!(rpc, Rpc::Join { node, .. } if node == conn.peer_addr) {
             return reject(&wire::WireError::UnknownSender(conn.peer_addr));
@@ -815,39 +702,20 @@ async fn watch_membership(inner: Arc<Inner>) {
         }
         if leader_addr(&inner) == Some(inner.cfg.me) {
             let disallowed = inner.state_rx.borrow().disallowed.clone();
-            let gone: BTreeSet<u64> = m
-                .iter()
-                .filter(|(_, a)| disallowed.contains(a))
-                .map(|(id, _)| *id)
-                .collect();
+            let gone: BTreeSet<u64> = m.iter().filter(|(_, a)| disallowed.contains(a)).map(|(id, _)| *id).collect();
             if !gone.is_empty() {
                 tracing::info!(?gone, "removing disallowed nodes from the Raft membership");
                 let _serial = inner.join_lock.lock().await;
-                let voters: BTreeSet<u64> = inner
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .collect();
-                let (v, l): (BTreeSet<u64>, BTreeSet<u64>) =
-                    gone.into_iter().partition(|id| voters.contains(id));
+                let voters: BTreeSet<u64> =
+                    inner.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+                let (v, l): (BTreeSet<u64>, BTreeSet<u64>) = gone.into_iter().partition(|id| voters.contains(id));
                 if !v.is_empty() {
-                    if let Err(e) = inner
-                        .raft
-                        .change_membership(ChangeMembers::RemoveVoters(v), false)
-                        .await
-                    {
+                    if let Err(e) = inner.raft.change_membership(ChangeMembers::RemoveVoters(v), false).await {
                         tracing::warn!("removing voters: {e}");
                     }
                 }
                 if !l.is_empty() {
-                    if let Err(e) = inner
-                        .raft
-                        .change_membership(ChangeMembers::RemoveNodes(l), false)
-                        .await
-                    {
+                    if let Err(e) = inner.raft.change_membership(ChangeMembers::RemoveNodes(l), false).await {
                         tracing::warn!("removing learners: {e}");
                     }
                 }
@@ -862,17 +730,10 @@ async fn watch_membership(inner: Arc<Inner>) {
 
 /// Atomically replaces the `.nodes` file ([`crate::files::write_atomic`], mode 0644).
 fn write_nodes_file(path: &std::path::Path, members: &BTreeSet<SocketAddr>) -> io::Result<()> {
-    let mut text =
-        String::from("# Raft membership, kept in step by efm-agent (stable.nodes.file=false)\n");
+    let mut text = String::from("# Raft membership, kept in step by efm-agent (stable.nodes.file=false)\n");
     let list: Vec<String> = members
         .iter()
-        .map(|a| {
-            if a.is_ipv6() {
-                format!("[{}]:{}", a.ip(), a.port())
-            } else {
-                a.to_string()
-            }
-        })
+        .map(|a| if a.is_ipv6() { format!("[{}]:{}", a.ip(), a.port()) } else { a.to_string() })
         .collect();
     text.push_str(&list.join(" "));
     text.push('\n');

@@ -12,13 +12,13 @@ use std::{
 use efm_common::wire::ClusterKeyBytes;
 use openraft::{
     error::{
-        Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-        ReplicationClosed, StreamingError, Unreachable,
+        Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+        Unreachable,
     },
     network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory},
     raft::{
-        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-        InstallSnapshotResponse, SnapshotResponse, VoteRequest, VoteResponse,
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+        VoteRequest, VoteResponse,
     },
     OptionalSend, Snapshot, SnapshotMeta, Vote,
 };
@@ -115,27 +115,12 @@ pub struct NetShared {
 
 impl NetShared {
     #[must_use]
-    pub fn new(
-        me: SocketAddr,
-        key: ClusterKeyBytes,
-        cluster: String,
-        timings: RaftTimings,
-    ) -> Self {
-        Self {
-            me,
-            key,
-            cluster,
-            timings,
-            idle: Mutex::new(HashMap::new()),
-        }
+    pub fn new(me: SocketAddr, key: ClusterKeyBytes, cluster: String, timings: RaftTimings) -> Self {
+        Self { me, key, cluster, timings, idle: Mutex::new(HashMap::new()) }
     }
 
     fn take_idle(&self, peer: SocketAddr) -> Option<Conn> {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&peer)
-            .and_then(Vec::pop)
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&peer).and_then(Vec::pop)
     }
 
     fn put_idle(&self, peer: SocketAddr, c: Conn) {
@@ -148,24 +133,14 @@ impl NetShared {
 
     /// Drops every pooled connection (shutdown).
     pub fn clear(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
     /// One RPC, reusing a pooled connection when there is one. A pooled connection that turns
     /// out dead (the peer restarted) is replaced by a fresh one once.
-    pub async fn call(
-        &self,
-        peer: SocketAddr,
-        rpc: &Rpc,
-        timeout: Duration,
-    ) -> Result<Reply, CallError> {
-        let payload = serde_json::to_vec(rpc).map_err(|e| CallError::Rpc {
-            peer,
-            source: WireError::Payload(e.to_string()),
-        })?;
+    pub async fn call(&self, peer: SocketAddr, rpc: &Rpc, timeout: Duration) -> Result<Reply, CallError> {
+        let payload =
+            serde_json::to_vec(rpc).map_err(|e| CallError::Rpc { peer, source: WireError::Payload(e.to_string()) })?;
         let start = tokio::time::Instant::now();
         let mut pooled = self.take_idle(peer);
         loop {
@@ -179,11 +154,8 @@ impl NetShared {
             let left = timeout.saturating_sub(start.elapsed());
             match conn.call(&payload, left).await {
                 Ok(bytes) => {
-                    let reply: Reply =
-                        serde_json::from_slice(&bytes).map_err(|e| CallError::Rpc {
-                            peer,
-                            source: WireError::Payload(e.to_string()),
-                        })?;
+                    let reply: Reply = serde_json::from_slice(&bytes)
+                        .map_err(|e| CallError::Rpc { peer, source: WireError::Payload(e.to_string()) })?;
                     self.put_idle(peer, conn);
                     return Ok(reply);
                 }
@@ -204,11 +176,7 @@ impl RaftNetworkFactory<TypeConfig> for NetFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &RaftNode) -> PeerClient {
-        PeerClient {
-            shared: self.0.clone(),
-            target,
-            addr: node.addr,
-        }
+        PeerClient { shared: self.0.clone(), target, addr: node.addr }
     }
 }
 
@@ -242,13 +210,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<u64>, RErr> {
         let t = self.timeout(&option);
         match self.shared.call(self.addr, &Rpc::Append(rpc), t).await {
-            Ok(Reply::Append(r)) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(other) => Err(map_call_err(&CallError::Unexpected {
-                peer: self.addr,
-                reply: format!("{other:?}"),
-            })),
+            Ok(Reply::Append(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(other) => Err(map_call_err(&CallError::Unexpected { peer: self.addr, reply: format!("{other:?}") })),
             Err(e) => Err(map_call_err(&e)),
         }
     }
@@ -259,36 +222,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RErr<InstallSnapshotError>> {
         let t = Duration::from_millis(self.shared.timings.snapshot_timeout_ms);
-        match self
-            .shared
-            .call(self.addr, &Rpc::SnapshotChunk(rpc), t)
-            .await
-        {
-            Ok(Reply::SnapshotChunk(r)) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(other) => Err(map_call_err(&CallError::Unexpected {
-                peer: self.addr,
-                reply: format!("{other:?}"),
-            })),
+        match self.shared.call(self.addr, &Rpc::SnapshotChunk(rpc), t).await {
+            Ok(Reply::SnapshotChunk(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(other) => Err(map_call_err(&CallError::Unexpected { peer: self.addr, reply: format!("{other:?}") })),
             Err(e) => Err(map_call_err(&e)),
         }
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<u64>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RErr> {
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RErr> {
         let t = self.timeout(&option);
         match self.shared.call(self.addr, &Rpc::Vote(rpc), t).await {
-            Ok(Reply::Vote(r)) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(other) => Err(map_call_err(&CallError::Unexpected {
-                peer: self.addr,
-                reply: format!("{other:?}"),
-            })),
+            Ok(Reply::Vote(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(other) => Err(map_call_err(&CallError::Unexpected { peer: self.addr, reply: format!("{other:?}") })),
             Err(e) => Err(map_call_err(&e)),
         }
     }
@@ -301,11 +246,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
         let t = Duration::from_millis(self.shared.timings.snapshot_timeout_ms);
-        let rpc = Rpc::Snapshot {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
-        };
+        let rpc = Rpc::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
         let shared = self.shared.clone();
         let addr = self.addr;
         let r = tokio::select! {
@@ -313,18 +254,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             r = shared.call(addr, &rpc, t) => r,
         };
         match r {
-            Ok(Reply::Snapshot(r)) => {
-                r.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(other) => Err(StreamingError::Network(NetworkError::new(
-                &CallError::Unexpected {
-                    peer: addr,
-                    reply: format!("{other:?}"),
-                },
-            ))),
-            Err(e @ CallError::Connect { .. }) => {
-                Err(StreamingError::Unreachable(Unreachable::new(&e)))
-            }
+            Ok(Reply::Snapshot(r)) => r.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(other) => Err(StreamingError::Network(NetworkError::new(&CallError::Unexpected {
+                peer: addr,
+                reply: format!("{other:?}"),
+            }))),
+            Err(e @ CallError::Connect { .. }) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
         }
     }

@@ -318,7 +318,9 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Register { node, info } => write!(f, "Register {node} {info:?}"),
-            Self::SetPrimary { node, expected_epoch } => write!(f, "SetPrimary {node} expecting epoch {expected_epoch}"),
+            Self::SetPrimary { node, expected_epoch } => {
+                write!(f, "SetPrimary {node} expecting epoch {expected_epoch}")
+            }
             Self::Promote { candidate, expected_epoch, lsn, timeline, reason, .. } => write!(
                 f,
                 "Promote {candidate} expecting epoch {expected_epoch} (LSN {lsn:X}, timeline {timeline}, {reason})"
@@ -382,21 +384,14 @@ pub type Response = Result<ApplyOk, Rejected>;
 
 #[allow(clippy::unnecessary_wraps)] // the shape every arm returns
 fn ok(state: &ClusterState, changed: bool) -> Response {
-    Ok(ApplyOk {
-        changed,
-        epoch: state.epoch,
-        primary: state.primary,
-    })
+    Ok(ApplyOk { changed, epoch: state.epoch, primary: state.primary })
 }
 
 fn check_epoch(state: &ClusterState, expected: u64) -> Result<(), Rejected> {
     if expected == state.epoch {
         Ok(())
     } else {
-        Err(Rejected::StaleEpoch {
-            expected,
-            current: state.epoch,
-        })
+        Err(Rejected::StaleEpoch { expected, current: state.epoch })
     }
 }
 
@@ -433,10 +428,7 @@ fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
             let changed = state.nodes.insert(*node, *info) != Some(*info);
             ok(state, changed)
         }
-        Command::SetPrimary {
-            node,
-            expected_epoch,
-        } => {
+        Command::SetPrimary { node, expected_epoch } => {
             if let Some(p) = state.primary {
                 return Err(Rejected::PrimaryExists(p));
             }
@@ -444,9 +436,7 @@ fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
             match state.nodes.get(node) {
                 _ if !state.allowed.contains(node) => return Err(Rejected::NotAllowed(*node)),
                 None => return Err(Rejected::NotRegistered(*node)),
-                Some(i) if i.kind == NodeKind::Witness => {
-                    return Err(Rejected::NotPromotable(*node))
-                }
+                Some(i) if i.kind == NodeKind::Witness => return Err(Rejected::NotPromotable(*node)),
                 Some(_) => {}
             }
             state.primary = Some(*node);
@@ -519,7 +509,13 @@ fn apply_command(state: &mut ClusterState, cmd: &Command) -> Response {
 
 /// `Promote`: at most one per epoch, and over a primary only with a majority of votes from every
 /// voter set of the epoch.
-fn apply_promote(state: &mut ClusterState, candidate: SocketAddr, expected_epoch: u64, at: (u64, u32, u64), reason: &str) -> Response {
+fn apply_promote(
+    state: &mut ClusterState,
+    candidate: SocketAddr,
+    expected_epoch: u64,
+    at: (u64, u32, u64),
+    reason: &str,
+) -> Response {
     let (lsn, timeline, at_unix_ms) = at;
     check_epoch(state, expected_epoch)?;
     if state.primary == Some(candidate) {
@@ -573,7 +569,12 @@ fn apply_disallow(state: &mut ClusterState, node: SocketAddr) -> Response {
 }
 
 /// `RequestSwitchover`: an operator's hand-over of the current epoch to a promotable standby.
-fn apply_switchover(state: &mut ClusterState, to: SocketAddr, expected_epoch: u64, how: (bool, bool, Option<SocketAddr>)) -> Response {
+fn apply_switchover(
+    state: &mut ClusterState,
+    to: SocketAddr,
+    expected_epoch: u64,
+    how: (bool, bool, Option<SocketAddr>),
+) -> Response {
     let (demote, quiet, source) = how;
     check_epoch(state, expected_epoch)?;
     let Some(from) = state.primary else {
@@ -586,14 +587,7 @@ fn apply_switchover(state: &mut ClusterState, to: SocketAddr, expected_epoch: u6
         return Err(Rejected::AlreadyPrimary(to));
     }
     promotable(state, to)?;
-    state.switchover = Some(Switchover {
-        from,
-        to,
-        requested_epoch: state.epoch,
-        demote,
-        quiet,
-        source,
-    });
+    state.switchover = Some(Switchover { from, to, requested_epoch: state.epoch, demote, quiet, source });
     ok(state, true)
 }
 

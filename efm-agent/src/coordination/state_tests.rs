@@ -4,47 +4,18 @@ fn a(n: u8) -> SocketAddr {
     SocketAddr::from(([198, 18, 0, n], 7800))
 }
 
-const DB: NodeInfo = NodeInfo {
-    kind: NodeKind::Database,
-    priority: 1,
-    promotable: true,
-};
-const WITNESS: NodeInfo = NodeInfo {
-    kind: NodeKind::Witness,
-    priority: 0,
-    promotable: false,
-};
+const DB: NodeInfo = NodeInfo { kind: NodeKind::Database, priority: 1, promotable: true };
+const WITNESS: NodeInfo = NodeInfo { kind: NodeKind::Witness, priority: 0, promotable: false };
 
 /// Three database nodes and a witness, registered; primary 1 at epoch 1.
 fn cluster() -> ClusterState {
     let mut s = ClusterState::default();
     apply_membership(&mut s, [a(1), a(2), a(3), a(4)]);
     for n in 1..=3 {
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(n),
-                info: DB,
-            },
-        )
-        .unwrap();
+        apply(&mut s, &Command::Register { node: a(n), info: DB }).unwrap();
     }
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(4),
-            info: WITNESS,
-        },
-    )
-    .unwrap();
-    apply(
-        &mut s,
-        &Command::SetPrimary {
-            node: a(1),
-            expected_epoch: 0,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Register { node: a(4), info: WITNESS }).unwrap();
+    apply(&mut s, &Command::SetPrimary { node: a(1), expected_epoch: 0 }).unwrap();
     s
 }
 
@@ -53,66 +24,23 @@ fn vote(s: &mut ClusterState) {
     let e = s.epoch;
     for n in 1..=4 {
         if s.primary != Some(a(n)) {
-            apply(
-                s,
-                &Command::Vote {
-                    voter: a(n),
-                    epoch: e,
-                },
-            )
-            .unwrap();
+            apply(s, &Command::Vote { voter: a(n), epoch: e }).unwrap();
         }
     }
 }
 
 fn promote(to: SocketAddr, expected_epoch: u64) -> Command {
-    Command::Promote {
-        candidate: to,
-        expected_epoch,
-        lsn: 0x100,
-        timeline: 2,
-        at_unix_ms: 5,
-        reason: "test".into(),
-    }
+    Command::Promote { candidate: to, expected_epoch, lsn: 0x100, timeline: 2, at_unix_ms: 5, reason: "test".into() }
 }
 
 #[test]
 fn coordination_register_only_allowed() {
     let mut s = ClusterState::default();
-    assert_eq!(
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(1),
-                info: DB
-            }
-        ),
-        Err(Rejected::NotAllowed(a(1)))
-    );
+    assert_eq!(apply(&mut s, &Command::Register { node: a(1), info: DB }), Err(Rejected::NotAllowed(a(1))));
     assert!(s.nodes.is_empty());
     apply(&mut s, &Command::AllowNode { node: a(1) }).unwrap();
-    assert!(
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(1),
-                info: DB
-            }
-        )
-        .unwrap()
-        .changed
-    );
-    assert!(
-        !apply(
-            &mut s,
-            &Command::Register {
-                node: a(1),
-                info: DB
-            }
-        )
-        .unwrap()
-        .changed
-    );
+    assert!(apply(&mut s, &Command::Register { node: a(1), info: DB }).unwrap().changed);
+    assert!(!apply(&mut s, &Command::Register { node: a(1), info: DB }).unwrap().changed);
     assert_eq!(s.info(&a(1)), Some(&DB));
 }
 
@@ -121,14 +49,7 @@ fn coordination_membership_allows() {
     let mut s = ClusterState::default();
     apply_membership(&mut s, [a(1), a(2)]);
     assert!(s.allowed.contains(&a(2)));
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(2),
-            info: DB,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Register { node: a(2), info: DB }).unwrap();
 }
 
 #[test]
@@ -137,80 +58,25 @@ fn coordination_set_primary_rules() {
     apply_membership(&mut s, [a(1), a(2), a(4)]);
     // Unregistered.
     assert_eq!(
-        apply(
-            &mut s,
-            &Command::SetPrimary {
-                node: a(1),
-                expected_epoch: 0
-            }
-        ),
+        apply(&mut s, &Command::SetPrimary { node: a(1), expected_epoch: 0 }),
         Err(Rejected::NotRegistered(a(1)))
     );
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(1),
-            info: DB,
-        },
-    )
-    .unwrap();
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(4),
-            info: WITNESS,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Register { node: a(1), info: DB }).unwrap();
+    apply(&mut s, &Command::Register { node: a(4), info: WITNESS }).unwrap();
     assert_eq!(
-        apply(
-            &mut s,
-            &Command::SetPrimary {
-                node: a(4),
-                expected_epoch: 0
-            }
-        ),
+        apply(&mut s, &Command::SetPrimary { node: a(4), expected_epoch: 0 }),
         Err(Rejected::NotPromotable(a(4)))
     );
     assert_eq!(
-        apply(
-            &mut s,
-            &Command::SetPrimary {
-                node: a(1),
-                expected_epoch: 3
-            }
-        ),
-        Err(Rejected::StaleEpoch {
-            expected: 3,
-            current: 0
-        })
+        apply(&mut s, &Command::SetPrimary { node: a(1), expected_epoch: 3 }),
+        Err(Rejected::StaleEpoch { expected: 3, current: 0 })
     );
-    let r = apply(
-        &mut s,
-        &Command::SetPrimary {
-            node: a(1),
-            expected_epoch: 0,
-        },
-    )
-    .unwrap();
+    let r = apply(&mut s, &Command::SetPrimary { node: a(1), expected_epoch: 0 }).unwrap();
     assert_eq!((r.epoch, r.primary), (1, Some(a(1))));
     // Only when there is none.
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(2),
-            info: DB,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Register { node: a(2), info: DB }).unwrap();
     assert_eq!(
-        apply(
-            &mut s,
-            &Command::SetPrimary {
-                node: a(2),
-                expected_epoch: 1
-            }
-        ),
+        apply(&mut s, &Command::SetPrimary { node: a(2), expected_epoch: 1 }),
         Err(Rejected::PrimaryExists(a(1)))
     );
     assert_eq!(s.epoch, 1);
@@ -225,17 +91,7 @@ fn coordination_promote_bumps_epoch_and_records() {
     assert_eq!((r.epoch, r.primary, r.changed), (2, Some(a(2)), true));
     assert_eq!(s.history.len(), 1);
     let h = &s.history[0];
-    assert_eq!(
-        (
-            h.epoch,
-            h.node,
-            h.lsn,
-            h.timeline,
-            h.at_unix_ms,
-            h.reason.as_str()
-        ),
-        (2, a(2), 0x100, 2, 5, "test")
-    );
+    assert_eq!((h.epoch, h.node, h.lsn, h.timeline, h.at_unix_ms, h.reason.as_str()), (2, a(2), 0x100, 2, 5, "test"));
 }
 
 #[test]
@@ -244,41 +100,17 @@ fn coordination_at_most_one_promotion_per_epoch() {
     vote(&mut s);
     // Two candidates race for epoch 1: the first committed wins, the second is stale.
     apply(&mut s, &promote(a(2), 1)).unwrap();
-    assert_eq!(
-        apply(&mut s, &promote(a(3), 1)),
-        Err(Rejected::StaleEpoch {
-            expected: 1,
-            current: 2
-        })
-    );
+    assert_eq!(apply(&mut s, &promote(a(3), 1)), Err(Rejected::StaleEpoch { expected: 1, current: 2 }));
     // Even the same candidate again.
-    assert_eq!(
-        apply(&mut s, &promote(a(2), 1)),
-        Err(Rejected::StaleEpoch {
-            expected: 1,
-            current: 2
-        })
-    );
+    assert_eq!(apply(&mut s, &promote(a(2), 1)), Err(Rejected::StaleEpoch { expected: 1, current: 2 }));
     assert_eq!((s.primary, s.epoch, s.history.len()), (Some(a(2)), 2, 1));
 }
 
 #[test]
 fn coordination_promote_stale_and_future_epochs_rejected() {
     let mut s = cluster();
-    assert_eq!(
-        apply(&mut s, &promote(a(2), 0)),
-        Err(Rejected::StaleEpoch {
-            expected: 0,
-            current: 1
-        })
-    );
-    assert_eq!(
-        apply(&mut s, &promote(a(2), 7)),
-        Err(Rejected::StaleEpoch {
-            expected: 7,
-            current: 1
-        })
-    );
+    assert_eq!(apply(&mut s, &promote(a(2), 0)), Err(Rejected::StaleEpoch { expected: 0, current: 1 }));
+    assert_eq!(apply(&mut s, &promote(a(2), 7)), Err(Rejected::StaleEpoch { expected: 7, current: 1 }));
     assert_eq!((s.primary, s.epoch), (Some(a(1)), 1));
 }
 
@@ -286,49 +118,14 @@ fn coordination_promote_stale_and_future_epochs_rejected() {
 fn coordination_promote_candidate_checks() {
     let mut s = cluster();
     let before = s.clone();
-    assert_eq!(
-        apply(&mut s, &promote(a(1), 1)),
-        Err(Rejected::AlreadyPrimary(a(1)))
-    );
-    assert_eq!(
-        apply(&mut s, &promote(a(4), 1)),
-        Err(Rejected::NotPromotable(a(4)))
-    );
-    assert_eq!(
-        apply(&mut s, &promote(a(9), 1)),
-        Err(Rejected::NotAllowed(a(9)))
-    );
-    apply(
-        &mut s,
-        &Command::SetPriority {
-            node: a(2),
-            priority: 0,
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        apply(&mut s, &promote(a(2), 1)),
-        Err(Rejected::NotPromotable(a(2)))
-    );
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(3),
-            info: NodeInfo {
-                promotable: false,
-                ..DB
-            },
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        apply(&mut s, &promote(a(3), 1)),
-        Err(Rejected::NotPromotable(a(3)))
-    );
-    assert_eq!(
-        (s.primary, s.epoch, &s.history),
-        (before.primary, before.epoch, &before.history)
-    );
+    assert_eq!(apply(&mut s, &promote(a(1), 1)), Err(Rejected::AlreadyPrimary(a(1))));
+    assert_eq!(apply(&mut s, &promote(a(4), 1)), Err(Rejected::NotPromotable(a(4))));
+    assert_eq!(apply(&mut s, &promote(a(9), 1)), Err(Rejected::NotAllowed(a(9))));
+    apply(&mut s, &Command::SetPriority { node: a(2), priority: 0 }).unwrap();
+    assert_eq!(apply(&mut s, &promote(a(2), 1)), Err(Rejected::NotPromotable(a(2))));
+    apply(&mut s, &Command::Register { node: a(3), info: NodeInfo { promotable: false, ..DB } }).unwrap();
+    assert_eq!(apply(&mut s, &promote(a(3), 1)), Err(Rejected::NotPromotable(a(3))));
+    assert_eq!((s.primary, s.epoch, &s.history), (before.primary, before.epoch, &before.history));
     // Promotion from no primary (the old one was never recorded) is fine.
     let mut s = cluster();
     s.primary = None;
@@ -356,61 +153,19 @@ fn coordination_promotion_needs_a_majority_of_votes() {
     assert_eq!(s.votes_needed(), 3);
     let not_enough = |have| Err(Rejected::NotEnoughVotes { have, need: 3 });
     assert_eq!(apply(&mut s, &promote(a(2), 1)), not_enough(0));
-    apply(
-        &mut s,
-        &Command::Vote {
-            voter: a(2),
-            epoch: 1,
-        },
-    )
-    .unwrap();
-    let again = apply(
-        &mut s,
-        &Command::Vote {
-            voter: a(2),
-            epoch: 1,
-        },
-    );
+    apply(&mut s, &Command::Vote { voter: a(2), epoch: 1 }).unwrap();
+    let again = apply(&mut s, &Command::Vote { voter: a(2), epoch: 1 });
     assert!(!again.unwrap().changed, "counted once");
-    apply(
-        &mut s,
-        &Command::Vote {
-            voter: a(4),
-            epoch: 1,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Vote { voter: a(4), epoch: 1 }).unwrap();
     assert_eq!(apply(&mut s, &promote(a(2), 1)), not_enough(2));
     // Votes for another epoch or from strangers do not count.
     assert_eq!(
-        apply(
-            &mut s,
-            &Command::Vote {
-                voter: a(3),
-                epoch: 0
-            }
-        ),
-        Err(Rejected::StaleEpoch {
-            expected: 0,
-            current: 1
-        })
+        apply(&mut s, &Command::Vote { voter: a(3), epoch: 0 }),
+        Err(Rejected::StaleEpoch { expected: 0, current: 1 })
     );
-    let stranger = apply(
-        &mut s,
-        &Command::Vote {
-            voter: a(9),
-            epoch: 1,
-        },
-    );
+    let stranger = apply(&mut s, &Command::Vote { voter: a(9), epoch: 1 });
     assert_eq!(stranger, Err(Rejected::NotAllowed(a(9))));
-    apply(
-        &mut s,
-        &Command::Vote {
-            voter: a(3),
-            epoch: 1,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Vote { voter: a(3), epoch: 1 }).unwrap();
     apply(&mut s, &promote(a(2), 1)).unwrap();
     // The new epoch starts without votes.
     assert!(s.votes.is_empty());
@@ -420,108 +175,32 @@ fn coordination_promotion_needs_a_majority_of_votes() {
 #[test]
 fn coordination_allow_disallow() {
     let mut s = cluster();
-    assert!(
-        !apply(&mut s, &Command::AllowNode { node: a(2) })
-            .unwrap()
-            .changed
-    );
-    assert_eq!(
-        apply(&mut s, &Command::DisallowNode { node: a(1) }),
-        Err(Rejected::IsPrimary(a(1)))
-    );
-    assert!(
-        apply(&mut s, &Command::DisallowNode { node: a(3) })
-            .unwrap()
-            .changed
-    );
+    assert!(!apply(&mut s, &Command::AllowNode { node: a(2) }).unwrap().changed);
+    assert_eq!(apply(&mut s, &Command::DisallowNode { node: a(1) }), Err(Rejected::IsPrimary(a(1))));
+    assert!(apply(&mut s, &Command::DisallowNode { node: a(3) }).unwrap().changed);
     assert!(!s.allowed.contains(&a(3)) && !s.nodes.contains_key(&a(3)));
     assert!(s.disallowed.contains(&a(3)));
     // The joint membership that removes it still lists it: it stays disallowed.
     apply_membership(&mut s, [a(1), a(2), a(3)]);
     assert!(!s.allowed.contains(&a(3)));
-    assert!(
-        !apply(&mut s, &Command::DisallowNode { node: a(3) })
-            .unwrap()
-            .changed
-    );
-    assert_eq!(
-        apply(&mut s, &promote(a(3), 1)),
-        Err(Rejected::NotAllowed(a(3)))
-    );
-    assert_eq!(
-        apply(
-            &mut s,
-            &Command::Register {
-                node: a(3),
-                info: DB
-            }
-        ),
-        Err(Rejected::NotAllowed(a(3)))
-    );
+    assert!(!apply(&mut s, &Command::DisallowNode { node: a(3) }).unwrap().changed);
+    assert_eq!(apply(&mut s, &promote(a(3), 1)), Err(Rejected::NotAllowed(a(3))));
+    assert_eq!(apply(&mut s, &Command::Register { node: a(3), info: DB }), Err(Rejected::NotAllowed(a(3))));
     // Allowing it again clears the removal.
-    assert!(
-        apply(&mut s, &Command::AllowNode { node: a(3) })
-            .unwrap()
-            .changed
-    );
+    assert!(apply(&mut s, &Command::AllowNode { node: a(3) }).unwrap().changed);
     assert!(s.disallowed.is_empty());
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(3),
-            info: DB,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Register { node: a(3), info: DB }).unwrap();
 }
 
 #[test]
 fn coordination_set_priority() {
     let mut s = cluster();
-    assert!(
-        apply(
-            &mut s,
-            &Command::SetPriority {
-                node: a(3),
-                priority: 9
-            }
-        )
-        .unwrap()
-        .changed
-    );
+    assert!(apply(&mut s, &Command::SetPriority { node: a(3), priority: 9 }).unwrap().changed);
     assert_eq!(s.nodes[&a(3)].priority, 9);
-    assert!(
-        !apply(
-            &mut s,
-            &Command::SetPriority {
-                node: a(3),
-                priority: 9
-            }
-        )
-        .unwrap()
-        .changed
-    );
-    assert_eq!(
-        apply(
-            &mut s,
-            &Command::SetPriority {
-                node: a(8),
-                priority: 1
-            }
-        ),
-        Err(Rejected::NotAllowed(a(8)))
-    );
+    assert!(!apply(&mut s, &Command::SetPriority { node: a(3), priority: 9 }).unwrap().changed);
+    assert_eq!(apply(&mut s, &Command::SetPriority { node: a(8), priority: 1 }), Err(Rejected::NotAllowed(a(8))));
     apply(&mut s, &Command::AllowNode { node: a(8) }).unwrap();
-    assert_eq!(
-        apply(
-            &mut s,
-            &Command::SetPriority {
-                node: a(8),
-                priority: 1
-            }
-        ),
-        Err(Rejected::NotRegistered(a(8)))
-    );
+    assert_eq!(apply(&mut s, &Command::SetPriority { node: a(8), priority: 1 }), Err(Rejected::NotRegistered(a(8))));
 }
 
 #[test]
@@ -529,17 +208,9 @@ fn coordination_flags() {
     let mut s = cluster();
     assert!(s.auto_failover_or(true));
     assert!(!s.auto_failover_or(false));
-    assert!(
-        apply(&mut s, &Command::SetAutoFailover(false))
-            .unwrap()
-            .changed
-    );
+    assert!(apply(&mut s, &Command::SetAutoFailover(false)).unwrap().changed);
     assert!(!s.auto_failover_or(true));
-    assert!(
-        !apply(&mut s, &Command::SetAutoFailover(false))
-            .unwrap()
-            .changed
-    );
+    assert!(!apply(&mut s, &Command::SetAutoFailover(false)).unwrap().changed);
     assert!(apply(&mut s, &Command::SetPaused(true)).unwrap().changed);
     assert!(s.paused);
     assert!(!apply(&mut s, &Command::SetPaused(true)).unwrap().changed);
@@ -550,24 +221,11 @@ fn coordination_flags() {
 fn coordination_switchover() {
     let mut s = ClusterState::default();
     apply_membership(&mut s, [a(1), a(2)]);
-    apply(
-        &mut s,
-        &Command::Register {
-            node: a(2),
-            info: DB,
-        },
-    )
-    .unwrap();
+    apply(&mut s, &Command::Register { node: a(2), info: DB }).unwrap();
     assert_eq!(
         apply(
             &mut s,
-            &Command::RequestSwitchover {
-                to: a(2),
-                expected_epoch: 0,
-                demote: true,
-                quiet: false,
-                source: None,
-            }
+            &Command::RequestSwitchover { to: a(2), expected_epoch: 0, demote: true, quiet: false, source: None }
         ),
         Err(Rejected::NoPrimary)
     );
@@ -575,77 +233,37 @@ fn coordination_switchover() {
     assert_eq!(
         apply(
             &mut s,
-            &Command::RequestSwitchover {
-                to: a(2),
-                expected_epoch: 0,
-                demote: true,
-                quiet: false,
-                source: None,
-            }
+            &Command::RequestSwitchover { to: a(2), expected_epoch: 0, demote: true, quiet: false, source: None }
         ),
-        Err(Rejected::StaleEpoch {
-            expected: 0,
-            current: 1
-        })
+        Err(Rejected::StaleEpoch { expected: 0, current: 1 })
     );
     assert_eq!(
         apply(
             &mut s,
-            &Command::RequestSwitchover {
-                to: a(1),
-                expected_epoch: 1,
-                demote: true,
-                quiet: false,
-                source: None,
-            }
+            &Command::RequestSwitchover { to: a(1), expected_epoch: 1, demote: true, quiet: false, source: None }
         ),
         Err(Rejected::AlreadyPrimary(a(1)))
     );
     assert_eq!(
         apply(
             &mut s,
-            &Command::RequestSwitchover {
-                to: a(4),
-                expected_epoch: 1,
-                demote: true,
-                quiet: false,
-                source: None,
-            }
+            &Command::RequestSwitchover { to: a(4), expected_epoch: 1, demote: true, quiet: false, source: None }
         ),
         Err(Rejected::NotPromotable(a(4)))
     );
     apply(
         &mut s,
-        &Command::RequestSwitchover {
-            to: a(2),
-            expected_epoch: 1,
-                demote: true,
-                quiet: false,
-                source: None,
-        },
+        &Command::RequestSwitchover { to: a(2), expected_epoch: 1, demote: true, quiet: false, source: None },
     )
     .unwrap();
     assert_eq!(
         s.switchover,
-        Some(Switchover {
-            from: a(1),
-            to: a(2),
-            requested_epoch: 1,
-            demote: true,
-            quiet: false,
-            source: None,
-        })
+        Some(Switchover { from: a(1), to: a(2), requested_epoch: 1, demote: true, quiet: false, source: None })
     );
     assert_eq!(
         apply(
             &mut s,
-            &Command::RequestSwitchover {
-                to: a(3),
-                expected_epoch: 1,
-                demote: true,
-                quiet: false,
-                source: None,
-            }
+            &Command::RequestSwitchover { to: a(3), expected_epoch: 1, demote: true, quiet: false, source: None }
         ),
         Err(Rejected::SwitchoverPending(a(2)))
     );
@@ -654,13 +272,7 @@ fn coordination_switchover() {
     // A promotion completes (clears) a pending switchover.
     apply(
         &mut s,
-        &Command::RequestSwitchover {
-            to: a(2),
-            expected_epoch: 1,
-                demote: true,
-                quiet: false,
-                source: None,
-        },
+        &Command::RequestSwitchover { to: a(2), expected_epoch: 1, demote: true, quiet: false, source: None },
     )
     .unwrap();
     vote(&mut s);
@@ -669,13 +281,7 @@ fn coordination_switchover() {
     // Disallowing the target clears it too.
     apply(
         &mut s,
-        &Command::RequestSwitchover {
-            to: a(3),
-            expected_epoch: 2,
-                demote: true,
-                quiet: false,
-                source: None,
-        },
+        &Command::RequestSwitchover { to: a(3), expected_epoch: 2, demote: true, quiet: false, source: None },
     )
     .unwrap();
     apply(&mut s, &Command::DisallowNode { node: a(3) }).unwrap();
@@ -698,7 +304,10 @@ fn stop_cluster_is_recorded_and_forgets_disallowed_nodes() {
 fn log_entries_from_before_the_switchover_fields_still_decode() {
     let old = r#"{"RequestSwitchover":{"to":"198.18.0.2:7800","expected_epoch":3}}"#;
     let cmd: Command = serde_json::from_str(old).unwrap();
-    assert_eq!(cmd, Command::RequestSwitchover { to: a(2), expected_epoch: 3, demote: false, quiet: false, source: None });
+    assert_eq!(
+        cmd,
+        Command::RequestSwitchover { to: a(2), expected_epoch: 3, demote: false, quiet: false, source: None }
+    );
 }
 
 #[test]
@@ -709,10 +318,7 @@ fn coordination_state_roundtrips_json() {
     let j = serde_json::to_vec(&s).unwrap();
     assert_eq!(serde_json::from_slice::<ClusterState>(&j).unwrap(), s);
     let c = promote(a(3), 2);
-    assert_eq!(
-        serde_json::from_slice::<Command>(&serde_json::to_vec(&c).unwrap()).unwrap(),
-        c
-    );
+    assert_eq!(serde_json::from_slice::<Command>(&serde_json::to_vec(&c).unwrap()).unwrap(), c);
 }
 
 fn vote_by(s: &mut ClusterState, voter: SocketAddr) -> Response {

@@ -29,13 +29,10 @@ use std::{
 
 use openraft::{
     storage::{LogFlushed, RaftLogStorage, RaftStateMachine},
-    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend,
-    RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{
-    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -56,11 +53,7 @@ pub const DELAY_ENV: &str = "EFM_TEST_STORE_DELAY_MS";
 
 type SErr = StorageError<u64>;
 
-fn err(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: &(impl std::error::Error + 'static),
-) -> SErr {
+fn err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> SErr {
     StorageIOError::new(subject, verb, AnyError::new(e)).into()
 }
 
@@ -74,9 +67,10 @@ pub fn test_commit_delay() -> Result<Duration, String> {
     let Some(v) = std::env::var_os(DELAY_ENV) else {
         return Ok(Duration::ZERO);
     };
-    let ms = v.to_str().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-        format!("{DELAY_ENV}={}: not a number of milliseconds", v.to_string_lossy())
-    })?;
+    let ms = v
+        .to_str()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("{DELAY_ENV}={}: not a number of milliseconds", v.to_string_lossy()))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -116,12 +110,9 @@ impl Disk {
         let Some(v) = t.get(key)? else {
             return Ok(None);
         };
-        serde_json::from_slice(v.value()).map(Some).map_err(|e| {
-            redb::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{key}: {e}"),
-            ))
-        })
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| redb::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{key}: {e}"))))
     }
 
     fn put_meta(&self, key: &str, bytes: &[u8]) -> Result<(), redb::Error> {
@@ -237,10 +228,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
         let owned = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.disk
-            .run(move |d| d.read_entries(owned))
-            .await
-            .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, &e))
+        self.disk.run(move |d| d.read_entries(owned)).await.map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
 }
 
@@ -263,10 +251,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
-        self.disk
-            .run(|d| d.get_meta(K_VOTE))
-            .await
-            .map_err(|e| err(ErrorSubject::Vote, ErrorVerb::Read, &e))
+        self.disk.run(|d| d.get_meta(K_VOTE)).await.map_err(|e| err(ErrorSubject::Vote, ErrorVerb::Read, &e))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
@@ -288,10 +273,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Result<Vec<(u64, Vec<u8>)>, redb::Error> = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e).map_err(json_err)?)))
-            .collect();
+        let encoded: Result<Vec<(u64, Vec<u8>)>, redb::Error> =
+            entries.into_iter().map(|e| Ok((e.log_id.index, serde_json::to_vec(&e).map_err(json_err)?))).collect();
         // Readable and on disk (Durability::Immediate) when this returns, so the callback can
         // report completion at once; openraft's next log call starts only after this one.
         let written = match encoded {
@@ -318,10 +301,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        self.disk
-            .run(move |d| d.purge(log_id))
-            .await
-            .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Delete, &e))
+        self.disk.run(move |d| d.purge(log_id)).await.map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Delete, &e))
     }
 }
 
@@ -358,9 +338,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl StateMachine {
     /// Loads the persisted snapshot (if any) as the starting state; blocks (call it on the
     /// blocking pool).
-    pub fn open(
-        disk: Arc<Disk>,
-    ) -> Result<(Self, watch::Receiver<Arc<ClusterState>>), redb::Error> {
+    pub fn open(disk: Arc<Disk>) -> Result<(Self, watch::Receiver<Arc<ClusterState>>), redb::Error> {
         let snap: Option<StoredSnapshot> = disk.get_meta(K_SNAPSHOT)?;
         let mut inner = SmInner {
             state: ClusterState::default(),
@@ -416,26 +394,17 @@ impl StateMachine {
         let stored = {
             let mut g = self.lock();
             g.snapshot_seq += 1;
-            let data = serde_json::to_vec(&g.state)
-                .map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
+            let data =
+                serde_json::to_vec(&g.state).map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
             let snapshot_id = match g.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, g.snapshot_seq),
                 None => format!("none-{}", g.snapshot_seq),
             };
-            let meta = SnapshotMeta {
-                last_log_id: g.last_applied,
-                last_membership: g.membership.clone(),
-                snapshot_id,
-            };
+            let meta = SnapshotMeta { last_log_id: g.last_applied, last_membership: g.membership.clone(), snapshot_id };
             StoredSnapshot { meta, data }
         };
-        self.persist(stored.clone())
-            .await
-            .map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e))?;
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        self.persist(stored.clone()).await.map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e))?;
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
 
@@ -448,9 +417,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, RaftNode>), SErr> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, StoredMembership<u64, RaftNode>), SErr> {
         let g = self.lock();
         Ok((g.last_applied, g.membership.clone()))
     }
@@ -484,11 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         None
                     }
                 };
-                out.push(r.unwrap_or(Ok(ApplyOk {
-                    changed: false,
-                    epoch: g.state.epoch,
-                    primary: g.state.primary,
-                })));
+                out.push(r.unwrap_or(Ok(ApplyOk { changed: false, epoch: g.state.epoch, primary: g.state.primary })));
             }
             Arc::new(g.state.clone())
         };
@@ -510,24 +473,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let data = snapshot.into_inner();
-        let new_state: ClusterState = serde_json::from_slice(&data).map_err(|e| {
-            err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                &e,
-            )
-        })?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.persist(stored).await.map_err(|e| {
-            err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                &e,
-            )
-        })?;
+        let new_state: ClusterState = serde_json::from_slice(&data)
+            .map_err(|e| err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, &e))?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.persist(stored)
+            .await
+            .map_err(|e| err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e))?;
         {
             let mut g = self.lock();
             g.state = new_state.clone();
@@ -541,10 +492,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
         let g = self.lock();
-        Ok(g.snapshot.as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
-        }))
+        Ok(g.snapshot
+            .as_ref()
+            .map(|s| Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }))
     }
 }
 
@@ -575,8 +525,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
         async fn build(&self) -> Result<(Guard, LogStore, StateMachine), SErr> {
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("efm-raft-suite-{}-{n}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("efm-raft-suite-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let db = open_db(&dir.join("t.raft.redb"), Duration::ZERO).unwrap();
@@ -594,10 +543,7 @@ mod tests {
     /// Vote, log and snapshot survive closing and reopening the file.
     #[test]
     fn coordination_store_survives_reopen() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let dir = std::env::temp_dir().join(format!("efm-raft-reopen-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
@@ -615,29 +561,17 @@ mod tests {
                 let entries = vec![
                     Entry::<TypeConfig> {
                         log_id: LogId::new(leader, 1),
-                        payload: EntryPayload::Normal(super::super::state::Command::AllowNode {
-                            node: addr,
-                        }),
+                        payload: EntryPayload::Normal(super::super::state::Command::AllowNode { node: addr }),
                     },
                     Entry::<TypeConfig> {
                         log_id: LogId::new(leader, 2),
-                        payload: EntryPayload::Normal(super::super::state::Command::SetPaused(
-                            true,
-                        )),
+                        payload: EntryPayload::Normal(super::super::state::Command::SetPaused(true)),
                     },
                 ];
                 let r = sm.apply(entries).await.unwrap();
                 assert_eq!(r.len(), 2);
-                assert!(
-                    rx.borrow().paused && rx.borrow().allowed.contains(&addr),
-                    "published on apply"
-                );
-                let snap = sm
-                    .get_snapshot_builder()
-                    .await
-                    .build_snapshot()
-                    .await
-                    .unwrap();
+                assert!(rx.borrow().paused && rx.borrow().allowed.contains(&addr), "published on apply");
+                let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
                 assert_eq!(snap.meta.last_log_id, Some(LogId::new(leader, 2)));
             }
             let db = open_db(&path, Duration::ZERO).unwrap();
@@ -645,14 +579,8 @@ mod tests {
             let mut log = LogStore::new(db.clone());
             assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
             let (mut sm, rx) = StateMachine::open(db).unwrap();
-            assert!(
-                rx.borrow().paused && rx.borrow().allowed.contains(&addr),
-                "state rebuilt from the snapshot"
-            );
-            assert_eq!(
-                sm.applied_state().await.unwrap().0,
-                Some(LogId::new(leader, 2))
-            );
+            assert!(rx.borrow().paused && rx.borrow().allowed.contains(&addr), "state rebuilt from the snapshot");
+            assert_eq!(sm.applied_state().await.unwrap().0, Some(LogId::new(leader, 2)));
             assert!(sm.get_current_snapshot().await.unwrap().is_some());
         });
     }
@@ -699,7 +627,10 @@ mod tests {
             assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(1));
             let gaps = ticker.await.unwrap();
             let worst = gaps.iter().max().unwrap();
-            assert!(*worst < Duration::from_millis(200), "the runtime stalled {worst:?} during a slow commit: {gaps:?}");
+            assert!(
+                *worst < Duration::from_millis(200),
+                "the runtime stalled {worst:?} during a slow commit: {gaps:?}"
+            );
         });
     }
 

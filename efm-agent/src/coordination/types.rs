@@ -17,9 +17,7 @@ pub struct RaftNode {
 
 impl Default for RaftNode {
     fn default() -> Self {
-        Self {
-            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        }
+        Self { addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) }
     }
 }
 

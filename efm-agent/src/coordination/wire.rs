@@ -76,9 +76,7 @@ pub enum WireError {
     TooShort(usize),
     #[error("bad magic {0:#010x} (not an efm Raft peer)")]
     BadMagic(u32),
-    #[error(
-        "unsupported Raft frame version {0} (this agent speaks {VERSION}: upgrade every node)"
-    )]
+    #[error("unsupported Raft frame version {0} (this agent speaks {VERSION}: upgrade every node)")]
     BadVersion(u8),
     #[error("bad MAC (wrong cluster key or cluster name, or a forged/altered frame)")]
     BadMac,
@@ -112,11 +110,7 @@ impl MacCtx {
     pub fn mac(&self, dir: u8, header: &[u8], payload: &[u8]) -> u64 {
         let mut h = SipHasher24::new_with_keys(self.key.k0, self.key.k1);
         h.write(b"efm-raft-1");
-        h.write(
-            &u32::try_from(self.cluster.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
-        );
+        h.write(&u32::try_from(self.cluster.len()).unwrap_or(u32::MAX).to_be_bytes());
         h.write(self.cluster.as_bytes());
         h.write(&self.client_nonce);
         h.write(&self.server_nonce);
@@ -217,13 +211,8 @@ fn nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-async fn within<T>(
-    d: Duration,
-    f: impl std::future::Future<Output = Result<T, WireError>>,
-) -> Result<T, WireError> {
-    tokio::time::timeout(d, f)
-        .await
-        .map_err(|_| WireError::Timeout(d))?
+async fn within<T>(d: Duration, f: impl std::future::Future<Output = Result<T, WireError>>) -> Result<T, WireError> {
+    tokio::time::timeout(d, f).await.map_err(|_| WireError::Timeout(d))?
 }
 
 /// One authenticated connection, either end.
@@ -254,49 +243,27 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Self, WireError> {
         within(timeout, async {
-            let sock = if peer.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
+            let sock = if peer.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
             // Source address = our bind address, so the peer can check it against our claim.
             sock.bind(SocketAddr::new(me.ip(), 0))?;
             let mut stream = sock.connect(peer).await?;
             stream.set_nodelay(true)?;
-            let mut ctx = MacCtx {
-                key,
-                cluster: cluster.to_owned(),
-                client_nonce: nonce(),
-                server_nonce: [0; NONCE_LEN],
-            };
+            let mut ctx =
+                MacCtx { key, cluster: cluster.to_owned(), client_nonce: nonce(), server_nonce: [0; NONCE_LEN] };
             let me_id = raft_id(&me);
             let mut hello = ctx.client_nonce.to_vec();
             hello.extend_from_slice(me.to_string().as_bytes());
-            stream
-                .write_all(&encode(&ctx, DIR_TO_SERVER, KIND_HELLO, me_id, 0, &hello))
-                .await?;
-            let f = read_raw(&mut stream)
-                .await?
-                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            stream.write_all(&encode(&ctx, DIR_TO_SERVER, KIND_HELLO, me_id, 0, &hello)).await?;
+            let f = read_raw(&mut stream).await?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
             if f.kind != KIND_HELLO_ACK {
-                return Err(WireError::UnexpectedKind {
-                    expected: KIND_HELLO_ACK,
-                    got: f.kind,
-                });
+                return Err(WireError::UnexpectedKind { expected: KIND_HELLO_ACK, got: f.kind });
             }
-            let sn: [u8; NONCE_LEN] = f
-                .payload
-                .as_slice()
-                .try_into()
-                .map_err(|_| WireError::BadHello)?;
+            let sn: [u8; NONCE_LEN] = f.payload.as_slice().try_into().map_err(|_| WireError::BadHello)?;
             ctx.server_nonce = sn;
             f.verify(&ctx, DIR_TO_CLIENT)?;
             let peer_id = raft_id(&peer);
             if f.sender != peer_id || f.seq != 0 {
-                return Err(WireError::SenderMismatch {
-                    id: f.sender,
-                    addr: peer,
-                });
+                return Err(WireError::SenderMismatch { id: f.sender, addr: peer });
             }
             Ok(Self {
                 stream,
@@ -324,16 +291,11 @@ impl Conn {
     ) -> Result<Self, WireError> {
         let src = stream.peer_addr()?.ip();
         let f = within(timeout, async {
-            read_raw(&mut stream)
-                .await?
-                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof).into())
+            read_raw(&mut stream).await?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof).into())
         })
         .await?;
         if f.kind != KIND_HELLO {
-            return Err(WireError::UnexpectedKind {
-                expected: KIND_HELLO,
-                got: f.kind,
-            });
+            return Err(WireError::UnexpectedKind { expected: KIND_HELLO, got: f.kind });
         }
         if f.payload.len() < NONCE_LEN || f.seq != 0 {
             return Err(WireError::BadHello);
@@ -341,9 +303,7 @@ impl Conn {
         let mut ctx = MacCtx {
             key,
             cluster: cluster.to_owned(),
-            client_nonce: f.payload[..NONCE_LEN]
-                .try_into()
-                .map_err(|_| WireError::BadHello)?,
+            client_nonce: f.payload[..NONCE_LEN].try_into().map_err(|_| WireError::BadHello)?,
             server_nonce: [0; NONCE_LEN],
         };
         f.verify(&ctx, DIR_TO_SERVER)?;
@@ -352,10 +312,7 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .ok_or(WireError::BadHello)?;
         if raft_id(&claimed) != f.sender {
-            return Err(WireError::SenderMismatch {
-                id: f.sender,
-                addr: claimed,
-            });
+            return Err(WireError::SenderMismatch { id: f.sender, addr: claimed });
         }
         if canonical(src) != canonical(claimed.ip()) {
             return Err(WireError::SourceMismatch { src, claimed });
@@ -365,9 +322,7 @@ impl Conn {
         let me_id = raft_id(&me);
         stream.set_nodelay(true)?;
         let sn = ctx.server_nonce;
-        stream
-            .write_all(&encode(&ctx, DIR_TO_CLIENT, KIND_HELLO_ACK, me_id, 0, &sn))
-            .await?;
+        stream.write_all(&encode(&ctx, DIR_TO_CLIENT, KIND_HELLO_ACK, me_id, 0, &sn)).await?;
         Ok(Self {
             stream,
             ctx,
@@ -387,11 +342,7 @@ impl Conn {
             return Err(WireError::TooLarge(payload.len() + HEADER_LEN + MAC_LEN));
         }
         self.send_seq += 1;
-        let kind = if self.dir == DIR_TO_SERVER {
-            KIND_REQUEST
-        } else {
-            KIND_RESPONSE
-        };
+        let kind = if self.dir == DIR_TO_SERVER { KIND_REQUEST } else { KIND_RESPONSE };
         let frame = encode(&self.ctx, self.dir, kind, self.me, self.send_seq, payload);
         self.stream.write_all(&frame).await?;
         Ok(())
@@ -402,29 +353,17 @@ impl Conn {
         let Some(f) = read_raw(&mut self.stream).await? else {
             return Ok(None);
         };
-        let (kind, dir) = if self.dir == DIR_TO_SERVER {
-            (KIND_RESPONSE, DIR_TO_CLIENT)
-        } else {
-            (KIND_REQUEST, DIR_TO_SERVER)
-        };
+        let (kind, dir) =
+            if self.dir == DIR_TO_SERVER { (KIND_RESPONSE, DIR_TO_CLIENT) } else { (KIND_REQUEST, DIR_TO_SERVER) };
         f.verify(&self.ctx, dir)?;
         if f.kind != kind {
-            return Err(WireError::UnexpectedKind {
-                expected: kind,
-                got: f.kind,
-            });
+            return Err(WireError::UnexpectedKind { expected: kind, got: f.kind });
         }
         if f.sender != self.peer {
-            return Err(WireError::SenderMismatch {
-                id: f.sender,
-                addr: self.peer_addr,
-            });
+            return Err(WireError::SenderMismatch { id: f.sender, addr: self.peer_addr });
         }
         if f.seq != self.recv_seq + 1 {
-            return Err(WireError::Replay {
-                expected: self.recv_seq + 1,
-                got: f.seq,
-            });
+            return Err(WireError::Replay { expected: self.recv_seq + 1, got: f.seq });
         }
         self.recv_seq = f.seq;
         Ok(Some(f.payload))
@@ -435,9 +374,7 @@ impl Conn {
     pub async fn call(&mut self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, WireError> {
         within(timeout, async {
             self.send(payload).await?;
-            self.recv()
-                .await?
-                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof).into())
+            self.recv().await?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof).into())
         })
         .await
     }
@@ -506,19 +443,11 @@ mod tests {
     /// checked with a one-shot SipHash-2-4 validated against the reference vectors.
     #[test]
     fn coordination_frame_bytes_are_stable() {
-        let f = encode(
-            &ctx(),
-            DIR_TO_CLIENT,
-            KIND_RESPONSE,
-            0x0102_0304_0506_0708,
-            42,
-            b"payload",
-        );
+        let f = encode(&ctx(), DIR_TO_CLIENT, KIND_RESPONSE, 0x0102_0304_0506_0708, 42, b"payload");
         let want: [u8; 43] = [
-            0x00, 0x00, 0x00, 0x27, 0x45, 0x46, 0x4d, 0x52, 0x02, 0x04, 0x00, 0x00, 0x01, 0x02,
-            0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a,
-            b'p', b'a', b'y', b'l', b'o', b'a', b'd', 0x2b, 0x0b, 0x22, 0xba, 0x59, 0xcb, 0x8a,
-            0xe9,
+            0x00, 0x00, 0x00, 0x27, 0x45, 0x46, 0x4d, 0x52, 0x02, 0x04, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06,
+            0x07, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, b'p', b'a', b'y', b'l', b'o', b'a', b'd', 0x2b,
+            0x0b, 0x22, 0xba, 0x59, 0xcb, 0x8a, 0xe9,
         ];
         assert_eq!(f, want, "{f:02x?}");
     }

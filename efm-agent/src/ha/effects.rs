@@ -104,7 +104,8 @@ impl Engine {
         let f = inp.kernel.fence?;
         let mut held = inp.kernel.lease();
         held.deadline_ns = self.granted_until(f.epoch, held.deadline_ns);
-        (fence_reasons(&f, &held, inp.now_ns) & REASON_LAPSED != 0).then(|| Duration::from_nanos(inp.now_ns.saturating_sub(held.deadline_ns)))
+        (fence_reasons(&f, &held, inp.now_ns) & REASON_LAPSED != 0)
+            .then(|| Duration::from_nanos(inp.now_ns.saturating_sub(held.deadline_ns)))
     }
 
     /// The kernel side of the decision: the peer table (only members the log allows: a node
@@ -116,7 +117,8 @@ impl Engine {
         let mut out = Vec::new();
         let now = inp.now_ns;
         if !inp.allowed.is_empty() {
-            let members: Vec<SocketAddr> = inp.peers.iter().map(|p| p.addr).filter(|a| inp.allowed.contains(a)).collect();
+            let members: Vec<SocketAddr> =
+                inp.peers.iter().map(|p| p.addr).filter(|a| inp.allowed.contains(a)).collect();
             if self.fx.last_peers.as_ref() != Some(&members) {
                 self.fx.last_peers = Some(members.clone());
                 out.push(Action::SetPeerTable { members });
@@ -173,14 +175,22 @@ impl Engine {
     /// `script.load.balancer.attach` when this node starts serving (primary, or standby with its
     /// database monitored), `detach` when it stops; with `detach.on.agent.failure`, the log's
     /// leader detaches a peer whose agent failed.
-    pub(super) fn load_balancer(&mut self, inp: &Inputs<'_>, desired: &Desired, outcome: &Outcome, out: &mut Vec<Action>) {
+    pub(super) fn load_balancer(
+        &mut self,
+        inp: &Inputs<'_>,
+        desired: &Desired,
+        outcome: &Outcome,
+        out: &mut Vec<Action>,
+    ) {
         if !self.cfg.load_balancer {
             return;
         }
         let me = self.cfg.me;
         let in_service = match outcome {
             Outcome::Primary { .. } => Some((true, true)),
-            Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => Some((!desired.fenced, false)),
+            Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => {
+                Some((!desired.fenced, false))
+            }
             Outcome::Witness | Outcome::NotJoined => None,
             _ => Some((false, desired.ping_flags & ROLE_MASK == ROLE_PRIMARY)),
         };
@@ -199,7 +209,11 @@ impl Engine {
                 if v.alive {
                     self.fx.lb_detached_peers.remove(&v.addr);
                 } else if v.agent_age.is_some() && self.fx.lb_detached_peers.insert(v.addr) {
-                    out.push(Action::LoadBalancer { attach: false, node: v.addr, primary: v.role == PeerRole::Primary });
+                    out.push(Action::LoadBalancer {
+                        attach: false,
+                        node: v.addr,
+                        primary: v.role == PeerRole::Primary,
+                    });
                 }
             }
         }
@@ -283,7 +297,11 @@ impl Engine {
             self.fx.vip.held = assign;
             if let Some(addr) = self.cfg.vip {
                 let vip = addr.to_string();
-                out.push(Action::Notify(if assign { Notice::AssigningVip { vip } } else { Notice::ReleasingVip { vip } }));
+                out.push(Action::Notify(if assign {
+                    Notice::AssigningVip { vip }
+                } else {
+                    Notice::ReleasingVip { vip }
+                }));
             }
         }
     }

@@ -7,7 +7,16 @@ use super::tests::*;
 use super::*;
 
 fn lb(s: &Step) -> Vec<(bool, SocketAddr, bool)> {
-    s.actions.iter().filter_map(|a| if let Action::LoadBalancer { attach, node, primary } = a { Some((*attach, *node, *primary)) } else { None }).collect()
+    s.actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::LoadBalancer { attach, node, primary } = a {
+                Some((*attach, *node, *primary))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -24,7 +33,11 @@ fn stop_cluster_starts_nothing_lifts_the_lease_and_exits_after_the_linger() {
     // Peers exiting look like a failure: nothing is started any more.
     let failed = LocalDb { failed: true, ..PRIMARY_DB };
     let s = e.step(&stop(1_000, failed));
-    assert!(!s.actions.iter().any(|a| matches!(a, Action::PrimaryDbFailed { .. } | Action::Propose(_))), "{:?}", s.actions);
+    assert!(
+        !s.actions.iter().any(|a| matches!(a, Action::PrimaryDbFailed { .. } | Action::Propose(_))),
+        "{:?}",
+        s.actions
+    );
     let s = e.step(&stop(1_600, PRIMARY_DB));
     assert_eq!(s.actions.iter().filter(|a| **a == Action::Exit).count(), 1, "exits 1.5 s after it saw the stop");
     assert!(!e.step(&stop(1_700, PRIMARY_DB)).actions.contains(&Action::Exit), "once");
@@ -58,27 +71,43 @@ fn load_balancer_attach_when_serving_and_detach_when_not() {
 
 #[test]
 fn the_leader_detaches_a_peer_whose_agent_failed() {
-    let mut e = Engine::new(EngineConfig { load_balancer: true, detach_on_agent_failure: true, ..PeerlessWitness::cfg() });
+    let mut e =
+        Engine::new(EngineConfig { load_balancer: true, detach_on_agent_failure: true, ..PeerlessWitness::cfg() });
     let c = committed(1, Some(1));
     let dead = PeerView { alive: false, agent_age: Some(Duration::from_millis(800)), ..standby_view(2, 1, 100) };
     let s = step(&mut e, 0, Some(&c), true, &[primary_view(1, 1, 10), dead], LocalDb::default(), &[]);
     assert_eq!(lb(&s), vec![(false, addr(2), false)]);
-    assert!(lb(&step(&mut e, 50, Some(&c), true, &[primary_view(1, 1, 10), dead], LocalDb::default(), &[])).is_empty(), "once");
-    let _ = step(&mut e, 100, Some(&c), true, &[primary_view(1, 1, 10), standby_view(2, 1, 100)], LocalDb::default(), &[]);
+    assert!(
+        lb(&step(&mut e, 50, Some(&c), true, &[primary_view(1, 1, 10), dead], LocalDb::default(), &[])).is_empty(),
+        "once"
+    );
+    let _ =
+        step(&mut e, 100, Some(&c), true, &[primary_view(1, 1, 10), standby_view(2, 1, 100)], LocalDb::default(), &[]);
     let s = step(&mut e, 150, Some(&c), true, &[primary_view(1, 1, 10), dead], LocalDb::default(), &[]);
     assert_eq!(lb(&s), vec![(false, addr(2), false)], "back and failed again: detached again");
-    let mut f = Engine::new(EngineConfig { load_balancer: true, detach_on_agent_failure: true, ..PeerlessWitness::cfg() });
-    assert!(lb(&step(&mut f, 0, Some(&c), false, &[primary_view(1, 1, 10), dead], LocalDb::default(), &[])).is_empty(), "only the leader");
+    let mut f =
+        Engine::new(EngineConfig { load_balancer: true, detach_on_agent_failure: true, ..PeerlessWitness::cfg() });
+    assert!(
+        lb(&step(&mut f, 0, Some(&c), false, &[primary_view(1, 1, 10), dead], LocalDb::default(), &[])).is_empty(),
+        "only the leader"
+    );
 }
 
 #[test]
 fn the_vip_is_released_only_after_the_database_stop_completed() {
-    let mut e = Engine::new(EngineConfig { vip: Some("198.18.0.100".parse().unwrap()), stop_failed_primary: true, ..cfg(1) });
+    let mut e =
+        Engine::new(EngineConfig { vip: Some("198.18.0.100".parse().unwrap()), stop_failed_primary: true, ..cfg(1) });
     let c = committed(1, Some(1));
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
     let s = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
     assert_eq!(s.actions.last(), Some(&Action::Vip { assign: true }));
-    assert!(!step(&mut e, 10, Some(&c), false, &peers, PRIMARY_DB, &[]).actions.iter().any(|a| matches!(a, Action::Vip { .. })), "one change at a time");
+    assert!(
+        !step(&mut e, 10, Some(&c), false, &peers, PRIMARY_DB, &[])
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Vip { .. })),
+        "one change at a time"
+    );
     let s = step(&mut e, 20, Some(&c), false, &peers, PRIMARY_DB, &[Event::VipDone { assign: true, ok: true }]);
     assert!(s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::AssigningVip { .. }))));
     assert!(s.actions.contains(&Action::AnnounceVip));
@@ -86,7 +115,9 @@ fn the_vip_is_released_only_after_the_database_stop_completed() {
     let s = step(&mut e, 100, Some(&c), false, &peers, failed, &[]);
     assert!(s.actions.contains(&Action::PrimaryDbFailed { epoch: 1, stop: true }));
     assert!(!s.actions.contains(&Action::Vip { assign: false }), "held while the database stops");
-    assert!(!step(&mut e, 2_000, Some(&c), false, &peers, failed, &[]).actions.contains(&Action::Vip { assign: false }));
+    assert!(!step(&mut e, 2_000, Some(&c), false, &peers, failed, &[])
+        .actions
+        .contains(&Action::Vip { assign: false }));
     let s = step(&mut e, 2_100, Some(&c), false, &peers, failed, &[Event::DbStopDone]);
     assert!(s.actions.contains(&Action::Vip { assign: false }), "{:?}", s.actions);
 }
@@ -98,7 +129,11 @@ fn the_kernel_peer_table_follows_the_allowed_members() {
     let peers = [primary_view(1, 1, 10), witness_view(3, 1), standby_view(4, 1, 100)];
     let allowed: BTreeSet<SocketAddr> = [addr(1), addr(2), addr(3)].into();
     let s = e.step(&Inputs { allowed: &allowed, ..inputs(0, Some(&c), false, &peers, STANDBY_DB, &[]) });
-    assert_eq!(s.actions.first(), Some(&Action::SetPeerTable { members: vec![addr(1), addr(3)] }), "before anything else");
+    assert_eq!(
+        s.actions.first(),
+        Some(&Action::SetPeerTable { members: vec![addr(1), addr(3)] }),
+        "before anything else"
+    );
     let s = e.step(&Inputs { allowed: &allowed, ..inputs(50, Some(&c), false, &peers, STANDBY_DB, &[]) });
     assert!(!s.actions.iter().any(|a| matches!(a, Action::SetPeerTable { .. })));
     let fewer: BTreeSet<SocketAddr> = [addr(1), addr(2)].into();
@@ -113,8 +148,11 @@ fn the_kernel_peer_table_follows_the_allowed_members() {
 fn a_lapsed_lease_is_announced_only_once_it_was_granted() {
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
-    let kernel = |now: u64, deadline_ms: u64| KernelState { deadline_ns: deadline_ms * MS, ..lease_kernel(1, now, None) };
-    let at = |e: &mut Engine, now: u64, deadline_ms: u64| e.step(&Inputs { kernel: kernel(now, deadline_ms), ..inputs(now, Some(&c), false, &[], PRIMARY_DB, &[]) });
+    let kernel =
+        |now: u64, deadline_ms: u64| KernelState { deadline_ns: deadline_ms * MS, ..lease_kernel(1, now, None) };
+    let at = |e: &mut Engine, now: u64, deadline_ms: u64| {
+        e.step(&Inputs { kernel: kernel(now, deadline_ms), ..inputs(now, Some(&c), false, &[], PRIMARY_DB, &[]) })
+    };
     assert_eq!(at(&mut e, 5_000, 0).desired.ping_flags & FLAG_LEASE_LAPSED, 0, "never granted (start-up)");
     // The floor: granted until 6 s (the start of enforcement + lease.timeout), whatever an
     // earlier epoch's deadline says.

@@ -6,12 +6,20 @@
 use std::net::SocketAddr;
 
 use super::{
-    duration_ns, latch::Latch, retry_due, Action, Choice, Committed, Engine, Handover, Inputs, LocalDb, Notice, Outcome, PeerRole, Proposal,
+    duration_ns, latch::Latch, retry_due, Action, Choice, Committed, Engine, Handover, Inputs, LocalDb, Notice,
+    Outcome, PeerRole, Proposal,
 };
 
 impl Engine {
     /// The promotion proposal, if this node leads the log and one is due.
-    pub(super) fn as_leader(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, handover: Option<Handover>, actions: &mut Vec<Action>) -> Option<Outcome> {
+    pub(super) fn as_leader(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        handover: Option<Handover>,
+        actions: &mut Vec<Action>,
+    ) -> Option<Outcome> {
         let promote_due = match self.proposed_promote {
             Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
             _ => true,
@@ -23,7 +31,9 @@ impl Engine {
         let handover_ready = handover.is_none_or(|h| {
             !h.demote
                 || c.votes.contains(&h.from)
-                || inp.peers.iter().any(|v| v.addr == h.from && (!v.alive || (!v.db_up && self.db_reachable(v.addr, inp.now_ns) == Some(false))))
+                || inp.peers.iter().any(|v| {
+                    v.addr == h.from && (!v.alive || (!v.db_up && self.db_reachable(v.addr, inp.now_ns) == Some(false)))
+                })
         });
         if !(inp.is_leader && c.votes.len() >= c.majority() && !c.votes_short && promote_due && handover_ready) {
             return None;
@@ -82,7 +92,8 @@ impl Engine {
         if let (Some((e, old)), Some(p)) = (self.post_promotion_due, c.primary) {
             if e != c.epoch {
                 self.post_promotion_due = None;
-            } else if inp.peers.iter().any(|v| v.addr == p && v.epoch == e && v.role == PeerRole::Primary && !v.fenced) {
+            } else if inp.peers.iter().any(|v| v.addr == p && v.epoch == e && v.role == PeerRole::Primary && !v.fenced)
+            {
                 self.post_promotion_due = None;
                 actions.push(Action::RemotePostPromotion { new_primary: p, old_primary: old });
             }
@@ -90,7 +101,13 @@ impl Engine {
     }
 
     /// The hand-over target if it can be promoted now (alive standby with its database up).
-    fn handover_target(&self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, to: SocketAddr) -> Option<(SocketAddr, u64)> {
+    fn handover_target(
+        &self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        to: SocketAddr,
+    ) -> Option<(SocketAddr, u64)> {
         let m = c.nodes.get(&to).copied().unwrap_or_default();
         if !m.promotable || m.priority == 0 || m.witness {
             return None;
@@ -130,7 +147,9 @@ impl Engine {
         let settled = |addr: &SocketAddr, lsn: u64| {
             lsn != 0
                 && self.positions.get(addr).is_some_and(|r| {
-                    r.lsn == lsn && r.prev_lsn == Some(lsn) && r.arrival_ns >= after.saturating_add(duration_ns(max_age))
+                    r.lsn == lsn
+                        && r.prev_lsn == Some(lsn)
+                        && r.arrival_ns >= after.saturating_add(duration_ns(max_age))
                 })
         };
         if !self.cfg.is_witness

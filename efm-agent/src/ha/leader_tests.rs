@@ -19,7 +19,9 @@ fn leader_promotes_only_with_a_majority_of_votes() {
     assert!(proposals(&s).is_empty());
     let s = step(&mut e, 120, Some(&c), true, &peers, LocalDb::default(), &[]);
     let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. })).expect("promote");
-    assert!(matches!(promote, Proposal::Promote { candidate, expected_epoch: 1, lsn: 120, .. } if candidate == addr(2)));
+    assert!(
+        matches!(promote, Proposal::Promote { candidate, expected_epoch: 1, lsn: 120, .. } if candidate == addr(2))
+    );
     assert_eq!(s.outcome, Outcome::PromotionProposed { candidate: addr(2), epoch: 1 });
     let s = step(&mut e, 130, Some(&c), true, &peers, LocalDb::default(), &[]);
     assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "not again at once");
@@ -104,7 +106,11 @@ fn candidate_is_most_advanced_then_priority_then_address() {
     let peers = [dead, standby_view(2, 7, 100), standby_view(4, 7, 300), standby_view(5, 7, 300)];
     assert_eq!(candidate_of(&five([1, 1, 1], [true; 3]), &peers, 0), Ok(addr(4)), "LSN, then address");
     assert_eq!(candidate_of(&five([1, 2, 1], [true; 3]), &peers, 0), Ok(addr(5)), "priority breaks the LSN tie");
-    assert_eq!(candidate_of(&five([1, 0, 1], [true, true, false]), &peers, 0), Ok(addr(2)), "priority 0 and promotable=false never");
+    assert_eq!(
+        candidate_of(&five([1, 0, 1], [true, true, false]), &peers, 0),
+        Ok(addr(2)),
+        "priority 0 and promotable=false never"
+    );
     let err = candidate_of(&five([0, 0, 0], [true; 3]), &peers, 0).unwrap_err();
     assert!(err.contains("promotable"), "{err}");
     let err = candidate_of(&five([1, 1, 1], [true; 3]), &peers, 3).unwrap_err();
@@ -119,7 +125,11 @@ fn candidate_is_most_advanced_then_priority_then_address() {
 /// last one `age_ms` ago), carrying `lsn_at(arrival)`.
 fn reporting(i: u8, epoch: u64, now: u64, age_ms: u64, lsn_at: impl Fn(u64) -> u64) -> PeerView {
     let arrival = (now - now % 50).saturating_sub(age_ms / 50 * 50);
-    PeerView { agent_age: Some(Duration::from_millis(now - arrival)), lsn: lsn_at(arrival), ..standby_view(i, epoch, 0) }
+    PeerView {
+        agent_age: Some(Duration::from_millis(now - arrival)),
+        lsn: lsn_at(arrival),
+        ..standby_view(i, epoch, 0)
+    }
 }
 
 #[test]
@@ -150,7 +160,11 @@ fn a_stale_position_is_not_trusted() {
         ]
     };
     let s = step(&mut e, 10, Some(&c), true, &peers(10), LocalDb::default(), &[]);
-    assert!(matches!(&s.outcome, Outcome::ComparingPositions { waiting_for, .. } if waiting_for.contains(&addr(4))), "{}", s.outcome);
+    assert!(
+        matches!(&s.outcome, Outcome::ComparingPositions { waiting_for, .. } if waiting_for.contains(&addr(4))),
+        "{}",
+        s.outcome
+    );
     // n4's agent reports again, with a fresh position: it wins as soon as it is settled.
     let fresh = |now: u64| {
         let mut p = peers(now);
@@ -237,7 +251,10 @@ fn the_leader_promotes_the_switchover_target_only_after_the_old_primary_voted() 
     let peers = [fenced_primary, standby_view(2, 1, 100), standby_view(4, 1, 200)];
     let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
     let s = step(&mut e, 0, Some(&c), true, &peers, LocalDb::default(), &[]);
-    assert!(!proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })), "the old primary has not stopped yet");
+    assert!(
+        !proposals(&s).iter().any(|p| matches!(p, Proposal::Promote { .. })),
+        "the old primary has not stopped yet"
+    );
     c.votes.insert(addr(1));
     let s = step(&mut e, 10, Some(&c), true, &peers, LocalDb::default(), &[]);
     let promote = proposals(&s).into_iter().find(|p| matches!(p, Proposal::Promote { .. }));
@@ -251,7 +268,8 @@ fn the_leader_promotes_the_switchover_target_only_after_the_old_primary_voted() 
 fn remote_promotion_hooks_fire_on_uninvolved_nodes_only() {
     let mut e = Engine::new(EngineConfig { is_witness: true, ..cfg(3) });
     let c1 = committed(1, Some(1));
-    let s = step(&mut e, 0, Some(&c1), false, &[primary_view(1, 1, 10), standby_view(2, 1, 100)], LocalDb::default(), &[]);
+    let s =
+        step(&mut e, 0, Some(&c1), false, &[primary_view(1, 1, 10), standby_view(2, 1, 100)], LocalDb::default(), &[]);
     assert!(!s.actions.iter().any(|a| matches!(a, Action::RemotePrePromotion { .. })), "not at the first step");
     let mut c2 = committed(2, Some(2));
     c2.previous_primary = Some(addr(1));

@@ -66,27 +66,27 @@ use efm_common::{
 };
 
 pub mod effects;
-pub mod latch;
-pub mod leader;
-pub mod monitoring;
-pub mod primary;
-pub mod runtime;
-pub mod standby;
-pub mod voter;
-#[cfg(test)]
-mod sim;
-#[cfg(test)]
-mod tests;
 #[cfg(test)]
 mod effects_tests;
+pub mod latch;
+pub mod leader;
 #[cfg(test)]
 mod leader_tests;
+pub mod monitoring;
 #[cfg(test)]
 mod monitoring_tests;
+pub mod primary;
 #[cfg(test)]
 mod primary_tests;
+pub mod runtime;
+#[cfg(test)]
+mod sim;
+pub mod standby;
 #[cfg(test)]
 mod standby_tests;
+#[cfg(test)]
+mod tests;
+pub mod voter;
 #[cfg(test)]
 mod voter_tests;
 
@@ -320,25 +320,49 @@ impl KernelState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// [`Action::PromoteLocal`]: `pg_promote()` confirmed the database left recovery.
-    Promoted { epoch: u64 },
-    PromotionFailed { epoch: u64, reason: String },
+    Promoted {
+        epoch: u64,
+    },
+    PromotionFailed {
+        epoch: u64,
+        reason: String,
+    },
     /// [`Action::HandOver`] with `demote`: the database stopped cleanly (every acknowledged
     /// write reached the connected standbys) ...
-    HandedOver { epoch: u64 },
+    HandedOver {
+        epoch: u64,
+    },
     /// ... or could not be stopped.
-    HandOverFailed { epoch: u64, reason: String },
+    HandOverFailed {
+        epoch: u64,
+        reason: String,
+    },
     /// [`Action::Rejoin`]: the old primary runs as a standby again, or could not.
-    Rejoined { epoch: u64 },
-    RejoinFailed { epoch: u64, reason: String },
+    Rejoined {
+        epoch: u64,
+    },
+    RejoinFailed {
+        epoch: u64,
+        reason: String,
+    },
     /// An action that stops the database (`stop: true`, or a `-switchover`'s clean stop) is
     /// done with it, successfully or not: the VIP may go.
     DbStopDone,
     /// [`Action::CheckRemoteDb`]: whether the peer's database answered from here.
-    RemoteChecked { node: SocketAddr, reachable: bool },
+    RemoteChecked {
+        node: SocketAddr,
+        reachable: bool,
+    },
     /// [`Action::Vip`] finished (`ok`: the address is now as wanted).
-    VipDone { assign: bool, ok: bool },
+    VipDone {
+        assign: bool,
+        ok: bool,
+    },
     /// `efm resume`: the operator's fresh reading of the local database.
-    ResumeRequested { id: u64, db: LocalDb },
+    ResumeRequested {
+        id: u64,
+        db: LocalDb,
+    },
     /// [`Action::SetPeerTable`] could not be written: ask again.
     PeerTableFailed,
 }
@@ -427,9 +451,20 @@ impl Desired {
 /// A proposal to the coordination log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Proposal {
-    SetPrimary { node: SocketAddr, expected_epoch: u64 },
-    Vote { voter: SocketAddr, epoch: u64 },
-    Promote { candidate: SocketAddr, expected_epoch: u64, lsn: u64, reason: String },
+    SetPrimary {
+        node: SocketAddr,
+        expected_epoch: u64,
+    },
+    Vote {
+        voter: SocketAddr,
+        epoch: u64,
+    },
+    Promote {
+        candidate: SocketAddr,
+        expected_epoch: u64,
+        lsn: u64,
+        reason: String,
+    },
     /// Call off a hand-over that could not be carried out (the old primary serves again).
     ClearSwitchover,
 }
@@ -492,25 +527,57 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Witness,
-    Standby { primary: Option<SocketAddr>, endorsing: bool },
-    Primary { epoch: u64 },
+    Standby {
+        primary: Option<SocketAddr>,
+        endorsing: bool,
+    },
+    Primary {
+        epoch: u64,
+    },
     Idle,
     NotJoined,
     RegisteringPrimary,
-    Candidate { epoch: u64 },
-    FencedOldPrimary { epoch: u64 },
+    Candidate {
+        epoch: u64,
+    },
+    FencedOldPrimary {
+        epoch: u64,
+    },
     PrimaryDatabaseFailed,
-    PrimaryIsolated { epoch: u64 },
-    PrimarySuspect { primary: SocketAddr, reason: &'static str },
-    Voted { epoch: u64 },
-    PromotionProposed { candidate: SocketAddr, epoch: u64 },
-    NoCandidate { epoch: u64, reason: String },
+    PrimaryIsolated {
+        epoch: u64,
+    },
+    PrimarySuspect {
+        primary: SocketAddr,
+        reason: &'static str,
+    },
+    Voted {
+        epoch: u64,
+    },
+    PromotionProposed {
+        candidate: SocketAddr,
+        epoch: u64,
+    },
+    NoCandidate {
+        epoch: u64,
+        reason: String,
+    },
     /// A promotion is due; waiting (bounded by [`EngineConfig::position_wait`]) for these
     /// candidates to report a fresh, settled WAL position.
-    ComparingPositions { epoch: u64, waiting_for: Vec<SocketAddr> },
-    ManualFailoverRequired { primary: SocketAddr },
-    HandingOver { epoch: u64, to: SocketAddr },
-    Rejoining { primary: SocketAddr },
+    ComparingPositions {
+        epoch: u64,
+        waiting_for: Vec<SocketAddr>,
+    },
+    ManualFailoverRequired {
+        primary: SocketAddr,
+    },
+    HandingOver {
+        epoch: u64,
+        to: SocketAddr,
+    },
+    Rejoining {
+        primary: SocketAddr,
+    },
 }
 
 impl fmt::Display for Outcome {
@@ -525,12 +592,18 @@ impl fmt::Display for Outcome {
             Self::NotJoined => write!(f, "not yet part of the coordination log"),
             Self::RegisteringPrimary => write!(f, "registering the existing primary"),
             Self::Candidate { epoch } => write!(f, "promoting for epoch {epoch}"),
-            Self::FencedOldPrimary { epoch } => write!(f, "fenced: database is a primary but epoch {epoch} belongs to another node"),
+            Self::FencedOldPrimary { epoch } => {
+                write!(f, "fenced: database is a primary but epoch {epoch} belongs to another node")
+            }
             Self::PrimaryDatabaseFailed => write!(f, "fenced: the primary database failed"),
-            Self::PrimaryIsolated { epoch } => write!(f, "isolated primary of epoch {epoch}: no endorsements, clients cut off by the lease"),
+            Self::PrimaryIsolated { epoch } => {
+                write!(f, "isolated primary of epoch {epoch}: no endorsements, clients cut off by the lease")
+            }
             Self::PrimarySuspect { primary, reason } => write!(f, "primary {primary} suspect: {reason}"),
             Self::Voted { epoch } => write!(f, "voted against the primary of epoch {epoch}"),
-            Self::PromotionProposed { candidate, epoch } => write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1),
+            Self::PromotionProposed { candidate, epoch } => {
+                write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1)
+            }
             Self::NoCandidate { epoch, reason } => write!(f, "no standby to promote for epoch {epoch}: {reason}"),
             Self::ComparingPositions { epoch, waiting_for } => {
                 write!(f, "comparing WAL positions for epoch {epoch}: waiting for fresh, settled positions from")?;
@@ -539,8 +612,12 @@ impl fmt::Display for Outcome {
                 }
                 Ok(())
             }
-            Self::ManualFailoverRequired { primary } => write!(f, "primary {primary} failed; auto.failover is off: manual failover required"),
-            Self::HandingOver { epoch, to } => write!(f, "fenced: handing epoch {epoch} over to {to} (operator request)"),
+            Self::ManualFailoverRequired { primary } => {
+                write!(f, "primary {primary} failed; auto.failover is off: manual failover required")
+            }
+            Self::HandingOver { epoch, to } => {
+                write!(f, "fenced: handing epoch {epoch} over to {to} (operator request)")
+            }
             Self::Rejoining { primary } => write!(f, "fenced: old primary rejoining as a standby of {primary}"),
         }
     }
@@ -716,7 +793,11 @@ impl Engine {
     }
 
     fn db_flags(db: &LocalDb) -> u16 {
-        if db.up == Some(true) && !db.failed { FLAG_DB_UP } else { 0 }
+        if db.up == Some(true) && !db.failed {
+            FLAG_DB_UP
+        } else {
+            0
+        }
     }
 
     /// One decision cycle: completions, monitoring, the node's decision cascade, then the
@@ -776,7 +857,14 @@ impl Engine {
     }
 
     /// The ordered cascade for a member of the log.
-    fn decide(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, lapsed: Option<Duration>, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    fn decide(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        lapsed: Option<Duration>,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
         let me = self.cfg.me;
         if self.epoch_seen.is_none_or(|(e, _)| e != c.epoch) {
             self.epoch_seen = Some((c.epoch, inp.now_ns));
@@ -833,7 +921,14 @@ impl Engine {
     /// | 9 | db a primary, another node committed                         | `FencedOldPrimary` | fenced                  |
     /// |10 | db a standby, up, monitored                                  | `Standby`          | unfenced (reads)        |
     /// |11 | anything else (db down, unknown, suspended)                  | `Idle`             | fenced                  |
-    fn own_role(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, lapsed: Option<Duration>, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    fn own_role(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        lapsed: Option<Duration>,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
         let k = u32::try_from(c.majority().saturating_sub(1)).unwrap_or(u32::MAX);
         if self.handover.is_some_and(|(e, _)| c.epoch > e) && db.up == Some(true) {
             // The old primary's database runs again (rejoined, or promoted again): the
@@ -851,7 +946,14 @@ impl Engine {
 
     /// The cycle's headline: a promotion decision first, then this node's vote, a suspect
     /// primary, else the own role.
-    fn headline(c: &Committed, promo: Option<Outcome>, own: Outcome, vote: &voter::VoterView, handover: bool, actions: &[Action]) -> Outcome {
+    fn headline(
+        c: &Committed,
+        promo: Option<Outcome>,
+        own: Outcome,
+        vote: &voter::VoterView,
+        handover: bool,
+        actions: &[Action],
+    ) -> Outcome {
         let auto_failover = c.auto_failover || handover;
         if let Some(o) = promo {
             return o;
@@ -860,7 +962,9 @@ impl Engine {
             Action::Propose(Proposal::Vote { epoch, .. }) => Some(*epoch),
             _ => None,
         });
-        if let (Some(epoch), false) = (voted, matches!(own, Outcome::PrimaryDatabaseFailed | Outcome::HandingOver { .. })) {
+        if let (Some(epoch), false) =
+            (voted, matches!(own, Outcome::PrimaryDatabaseFailed | Outcome::HandingOver { .. }))
+        {
             return Outcome::Voted { epoch };
         }
         match (vote.suspect, c.primary) {
@@ -903,7 +1007,16 @@ impl Engine {
 
     #[expect(clippy::unused_self, reason = "read as a method next to the engine's other role helpers")]
     fn unfenced(&self, epoch: u64, ping_flags: u16, endorse: Option<SocketAddr>) -> Desired {
-        Desired { fenced: false, lease_enforced: false, lease_k: 0, members_exempt: false, epoch, ping_flags, vip: false, endorse }
+        Desired {
+            fenced: false,
+            lease_enforced: false,
+            lease_k: 0,
+            members_exempt: false,
+            epoch,
+            ping_flags,
+            vip: false,
+            endorse,
+        }
     }
 
     /// Records the WAL positions of this step: a peer's position is new when a new PING
@@ -934,11 +1047,17 @@ impl Engine {
                 self.promotion = Some((*epoch, Progress::Done { at_ns: now }));
                 self.monitor.promoted(inp.db);
             }
-            Event::PromotionFailed { epoch, reason } => self.promotion = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::PromotionFailed { epoch, reason } => {
+                self.promotion = Some((*epoch, Progress::Failed { reason: reason.clone() }))
+            }
             Event::HandedOver { epoch } => self.stop_work = Some((*epoch, Progress::Done { at_ns: now })),
-            Event::HandOverFailed { epoch, reason } => self.stop_work = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::HandOverFailed { epoch, reason } => {
+                self.stop_work = Some((*epoch, Progress::Failed { reason: reason.clone() }))
+            }
             Event::Rejoined { epoch } => self.rejoin_work = Some((*epoch, Progress::Done { at_ns: now })),
-            Event::RejoinFailed { epoch, reason } => self.rejoin_work = Some((*epoch, Progress::Failed { reason: reason.clone() })),
+            Event::RejoinFailed { epoch, reason } => {
+                self.rejoin_work = Some((*epoch, Progress::Failed { reason: reason.clone() }))
+            }
             Event::DbStopDone => self.fx.vip.db_stops = self.fx.vip.db_stops.saturating_sub(1),
             Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now),
             Event::VipDone { assign, ok } => self.vip_done(*assign, *ok, out),

@@ -74,13 +74,17 @@ impl Engine {
         let first = !std::mem::replace(&mut self.monitor.db_seen, true);
         if self.monitor.suspension.is_none() {
             let reason = match (prev, db.up) {
-                _ if inp.custom_monitor_failed.is_some() => {
-                    Some((format!("custom monitor: {}", inp.custom_monitor_failed.unwrap_or_default()), SuspendKind::Failure))
+                _ if inp.custom_monitor_failed.is_some() => Some((
+                    format!("custom monitor: {}", inp.custom_monitor_failed.unwrap_or_default()),
+                    SuspendKind::Failure,
+                )),
+                _ if first && db.up != Some(true) => {
+                    Some(("the database was not running when the agent started".to_owned(), SuspendKind::Startup))
                 }
-                _ if first && db.up != Some(true) => Some(("the database was not running when the agent started".to_owned(), SuspendKind::Startup)),
-                (Some(true) | None, Some(false)) if !planned => {
-                    Some((format!("database failure: {}", inp.db_error.unwrap_or("it stopped answering")), SuspendKind::Failure))
-                }
+                (Some(true) | None, Some(false)) if !planned => Some((
+                    format!("database failure: {}", inp.db_error.unwrap_or("it stopped answering")),
+                    SuspendKind::Failure,
+                )),
                 _ => None,
             };
             if let Some((reason, kind)) = reason {
@@ -93,7 +97,11 @@ impl Engine {
             SuspendKind::Failure => self.cfg.auto_resume_failure,
         };
         let within = now.saturating_sub(sus.since_ns) <= super::duration_ns(period);
-        if inp.custom_monitor_failed.is_none() && !period.is_zero() && within && self.resumable(&db, inp.committed).is_ok() {
+        if inp.custom_monitor_failed.is_none()
+            && !period.is_zero()
+            && within
+            && self.resumable(&db, inp.committed).is_ok()
+        {
             self.monitor.suspension = None;
             out.push(Action::Resumed { how: "automatically (auto.resume period)" });
             return db;

@@ -10,7 +10,10 @@ fn streaming_from(i: u8) -> LocalDb {
 }
 
 fn answers(s: &Step) -> Vec<Result<String, String>> {
-    s.actions.iter().filter_map(|a| if let Action::AnswerResume { result, .. } = a { Some(result.clone()) } else { None }).collect()
+    s.actions
+        .iter()
+        .filter_map(|a| if let Action::AnswerResume { result, .. } = a { Some(result.clone()) } else { None })
+        .collect()
 }
 
 fn resumed(s: &Step) -> bool {
@@ -116,12 +119,18 @@ fn a_failing_custom_monitor_fails_the_primary_over_and_blocks_resume() {
     let c = committed(1, Some(1));
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
     let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
-    let s = e.step(&Inputs { custom_monitor_failed: Some("exit value 3"), ..inputs(100, Some(&c), false, &peers, PRIMARY_DB, &[]) });
+    let s = e.step(&Inputs {
+        custom_monitor_failed: Some("exit value 3"),
+        ..inputs(100, Some(&c), false, &peers, PRIMARY_DB, &[])
+    });
     assert_eq!(s.suspended.as_ref().map(|s| s.reason.as_str()), Some("custom monitor: exit value 3"));
     assert_eq!(s.outcome, Outcome::PrimaryDatabaseFailed);
     assert!(s.desired.fenced && proposals(&s).contains(&Proposal::Vote { voter: addr(1), epoch: 1 }));
     let ask = [Event::ResumeRequested { id: 7, db: PRIMARY_DB }];
-    let s = e.step(&Inputs { custom_monitor_failed: Some("exit value 3"), ..inputs(200, Some(&c), false, &peers, PRIMARY_DB, &ask) });
+    let s = e.step(&Inputs {
+        custom_monitor_failed: Some("exit value 3"),
+        ..inputs(200, Some(&c), false, &peers, PRIMARY_DB, &ask)
+    });
     assert!(matches!(&answers(&s)[..], [Err(why)] if why.contains("custom monitor script still fails")));
 }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use efm_common::wire::{ROLE_PRIMARY, ROLE_STANDBY};
 
-use super::{latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice, Outcome, Progress, Proposal};
+use super::{
+    latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice, Outcome, Progress,
+    Proposal,
+};
 
 impl Engine {
     pub(super) fn as_committed_primary(
@@ -50,7 +53,10 @@ impl Engine {
             self.vote_against_own_epoch(c, inp.now_ns, actions);
             if self.latches.once(Latch::DbFailureHandled, e) {
                 actions.push(Action::PrimaryDbFailed { epoch: e, stop: self.cfg.stop_failed_primary });
-                actions.push(Action::Notify(Notice::DatabaseFailure { role: crate::notify::NodeRole::Primary, node: me.to_string() }));
+                actions.push(Action::Notify(Notice::DatabaseFailure {
+                    role: crate::notify::NodeRole::Primary,
+                    node: me.to_string(),
+                }));
             }
             return (self.fenced(e, ROLE_PRIMARY), Outcome::PrimaryDatabaseFailed);
         }
@@ -87,12 +93,25 @@ impl Engine {
     /// The old primary's side of an operator hand-over: fenced from this cycle on; votes against
     /// its own epoch at once, or (`-switchover`) once its database stopped cleanly. If the clean
     /// stop fails, it asks the log to call the hand-over off and serves again when it is.
-    fn handing_over(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, h: Handover, k: u32, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    fn handing_over(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        h: Handover,
+        k: u32,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
         let (me, e) = (self.cfg.me, c.epoch);
         // Fenced for clients; the cluster's own nodes stay exempt so the standbys receive the
         // last WAL, but only under the lease: cut off from the voters, the node fences its
         // members too (its lease lapses), as it no longer knows it is the primary.
-        let fenced = Desired { lease_enforced: k > 0, lease_k: k, members_exempt: true, ..self.fenced(e, ROLE_PRIMARY | Self::db_flags(db)) };
+        let fenced = Desired {
+            lease_enforced: k > 0,
+            lease_k: k,
+            members_exempt: true,
+            ..self.fenced(e, ROLE_PRIMARY | Self::db_flags(db))
+        };
         let outcome = Outcome::HandingOver { epoch: e, to: h.to };
         if self.handover.is_none_or(|(he, _)| he != e) {
             self.handover = Some((e, h));

@@ -65,7 +65,10 @@ fn an_unendorsed_primary_runs_the_isolated_flow_after_the_promotion_wait() {
     let c = committed(1, Some(1));
     // The lease floor: counted as granted for `lease.timeout` after this node began enforcing
     // it (at 5 s), so the lapse is measured from 6 s at the earliest.
-    let lapsed = |now: u64, ms: Option<u64>| Inputs { kernel: lease_kernel(1, now, ms), ..inputs(now, Some(&c), false, &[], PRIMARY_DB, &[]) };
+    let lapsed = |now: u64, ms: Option<u64>| Inputs {
+        kernel: lease_kernel(1, now, ms),
+        ..inputs(now, Some(&c), false, &[], PRIMARY_DB, &[])
+    };
     let s = e.step(&lapsed(5_000, Some(300)));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "a short lapse (start-up, a glitch) is not isolation");
     let s = e.step(&lapsed(6_500, Some(2_000)));
@@ -75,7 +78,10 @@ fn an_unendorsed_primary_runs_the_isolated_flow_after_the_promotion_wait() {
     assert!(!s.desired.vip && s.desired.lease_enforced, "VIP released; the lease keeps clients off");
     assert!(s.actions.contains(&Action::PrimaryIsolated { epoch: 1, stop: false }));
     assert!(proposals(&s).is_empty(), "no vote: nothing sticky");
-    assert!(!e.step(&lapsed(7_300, Some(2_100))).actions.iter().any(|a| matches!(a, Action::PrimaryIsolated { .. })), "once per episode");
+    assert!(
+        !e.step(&lapsed(7_300, Some(2_100))).actions.iter().any(|a| matches!(a, Action::PrimaryIsolated { .. })),
+        "once per episode"
+    );
     let s = e.step(&lapsed(7_400, None));
     assert_eq!(s.outcome, Outcome::Primary { epoch: 1 }, "endorsed again: back to primary");
     assert!(s.desired.vip);
@@ -167,5 +173,9 @@ fn a_quiet_hand_over_sends_no_notifications_and_a_later_one_does() {
     let _ = step(&mut e, 0, Some(&c), false, &peers, PRIMARY_DB, &[]);
     let loud = with_handover(committed(3, Some(1)), 2, true);
     let s = step(&mut e, 100, Some(&loud), false, &[standby_view(2, 3, 100), witness_view(3, 3)], PRIMARY_DB, &[]);
-    assert!(s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::PromotionStarted { .. }))), "{:?}", s.actions);
+    assert!(
+        s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::PromotionStarted { .. }))),
+        "{:?}",
+        s.actions
+    );
 }

@@ -20,14 +20,19 @@ use efm_common::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal, Step};
+use super::{
+    Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome,
+    PeerRole, PeerView, Proposal, Step,
+};
 use crate::{
     config::{Config, FenceMode},
     coordination::{ClusterState, Command, Coordinator, NodeInfo, NodeKind},
     datapath::{Datapath, DatapathError},
     detector::Verdict,
     localdb,
-    node::{DbUpdate, DbView, Facts, KernelView, PeerEntry, RuntimeOwner, RuntimeRequest, Status, SuspendKind, Suspension},
+    node::{
+        DbUpdate, DbView, Facts, KernelView, PeerEntry, RuntimeOwner, RuntimeRequest, Status, SuspendKind, Suspension,
+    },
     postgres::{self, control},
     scripts::{Hook, ScriptRunner, Substitutions},
     vip,
@@ -132,7 +137,10 @@ impl HaRuntime {
         let mut engine = engine;
         // A small read once at start-up, before the heartbeat loop runs.
         if let Some(e) = std::fs::read_to_string(&voted_file).ok().and_then(|t| t.trim().parse::<u64>().ok()) {
-            tracing::info!(epoch = e, "this node voted against epoch {e} before it restarted; it never endorses it again");
+            tracing::info!(
+                epoch = e,
+                "this node voted against epoch {e} before it restarted; it never endorses it again"
+            );
             engine.set_voted_floor(e);
         }
         engine.set_vip_held(vip_held);
@@ -209,13 +217,10 @@ impl HaRuntime {
                 (*a, meta)
             })
             .collect();
-        let handover = st.switchover.filter(|h| h.requested_epoch == st.epoch && Some(h.from) == st.primary).map(|h| Handover {
-            from: h.from,
-            to: h.to,
-            demote: h.demote,
-            quiet: h.quiet,
-            source: h.source,
-        });
+        let handover = st
+            .switchover
+            .filter(|h| h.requested_epoch == st.epoch && Some(h.from) == st.primary)
+            .map(|h| Handover { from: h.from, to: h.to, demote: h.demote, quiet: h.quiet, source: h.source });
         Some(Committed {
             epoch: st.epoch,
             primary: st.primary,
@@ -272,7 +277,12 @@ impl HaRuntime {
         // The kernel counts endorsements from the voters only (the quorum's members).
         let allowed: BTreeSet<SocketAddr> = st.voters();
         let local = local_db(&db, localdb::fresh_lsn(wal, now_ns, self.cfg.heartbeat_interval));
-        let span = tracing::info_span!("ha_cycle", epoch = st.epoch, role = tracing::field::Empty, outcome = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "ha_cycle",
+            epoch = st.epoch,
+            role = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
         let _entered = span.enter();
 
         // ---- Decide. ----
@@ -287,7 +297,11 @@ impl HaRuntime {
             db_error: db.error.as_deref(),
             custom_monitor_failed: custom_failed.as_deref(),
             stop_cluster: st.stopped_at_unix_ms.is_some_and(|t| t >= started_unix_ms),
-            kernel: KernelState { fence: self.last_fence, deadline_ns: lease.deadline_ns, max_epoch_seen: lease.max_epoch_seen },
+            kernel: KernelState {
+                fence: self.last_fence,
+                deadline_ns: lease.deadline_ns,
+                max_epoch_seen: lease.max_epoch_seen,
+            },
             events: &events,
         });
         span.record("role", role_name(step.desired.ping_flags));
@@ -315,7 +329,13 @@ impl HaRuntime {
         if self.last_fence != Some(fence) {
             dp.set_fence(&fence)?;
             if self.last_fence.is_none_or(|f| f.flags != fence.flags || f.epoch != fence.epoch) {
-                tracing::info!(fenced = d.fenced, lease = d.lease_enforced, k = fence.lease_k, epoch = fence.epoch, "kernel fence state");
+                tracing::info!(
+                    fenced = d.fenced,
+                    lease = d.lease_enforced,
+                    k = fence.lease_k,
+                    epoch = fence.epoch,
+                    "kernel fence state"
+                );
             }
             self.last_fence = Some(fence);
         }
@@ -323,8 +343,20 @@ impl HaRuntime {
     }
 
     /// The cycle's results for status, reports and the main loop.
-    fn publish(&mut self, st: &ClusterState, step: &Step, fence: &FenceState, lease: &efm_common::maps::LeaseState, now_ns: u64, exit: bool) {
-        let lease_left = if step.desired.lease_enforced && step.desired.lease_k > 0 { lease.deadline_ns.saturating_sub(now_ns) } else { u64::MAX };
+    fn publish(
+        &mut self,
+        st: &ClusterState,
+        step: &Step,
+        fence: &FenceState,
+        lease: &efm_common::maps::LeaseState,
+        now_ns: u64,
+        exit: bool,
+    ) {
+        let lease_left = if step.desired.lease_enforced && step.desired.lease_k > 0 {
+            lease.deadline_ns.saturating_sub(now_ns)
+        } else {
+            u64::MAX
+        };
         let kernel = KernelView {
             fenced: step.desired.fenced,
             lease_enforced: step.desired.lease_enforced,
@@ -339,7 +371,9 @@ impl HaRuntime {
         }
         let was_suspended = self.owner.status.borrow().suspended.is_some();
         match (was_suspended, &step.suspended) {
-            (false, Some(sus)) => tracing::warn!(reason = %sus.reason, "monitoring of the local database suspended: the node stays idle until `efm resume`"),
+            (false, Some(sus)) => {
+                tracing::warn!(reason = %sus.reason, "monitoring of the local database suspended: the node stays idle until `efm resume`")
+            }
             (true, None) => tracing::info!("monitoring of the local database resumed"),
             _ => {}
         }
@@ -349,7 +383,9 @@ impl HaRuntime {
                 super::SuspendKind::Startup => SuspendKind::Startup,
                 super::SuspendKind::Failure => SuspendKind::Failure,
             },
-            since: Instant::now().checked_sub(Duration::from_nanos(now_ns.saturating_sub(sus.since_ns))).unwrap_or_else(Instant::now),
+            since: Instant::now()
+                .checked_sub(Duration::from_nanos(now_ns.saturating_sub(sus.since_ns)))
+                .unwrap_or_else(Instant::now),
         });
         self.owner.status.send_replace(Status {
             epoch: st.epoch,
@@ -377,8 +413,12 @@ impl HaRuntime {
             Action::Follow { primary, epoch } => self.follow(primary, epoch, me),
             Action::HandOver { epoch, to, demote } => self.hand_over(epoch, to, demote),
             Action::Rejoin { epoch, primary, source } => self.rejoin(epoch, primary, source),
-            Action::RemotePrePromotion { new_primary, old_primary } => self.hook(Hook::RemotePrePromotion, promotion_subst(new_primary, old_primary)),
-            Action::RemotePostPromotion { new_primary, old_primary } => self.hook(Hook::RemotePostPromotion, promotion_subst(new_primary, old_primary)),
+            Action::RemotePrePromotion { new_primary, old_primary } => {
+                self.hook(Hook::RemotePrePromotion, promotion_subst(new_primary, old_primary))
+            }
+            Action::RemotePostPromotion { new_primary, old_primary } => {
+                self.hook(Hook::RemotePostPromotion, promotion_subst(new_primary, old_primary))
+            }
             Action::LoadBalancer { attach, node, primary } => self.load_balancer(attach, node, primary, me),
             Action::CheckRemoteDb { node } => self.check_remote(node),
             Action::SetPeerTable { members } => {
@@ -431,8 +471,12 @@ impl HaRuntime {
             .await;
             match recorded {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return tracing::error!(epoch, error = %e, file = %file.display(), "cannot record the vote; not proposing it"),
-                Err(e) => return tracing::error!(epoch, error = %e, "recording the vote did not finish; not proposing it"),
+                Ok(Err(e)) => {
+                    return tracing::error!(epoch, error = %e, file = %file.display(), "cannot record the vote; not proposing it")
+                }
+                Err(e) => {
+                    return tracing::error!(epoch, error = %e, "recording the vote did not finish; not proposing it")
+                }
             }
             let cmd = Command::Vote { voter, epoch };
             match coord.propose(cmd.clone()).await {
@@ -476,9 +520,18 @@ impl HaRuntime {
                 Some(p) if p.quiet => {}
                 Some(p) if p.switchover => notify(
                     &cfg,
-                    crate::notify::Event::SwitchoverCompleted { old_primary: old.map_or_else(String::new, |o| o.to_string()), new_primary: me.to_string() },
+                    crate::notify::Event::SwitchoverCompleted {
+                        old_primary: old.map_or_else(String::new, |o| o.to_string()),
+                        new_primary: me.to_string(),
+                    },
                 ),
-                _ => notify(&cfg, crate::notify::Event::FailoverCompleted { old_primary: old.map(|o| o.to_string()), new_primary: me.to_string() }),
+                _ => notify(
+                    &cfg,
+                    crate::notify::Event::FailoverCompleted {
+                        old_primary: old.map(|o| o.to_string()),
+                        new_primary: me.to_string(),
+                    },
+                ),
             }
         });
     }
@@ -512,7 +565,12 @@ impl HaRuntime {
             if let Some(s) = stopping {
                 s.await;
             }
-            run_hook(&cfg, Hook::DbFailure, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
+            run_hook(
+                &cfg,
+                Hook::DbFailure,
+                &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() },
+            )
+            .await;
             tracing::info!(epoch, "failed primary database handled");
         });
     }
@@ -524,7 +582,9 @@ impl HaRuntime {
             if let Some(p) = primary {
                 // `standby.signal` and the configuration files: on the blocking pool.
                 let (c, d) = (cfg.clone(), config_dir.clone());
-                let res = tokio::task::spawn_blocking(move || demote_local(&c, &d, p)).await.unwrap_or_else(|e| Err(e.to_string()));
+                let res = tokio::task::spawn_blocking(move || demote_local(&c, &d, p))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
                 match res {
                     Ok(()) => tracing::info!(epoch, new_primary = %p, "old primary demoted: it restarts as a standby"),
                     Err(e) => tracing::error!(epoch, error = %e, "demoting the old primary failed; it stays fenced"),
@@ -533,7 +593,11 @@ impl HaRuntime {
             if let Some(s) = stopping {
                 s.await;
             }
-            let subst = Substitutions { failed_primary: Some(me.ip().to_string()), new_primary: primary.map(|p| p.ip().to_string()), ..Substitutions::default() };
+            let subst = Substitutions {
+                failed_primary: Some(me.ip().to_string()),
+                new_primary: primary.map(|p| p.ip().to_string()),
+                ..Substitutions::default()
+            };
             run_hook(&cfg, Hook::PrimaryIsolated, &subst).await;
         });
     }
@@ -545,7 +609,12 @@ impl HaRuntime {
             if let Some(s) = stopping {
                 s.await;
             }
-            run_hook(&cfg, Hook::PrimaryIsolated, &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() }).await;
+            run_hook(
+                &cfg,
+                Hook::PrimaryIsolated,
+                &Substitutions { failed_primary: Some(me.ip().to_string()), ..Substitutions::default() },
+            )
+            .await;
             tracing::warn!(epoch, "isolated primary: fenced, sessions ended, database handled, VIP released after it");
         });
     }
@@ -565,7 +634,8 @@ impl HaRuntime {
         if !demote {
             return;
         }
-        let (cfg, sessions, done, stopped) = (self.cfg.clone(), self.sessions.clone(), self.events_tx.clone(), StopDone(self.events_tx.clone()));
+        let (cfg, sessions, done, stopped) =
+            (self.cfg.clone(), self.sessions.clone(), self.events_tx.clone(), StopDone(self.events_tx.clone()));
         tokio::spawn(async move {
             let _stopped = stopped;
             if let Some(s) = sessions {
@@ -615,7 +685,14 @@ impl HaRuntime {
         }
         let hook = if attach { Hook::LoadBalancerAttach } else { Hook::LoadBalancerDetach };
         let t = if primary { "p" } else { "s" };
-        self.hook(hook, Substitutions { host: Some(node.ip().to_string()), node_type: Some(t.to_owned()), ..Substitutions::default() });
+        self.hook(
+            hook,
+            Substitutions {
+                host: Some(node.ip().to_string()),
+                node_type: Some(t.to_owned()),
+                ..Substitutions::default()
+            },
+        );
     }
 
     fn check_remote(&self, node: SocketAddr) {
@@ -650,8 +727,11 @@ impl HaRuntime {
         let done = self.events_tx.clone();
         tokio::task::spawn_blocking(move || {
             let res = if assign {
-                vip::assign_labeled(&iface, label.as_deref(), addr, prefix, &vip::Announce::default()).map(|a| format!("{a:?}"))
-            } else { vip::release(&iface, addr, prefix).map(|r| format!("{r:?}")) };
+                vip::assign_labeled(&iface, label.as_deref(), addr, prefix, &vip::Announce::default())
+                    .map(|a| format!("{a:?}"))
+            } else {
+                vip::release(&iface, addr, prefix).map(|r| format!("{r:?}"))
+            };
             let ok = match res {
                 Ok(how) => {
                     tracing::info!(vip = %addr, %iface, assigned = assign, %how, "VIP");
@@ -704,7 +784,11 @@ fn role_name(flags: u16) -> &'static str {
 }
 
 fn promotion_subst(new_primary: SocketAddr, old_primary: Option<SocketAddr>) -> Substitutions {
-    Substitutions { new_primary: Some(new_primary.ip().to_string()), failed_primary: old_primary.map(|o| o.ip().to_string()), ..Substitutions::default() }
+    Substitutions {
+        new_primary: Some(new_primary.ip().to_string()),
+        failed_primary: old_primary.map(|o| o.ip().to_string()),
+        ..Substitutions::default()
+    }
 }
 
 /// Records `epoch` as voted against, durably (`files::write_atomic`: file and directory
@@ -727,7 +811,12 @@ pub async fn resumed(cfg: &Config, me: SocketAddr, how: &str) {
 
 /// The stopped old primary becomes a standby of `primary` (`standby.signal` and
 /// `primary_conninfo`, copied from `source`'s settings when given) and is started.
-async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr, source: Option<SocketAddr>) -> Result<(), String> {
+async fn rejoin(
+    cfg: &Config,
+    config_dir: &std::path::Path,
+    primary: SocketAddr,
+    source: Option<SocketAddr>,
+) -> Result<(), String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
     let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;
@@ -736,15 +825,21 @@ async fn rejoin(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr,
         up.extra = source_settings(cfg, config_dir, src).await?;
     }
     let c = control.clone();
-    tokio::task::spawn_blocking(move || control::demote_to_standby(&c, &data, version, &up).map(|_| ()).map_err(|e| e.to_string()))
-        .await
-        .map_err(|e| e.to_string())??;
+    tokio::task::spawn_blocking(move || {
+        control::demote_to_standby(&c, &data, version, &up).map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     control.start().await.map_err(|e| format!("starting the database as a standby: {e}"))
 }
 
 /// `-sourcenode`: the replication settings of the standby `src` that the old primary takes over
 /// (everything in its `primary_conninfo` but the host and port, which name the new primary).
-async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: SocketAddr) -> Result<Vec<(String, String)>, String> {
+async fn source_settings(
+    cfg: &Config,
+    config_dir: &std::path::Path,
+    src: SocketAddr,
+) -> Result<Vec<(String, String)>, String> {
     let t = localdb::target(cfg, config_dir, &src.ip().to_string())?;
     // Retried for a moment: right after the promotion the source standby's kernel may have seen
     // the new epoch before its agent adopted it, and an epoch-fenced node refuses members too
@@ -753,7 +848,9 @@ async fn source_settings(cfg: &Config, config_dir: &std::path::Path, src: Socket
     let conninfo = loop {
         match postgres::setting(&t, "primary_conninfo", cfg.remote_timeout).await {
             Ok(c) => break c,
-            Err(e) if Instant::now() >= deadline => return Err(format!("-sourcenode {src}: reading its primary_conninfo: {e}")),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("-sourcenode {src}: reading its primary_conninfo: {e}"))
+            }
             Err(e) => {
                 tracing::debug!(%src, error = %e, "reading the source node's primary_conninfo failed; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -778,7 +875,10 @@ fn to_command(p: Proposal, st: &ClusterState) -> Command {
             expected_epoch,
             lsn,
             timeline: st.history.last().map_or(1, |h| h.timeline + 1),
-            at_unix_ms: u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())).unwrap_or(0),
+            at_unix_ms: u64::try_from(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()),
+            )
+            .unwrap_or(0),
             reason,
         },
     }
@@ -807,15 +907,22 @@ pub fn notify(cfg: &Config, event: crate::notify::Event) {
     crate::notify::emit(cfg, event);
 }
 
-async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, old: Option<SocketAddr>, iface: &str) -> Result<Duration, String> {
+async fn promote_local(
+    cfg: &Config,
+    config_dir: &std::path::Path,
+    me: SocketAddr,
+    old: Option<SocketAddr>,
+    iface: &str,
+) -> Result<Duration, String> {
     let start = Instant::now();
     if cfg.check_vip_before_promotion {
         if let Some(addr) = cfg.virtual_ip {
             let iface = iface.to_owned();
-            let found = tokio::task::spawn_blocking(move || vip::probe_in_use(&iface, addr, Duration::from_millis(300)))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let found =
+                tokio::task::spawn_blocking(move || vip::probe_in_use(&iface, addr, Duration::from_millis(300)))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
             if let Some(mac) = found {
                 // EFM refuses to promote here, because the holder might still be a working
                 // primary. With efm the holder's kernel cuts database traffic to the VIP off once
@@ -838,12 +945,22 @@ async fn promote_local(cfg: &Config, config_dir: &std::path::Path, me: SocketAdd
         .await;
         match out {
             Ok(Ok(o)) if o.status.success() => tracing::info!(%ip, "isolation check passed"),
-            Ok(Ok(o)) => return Err(format!("isolation check failed: {} exited with {} (ping.server.ip {ip}); not promoting", argv.join(" "), o.status)),
+            Ok(Ok(o)) => {
+                return Err(format!(
+                    "isolation check failed: {} exited with {} (ping.server.ip {ip}); not promoting",
+                    argv.join(" "),
+                    o.status
+                ))
+            }
             Ok(Err(e)) => return Err(format!("isolation check: cannot run {program}: {e}; not promoting")),
             Err(_) => return Err(format!("isolation check: {} did not finish in 15 s; not promoting", argv.join(" "))),
         }
     }
-    let subst = Substitutions { new_primary: Some(me.ip().to_string()), failed_primary: old.map(|o| o.ip().to_string()), ..Substitutions::default() };
+    let subst = Substitutions {
+        new_primary: Some(me.ip().to_string()),
+        failed_primary: old.map(|o| o.ip().to_string()),
+        ..Substitutions::default()
+    };
     if run_hook(cfg, Hook::Fence, &subst).await == Some(false) {
         return Err("script.fence failed: promotion aborted".into());
     }
@@ -864,7 +981,12 @@ fn upstream(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> 
     })
 }
 
-async fn follow(cfg: &Config, config_dir: &std::path::Path, me: SocketAddr, primary: SocketAddr) -> Result<String, String> {
+async fn follow(
+    cfg: &Config,
+    config_dir: &std::path::Path,
+    me: SocketAddr,
+    primary: SocketAddr,
+) -> Result<String, String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let up = upstream(cfg, config_dir, primary)?;
     let target = localdb::target(cfg, config_dir, &me.ip().to_string())?;

@@ -6,14 +6,23 @@ use std::net::SocketAddr;
 
 use efm_common::wire::{ROLE_IDLE, ROLE_STANDBY};
 
-use super::{latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice, Outcome, Progress, Proposal};
+use super::{
+    latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice, Outcome, Progress,
+    Proposal,
+};
 
 /// How long after a rejoin finished a database stop still counts as planned (the local monitor
 /// needs a moment to see the database up).
 pub(super) const REJOIN_SETTLE_NS: u64 = 2_000_000_000;
 
 impl Engine {
-    pub(super) fn as_other(&mut self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    pub(super) fn as_other(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
         let me = self.cfg.me;
         let db_flag = Self::db_flags(db);
         let db_is_primary = db.up == Some(true) && db.in_recovery == Some(false);
@@ -34,7 +43,11 @@ impl Engine {
                 return (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::RegisteringPrimary);
             }
             if self.latches.once(Latch::Demoted, c.epoch) {
-                actions.push(Action::DemoteLocal { epoch: c.epoch, primary: c.primary, stop: self.cfg.stop_isolated_primary });
+                actions.push(Action::DemoteLocal {
+                    epoch: c.epoch,
+                    primary: c.primary,
+                    stop: self.cfg.stop_isolated_primary,
+                });
                 actions.push(Action::Notify(Notice::PrimaryFencedOff { node: me.to_string() }));
             }
             return (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch });
@@ -42,11 +55,17 @@ impl Engine {
         if db.up == Some(true) && !db.failed {
             if let Some(p) = c.primary {
                 // Once per epoch; not when the database streams from that primary already.
-                if self.cfg.auto_reconfigure && self.latches.once(Latch::Followed, c.epoch) && db.upstream != Some(p.ip()) {
+                if self.cfg.auto_reconfigure
+                    && self.latches.once(Latch::Followed, c.epoch)
+                    && db.upstream != Some(p.ip())
+                {
                     actions.push(Action::Follow { primary: p, epoch: c.epoch });
                 }
             }
-            return (self.unfenced(c.epoch, ROLE_STANDBY | db_flag, None), Outcome::Standby { primary: c.primary, endorsing: false });
+            return (
+                self.unfenced(c.epoch, ROLE_STANDBY | db_flag, None),
+                Outcome::Standby { primary: c.primary, endorsing: false },
+            );
         }
         // Database down or not known yet: it may still be a primary; fence (when in doubt).
         (self.fenced(c.epoch, ROLE_IDLE), Outcome::Idle)
@@ -60,7 +79,14 @@ impl Engine {
         (h.demote && c.epoch > e && p != self.cfg.me && db.up != Some(true)).then_some((p, h))
     }
 
-    fn rejoining(&mut self, c: &Committed, p: SocketAddr, h: Handover, db_flag: u16, actions: &mut Vec<Action>) -> (Desired, Outcome) {
+    fn rejoining(
+        &mut self,
+        c: &Committed,
+        p: SocketAddr,
+        h: Handover,
+        db_flag: u16,
+        actions: &mut Vec<Action>,
+    ) -> (Desired, Outcome) {
         if self.latches.once(Latch::RejoinStarted, c.epoch) {
             self.rejoin_work = Some((c.epoch, Progress::Running));
             // The clean stop's result is consumed: the database is restarted from here on.
@@ -69,7 +95,10 @@ impl Engine {
         }
         if let Some((we, Progress::Failed { reason })) = &self.rejoin_work {
             if *we == c.epoch && self.latches.once(Latch::RejoinFailureNotified, c.epoch) {
-                actions.push(Action::Notify(Notice::DemotionFailed { node: self.cfg.me.to_string(), error: reason.clone() }));
+                actions.push(Action::Notify(Notice::DemotionFailed {
+                    node: self.cfg.me.to_string(),
+                    error: reason.clone(),
+                }));
             }
         }
         (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::Rejoining { primary: p })

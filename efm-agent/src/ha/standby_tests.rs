@@ -67,7 +67,15 @@ fn a_switched_over_primary_rejoins_as_a_standby_of_the_new_one() {
     let _ = step(&mut e, 500, Some(&c), false, &peers, down, &[Event::HandedOver { epoch: 1 }]);
     let mut c2 = committed(2, Some(2));
     c2.previous_primary = Some(addr(1));
-    let s = step(&mut e, 800, Some(&c2), false, &[primary_view(2, 2, 10), witness_view(3, 2)], down, &[Event::HandedOver { epoch: 1 }]);
+    let s = step(
+        &mut e,
+        800,
+        Some(&c2),
+        false,
+        &[primary_view(2, 2, 10), witness_view(3, 2)],
+        down,
+        &[Event::HandedOver { epoch: 1 }],
+    );
     assert!(s.actions.contains(&Action::Rejoin { epoch: 2, primary: addr(2), source: None }));
     assert_eq!(s.outcome, Outcome::Rejoining { primary: addr(2) });
     assert!(s.desired.fenced);

@@ -19,7 +19,16 @@ pub(super) fn committed(epoch: u64, primary: Option<u8>) -> Committed {
     nodes.insert(addr(1), NodeMeta { witness: false, priority: 1, promotable: true });
     nodes.insert(addr(2), NodeMeta { witness: false, priority: 1, promotable: true });
     nodes.insert(addr(3), NodeMeta { witness: true, priority: 0, promotable: false });
-    Committed { epoch, primary: primary.map(addr), nodes, votes: BTreeSet::new(), auto_failover: true, previous_primary: None, handover: None, votes_short: false }
+    Committed {
+        epoch,
+        primary: primary.map(addr),
+        nodes,
+        votes: BTreeSet::new(),
+        auto_failover: true,
+        previous_primary: None,
+        handover: None,
+        votes_short: false,
+    }
 }
 
 pub(super) fn primary_view(i: u8, epoch: u64, age_ms: u64) -> PeerView {
@@ -43,13 +52,22 @@ pub(super) fn witness_view(i: u8, epoch: u64) -> PeerView {
     PeerView { role: PeerRole::Witness, db_up: false, ..primary_view(i, epoch, 10) }
 }
 
-pub(super) const STANDBY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn: 100, timeline: 1, upstream: None };
-pub(super) const PRIMARY_DB: LocalDb = LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn: 100, timeline: 1, upstream: None };
+pub(super) const STANDBY_DB: LocalDb =
+    LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn: 100, timeline: 1, upstream: None };
+pub(super) const PRIMARY_DB: LocalDb =
+    LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn: 100, timeline: 1, upstream: None };
 pub(super) static NO_MEMBERS: BTreeSet<SocketAddr> = BTreeSet::new();
 
 /// The inputs of a step with nothing unusual: registered, no custom monitor, no stop, a kernel
 /// that holds no fence yet.
-pub(super) fn inputs<'a>(now_ms: u64, c: Option<&'a Committed>, leader: bool, peers: &'a [PeerView], db: LocalDb, events: &'a [Event]) -> Inputs<'a> {
+pub(super) fn inputs<'a>(
+    now_ms: u64,
+    c: Option<&'a Committed>,
+    leader: bool,
+    peers: &'a [PeerView],
+    db: LocalDb,
+    events: &'a [Event],
+) -> Inputs<'a> {
     Inputs {
         now_ns: now_ms * MS,
         committed: c,
@@ -66,14 +84,28 @@ pub(super) fn inputs<'a>(now_ms: u64, c: Option<&'a Committed>, leader: bool, pe
     }
 }
 
-pub(super) fn step(e: &mut Engine, now_ms: u64, c: Option<&Committed>, leader: bool, peers: &[PeerView], db: LocalDb, events: &[Event]) -> Step {
+pub(super) fn step(
+    e: &mut Engine,
+    now_ms: u64,
+    c: Option<&Committed>,
+    leader: bool,
+    peers: &[PeerView],
+    db: LocalDb,
+    events: &[Event],
+) -> Step {
     e.step(&inputs(now_ms, c, leader, peers, db, events))
 }
 
 /// A kernel holding `epoch`'s enforced lease (k = 1) whose deadline passed `lapsed_ms` ago at
 /// `now_ms` (`None`: valid for another second).
 pub(super) fn lease_kernel(epoch: u64, now_ms: u64, lapsed_ms: Option<u64>) -> KernelState {
-    let fence = FenceState { flags: efm_common::maps::FENCE_LEASE_ENFORCED, epoch, lease_k: 1, lease_timeout_ns: 1_000 * MS, ..FenceState::default() };
+    let fence = FenceState {
+        flags: efm_common::maps::FENCE_LEASE_ENFORCED,
+        epoch,
+        lease_k: 1,
+        lease_timeout_ns: 1_000 * MS,
+        ..FenceState::default()
+    };
     let deadline_ns = lapsed_ms.map_or((now_ms + 1_000) * MS, |l| (now_ms - l) * MS);
     KernelState { fence: Some(fence), deadline_ns, max_epoch_seen: epoch }
 }
@@ -133,7 +165,13 @@ fn members_stay_exempt_only_for_the_primary_handing_over() {
 fn every_demotion_fences_the_kernel_in_the_step_that_stops_the_database() {
     let stops = |s: &Step| {
         s.actions.iter().any(|a| {
-            matches!(a, Action::PrimaryDbFailed { .. } | Action::DemoteLocal { .. } | Action::PrimaryIsolated { .. } | Action::HandOver { demote: true, .. })
+            matches!(
+                a,
+                Action::PrimaryDbFailed { .. }
+                    | Action::DemoteLocal { .. }
+                    | Action::PrimaryIsolated { .. }
+                    | Action::HandOver { demote: true, .. }
+            )
         })
     };
     let peers = [standby_view(2, 1, 100), witness_view(3, 1)];
@@ -158,7 +196,10 @@ fn every_demotion_fences_the_kernel_in_the_step_that_stops_the_database() {
     // flow; the sessions ended then.
     let mut e = Engine::new(cfg(1));
     let c = committed(1, Some(1));
-    let s = e.step(&Inputs { kernel: lease_kernel(1, 5_000, Some(1_200)), ..inputs(5_000, Some(&c), false, &[], PRIMARY_DB, &[]) });
+    let s = e.step(&Inputs {
+        kernel: lease_kernel(1, 5_000, Some(1_200)),
+        ..inputs(5_000, Some(&c), false, &[], PRIMARY_DB, &[])
+    });
     assert!(stops(&s) && s.desired.lease_enforced && !s.desired.vip);
 }
 
@@ -170,28 +211,155 @@ fn own_role_decision_table() {
     let down = LocalDb { up: Some(false), in_recovery: None, failed: true, lsn: 0, timeline: 0, upstream: None };
     // (row, outcome kind, fenced, vip, the step)
     let rows: Vec<(u8, &str, bool, bool, Step)> = vec![
-        (1, "witness", false, false, step(&mut Engine::new(PeerlessWitness::cfg()), 0, Some(&committed(1, Some(1))), false, &[primary_view(1, 1, 10)], LocalDb::default(), &[])),
-        (2, "handing-over", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&with_handover(committed(1, Some(1)), 2, true)), false, &peers1, PRIMARY_DB, &[])),
+        (
+            1,
+            "witness",
+            false,
+            false,
+            step(
+                &mut Engine::new(PeerlessWitness::cfg()),
+                0,
+                Some(&committed(1, Some(1))),
+                false,
+                &[primary_view(1, 1, 10)],
+                LocalDb::default(),
+                &[],
+            ),
+        ),
+        (
+            2,
+            "handing-over",
+            true,
+            false,
+            step(
+                &mut Engine::new(cfg(1)),
+                0,
+                Some(&with_handover(committed(1, Some(1)), 2, true)),
+                false,
+                &peers1,
+                PRIMARY_DB,
+                &[],
+            ),
+        ),
         (3, "primary-isolated", false, false, {
             let c = committed(1, Some(1));
-            Engine::new(cfg(1)).step(&Inputs { kernel: lease_kernel(1, 5_000, Some(1_200)), ..inputs(5_000, Some(&c), false, &peers1, PRIMARY_DB, &[]) })
+            Engine::new(cfg(1)).step(&Inputs {
+                kernel: lease_kernel(1, 5_000, Some(1_200)),
+                ..inputs(5_000, Some(&c), false, &peers1, PRIMARY_DB, &[])
+            })
         }),
-        (4, "primary-database-failed", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&committed(1, Some(1))), false, &peers1, failed, &[])),
-        (5, "primary", false, true, step(&mut Engine::new(cfg(1)), 0, Some(&committed(1, Some(1))), false, &peers1, PRIMARY_DB, &[])),
-        (6, "candidate", true, true, step(&mut Engine::new(cfg(2)), 0, Some(&committed(2, Some(2))), false, &[witness_view(3, 2)], STANDBY_DB, &[])),
+        (
+            4,
+            "primary-database-failed",
+            true,
+            false,
+            step(&mut Engine::new(cfg(1)), 0, Some(&committed(1, Some(1))), false, &peers1, failed, &[]),
+        ),
+        (
+            5,
+            "primary",
+            false,
+            true,
+            step(&mut Engine::new(cfg(1)), 0, Some(&committed(1, Some(1))), false, &peers1, PRIMARY_DB, &[]),
+        ),
+        (
+            6,
+            "candidate",
+            true,
+            true,
+            step(
+                &mut Engine::new(cfg(2)),
+                0,
+                Some(&committed(2, Some(2))),
+                false,
+                &[witness_view(3, 2)],
+                STANDBY_DB,
+                &[],
+            ),
+        ),
         (7, "rejoining", true, false, {
             let mut e = Engine::new(cfg(1));
-            let _ = step(&mut e, 0, Some(&with_handover(committed(1, Some(1)), 2, true)), false, &peers1, PRIMARY_DB, &[]);
-            let _ = step(&mut e, 500, Some(&with_handover(committed(1, Some(1)), 2, true)), false, &peers1, down, &[Event::HandedOver { epoch: 1 }]);
-            step(&mut e, 800, Some(&committed(2, Some(2))), false, &[primary_view(2, 2, 10), witness_view(3, 2)], down, &[])
+            let _ =
+                step(&mut e, 0, Some(&with_handover(committed(1, Some(1)), 2, true)), false, &peers1, PRIMARY_DB, &[]);
+            let _ = step(
+                &mut e,
+                500,
+                Some(&with_handover(committed(1, Some(1)), 2, true)),
+                false,
+                &peers1,
+                down,
+                &[Event::HandedOver { epoch: 1 }],
+            );
+            step(
+                &mut e,
+                800,
+                Some(&committed(2, Some(2))),
+                false,
+                &[primary_view(2, 2, 10), witness_view(3, 2)],
+                down,
+                &[],
+            )
         }),
-        (8, "registering-primary", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&committed(0, None)), false, &[], PRIMARY_DB, &[])),
-        (9, "fenced-old-primary", true, false, step(&mut Engine::new(cfg(1)), 0, Some(&committed(2, Some(2))), false, &[primary_view(2, 2, 10)], PRIMARY_DB, &[])),
-        (10, "standby", false, false, step(&mut Engine::new(cfg(2)), 0, Some(&committed(1, Some(1))), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[])),
-        (11, "idle", true, false, step(&mut Engine::new(cfg(2)), 0, Some(&committed(1, Some(1))), false, &[primary_view(1, 1, 10)], down, &[])),
+        (
+            8,
+            "registering-primary",
+            true,
+            false,
+            step(&mut Engine::new(cfg(1)), 0, Some(&committed(0, None)), false, &[], PRIMARY_DB, &[]),
+        ),
+        (
+            9,
+            "fenced-old-primary",
+            true,
+            false,
+            step(
+                &mut Engine::new(cfg(1)),
+                0,
+                Some(&committed(2, Some(2))),
+                false,
+                &[primary_view(2, 2, 10)],
+                PRIMARY_DB,
+                &[],
+            ),
+        ),
+        (
+            10,
+            "standby",
+            false,
+            false,
+            step(
+                &mut Engine::new(cfg(2)),
+                0,
+                Some(&committed(1, Some(1))),
+                false,
+                &[primary_view(1, 1, 10)],
+                STANDBY_DB,
+                &[],
+            ),
+        ),
+        (
+            11,
+            "idle",
+            true,
+            false,
+            step(
+                &mut Engine::new(cfg(2)),
+                0,
+                Some(&committed(1, Some(1))),
+                false,
+                &[primary_view(1, 1, 10)],
+                down,
+                &[],
+            ),
+        ),
     ];
     for (row, kind, fenced, vip, s) in rows {
-        assert_eq!((s.outcome.kind(), s.desired.fenced, s.desired.vip), (kind, fenced, vip), "row {row}: {}", s.outcome);
+        assert_eq!(
+            (s.outcome.kind(), s.desired.fenced, s.desired.vip),
+            (kind, fenced, vip),
+            "row {row}: {}",
+            s.outcome
+        );
     }
 }
 
@@ -218,7 +386,11 @@ fn no_candidate_and_a_failed_rejoin_both_notify_in_one_epoch() {
         let failed = [Event::RejoinFailed { epoch: 2, reason: "pg_ctl start failed".into() }];
         let mut voted = c2.clone();
         voted.votes = [addr(1), addr(3)].into();
-        let (first, second) = if rejoin_first { ((&c2, false, &failed[..]), (&voted, true, &[][..])) } else { ((&voted, true, &[][..]), (&c2, false, &failed[..])) };
+        let (first, second) = if rejoin_first {
+            ((&c2, false, &failed[..]), (&voted, true, &[][..]))
+        } else {
+            ((&voted, true, &[][..]), (&c2, false, &failed[..]))
+        };
         let one = step(e, 900, Some(first.0), first.1, &[dead2, witness_view(3, 2)], down, first.2);
         let two = step(e, 1_000, Some(second.0), second.1, &[dead2, witness_view(3, 2)], down, second.2);
         let all: Vec<String> = notices(&one).into_iter().chain(notices(&two)).collect();

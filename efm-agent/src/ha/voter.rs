@@ -4,7 +4,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use super::{duration_ns, latch::Latch, retry_due, Action, Committed, Engine, Handover, Inputs, Notice, PeerRole, Proposal};
+use super::{
+    duration_ns, latch::Latch, retry_due, Action, Committed, Engine, Handover, Inputs, Notice, PeerRole, Proposal,
+};
 
 /// What the voter part decided.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,10 +24,20 @@ impl Engine {
     /// Whether `node`'s database answered the last check from here (fresh checks only: an old
     /// one may be about another epoch's primary on the same node).
     pub(super) fn db_reachable(&self, node: SocketAddr, now_ns: u64) -> Option<bool> {
-        self.fx.remote.get(&node).filter(|r| now_ns.saturating_sub(r.done_ns) < duration_ns(REMOTE_FRESH)).and_then(|r| r.reachable)
+        self.fx
+            .remote
+            .get(&node)
+            .filter(|r| now_ns.saturating_sub(r.done_ns) < duration_ns(REMOTE_FRESH))
+            .and_then(|r| r.reachable)
     }
 
-    pub(super) fn as_voter(&mut self, c: &Committed, inp: &Inputs<'_>, handover: Option<Handover>, actions: &mut Vec<Action>) -> VoterView {
+    pub(super) fn as_voter(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        handover: Option<Handover>,
+        actions: &mut Vec<Action>,
+    ) -> VoterView {
         let me = self.cfg.me;
         let Some(p) = c.primary.filter(|p| *p != me) else { return VoterView::default() };
         let started = self.started_ns.unwrap_or(inp.now_ns);
@@ -55,9 +67,14 @@ impl Engine {
         let suspect = match view {
             None => Some("not a known peer"),
             Some(v) if !v.alive => Some("agent not heard within node.timeout"),
-            Some(v) if v.epoch == c.epoch && !v.db_up && reachable == Some(false) => Some("database down and unreachable from here"),
+            Some(v) if v.epoch == c.epoch && !v.db_up && reachable == Some(false) => {
+                Some("database down and unreachable from here")
+            }
             Some(v) if v.epoch == c.epoch && v.fenced && v.role == PeerRole::Primary => Some("reports itself fenced"),
-            Some(v) if (v.role != PeerRole::Primary || v.fenced) && Duration::from_nanos(epoch_age) > self.cfg.promotion_grace => {
+            Some(v)
+                if (v.role != PeerRole::Primary || v.fenced)
+                    && Duration::from_nanos(epoch_age) > self.cfg.promotion_grace =>
+            {
                 Some("did not become a working primary")
             }
             _ => None,
@@ -65,7 +82,10 @@ impl Engine {
         if let Some(reason) = suspect {
             if !auto_failover {
                 if self.latches.once(Latch::ManualFailoverNotified, c.epoch) {
-                    actions.push(Action::Notify(Notice::ManualFailoverRequired { primary: p.to_string(), reason: reason.to_owned() }));
+                    actions.push(Action::Notify(Notice::ManualFailoverRequired {
+                        primary: p.to_string(),
+                        reason: reason.to_owned(),
+                    }));
                 }
             } else if !self.voted_against(c.epoch) {
                 // Counted from our last endorsement of this epoch, or from our own start

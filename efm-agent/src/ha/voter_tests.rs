@@ -25,10 +25,10 @@ fn standby_endorses_a_healthy_primary_only() {
     assert!(!s.desired.fenced && !s.desired.lease_enforced);
     assert_eq!(s.outcome, Outcome::Standby { primary: Some(addr(1)), endorsing: true });
     for bad in [
-        primary_view(1, 1, 200),                                // not heard within endorse_window
-        PeerView { epoch: 0, ..primary_view(1, 1, 10) },        // other epoch
-        PeerView { fenced: true, ..primary_view(1, 1, 10) },    // fenced
-        PeerView { db_up: false, ..primary_view(1, 1, 10) },    // database down
+        primary_view(1, 1, 200),                             // not heard within endorse_window
+        PeerView { epoch: 0, ..primary_view(1, 1, 10) },     // other epoch
+        PeerView { fenced: true, ..primary_view(1, 1, 10) }, // fenced
+        PeerView { db_up: false, ..primary_view(1, 1, 10) }, // database down
         PeerView { role: PeerRole::Idle, ..primary_view(1, 1, 10) },
     ] {
         let s = step(&mut e, 10, Some(&c), false, &[bad], STANDBY_DB, &[]);
@@ -43,7 +43,11 @@ fn vote_waits_for_the_lease_after_the_last_endorsement_and_is_final() {
     let wait_ms = 1_000 * 105 / 100 + 50; // lease × (1 + drift) + margin
     step(&mut e, 1_000, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     // The primary goes silent; suspect once node.timeout passes, but no vote before the wait.
-    let silent = |now: u64| PeerView { alive: false, agent_age: Some(Duration::from_millis(now - 1_000)), ..primary_view(1, 1, 0) };
+    let silent = |now: u64| PeerView {
+        alive: false,
+        agent_age: Some(Duration::from_millis(now - 1_000)),
+        ..primary_view(1, 1, 0)
+    };
     let s = step(&mut e, 1_600, Some(&c), false, &[silent(1_600)], STANDBY_DB, &[]);
     assert!(proposals(&s).is_empty());
     assert!(matches!(s.outcome, Outcome::PrimarySuspect { .. }), "{}", s.outcome);
@@ -138,7 +142,11 @@ fn a_primary_that_gave_up_is_replaced_without_the_lease_wait() {
     assert!(proposals(&s).is_empty(), "endorsed 50 ms ago: must wait");
     c.votes.insert(addr(1));
     let s = step(&mut e, 1_300, Some(&c), false, &[fenced], STANDBY_DB, &[]);
-    assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }], "its own vote means its kernel is fenced");
+    assert_eq!(
+        proposals(&s),
+        vec![Proposal::Vote { voter: addr(2), epoch: 1 }],
+        "its own vote means its kernel is fenced"
+    );
 }
 
 #[test]
@@ -158,7 +166,10 @@ fn a_node_whose_log_is_behind_its_kernel_does_not_endorse() {
     let mut e = Engine::new(cfg(2));
     let c = committed(1, Some(1));
     let peers = [primary_view(1, 1, 10)];
-    let s = e.step(&Inputs { kernel: KernelState { max_epoch_seen: 2, ..KernelState::default() }, ..inputs(0, Some(&c), false, &peers, STANDBY_DB, &[]) });
+    let s = e.step(&Inputs {
+        kernel: KernelState { max_epoch_seen: 2, ..KernelState::default() },
+        ..inputs(0, Some(&c), false, &peers, STANDBY_DB, &[])
+    });
     assert_eq!(s.desired.endorse, None, "epoch 2 exists somewhere: epoch 1 is superseded");
 }
 
@@ -171,7 +182,10 @@ fn voters_vote_at_once_on_a_manual_promotion_even_with_auto_failover_off() {
     let mut e = Engine::new(cfg(2));
     let s = step(&mut e, 0, Some(&c), false, &[fenced_primary, witness_view(3, 1)], STANDBY_DB, &[]);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
-    assert!(!s.actions.iter().any(|a| matches!(a, Action::Notify(crate::notify::Event::ManualFailoverRequired { .. }))));
+    assert!(!s
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Notify(crate::notify::Event::ManualFailoverRequired { .. }))));
 }
 
 /// Found by the simulation (seed 1028089775313, 5 voters, no faults): voters stopped endorsing

@@ -159,10 +159,26 @@ fn serving_committed_primary_is_primary_not_replica() {
 fn primary_is_503_for_every_missing_condition() {
     type Change = Box<dyn Fn(&mut View)>;
     let cases: Vec<(&str, Change, &str)> = vec![
-        ("fenced", Box::new(|v: &mut View| v.kernel = KernelView { fenced: true, serving: false, ..v.kernel }), "the kernel fences this node"),
-        ("lease lapsed", Box::new(|v: &mut View| v.kernel = KernelView { lease_left_ms: 0, serving: false, ..v.kernel }), "lease has lapsed"),
-        ("higher epoch", Box::new(|v: &mut View| v.kernel = KernelView { max_epoch_seen: 4, serving: false, ..v.kernel }), "higher epoch (4)"),
-        ("another primary", Box::new(|v: &mut View| v.committed_primary = Some(addr(PEER))), "the committed primary is 198.18.0.2:7800"),
+        (
+            "fenced",
+            Box::new(|v: &mut View| v.kernel = KernelView { fenced: true, serving: false, ..v.kernel }),
+            "the kernel fences this node",
+        ),
+        (
+            "lease lapsed",
+            Box::new(|v: &mut View| v.kernel = KernelView { lease_left_ms: 0, serving: false, ..v.kernel }),
+            "lease has lapsed",
+        ),
+        (
+            "higher epoch",
+            Box::new(|v: &mut View| v.kernel = KernelView { max_epoch_seen: 4, serving: false, ..v.kernel }),
+            "higher epoch (4)",
+        ),
+        (
+            "another primary",
+            Box::new(|v: &mut View| v.committed_primary = Some(addr(PEER))),
+            "the committed primary is 198.18.0.2:7800",
+        ),
         ("no primary", Box::new(|v: &mut View| v.committed_primary = None), "no committed primary"),
         ("stale kernel epoch", Box::new(|v: &mut View| v.epoch = 4), "kernel holds epoch 3, the committed epoch is 4"),
         ("database down", Box::new(|v: &mut View| v.db_up = Some(false)), "database is DOWN"),
@@ -282,7 +298,10 @@ pub fn check_exposition(text: &str) {
         assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "value of {line}");
         let name = series.split('{').next().unwrap();
         assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{line}");
-        let family = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))).unwrap_or(name);
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.get(*f).is_some_and(|k| k == "histogram")))
+            .unwrap_or(name);
         assert!(typed.contains_key(family), "{line}: family not declared");
         if let Some(labels) = series.strip_prefix(name) {
             if !labels.is_empty() {
@@ -321,9 +340,14 @@ fn metrics_are_valid_exposition_and_histograms_cumulative() {
 /// receiver keeps the last value.
 fn sources() -> Arc<Sources> {
     let props = "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=pg\ndb.data.dir=/d\nbind.address=198.18.0.1:7800\n";
-    let cfg = crate::config::from_properties(props, Path::new("/etc/efm/acctg.properties"), "acctg", vec![addr(ME), addr(PEER)])
-        .unwrap()
-        .config;
+    let cfg = crate::config::from_properties(
+        props,
+        Path::new("/etc/efm/acctg.properties"),
+        "acctg",
+        vec![addr(ME), addr(PEER)],
+    )
+    .unwrap()
+    .config;
     let v = primary_view();
     let id = Arc::new(Identity {
         config: cfg,
@@ -334,10 +358,16 @@ fn sources() -> Arc<Sources> {
         attachment: "native".into(),
         started_unix_ms: 0,
     });
-    let db = LocalDatabase { role: Role::Primary, view: DbView { up: Some(true), info: Some(info(false)), error: None } };
+    let db =
+        LocalDatabase { role: Role::Primary, view: DbView { up: Some(true), info: Some(info(false)), error: None } };
     let peers = vec![PeerEntry { addr: addr(PEER), node_id: 2, slot: 0, health: Some(peer_health(Verdict::Alive, 1)) }];
     let (facts, owners) = crate::node::wire(id, db, peers, 3);
-    owners.runtime.status.send_replace(Status { epoch: 3, kernel: serving(3), committed_primary: Some(v.me), ..Status::default() });
+    owners.runtime.status.send_replace(Status {
+        epoch: 3,
+        kernel: serving(3),
+        committed_primary: Some(v.me),
+        ..Status::default()
+    });
     let (_, metrics) = tokio::sync::watch::channel(Some(Arc::new(snapshot())));
     Arc::new(Sources { facts, metrics })
 }
@@ -374,12 +404,18 @@ fn server_answers_refuses_and_times_out() {
     let head = exchange(a, b"HEAD /replica HTTP/1.1\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 503 ") && head.ends_with("\r\n\r\n"), "{head}");
     let options = exchange(a, b"OPTIONS /primary HTTP/1.1\r\n\r\n");
-    assert!(options.starts_with("HTTP/1.1 200 ") && options.ends_with("}\n"), "OPTIONS is answered like GET: {options}");
+    assert!(
+        options.starts_with("HTTP/1.1 200 ") && options.ends_with("}\n"),
+        "OPTIONS is answered like GET: {options}"
+    );
     assert!(exchange(a, b"GET /health HTTP/1.1\nX-Empty:\n\n").starts_with("HTTP/1.1 200 "), "bare LF, empty value");
     let m = exchange(a, b"GET /metrics HTTP/1.1\r\n\r\n");
     assert!(m.contains("efm_xdp_packets_total{reason=\"hb_ping_accepted\"}"), "{m}");
     assert!(m.contains("Content-Type: text/plain; version=0.0.4"), "{m}");
-    assert!(exchange(a, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n").starts_with("HTTP/1.1 400 "), "TLS hello");
+    assert!(
+        exchange(a, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n").starts_with("HTTP/1.1 400 "),
+        "TLS hello"
+    );
     let post = exchange(a, b"POST /primary HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
     assert!(post.starts_with("HTTP/1.1 405 ") && post.contains("Allow: GET, HEAD, OPTIONS\r\n"), "{post}");
     assert!(exchange(a, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
@@ -391,7 +427,11 @@ fn server_answers_refuses_and_times_out() {
     let mut out = String::new();
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = slow.read_to_string(&mut out);
-    assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n") && out.ends_with("\r\n\r\nrequest head not received in time\n"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+            && out.ends_with("\r\n\r\nrequest head not received in time\n"),
+        "{out}"
+    );
     // Empty lines only: not a head either.
     assert!(exchange(a, b"\r\n\r\n").starts_with("HTTP/1.1 408 "));
     // A client that connects and leaves gets nothing and costs nothing.

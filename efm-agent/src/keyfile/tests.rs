@@ -11,13 +11,18 @@ struct Dir(PathBuf);
 impl Dir {
     fn new() -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!("efm-keyfile-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "efm-keyfile-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         Self(p)
     }
     fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> =
+            fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }
@@ -67,9 +72,16 @@ fn missing_file_says_how_to_make_one() {
     let e = read(KeyKind::Cluster, &p).unwrap_err();
     assert!(matches!(e, KeyFileError::NotFound { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.starts_with(&format!("cluster key file {} does not exist", p.display())) && msg.contains("efm generate-key"), "{msg}");
+    assert!(
+        msg.starts_with(&format!("cluster key file {} does not exist", p.display()))
+            && msg.contains("efm generate-key"),
+        "{msg}"
+    );
     let msg = read(KeyKind::Password, &p).unwrap_err().to_string();
-    assert!(msg.starts_with(&format!("key file {} does not exist", p.display())) && msg.contains("efm encrypt"), "{msg}");
+    assert!(
+        msg.starts_with(&format!("key file {} does not exist", p.display())) && msg.contains("efm encrypt"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -113,7 +125,8 @@ fn symlinks_and_other_non_files_are_refused() {
 
     // A FIFO must not hang the reader (O_NONBLOCK), and is refused.
     let fifo = d.0.join("fifo");
-    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+        .unwrap();
     let e = read(KeyKind::Password, &fifo).unwrap_err();
     assert!(matches!(e, KeyFileError::NotRegular { what: "a named pipe", .. }), "{e:?}");
 }

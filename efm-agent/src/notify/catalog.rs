@@ -26,10 +26,7 @@ impl ScriptResult {
     /// From a script that ran.
     #[must_use]
     pub fn from_outcome(script: &str, outcome: &ScriptOutcome) -> Self {
-        let exit = outcome
-            .exit
-            .filter(|_| !outcome.timed_out)
-            .map_or_else(|| outcome.status_text(), |c| c.to_string());
+        let exit = outcome.exit.filter(|_| !outcome.timed_out).map_or_else(|| outcome.status_text(), |c| c.to_string());
         Self { script: script.to_owned(), exit, output: outcome.output_text() }
     }
 
@@ -236,11 +233,7 @@ impl Event {
     /// result EFM reports this way. `None` for `script.custom.monitor` (its events depend on the
     /// node's role and `custom.monitor.safe.mode`) and `script.notification` (logged only).
     #[must_use]
-    pub fn for_script(
-        hook: Hook,
-        command_line: &str,
-        run: &Result<ScriptOutcome, ScriptError>,
-    ) -> Option<Event> {
+    pub fn for_script(hook: Hook, command_line: &str, run: &Result<ScriptOutcome, ScriptError>) -> Option<Event> {
         let (ok, result) = match run {
             Ok(o) => (o.success(), ScriptResult::from_outcome(command_line, o)),
             Err(e) => (false, ScriptResult::from_error(command_line, e)),
@@ -425,9 +418,7 @@ impl Event {
             E::PromotionRefusedVipAssigned { .. } => {
                 "Standby agent tried to promote, but VIP appears to still be assigned".into()
             }
-            E::PromotionRefusedOrphaned { .. } => {
-                "Standby agent tried to promote, but appears to be orphaned".into()
-            }
+            E::PromotionRefusedOrphaned { .. } => "Standby agent tried to promote, but appears to be orphaned".into(),
             E::FailoverNotOccurred { .. } => "Failover has not occurred".into(),
             E::ManualFailoverRequired { .. } => {
                 format!("Potential manual failover required on cluster {c}.")
@@ -499,9 +490,7 @@ impl Event {
         use Event as E;
         let c = cluster;
         let ran = |what: &str, r: &ScriptResult| format!("The {what} script {} succeeded.", r.script);
-        let failed = |what: &str, r: &ScriptResult| {
-            format!("The {what} script {} did not succeed.", r.script)
-        };
+        let failed = |what: &str, r: &ScriptResult| format!("The {what} script {} did not succeed.", r.script);
         match self {
             E::FencingScriptExecuted { result } => ran("fencing", result),
             E::PostPromotionScriptExecuted { result } => ran("post-promotion", result),
@@ -515,9 +504,7 @@ impl Event {
             E::WitnessAgentRunning => "The witness agent has started; it votes but has no database.".into(),
             E::PrimaryAgentRunning => "The agent has started on the primary and monitors its database.".into(),
             E::StandbyAgentRunning => "The agent has started on a standby and monitors its database.".into(),
-            E::IdleAgentRunning => {
-                "The agent has started but does not monitor a database yet (idle).".into()
-            }
+            E::IdleAgentRunning => "The agent has started but does not monitor a database yet (idle).".into(),
             E::AssigningVip { vip } => format!("The virtual IP address {vip} is being assigned to node {node}."),
             E::ReleasingVip { vip } => format!("The virtual IP address {vip} is being released from node {node}."),
             E::WitnessAgentExited => "The witness agent has stopped.".into(),
@@ -547,15 +534,15 @@ impl Event {
                  Check that the primary holds it."
             ),
             E::NoStandbyAgent => format!("No standby agent is left in cluster {c}: a failover is not possible."),
-            E::StandbyAgentFailed { node: other } => format!(
-                "The agent of standby {other} has left the cluster, but its database still runs."
-            ),
-            E::StandbyDatabaseFailed { node: other } => format!(
-                "The database of standby {other} has failed; no other node can reach it either."
-            ),
-            E::StandbyCannotReachDatabase { node: other } => format!(
-                "The agent of standby {other} reports its database down, but the other nodes can reach it."
-            ),
+            E::StandbyAgentFailed { node: other } => {
+                format!("The agent of standby {other} has left the cluster, but its database still runs.")
+            }
+            E::StandbyDatabaseFailed { node: other } => {
+                format!("The database of standby {other} has failed; no other node can reach it either.")
+            }
+            E::StandbyCannotReachDatabase { node: other } => {
+                format!("The agent of standby {other} reports its database down, but the other nodes can reach it.")
+            }
             E::BelowThreeNodes { nodes } => format!(
                 "Cluster {c} is down to {nodes} member node(s) (a member whose agent has failed still \
                  counts, as for the quorum). Failover protection needs at least three (a primary, a \
@@ -601,21 +588,21 @@ impl Event {
                  promote a standby by hand (efm promote)."
             ),
             E::FailoverCompleted { old_primary, new_primary } => match old_primary {
-                Some(old) => format!(
-                    "Failover has completed on cluster {c}: {new_primary} replaces the failed primary {old}."
-                ),
+                Some(old) => {
+                    format!("Failover has completed on cluster {c}: {new_primary} replaces the failed primary {old}.")
+                }
                 None => format!("Failover has completed on cluster {c}: {new_primary} is the primary."),
             },
             E::LockFileRemoved { path } => format!(
                 "The lock file {path} of cluster {c} on node {node} has been removed. It keeps a second \
                  agent of the cluster from starting on this node: restore it."
             ),
-            E::RecoveryConfFound { path } => format!(
-                "{path} exists on primary node {node}. A restart would bring this database back as a standby."
-            ),
-            E::PromotionNotOccurred { in_progress } => format!(
-                "A promotion was requested, but {in_progress} is already being promoted."
-            ),
+            E::RecoveryConfFound { path } => {
+                format!("{path} exists on primary node {node}. A restart would bring this database back as a standby.")
+            }
+            E::PromotionNotOccurred { in_progress } => {
+                format!("A promotion was requested, but {in_progress} is already being promoted.")
+            }
             E::StandbyNotReconfigured { new_primary } => format!(
                 "auto.reconfigure is false on this node: it has not been pointed at the new primary \
                  {new_primary}."
@@ -627,10 +614,9 @@ impl Event {
                 "The standbys of cluster {c} have dropped to minimum.standbys ({minimum}): no failover is \
                  possible until another standby joins or becomes promotable."
             ),
-            E::CustomMonitorTimeout { result } => format!(
-                "The custom monitor script {} did not finish within custom.monitor.timeout.",
-                result.script
-            ),
+            E::CustomMonitorTimeout { result } => {
+                format!("The custom monitor script {} did not finish within custom.monitor.timeout.", result.script)
+            }
             E::CustomMonitorSafeModeFailure { result } => format!(
                 "The custom monitor script {} failed; custom.monitor.safe.mode is on, so this is only reported.",
                 result.script
@@ -642,9 +628,9 @@ impl Event {
                 "The primary's agent cannot reach its database on {node}, but other nodes can. The VIP \
                  stays; the agent stops monitoring until `efm resume`."
             ),
-            E::CommunicationError { node: other, error } => format!(
-                "Cluster member {other} cannot be reached or resolved: {error}. Check the .nodes files."
-            ),
+            E::CommunicationError { node: other, error } => {
+                format!("Cluster member {other} cannot be reached or resolved: {error}. Check the .nodes files.")
+            }
             E::FencingScriptError { result } => {
                 format!("{}\nFailover has NOT occurred.", failed("fencing", result))
             }
@@ -675,10 +661,9 @@ impl Event {
             E::VipAssignFailed { vip, error } => {
                 format!("The virtual IP address {vip} could not be assigned to node {node}: {error}")
             }
-            E::DatabaseFailure { role, node: other } => format!(
-                "The {} database on {other} has failed.",
-                role.word().to_ascii_lowercase()
-            ),
+            E::DatabaseFailure { role, node: other } => {
+                format!("The {} database on {other} has failed.", role.word().to_ascii_lowercase())
+            }
             E::AgentTimingOut => "The agent timed out reaching its database, then reached it again and \
                 monitors it. Check the node before it fails."
                 .into(),

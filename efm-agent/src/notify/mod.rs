@@ -73,30 +73,15 @@ pub const QUEUE_CAPACITY: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
     #[error("{property}: {value:?} is not a usable mail address: {source}")]
-    Address {
-        property: &'static str,
-        value: String,
-        source: lettre::address::AddressError,
-    },
+    Address { property: &'static str, value: String, source: lettre::address::AddressError },
     #[error("smtp.tls: cannot set up TLS for {server}: {source}")]
-    Tls {
-        server: String,
-        source: lettre::transport::smtp::Error,
-    },
+    Tls { server: String, source: lettre::transport::smtp::Error },
     #[error("building the message: {0}")]
     Build(#[from] lettre::error::Error),
     #[error("sending through {server}:{port}: {source}")]
-    Send {
-        server: String,
-        port: u16,
-        source: lettre::transport::smtp::Error,
-    },
+    Send { server: String, port: u16, source: lettre::transport::smtp::Error },
     #[error("sending through {server}:{port}: no answer within smtp.timeout ({timeout:?})")]
-    Timeout {
-        server: String,
-        port: u16,
-        timeout: Duration,
-    },
+    Timeout { server: String, port: u16, timeout: Duration },
 }
 
 /// Whether a notification of `severity` passes `notification.level`.
@@ -136,10 +121,7 @@ impl Context {
     #[must_use]
     pub fn from_config(cfg: &Config) -> Self {
         Self {
-            node: cfg
-                .external_address
-                .clone()
-                .unwrap_or_else(|| cfg.bind_address.ip().to_string()),
+            node: cfg.external_address.clone().unwrap_or_else(|| cfg.bind_address.ip().to_string()),
             cluster: cfg.cluster.clone(),
             database: cfg.db_database.clone(),
             vip: cfg.virtual_ip,
@@ -150,9 +132,7 @@ impl Context {
     /// The header block of every body.
     #[must_use]
     pub fn header(&self) -> String {
-        let vip = self
-            .vip
-            .map_or_else(|| "DISABLED".to_owned(), |v| v.to_string());
+        let vip = self.vip.map_or_else(|| "DISABLED".to_owned(), |v| v.to_string());
         format!(
             "EFM node:      {}\nCluster name:  {}\nDatabase name: {}\nVIP support:   {vip}\n",
             self.node, self.cluster, self.database
@@ -241,11 +221,8 @@ struct ScriptLane {
 
 impl ScriptLane {
     async fn deliver(&self, n: &Notification) -> bool {
-        let subst = Substitutions {
-            subject: Some(n.subject.clone()),
-            body: Some(n.body.clone()),
-            ..Substitutions::default()
-        };
+        let subst =
+            Substitutions { subject: Some(n.subject.clone()), body: Some(n.body.clone()), ..Substitutions::default() };
         // The runner logs the outcome; a failing notification script is only logged.
         ScriptRunner::new()
             .run(Hook::Notification, &self.command_line, &subst, self.timeout, self.run_as.as_deref())
@@ -283,11 +260,7 @@ impl Mailer {
             return Ok(None);
         }
         let host = host_name();
-        let from_text = cfg
-            .from_email
-            .as_deref()
-            .unwrap_or("efm@%h")
-            .replace("%h", &host);
+        let from_text = cfg.from_email.as_deref().unwrap_or("efm@%h").replace("%h", &host);
         let from: Mailbox = from_text.parse().map_err(|source| MailError::Address {
             property: "from.email",
             value: from_text.clone(),
@@ -305,12 +278,8 @@ impl Mailer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let server = cfg.smtp_server.clone();
-        let tls_params = || {
-            TlsParameters::new(server.clone()).map_err(|source| MailError::Tls {
-                server: server.clone(),
-                source,
-            })
-        };
+        let tls_params =
+            || TlsParameters::new(server.clone()).map_err(|source| MailError::Tls { server: server.clone(), source });
         let tls = match cfg.smtp_tls {
             SmtpTls::None => Tls::None,
             SmtpTls::StartTls => Tls::Required(tls_params()?),
@@ -339,15 +308,8 @@ impl Mailer {
 
     async fn send(&self, n: &Notification) -> Result<(), MailError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let id = format!(
-            "<efm.{nanos}.{}.{}@{}>",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed),
-            self.host
-        );
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let id = format!("<efm.{nanos}.{}.{}@{}>", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed), self.host);
         let mut b = Message::builder()
             .message_id(Some(id))
             .from(self.from.clone())
@@ -359,16 +321,8 @@ impl Mailer {
         let message = b.body(n.body.clone())?;
         match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(source)) => Err(MailError::Send {
-                server: self.server.clone(),
-                port: self.port,
-                source,
-            }),
-            Err(_) => Err(MailError::Timeout {
-                server: self.server.clone(),
-                port: self.port,
-                timeout: self.timeout,
-            }),
+            Ok(Err(source)) => Err(MailError::Send { server: self.server.clone(), port: self.port, source }),
+            Err(_) => Err(MailError::Timeout { server: self.server.clone(), port: self.port, timeout: self.timeout }),
         }
     }
 
@@ -447,7 +401,8 @@ impl Notifier {
     pub fn start(cfg: &Config) -> Self {
         let counters = Arc::new(Counters::default());
         let script = cfg.script_notification.clone().map(|command_line| {
-            let lane_cfg = ScriptLane { command_line, timeout: cfg.script_notification_timeout, run_as: cfg.script_user.clone() };
+            let lane_cfg =
+                ScriptLane { command_line, timeout: cfg.script_notification_timeout, run_as: cfg.script_user.clone() };
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             let c = counters.clone();
             tokio::spawn(lane(rx, move |n| {

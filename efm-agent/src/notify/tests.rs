@@ -298,10 +298,8 @@ fn catalog_subjects_and_severities_match_the_golden_list() {
     let events = every_event();
     let covered: std::collections::HashSet<_> = events.iter().map(variant).collect();
     assert_eq!(covered.len(), VARIANTS, "every_event() misses a variant");
-    let got: Vec<(&str, String)> = events
-        .iter()
-        .map(|e| (severity_name(e.severity()), e.subject("acctg", "10.0.1.11")))
-        .collect();
+    let got: Vec<(&str, String)> =
+        events.iter().map(|e| (severity_name(e.severity()), e.subject("acctg", "10.0.1.11"))).collect();
     assert_eq!(got.len(), GOLDEN.len());
     for (g, want) in got.iter().zip(GOLDEN) {
         assert_eq!((g.0, g.1.as_str()), *want);
@@ -361,9 +359,7 @@ fn body_has_header_description_and_script_output() {
 
 #[test]
 fn vip_and_external_address_in_header() {
-    let c = config(
-        "virtual.ip=10.0.1.100\nvirtual.ip.prefix=24\nexternal.address=db1.example.com",
-    );
+    let c = config("virtual.ip=10.0.1.100\nvirtual.ip.prefix=24\nexternal.address=db1.example.com");
     let ctx = Context::from_config(&c);
     let h = ctx.header();
     assert!(h.contains("VIP support:   10.0.1.100\n"), "{h}");
@@ -465,7 +461,10 @@ fn recorder(dir: &Path, out: &Path) -> PathBuf {
     let p = dir.join("record.sh");
     fs::write(
         &p,
-        format!("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\" >> {0}; done\nprintf '\\036' >> {0}\n", out.display()),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\" >> {0}; done\nprintf '\\036' >> {0}\n",
+            out.display()
+        ),
     )
     .unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
@@ -576,7 +575,10 @@ fn script_runs_map_to_executed_and_failed_events() {
     let err = crate::scripts::ScriptError::NotFound { hook: s("script.post.promotion"), program: s("/p") };
     let e = Event::for_script(Hook::PostPromotion, "/p", &Err(err)).unwrap();
     assert_eq!(e.subject("c", "n"), "Post-promotion script failed");
-    assert!(e.details().unwrap().starts_with("Exit Value: not run\nResults: script.post.promotion: script /p does not exist"));
+    assert!(e
+        .details()
+        .unwrap()
+        .starts_with("Exit Value: not run\nResults: script.post.promotion: script /p does not exist"));
     let mut seen = std::collections::HashSet::new();
     for hook in Hook::ALL {
         match Event::for_script(hook, "/x", &Ok(outcome(1))) {
@@ -721,19 +723,45 @@ fn every_event_of_efms_tables_is_in_the_catalog_with_its_severity() {
             missing.push(format!("{severity} {subject:?} (as {:?})", want.1));
         }
     }
-    assert!(missing.is_empty(), "EFM events missing from the catalog (or with another severity):\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "EFM events missing from the catalog (or with another severity):\n{}",
+        missing.join("\n")
+    );
     assert_eq!(checked, EFM_REFERENCE.len() - 6, "every reference event but the six license ones is checked");
     // The list of events that were never sent: each is in the catalog (by variant).
     let names: std::collections::HashSet<&str> = every_event().iter().map(variant).collect();
     for v in [
-        "NoStandbyAgent", "StandbyDatabaseFailed", "StandbyCannotReachDatabase", "BelowThreeNodes",
-        "SubsetDisconnected", "NodesIsolated", "NoLongerIsolated", "PromotionRefusedPrimaryRunning",
-        "PromotionRefusedPrimaryUnverified", "PromotionRefusedVipAssigned", "PromotionRefusedOrphaned",
-        "VipOnNonPrimary", "VipAssignFailed", "LockFileRemoved", "RecoveryConfFound",
-        "StandbyNotReconfigured", "ReplayResumeFailed", "NoStandbysAvailable", "DbConnectFailed",
-        "PrimaryCannotPingLocalDb", "CommunicationError", "UnexpectedError", "AgentTimingOut",
-        "ResumeTimedOut", "InternalStateMismatch", "DatabaseWrongState", "DatabaseConnectionFailure",
-        "AutoResumeCheckStarted", "AgentExitedDuringPromotion", "AgentExitedEarly",
+        "NoStandbyAgent",
+        "StandbyDatabaseFailed",
+        "StandbyCannotReachDatabase",
+        "BelowThreeNodes",
+        "SubsetDisconnected",
+        "NodesIsolated",
+        "NoLongerIsolated",
+        "PromotionRefusedPrimaryRunning",
+        "PromotionRefusedPrimaryUnverified",
+        "PromotionRefusedVipAssigned",
+        "PromotionRefusedOrphaned",
+        "VipOnNonPrimary",
+        "VipAssignFailed",
+        "LockFileRemoved",
+        "RecoveryConfFound",
+        "StandbyNotReconfigured",
+        "ReplayResumeFailed",
+        "NoStandbysAvailable",
+        "DbConnectFailed",
+        "PrimaryCannotPingLocalDb",
+        "CommunicationError",
+        "UnexpectedError",
+        "AgentTimingOut",
+        "ResumeTimedOut",
+        "InternalStateMismatch",
+        "DatabaseWrongState",
+        "DatabaseConnectionFailure",
+        "AutoResumeCheckStarted",
+        "AgentExitedDuringPromotion",
+        "AgentExitedEarly",
     ] {
         assert!(names.contains(v), "{v}");
     }
@@ -774,7 +802,8 @@ mod local_db {
     #[test]
     fn refusals_are_efms_reasons_only() {
         assert!(connect_refusal(&too_many()).unwrap().contains("max_connections"));
-        let auth = DbError::Auth { addr: "a".into(), user: "efm".into(), message: "password authentication failed".into() };
+        let auth =
+            DbError::Auth { addr: "a".into(), user: "efm".into(), message: "password authentication failed".into() };
         assert!(connect_refusal(&auth).unwrap().contains("password authentication failed"));
         assert_eq!(connect_refusal(&timeout()), None);
         assert_eq!(connect_refusal(&DbError::Refused { addr: "a".into() }), None);
@@ -789,7 +818,10 @@ mod local_db {
         let none = || None;
         assert!(n.observe(&DbEvent::Available(info(true)), t0, "198.18.0.1", none).is_empty());
         let e = n.observe(&failed(too_many(), 1), t0, "198.18.0.1", none);
-        assert!(matches!(&e[..], [Event::DbConnectFailed { node, reason }] if node == "198.18.0.1" && reason.contains("53300")), "{e:?}");
+        assert!(
+            matches!(&e[..], [Event::DbConnectFailed { node, reason }] if node == "198.18.0.1" && reason.contains("53300")),
+            "{e:?}"
+        );
         assert!(n.observe(&failed(too_many(), 2), t0, "198.18.0.1", none).is_empty(), "once per episode");
         assert!(n.observe(&DbEvent::Checked(info(true)), t0, "198.18.0.1", none).is_empty());
         assert_eq!(n.observe(&failed(too_many(), 1), t0, "198.18.0.1", none).len(), 1, "a new episode");
@@ -811,7 +843,12 @@ mod local_db {
         assert_eq!(e, vec![Event::AgentTimingOut]);
         // Declared failed and recovered: EFM's resume flow, not timing out.
         n.observe(&failed(timeout(), 50), t0 + s(130), "n", none);
-        n.observe(&DbEvent::Failed { error: timeout(), silent_for: s(70), ever_available: true }, t0 + s(151), "n", none);
+        n.observe(
+            &DbEvent::Failed { error: timeout(), silent_for: s(70), ever_available: true },
+            t0 + s(151),
+            "n",
+            none,
+        );
         assert!(n.observe(&DbEvent::Recovered(info(true)), t0 + s(300), "n", none).is_empty());
         // Never seen before: a slow start is not timing out either.
         let mut n = LocalDbNotices::new(s(60));

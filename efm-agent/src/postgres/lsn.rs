@@ -6,19 +6,7 @@ use std::{fmt, str::FromStr};
 ///
 /// Displayed the way the server prints it: the upper 32 bits and the lower 32 bits in uppercase
 /// hexadecimal without padding, separated by `/` (`0/3000148`, `16/B374D848`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Lsn(pub u64);
 
 impl Lsn {
@@ -40,9 +28,7 @@ impl fmt::Display for Lsn {
 
 /// Why a string is not an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid LSN {0:?}: expected two hexadecimal numbers of at most 8 digits, like 16/B374D848"
-)]
+#[error("invalid LSN {0:?}: expected two hexadecimal numbers of at most 8 digits, like 16/B374D848")]
 pub struct ParseLsnError(pub String);
 
 impl FromStr for Lsn {

@@ -132,12 +132,7 @@ impl DbTarget {
     /// A target with the defaults: no password (password file), `sslmode=disable`,
     /// `application_name=efm`.
     #[must_use]
-    pub fn new(
-        host: impl Into<String>,
-        port: u16,
-        dbname: impl Into<String>,
-        user: impl Into<String>,
-    ) -> Self {
+    pub fn new(host: impl Into<String>, port: u16, dbname: impl Into<String>, user: impl Into<String>) -> Self {
         Self {
             host: host.into(),
             hostaddr: None,
@@ -181,10 +176,7 @@ impl DbTarget {
     #[must_use]
     pub fn pg_config(&self, connect_timeout: Option<Duration>) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host(&self.host)
-            .port(self.port)
-            .dbname(&self.dbname)
-            .user(&self.user);
+        c.host(&self.host).port(self.port).dbname(&self.dbname).user(&self.user);
         c.application_name(&self.application_name);
         if let Some(a) = self.hostaddr {
             c.hostaddr(a);
@@ -198,9 +190,7 @@ impl DbTarget {
         c.ssl_mode(match self.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                tokio_postgres::config::SslMode::Require
-            }
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         });
         c
     }
@@ -212,23 +202,11 @@ pub enum DbError {
     #[error("database {addr}: connection refused (is the server running and listening there?)")]
     Refused { addr: String },
     #[error("database {addr}: no answer within {}ms while {stage}", timeout.as_millis())]
-    Timeout {
-        addr: String,
-        stage: &'static str,
-        timeout: Duration,
-    },
+    Timeout { addr: String, stage: &'static str, timeout: Duration },
     #[error("database {addr}: authentication failed for user {user:?}: {message}")]
-    Auth {
-        addr: String,
-        user: String,
-        message: String,
-    },
+    Auth { addr: String, user: String, message: String },
     #[error("database {addr}: TLS ({sslmode}): {message}")]
-    Tls {
-        addr: String,
-        sslmode: SslMode,
-        message: String,
-    },
+    Tls { addr: String, sslmode: SslMode, message: String },
     #[error("database {addr}: cannot connect: {message}")]
     Connect { addr: String, message: String },
     #[error("database {addr}: query failed: {message}")]
@@ -280,16 +258,9 @@ fn classify_connect(t: &DbTarget, e: &tokio_postgres::Error, timeout: Option<Dur
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         if code.starts_with("28") {
-            return DbError::Auth {
-                addr,
-                user: t.user.clone(),
-                message: db.message().to_owned(),
-            };
+            return DbError::Auth { addr, user: t.user.clone(), message: db.message().to_owned() };
         }
-        return DbError::Connect {
-            addr,
-            message: format!("{} ({code})", db.message()),
-        };
+        return DbError::Connect { addr, message: format!("{} ({code})", db.message()) };
     }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
@@ -298,62 +269,39 @@ fn classify_connect(t: &DbTarget, e: &tokio_postgres::Error, timeout: Option<Dur
                 return DbError::Refused { addr };
             }
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return DbError::Timeout {
-                    addr,
-                    stage: "connecting",
-                    timeout: timeout.unwrap_or_default(),
-                };
+                return DbError::Timeout { addr, stage: "connecting", timeout: timeout.unwrap_or_default() };
             }
         }
         cur = c.source();
     }
     let head = e.to_string();
     if head.starts_with("error performing TLS handshake") {
-        return DbError::Tls {
-            addr,
-            sslmode: t.sslmode,
-            message,
-        };
+        return DbError::Tls { addr, sslmode: t.sslmode, message };
     }
     if head.starts_with("timeout waiting for server") {
-        return DbError::Timeout {
-            addr,
-            stage: "connecting",
-            timeout: timeout.unwrap_or_default(),
-        };
+        return DbError::Timeout { addr, stage: "connecting", timeout: timeout.unwrap_or_default() };
     }
     if head.starts_with("authentication error") || message.contains("password missing") {
-        return DbError::Auth {
-            addr,
-            user: t.user.clone(),
-            message,
-        };
+        return DbError::Auth { addr, user: t.user.clone(), message };
     }
     DbError::Connect { addr, message }
 }
 
 fn tls_connector(t: &DbTarget) -> Result<postgres_native_tls::MakeTlsConnector, DbError> {
-    let tls_err = |message: String| DbError::Tls {
-        addr: t.addr(),
-        sslmode: t.sslmode,
-        message,
-    };
+    let tls_err = |message: String| DbError::Tls { addr: t.addr(), sslmode: t.sslmode, message };
     let mut b = native_tls::TlsConnector::builder();
     match t.sslmode {
         SslMode::Disable | SslMode::Allow | SslMode::Prefer | SslMode::Require => {
-            b.danger_accept_invalid_certs(true)
-                .danger_accept_invalid_hostnames(true);
+            b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
         }
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let root = t.sslrootcert.clone().or_else(|| {
-                pgpass::home_dir()
-                    .map(|h| h.join(".postgresql/root.crt"))
-                    .filter(|p| p.exists())
-            });
+            let root = t
+                .sslrootcert
+                .clone()
+                .or_else(|| pgpass::home_dir().map(|h| h.join(".postgresql/root.crt")).filter(|p| p.exists()));
             if let Some(root) = root {
-                let pem = std::fs::read(&root).map_err(|e| {
-                    tls_err(format!("cannot read sslrootcert {}: {e}", root.display()))
-                })?;
+                let pem = std::fs::read(&root)
+                    .map_err(|e| tls_err(format!("cannot read sslrootcert {}: {e}", root.display())))?;
                 let certs = parse_pem_certs(&pem, &root).map_err(tls_err)?;
                 for c in certs {
                     b.add_root_certificate(c);
@@ -365,9 +313,7 @@ fn tls_connector(t: &DbTarget) -> Result<postgres_native_tls::MakeTlsConnector, 
             }
         }
     }
-    let c = b
-        .build()
-        .map_err(|e| tls_err(format!("cannot set up TLS: {e}")))?;
+    let c = b.build().map_err(|e| tls_err(format!("cannot set up TLS: {e}")))?;
     Ok(postgres_native_tls::MakeTlsConnector::new(c))
 }
 
@@ -390,10 +336,7 @@ fn parse_pem_certs(pem: &[u8], path: &Path) -> Result<Vec<native_tls::Certificat
         rest = &rest[start + end + END.len()..];
     }
     if out.is_empty() {
-        return Err(format!(
-            "sslrootcert {} contains no PEM certificate",
-            path.display()
-        ));
+        return Err(format!("sslrootcert {} contains no PEM certificate", path.display()));
     }
     Ok(out)
 }
@@ -405,29 +348,19 @@ pub async fn connect(target: &DbTarget, timeout: Duration) -> Result<Client, DbE
     let cfg = target.pg_config(Some(timeout));
     let attempt = async {
         if target.sslmode == SslMode::Disable {
-            let (client, conn) = cfg
-                .connect(NoTls)
-                .await
-                .map_err(|e| classify_connect(target, &e, Some(timeout)))?;
+            let (client, conn) = cfg.connect(NoTls).await.map_err(|e| classify_connect(target, &e, Some(timeout)))?;
             spawn_connection(target.addr(), conn);
             Ok(client)
         } else {
             let tls = tls_connector(target)?;
-            let (client, conn) = cfg
-                .connect(tls)
-                .await
-                .map_err(|e| classify_connect(target, &e, Some(timeout)))?;
+            let (client, conn) = cfg.connect(tls).await.map_err(|e| classify_connect(target, &e, Some(timeout)))?;
             spawn_connection(target.addr(), conn);
             Ok(client)
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(DbError::Timeout {
-            addr: target.addr(),
-            stage: "connecting",
-            timeout,
-        }),
+        Err(_) => Err(DbError::Timeout { addr: target.addr(), stage: "connecting", timeout }),
     }
 }
 
@@ -500,10 +433,12 @@ SELECT pg_is_in_recovery(), \
 /// WAL received and flushed by streaming and the WAL replayed). Run every half heartbeat on a
 /// persistent connection by [`crate::localdb::track_wal`].
 pub async fn wal_position(client: &Client, addr: &str) -> Result<(bool, Option<Lsn>), DbError> {
-    let sets = result_sets(client.simple_query(WAL_POSITION_SQL).await.map_err(|e| DbError::Query {
-        addr: addr.to_owned(),
-        message: chain(&e),
-    })?);
+    let sets = result_sets(
+        client
+            .simple_query(WAL_POSITION_SQL)
+            .await
+            .map_err(|e| DbError::Query { addr: addr.to_owned(), message: chain(&e) })?,
+    );
     let proto = |m: String| DbError::Protocol { addr: addr.to_owned(), message: m };
     let row = sets
         .first()
@@ -550,14 +485,8 @@ fn result_sets(msgs: Vec<SimpleQueryMessage>) -> Vec<Vec<Vec<Option<String>>>> {
 
 /// Asks a connected server for its [`DbInfo`].
 pub async fn probe(client: &Client, addr: &str) -> Result<DbInfo, DbError> {
-    let q = |e: &tokio_postgres::Error| DbError::Query {
-        addr: addr.to_owned(),
-        message: chain(e),
-    };
-    let proto = |m: String| DbError::Protocol {
-        addr: addr.to_owned(),
-        message: m,
-    };
+    let q = |e: &tokio_postgres::Error| DbError::Query { addr: addr.to_owned(), message: chain(e) };
+    let proto = |m: String| DbError::Protocol { addr: addr.to_owned(), message: m };
     let sets = result_sets(client.simple_query(PROBE_SQL).await.map_err(|e| q(&e))?);
     let main = sets
         .first()
@@ -565,11 +494,7 @@ pub async fn probe(client: &Client, addr: &str) -> Result<DbInfo, DbError> {
         .filter(|r| r.len() == 6)
         .ok_or_else(|| proto("probe returned no row".into()))?;
     let lsn = |i: usize| -> Result<Option<Lsn>, DbError> {
-        main[i]
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: ParseLsnError| proto(e.to_string()))
+        main[i].as_deref().map(str::parse).transpose().map_err(|e: ParseLsnError| proto(e.to_string()))
     };
     let in_recovery = match main[0].as_deref() {
         Some("t") => true,
@@ -586,20 +511,14 @@ pub async fn probe(client: &Client, addr: &str) -> Result<DbInfo, DbError> {
         current_lsn: lsn(2)?,
         receive_lsn: lsn(3)?,
         replay_lsn: lsn(4)?,
-        timeline: main[5]
-            .as_deref()
-            .and_then(|f| f.get(..8))
-            .and_then(|h| u32::from_str_radix(h, 16).ok()),
+        timeline: main[5].as_deref().and_then(|f| f.get(..8)).and_then(|h| u32::from_str_radix(h, 16).ok()),
         is_streaming: false,
         upstream_host: None,
     };
     if in_recovery {
         if let Some(w) = sets.get(1).and_then(|s| s.first()) {
             info.is_streaming = w.first().and_then(Option::as_deref) == Some("streaming");
-            info.timeline = w
-                .get(1)
-                .and_then(Option::as_deref)
-                .and_then(|t| t.parse().ok());
+            info.timeline = w.get(1).and_then(Option::as_deref).and_then(|t| t.parse().ok());
             info.upstream_host = w.get(2).and_then(Clone::clone).filter(|h| !h.is_empty());
         }
         if info.upstream_host.is_none() {
@@ -611,10 +530,7 @@ pub async fn probe(client: &Client, addr: &str) -> Result<DbInfo, DbError> {
         }
         if info.timeline.is_none() {
             // Needs the right to execute pg_control_checkpoint(); not fatal if missing.
-            match client
-                .simple_query("SELECT timeline_id FROM pg_control_checkpoint()")
-                .await
-            {
+            match client.simple_query("SELECT timeline_id FROM pg_control_checkpoint()").await {
                 Ok(m) => {
                     info.timeline = result_sets(m)
                         .first()
@@ -698,7 +614,9 @@ pub async fn setting(target: &DbTarget, name: &str, timeout: Duration) -> Result
             .map_err(|e| DbError::Query { addr: addr.clone(), message: chain(&e) })?;
         row.try_get::<_, String>(0).map_err(|e| DbError::Protocol { addr: addr.clone(), message: chain(&e) })
     };
-    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(DbError::Timeout { addr: addr.clone(), stage: "reading a setting", timeout }))
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(DbError::Timeout { addr: addr.clone(), stage: "reading a setting", timeout }))
 }
 
 /// Probes another node's database once: connect, query, disconnect, all within
@@ -711,11 +629,7 @@ pub async fn remote_check(target: &DbTarget, remote_timeout: Duration) -> Result
     };
     match tokio::time::timeout(remote_timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(DbError::Timeout {
-            addr,
-            stage: "checking the remote database",
-            timeout: remote_timeout,
-        }),
+        Err(_) => Err(DbError::Timeout { addr, stage: "checking the remote database", timeout: remote_timeout }),
     }
 }
 
@@ -727,19 +641,10 @@ mod tests {
     fn conninfo_parsing() {
         let ci = "user=postgres passfile='/var/lib/postgresql/.pgpass' channel_binding=prefer host=198.18.0.1 port=5432 sslmode=prefer application_name='a b\\'c'";
         assert_eq!(conninfo_value(ci, "host").as_deref(), Some("198.18.0.1"));
-        assert_eq!(
-            conninfo_value(ci, "passfile").as_deref(),
-            Some("/var/lib/postgresql/.pgpass")
-        );
-        assert_eq!(
-            conninfo_value(ci, "application_name").as_deref(),
-            Some("a b'c")
-        );
+        assert_eq!(conninfo_value(ci, "passfile").as_deref(), Some("/var/lib/postgresql/.pgpass"));
+        assert_eq!(conninfo_value(ci, "application_name").as_deref(), Some("a b'c"));
         assert_eq!(conninfo_value(ci, "dbname"), None);
-        assert_eq!(
-            conninfo_value("host = db1  port=1", "port").as_deref(),
-            Some("1")
-        );
+        assert_eq!(conninfo_value("host = db1  port=1", "port").as_deref(), Some("1"));
         assert_eq!(conninfo_value("", "host"), None);
     }
 
@@ -760,15 +665,8 @@ mod tests {
 
     #[test]
     fn error_messages_name_the_server() {
-        let e = DbError::Timeout {
-            addr: "db1:5432".into(),
-            stage: "connecting",
-            timeout: Duration::from_millis(1500),
-        };
-        assert_eq!(
-            e.to_string(),
-            "database db1:5432: no answer within 1500ms while connecting"
-        );
+        let e = DbError::Timeout { addr: "db1:5432".into(), stage: "connecting", timeout: Duration::from_millis(1500) };
+        assert_eq!(e.to_string(), "database db1:5432: no answer within 1500ms while connecting");
         let t = DbTarget::new("fd00::1", 5444, "postgres", "efm");
         assert_eq!(t.addr(), "[fd00::1]:5444");
     }

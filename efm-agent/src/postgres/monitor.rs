@@ -135,17 +135,10 @@ pub enum DbEvent {
     Checked(DbInfo),
     /// A check failed while the database is not (yet) declared failed; the final check comes
     /// once `silent_for` reaches `local.timeout`.
-    CheckFailed {
-        error: DbError,
-        silent_for: Duration,
-    },
+    CheckFailed { error: DbError, silent_for: Duration },
     /// The final check failed too: the local database is failed. `silent_for` is the time since
     /// the last success (or since the monitor started, if there never was one).
-    Failed {
-        error: DbError,
-        silent_for: Duration,
-        ever_available: bool,
-    },
+    Failed { error: DbError, silent_for: Duration, ever_available: bool },
     /// A check succeeded after the database had been declared failed.
     Recovered(DbInfo),
 }
@@ -257,11 +250,7 @@ impl LocalMonitor {
         self.next_periodic = if next > now { next } else { now };
         match result {
             Ok(info) => {
-                self.conn_uses = if req.reuse_connection {
-                    self.conn_uses + 1
-                } else {
-                    1
-                };
+                self.conn_uses = if req.reuse_connection { self.conn_uses + 1 } else { 1 };
                 self.last_ok = now;
                 self.last_error = None;
                 let first = !self.ever_available;
@@ -281,11 +270,7 @@ impl LocalMonitor {
                 match self.phase {
                     Phase::FinalCheck => {
                         self.phase = Phase::Failed;
-                        Some(DbEvent::Failed {
-                            error,
-                            silent_for,
-                            ever_available: self.ever_available,
-                        })
+                        Some(DbEvent::Failed { error, silent_for, ever_available: self.ever_available })
                     }
                     Phase::Starting | Phase::Up => Some(DbEvent::CheckFailed { error, silent_for }),
                     Phase::Failed => None,
@@ -296,12 +281,7 @@ impl LocalMonitor {
 
     /// Drives the monitor against `target` until `shutdown` completes or the receiver of `tx`
     /// is gone, sending every event.
-    pub async fn run(
-        mut self,
-        target: DbTarget,
-        tx: mpsc::Sender<DbEvent>,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    pub async fn run(mut self, target: DbTarget, tx: mpsc::Sender<DbEvent>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut client: Option<Client> = None;
         loop {
@@ -353,9 +333,7 @@ fn log_event(target: &DbTarget, ev: &DbEvent) {
         DbEvent::CheckFailed { error, silent_for } => {
             tracing::warn!(%db, %error, silent_ms = silent_for.as_millis(), "local database check failed");
         }
-        DbEvent::Failed {
-            error, silent_for, ..
-        } => {
+        DbEvent::Failed { error, silent_for, .. } => {
             tracing::error!(%db, %error, silent_ms = silent_for.as_millis(), "local database failed");
         }
         DbEvent::Recovered(_) => tracing::info!(%db, "local database recovered"),
@@ -370,11 +348,7 @@ async fn check(
     budget: Duration,
 ) -> Result<DbInfo, DbError> {
     let addr = target.addr();
-    let timeout = |stage| DbError::Timeout {
-        addr: addr.clone(),
-        stage,
-        timeout: budget,
-    };
+    let timeout = |stage| DbError::Timeout { addr: addr.clone(), stage, timeout: budget };
     if client.as_ref().is_some_and(Client::is_closed) {
         *client = None;
     }
@@ -415,18 +389,11 @@ mod tests {
     }
 
     fn refused() -> DbError {
-        DbError::Refused {
-            addr: "127.0.0.1:5432".into(),
-        }
+        DbError::Refused { addr: "127.0.0.1:5432".into() }
     }
 
     fn timings(reuse: u64) -> LocalTimings {
-        LocalTimings {
-            period: 10 * S,
-            timeout: 60 * S,
-            timeout_final: 10 * S,
-            reuse_count: reuse,
-        }
+        LocalTimings { period: 10 * S, timeout: 60 * S, timeout_final: 10 * S, reuse_count: reuse }
     }
 
     /// Runs the machine from `t0` to `until` against a database whose answer at time `t` is
@@ -465,11 +432,7 @@ mod tests {
     }
 
     fn hang() -> DbError {
-        DbError::Timeout {
-            addr: "127.0.0.1:5432".into(),
-            stage: "connecting",
-            timeout: Duration::ZERO,
-        }
+        DbError::Timeout { addr: "127.0.0.1:5432".into(), stage: "connecting", timeout: Duration::ZERO }
     }
 
     #[test]
@@ -481,9 +444,7 @@ mod tests {
         assert_eq!(at, [0.0, 10.0, 20.0, 30.0]);
         assert!(matches!(ev[0].1, DbEvent::Available(_)));
         assert!(ev[1..].iter().all(|e| matches!(e.1, DbEvent::Checked(_))));
-        assert!(checks
-            .iter()
-            .all(|c| c.1.kind == CheckKind::Periodic && !c.1.reuse_connection));
+        assert!(checks.iter().all(|c| c.1.kind == CheckKind::Periodic && !c.1.reuse_connection));
         assert_eq!(m.phase(), Phase::Up);
     }
 
@@ -492,43 +453,21 @@ mod tests {
         // Last success at 20 s; from 25 s the server refuses connections.
         let t0 = Instant::now();
         let mut m = LocalMonitor::new(timings(0), t0);
-        let (ev, checks) = simulate(&mut m, t0, 120 * S, |t| {
-            if t < 25 * S {
-                Ok(info())
-            } else {
-                Err(refused())
-            }
-        });
+        let (ev, checks) = simulate(&mut m, t0, 120 * S, |t| if t < 25 * S { Ok(info()) } else { Err(refused()) });
         // Periodic failures at 30..70 s do not fail the database.
-        let failed_checks: Vec<f64> = ev
-            .iter()
-            .filter(|e| matches!(e.1, DbEvent::CheckFailed { .. }))
-            .map(|e| e.0)
-            .collect();
+        let failed_checks: Vec<f64> =
+            ev.iter().filter(|e| matches!(e.1, DbEvent::CheckFailed { .. })).map(|e| e.0).collect();
         assert_eq!(failed_checks, [30.0, 40.0, 50.0, 60.0, 70.0]);
         // The final check comes exactly local.timeout after the last success, on a new connection.
-        let fin: Vec<_> = checks
-            .iter()
-            .filter(|c| c.1.kind == CheckKind::Final)
-            .collect();
+        let fin: Vec<_> = checks.iter().filter(|c| c.1.kind == CheckKind::Final).collect();
         assert_eq!(fin.len(), 1);
         assert!((fin[0].0 - 80.0).abs() < 1e-9);
         assert!(!fin[0].1.reuse_connection);
         assert_eq!(fin[0].1.deadline, t0 + 90 * S);
-        let failed: Vec<_> = ev
-            .iter()
-            .filter(|e| matches!(e.1, DbEvent::Failed { .. }))
-            .collect();
+        let failed: Vec<_> = ev.iter().filter(|e| matches!(e.1, DbEvent::Failed { .. })).collect();
         assert_eq!(failed.len(), 1);
         assert!((failed[0].0 - 80.0).abs() < 1e-9);
-        let DbEvent::Failed {
-            silent_for,
-            ever_available,
-            ref error,
-        } = failed[0].1
-        else {
-            unreachable!()
-        };
+        let DbEvent::Failed { silent_for, ever_available, ref error } = failed[0].1 else { unreachable!() };
         assert_eq!(silent_for, 60 * S);
         assert!(ever_available);
         assert_eq!(*error, refused());
@@ -543,29 +482,14 @@ mod tests {
         // Last success at 20 s; from 25 s every attempt hangs.
         let t0 = Instant::now();
         let mut m = LocalMonitor::new(timings(0), t0);
-        let (ev, checks) = simulate(&mut m, t0, 100 * S, |t| {
-            if t < 25 * S {
-                Ok(info())
-            } else {
-                Err(hang())
-            }
-        });
+        let (ev, checks) = simulate(&mut m, t0, 100 * S, |t| if t < 25 * S { Ok(info()) } else { Err(hang()) });
         // The hanging periodic check started at 30 s is cut off at 80 s (last success + timeout).
         let p30 = checks.iter().find(|c| (c.0 - 30.0).abs() < 1e-9).unwrap();
         assert_eq!(p30.1.deadline, t0 + 80 * S);
-        let failed: Vec<_> = ev
-            .iter()
-            .filter(|e| matches!(e.1, DbEvent::Failed { .. }))
-            .collect();
+        let failed: Vec<_> = ev.iter().filter(|e| matches!(e.1, DbEvent::Failed { .. })).collect();
         assert_eq!(failed.len(), 1);
-        assert!(
-            (failed[0].0 - 90.0).abs() < 1e-9,
-            "failed at {}",
-            failed[0].0
-        );
-        let DbEvent::Failed { silent_for, .. } = failed[0].1 else {
-            unreachable!()
-        };
+        assert!((failed[0].0 - 90.0).abs() < 1e-9, "failed at {}", failed[0].0);
+        let DbEvent::Failed { silent_for, .. } = failed[0].1 else { unreachable!() };
         assert_eq!(silent_for, 70 * S);
     }
 
@@ -581,11 +505,7 @@ mod tests {
             match m.poll(now) {
                 Step::WaitUntil(t) => now = t,
                 Step::Check(r) => {
-                    let res = if now == t0 || r.kind == CheckKind::Final {
-                        Ok(info())
-                    } else {
-                        Err(refused())
-                    };
+                    let res = if now == t0 || r.kind == CheckKind::Final { Ok(info()) } else { Err(refused()) };
                     final_seen |= r.kind == CheckKind::Final;
                     events.extend(m.on_result(now, res));
                 }
@@ -600,13 +520,8 @@ mod tests {
     fn recovery_is_reported_once() {
         let t0 = Instant::now();
         let mut m = LocalMonitor::new(timings(0), t0);
-        let (ev, _) = simulate(&mut m, t0, 200 * S, |t| {
-            if t < 5 * S || t >= 150 * S {
-                Ok(info())
-            } else {
-                Err(refused())
-            }
-        });
+        let (ev, _) =
+            simulate(&mut m, t0, 200 * S, |t| if t < 5 * S || t >= 150 * S { Ok(info()) } else { Err(refused()) });
         let kinds: Vec<&str> = ev
             .iter()
             .filter_map(|e| match e.1 {
@@ -617,10 +532,7 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["available", "failed", "recovered"]);
-        let rec = ev
-            .iter()
-            .find(|e| matches!(e.1, DbEvent::Recovered(_)))
-            .unwrap();
+        let rec = ev.iter().find(|e| matches!(e.1, DbEvent::Recovered(_))).unwrap();
         assert!((rec.0 - 150.0).abs() < 1e-9);
         assert_eq!(m.phase(), Phase::Up);
     }
@@ -630,18 +542,9 @@ mod tests {
         let t0 = Instant::now();
         let mut m = LocalMonitor::new(timings(0), t0);
         let (ev, _) = simulate(&mut m, t0, 65 * S, |_| Err(refused()));
-        let f = ev
-            .iter()
-            .find(|e| matches!(e.1, DbEvent::Failed { .. }))
-            .unwrap();
+        let f = ev.iter().find(|e| matches!(e.1, DbEvent::Failed { .. })).unwrap();
         assert!((f.0 - 60.0).abs() < 1e-9);
-        assert!(matches!(
-            f.1,
-            DbEvent::Failed {
-                ever_available: false,
-                ..
-            }
-        ));
+        assert!(matches!(f.1, DbEvent::Failed { ever_available: false, .. }));
     }
 
     #[test]
@@ -652,20 +555,12 @@ mod tests {
             let (_, checks) = simulate(&mut m, t0, 95 * S, |_| Ok(info()));
             let pattern: Vec<bool> = checks.iter().map(|c| c.1.reuse_connection).collect();
             // A connection serves 1 + reuse checks, then a new one is opened.
-            let expect: Vec<bool> = (0..pattern.len() as u64)
-                .map(|i| !i.is_multiple_of(reuse + 1))
-                .collect();
+            let expect: Vec<bool> = (0..pattern.len() as u64).map(|i| !i.is_multiple_of(reuse + 1)).collect();
             assert_eq!(pattern, expect, "reuse={reuse}");
         }
         // A failed check drops the connection.
         let mut m = LocalMonitor::new(timings(5), t0);
-        let (_, checks) = simulate(&mut m, t0, 45 * S, |t| {
-            if t == 20 * S {
-                Err(refused())
-            } else {
-                Ok(info())
-            }
-        });
+        let (_, checks) = simulate(&mut m, t0, 45 * S, |t| if t == 20 * S { Err(refused()) } else { Ok(info()) });
         let pattern: Vec<bool> = checks.iter().map(|c| c.1.reuse_connection).collect();
         assert_eq!(pattern, [false, true, true, false, true]);
     }
@@ -677,10 +572,7 @@ mod tests {
         assert_eq!(m.on_result(t0, Ok(info())), None);
         let a = m.poll(t0);
         assert_eq!(m.poll(t0 + S), a);
-        assert!(matches!(
-            m.on_result(t0 + S, Ok(info())),
-            Some(DbEvent::Available(_))
-        ));
+        assert!(matches!(m.on_result(t0 + S, Ok(info())), Some(DbEvent::Available(_))));
         assert_eq!(m.poll(t0 + 2 * S), Step::WaitUntil(t0 + 10 * S));
     }
 }

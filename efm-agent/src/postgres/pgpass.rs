@@ -59,11 +59,7 @@ pub fn lookup_pgpass(path: &Path, host: &str, port: u16, db: &str, user: &str) -
 /// Looks up a password in password-file text (no permission check).
 #[must_use]
 pub fn lookup_in(text: &str, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
-    let host = if host.is_empty() || host == DEFAULT_SOCKET_DIR {
-        "localhost"
-    } else {
-        host
-    };
+    let host = if host.is_empty() || host == DEFAULT_SOCKET_DIR { "localhost" } else { host };
     let port = port.to_string();
     for line in text.lines() {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -153,18 +149,9 @@ h\\:x:5432:app:bob:slash-colon-host
 
     #[test]
     fn first_match_wins_and_wildcards() {
-        assert_eq!(
-            lookup_in(FILE, "db1.example", 5432, "acctg", "efm").as_deref(),
-            Some("first")
-        );
-        assert_eq!(
-            lookup_in(FILE, "db1.example", 5432, "other", "efm").as_deref(),
-            Some("second")
-        );
-        assert_eq!(
-            lookup_in(FILE, "db2", 5444, "x", "y").as_deref(),
-            Some("any-on-5444")
-        );
+        assert_eq!(lookup_in(FILE, "db1.example", 5432, "acctg", "efm").as_deref(), Some("first"));
+        assert_eq!(lookup_in(FILE, "db1.example", 5432, "other", "efm").as_deref(), Some("second"));
+        assert_eq!(lookup_in(FILE, "db2", 5444, "x", "y").as_deref(), Some("any-on-5444"));
         assert_eq!(lookup_in(FILE, "db2", 5432, "x", "y"), None);
         assert_eq!(lookup_in(FILE, "db1.example", 5433, "acctg", "efm"), None);
     }
@@ -172,43 +159,25 @@ h\\:x:5432:app:bob:slash-colon-host
     #[test]
     fn escapes() {
         // `h\:x` is the host name `h:x`.
-        assert_eq!(
-            lookup_in(FILE, "h:x", 5432, "app", "bob").as_deref(),
-            Some("slash-colon-host")
-        );
+        assert_eq!(lookup_in(FILE, "h:x", 5432, "app", "bob").as_deref(), Some("slash-colon-host"));
         // `weird\\\\db` is `weird\\db`; the password stops at the first unescaped colon.
-        assert_eq!(
-            lookup_in(FILE, "10.0.0.1", 5432, "weird\\db", "efm").as_deref(),
-            Some("back\\slash:colon")
-        );
+        assert_eq!(lookup_in(FILE, "10.0.0.1", 5432, "weird\\db", "efm").as_deref(), Some("back\\slash:colon"));
         // CR of a CRLF line is not part of the password.
-        assert_eq!(
-            lookup_in(FILE, "any", 1, "d", "carol").as_deref(),
-            Some("pa:ss")
-        );
+        assert_eq!(lookup_in(FILE, "any", 1, "d", "carol").as_deref(), Some("pa:ss"));
     }
 
     #[test]
     fn star_is_only_a_wildcard_alone_and_comments_are_skipped() {
         let text = "db*:5432:*:*:nope\n#*:*:*:*:commented\n";
         assert_eq!(lookup_in(text, "db1", 5432, "d", "u"), None);
-        assert_eq!(
-            lookup_in(text, "db*", 5432, "d", "u").as_deref(),
-            Some("nope")
-        );
+        assert_eq!(lookup_in(text, "db*", 5432, "d", "u").as_deref(), Some("nope"));
     }
 
     #[test]
     fn socket_dir_and_empty_host_match_localhost() {
         let text = "localhost:5432:*:*:local\n";
-        assert_eq!(
-            lookup_in(text, DEFAULT_SOCKET_DIR, 5432, "d", "u").as_deref(),
-            Some("local")
-        );
-        assert_eq!(
-            lookup_in(text, "", 5432, "d", "u").as_deref(),
-            Some("local")
-        );
+        assert_eq!(lookup_in(text, DEFAULT_SOCKET_DIR, 5432, "d", "u").as_deref(), Some("local"));
+        assert_eq!(lookup_in(text, "", 5432, "d", "u").as_deref(), Some("local"));
         assert_eq!(lookup_in(text, "/tmp", 5432, "d", "u"), None);
     }
 
@@ -220,24 +189,13 @@ h\\:x:5432:app:bob:slash-colon-host
         let mut f = fs::File::create(&path).unwrap();
         f.write_all(b"*:*:*:efm:s3cret\n").unwrap();
         drop(f);
-        for (mode, expect) in [
-            (0o600, Some("s3cret")),
-            (0o400, Some("s3cret")),
-            (0o640, None),
-            (0o604, None),
-            (0o660, None),
-        ] {
+        for (mode, expect) in
+            [(0o600, Some("s3cret")), (0o400, Some("s3cret")), (0o640, None), (0o604, None), (0o660, None)]
+        {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-            assert_eq!(
-                lookup_pgpass(&path, "h", 5432, "d", "efm").as_deref(),
-                expect,
-                "mode {mode:o}"
-            );
+            assert_eq!(lookup_pgpass(&path, "h", 5432, "d", "efm").as_deref(), expect, "mode {mode:o}");
         }
-        assert_eq!(
-            lookup_pgpass(&dir.join("missing"), "h", 5432, "d", "efm"),
-            None
-        );
+        assert_eq!(lookup_pgpass(&dir.join("missing"), "h", 5432, "d", "efm"), None);
         // A directory is not a password file.
         assert_eq!(lookup_pgpass(&dir, "h", 5432, "d", "efm"), None);
         fs::remove_dir_all(&dir).unwrap();

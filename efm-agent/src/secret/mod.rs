@@ -162,10 +162,7 @@ fn hex_decode(s: &str) -> Result<Vec<u8>, String> {
     if bytes.len() & 1 != 0 {
         return Err(format!("it has an odd number of hex digits ({})", bytes.len()));
     }
-    Ok(bytes
-        .chunks_exact(2)
-        .map(|p| (hex_digit(p[0]).unwrap_or(0) << 4) | hex_digit(p[1]).unwrap_or(0))
-        .collect())
+    Ok(bytes.chunks_exact(2).map(|p| (hex_digit(p[0]).unwrap_or(0) << 4) | hex_digit(p[1]).unwrap_or(0)).collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,10 +180,7 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key")
-            .field("path", &self.path)
-            .field("created", &self.created)
-            .finish_non_exhaustive()
+        f.debug_struct("Key").field("path", &self.path).field("created", &self.created).finish_non_exhaustive()
     }
 }
 
@@ -195,8 +189,8 @@ impl Key {
     /// be accessible by group or others (see [`crate::keyfile::read`]).
     pub fn load(path: &Path) -> Result<Key, SecretError> {
         let contents = keyfile::read(KeyKind::Password, path)?;
-        let bytes = parse_key_file(&contents)
-            .map_err(|reason| KeyFileError::malformed(KeyKind::Password, path, reason))?;
+        let bytes =
+            parse_key_file(&contents).map_err(|reason| KeyFileError::malformed(KeyKind::Password, path, reason))?;
         Ok(Key { bytes, path: path.to_owned(), created: false })
     }
 
@@ -309,14 +303,10 @@ pub fn decrypt(key: &Key, cluster: &str, text: &str) -> Result<String, SecretErr
         )));
     };
     if version != VALUE_PREFIX {
-        let is_version = version.len() > 3
-            && version.starts_with("efm")
-            && version[3..].bytes().all(|c| c.is_ascii_digit());
+        let is_version =
+            version.len() > 3 && version.starts_with("efm") && version[3..].bytes().all(|c| c.is_ascii_digit());
         if is_version {
-            return Err(SecretError::UnsupportedVersion {
-                cluster: cluster.to_owned(),
-                version: version.to_owned(),
-            });
+            return Err(SecretError::UnsupportedVersion { cluster: cluster.to_owned(), version: version.to_owned() });
         }
         return Err(malformed(format!("it does not start with \"{VALUE_PREFIX}:\"")));
     }
@@ -324,33 +314,27 @@ pub fn decrypt(key: &Key, cluster: &str, text: &str) -> Result<String, SecretErr
     let (nonce_hex, ct_hex) = match fields.as_slice() {
         [nonce, ct] => (*nonce, *ct),
         [_] => {
-            return Err(malformed(format!(
-                "the ciphertext is missing (expected {VALUE_PREFIX}:<nonce>:<ciphertext>)"
-            )))
+            return Err(malformed(format!("the ciphertext is missing (expected {VALUE_PREFIX}:<nonce>:<ciphertext>)")))
         }
         more => {
             return Err(malformed(format!(
-            "it has {} fields separated by ':' (expected 3: {VALUE_PREFIX}:<nonce>:<ciphertext>)",
-            more.len() + 1
-        )))
+                "it has {} fields separated by ':' (expected 3: {VALUE_PREFIX}:<nonce>:<ciphertext>)",
+                more.len() + 1
+            )))
         }
     };
     if nonce_hex.is_empty() {
         return Err(malformed("the nonce (second field) is empty".into()));
     }
-    let nonce = hex_decode(nonce_hex)
-        .map_err(|r| malformed(format!("the nonce (second field) is not hex: {r}")))?;
+    let nonce = hex_decode(nonce_hex).map_err(|r| malformed(format!("the nonce (second field) is not hex: {r}")))?;
     if nonce.len() != NONCE_LEN {
-        return Err(malformed(format!(
-            "the nonce (second field) is {} bytes; expected {NONCE_LEN}",
-            nonce.len()
-        )));
+        return Err(malformed(format!("the nonce (second field) is {} bytes; expected {NONCE_LEN}", nonce.len())));
     }
     if ct_hex.is_empty() {
         return Err(malformed("the ciphertext (third field) is empty".into()));
     }
-    let ciphertext = hex_decode(ct_hex)
-        .map_err(|r| malformed(format!("the ciphertext (third field) is not hex: {r}")))?;
+    let ciphertext =
+        hex_decode(ct_hex).map_err(|r| malformed(format!("the ciphertext (third field) is not hex: {r}")))?;
     if ciphertext.len() < TAG_LEN {
         return Err(malformed(format!(
             "the ciphertext (third field) is {} bytes, shorter than the {TAG_LEN}-byte \
@@ -362,10 +346,7 @@ pub fn decrypt(key: &Key, cluster: &str, text: &str) -> Result<String, SecretErr
     let plaintext = key
         .cipher()
         .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: &aad })
-        .map_err(|_| SecretError::WrongClusterOrKey {
-            cluster: cluster.to_owned(),
-            key_path: key.path.clone(),
-        })?;
+        .map_err(|_| SecretError::WrongClusterOrKey { cluster: cluster.to_owned(), key_path: key.path.clone() })?;
     String::from_utf8(plaintext).map_err(|e| {
         e.into_bytes().zeroize();
         SecretError::NotUtf8

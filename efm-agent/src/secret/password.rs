@@ -103,9 +103,7 @@ pub fn read_password_twice(prompt: &str) -> Result<String, SecretError> {
     let _echo = EchoOff::new(&tty).map_err(|err| SecretError::Tty { err })?;
     read_twice_with(prompt, |p| {
         let mut out = &tty;
-        out.write_all(p.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|err| SecretError::Tty { err })?;
+        out.write_all(p.as_bytes()).and_then(|()| out.flush()).map_err(|err| SecretError::Tty { err })?;
         read_tty_line(&tty)
     })
 }
@@ -125,4 +123,3 @@ pub(super) fn password_from_env_value(value: Option<OsString>) -> Result<String,
         SecretError::EnvNotUtf8
     })
 }
-

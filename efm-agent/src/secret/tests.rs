@@ -43,8 +43,7 @@ fn test_key(dir: &TempDir) -> Key {
 fn round_trip() {
     let dir = TempDir::new();
     let key = test_key(&dir);
-    for pw in ["s3cret", "1safepassword", "with spaces = and # and : and \\", "ü€😀", "x"]
-    {
+    for pw in ["s3cret", "1safepassword", "with spaces = and # and : and \\", "ü€😀", "x"] {
         let enc = encrypt(&key, "acctg", pw).unwrap();
         assert!(enc.starts_with("efm1:"));
         assert!(!enc.contains(['=', '#', '!', ' ', '\n', '\\']), "{enc}");
@@ -68,10 +67,7 @@ fn wrong_cluster_is_an_auth_error_naming_the_cluster() {
     let err = decrypt(&key, "sales", &enc).unwrap_err();
     assert!(matches!(err, SecretError::WrongClusterOrKey { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("db.password.encrypted was not encrypted for cluster \"sales\""),
-        "{msg}"
-    );
+    assert!(msg.contains("db.password.encrypted was not encrypted for cluster \"sales\""), "{msg}");
     assert!(msg.contains(&dir.key_path().display().to_string()), "{msg}");
     assert!(msg.contains("another cluster"), "{msg}");
     assert!(msg.contains("efm encrypt sales"), "{msg}");
@@ -123,10 +119,7 @@ fn malformed_values() {
         (format!("efm1:{nonce}"), "ciphertext is missing"),
         (format!("efm1:{nonce}:{ct}:00"), "4 fields"),
         (format!("efm1::{ct}"), "nonce (second field) is empty"),
-        (
-            format!("efm1:zz{}:{ct}", &nonce[2..]),
-            "nonce (second field) is not hex: character 1",
-        ),
+        (format!("efm1:zz{}:{ct}", &nonce[2..]), "nonce (second field) is not hex: character 1"),
         (format!("efm1:{}:{ct}", &nonce[1..]), "odd number of hex digits"),
         (format!("efm1:{}:{ct}", &nonce[2..]), "nonce (second field) is 11 bytes; expected 12"),
         (format!("efm1:{nonce}:"), "ciphertext (third field) is empty"),
@@ -147,10 +140,7 @@ fn malformed_values() {
     assert!(!msg.contains("hunter2"));
 
     let err = decrypt(&key, "acctg", &good.replacen("efm1", "efm2", 1)).unwrap_err();
-    assert!(
-        matches!(err, SecretError::UnsupportedVersion { ref version, .. } if version == "efm2"),
-        "{err:?}"
-    );
+    assert!(matches!(err, SecretError::UnsupportedVersion { ref version, .. } if version == "efm2"), "{err:?}");
     assert!(err.to_string().contains("format efm2"));
 
     assert!(matches!(encrypt(&key, "", "pw"), Err(SecretError::EmptyCluster)));
@@ -230,10 +220,7 @@ fn key_path_that_is_not_a_regular_file_is_refused() {
     let link = dir.0.join("link.key");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let err = Key::load_or_create(&link).unwrap_err();
-    assert!(
-        matches!(err, SecretError::KeyFile(KeyFileError::NotRegular { what: "a symbolic link", .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, SecretError::KeyFile(KeyFileError::NotRegular { what: "a symbolic link", .. })), "{err:?}");
 
     let sub = dir.0.join("adir");
     fs::create_dir(&sub).unwrap();
@@ -303,8 +290,7 @@ fn concurrent_creation_yields_one_key() {
         assert!(results.iter().all(|(k, _)| *k == results[0].0));
         assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
         assert_eq!(*Key::load(&path).unwrap().bytes, results[0].0);
-        let names: Vec<_> =
-            fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![OsString::from("efm.key")]);
     }
 }
@@ -312,15 +298,11 @@ fn concurrent_creation_yields_one_key() {
 #[test]
 fn password_twice_logic() {
     fn feed(lines: &[&str]) -> impl FnMut(&str) -> Result<Vec<u8>, SecretError> {
-        let mut lines: Vec<Vec<u8>> =
-            lines.iter().rev().map(|l| l.as_bytes().to_vec()).collect();
+        let mut lines: Vec<Vec<u8>> = lines.iter().rev().map(|l| l.as_bytes().to_vec()).collect();
         move |_prompt| lines.pop().ok_or(SecretError::EmptyPassword)
     }
     assert_eq!(read_twice_with("Password: ", feed(&["pw", "pw"])).unwrap(), "pw");
-    assert!(matches!(
-        read_twice_with("p", feed(&["pw", "pW"])),
-        Err(SecretError::PasswordMismatch)
-    ));
+    assert!(matches!(read_twice_with("p", feed(&["pw", "pW"])), Err(SecretError::PasswordMismatch)));
     assert!(matches!(read_twice_with("p", feed(&["", ""])), Err(SecretError::EmptyPassword)));
     assert!(matches!(read_twice_with("p", feed(&["pw"])), Err(SecretError::EmptyPassword)));
     let mut prompts = Vec::new();
@@ -336,10 +318,7 @@ fn password_twice_logic() {
 #[test]
 fn password_from_env_values() {
     assert!(matches!(password_from_env_value(None), Err(SecretError::EnvUnset)));
-    assert!(matches!(
-        password_from_env_value(Some(OsString::new())),
-        Err(SecretError::EnvEmpty)
-    ));
+    assert!(matches!(password_from_env_value(Some(OsString::new())), Err(SecretError::EnvEmpty)));
     assert_eq!(password_from_env_value(Some("1safepassword".into())).unwrap(), "1safepassword");
     let bad = std::os::unix::ffi::OsStringExt::from_vec(vec![b'a', 0xff]);
     assert!(matches!(password_from_env_value(Some(bad)), Err(SecretError::EnvNotUtf8)));

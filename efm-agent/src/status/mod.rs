@@ -103,12 +103,7 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "xlog")]
     pub lsn: Option<String>,
     /// Text shown in the "Info" column (e.g. the query error); `None` for a witness.
-    #[serde(
-        rename = "lsninfo",
-        default,
-        skip_serializing_if = "Option::is_none",
-        alias = "xloginfo"
-    )]
+    #[serde(rename = "lsninfo", default, skip_serializing_if = "Option::is_none", alias = "xloginfo")]
     pub lsn_info: Option<String>,
     /// Our addition: promotion data.
     #[serde(default)]
@@ -358,11 +353,7 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::MissingAgents(addrs) => {
-                write!(
-                    f,
-                    "Agent not running on member node(s): {}.",
-                    addrs.join(" ")
-                )
+                write!(f, "Agent not running on member node(s): {}.", addrs.join(" "))
             }
             Self::IdleAgent(addr) => write!(f, "Agent on {addr} is idle."),
             Self::DatabaseNotUp { address, db } => {
@@ -370,24 +361,15 @@ impl fmt::Display for Problem {
             }
             Self::NoPrimary => f.write_str("No primary database was found."),
             Self::MultiplePrimaries(addrs) => {
-                write!(
-                    f,
-                    "More than one primary database was found: {}.",
-                    addrs.join(" ")
-                )
+                write!(f, "More than one primary database was found: {}.", addrs.join(" "))
             }
             Self::NoStandby => f.write_str("No standby databases were found."),
             Self::LsnUnavailable(addr) => {
                 write!(f, "Could not get the LSN of the database on {addr}.")
             }
-            Self::NotInSync {
-                address,
-                replayed,
-                primary,
-            } => write!(
-                f,
-                "Standby {address} has replayed up to {replayed}, primary is at {primary}."
-            ),
+            Self::NotInSync { address, replayed, primary } => {
+                write!(f, "Standby {address} has replayed up to {replayed}, primary is at {primary}.")
+            }
         }
     }
 }
@@ -403,10 +385,7 @@ pub fn problems(status: &ClusterStatus) -> Vec<Problem> {
         match node.agent_type {
             AgentType::Idle => out.push(Problem::IdleAgent(addr.to_owned())),
             AgentType::Primary | AgentType::Standby if node.db != DbState::Up => {
-                out.push(Problem::DatabaseNotUp {
-                    address: addr.to_owned(),
-                    db: node.db,
-                });
+                out.push(Problem::DatabaseNotUp { address: addr.to_owned(), db: node.db });
             }
             _ => {}
         }
@@ -418,17 +397,13 @@ pub fn problems(status: &ClusterStatus) -> Vec<Problem> {
 /// The subset of [`problems`] that the "Promote Status" verdict reports.
 fn promotion_problems(status: &ClusterStatus) -> Vec<Problem> {
     let mut out = Vec::new();
-    let primaries: Vec<(&str, &NodeStatus)> = sorted_nodes(status)
-        .into_iter()
-        .filter(|(_, n)| n.agent_type == AgentType::Primary)
-        .collect();
+    let primaries: Vec<(&str, &NodeStatus)> =
+        sorted_nodes(status).into_iter().filter(|(_, n)| n.agent_type == AgentType::Primary).collect();
     let standbys = promote_order_standbys(status);
     match primaries.as_slice() {
         [] => out.push(Problem::NoPrimary),
         [_] => {}
-        many => out.push(Problem::MultiplePrimaries(
-            many.iter().map(|(a, _)| (*a).to_owned()).collect(),
-        )),
+        many => out.push(Problem::MultiplePrimaries(many.iter().map(|(a, _)| (*a).to_owned()).collect())),
     }
     if standbys.is_empty() {
         out.push(Problem::NoStandby);
@@ -517,8 +492,7 @@ fn compare_addresses(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Member nodes in address order.
 fn sorted_nodes(status: &ClusterStatus) -> Vec<(&str, &NodeStatus)> {
-    let mut v: Vec<(&str, &NodeStatus)> =
-        status.nodes.iter().map(|(a, n)| (a.as_str(), n)).collect();
+    let mut v: Vec<(&str, &NodeStatus)> = status.nodes.iter().map(|(a, n)| (a.as_str(), n)).collect();
     v.sort_by(|x, y| compare_addresses(x.0, y.0));
     v
 }
@@ -526,17 +500,9 @@ fn sorted_nodes(status: &ClusterStatus) -> Vec<(&str, &NodeStatus)> {
 /// Standby members in promotion order: the failover priority list first, then the rest by
 /// address.
 fn promote_order_standbys(status: &ClusterStatus) -> Vec<(&str, &NodeStatus)> {
-    let standbys: Vec<(&str, &NodeStatus)> = sorted_nodes(status)
-        .into_iter()
-        .filter(|(_, n)| n.agent_type == AgentType::Standby)
-        .collect();
-    let rank = |addr: &str| {
-        status
-            .failover_priority
-            .iter()
-            .position(|p| p == addr)
-            .unwrap_or(usize::MAX)
-    };
+    let standbys: Vec<(&str, &NodeStatus)> =
+        sorted_nodes(status).into_iter().filter(|(_, n)| n.agent_type == AgentType::Standby).collect();
+    let rank = |addr: &str| status.failover_priority.iter().position(|p| p == addr).unwrap_or(usize::MAX);
     let mut ordered = standbys;
     // Stable sort keeps address order among unlisted standbys.
     ordered.sort_by_key(|(addr, _)| rank(addr));

@@ -42,8 +42,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    lsn_in_sync, promote_order_standbys, promotion_problems, sorted_nodes, AgentType,
-    ClusterStatus, Heartbeat, NodeStatus, Problem, LSN_UNKNOWN,
+    lsn_in_sync, promote_order_standbys, promotion_problems, sorted_nodes, AgentType, ClusterStatus, Heartbeat,
+    NodeStatus, Problem, LSN_UNKNOWN,
 };
 
 const INDENT: &str = "\t";
@@ -69,11 +69,7 @@ pub fn render_text(status: &ClusterStatus) -> String {
     out.push_str("\nAllowed node host list:\n");
     host_list(&mut out, &status.allowed_nodes);
 
-    let _ = writeln!(
-        out,
-        "\nMembership coordinator: {}",
-        status.membership_coordinator
-    );
+    let _ = writeln!(out, "\nMembership coordinator: {}", status.membership_coordinator);
 
     out.push_str("\nStandby priority host list:\n");
     host_list(&mut out, &status.failover_priority);
@@ -88,30 +84,18 @@ pub fn render_text(status: &ClusterStatus) -> String {
         let _ = writeln!(out, "{INDENT}{AUTO_FAILOVER_OFF}");
     }
 
-    let idle: Vec<(&str, &NodeStatus)> = sorted_nodes(status)
-        .into_iter()
-        .filter(|(_, n)| n.agent_type == AgentType::Idle)
-        .collect();
+    let idle: Vec<(&str, &NodeStatus)> =
+        sorted_nodes(status).into_iter().filter(|(_, n)| n.agent_type == AgentType::Idle).collect();
     if !idle.is_empty() {
         out.push_str("\nIdle Node Status (idle nodes ignored in WAL LSN comparisons):\n\n");
         let rows: Vec<Vec<String>> = idle
             .iter()
             .map(|(addr, n)| {
-                vec![
-                    (*addr).to_owned(),
-                    received(n).to_owned(),
-                    replayed(n).to_owned(),
-                    info(n).to_owned(),
-                ]
+                vec![(*addr).to_owned(), received(n).to_owned(), replayed(n).to_owned(), info(n).to_owned()]
             })
             .collect();
         out.push_str(&table(
-            &[
-                ("Address", 21),
-                ("WAL Received LSN", 19),
-                ("WAL Replayed LSN", 19),
-                ("Info", 0),
-            ],
+            &[("Address", 21), ("WAL Received LSN", 19), ("WAL Replayed LSN", 19), ("Info", 0)],
             &rows,
         ));
     }
@@ -148,15 +132,7 @@ fn cluster_table(status: &ClusterStatus) -> String {
         })
         .collect();
     table(
-        &[
-            ("Agent Type", 12),
-            ("Address", 21),
-            ("Agent", 7),
-            ("DB", 9),
-            ("VIP", 18),
-            ("HB age", 9),
-            ("RTT p50/p99", 0),
-        ],
+        &[("Agent Type", 12), ("Address", 21), ("Agent", 7), ("DB", 9), ("VIP", 18), ("HB age", 9), ("RTT p50/p99", 0)],
         &rows,
     )
 }
@@ -176,30 +152,16 @@ fn missing_table(status: &ClusterStatus) -> String {
             ]
         })
         .collect();
-    table(
-        &[
-            ("Agent Type", 12),
-            ("Address", 21),
-            ("Heartbeat", 25),
-            ("HB age", 0),
-        ],
-        &rows,
-    )
+    table(&[("Agent Type", 12), ("Address", 21), ("Heartbeat", 25), ("HB age", 0)], &rows)
 }
 
 fn promote_table(status: &ClusterStatus) -> String {
-    let primaries = sorted_nodes(status)
-        .into_iter()
-        .filter(|(_, n)| n.agent_type == AgentType::Primary);
+    let primaries = sorted_nodes(status).into_iter().filter(|(_, n)| n.agent_type == AgentType::Primary);
     let rows: Vec<Vec<String>> = primaries
         .chain(promote_order_standbys(status))
         .map(|(addr, n)| {
             // On the primary EFM leaves "received" empty and shows its current LSN as replayed.
-            let received = if n.agent_type == AgentType::Primary {
-                ""
-            } else {
-                received(n)
-            };
+            let received = if n.agent_type == AgentType::Primary { "" } else { received(n) };
             vec![
                 n.agent_type.label().to_owned(),
                 addr.to_owned(),
@@ -209,16 +171,7 @@ fn promote_table(status: &ClusterStatus) -> String {
             ]
         })
         .collect();
-    table(
-        &[
-            ("DB Type", 12),
-            ("Address", 21),
-            ("WAL Received LSN", 19),
-            ("WAL Replayed LSN", 19),
-            ("Info", 0),
-        ],
-        &rows,
-    )
+    table(&[("DB Type", 12), ("Address", 21), ("WAL Received LSN", 19), ("WAL Replayed LSN", 19), ("Info", 0)], &rows)
 }
 
 /// The verdict lines under the Promote Status table.
@@ -227,16 +180,10 @@ fn promote_verdict(status: &ClusterStatus) -> Vec<String> {
     if problems.is_empty() {
         return vec![SAFE_TO_PROMOTE.to_owned()];
     }
-    let mut lines: Vec<String> = problems
-        .iter()
-        .filter(|p| !matches!(p, Problem::NotInSync { .. }))
-        .map(ToString::to_string)
-        .collect();
-    let behind: Vec<String> = problems
-        .iter()
-        .filter(|p| matches!(p, Problem::NotInSync { .. }))
-        .map(ToString::to_string)
-        .collect();
+    let mut lines: Vec<String> =
+        problems.iter().filter(|p| !matches!(p, Problem::NotInSync { .. })).map(ToString::to_string).collect();
+    let behind: Vec<String> =
+        problems.iter().filter(|p| matches!(p, Problem::NotInSync { .. })).map(ToString::to_string).collect();
     if !behind.is_empty() {
         lines.push(NOT_IN_SYNC.to_owned());
         lines.extend(behind);
@@ -245,20 +192,14 @@ fn promote_verdict(status: &ClusterStatus) -> Vec<String> {
     if in_sync.is_empty() {
         lines.push(NOT_SAFE.to_owned());
     } else {
-        lines.push(format!(
-            "Standby database(s) in sync with primary, safe to promote: {}.",
-            in_sync.join(" ")
-        ));
+        lines.push(format!("Standby database(s) in sync with primary, safe to promote: {}.", in_sync.join(" ")));
     }
     lines
 }
 
 /// Standbys in sync with the single primary, in promotion order.
 fn in_sync_standbys(status: &ClusterStatus) -> Vec<&str> {
-    let mut primaries = status
-        .nodes
-        .values()
-        .filter(|n| n.agent_type == AgentType::Primary);
+    let mut primaries = status.nodes.values().filter(|n| n.agent_type == AgentType::Primary);
     let (Some(primary), None) = (primaries.next(), primaries.next()) else {
         return Vec::new();
     };
@@ -267,11 +208,7 @@ fn in_sync_standbys(status: &ClusterStatus) -> Vec<&str> {
     };
     promote_order_standbys(status)
         .into_iter()
-        .filter(|(_, n)| {
-            n.lsn
-                .as_deref()
-                .is_some_and(|l| lsn_in_sync(primary_lsn, l))
-        })
+        .filter(|(_, n)| n.lsn.as_deref().is_some_and(|l| lsn_in_sync(primary_lsn, l)))
         .map(|(addr, _)| addr)
         .collect()
 }
@@ -298,8 +235,7 @@ fn host_list(out: &mut String, hosts: &[String]) {
 
 /// "HB age" column: time since the node last answered.
 fn hb_age(hb: &Heartbeat) -> String {
-    hb.age_ms
-        .map_or_else(|| "-".to_owned(), |ms| duration(ms, "ms", "s"))
+    hb.age_ms.map_or_else(|| "-".to_owned(), |ms| duration(ms, "ms", "s"))
 }
 
 /// "RTT p50/p99" column.

@@ -7,12 +7,7 @@ const STANDBY2: &str = "198.18.0.4";
 const VIP: &str = "198.18.0.100";
 
 fn hb(age_ms: Option<u64>, p50: Option<u64>, p99: Option<u64>, verdict: Verdict) -> Heartbeat {
-    Heartbeat {
-        age_ms,
-        rtt_p50_us: p50,
-        rtt_p99_us: p99,
-        verdict,
-    }
+    Heartbeat { age_ms, rtt_p50_us: p50, rtt_p99_us: p99, verdict }
 }
 
 fn primary(lsn: &str) -> NodeStatus {
@@ -24,11 +19,7 @@ fn primary(lsn: &str) -> NodeStatus {
         vip_active: true,
         lsn: Some(lsn.to_owned()),
         lsn_info: Some(String::new()),
-        promotion: Promotion {
-            received_lsn: None,
-            priority: None,
-            promotable: true,
-        },
+        promotion: Promotion { received_lsn: None, priority: None, promotable: true },
         heartbeat: hb(None, None, None, Verdict::SelfNode),
     }
 }
@@ -42,11 +33,7 @@ fn standby(received: &str, replayed: &str, priority: u32) -> NodeStatus {
         vip_active: false,
         lsn: Some(replayed.to_owned()),
         lsn_info: Some(String::new()),
-        promotion: Promotion {
-            received_lsn: Some(received.to_owned()),
-            priority: Some(priority),
-            promotable: true,
-        },
+        promotion: Promotion { received_lsn: Some(received.to_owned()), priority: Some(priority), promotable: true },
         heartbeat: hb(Some(12), Some(85), Some(140), Verdict::Alive),
     }
 }
@@ -71,17 +58,11 @@ fn healthy() -> ClusterStatus {
         allowed_nodes: vec![PRIMARY.into(), STANDBY.into(), WITNESS.into()],
         membership_coordinator: PRIMARY.into(),
         failover_priority: vec![STANDBY.into()],
-        efm: Extension {
-            version: "0.1.0".into(),
-            epoch: 7,
-            cluster: "efm".into(),
-            ..Default::default()
-        },
+        efm: Extension { version: "0.1.0".into(), epoch: 7, cluster: "efm".into(), ..Default::default() },
         ..Default::default()
     };
     s.nodes.insert(PRIMARY.into(), primary("0/31000140"));
-    s.nodes
-        .insert(STANDBY.into(), standby("0/31000140", "0/31000140", 1));
+    s.nodes.insert(STANDBY.into(), standby("0/31000140", "0/31000140", 1));
     s.nodes.insert(WITNESS.into(), witness());
     s
 }
@@ -89,8 +70,7 @@ fn healthy() -> ClusterStatus {
 /// (b) The standby has received everything but replayed less.
 fn standby_behind() -> ClusterStatus {
     let mut s = healthy();
-    s.nodes
-        .insert(STANDBY.into(), standby("0/31000140", "0/30FFFF00", 1));
+    s.nodes.insert(STANDBY.into(), standby("0/31000140", "0/30FFFF00", 1));
     s
 }
 
@@ -106,11 +86,7 @@ fn with_idle() -> ClusterStatus {
             vip_active: false,
             lsn: Some(LSN_UNKNOWN.into()),
             lsn_info: Some("Connection refused.".into()),
-            promotion: Promotion {
-                received_lsn: None,
-                priority: None,
-                promotable: true,
-            },
+            promotion: Promotion { received_lsn: None, priority: None, promotable: true },
             heartbeat: hb(Some(15), Some(80), Some(130), Verdict::Alive),
             ..primary(LSN_UNKNOWN)
         },
@@ -132,10 +108,7 @@ fn with_missing() -> ClusterStatus {
     );
     s.add_missing(
         WITNESS,
-        MissingNode {
-            last_type: Some(AgentType::Witness),
-            heartbeat: hb(Some(31_400), None, None, Verdict::NodeDead),
-        },
+        MissingNode { last_type: Some(AgentType::Witness), heartbeat: hb(Some(31_400), None, None, Verdict::NodeDead) },
     );
     s
 }
@@ -295,26 +268,16 @@ fn columns_grow_for_long_addresses() {
     s.failover_priority = vec![v6.into()];
     let text = render_text(&s);
     // The longest address plus two spaces sets the column width; IPv4 sorts before IPv6.
-    assert!(
-        text.contains("\tPrimary     198.18.0.1                           UP     UP"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("\tStandby     {v6}  UP     UP")),
-        "{text}"
-    );
+    assert!(text.contains("\tPrimary     198.18.0.1                           UP     UP"), "{text}");
+    assert!(text.contains(&format!("\tStandby     {v6}  UP     UP")), "{text}");
     let promote = text.split("Promote Status:").nth(1).unwrap();
-    assert!(
-        promote.contains(&format!("\tStandby     {v6}  0/31000140")),
-        "{promote}"
-    );
+    assert!(promote.contains(&format!("\tStandby     {v6}  0/31000140")), "{promote}");
 }
 
 #[test]
 fn standbys_listed_in_priority_order_and_empty_lists_say_so() {
     let mut s = healthy();
-    s.nodes
-        .insert(STANDBY2.into(), standby("0/31000140", "0/31000140", 1));
+    s.nodes.insert(STANDBY2.into(), standby("0/31000140", "0/31000140", 1));
     s.failover_priority = vec![STANDBY2.into(), STANDBY.into()];
     let text = render_text(&s);
     let promote = text.split("Promote Status:").nth(1).unwrap();
@@ -324,31 +287,24 @@ fn standbys_listed_in_priority_order_and_empty_lists_say_so() {
 
     s.failover_priority.clear();
     let text = render_text(&s);
-    assert!(
-        text.contains("Standby priority host list:\n\t(List is empty.)\n"),
-        "{text}"
-    );
+    assert!(text.contains("Standby priority host list:\n\t(List is empty.)\n"), "{text}");
 }
 
 #[test]
 fn partial_sync_names_the_safe_standbys() {
     let mut s = healthy();
-    s.nodes
-        .insert(STANDBY2.into(), standby("0/31000140", "0/31000000", 2));
+    s.nodes.insert(STANDBY2.into(), standby("0/31000140", "0/31000000", 2));
     s.failover_priority.push(STANDBY2.into());
     let text = render_text(&s);
     assert!(text.contains("\tOne or more standby databases are not in sync with the primary.\n"));
-    assert!(
-        text.contains("\tStandby database(s) in sync with primary, safe to promote: 198.18.0.2.\n")
-    );
+    assert!(text.contains("\tStandby database(s) in sync with primary, safe to promote: 198.18.0.2.\n"));
     assert_eq!(exit_code(&s), 1);
 }
 
 #[test]
 fn messages_are_printed_last() {
     let mut s = healthy();
-    s.messages
-        .push("Node 198.18.0.9 is not allowed to join.".into());
+    s.messages.push("Node 198.18.0.9 is not allowed to join.".into());
     let text = render_text(&s);
     assert!(text.ends_with("safe to promote.\n\nNode 198.18.0.9 is not allowed to join.\n"));
 }
@@ -363,7 +319,9 @@ fn automatic_failover_disabled_is_said_under_the_verdict() {
     s.efm.auto_failover = Some(false);
     let text = render_text(&s);
     assert!(
-        text.contains("\tStandby database(s) in sync with primary. It is safe to promote.\n\tAutomatic failover is disabled.\n"),
+        text.contains(
+            "\tStandby database(s) in sync with primary. It is safe to promote.\n\tAutomatic failover is disabled.\n"
+        ),
         "{text}"
     );
     assert_eq!(text.matches("Automatic failover is disabled.").count(), 1);
@@ -478,10 +436,7 @@ fn json_round_trip() {
 fn add_missing_is_idempotent() {
     let mut s = with_missing();
     s.add_missing(STANDBY, MissingNode::default());
-    assert_eq!(
-        s.missing_nodes,
-        vec![STANDBY.to_owned(), WITNESS.to_owned()]
-    );
+    assert_eq!(s.missing_nodes, vec![STANDBY.to_owned(), WITNESS.to_owned()]);
     assert_eq!(s.efm.missing[STANDBY].heartbeat.verdict, Verdict::Unknown);
 }
 
@@ -512,17 +467,11 @@ fn reads_efm_33_json() {
     assert_eq!(s.nodes["172.16.144.177"].agent_type, AgentType::Primary);
     assert_eq!(s.nodes["172.16.144.176"].db, DbState::NotApplicable);
     assert_eq!(s.nodes["172.16.144.180"].lsn.as_deref(), Some("2/77000220"));
-    assert_eq!(
-        s.nodes["172.16.144.180"].heartbeat.verdict,
-        Verdict::Unknown
-    );
+    assert_eq!(s.nodes["172.16.144.180"].heartbeat.verdict, Verdict::Unknown);
     assert_eq!(exit_code(&s), 0);
     // Written back out, it uses EFM 5 names.
     let out = s.to_json();
-    assert!(
-        out.contains("\"lsn\": \"2/77000220\"") && !out.contains("xlog"),
-        "{out}"
-    );
+    assert!(out.contains("\"lsn\": \"2/77000220\"") && !out.contains("xlog"), "{out}");
 }
 
 // ---- exit codes ----
@@ -543,18 +492,12 @@ fn exit_codes_for_the_golden_cases() {
     );
 
     assert_eq!(exit_code(&with_idle()), 1);
-    assert_eq!(
-        problems(&with_idle()),
-        vec![Problem::IdleAgent(STANDBY2.into())]
-    );
+    assert_eq!(problems(&with_idle()), vec![Problem::IdleAgent(STANDBY2.into())]);
 
     assert_eq!(exit_code(&with_missing()), 1);
     assert_eq!(
         problems(&with_missing()),
-        vec![
-            Problem::MissingAgents(vec![STANDBY.into(), WITNESS.into()]),
-            Problem::NoStandby
-        ]
+        vec![Problem::MissingAgents(vec![STANDBY.into(), WITNESS.into()]), Problem::NoStandby]
     );
 }
 
@@ -569,10 +512,7 @@ fn exit_code_rules() {
     assert_eq!(
         problems(&s),
         vec![
-            Problem::DatabaseNotUp {
-                address: STANDBY.into(),
-                db: DbState::Down
-            },
+            Problem::DatabaseNotUp { address: STANDBY.into(), db: DbState::Down },
             Problem::LsnUnavailable(STANDBY.into()),
         ]
     );
@@ -591,13 +531,7 @@ fn exit_code_rules() {
     // Two primaries.
     let mut s = healthy();
     s.nodes.insert(STANDBY2.into(), primary("0/31000140"));
-    assert_eq!(
-        problems(&s),
-        vec![Problem::MultiplePrimaries(vec![
-            PRIMARY.into(),
-            STANDBY2.into()
-        ])]
-    );
+    assert_eq!(problems(&s), vec![Problem::MultiplePrimaries(vec![PRIMARY.into(), STANDBY2.into()])]);
 
     // Primary and witness only: no standby.
     let mut s = healthy();
@@ -627,19 +561,7 @@ fn lsn_parsing_and_sync() {
     assert_eq!(parse_lsn(" 2/77000220\n"), Some(Lsn((2 << 32) | 0x7700_0220)));
     assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(Lsn(u64::MAX)));
     assert_eq!(parse_lsn("ab/cd"), Some(Lsn((0xab << 32) | 0xcd)));
-    for bad in [
-        "",
-        "/",
-        "0/",
-        "/0",
-        "0",
-        "UNKNOWN",
-        "1/2/3",
-        "100000000/0",
-        "0/-1",
-        "0/+1",
-        "g/0",
-    ] {
+    for bad in ["", "/", "0/", "/0", "0", "UNKNOWN", "1/2/3", "100000000/0", "0/-1", "0/+1", "g/0"] {
         assert_eq!(parse_lsn(bad), None, "{bad}");
     }
 
@@ -655,10 +577,7 @@ fn lsn_parsing_and_sync() {
 
 #[test]
 fn duration_formats() {
-    let h = |age| Heartbeat {
-        age_ms: Some(age),
-        ..Heartbeat::default()
-    };
+    let h = |age| Heartbeat { age_ms: Some(age), ..Heartbeat::default() };
     assert_eq!(render::hb_age_for_test(&h(0)), "0ms");
     assert_eq!(render::hb_age_for_test(&h(999)), "999ms");
     assert_eq!(render::hb_age_for_test(&h(1_050)), "1.0s");

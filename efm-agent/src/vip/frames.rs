@@ -234,7 +234,10 @@ mod tests {
     fn arp_round_trip_and_garp_forms() {
         let vip = Ipv4Addr::new(198, 18, 0, 100);
         let [req, rep] = garp_pair(MAC, vip);
-        assert_eq!(Arp::parse(&req.to_bytes()), Some(Arp { op: ARPOP_REQUEST, sha: MAC, spa: vip, tha: [0; 6], tpa: vip }));
+        assert_eq!(
+            Arp::parse(&req.to_bytes()),
+            Some(Arp { op: ARPOP_REQUEST, sha: MAC, spa: vip, tha: [0; 6], tpa: vip })
+        );
         assert_eq!(Arp::parse(&rep.to_bytes()), Some(Arp { op: ARPOP_REPLY, sha: MAC, spa: vip, tha: MAC, tpa: vip }));
         assert!(Arp::parse(&[0; 27]).is_none());
         let mut bad = req.to_bytes();

@@ -186,7 +186,13 @@ pub fn assign_with(iface: &str, addr: IpAddr, prefix: u8, announce: &Announce) -
 /// [`assign_with`], giving an IPv4 address the label `label` (`IFA_LABEL`): EFM 2.0's alias
 /// form `virtualIp.interface=eth0:0` puts the VIP on `eth0` labelled `eth0:0`, as
 /// `ip addr add ... label eth0:0` does (`None`: the kernel's default, the interface name).
-pub fn assign_labeled(iface: &str, label: Option<&str>, addr: IpAddr, prefix: u8, announce: &Announce) -> Result<Assigned> {
+pub fn assign_labeled(
+    iface: &str,
+    label: Option<&str>,
+    addr: IpAddr,
+    prefix: u8,
+    announce: &Announce,
+) -> Result<Assigned> {
     check_addr(Op::Assign, addr, prefix)?;
     let link = lookup(iface, Op::Assign, Some(addr))?;
     let outcome = match netif::change_address(true, link.index, addr, prefix, label) {
@@ -314,7 +320,8 @@ fn announce_on(iface: &str, link: &Link, addr: IpAddr, a: &Announce) -> Result<u
             vec![frames::neighbor_advert_frame(v6, mac)]
         }
     };
-    let what = if addr.is_ipv4() { "sending a gratuitous ARP" } else { "sending an unsolicited Neighbor Advertisement" };
+    let what =
+        if addr.is_ipv4() { "sending a gratuitous ARP" } else { "sending an unsolicited Neighbor Advertisement" };
     let sock = PacketSocket::open(link.index, 0).map_err(|e| err("opening a packet socket", e))?;
     for i in 0..a.count {
         for f in &frames {

@@ -137,12 +137,18 @@ impl Rtnl {
             // TRUNC: the answer is the datagram's real length, so a cut one is noticed.
             match recv(&self.sock, &mut self.buf[..], RecvFlags::TRUNC) {
                 Ok((_, n)) if n > self.buf.len() => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "netlink message larger than the receive buffer").into())
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "netlink message larger than the receive buffer",
+                    )
+                    .into())
                 }
                 Ok((n, _)) => return Ok(n),
                 Err(Errno::INTR) => {}
                 Err(Errno::WOULDBLOCK) => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel (netlink) in 5 s").into())
+                    return Err(
+                        io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel (netlink) in 5 s").into()
+                    )
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -164,7 +170,9 @@ impl Rtnl {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink answer: {e}")))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "netlink answer: a zero-length message").into());
+                    return Err(
+                        io::Error::new(io::ErrorKind::InvalidData, "netlink answer: a zero-length message").into()
+                    );
                 }
                 off += len.next_multiple_of(4);
                 if msg.header.sequence_number != seq {
@@ -227,10 +235,11 @@ fn nl_result(flags: u16, e: &ErrorMessage) -> Result<(), NlError> {
             u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize
         };
         if let Some(tlvs) = rest.get(inner.next_multiple_of(4)..) {
-            msg = NlasIterator::new(tlvs).map_while(Result::ok).find(|nla| nla.kind() == NLMSGERR_ATTR_MSG).map(|nla| {
-                let text = nla.value().split(|b| *b == 0).next().unwrap_or_default();
-                String::from_utf8_lossy(text).into_owned()
-            });
+            msg =
+                NlasIterator::new(tlvs).map_while(Result::ok).find(|nla| nla.kind() == NLMSGERR_ATTR_MSG).map(|nla| {
+                    let text = nla.value().split(|b| *b == 0).next().unwrap_or_default();
+                    String::from_utf8_lossy(text).into_owned()
+                });
         }
     }
     Err(NlError { errno: io::Error::from_raw_os_error(code.get().saturating_neg()), msg })
@@ -331,7 +340,13 @@ pub(super) fn labeled_address_request(
 
 /// Adds (`add`) or removes `addr/prefix` on interface `index`; the kernel's refusal as an
 /// [`NlError`] (`EEXIST`: already there; `EADDRNOTAVAIL`: not there).
-pub(super) fn change_address(add: bool, index: u32, addr: IpAddr, prefix: u8, label: Option<&str>) -> Result<(), NlError> {
+pub(super) fn change_address(
+    add: bool,
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+    label: Option<&str>,
+) -> Result<(), NlError> {
     let (flags, msg) = labeled_address_request(add, index, addr, prefix, label);
     Rtnl::open()?.request(flags, msg)
 }
@@ -430,7 +445,8 @@ mod tests {
 
     #[test]
     fn label_is_sent_for_ipv4_only_and_only_when_adding() {
-        let with = |add: bool, a: &str| match labeled_address_request(add, 3, a.parse().unwrap(), 24, Some("eth0:0")).1 {
+        let with = |add: bool, a: &str| match labeled_address_request(add, 3, a.parse().unwrap(), 24, Some("eth0:0")).1
+        {
             RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m) => m.attributes,
             other => panic!("{other:?}"),
         };
@@ -438,7 +454,10 @@ mod tests {
         assert!(!with(false, "198.18.0.100").iter().any(|a| matches!(a, AddressAttribute::Label(_))));
         assert!(!with(true, "fd00:efd::100").iter().any(|a| matches!(a, AddressAttribute::Label(_))));
         let (_, plain) = address_request(true, 3, "198.18.0.100".parse().unwrap(), 24);
-        assert_eq!(bytes(0, plain.clone()), bytes(0, labeled_address_request(true, 3, "198.18.0.100".parse().unwrap(), 24, None).1));
+        assert_eq!(
+            bytes(0, plain.clone()),
+            bytes(0, labeled_address_request(true, 3, "198.18.0.100".parse().unwrap(), 24, None).1)
+        );
     }
 
     #[test]
@@ -557,10 +576,8 @@ mod tests {
         let mut m = LinkMessage::default();
         m.header.index = 7;
         m.header.link_layer_type = LinkLayerType::Ether;
-        m.attributes = vec![
-            LinkAttribute::IfName("veth-efm0".into()),
-            LinkAttribute::Address(vec![0x02, 0xef, 0, 0, 0, 1]),
-        ];
+        m.attributes =
+            vec![LinkAttribute::IfName("veth-efm0".into()), LinkAttribute::Address(vec![0x02, 0xef, 0, 0, 0, 1])];
         let mut payload = emitted(&m);
         // IFLA_MTU (4) as a 64-bit value: the crate's whole-message parse refuses it, as it
         // refuses attributes a kernel sends in a form it does not know.

@@ -91,10 +91,8 @@ impl PacketSocket {
 
     /// Waits until a frame is queued or `wait` has passed; `true` if one is.
     fn wait_readable(&self, wait: Duration) -> io::Result<bool> {
-        let ts = Timespec {
-            tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: wait.subsec_nanos().into(),
-        };
+        let ts =
+            Timespec { tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX), tv_nsec: wait.subsec_nanos().into() };
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
         match poll(&mut fds, Some(&ts)) {
             Ok(n) => Ok(n > 0),

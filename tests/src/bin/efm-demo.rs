@@ -33,7 +33,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let witness = args.iter().any(|a| a == "--witness");
     let once = args.iter().any(|a| a == "--once");
-    let fault = args.iter().position(|a| a == "--fault").and_then(|i| args.get(i + 1)).map_or("postmaster", String::as_str);
+    let fault =
+        args.iter().position(|a| a == "--fault").and_then(|i| args.get(i + 1)).map_or("postmaster", String::as_str);
     if !matches!(fault, "postmaster" | "link") {
         eprintln!("efm-demo: --fault takes postmaster or link");
         std::process::exit(2);
@@ -44,8 +45,15 @@ fn main() {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
 
-    let kinds = if witness { vec![Kind::Primary, Kind::Standby, Kind::Witness] } else { vec![Kind::Primary, Kind::Standby, Kind::Standby] };
-    println!("== starting: {} (PostgreSQL 15, efm-agent with XDP per node, VIP 198.18.0.100)", if witness { "primary + standby + witness" } else { "primary + 2 standbys" });
+    let kinds = if witness {
+        vec![Kind::Primary, Kind::Standby, Kind::Witness]
+    } else {
+        vec![Kind::Primary, Kind::Standby, Kind::Standby]
+    };
+    println!(
+        "== starting: {} (PostgreSQL 15, efm-agent with XDP per node, VIP 198.18.0.100)",
+        if witness { "primary + standby + witness" } else { "primary + 2 standbys" }
+    );
     let c = Cluster::start(&kinds, "");
     println!("\n== efm cluster-status {CLUSTER} (from node 1)");
     print!("{}", String::from_utf8_lossy(&c.efm(0, &["cluster-status"]).stdout));
@@ -58,7 +66,10 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let epoch0 = c.node_status(1).and_then(|v| v["epoch"].as_u64()).unwrap_or(0);
 
-    println!("\n== fault: {}", if fault == "link" { "primary's link cut at the switch" } else { "SIGKILL of the primary's postmaster" });
+    println!(
+        "\n== fault: {}",
+        if fault == "link" { "primary's link cut at the switch" } else { "SIGKILL of the primary's postmaster" }
+    );
     let t0 = monotonic_ns();
     if fault == "link" {
         c.bed.link_down(0);
@@ -68,7 +79,8 @@ fn main() {
 
     // Poll the nodes and the client until the new primary is writable and the other standby
     // follows it.
-    let (mut detected, mut fenced, mut committed, mut writable, mut first_write, mut reattached) = (None, None, None, None, None, None);
+    let (mut detected, mut fenced, mut committed, mut writable, mut first_write, mut reattached) =
+        (None, None, None, None, None, None);
     let until = Instant::now() + Duration::from_secs(30);
     let other_standby = if witness { None } else { Some(2usize) };
     while Instant::now() < until && !STOP.load(Ordering::SeqCst) {
@@ -77,7 +89,10 @@ fn main() {
         if detected.is_none() {
             let seen = views.iter().skip(1).flatten().any(|v| {
                 v["peers"].as_array().is_some_and(|ps| {
-                    ps.iter().any(|p| p["address"] == "198.18.0.1:7800" && (p["verdict"] != "alive" || p["epoch"].as_u64().is_some_and(|e| e > epoch0)))
+                    ps.iter().any(|p| {
+                        p["address"] == "198.18.0.1:7800"
+                            && (p["verdict"] != "alive" || p["epoch"].as_u64().is_some_and(|e| e > epoch0))
+                    })
                 }) || v["outcome"].as_str().is_some_and(|o| o.contains("suspect") || o.contains("voted"))
             }) || views[0].as_ref().is_some_and(|v| v["db"]["state"] == "DOWN");
             if seen {
@@ -87,7 +102,9 @@ fn main() {
         if fenced.is_none() && views[0].as_ref().is_none_or(|v| v["kernel"]["serving"] == false) {
             fenced = Some(now);
         }
-        if committed.is_none() && views.iter().skip(1).flatten().any(|v| v["epoch"].as_u64().is_some_and(|e| e > epoch0)) {
+        if committed.is_none()
+            && views.iter().skip(1).flatten().any(|v| v["epoch"].as_u64().is_some_and(|e| e > epoch0))
+        {
             committed = Some(now);
         }
         if writable.is_none()
@@ -96,11 +113,24 @@ fn main() {
             writable = Some(now);
         }
         if first_write.is_none() {
-            first_write = w.log.lock().unwrap().iter().find(|a| a.t_ns > t0 && a.server.as_deref().is_some_and(|s| s != "n1")).map(|a| a.t_ns);
+            first_write = w
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|a| a.t_ns > t0 && a.server.as_deref().is_some_and(|s| s != "n1"))
+                .map(|a| a.t_ns);
         }
         if let (Some(_), None, Some(i)) = (first_write, reattached, other_standby) {
-            let new = views.iter().enumerate().skip(1).find(|(_, v)| v.as_ref().is_some_and(|v| v["kernel"]["serving"] == true)).map(|(j, _)| c.files[j].ip.clone());
-            let streaming = c.pg[i].as_ref().map(|p| p.psql_output("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver"));
+            let new = views
+                .iter()
+                .enumerate()
+                .skip(1)
+                .find(|(_, v)| v.as_ref().is_some_and(|v| v["kernel"]["serving"] == true))
+                .map(|(j, _)| c.files[j].ip.clone());
+            let streaming = c.pg[i]
+                .as_ref()
+                .map(|p| p.psql_output("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver"));
             if let (Some(new), Some(out)) = (new, streaming) {
                 let r = String::from_utf8_lossy(&out.stdout).trim().to_owned();
                 if r == format!("{new}|streaming") {
@@ -108,13 +138,19 @@ fn main() {
                 }
             }
         }
-        if first_write.is_some() && (reattached.is_some() || other_standby.is_none()) && writable.is_some() && committed.is_some() {
+        if first_write.is_some()
+            && (reattached.is_some() || other_standby.is_none())
+            && writable.is_some()
+            && committed.is_some()
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    println!("\n== timeline (CLOCK_MONOTONIC, shared by all namespaces; ms after the fault; nodes polled every ~30 ms)");
+    println!(
+        "\n== timeline (CLOCK_MONOTONIC, shared by all namespaces; ms after the fault; nodes polled every ~30 ms)"
+    );
     let mut events = vec![
         (Some(t0), "fault"),
         (detected, "failure detected"),
@@ -134,10 +170,16 @@ fn main() {
         }
     }
     let acks = w.finish();
-    let new_name = acks.iter().find(|a| a.t_ns > t0 && a.server.as_deref().is_some_and(|s| s != "n1")).and_then(|a| a.server.clone());
+    let new_name = acks
+        .iter()
+        .find(|a| a.t_ns > t0 && a.server.as_deref().is_some_and(|s| s != "n1"))
+        .and_then(|a| a.server.clone());
     if let Some(new) = &new_name {
         let (last_old, first_new) = efm_tests::cluster::no_overlap(&acks, "n1", new);
-        println!("  last write acknowledged by the old primary: {} before the new primary's first", ms(last_old, first_new).trim());
+        println!(
+            "  last write acknowledged by the old primary: {} before the new primary's first",
+            ms(last_old, first_new).trim()
+        );
     }
     match first_write {
         Some(t) => println!("failover: {} ms from fault to first client write", (t - t0) / 1_000_000),

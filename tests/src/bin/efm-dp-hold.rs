@@ -24,11 +24,8 @@ fn main() {
         dp.set_fence(&Fixture::base_fence()).expect("fence");
     }
     if args.get(5).map(String::as_str) == Some("fence-reset") {
-        dp.set_fence(&efm_common::maps::FenceState {
-            flags: FENCE_FENCED | FENCE_RESET,
-            ..Fixture::base_fence()
-        })
-        .expect("fence");
+        dp.set_fence(&efm_common::maps::FenceState { flags: FENCE_FENCED | FENCE_RESET, ..Fixture::base_fence() })
+            .expect("fence");
     }
     let att = dp.attachments().first().map(|(_, a)| a.to_string()).unwrap_or_default();
     println!("READY attachment={att} reused={}", dp.reused_maps());

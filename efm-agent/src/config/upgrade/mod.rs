@@ -35,10 +35,7 @@ const FILE_MODE: u32 = 0o640;
 /// efm's own properties, appended when the source does not set them, with
 /// the comment written above each.
 const NEW_PROPERTIES: &[(&str, &str)] = &[
-    (
-        "heartbeat.interval",
-        "Interval between heartbeats sent to every other node (e.g. 50ms).",
-    ),
+    ("heartbeat.interval", "Interval between heartbeats sent to every other node (e.g. 50ms)."),
     (
         "node.timeout",
         "Silence after which a node is declared failed. efm watches heartbeats\n\
@@ -70,10 +67,7 @@ const NEW_PROPERTIES: &[(&str, &str)] = &[
         "Addresses that are never fenced, e.g. monitoring or backup hosts\n\
          (comma-separated IPs or CIDR blocks). Same on every node.",
     ),
-    (
-        "cluster.key.file",
-        "File holding the key shared by the agents of this cluster.",
-    ),
+    ("cluster.key.file", "File holding the key shared by the agents of this cluster."),
 ];
 
 /// One thing `upgrade-conf` did to the source files. Lines are 1-based
@@ -81,44 +75,19 @@ const NEW_PROPERTIES: &[(&str, &str)] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Same value under the current name.
-    Renamed {
-        from: String,
-        to: String,
-        line: usize,
-    },
+    Renamed { from: String, to: String, line: usize },
     /// New name(s) and a value in a new format (or a split property).
-    Converted {
-        from: String,
-        to: String,
-        detail: String,
-        line: usize,
-    },
+    Converted { from: String, to: String, detail: String, line: usize },
     /// Removed from the output, with its comment block.
-    Dropped {
-        name: String,
-        reason: String,
-        line: usize,
-    },
+    Dropped { name: String, reason: String, line: usize },
     /// Kept in the output as a comment, with the reason above it.
-    CommentedOut {
-        name: String,
-        reason: String,
-        line: usize,
-    },
+    CommentedOut { name: String, reason: String, line: usize },
     /// Kept as written, with advice written above it.
-    Kept {
-        name: String,
-        note: String,
-        line: usize,
-    },
+    Kept { name: String, note: String, line: usize },
     /// An efm property the source did not have, appended with its default.
     Added { name: String, default: String },
     /// An entry of the `.nodes` file efm cannot use, commented out.
-    NodeDropped {
-        entry: String,
-        reason: String,
-        line: usize,
-    },
+    NodeDropped { entry: String, reason: String, line: usize },
 }
 
 impl fmt::Display for Change {
@@ -127,12 +96,9 @@ impl fmt::Display for Change {
             Change::Renamed { from, to, line } => {
                 write!(f, "line {line}: renamed {from} -> {to}")
             }
-            Change::Converted {
-                from,
-                to,
-                detail,
-                line,
-            } => write!(f, "line {line}: converted {from} -> {to} ({detail})"),
+            Change::Converted { from, to, detail, line } => {
+                write!(f, "line {line}: converted {from} -> {to} ({detail})")
+            }
             Change::Dropped { name, reason, line } => {
                 write!(f, "line {line}: dropped {name} ({reason})")
             }
@@ -141,11 +107,9 @@ impl fmt::Display for Change {
             }
             Change::Kept { name, note, line } => write!(f, "line {line}: kept {name} ({note})"),
             Change::Added { name, default } => write!(f, "added {name}={default}"),
-            Change::NodeDropped {
-                entry,
-                reason,
-                line,
-            } => write!(f, "nodes line {line}: commented out {entry} ({reason})"),
+            Change::NodeDropped { entry, reason, line } => {
+                write!(f, "nodes line {line}: commented out {entry} ({reason})")
+            }
         }
     }
 }
@@ -237,7 +201,11 @@ pub fn upgrade_text(cluster: &str, properties: &str, nodes: &str) -> UpgradeResu
                             && *separator == Separator::Equals
                             && problems.is_empty()
                             && !written.contains('\\');
-                        let out = if plain { lines[first - 1].trim_end().to_owned() } else { format!("{}={}", escape_key(key), escape_value(value)) };
+                        let out = if plain {
+                            lines[first - 1].trim_end().to_owned()
+                        } else {
+                            format!("{}={}", escape_key(key), escape_value(value))
+                        };
                         if !plain && properties::find(key).is_some() {
                             u.changes.push(Change::Converted {
                                 from: key.clone(),
@@ -258,11 +226,7 @@ pub fn upgrade_text(cluster: &str, properties: &str, nodes: &str) -> UpgradeResu
     u.changes.append(&mut node_changes);
     let mut properties_text = u.out.join("\n");
     properties_text.push('\n');
-    UpgradeResult {
-        properties_text,
-        nodes_text,
-        changes: u.changes,
-    }
+    UpgradeResult { properties_text, nodes_text, changes: u.changes }
 }
 
 /// The EFM 2.0 `JGroups` timing (`jgroups.timeout` ms, `jgroups.max.tries`), when set.
@@ -322,18 +286,9 @@ impl Upgrader<'_> {
     /// property (after the last blank line) describe it, so they are
     /// dropped with it when `keep_tail` is false.
     fn flush(&mut self, keep_tail: bool) {
-        let tail_start = self
-            .pending
-            .iter()
-            .rposition(|l| l.trim().is_empty())
-            .map_or(0, |i| i + 1);
-        let end = if keep_tail {
-            self.pending.len()
-        } else {
-            tail_start
-        };
-        self.out
-            .extend(self.pending[..end].iter().map(|l| (*l).to_owned()));
+        let tail_start = self.pending.iter().rposition(|l| l.trim().is_empty()).map_or(0, |i| i + 1);
+        let end = if keep_tail { self.pending.len() } else { tail_start };
+        self.out.extend(self.pending[..end].iter().map(|l| (*l).to_owned()));
         self.pending.clear();
     }
 
@@ -353,19 +308,11 @@ impl Upgrader<'_> {
         for l in text.lines() {
             self.out.push(format!("#{l}"));
         }
-        self.changes.push(Change::CommentedOut {
-            name: name.to_owned(),
-            reason,
-            line,
-        });
+        self.changes.push(Change::CommentedOut { name: name.to_owned(), reason, line });
     }
 
     fn already_set(&self, targets: &[&'static str]) -> Option<String> {
-        targets.iter().find_map(|t| {
-            self.claimed
-                .get(t)
-                .map(|l| format!("{t} is already set on line {l}"))
-        })
+        targets.iter().find_map(|t| self.claimed.get(t).map(|l| format!("{t} is already set on line {l}")))
     }
 
     fn public_ping(&mut self, key: &str, line: usize) {
@@ -391,10 +338,7 @@ impl Upgrader<'_> {
             } else if def.name == "ping.server.ip" && value == PUBLIC_PING {
                 self.public_ping(key, line);
             } else if def.name == "db.password.encrypted" && super::is_efm_java_encrypted(value) {
-                let reason = format!(
-                    "db.password.encrypted: {}",
-                    super::efm_java_password_step(self.cluster)
-                );
+                let reason = format!("db.password.encrypted: {}", super::efm_java_password_step(self.cluster));
                 self.comment_out(key, raw.trim(), reason, line);
             } else {
                 self.flush(true);
@@ -417,25 +361,12 @@ impl Upgrader<'_> {
                 line,
             });
         } else {
-            let hint = properties::suggest(key)
-                .map_or_else(String::new, |s| format!("; did you mean {s}?"));
-            self.comment_out(
-                key,
-                raw.trim(),
-                format!("efm has no property {key}{hint}"),
-                line,
-            );
+            let hint = properties::suggest(key).map_or_else(String::new, |s| format!("; did you mean {s}?"));
+            self.comment_out(key, raw.trim(), format!("efm has no property {key}{hint}"), line);
         }
     }
 
-    fn legacy(
-        &mut self,
-        key: &str,
-        value: &str,
-        targets: &[&'static str],
-        conversion: Conversion,
-        line: usize,
-    ) {
+    fn legacy(&mut self, key: &str, value: &str, targets: &[&'static str], conversion: Conversion, line: usize) {
         let raw = format!("{key}={value}");
         if let Some(reason) = self.already_set(targets) {
             return self.comment_out(key, &raw, reason, line);
@@ -463,21 +394,10 @@ impl Upgrader<'_> {
         let to = targets.join(" and ");
         if targets.len() > 1 {
             let detail = format!("split by EFM 5; each keeps the value {value:?}");
-            self.note(&format!(
-                "EFM 5 split {key} into\n{to}; both keep the old value."
-            ));
-            self.changes.push(Change::Converted {
-                from: key.to_owned(),
-                to,
-                detail,
-                line,
-            });
+            self.note(&format!("EFM 5 split {key} into\n{to}; both keep the old value."));
+            self.changes.push(Change::Converted { from: key.to_owned(), to, detail, line });
         } else if converted == value {
-            self.changes.push(Change::Renamed {
-                from: key.to_owned(),
-                to,
-                line,
-            });
+            self.changes.push(Change::Renamed { from: key.to_owned(), to, line });
         } else {
             self.note(&format!("converted from {raw}"));
             self.changes.push(Change::Converted {
@@ -509,7 +429,9 @@ impl Upgrader<'_> {
                 fmt_ms(ms / n),
                 fmt_ms(ms / n)
             ),
-            ("jgroups.timeout", _) => "EFM 2.0's JGroups suspicion timeout; efm does not read it: set node.timeout instead".into(),
+            ("jgroups.timeout", _) => {
+                "EFM 2.0's JGroups suspicion timeout; efm does not read it: set node.timeout instead".into()
+            }
             _ => "EFM 2.0's JGroups retry count; efm does not read it: set heartbeat.interval instead".into(),
         }
     }
@@ -544,21 +466,14 @@ impl Upgrader<'_> {
                 continue;
             }
             if first {
-                self.out.extend([
-                    String::new(),
-                    format!("{MARK} properties specific to efm, with their defaults."),
-                ]);
+                self.out.extend([String::new(), format!("{MARK} properties specific to efm, with their defaults.")]);
                 first = false;
             }
             let default = def.default.replace("{cluster}", self.cluster);
             self.out.push(String::new());
-            self.out
-                .extend(comment.lines().map(|l| format!("# {}", l.trim())));
+            self.out.extend(comment.lines().map(|l| format!("# {}", l.trim())));
             self.out.push(format!("{name}={default}"));
-            self.changes.push(Change::Added {
-                name: (*name).to_owned(),
-                default,
-            });
+            self.changes.push(Change::Added { name: (*name).to_owned(), default });
         }
     }
 }
@@ -569,9 +484,7 @@ fn upgrade_nodes(text: &str) -> (String, Vec<Change>) {
     let mut out = String::from("# Cluster members for efm, converted by `efm upgrade-conf`.\n");
     let mut changes = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
-        let (content, comment) = raw
-            .split_once('#')
-            .map_or((raw, None), |(c, rest)| (c, Some(rest)));
+        let (content, comment) = raw.split_once('#').map_or((raw, None), |(c, rest)| (c, Some(rest)));
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for token in content.split_whitespace() {
@@ -592,11 +505,7 @@ fn upgrade_nodes(text: &str) -> (String, Vec<Change>) {
         }
         for (token, expected) in bad {
             let _ = writeln!(out, "{MARK} {token}: {expected}");
-            changes.push(Change::NodeDropped {
-                entry: token.to_owned(),
-                reason: expected,
-                line: idx + 1,
-            });
+            changes.push(Change::NodeDropped { entry: token.to_owned(), reason: expected, line: idx + 1 });
         }
         let _ = writeln!(out, "#{}", raw.trim_end());
         if !good.is_empty() {
@@ -637,20 +546,14 @@ impl UpgradeResult {
     /// is written if either exists. Returns the written paths.
     pub fn write_to(&self, dir: &Path, cluster: &str, overwrite: bool) -> io::Result<Vec<PathBuf>> {
         let files = [
-            (
-                dir.join(format!("{cluster}.properties")),
-                &self.properties_text,
-            ),
+            (dir.join(format!("{cluster}.properties")), &self.properties_text),
             (dir.join(format!("{cluster}.nodes")), &self.nodes_text),
         ];
         if !overwrite {
             if let Some((path, _)) = files.iter().find(|(p, _)| p.symlink_metadata().is_ok()) {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{} already exists; refusing to overwrite it",
-                        path.display()
-                    ),
+                    format!("{} already exists; refusing to overwrite it", path.display()),
                 ));
             }
         }
@@ -678,13 +581,15 @@ impl UpgradeResult {
 /// never replaced (the error says it exists).
 fn write_atomic(path: &Path, text: &str, overwrite: bool) -> io::Result<()> {
     let existing = if overwrite { Existing::Replace } else { Existing::Keep };
-    files::write_atomic(path, text.as_bytes(), WriteOptions::private().mode(FILE_MODE).existing(existing)).map_err(|e| {
-        if e.already_exists() {
-            io::Error::new(e.source.kind(), format!("{} already exists; refusing to overwrite it", path.display()))
-        } else {
-            io::Error::new(e.source.kind(), e.to_string())
-        }
-    })
+    files::write_atomic(path, text.as_bytes(), WriteOptions::private().mode(FILE_MODE).existing(existing)).map_err(
+        |e| {
+            if e.already_exists() {
+                io::Error::new(e.source.kind(), format!("{} already exists; refusing to overwrite it", path.display()))
+            } else {
+                io::Error::new(e.source.kind(), e.to_string())
+            }
+        },
+    )
 }
 
 #[cfg(test)]

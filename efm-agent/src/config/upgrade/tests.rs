@@ -15,8 +15,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 fn reload(r: &UpgradeResult, tag: &str) -> Loaded {
     let dir = temp_dir(tag);
     r.write_to(&dir, "acctg", false).unwrap();
-    let loaded = load(&dir, "acctg")
-        .unwrap_or_else(|e| panic!("{e}\n--- output ---\n{}", r.properties_text));
+    let loaded = load(&dir, "acctg").unwrap_or_else(|e| panic!("{e}\n--- output ---\n{}", r.properties_text));
     // The one remark left is prop-check's about a second-scale node.timeout, which
     // upgrade-conf keeps as written (with its own advice above it).
     let remarks: Vec<_> = loaded
@@ -24,22 +23,13 @@ fn reload(r: &UpgradeResult, tag: &str) -> Loaded {
         .iter()
         .filter(|w| !(w.severity == crate::config::Severity::Notice && w.property.as_deref() == Some("node.timeout")))
         .collect();
-    assert!(
-        remarks.is_empty(),
-        "{:?}\n--- output ---\n{}",
-        remarks,
-        r.properties_text
-    );
+    assert!(remarks.is_empty(), "{:?}\n--- output ---\n{}", remarks, r.properties_text);
     fs::remove_dir_all(&dir).unwrap();
     loaded
 }
 
 fn has(r: &UpgradeResult, want: &Change) {
-    assert!(
-        r.changes.contains(want),
-        "missing {want:?} in\n{}",
-        r.render_changes()
-    );
+    assert!(r.changes.contains(want), "missing {want:?} in\n{}", r.render_changes());
 }
 
 const EFM33: &str = "\
@@ -110,42 +100,18 @@ fn efm_33_file_changes() {
             detail: "false -> disable".into(),
             line: 13,
         },
-        Change::Renamed {
-            from: "stop.isolated.master".into(),
-            to: "stop.isolated.primary".into(),
-            line: 27,
-        },
-        Change::Renamed {
-            from: "pingServerCommand".into(),
-            to: "ping.server.command".into(),
-            line: 30,
-        },
-        Change::Renamed {
-            from: "virtualIp".into(),
-            to: "virtual.ip".into(),
-            line: 39,
-        },
-        Change::Renamed {
-            from: "virtualIp.interface".into(),
-            to: "virtual.ip.interface".into(),
-            line: 40,
-        },
+        Change::Renamed { from: "stop.isolated.master".into(), to: "stop.isolated.primary".into(), line: 27 },
+        Change::Renamed { from: "pingServerCommand".into(), to: "ping.server.command".into(), line: 30 },
+        Change::Renamed { from: "virtualIp".into(), to: "virtual.ip".into(), line: 39 },
+        Change::Renamed { from: "virtualIp.interface".into(), to: "virtual.ip.interface".into(), line: 40 },
         Change::Converted {
             from: "virtualIp.netmask".into(),
             to: "virtual.ip.prefix".into(),
             detail: "255.255.255.0 -> 24".into(),
             line: 41,
         },
-        Change::Renamed {
-            from: "virtualIp.single".into(),
-            to: "virtual.ip.single".into(),
-            line: 42,
-        },
-        Change::Renamed {
-            from: "script.master.isolated".into(),
-            to: "script.primary.isolated".into(),
-            line: 44,
-        },
+        Change::Renamed { from: "virtualIp.single".into(), to: "virtual.ip.single".into(), line: 42 },
+        Change::Renamed { from: "script.master.isolated".into(), to: "script.primary.isolated".into(), line: 44 },
         Change::Dropped {
             name: "jgroups.loglevel".into(),
             reason: "only used by the Java implementation of EFM".into(),
@@ -193,12 +159,7 @@ fn efm_33_file_changes() {
         Change::CommentedOut { name, reason, line: 6 }
             if name == "db.password.encrypted" && reason.contains("run `efm encrypt acctg`") || reason.contains("Run `efm encrypt acctg`"))),
         "{}", r.render_changes());
-    assert_eq!(
-        r.changes.len(),
-        11 + 3 + added.len(),
-        "{}",
-        r.render_changes()
-    );
+    assert_eq!(r.changes.len(), 11 + 3 + added.len(), "{}", r.render_changes());
 }
 
 #[test]
@@ -213,17 +174,10 @@ fn efm_33_file_values_and_comments() {
     assert!(out.contains("\nnode.timeout=50\n"), "{out}");
     assert!(out.contains("sub-second value such as 0.5s"), "{out}");
     assert!(out.contains("\n#ping.server.ip=8.8.8.8\n"), "{out}");
-    assert!(
-        !out.lines().any(|l| l.starts_with("ping.server.ip=")),
-        "{out}"
-    );
-    assert!(
-        out.contains("\ncluster.key.file=/etc/efm/acctg.key\n"),
-        "{out}"
-    );
+    assert!(!out.lines().any(|l| l.starts_with("ping.server.ip=")), "{out}");
+    assert!(out.contains("\ncluster.key.file=/etc/efm/acctg.key\n"), "{out}");
     assert!(out.contains("# The virtual IP address, and its netmask.\nvirtual.ip=10.0.0.100\n"));
-    assert!(out
-        .contains("# Stop the database on an isolated master.\nstop.isolated.primary=true\n"));
+    assert!(out.contains("# Stop the database on an isolated master.\nstop.isolated.primary=true\n"));
     assert!(out.contains("# 'efm encrypt'.\ndb.user=enterprisedb\n"));
     assert!(out.contains("# Copyright EnterpriseDB"), "{out}");
     // Comments of dropped properties go with them.
@@ -231,17 +185,8 @@ fn efm_33_file_values_and_comments() {
     assert!(!out.contains("Java virtual machine"), "{out}");
     assert!(!out.contains("jvm.options"), "{out}");
     assert!(!out.contains("jgroups"), "{out}");
-    for old in [
-        "virtualIp",
-        "master",
-        "pingServer",
-        "jdbc.ssl=",
-        "auto.resume.period=",
-    ] {
-        assert!(
-            !out.lines().any(|l| !l.starts_with('#') && l.contains(old)),
-            "{old} left in\n{out}"
-        );
+    for old in ["virtualIp", "master", "pingServer", "jdbc.ssl=", "auto.resume.period="] {
+        assert!(!out.lines().any(|l| !l.starts_with('#') && l.contains(old)), "{old} left in\n{out}");
     }
 }
 
@@ -257,23 +202,11 @@ fn efm_33_file_loads_and_reports() {
     assert_eq!(c.nodes.len(), 2);
 
     let report = r.render_changes();
-    assert!(
-        report.contains("line 27: renamed stop.isolated.master -> stop.isolated.primary\n"),
-        "{report}"
-    );
-    assert!(
-        report.contains("line 51: dropped jvm.options ("),
-        "{report}"
-    );
-    assert!(
-        report.contains("line 29: commented out pingServerIp ("),
-        "{report}"
-    );
+    assert!(report.contains("line 27: renamed stop.isolated.master -> stop.isolated.primary\n"), "{report}");
+    assert!(report.contains("line 51: dropped jvm.options ("), "{report}");
+    assert!(report.contains("line 29: commented out pingServerIp ("), "{report}");
     assert!(report.contains("added xdp.mode=auto\n"), "{report}");
-    assert!(
-        report.ends_with("6 renamed, 3 converted, 2 dropped, 2 commented out, 7 added\n"),
-        "{report}"
-    );
+    assert!(report.ends_with("6 renamed, 3 converted, 2 dropped, 2 commented out, 7 added\n"), "{report}");
 }
 
 const EFM5: &str = "\
@@ -314,9 +247,7 @@ fn efm_5_file() {
     let r = upgrade_text("acctg", EFM5, "10.0.0.1:7800\n");
     let out = &r.properties_text;
     assert!(
-        !r.changes
-            .iter()
-            .any(|c| matches!(c, Change::Renamed { .. } | Change::Converted { .. })),
+        !r.changes.iter().any(|c| matches!(c, Change::Renamed { .. } | Change::Converted { .. })),
         "{}",
         r.render_changes()
     );
@@ -338,10 +269,7 @@ fn efm_5_file() {
     );
     assert!(r.changes.iter().any(|c| matches!(c,
         Change::CommentedOut { name, line: 16, .. } if name == "ping.server.ip")));
-    assert!(
-        out.contains("# Choose an address inside your network.\n"),
-        "{out}"
-    );
+    assert!(out.contains("# Choose an address inside your network.\n"), "{out}");
     assert!(out.contains("\n#ping.server.ip=8.8.8.8\n"), "{out}");
     assert!(out.contains("\n#enable.stop.cluster=true\n"), "{out}");
     let c = reload(&r, "efm5").config;
@@ -355,21 +283,8 @@ fn efm_2_file_adds_node_timeout() {
                 db.recovery.conf.dir=/opt/data\nbind.address=10.0.0.1:7800\njdbc.ssl=true\n\
                 jgroups.max.tries=8\npingServerIp=10.0.0.254\n";
     let r = upgrade_text("acctg", text, "");
-    has(
-        &r,
-        &Change::Added {
-            name: "node.timeout".into(),
-            default: "0.5s".into(),
-        },
-    );
-    has(
-        &r,
-        &Change::Renamed {
-            from: "pingServerIp".into(),
-            to: "ping.server.ip".into(),
-            line: 9,
-        },
-    );
+    has(&r, &Change::Added { name: "node.timeout".into(), default: "0.5s".into() });
+    has(&r, &Change::Renamed { from: "pingServerIp".into(), to: "ping.server.ip".into(), line: 9 });
     assert!(r.properties_text.contains("\nping.server.ip=10.0.0.254\n"));
     assert!(!r.changes.iter().any(|c| matches!(c, Change::Kept { .. })));
     let c = reload(&r, "efm2").config;
@@ -398,17 +313,12 @@ fn conflicts_repeats_and_bad_values_are_commented_out() {
             (2, "set again on line 3; EFM used the last value"),
             (10, "virtual.ip.prefix is already set on line 9"),
             (11, "cannot convert to jdbc.sslmode: expected true or false"),
-            (
-                12,
-                "efm has no property auto.failvoer; did you mean auto.failover?"
-            ),
+            (12, "efm has no property auto.failvoer; did you mean auto.failover?"),
             // Java properties syntax: "this" is the key, the rest its value.
             (13, "efm has no property this"),
         ]
     );
-    assert!(r
-        .properties_text
-        .contains("\n#db.port=5433\ndb.port=5444\n"));
+    assert!(r.properties_text.contains("\n#db.port=5433\ndb.port=5444\n"));
     // Host names are kept (efm resolves them at start); a bad port is not.
     assert!(!r.changes.iter().any(|c| matches!(c, Change::NodeDropped { entry, .. } if entry == "db2:7800")));
     let r = upgrade_text("acctg", text, "10.0.0.1:7800 db2:0 # members\n");
@@ -420,9 +330,7 @@ fn conflicts_repeats_and_bad_values_are_commented_out() {
             line: 1,
         },
     );
-    assert!(r
-        .nodes_text
-        .ends_with("#10.0.0.1:7800 db2:0 # members\n10.0.0.1:7800 # members\n"));
+    assert!(r.nodes_text.ends_with("#10.0.0.1:7800 db2:0 # members\n10.0.0.1:7800 # members\n"));
     let c = reload(&r, "conflicts").config;
     assert_eq!(c.db_port, 5444);
     assert_eq!(c.virtual_ip_prefix, Some(24));
@@ -442,10 +350,7 @@ fn write_to_refuses_to_overwrite() {
         let mode = fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640, "{}", p.display());
     }
-    assert_eq!(
-        fs::read_to_string(dir.join("acctg.properties")).unwrap(),
-        r.properties_text
-    );
+    assert_eq!(fs::read_to_string(dir.join("acctg.properties")).unwrap(), r.properties_text);
 
     // Only the nodes file exists: still nothing is written.
     fs::remove_file(dir.join("acctg.properties")).unwrap();
@@ -454,24 +359,15 @@ fn write_to_refuses_to_overwrite() {
     assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
     assert!(e.to_string().contains("acctg.nodes already exists"), "{e}");
     assert!(!dir.join("acctg.properties").exists());
-    assert_eq!(
-        fs::read_to_string(dir.join("acctg.nodes")).unwrap(),
-        "keep me\n"
-    );
+    assert_eq!(fs::read_to_string(dir.join("acctg.nodes")).unwrap(), "keep me\n");
 
     r.write_to(&dir, "acctg", true).unwrap();
-    assert_eq!(
-        fs::read_to_string(dir.join("acctg.nodes")).unwrap(),
-        r.nodes_text
-    );
+    assert_eq!(fs::read_to_string(dir.join("acctg.nodes")).unwrap(), r.nodes_text);
     // No temporary files are left behind.
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
 
     let missing = upgrade(&dir, "sales").unwrap_err();
-    assert!(
-        missing.to_string().contains("sales.properties"),
-        "{missing}"
-    );
+    assert!(missing.to_string().contains("sales.properties"), "{missing}");
     fs::remove_dir_all(&src).unwrap();
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,7 +7,8 @@ impl Sim {
     // ---- The agent's cycle: inputs → the real engine → the executor's effects. ----
 
     pub(super) fn tick(&mut self, i: usize, incarnation: u64) {
-        let Some(agent) = self.nodes[i].agent.as_ref().filter(|a| self.nodes[i].up && a.incarnation == incarnation) else {
+        let Some(agent) = self.nodes[i].agent.as_ref().filter(|a| self.nodes[i].up && a.incarnation == incarnation)
+        else {
             return;
         };
         if agent.paused_until > self.now {
@@ -120,7 +121,11 @@ impl Sim {
         match a {
             Action::Propose(p @ Proposal::Vote { .. }) => {
                 // Recorded durably first (the blocking pool), then proposed.
-                let sync = if self.sched.effects.slow_disk { self.fx_rng.between(100 * MS, 800 * MS) } else { self.fx_rng.between(MS, 5 * MS) };
+                let sync = if self.sched.effects.slow_disk {
+                    self.fx_rng.between(100 * MS, 800 * MS)
+                } else {
+                    self.fx_rng.between(MS, 5 * MS)
+                };
                 if self.fx_rng.chance(self.sched.effects.vote_record_fails) {
                     self.note(&format!("n{i}: recording the vote failed: {p:?} not proposed"));
                 } else {
@@ -131,7 +136,9 @@ impl Sim {
             Action::PromoteLocal { epoch, .. } => {
                 self.note(&format!("n{i}: PromoteLocal epoch {epoch}"));
                 if !self.log.history.contains(&(epoch, i)) {
-                    self.violate(&format!("n{i} executes PromoteLocal for epoch {epoch} without a committed Promote naming it"));
+                    self.violate(&format!(
+                        "n{i} executes PromoteLocal for epoch {epoch} without a committed Promote naming it"
+                    ));
                 }
                 let at = self.completion_delay(20 * MS, 300 * MS);
                 if self.fx_rng.chance(self.sched.effects.promotion_fails) {
@@ -141,7 +148,12 @@ impl Sim {
                     self.healthy_after_last_fault = false;
                     self.promotion_failed = true;
                     self.note(&format!("n{i}: promotion fails (injected)"));
-                    self.complete(i, incarnation, at, Completion::PromotionFailed { epoch, reason: "pg_promote() failed (simulated)".into() });
+                    self.complete(
+                        i,
+                        incarnation,
+                        at,
+                        Completion::PromotionFailed { epoch, reason: "pg_promote() failed (simulated)".into() },
+                    );
                 } else {
                     self.push(self.now + at, Ev::DbPromoted { node: i, epoch, incarnation });
                 }
@@ -155,7 +167,10 @@ impl Sim {
                 self.stop_db(i, incarnation, stop);
             }
             Action::DemoteLocal { epoch, primary, stop } => {
-                self.note(&format!("n{i}: DemoteLocal epoch {epoch} primary {:?} (stop {stop})", primary.map(index_of)));
+                self.note(&format!(
+                    "n{i}: DemoteLocal epoch {epoch} primary {:?} (stop {stop})",
+                    primary.map(index_of)
+                ));
                 self.stop_db(i, incarnation, stop);
             }
             Action::HandOver { epoch, to, demote } => {
@@ -165,7 +180,11 @@ impl Sim {
                     self.stop_pending[i] = true;
                     // A clean stop usually takes 50–500 ms; sometimes (a long checkpoint) longer
                     // than the voters' promotion wait.
-                    let dur = if self.rng.chance(0.15) { self.rng.between(SEC, 2_500 * MS) } else { self.rng.between(50 * MS, 500 * MS) };
+                    let dur = if self.rng.chance(0.15) {
+                        self.rng.between(SEC, 2_500 * MS)
+                    } else {
+                        self.rng.between(50 * MS, 500 * MS)
+                    };
                     let ok = !self.rng.chance(0.08);
                     self.stop_slack = self.stop_slack.max(dur);
                     self.push(self.now + dur, Ev::HandOverDone { node: i, epoch, incarnation, ok });
@@ -178,7 +197,11 @@ impl Sim {
                     // wait for the clean stop, and the rejoin runs while `pg_ctl stop` may.
                     self.res.early_rejoins += 1;
                     if self.res.early_rejoin.is_none() {
-                        let mut s = format!("REJOIN at {} of n{i} for epoch {epoch} before its clean stop was reported ({:?})\n", ts(self.now), self.nodes[i].db);
+                        let mut s = format!(
+                            "REJOIN at {} of n{i} for epoch {epoch} before its clean stop was reported ({:?})\n",
+                            ts(self.now),
+                            self.nodes[i].db
+                        );
                         self.describe(&mut s);
                         self.res.early_rejoin = Some(s);
                     }
@@ -245,8 +268,14 @@ impl Sim {
         self.last_fault = self.now;
         self.stop_slack = 0;
         let running = |s: &Self, j: usize| s.nodes[j].up && s.agent_running(j);
-        let cands: Vec<usize> =
-            (0..self.n()).filter(|&j| self.log.is_db_node(j) && Some(j) != self.log.primary && self.nodes[j].db == Db::Standby && running(self, j)).collect();
+        let cands: Vec<usize> = (0..self.n())
+            .filter(|&j| {
+                self.log.is_db_node(j)
+                    && Some(j) != self.log.primary
+                    && self.nodes[j].db == Db::Standby
+                    && running(self, j)
+            })
+            .collect();
         let r = if cands.is_empty() {
             Err("no standby can be promoted")
         } else if o.demote && !self.log.primary.is_some_and(|p| running(self, p)) {
@@ -301,10 +330,15 @@ impl Sim {
             for h in self.handovers.iter_mut().filter(|h| h.from == i && h.epoch == epoch) {
                 h.stopped_at.get_or_insert(now);
             }
-            self.note(&format!("n{i}: database stopped cleanly for the hand-over of epoch {epoch} ({:?})", self.nodes[i].db));
+            self.note(&format!(
+                "n{i}: database stopped cleanly for the hand-over of epoch {epoch} ({:?})",
+                self.nodes[i].db
+            ));
             Completion::HandedOver { epoch }
         } else {
-            self.note(&format!("n{i}: clean stop for the hand-over of epoch {epoch} failed; the database keeps running"));
+            self.note(&format!(
+                "n{i}: clean stop for the hand-over of epoch {epoch} failed; the database keeps running"
+            ));
             for h in self.handovers.iter_mut().filter(|h| h.from == i && h.epoch == epoch) {
                 h.failed = true;
             }
@@ -327,7 +361,9 @@ impl Sim {
             self.nodes[i].db = Db::Standby;
             self.nodes[i].lag = self.rng.between(0, 100);
             let now = self.now;
-            for h in self.handovers.iter_mut().filter(|h| h.from == i && h.rejoined_at.is_none() && h.stopped_at.is_some()) {
+            for h in
+                self.handovers.iter_mut().filter(|h| h.from == i && h.rejoined_at.is_none() && h.stopped_at.is_some())
+            {
                 h.rejoined_at = Some(now);
             }
             self.res.rejoined += 1;
@@ -335,7 +371,11 @@ impl Sim {
         }
         let standby = self.nodes[i].db == Db::Standby;
         if let Some(a) = self.nodes[i].agent.as_mut().filter(|a| a.incarnation == incarnation) {
-            a.inbox.push(if standby { Completion::Rejoined { epoch } } else { Completion::RejoinFailed { epoch, reason: "the database could not start (simulated)".into() } });
+            a.inbox.push(if standby {
+                Completion::Rejoined { epoch }
+            } else {
+                Completion::RejoinFailed { epoch, reason: "the database could not start (simulated)".into() }
+            });
         }
     }
 
@@ -348,7 +388,13 @@ impl Sim {
     }
 
     /// A `Promote` committed: record it against the hand-over of its epoch and check (6).
-    pub(super) fn promoted(&mut self, candidate: usize, epoch: u64, switchover: Option<(usize, usize, bool, u64)>, primary: Option<usize>) {
+    pub(super) fn promoted(
+        &mut self,
+        candidate: usize,
+        epoch: u64,
+        switchover: Option<(usize, usize, bool, u64)>,
+        primary: Option<usize>,
+    ) {
         let now = self.now;
         for h in self.handovers.iter_mut().filter(|h| h.epoch == epoch) {
             h.promoted = Some((now, candidate));

@@ -95,7 +95,14 @@ fn run_many(n: usize, default_count: u64, salt: u64, params: Params, check_liven
     run_schedules(n, default_count, salt, params, check_liveness, Schedule::generate)
 }
 
-fn run_schedules(n: usize, default_count: u64, salt: u64, params: Params, check_liveness: bool, generate: fn(u64, usize) -> Schedule) -> Stats {
+fn run_schedules(
+    n: usize,
+    default_count: u64,
+    salt: u64,
+    params: Params,
+    check_liveness: bool,
+    generate: fn(u64, usize) -> Schedule,
+) -> Stats {
     let base = env_u64("EFM_SIM_SEED").unwrap_or(DEFAULT_SEED ^ salt);
     let count = env_u64("EFM_SIM_SCHEDULES").unwrap_or(default_count);
     let mut st = Stats::default();

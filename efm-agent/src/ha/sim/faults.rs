@@ -135,7 +135,10 @@ impl Sim {
                     }
                 }
                 self.cut(links, heal_after);
-                format!("cut n{i} (inbound {inbound}, outbound {outbound}, heal after {:?} ms)", heal_after.map(|d| d / MS))
+                format!(
+                    "cut n{i} (inbound {inbound}, outbound {outbound}, heal after {:?} ms)",
+                    heal_after.map(|d| d / MS)
+                )
             }
             Fault::Partition { side, both_ways, heal_after } => {
                 let mut links = Vec::new();
@@ -222,7 +225,9 @@ impl Sim {
             && (0..n).filter(|&i| clique & (1 << i) != 0 && !self.nodes[i].custom_failed).any(|i| {
                 // A primary whose epoch a majority voted against never serves again: a standby must.
                 self.nodes[i].db == Db::Standby
-                    || (self.nodes[i].db == Db::Primary && self.log.primary == Some(i) && self.log.votes.len() < self.log.majority())
+                    || (self.nodes[i].db == Db::Primary
+                        && self.log.primary == Some(i)
+                        && self.log.votes.len() < self.log.majority())
             })
     }
 

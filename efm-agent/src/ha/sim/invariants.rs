@@ -12,7 +12,11 @@ impl Sim {
         for i in 0..self.n() {
             if self.serving_now(i) {
                 let long = self.client_rng.chance(0.3);
-                let d = if long { self.client_rng.between(500 * MS, 3 * SEC) } else { self.client_rng.between(MS, 20 * MS) };
+                let d = if long {
+                    self.client_rng.between(500 * MS, 3 * SEC)
+                } else {
+                    self.client_rng.between(MS, 20 * MS)
+                };
                 let (life, epoch, started) = (self.db_life[i], self.db_epoch[i], self.now);
                 self.push(self.now + d, Ev::StatementDone { node: i, life, epoch, started, long });
             }
@@ -70,7 +74,14 @@ impl Sim {
     }
 
     pub(super) fn describe(&self, s: &mut String) {
-        let _ = writeln!(s, "seed {} ({} voters, witness {:?}, family {:?})", self.sched.seed, self.n(), self.sched.witness, self.sched.family);
+        let _ = writeln!(
+            s,
+            "seed {} ({} voters, witness {:?}, family {:?})",
+            self.sched.seed,
+            self.n(),
+            self.sched.witness,
+            self.sched.family
+        );
         let _ = writeln!(s, "clock rates {:?}", self.sched.rates);
         let _ = writeln!(s, "base loss {:.3}; faults:", self.sched.loss);
         for (at, f) in &self.sched.faults {
@@ -127,7 +138,11 @@ impl Sim {
                 .iter()
                 .map(|&i| {
                     let k = &self.nodes[i].kernel;
-                    format!("n{i} (kernel epoch {}, lease left {:.3} ms)", k.epoch, signed_ms(k.deadline, self.local(i, self.now)))
+                    format!(
+                        "n{i} (kernel epoch {}, lease left {:.3} ms)",
+                        k.epoch,
+                        signed_ms(k.deadline, self.local(i, self.now))
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join(" and ");
@@ -135,7 +150,9 @@ impl Sim {
         }
         for i in (0..n).filter(|&i| serving & (1 << i) != 0) {
             if let Some(h) = self.handed_over[i].filter(|&h| !self.log.history.iter().any(|&(e, j)| j == i && e > h)) {
-                self.violate(&format!("n{i} handed epoch {h} over with -switchover and serves again without a later committed Promote"));
+                self.violate(&format!(
+                    "n{i} handed epoch {h} over with -switchover and serves again without a later committed Promote"
+                ));
             }
         }
         if serving != self.serving {
@@ -190,7 +207,8 @@ impl Sim {
             }
             events += 1;
             if events > 3_000_000 {
-                let mut s = format!("RUNAWAY at {}: more than 3 000 000 events; queue {}\n", ts(self.now), self.queue.len());
+                let mut s =
+                    format!("RUNAWAY at {}: more than 3 000 000 events; queue {}\n", ts(self.now), self.queue.len());
                 self.describe(&mut s);
                 self.res.violation = Some(s);
                 return self.res;
@@ -221,7 +239,9 @@ impl Sim {
                 Ev::DbPromoted { node, epoch, incarnation } => {
                     if self.nodes[node].up && self.nodes[node].db == Db::Standby {
                         if !self.log.history.contains(&(epoch, node)) {
-                            self.violate(&format!("n{node}'s database became primary without a committed Promote for epoch {epoch}"));
+                            self.violate(&format!(
+                                "n{node}'s database became primary without a committed Promote for epoch {epoch}"
+                            ));
                         }
                         self.nodes[node].db = Db::Primary;
                         self.db_life[node] += 1;
@@ -259,7 +279,9 @@ impl Sim {
                 Ev::HandOverDone { node, epoch, incarnation, ok } => self.hand_over_done(node, epoch, incarnation, ok),
                 Ev::RejoinDone { node, epoch, incarnation } => self.rejoin_done(node, epoch, incarnation),
                 Ev::ClientTick => self.client_tick(),
-                Ev::StatementDone { node, life, epoch, started, long } => self.statement_done(node, life, epoch, started, long),
+                Ev::StatementDone { node, life, epoch, started, long } => {
+                    self.statement_done(node, life, epoch, started, long)
+                }
             }
             self.check();
             if self.res.violation.is_some() {
@@ -304,7 +326,8 @@ impl Sim {
             }
         }
         self.check_handovers();
-        self.res.handovers_promoted = u32::try_from(self.handovers.iter().filter(|h| h.promoted.is_some()).count()).unwrap_or(0);
+        self.res.handovers_promoted =
+            u32::try_from(self.handovers.iter().filter(|h| h.promoted.is_some()).count()).unwrap_or(0);
         self.res.handovers_failed = u32::try_from(self.handovers.iter().filter(|h| h.failed).count()).unwrap_or(0);
         self.res.left_stopped = u32::try_from(self.nodes.iter().filter(|nd| nd.db == Db::Stopped).count()).unwrap_or(0);
         if let (Family::PauseOnly(d), true) = (self.sched.family, self.sched.operator.is_empty()) {
@@ -342,17 +365,27 @@ impl Sim {
             } else if !h.promoted.is_some_and(|(t, c)| t <= by && c == h.to) {
                 Some(format!("the target n{} was not promoted within the bound ({:?})", h.to, h.promoted))
             } else if h.demote {
-                let standby = from.db == Db::Standby && !from.kernel.fenced && matches!(outcome, Some(Outcome::Standby { .. }));
+                let standby =
+                    from.db == Db::Standby && !from.kernel.fenced && matches!(outcome, Some(Outcome::Standby { .. }));
                 (!within(h.rejoined_at) || !standby)
                     .then(|| format!("the old primary did not rejoin as a standby within the bound (rejoined {:?}, db {:?}, outcome {outcome:?})", h.rejoined_at.map(ts), from.db))
             } else {
                 // With `stop.isolated.primary` its database is stopped too: idle, fenced.
-                let stopped = self.sched.effects.stop_databases && from.db == Db::Failed && matches!(outcome, Some(Outcome::Idle));
+                let stopped = self.sched.effects.stop_databases
+                    && from.db == Db::Failed
+                    && matches!(outcome, Some(Outcome::Idle));
                 (!from.kernel.fenced || !(matches!(outcome, Some(Outcome::FencedOldPrimary { .. })) || stopped))
                     .then(|| format!("the old primary is not a fenced old primary at the end (outcome {outcome:?})"))
             };
             if let Some(p) = problem {
-                problems.push(format!("hand-over of epoch {} at {} from n{} to n{} (demote {}): {p}", h.epoch, ts(h.at), h.from, h.to, h.demote));
+                problems.push(format!(
+                    "hand-over of epoch {} at {} from n{} to n{} (demote {}): {p}",
+                    h.epoch,
+                    ts(h.at),
+                    h.from,
+                    h.to,
+                    h.demote
+                ));
             }
         }
         if let Some(first) = problems.first() {

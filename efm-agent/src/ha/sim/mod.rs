@@ -116,7 +116,8 @@ use std::{
 use efm_common::wire::{FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
 
 use super::{
-    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome, PeerRole, PeerView, Proposal,
+    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelState, LocalDb, NodeMeta,
+    Outcome, PeerRole, PeerView, Proposal,
 };
 
 const MS: u64 = 1_000_000;
@@ -151,7 +152,11 @@ fn to_u64(x: f64) -> u64 {
 
 /// `a − b` in milliseconds, signed.
 fn signed_ms(a: u64, b: u64) -> f64 {
-    if a >= b { to_f64(a - b) / 1e6 } else { -to_f64(b - a) / 1e6 }
+    if a >= b {
+        to_f64(a - b) / 1e6
+    } else {
+        -to_f64(b - a) / 1e6
+    }
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -229,23 +234,52 @@ enum Target {
 
 #[derive(Clone, Debug)]
 enum Fault {
-    KillAgent { who: Target, restart_after: Option<u64> },
+    KillAgent {
+        who: Target,
+        restart_after: Option<u64>,
+    },
     RestartAgent(usize),
-    PauseAgent { who: Target, dur: u64 },
+    PauseAgent {
+        who: Target,
+        dur: u64,
+    },
     Resume(usize),
     /// Cut the links into (`inbound`) and/or out of (`outbound`) a node.
-    Cut { who: Target, inbound: bool, outbound: bool, heal_after: Option<u64> },
+    Cut {
+        who: Target,
+        inbound: bool,
+        outbound: bool,
+        heal_after: Option<u64>,
+    },
     /// Cut the links from the nodes in `side` to the others (and back if `both_ways`).
-    Partition { side: u32, both_ways: bool, heal_after: Option<u64> },
-    LinkDown { from: usize, to: usize, heal_after: Option<u64> },
+    Partition {
+        side: u32,
+        both_ways: bool,
+        heal_after: Option<u64>,
+    },
+    LinkDown {
+        from: usize,
+        to: usize,
+        heal_after: Option<u64>,
+    },
     Heal(Vec<(usize, usize)>),
-    NodeDown { who: Target, back_after: Option<u64> },
+    NodeDown {
+        who: Target,
+        back_after: Option<u64>,
+    },
     NodeUp(usize),
-    DbFail { who: Target },
+    DbFail {
+        who: Target,
+    },
     /// `script.custom.monitor` starts failing on a node (for good).
-    CustomMonitorFails { who: Target },
+    CustomMonitorFails {
+        who: Target,
+    },
     /// Messages on every link take this much longer (heartbeats delayed, not lost).
-    Delay { extra: u64, heal_after: u64 },
+    Delay {
+        extra: u64,
+        heal_after: u64,
+    },
     Loss(f64),
 }
 
@@ -354,7 +388,10 @@ fn heal(r: &mut Rng, p_heal: f64) -> Option<u64> {
 fn random_fault(r: &mut Rng, n: usize) -> Fault {
     let node = |r: &mut Rng| Target::Node(r.pick(n));
     match r.below_kind() {
-        0 => Fault::KillAgent { who: Target::Primary, restart_after: r.chance(0.5).then(|| r.between(200 * MS, 3 * SEC)) },
+        0 => Fault::KillAgent {
+            who: Target::Primary,
+            restart_after: r.chance(0.5).then(|| r.between(200 * MS, 3 * SEC)),
+        },
         1 => Fault::KillAgent { who: node(r), restart_after: r.chance(0.7).then(|| r.between(20 * MS, 3 * SEC)) },
         2 => Fault::PauseAgent { who: Target::Primary, dur: r.between(100 * MS, 3 * SEC) },
         3 => Fault::PauseAgent { who: node(r), dur: r.between(100 * MS, 3 * SEC) },
@@ -381,7 +418,12 @@ fn random_fault(r: &mut Rng, n: usize) -> Fault {
         9 => Fault::NodeDown { who: node(r), back_after: r.chance(0.5).then(|| r.between(500 * MS, 3 * SEC)) },
         10 => Fault::DbFail { who: Target::Primary },
         11 => Fault::DbFail { who: Target::NonPrimary(r.pick(n)) },
-        12 => Fault::Cut { who: Target::NonPrimary(r.pick(n)), inbound: r.chance(0.7), outbound: r.chance(0.7), heal_after: heal(r, 0.7) },
+        12 => Fault::Cut {
+            who: Target::NonPrimary(r.pick(n)),
+            inbound: r.chance(0.7),
+            outbound: r.chance(0.7),
+            heal_after: heal(r, 0.7),
+        },
         _ => Fault::Loss(r.unit() * 0.3),
     }
 }
@@ -410,7 +452,11 @@ impl Schedule {
         let roll = r.unit();
         let (family, loss, faults) = if roll < 0.15 {
             let dur = r.between(100 * MS, 3 * SEC);
-            (Family::PauseOnly(dur), 0.0, vec![(r.between(2 * SEC, 3 * SEC), Fault::PauseAgent { who: Target::Primary, dur })])
+            (
+                Family::PauseOnly(dur),
+                0.0,
+                vec![(r.between(2 * SEC, 3 * SEC), Fault::PauseAgent { who: Target::Primary, dur })],
+            )
         } else if roll < 0.30 {
             // The first primary (node 0) stops being heard by voter `w` (who then stops
             // endorsing it), later it is cut off while voter `v`'s agent restarts.
@@ -441,10 +487,18 @@ impl Schedule {
         let effects = EffectFaults::generate(seed);
         let r = &mut Rng(seed ^ 0xEFFE_C7F0_0000_0002);
         if effects.custom_monitor && family == Family::Random {
-            faults.push((r.between(1_500 * MS, 6 * SEC), Fault::CustomMonitorFails { who: if r.chance(0.5) { Target::Primary } else { Target::NonPrimary(r.pick(n)) } }));
+            faults.push((
+                r.between(1_500 * MS, 6 * SEC),
+                Fault::CustomMonitorFails {
+                    who: if r.chance(0.5) { Target::Primary } else { Target::NonPrimary(r.pick(n)) },
+                },
+            ));
         }
         if effects.delay && family == Family::Random {
-            faults.push((r.between(1_500 * MS, 6 * SEC), Fault::Delay { extra: r.between(20 * MS, 400 * MS), heal_after: r.between(200 * MS, 3 * SEC) }));
+            faults.push((
+                r.between(1_500 * MS, 6 * SEC),
+                Fault::Delay { extra: r.between(20 * MS, 400 * MS), heal_after: r.between(200 * MS, 3 * SEC) },
+            ));
         }
         Self { seed, n, witness, rates, offsets, loss, family, faults, operator: Vec::new(), effects }
     }
@@ -460,7 +514,15 @@ impl Schedule {
             s.faults.clear();
             s.loss = 0.0;
             s.family = Family::NoFaults;
-            s.effects = EffectFaults { slow_completion: 0.0, vote_record_fails: 0.0, proposal_loss: 0.0, promotion_fails: 0.0, custom_monitor: false, delay: false, ..s.effects };
+            s.effects = EffectFaults {
+                slow_completion: 0.0,
+                vote_record_fails: 0.0,
+                proposal_loss: 0.0,
+                promotion_fails: 0.0,
+                custom_monitor: false,
+                delay: false,
+                ..s.effects
+            };
         }
         let count = if quiet { 1 } else { r.between(1, 2) };
         for _ in 0..count {
@@ -527,13 +589,15 @@ impl Kernel {
             serving::{fence_reasons, REASON_EPOCH, REASON_FENCED, REASON_LAPSED},
         };
         let fence = FenceState {
-            flags: if self.fenced { FENCE_FENCED } else { 0 } | if self.lease_enforced { FENCE_LEASE_ENFORCED } else { 0 },
+            flags: if self.fenced { FENCE_FENCED } else { 0 }
+                | if self.lease_enforced { FENCE_LEASE_ENFORCED } else { 0 },
             epoch: self.epoch,
             lease_k: self.lease_k,
             lease_timeout_ns: LEASE,
             ..FenceState::default()
         };
-        let lease = LeaseState { deadline_ns: self.deadline, max_epoch_seen: self.max_epoch_seen, ..LeaseState::default() };
+        let lease =
+            LeaseState { deadline_ns: self.deadline, max_epoch_seen: self.max_epoch_seen, ..LeaseState::default() };
         let r = fence_reasons(&fence, &lease, now);
         if r & REASON_FENCED != 0 {
             Some("fenced")
@@ -564,7 +628,11 @@ fn lease_deadline(endorse: &[u64; MAX_N], k: u32, lease: u64) -> u64 {
     }
     let mut e = *endorse;
     e.sort_unstable_by(|a, b| b.cmp(a));
-    if e[k - 1] == 0 { 0 } else { e[k - 1].saturating_add(lease) }
+    if e[k - 1] == 0 {
+        0
+    } else {
+        e[k - 1].saturating_add(lease)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -639,10 +707,9 @@ impl Log {
             auto_failover: true,
             votes_short: false,
             previous_primary: self.previous_primary.map(addr),
-            handover: self
-                .switchover
-                .filter(|&(from, _, _, e)| e == self.epoch && Some(from) == self.primary)
-                .map(|(from, to, demote, _)| Handover { from: addr(from), to: addr(to), demote, quiet: false, source: None }),
+            handover: self.switchover.filter(|&(from, _, _, e)| e == self.epoch && Some(from) == self.primary).map(
+                |(from, to, demote, _)| Handover { from: addr(from), to: addr(to), demote, quiet: false, source: None },
+            ),
         }
     }
 
@@ -722,27 +789,75 @@ impl Log {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Tick { node: usize, incarnation: u64 },
-    Ping { from: usize, to: usize, id: (u64, u64), flags: u16, epoch: u64, lsn: u64 },
-    Pong { from: usize, to: usize, id: (u64, u64), epoch: u64 },
-    Commit { from: usize, proposal: Proposal },
-    DbPromoted { node: usize, epoch: u64, incarnation: u64 },
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    Ping {
+        from: usize,
+        to: usize,
+        id: (u64, u64),
+        flags: u16,
+        epoch: u64,
+        lsn: u64,
+    },
+    Pong {
+        from: usize,
+        to: usize,
+        id: (u64, u64),
+        epoch: u64,
+    },
+    Commit {
+        from: usize,
+        proposal: Proposal,
+    },
+    DbPromoted {
+        node: usize,
+        epoch: u64,
+        incarnation: u64,
+    },
     /// A completion reaches the agent's channel (dropped if that agent is gone).
-    Done { node: usize, incarnation: u64, event: Completion },
+    Done {
+        node: usize,
+        incarnation: u64,
+        event: Completion,
+    },
     /// The vote record is synced: the vote goes to the log.
-    VoteRecorded { node: usize, incarnation: u64, proposal: Proposal },
+    VoteRecorded {
+        node: usize,
+        incarnation: u64,
+        proposal: Proposal,
+    },
     /// A stop action's `pg_ctl stop` finished.
-    DbStopped { node: usize, incarnation: u64 },
+    DbStopped {
+        node: usize,
+        incarnation: u64,
+    },
     Fault(Fault),
     Operator(OperatorPromote),
     /// The clean stop of a `-switchover` finished (`ok`) or failed.
-    HandOverDone { node: usize, epoch: u64, incarnation: u64, ok: bool },
-    RejoinDone { node: usize, epoch: u64, incarnation: u64 },
+    HandOverDone {
+        node: usize,
+        epoch: u64,
+        incarnation: u64,
+        ok: bool,
+    },
+    RejoinDone {
+        node: usize,
+        epoch: u64,
+        incarnation: u64,
+    },
     /// The client sends a write to every node whose kernel lets it in.
     ClientTick,
     /// A write received at `started` finishes inside the database (`life`: the database's life
     /// it started in; `epoch`: the epoch the database was primary for).
-    StatementDone { node: usize, life: u64, epoch: u64, started: u64, long: bool },
+    StatementDone {
+        node: usize,
+        life: u64,
+        epoch: u64,
+        started: u64,
+        long: bool,
+    },
 }
 
 /// One committed operator hand-over and what became of it.

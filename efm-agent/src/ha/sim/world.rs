@@ -135,7 +135,10 @@ impl Sim {
                 continue;
             }
             let members: Vec<usize> = (0..n).filter(|&i| m & (1 << i) != 0).collect();
-            if members.iter().all(|&a| running(a) && members.iter().all(|&b| a == b || (self.link(a, b) && self.link(b, a)))) {
+            if members
+                .iter()
+                .all(|&a| running(a) && members.iter().all(|&b| a == b || (self.link(a, b) && self.link(b, a))))
+            {
                 best = m;
             }
         }
@@ -162,7 +165,11 @@ impl Sim {
         node.incarnations += 1;
         let incarnation = node.incarnations;
         let node = &mut self.nodes[i];
-        let cfg = EngineConfig { stop_failed_primary: self.sched.effects.stop_databases, stop_isolated_primary: self.sched.effects.stop_databases, ..engine_cfg(i, node.witness) };
+        let cfg = EngineConfig {
+            stop_failed_primary: self.sched.effects.stop_databases,
+            stop_isolated_primary: self.sched.effects.stop_databases,
+            ..engine_cfg(i, node.witness)
+        };
         node.agent = Some(Agent {
             engine: Engine::new(cfg),
             incarnation,
@@ -199,11 +206,17 @@ impl Sim {
         let lsn = self.lsn(i);
         match self.nodes[i].db {
             Db::None => LocalDb::default(),
-            Db::Standby => LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn, timeline: 1, upstream: None },
-            Db::Primary => LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn, timeline: 1, upstream: None },
+            Db::Standby => {
+                LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn, timeline: 1, upstream: None }
+            }
+            Db::Primary => {
+                LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn, timeline: 1, upstream: None }
+            }
             // As the runtime reports any database that is down (`failed: db.up == Some(false)`);
             // a planned stop is not a failure to its monitoring, but the engine sees it down.
-            Db::Failed | Db::Stopped => LocalDb { up: Some(false), in_recovery: None, failed: true, lsn, timeline: 1, upstream: None },
+            Db::Failed | Db::Stopped => {
+                LocalDb { up: Some(false), in_recovery: None, failed: true, lsn, timeline: 1, upstream: None }
+            }
         }
     }
 

@@ -27,14 +27,7 @@ impl Upstream {
     /// `host`, `port`, `user`; no password, no application name.
     #[must_use]
     pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            user: user.into(),
-            password: None,
-            application_name: None,
-            extra: Vec::new(),
-        }
+        Self { host: host.into(), port, user: user.into(), password: None, application_name: None, extra: Vec::new() }
     }
 
     /// `host:port` (IPv6 addresses bracketed).
@@ -48,16 +41,9 @@ impl Upstream {
     }
 
     fn pairs(&self, redact: bool) -> Vec<(&str, String)> {
-        let mut v = vec![
-            ("user", self.user.clone()),
-            ("host", self.host.clone()),
-            ("port", self.port.to_string()),
-        ];
+        let mut v = vec![("user", self.user.clone()), ("host", self.host.clone()), ("port", self.port.to_string())];
         if let Some(p) = &self.password {
-            v.push((
-                "password",
-                if redact { "********".into() } else { p.clone() },
-            ));
+            v.push(("password", if redact { "********".into() } else { p.clone() }));
         }
         if let Some(a) = &self.application_name {
             v.push(("application_name", a.clone()));
@@ -69,11 +55,7 @@ impl Upstream {
     }
 
     fn render(&self, redact: bool) -> String {
-        self.pairs(redact)
-            .iter()
-            .map(|(k, v)| format!("{k}={}", quote_conninfo_value(v)))
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.pairs(redact).iter().map(|(k, v)| format!("{k}={}", quote_conninfo_value(v))).collect::<Vec<_>>().join(" ")
     }
 
     /// The `primary_conninfo` string (values quoted).

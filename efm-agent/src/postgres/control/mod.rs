@@ -49,11 +49,7 @@ pub enum ControlError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("database {addr}: {what} failed: {message}")]
-    Sql {
-        addr: String,
-        what: &'static str,
-        message: String,
-    },
+    Sql { addr: String, what: &'static str, message: String },
     #[error("database {addr} is not a standby (pg_is_in_recovery() is false); cannot {what}")]
     NotStandby { addr: String, what: &'static str },
     #[error(
@@ -64,45 +60,19 @@ pub enum ControlError {
     PromoteTimedOut { addr: String, wait: Duration },
     #[error("database {addr}: still in recovery after pg_promote() reported success")]
     StillInRecovery { addr: String },
-    #[error(
-        "database {addr}: {what} needs Postgres {needed} or later; the server is version {version}"
-    )]
-    Unsupported {
-        addr: String,
-        what: &'static str,
-        needed: u32,
-        version: u32,
-    },
+    #[error("database {addr}: {what} needs Postgres {needed} or later; the server is version {version}")]
+    Unsupported { addr: String, what: &'static str, needed: u32, version: u32 },
     #[error(
         "database {addr}: not streaming from {upstream} {}s after {method} (WAL receiver: {state})",
         waited.as_secs()
     )]
-    NotStreaming {
-        addr: String,
-        upstream: String,
-        method: ApplyMethod,
-        waited: Duration,
-        state: String,
-    },
+    NotStreaming { addr: String, upstream: String, method: ApplyMethod, waited: Duration, state: String },
     #[error("{what}: `{command}` {status}{}", if output.is_empty() { String::new() } else { format!(": {output}") })]
-    Command {
-        what: String,
-        command: String,
-        status: String,
-        output: String,
-    },
+    Command { what: String, command: String, status: String, output: String },
     #[error("{what}: cannot run `{command}`: {source}")]
-    Run {
-        what: String,
-        command: String,
-        source: Box<ScriptError>,
-    },
+    Run { what: String, command: String, source: Box<ScriptError> },
     #[error("{}: cannot {op}: {message}", path.display())]
-    File {
-        path: PathBuf,
-        op: &'static str,
-        message: String,
-    },
+    File { path: PathBuf, op: &'static str, message: String },
     #[error("{0}")]
     Config(String),
 }

@@ -12,15 +12,8 @@ use super::{quote_sql_literal, ApplyMethod, ControlError, DbControl, PromoteOutc
 use crate::postgres::{connect, probe, DbError, DbTarget};
 
 fn sql_err(addr: &str, what: &'static str, e: &tokio_postgres::Error) -> ControlError {
-    let message = e.as_db_error().map_or_else(
-        || e.to_string(),
-        |d| format!("{} ({})", d.message(), d.code().code()),
-    );
-    ControlError::Sql {
-        addr: addr.to_owned(),
-        what,
-        message,
-    }
+    let message = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{} ({})", d.message(), d.code().code()));
+    ControlError::Sql { addr: addr.to_owned(), what, message }
 }
 
 /// The first row of the first result of a simple query, as text.
@@ -33,19 +26,10 @@ async fn row(
 ) -> Result<Option<Vec<Option<String>>>, ControlError> {
     let msgs = match tokio::time::timeout(limit, client.simple_query(sql)).await {
         Ok(r) => r.map_err(|e| sql_err(addr, what, &e))?,
-        Err(_) => {
-            return Err(DbError::Timeout {
-                addr: addr.to_owned(),
-                stage: what,
-                timeout: limit,
-            }
-            .into())
-        }
+        Err(_) => return Err(DbError::Timeout { addr: addr.to_owned(), stage: what, timeout: limit }.into()),
     };
     Ok(msgs.into_iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(r) => {
-            Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-        }
+        SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
         _ => None,
     }))
 }
@@ -60,10 +44,7 @@ pub async fn promote(target: &DbTarget, wait: Duration) -> Result<PromoteOutcome
     let client = connect(target, limit).await?;
     let before = probe(&client, &addr).await?;
     if !before.in_recovery {
-        return Err(ControlError::NotStandby {
-            addr,
-            what: "promote it",
-        });
+        return Err(ControlError::NotStandby { addr, what: "promote it" });
     }
     if before.server_version_num < 120_000 {
         return Err(ControlError::Unsupported {
@@ -75,28 +56,16 @@ pub async fn promote(target: &DbTarget, wait: Duration) -> Result<PromoteOutcome
     }
     let secs = wait.as_secs().clamp(1, i32::MAX as u64);
     tracing::info!(db = %addr, wait_seconds = secs, "promoting the standby");
-    let r = row(
-        &client,
-        &addr,
-        "pg_promote()",
-        &format!("SELECT pg_promote(wait => true, wait_seconds => {secs})"),
-        limit,
-    )
-    .await?;
-    let promoted = r
-        .as_ref()
-        .and_then(|r| r.first().cloned().flatten())
-        .is_some_and(|v| v == "t");
+    let r =
+        row(&client, &addr, "pg_promote()", &format!("SELECT pg_promote(wait => true, wait_seconds => {secs})"), limit)
+            .await?;
+    let promoted = r.as_ref().and_then(|r| r.first().cloned().flatten()).is_some_and(|v| v == "t");
     let after = probe(&client, &addr).await?;
     if !promoted {
         return Err(if after.in_recovery {
             ControlError::PromoteTimedOut { addr, wait }
         } else {
-            ControlError::Sql {
-                addr,
-                what: "pg_promote()",
-                message: "returned false".into(),
-            }
+            ControlError::Sql { addr, what: "pg_promote()", message: "returned false".into() }
         });
     }
     if after.in_recovery {
@@ -114,14 +83,7 @@ pub async fn promote(target: &DbTarget, wait: Duration) -> Result<PromoteOutcome
 }
 
 /// State of the WAL receiver: `(pid, status, sender_host, sender_port, received_tli, conninfo)`.
-type Receiver = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+type Receiver = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
 
 async fn wal_receiver(client: &Client, addr: &str) -> Result<Option<Receiver>, ControlError> {
     let r = row(
@@ -160,9 +122,7 @@ async fn wait_streaming(
         if let Some(c) = &client {
             match wal_receiver(c, &addr).await {
                 Ok(Some((pid, status, host, port, tli, conninfo))) => {
-                    let user = conninfo
-                        .as_deref()
-                        .and_then(|ci| crate::postgres::conninfo_value(ci, "user"));
+                    let user = conninfo.as_deref().and_then(|ci| crate::postgres::conninfo_value(ci, "user"));
                     state = format!(
                         "pid {} status {} sender {}:{} user {}",
                         pid.as_deref().unwrap_or("?"),
@@ -225,10 +185,7 @@ async fn apply_with_alter_system(
     .unwrap_or_default();
     let changed = current.first().cloned().flatten().as_deref() != Some(conninfo.as_str());
     let timeline_latest = current.get(1).cloned().flatten().as_deref() == Some("latest");
-    let sql = format!(
-        "ALTER SYSTEM SET primary_conninfo = {}",
-        quote_sql_literal(&conninfo)
-    );
+    let sql = format!("ALTER SYSTEM SET primary_conninfo = {}", quote_sql_literal(&conninfo));
     row(&client, addr, "ALTER SYSTEM SET primary_conninfo", &sql, q).await?;
     if !timeline_latest {
         row(
@@ -241,14 +198,7 @@ async fn apply_with_alter_system(
         .await?;
     }
     if version >= 130_000 && timeline_latest {
-        row(
-            &client,
-            addr,
-            "pg_reload_conf()",
-            "SELECT pg_reload_conf()",
-            q,
-        )
-        .await?;
+        row(&client, addr, "pg_reload_conf()", "SELECT pg_reload_conf()", q).await?;
         tracing::info!(db = %addr, conninfo = %upstream.conninfo_redacted(), changed,
             "primary_conninfo set; configuration reloaded");
         Ok((ApplyMethod::Reload, changed))
@@ -267,10 +217,7 @@ async fn apply_with_recovery_conf(
     upstream: &Upstream,
     addr: &str,
 ) -> Result<PathBuf, ControlError> {
-    let dir = control
-        .recovery_conf_dir
-        .clone()
-        .unwrap_or_else(|| control.data_dir.clone());
+    let dir = control.recovery_conf_dir.clone().unwrap_or_else(|| control.data_dir.clone());
     let path = dir.join("recovery.conf");
     let existing = read_optional(&path)?;
     let text = recovery_conf_text(existing.as_deref(), &upstream.conninfo());
@@ -296,16 +243,12 @@ pub async fn reconfigure_standby(
     let client = connect(target, control.timeout.min(q)).await?;
     let info = probe(&client, &addr).await?;
     if !info.in_recovery {
-        return Err(ControlError::NotStandby {
-            addr,
-            what: "point it at a new primary",
-        });
+        return Err(ControlError::NotStandby { addr, what: "point it at a new primary" });
     }
     let version = info.server_version_num;
     let old = wal_receiver(&client, &addr).await?;
     let (method, changed, wrote) = if version >= 120_000 {
-        let (m, changed) =
-            apply_with_alter_system(client, &addr, control, upstream, version).await?;
+        let (m, changed) = apply_with_alter_system(client, &addr, control, upstream, version).await?;
         (m, changed, None)
     } else {
         drop(client);
@@ -325,12 +268,8 @@ pub async fn reconfigure_standby(
             .and_then(|o| o.0.clone()),
         ApplyMethod::Reload | ApplyMethod::Restart => None,
     };
-    let waited = control
-        .timeout
-        .saturating_sub(start.elapsed())
-        .max(Duration::from_secs(5));
-    let (streaming_from, timeline) =
-        wait_streaming(target, upstream, old_pid.as_deref(), method, waited).await?;
+    let waited = control.timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
+    let (streaming_from, timeline) = wait_streaming(target, upstream, old_pid.as_deref(), method, waited).await?;
     tracing::info!(db = %addr, %method, from = %streaming_from, ?timeline, "standby streams from the new primary");
     Ok(ReconfigureOutcome {
         addr,

@@ -63,9 +63,7 @@ impl DbControl {
     /// 60 s, else 60 s.
     pub fn from_config(c: &crate::config::Config) -> Result<Self, ControlError> {
         let owner = c.db_service_owner.clone().ok_or_else(|| {
-            ControlError::Config(
-                "db.service.owner is not set (needed to control the database)".into(),
-            )
+            ControlError::Config("db.service.owner is not set (needed to control the database)".into())
         })?;
         let data_dir = c
             .db_data_dir
@@ -88,10 +86,7 @@ impl DbControl {
     }
 
     fn pg_ctl(&self) -> String {
-        self.bin.as_ref().map_or_else(
-            || "pg_ctl".to_owned(),
-            |b| b.join("pg_ctl").display().to_string(),
-        )
+        self.bin.as_ref().map_or_else(|| "pg_ctl".to_owned(), |b| b.join("pg_ctl").display().to_string())
     }
 
     fn pg_ctl_dir(&self) -> &Path {
@@ -115,11 +110,8 @@ impl DbControl {
                 "--".into(),
             ]);
         }
-        let words: Vec<String> = self
-            .sudo_user_command
-            .split_whitespace()
-            .map(|w| w.replace("%u", &self.owner))
-            .collect();
+        let words: Vec<String> =
+            self.sudo_user_command.split_whitespace().map(|w| w.replace("%u", &self.owner)).collect();
         Ok(words)
     }
 
@@ -127,10 +119,7 @@ impl DbControl {
         if users::is_root() {
             Vec::new()
         } else {
-            self.sudo_command
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
+            self.sudo_command.split_whitespace().map(str::to_owned).collect()
         }
     }
 
@@ -174,13 +163,11 @@ impl DbControl {
             what: what.to_owned(),
         };
         tracing::info!(what, command = %command, "database control");
-        run_argv(&argv, &opts)
-            .await
-            .map_err(|source| ControlError::Run {
-                what: what.to_owned(),
-                command,
-                source: Box::new(source),
-            })
+        run_argv(&argv, &opts).await.map_err(|source| ControlError::Run {
+            what: what.to_owned(),
+            command,
+            source: Box::new(source),
+        })
     }
 
     async fn run_ok(&self, what: &str, argv: Vec<String>) -> Result<(), ControlError> {
@@ -196,24 +183,19 @@ impl DbControl {
     /// Starts the server (`pg_ctl -w start` or `systemctl start`); nothing when it runs.
     pub async fn start(&self) -> Result<(), ControlError> {
         if let Some(s) = &self.service_name {
-            return self
-                .run_ok("starting the database", self.systemctl(&["start", s]))
-                .await;
+            return self.run_ok("starting the database", self.systemctl(&["start", s])).await;
         }
         if self.is_running().await? {
             return Ok(());
         }
-        self.run_ok("starting the database", self.pg_ctl_argv("start")?)
-            .await
+        self.run_ok("starting the database", self.pg_ctl_argv("start")?).await
     }
 
     /// Stops the server (`pg_ctl -w -m fast stop` or `systemctl stop`); nothing when it is
     /// not running.
     pub async fn stop(&self) -> Result<(), ControlError> {
         if let Some(s) = &self.service_name {
-            return self
-                .run_ok("stopping the database", self.systemctl(&["stop", s]))
-                .await;
+            return self.run_ok("stopping the database", self.systemctl(&["stop", s])).await;
         }
         let argv = self.pg_ctl_argv("stop")?;
         let command = argv.join(" ");
@@ -228,24 +210,16 @@ impl DbControl {
     /// Restarts the server (`pg_ctl -w -m fast restart` or `systemctl restart`).
     pub async fn restart(&self) -> Result<(), ControlError> {
         if let Some(s) = &self.service_name {
-            return self
-                .run_ok("restarting the database", self.systemctl(&["restart", s]))
-                .await;
+            return self.run_ok("restarting the database", self.systemctl(&["restart", s])).await;
         }
-        self.run_ok("restarting the database", self.pg_ctl_argv("restart")?)
-            .await
+        self.run_ok("restarting the database", self.pg_ctl_argv("restart")?).await
     }
 
     /// Whether the server runs (`pg_ctl status`: 0 running, 3 not running; or
     /// `systemctl is-active`).
     pub async fn is_running(&self) -> Result<bool, ControlError> {
         if let Some(s) = &self.service_name {
-            let o = self
-                .run(
-                    "checking the database service",
-                    self.systemctl(&["is-active", "--quiet", s]),
-                )
-                .await?;
+            let o = self.run("checking the database service", self.systemctl(&["is-active", "--quiet", s])).await?;
             return Ok(o.success());
         }
         let argv = self.pg_ctl_argv("status")?;
@@ -260,8 +234,7 @@ impl DbControl {
 
     /// The owner's ids.
     pub(super) fn owner_ids(&self) -> Result<UserIds, ControlError> {
-        lookup_user(&self.owner)
-            .map_err(|m| ControlError::Config(format!("db.service.owner {:?}: {m}", self.owner)))
+        lookup_user(&self.owner).map_err(|m| ControlError::Config(format!("db.service.owner {:?}: {m}", self.owner)))
     }
 }
 

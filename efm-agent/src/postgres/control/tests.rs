@@ -1,8 +1,8 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
-use super::*;
 use super::files::write_atomic;
+use super::*;
 
 #[test]
 fn conninfo_quoting_round_trips() {
@@ -10,18 +10,9 @@ fn conninfo_quoting_round_trips() {
     up.password = Some(r"pa'ss\wo rd".into());
     up.application_name = Some("node b".into());
     let ci = up.conninfo();
-    assert_eq!(
-        ci,
-        r"user='rep user' host='198.18.0.2' port='5432' password='pa\'ss\\wo rd' application_name='node b'"
-    );
-    assert_eq!(
-        crate::postgres::conninfo_value(&ci, "password").as_deref(),
-        Some(r"pa'ss\wo rd")
-    );
-    assert_eq!(
-        crate::postgres::conninfo_value(&ci, "user").as_deref(),
-        Some("rep user")
-    );
+    assert_eq!(ci, r"user='rep user' host='198.18.0.2' port='5432' password='pa\'ss\\wo rd' application_name='node b'");
+    assert_eq!(crate::postgres::conninfo_value(&ci, "password").as_deref(), Some(r"pa'ss\wo rd"));
+    assert_eq!(crate::postgres::conninfo_value(&ci, "user").as_deref(), Some("rep user"));
     assert!(!up.conninfo_redacted().contains("wo rd"));
     assert!(!format!("{up:?}").contains("wo rd"));
 }
@@ -53,15 +44,8 @@ fn auto_conf_keeps_other_settings() {
     assert!(fresh.starts_with("# Do not edit"));
     assert!(fresh.ends_with("primary_conninfo = 'host=''x'''\n"));
     // Comments and similar keys are untouched.
-    let t = set_conf_line(
-        Some("#primary_conninfo = 'a'\nprimary_conninfo_x = 1\n"),
-        "primary_conninfo",
-        "b",
-    );
-    assert_eq!(
-        t,
-        "#primary_conninfo = 'a'\nprimary_conninfo_x = 1\nprimary_conninfo = 'b'\n"
-    );
+    let t = set_conf_line(Some("#primary_conninfo = 'a'\nprimary_conninfo_x = 1\n"), "primary_conninfo", "b");
+    assert_eq!(t, "#primary_conninfo = 'a'\nprimary_conninfo_x = 1\nprimary_conninfo = 'b'\n");
 }
 
 #[test]
@@ -90,10 +74,7 @@ fn pg_version_file() {
     write_atomic(&d.join("f.conf"), "a = 1\n", None).unwrap();
     let m = std::fs::metadata(d.join("f.conf")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
-    assert_eq!(
-        std::fs::read_to_string(d.join("f.conf")).unwrap(),
-        "a = 1\n"
-    );
+    assert_eq!(std::fs::read_to_string(d.join("f.conf")).unwrap(), "a = 1\n");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -118,10 +99,7 @@ fn pg_ctl_command_lines() {
 
 #[test]
 fn error_texts() {
-    let e = ControlError::NotStandby {
-        addr: "127.0.0.1:5432".into(),
-        what: "promote it",
-    };
+    let e = ControlError::NotStandby { addr: "127.0.0.1:5432".into(), what: "promote it" };
     assert_eq!(
         e.to_string(),
         "database 127.0.0.1:5432 is not a standby (pg_is_in_recovery() is false); cannot promote it"
@@ -132,8 +110,5 @@ fn error_texts() {
         status: "failed (exit code 1)".into(),
         output: "no server".into(),
     };
-    assert_eq!(
-        e.to_string(),
-        "stopping the database: `pg_ctl stop` failed (exit code 1): no server"
-    );
+    assert_eq!(e.to_string(), "stopping the database: `pg_ctl stop` failed (exit code 1): no server");
 }

@@ -170,6 +170,29 @@ pub enum Cmd {
         /// The node: IP, or IP:PORT.
         address: String,
     },
+    /// EFM 2.0's name for allow-node (deprecated): allow a node to join, and with PRIORITY also
+    /// set its failover priority (set-priority).
+    #[command(
+        after_help = "Example:\n  efm add-node acctg 10.0.1.9:7800 1   # the same as: efm allow-node acctg 10.0.1.9:7800 && efm set-priority acctg 10.0.1.9:7800 1"
+    )]
+    AddNode {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+        /// The node: IP, or IP:PORT.
+        address: String,
+        /// Failover priority, as `efm set-priority` takes it (1 = first choice, 0 = never promote).
+        priority: Option<u32>,
+    },
+    /// EFM 2.0's name for disallow-node (deprecated): remove a node from the allowed node host list.
+    #[command(
+        after_help = "Example:\n  efm remove-node acctg 10.0.1.9:7800   # the same as: efm disallow-node acctg 10.0.1.9:7800"
+    )]
+    RemoveNode {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+        /// The node: IP, or IP:PORT.
+        address: String,
+    },
     /// Stop every agent of the cluster. The databases keep running as they are, without
     /// failover protection, until the agents are started again.
     #[command(after_help = "Example:\n  efm stop-cluster acctg")]
@@ -183,8 +206,11 @@ pub enum Cmd {
         /// Cluster name: checks <config-dir>/<cluster>.properties and <cluster>.nodes.
         cluster: String,
     },
-    /// Convert an EFM 3.x/4.x/5.x configuration into efm's, reporting every change.
-    #[command(after_help = "Example:\n  efm upgrade-conf acctg --source /etc/edb/efm-4.7")]
+    /// Convert an EFM 2.x-5.x configuration into efm's, reporting every change. EFM 3.3's
+    /// spelling `-source DIR` works too.
+    #[command(
+        after_help = "Example:\n  efm upgrade-conf acctg --source /etc/edb/efm-4.7\n  efm upgrade-conf acctg -source /etc/efm-2.0"
+    )]
     UpgradeConf {
         /// Cluster name: reads <source>/<cluster>.properties, writes <config-dir>/<cluster>.properties.
         cluster: String,
@@ -196,11 +222,12 @@ pub enum Cmd {
         force: bool,
     },
     /// Encrypt the database password for `db.password.encrypted` (asks twice, or reads EFMPASS).
+    /// With --from-env only the bare encrypted value is printed (as EFM 3.3 does), for scripts.
     #[command(after_help = "Example:\n  efm encrypt acctg\n  EFMPASS=secret efm encrypt acctg --from-env")]
     Encrypt {
         /// Cluster name: the encrypted password decrypts only for this cluster.
         cluster: String,
-        /// Read the password from the EFMPASS environment variable.
+        /// Read the password from the EFMPASS environment variable and print only the value.
         #[arg(long)]
         from_env: bool,
         /// The encryption key file, created root-only on first use (default: <config-dir>/efm.key,
@@ -250,8 +277,11 @@ impl Cmd {
             Self::SetPriority { cluster, address, priority } => {
                 (cluster, AdminCommand::SetPriority { address: address.clone(), priority: *priority })
             }
-            Self::AllowNode { cluster, address } => (cluster, AdminCommand::AllowNode { address: address.clone() }),
-            Self::DisallowNode { cluster, address } => {
+            // add-node sends allow-node, then set-priority when a priority is given (see `efm`).
+            Self::AllowNode { cluster, address } | Self::AddNode { cluster, address, .. } => {
+                (cluster, AdminCommand::AllowNode { address: address.clone() })
+            }
+            Self::DisallowNode { cluster, address } | Self::RemoveNode { cluster, address } => {
                 (cluster, AdminCommand::DisallowNode { address: address.clone() })
             }
             Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
@@ -262,6 +292,29 @@ impl Cmd {
             | Self::GenerateDocs { .. } => return None,
         })
     }
+}
+
+/// EFM's single-dash option spellings (`-switchover`, `-sourcenode`, `-quiet`, `-force` of
+/// `promote`; `-source` of `upgrade-conf`, EFM 3.3) turned into ours, so that `efm` accepts both.
+pub fn efm_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some(s @ ("-switchover" | "-sourcenode" | "-quiet" | "-force" | "-source")) => format!("-{s}").into(),
+            _ => a,
+        })
+        .collect()
+}
+
+/// The deprecation notice `efm add-node` / `remove-node` print (EFM 3 renamed them).
+#[must_use]
+pub fn deprecated_node_command(old: &str, cluster: &str, address: &str, priority: Option<u32>) -> String {
+    let new = if old == "add-node" { "allow-node" } else { "disallow-node" };
+    let mut then = format!("efm {new} {cluster} {address}");
+    if let Some(p) = priority {
+        use std::fmt::Write as _;
+        let _ = write!(then, " and efm set-priority {cluster} {address} {p}");
+    }
+    format!("efm: `{old}` is EFM 2.0's name, deprecated since EFM 3.0; running {then} (use {new} from now on)")
 }
 
 /// The shells completions are generated for, with the file name each expects.
@@ -443,6 +496,40 @@ mod tests {
             AdminCommand::SetPriority { address: "198.18.0.2".into(), priority: 0 }
         );
         assert!(parse(&["prop-check", "acctg"]).admin_request().is_none());
+    }
+
+    #[test]
+    fn efm_spellings_and_20_commands() {
+        let parse = |words: &[&str]| {
+            let args = efm_args(std::iter::once("efm").chain(words.iter().copied()).map(std::ffi::OsString::from));
+            Cli::try_parse_from(args).unwrap().cmd
+        };
+        match parse(&["upgrade-conf", "acctg", "-source", "/etc/efm-2.0"]) {
+            Cmd::UpgradeConf { cluster, source, force } => {
+                assert_eq!((cluster.as_str(), source.as_path(), force), ("acctg", Path::new("/etc/efm-2.0"), false));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["upgrade-conf", "acctg", "--source", "/x"]), Cmd::UpgradeConf { .. }));
+        assert!(matches!(
+            parse(&["promote", "acctg", "-switchover", "-quiet"]),
+            Cmd::Promote { switchover: true, quiet: true, .. }
+        ));
+        let add = parse(&["add-node", "acctg", "10.0.1.9:7800", "1"]);
+        assert!(matches!(&add, Cmd::AddNode { priority: Some(1), .. }), "{add:?}");
+        assert_eq!(add.admin_request().unwrap().1, AdminCommand::AllowNode { address: "10.0.1.9:7800".into() });
+        assert!(matches!(parse(&["add-node", "acctg", "10.0.1.9"]), Cmd::AddNode { priority: None, .. }));
+        assert_eq!(
+            parse(&["remove-node", "acctg", "10.0.1.9"]).admin_request().unwrap().1,
+            AdminCommand::DisallowNode { address: "10.0.1.9".into() }
+        );
+        let n = deprecated_node_command("add-node", "acctg", "10.0.1.9:7800", Some(1));
+        assert!(
+            n.contains("deprecated")
+                && n.contains("efm allow-node acctg 10.0.1.9:7800 and efm set-priority acctg 10.0.1.9:7800 1"),
+            "{n}"
+        );
+        assert!(deprecated_node_command("remove-node", "acctg", "10.0.1.9", None).contains("use disallow-node"));
     }
 
     #[test]

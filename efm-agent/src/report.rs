@@ -167,6 +167,7 @@ pub async fn cluster_status(
     env!("CARGO_PKG_VERSION").clone_into(&mut st.efm.version);
     st.efm.epoch = epoch;
     st.efm.cluster.clone_from(&cfg.cluster);
+    st.efm.auto_failover = Some(cs.auto_failover_or(cfg.auto_failover));
     let vip = cfg.virtual_ip.map(|v| v.to_string()).unwrap_or_default();
     let vip_here = |addr: &SocketAddr| {
         cfg.virtual_ip.is_some() && *addr == me && cfg.virtual_ip.and_then(crate::vip::interface_of).is_some()

@@ -226,6 +226,18 @@ impl Cluster {
     /// [`Cluster::start`] with more properties for node `i` (0-based) from `per_node`.
     #[must_use]
     pub fn start_with(kinds: &[Kind], extra: &str, per_node: impl Fn(usize) -> String) -> Self {
+        Self::start_nodes_style(kinds, extra, per_node, false)
+    }
+
+    /// [`Cluster::start_with`]; with `others_only` each node's `.nodes` file lists only the
+    /// *other* members, as EFM 2.0's do (guide section 3.2.2).
+    #[must_use]
+    pub fn start_nodes_style(
+        kinds: &[Kind],
+        extra: &str,
+        per_node: impl Fn(usize) -> String,
+        others_only: bool,
+    ) -> Self {
         require_root();
         let witnesses_only = kinds.iter().all(|k| *k == Kind::Witness);
         if !witnesses_only {
@@ -290,7 +302,9 @@ impl Cluster {
             props.push_str(&per_node(i));
             props.push('\n');
             fs::write(dir.join(format!("{CLUSTER}.properties")), props).unwrap();
-            fs::write(dir.join(format!("{CLUSTER}.nodes")), members.join(" ") + "\n").unwrap();
+            let listed: Vec<&str> =
+                members.iter().enumerate().filter(|(j, _)| !others_only || *j != i).map(|(_, m)| m.as_str()).collect();
+            fs::write(dir.join(format!("{CLUSTER}.nodes")), listed.join(" ") + "\n").unwrap();
             files.push(NodeFiles {
                 run_dir: dir.join("run"),
                 state_dir: dir.join("state"),

@@ -78,6 +78,8 @@ const MAN1: &[&str] = &[
     "efm-set-priority.1",
     "efm-allow-node.1",
     "efm-disallow-node.1",
+    "efm-add-node.1",
+    "efm-remove-node.1",
     "efm-stop-cluster.1",
     "efm-prop-check.1",
     "efm-upgrade-conf.1",

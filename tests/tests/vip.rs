@@ -247,6 +247,35 @@ fn interface_of_finds_addresses_on_a_veth() {
     assert_eq!(own, want(&n.ifname));
 }
 
+/// EFM 2.0's alias form `virtualIp.interface=<if>:0`: the configuration yields the base
+/// interface and the label; the VIP lands on the base interface with that label (what
+/// `ip addr show` prints as the address's name), and releasing it needs no label.
+#[test]
+fn alias_interface_vip_carries_the_address_label() {
+    require_root();
+    let bed = Bed::new(1);
+    let n = &bed.nodes[0];
+    let alias = format!("{}:0", n.ifname);
+    let base = efm_agent::config::split_alias(&alias).expect("an alias").to_owned();
+    assert_eq!(base, n.ifname);
+    let (iface, label) = (base.clone(), alias.clone());
+    let v4: IpAddr = VIP4.parse().unwrap();
+    let assigned = n.ns.run(move || {
+        vip::assign_labeled(&iface, Some(&label), v4, 24, &Announce { count: 1, interval: Duration::from_millis(1) })
+    });
+    assert_eq!(assigned.expect("assigning with a label"), Assigned::Added);
+    let shown = ip_out(&n.ns, &["-4", "-o", "addr", "show", "dev", &base]);
+    let line = shown
+        .lines()
+        .find(|l| l.contains(&format!("{VIP4}/24")))
+        .unwrap_or_else(|| panic!("VIP not on {base}:\n{shown}"));
+    assert!(line.contains(&format!(" {alias}\\")), "label missing: {line}");
+    let iface = base.clone();
+    assert_eq!(n.ns.run(move || vip::release(&iface, v4, 24)).expect("releasing"), Released::Removed);
+    let shown = ip_out(&n.ns, &["-4", "-o", "addr", "show", "dev", &base]);
+    assert!(!shown.contains(VIP4), "{shown}");
+}
+
 /// Drops `CAP_NET_ADMIN` and `CAP_NET_RAW` from the calling thread (capabilities are
 /// per-thread; `capset(2)` with pid 0 changes only the caller).
 fn drop_net_caps() {

@@ -12,12 +12,8 @@ use efm_agent::{
 };
 
 fn main() -> ExitCode {
-    // EFM spells the promote options with one dash (`-switchover`); accept both.
-    let args = std::env::args_os().map(|a| match a.to_str() {
-        Some(s @ ("-switchover" | "-sourcenode" | "-quiet" | "-force")) => format!("-{s}").into(),
-        _ => a,
-    });
-    let cli = Cli::parse_from(args);
+    // EFM spells some options with one dash (`-switchover`, `-source`); accept both.
+    let cli = Cli::parse_from(cli::efm_args(std::env::args_os()));
     match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
@@ -95,6 +91,10 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             print_message(&v);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::AddNode { cluster, address, priority } => {
+            legacy_node_command(cli, "add-node", cluster, address, *priority)
+        }
+        Cmd::RemoveNode { cluster, address } => legacy_node_command(cli, "remove-node", cluster, address, None),
         Cmd::PropCheck { cluster } => {
             let report = config::check::prop_check(&cli.config_dir, cluster);
             print!("{}", report.render());
@@ -113,12 +113,17 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             let enc = secret::encrypt(&key, cluster, &pw).map_err(|e| e.to_string());
             secret::wipe_string(&mut pw);
             let enc = enc?;
-            println!("{}={enc}", secret::PROPERTY);
-            eprintln!(
-                "efm: put this line in {} (it decrypts only for cluster {cluster} with {})",
-                cli.config_dir.join(format!("{cluster}.properties")).display(),
-                key_file.display()
-            );
+            if *from_env {
+                // EFM 3.3 prints the bare value with --from-env, for scripts.
+                println!("{enc}");
+            } else {
+                println!("{}={enc}", secret::PROPERTY);
+                eprintln!(
+                    "efm: put this line in {} (it decrypts only for cluster {cluster} with {})",
+                    cli.config_dir.join(format!("{cluster}.properties")).display(),
+                    key_file.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::GenerateKey { cluster, output } => {
@@ -137,6 +142,28 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// EFM 2.0's `add-node` (allow-node, then set-priority with a priority) and `remove-node`
+/// (disallow-node), with the deprecation notice on stderr.
+fn legacy_node_command(
+    cli: &Cli,
+    name: &str,
+    cluster: &str,
+    address: &str,
+    priority: Option<u32>,
+) -> Result<ExitCode, String> {
+    eprintln!("{}", cli::deprecated_node_command(name, cluster, address, priority));
+    let first = if name == "add-node" {
+        AdminCommand::AllowNode { address: address.to_owned() }
+    } else {
+        AdminCommand::DisallowNode { address: address.to_owned() }
+    };
+    print_message(&ask(cli, cluster, first)?);
+    if let Some(priority) = priority {
+        print_message(&ask(cli, cluster, AdminCommand::SetPriority { address: address.to_owned(), priority })?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_message(v: &serde_json::Value) {

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 use super::properties::{self, PROPERTIES};
 use super::value;
-use super::{analyze, parse_nodes, parse_properties, Config, Diagnostic, Severity};
+use super::value::{Resolve, SystemResolver};
+use super::{
+    analyze, is_efm_java_encrypted, nodes_note, parse_nodes_with, parse_properties, Config, Diagnostic, Severity,
+};
 
 /// The loader's message for a missing required property.
 const REQUIRED_NOT_SET: &str = "required property is not set";
@@ -58,6 +61,31 @@ pub struct PropCheckReport {
     pub nodes: Option<Vec<SocketAddr>>,
     /// Errors, warnings and notices, properties file first, by line.
     pub diagnostics: Vec<Diagnostic>,
+    /// This node's `bind.address`, when the `.nodes` file does not list it (EFM 2.0 style) and
+    /// the agent adds it to the members.
+    pub self_added: Option<SocketAddr>,
+    /// What the agent will do with the virtual IP, when one is configured.
+    pub vip_plan: Option<String>,
+}
+
+/// One sentence on where the VIP goes: the interface, and for an alias (`eth0:0`) the base
+/// interface, the address label, and where XDP attaches.
+fn vip_plan(c: &Config) -> Option<String> {
+    let vip = c.virtual_ip?;
+    let prefix = c.virtual_ip_prefix.map_or_else(String::new, |p| format!("/{p}"));
+    let iface = c.virtual_ip_interface.as_deref();
+    Some(match (iface, c.virtual_ip_label.as_deref()) {
+        (Some(base), Some(label)) => format!(
+            "{vip}{prefix} is added to interface {base} with the address label {label} (virtual.ip.interface={label} \
+             is an alias of {base}: Linux keeps alias addresses on the base interface); XDP attaches to {}",
+            c.xdp_interface.as_deref().map_or_else(
+                || format!("the interface holding bind.address ({base} if that is the one)"),
+                ToOwned::to_owned
+            ),
+        ),
+        (Some(i), None) => format!("{vip}{prefix} is added to interface {i}"),
+        (None, _) => format!("{vip}{prefix} is added to the interface holding bind.address"),
+    })
 }
 
 /// Agents a cluster needs for failover protection: a primary, a standby and a third agent (a
@@ -107,6 +135,13 @@ pub fn warn_if_too_few_agents(cfg: &Config) {
 /// Check `<dir>/<cluster>.properties` and `<dir>/<cluster>.nodes`.
 #[must_use]
 pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
+    prop_check_with(dir, cluster, &SystemResolver)
+}
+
+/// [`prop_check`] resolving host names with `resolver`.
+#[must_use]
+#[allow(clippy::too_many_lines)] // one pass over both files, in order
+pub fn prop_check_with(dir: &Path, cluster: &str, resolver: &dyn Resolve) -> PropCheckReport {
     let properties_file = dir.join(format!("{cluster}.properties"));
     let nodes_file = dir.join(format!("{cluster}.nodes"));
     let mut report = PropCheckReport {
@@ -116,6 +151,8 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
         effective: None,
         nodes: None,
         diagnostics: Vec::new(),
+        self_added: None,
+        vip_plan: None,
     };
     if !dir.is_dir() {
         let message = if dir.exists() { "not a directory" } else { "configuration directory does not exist" };
@@ -126,7 +163,7 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
     let nodes_text = read(&report.nodes_file, &mut report.diagnostics);
     let mut node_diagnostics = Vec::new();
     if let Some(text) = nodes_text {
-        match parse_nodes(&text, &report.nodes_file) {
+        match parse_nodes_with(&text, &report.nodes_file, resolver, &mut node_diagnostics) {
             Ok(nodes) => report.nodes = Some(nodes),
             Err(mut e) => node_diagnostics.append(&mut e),
         }
@@ -134,12 +171,19 @@ pub fn prop_check(dir: &Path, cluster: &str) -> PropCheckReport {
 
     if let Some(text) = read(&report.properties_file, &mut report.diagnostics) {
         let file = &report.properties_file;
-        let analysis = analyze(&text, file, cluster, report.nodes.clone().unwrap_or_default());
+        let analysis = analyze(&text, file, cluster, report.nodes.clone().unwrap_or_default(), resolver);
         let (effective, errors) = match analysis.result {
             Ok(loaded) => {
                 if let Some(why) = report.nodes.as_deref().and_then(|n| too_few_agents(n, loaded.config.bind_address)) {
                     node_diagnostics.push(Diagnostic::warning(&report.nodes_file, None, None, why));
                 }
+                if report.nodes.is_some() {
+                    if let Some(note) = nodes_note(&loaded.config, &report.nodes_file) {
+                        node_diagnostics.push(note);
+                    }
+                    report.self_added = (!loaded.config.nodes_file_lists_self).then_some(loaded.config.bind_address);
+                }
+                report.vip_plan = vip_plan(&loaded.config);
                 (loaded.config.effective(), Vec::new())
             }
             Err(errors) => (analysis.effective, errors.0),
@@ -210,7 +254,13 @@ fn describe(text: &str, file: &Path, effective: &[(String, String)]) -> Vec<Effe
                 Some((line, None, false)) => ValueSource::File { line: *line },
                 Some((line, Some(from), false)) => ValueSource::Legacy { line: *line, from: from.clone() },
             };
-            let value = if is_secret(name) && !raw.is_empty() { "(set)".to_owned() } else { raw.clone() };
+            let value = if is_secret(name) && is_efm_java_encrypted(raw) {
+                "(EFM-encrypted: efm cannot use it, see below)".to_owned()
+            } else if is_secret(name) && !raw.is_empty() {
+                "(set)".to_owned()
+            } else {
+                raw.clone()
+            };
             EffectiveProperty { name: name.clone(), value, source }
         })
         .collect()
@@ -307,6 +357,10 @@ impl PropCheckReport {
                 for n in nodes {
                     let _ = writeln!(out, "  {n}");
                 }
+                if let Some(me) = self.self_added {
+                    let _ =
+                        writeln!(out, "  {me}  (this node, from bind.address: added, the file lists only the others)");
+                }
             }
             None => {
                 let _ = writeln!(
@@ -315,6 +369,9 @@ impl PropCheckReport {
                     file_name(&self.nodes_file)
                 );
             }
+        }
+        if let Some(plan) = &self.vip_plan {
+            let _ = writeln!(out, "Virtual IP: {plan}");
         }
         if self.diagnostics.is_empty() {
             out.push_str("No problems found.\n");
@@ -434,7 +491,7 @@ mod tests {
     const GOOD: &str = "\
 # acctg cluster
 db.user=efm
-db.password.encrypted=516b36fb8031da17cfbc010f7d09359c
+db.password.encrypted=efm1:516b36fb8031da17cfbc010f:7d09359c
 db.port=5444
 db.database=edb
 db.service.owner=enterprisedb
@@ -504,7 +561,7 @@ lock.dir=
         let dir = temp_dir("clean");
         let text = GOOD.replace("virtualIp=", "virtual.ip=");
         std::fs::write(dir.join("acctg.properties"), text).unwrap();
-        std::fs::write(dir.join("acctg.nodes"), "198.18.0.2:7800 198.18.0.4:7800\n").unwrap();
+        std::fs::write(dir.join("acctg.nodes"), "198.18.0.1:7800 198.18.0.2:7800 198.18.0.4:7800\n").unwrap();
         let r = prop_check(&dir, "acctg");
         let out = r.render();
         assert_eq!(r.exit_code(), 0);
@@ -578,15 +635,19 @@ lock.dir=
     #[test]
     fn unparsable_file_and_bad_nodes() {
         let dir = temp_dir("syntax");
-        std::fs::write(dir.join("acctg.properties"), "db.user efm\n").unwrap();
+        std::fs::write(dir.join("acctg.properties"), "db.user=\\u00zz\n").unwrap();
         std::fs::write(dir.join("acctg.nodes"), "db1:7800\n").unwrap();
-        let r = prop_check(&dir, "acctg");
+        // No name server is asked: db1 is not in the test's table.
+        let r = prop_check_with(&dir, "acctg", &crate::config::value::TableResolver::default());
         let out = r.render();
         assert_eq!(r.exit_code(), 1);
         assert!(r.effective.is_none() && r.nodes.is_none());
         assert!(out.contains("Effective configuration: not available"), "{out}");
-        assert!(out.contains("error: acctg.properties:1: expected key=value"), "{out}");
-        assert!(out.contains("error: acctg.nodes:1: bad node entry"), "{out}");
+        assert!(out.contains("error: acctg.properties:1: db.user: malformed \\uXXXX escape"), "{out}");
+        assert!(
+            out.contains("error: acctg.nodes:1: bad node entry \"db1:7800\": host name \"db1\" does not resolve"),
+            "{out}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

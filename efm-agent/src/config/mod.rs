@@ -1,8 +1,14 @@
 //! Loading of EFM-compatible cluster configuration: `<cluster>.properties`
 //! and `<cluster>.nodes`.
 //!
-//! The rules follow EDB Failover Manager: one `key=value` per line, `#`
-//! comments, case-sensitive keys, literal values. Legacy spellings (EFM 3.x
+//! The rules follow EDB Failover Manager: Java properties syntax (see
+//! [`parse`]: `key=value`, `key: value`, `key value`, `#`/`!` comments,
+//! `\` continuations, `\uXXXX` escapes), case-sensitive keys, literal
+//! values. Host names in the `.nodes` file, `bind.address` and
+//! `virtual.ip` are resolved once, at load ([`value::Resolve`]). A `.nodes`
+//! file that does not list this node (EFM 2.0 lists only the *other*
+//! members) is accepted: [`Config::nodes`] is the file plus this node's
+//! `bind.address`. Legacy spellings (EFM 3.x
 //! camelCase names, `master` instead of `primary`, `jdbc.ssl`,
 //! `virtualIp.netmask`, `auto.resume.period`) are accepted with a
 //! deprecation warning; unknown keys produce a warning with the closest
@@ -16,6 +22,8 @@ pub mod upgrade;
 pub mod value;
 
 #[cfg(test)]
+mod compat_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -24,8 +32,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use parse::{parse_nodes, parse_properties, Entry};
-pub use value::Cidr;
+pub use parse::{parse_nodes, parse_nodes_with, parse_properties, Entry};
+pub use value::{Cidr, Resolve, SystemResolver};
 
 use properties::{Conversion, PropDef, JAVA_ONLY, PROPERTIES};
 use value::Value;
@@ -196,8 +204,15 @@ pub enum SyslogProtocol {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub cluster: String,
-    /// Contents of `<cluster>.nodes`.
+    /// The cluster members: the entries of `<cluster>.nodes` plus this node's `bind.address`
+    /// when the file does not list it (an EFM 2.0 file lists only the other members).
     pub nodes: Vec<SocketAddr>,
+    /// Whether `<cluster>.nodes` listed this node itself (3.x style) or not (2.0 style).
+    pub nodes_file_lists_self: bool,
+    /// `virtual.ip.interface` as written when it is an alias (`eth0:0`, the EFM 2.0 form): the
+    /// VIP goes on the base interface (`virtual_ip_interface`, here `eth0`) with this address
+    /// label.
+    pub virtual_ip_label: Option<String>,
 
     pub db_user: String,
     pub db_password_encrypted: Option<String>,
@@ -336,8 +351,14 @@ impl Config {
     }
 }
 
-/// Load `<dir>/<cluster>.properties` and `<dir>/<cluster>.nodes`.
+/// Load `<dir>/<cluster>.properties` and `<dir>/<cluster>.nodes`, resolving host names with
+/// the system resolver.
 pub fn load(dir: &Path, cluster: &str) -> Result<Loaded, ConfigErrors> {
+    load_with(dir, cluster, &SystemResolver)
+}
+
+/// [`load`] with the given resolver.
+pub fn load_with(dir: &Path, cluster: &str, resolver: &dyn Resolve) -> Result<Loaded, ConfigErrors> {
     let props_path = dir.join(format!("{cluster}.properties"));
     let nodes_path = dir.join(format!("{cluster}.nodes"));
     let mut errors = Vec::new();
@@ -346,15 +367,22 @@ pub fn load(dir: &Path, cluster: &str) -> Result<Loaded, ConfigErrors> {
     let (Some(props_text), Some(nodes_text)) = (props_text, nodes_text) else {
         return Err(ConfigErrors(errors));
     };
-    let nodes = match parse_nodes(&nodes_text, &nodes_path) {
+    let mut node_notes = Vec::new();
+    let nodes = match parse_nodes_with(&nodes_text, &nodes_path, resolver, &mut node_notes) {
         Ok(n) => n,
         Err(mut e) => {
             errors.append(&mut e);
             Vec::new()
         }
     };
-    match from_properties(&props_text, &props_path, cluster, nodes) {
-        Ok(loaded) if errors.is_empty() => Ok(loaded),
+    match analyze(&props_text, &props_path, cluster, nodes, resolver).result {
+        Ok(mut loaded) if errors.is_empty() => {
+            loaded.warnings.append(&mut node_notes);
+            if let Some(note) = nodes_note(&loaded.config, &nodes_path) {
+                loaded.warnings.push(note);
+            }
+            Ok(loaded)
+        }
         Ok(_) => Err(ConfigErrors(errors)),
         Err(ConfigErrors(mut e)) => {
             errors.append(&mut e);
@@ -373,10 +401,43 @@ fn read(path: &Path, errors: &mut Vec<Diagnostic>) -> Option<String> {
     }
 }
 
+/// The note for a `.nodes` file that does not list this node (EFM 2.0 style).
+pub(crate) fn nodes_note(c: &Config, nodes_file: &Path) -> Option<Diagnostic> {
+    // An empty file (the first node, EFM's usual start) needs no note.
+    if c.nodes_file_lists_self || c.bind_address.port() == 0 || c.nodes.len() <= 1 {
+        return None;
+    }
+    Some(Diagnostic::new(
+        Severity::Notice,
+        nodes_file,
+        None,
+        None,
+        format!(
+            "does not list this node ({}, bind.address): read as an EFM 2.0 members file, which lists \
+             the other members; this node is added, so the cluster members are {}. Nodes started \
+             together from such files agree on the same members when every file lists all the others.",
+            c.bind_address,
+            c.nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        ),
+    ))
+}
+
 /// Build a [`Config`] from the text of a properties file (`file` is used
-/// in diagnostics only) and already-parsed nodes.
+/// in diagnostics only) and already-parsed nodes; host names are resolved
+/// with the system resolver.
 pub fn from_properties(text: &str, file: &Path, cluster: &str, nodes: Vec<SocketAddr>) -> Result<Loaded, ConfigErrors> {
-    analyze(text, file, cluster, nodes).result
+    analyze(text, file, cluster, nodes, &SystemResolver).result
+}
+
+/// [`from_properties`] with the given resolver.
+pub fn from_properties_with(
+    text: &str,
+    file: &Path,
+    cluster: &str,
+    nodes: Vec<SocketAddr>,
+    resolver: &dyn Resolve,
+) -> Result<Loaded, ConfigErrors> {
+    analyze(text, file, cluster, nodes, resolver).result
 }
 
 /// Everything [`from_properties`] found, kept even when loading fails
@@ -391,20 +452,27 @@ pub(crate) struct Analysis {
 }
 
 /// [`from_properties`], keeping warnings and effective values on failure.
-pub(crate) fn analyze(text: &str, file: &Path, cluster: &str, nodes: Vec<SocketAddr>) -> Analysis {
-    let entries = match parse_properties(text, file) {
-        Ok(entries) => entries,
+pub(crate) fn analyze(
+    text: &str,
+    file: &Path,
+    cluster: &str,
+    nodes: Vec<SocketAddr>,
+    resolver: &dyn Resolve,
+) -> Analysis {
+    let (entries, syntax_notes) = match parse::parse_properties_noted(text, file) {
+        Ok(parsed) => parsed,
         Err(errors) => {
             return Analysis { result: Err(ConfigErrors(errors)), warnings: Vec::new(), effective: Vec::new() }
         }
     };
-    let mut b = Builder { file, errors: Vec::new(), warnings: Vec::new(), sources: HashMap::new() };
+    let mut b = Builder { file, errors: Vec::new(), warnings: syntax_notes, sources: HashMap::new(), resolver };
     for entry in &entries {
         b.resolve(entry);
     }
     let values = b.validate(cluster);
     let config = b.build(&values, cluster, nodes);
     b.cross_checks(&config, &values);
+    b.timing_remarks(&config, &entries);
     let result = if b.errors.is_empty() {
         Ok(Loaded { config, warnings: b.warnings.clone() })
     } else {
@@ -429,7 +497,11 @@ struct Builder<'a> {
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
     sources: HashMap<&'static str, Source>,
+    resolver: &'a dyn Resolve,
 }
+
+/// Properties whose value may be a host name, resolved at load.
+const RESOLVED: &[&str] = &["bind.address", "virtual.ip"];
 
 /// Validated values and the effective text of each property.
 struct Values {
@@ -462,6 +534,8 @@ impl Builder<'_> {
                         .push(Diagnostic::error(file, Some(e.line), Some(&e.key), expected).with_value(&e.value));
                 }
             }
+        } else if e.key == "jgroups.timeout" || e.key == "jgroups.max.tries" {
+            // Mapped by `timing_remarks` once every entry is known.
         } else if JAVA_ONLY.contains(&e.key.as_str()) {
             self.warnings.push(Diagnostic::new(
                 Severity::Notice,
@@ -505,6 +579,15 @@ impl Builder<'_> {
                 Some(src) if !src.raw.is_empty() => src.raw.clone(),
                 _ => def.default.replace("{cluster}", cluster),
             };
+            let raw = if RESOLVED.contains(&def.name) {
+                let Ok(resolved) = self.resolve_name(def, &raw) else {
+                    effective.push((def.name.to_owned(), raw));
+                    continue;
+                };
+                resolved
+            } else {
+                raw
+            };
             if !raw.is_empty() {
                 match value::validate(def.kind, &raw) {
                     Ok(v) => {
@@ -516,6 +599,43 @@ impl Builder<'_> {
             effective.push((def.name.to_owned(), raw));
         }
         Values { typed, effective }
+    }
+
+    /// For `bind.address` (`name:port`) and `virtual.ip` (`name`): the value with a host name
+    /// replaced by its address; a note when it had several, an error when it has none.
+    fn resolve_name(&mut self, def: &PropDef, raw: &str) -> Result<String, ()> {
+        let resolved = if def.name == "virtual.ip" {
+            if !value::looks_like_host_name(raw) {
+                return Ok(raw.to_owned());
+            }
+            value::resolve_host(raw, self.resolver).map(|r| (r.chosen.to_string(), r.note()))
+        } else {
+            match value::resolve_host_port(raw, self.resolver) {
+                None => return Ok(raw.to_owned()),
+                Some(r) => r.map(|r| (r.chosen.to_string(), r.note())),
+            }
+        };
+        match resolved {
+            Ok((addr, note)) => {
+                if let Some(note) = note {
+                    let src = self.sources.get(def.name);
+                    let d = Diagnostic::new(
+                        Severity::Notice,
+                        self.file,
+                        src.map(|s| s.line),
+                        Some(src.map_or(def.name, |s| s.key.as_str())),
+                        note,
+                    )
+                    .with_value(raw);
+                    self.warnings.push(d);
+                }
+                Ok(addr)
+            }
+            Err(e) => {
+                self.push_invalid(def, raw, e);
+                Err(())
+            }
+        }
     }
 
     fn push_invalid(&mut self, def: &PropDef, raw: &str, expected: String) {
@@ -567,9 +687,27 @@ impl Builder<'_> {
             ));
         }
 
+        let bind_address = match v.typed.get("bind.address") {
+            Some(Value::SocketAddr(a)) => *a,
+            _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let nodes_file_lists_self = nodes.contains(&bind_address);
+        let mut nodes = nodes;
+        if !nodes_file_lists_self && bind_address.port() != 0 {
+            nodes.push(bind_address);
+        }
+        let (virtual_ip_interface, virtual_ip_label) = match v.text("virtual.ip.interface") {
+            Some(written) => match split_alias(&written) {
+                Some(base) => (Some(base.to_owned()), Some(written)),
+                None => (Some(written), None),
+            },
+            None => (None, None),
+        };
         Config {
             cluster: cluster.to_owned(),
             nodes,
+            nodes_file_lists_self,
+            virtual_ip_label,
             db_user: v.text("db.user").unwrap_or_default(),
             db_password_encrypted: v.text("db.password.encrypted"),
             db_port: v.port("db.port"),
@@ -609,10 +747,7 @@ impl Builder<'_> {
             smtp_timeout: v.dur("smtp.timeout"),
             smtp_username: v.text("smtp.username"),
             smtp_password: v.text("smtp.password").map(Hidden),
-            bind_address: match v.typed.get("bind.address") {
-                Some(Value::SocketAddr(a)) => *a,
-                _ => SocketAddr::from(([0, 0, 0, 0], 0)),
-            },
+            bind_address,
             external_address: v.text("external.address"),
             admin_port: v.port("admin.port"),
             is_witness,
@@ -657,7 +792,7 @@ impl Builder<'_> {
                 Some(Value::Ip(ip)) => Some(*ip),
                 _ => None,
             },
-            virtual_ip_interface: v.text("virtual.ip.interface"),
+            virtual_ip_interface,
             virtual_ip_prefix: match v.typed.get("virtual.ip.prefix") {
                 Some(Value::Prefix(p)) => Some(*p),
                 _ => None,
@@ -730,8 +865,101 @@ impl Builder<'_> {
         }
     }
 
+    /// Notes about EFM's failure-detection timing: a second-scale `node.timeout` (EFM counted
+    /// it in seconds; efm detects in the kernel, sub-second) and EFM 2.0's `jgroups.timeout` /
+    /// `jgroups.max.tries`, which efm does not read, with the efm properties that replace them.
+    fn timing_remarks(&mut self, c: &Config, entries: &[Entry]) {
+        let file = self.file;
+        if let Some(src) = self.sources.get("node.timeout") {
+            if c.node_timeout >= Duration::from_secs(1) {
+                self.warnings.push(
+                    Diagnostic::new(
+                        Severity::Notice,
+                        file,
+                        Some(src.line),
+                        Some(&src.key),
+                        format!(
+                            "efm reads this as {} (a bare number is seconds, as in EFM). efm watches heartbeats \
+                             in the kernel and detects a silent node in well under a second: consider \
+                             node.timeout=0.5s with heartbeat.interval=50ms (the defaults; same on every node)",
+                            value::format_duration(c.node_timeout)
+                        ),
+                    )
+                    .with_value(&src.written),
+                );
+            }
+        }
+        let get = |k: &str| entries.iter().find(|e| e.key == k);
+        let (timeout, tries) = (get("jgroups.timeout"), get("jgroups.max.tries"));
+        let timeout_ms = timeout.and_then(|e| e.value.parse::<u64>().ok()).filter(|ms| *ms > 0);
+        let tries_n = tries.and_then(|e| e.value.parse::<u64>().ok()).filter(|n| *n > 0);
+        let current = format!(
+            "efm uses node.timeout={} and heartbeat.interval={}",
+            value::format_duration(c.node_timeout),
+            value::format_duration(c.heartbeat_interval)
+        );
+        if let Some(e) = timeout {
+            let equivalent = timeout_ms.map_or_else(
+                || "set node.timeout to the same time".to_owned(),
+                |ms| {
+                    format!(
+                        "the same detection time is node.timeout={}",
+                        value::format_duration(Duration::from_millis(ms))
+                    )
+                },
+            );
+            self.warnings.push(
+                Diagnostic::new(
+                    Severity::Notice,
+                    file,
+                    Some(e.line),
+                    Some(&e.key),
+                    format!(
+                        "EFM 2.0's JGroups suspicion timeout (milliseconds without a heartbeat); efm does not read \
+                         it: node.timeout replaces it ({equivalent}; {current})"
+                    ),
+                )
+                .with_value(&e.value),
+            );
+        }
+        if let Some(e) = tries {
+            let equivalent = match (timeout_ms, tries_n) {
+                (Some(ms), Some(n)) => format!(
+                    "EFM sent {n} are-you-alive messages within jgroups.timeout, one every {}: the same \
+                     cadence is heartbeat.interval={}",
+                    value::format_duration(Duration::from_millis(ms / n)),
+                    value::format_duration(Duration::from_millis(ms / n))
+                ),
+                _ => "heartbeat.interval (the time between heartbeats) replaces the number of tries".to_owned(),
+            };
+            self.warnings.push(
+                Diagnostic::new(
+                    Severity::Notice,
+                    file,
+                    Some(e.line),
+                    Some(&e.key),
+                    format!("EFM 2.0's JGroups retry count; efm does not read it: {equivalent} ({current})"),
+                )
+                .with_value(&e.value),
+            );
+        }
+    }
+
     /// Checks that involve more than one property.
     fn cross_checks(&mut self, c: &Config, v: &Values) {
+        if let Some(enc) = &c.db_password_encrypted {
+            if is_efm_java_encrypted(enc) {
+                // Not the value itself: it is still an (EFM-)encrypted password.
+                let src = self.sources.get("db.password.encrypted");
+                let d = Diagnostic::error(
+                    self.file,
+                    src.map(|s| s.line),
+                    Some(src.map_or("db.password.encrypted", |s| s.key.as_str())),
+                    efm_java_password_step(&c.cluster),
+                );
+                self.errors.push(d);
+            }
+        }
         if let Some(ip) = c.ping_server_ip {
             if ip == IpAddr::from([8, 8, 8, 8]) {
                 let src = self.sources.get("ping.server.ip");
@@ -774,6 +1002,36 @@ impl Builder<'_> {
             self.error_for("node.timeout", "expected a duration longer than heartbeat.interval".into());
         }
     }
+}
+
+/// `eth0:0` (an alias, the EFM 2.0 form of `virtualIp.interface`) → `eth0`; `None` for a plain
+/// interface name.
+#[must_use]
+pub fn split_alias(interface: &str) -> Option<&str> {
+    interface.split_once(':').map(|(base, _)| base).filter(|b| !b.is_empty())
+}
+
+/// Whether a `db.password.encrypted` value was written by EDB Failover Manager's Java `efm
+/// encrypt` (a bare hex string such as `835fb18954f198e94fd3d6f4b070350b`) rather than by efm
+/// (`efm1:...`).
+#[must_use]
+pub fn is_efm_java_encrypted(value: &str) -> bool {
+    let v = value.trim();
+    v.len() >= 16 && v.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// What to do about an EFM-encrypted password: the one message prop-check, upgrade-conf and
+/// the agent give.
+#[must_use]
+pub fn efm_java_password_step(cluster: &str) -> String {
+    format!(
+        "this value was encrypted by EDB Failover Manager (Java), and efm cannot decrypt it (a \
+         different cipher and key). Run `efm encrypt {cluster}` on this host and put the value it \
+         prints in db.password.encrypted (scripted, as with EFM 3.3+: `EFMPASS=<password> efm \
+         encrypt {cluster} --from-env` prints the bare value); copy the key file it creates (efm.key, beside the properties file) \
+         to the other nodes with the properties file. Or leave db.password.encrypted empty and give the \
+         password in ~/.pgpass"
+    )
 }
 
 fn convert(conversion: Conversion, raw: &str) -> Result<String, String> {

@@ -256,14 +256,16 @@ fn java_only_properties_are_ignored_with_notice() {
 #[test]
 fn duplicate_key_names_both_lines() {
     let msg = err("db.port=5445");
-    assert_eq!(msg, format!("{FILE}:7: db.port: set twice, on lines 2 and 7"));
+    assert_eq!(
+        msg,
+        format!("{FILE}:7: db.port: set twice, on lines 2 and 7 (EFM would use the last; efm asks you to keep one)")
+    );
 }
 
 #[test]
-fn line_without_equals_is_an_error() {
-    let msg = err("auto.failover true");
-    assert_eq!(msg, format!("{FILE}:7: expected key=value, found \"auto.failover true\""));
-    assert!(err("=x").contains("missing property name"));
+fn empty_key_is_an_error() {
+    assert!(err("=x").contains("missing property name"), "{}", err("=x"));
+    assert!(err(": x").contains("missing property name"));
 }
 
 #[test]
@@ -323,7 +325,14 @@ fn nodes_file() {
     let nodes = parse_nodes("# nodes\n10.0.0.1:7800 10.0.0.2:7800\n[fd00::3]:7800 # v6\n\n10.0.0.1:7800\n", f).unwrap();
     assert_eq!(nodes.len(), 3);
     assert_eq!(nodes[2], "[fd00::3]:7800".parse().unwrap());
-    let e = parse_nodes("10.0.0.1:7800\n10.0.0.2\nfd00::3:7800 db3:7800 10.0.0.4:0\n", f).unwrap_err();
+    // A table resolver: db3 is not in it, and no name server is asked.
+    let e = parse_nodes_with(
+        "10.0.0.1:7800\n10.0.0.2\nfd00::3:7800 db3:7800 10.0.0.4:0\n",
+        f,
+        &value::TableResolver::default(),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert_eq!(e.len(), 4);
     assert_eq!(
         e[0].to_string(),
@@ -331,6 +340,7 @@ fn nodes_file() {
     );
     assert!(e[1].message.contains("[addr]:port"));
     assert_eq!(e[2].line, Some(3));
+    assert!(e[2].message.contains("host name \"db3\" does not resolve"), "{}", e[2]);
     assert!(e[3].message.contains("1-65535"));
     assert!(parse_nodes("", f).unwrap().is_empty());
 }
@@ -359,7 +369,7 @@ fn efm_33_style_file_loads() {
     let text = "\
 # EFM 3.3 cluster properties
 db.user=enterprisedb
-db.password.encrypted=516b36fb8031da17cfbc010f7d09359c
+db.password.encrypted=efm1:516b36fb8031da17cfbc010f:7d09359c
 db.port=5444
 db.database=edb
 db.service.owner=enterprisedb
@@ -439,7 +449,7 @@ jvm.options=-Xmx32m
 /// The EFM 2.0 guide's names (jdbc.ssl, virtualIp.netmask, pingServerIp).
 #[test]
 fn efm_20_style_file_loads() {
-    let text = "db.user=efm\ndb.password.encrypted=7c801b32a05c0c5cb2ad4ffbda5e8f9a\ndb.port=5444\n\
+    let text = "db.user=efm\ndb.password.encrypted=efm1:7c801b32a05c0c5cb2ad4ffb:da5e8f9a\ndb.port=5444\n\
 db.database=acctg_db\ndb.service.owner=enterprisedb\ndb.recovery.conf.dir=/opt/PostgresPlus/9.4AS/data\n\
 db.bin=/opt/PostgresPlus/9.4AS/bin\njdbc.ssl=false\nuser.email=user_name@address.com\n\
 bind.address=192.168.2.54:5444\nadmin.port=\nis.witness=false\nlocal.period=10\nlocal.timeout=60\n\
@@ -452,7 +462,9 @@ jgroups.loglevel=INFO\nefm.loglevel=INFO\nefm.license=\n";
     assert!(l.warnings.iter().all(|w| w.severity == Severity::Notice || w.message.contains("deprecated")));
     assert_eq!(l.config.virtual_ip_prefix, Some(24));
     assert_eq!(l.config.jdbc_sslmode, SslMode::Disable);
-    assert_eq!(l.config.virtual_ip_interface.as_deref(), Some("eth0:0"));
+    // The 2.0 alias form: the VIP goes on eth0 with the label eth0:0.
+    assert_eq!(l.config.virtual_ip_interface.as_deref(), Some("eth0"));
+    assert_eq!(l.config.virtual_ip_label.as_deref(), Some("eth0:0"));
 }
 
 #[test]

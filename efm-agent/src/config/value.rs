@@ -326,3 +326,111 @@ fn is_email(raw: &str) -> bool {
         None => false,
     }
 }
+
+/// Host name resolution for `.nodes` entries, `bind.address` and `virtual.ip` (EFM accepts
+/// names there). The agent and `efm prop-check` use [`SystemResolver`]; tests use their own
+/// table so that they never ask a name server.
+pub trait Resolve {
+    /// Every address of `host` (a name, not a literal), in the resolver's order of preference.
+    ///
+    /// # Errors
+    /// The resolver's reason when the name does not resolve.
+    fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String>;
+}
+
+/// `getaddrinfo(3)` through std's `ToSocketAddrs`: `/etc/hosts`, DNS, ... as
+/// `/etc/nsswitch.conf` says, addresses sorted by RFC 6724 (`/etc/gai.conf`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        use std::net::ToSocketAddrs as _;
+        let mut out: Vec<IpAddr> = Vec::new();
+        for a in (host, 0u16).to_socket_addrs().map_err(|e| e.to_string())? {
+            if !out.contains(&a.ip()) {
+                out.push(a.ip());
+            }
+        }
+        if out.is_empty() {
+            return Err("no address".into());
+        }
+        Ok(out)
+    }
+}
+
+/// The outcome of resolving one host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved<A> {
+    /// The name as written.
+    pub name: String,
+    /// The address used: the first of `all`.
+    pub chosen: A,
+    /// Every address the name resolved to, in the resolver's order.
+    pub all: Vec<IpAddr>,
+}
+
+impl<A: fmt::Display> Resolved<A> {
+    /// A note for the operator when the name resolved to several addresses.
+    #[must_use]
+    pub fn note(&self) -> Option<String> {
+        (self.all.len() > 1).then(|| {
+            let all: Vec<String> = self.all.iter().map(ToString::to_string).collect();
+            format!(
+                "host name {} resolves to {} addresses ({}); efm uses {}, the first in the \
+                 resolver's order (getaddrinfo, RFC 6724 / /etc/gai.conf), resolved once at start — \
+                 write the address itself to choose another",
+                self.name,
+                all.len(),
+                all.join(", "),
+                self.chosen
+            )
+        })
+    }
+}
+
+/// Whether `raw` is shaped like a host name (letters, digits, `-`, dots; not an IP literal).
+#[must_use]
+pub fn looks_like_host_name(raw: &str) -> bool {
+    raw.parse::<IpAddr>().is_err() && is_host_name(raw) && raw.chars().any(|c| c.is_ascii_alphabetic())
+}
+
+/// Resolve `host`; `Err` names the host and the resolver's reason.
+pub fn resolve_host(host: &str, resolver: &dyn Resolve) -> Result<Resolved<IpAddr>, String> {
+    let all = resolver.resolve(host).map_err(|e| {
+        format!("host name \"{host}\" does not resolve ({e}); write an IP address or fix name resolution on this host")
+    })?;
+    let chosen = *all.first().ok_or_else(|| format!("host name \"{host}\" resolves to no address"))?;
+    Ok(Resolved { name: host.to_owned(), chosen, all })
+}
+
+/// `name:port` with a host name: `None` when `raw` is not of that shape (the caller keeps its
+/// own message), otherwise the resolution.
+pub fn resolve_host_port(raw: &str, resolver: &dyn Resolve) -> Option<Result<Resolved<SocketAddr>, String>> {
+    let (host, port) = raw.rsplit_once(':')?;
+    if !looks_like_host_name(host) {
+        return None;
+    }
+    let Some(port) = parse_port(port) else {
+        return Some(Err("expected host:port with a port number 1-65535".into()));
+    };
+    Some(resolve_host(host, resolver).map(|r| Resolved {
+        name: r.name,
+        chosen: SocketAddr::new(r.chosen, port),
+        all: r.all,
+    }))
+}
+
+/// A fixed table, for tests: names not in it do not resolve. No name server is asked.
+#[derive(Debug, Clone, Default)]
+pub struct TableResolver(pub Vec<(String, Vec<IpAddr>)>);
+
+impl Resolve for TableResolver {
+    fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(host))
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| "Name or service not known".to_owned())
+    }
+}

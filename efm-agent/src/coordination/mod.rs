@@ -15,9 +15,10 @@
 //! 3. If every listed member is unreachable or has no Raft state either, and the list contains this
 //!    node, the list declares a fresh cluster: initialize with exactly the listed members. openraft
 //!    accepts `initialize` with the identical membership on every node (the first log entry is the
-//!    same everywhere), so **a fresh cluster must start from identical `.nodes` files that list
-//!    every member, this node included**. A list that does not contain this node means "join an
-//!    existing cluster": the node keeps asking in the background.
+//!    same everywhere), so **a fresh cluster must start from `.nodes` files that name the same
+//!    member set**. The list is the file plus this node (`config` adds `bind.address` when the
+//!    file leaves it out, as EFM 2.0 files do: they list only the *other* members), so 3.x files
+//!    listing everyone and 2.0 files each listing the others both give the identical full set.
 //!
 //! A node with Raft state on disk just restarts from it. Failed voters count toward the quorum until
 //! removed (`DisallowNode` removes a node from the membership too): EFM 5 semantics.

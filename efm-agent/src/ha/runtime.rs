@@ -725,10 +725,13 @@ impl HaRuntime {
     fn vip(&self, assign: bool) {
         let (Some(addr), Some(prefix)) = (self.cfg.virtual_ip, self.cfg.virtual_ip_prefix) else { return };
         let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+        // EFM 2.0's alias form (`eth0:0`): the address goes on the base interface with that label.
+        let label = self.cfg.virtual_ip_label.clone();
         let done = self.events_tx.clone();
         tokio::task::spawn_blocking(move || {
             let res = if assign {
-                vip::assign(&iface, addr, prefix).map(|a| format!("{a:?}"))
+                vip::assign_labeled(&iface, label.as_deref(), addr, prefix, &vip::Announce::default())
+                    .map(|a| format!("{a:?}"))
             } else {
                 vip::release(&iface, addr, prefix).map(|r| format!("{r:?}"))
             };

@@ -282,6 +282,10 @@ pub struct Extension {
     /// What we know about each address of `missingnodes`.
     #[serde(default)]
     pub missing: BTreeMap<String, MissingNode>,
+    /// Whether automatic failover is on (the committed cluster state, else `auto.failover`);
+    /// `None` from an agent that does not report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_failover: Option<bool>,
 }
 
 /// A cluster member whose agent is not running.

@@ -28,7 +28,9 @@
 //! <TAB>Standby database(s) in sync with primary. It is safe to promote.
 //! ```
 //!
-//! followed, when there are idle nodes, by "Idle Node Status (idle nodes ignored in WAL LSN
+//! followed, when automatic failover is off, by "<TAB>Automatic failover is disabled." under the
+//! promote verdict (the verdict says whether a promotion would be safe; this line says none will
+//! happen by itself), then, when there are idle nodes, by "Idle Node Status (idle nodes ignored in WAL LSN
 //! comparisons):" and its table, and by `messages`, one per line. Our additions are the "HB
 //! age" and "RTT p50/p99" columns and, when members are missing, a "Missing nodes:" table
 //! after the first one.
@@ -49,6 +51,7 @@ const SAFE_TO_PROMOTE: &str = "Standby database(s) in sync with primary. It is s
 const NOT_IN_SYNC: &str = "One or more standby databases are not in sync with the primary.";
 const NOT_SAFE: &str = "It is not safe to promote.";
 const EMPTY_LIST: &str = "(List is empty.)";
+const AUTO_FAILOVER_OFF: &str = "Automatic failover is disabled.";
 
 /// Renders the `efm cluster-status` report.
 #[must_use]
@@ -76,6 +79,9 @@ pub fn render_text(status: &ClusterStatus) -> String {
     out.push('\n');
     for line in promote_verdict(status) {
         let _ = writeln!(out, "{INDENT}{line}");
+    }
+    if status.efm.auto_failover == Some(false) {
+        let _ = writeln!(out, "{INDENT}{AUTO_FAILOVER_OFF}");
     }
 
     let idle: Vec<(&str, &NodeStatus)> =

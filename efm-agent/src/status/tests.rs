@@ -309,6 +309,28 @@ fn messages_are_printed_last() {
     assert!(text.ends_with("safe to promote.\n\nNode 198.18.0.9 is not allowed to join.\n"));
 }
 
+#[test]
+fn automatic_failover_disabled_is_said_under_the_verdict() {
+    let mut s = healthy();
+    for on in [None, Some(true)] {
+        s.efm.auto_failover = on;
+        assert!(!render_text(&s).contains("Automatic failover"), "{on:?}");
+    }
+    s.efm.auto_failover = Some(false);
+    let text = render_text(&s);
+    assert!(
+        text.contains(
+            "\tStandby database(s) in sync with primary. It is safe to promote.\n\tAutomatic failover is disabled.\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("Automatic failover is disabled.").count(), 1);
+    assert_eq!(json(&s)["efm"]["auto_failover"], serde_json::Value::Bool(false));
+    // EFM's own keys are unchanged; an agent that does not report it reads as unknown.
+    let back: ClusterStatus = serde_json::from_str(&healthy().to_json()).unwrap();
+    assert_eq!(back.efm.auto_failover, None);
+}
+
 // ---- JSON ----
 
 fn json(s: &ClusterStatus) -> serde_json::Value {

@@ -180,9 +180,22 @@ pub fn assign(iface: &str, addr: IpAddr, prefix: u8) -> Result<Assigned> {
 /// announcement refreshes the neighbours' caches). On a non-Ethernet interface nothing is
 /// announced. If the announcement fails the error is returned, but the address stays assigned.
 pub fn assign_with(iface: &str, addr: IpAddr, prefix: u8, announce: &Announce) -> Result<Assigned> {
+    assign_labeled(iface, None, addr, prefix, announce)
+}
+
+/// [`assign_with`], giving an IPv4 address the label `label` (`IFA_LABEL`): EFM 2.0's alias
+/// form `virtualIp.interface=eth0:0` puts the VIP on `eth0` labelled `eth0:0`, as
+/// `ip addr add ... label eth0:0` does (`None`: the kernel's default, the interface name).
+pub fn assign_labeled(
+    iface: &str,
+    label: Option<&str>,
+    addr: IpAddr,
+    prefix: u8,
+    announce: &Announce,
+) -> Result<Assigned> {
     check_addr(Op::Assign, addr, prefix)?;
     let link = lookup(iface, Op::Assign, Some(addr))?;
-    let outcome = match netif::change_address(true, link.index, addr, prefix) {
+    let outcome = match netif::change_address(true, link.index, addr, prefix, label) {
         Ok(()) => {
             tracing::info!(%iface, vip = %addr, prefix, "VIP assigned");
             Assigned::Added
@@ -203,7 +216,7 @@ pub fn assign_with(iface: &str, addr: IpAddr, prefix: u8, announce: &Announce) -
 pub fn release(iface: &str, addr: IpAddr, prefix: u8) -> Result<Released> {
     check_addr(Op::Release, addr, prefix)?;
     let link = lookup(iface, Op::Release, Some(addr))?;
-    match netif::change_address(false, link.index, addr, prefix) {
+    match netif::change_address(false, link.index, addr, prefix, None) {
         Ok(()) => {
             tracing::info!(%iface, vip = %addr, prefix, "VIP released");
             Ok(Released::Removed)

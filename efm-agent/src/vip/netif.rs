@@ -302,7 +302,20 @@ fn link(m: LinkMessage) -> Result<Link, NlError> {
 
 /// `RTM_NEWADDR` (create-exclusive; IPv6 with `IFA_F_NODAD`, so the address is usable at once) or
 /// `RTM_DELADDR` for `addr/prefix` on interface `index`.
+#[cfg(test)]
 pub(super) fn address_request(add: bool, index: u32, addr: IpAddr, prefix: u8) -> (u16, RouteNetlinkMessage) {
+    labeled_address_request(add, index, addr, prefix, None)
+}
+
+/// [`address_request`] with an IPv4 address label (`IFA_LABEL`, e.g. `eth0:0` for EFM 2.0's
+/// alias form of `virtualIp.interface`); IPv6 addresses have no labels, so it is left out.
+pub(super) fn labeled_address_request(
+    add: bool,
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+    label: Option<&str>,
+) -> (u16, RouteNetlinkMessage) {
     let mut m = AddressMessage::default();
     m.header.family = family_of(addr);
     m.header.prefix_len = prefix;
@@ -315,6 +328,9 @@ pub(super) fn address_request(add: bool, index: u32, addr: IpAddr, prefix: u8) -
         m.header.flags = AddressHeaderFlags::Nodad;
     }
     m.attributes = vec![AddressAttribute::Local(addr), AddressAttribute::Address(addr)];
+    if let (true, Some(label)) = (add && addr.is_ipv4(), label) {
+        m.attributes.push(AddressAttribute::Label(label.to_owned()));
+    }
     if add {
         (NLM_F_CREATE | NLM_F_EXCL, RouteNetlinkMessage::NewAddress(m))
     } else {
@@ -324,8 +340,14 @@ pub(super) fn address_request(add: bool, index: u32, addr: IpAddr, prefix: u8) -
 
 /// Adds (`add`) or removes `addr/prefix` on interface `index`; the kernel's refusal as an
 /// [`NlError`] (`EEXIST`: already there; `EADDRNOTAVAIL`: not there).
-pub(super) fn change_address(add: bool, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NlError> {
-    let (flags, msg) = address_request(add, index, addr, prefix);
+pub(super) fn change_address(
+    add: bool,
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+    label: Option<&str>,
+) -> Result<(), NlError> {
+    let (flags, msg) = labeled_address_request(add, index, addr, prefix, label);
     Rtnl::open()?.request(flags, msg)
 }
 
@@ -419,6 +441,23 @@ mod tests {
 
     fn u32_at(b: &[u8], at: usize) -> u32 {
         u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn label_is_sent_for_ipv4_only_and_only_when_adding() {
+        let with = |add: bool, a: &str| match labeled_address_request(add, 3, a.parse().unwrap(), 24, Some("eth0:0")).1
+        {
+            RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m) => m.attributes,
+            other => panic!("{other:?}"),
+        };
+        assert!(with(true, "198.18.0.100").contains(&AddressAttribute::Label("eth0:0".into())));
+        assert!(!with(false, "198.18.0.100").iter().any(|a| matches!(a, AddressAttribute::Label(_))));
+        assert!(!with(true, "fd00:efd::100").iter().any(|a| matches!(a, AddressAttribute::Label(_))));
+        let (_, plain) = address_request(true, 3, "198.18.0.100".parse().unwrap(), 24);
+        assert_eq!(
+            bytes(0, plain.clone()),
+            bytes(0, labeled_address_request(true, 3, "198.18.0.100".parse().unwrap(), 24, None).1)
+        );
     }
 
     #[test]

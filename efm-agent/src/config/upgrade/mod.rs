@@ -18,6 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::parse::{logical_lines, Logical, Separator};
 use super::properties::{self, Conversion, JAVA_ONLY};
 use super::value::{self, Value};
 use crate::files::{self, Existing, WriteOptions};
@@ -144,8 +145,14 @@ pub fn upgrade(source_dir: &Path, cluster: &str) -> Result<UpgradeResult, Upgrad
 /// Convert the text of a properties file and a nodes file.
 #[must_use]
 pub fn upgrade_text(cluster: &str, properties: &str, nodes: &str) -> UpgradeResult {
-    let mut u =
-        Upgrader { cluster, out: Vec::new(), pending: Vec::new(), claimed: HashMap::new(), changes: Vec::new() };
+    let mut u = Upgrader {
+        cluster,
+        out: Vec::new(),
+        pending: Vec::new(),
+        claimed: HashMap::new(),
+        changes: Vec::new(),
+        jgroups: (None, None),
+    };
     u.out.extend(
         [
             "# Cluster properties for efm, converted from an EDB Failover Manager",
@@ -156,28 +163,61 @@ pub fn upgrade_text(cluster: &str, properties: &str, nodes: &str) -> UpgradeResu
         .map(str::to_owned),
     );
     let lines: Vec<&str> = properties.lines().collect();
+    let items = logical_lines(properties);
     // Java's Properties keeps the last of repeated keys; so does EFM.
     let mut last: HashMap<&str, usize> = HashMap::new();
-    for (idx, raw) in lines.iter().enumerate() {
-        if let Some((key, _)) = split(raw) {
-            last.insert(key, idx + 1);
+    for item in &items {
+        if let Logical::Property { first, key, .. } = item {
+            last.insert(key.as_str(), *first);
         }
     }
-    for (idx, raw) in lines.iter().enumerate() {
-        let line = idx + 1;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!') {
-            u.pending.push(raw.trim_end());
-            continue;
-        }
-        match split(raw) {
-            None => u.comment_out(trimmed, trimmed, "not a key=value line".into(), line),
-            Some((key, value)) => match last.get(key) {
-                Some(&later) if later != line => {
-                    u.comment_out(key, trimmed, format!("set again on line {later}; EFM used the last value"), line);
+    u.jgroups = jgroups_values(&items);
+    for item in &items {
+        match item {
+            Logical::Blank(l) | Logical::Comment(l) => u.pending.push(lines[l - 1].trim_end()),
+            Logical::Property { first, last: end, key, value, separator, problems } => {
+                let line = *first;
+                let written = lines[first - 1..*end].iter().map(|l| l.trim()).collect::<Vec<_>>().join("\n");
+                if let Some((_, problem)) = problems.iter().find(|(s, _)| *s == super::Severity::Error) {
+                    u.comment_out(key, &written, problem.clone(), line);
+                    continue;
                 }
-                _ => u.property(key, value, raw.trim_end(), line),
-            },
+                if key.is_empty() {
+                    u.comment_out(&written, &written, "no property name before the separator".into(), line);
+                    continue;
+                }
+                match last.get(key.as_str()) {
+                    Some(&later) if later != line => u.comment_out(
+                        key,
+                        &written,
+                        format!("set again on line {later}; EFM used the last value"),
+                        line,
+                    ),
+                    _ => {
+                        // Plain `key=value` lines are kept as written; other Java syntax
+                        // (`key: value`, `key value`, continuations, escapes) is written out
+                        // as key=value.
+                        let plain = first == end
+                            && *separator == Separator::Equals
+                            && problems.is_empty()
+                            && !written.contains('\\');
+                        let out = if plain {
+                            lines[first - 1].trim_end().to_owned()
+                        } else {
+                            format!("{}={}", escape_key(key), escape_value(value))
+                        };
+                        if !plain && properties::find(key).is_some() {
+                            u.changes.push(Change::Converted {
+                                from: key.clone(),
+                                to: key.clone(),
+                                detail: "Java properties syntax written as key=value".into(),
+                                line,
+                            });
+                        }
+                        u.property(key, value, &out, line);
+                    }
+                }
+            }
         }
     }
     u.flush(true);
@@ -189,15 +229,44 @@ pub fn upgrade_text(cluster: &str, properties: &str, nodes: &str) -> UpgradeResu
     UpgradeResult { properties_text, nodes_text, changes: u.changes }
 }
 
-/// `key=value`, both trimmed; `None` without `=` or with an empty key.
-fn split(raw: &str) -> Option<(&str, &str)> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!') {
-        return None;
+/// The EFM 2.0 `JGroups` timing (`jgroups.timeout` ms, `jgroups.max.tries`), when set.
+fn jgroups_values(items: &[Logical]) -> (Option<u64>, Option<u64>) {
+    let get = |name: &str| {
+        items.iter().find_map(|i| match i {
+            Logical::Property { key, value, .. } if key == name => value.parse::<u64>().ok().filter(|n| *n > 0),
+            _ => None,
+        })
+    };
+    (get("jgroups.timeout"), get("jgroups.max.tries"))
+}
+
+/// A key as a properties file writes it.
+fn escape_key(key: &str) -> String {
+    let mut out = String::new();
+    for c in key.chars() {
+        if matches!(c, '=' | ':' | ' ' | '#' | '!' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
     }
-    let (key, value) = trimmed.split_once('=')?;
-    let key = key.trim();
-    (!key.is_empty()).then_some((key, value.trim()))
+    out
+}
+
+/// A value as a properties file writes it (backslashes doubled, line breaks escaped, a leading
+/// blank escaped).
+fn escape_value(value: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            ' ' if i == 0 => out.push_str("\\ "),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 struct Upgrader<'a> {
@@ -208,6 +277,8 @@ struct Upgrader<'a> {
     /// Canonical property → source line that set it.
     claimed: HashMap<&'static str, usize>,
     changes: Vec<Change>,
+    /// `jgroups.timeout` (ms) and `jgroups.max.tries` of the source, for the mapping note.
+    jgroups: (Option<u64>, Option<u64>),
 }
 
 impl Upgrader<'_> {
@@ -234,7 +305,9 @@ impl Upgrader<'_> {
     fn comment_out(&mut self, name: &str, text: &str, reason: String, line: usize) {
         self.flush(true);
         self.note(&reason);
-        self.out.push(format!("#{text}"));
+        for l in text.lines() {
+            self.out.push(format!("#{l}"));
+        }
         self.changes.push(Change::CommentedOut { name: name.to_owned(), reason, line });
     }
 
@@ -264,6 +337,9 @@ impl Upgrader<'_> {
                 self.comment_out(key, raw.trim(), reason, line);
             } else if def.name == "ping.server.ip" && value == PUBLIC_PING {
                 self.public_ping(key, line);
+            } else if def.name == "db.password.encrypted" && super::is_efm_java_encrypted(value) {
+                let reason = format!("db.password.encrypted: {}", super::efm_java_password_step(self.cluster));
+                self.comment_out(key, raw.trim(), reason, line);
             } else {
                 self.flush(true);
                 if def.name == "node.timeout" {
@@ -274,6 +350,9 @@ impl Upgrader<'_> {
             }
         } else if let Some(legacy) = properties::legacy(key) {
             self.legacy(key, value, &legacy.targets, legacy.conversion, line);
+        } else if key == "jgroups.timeout" || key == "jgroups.max.tries" {
+            let reason = self.jgroups_mapping(key);
+            self.comment_out(key, raw.trim(), reason, line);
         } else if JAVA_ONLY.contains(&key) {
             self.flush(false);
             self.changes.push(Change::Dropped {
@@ -334,6 +413,29 @@ impl Upgrader<'_> {
         }
     }
 
+    /// What replaces EFM 2.0's `JGroups` timing in efm, with the equivalent value.
+    fn jgroups_mapping(&self, key: &str) -> String {
+        let fmt_ms = |ms: u64| value::format_duration(Duration::from_millis(ms));
+        match (key, self.jgroups) {
+            ("jgroups.timeout", (Some(ms), _)) => format!(
+                "EFM 2.0's JGroups suspicion timeout; efm does not read it. node.timeout replaces it: the same \
+                 detection time is node.timeout={} (efm's default, 500ms, detects in the kernel much sooner)",
+                fmt_ms(ms)
+            ),
+            ("jgroups.max.tries", (Some(ms), Some(n))) => format!(
+                "EFM 2.0's JGroups retry count; efm does not read it. heartbeat.interval replaces it: {n} tries \
+                 within {} is one every {}, i.e. heartbeat.interval={} (efm's default is 50ms)",
+                fmt_ms(ms),
+                fmt_ms(ms / n),
+                fmt_ms(ms / n)
+            ),
+            ("jgroups.timeout", _) => {
+                "EFM 2.0's JGroups suspicion timeout; efm does not read it: set node.timeout instead".into()
+            }
+            _ => "EFM 2.0's JGroups retry count; efm does not read it: set heartbeat.interval instead".into(),
+        }
+    }
+
     /// EFM counted node.timeout in seconds (50 by default); keep the
     /// operator's value but say what efm would suggest.
     fn advise_node_timeout(&mut self, value: &str, line: usize) {
@@ -386,8 +488,13 @@ fn upgrade_nodes(text: &str) -> (String, Vec<Change>) {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for token in content.split_whitespace() {
+            let host_name = token
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| value::looks_like_host_name(h) && p.parse::<u16>().is_ok_and(|p| p != 0));
             match value::parse_socket_addr(token) {
                 Ok(_) => good.push(token),
+                // efm resolves host names at start, as EFM did.
+                Err(_) if host_name => good.push(token),
                 Err(expected) => bad.push((token, expected)),
             }
         }

@@ -16,7 +16,14 @@ fn reload(r: &UpgradeResult, tag: &str) -> Loaded {
     let dir = temp_dir(tag);
     r.write_to(&dir, "acctg", false).unwrap();
     let loaded = load(&dir, "acctg").unwrap_or_else(|e| panic!("{e}\n--- output ---\n{}", r.properties_text));
-    assert!(loaded.warnings.is_empty(), "{:?}\n--- output ---\n{}", loaded.warnings, r.properties_text);
+    // The one remark left is prop-check's about a second-scale node.timeout, which
+    // upgrade-conf keeps as written (with its own advice above it).
+    let remarks: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| !(w.severity == crate::config::Severity::Notice && w.property.as_deref() == Some("node.timeout")))
+        .collect();
+    assert!(remarks.is_empty(), "{:?}\n--- output ---\n{}", remarks, r.properties_text);
     fs::remove_dir_all(&dir).unwrap();
     loaded
 }
@@ -147,7 +154,12 @@ fn efm_33_file_changes() {
             "cluster.key.file"
         ]
     );
-    assert_eq!(r.changes.len(), 10 + 3 + added.len(), "{}", r.render_changes());
+    // The EFM-encrypted db.password.encrypted is commented out with the step to take.
+    assert!(r.changes.iter().any(|c| matches!(c,
+        Change::CommentedOut { name, reason, line: 6 }
+            if name == "db.password.encrypted" && reason.contains("run `efm encrypt acctg`") || reason.contains("Run `efm encrypt acctg`"))),
+        "{}", r.render_changes());
+    assert_eq!(r.changes.len(), 11 + 3 + added.len(), "{}", r.render_changes());
 }
 
 #[test]
@@ -194,7 +206,7 @@ fn efm_33_file_loads_and_reports() {
     assert!(report.contains("line 51: dropped jvm.options ("), "{report}");
     assert!(report.contains("line 29: commented out pingServerIp ("), "{report}");
     assert!(report.contains("added xdp.mode=auto\n"), "{report}");
-    assert!(report.ends_with("6 renamed, 3 converted, 2 dropped, 1 commented out, 7 added\n"), "{report}");
+    assert!(report.ends_with("6 renamed, 3 converted, 2 dropped, 2 commented out, 7 added\n"), "{report}");
 }
 
 const EFM5: &str = "\
@@ -302,19 +314,23 @@ fn conflicts_repeats_and_bad_values_are_commented_out() {
             (10, "virtual.ip.prefix is already set on line 9"),
             (11, "cannot convert to jdbc.sslmode: expected true or false"),
             (12, "efm has no property auto.failvoer; did you mean auto.failover?"),
-            (13, "not a key=value line"),
+            // Java properties syntax: "this" is the key, the rest its value.
+            (13, "efm has no property this"),
         ]
     );
     assert!(r.properties_text.contains("\n#db.port=5433\ndb.port=5444\n"));
+    // Host names are kept (efm resolves them at start); a bad port is not.
+    assert!(!r.changes.iter().any(|c| matches!(c, Change::NodeDropped { entry, .. } if entry == "db2:7800")));
+    let r = upgrade_text("acctg", text, "10.0.0.1:7800 db2:0 # members\n");
     has(
         &r,
         &Change::NodeDropped {
-            entry: "db2:7800".into(),
+            entry: "db2:0".into(),
             reason: "expected ip:port (IPv6 as [addr]:port)".into(),
             line: 1,
         },
     );
-    assert!(r.nodes_text.ends_with("#10.0.0.1:7800 db2:7800 # members\n10.0.0.1:7800 # members\n"));
+    assert!(r.nodes_text.ends_with("#10.0.0.1:7800 db2:0 # members\n10.0.0.1:7800 # members\n"));
     let c = reload(&r, "conflicts").config;
     assert_eq!(c.db_port, 5444);
     assert_eq!(c.virtual_ip_prefix, Some(24));

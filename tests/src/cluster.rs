@@ -2,6 +2,11 @@
 //! namespace on a bridge), real `PostgreSQL` 15 (a primary and `pg_basebackup` standbys), a
 //! configuration per node, real agents, and a client that writes through the VIP and records, on
 //! the shared kernel clock, which server acknowledged each write.
+//!
+//! The users are EFM's: the agents monitor as [`pg::MONITOR_USER`] (not a superuser; its
+//! password given as `db.password.encrypted`, encrypted with each node's `efm.key`), the
+//! standbys stream as [`pg::REPLICATION_USER`] (password in a `passfile`), the client writes as
+//! [`pg::APP_USER`].
 
 use std::{
     fmt::Write as _,
@@ -266,12 +271,18 @@ impl Cluster {
             let dir = root.path().join(format!("node{}", i + 1));
             fs::create_dir_all(&dir).unwrap();
             let ip = bed.nodes[i].ip.to_string();
+            let monitor_password =
+                pgs.iter().flatten().next().map(|p| p.creds.monitor_password.clone()).unwrap_or_default();
+            let enc_key = efm_agent::secret::Key::load_or_create(&dir.join("efm.key")).expect("creating efm.key");
+            let enc = efm_agent::secret::encrypt(&enc_key, CLUSTER, &monitor_password)
+                .expect("encrypting the monitoring password");
             let mut props = format!(
-                "db.user=postgres\ndb.port=5432\ndb.database=postgres\nbind.address={ip}:7800\n\
+                "db.user={user}\ndb.password.encrypted={enc}\ndb.port=5432\ndb.database=postgres\nbind.address={ip}:7800\n\
                  lock.dir={d}/lock\nlog.dir={d}/log\ncluster.key.file={key}\n\
                  virtual.ip={VIP}\nvirtual.ip.prefix=24\n{defaults}{extra}\n",
                 d = dir.display(),
                 key = key.display(),
+                user = pg::MONITOR_USER,
                 defaults = defaults_not_in(extra),
             );
             match pgs[i].as_ref() {
@@ -416,7 +427,10 @@ impl Cluster {
     #[must_use]
     pub fn writer(&self) -> Writer {
         let ns = format!("/var/run/netns/{}", self.bed.nodes[self.kinds.len()].ns.name);
-        self.pg[0].as_ref().unwrap().psql("CREATE TABLE IF NOT EXISTS efm_probe (seq bigint PRIMARY KEY, t bigint)");
+        self.pg[0].as_ref().unwrap().psql(&format!(
+            "CREATE TABLE IF NOT EXISTS efm_probe (seq bigint PRIMARY KEY, t bigint); GRANT ALL ON efm_probe TO {}",
+            pg::APP_USER
+        ));
         Writer::start(ns)
     }
 }
@@ -558,13 +572,14 @@ impl Drop for Writer {
     }
 }
 
-/// A client configuration for `host`:5432 as `postgres`, TCP keepalives off.
+/// A client configuration for `host`:5432 as the application's user [`pg::APP_USER`], TCP
+/// keepalives off.
 #[must_use]
 pub fn client_config(host: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(host)
         .port(5432)
-        .user("postgres")
+        .user(pg::APP_USER)
         .dbname("postgres")
         .keepalives(false)
         .connect_timeout(Duration::from_millis(300));
@@ -778,4 +793,57 @@ pub fn run_failover(
         new_primary: new,
     };
     (c, acks, run)
+}
+
+impl Cluster {
+    /// Replication as EFM's guide sets it up, checked on the serving primary `primary`: each
+    /// database in `standbys` streams from it as [`pg::REPLICATION_USER`] (its WAL receiver
+    /// names that user and the password file, `pg_stat_replication` on the primary shows the
+    /// user), and no data directory's configuration contains the monitoring user's password.
+    /// Waits up to `timeout` for the streams.
+    pub fn assert_replication_settings(&self, primary: usize, standbys: &[usize], timeout: Duration) {
+        let p = self.pg[primary].as_ref().expect("the primary has a database");
+        let until = Instant::now() + timeout;
+        for &i in standbys {
+            let s = self.pg[i].as_ref().expect("a standby has a database");
+            let name = format!("n{}", i + 1);
+            loop {
+                // cluster_name is the WAL receiver's application_name unless primary_conninfo
+                // sets one: match by the receiver's address instead.
+                let last = p.psql(&format!(
+                    "SELECT usename, state FROM pg_stat_replication WHERE client_addr = '{}'",
+                    self.bed.nodes[i].ip
+                ));
+                if last == format!("{}|streaming", pg::REPLICATION_USER) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "{name} does not stream from n{} as {}: pg_stat_replication says {last:?}",
+                    primary + 1,
+                    pg::REPLICATION_USER
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let ci = s.psql("SHOW primary_conninfo");
+            let ci = efm_agent::postgres::control::ConnInfo::parse(&ci).expect("primary_conninfo parses");
+            assert_eq!(ci.get("host"), Some(self.files[primary].ip.as_str()), "{name}: {ci:?}");
+            assert_eq!(ci.get("user"), Some(pg::REPLICATION_USER), "{name}: {ci:?}");
+            assert_eq!(ci.get("passfile").map(PathBuf::from), Some(s.creds.passfile.clone()), "{name}: {ci:?}");
+            assert_eq!(ci.get("password"), None, "{name}: {ci:?}");
+        }
+        self.assert_no_monitor_password_in_config();
+    }
+
+    /// No data directory's configuration files contain the monitoring user's password (the
+    /// distinctive part of it, so that any quoting of it is found too).
+    pub fn assert_no_monitor_password_in_config(&self) {
+        for (i, p) in self.pg.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let pw = &p.creds.monitor_password;
+            let tail = &pw[pw.len().saturating_sub(16)..];
+            let hits = p.config_files_containing(tail);
+            assert!(hits.is_empty(), "n{}: the monitoring password is written in {hits:?}", i + 1);
+        }
+    }
 }

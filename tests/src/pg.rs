@@ -7,9 +7,18 @@
 //! postmaster, stops the server with `pg_ctl -m immediate`, kills whatever is left of it and
 //! removes the directory; this also happens when a test panics.
 //!
-//! Authentication (`pg_hba.conf`): trust for local sockets, loopback and the test networks
-//! 198.18.0.0/15 and `fd00:efd::/64` (also for replication), except for the role
-//! [`PASSWORD_USER`], which must send a password (SCRAM) over TCP.
+//! Users, as EFM's guide sets them up: every primary gets a monitoring user [`MONITOR_USER`]
+//! that is not a superuser (`pg_monitor`, `pg_signal_backend`, `EXECUTE` on `pg_promote`,
+//! `pg_reload_conf`, `pg_wal_replay_pause`/`resume`, `pg_control_checkpoint`), a replication
+//! user [`REPLICATION_USER`] (`REPLICATION`, nothing else) and an application user
+//! [`APP_USER`]; each password-protected one has its own random password ([`Credentials`],
+//! shared by a primary and its standbys). Standbys stream as [`REPLICATION_USER`], with its
+//! password in a `passfile` named in `primary_conninfo` (never the password itself).
+//!
+//! Authentication (`pg_hba.conf`): trust for local sockets; over TCP (loopback and the test
+//! networks 198.18.0.0/15 and `fd00:efd::/64`) SCRAM for [`MONITOR_USER`],
+//! [`REPLICATION_USER`] and [`PASSWORD_USER`], trust for the others; replication over TCP only
+//! for [`REPLICATION_USER`].
 //!
 //! Missing `PostgreSQL` binaries make the test panic with what to install: these tests never skip.
 
@@ -29,6 +38,58 @@ use efm_agent::postgres::DbTarget;
 pub const PASSWORD_USER: &str = "efm_pw";
 /// The superuser `initdb` creates.
 pub const SUPERUSER: &str = "postgres";
+/// The monitoring user (EFM's `db.user`): not a superuser, see the module documentation.
+pub const MONITOR_USER: &str = "efm";
+/// The replication user the standbys' `primary_conninfo` names.
+pub const REPLICATION_USER: &str = "repuser";
+/// The application's user (the test clients): no special rights.
+pub const APP_USER: &str = "app";
+
+/// The grants EFM's guide gives a monitoring user that is not a superuser.
+pub const MONITOR_GRANTS: &str = "GRANT pg_monitor TO efm; GRANT pg_signal_backend TO efm; \
+     GRANT EXECUTE ON FUNCTION pg_catalog.pg_promote(boolean, integer) TO efm; \
+     GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO efm; \
+     GRANT EXECUTE ON FUNCTION pg_catalog.pg_wal_replay_pause() TO efm; \
+     GRANT EXECUTE ON FUNCTION pg_catalog.pg_wal_replay_resume() TO efm; \
+     GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_checkpoint() TO efm;";
+
+/// The passwords of a primary and its standbys, and the replication user's password file
+/// (`<dir>/pgpass`, owned by `postgres`, 0600). Removed with the last server using it.
+#[derive(Debug)]
+pub struct Credentials {
+    pub monitor_password: String,
+    pub replication_password: String,
+    pub passfile: PathBuf,
+    dir: TempDir,
+}
+
+impl Credentials {
+    fn new() -> Self {
+        let dir = TempDir::new("creds");
+        let seed = crate::monotonic_ns() ^ (u64::from(std::process::id()) << 32);
+        let word = |tag: &str, k: u64| {
+            format!(
+                "{tag}{:016x}",
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(u32::try_from(k * 17).unwrap_or(0)) ^ k
+            )
+        };
+        let monitor_password = word("efmMon'\\", 1);
+        let replication_password = word("rep:Pw", 2);
+        let passfile = dir.path().join("pgpass");
+        // .pgpass: `:` and `\` escaped with a backslash.
+        let esc = replication_password.replace('\\', "\\\\").replace(':', "\\:");
+        fs::write(&passfile, format!("*:*:*:{REPLICATION_USER}:{esc}\n")).expect("writing the passfile");
+        fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).expect("chmod passfile");
+        chown_postgres(&passfile);
+        Self { monitor_password, replication_password, passfile, dir }
+    }
+
+    /// The directory holding the password file.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
 
 static DIR_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -185,18 +246,18 @@ impl PgOptions {
 const HBA: &str = "\
 local all all trust
 local replication all trust
-host all efm_pw 127.0.0.0/8 scram-sha-256
-host all efm_pw ::1/128 scram-sha-256
-host all efm_pw 198.18.0.0/15 scram-sha-256
-host all efm_pw fd00:efd::/64 scram-sha-256
+host all efm_pw,efm 127.0.0.0/8 scram-sha-256
+host all efm_pw,efm ::1/128 scram-sha-256
+host all efm_pw,efm 198.18.0.0/15 scram-sha-256
+host all efm_pw,efm fd00:efd::/64 scram-sha-256
 host all all 127.0.0.0/8 trust
 host all all ::1/128 trust
 host all all 198.18.0.0/15 trust
 host all all fd00:efd::/64 trust
-host replication all 127.0.0.0/8 trust
-host replication all ::1/128 trust
-host replication all 198.18.0.0/15 trust
-host replication all fd00:efd::/64 trust
+host replication repuser 127.0.0.0/8 scram-sha-256
+host replication repuser ::1/128 scram-sha-256
+host replication repuser 198.18.0.0/15 scram-sha-256
+host replication repuser fd00:efd::/64 scram-sha-256
 ";
 
 /// One running `PostgreSQL` server.
@@ -207,6 +268,8 @@ pub struct PgNode {
     pub data: PathBuf,
     pub sock: PathBuf,
     pub log: PathBuf,
+    /// The users' passwords and the replication password file (shared with the standbys).
+    pub creds: std::sync::Arc<Credentials>,
     dir: TempDir,
 }
 
@@ -220,7 +283,7 @@ impl PgNode {
     /// A new primary with the given options.
     #[must_use]
     pub fn primary_with(opts: PgOptions) -> Self {
-        let node = Self::layout(opts);
+        let node = Self::layout(opts, std::sync::Arc::new(Credentials::new()));
         let out = node
             .as_postgres("initdb")
             .arg("-D")
@@ -244,7 +307,21 @@ impl PgNode {
         ]);
         node.append_node_conf();
         node.start();
+        node.create_users();
         node
+    }
+
+    /// The users of the module documentation.
+    fn create_users(&self) {
+        let q = |p: &str| p.replace('\'', "''");
+        self.psql(&format!(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE {MONITOR_USER} LOGIN PASSWORD '{}'; {MONITOR_GRANTS} \
+             CREATE ROLE {REPLICATION_USER} LOGIN REPLICATION PASSWORD '{}'; \
+             CREATE ROLE {APP_USER} LOGIN; GRANT USAGE, CREATE ON SCHEMA public TO {APP_USER};",
+            q(&self.creds.monitor_password),
+            q(&self.creds.replication_password),
+        ));
     }
 
     /// A streaming standby of `primary` (`pg_basebackup -R -X stream`) on the same addresses
@@ -260,23 +337,50 @@ impl PgNode {
     /// A streaming standby of `primary` with the given options. Waits until it streams.
     #[must_use]
     pub fn standby_with(primary: &PgNode, opts: PgOptions) -> Self {
-        let node = Self::layout(opts);
+        let node = Self::layout(opts, primary.creds.clone());
         let out = node
             .as_postgres("pg_basebackup")
-            .args(["-h", primary.host(), "-p", &primary.opts.port.to_string(), "-U", SUPERUSER, "-D"])
+            .args([
+                "-d",
+                &format!("passfile={}", node.creds.passfile.display()),
+                "-h",
+                primary.host(),
+                "-p",
+                &primary.opts.port.to_string(),
+                "-U",
+                REPLICATION_USER,
+                "-w",
+                "-D",
+            ])
             .arg(&node.data)
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
             .output()
             .expect("running pg_basebackup");
         check(&out, "pg_basebackup");
         assert!(node.data.join("standby.signal").exists(), "pg_basebackup -R wrote no standby.signal");
+        node.check_replication_settings();
         node.append_node_conf();
         node.start();
         node.wait_streaming(Duration::from_secs(30));
         node
     }
 
-    fn layout(opts: PgOptions) -> Self {
+    /// `pg_basebackup -R` wrote `primary_conninfo` for the replication user with the password
+    /// file; a password read from that file must not have been copied into it.
+    fn check_replication_settings(&self) {
+        let auto = fs::read_to_string(self.data.join("postgresql.auto.conf")).expect("reading postgresql.auto.conf");
+        let ci = efm_agent::postgres::control::conf_value(&auto, "primary_conninfo")
+            .expect("pg_basebackup -R wrote primary_conninfo");
+        let ci = efm_agent::postgres::control::ConnInfo::parse(&ci).expect("primary_conninfo parses");
+        assert_eq!(ci.get("user"), Some(REPLICATION_USER), "{ci:?}");
+        assert_eq!(ci.get("passfile").map(PathBuf::from), Some(self.creds.passfile.clone()), "{ci:?}");
+        assert!(
+            ci.get("password").is_none() && !auto.contains(&self.creds.replication_password),
+            "pg_basebackup -R copied the password: {ci:?}"
+        );
+    }
+
+    fn layout(opts: PgOptions, creds: std::sync::Arc<Credentials>) -> Self {
         require_postgres();
         let bin = bin_dir();
         let dir = TempDir::new("pg");
@@ -285,7 +389,7 @@ impl PgNode {
         chown_postgres(&sock);
         let data = dir.path().join("data");
         let log = dir.path().join("server.log");
-        Self { opts, bin, data, sock, log, dir }
+        Self { opts, bin, data, sock, log, creds, dir }
     }
 
     fn append_node_conf(&self) {
@@ -350,6 +454,30 @@ impl PgNode {
     #[must_use]
     pub fn target(&self) -> DbTarget {
         self.target_for(SUPERUSER)
+    }
+
+    /// A target for the monitoring user [`MONITOR_USER`] with its password, `sslmode=disable`.
+    #[must_use]
+    pub fn monitor_target(&self) -> DbTarget {
+        let mut t = self.target_for(MONITOR_USER);
+        t.password = Some(self.creds.monitor_password.clone());
+        t
+    }
+
+    /// The configuration files of the data directory (`*.conf`, `standby.signal`) whose text
+    /// contains `needle`.
+    #[must_use]
+    pub fn config_files_containing(&self, needle: &str) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        for e in fs::read_dir(&self.data).expect("reading the data directory").flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ext = Path::new(&name).extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if (ext == "conf" || ext == "signal") && fs::read_to_string(&p).is_ok_and(|t| t.contains(needle)) {
+                hits.push(p);
+            }
+        }
+        hits
     }
 
     /// A target for `user` over TCP, `sslmode=disable`, no password.

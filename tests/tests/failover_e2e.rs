@@ -3,8 +3,10 @@
 //! writes resume through the VIP, the other standby follows the new primary, and — on the shared
 //! kernel clock — no write was acknowledged by the old primary after the new primary acknowledged
 //! its first — counting the acknowledgements of statements that sleep inside the server (0.5–3 s)
-//! before committing, on connections opened before the fault (keepalives off). Needs root; run
-//! single-threaded.
+//! before committing, on connections opened before the fault (keepalives off). The other
+//! standby streams from the new primary as the replication user with its own settings; the
+//! agents monitor as a user that is not a superuser, whose password is in no database's
+//! configuration. Needs root; run single-threaded.
 
 use std::time::Duration;
 
@@ -62,6 +64,10 @@ fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cl
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // They follow with their own replication settings (the replication user and its password
+    // file), and the monitoring user's password is in no database's configuration.
+    let others: Vec<usize> = (1..c.kinds.len()).filter(|&i| i != p && c.kinds[i] != Kind::Witness).collect();
+    c.assert_replication_settings(p, &others, Duration::from_secs(30));
     (c, acks, run.failover_ms)
 }
 
@@ -88,6 +94,7 @@ fn primary_link_down_fails_over_and_the_old_primary_stays_fenced() {
     std::thread::sleep(Duration::from_millis(500));
     let p = c.serving_primary().expect("still exactly one serving primary");
     assert_ne!(p, 0);
+    c.assert_no_monitor_password_in_config();
 }
 
 #[test]

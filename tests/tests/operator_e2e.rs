@@ -230,6 +230,9 @@ fn switchover_and_back_keep_every_acknowledged_write() {
     // The old primary rejoins as a standby of the new one; the other standby follows it.
     streams_from(&c, 0, &ip(&c, ni), Duration::from_mins(1));
     streams_from(&c, other, &ip(&c, ni), Duration::from_secs(30));
+    // n1 never was a standby: it took the new primary's former settings (the replication
+    // user and its password file); the other standby kept its own.
+    c.assert_replication_settings(ni, &[0, other], Duration::from_secs(30));
     c.wait_for(0, "n1 an unfenced standby", Duration::from_secs(30), |v| {
         v["outcome"].as_str().is_some_and(|o| o.starts_with("standby")) && v["kernel"]["fenced"] == false
     });
@@ -266,6 +269,8 @@ fn switchover_and_back_keep_every_acknowledged_write() {
     let t1_done = monotonic_ns();
     streams_from(&c, ni, &ip(&c, 0), Duration::from_mins(1));
     streams_from(&c, other, &ip(&c, 0), Duration::from_secs(30));
+    // The old primary took the -sourcenode's settings.
+    c.assert_replication_settings(0, &[ni, other], Duration::from_secs(30));
     rec.wait_containing("n1 notify Switchover has completed on cluster acctg", Duration::from_secs(10));
     rec.wait_containing("notify Promotion has started on cluster acctg", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));

@@ -4,6 +4,11 @@
 //! of A), the errors for a non-standby, and `primary_conninfo` with a password that needs
 //! quoting (restart path via `recovery_target_timeline`, then reload path).
 //!
+//! Replication settings are kept: a standby pointed at a new primary keeps every keyword of its
+//! `primary_conninfo` but `host` and `port` (the replication user, its `passfile`...), whether
+//! the agent's user may `ALTER SYSTEM` (superuser) or not (the monitoring user `efm`: the file
+//! is written); the demoted primary, which has none, takes the new primary's former settings.
+//!
 //! `cargo test -p efm-tests --test pg_control -- --test-threads=1`
 
 use std::{
@@ -14,12 +19,17 @@ use std::{
 use efm_agent::postgres::{
     conninfo_value,
     control::{
-        demote_to_standby, is_running, promote, read_pg_version, reconfigure_standby, stop, ApplyMethod, ControlError,
-        DbControl, Upstream,
+        demote_to_standby, is_running, promote, read_pg_version, read_primary_conninfo, reconfigure_standby, stop,
+        ApplyMethod, ConnInfo, ControlError, DbControl, Upstream,
     },
 };
 use efm_agent::scripts::lookup_user;
-use efm_tests::pg::{PgNode, PASSWORD_USER, SUPERUSER};
+use efm_tests::pg::{PgNode, MONITOR_USER, PASSWORD_USER, REPLICATION_USER, SUPERUSER};
+
+/// The running `primary_conninfo` of `node`, parsed.
+fn conninfo_of(node: &PgNode) -> ConnInfo {
+    ConnInfo::parse(&node.psql("SHOW primary_conninfo")).expect("primary_conninfo parses")
+}
 
 const LO: &str = "127.0.0.1";
 
@@ -69,10 +79,24 @@ async fn planned_switchover_promote_reconfigure_demote() {
         reconfigure_standby(&a.target(), &control_for(&a), &Upstream::new(LO, 5573, SUPERUSER)).await.unwrap_err();
     assert!(matches!(err, ControlError::NotStandby { .. }), "{err}");
 
-    // B follows A: reload on PG 15, streaming from A on the new timeline.
-    let mut up = Upstream::new(LO, 5572, SUPERUSER);
-    up.application_name = Some("standby_b".into());
-    let rec = reconfigure_standby(&b.target(), &control_for(&b), &up).await.expect("reconfiguring B");
+    // B follows A: reload on PG 15, streaming from A on the new timeline. The agent's user is
+    // the monitoring user, not a superuser: no ALTER SYSTEM, postgresql.auto.conf is written.
+    let before = conninfo_of(&b);
+    assert_eq!(before.get("user"), Some(REPLICATION_USER), "{before:?}");
+    let mut up = Upstream::new(LO, 5572, MONITOR_USER);
+    up.application_name = Some("not_used_b_has_settings".into());
+    let rec = reconfigure_standby(&b.monitor_target(), &control_for(&b), &up).await.expect("reconfiguring B");
+    let after = conninfo_of(&b);
+    assert_eq!(after.pairs().len(), before.pairs().len(), "{before:?} -> {after:?}");
+    for ((k, v), (k0, v0)) in after.pairs().iter().zip(before.pairs()) {
+        assert_eq!(k, k0);
+        match k.as_str() {
+            "host" => assert_eq!(v, LO),
+            "port" => assert_eq!(v, "5572"),
+            _ => assert_eq!(v, v0, "{k} kept"),
+        }
+    }
+    assert!(!std::fs::read_to_string(b.data.join("postgresql.auto.conf")).unwrap().contains(&b.creds.monitor_password));
     assert_eq!(rec.method, ApplyMethod::Reload, "{rec:?}");
     assert_eq!(rec.streaming_from, "127.0.0.1:5572");
     assert!(rec.timeline.is_some_and(|t| t >= 1), "{rec:?}");
@@ -84,7 +108,10 @@ async fn planned_switchover_promote_reconfigure_demote() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(b.psql("SELECT sender_port, received_tli, status FROM pg_stat_wal_receiver"), "5572|2|streaming");
-    assert_eq!(a.psql("SELECT application_name FROM pg_stat_replication"), "standby_b");
+    assert_eq!(
+        a.psql("SELECT usename, application_name FROM pg_stat_replication"),
+        format!("{REPLICATION_USER}|walreceiver")
+    );
     a.psql("INSERT INTO t VALUES (3, 'after reconfigure')");
     b.wait_replayed(&a.current_lsn(), Duration::from_secs(30));
     assert_eq!(b.psql("SELECT string_agg(v, ',' ORDER BY id) FROM t"), "before,on A,after reconfigure");
@@ -98,8 +125,15 @@ async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
     // Demote the old primary (stopped): files only, the server is not started.
     let version = read_pg_version(&p.data).unwrap();
     assert_eq!(version, 150_000);
-    let mut up_p = Upstream::new(LO, 5572, SUPERUSER);
+    // The old primary never was a standby: it takes the settings A had as a standby (a
+    // promotion leaves them set), with its own application_name.
+    let mut up_p = Upstream::new(LO, 5572, MONITOR_USER);
     up_p.application_name = Some("old_primary".into());
+    up_p.template = read_primary_conninfo(&a.monitor_target(), Duration::from_secs(10))
+        .await
+        .expect("reading A's former primary_conninfo as the monitoring user")
+        .expect("a promoted standby keeps its primary_conninfo");
+    assert_eq!(up_p.template.get("user"), Some(REPLICATION_USER));
     let d = demote_to_standby(pc, &p.data, version, &up_p).expect("demoting the old primary");
     assert_eq!(d.files, [p.data.join("postgresql.auto.conf"), p.data.join("standby.signal")]);
     let pg = lookup_user("postgres").unwrap();
@@ -134,8 +168,13 @@ async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
     assert!(!w.status.success());
     let err = String::from_utf8_lossy(&w.stderr);
     assert!(err.contains("cannot execute INSERT in a read-only transaction"), "{err}");
-    let names = a.psql("SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication");
-    assert_eq!(names, "old_primary,standby_b");
+    let names = a.psql(
+        "SELECT string_agg(usename || ':' || application_name, ',' ORDER BY application_name) FROM pg_stat_replication",
+    );
+    assert_eq!(names, format!("{REPLICATION_USER}:old_primary,{REPLICATION_USER}:walreceiver"));
+    let ci = conninfo_of(p);
+    assert_eq!(ci.get("passfile").map(std::path::PathBuf::from), Some(p.creds.passfile.clone()), "{ci:?}");
+    assert_eq!(ci.get("password"), None, "{ci:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,33 +196,44 @@ async fn quoted_password_in_primary_conninfo() {
     s.start();
     s.wait_streaming(Duration::from_secs(30));
 
+    // The standby's own settings carry a password that needs quoting; the agent (superuser
+    // here: ALTER SYSTEM) keeps it while it rewrites the setting.
+    let own = format!(
+        "user={PASSWORD_USER} password={} host={LO} port=5574 application_name='with password'",
+        efm_agent::postgres::control::quote_conninfo_value(password)
+    );
+    s.psql(&format!("ALTER SYSTEM SET primary_conninfo = {}", efm_agent::postgres::control::quote_sql_literal(&own)));
+    s.psql("SELECT pg_reload_conf()");
     let sc = control_for(&s);
-    let mut up = Upstream::new(LO, 5574, PASSWORD_USER);
-    up.password = Some(password.into());
-    up.application_name = Some("with password".into());
+    let up = Upstream::new(LO, 5574, MONITOR_USER);
     let r = reconfigure_standby(&s.target(), &sc, &up).await.expect("reconfiguring with a password");
     assert_eq!(r.method, ApplyMethod::Restart, "{r:?}");
     assert!(!r.conninfo.contains("secret"), "{}", r.conninfo);
     assert_eq!(s.psql("SHOW recovery_target_timeline"), "latest");
     let ci = s.psql("SHOW primary_conninfo");
     assert_eq!(conninfo_value(&ci, "password").as_deref(), Some(password));
+    assert_eq!(conninfo_value(&ci, "user").as_deref(), Some(PASSWORD_USER));
     assert_eq!(
         p.psql("SELECT usename, application_name FROM pg_stat_replication"),
         format!("{PASSWORD_USER}|with password")
     );
 
-    // Reload path; a wrong password: the standby never streams, a clear error after the bound.
-    let mut bad = up.clone();
-    bad.password = Some("wrong'one".into());
+    // Reload path; its own password is wrong: the standby never streams, a clear error after
+    // the bound, without the password.
+    let bad = own.replace(&efm_agent::postgres::control::quote_conninfo_value(password), "'wrong\\'one'");
+    s.psql(&format!("ALTER SYSTEM SET primary_conninfo = {}", efm_agent::postgres::control::quote_sql_literal(&bad)));
+    s.psql("SELECT pg_reload_conf()");
     let mut quick = sc.clone();
     quick.timeout = Duration::from_secs(6);
-    let e = reconfigure_standby(&s.target(), &quick, &bad).await.unwrap_err();
+    let e = reconfigure_standby(&s.target(), &quick, &up).await.unwrap_err();
     assert!(matches!(e, ControlError::NotStreaming { method: ApplyMethod::Reload, .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("127.0.0.1:5575") && msg.contains("127.0.0.1:5574"), "{msg}");
     assert!(!msg.contains("wrong"), "{msg}");
 
-    // Back to the right password by reload.
+    // The right password back (by the administrator), by reload.
+    s.psql(&format!("ALTER SYSTEM SET primary_conninfo = {}", efm_agent::postgres::control::quote_sql_literal(&own)));
+    s.psql("SELECT pg_reload_conf()");
     let r = reconfigure_standby(&s.target(), &sc, &up).await.expect("reconfiguring back");
     assert_eq!(r.method, ApplyMethod::Reload);
     assert_eq!(p.psql("SELECT usename FROM pg_stat_replication"), PASSWORD_USER);

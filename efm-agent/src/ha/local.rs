@@ -30,9 +30,10 @@ pub(super) async fn rejoin(
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
     let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;
-    let mut up = upstream(cfg, config_dir, primary)?;
+    let mut up = upstream(cfg, config_dir, primary).await?;
     if let Some(src) = source {
-        up.extra = source_settings(cfg, config_dir, src).await?;
+        up.template = source_settings(cfg, config_dir, src).await?;
+        up.replace_own = true;
     }
     let c = control.clone();
     tokio::task::spawn_blocking(move || {
@@ -44,12 +45,12 @@ pub(super) async fn rejoin(
 }
 
 /// `-sourcenode`: the replication settings of the standby `src` that the old primary takes over
-/// (everything in its `primary_conninfo` but the host and port, which name the new primary).
+/// (its `primary_conninfo`; `Upstream::conninfo_for` changes host, port and `application_name`).
 pub(super) async fn source_settings(
     cfg: &Config,
     config_dir: &std::path::Path,
     src: SocketAddr,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<control::ConnInfo, String> {
     let t = localdb::target(cfg, config_dir, &src.ip().to_string())?;
     // Retried for a moment: right after the promotion the source standby's kernel may have seen
     // the new epoch before its agent adopted it, and an epoch-fenced node refuses members too
@@ -67,12 +68,7 @@ pub(super) async fn source_settings(
             }
         }
     };
-    Ok(postgres::parse_conninfo(&conninfo)
-        .into_iter()
-        // The new primary's address, our credentials and this node's own application_name
-        // (synchronous_standby_names may name it) are not the source's to give.
-        .filter(|(k, _)| !matches!(k.as_str(), "host" | "hostaddr" | "port" | "password" | "user" | "application_name"))
-        .collect())
+    control::ConnInfo::parse(&conninfo).map_err(|e| format!("-sourcenode {src}: its primary_conninfo: {e}"))
 }
 
 /// Promotes the local database: the VIP check (`check.vip.before.promotion`), `script.fence`,
@@ -139,20 +135,27 @@ pub(super) async fn promote_local(
     Ok(start.elapsed())
 }
 
-pub(super) fn upstream(
+/// The new primary; for a server without a `primary_conninfo` of its own, the template is the
+/// new primary's former one (a promotion leaves it set), else `user=db.user` (never db.user's
+/// password: the monitoring password is not written into the database's configuration).
+pub(super) async fn upstream(
     cfg: &Config,
     config_dir: &std::path::Path,
     primary: SocketAddr,
 ) -> Result<control::Upstream, String> {
+    let mut up = control::Upstream::new(primary.ip().to_string(), cfg.db_port, cfg.db_user.clone());
+    up.application_name = cfg.application_name.clone().or_else(|| Some(cfg.bind_address.ip().to_string()));
     let t = localdb::target(cfg, config_dir, &primary.ip().to_string())?;
-    Ok(control::Upstream {
-        host: primary.ip().to_string(),
-        port: cfg.db_port,
-        user: cfg.db_user.clone(),
-        password: t.password,
-        application_name: cfg.application_name.clone().or_else(|| Some(cfg.bind_address.ip().to_string())),
-        extra: Vec::new(),
-    })
+    match control::read_primary_conninfo(&t, cfg.remote_timeout).await {
+        Ok(Some(template)) => up.template = template,
+        Ok(None) => {
+            tracing::warn!(%primary, "the new primary has no primary_conninfo to copy; a server without one uses user=db.user");
+        }
+        Err(e) => {
+            tracing::warn!(%primary, error = %e, "cannot read the new primary's primary_conninfo; a server without one uses user=db.user");
+        }
+    }
+    Ok(up)
 }
 
 pub(super) async fn follow(
@@ -162,19 +165,18 @@ pub(super) async fn follow(
     primary: SocketAddr,
 ) -> Result<String, String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
-    let up = upstream(cfg, config_dir, primary)?;
+    let up = upstream(cfg, config_dir, primary).await?;
     let target = localdb::target(cfg, config_dir, &me.ip().to_string())?;
     let out = control::reconfigure_standby(&target, &control, &up).await.map_err(|e| e.to_string())?;
     Ok(format!("{:?}", out.method))
 }
 
-/// Blocking (file writes): runs on the blocking pool.
-pub(super) fn demote_local(cfg: &Config, config_dir: &std::path::Path, primary: SocketAddr) -> Result<(), String> {
+/// Blocking (file writes): runs on the blocking pool. `up` from [`upstream`].
+pub(super) fn demote_local(cfg: &Config, up: &control::Upstream) -> Result<(), String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
     let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;
-    let up = upstream(cfg, config_dir, primary)?;
-    control::demote_to_standby(&control, &data, version, &up).map(|_| ()).map_err(|e| e.to_string())
+    control::demote_to_standby(&control, &data, version, up).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// `standby.signal` in the data directory of a failed primary, so a restart comes up in recovery.

@@ -20,7 +20,7 @@ use efm_common::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::local::{demote_local, follow, promote_local, rejoin, write_standby_signal};
+use super::local::{demote_local, follow, promote_local, rejoin, upstream, write_standby_signal};
 use super::{
     Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome,
     PeerRole, PeerView, Proposal, Step,
@@ -579,10 +579,15 @@ impl HaRuntime {
         tokio::spawn(async move {
             if let Some(p) = primary {
                 // `standby.signal` and the configuration files: on the blocking pool.
-                let (c, d) = (cfg.clone(), config_dir.clone());
-                let res = tokio::task::spawn_blocking(move || demote_local(&c, &d, p))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                let res = match upstream(&cfg, &config_dir, p).await {
+                    Ok(up) => {
+                        let c = cfg.clone();
+                        tokio::task::spawn_blocking(move || demote_local(&c, &up))
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()))
+                    }
+                    Err(e) => Err(e),
+                };
                 match res {
                     Ok(()) => tracing::info!(epoch, new_primary = %p, "old primary demoted: it restarts as a standby"),
                     Err(e) => tracing::error!(epoch, error = %e, "demoting the old primary failed; it stays fenced"),

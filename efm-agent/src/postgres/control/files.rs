@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{quote_conf_value, ControlError, DbControl, DemoteOutcome, Upstream};
+use super::{quote_conf_value, unquote_conf_value, ConnInfo, ControlError, DbControl, DemoteOutcome, Upstream};
 use crate::files::WriteOptions;
 use crate::users::{self, UserIds};
 
@@ -32,7 +32,9 @@ pub fn read_pg_version(data_dir: &Path) -> Result<u32, ControlError> {
 /// standby of `upstream` at its next start: `standby.signal` and `primary_conninfo` in
 /// `postgresql.auto.conf` for `server_version_num` 12 or later, else `recovery.conf` (in
 /// `db.recovery.conf.dir` when set) with `standby_mode`, `primary_conninfo` and
-/// `recovery_target_timeline = 'latest'`. Files are owned by the owner, mode 0600. The server
+/// `recovery_target_timeline = 'latest'`. The `primary_conninfo` is the server's own (from
+/// its files, see [`own_primary_conninfo`]) pointed at the upstream, else the upstream's
+/// template ([`Upstream::conninfo_for`]). Files are owned by the owner, mode 0600. The server
 /// is not started or signalled.
 pub fn demote_to_standby(
     control: &DbControl,
@@ -41,7 +43,9 @@ pub fn demote_to_standby(
     upstream: &Upstream,
 ) -> Result<DemoteOutcome, ControlError> {
     let owner = control.owner_ids()?;
-    let conninfo = upstream.conninfo();
+    let own = own_primary_conninfo(control, data_dir, server_version_num)?;
+    let ci = upstream.conninfo_for(own.as_ref());
+    let conninfo = ci.conninfo();
     let mut files = Vec::new();
     if server_version_num >= 120_000 {
         let auto = data_dir.join("postgresql.auto.conf");
@@ -53,15 +57,62 @@ pub fn demote_to_standby(
         write_atomic(&signal, "", Some(&owner))?;
         files.push(signal);
     } else {
-        let dir = control.recovery_conf_dir.clone().unwrap_or_else(|| data_dir.to_path_buf());
-        let path = dir.join("recovery.conf");
+        let path = recovery_conf_path(control, data_dir);
         let existing = read_optional(&path)?;
         write_atomic(&path, &recovery_conf_text(existing.as_deref(), &conninfo), Some(&owner))?;
         files.push(path);
     }
-    tracing::info!(data = %data_dir.display(), conninfo = %upstream.conninfo_redacted(),
+    let source = match &own {
+        Some(o) if !o.is_empty() && !upstream.replace_own => "its own",
+        _ => "the template",
+    };
+    tracing::info!(data = %data_dir.display(), conninfo = %ci.redacted(), settings = source,
         "wrote the standby configuration of the former primary");
-    Ok(DemoteOutcome { files, conninfo: upstream.conninfo_redacted() })
+    Ok(DemoteOutcome { files, conninfo: ci.redacted() })
+}
+
+fn recovery_conf_path(control: &DbControl, data_dir: &Path) -> std::path::PathBuf {
+    control.recovery_conf_dir.clone().unwrap_or_else(|| data_dir.to_path_buf()).join("recovery.conf")
+}
+
+/// The server's own `primary_conninfo` as its configuration files set it: 12 or later
+/// `postgresql.auto.conf`, else `postgresql.conf` (included files are not followed); before 12
+/// `recovery.conf`. `None` when unset or empty. A value libpq would refuse is an error naming
+/// the file.
+pub fn own_primary_conninfo(
+    control: &DbControl,
+    data_dir: &Path,
+    server_version_num: u32,
+) -> Result<Option<ConnInfo>, ControlError> {
+    let paths = if server_version_num >= 120_000 {
+        vec![data_dir.join("postgresql.auto.conf"), data_dir.join("postgresql.conf")]
+    } else {
+        vec![recovery_conf_path(control, data_dir)]
+    };
+    for path in paths {
+        let Some(text) = read_optional(&path)? else { continue };
+        if let Some(v) = conf_value(&text, "primary_conninfo") {
+            if v.trim().is_empty() {
+                return Ok(None);
+            }
+            return ConnInfo::parse(&v).map(Some).map_err(|e| ControlError::File {
+                path,
+                op: "parse primary_conninfo",
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// The value of the last `key` line of a configuration file's text (later lines win, as in
+/// the server), unquoted ([`unquote_conf_value`]).
+#[must_use]
+pub fn conf_value(text: &str, key: &str) -> Option<String> {
+    text.lines().rev().filter(|l| conf_key(l).is_some_and(|k| k.eq_ignore_ascii_case(key))).find_map(|l| {
+        let t = l.trim_start()[key.len()..].trim_start();
+        unquote_conf_value(t.strip_prefix('=').unwrap_or(t))
+    })
 }
 
 pub(super) fn read_optional(path: &Path) -> Result<Option<String>, ControlError> {

@@ -4,14 +4,25 @@
 //!
 //! * [`promote`]: `pg_promote(wait => true)` on a standby (Postgres 12 or later), then checks
 //!   that the server has left recovery; returns the new timeline and WAL position.
-//! * [`reconfigure_standby`]: `primary_conninfo` pointed at a new primary. Postgres 13 or
-//!   later: `ALTER SYSTEM` and `pg_reload_conf()` (the setting is reloadable since 13). 12:
-//!   `ALTER SYSTEM` and a restart. Before 12: `recovery.conf` rewritten and a restart. Then waits
-//!   (bounded by [`DbControl::timeout`]) until the WAL receiver streams from the new primary, and
-//!   reports whether a reload or a restart was needed.
+//! * [`reconfigure_standby`]: `primary_conninfo` pointed at a new primary — the standby's own
+//!   (`current_setting`, else its files), with only `host` and `port` changed
+//!   ([`Upstream::conninfo_for`]): user, `passfile`, `sslmode`, `application_name` and every
+//!   other keyword stay. Postgres 13 or later: `ALTER SYSTEM` (or, for a user that may not —
+//!   the monitoring user is no superuser —, `postgresql.auto.conf` written as the owner) and
+//!   `pg_reload_conf()` (the setting is reloadable since 13). 12: the same and a restart. Before
+//!   12: `recovery.conf` rewritten and a restart. Then waits (bounded by [`DbControl::timeout`])
+//!   until the WAL receiver streams from the new primary as the settings' user, and reports
+//!   whether a reload or a restart was needed.
 //! * [`demote_to_standby`]: for a former primary that must not come back writable, without SQL
 //!   (the server may be down): `standby.signal` plus `primary_conninfo` in
-//!   `postgresql.auto.conf` (12 or later), else `recovery.conf`. Never starts the server.
+//!   `postgresql.auto.conf` (12 or later), else `recovery.conf`. The `primary_conninfo` is its
+//!   own from its files ([`own_primary_conninfo`]: a promoted standby keeps it) retargeted,
+//!   else the [`Upstream`]'s template — another standby's settings, e.g. the new primary's
+//!   former ones ([`read_primary_conninfo`]) or `-sourcenode`'s — with this node's
+//!   `application_name`. Never starts the server.
+//!
+//! The monitoring user's password never goes into `primary_conninfo`: a template carries only
+//! what a standby already has (the replication user and its password source).
 //! * [`DbControl`]: `pg_ctl -D <dir> -w -m fast stop|start|restart|status` as the owner
 //!   (`runuser -u <owner> --` when the agent is root, `sudo.user.command` otherwise), or
 //!   `systemctl <verb> <db.service.name>` when a service name is set; all bounded by a timeout,
@@ -23,8 +34,9 @@
 //!
 //! # Quoting
 //!
-//! A `primary_conninfo` value is a libpq keyword/value string: each value is written in single
-//! quotes with `\` and `'` escaped by a backslash ([`quote_conninfo_value`]). The whole string is
+//! A `primary_conninfo` value is a libpq keyword/value string, parsed with libpq's rules into
+//! ordered pairs ([`ConnInfo`]); each value is written in single quotes with `\` and `'`
+//! escaped by a backslash ([`quote_conninfo_value`]). The whole string is
 //! then a SQL literal for `ALTER SYSTEM` (`'` doubled, [`quote_sql_literal`]) or a configuration
 //! file value (`'` and `\` doubled, [`quote_conf_value`], as `ALTER SYSTEM` itself writes them).
 
@@ -38,9 +50,13 @@ mod files;
 mod role;
 mod server;
 
-pub use conninfo::{quote_conf_value, quote_conninfo_value, quote_sql_literal, Upstream};
-pub use files::{demote_to_standby, read_pg_version, recovery_conf_text, set_conf_line};
-pub use role::{promote, reconfigure_standby};
+pub use conninfo::{
+    quote_conf_value, quote_conninfo_value, quote_sql_literal, unquote_conf_value, ConnInfo, ConnInfoError, Upstream,
+};
+pub use files::{
+    conf_value, demote_to_standby, own_primary_conninfo, read_pg_version, recovery_conf_text, set_conf_line,
+};
+pub use role::{promote, read_primary_conninfo, reconfigure_standby};
 pub use server::{is_running, stop, DbControl};
 
 /// What went wrong. Every variant names the server (`host:port`) or the command and file.

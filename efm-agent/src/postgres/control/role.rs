@@ -7,13 +7,25 @@ use std::{
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::files::{read_optional, recovery_conf_text, write_atomic};
-use super::{quote_sql_literal, ApplyMethod, ControlError, DbControl, PromoteOutcome, ReconfigureOutcome, Upstream};
+use super::files::{own_primary_conninfo, read_optional, recovery_conf_text, set_conf_line, write_atomic};
+use super::{
+    quote_sql_literal, ApplyMethod, ConnInfo, ControlError, DbControl, PromoteOutcome, ReconfigureOutcome, Upstream,
+};
 use crate::postgres::{connect, probe, DbError, DbTarget};
 
 fn sql_err(addr: &str, what: &'static str, e: &tokio_postgres::Error) -> ControlError {
     let message = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{} ({})", d.message(), d.code().code()));
     ControlError::Sql { addr: addr.to_owned(), what, message }
+}
+
+/// Runs file work (reads, atomic writes with `fsync`) on the blocking pool: nothing blocks
+/// the runtime's threads (ARCHITECTURE.md, "nothing blocks the heartbeat").
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::Config(format!("configuration file task failed: {e}")))?
 }
 
 /// The first row of the first result of a simple query, as text.
@@ -102,11 +114,12 @@ async fn wal_receiver(client: &Client, addr: &str) -> Result<Option<Receiver>, C
     }))
 }
 
-/// Waits until the standby's WAL receiver streams from `up` (host, port and user), with a pid
-/// other than `old_pid` when given.
+/// Waits until the standby's WAL receiver streams from `up` (host and port) as `user` (when
+/// known), with a pid other than `old_pid` when given.
 async fn wait_streaming(
     target: &DbTarget,
     up: &Upstream,
+    user: Option<&str>,
     old_pid: Option<&str>,
     method: ApplyMethod,
     timeout: Duration,
@@ -122,19 +135,19 @@ async fn wait_streaming(
         if let Some(c) = &client {
             match wal_receiver(c, &addr).await {
                 Ok(Some((pid, status, host, port, tli, conninfo))) => {
-                    let user = conninfo.as_deref().and_then(|ci| crate::postgres::conninfo_value(ci, "user"));
+                    let got_user = conninfo.as_deref().and_then(|ci| crate::postgres::conninfo_value(ci, "user"));
                     state = format!(
                         "pid {} status {} sender {}:{} user {}",
                         pid.as_deref().unwrap_or("?"),
                         status.as_deref().unwrap_or("?"),
                         host.as_deref().unwrap_or("?"),
                         port.as_deref().unwrap_or("?"),
-                        user.as_deref().unwrap_or("?"),
+                        got_user.as_deref().unwrap_or("?"),
                     );
                     if status.as_deref() == Some("streaming")
                         && host.as_deref() == Some(up.host.as_str())
                         && port.as_deref() == Some(up.port.to_string().as_str())
-                        && user.as_deref().is_none_or(|u| u == up.user)
+                        && (user.is_none() || got_user.is_none() || got_user.as_deref() == user)
                         && (old_pid.is_none() || pid.as_deref() != old_pid)
                     {
                         return Ok((up.addr(), tli.and_then(|t| t.parse().ok())));
@@ -162,76 +175,161 @@ async fn wait_streaming(
     }
 }
 
-/// Postgres 12 or later: `ALTER SYSTEM SET primary_conninfo` (and `recovery_target_timeline =
-/// 'latest'` when it is not), then a reload (13 or later, timeline already `latest`) or a
-/// restart. Returns the method and whether `primary_conninfo` changed.
-async fn apply_with_alter_system(
+/// The running standby's `primary_conninfo`: `current_setting` (Postgres 12 or later; needs
+/// superuser or `pg_read_all_settings`, which `pg_monitor` has), else — not allowed, or before
+/// 12 — from its configuration files ([`own_primary_conninfo`]). `None` when it has none.
+async fn current_primary_conninfo(
+    client: &Client,
+    addr: &str,
+    control: &DbControl,
+    version: u32,
+) -> Result<Option<ConnInfo>, ControlError> {
+    if version >= 120_000 {
+        match row(
+            client,
+            addr,
+            "reading primary_conninfo",
+            "SELECT current_setting('primary_conninfo')",
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(r) => {
+                let v = r.and_then(|r| r.into_iter().next().flatten()).unwrap_or_default();
+                if v.trim().is_empty() {
+                    return Ok(None);
+                }
+                return ConnInfo::parse(&v).map(Some).map_err(|e| ControlError::Sql {
+                    addr: addr.to_owned(),
+                    what: "parsing primary_conninfo",
+                    message: e.to_string(),
+                });
+            }
+            Err(e @ ControlError::Sql { .. }) => {
+                tracing::info!(db = %addr, error = %e,
+                    "cannot read primary_conninfo over SQL; reading the configuration files");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let c = control.clone();
+    blocking(move || own_primary_conninfo(&c, &c.data_dir, version)).await
+}
+
+/// The `primary_conninfo` of the (running) server at `target`, e.g. another standby's to copy
+/// (`-sourcenode`) or a new primary's former one (a promotion leaves it set). `None` when
+/// unset. Needs superuser or `pg_read_all_settings` (in `pg_monitor`).
+pub async fn read_primary_conninfo(target: &DbTarget, timeout: Duration) -> Result<Option<ConnInfo>, ControlError> {
+    let addr = target.addr();
+    let client = connect(target, timeout).await?;
+    let r =
+        row(&client, &addr, "reading primary_conninfo", "SELECT current_setting('primary_conninfo')", timeout).await?;
+    let v = r.and_then(|r| r.into_iter().next().flatten()).unwrap_or_default();
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    ConnInfo::parse(&v).map(Some).map_err(|e| ControlError::Sql {
+        addr,
+        what: "parsing primary_conninfo",
+        message: e.to_string(),
+    })
+}
+
+/// `ALTER SYSTEM SET name = value`; `false` when the user may not (SQLSTATE 42501: not a
+/// superuser and no `ALTER SYSTEM` privilege on the parameter).
+async fn alter_system(client: &Client, addr: &str, name: &str, value: &str) -> Result<bool, ControlError> {
+    let sql = format!("ALTER SYSTEM SET {name} = {}", quote_sql_literal(value));
+    match tokio::time::timeout(Duration::from_secs(10), client.simple_query(&sql)).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => Ok(false),
+        Ok(Err(e)) => Err(sql_err(addr, "ALTER SYSTEM", &e)),
+        Err(_) => {
+            Err(DbError::Timeout { addr: addr.to_owned(), stage: "ALTER SYSTEM", timeout: Duration::from_secs(10) }
+                .into())
+        }
+    }
+}
+
+/// Postgres 12 or later: `primary_conninfo` (and `recovery_target_timeline = 'latest'` when it
+/// is not) set with `ALTER SYSTEM` — or, when the user may not, written into
+/// `postgresql.auto.conf` as `db.service.owner` — then a reload (13 or later, timeline already
+/// `latest`) or a restart. Returns the method.
+async fn apply_settings(
     client: Client,
     addr: &str,
     control: &DbControl,
-    upstream: &Upstream,
+    conninfo: &ConnInfo,
     version: u32,
-) -> Result<(ApplyMethod, bool), ControlError> {
+) -> Result<ApplyMethod, ControlError> {
     let q = Duration::from_secs(10);
-    let conninfo = upstream.conninfo();
-    let current = row(
-        &client,
-        addr,
-        "reading the settings",
-        "SELECT current_setting('primary_conninfo'), current_setting('recovery_target_timeline')",
-        q,
-    )
-    .await?
-    .unwrap_or_default();
-    let changed = current.first().cloned().flatten().as_deref() != Some(conninfo.as_str());
-    let timeline_latest = current.get(1).cloned().flatten().as_deref() == Some("latest");
-    let sql = format!("ALTER SYSTEM SET primary_conninfo = {}", quote_sql_literal(&conninfo));
-    row(&client, addr, "ALTER SYSTEM SET primary_conninfo", &sql, q).await?;
-    if !timeline_latest {
-        row(
-            &client,
-            addr,
-            "ALTER SYSTEM SET recovery_target_timeline",
-            "ALTER SYSTEM SET recovery_target_timeline = 'latest'",
-            q,
-        )
+    let timeline =
+        row(&client, addr, "reading recovery_target_timeline", "SELECT current_setting('recovery_target_timeline')", q)
+            .await?
+            .and_then(|r| r.into_iter().next().flatten());
+    let timeline_latest = timeline.as_deref() == Some("latest");
+    let text = conninfo.conninfo();
+    let mut via_sql = alter_system(&client, addr, "primary_conninfo", &text).await?;
+    if via_sql && !timeline_latest {
+        via_sql = alter_system(&client, addr, "recovery_target_timeline", "latest").await?;
+    }
+    if !via_sql {
+        let auto = control.data_dir.join("postgresql.auto.conf");
+        let (c, path, value) = (control.clone(), auto.clone(), text.clone());
+        blocking(move || {
+            let owner = c.owner_ids()?;
+            let existing = read_optional(&path)?;
+            let mut new = set_conf_line(existing.as_deref(), "primary_conninfo", &value);
+            if !timeline_latest {
+                new = set_conf_line(Some(&new), "recovery_target_timeline", "latest");
+            }
+            write_atomic(&path, &new, Some(&owner))
+        })
         .await?;
+        tracing::info!(db = %addr, file = %auto.display(),
+            "not allowed to ALTER SYSTEM; wrote primary_conninfo into postgresql.auto.conf");
     }
     if version >= 130_000 && timeline_latest {
         row(&client, addr, "pg_reload_conf()", "SELECT pg_reload_conf()", q).await?;
-        tracing::info!(db = %addr, conninfo = %upstream.conninfo_redacted(), changed,
+        tracing::info!(db = %addr, conninfo = %conninfo.redacted(),
             "primary_conninfo set; configuration reloaded");
-        Ok((ApplyMethod::Reload, changed))
+        Ok(ApplyMethod::Reload)
     } else {
         drop(client);
-        tracing::info!(db = %addr, conninfo = %upstream.conninfo_redacted(),
+        tracing::info!(db = %addr, conninfo = %conninfo.redacted(),
             "primary_conninfo set; restarting the standby");
         control.restart().await?;
-        Ok((ApplyMethod::Restart, changed))
+        Ok(ApplyMethod::Restart)
     }
 }
 
 /// Before Postgres 12: `recovery.conf` rewritten, then a restart. Returns the file written.
 async fn apply_with_recovery_conf(
     control: &DbControl,
-    upstream: &Upstream,
+    conninfo: &ConnInfo,
     addr: &str,
 ) -> Result<PathBuf, ControlError> {
     let dir = control.recovery_conf_dir.clone().unwrap_or_else(|| control.data_dir.clone());
     let path = dir.join("recovery.conf");
-    let existing = read_optional(&path)?;
-    let text = recovery_conf_text(existing.as_deref(), &upstream.conninfo());
-    write_atomic(&path, &text, Some(&control.owner_ids()?))?;
-    tracing::info!(db = %addr, conninfo = %upstream.conninfo_redacted(),
+    let (c, p, value) = (control.clone(), path.clone(), conninfo.conninfo());
+    blocking(move || {
+        let existing = read_optional(&p)?;
+        let text = recovery_conf_text(existing.as_deref(), &value);
+        write_atomic(&p, &text, Some(&c.owner_ids()?))
+    })
+    .await?;
+    tracing::info!(db = %addr, conninfo = %conninfo.redacted(),
         "recovery.conf written; restarting the standby");
     control.restart().await?;
     Ok(path)
 }
 
-/// Points the standby `target` at `upstream` (see the module documentation), restarting it
-/// through `control` when the server version requires it, and waits until it streams from
-/// there (bounded by `control.timeout`). `target`'s user needs superuser rights (`ALTER
-/// SYSTEM`, `pg_reload_conf()`, reading `pg_stat_wal_receiver`).
+/// Points the standby `target` at `upstream` (see the module documentation): its own
+/// `primary_conninfo` with only `host` and `port` changed ([`Upstream::conninfo_for`]),
+/// restarting it through `control` when the server version requires it, and waits until it
+/// streams from there (bounded by `control.timeout`). `target`'s user needs `pg_monitor` (to
+/// read the settings and `pg_stat_wal_receiver`) and `EXECUTE` on `pg_reload_conf()`; without
+/// `ALTER SYSTEM` rights the setting is written into `postgresql.auto.conf` in
+/// `control.data_dir`.
 pub async fn reconfigure_standby(
     target: &DbTarget,
     control: &DbControl,
@@ -247,13 +345,15 @@ pub async fn reconfigure_standby(
     }
     let version = info.server_version_num;
     let old = wal_receiver(&client, &addr).await?;
-    let (method, changed, wrote) = if version >= 120_000 {
-        let (m, changed) = apply_with_alter_system(client, &addr, control, upstream, version).await?;
-        (m, changed, None)
+    let own = current_primary_conninfo(&client, &addr, control, version).await?;
+    let ci = upstream.conninfo_for(own.as_ref());
+    let changed = own.as_ref() != Some(&ci);
+    let (method, wrote) = if version >= 120_000 {
+        (apply_settings(client, &addr, control, &ci, version).await?, None)
     } else {
         drop(client);
-        let path = apply_with_recovery_conf(control, upstream, &addr).await?;
-        (ApplyMethod::Restart, true, Some(path))
+        let path = apply_with_recovery_conf(control, &ci, &addr).await?;
+        (ApplyMethod::Restart, Some(path))
     };
     // After a restart the receiver is new anyway; after a reload it must be a new one unless
     // nothing changed.
@@ -269,12 +369,14 @@ pub async fn reconfigure_standby(
         ApplyMethod::Reload | ApplyMethod::Restart => None,
     };
     let waited = control.timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
-    let (streaming_from, timeline) = wait_streaming(target, upstream, old_pid.as_deref(), method, waited).await?;
-    tracing::info!(db = %addr, %method, from = %streaming_from, ?timeline, "standby streams from the new primary");
+    let (streaming_from, timeline) =
+        wait_streaming(target, upstream, ci.get("user"), old_pid.as_deref(), method, waited).await?;
+    tracing::info!(db = %addr, %method, from = %streaming_from, ?timeline, kept_own = own.is_some() && !upstream.replace_own,
+        "standby streams from the new primary");
     Ok(ReconfigureOutcome {
         addr,
         method,
-        conninfo: upstream.conninfo_redacted(),
+        conninfo: ci.redacted(),
         wrote,
         streaming_from,
         timeline,

@@ -359,7 +359,7 @@ fn a_client_blocked_on_a_partitioned_primary_gets_an_error_within_a_second_of_th
         line.split_whitespace().next().unwrap_or_default().to_owned()
     };
     let t_sessions = at(&|l| l.contains("client sessions ended"), "the sessions ended");
-    let t_stopped = at(&|l| l.contains("isolated primary: database stopped"), "the database stopped");
+    let t_stopped = at(&|l| l.contains("database stopped") && l.contains("isolated primary"), "the database stopped");
     let t_vip = at(&|l| l.contains("VIP") && l.contains("assigned=false"), "the VIP released");
     println!("n1: sessions ended {t_sessions}, database stopped {t_stopped}, VIP released {t_vip}");
     // RFC 3339 UTC timestamps of one format: they order as strings.

@@ -61,7 +61,10 @@ fn three_agents_agree_and_detect_agent_and_node_failures() {
     let mut agreed = None;
     for _ in 0..40 {
         let reports: Vec<Value> = (0..3).map(|i| json_of(&c.efm(i, &["cluster-status-json"]))).collect();
-        if reports.iter().all(|r| view(r) == view(&reports[0])) {
+        // Agreed, and the idle standby has replayed what the primary wrote (the test bed's
+        // set-up writes WAL until just before the agents start).
+        let caught_up = |r: &Value| r["nodes"]["198.18.0.2"]["lsn"] == r["nodes"]["198.18.0.1"]["lsn"];
+        if reports.iter().all(|r| view(r) == view(&reports[0])) && caught_up(&reports[0]) {
             agreed = Some(reports[0].clone());
             break;
         }

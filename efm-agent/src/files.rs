@@ -171,21 +171,24 @@ pub fn write_atomic(path: &Path, contents: &[u8], opts: WriteOptions) -> Result<
     File::open(dir).and_then(|d| d.sync_all()).map_err(fail("fsync its directory"))
 }
 
+/// A fresh directory for a unit test, removed on drop (shared by the tests of the modules that
+/// write files).
 #[cfg(test)]
-mod tests {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    use std::sync::atomic::{AtomicU32, Ordering};
+pub(crate) mod test_dir {
+    use std::{
+        fs,
+        path::PathBuf,
+        sync::atomic::{AtomicU32, Ordering},
+    };
 
-    use super::*;
+    pub(crate) struct TestDir(pub PathBuf);
 
-    /// A fresh directory, removed on drop.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new() -> Self {
+    impl TestDir {
+        /// `<temp>/efm-<tag>-<pid>-<n>`, empty.
+        pub(crate) fn new(tag: &str) -> Self {
             static N: AtomicU32 = AtomicU32::new(0);
             let p = std::env::temp_dir().join(format!(
-                "efm-files-{}-{}",
+                "efm-{tag}-{}-{}",
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             ));
@@ -193,7 +196,9 @@ mod tests {
             fs::create_dir_all(&p).unwrap();
             Self(p)
         }
-        fn names(&self) -> Vec<String> {
+
+        /// The names in the directory, sorted.
+        pub(crate) fn names(&self) -> Vec<String> {
             let mut v: Vec<String> =
                 fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
             v.sort();
@@ -201,15 +206,22 @@ mod tests {
         }
     }
 
-    impl Drop for Dir {
+    impl Drop for TestDir {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_dir::TestDir as Dir;
+    use super::*;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
     #[test]
     fn writes_contents_with_the_exact_mode_and_leaves_no_temporary_file() {
-        let d = Dir::new();
+        let d = Dir::new("files");
         let p = d.0.join("a.conf");
         for mode in [0o600, 0o640, 0o644, 0o400] {
             write_atomic(&p, b"x = 1\n", WriteOptions::private().mode(mode)).unwrap();
@@ -221,7 +233,7 @@ mod tests {
 
     #[test]
     fn replace_swaps_the_file_instead_of_writing_into_it() {
-        let d = Dir::new();
+        let d = Dir::new("files");
         let p = d.0.join("f");
         write_atomic(&p, b"old", WriteOptions::private()).unwrap();
         // A second name for the old inode: an in-place write would change it too.
@@ -235,7 +247,7 @@ mod tests {
 
     #[test]
     fn keep_never_clobbers() {
-        let d = Dir::new();
+        let d = Dir::new("files");
         let p = d.0.join("key");
         write_atomic(&p, b"first", WriteOptions::private().existing(Existing::Keep)).unwrap();
         let e = write_atomic(&p, b"second", WriteOptions::private().existing(Existing::Keep)).unwrap_err();
@@ -248,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_symlink_at_the_target_is_replaced_not_followed() {
-        let d = Dir::new();
+        let d = Dir::new("files");
         let victim = d.0.join("victim");
         fs::write(&victim, b"precious").unwrap();
         let p = d.0.join("link");
@@ -267,7 +279,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_path_and_the_step() {
-        let d = Dir::new();
+        let d = Dir::new("files");
         let p = d.0.join("no-such-dir").join("f");
         let e = write_atomic(&p, b"x", WriteOptions::private()).unwrap_err();
         assert!(e.no_directory(), "{e:?}");
@@ -279,7 +291,7 @@ mod tests {
 
     #[test]
     fn owner_is_set_before_the_file_appears() {
-        let d = Dir::new();
+        let d = Dir::new("files");
         let p = d.0.join("owned");
         let (uid, gid) = if rustix::process::geteuid().is_root() {
             (65_534, 65_534)
@@ -293,7 +305,7 @@ mod tests {
 
     #[test]
     fn concurrent_writers_use_distinct_temporary_files() {
-        let d = Dir::new();
+        let d = Dir::new("files");
         let p = std::sync::Arc::new(d.0.join("shared"));
         let handles: Vec<_> = (0..8u8)
             .map(|i| {

@@ -1,45 +1,16 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 
 use super::*;
-
-/// A fresh directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "efm-keyfile-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use crate::files::test_dir::TestDir as Dir;
 
 const KINDS: [KeyKind; 2] = [KeyKind::Cluster, KeyKind::Password];
 
 #[test]
 fn created_0600_and_read_back() {
     for kind in KINDS {
-        let d = Dir::new();
+        let d = Dir::new("keyfile");
         let p = d.0.join("k");
         assert!(create(kind, &p, b"secret\n").unwrap());
         let meta = fs::symlink_metadata(&p).unwrap();
@@ -53,7 +24,7 @@ fn created_0600_and_read_back() {
 #[test]
 fn an_existing_key_is_never_replaced() {
     for kind in KINDS {
-        let d = Dir::new();
+        let d = Dir::new("keyfile");
         let p = d.0.join("k");
         assert!(create(kind, &p, b"first").unwrap());
         assert!(!create(kind, &p, b"second").unwrap());
@@ -67,7 +38,7 @@ fn an_existing_key_is_never_replaced() {
 
 #[test]
 fn missing_file_says_how_to_make_one() {
-    let d = Dir::new();
+    let d = Dir::new("keyfile");
     let p = d.0.join("missing.key");
     let e = read(KeyKind::Cluster, &p).unwrap_err();
     assert!(matches!(e, KeyFileError::NotFound { .. }), "{e:?}");
@@ -87,7 +58,7 @@ fn missing_file_says_how_to_make_one() {
 #[test]
 fn group_or_other_access_is_refused_with_the_chmod_to_run() {
     for kind in KINDS {
-        let d = Dir::new();
+        let d = Dir::new("keyfile");
         let p = d.0.join("k");
         create(kind, &p, b"x").unwrap();
         for mode in [0o644, 0o640, 0o604, 0o660, 0o610, 0o601, 0o620] {
@@ -107,7 +78,7 @@ fn group_or_other_access_is_refused_with_the_chmod_to_run() {
 
 #[test]
 fn symlinks_and_other_non_files_are_refused() {
-    let d = Dir::new();
+    let d = Dir::new("keyfile");
     let real = d.0.join("real");
     create(KeyKind::Cluster, &real, b"x").unwrap();
     let link = d.0.join("link");
@@ -133,7 +104,7 @@ fn symlinks_and_other_non_files_are_refused() {
 
 #[test]
 fn oversized_file_is_refused() {
-    let d = Dir::new();
+    let d = Dir::new("keyfile");
     let p = d.0.join("big");
     create(KeyKind::Cluster, &p, &vec![b'a'; usize::try_from(MAX_LEN).unwrap() + 1]).unwrap();
     let e = read(KeyKind::Cluster, &p).unwrap_err();
@@ -143,7 +114,7 @@ fn oversized_file_is_refused() {
 
 #[test]
 fn missing_directory_is_named() {
-    let d = Dir::new();
+    let d = Dir::new("keyfile");
     let p = d.0.join("no-such-dir/k");
     let e = create(KeyKind::Password, &p, b"x").unwrap_err();
     assert!(matches!(e, KeyFileError::Io { .. }), "{e:?}");
@@ -154,7 +125,7 @@ fn missing_directory_is_named() {
 #[test]
 fn racing_creators_agree_on_one_key() {
     for _ in 0..10 {
-        let d = Dir::new();
+        let d = Dir::new("keyfile");
         let p = Arc::new(d.0.join("k"));
         let barrier = Arc::new(Barrier::new(8));
         let handles: Vec<_> = (0..8u8)

@@ -4,34 +4,13 @@ use std::ffi::OsString;
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+use crate::files::test_dir::TestDir as TempDir;
 
 impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let mut r = [0u8; 4];
-        getrandom::getrandom(&mut r).unwrap();
-        let p = std::env::temp_dir().join(format!(
-            "efm-secret-test-{}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            hex_encode(&r)
-        ));
-        fs::create_dir(&p).unwrap();
-        TempDir(p)
-    }
     fn key_path(&self) -> PathBuf {
         self.0.join("efm.key")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -41,7 +20,7 @@ fn test_key(dir: &TempDir) -> Key {
 
 #[test]
 fn round_trip() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let key = test_key(&dir);
     for pw in ["s3cret", "1safepassword", "with spaces = and # and : and \\", "ü€😀", "x"] {
         let enc = encrypt(&key, "acctg", pw).unwrap();
@@ -61,7 +40,7 @@ fn round_trip() {
 
 #[test]
 fn wrong_cluster_is_an_auth_error_naming_the_cluster() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let key = test_key(&dir);
     let enc = encrypt(&key, "acctg", "pw").unwrap();
     let err = decrypt(&key, "sales", &enc).unwrap_err();
@@ -75,7 +54,7 @@ fn wrong_cluster_is_an_auth_error_naming_the_cluster() {
 
 #[test]
 fn wrong_key_is_an_auth_error() {
-    let (d1, d2) = (TempDir::new(), TempDir::new());
+    let (d1, d2) = (TempDir::new("secret-test"), TempDir::new("secret-test"));
     let (k1, k2) = (test_key(&d1), test_key(&d2));
     let enc = encrypt(&k1, "acctg", "pw").unwrap();
     let err = decrypt(&k2, "acctg", &enc).unwrap_err();
@@ -85,7 +64,7 @@ fn wrong_key_is_an_auth_error() {
 
 #[test]
 fn tampering_is_detected() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let key = test_key(&dir);
     let enc = encrypt(&key, "acctg", "password").unwrap();
     let nonce_start = "efm1:".len();
@@ -105,7 +84,7 @@ fn tampering_is_detected() {
 
 #[test]
 fn malformed_values() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let key = test_key(&dir);
     let good = encrypt(&key, "acctg", "pw").unwrap();
     let nonce = good.split(':').nth(1).unwrap();
@@ -149,7 +128,7 @@ fn malformed_values() {
 
 #[test]
 fn legacy_efm_value_asks_to_re_encrypt() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let key = test_key(&dir);
     for legacy in [
         "835fb18954f198e94fd3d6f4b070350b",
@@ -167,7 +146,7 @@ fn legacy_efm_value_asks_to_re_encrypt() {
 
 #[test]
 fn key_file_is_created_0600_and_reused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let path = dir.key_path();
     let k1 = Key::load_or_create(&path).unwrap();
     assert!(k1.was_created());
@@ -194,7 +173,7 @@ fn key_file_is_created_0600_and_reused() {
 
 #[test]
 fn key_file_readable_by_others_is_refused_with_chmod_hint() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let path = dir.key_path();
     drop(Key::load_or_create(&path).unwrap());
     for mode in [0o644, 0o640, 0o604, 0o660] {
@@ -214,7 +193,7 @@ fn key_file_readable_by_others_is_refused_with_chmod_hint() {
 
 #[test]
 fn key_path_that_is_not_a_regular_file_is_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let target = dir.0.join("real.key");
     drop(Key::load_or_create(&target).unwrap());
     let link = dir.0.join("link.key");
@@ -238,7 +217,7 @@ fn key_path_that_is_not_a_regular_file_is_refused() {
 
 #[test]
 fn malformed_key_file_is_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("secret-test");
     let path = dir.key_path();
     let valid = format!("{KEY_PREFIX}{}", "ab".repeat(32));
     for (contents, want) in [
@@ -272,7 +251,7 @@ fn malformed_key_file_is_refused() {
 #[test]
 fn concurrent_creation_yields_one_key() {
     for _ in 0..20 {
-        let dir = TempDir::new();
+        let dir = TempDir::new("secret-test");
         let path = Arc::new(dir.key_path());
         let threads = 8;
         let barrier = Arc::new(Barrier::new(threads));

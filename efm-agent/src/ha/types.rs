@@ -8,10 +8,7 @@ use std::{
 };
 
 use crate::notify::Event as Notice;
-use efm_common::{
-    maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT},
-    wire::{ROLE_PRIMARY, ROLE_STANDBY, ROLE_WITNESS},
-};
+use efm_common::maps::{FenceState, LeaseState, FENCE_FENCED, FENCE_LEASE_ENFORCED, FENCE_MEMBERS_EXEMPT};
 
 use super::{duration_ns, Suspension};
 
@@ -165,26 +162,8 @@ impl Committed {
     }
 }
 
-/// Role bits a peer announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerRole {
-    Primary,
-    Standby,
-    Witness,
-    Idle,
-}
-
-impl PeerRole {
-    #[must_use]
-    pub fn from_bits(bits: u16) -> Self {
-        match bits & efm_common::wire::ROLE_MASK {
-            ROLE_PRIMARY => Self::Primary,
-            ROLE_STANDBY => Self::Standby,
-            ROLE_WITNESS => Self::Witness,
-            _ => Self::Idle,
-        }
-    }
-}
+/// Role bits a peer announces: the agent's own role type (`node::Role::from_bits`).
+pub use crate::node::Role as PeerRole;
 
 /// One peer as the detector and its PINGs describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

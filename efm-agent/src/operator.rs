@@ -133,16 +133,20 @@ struct Snapshot {
     peers: Vec<PeerEntry>,
 }
 
-fn snapshot(facts: &Facts, coord: &Coordinator) -> Snapshot {
+/// What a command decides on. The cluster state is read after a read barrier, so it includes
+/// every change the cluster committed before the command arrived (an operator's
+/// `set-priority` answered by another node a moment ago, say).
+async fn snapshot(facts: &Facts, coord: &Coordinator) -> Result<Snapshot, String> {
+    coord.sync().await.map_err(|e| format!("cannot read the cluster's committed state: {e}"))?;
     let st = coord.state().borrow().as_ref().clone();
-    Snapshot {
+    Ok(Snapshot {
         st,
         me: facts.id.me,
         cfg: facts.id.config.clone(),
         db: facts.db.borrow().view.clone(),
         suspended: facts.status.borrow().suspended.is_some(),
         peers: facts.peers.borrow().clone(),
-    }
+    })
 }
 
 fn member(snap: &Snapshot) -> Result<(), String> {
@@ -243,7 +247,7 @@ async fn promote(facts: &Facts, coord: &Arc<Coordinator>, opts: Promote<'_>) -> 
     if !switchover && (quiet || source_arg.is_some()) {
         return Err("-sourcenode and -quiet apply to a switchover only: add -switchover".into());
     }
-    let snap = snapshot(facts, coord);
+    let snap = snapshot(facts, coord).await?;
     member(&snap)?;
     let st = &snap.st;
     let Some(primary) = st.primary else {
@@ -398,7 +402,7 @@ async fn resume(facts: &Facts) -> Result<Response, String> {
 }
 
 async fn set_priority(facts: &Facts, coord: &Arc<Coordinator>, addr: &str, priority: u32) -> Result<Response, String> {
-    let snap = snapshot(facts, coord);
+    let snap = snapshot(facts, coord).await?;
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
     match snap.st.info(&node) {
@@ -419,7 +423,7 @@ async fn set_priority(facts: &Facts, coord: &Arc<Coordinator>, addr: &str, prior
 }
 
 async fn allow_node(facts: &Facts, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
-    let snap = snapshot(facts, coord);
+    let snap = snapshot(facts, coord).await?;
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
     if snap.st.allowed.contains(&node) {
@@ -430,7 +434,7 @@ async fn allow_node(facts: &Facts, coord: &Arc<Coordinator>, addr: &str) -> Resu
 }
 
 async fn disallow_node(facts: &Facts, coord: &Arc<Coordinator>, addr: &str) -> Result<Response, String> {
-    let snap = snapshot(facts, coord);
+    let snap = snapshot(facts, coord).await?;
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
     if node == snap.me {

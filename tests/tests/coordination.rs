@@ -191,6 +191,23 @@ fn coordination_cluster_forms_and_one_promotion_per_epoch() {
         }
         let s = n[2].state().borrow().clone();
         assert_eq!((s.epoch, s.primary, s.history.len()), (2, Some(winner), 1));
+
+        // Read barrier: a change committed through one node is in another node's state as soon
+        // as that node's sync() returns (an operator's set-priority on n1, then promote on n3).
+        for round in 0..20u32 {
+            let (w, r) = (round as usize % 3, (round as usize + 1) % 3);
+            let priority = 10 + round;
+            n[w].propose(Command::SetPriority { node: addrs[w], priority }).await.unwrap().unwrap();
+            n[r].sync().await.expect("read barrier");
+            let seen = n[r].state().borrow().info(&addrs[w]).map(|i| i.priority);
+            assert_eq!(
+                seen,
+                Some(priority),
+                "round {round}: node {} after sync() sees node {}'s priority",
+                r + 1,
+                w + 1
+            );
+        }
         assert_eq!(s.history[0].epoch, 2);
         // .nodes files: membership == list, so they hold the same members.
         for c in nodes.into_iter().flatten() {

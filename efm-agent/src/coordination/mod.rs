@@ -43,7 +43,7 @@ use std::{
 
 use efm_common::wire::ClusterKeyBytes;
 use openraft::{
-    error::{ClientWriteError, RaftError},
+    error::{CheckIsLeaderError, ClientWriteError, RaftError},
     ChangeMembers, Raft, ServerState, Snapshot, SnapshotPolicy,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
@@ -263,6 +263,14 @@ impl Coordinator {
         propose(&self.inner, cmd).await
     }
 
+    /// A read barrier: returns once this node's state machine (and so [`Coordinator::state`])
+    /// has applied every entry the leader had committed when it was asked, e.g. an operator's
+    /// `set-priority` answered by another node a moment ago. Needs a reachable leader with a
+    /// quorum, like [`Coordinator::propose`], and fails the same way after `propose_timeout_ms`.
+    pub async fn sync(&self) -> Result<(), CoordError> {
+        sync(&self.inner).await
+    }
+
     /// The current Raft leader's address, as this node knows it.
     #[must_use]
     pub fn leader(&self) -> Option<SocketAddr> {
@@ -369,6 +377,69 @@ async fn local_write(inner: &Inner, cmd: Command) -> Result<Response, ForwardErr
             Err(ForwardError::NotLeader(f.leader_node.map(|n| n.addr)))
         }
         Err(e) => Err(ForwardError::Failed(e.to_string())),
+    }
+}
+
+/// The leader's read index: leadership confirmed by a quorum, then the index to have applied.
+async fn local_read_index(inner: &Inner) -> Result<u64, ForwardError> {
+    match inner.raft.get_read_log_id().await {
+        Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ForwardError::NotLeader(f.leader_node.map(|n| n.addr)))
+        }
+        Err(e) => Err(ForwardError::Failed(e.to_string())),
+    }
+}
+
+async fn sync(inner: &Inner) -> Result<(), CoordError> {
+    let after = Duration::from_millis(inner.cfg.timings.propose_timeout_ms);
+    let deadline = Instant::now() + after;
+    let mut last_leader = None;
+    let mut metrics = inner.raft.metrics();
+    let index = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CoordError::Timeout { after, leader: last_leader });
+        }
+        let answer = match leader_addr(inner) {
+            Some(l) if l == inner.cfg.me => {
+                last_leader = Some(l);
+                tokio::time::timeout(left, local_read_index(inner)).await.ok()
+            }
+            Some(l) => {
+                last_leader = Some(l);
+                match inner.net.call(l, &Rpc::ReadIndex, left).await {
+                    Ok(Reply::ReadIndex(r)) => Some(r),
+                    Ok(other) => {
+                        tracing::debug!(leader = %l, "read index: unexpected {other:?}; retrying");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(leader = %l, "read index: {e}; retrying");
+                        None
+                    }
+                }
+            }
+            None => {
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed()).await;
+                continue;
+            }
+        };
+        match answer {
+            Some(Ok(i)) => break i,
+            Some(Err(ForwardError::Failed(e))) if e.contains("fatal") || e.contains("Fatal") => {
+                return Err(CoordError::Raft(e));
+            }
+            Some(Err(e)) => tracing::debug!("read index: {e:?}; retrying"),
+            None => {}
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(10))).await;
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    match inner.raft.wait(Some(left)).applied_index_at_least(Some(index), "read barrier").await {
+        Ok(_) => Ok(()),
+        Err(openraft::metrics::WaitError::ShuttingDown) => Err(CoordError::Shutdown),
+        Err(openraft::metrics::WaitError::Timeout(..)) => Err(CoordError::Timeout { after, leader: last_leader }),
     }
 }
 
@@ -614,6 +685,7 @@ async fn handle(inner: &Inner, rpc: Rpc) -> Reply {
         ),
         Rpc::SnapshotChunk(r) => Reply::SnapshotChunk(inner.raft.install_snapshot(r).await),
         Rpc::ClientWrite(cmd) => Reply::ClientWrite(local_write(inner, cmd).await),
+        Rpc::ReadIndex => Reply::ReadIndex(local_read_index(inner).await),
         Rpc::Join { node, info } => Reply::Join(handle_join(inner, node, info).await),
     }
 }

@@ -46,6 +46,9 @@ pub enum Rpc {
     SnapshotChunk(InstallSnapshotRequest<TypeConfig>),
     /// A proposal forwarded to the leader.
     ClientWrite(Command),
+    /// A read barrier: the leader confirms its leadership with a quorum and answers the log
+    /// index a linearizable read must have applied.
+    ReadIndex,
     /// A node not in the membership asks to be added.
     Join {
         node: SocketAddr,
@@ -88,6 +91,8 @@ pub enum Reply {
     SnapshotChunk(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     ClientWrite(Result<Response, ForwardError>),
     Join(JoinReply),
+    /// The index to have applied (0: nothing committed yet).
+    ReadIndex(Result<u64, ForwardError>),
 }
 
 /// A failed call.

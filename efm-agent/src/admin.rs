@@ -61,6 +61,8 @@ pub enum AdminCommand {
         address: String,
     },
     StopCluster,
+    /// `efm reset-members` (EFM 5): failed members stop counting for the quorum.
+    ResetMembers,
 }
 
 impl AdminCommand {
@@ -74,6 +76,7 @@ impl AdminCommand {
         "allow-node",
         "disallow-node",
         "stop-cluster",
+        "reset-members",
     ];
 
     /// The command's name, as on the wire and on `efm`'s command line.
@@ -88,6 +91,7 @@ impl AdminCommand {
             Self::AllowNode { .. } => "allow-node",
             Self::DisallowNode { .. } => "disallow-node",
             Self::StopCluster => "stop-cluster",
+            Self::ResetMembers => "reset-members",
         }
     }
 }
@@ -198,7 +202,11 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     // serde checks the fields of the commands that have some; these have none.
     let unit = matches!(
         command,
-        AdminCommand::ClusterStatus | AdminCommand::NodeStatus | AdminCommand::Resume | AdminCommand::StopCluster
+        AdminCommand::ClusterStatus
+            | AdminCommand::NodeStatus
+            | AdminCommand::Resume
+            | AdminCommand::StopCluster
+            | AdminCommand::ResetMembers
     );
     if unit && !fields.is_empty() {
         return Err(format!("malformed {name} request: unknown field {}, {name} takes none", fields.join(", ")));
@@ -345,6 +353,7 @@ mod tests {
             AdminCommand::AllowNode { address: "198.18.0.3".into() },
             AdminCommand::DisallowNode { address: "198.18.0.3".into() },
             AdminCommand::StopCluster,
+            AdminCommand::ResetMembers,
         ];
         assert_eq!(all.iter().map(AdminCommand::as_str).collect::<Vec<_>>(), AdminCommand::NAMES);
         for c in all {

@@ -200,6 +200,14 @@ pub enum Cmd {
         /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
         cluster: String,
     },
+    /// Stop counting failed members for the quorum (EFM 5): every member whose agent is not
+    /// heard is removed from the cluster's voters. They stay allowed and join again when their
+    /// agents start or reach the cluster again.
+    #[command(after_help = "Example:\n  efm reset-members acctg")]
+    ResetMembers {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+    },
     /// Check the configuration files and print the effective configuration and every problem.
     #[command(after_help = "Example:\n  efm prop-check acctg")]
     PropCheck {
@@ -285,6 +293,7 @@ impl Cmd {
                 (cluster, AdminCommand::DisallowNode { address: address.clone() })
             }
             Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
+            Self::ResetMembers { cluster } => (cluster, AdminCommand::ResetMembers),
             Self::PropCheck { .. }
             | Self::UpgradeConf { .. }
             | Self::Encrypt { .. }
@@ -474,6 +483,7 @@ mod tests {
             &["allow-node", "acctg", "198.18.0.3"],
             &["disallow-node", "acctg", "198.18.0.3"],
             &["stop-cluster", "acctg"],
+            &["reset-members", "acctg"],
         ]
         .iter()
         .map(|w| parse(w).admin_request().unwrap().1.as_str())

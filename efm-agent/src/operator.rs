@@ -39,7 +39,8 @@ use crate::{
 };
 
 /// The admin commands this module answers (the others are the status reports).
-pub const COMMANDS: &[&str] = &["promote", "resume", "set-priority", "allow-node", "disallow-node", "stop-cluster"];
+pub const COMMANDS: &[&str] =
+    &["promote", "resume", "set-priority", "allow-node", "disallow-node", "stop-cluster", "reset-members"];
 
 /// How long `promote` waits for the new primary to serve.
 const PROMOTE_WAIT: Duration = Duration::from_secs(75);
@@ -68,6 +69,7 @@ pub async fn handle(facts: &Facts, coord: &Arc<Coordinator>, req: &Request) -> R
         AdminCommand::AllowNode { address } => allow_node(facts, coord, address).await,
         AdminCommand::DisallowNode { address } => disallow_node(facts, coord, address).await,
         AdminCommand::StopCluster => stop_cluster(coord).await,
+        AdminCommand::ResetMembers => reset_members(facts, coord).await,
         other @ (AdminCommand::ClusterStatus | AdminCommand::NodeStatus) => {
             Err(format!("{other} is a status report, not an operator command"))
         }
@@ -463,6 +465,56 @@ async fn stop_cluster(coord: &Arc<Coordinator>) -> Result<Response, String> {
     Ok(message(
         "Every agent of the cluster is stopping; the databases keep running as they are, without failover protection",
     ))
+}
+
+/// `efm reset-members` (EFM 5): since EFM 5 a member that fails or is cut off keeps counting for
+/// the quorum until it returns or the operator resets the members. Here: every voter whose
+/// agent this node does not hear is removed from the Raft voters (a membership change, so it
+/// needs the current quorum like any other); the removed nodes stay allowed and join again
+/// when their agents start or reach the cluster again.
+async fn reset_members(facts: &Facts, coord: &Arc<Coordinator>) -> Result<Response, String> {
+    let snap = snapshot(facts, coord).await?;
+    member(&snap)?;
+    let heard = |a: &SocketAddr| {
+        *a == snap.me
+            || snap.peers.iter().any(|p| p.addr == *a && p.health.is_some_and(|h| h.verdict == Verdict::Alive))
+    };
+    let voters = snap.st.voters();
+    let failed: Vec<SocketAddr> = voters.iter().copied().filter(|a| !heard(a)).collect();
+    if failed.is_empty() {
+        return Ok(message(format!(
+            "every member of cluster {} is heard ({}); nothing to reset",
+            snap.cfg.cluster,
+            list(&voters)
+        )));
+    }
+    if let Some(p) = snap.st.primary.filter(|p| failed.contains(p)) {
+        return Err(format!(
+            "the primary {p} is among the members not heard; it cannot be reset: wait for the failover or run efm promote first"
+        ));
+    }
+    let now = coord.remove_voters(&failed).await.map_err(|e| match e {
+        CoordError::Timeout { .. } => format!(
+            "no answer from the cluster within the timeout; the members ({}) may or may not have been removed: check efm cluster-status",
+            list(&failed)
+        ),
+        e => format!("the cluster could not remove {}: {e}", list(&failed)),
+    })?;
+    tracing::warn!(removed = %list(&failed), voters = %list(&now), "efm reset-members: failed members removed from the quorum");
+    if now.len() < crate::config::check::MIN_AGENTS {
+        crate::notify::emit(&snap.cfg, crate::notify::Event::BelowThreeNodes { nodes: now.len() });
+    }
+    Ok(message(format!(
+        "Removed {} from the members of cluster {}; members now {} (quorum {}). They join again when their agents start or reach the cluster.",
+        list(&failed),
+        snap.cfg.cluster,
+        list(&now),
+        now.len() / 2 + 1
+    )))
+}
+
+fn list<'a>(a: impl IntoIterator<Item = &'a SocketAddr>) -> String {
+    a.into_iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

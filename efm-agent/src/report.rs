@@ -210,6 +210,11 @@ pub async fn cluster_status(
     let mut checks = Vec::new();
     for p in &peers {
         let Some(h) = p.health.filter(|h| h.verdict == Verdict::Alive) else {
+            // A node removed from the members (`efm reset-members`, `disallow-node`) is not
+            // missing: it no longer belongs to the cluster until it joins again.
+            if !cs.allowed.is_empty() && !cs.is_voter(&p.addr) {
+                continue;
+            }
             st.add_missing(
                 &p.addr.ip().to_string(),
                 MissingNode {

@@ -616,3 +616,44 @@ fn auto_resume_failure_period_resumes_a_restarted_standby_by_itself() {
     });
     rec.wait_line("root n3 resumed", Duration::from_secs(10));
 }
+
+/// `efm reset-members` (EFM 5): a member whose agent died keeps counting for the quorum until
+/// the operator resets the members; then it no longer counts (nor shows as missing), stays
+/// allowed, and joins again by itself when its agent starts.
+#[test]
+fn reset_members_forgets_a_failed_member_until_its_agent_returns() {
+    let mut c = Cluster::start(&PSS, "");
+    c.wait_healthy(Duration::from_secs(30));
+    let n3 = ip(&c, 2);
+    let o = c.efm_cmd(0, "reset-members", &[]);
+    assert!(ok(&o, "reset-members with every member heard").contains("nothing to reset"), "{}", text(&o));
+
+    c.agents[2].sigkill();
+    wait_until("n3 to be reported missing", Duration::from_secs(30), || {
+        status_json(&c, 0)["missingnodes"].as_array().is_some_and(|m| m.iter().any(|a| *a == n3.as_str()))
+    });
+    let msg = ok(&c.efm_cmd(1, "reset-members", &[]), "reset-members on a standby");
+    assert!(msg.contains(&format!("Removed {n3}:7800")) && msg.contains("(quorum 2)"), "{msg}");
+    // n1 applies the membership change a moment later.
+    wait_until("n1 to stop reporting n3 as missing", Duration::from_secs(10), || {
+        status_json(&c, 0)["missingnodes"] == serde_json::json!([])
+    });
+    let st = status_json(&c, 0);
+    assert_eq!(st["nodes"].as_object().map(serde_json::Map::len), Some(2), "{st:#}");
+    assert!(
+        st["allowednodes"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|x| x.starts_with(&n3)))),
+        "n3 stays allowed: {st:#}"
+    );
+    // The primary keeps serving on the two remaining members.
+    assert_eq!(c.serving_primary(), Some(0));
+
+    // Its agent starts again: it is not a member any more and joins by itself.
+    c.restart_agent(2);
+    wait_until("n3 to be a member again, heard by n1", Duration::from_mins(1), || {
+        let st = status_json(&c, 0);
+        st["missingnodes"] == serde_json::json!([])
+            && st["nodes"].as_object().is_some_and(|n| n.len() == 3 && n.values().all(|v| v["agent"] == "UP"))
+    });
+    c.wait_healthy(Duration::from_secs(30));
+    assert_eq!(c.serving_primary(), Some(0));
+}

@@ -85,7 +85,8 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         | Cmd::SetPriority { .. }
         | Cmd::AllowNode { .. }
         | Cmd::DisallowNode { .. }
-        | Cmd::StopCluster { .. } => {
+        | Cmd::StopCluster { .. }
+        | Cmd::ResetMembers { .. } => {
             let Some((cluster, command)) = cli.cmd.admin_request() else { return Err("no admin request".into()) };
             let v = ask_with(cli, cluster, command, Duration::from_mins(1))?;
             print_message(&v);

@@ -234,9 +234,8 @@ impl Coordinator {
         tracing::info!(me = %inner.cfg.me, id, had_state, "Raft coordinator started");
 
         let mut this = Self { inner, tasks };
-        if had_state {
-            this.tasks.push(tokio::spawn(rejoin_when_removed(this.inner.clone())));
-        } else {
+        this.tasks.push(tokio::spawn(rejoin_when_removed(this.inner.clone(), had_state)));
+        if !had_state {
             match bootstrap(&this.inner).await {
                 Ok(Some(t)) => this.tasks.push(t),
                 Ok(None) => {}
@@ -269,6 +268,53 @@ impl Coordinator {
     /// quorum, like [`Coordinator::propose`], and fails the same way after `propose_timeout_ms`.
     pub async fn sync(&self) -> Result<(), CoordError> {
         sync(&self.inner).await
+    }
+
+    /// `efm reset-members`: removes `nodes` from the voters (through the leader), so that they
+    /// no longer count for the quorum; they stay allowed and join again when their agents start
+    /// or reconnect. Returns the voters after the change. The change needs the quorum of the
+    /// current voters, like any other.
+    pub async fn remove_voters(&self, nodes: &[SocketAddr]) -> Result<Vec<SocketAddr>, CoordError> {
+        let after = Duration::from_millis(self.inner.cfg.timings.propose_timeout_ms);
+        let deadline = Instant::now() + after;
+        let mut last_leader = None;
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(CoordError::Timeout { after, leader: last_leader });
+            }
+            let answer = match leader_addr(&self.inner) {
+                Some(l) if l == self.inner.cfg.me => {
+                    last_leader = Some(l);
+                    tokio::time::timeout(left, local_remove_voters(&self.inner, nodes)).await.ok()
+                }
+                Some(l) => {
+                    last_leader = Some(l);
+                    match self.inner.net.call(l, &Rpc::RemoveVoters(nodes.to_vec()), left).await {
+                        Ok(Reply::RemoveVoters(r)) => Some(r),
+                        Ok(other) => {
+                            tracing::debug!(leader = %l, "remove voters: unexpected {other:?}; retrying");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::debug!(leader = %l, "remove voters: {e}; retrying");
+                            None
+                        }
+                    }
+                }
+                None => {
+                    let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), metrics.changed()).await;
+                    continue;
+                }
+            };
+            match answer {
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(ForwardError::Failed(e))) => return Err(CoordError::Raft(e)),
+                Some(Err(ForwardError::NotLeader(_))) | None => {}
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(10))).await;
+        }
     }
 
     /// The current Raft leader's address, as this node knows it.
@@ -356,6 +402,14 @@ fn leader_addr(inner: &Inner) -> Option<SocketAddr> {
     m.membership_config.membership().get_node(&l).map(|n| n.addr)
 }
 
+/// The voters' addresses, as this node's membership says.
+fn voters(inner: &Inner) -> Vec<SocketAddr> {
+    let m = inner.raft.metrics();
+    let m = m.borrow();
+    let mem = m.membership_config.membership();
+    mem.voter_ids().filter_map(|v| mem.get_node(&v).map(|n| n.addr)).collect()
+}
+
 fn members(inner: &Inner) -> BTreeMap<u64, SocketAddr> {
     let m = inner.raft.metrics();
     let m = m.borrow();
@@ -378,6 +432,36 @@ async fn local_write(inner: &Inner, cmd: Command) -> Result<Response, ForwardErr
         }
         Err(e) => Err(ForwardError::Failed(e.to_string())),
     }
+}
+
+/// Leader side of [`Coordinator::remove_voters`].
+async fn local_remove_voters(inner: &Inner, nodes: &[SocketAddr]) -> Result<Vec<SocketAddr>, ForwardError> {
+    if leader_addr(inner) != Some(inner.cfg.me) {
+        return Err(ForwardError::NotLeader(leader_addr(inner)));
+    }
+    let _serial = inner.join_lock.lock().await;
+    let m = members(inner);
+    let ids: BTreeSet<u64> = m.iter().filter(|(_, a)| nodes.contains(a)).map(|(id, _)| *id).collect();
+    let voter_ids: BTreeSet<u64> = inner.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    let ids: BTreeSet<u64> = ids.intersection(&voter_ids).copied().collect();
+    if ids.contains(&inner.id) {
+        return Err(ForwardError::Failed(format!("{} is the Raft leader; it cannot remove itself", inner.cfg.me)));
+    }
+    if ids.len() >= voter_ids.len() {
+        return Err(ForwardError::Failed("removing every voter would leave no cluster".into()));
+    }
+    if !ids.is_empty() {
+        tracing::warn!(?nodes, "efm reset-members: removing failed members from the voters");
+        if let Err(e) = inner.raft.change_membership(ChangeMembers::RemoveVoters(ids.clone()), false).await {
+            return Err(ForwardError::Failed(format!("membership change: {e}")));
+        }
+        // Forget them as nodes too (they were learners after the change): a returning agent
+        // joins afresh through `Join`.
+        if let Err(e) = inner.raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await {
+            tracing::warn!("removing the former voters' nodes: {e}");
+        }
+    }
+    Ok(voters(inner))
 }
 
 /// The leader's read index: leadership confirmed by a quorum, then the index to have applied.
@@ -582,25 +666,48 @@ async fn try_join(inner: &Inner, others: &[SocketAddr]) -> Result<JoinOutcome, C
     Ok(outcome)
 }
 
-/// A node that restarts from its Raft state but was removed from the cluster (`efm
-/// disallow-node`, then stopped) asks to join again every few seconds until it is a member: the
-/// leader refuses while it stays disallowed and admits it once `efm allow-node` allowed it.
-async fn rejoin_when_removed(inner: Arc<Inner>) {
+/// A node that was removed from the cluster asks to join again every few seconds until it is
+/// a member: after `efm disallow-node` (then stopped and restarted) the leader refuses while it
+/// stays disallowed and admits it once `efm allow-node` allowed it; after `efm reset-members`
+/// (it stayed allowed) it is admitted as soon as it reaches the leader. A node removed while it
+/// was cut off never hears of its removal: it only notices that no leader talks to it, so a
+/// node without a leader for [`LEADERLESS_REJOIN`] asks too (the leader answers
+/// `AlreadyMember` when it still is one).
+///
+/// A node that starts without Raft state joins through [`bootstrap`]; this task takes over once
+/// it was a member.
+async fn rejoin_when_removed(inner: Arc<Inner>, had_state: bool) {
     let me = inner.cfg.me;
+    let mut was_member = had_state;
     let mut refused_logged = false;
+    let mut leaderless_since: Option<Instant> = None;
+    let mut last_leaderless_ask: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let state = inner.state_rx.borrow().clone();
-        if state.allowed.contains(&me) {
+        was_member |= state.allowed.contains(&me) && voters(&inner).contains(&me);
+        if !was_member {
+            continue;
+        }
+        let now = Instant::now();
+        let has_leader = leader_addr(&inner).is_some();
+        leaderless_since = if has_leader { None } else { leaderless_since.or(Some(now)) };
+        let removed = !state.allowed.contains(&me) || (!state.voters().is_empty() && !voters(&inner).contains(&me));
+        let leaderless = leaderless_since.is_some_and(|t| now.duration_since(t) >= LEADERLESS_REJOIN)
+            && last_leaderless_ask.is_none_or(|t| now.duration_since(t) >= LEADERLESS_REJOIN);
+        if !removed && !leaderless {
             refused_logged = false;
             continue;
+        }
+        if leaderless {
+            last_leaderless_ask = Some(now);
         }
         let mut others: Vec<SocketAddr> =
             inner.cfg.nodes_file_members.iter().chain(state.allowed.iter()).copied().filter(|a| *a != me).collect();
         others.sort();
         others.dedup();
         match try_join(&inner, &others).await {
-            Ok(JoinOutcome::Member) => tracing::info!("joined the cluster again"),
+            Ok(JoinOutcome::Member) if removed => tracing::info!("joined the cluster again"),
             Ok(_) => {}
             Err(e) => {
                 if !refused_logged {
@@ -612,6 +719,9 @@ async fn rejoin_when_removed(inner: Arc<Inner>) {
     }
 }
 
+/// How long a node hears no leader before it asks whether it was removed meanwhile.
+const LEADERLESS_REJOIN: Duration = Duration::from_secs(5);
+
 /// Leader side of `Join`.
 async fn handle_join(inner: &Inner, node: SocketAddr, info: NodeInfo) -> JoinReply {
     match inner.raft.is_initialized().await {
@@ -620,12 +730,6 @@ async fn handle_join(inner: &Inner, node: SocketAddr, info: NodeInfo) -> JoinRep
         Err(e) => return JoinReply::Failed(e.to_string()),
     }
     let id = raft_id(&node);
-    let voters = |inner: &Inner| -> Vec<SocketAddr> {
-        let m = inner.raft.metrics();
-        let m = m.borrow();
-        let mem = m.membership_config.membership();
-        mem.voter_ids().filter_map(|v| mem.get_node(&v).map(|n| n.addr)).collect()
-    };
     if members(inner).contains_key(&id) && voters(inner).contains(&node) {
         return JoinReply::AlreadyMember { voters: voters(inner) };
     }
@@ -686,6 +790,7 @@ async fn handle(inner: &Inner, rpc: Rpc) -> Reply {
         Rpc::SnapshotChunk(r) => Reply::SnapshotChunk(inner.raft.install_snapshot(r).await),
         Rpc::ClientWrite(cmd) => Reply::ClientWrite(local_write(inner, cmd).await),
         Rpc::ReadIndex => Reply::ReadIndex(local_read_index(inner).await),
+        Rpc::RemoveVoters(nodes) => Reply::RemoveVoters(local_remove_voters(inner, &nodes).await),
         Rpc::Join { node, info } => Reply::Join(handle_join(inner, node, info).await),
     }
 }

@@ -54,6 +54,9 @@ pub enum Rpc {
         node: SocketAddr,
         info: NodeInfo,
     },
+    /// `efm reset-members`: the leader removes these voters from the membership (they join
+    /// again when their agents start or reconnect).
+    RemoveVoters(Vec<SocketAddr>),
 }
 
 /// Why a forwarded proposal was not applied.
@@ -93,6 +96,8 @@ pub enum Reply {
     Join(JoinReply),
     /// The index to have applied (0: nothing committed yet).
     ReadIndex(Result<u64, ForwardError>),
+    /// The voters after the removal.
+    RemoveVoters(Result<Vec<SocketAddr>, ForwardError>),
 }
 
 /// A failed call.

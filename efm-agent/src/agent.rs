@@ -107,6 +107,8 @@ pub enum AgentError {
     Coordination(#[from] crate::coordination::CoordError),
     #[error(transparent)]
     Health(#[from] crate::health::HealthError),
+    #[error("reconfigure.num.sync / reconfigure.sync.primary: {0}")]
+    SyncRep(crate::postgres::control::ControlError),
 }
 
 impl From<DatapathError> for AgentError {
@@ -395,6 +397,8 @@ struct Tasks {
     admin: JoinHandle<()>,
     db: Option<JoinHandle<()>>,
     custom_monitor: Option<JoinHandle<()>>,
+    /// `reconfigure.num.sync` / `reconfigure.sync.primary` ([`crate::sync_rep`]).
+    sync_rep: Option<JoinHandle<()>>,
     health: Option<HealthServer>,
 }
 
@@ -416,6 +420,13 @@ impl Tasks {
             let (facts, coord) = (admin_facts.clone(), admin_coord.clone());
             async move { handle(&facts, &coord, req).await }
         }));
+        let sync_rep = match &db {
+            Some((t, _)) if cfg.reconfigure_num_sync || cfg.reconfigure_sync_primary => {
+                let control = crate::postgres::control::DbControl::from_config(cfg).map_err(AgentError::SyncRep)?;
+                Some(tokio::spawn(crate::sync_rep::run(facts.clone(), t.clone(), control, opts.state_dir.clone())))
+            }
+            _ => None,
+        };
         let db = db.map(|(t, owner)| tokio::spawn(localdb::run(facts.id.clone(), owner, t)));
         let custom_monitor = cfg
             .script_custom_monitor
@@ -423,7 +434,7 @@ impl Tasks {
             .filter(|_| !cfg.is_witness)
             .map(|_| tokio::spawn(crate::custom_monitor::run(facts.id.clone(), facts.db.clone(), custom_monitor)));
         let health = health.map(|(l, metrics)| l.serve(facts.clone(), metrics));
-        Ok(Self { admin, db, custom_monitor, health })
+        Ok(Self { admin, db, custom_monitor, sync_rep, health })
     }
 
     fn stop(self) {
@@ -435,6 +446,9 @@ impl Tasks {
             t.abort();
         }
         if let Some(t) = self.custom_monitor {
+            t.abort();
+        }
+        if let Some(t) = self.sync_rep {
             t.abort();
         }
     }

@@ -25,5 +25,6 @@ pub mod scripts;
 pub mod secret;
 pub mod sessions;
 pub mod status;
+pub mod sync_rep;
 pub mod users;
 pub mod vip;

@@ -16,6 +16,7 @@ pub mod control;
 pub mod lsn;
 pub mod monitor;
 pub mod pgpass;
+pub mod sync_names;
 
 use std::{
     fmt,

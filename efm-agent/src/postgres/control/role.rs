@@ -302,6 +302,36 @@ async fn apply_settings(
     }
 }
 
+/// Sets a reloadable setting on the running server `target` and reloads: `ALTER SYSTEM`, or,
+/// for a user that may not, the line written into `postgresql.auto.conf` as the owner; then
+/// `pg_reload_conf()`. Returns whether `ALTER SYSTEM` did it.
+///
+/// # Errors
+/// Connecting, the statements, or writing the file failed.
+pub async fn set_and_reload(
+    target: &DbTarget,
+    control: &DbControl,
+    name: &'static str,
+    value: &str,
+) -> Result<bool, ControlError> {
+    let addr = target.addr();
+    let q = Duration::from_secs(10);
+    let client = connect(target, control.timeout.min(q)).await?;
+    let via_sql = alter_system(&client, &addr, name, value).await?;
+    if !via_sql {
+        let auto = control.data_dir.join("postgresql.auto.conf");
+        let (c, path, value) = (control.clone(), auto.clone(), value.to_owned());
+        blocking(move || {
+            let owner = c.owner_ids()?;
+            let existing = read_optional(&path)?;
+            write_atomic(&path, &set_conf_line(existing.as_deref(), name, &value), Some(&owner))
+        })
+        .await?;
+    }
+    row(&client, &addr, "pg_reload_conf()", "SELECT pg_reload_conf()", q).await?;
+    Ok(via_sql)
+}
+
 /// Before Postgres 12: `recovery.conf` rewritten, then a restart. Returns the file written.
 async fn apply_with_recovery_conf(
     control: &DbControl,

@@ -399,6 +399,8 @@ struct Tasks {
     custom_monitor: Option<JoinHandle<()>>,
     /// `reconfigure.num.sync` / `reconfigure.sync.primary` ([`crate::sync_rep`]).
     sync_rep: Option<JoinHandle<()>>,
+    /// `update.physical.slots.period` ([`crate::slots`]).
+    slots: Option<JoinHandle<()>>,
     health: Option<HealthServer>,
 }
 
@@ -427,6 +429,12 @@ impl Tasks {
             }
             _ => None,
         };
+        let slots = match &db {
+            Some((t, _)) if !cfg.update_physical_slots_period.is_zero() => {
+                Some(tokio::spawn(crate::slots::run(facts.clone(), t.clone())))
+            }
+            _ => None,
+        };
         let db = db.map(|(t, owner)| tokio::spawn(localdb::run(facts.id.clone(), owner, t)));
         let custom_monitor = cfg
             .script_custom_monitor
@@ -434,7 +442,7 @@ impl Tasks {
             .filter(|_| !cfg.is_witness)
             .map(|_| tokio::spawn(crate::custom_monitor::run(facts.id.clone(), facts.db.clone(), custom_monitor)));
         let health = health.map(|(l, metrics)| l.serve(facts.clone(), metrics));
-        Ok(Self { admin, db, custom_monitor, sync_rep, health })
+        Ok(Self { admin, db, custom_monitor, sync_rep, slots, health })
     }
 
     fn stop(self) {
@@ -449,6 +457,9 @@ impl Tasks {
             t.abort();
         }
         if let Some(t) = self.sync_rep {
+            t.abort();
+        }
+        if let Some(t) = self.slots {
             t.abort();
         }
     }

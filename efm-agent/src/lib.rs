@@ -24,6 +24,7 @@ pub mod report;
 pub mod scripts;
 pub mod secret;
 pub mod sessions;
+pub mod slots;
 pub mod status;
 pub mod sync_rep;
 pub mod users;

@@ -117,7 +117,12 @@ pub const PROPERTIES: &[PropDef] = &[
     p("stop.isolated.primary", "true", Kind::Bool, "stop the primary database when its agent is isolated"),
     p("stop.failed.primary", "true", Kind::Bool, "try to stop a primary database that stopped answering"),
     p("primary.shutdown.as.failure", "false", Kind::Bool, "treat a clean primary shutdown as a failure"),
-    p("update.physical.slots.period", "0", Kind::Duration, "interval for copying physical slots to standbys (0 = off)"),
+    p(
+        "update.physical.slots.period",
+        "0",
+        Kind::Duration,
+        "how often a standby copies the primary's physical replication slots (all but its own) into its database and advances them, so that after a failover the other standbys stream through their slots on the new primary; db.user needs REPLICATION (0 = off)",
+    ),
     p("ping.server.ip", "", Kind::Ip, "address pinged to tell isolation from a remote failure"),
     p("ping.server.command", "/bin/ping -q -c3 -w5", Kind::Command, "command used to ping ping.server.ip"),
     p("auto.allow.hosts", "false", Kind::Bool, "allow the addresses of the .nodes file automatically"),

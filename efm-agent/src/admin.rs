@@ -63,6 +63,11 @@ pub enum AdminCommand {
     StopCluster,
     /// `efm reset-members` (EFM 5): failed members stop counting for the quorum.
     ResetMembers,
+    /// `efm rejoin [--force]`: rewind this former primary and make it a standby of the primary.
+    Rejoin {
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl AdminCommand {
@@ -77,6 +82,7 @@ impl AdminCommand {
         "disallow-node",
         "stop-cluster",
         "reset-members",
+        "rejoin",
     ];
 
     /// The command's name, as on the wire and on `efm`'s command line.
@@ -92,6 +98,7 @@ impl AdminCommand {
             Self::DisallowNode { .. } => "disallow-node",
             Self::StopCluster => "stop-cluster",
             Self::ResetMembers => "reset-members",
+            Self::Rejoin { .. } => "rejoin",
         }
     }
 }
@@ -354,6 +361,7 @@ mod tests {
             AdminCommand::DisallowNode { address: "198.18.0.3".into() },
             AdminCommand::StopCluster,
             AdminCommand::ResetMembers,
+            AdminCommand::Rejoin { force: true },
         ];
         assert_eq!(all.iter().map(AdminCommand::as_str).collect::<Vec<_>>(), AdminCommand::NAMES);
         for c in all {

@@ -208,6 +208,21 @@ pub enum Cmd {
         /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
         cluster: String,
     },
+    /// Make this node, a former primary replaced by a failover, a standby of the current primary:
+    /// its database is stopped, rewound with `pg_rewind` from the primary (needs `wal_log_hints` or
+    /// data checksums), configured as a standby and started. Refused when the WAL the rewind would
+    /// discard holds commits (they may have been acknowledged and exist nowhere else) unless
+    /// --force.
+    #[command(
+        after_help = "Example:\n  efm rejoin acctg\n  efm rejoin acctg --force   # after saving what the refusal named"
+    )]
+    Rejoin {
+        /// Cluster name (the agent's admin socket is <run-dir>/<cluster>.sock).
+        cluster: String,
+        /// Rewind even when the discarded WAL holds commits.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check the configuration files and print the effective configuration and every problem.
     #[command(after_help = "Example:\n  efm prop-check acctg")]
     PropCheck {
@@ -294,6 +309,7 @@ impl Cmd {
             }
             Self::StopCluster { cluster } => (cluster, AdminCommand::StopCluster),
             Self::ResetMembers { cluster } => (cluster, AdminCommand::ResetMembers),
+            Self::Rejoin { cluster, force } => (cluster, AdminCommand::Rejoin { force: *force }),
             Self::PropCheck { .. }
             | Self::UpgradeConf { .. }
             | Self::Encrypt { .. }
@@ -484,6 +500,7 @@ mod tests {
             &["disallow-node", "acctg", "198.18.0.3"],
             &["stop-cluster", "acctg"],
             &["reset-members", "acctg"],
+            &["rejoin", "acctg", "--force"],
         ]
         .iter()
         .map(|w| parse(w).admin_request().unwrap().1.as_str())

@@ -237,7 +237,10 @@ async fn watch_postmaster(
     loop {
         let pid = std::fs::read_to_string(data_dir.join("postmaster.pid"))
             .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            // A single-user server (crash recovery before a rewind) writes its pid negated;
+            // there is no postmaster to watch then (and `Pid::from_raw` asserts a positive pid).
+            .filter(|p| *p > 0);
         let Some(pid) = pid else {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;

@@ -40,7 +40,7 @@ use crate::{
 
 /// The admin commands this module answers (the others are the status reports).
 pub const COMMANDS: &[&str] =
-    &["promote", "resume", "set-priority", "allow-node", "disallow-node", "stop-cluster", "reset-members"];
+    &["promote", "resume", "set-priority", "allow-node", "disallow-node", "stop-cluster", "reset-members", "rejoin"];
 
 /// How long `promote` waits for the new primary to serve.
 const PROMOTE_WAIT: Duration = Duration::from_secs(75);
@@ -70,6 +70,7 @@ pub async fn handle(facts: &Facts, coord: &Arc<Coordinator>, req: &Request) -> R
         AdminCommand::DisallowNode { address } => disallow_node(facts, coord, address).await,
         AdminCommand::StopCluster => stop_cluster(coord).await,
         AdminCommand::ResetMembers => reset_members(facts, coord).await,
+        AdminCommand::Rejoin { force } => rejoin(facts, coord, *force).await,
         other @ (AdminCommand::ClusterStatus | AdminCommand::NodeStatus) => {
             Err(format!("{other} is a status report, not an operator command"))
         }
@@ -510,6 +511,84 @@ async fn reset_members(facts: &Facts, coord: &Arc<Coordinator>) -> Result<Respon
         snap.cfg.cluster,
         list(&now),
         now.len() / 2 + 1
+    )))
+}
+
+/// `efm rejoin [--force]`, on a former primary replaced by a failover: stop its database (its
+/// kernel refuses clients already: an earlier epoch's primary is fenced), rewind it from the
+/// current primary ([`control::DbControl::rewind`]: refused when the discarded WAL holds
+/// commits, unless forced), write the standby configuration, start it, and resume monitoring
+/// once it streams.
+async fn rejoin(facts: &Facts, coord: &Arc<Coordinator>, force: bool) -> Result<Response, String> {
+    use crate::postgres::control;
+    let snap = snapshot(facts, coord).await?;
+    member(&snap)?;
+    let (cfg, me) = (&snap.cfg, snap.me);
+    if cfg.is_witness {
+        return Err("this node is a witness: it has no database to rejoin".into());
+    }
+    let Some(primary) = snap.st.primary else {
+        return Err(format!("cluster {} has no primary to rejoin", cfg.cluster));
+    };
+    if primary == me {
+        return Err(format!("this node is the primary of epoch {}; there is nothing to rejoin", snap.st.epoch));
+    }
+    if !serving(facts, primary, snap.st.epoch) {
+        return Err(format!("the primary {primary} does not serve clients now; rejoin needs a serving primary"));
+    }
+    if snap.db.up == Some(true) && snap.db.info.as_ref().is_some_and(|i| i.in_recovery) {
+        return Err(format!(
+            "the database on {me} is a standby already; if it does not stream, see its log (efm resume after fixing it)"
+        ));
+    }
+    let ctl = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    if ctl.is_running().await.map_err(|e| e.to_string())? {
+        tracing::warn!("efm rejoin: stopping the former primary's database");
+        ctl.stop().await.map_err(|e| e.to_string())?;
+    }
+    let src = localdb::target(cfg, &facts.id.config_dir, &primary.ip().to_string())?;
+    control::ensure_source_checkpointed(&src).await.map_err(|e| e.to_string())?;
+    let pass =
+        control::PassFile::new(&ctl, &src.host, src.port, &src.user, &src.resolve_password().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+    let q = control::quote_conninfo_value;
+    let source = format!(
+        "host={} port={} user={} dbname={} passfile={} connect_timeout=10",
+        q(&src.host),
+        src.port,
+        q(&src.user),
+        q(&src.dbname),
+        q(&pass.path().display().to_string())
+    );
+    let out = ctl.rewind(&source, force).await.map_err(|e| e.to_string())?;
+    drop(pass);
+    let up = crate::ha::local::upstream(cfg, &facts.id.config_dir, primary).await?;
+    let c2 = cfg.clone();
+    tokio::task::spawn_blocking(move || crate::ha::local::demote_local(&c2, &up))
+        .await
+        .map_err(|e| format!("writing the standby configuration: {e}"))??;
+    ctl.start().await.map_err(|e| e.to_string())?;
+    let resumed = resume(facts).await;
+    let what = match &out.diverged_at {
+        Some((lsn, tli)) => format!(
+            "rewound from {primary} (diverged at {lsn} on timeline {tli}{})",
+            if out.discarded_commits > 0 {
+                format!("; {} commit(s) discarded (--force)", out.discarded_commits)
+            } else {
+                String::new()
+            }
+        ),
+        None => "no rewind was needed".to_owned(),
+    };
+    let tail = match resumed {
+        Ok(_) => "it streams and is monitored again".to_owned(),
+        Err(e) => format!("monitoring is not resumed yet: {e}"),
+    };
+    Ok(message(format!(
+        "{me} rejoined cluster {} as a standby of {primary} in {:.1} s: {what}; {tail}",
+        cfg.cluster,
+        started.elapsed().as_secs_f64()
     )))
 }
 

@@ -257,6 +257,8 @@ impl Cluster {
             let opts = pg::PgOptions::new(5432, &ip)
                 .netns(&bed.nodes[i].ns.name)
                 .conf(&format!("cluster_name = 'n{}'", i + 1))
+                // pg_rewind needs it (efm rejoin).
+                .conf("wal_log_hints = on")
                 // Clients come in on the VIP as well as the node's own address.
                 .conf("listen_addresses = '*'");
             pgs.push(match k {

@@ -86,7 +86,8 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         | Cmd::AllowNode { .. }
         | Cmd::DisallowNode { .. }
         | Cmd::StopCluster { .. }
-        | Cmd::ResetMembers { .. } => {
+        | Cmd::ResetMembers { .. }
+        | Cmd::Rejoin { .. } => {
             let Some((cluster, command)) = cli.cmd.admin_request() else { return Err("no admin request".into()) };
             let v = ask_with(cli, cluster, command, Duration::from_mins(1))?;
             print_message(&v);

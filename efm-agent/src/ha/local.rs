@@ -138,7 +138,7 @@ pub(super) async fn promote_local(
 /// The new primary; for a server without a `primary_conninfo` of its own, the template is the
 /// new primary's former one (a promotion leaves it set), else `user=db.user` (never db.user's
 /// password: the monitoring password is not written into the database's configuration).
-pub(super) async fn upstream(
+pub(crate) async fn upstream(
     cfg: &Config,
     config_dir: &std::path::Path,
     primary: SocketAddr,
@@ -172,7 +172,7 @@ pub(super) async fn follow(
 }
 
 /// Blocking (file writes): runs on the blocking pool. `up` from [`upstream`].
-pub(super) fn demote_local(cfg: &Config, up: &control::Upstream) -> Result<(), String> {
+pub(crate) fn demote_local(cfg: &Config, up: &control::Upstream) -> Result<(), String> {
     let control = control::DbControl::from_config(cfg).map_err(|e| e.to_string())?;
     let data = cfg.db_data_dir.clone().or_else(|| cfg.db_recovery_conf_dir.clone()).ok_or("db.data.dir is not set")?;
     let version = control::read_pg_version(&data).map_err(|e| e.to_string())?;

@@ -64,7 +64,7 @@ pub mod latch;
 pub mod leader;
 #[cfg(test)]
 mod leader_tests;
-mod local;
+pub(crate) mod local;
 pub mod monitoring;
 #[cfg(test)]
 mod monitoring_tests;

@@ -47,6 +47,7 @@ use crate::scripts::ScriptError;
 
 mod conninfo;
 mod files;
+mod rewind;
 mod role;
 mod server;
 
@@ -56,6 +57,7 @@ pub use conninfo::{
 pub use files::{
     conf_value, demote_to_standby, own_primary_conninfo, read_pg_version, recovery_conf_text, set_conf_line,
 };
+pub use rewind::{ensure_source_checkpointed, PassFile, RewindOutcome};
 pub use role::{promote, read_primary_conninfo, reconfigure_standby, set_and_reload};
 pub use server::{is_running, stop, DbControl};
 

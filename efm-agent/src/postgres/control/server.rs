@@ -95,7 +95,7 @@ impl DbControl {
 
     /// The prefix running a command as the owner: nothing when the agent is the owner,
     /// `runuser -u <owner> --` when it is root, `sudo.user.command` otherwise.
-    fn owner_prefix(&self) -> Result<Vec<String>, ControlError> {
+    pub(super) fn owner_prefix(&self) -> Result<Vec<String>, ControlError> {
         let owner = lookup_user(&self.owner)
             .map_err(|m| ControlError::Config(format!("db.service.owner {:?}: {m}", self.owner)))?;
         let euid = users::euid();
@@ -153,7 +153,7 @@ impl DbControl {
         Ok(v)
     }
 
-    async fn run(&self, what: &str, argv: Vec<String>) -> Result<ScriptOutcome, ControlError> {
+    pub(super) async fn run(&self, what: &str, argv: Vec<String>) -> Result<ScriptOutcome, ControlError> {
         let command = argv.join(" ");
         let opts = RunOptions {
             timeout: self.timeout + Duration::from_secs(10),

@@ -58,6 +58,8 @@ use crate::notify::Event as Notice;
 use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_WITNESS};
 
 pub mod confirm;
+#[cfg(test)]
+mod confirm_tests;
 pub mod effects;
 #[cfg(test)]
 mod effects_tests;

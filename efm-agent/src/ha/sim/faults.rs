@@ -241,7 +241,10 @@ impl Sim {
                 (self.nodes[i].db == Db::Standby && !self.nodes[i].probe_failed_once)
                     || (self.nodes[i].db == Db::Primary
                         && self.log.primary == Some(i)
-                        && self.log.votes.len() < self.log.majority())
+                        && self.log.votes.len() < self.log.majority()
+                        // It voted against its own epoch (gave it up, handed it over): it never
+                        // serves that epoch again.
+                        && !self.log.votes.contains(&i))
             })
     }
 

@@ -193,7 +193,13 @@ fn resume(c: &Cluster, e0: u64) {
 fn all_acknowledged_by_n1(acks: &[Ack], from: u64, to: u64) -> usize {
     let window: Vec<&Ack> = acks.iter().filter(|a| a.sent_ns >= from && a.t_ns <= to).collect();
     let bad: Vec<&&Ack> = window.iter().filter(|a| a.server.as_deref() != Some("n1")).collect();
-    assert!(bad.is_empty(), "{} of {} writes were not acknowledged by n1: {:?}", bad.len(), window.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} of {} writes were not acknowledged by n1: {:?}",
+        bad.len(),
+        window.len(),
+        &bad[..bad.len().min(5)]
+    );
     window.len()
 }
 
@@ -201,9 +207,9 @@ fn all_acknowledged_by_n1(acks: &[Ack], from: u64, to: u64) -> usize {
 fn a_primary_whose_own_checks_fail_while_its_database_serves_is_not_failed_over() {
     let t_start = Instant::now();
     let rec = Recorder::new();
-    let r = rec.script.display().to_string();
-    let c = Cluster::start_with(&PSS, "", |i| format!("script.notification={r} n{} %s\n", i + 1));
-    let p = c.pg[0].as_ref().unwrap();
+    let script = rec.script.display().to_string();
+    let c = Cluster::start_with(&PSS, "", |i| format!("script.notification={script} n{} %s\n", i + 1));
+    let primary = c.pg[0].as_ref().unwrap();
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
     assert!(w.wait_long_acks_from("n1", 0, efm_tests::cluster::LONG_WRITERS, Duration::from_secs(20)));
@@ -225,18 +231,18 @@ fn a_primary_whose_own_checks_fail_while_its_database_serves_is_not_failed_over(
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(epoch(&c, 1), e0, "no promotion");
     only_n1_serves(&c);
-    let o = c.efm_cmd(0, "resume", &[]);
-    assert_eq!(o.status.code(), Some(1), "resume while the checks still fail is refused: {}", text(&o));
+    let refused = c.efm_cmd(0, "resume", &[]);
+    assert_eq!(refused.status.code(), Some(1), "resume while the checks still fail is refused: {}", text(&refused));
     drop(hog);
     resume(&c, e0);
     let t_back = monotonic_ns();
     assert!(w.wait_ack_from("n1", t_back, Duration::from_secs(5)).is_some());
 
     // 2. pg_hba.conf rejects the monitoring user from the primary's own address.
-    let hba = PathBuf::from(p.psql("SHOW hba_file"));
+    let hba = PathBuf::from(primary.psql("SHOW hba_file"));
     let original = fs::read_to_string(&hba).expect("reading pg_hba.conf");
     fs::write(&hba, format!("host all {} 198.18.0.1/32 reject\n{original}", pg::MONITOR_USER)).unwrap();
-    p.psql("SELECT pg_reload_conf()");
+    primary.psql("SELECT pg_reload_conf()");
     let t_hba = monotonic_ns();
     wait_idle_primary(&c, "pg_hba.conf");
     eprintln!("pg_hba.conf: n1 idle {} ms after the reload", (monotonic_ns() - t_hba) / 1_000_000);
@@ -245,7 +251,7 @@ fn a_primary_whose_own_checks_fail_while_its_database_serves_is_not_failed_over(
     assert_eq!(epoch(&c, 1), e0, "no promotion");
     only_n1_serves(&c);
     fs::write(&hba, original).unwrap();
-    p.psql("SELECT pg_reload_conf()");
+    primary.psql("SELECT pg_reload_conf()");
     resume(&c, e0);
     let t_end = monotonic_ns();
     assert!(w.wait_ack_from("n1", t_end, Duration::from_secs(5)).is_some());
@@ -272,10 +278,7 @@ fn a_hung_postmaster_nobody_reaches_is_failed_over() {
     assert!(run.failover_ms < 15_000, "failover took {} ms", run.failover_ms);
     assert!(run.failover_ms > 5_000, "not before local.timeout: {} ms", run.failover_ms);
     let v = c.wait_for(0, "n1 fenced", Duration::from_secs(10), |v| v["kernel"]["serving"] == false);
-    assert!(
-        v["outcome"].as_str().is_some_and(|o| o.starts_with("fenced")),
-        "the old primary gave its epoch up: {v:#}"
-    );
+    assert!(v["outcome"].as_str().is_some_and(|o| o.starts_with("fenced")), "the old primary gave its epoch up: {v:#}");
     let _ = c.pg[0].as_ref().unwrap().sigcont();
     eprintln!("test took {} s", t_start.elapsed().as_secs());
 }

@@ -159,7 +159,14 @@ impl Engine {
         }
         let mut st = match self.confirm {
             Some(st) if st.epoch == e => st,
-            _ => Confirm { epoch: e, since_ns: now, reached: None, unreachable_since: None, failed: false, notified: false },
+            _ => Confirm {
+                epoch: e,
+                since_ns: now,
+                reached: None,
+                unreachable_since: None,
+                failed: false,
+                notified: false,
+            },
         };
         if st.failed {
             self.confirm = Some(st);

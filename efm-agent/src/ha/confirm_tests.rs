@@ -32,7 +32,10 @@ fn failed_over(s: &Step) -> bool {
 /// The primary of epoch 1 (node 1) that has served, at `now_ms` with `db` and `peers`.
 fn primary_step(e: &mut Engine, now_ms: u64, db: LocalDb, peers: &[PeerView]) -> Step {
     let c = committed(1, Some(1));
-    e.step(&Inputs { db_error: Some("sorry, too many clients already (53300)"), ..inputs(now_ms, Some(&c), true, peers, db, &[]) })
+    e.step(&Inputs {
+        db_error: Some("sorry, too many clients already (53300)"),
+        ..inputs(now_ms, Some(&c), true, peers, db, &[])
+    })
 }
 
 #[test]

@@ -180,6 +180,7 @@ pub use crate::node::Role as PeerRole;
 
 /// One peer as the detector and its PINGs describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(clippy::struct_excessive_bools, reason = "independent facts from the detector and the peer's PING flags")]
 pub struct PeerView {
     pub addr: SocketAddr,
     /// The detector's verdict is "alive" (agent heard within `node.timeout`).

@@ -711,6 +711,7 @@ struct Agent {
 }
 
 #[derive(Clone, Debug)]
+#[expect(clippy::struct_excessive_bools, reason = "independent facts of one simulated node")]
 struct Node {
     witness: bool,
     rate: f64,

@@ -37,6 +37,11 @@ use super::{
     duration_ns, latch::Latch, Action, Committed, Engine, Inputs, LocalDb, Notice, Progress, SuspendKind, Suspension,
 };
 
+/// Words in the outcome of a primary whose local checks fail while the other agents check
+/// (or reach) its database: `health`'s `/primary` answers 200 for it although its own view of
+/// the database is "down" — its kernel serves, and so does the database.
+pub const OWN_CHECKS_FAIL: &str = "its agent cannot reach its database";
+
 /// One confirmation episode of this node as the committed primary of `epoch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Confirm {

@@ -536,11 +536,13 @@ impl fmt::Display for Outcome {
             Self::PrimaryDatabaseFailed => write!(f, "fenced: the primary database failed"),
             Self::PrimaryCheckingDb { epoch } => write!(
                 f,
-                "primary for epoch {epoch}: its agent cannot reach its database; the other agents are checking it"
+                "primary for epoch {epoch}: {}; the other agents are checking it",
+                super::confirm::OWN_CHECKS_FAIL
             ),
             Self::PrimaryIdle { epoch, reached_by } => write!(
                 f,
-                "primary for epoch {epoch}, idle: its agent cannot reach its database but {reached_by} can (no failover; efm resume)"
+                "primary for epoch {epoch}, idle: {} but {reached_by} can (no failover; efm resume)",
+                super::confirm::OWN_CHECKS_FAIL
             ),
             Self::PrimaryIsolated { epoch } => {
                 write!(f, "isolated primary of epoch {epoch}: no endorsements, clients cut off by the lease")

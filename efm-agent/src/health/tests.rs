@@ -195,7 +195,7 @@ fn primary_is_503_for_every_missing_condition() {
 }
 
 /// A primary whose own checks fail while the other agents reach its database keeps serving
-/// (ha::confirm): `/primary` stays 200 although its own view of the database is "down".
+/// (`ha::confirm`): `/primary` stays 200 although its own view of the database is "down".
 #[test]
 fn a_primary_whose_own_checks_fail_but_serves_is_still_primary() {
     let idle = View {

@@ -3,7 +3,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/primary` (alias `/master`) | 200 when this node is the committed primary of the current epoch, its kernel lets clients through ([`KernelView::serving`]: not fenced, lease valid, no higher epoch seen) and its database is up and not in recovery; else 503 |
+//! | `/primary` (alias `/master`) | 200 when this node is the committed primary of the current epoch, its kernel lets clients through ([`KernelView::serving`]: not fenced, lease valid, no higher epoch seen) and its database is up and not in recovery (or only its own checks fail while the other agents check or reach it, `ha::confirm`); else 503 |
 //! | `/replica` | 200 when the local database is up and in recovery, the kernel does not cut its clients off and, with `health.replica.max.lag.bytes` set, its WAL position is within that many bytes of the primary's last heartbeat; else 503 |
 //! | `/health` | 200 while the agent runs |
 //! | `/metrics` | Prometheus text exposition format (version 0.0.4) |
@@ -210,7 +210,11 @@ impl View {
 
     /// The `/primary` decision: `Ok` or why not.
     pub fn primary(&self) -> Result<(), String> {
-        if self.db_up != Some(true) {
+        // A primary whose own checks fail while the other agents check or reach its database
+        // serves on (ha::confirm): its view of the database says "down", its kernel serves.
+        let own_checks_fail =
+            self.outcome.as_deref().is_some_and(|o| o.contains(crate::ha::confirm::OWN_CHECKS_FAIL));
+        if self.db_up != Some(true) && !own_checks_fail {
             return Err(format!("database is {}", db_state(self.db_up)));
         }
         if self.in_recovery != Some(false) {

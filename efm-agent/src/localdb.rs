@@ -183,7 +183,7 @@ fn observed(s: &mut LocalDatabase, info: DbInfo) {
     if s.view.up != Some(true) {
         tracing::info!(lsn = ?info.wal_position(), "local database is up");
     }
-    s.view = DbView { up: Some(true), info: Some(info), error: None };
+    s.view = DbView { up: Some(true), info: Some(info), error: None, postmaster_exited: false };
 }
 
 fn on_event(s: &mut LocalDatabase, ev: DbEvent) {
@@ -206,6 +206,8 @@ fn postmaster_gone(s: &mut LocalDatabase, pid: i32) {
     }
     s.view.up = Some(false);
     s.view.error = Some(format!("postmaster (pid {pid}) exited"));
+    // Down for certain: the HA engine does not ask the other agents to confirm it.
+    s.view.postmaster_exited = true;
 }
 
 /// What another task learned (see [`DbUpdate`]), applied by the owner.
@@ -328,7 +330,7 @@ mod tests {
     fn failed_standby() -> LocalDatabase {
         LocalDatabase {
             role: Role::Standby,
-            view: DbView { up: Some(false), info: Some(standby(None)), error: Some("gone".into()) },
+            view: DbView { up: Some(false), info: Some(standby(None)), error: Some("gone".into()), postmaster_exited: false },
         }
     }
 
@@ -375,6 +377,7 @@ mod tests {
         postmaster_gone(&mut s, 4242);
         assert_eq!((s.role, s.view.up), (Role::Primary, Some(false)), "the role stays what the database last said");
         assert_eq!(s.view.error.as_deref(), Some("postmaster (pid 4242) exited"));
+        assert!(s.view.postmaster_exited, "down for certain: no confirmation by the other agents");
         on_event(
             &mut s,
             DbEvent::CheckFailed {
@@ -383,5 +386,20 @@ mod tests {
             },
         );
         assert_eq!(s.view.up, Some(false), "a failed check alone changes nothing");
+        on_event(&mut s, DbEvent::Recovered(primary()));
+        assert!(!s.view.postmaster_exited, "a new postmaster answers");
+        on_event(
+            &mut s,
+            DbEvent::Failed {
+                error: crate::postgres::DbError::Connect {
+                    addr: "198.18.0.1:5444".into(),
+                    message: "sorry, too many clients already (53300)".into(),
+                },
+                silent_for: Duration::from_secs(6),
+                ever_available: true,
+            },
+        );
+        assert_eq!(s.view.up, Some(false));
+        assert!(!s.view.postmaster_exited, "only the local checks fail: the other agents are asked first");
     }
 }

@@ -128,6 +128,9 @@ pub struct DbView {
     pub up: Option<bool>,
     pub info: Option<DbInfo>,
     pub error: Option<String>,
+    /// Down because the postmaster exited (pidfd) and the final check failed, rather than
+    /// because the local checks fail: see `ha::LocalDb::local_check_only`.
+    pub postmaster_exited: bool,
 }
 
 impl DbView {

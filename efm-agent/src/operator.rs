@@ -383,9 +383,9 @@ async fn resume(facts: &Facts) -> Result<Response, String> {
         let db = match postgres::remote_check(&target, cfg.local_timeout).await {
             Ok(info) => {
                 facts.report_db(DbUpdate::Checked(info.clone())).await.map_err(|e| e.to_string())?;
-                DbView { up: Some(true), info: Some(info), error: None }
+                DbView { up: Some(true), info: Some(info), error: None, postmaster_exited: false }
             }
-            Err(e) => DbView { up: Some(false), info: None, error: Some(e.to_string()) },
+            Err(e) => DbView { up: Some(false), info: None, error: Some(e.to_string()), postmaster_exited: false },
         };
         let up = db.up == Some(true);
         let detail = db.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();

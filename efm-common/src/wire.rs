@@ -71,6 +71,15 @@ pub const FLAG_FENCED: u16 = 1 << 4;
 /// PING only: the sender's agent last found its database up. (User-space information; the
 /// XDP program does not look at it.)
 pub const FLAG_DB_UP: u16 = 1 << 5;
+/// PING only: the sender is the committed primary and its agent cannot reach its own database
+/// (its local check failed, its postmaster is not known to have exited); it asks the other
+/// agents to check that database (`remote.timeout`) before anything fails over. (User space.)
+pub const FLAG_DB_CHECK: u16 = 1 << 6;
+/// PING only: the sender's latest remote check (at most a few seconds old) of the database of
+/// the committed primary of the epoch it carries got an answer from that server. (User space.)
+pub const FLAG_PRIMARY_DB_REACHED: u16 = 1 << 7;
+/// PING only: ... and got none (refused, timed out). (User space.)
+pub const FLAG_PRIMARY_DB_UNREACHABLE: u16 = 1 << 8;
 
 /// A decoded heartbeat. User space builds and checks these; the XDP program works on the raw bytes
 /// with the same offsets.

@@ -187,7 +187,9 @@ impl Engine {
         }
         let me = self.cfg.me;
         let in_service = match outcome {
-            Outcome::Primary { .. } => Some((true, true)),
+            Outcome::Primary { .. } | Outcome::PrimaryCheckingDb { .. } | Outcome::PrimaryIdle { .. } => {
+                Some((true, true))
+            }
             Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => {
                 Some((!desired.fenced, false))
             }

@@ -24,6 +24,9 @@ pub enum Latch {
     RejoinStarted,
     /// `Follow` was decided for the epoch's primary.
     Followed,
+    /// This voter cannot reach the primary's database that another agent reaches: "Database
+    /// connection failure" was sent.
+    DbConnectionFailureNotified,
 }
 
 /// The latches that fired, by (what, epoch).

@@ -57,6 +57,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use crate::notify::Event as Notice;
 use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_WITNESS};
 
+pub mod confirm;
+#[cfg(test)]
+mod confirm_tests;
 pub mod effects;
 #[cfg(test)]
 mod effects_tests;
@@ -140,6 +143,8 @@ pub struct Engine {
     comparing_since: Option<(u64, u64)>,
     /// EFM's monitoring state (suspension, resume).
     monitor: monitoring::Monitor,
+    /// The other agents' confirmation of this primary's database failure (`confirm.rs`).
+    confirm: Option<confirm::Confirm>,
     /// The kernel, VIP, load balancer, remote checks and stop-cluster.
     fx: effects::Effects,
 }
@@ -177,6 +182,7 @@ impl Engine {
             votes_seen: None,
             comparing_since: None,
             monitor: monitoring::Monitor::default(),
+            confirm: None,
             fx: effects::Effects::default(),
         }
     }
@@ -313,6 +319,9 @@ impl Engine {
         // This node's own role (primary.rs, standby.rs).
         let (mut desired, outcome) = self.own_role(c, inp, db, lapsed, actions);
         desired.endorse = vote.endorse;
+        // What this node's remote checks found about the primary's database (confirm.rs).
+        desired.ping_flags |= self.remote_check_flags(c, inp.now_ns);
+        self.remote_check_notices(c, inp, actions);
         let outcome = match outcome {
             Outcome::Standby { primary, .. } => Outcome::Standby { primary, endorsing: vote.endorse.is_some() },
             o => o,
@@ -332,7 +341,8 @@ impl Engine {
     /// |---|--------------------------------------------------------------|--------------------|-------------------------|
     /// | 1 | witness                                                      | `Witness`          | unfenced, no lease      |
     /// | 2 | committed primary, a hand-over of its epoch committed        | `HandingOver`      | fenced, members exempt under the lease |
-    /// | 3 | committed primary, lease lapsed ≥ promotion wait, db up      | `PrimaryIsolated`  | lease enforced, no VIP  |
+    /// | 3 | committed primary, lease lapsed ≥ promotion wait, db up or its failure unconfirmed | `PrimaryIsolated` | lease enforced, no VIP |
+    /// | 4a| committed primary, only the local checks fail, another agent reaches the db or has not answered yet (`confirm.rs`) | `PrimaryIdle` / `PrimaryCheckingDb` | unfenced, lease, VIP |
     /// | 4 | committed primary, db failed/down/suspended or epoch given up | `PrimaryDatabaseFailed` | fenced             |
     /// | 5 | committed primary, db a primary (registered or promoted)     | `Primary`          | unfenced, lease, VIP    |
     /// | 6 | committed primary, db a standby                              | `Candidate`        | fenced, VIP (promoting) |

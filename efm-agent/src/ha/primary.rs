@@ -1,13 +1,14 @@
 //! This node as the committed primary: serve under the lease, promote a standby the log named,
 //! hand the epoch over on an operator's request, give the epoch up when the database fails
-//! (safety rule 4), and run EFM's isolated primary flow when the lease stays lapsed.
+//! (safety rule 4) — for certain, or as the other agents confirm it (`confirm.rs`) — and run
+//! EFM's isolated primary flow when the lease stays lapsed.
 
 use std::time::Duration;
 
-use efm_common::wire::{ROLE_PRIMARY, ROLE_STANDBY};
+use efm_common::wire::{FLAG_DB_CHECK, ROLE_PRIMARY, ROLE_STANDBY};
 
 use super::{
-    latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice, Outcome, Progress,
+    confirm::Verdict, latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice, Outcome, Progress,
     Proposal,
 };
 
@@ -30,13 +31,18 @@ impl Engine {
             self.handover = None;
             self.handover_cleared = None;
         }
-        let db_flag = Self::db_flags(db);
+        // A database down only to the local checks: the other agents are asked first
+        // (confirm.rs); until they answer, or when one of them reaches it, this node stays the
+        // serving primary, asking for checks in its PINGs.
+        let confirm = self.confirm_primary_db(c, inp, db, actions);
+        let unconfirmed = matches!(confirm, Some(Verdict::Asking | Verdict::Reached { .. }));
+        let db_flag = Self::db_flags(db) | if unconfirmed { FLAG_DB_CHECK } else { 0 };
         let isolated = lapsed.is_some_and(|d| d >= self.cfg.promotion_wait());
         if !isolated {
             // Endorsed again: the isolation episode is over (the VIP comes back below).
             self.latches.reset(Latch::IsolationHandled, e);
         }
-        if isolated && !db.failed && db.up != Some(false) {
+        if isolated && ((!db.failed && db.up != Some(false)) || unconfirmed) {
             // Unendorsed for longer than any voter waits before voting: cut off from a majority.
             // The kernel already refuses clients (lease); give up the VIP and run EFM's isolated
             // primary flow once per episode. No vote and nothing sticky: when endorsements come
@@ -46,6 +52,15 @@ impl Engine {
                 actions.push(Action::Notify(Notice::IsolatedPrimary { node: me.to_string() }));
             }
             return (Self::serving(e, k, db_flag, false), Outcome::PrimaryIsolated { epoch: e });
+        }
+        match confirm {
+            Some(Verdict::Asking) => {
+                return (Self::serving(e, k, db_flag, true), Outcome::PrimaryCheckingDb { epoch: e });
+            }
+            Some(Verdict::Reached { by }) => {
+                return (Self::serving(e, k, db_flag, true), Outcome::PrimaryIdle { epoch: e, reached_by: by });
+            }
+            Some(Verdict::Failed) | None => {}
         }
         if db.failed || db.up == Some(false) || self.voted_against(e) {
             // Fenced by its own kernel from this cycle on, so its vote is safe at once; without

@@ -16,7 +16,7 @@ use std::{
 use efm_common::{
     maps::{FenceState, FENCE_RESET},
     serving::{fence_reasons, serves},
-    wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
+    wire::{FLAG_DB_CHECK, FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -63,6 +63,7 @@ pub fn engine_config(cfg: &Config, me: SocketAddr) -> EngineConfig {
         detach_on_agent_failure: cfg.detach_on_agent_failure,
         auto_resume_startup: cfg.auto_resume_startup_period,
         auto_resume_failure: cfg.auto_resume_failure_period,
+        remote_timeout: cfg.remote_timeout,
     }
 }
 
@@ -73,6 +74,7 @@ pub fn local_db(db: &DbView, lsn: u64) -> LocalDb {
         up: db.up,
         in_recovery: db.info.as_ref().map(|i| i.in_recovery),
         failed: db.up == Some(false),
+        local_check_only: db.up == Some(false) && !db.postmaster_exited,
         lsn,
         timeline: db.info.as_ref().and_then(|i| i.timeline).unwrap_or(0),
         upstream: db.info.as_ref().and_then(|i| i.upstream_host.as_deref()).and_then(|h| h.parse().ok()),
@@ -701,11 +703,16 @@ impl HaRuntime {
     fn check_remote(&self, node: SocketAddr) {
         let (cfg, config_dir, done) = (self.cfg.clone(), self.config_dir.clone(), self.events_tx.clone());
         tokio::spawn(async move {
-            let reachable = match localdb::target(&cfg, &config_dir, &node.ip().to_string()) {
-                Ok(t) => postgres::remote_check(&t, cfg.remote_timeout).await.is_ok(),
-                Err(_) => false,
+            // A server that answers, even with a refused login or "too many clients", runs: the
+            // check reached it (`DbError::server_answered`; see `ha::confirm`).
+            let (reachable, error) = match localdb::target(&cfg, &config_dir, &node.ip().to_string()) {
+                Ok(t) => match postgres::remote_check(&t, cfg.remote_timeout).await {
+                    Ok(_) => (true, None),
+                    Err(e) => (e.server_answered(), Some(e.to_string())),
+                },
+                Err(e) => (false, Some(e)),
             };
-            tracing::info!(primary = %node, reachable, "checked the primary's database from here");
+            tracing::info!(primary = %node, reachable, error = error.as_deref().unwrap_or(""), "checked the primary's database from here");
             let _ = done.send(Event::RemoteChecked { node, reachable });
         });
     }
@@ -772,6 +779,8 @@ fn peer_view(p: &PeerEntry) -> PeerView {
         role: PeerRole::from_bits(flags & ROLE_MASK),
         epoch: h.map_or(0, |h| h.epoch),
         db_up: flags & FLAG_DB_UP != 0,
+        db_check: flags & FLAG_DB_CHECK != 0,
+        primary_db: super::confirm::primary_db_flag(flags),
         fenced: flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
         lsn: h.map_or(0, |h| h.lsn),
     }

@@ -51,6 +51,10 @@ pub struct EngineConfig {
     pub auto_resume_startup: Duration,
     /// `auto.resume.failure.period` (zero: never).
     pub auto_resume_failure: Duration,
+    /// `remote.timeout`: how long another agent's check of a database may take. A primary
+    /// whose local checks fail waits this long (plus [`EngineConfig::confirm_wait`]'s slack)
+    /// for another agent to reach its database before it gives its epoch up.
+    pub remote_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -76,6 +80,14 @@ impl EngineConfig {
         self.heartbeat_interval * 8
     }
 
+    /// How long a primary whose local checks fail waits for another agent to report that it
+    /// reached its database: `remote.timeout`, plus one second (the voters start a check at most
+    /// once a second) and four heartbeats (the request and the answer travel in PINGs).
+    #[must_use]
+    pub fn confirm_wait(&self) -> Duration {
+        self.remote_timeout + Duration::from_secs(1) + self.heartbeat_interval * 4
+    }
+
     /// Settings with every optional feature off (tests, the simulation).
     #[must_use]
     pub fn basic(me: SocketAddr, is_witness: bool, lease_timeout: Duration, heartbeat_interval: Duration) -> Self {
@@ -97,6 +109,7 @@ impl EngineConfig {
             detach_on_agent_failure: false,
             auto_resume_startup: Duration::ZERO,
             auto_resume_failure: Duration::ZERO,
+            remote_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -167,6 +180,7 @@ pub use crate::node::Role as PeerRole;
 
 /// One peer as the detector and its PINGs describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(clippy::struct_excessive_bools, reason = "independent facts from the detector and the peer's PING flags")]
 pub struct PeerView {
     pub addr: SocketAddr,
     /// The detector's verdict is "alive" (agent heard within `node.timeout`).
@@ -176,6 +190,12 @@ pub struct PeerView {
     pub role: PeerRole,
     pub epoch: u64,
     pub db_up: bool,
+    /// It is a primary whose local check of its database fails: it asks for remote checks
+    /// (`FLAG_DB_CHECK`).
+    pub db_check: bool,
+    /// What its latest remote check of the committed primary's database found
+    /// (`FLAG_PRIMARY_DB_REACHED` / `_UNREACHABLE`; `None`: no recent check).
+    pub primary_db: Option<bool>,
     /// Its PINGs say its node is fenced or its lease lapsed.
     pub fenced: bool,
     pub lsn: u64,
@@ -190,6 +210,12 @@ pub struct LocalDb {
     /// Declared failed by the local monitor (`local.timeout` + final check). The engine adds
     /// its own suspension (EFM's idle state) to this.
     pub failed: bool,
+    /// The database is down only in the sense that the local checks fail (a connection limit,
+    /// `pg_hba.conf`, a slow answer): its postmaster has not been seen to exit. A committed
+    /// primary then asks the other agents to check its database before anything fails over
+    /// (`confirm.rs`). False for a postmaster that exited (pidfd) and failed its final check:
+    /// down for certain, at once.
+    pub local_check_only: bool,
     pub lsn: u64,
     pub timeline: u32,
     /// A standby's upstream (`primary_conninfo` host), when it is an address.
@@ -445,6 +471,17 @@ pub enum Outcome {
         epoch: u64,
     },
     PrimaryDatabaseFailed,
+    /// The committed primary's local checks fail; it serves on and asks the other agents to
+    /// check its database (`confirm.rs`).
+    PrimaryCheckingDb {
+        epoch: u64,
+    },
+    /// The committed primary's local checks fail but `reached_by` reaches its database: no
+    /// failover; its agent is idle (EFM's "Primary cannot ping local database").
+    PrimaryIdle {
+        epoch: u64,
+        reached_by: SocketAddr,
+    },
     PrimaryIsolated {
         epoch: u64,
     },
@@ -497,6 +534,16 @@ impl fmt::Display for Outcome {
                 write!(f, "fenced: database is a primary but epoch {epoch} belongs to another node")
             }
             Self::PrimaryDatabaseFailed => write!(f, "fenced: the primary database failed"),
+            Self::PrimaryCheckingDb { epoch } => write!(
+                f,
+                "primary for epoch {epoch}: {}; the other agents are checking it",
+                super::confirm::OWN_CHECKS_FAIL
+            ),
+            Self::PrimaryIdle { epoch, reached_by } => write!(
+                f,
+                "primary for epoch {epoch}, idle: {} but {reached_by} can (no failover; efm resume)",
+                super::confirm::OWN_CHECKS_FAIL
+            ),
             Self::PrimaryIsolated { epoch } => {
                 write!(f, "isolated primary of epoch {epoch}: no endorsements, clients cut off by the lease")
             }
@@ -538,6 +585,8 @@ impl Outcome {
             Self::Candidate { .. } => "candidate",
             Self::FencedOldPrimary { .. } => "fenced-old-primary",
             Self::PrimaryDatabaseFailed => "primary-database-failed",
+            Self::PrimaryCheckingDb { .. } => "primary-checking-db",
+            Self::PrimaryIdle { .. } => "primary-idle",
             Self::PrimaryIsolated { .. } => "primary-isolated",
             Self::PrimarySuspect { .. } => "primary-suspect",
             Self::Voted { .. } => "voted",

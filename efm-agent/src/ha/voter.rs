@@ -50,12 +50,15 @@ impl Engine {
         // off and it must serve again at once, under a lease that has not lapsed and with
         // no voter having voted against it (rule 1 exception; see `handing_over`).
         let stopping = handover.is_some_and(|h| h.demote);
+        // A primary whose local checks fail asks for remote checks (confirm.rs): its database
+        // counts as up unless no agent reaches it and this voter's own check did not either.
+        let evidence = self.primary_db_evidence(c, inp, p);
         let healthy = view.is_some_and(|v| {
             v.agent_age.is_some_and(|a| a <= self.cfg.endorse_window)
                 && v.epoch == c.epoch
                 && v.role == PeerRole::Primary
                 && (!v.fenced || stopping)
-                && v.db_up
+                && (v.db_up || (v.db_check && evidence != Some(false)))
         });
         let mut endorse = None;
         // A kernel that saw a higher epoch than the log means this log copy is behind.
@@ -63,11 +66,10 @@ impl Engine {
             endorse = Some(p);
             self.last_endorse = Some((c.epoch, inp.now_ns));
         }
-        let reachable = self.db_reachable(p, inp.now_ns);
         let suspect = match view {
             None => Some("not a known peer"),
             Some(v) if !v.alive => Some("agent not heard within node.timeout"),
-            Some(v) if v.epoch == c.epoch && !v.db_up && reachable == Some(false) => {
+            Some(v) if v.epoch == c.epoch && !v.db_up && evidence == Some(false) => {
                 Some("database down and unreachable from here")
             }
             Some(v) if v.epoch == c.epoch && v.fenced && v.role == PeerRole::Primary => Some("reports itself fenced"),

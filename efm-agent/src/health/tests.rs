@@ -194,6 +194,23 @@ fn primary_is_503_for_every_missing_condition() {
     }
 }
 
+/// A primary whose own checks fail while the other agents reach its database keeps serving
+/// (`ha::confirm`): `/primary` stays 200 although its own view of the database is "down".
+#[test]
+fn a_primary_whose_own_checks_fail_but_serves_is_still_primary() {
+    let idle = View {
+        db_up: Some(false),
+        outcome: Some(
+            "primary for epoch 3, idle: its agent cannot reach its database but 198.18.0.2:7800 can (no failover; efm resume)"
+                .into(),
+        ),
+        ..primary_view()
+    };
+    assert_eq!(status(&idle, "/primary"), 200);
+    let fenced = View { kernel: KernelView { fenced: true, serving: false, ..idle.kernel }, ..idle.clone() };
+    assert_eq!(status(&fenced, "/primary"), 503, "the kernel still decides");
+}
+
 #[test]
 fn streaming_standby_is_replica_not_primary() {
     let v = standby_view();
@@ -359,7 +376,7 @@ fn sources() -> Arc<Sources> {
         started_unix_ms: 0,
     });
     let db =
-        LocalDatabase { role: Role::Primary, view: DbView { up: Some(true), info: Some(info(false)), error: None } };
+        LocalDatabase { role: Role::Primary, view: DbView { up: Some(true), info: Some(info(false)), error: None, postmaster_exited: false } };
     let peers = vec![PeerEntry { addr: addr(PEER), node_id: 2, slot: 0, health: Some(peer_health(Verdict::Alive, 1)) }];
     let (facts, owners) = crate::node::wire(id, db, peers, 3);
     owners.runtime.status.send_replace(Status {

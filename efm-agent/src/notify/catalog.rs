@@ -217,7 +217,8 @@ pub enum Event {
     InternalStateMismatch { detail: String },
     /// A database is in the wrong recovery state for its role.
     DatabaseWrongState { node: String, expected: String, found: String },
-    /// Connections to the local database keep failing.
+    /// This node cannot connect to a database it has to check (the primary's, which another
+    /// agent reaches).
     DatabaseConnectionFailure { error: String },
     /// `script.custom.monitor` failed on a standby: the agent stops monitoring its database.
     StandbyCustomMonitorFailure { result: ScriptResult },
@@ -675,9 +676,10 @@ impl Event {
             E::DatabaseWrongState { node: other, expected, found } => {
                 format!("The database on {other} should be {expected} but is {found}.")
             }
-            E::DatabaseConnectionFailure { error } => {
-                format!("Connections to the local database keep failing: {error}")
-            }
+            E::DatabaseConnectionFailure { error } => format!(
+                "This node cannot connect to a database it has to check: {error}. Until this is fixed, a failover \
+                 may not work as expected."
+            ),
             E::StandbyCustomMonitorFailure { result } => format!(
                 "The custom monitor script {} failed on this standby: the agent stops monitoring its database.",
                 result.script

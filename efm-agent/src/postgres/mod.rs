@@ -236,6 +236,22 @@ impl DbError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
+
+    /// Whether the server itself answered the connection attempt — it runs and speaks the
+    /// protocol — and refused it for a reason that says nothing about the database being
+    /// down: the login (SQLSTATE class 28: `pg_hba.conf`, password, authorization) or the
+    /// connection limit (53300: `max_connections` or a role's `CONNECTION LIMIT` reached; its
+    /// existing sessions go on). A remote check that gets such an answer has reached the
+    /// database (see `ha::confirm`). Refused or timed-out connections, TLS failures, a server
+    /// starting up or shutting down (57P03) and failing queries are not such answers.
+    #[must_use]
+    pub fn server_answered(&self) -> bool {
+        match self {
+            Self::Auth { .. } => true,
+            Self::Connect { message, .. } => message.ends_with("(53300)"),
+            _ => false,
+        }
+    }
 }
 
 /// The full text of an error and its causes.
@@ -637,6 +653,21 @@ pub async fn remote_check(target: &DbTarget, remote_timeout: Duration) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_login_or_a_full_server_is_an_answer_a_refused_connection_is_not() {
+        let addr = || "198.18.0.1:5432".to_owned();
+        let connect = |m: &str| DbError::Connect { addr: addr(), message: m.into() };
+        assert!(connect("sorry, too many clients already (53300)").server_answered());
+        assert!(connect("too many connections for role \"efm\" (53300)").server_answered());
+        assert!(DbError::Auth { addr: addr(), user: "efm".into(), message: "no pg_hba.conf entry".into() }
+            .server_answered());
+        assert!(!connect("the database system is shutting down (57P03)").server_answered());
+        assert!(!DbError::Refused { addr: addr() }.server_answered());
+        assert!(!DbError::Timeout { addr: addr(), stage: "connecting", timeout: Duration::from_secs(1) }
+            .server_answered());
+        assert!(!DbError::Query { addr: addr(), message: "x (53300)".into() }.server_answered());
+    }
 
     #[test]
     fn conninfo_parsing() {

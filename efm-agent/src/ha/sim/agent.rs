@@ -160,6 +160,14 @@ impl Sim {
             }
             Action::PrimaryDbFailed { epoch, stop } => {
                 self.note(&format!("n{i}: PrimaryDbFailed epoch {epoch} (stop {stop})"));
+                if self.nodes[i].db == Db::Primary && self.sched.effects.remote_false_negative > 0.0 {
+                    // Its local checks failed and the other agents' checks wrongly said
+                    // "unreachable" (injected): a failover by design, which may find no standby.
+                    self.last_fault = self.now;
+                    self.healthy_after_last_fault = false;
+                    self.promotion_failed = true;
+                    self.note(&format!("n{i}: its serving database was declared failed (injected wrong remote checks)"));
+                }
                 self.stop_db(i, incarnation, stop);
             }
             Action::PrimaryIsolated { epoch, stop } => {

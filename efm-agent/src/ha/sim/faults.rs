@@ -182,14 +182,29 @@ impl Sim {
                 self.start_agent(i);
                 format!("node n{i} boots")
             }
-            Fault::DbFail { who } => {
+            Fault::DbFail { who, exit_seen } => {
                 let i = self.resolve(who);
                 // A database stopped for a switchover has nothing left to fail.
                 if !matches!(self.nodes[i].db, Db::None | Db::Stopped) {
                     self.nodes[i].db = Db::Failed;
+                    self.nodes[i].exit_seen = exit_seen;
                     self.db_life[i] += 1;
                 }
-                format!("n{i}'s database fails")
+                format!("n{i}'s database fails ({})", if exit_seen { "postmaster exit seen" } else { "local checks only" })
+            }
+            Fault::ProbeFails { who, heal_after } => {
+                let i = self.resolve(who);
+                self.touch(i);
+                self.nodes[i].probe_failed = true;
+                self.nodes[i].probe_failed_once = true;
+                if let Some(d) = heal_after {
+                    self.push(self.now + d, Ev::Fault(Fault::ProbeHeals(i)));
+                }
+                format!("n{i}'s local checks fail while its database serves (healed after {:?} ms)", heal_after.map(|d| d / MS))
+            }
+            Fault::ProbeHeals(i) => {
+                self.nodes[i].probe_failed = false;
+                format!("n{i}'s local checks work again")
             }
             Fault::CustomMonitorFails { who } => {
                 let i = self.resolve(who);
@@ -223,10 +238,13 @@ impl Sim {
         clique.count_ones() as usize >= self.log.majority()
             && (0..n).filter(|&i| clique & (1 << i) != 0 && !self.nodes[i].custom_failed).any(|i| {
                 // A primary whose epoch a majority voted against never serves again: a standby must.
-                self.nodes[i].db == Db::Standby
+                (self.nodes[i].db == Db::Standby && !self.nodes[i].probe_failed_once)
                     || (self.nodes[i].db == Db::Primary
                         && self.log.primary == Some(i)
-                        && self.log.votes.len() < self.log.majority())
+                        && self.log.votes.len() < self.log.majority()
+                        // It voted against its own epoch (gave it up, handed it over): it never
+                        // serves that epoch again.
+                        && !self.log.votes.contains(&i))
             })
     }
 

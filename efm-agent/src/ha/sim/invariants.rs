@@ -266,6 +266,7 @@ impl Sim {
                     if self.nodes[node].up {
                         if self.nodes[node].db == Db::Primary {
                             self.nodes[node].db = Db::Failed;
+                            self.nodes[node].exit_seen = true;
                             self.db_life[node] += 1;
                             self.note(&format!("n{node}: database stopped by its agent"));
                         }
@@ -330,6 +331,20 @@ impl Sim {
             u32::try_from(self.handovers.iter().filter(|h| h.promoted.is_some()).count()).unwrap_or(0);
         self.res.handovers_failed = u32::try_from(self.handovers.iter().filter(|h| h.failed).count()).unwrap_or(0);
         self.res.left_stopped = u32::try_from(self.nodes.iter().filter(|nd| nd.db == Db::Stopped).count()).unwrap_or(0);
+        if self.sched.family == Family::ProbeOnly && self.sched.operator.is_empty() {
+            // The database served all along and the other agents reached it: no failover, and
+            // the primary never stopped serving.
+            let t0 = self.sched.faults.first().map_or(0, |f| f.0);
+            let outage = self.outages.iter().any(|&(s, e)| e.unwrap_or(RUN_FOR) > t0 && s < RUN_FOR);
+            if self.res.failovers > 0 || outage {
+                let mut s = format!(
+                    "UNNECESSARY FAILOVER OR OUTAGE after the primary's local checks failed (failovers {}, outages {:?})\n",
+                    self.res.failovers, self.outages
+                );
+                self.describe(&mut s);
+                self.res.liveness = Some(s);
+            }
+        }
         if let (Family::PauseOnly(d), true) = (self.sched.family, self.sched.operator.is_empty()) {
             if d < 900 * MS && self.res.failovers > 0 {
                 let mut s = format!("UNNECESSARY FAILOVER after a {} ms pause\n", d / MS);

@@ -113,7 +113,7 @@ use std::{
     time::Duration,
 };
 
-use efm_common::wire::{FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
+use efm_common::wire::{FLAG_DB_CHECK, FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
 
 use super::{
     Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelState, LocalDb, NodeMeta,
@@ -268,9 +268,20 @@ enum Fault {
         back_after: Option<u64>,
     },
     NodeUp(usize),
+    /// The database fails. `exit_seen`: its agent sees the postmaster exit (pidfd): down for
+    /// certain; otherwise only its local checks fail and the other agents confirm it.
     DbFail {
         who: Target,
+        exit_seen: bool,
     },
+    /// The node's local checks of its database fail (a connection limit, `pg_hba.conf`) while
+    /// the database serves and answers the other agents' checks; healed after a while or not.
+    ProbeFails {
+        who: Target,
+        heal_after: Option<u64>,
+    },
+    /// The local checks of this node work again.
+    ProbeHeals(usize),
     /// `script.custom.monitor` starts failing on a node (for good).
     CustomMonitorFails {
         who: Target,
@@ -292,6 +303,8 @@ enum Family {
     RestartDuringCut,
     /// No fault and no message loss: only the operator's hand-over.
     NoFaults,
+    /// Only the primary's local checks fail while its database serves; no loss.
+    ProbeOnly,
 }
 
 impl Family {
@@ -301,6 +314,7 @@ impl Family {
             Self::PauseOnly(_) => "pause-only",
             Self::RestartDuringCut => "restart-during-cut",
             Self::NoFaults => "no-faults",
+            Self::ProbeOnly => "probe-only",
         }
     }
 }
@@ -352,6 +366,9 @@ struct EffectFaults {
     custom_monitor: bool,
     /// Heartbeats are delayed (not lost) for a while.
     delay: bool,
+    /// A node's local checks fail while its database serves (`ProbeFails`), and database
+    /// failures are seen only by the checks (no postmaster exit): the other agents confirm them.
+    probe_faults: bool,
 }
 
 impl EffectFaults {
@@ -362,7 +379,11 @@ impl EffectFaults {
         let late = if self.slow_completion > 0.0 { 1_500 * MS } else { 0 };
         let disk = if self.slow_disk { 800 * MS } else { 0 };
         let retried = if self.vote_record_fails > 0.0 || self.proposal_loss > 0.0 { 3 * SEC } else { 0 };
-        late + disk + retried
+        // A failure seen only by the local checks waits for the other agents' checks, at most
+        // `confirm_wait`.
+        let confirm =
+            if self.probe_faults { u64::try_from(engine_cfg(0, false).confirm_wait().as_nanos()).unwrap_or(0) } else { 0 };
+        late + disk + retried + confirm
     }
 
     fn generate(seed: u64) -> Self {
@@ -377,6 +398,7 @@ impl EffectFaults {
             promotion_fails: if r.chance(0.1) { 0.3 } else { 0.0 },
             custom_monitor: r.chance(0.1),
             delay: r.chance(0.15),
+            probe_faults: r.chance(0.25),
         }
     }
 }
@@ -416,8 +438,8 @@ fn random_fault(r: &mut Rng, n: usize) -> Fault {
         }
         8 => Fault::NodeDown { who: Target::Primary, back_after: r.chance(0.4).then(|| r.between(500 * MS, 3 * SEC)) },
         9 => Fault::NodeDown { who: node(r), back_after: r.chance(0.5).then(|| r.between(500 * MS, 3 * SEC)) },
-        10 => Fault::DbFail { who: Target::Primary },
-        11 => Fault::DbFail { who: Target::NonPrimary(r.pick(n)) },
+        10 => Fault::DbFail { who: Target::Primary, exit_seen: true },
+        11 => Fault::DbFail { who: Target::NonPrimary(r.pick(n)), exit_seen: true },
         12 => Fault::Cut {
             who: Target::NonPrimary(r.pick(n)),
             inbound: r.chance(0.7),
@@ -494,12 +516,40 @@ impl Schedule {
                 },
             ));
         }
+        if effects.probe_faults && family == Family::Random {
+            // Database failures seen by the local checks only, and a node whose local checks
+            // fail while its database serves.
+            for (_, f) in &mut faults {
+                if let Fault::DbFail { exit_seen, .. } = f {
+                    *exit_seen = r.chance(0.3);
+                }
+            }
+            faults.push((
+                r.between(1_500 * MS, 6 * SEC),
+                Fault::ProbeFails {
+                    who: if r.chance(0.6) { Target::Primary } else { Target::NonPrimary(r.pick(n)) },
+                    heal_after: r.chance(0.5).then(|| r.between(200 * MS, 3 * SEC)),
+                },
+            ));
+        }
         if effects.delay && family == Family::Random {
             faults.push((
                 r.between(1_500 * MS, 6 * SEC),
                 Fault::Delay { extra: r.between(20 * MS, 400 * MS), heal_after: r.between(200 * MS, 3 * SEC) },
             ));
         }
+        let (family, loss, faults) = if family == Family::Random && r.chance(0.08) {
+            // Only the primary's local checks fail, for good or for a while.
+            let heal_after = r.chance(0.5).then(|| r.between(500 * MS, 3 * SEC));
+            (Family::ProbeOnly, 0.0, vec![(r.between(2 * SEC, 3 * SEC), Fault::ProbeFails { who: Target::Primary, heal_after })])
+        } else {
+            (family, loss, faults)
+        };
+        let effects = if family == Family::ProbeOnly {
+            EffectFaults { remote_false_negative: 0.0, custom_monitor: false, delay: false, probe_faults: true, ..effects }
+        } else {
+            effects
+        };
         Self { seed, n, witness, rates, offsets, loss, family, faults, operator: Vec::new(), effects }
     }
 
@@ -661,6 +711,7 @@ struct Agent {
 }
 
 #[derive(Clone, Debug)]
+#[expect(clippy::struct_excessive_bools, reason = "independent facts of one simulated node")]
 struct Node {
     witness: bool,
     rate: f64,
@@ -673,6 +724,13 @@ struct Node {
     incarnations: u64,
     /// Its custom monitor fails.
     custom_failed: bool,
+    /// Its local checks fail while its database serves (`ProbeFails`).
+    probe_failed: bool,
+    /// Its local checks failed at some point: as a standby its agent stays idle (monitoring
+    /// suspended, no `efm resume` in the simulation), so it is no candidate.
+    probe_failed_once: bool,
+    /// Its failed database was seen to exit (pidfd): down for certain.
+    exit_seen: bool,
 }
 
 /// The coordination log's state machine, with the apply rules the engine relies on.

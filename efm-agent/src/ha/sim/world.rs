@@ -34,6 +34,9 @@ impl Sim {
                 agent: None,
                 incarnations: 0,
                 custom_failed: false,
+                probe_failed: false,
+                probe_failed_once: false,
+                exit_seen: true,
             });
         }
         let loss = sched.loss;
@@ -204,19 +207,36 @@ impl Sim {
 
     pub(super) fn local_db(&self, i: usize) -> LocalDb {
         let lsn = self.lsn(i);
-        match self.nodes[i].db {
+        let up = |in_recovery: bool| LocalDb {
+            up: Some(true),
+            in_recovery: Some(in_recovery),
+            failed: false,
+            local_check_only: false,
+            lsn,
+            timeline: 1,
+            upstream: None,
+        };
+        // As the runtime reports any database that is down (`failed: db.up == Some(false)`),
+        // keeping the role of its last good check; down to the local checks only unless its
+        // postmaster was seen to exit. A planned stop (`pg_ctl stop`) ends the postmaster.
+        let down = |in_recovery: Option<bool>, local_check_only: bool| LocalDb {
+            up: Some(false),
+            in_recovery,
+            failed: true,
+            local_check_only,
+            lsn,
+            timeline: 1,
+            upstream: None,
+        };
+        let nd = &self.nodes[i];
+        match nd.db {
             Db::None => LocalDb::default(),
-            Db::Standby => {
-                LocalDb { up: Some(true), in_recovery: Some(true), failed: false, lsn, timeline: 1, upstream: None }
-            }
-            Db::Primary => {
-                LocalDb { up: Some(true), in_recovery: Some(false), failed: false, lsn, timeline: 1, upstream: None }
-            }
-            // As the runtime reports any database that is down (`failed: db.up == Some(false)`);
-            // a planned stop is not a failure to its monitoring, but the engine sees it down.
-            Db::Failed | Db::Stopped => {
-                LocalDb { up: Some(false), in_recovery: None, failed: true, lsn, timeline: 1, upstream: None }
-            }
+            Db::Standby if nd.probe_failed => down(Some(true), true),
+            Db::Primary if nd.probe_failed => down(Some(false), true),
+            Db::Standby => up(true),
+            Db::Primary => up(false),
+            Db::Failed => down(None, !nd.exit_seen),
+            Db::Stopped => down(None, false),
         }
     }
 
@@ -231,6 +251,8 @@ impl Sim {
             role: PeerRole::from_bits(s.flags),
             epoch: s.epoch,
             db_up: s.flags & FLAG_DB_UP != 0,
+            db_check: s.flags & FLAG_DB_CHECK != 0,
+            primary_db: super::super::confirm::primary_db_flag(s.flags),
             fenced: s.flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
             lsn: s.lsn,
         }

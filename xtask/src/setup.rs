@@ -456,8 +456,7 @@ fn install_pg18_into(staging: &Path, root: &Path) -> Result<String> {
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("removing the old {}", root.display()))?;
     }
-    fs::rename(&unpacked, root)
-        .with_context(|| format!("moving {} to {}", unpacked.display(), root.display()))?;
+    fs::rename(&unpacked, root).with_context(|| format!("moving {} to {}", unpacked.display(), root.display()))?;
     // Relocatable: the programs find their libraries relative to themselves; check in place.
     check_pg18_programs(Path::new(PG18_BIN))?;
     Ok(version)
@@ -472,11 +471,7 @@ fn check_pg18_programs(bin: &Path) -> Result<String> {
         let out = output(Command::new("runuser").args(["-u", PG_OS_USER, "--"]).arg(&exe).arg("--version"))
             .with_context(|| format!("running {} --version as {PG_OS_USER}", exe.display()))?;
         let line = out.trim();
-        ensure!(
-            line.contains("(PostgreSQL) 18."),
-            "{} --version says {line:?}, not PostgreSQL 18",
-            exe.display()
-        );
+        ensure!(line.contains("(PostgreSQL) 18."), "{} --version says {line:?}, not PostgreSQL 18", exe.display());
         if *program == "postgres" {
             line.clone_into(&mut server);
         }
@@ -491,14 +486,16 @@ fn check_pg18_initdb(bin: &Path, scratch: &Path) -> Result<()> {
     fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     run(Command::new("chown").arg(format!("{PG_OS_USER}:{PG_OS_USER}")).arg(&data))
         .with_context(|| format!("chown {PG_OS_USER} {}", data.display()))?;
-    output(
-        Command::new("runuser")
-            .args(["-u", PG_OS_USER, "--"])
-            .arg(bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
-    )
+    output(Command::new("runuser").args(["-u", PG_OS_USER, "--"]).arg(bin.join("initdb")).arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+    ]))
     .context("initdb of the new PostgreSQL 18 failed (share or lib directory not found?)")?;
     Ok(())
 }

@@ -25,6 +25,8 @@ pub mod value;
 mod compat_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unsupported_tests;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -663,7 +665,8 @@ impl Builder<'_> {
             } else {
                 (Severity::Warning, format!("{what}, so setting it has no effect: {}", u.reason))
             };
-            let d = Diagnostic::new(severity, self.file, Some(src.line), Some(&src.key), message).with_value(&src.written);
+            let d =
+                Diagnostic::new(severity, self.file, Some(src.line), Some(&src.key), message).with_value(&src.written);
             self.warnings.push(d);
         }
     }

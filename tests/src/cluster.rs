@@ -1,5 +1,5 @@
 //! A whole efm cluster for end-to-end tests: the bed (a namespace per node plus a client
-//! namespace on a bridge), real `PostgreSQL` 15 (a primary and `pg_basebackup` standbys), a
+//! namespace on a bridge), real `PostgreSQL` (15, or 18 with [`Cluster::start_on`]: a primary and `pg_basebackup` standbys), a
 //! configuration per node, real agents, and a client that writes through the VIP and records, on
 //! the shared kernel clock, which server acknowledged each write.
 //!
@@ -185,6 +185,8 @@ impl Drop for DumpLogsOnPanic {
 /// The cluster.
 pub struct Cluster {
     pub kinds: Vec<Kind>,
+    /// The databases' server version.
+    pub version: pg::PgVersion,
     // Field order is drop order: agents stop first, then the databases, then the network.
     pub agents: Vec<Agent>,
     pub pg: Vec<Option<pg::PgNode>>,
@@ -238,10 +240,26 @@ impl Cluster {
         per_node: impl Fn(usize) -> String,
         others_only: bool,
     ) -> Self {
+        Self::start_full(pg::PgVersion::V15, kinds, extra, per_node, others_only)
+    }
+
+    /// [`Cluster::start_with`] on `PostgreSQL` `version`.
+    #[must_use]
+    pub fn start_on(version: pg::PgVersion, kinds: &[Kind], extra: &str, per_node: impl Fn(usize) -> String) -> Self {
+        Self::start_full(version, kinds, extra, per_node, false)
+    }
+
+    fn start_full(
+        version: pg::PgVersion,
+        kinds: &[Kind],
+        extra: &str,
+        per_node: impl Fn(usize) -> String,
+        others_only: bool,
+    ) -> Self {
         require_root();
         let witnesses_only = kinds.iter().all(|k| *k == Kind::Witness);
         if !witnesses_only {
-            pg::require_postgres();
+            pg::require_postgres_version(version);
             assert_eq!(kinds[0], Kind::Primary);
         }
         let n = kinds.len();
@@ -256,6 +274,7 @@ impl Cluster {
             let ip = bed.nodes[i].ip.to_string();
             let opts = pg::PgOptions::new(5432, &ip)
                 .netns(&bed.nodes[i].ns.name)
+                .version(version)
                 .conf(&format!("cluster_name = 'n{}'", i + 1))
                 // pg_rewind needs it (efm rejoin).
                 .conf("wal_log_hints = on")
@@ -293,7 +312,7 @@ impl Cluster {
                         props,
                         "db.service.owner=postgres\ndb.data.dir={}\ndb.bin={}",
                         p.data.display(),
-                        pg::bin_dir().display()
+                        p.bin.display()
                     );
                 }
                 None => props.push_str("is.witness=true\n"),
@@ -316,7 +335,7 @@ impl Cluster {
             });
         }
         let agents = (0..n).map(|i| Agent::start(&bed.nodes[i].ns.name, &files[i])).collect();
-        let c = Self { kinds: kinds.to_vec(), agents, pg: pgs, files, _dump: dump, bed, root };
+        let c = Self { kinds: kinds.to_vec(), version, agents, pg: pgs, files, _dump: dump, bed, root };
         c.wait_healthy(Duration::from_mins(1));
         c
     }
@@ -760,7 +779,18 @@ pub fn run_failover(
     timeout: Duration,
     fault: impl FnOnce(&mut Cluster),
 ) -> (Cluster, Vec<Ack>, FailoverRun) {
-    let mut c = Cluster::start(kinds, extra);
+    run_failover_on(pg::PgVersion::V15, kinds, extra, timeout, fault)
+}
+
+/// [`run_failover`] on `PostgreSQL` `version`.
+pub fn run_failover_on(
+    version: pg::PgVersion,
+    kinds: &[Kind],
+    extra: &str,
+    timeout: Duration,
+    fault: impl FnOnce(&mut Cluster),
+) -> (Cluster, Vec<Ack>, FailoverRun) {
+    let mut c = Cluster::start_on(version, kinds, extra, |_| String::new());
     let w = c.writer();
     assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
     // Every long writer has its connection open and a statement done: from now on long

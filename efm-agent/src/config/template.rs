@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::properties::PROPERTIES;
+use super::properties::{unsupported, Support, PROPERTIES};
 
 /// Properties every database node must set (see the loader's required-property check).
 const REQUIRED: &[&str] = &["db.user", "db.port", "db.database", "db.service.owner", "bind.address", "db.data.dir"];
@@ -36,9 +36,41 @@ pub fn properties() -> String {
         let scope = if p.must_match { "same on every node" } else { "may differ between nodes" };
         let _ = writeln!(out, "# {}; default: {default}; {scope}.{required}", p.kind.describe());
         let value = if p.default.contains("{cluster}") { "" } else { p.default };
-        let _ = writeln!(out, "{}={value}", p.name);
+        if let Some(u) = unsupported(p.name) {
+            // Read but not acted on: said here, commented out, and warned about when set.
+            let what = match u.support {
+                Support::NotInEfm => "Not supported by efm",
+                Support::NotYet => "Not implemented yet in efm",
+            };
+            let note = format!("{what}: setting it has no effect (prop-check and the agent warn): {}.", u.reason);
+            for line in wrap(&note, 96) {
+                let _ = writeln!(out, "# {line}");
+            }
+            let _ = writeln!(out, "#{}={value}", p.name);
+        } else {
+            let _ = writeln!(out, "{}={value}", p.name);
+        }
     }
     out
+}
+
+/// `text` split at spaces into lines of at most `width` characters (a longer word stays whole).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for word in text.split(' ') {
+        if !cur.is_empty() && cur.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
 }
 
 /// The text of `conf/efm.nodes.in`.

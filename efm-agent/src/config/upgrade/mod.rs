@@ -70,6 +70,20 @@ const NEW_PROPERTIES: &[(&str, &str)] = &[
     ("cluster.key.file", "File holding the key shared by the agents of this cluster."),
 ];
 
+/// Why a property efm reads but does not act on ([`properties::UNSUPPORTED`]) is commented out,
+/// when `value` sets it (an empty value sets nothing and stays).
+fn unsupported_reason(name: &str, value: &str) -> Option<String> {
+    let u = properties::unsupported(name)?;
+    if value.trim().is_empty() {
+        return None;
+    }
+    let what = match u.support {
+        properties::Support::NotInEfm => "not supported by efm",
+        properties::Support::NotYet => "not implemented yet in efm",
+    };
+    Some(format!("{name} is {what}, so it would have no effect:\n{}", u.reason))
+}
+
 /// One thing `upgrade-conf` did to the source files. Lines are 1-based
 /// lines of the source file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +354,8 @@ impl Upgrader<'_> {
             } else if def.name == "db.password.encrypted" && super::is_efm_java_encrypted(value) {
                 let reason = format!("db.password.encrypted: {}", super::efm_java_password_step(self.cluster));
                 self.comment_out(key, raw.trim(), reason, line);
+            } else if let Some(reason) = unsupported_reason(def.name, value) {
+                self.comment_out(key, raw.trim(), reason, line);
             } else {
                 self.flush(true);
                 if def.name == "node.timeout" {
@@ -370,6 +386,11 @@ impl Upgrader<'_> {
         let raw = format!("{key}={value}");
         if let Some(reason) = self.already_set(targets) {
             return self.comment_out(key, &raw, reason, line);
+        }
+        if let [target] = targets {
+            if let Some(reason) = unsupported_reason(target, value) {
+                return self.comment_out(key, &raw, reason, line);
+            }
         }
         let converted = match (conversion, value.is_empty()) {
             (_, true) | (Conversion::Rename, _) => Ok(value.to_owned()),

@@ -110,7 +110,12 @@ fn efm_33_file_changes() {
             detail: "255.255.255.0 -> 24".into(),
             line: 41,
         },
-        Change::Renamed { from: "virtualIp.single".into(), to: "virtual.ip.single".into(), line: 42 },
+        // Read but not acted on by efm: commented out with the reason (it would only warn).
+        Change::CommentedOut {
+            name: "virtualIp.single".into(),
+            reason: super::unsupported_reason("virtual.ip.single", "true").unwrap(),
+            line: 42,
+        },
         Change::Renamed { from: "script.master.isolated".into(), to: "script.primary.isolated".into(), line: 44 },
         Change::Dropped {
             name: "jgroups.loglevel".into(),
@@ -159,7 +164,9 @@ fn efm_33_file_changes() {
         Change::CommentedOut { name, reason, line: 6 }
             if name == "db.password.encrypted" && reason.contains("run `efm encrypt acctg`") || reason.contains("Run `efm encrypt acctg`"))),
         "{}", r.render_changes());
-    assert_eq!(r.changes.len(), 11 + 3 + added.len(), "{}", r.render_changes());
+    // admin.port commented out as not supported by efm.
+    assert!(r.changes.iter().any(|c| matches!(c, Change::CommentedOut { name, .. } if name == "admin.port")));
+    assert_eq!(r.changes.len(), 12 + 3 + added.len(), "{}", r.render_changes());
 }
 
 #[test]
@@ -206,7 +213,8 @@ fn efm_33_file_loads_and_reports() {
     assert!(report.contains("line 51: dropped jvm.options ("), "{report}");
     assert!(report.contains("line 29: commented out pingServerIp ("), "{report}");
     assert!(report.contains("added xdp.mode=auto\n"), "{report}");
-    assert!(report.ends_with("6 renamed, 3 converted, 2 dropped, 2 commented out, 7 added\n"), "{report}");
+    assert!(report.contains("line 16: commented out admin.port (admin.port is not supported by efm"), "{report}");
+    assert!(report.ends_with("5 renamed, 3 converted, 2 dropped, 4 commented out, 7 added\n"), "{report}");
 }
 
 const EFM5: &str = "\

@@ -282,10 +282,16 @@ async fn local_database(
     }
     let target = localdb::target(cfg, config_dir, &me.ip().to_string()).map_err(AgentError::Password)?;
     let local = match localdb::initial_role(cfg, &target).await {
-        Ok((role, info)) => LocalDatabase { role, view: DbView { up: Some(true), info: Some(info), error: None, postmaster_exited: false } },
+        Ok((role, info)) => LocalDatabase {
+            role,
+            view: DbView { up: Some(true), info: Some(info), error: None, postmaster_exited: false },
+        },
         Err(e) => {
             tracing::warn!(error = %e, "local database does not answer: starting as Idle");
-            LocalDatabase { role: Role::Idle, view: DbView { up: None, info: None, error: Some(e.to_string()), postmaster_exited: false } }
+            LocalDatabase {
+                role: Role::Idle,
+                view: DbView { up: None, info: None, error: Some(e.to_string()), postmaster_exited: false },
+            }
         }
     };
     Ok((Some(target), local))

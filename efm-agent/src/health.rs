@@ -212,8 +212,7 @@ impl View {
     pub fn primary(&self) -> Result<(), String> {
         // A primary whose own checks fail while the other agents check or reach its database
         // serves on (ha::confirm): its view of the database says "down", its kernel serves.
-        let own_checks_fail =
-            self.outcome.as_deref().is_some_and(|o| o.contains(crate::ha::confirm::OWN_CHECKS_FAIL));
+        let own_checks_fail = self.outcome.as_deref().is_some_and(|o| o.contains(crate::ha::confirm::OWN_CHECKS_FAIL));
         if self.db_up != Some(true) && !own_checks_fail {
             return Err(format!("database is {}", db_state(self.db_up)));
         }

@@ -330,7 +330,12 @@ mod tests {
     fn failed_standby() -> LocalDatabase {
         LocalDatabase {
             role: Role::Standby,
-            view: DbView { up: Some(false), info: Some(standby(None)), error: Some("gone".into()), postmaster_exited: false },
+            view: DbView {
+                up: Some(false),
+                info: Some(standby(None)),
+                error: Some("gone".into()),
+                postmaster_exited: false,
+            },
         }
     }
 

@@ -359,22 +359,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     not_in_efm("pcp.port", &[], "used only with pgpool.enable, which efm does not support"),
     not_in_efm("pcp.pass.file", &[], "used only with pgpool.enable, which efm does not support"),
     not_in_efm("pgpool.bin", &[], "used only with pgpool.enable, which efm does not support"),
-    not_yet(
-        "reconfigure.num.sync",
-        &["false"],
-        "synchronous_standby_names is never lowered when synchronous standbys fail, so the primary \
-         waits for them",
-    ),
-    not_yet(
-        "reconfigure.sync.primary",
-        &["false"],
-        "the primary is never switched to asynchronous replication when its synchronous standbys are gone",
-    ),
-    not_yet(
-        "update.physical.slots.period",
-        &["0"],
-        "the primary's physical replication slots are not copied to the standbys",
-    ),
     not_yet("backup.wal", &["false"], "a standby's WAL is not copied aside before it is reconfigured"),
     not_yet(
         "standby.restart.delay",

@@ -58,7 +58,15 @@ fn load_balancer_attach_when_serving_and_detach_when_not() {
     let mut e = Engine::new(lb_cfg(2));
     let s = step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10)], STANDBY_DB, &[]);
     assert_eq!(lb(&s), vec![(true, addr(2), false)]);
-    let down = LocalDb { up: Some(false), in_recovery: None, failed: true, local_check_only: false, lsn: 0, timeline: 0, upstream: None };
+    let down = LocalDb {
+        up: Some(false),
+        in_recovery: None,
+        failed: true,
+        local_check_only: false,
+        lsn: 0,
+        timeline: 0,
+        upstream: None,
+    };
     let s = step(&mut e, 100, Some(&c), false, &[primary_view(1, 1, 10)], down, &[]);
     assert_eq!(lb(&s), vec![(false, addr(2), false)]);
     // A node whose database was not running at start is not detached: nothing was attached.

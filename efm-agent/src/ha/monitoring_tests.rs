@@ -3,7 +3,15 @@
 use super::tests::*;
 use super::*;
 
-const DOWN: LocalDb = LocalDb { up: Some(false), in_recovery: None, failed: true, local_check_only: false, lsn: 0, timeline: 0, upstream: None };
+const DOWN: LocalDb = LocalDb {
+    up: Some(false),
+    in_recovery: None,
+    failed: true,
+    local_check_only: false,
+    lsn: 0,
+    timeline: 0,
+    upstream: None,
+};
 
 fn streaming_from(i: u8) -> LocalDb {
     LocalDb { upstream: Some(addr(i).ip()), ..STANDBY_DB }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use efm_common::wire::{FLAG_DB_CHECK, ROLE_PRIMARY, ROLE_STANDBY};
 
 use super::{
-    confirm::Verdict, latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice, Outcome, Progress,
-    Proposal,
+    confirm::Verdict, latch::Latch, retry_due, Action, Committed, Desired, Engine, Handover, Inputs, LocalDb, Notice,
+    Outcome, Progress, Proposal,
 };
 
 impl Engine {

@@ -54,10 +54,24 @@ pub(super) fn witness_view(i: u8, epoch: u64) -> PeerView {
     PeerView { role: PeerRole::Witness, db_up: false, ..primary_view(i, epoch, 10) }
 }
 
-pub(super) const STANDBY_DB: LocalDb =
-    LocalDb { up: Some(true), in_recovery: Some(true), failed: false, local_check_only: false, lsn: 100, timeline: 1, upstream: None };
-pub(super) const PRIMARY_DB: LocalDb =
-    LocalDb { up: Some(true), in_recovery: Some(false), failed: false, local_check_only: false, lsn: 100, timeline: 1, upstream: None };
+pub(super) const STANDBY_DB: LocalDb = LocalDb {
+    up: Some(true),
+    in_recovery: Some(true),
+    failed: false,
+    local_check_only: false,
+    lsn: 100,
+    timeline: 1,
+    upstream: None,
+};
+pub(super) const PRIMARY_DB: LocalDb = LocalDb {
+    up: Some(true),
+    in_recovery: Some(false),
+    failed: false,
+    local_check_only: false,
+    lsn: 100,
+    timeline: 1,
+    upstream: None,
+};
 pub(super) static NO_MEMBERS: BTreeSet<SocketAddr> = BTreeSet::new();
 
 /// The inputs of a step with nothing unusual: registered, no custom monitor, no stop, a kernel
@@ -211,7 +225,15 @@ fn every_demotion_fences_the_kernel_in_the_step_that_stops_the_database() {
 fn own_role_decision_table() {
     let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
     let failed = LocalDb { failed: true, ..PRIMARY_DB };
-    let down = LocalDb { up: Some(false), in_recovery: None, failed: true, local_check_only: false, lsn: 0, timeline: 0, upstream: None };
+    let down = LocalDb {
+        up: Some(false),
+        in_recovery: None,
+        failed: true,
+        local_check_only: false,
+        lsn: 0,
+        timeline: 0,
+        upstream: None,
+    };
     // (row, outcome kind, fenced, vip, the step)
     let rows: Vec<(u8, &str, bool, bool, Step)> = vec![
         (
@@ -373,7 +395,15 @@ fn no_candidate_and_a_failed_rejoin_both_notify_in_one_epoch() {
     let notices = |s: &Step| -> Vec<String> {
         s.actions.iter().filter_map(|a| if let Action::Notify(n) = a { Some(format!("{n:?}")) } else { None }).collect()
     };
-    let down = LocalDb { up: Some(false), in_recovery: None, failed: true, local_check_only: false, lsn: 0, timeline: 0, upstream: None };
+    let down = LocalDb {
+        up: Some(false),
+        in_recovery: None,
+        failed: true,
+        local_check_only: false,
+        lsn: 0,
+        timeline: 0,
+        upstream: None,
+    };
     let peers1 = [standby_view(2, 1, 100), witness_view(3, 1)];
     let handover = with_handover(committed(1, Some(1)), 2, true);
     for rejoin_first in [true, false] {

@@ -375,8 +375,10 @@ fn sources() -> Arc<Sources> {
         attachment: "native".into(),
         started_unix_ms: 0,
     });
-    let db =
-        LocalDatabase { role: Role::Primary, view: DbView { up: Some(true), info: Some(info(false)), error: None, postmaster_exited: false } };
+    let db = LocalDatabase {
+        role: Role::Primary,
+        view: DbView { up: Some(true), info: Some(info(false)), error: None, postmaster_exited: false },
+    };
     let peers = vec![PeerEntry { addr: addr(PEER), node_id: 2, slot: 0, health: Some(peer_health(Verdict::Alive, 1)) }];
     let (facts, owners) = crate::node::wire(id, db, peers, 3);
     owners.runtime.status.send_replace(Status {

@@ -664,8 +664,9 @@ mod tests {
             .server_answered());
         assert!(!connect("the database system is shutting down (57P03)").server_answered());
         assert!(!DbError::Refused { addr: addr() }.server_answered());
-        assert!(!DbError::Timeout { addr: addr(), stage: "connecting", timeout: Duration::from_secs(1) }
-            .server_answered());
+        assert!(
+            !DbError::Timeout { addr: addr(), stage: "connecting", timeout: Duration::from_secs(1) }.server_answered()
+        );
         assert!(!DbError::Query { addr: addr(), message: "x (53300)".into() }.server_answered());
     }
 

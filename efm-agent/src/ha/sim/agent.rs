@@ -166,7 +166,9 @@ impl Sim {
                     self.last_fault = self.now;
                     self.healthy_after_last_fault = false;
                     self.promotion_failed = true;
-                    self.note(&format!("n{i}: its serving database was declared failed (injected wrong remote checks)"));
+                    self.note(&format!(
+                        "n{i}: its serving database was declared failed (injected wrong remote checks)"
+                    ));
                 }
                 self.stop_db(i, incarnation, stop);
             }

@@ -190,7 +190,10 @@ impl Sim {
                     self.nodes[i].exit_seen = exit_seen;
                     self.db_life[i] += 1;
                 }
-                format!("n{i}'s database fails ({})", if exit_seen { "postmaster exit seen" } else { "local checks only" })
+                format!(
+                    "n{i}'s database fails ({})",
+                    if exit_seen { "postmaster exit seen" } else { "local checks only" }
+                )
             }
             Fault::ProbeFails { who, heal_after } => {
                 let i = self.resolve(who);
@@ -200,7 +203,10 @@ impl Sim {
                 if let Some(d) = heal_after {
                     self.push(self.now + d, Ev::Fault(Fault::ProbeHeals(i)));
                 }
-                format!("n{i}'s local checks fail while its database serves (healed after {:?} ms)", heal_after.map(|d| d / MS))
+                format!(
+                    "n{i}'s local checks fail while its database serves (healed after {:?} ms)",
+                    heal_after.map(|d| d / MS)
+                )
             }
             Fault::ProbeHeals(i) => {
                 self.nodes[i].probe_failed = false;

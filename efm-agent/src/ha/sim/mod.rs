@@ -381,8 +381,11 @@ impl EffectFaults {
         let retried = if self.vote_record_fails > 0.0 || self.proposal_loss > 0.0 { 3 * SEC } else { 0 };
         // A failure seen only by the local checks waits for the other agents' checks, at most
         // `confirm_wait`.
-        let confirm =
-            if self.probe_faults { u64::try_from(engine_cfg(0, false).confirm_wait().as_nanos()).unwrap_or(0) } else { 0 };
+        let confirm = if self.probe_faults {
+            u64::try_from(engine_cfg(0, false).confirm_wait().as_nanos()).unwrap_or(0)
+        } else {
+            0
+        };
         late + disk + retried + confirm
     }
 
@@ -541,12 +544,22 @@ impl Schedule {
         let (family, loss, faults) = if family == Family::Random && r.chance(0.08) {
             // Only the primary's local checks fail, for good or for a while.
             let heal_after = r.chance(0.5).then(|| r.between(500 * MS, 3 * SEC));
-            (Family::ProbeOnly, 0.0, vec![(r.between(2 * SEC, 3 * SEC), Fault::ProbeFails { who: Target::Primary, heal_after })])
+            (
+                Family::ProbeOnly,
+                0.0,
+                vec![(r.between(2 * SEC, 3 * SEC), Fault::ProbeFails { who: Target::Primary, heal_after })],
+            )
         } else {
             (family, loss, faults)
         };
         let effects = if family == Family::ProbeOnly {
-            EffectFaults { remote_false_negative: 0.0, custom_monitor: false, delay: false, probe_faults: true, ..effects }
+            EffectFaults {
+                remote_false_negative: 0.0,
+                custom_monitor: false,
+                delay: false,
+                probe_faults: true,
+                ..effects
+            }
         } else {
             effects
         };

@@ -71,6 +71,9 @@ pub const FLAG_FENCED: u16 = 1 << 4;
 /// PING only: the sender's agent last found its database up. (User-space information; the
 /// XDP program does not look at it.)
 pub const FLAG_DB_UP: u16 = 1 << 5;
+/// PING only: the sender's last check of `ping.server.ip` failed, so it declines to be promoted
+/// (EFM's orphaned standby). (User-space information; the XDP program does not look at it.)
+pub const FLAG_PING_SERVER_FAILED: u16 = 1 << 6;
 
 /// A decoded heartbeat. User space builds and checks these; the XDP program works on the raw bytes
 /// with the same offsets.

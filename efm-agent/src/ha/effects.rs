@@ -36,6 +36,20 @@ pub(super) struct VipState {
     announced_ns: Option<u64>,
 }
 
+/// The leader's probe of the VIP before a promotion (`check.vip.before.promotion`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct VipProbe {
+    /// The epoch the probe is for.
+    epoch: u64,
+    /// A probe is under way.
+    busy: bool,
+    /// When the last probe finished, and who answered (a MAC), if anyone.
+    result: Option<(u64, Option<String>)>,
+}
+
+/// A probe's answer counts this long; a refused promotion is probed again after it.
+const VIP_PROBE_FRESH_NS: u64 = 1_000_000_000;
+
 /// One peer's remote database check.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct RemoteCheck {
@@ -64,11 +78,17 @@ pub(super) struct Effects {
     stop_seen: Option<u64>,
     exit_asked: bool,
     register_proposed: Option<u64>,
+    pub(super) vip_probe: VipProbe,
 }
 
 impl Effects {
     pub(super) fn peer_table_failed(&mut self) {
         self.last_peers = None;
+    }
+
+    pub(super) fn vip_probed(&mut self, holder: Option<String>, now: u64) {
+        self.vip_probe.busy = false;
+        self.vip_probe.result = Some((now, holder));
     }
 
     pub(super) fn remote_checked(&mut self, node: SocketAddr, reachable: bool, now: u64) {
@@ -90,6 +110,32 @@ fn vip_change(held: bool, want: bool, db_stops: u32) -> Option<bool> {
 }
 
 impl Engine {
+    /// `check.vip.before.promotion`, asked by the leader while a promotion of `epoch` is due:
+    /// `Ok` when a fresh probe found nobody answering for the VIP (or the guard is off),
+    /// `Err(None)` while a probe is under way (one is started when none is fresh), and
+    /// `Err(Some(mac))` while another host answers for it. The candidate's own address cannot
+    /// answer: it is a standby, and the VIP follows only the serving primary.
+    pub(super) fn vip_clear(&mut self, epoch: u64, now: u64, out: &mut Vec<Action>) -> Result<(), Option<String>> {
+        if !self.cfg.vip_guard {
+            return Ok(());
+        }
+        let p = &mut self.fx.vip_probe;
+        if p.epoch != epoch {
+            *p = VipProbe { epoch, ..VipProbe::default() };
+        }
+        if p.busy {
+            return Err(None);
+        }
+        match &p.result {
+            Some((at, holder)) if now.saturating_sub(*at) < VIP_PROBE_FRESH_NS => holder.clone().map_or(Ok(()), |h| Err(Some(h))),
+            _ => {
+                p.busy = true;
+                out.push(Action::ProbeVip);
+                Err(None)
+            }
+        }
+    }
+
     /// Until when this node counts its lease for `epoch` as granted: the kernel's deadline, but
     /// never before `lease.timeout` after it began enforcing the lease for that epoch.
     fn granted_until(&self, epoch: u64, kernel_deadline_ns: u64) -> u64 {

@@ -24,6 +24,12 @@ pub enum Latch {
     RejoinStarted,
     /// `Follow` was decided for the epoch's primary.
     Followed,
+    /// A promotion was refused while another host answers for the VIP: the notification.
+    VipRefusalNotified,
+    /// This standby declined a promotion: `ping.server.ip` did not answer.
+    OrphanedDeclined,
+    /// The local standby's database failure was handled (notification, `script.db.failure`).
+    StandbyDbFailureHandled,
 }
 
 /// The latches that fired, by (what, epoch).

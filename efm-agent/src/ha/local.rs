@@ -13,8 +13,52 @@ use crate::{
     localdb,
     postgres::{self, control},
     scripts::{Hook, Substitutions},
-    vip,
 };
+
+/// How often a database node checks `ping.server.ip` (its PINGs carry the last result).
+const PING_SERVER_EVERY: Duration = Duration::from_secs(3);
+/// The longest a `ping.server.command` may run.
+const PING_SERVER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// EFM's isolation check, run by every database node (a candidate must be able to tell whether
+/// it is the one cut off before it is proposed): `ping.server.command ping.server.ip` every
+/// [`PING_SERVER_EVERY`], its result (`true`: reached) sent on `tx` until the receiver is gone.
+pub(super) async fn ping_server_loop(cfg: Config, tx: tokio::sync::watch::Sender<Option<bool>>) {
+    let Some(ip) = cfg.ping_server_ip else { return };
+    let mut argv = cfg.ping_server_command.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    argv.push(ip.to_string());
+    let mut last: Option<bool> = None;
+    loop {
+        let ok = match argv.first() {
+            None => Err("ping.server.command is empty".to_owned()),
+            Some(program) => {
+                let run = tokio::process::Command::new(program)
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output();
+                match tokio::time::timeout(PING_SERVER_TIMEOUT, run).await {
+                    Ok(Ok(o)) if o.status.success() => Ok(()),
+                    Ok(Ok(o)) => Err(format!("{} exited with {}", argv.join(" "), o.status)),
+                    Ok(Err(e)) => Err(format!("cannot run {program}: {e}")),
+                    Err(_) => Err(format!("{} did not finish in {PING_SERVER_TIMEOUT:?}", argv.join(" "))),
+                }
+            }
+        };
+        let reached = ok.is_ok();
+        if last != Some(reached) {
+            match &ok {
+                Ok(()) => tracing::info!(%ip, "ping.server.ip answers: this node may be promoted"),
+                Err(e) => tracing::warn!(%ip, error = %e, "ping.server.ip does not answer: this node declines promotion while it does not"),
+            }
+            last = Some(reached);
+        }
+        if tx.send(Some(reached)).is_err() {
+            return;
+        }
+        tokio::time::sleep(PING_SERVER_EVERY).await;
+    }
+}
 
 /// How long `pg_promote()` may take.
 const PROMOTE_WAIT: Duration = Duration::from_mins(1);
@@ -71,57 +115,17 @@ pub(super) async fn source_settings(
     control::ConnInfo::parse(&conninfo).map_err(|e| format!("-sourcenode {src}: its primary_conninfo: {e}"))
 }
 
-/// Promotes the local database: the VIP check (`check.vip.before.promotion`), `script.fence`,
-/// then `pg_promote()`; returns how long it took.
+/// Promotes the local database: `script.fence`, then `pg_promote()`; returns how long it took.
 pub(super) async fn promote_local(
     cfg: &Config,
     config_dir: &std::path::Path,
     me: SocketAddr,
     old: Option<SocketAddr>,
-    iface: &str,
 ) -> Result<Duration, String> {
+    // `check.vip.before.promotion` and the `ping.server.ip` check happened before the leader
+    // proposed this promotion (`Engine::vip_clear`, `decline_if_orphaned` and the
+    // candidate's PING flag): a committed promotion goes ahead.
     let start = Instant::now();
-    if cfg.check_vip_before_promotion {
-        if let Some(addr) = cfg.virtual_ip {
-            let iface = iface.to_owned();
-            let found =
-                tokio::task::spawn_blocking(move || vip::probe_in_use(&iface, addr, Duration::from_millis(300)))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            if let Some(mac) = found {
-                // EFM refuses to promote here, because the holder might still be a working
-                // primary. With efm the holder's kernel cuts database traffic to the VIP off once
-                // its lease lapses (the promotion waited for that), so a stale holder — typically
-                // a node whose agent died — cannot take writes: take the VIP over and announce it.
-                tracing::warn!(vip = %addr, holder = %vip::fmt_mac(mac), "check.vip.before.promotion: the VIP is still answered by another node; its kernel lease has lapsed, taking it over");
-            }
-        }
-    }
-    if let Some(ip) = cfg.ping_server_ip {
-        // EFM's isolation check: a node that cannot reach the configured address may be the one
-        // that is cut off; it must not promote itself.
-        let mut argv = cfg.ping_server_command.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-        argv.push(ip.to_string());
-        let Some(program) = argv.first().cloned() else { return Err("ping.server.command is empty".into()) };
-        let out = tokio::time::timeout(
-            Duration::from_secs(15),
-            tokio::process::Command::new(&program).args(&argv[1..]).kill_on_drop(true).output(),
-        )
-        .await;
-        match out {
-            Ok(Ok(o)) if o.status.success() => tracing::info!(%ip, "isolation check passed"),
-            Ok(Ok(o)) => {
-                return Err(format!(
-                    "isolation check failed: {} exited with {} (ping.server.ip {ip}); not promoting",
-                    argv.join(" "),
-                    o.status
-                ))
-            }
-            Ok(Err(e)) => return Err(format!("isolation check: cannot run {program}: {e}; not promoting")),
-            Err(_) => return Err(format!("isolation check: {} did not finish in 15 s; not promoting", argv.join(" "))),
-        }
-    }
     let subst = Substitutions {
         new_primary: Some(me.ip().to_string()),
         failed_primary: old.map(|o| o.ip().to_string()),

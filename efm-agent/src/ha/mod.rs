@@ -55,7 +55,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use crate::notify::Event as Notice;
-use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_WITNESS};
+use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_PING_SERVER_FAILED, ROLE_IDLE, ROLE_PRIMARY, ROLE_WITNESS};
 
 pub mod effects;
 #[cfg(test)]
@@ -310,9 +310,13 @@ impl Engine {
         let vote = self.as_voter(c, inp, handover, actions);
         // The log's leader: propose a promotion once a majority voted (leader.rs).
         let promo_outcome = self.as_leader(c, inp, db, handover, actions);
+        self.decline_if_orphaned(c, inp, db, actions);
         // This node's own role (primary.rs, standby.rs).
         let (mut desired, outcome) = self.own_role(c, inp, db, lapsed, actions);
         desired.endorse = vote.endorse;
+        if inp.ping_failed.contains(&me) {
+            desired.ping_flags |= FLAG_PING_SERVER_FAILED;
+        }
         let outcome = match outcome {
             Outcome::Standby { primary, .. } => Outcome::Standby { primary, endorsing: vote.endorse.is_some() },
             o => o,
@@ -483,6 +487,7 @@ impl Engine {
             Event::VipDone { assign, ok } => self.vip_done(*assign, *ok, out),
             Event::ResumeRequested { id, db } => self.resume_requested(*id, db, inp, out),
             Event::PeerTableFailed => self.fx.peer_table_failed(),
+            Event::VipProbed { holder } => self.fx.vip_probed(holder.clone(), now),
         }
     }
 }

@@ -16,11 +16,11 @@ use std::{
 use efm_common::{
     maps::{FenceState, FENCE_RESET},
     serving::{fence_reasons, serves},
-    wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
+    wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, FLAG_PING_SERVER_FAILED, ROLE_MASK},
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::local::{demote_local, follow, promote_local, rejoin, upstream, write_standby_signal};
+use super::local::{demote_local, follow, ping_server_loop, promote_local, rejoin, upstream, write_standby_signal};
 use super::{
     Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome,
     PeerRole, PeerView, Proposal, Step,
@@ -63,6 +63,11 @@ pub fn engine_config(cfg: &Config, me: SocketAddr) -> EngineConfig {
         detach_on_agent_failure: cfg.detach_on_agent_failure,
         auto_resume_startup: cfg.auto_resume_startup_period,
         auto_resume_failure: cfg.auto_resume_failure_period,
+        vip_guard: cfg.check_vip_before_promotion
+            && !cfg.vip_takeover_allowed
+            && cfg.virtual_ip.is_some()
+            && cfg.virtual_ip_prefix.is_some(),
+        ping_server: cfg.ping_server_ip,
     }
 }
 
@@ -116,6 +121,9 @@ pub struct HaRuntime {
     last_outcome: Option<Outcome>,
     /// Ends the open client sessions when the kernel stops serving (not on a witness).
     sessions: Option<crate::sessions::Ender>,
+    /// The last result of this node's `ping.server.ip` check (a database node with the property
+    /// set; the task starts with the first cycle).
+    ping_server: Option<tokio::sync::watch::Receiver<Option<bool>>>,
 }
 
 impl HaRuntime {
@@ -160,6 +168,7 @@ impl HaRuntime {
             last_fence: None,
             last_outcome: None,
             sessions: None,
+            ping_server: None,
         }
         .with_sessions()
     }
@@ -272,6 +281,7 @@ impl HaRuntime {
         let lease = dp.lease()?;
         let committed = Self::committed_view(&st, me, self.cfg.auto_failover);
         let peers: Vec<PeerView> = peers_h.iter().map(peer_view).collect();
+        let ping_failed = self.ping_failed(me, &peers_h);
         // The kernel counts endorsements from the voters only (the quorum's members).
         let allowed: BTreeSet<SocketAddr> = st.voters();
         let local = local_db(&db, localdb::fresh_lsn(wal, now_ns, self.cfg.heartbeat_interval));
@@ -301,6 +311,7 @@ impl HaRuntime {
                 max_epoch_seen: lease.max_epoch_seen,
             },
             events: &events,
+            ping_failed: &ping_failed,
         });
         span.record("role", role_name(step.desired.ping_flags));
         span.record("outcome", step.outcome.kind());
@@ -317,6 +328,25 @@ impl HaRuntime {
         let lease = dp.lease()?;
         self.publish(&st, &step, &fence, &lease, now_ns, exit);
         Ok((step.desired, step.outcome))
+    }
+
+    /// The nodes whose last `ping.server.ip` check failed: this one (its own check, started
+    /// here on the first cycle) and the peers whose agents say so in their PINGs.
+    fn ping_failed(&mut self, me: SocketAddr, peers: &[PeerEntry]) -> BTreeSet<SocketAddr> {
+        if self.ping_server.is_none() && self.cfg.ping_server_ip.is_some() && !self.cfg.is_witness {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(ping_server_loop(self.cfg.clone(), tx));
+            self.ping_server = Some(rx);
+        }
+        let own_failed = self.ping_server.as_ref().is_some_and(|rx| *rx.borrow() == Some(false));
+        peers
+            .iter()
+            .filter(|p| {
+                p.health.is_some_and(|h| h.verdict == Verdict::Alive && h.flags & FLAG_PING_SERVER_FAILED != 0)
+            })
+            .map(|p| p.addr)
+            .chain(own_failed.then_some(me))
+            .collect()
     }
 
     /// Writes `EFM_FENCE` when the desired state differs from what the kernel holds.
@@ -431,6 +461,8 @@ impl HaRuntime {
                 }
             }
             Action::Vip { assign } => self.vip(assign),
+            Action::ProbeVip => self.probe_vip(),
+            Action::StandbyDbFailed => self.hook(Hook::DbFailure, Substitutions::default()),
             Action::AnnounceVip => self.announce_vip(),
             Action::Resumed { how } => {
                 let cfg = self.cfg.clone();
@@ -487,10 +519,9 @@ impl HaRuntime {
     fn promote(&self, epoch: u64, old: Option<SocketAddr>, st: &ClusterState, me: SocketAddr) {
         let (cfg, config_dir, done) = (self.cfg.clone(), self.config_dir.clone(), self.events_tx.clone());
         let promotion = st.history.last().filter(|h| h.epoch == epoch && h.node == me).cloned();
-        let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
         let facts = self.facts.clone();
         tokio::spawn(async move {
-            let res = promote_local(&cfg, &config_dir, me, old, &iface).await;
+            let res = promote_local(&cfg, &config_dir, me, old).await;
             let reason = match res {
                 Ok(took) => {
                     tracing::info!(epoch, took_ms = took.as_millis(), "promoted the local database");
@@ -746,6 +777,32 @@ impl HaRuntime {
                 }
             };
             let _ = done.send(Event::VipDone { assign, ok });
+        });
+    }
+
+    /// `check.vip.before.promotion`: an ARP probe (IPv4) or neighbour solicitation (IPv6) for
+    /// the VIP from this node's interface, 300 ms for an answer, on the blocking pool.
+    fn probe_vip(&self) {
+        let done = self.events_tx.clone();
+        let Some(addr) = self.cfg.virtual_ip else {
+            let _ = done.send(Event::VipProbed { holder: None });
+            return;
+        };
+        let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+        tokio::task::spawn_blocking(move || {
+            let holder = match vip::probe_in_use(&iface, addr, Duration::from_millis(300)) {
+                Ok(Some(mac)) => {
+                    let mac = vip::fmt_mac(mac);
+                    tracing::warn!(vip = %addr, holder = %mac, "check.vip.before.promotion: another host answers for the VIP; no promotion while it does");
+                    Some(mac)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(vip = %addr, %iface, error = %e, "check.vip.before.promotion: the VIP could not be probed; promoting (the old primary's lease has lapsed)");
+                    None
+                }
+            };
+            let _ = done.send(Event::VipProbed { holder });
         });
     }
 

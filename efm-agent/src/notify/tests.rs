@@ -75,7 +75,7 @@ fn every_event() -> Vec<Event> {
         E::NoLongerIsolated,
         E::PromotionRefusedPrimaryRunning { primary: s("10.0.1.10") },
         E::PromotionRefusedPrimaryUnverified { primary: s("10.0.1.10") },
-        E::PromotionRefusedVipAssigned { vip: s("10.0.1.100") },
+        E::PromotionRefusedVipAssigned { vip: s("10.0.1.100"), candidate: s("10.0.1.12") },
         E::PromotionRefusedOrphaned { server: s("10.0.1.1") },
         E::FailoverNotOccurred { reason: s("no standby") },
         E::ManualFailoverRequired { primary: s("10.0.1.10"), reason: s("node unreachable") },

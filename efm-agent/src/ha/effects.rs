@@ -34,6 +34,10 @@ pub(super) struct VipState {
     /// Since when this node holds the VIP, and when it last re-announced it.
     since_ns: Option<u64>,
     announced_ns: Option<u64>,
+    /// "Could not assign VIP" was sent for the current run of failed attempts.
+    assign_failure_notified: bool,
+    /// The VIP was on this node when the agent started, and has not changed since.
+    pub(super) found_at_start: bool,
 }
 
 /// The leader's probe of the VIP before a promotion (`check.vip.before.promotion`).
@@ -79,6 +83,19 @@ pub(super) struct Effects {
     exit_asked: bool,
     register_proposed: Option<u64>,
     pub(super) vip_probe: VipProbe,
+    /// The suspension (its start) for which this node's standby database failure was handled.
+    pub(super) standby_failure_handled: Option<u64>,
+    /// The leader's watch over the standbys' databases (see [`Engine::standby_checks`]).
+    standby_watch: BTreeMap<SocketAddr, StandbyWatch>,
+}
+
+/// One standby's database as the leader follows it.
+#[derive(Clone, Copy, Debug, Default)]
+struct StandbyWatch {
+    /// Its PINGs said: a standby with its database up.
+    up_seen: bool,
+    /// A remote check of its database is under way.
+    checking: bool,
 }
 
 impl Effects {
@@ -91,7 +108,22 @@ impl Effects {
         self.vip_probe.result = Some((now, holder));
     }
 
-    pub(super) fn remote_checked(&mut self, node: SocketAddr, reachable: bool, now: u64) {
+    /// A remote check's result; for a standby the leader was checking, EFM's notification.
+    pub(super) fn remote_checked(&mut self, node: SocketAddr, reachable: bool, now: u64, out: &mut Vec<Action>) {
+        if let Some(w) = self.standby_watch.get_mut(&node).filter(|w| w.checking) {
+            w.checking = false;
+            w.up_seen = false;
+            let node = node.to_string();
+            out.push(Action::Notify(if reachable {
+                Notice::StandbyCannotReachDatabase { node }
+            } else {
+                Notice::StandbyDatabaseFailed { node }
+            }));
+        }
+        self.record_remote(node, reachable, now);
+    }
+
+    fn record_remote(&mut self, node: SocketAddr, reachable: bool, now: u64) {
         let r = self.remote.entry(node).or_default();
         r.reachable = Some(reachable);
         r.done_ns = now;
@@ -281,6 +313,29 @@ impl Engine {
         out.push(Action::CheckRemoteDb { node: p });
     }
 
+    /// EFM's coordinator follows the standbys' databases: when a standby's PINGs stop saying
+    /// its database is up while its agent is alive, the log's leader checks that database from
+    /// here (`remote.timeout`) and tells the cluster whether it failed ("Standby database
+    /// failed") or only its agent cannot reach it ("Standby agent cannot reach database").
+    pub(super) fn standby_checks(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
+        let Some(c) = inp.committed else { return };
+        for v in inp.peers {
+            if Some(v.addr) == c.primary || c.nodes.get(&v.addr).is_none_or(|m| m.witness) {
+                continue;
+            }
+            let w = self.fx.standby_watch.entry(v.addr).or_default();
+            if v.alive && v.db_up && v.role == PeerRole::Standby {
+                *w = StandbyWatch { up_seen: true, checking: false };
+            } else if v.alive && !v.db_up && w.up_seen && !w.checking && inp.is_leader {
+                w.checking = true;
+                out.push(Action::CheckRemoteDb { node: v.addr });
+            } else if !v.alive {
+                // Its agent left: "Standby agent failed" is the detector's notification.
+                w.up_seen = false;
+            }
+        }
+    }
+
     /// A member announces itself (kind, priority, promotable) until the log shows it.
     pub(super) fn register(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
         if inp.committed.is_none() || inp.registered || inp.stop_cluster {
@@ -311,7 +366,9 @@ impl Engine {
     /// stop is under way; while held, announce it every second for the first 15 s, then every
     /// 10 s (neighbours ignore an ARP update within `locktime` of the previous one, and a node
     /// whose agent died may still answer for the VIP).
-    pub(super) fn vip(&mut self, now: u64, want: bool, out: &mut Vec<Action>) {
+    /// `non_primary`: the log names another node (or none) as primary; releasing a VIP this
+    /// node held at start is then EFM's "VIP on a non-primary node".
+    pub(super) fn vip(&mut self, now: u64, want: bool, non_primary: bool, out: &mut Vec<Action>) {
         if self.cfg.vip.is_none() {
             return;
         }
@@ -333,12 +390,33 @@ impl Engine {
         }
         if let Some(assign) = vip_change(v.held, want, v.db_stops) {
             v.busy = true;
+            if !assign && v.found_at_start && non_primary {
+                // EFM: a VIP found on a node that is not the primary is released, and said so.
+                v.found_at_start = false;
+                if let Some(addr) = self.cfg.vip {
+                    out.push(Action::Notify(Notice::VipOnNonPrimary { vip: addr.to_string() }));
+                }
+            }
             out.push(Action::Vip { assign });
         }
     }
 
     pub(super) fn vip_done(&mut self, assign: bool, ok: bool, out: &mut Vec<Action>) {
         self.fx.vip.busy = false;
+        self.fx.vip.found_at_start = false;
+        if assign && !ok && !self.fx.vip.assign_failure_notified {
+            // Retried every cycle: one notification per run of failures.
+            self.fx.vip.assign_failure_notified = true;
+            if let Some(addr) = self.cfg.vip {
+                out.push(Action::Notify(Notice::VipAssignFailed {
+                    vip: addr.to_string(),
+                    error: "the address could not be added (the agent log has the interface's error); retrying".into(),
+                }));
+            }
+        }
+        if assign && ok {
+            self.fx.vip.assign_failure_notified = false;
+        }
         if ok {
             self.fx.vip.held = assign;
             if let Some(addr) = self.cfg.vip {

@@ -135,6 +135,12 @@ pub(super) async fn promote_local(
         return Err("script.fence failed: promotion aborted".into());
     }
     let target = localdb::target(cfg, config_dir, &me.ip().to_string())?;
+    // A paused replay would hold the promotion up: resume it (EFM's "Could not resume replay"
+    // when that fails; the promotion is still attempted).
+    if let Err(e) = control::resume_replay_if_paused(&target, cfg.remote_timeout.max(Duration::from_secs(5))).await {
+        tracing::error!(error = %e, "could not resume WAL replay before promoting");
+        super::runtime::notify(cfg, crate::notify::Event::ReplayResumeFailed { error: e.to_string() });
+    }
     control::promote(&target, PROMOTE_WAIT).await.map_err(|e| e.to_string())?;
     Ok(start.elapsed())
 }

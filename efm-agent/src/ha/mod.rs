@@ -60,6 +60,8 @@ use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_PING_SERVER_FAILED, ROLE_ID
 pub mod effects;
 #[cfg(test)]
 mod effects_tests;
+#[cfg(test)]
+mod guard_tests;
 pub mod latch;
 pub mod leader;
 #[cfg(test)]
@@ -189,6 +191,7 @@ impl Engine {
     /// Whether this node holds the VIP when the agent starts.
     pub fn set_vip_held(&mut self, held: bool) {
         self.fx.vip.held = held;
+        self.fx.vip.found_at_start = held;
     }
 
     /// The PING that carried an endorsement of `epoch` left at `sent_ns` (after the step that
@@ -252,10 +255,12 @@ impl Engine {
         ordered.append(&mut fx_before);
         self.load_balancer(inp, &desired, &outcome, &mut ordered);
         self.remote_checks(inp, &mut ordered);
+        self.standby_checks(inp, &mut ordered);
         self.register(inp, &mut ordered);
         self.count_db_stops(&actions);
         ordered.append(&mut actions);
-        self.vip(now, desired.vip, &mut ordered);
+        let non_primary = inp.committed.is_some_and(|c| c.primary != Some(self.cfg.me)) && !self.cfg.is_witness;
+        self.vip(now, desired.vip, non_primary, &mut ordered);
         Step { desired, actions: ordered, outcome, suspended: self.monitor.suspension.clone(), db }
     }
 
@@ -483,7 +488,7 @@ impl Engine {
                 self.rejoin_work = Some((*epoch, Progress::Failed { reason: reason.clone() }));
             }
             Event::DbStopDone => self.fx.vip.db_stops = self.fx.vip.db_stops.saturating_sub(1),
-            Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now),
+            Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now, out),
             Event::VipDone { assign, ok } => self.vip_done(*assign, *ok, out),
             Event::ResumeRequested { id, db } => self.resume_requested(*id, db, inp, out),
             Event::PeerTableFailed => self.fx.peer_table_failed(),

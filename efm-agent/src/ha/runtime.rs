@@ -736,7 +736,7 @@ impl HaRuntime {
                 Ok(t) => postgres::remote_check(&t, cfg.remote_timeout).await.is_ok(),
                 Err(_) => false,
             };
-            tracing::info!(primary = %node, reachable, "checked the primary's database from here");
+            tracing::info!(%node, reachable, "checked the node's database from here");
             let _ = done.send(Event::RemoteChecked { node, reachable });
         });
     }

@@ -67,8 +67,28 @@ impl Engine {
                 Outcome::Standby { primary: c.primary, endorsing: false },
             );
         }
+        self.standby_db_failed(inp, actions);
         // Database down or not known yet: it may still be a primary; fence (when in doubt).
         (self.fenced(c.epoch, ROLE_IDLE), Outcome::Idle)
+    }
+
+    /// A database that is not the committed primary's failed (EFM's standby database failure;
+    /// the monitor suspended monitoring for it): "Standby database failure" and
+    /// `script.db.failure`, once per failure. Not for a database that was not running when the
+    /// agent started, nor for the custom monitor (it has its own notification).
+    fn standby_db_failed(&mut self, inp: &Inputs<'_>, actions: &mut Vec<Action>) {
+        let Some(sus) = &self.monitor.suspension else { return };
+        if sus.kind != super::SuspendKind::Failure || inp.custom_monitor_failed.is_some() {
+            return;
+        }
+        if self.fx.standby_failure_handled != Some(sus.since_ns) {
+            self.fx.standby_failure_handled = Some(sus.since_ns);
+            actions.push(Action::StandbyDbFailed);
+            actions.push(Action::Notify(Notice::DatabaseFailure {
+                role: crate::notify::NodeRole::Standby,
+                node: self.cfg.me.to_string(),
+            }));
+        }
     }
 
     /// This node handed its epoch over with `-switchover`, a later epoch is committed and the

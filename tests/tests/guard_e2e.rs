@@ -124,14 +124,13 @@ fn a_vip_answered_by_a_foreign_host_blocks_the_promotion_until_it_is_gone() {
     foreign.remove();
     let until = Instant::now() + Duration::from_secs(30);
     let p = loop {
-        if let Some(p) = c.serving_primary() {
+        if let Some(p) = c.serving_primary().filter(|p| *p != 0) {
             break p;
         }
         assert!(Instant::now() < until, "no promotion within 30 s after the foreign host left");
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!("n{} serves {} ms after the foreign host left", p + 1, gone.elapsed().as_millis());
-    assert!(p != 0, "a standby was promoted");
     rec.wait_containing("notify Failover has completed on cluster acctg", Duration::from_secs(20));
 }
 
@@ -140,15 +139,16 @@ fn vip_takeover_allowed_promotes_although_a_foreign_host_answers() {
     let c = Cluster::start(&PSS, "vip.takeover.allowed=true\n");
     let _foreign = ForeignHost::new(&c);
     c.pg[0].as_ref().unwrap().sigkill();
+    // (Right after the crash the old primary may still count as serving: wait for a standby.)
     let until = Instant::now() + Duration::from_secs(30);
     let p = loop {
-        if let Some(p) = c.serving_primary() {
+        if let Some(p) = c.serving_primary().filter(|p| *p != 0) {
             break p;
         }
         assert!(Instant::now() < until, "no promotion within 30 s with vip.takeover.allowed=true");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(p != 0, "a standby was promoted");
+    assert!(promoted(&c).contains(&p), "n{} left recovery", p + 1);
 }
 
 #[test]

@@ -87,7 +87,29 @@ pub(super) struct Effects {
     pub(super) standby_failure_handled: Option<u64>,
     /// The leader's watch over the standbys' databases (see [`Engine::standby_checks`]).
     standby_watch: BTreeMap<SocketAddr, StandbyWatch>,
+    /// Cluster-wide notifications' episodes (see [`Engine::cluster_notices`]).
+    notices: ClusterNotices,
 }
+
+/// What [`Engine::cluster_notices`] remembers between steps.
+#[derive(Clone, Debug, Default)]
+struct ClusterNotices {
+    /// The leader saw a standby agent since it last said none is left.
+    standby_seen: bool,
+    /// The leader saw more promotable standbys than `minimum.standbys` since it last said so.
+    above_minimum: bool,
+    /// This node saw a majority of the voters (itself included) since it last said it did not.
+    connected: bool,
+    /// "Subset disconnected" / "isolated" was sent and "no longer isolated" is due.
+    cut_off: bool,
+    /// Members this node was told about that it has no heartbeat slot for.
+    unknown_members: BTreeSet<SocketAddr>,
+    /// (higher epoch the kernel saw, since when, said so).
+    mismatch: Option<(u64, u64, bool)>,
+}
+
+/// A kernel that has seen a newer epoch than this node's log copy for this long says so.
+const MISMATCH_NS: u64 = 5_000_000_000;
 
 /// One standby's database as the leader follows it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -333,6 +355,102 @@ impl Engine {
                 // Its agent left: "Standby agent failed" is the detector's notification.
                 w.up_seen = false;
             }
+        }
+    }
+
+    /// EFM's notifications about the cluster as this node sees it:
+    /// - the log's leader (EFM's coordinator): "No standby agent" when the last agent of a
+    ///   database node other than the primary is gone; "No standbys available for promotion"
+    ///   when the promotable standbys drop to `minimum.standbys` (> 0);
+    /// - every voter: "Subset of cluster disconnected from primary" when it sees fewer than a
+    ///   majority of the voters (itself included) after it had seen one — "nodes isolated" when
+    ///   it sees no other member at all or its `ping.server.ip` check fails too — and "no longer
+    ///   isolated" when the majority is back; "Communication error" for a member of the log it
+    ///   has no heartbeat slot for (not in the `.nodes` file it started with); "Internal state
+    ///   mismatch" when its kernel has seen a newer epoch than its log copy holds for 5 s.
+    ///
+    /// Not during `efm stop-cluster` (the agents leave one by one).
+    pub(super) fn cluster_notices(&mut self, inp: &Inputs<'_>, db_standby: bool, out: &mut Vec<Action>) {
+        let Some(c) = inp.committed else { return };
+        if inp.stop_cluster {
+            return;
+        }
+        let me = self.cfg.me;
+        let visible: Vec<SocketAddr> =
+            inp.peers.iter().filter(|v| v.alive && c.nodes.contains_key(&v.addr)).map(|v| v.addr).collect();
+        let n = &mut self.fx.notices;
+        if inp.is_leader {
+            let other_db_agents = visible
+                .iter()
+                .filter(|a| Some(**a) != c.primary && c.nodes.get(*a).is_some_and(|m| !m.witness))
+                .count()
+                + usize::from(!self.cfg.is_witness && c.primary != Some(me));
+            if other_db_agents > 0 {
+                n.standby_seen = true;
+            } else if std::mem::take(&mut n.standby_seen) {
+                out.push(Action::Notify(Notice::NoStandbyAgent));
+            }
+            let promotable = |a: &SocketAddr| c.nodes.get(a).is_some_and(|m| !m.witness && m.promotable && m.priority > 0);
+            let standbys = inp
+                .peers
+                .iter()
+                .filter(|v| v.alive && v.role == PeerRole::Standby && v.db_up && promotable(&v.addr))
+                .count()
+                + usize::from(db_standby && promotable(&me) && c.primary != Some(me));
+            let minimum = self.cfg.minimum_standbys as usize;
+            if minimum > 0 {
+                if standbys > minimum {
+                    n.above_minimum = true;
+                } else if std::mem::take(&mut n.above_minimum) {
+                    out.push(Action::Notify(Notice::NoStandbysAvailable { minimum: minimum as u64 }));
+                }
+            }
+        }
+        if c.nodes.contains_key(&me) {
+            let names: Vec<String> = visible.iter().map(ToString::to_string).collect();
+            if 1 + visible.len() >= c.majority() {
+                n.connected = true;
+                if std::mem::take(&mut n.cut_off) {
+                    out.push(Action::Notify(Notice::NoLongerIsolated));
+                }
+            } else if std::mem::take(&mut n.connected) {
+                n.cut_off = true;
+                out.push(Action::Notify(if visible.is_empty() || inp.ping_failed.contains(&me) {
+                    Notice::NodesIsolated { visible: names }
+                } else {
+                    Notice::SubsetDisconnected { visible: names }
+                }));
+            }
+            // The voters as the runtime reads them from the log (`ClusterState::voters`).
+            for m in inp.allowed.iter().filter(|a| **a != me) {
+                if !inp.peers.iter().any(|v| v.addr == *m) && n.unknown_members.insert(*m) {
+                    out.push(Action::Notify(Notice::CommunicationError {
+                        node: m.to_string(),
+                        error: "it is a member of the cluster, but not in the .nodes file this agent started \
+                                with, so no heartbeats are exchanged with it; restart this agent"
+                            .into(),
+                    }));
+                }
+            }
+        }
+        let seen = inp.kernel.max_epoch_seen;
+        if seen > c.epoch {
+            let m = n.mismatch.get_or_insert((seen, inp.now_ns, false));
+            if m.0 != seen {
+                *m = (seen, inp.now_ns, false);
+            }
+            if !m.2 && inp.now_ns.saturating_sub(m.1) >= MISMATCH_NS {
+                m.2 = true;
+                out.push(Action::Notify(Notice::InternalStateMismatch {
+                    detail: format!(
+                        "the heartbeats carry epoch {seen}, but this node's copy of the log is at epoch {}: it \
+                         does not endorse anyone until its log catches up",
+                        c.epoch
+                    ),
+                }));
+            }
+        } else {
+            n.mismatch = None;
         }
     }
 

@@ -28,6 +28,9 @@ pub enum Latch {
     VipRefusalNotified,
     /// This standby declined a promotion: `ping.server.ip` did not answer.
     OrphanedDeclined,
+    /// The primary's agent is not heard but its database answers: "primary DB is still
+    /// running" was sent (reset when the agent is heard again).
+    PrimaryRunningNotified,
     /// The local standby's database failure was handled (notification, `script.db.failure`).
     StandbyDbFailureHandled,
 }

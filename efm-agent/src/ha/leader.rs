@@ -20,6 +20,7 @@ impl Engine {
         handover: Option<Handover>,
         actions: &mut Vec<Action>,
     ) -> Option<Outcome> {
+        self.primary_running_notice(c, inp, actions);
         let promote_due = match self.proposed_promote {
             Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
             _ => true,
@@ -117,6 +118,25 @@ impl Engine {
                 self.post_promotion_due = None;
                 actions.push(Action::RemotePostPromotion { new_primary: p, old_primary: old });
             }
+        }
+    }
+
+    /// EFM's "Standby agent tried to promote, but primary DB is still running": the log's
+    /// leader does not hear the primary's agent, but a fresh check from here reaches its
+    /// database — no failover (the voters keep endorsing a primary whose agent is merely
+    /// absent). Once per episode: again after the primary's agent was heard.
+    fn primary_running_notice(&mut self, c: &Committed, inp: &Inputs<'_>, actions: &mut Vec<Action>) {
+        let Some(p) = c.primary.filter(|p| *p != self.cfg.me) else { return };
+        let Some(v) = inp.peers.iter().find(|v| v.addr == p) else { return };
+        if v.alive {
+            self.latches.reset(Latch::PrimaryRunningNotified, c.epoch);
+            return;
+        }
+        if inp.is_leader
+            && self.db_reachable(p, inp.now_ns) == Some(true)
+            && self.latches.once(Latch::PrimaryRunningNotified, c.epoch)
+        {
+            actions.push(Action::Notify(Notice::PromotionRefusedPrimaryRunning { primary: p.to_string() }));
         }
     }
 

@@ -20,6 +20,27 @@ const PING_SERVER_EVERY: Duration = Duration::from_secs(3);
 /// The longest a `ping.server.command` may run.
 const PING_SERVER_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often the agent makes sure its cluster lock file is still there.
+const LOCK_FILE_EVERY: Duration = Duration::from_secs(5);
+
+/// EFM's "Lock file … has been removed": the agent holds `<lock.dir>/<cluster>.lock` (a `flock`
+/// on it keeps a second agent of the cluster off this node); if someone deletes it, a second
+/// agent could start. Checked every [`LOCK_FILE_EVERY`] (asynchronously: never on the heartbeat
+/// loop); said once per removal.
+pub(super) async fn watch_lock_file(cfg: Config) {
+    let path = cfg.lock_dir.join(format!("{}.lock", cfg.cluster));
+    let mut missing = false;
+    loop {
+        tokio::time::sleep(LOCK_FILE_EVERY).await;
+        let exists = tokio::fs::try_exists(&path).await.unwrap_or(true);
+        if !exists && !missing {
+            tracing::error!(path = %path.display(), "the cluster lock file has been removed");
+            super::runtime::notify(&cfg, crate::notify::Event::LockFileRemoved { path: path.display().to_string() });
+        }
+        missing = !exists;
+    }
+}
+
 /// EFM's isolation check, run by every database node (a candidate must be able to tell whether
 /// it is the one cut off before it is proposed): `ping.server.command ping.server.ip` every
 /// [`PING_SERVER_EVERY`], its result (`true`: reached) sent on `tx` until the receiver is gone.

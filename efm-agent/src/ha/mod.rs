@@ -256,6 +256,7 @@ impl Engine {
         self.load_balancer(inp, &desired, &outcome, &mut ordered);
         self.remote_checks(inp, &mut ordered);
         self.standby_checks(inp, &mut ordered);
+        self.cluster_notices(inp, db.up == Some(true) && db.in_recovery == Some(true) && !db.failed, &mut ordered);
         self.register(inp, &mut ordered);
         self.count_db_stops(&actions);
         ordered.append(&mut actions);

@@ -20,7 +20,9 @@ use efm_common::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::local::{demote_local, follow, ping_server_loop, promote_local, rejoin, upstream, write_standby_signal};
+use super::local::{
+    demote_local, follow, ping_server_loop, promote_local, rejoin, upstream, watch_lock_file, write_standby_signal,
+};
 use super::{
     Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome,
     PeerRole, PeerView, Proposal, Step,
@@ -41,6 +43,8 @@ use crate::{
 
 /// How long stopping the database waits for the sessions to be ended first.
 const SESSIONS_SETTLE: Duration = Duration::from_secs(4);
+/// How long a standby restarted to follow a new primary may take to come back up.
+const RESUME_WAIT: Duration = Duration::from_mins(1);
 
 /// The engine's settings from the properties.
 #[must_use]
@@ -124,6 +128,8 @@ pub struct HaRuntime {
     /// The last result of this node's `ping.server.ip` check (a database node with the property
     /// set; the task starts with the first cycle).
     ping_server: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+    /// The lock-file watch runs (started with the first cycle).
+    watchers_started: bool,
 }
 
 impl HaRuntime {
@@ -169,6 +175,7 @@ impl HaRuntime {
             last_outcome: None,
             sessions: None,
             ping_server: None,
+            watchers_started: false,
         }
         .with_sessions()
     }
@@ -333,6 +340,10 @@ impl HaRuntime {
     /// The nodes whose last `ping.server.ip` check failed: this one (its own check, started
     /// here on the first cycle) and the peers whose agents say so in their PINGs.
     fn ping_failed(&mut self, me: SocketAddr, peers: &[PeerEntry]) -> BTreeSet<SocketAddr> {
+        if !self.watchers_started {
+            self.watchers_started = true;
+            tokio::spawn(watch_lock_file(self.cfg.clone()));
+        }
         if self.ping_server.is_none() && self.cfg.ping_server_ip.is_some() && !self.cfg.is_witness {
             let (tx, rx) = tokio::sync::watch::channel(None);
             tokio::spawn(ping_server_loop(self.cfg.clone(), tx));
@@ -492,7 +503,7 @@ impl HaRuntime {
     /// proposes it. Without the record a restart could endorse this epoch again: no vote then
     /// (the engine proposes it again a second later).
     fn vote(&self, voter: SocketAddr, epoch: u64) {
-        let (coord, file) = (self.coord.clone(), self.voted_file.clone());
+        let (coord, file, cfg) = (self.coord.clone(), self.voted_file.clone(), self.cfg.clone());
         tokio::spawn(async move {
             let recorded = tokio::task::spawn_blocking({
                 let file = file.clone();
@@ -502,6 +513,15 @@ impl HaRuntime {
             match recorded {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
+                    notify(
+                        &cfg,
+                        crate::notify::Event::UnexpectedError {
+                            error: format!(
+                                "the vote against epoch {epoch} could not be recorded in {}: {e}; it is not proposed until it can be",
+                                file.display()
+                            ),
+                        },
+                    );
                     return tracing::error!(epoch, error = %e, file = %file.display(), "cannot record the vote; not proposing it")
                 }
                 Err(e) => {
@@ -653,12 +673,33 @@ impl HaRuntime {
         });
     }
 
+    /// Points the standby at the new primary. A restart that does not bring the database back
+    /// within [`RESUME_WAIT`] is EFM's "Resume timed out"; a reconfiguration that fails is an
+    /// unexpected error (the standby keeps its old settings; `efm resume` or a restart of the
+    /// agent tries again).
     fn follow(&self, primary: SocketAddr, epoch: u64, me: SocketAddr) {
-        let (cfg, config_dir) = (self.cfg.clone(), self.config_dir.clone());
+        let (cfg, config_dir, mut db) = (self.cfg.clone(), self.config_dir.clone(), self.facts.db.clone());
         tokio::spawn(async move {
             match follow(&cfg, &config_dir, me, primary).await {
-                Ok(how) => tracing::info!(epoch, %primary, %how, "standby follows the new primary"),
-                Err(e) => tracing::error!(epoch, %primary, error = %e, "reconfiguring the standby failed"),
+                Ok(how) => {
+                    tracing::info!(epoch, %primary, %how, "standby follows the new primary");
+                    if how == "Restart" {
+                        let back = tokio::time::timeout(RESUME_WAIT, db.wait_for(|d| d.view.up == Some(true))).await;
+                        if !matches!(back, Ok(Ok(_))) {
+                            tracing::error!(epoch, %primary, "the restarted standby did not come back up");
+                            notify(&cfg, crate::notify::Event::ResumeTimedOut);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(epoch, %primary, error = %e, "reconfiguring the standby failed");
+                    notify(
+                        &cfg,
+                        crate::notify::Event::UnexpectedError {
+                            error: format!("this standby could not be pointed at the new primary {primary}: {e}"),
+                        },
+                    );
+                }
             }
         });
     }

@@ -49,6 +49,15 @@ impl Engine {
                     stop: self.cfg.stop_isolated_primary,
                 });
                 actions.push(Action::Notify(Notice::PrimaryFencedOff { node: me.to_string() }));
+                actions.push(Action::Notify(Notice::DatabaseWrongState {
+                    node: me.to_string(),
+                    expected: format!(
+                        "in recovery (epoch {} belongs to {})",
+                        c.epoch,
+                        c.primary.map_or_else(|| "no node".to_owned(), |p| p.to_string())
+                    ),
+                    found: "a primary (out of recovery); it stays fenced and is made a standby".into(),
+                }));
             }
             return (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch });
         }
@@ -60,6 +69,14 @@ impl Engine {
                     && db.upstream != Some(p.ip())
                 {
                     actions.push(Action::Follow { primary: p, epoch: c.epoch });
+                }
+                // `auto.reconfigure=false`: EFM says once that this standby still follows
+                // another server (known only when its upstream is an address).
+                if !self.cfg.auto_reconfigure
+                    && db.upstream.is_some_and(|u| u != p.ip())
+                    && self.latches.once(Latch::Followed, c.epoch)
+                {
+                    actions.push(Action::Notify(Notice::StandbyNotReconfigured { new_primary: p.to_string() }));
                 }
             }
             return (

@@ -177,3 +177,39 @@ fn a_standby_database_failure_notifies_and_runs_script_db_failure() {
         rec.lines().join("\n")
     );
 }
+
+#[test]
+fn a_standby_that_cannot_reach_the_ping_server_declines_and_another_is_promoted() {
+    let rec = Recorder::new();
+    let r = rec.path().display().to_string();
+    // The ping server is a test host: the client's namespace on the bridge (198.18.0.4).
+    let c = Cluster::start_with(
+        &PSS,
+        "ping.server.ip=198.18.0.4\nping.server.command=/bin/ping -q -c1 -w1\n",
+        |i| format!("script.notification={r} n{} notify %s\n", i + 1),
+    );
+    let (n2, client) = (c.bed.nodes[1].sw_if.clone(), c.bed.nodes[3].sw_if.clone());
+    c.bed.nft(&format!(
+        "table bridge efm_orphan {{\n chain cut {{\n  type filter hook forward priority 0;\n  \
+         iifname \"{n2}\" oifname \"{client}\" drop\n  iifname \"{client}\" oifname \"{n2}\" drop\n }}\n}}\n"
+    ));
+    // n2 checks every 3 s (a check takes up to 1 s): its PINGs say it declines.
+    std::thread::sleep(Duration::from_secs(6));
+    c.pg[0].as_ref().unwrap().sigkill();
+    let until = Instant::now() + Duration::from_secs(30);
+    let p = loop {
+        if let Some(p) = c.serving_primary().filter(|p| *p != 0) {
+            break p;
+        }
+        assert!(Instant::now() < until, "no promotion within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(p, 2, "n3 is promoted: n2 cannot reach the ping server");
+    rec.wait_containing("n2 notify Standby agent tried to promote, but appears to be orphaned", Duration::from_secs(10));
+    assert_eq!(
+        c.pg[1].as_ref().unwrap().psql("SELECT pg_is_in_recovery()").trim(),
+        "t",
+        "n2 stays a standby"
+    );
+    assert!(!rec.lines().iter().any(|l| l.contains("Could not promote standby")), "{}", rec.lines().join("\n"));
+}

@@ -34,6 +34,8 @@ pub const PACKAGES: &[&str] = &[
     // The install test: systemd-analyze verify; readelf and strip for `cargo xtask package`.
     "systemd",
     "binutils",
+    // EFM's default ping.server.command (`/bin/ping`), run by the guarded-promotion test.
+    "iputils-ping",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -73,7 +73,20 @@ impl ForeignHost {
     fn new(c: &Cluster) -> Self {
         let ns = Netns::new("efv");
         let (inner, outer) = (unique("fv"), unique("fs"));
-        ip(&["link", "add", &inner, "netns", &ns.name, "type", "veth", "peer", "name", &outer, "netns", &c.bed.switch.name]);
+        ip(&[
+            "link",
+            "add",
+            &inner,
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outer,
+            "netns",
+            &c.bed.switch.name,
+        ]);
         ip_in(&ns.name, &["addr", "add", &format!("{VIP}/24"), "dev", &inner]);
         ip_in(&ns.name, &["link", "set", &inner, "up"]);
         ip_in(&c.bed.switch.name, &["link", "set", &outer, "master", "br0"]);
@@ -90,7 +103,9 @@ impl ForeignHost {
 /// Whether any database of the cluster has left recovery besides node 0's.
 fn promoted(c: &Cluster) -> Vec<usize> {
     (1..c.kinds.len())
-        .filter(|&i| c.pg[i].as_ref().is_some_and(|p| p.psql_output("SELECT pg_is_in_recovery()").stdout.starts_with(b"f")))
+        .filter(|&i| {
+            c.pg[i].as_ref().is_some_and(|p| p.psql_output("SELECT pg_is_in_recovery()").stdout.starts_with(b"f"))
+        })
         .collect()
 }
 
@@ -183,11 +198,9 @@ fn a_standby_that_cannot_reach_the_ping_server_declines_and_another_is_promoted(
     let rec = Recorder::new();
     let r = rec.path().display().to_string();
     // The ping server is a test host: the client's namespace on the bridge (198.18.0.4).
-    let c = Cluster::start_with(
-        &PSS,
-        "ping.server.ip=198.18.0.4\nping.server.command=/bin/ping -q -c1 -w1\n",
-        |i| format!("script.notification={r} n{} notify %s\n", i + 1),
-    );
+    let c = Cluster::start_with(&PSS, "ping.server.ip=198.18.0.4\nping.server.command=/bin/ping -q -c1 -w1\n", |i| {
+        format!("script.notification={r} n{} notify %s\n", i + 1)
+    });
     let (n2, client) = (c.bed.nodes[1].sw_if.clone(), c.bed.nodes[3].sw_if.clone());
     c.bed.nft(&format!(
         "table bridge efm_orphan {{\n chain cut {{\n  type filter hook forward priority 0;\n  \
@@ -205,11 +218,10 @@ fn a_standby_that_cannot_reach_the_ping_server_declines_and_another_is_promoted(
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(p, 2, "n3 is promoted: n2 cannot reach the ping server");
-    rec.wait_containing("n2 notify Standby agent tried to promote, but appears to be orphaned", Duration::from_secs(10));
-    assert_eq!(
-        c.pg[1].as_ref().unwrap().psql("SELECT pg_is_in_recovery()").trim(),
-        "t",
-        "n2 stays a standby"
+    rec.wait_containing(
+        "n2 notify Standby agent tried to promote, but appears to be orphaned",
+        Duration::from_secs(10),
     );
+    assert_eq!(c.pg[1].as_ref().unwrap().psql("SELECT pg_is_in_recovery()").trim(), "t", "n2 stays a standby");
     assert!(!rec.lines().iter().any(|l| l.contains("Could not promote standby")), "{}", rec.lines().join("\n"));
 }

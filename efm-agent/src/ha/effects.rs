@@ -25,6 +25,7 @@ const REMOTE_EVERY: Duration = Duration::from_secs(1);
 
 /// The VIP as the engine knows it from its completions.
 #[derive(Clone, Debug, Default)]
+#[expect(clippy::struct_excessive_bools, reason = "independent facts about the VIP, each with its own meaning")]
 pub(super) struct VipState {
     pub(super) held: bool,
     /// A change is under way.
@@ -93,6 +94,7 @@ pub(super) struct Effects {
 
 /// What [`Engine::cluster_notices`] remembers between steps.
 #[derive(Clone, Debug, Default)]
+#[expect(clippy::struct_excessive_bools, reason = "one episode flag per notification")]
 struct ClusterNotices {
     /// The leader saw a standby agent since it last said none is left.
     standby_seen: bool,

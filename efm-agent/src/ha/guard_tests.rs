@@ -44,7 +44,9 @@ fn a_vip_answered_elsewhere_refuses_the_promotion_until_it_is_silent() {
     // Another host answers: refused, EFM's notification once.
     let answered = [Event::VipProbed { holder: Some("02:00:00:00:00:01".into()) }];
     let s = step(&mut e, 300, Some(&c), true, &peers, LocalDb::default(), &answered);
-    assert!(matches!(&s.outcome, Outcome::PromotionRefused { epoch: 1, reason } if reason.contains("02:00:00:00:00:01")));
+    assert!(
+        matches!(&s.outcome, Outcome::PromotionRefused { epoch: 1, reason } if reason.contains("02:00:00:00:00:01"))
+    );
     assert!(!promotes(&s));
     assert_eq!(
         notices(&s),
@@ -91,7 +93,8 @@ fn a_candidate_that_cannot_reach_the_ping_server_is_not_chosen() {
     let mut e = Engine::new(PeerlessWitness::cfg());
     let mut last = None;
     for now in [10, 200, 400] {
-        let s = e.step(&Inputs { ping_failed: &orphaned, ..inputs(now, Some(&c), true, &peers, LocalDb::default(), &[]) });
+        let s =
+            e.step(&Inputs { ping_failed: &orphaned, ..inputs(now, Some(&c), true, &peers, LocalDb::default(), &[]) });
         if promotes(&s) {
             last = Some(s.outcome);
             break;
@@ -100,7 +103,8 @@ fn a_candidate_that_cannot_reach_the_ping_server_is_not_chosen() {
     assert_eq!(last, Some(Outcome::PromotionProposed { candidate: addr(4), epoch: 1 }));
     // Only orphaned standbys: no promotion, and the reason says why.
     let both: BTreeSet<SocketAddr> = [addr(2), addr(4)].into();
-    let mut e = Engine::new(EngineConfig { ping_server: Some("198.18.0.9".parse().unwrap()), ..PeerlessWitness::cfg() });
+    let mut e =
+        Engine::new(EngineConfig { ping_server: Some("198.18.0.9".parse().unwrap()), ..PeerlessWitness::cfg() });
     let s = e.step(&Inputs { ping_failed: &both, ..inputs(10, Some(&c), true, &peers, LocalDb::default(), &[]) });
     assert!(!promotes(&s));
     assert!(
@@ -248,12 +252,8 @@ fn a_node_cut_off_from_the_majority_says_so_and_says_when_it_is_back() {
     let mut e = Engine::new(cfg(2));
     let peers5 = [primary_view(1, 1, 10), witness_view(3, 1), standby_view(4, 1, 0), standby_view(5, 1, 0)];
     let _ = e.step(&Inputs { allowed: &allowed5, ..inputs(0, Some(&c5), false, &peers5, STANDBY_DB, &[]) });
-    let cut = [
-        primary_view(1, 1, 10),
-        dead(witness_view(3, 1)),
-        dead(standby_view(4, 1, 0)),
-        dead(standby_view(5, 1, 0)),
-    ];
+    let cut =
+        [primary_view(1, 1, 10), dead(witness_view(3, 1)), dead(standby_view(4, 1, 0)), dead(standby_view(5, 1, 0))];
     let s = e.step(&Inputs { allowed: &allowed5, ..inputs(50, Some(&c5), false, &cut, STANDBY_DB, &[]) });
     assert_eq!(notices(&s), vec![Notice::SubsetDisconnected { visible: vec![addr(1).to_string()] }]);
 }

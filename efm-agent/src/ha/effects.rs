@@ -294,6 +294,11 @@ impl Engine {
                 Some((!desired.fenced, false))
             }
             Outcome::Witness | Outcome::NotJoined => None,
+            // The leader's promotion headline says nothing about this node's own service.
+            Outcome::CheckingVip { .. } | Outcome::PromotionRefused { .. } if self.cfg.is_witness => None,
+            Outcome::CheckingVip { .. } | Outcome::PromotionRefused { .. } => {
+                Some((!desired.fenced, desired.ping_flags & ROLE_MASK == ROLE_PRIMARY))
+            }
             _ => Some((false, desired.ping_flags & ROLE_MASK == ROLE_PRIMARY)),
         };
         if let Some((in_service, primary)) = in_service {

@@ -232,7 +232,8 @@ impl Engine {
                 cands.push((self.cfg.me, lsn, m.priority, settled(&self.cfg.me, lsn)));
             }
         }
-        let mut standbys = usize::from(cands.len() == 1);
+        // This node counts as a standby also when it declines.
+        let mut standbys = usize::from(cands.len() == 1 || !declined.is_empty());
         for v in inp.peers {
             if Some(v.addr) == c.primary || !v.alive || v.role != PeerRole::Standby || !v.db_up {
                 continue;

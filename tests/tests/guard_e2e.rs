@@ -184,6 +184,14 @@ fn a_standby_database_failure_notifies_and_runs_script_db_failure() {
     rec.wait_containing(&format!("n{n} notify Executed post-database failure script"), Duration::from_secs(10));
     let line = rec.wait_containing("notify Standby database failed for cluster acctg", Duration::from_secs(30));
     assert!(!line.starts_with(&format!("n{n} ")), "sent by the log's leader, not the failed standby: {line}");
+    // EFM's lock-file notice: the cluster lock of the third node removed behind its agent's back.
+    let other = 3 - failing;
+    let lock = c.files[other].config_dir.join("lock").join("acctg.lock");
+    fs::remove_file(&lock).unwrap_or_else(|e| panic!("removing {}: {e}", lock.display()));
+    rec.wait_containing(
+        &format!("n{} notify Lock file for cluster acctg has been removed", other + 1),
+        Duration::from_secs(15),
+    );
     // Nothing fails over for a standby.
     assert_eq!(c.serving_primary(), Some(0), "the primary keeps serving");
     assert!(

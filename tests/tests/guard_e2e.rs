@@ -194,6 +194,7 @@ fn a_standby_database_failure_notifies_and_runs_script_db_failure() {
     );
     // Nothing fails over for a standby.
     assert_eq!(c.serving_primary(), Some(0), "the primary keeps serving");
+    eprintln!("notifications and scripts:\n{}", rec.lines().join("\n"));
     assert!(
         !rec.lines().iter().any(|l| l.contains("Standby agent cannot reach database")),
         "the database is down, not merely unreachable for its agent:\n{}",

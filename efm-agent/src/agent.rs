@@ -591,7 +591,14 @@ async fn shutdown(
     let cfg = &facts.id.config;
     tracing::info!("efm-agent stopping");
     lifecycle::notify("STOPPING=1");
-    crate::ha::runtime::notify(cfg, agent_event(facts.effective_role(), false));
+    // EFM's "Agent exited during promotion": this node was promoting its database.
+    let promoting = facts.status.borrow().outcome.as_deref().is_some_and(|o| o.starts_with("promoting for epoch"));
+    let exited = if promoting {
+        crate::notify::Event::AgentExitedDuringPromotion
+    } else {
+        agent_event(facts.effective_role(), false)
+    };
+    crate::ha::runtime::notify(cfg, exited);
     tasks.stop();
     let stop_cluster = *main.stop.borrow();
     let _ = std::fs::remove_file(admin::socket_path(&opts.run_dir, &cfg.cluster));

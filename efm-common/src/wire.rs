@@ -80,6 +80,9 @@ pub const FLAG_DB_CHECK: u16 = 1 << 6;
 pub const FLAG_PRIMARY_DB_REACHED: u16 = 1 << 7;
 /// PING only: ... and got none (refused, timed out). (User space.)
 pub const FLAG_PRIMARY_DB_UNREACHABLE: u16 = 1 << 8;
+/// PING only: the sender's last check of `ping.server.ip` failed, so it declines to be promoted
+/// (EFM's orphaned standby). (User-space information; the XDP program does not look at it.)
+pub const FLAG_PING_SERVER_FAILED: u16 = 1 << 9;
 
 /// A decoded heartbeat. User space builds and checks these; the XDP program works on the raw bytes
 /// with the same offsets.

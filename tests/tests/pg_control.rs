@@ -20,8 +20,8 @@ use std::{
 use efm_agent::postgres::{
     conninfo_value,
     control::{
-        demote_to_standby, is_running, promote, read_pg_version, read_primary_conninfo, reconfigure_standby, stop,
-        ApplyMethod, ConnInfo, ControlError, DbControl, Upstream,
+        demote_to_standby, is_running, promote, read_pg_version, read_primary_conninfo, reconfigure_standby,
+        resume_replay_if_paused, stop, ApplyMethod, ConnInfo, ControlError, DbControl, Upstream,
     },
 };
 use efm_agent::scripts::lookup_user;
@@ -253,4 +253,26 @@ async fn quoted_password_in_primary_conninfo() {
     let r = reconfigure_standby(&s.target(), &sc, &up).await.expect("reconfiguring back");
     assert_eq!(r.method, ApplyMethod::Reload);
     assert_eq!(p.psql("SELECT usename FROM pg_stat_replication"), PASSWORD_USER);
+}
+
+/// A standby whose replay was paused (`pg_wal_replay_pause()`) is resumed before a promotion,
+/// as the monitoring user (not a superuser: `EXECUTE` on the replay functions); a standby
+/// replaying normally is left as it is. A primary cannot be asked (EFM's "Could not resume
+/// replay" is then sent by the caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_replay_is_resumed_before_promoting() {
+    let p = PgNode::primary(5581, LO);
+    let a = PgNode::standby_of(&p, 5582);
+    assert!(!resume_replay_if_paused(&a.monitor_target(), Duration::from_secs(10)).await.expect("asking A"));
+    a.psql("SELECT pg_wal_replay_pause()");
+    let paused = || a.psql("SELECT pg_is_wal_replay_paused()").trim() == "t";
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !paused() {
+        assert!(std::time::Instant::now() < until, "replay did not pause");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(resume_replay_if_paused(&a.monitor_target(), Duration::from_secs(10)).await.expect("resuming A"));
+    assert!(!paused(), "replay runs again");
+    let err = resume_replay_if_paused(&p.monitor_target(), Duration::from_secs(10)).await.unwrap_err();
+    assert!(err.to_string().contains("pg_is_wal_replay_paused()"), "{err}");
 }

@@ -38,6 +38,8 @@ pub const PACKAGES: &[&str] = &[
     // keeps the files' modes).
     "python3-pip",
     "unzip",
+    // EFM's default ping.server.command (`/bin/ping`), run by the guarded-promotion test.
+    "iputils-ping",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -290,6 +290,8 @@ pub struct Config {
     pub virtual_ip_prefix: Option<u8>,
     pub virtual_ip_single: bool,
     pub check_vip_before_promotion: bool,
+    /// `vip.takeover.allowed`: a promotion goes ahead although another host answers for the VIP.
+    pub vip_takeover_allowed: bool,
 
     pub pgpool_enable: bool,
     pub pcp_user: Option<String>,
@@ -832,6 +834,7 @@ impl Builder<'_> {
             },
             virtual_ip_single: v.bool("virtual.ip.single"),
             check_vip_before_promotion: v.bool("check.vip.before.promotion"),
+            vip_takeover_allowed: v.bool("vip.takeover.allowed"),
             pgpool_enable: v.bool("pgpool.enable"),
             pcp_user: v.text("pcp.user"),
             pcp_host: v.text("pcp.host"),

@@ -174,6 +174,12 @@ pub const PROPERTIES: &[PropDef] = &[
         Kind::Bool,
         "make sure nobody answers on the virtual address before promoting",
     ),
+    m(
+        "vip.takeover.allowed",
+        "false",
+        Kind::Bool,
+        "promote although another host answers on the virtual address (false: refuse while it does, as EFM)",
+    ),
     // Load balancers.
     p("pgpool.enable", "false", Kind::Bool, "manage a Pgpool-II load balancer"),
     p("pcp.user", "", Kind::Text, "Pgpool PCP user"),

@@ -53,6 +53,10 @@ fn defaults_when_absent() {
     assert!(c.stop_isolated_primary && c.auto_failover && c.auto_reconfigure && c.promotable);
     assert_eq!(c.ping_server_ip, None);
     assert_eq!(c.ping_server_command, "/bin/ping -q -c3 -w5");
+    assert!(
+        c.check_vip_before_promotion && !c.vip_takeover_allowed,
+        "EFM refuses a promotion while the VIP answers elsewhere"
+    );
     assert_eq!(c.virtual_ip, None);
     assert!(c.virtual_ip_single);
     assert_eq!(c.xdp_interface, None);
@@ -105,6 +109,7 @@ syslog.protocol=tcp\nefm.loglevel=WARN\nlog.dir=/var/log/efm-5")
 fn bad_values_name_file_line_property_value_and_expectation() {
     let cases = [
         ("auto.failover=yes", "auto.failover = \"yes\": expected true or false"),
+        ("vip.takeover.allowed=maybe", "vip.takeover.allowed = \"maybe\": expected true or false"),
         ("admin.port=abc", "admin.port = \"abc\": expected a port number 1-65535"),
         ("admin.port=0", "expected a port number 1-65535"),
         ("admin.port=70000", "expected a port number 1-65535"),

@@ -25,6 +25,7 @@ const REMOTE_EVERY: Duration = Duration::from_secs(1);
 
 /// The VIP as the engine knows it from its completions.
 #[derive(Clone, Debug, Default)]
+#[expect(clippy::struct_excessive_bools, reason = "independent facts about the VIP, each with its own meaning")]
 pub(super) struct VipState {
     pub(super) held: bool,
     /// A change is under way.
@@ -34,7 +35,25 @@ pub(super) struct VipState {
     /// Since when this node holds the VIP, and when it last re-announced it.
     since_ns: Option<u64>,
     announced_ns: Option<u64>,
+    /// "Could not assign VIP" was sent for the current run of failed attempts.
+    assign_failure_notified: bool,
+    /// The VIP was on this node when the agent started, and has not changed since.
+    pub(super) found_at_start: bool,
 }
+
+/// The leader's probe of the VIP before a promotion (`check.vip.before.promotion`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct VipProbe {
+    /// The epoch the probe is for.
+    epoch: u64,
+    /// A probe is under way.
+    busy: bool,
+    /// When the last probe finished, and who answered (a MAC), if anyone.
+    result: Option<(u64, Option<String>)>,
+}
+
+/// A probe's answer counts this long; a refused promotion is probed again after it.
+const VIP_PROBE_FRESH_NS: u64 = 1_000_000_000;
 
 /// One peer's remote database check.
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,6 +83,43 @@ pub(super) struct Effects {
     stop_seen: Option<u64>,
     exit_asked: bool,
     register_proposed: Option<u64>,
+    pub(super) vip_probe: VipProbe,
+    /// The suspension (its start) for which this node's standby database failure was handled.
+    pub(super) standby_failure_handled: Option<u64>,
+    /// The leader's watch over the standbys' databases (see [`Engine::standby_checks`]).
+    standby_watch: BTreeMap<SocketAddr, StandbyWatch>,
+    /// Cluster-wide notifications' episodes (see [`Engine::cluster_notices`]).
+    notices: ClusterNotices,
+}
+
+/// What [`Engine::cluster_notices`] remembers between steps.
+#[derive(Clone, Debug, Default)]
+#[expect(clippy::struct_excessive_bools, reason = "one episode flag per notification")]
+struct ClusterNotices {
+    /// The leader saw a standby agent since it last said none is left.
+    standby_seen: bool,
+    /// The leader saw more promotable standbys than `minimum.standbys` since it last said so.
+    above_minimum: bool,
+    /// This node saw a majority of the voters (itself included) since it last said it did not.
+    connected: bool,
+    /// "Subset disconnected" / "isolated" was sent and "no longer isolated" is due.
+    cut_off: bool,
+    /// Members this node was told about that it has no heartbeat slot for.
+    unknown_members: BTreeSet<SocketAddr>,
+    /// (higher epoch the kernel saw, since when, said so).
+    mismatch: Option<(u64, u64, bool)>,
+}
+
+/// A kernel that has seen a newer epoch than this node's log copy for this long says so.
+const MISMATCH_NS: u64 = 5_000_000_000;
+
+/// One standby's database as the leader follows it.
+#[derive(Clone, Copy, Debug, Default)]
+struct StandbyWatch {
+    /// Its PINGs said: a standby with its database up.
+    up_seen: bool,
+    /// A remote check of its database is under way.
+    checking: bool,
 }
 
 impl Effects {
@@ -71,7 +127,27 @@ impl Effects {
         self.last_peers = None;
     }
 
-    pub(super) fn remote_checked(&mut self, node: SocketAddr, reachable: bool, now: u64) {
+    pub(super) fn vip_probed(&mut self, holder: Option<String>, now: u64) {
+        self.vip_probe.busy = false;
+        self.vip_probe.result = Some((now, holder));
+    }
+
+    /// A remote check's result; for a standby the leader was checking, EFM's notification.
+    pub(super) fn remote_checked(&mut self, node: SocketAddr, reachable: bool, now: u64, out: &mut Vec<Action>) {
+        if let Some(w) = self.standby_watch.get_mut(&node).filter(|w| w.checking) {
+            w.checking = false;
+            w.up_seen = false;
+            let node = node.to_string();
+            out.push(Action::Notify(if reachable {
+                Notice::StandbyCannotReachDatabase { node }
+            } else {
+                Notice::StandbyDatabaseFailed { node }
+            }));
+        }
+        self.record_remote(node, reachable, now);
+    }
+
+    fn record_remote(&mut self, node: SocketAddr, reachable: bool, now: u64) {
         let r = self.remote.entry(node).or_default();
         r.reachable = Some(reachable);
         r.done_ns = now;
@@ -90,6 +166,34 @@ fn vip_change(held: bool, want: bool, db_stops: u32) -> Option<bool> {
 }
 
 impl Engine {
+    /// `check.vip.before.promotion`, asked by the leader while a promotion of `epoch` is due:
+    /// `Ok` when a fresh probe found nobody answering for the VIP (or the guard is off),
+    /// `Err(None)` while a probe is under way (one is started when none is fresh), and
+    /// `Err(Some(mac))` while another host answers for it. The candidate's own address cannot
+    /// answer: it is a standby, and the VIP follows only the serving primary.
+    pub(super) fn vip_clear(&mut self, epoch: u64, now: u64, out: &mut Vec<Action>) -> Result<(), Option<String>> {
+        if !self.cfg.vip_guard {
+            return Ok(());
+        }
+        let p = &mut self.fx.vip_probe;
+        if p.epoch != epoch {
+            *p = VipProbe { epoch, ..VipProbe::default() };
+        }
+        if p.busy {
+            return Err(None);
+        }
+        match &p.result {
+            Some((at, holder)) if now.saturating_sub(*at) < VIP_PROBE_FRESH_NS => {
+                holder.clone().map_or(Ok(()), |h| Err(Some(h)))
+            }
+            _ => {
+                p.busy = true;
+                out.push(Action::ProbeVip);
+                Err(None)
+            }
+        }
+    }
+
     /// Until when this node counts its lease for `epoch` as granted: the kernel's deadline, but
     /// never before `lease.timeout` after it began enforcing the lease for that epoch.
     fn granted_until(&self, epoch: u64, kernel_deadline_ns: u64) -> u64 {
@@ -194,6 +298,11 @@ impl Engine {
                 Some((!desired.fenced, false))
             }
             Outcome::Witness | Outcome::NotJoined => None,
+            // The leader's promotion headline says nothing about this node's own service.
+            Outcome::CheckingVip { .. } | Outcome::PromotionRefused { .. } if self.cfg.is_witness => None,
+            Outcome::CheckingVip { .. } | Outcome::PromotionRefused { .. } => {
+                Some((!desired.fenced, desired.ping_flags & ROLE_MASK == ROLE_PRIMARY))
+            }
             _ => Some((false, desired.ping_flags & ROLE_MASK == ROLE_PRIMARY)),
         };
         if let Some((in_service, primary)) = in_service {
@@ -237,6 +346,126 @@ impl Engine {
         out.push(Action::CheckRemoteDb { node: p });
     }
 
+    /// EFM's coordinator follows the standbys' databases: when a standby's PINGs stop saying
+    /// its database is up while its agent is alive, the log's leader checks that database from
+    /// here (`remote.timeout`) and tells the cluster whether it failed ("Standby database
+    /// failed") or only its agent cannot reach it ("Standby agent cannot reach database").
+    pub(super) fn standby_checks(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
+        let Some(c) = inp.committed else { return };
+        for v in inp.peers {
+            if Some(v.addr) == c.primary || c.nodes.get(&v.addr).is_none_or(|m| m.witness) {
+                continue;
+            }
+            let w = self.fx.standby_watch.entry(v.addr).or_default();
+            if v.alive && v.db_up && v.role == PeerRole::Standby {
+                *w = StandbyWatch { up_seen: true, checking: false };
+            } else if v.alive && !v.db_up && w.up_seen && !w.checking && inp.is_leader {
+                w.checking = true;
+                out.push(Action::CheckRemoteDb { node: v.addr });
+            } else if !v.alive {
+                // Its agent left: "Standby agent failed" is the detector's notification.
+                w.up_seen = false;
+            }
+        }
+    }
+
+    /// EFM's notifications about the cluster as this node sees it:
+    /// - the log's leader (EFM's coordinator): "No standby agent" when the last agent of a
+    ///   database node other than the primary is gone; "No standbys available for promotion"
+    ///   when the promotable standbys drop to `minimum.standbys` (> 0);
+    /// - every voter: "Subset of cluster disconnected from primary" when it sees fewer than a
+    ///   majority of the voters (itself included) after it had seen one — "nodes isolated" when
+    ///   it sees no other member at all or its `ping.server.ip` check fails too — and "no longer
+    ///   isolated" when the majority is back; "Communication error" for a member of the log it
+    ///   has no heartbeat slot for (not in the `.nodes` file it started with); "Internal state
+    ///   mismatch" when its kernel has seen a newer epoch than its log copy holds for 5 s.
+    ///
+    /// Not during `efm stop-cluster` (the agents leave one by one).
+    pub(super) fn cluster_notices(&mut self, inp: &Inputs<'_>, db_standby: bool, out: &mut Vec<Action>) {
+        let Some(c) = inp.committed else { return };
+        if inp.stop_cluster {
+            return;
+        }
+        let me = self.cfg.me;
+        let visible: Vec<SocketAddr> =
+            inp.peers.iter().filter(|v| v.alive && c.nodes.contains_key(&v.addr)).map(|v| v.addr).collect();
+        let n = &mut self.fx.notices;
+        if inp.is_leader {
+            let other_db_agents = visible
+                .iter()
+                .filter(|a| Some(**a) != c.primary && c.nodes.get(*a).is_some_and(|m| !m.witness))
+                .count()
+                + usize::from(!self.cfg.is_witness && c.primary != Some(me));
+            if other_db_agents > 0 {
+                n.standby_seen = true;
+            } else if std::mem::take(&mut n.standby_seen) {
+                out.push(Action::Notify(Notice::NoStandbyAgent));
+            }
+            let promotable =
+                |a: &SocketAddr| c.nodes.get(a).is_some_and(|m| !m.witness && m.promotable && m.priority > 0);
+            let standbys = inp
+                .peers
+                .iter()
+                .filter(|v| v.alive && v.role == PeerRole::Standby && v.db_up && promotable(&v.addr))
+                .count()
+                + usize::from(db_standby && promotable(&me) && c.primary != Some(me));
+            let minimum = self.cfg.minimum_standbys as usize;
+            if minimum > 0 {
+                if standbys > minimum {
+                    n.above_minimum = true;
+                } else if std::mem::take(&mut n.above_minimum) {
+                    out.push(Action::Notify(Notice::NoStandbysAvailable { minimum: minimum as u64 }));
+                }
+            }
+        }
+        if c.nodes.contains_key(&me) {
+            let names: Vec<String> = visible.iter().map(ToString::to_string).collect();
+            if 1 + visible.len() >= c.majority() {
+                n.connected = true;
+                if std::mem::take(&mut n.cut_off) {
+                    out.push(Action::Notify(Notice::NoLongerIsolated));
+                }
+            } else if std::mem::take(&mut n.connected) {
+                n.cut_off = true;
+                out.push(Action::Notify(if visible.is_empty() || inp.ping_failed.contains(&me) {
+                    Notice::NodesIsolated { visible: names }
+                } else {
+                    Notice::SubsetDisconnected { visible: names }
+                }));
+            }
+            // The voters as the runtime reads them from the log (`ClusterState::voters`).
+            for m in inp.allowed.iter().filter(|a| **a != me) {
+                if !inp.peers.iter().any(|v| v.addr == *m) && n.unknown_members.insert(*m) {
+                    out.push(Action::Notify(Notice::CommunicationError {
+                        node: m.to_string(),
+                        error: "it is a member of the cluster, but not in the .nodes file this agent started \
+                                with, so no heartbeats are exchanged with it; restart this agent"
+                            .into(),
+                    }));
+                }
+            }
+        }
+        let seen = inp.kernel.max_epoch_seen;
+        if seen > c.epoch {
+            let m = n.mismatch.get_or_insert((seen, inp.now_ns, false));
+            if m.0 != seen {
+                *m = (seen, inp.now_ns, false);
+            }
+            if !m.2 && inp.now_ns.saturating_sub(m.1) >= MISMATCH_NS {
+                m.2 = true;
+                out.push(Action::Notify(Notice::InternalStateMismatch {
+                    detail: format!(
+                        "the heartbeats carry epoch {seen}, but this node's copy of the log is at epoch {}: it \
+                         does not endorse anyone until its log catches up",
+                        c.epoch
+                    ),
+                }));
+            }
+        } else {
+            n.mismatch = None;
+        }
+    }
+
     /// A member announces itself (kind, priority, promotable) until the log shows it.
     pub(super) fn register(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
         if inp.committed.is_none() || inp.registered || inp.stop_cluster {
@@ -267,7 +496,9 @@ impl Engine {
     /// stop is under way; while held, announce it every second for the first 15 s, then every
     /// 10 s (neighbours ignore an ARP update within `locktime` of the previous one, and a node
     /// whose agent died may still answer for the VIP).
-    pub(super) fn vip(&mut self, now: u64, want: bool, out: &mut Vec<Action>) {
+    /// `non_primary`: the log names another node (or none) as primary; releasing a VIP this
+    /// node held at start is then EFM's "VIP on a non-primary node".
+    pub(super) fn vip(&mut self, now: u64, want: bool, non_primary: bool, out: &mut Vec<Action>) {
         if self.cfg.vip.is_none() {
             return;
         }
@@ -289,12 +520,33 @@ impl Engine {
         }
         if let Some(assign) = vip_change(v.held, want, v.db_stops) {
             v.busy = true;
+            if !assign && v.found_at_start && non_primary {
+                // EFM: a VIP found on a node that is not the primary is released, and said so.
+                v.found_at_start = false;
+                if let Some(addr) = self.cfg.vip {
+                    out.push(Action::Notify(Notice::VipOnNonPrimary { vip: addr.to_string() }));
+                }
+            }
             out.push(Action::Vip { assign });
         }
     }
 
     pub(super) fn vip_done(&mut self, assign: bool, ok: bool, out: &mut Vec<Action>) {
         self.fx.vip.busy = false;
+        self.fx.vip.found_at_start = false;
+        if assign && !ok && !self.fx.vip.assign_failure_notified {
+            // Retried every cycle: one notification per run of failures.
+            self.fx.vip.assign_failure_notified = true;
+            if let Some(addr) = self.cfg.vip {
+                out.push(Action::Notify(Notice::VipAssignFailed {
+                    vip: addr.to_string(),
+                    error: "the address could not be added (the agent log has the interface's error); retrying".into(),
+                }));
+            }
+        }
+        if assign && ok {
+            self.fx.vip.assign_failure_notified = false;
+        }
         if ok {
             self.fx.vip.held = assign;
             if let Some(addr) = self.cfg.vip {

@@ -27,6 +27,15 @@ pub enum Latch {
     /// This voter cannot reach the primary's database that another agent reaches: "Database
     /// connection failure" was sent.
     DbConnectionFailureNotified,
+    /// A promotion was refused while another host answers for the VIP: the notification.
+    VipRefusalNotified,
+    /// This standby declined a promotion: `ping.server.ip` did not answer.
+    OrphanedDeclined,
+    /// The primary's agent is not heard but its database answers: "primary DB is still
+    /// running" was sent (reset when the agent is heard again).
+    PrimaryRunningNotified,
+    /// The local standby's database failure was handled (notification, `script.db.failure`).
+    StandbyDbFailureHandled,
 }
 
 /// The latches that fired, by (what, epoch).

@@ -20,6 +20,7 @@ impl Engine {
         handover: Option<Handover>,
         actions: &mut Vec<Action>,
     ) -> Option<Outcome> {
+        self.primary_running_notice(c, inp, actions);
         let promote_due = match self.proposed_promote {
             Some((e, at)) if e == c.epoch => retry_due(at, inp.now_ns),
             _ => true,
@@ -38,6 +39,8 @@ impl Engine {
         if !(inp.is_leader && c.votes.len() >= c.majority() && !c.votes_short && promote_due && handover_ready) {
             return None;
         }
+        // `check.vip.before.promotion`: the probe starts at once, beside the wait for positions.
+        let vip = self.vip_clear(c.epoch, inp.now_ns, actions);
         let choice = if let Some((t, lsn)) = handover.and_then(|h| self.handover_target(c, inp, db, h.to)) {
             Ok(Choice::Promote(t, lsn))
         } else {
@@ -48,6 +51,24 @@ impl Engine {
         };
         Some(match choice {
             Ok(Choice::Wait(waiting_for)) => Outcome::ComparingPositions { epoch: c.epoch, waiting_for },
+            Ok(Choice::Promote(_, _)) if vip == Err(None) => Outcome::CheckingVip { epoch: c.epoch },
+            Ok(Choice::Promote(candidate, _)) if vip.is_err() => {
+                let holder = vip.err().flatten().unwrap_or_default();
+                let addr = self.cfg.vip.map_or_else(String::new, |v| v.to_string());
+                if self.latches.once(Latch::VipRefusalNotified, c.epoch) {
+                    actions.push(Action::Notify(Notice::PromotionRefusedVipAssigned {
+                        vip: addr.clone(),
+                        candidate: candidate.to_string(),
+                    }));
+                }
+                Outcome::PromotionRefused {
+                    epoch: c.epoch,
+                    reason: format!(
+                        "the VIP {addr} is still answered by another host ({holder}); not promoting {candidate} \
+                         while it is (vip.takeover.allowed=true takes it over instead)"
+                    ),
+                }
+            }
             Ok(Choice::Promote(candidate, lsn)) => {
                 self.proposed_promote = Some((c.epoch, inp.now_ns));
                 actions.push(Action::Propose(Proposal::Promote {
@@ -100,6 +121,51 @@ impl Engine {
         }
     }
 
+    /// EFM's "Standby agent tried to promote, but primary DB is still running": the log's
+    /// leader does not hear the primary's agent, but a fresh check from here reaches its
+    /// database — no failover (the voters keep endorsing a primary whose agent is merely
+    /// absent). Once per episode: again after the primary's agent was heard.
+    fn primary_running_notice(&mut self, c: &Committed, inp: &Inputs<'_>, actions: &mut Vec<Action>) {
+        let Some(p) = c.primary.filter(|p| *p != self.cfg.me) else { return };
+        let Some(v) = inp.peers.iter().find(|v| v.addr == p) else { return };
+        if v.alive {
+            self.latches.reset(Latch::PrimaryRunningNotified, c.epoch);
+            return;
+        }
+        if inp.is_leader
+            && self.db_reachable(p, inp.now_ns) == Some(true)
+            && self.latches.once(Latch::PrimaryRunningNotified, c.epoch)
+        {
+            actions.push(Action::Notify(Notice::PromotionRefusedPrimaryRunning { primary: p.to_string() }));
+        }
+    }
+
+    /// EFM's orphaned standby: once a promotion is due (a majority voted against the epoch),
+    /// a promotable standby whose last check of `ping.server.ip` failed says that it declines
+    /// (the leader does not choose it: its PINGs carry `FLAG_PING_SERVER_FAILED`). Once per
+    /// epoch.
+    pub(super) fn decline_if_orphaned(
+        &mut self,
+        c: &Committed,
+        inp: &Inputs<'_>,
+        db: &LocalDb,
+        actions: &mut Vec<Action>,
+    ) {
+        let me = self.cfg.me;
+        let m = c.nodes.get(&me).copied().unwrap_or_default();
+        let standby = db.up == Some(true) && db.in_recovery == Some(true) && c.primary != Some(me);
+        if inp.ping_failed.contains(&me)
+            && standby
+            && m.promotable
+            && m.priority > 0
+            && c.votes.len() >= c.majority()
+            && self.latches.once(Latch::OrphanedDeclined, c.epoch)
+        {
+            let server = self.cfg.ping_server.map_or_else(String::new, |p| p.to_string());
+            actions.push(Action::Notify(Notice::PromotionRefusedOrphaned { server }));
+        }
+    }
+
     /// The hand-over target if it can be promoted now (alive standby with its database up).
     fn handover_target(
         &self,
@@ -110,6 +176,9 @@ impl Engine {
     ) -> Option<(SocketAddr, u64)> {
         let m = c.nodes.get(&to).copied().unwrap_or_default();
         if !m.promotable || m.priority == 0 || m.witness {
+            return None;
+        }
+        if inp.ping_failed.contains(&to) {
             return None;
         }
         if to == self.cfg.me {
@@ -138,6 +207,8 @@ impl Engine {
     fn choose_candidate(&self, c: &Committed, inp: &Inputs<'_>, db: &LocalDb) -> Result<Choice, String> {
         // (address, position or 0 when unknown, priority, final)
         let mut cands: Vec<(SocketAddr, u64, u32, bool)> = Vec::new();
+        // Standbys that cannot reach `ping.server.ip` decline (they may be the ones cut off).
+        let mut declined: Vec<SocketAddr> = Vec::new();
         let meta = |a: &SocketAddr| c.nodes.get(a).copied().unwrap_or_default();
         let max_age = self.cfg.position_max_age();
         let since = self.comparing_since.filter(|(e, _)| *e == c.epoch).map_or(inp.now_ns, |(_, t)| t);
@@ -159,20 +230,25 @@ impl Engine {
             && !db.failed
         {
             let m = meta(&self.cfg.me);
-            if m.promotable && m.priority > 0 {
+            if inp.ping_failed.contains(&self.cfg.me) {
+                declined.push(self.cfg.me);
+            } else if m.promotable && m.priority > 0 {
                 // The runtime passes 0 when its own sample is older than `position_max_age`.
                 let lsn = db.lsn;
                 cands.push((self.cfg.me, lsn, m.priority, settled(&self.cfg.me, lsn)));
             }
         }
-        let mut standbys = usize::from(cands.len() == 1);
+        // This node counts as a standby also when it declines.
+        let mut standbys = usize::from(cands.len() == 1 || !declined.is_empty());
         for v in inp.peers {
             if Some(v.addr) == c.primary || !v.alive || v.role != PeerRole::Standby || !v.db_up {
                 continue;
             }
             standbys += 1;
             let m = meta(&v.addr);
-            if m.promotable && m.priority > 0 && !m.witness {
+            if inp.ping_failed.contains(&v.addr) {
+                declined.push(v.addr);
+            } else if m.promotable && m.priority > 0 && !m.witness {
                 let lsn = if v.agent_age.is_some_and(|a| a <= max_age) { v.lsn } else { 0 };
                 cands.push((v.addr, lsn, m.priority, settled(&v.addr, lsn)));
             }
@@ -181,6 +257,12 @@ impl Engine {
         let Some(&(best, lsn, _, _)) = cands.first() else {
             return Err(if standbys == 0 {
                 "no standby is available".into()
+            } else if !declined.is_empty() {
+                format!(
+                    "no promotable standby can reach ping.server.ip {}: {} declined",
+                    self.cfg.ping_server.map_or_else(String::new, |p| p.to_string()),
+                    declined.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                )
             } else {
                 "no available standby is promotable (promotable=false or priority 0)".into()
             });

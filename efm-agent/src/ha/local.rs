@@ -13,8 +13,75 @@ use crate::{
     localdb,
     postgres::{self, control},
     scripts::{Hook, Substitutions},
-    vip,
 };
+
+/// How often a database node checks `ping.server.ip` (its PINGs carry the last result).
+const PING_SERVER_EVERY: Duration = Duration::from_secs(3);
+/// The longest a `ping.server.command` may run.
+const PING_SERVER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often the agent makes sure its cluster lock file is still there.
+const LOCK_FILE_EVERY: Duration = Duration::from_secs(5);
+
+/// EFM's "Lock file … has been removed": the agent holds `<lock.dir>/<cluster>.lock` (a `flock`
+/// on it keeps a second agent of the cluster off this node); if someone deletes it, a second
+/// agent could start. Checked every [`LOCK_FILE_EVERY`] (asynchronously: never on the heartbeat
+/// loop); said once per removal.
+pub(super) async fn watch_lock_file(cfg: Config) {
+    let path = cfg.lock_dir.join(format!("{}.lock", cfg.cluster));
+    let mut missing = false;
+    loop {
+        tokio::time::sleep(LOCK_FILE_EVERY).await;
+        let exists = tokio::fs::try_exists(&path).await.unwrap_or(true);
+        if !exists && !missing {
+            tracing::error!(path = %path.display(), "the cluster lock file has been removed");
+            super::runtime::notify(&cfg, crate::notify::Event::LockFileRemoved { path: path.display().to_string() });
+        }
+        missing = !exists;
+    }
+}
+
+/// EFM's isolation check, run by every database node (a candidate must be able to tell whether
+/// it is the one cut off before it is proposed): `ping.server.command ping.server.ip` every
+/// [`PING_SERVER_EVERY`], its result (`true`: reached) sent on `tx` until the receiver is gone.
+pub(super) async fn ping_server_loop(cfg: Config, tx: tokio::sync::watch::Sender<Option<bool>>) {
+    let Some(ip) = cfg.ping_server_ip else { return };
+    let mut argv = cfg.ping_server_command.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    argv.push(ip.to_string());
+    let mut last: Option<bool> = None;
+    loop {
+        let ok = match argv.first() {
+            None => Err("ping.server.command is empty".to_owned()),
+            Some(program) => {
+                let run = tokio::process::Command::new(program)
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output();
+                match tokio::time::timeout(PING_SERVER_TIMEOUT, run).await {
+                    Ok(Ok(o)) if o.status.success() => Ok(()),
+                    Ok(Ok(o)) => Err(format!("{} exited with {}", argv.join(" "), o.status)),
+                    Ok(Err(e)) => Err(format!("cannot run {program}: {e}")),
+                    Err(_) => Err(format!("{} did not finish in {PING_SERVER_TIMEOUT:?}", argv.join(" "))),
+                }
+            }
+        };
+        let reached = ok.is_ok();
+        if last != Some(reached) {
+            match &ok {
+                Ok(()) => tracing::info!(%ip, "ping.server.ip answers: this node may be promoted"),
+                Err(e) => {
+                    tracing::warn!(%ip, error = %e, "ping.server.ip does not answer: this node declines promotion while it does not")
+                }
+            }
+            last = Some(reached);
+        }
+        if tx.send(Some(reached)).is_err() {
+            return;
+        }
+        tokio::time::sleep(PING_SERVER_EVERY).await;
+    }
+}
 
 /// How long `pg_promote()` may take.
 const PROMOTE_WAIT: Duration = Duration::from_mins(1);
@@ -71,57 +138,17 @@ pub(super) async fn source_settings(
     control::ConnInfo::parse(&conninfo).map_err(|e| format!("-sourcenode {src}: its primary_conninfo: {e}"))
 }
 
-/// Promotes the local database: the VIP check (`check.vip.before.promotion`), `script.fence`,
-/// then `pg_promote()`; returns how long it took.
+/// Promotes the local database: `script.fence`, then `pg_promote()`; returns how long it took.
 pub(super) async fn promote_local(
     cfg: &Config,
     config_dir: &std::path::Path,
     me: SocketAddr,
     old: Option<SocketAddr>,
-    iface: &str,
 ) -> Result<Duration, String> {
+    // `check.vip.before.promotion` and the `ping.server.ip` check happened before the leader
+    // proposed this promotion (`Engine::vip_clear`, `decline_if_orphaned` and the
+    // candidate's PING flag): a committed promotion goes ahead.
     let start = Instant::now();
-    if cfg.check_vip_before_promotion {
-        if let Some(addr) = cfg.virtual_ip {
-            let iface = iface.to_owned();
-            let found =
-                tokio::task::spawn_blocking(move || vip::probe_in_use(&iface, addr, Duration::from_millis(300)))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            if let Some(mac) = found {
-                // EFM refuses to promote here, because the holder might still be a working
-                // primary. With efm the holder's kernel cuts database traffic to the VIP off once
-                // its lease lapses (the promotion waited for that), so a stale holder — typically
-                // a node whose agent died — cannot take writes: take the VIP over and announce it.
-                tracing::warn!(vip = %addr, holder = %vip::fmt_mac(mac), "check.vip.before.promotion: the VIP is still answered by another node; its kernel lease has lapsed, taking it over");
-            }
-        }
-    }
-    if let Some(ip) = cfg.ping_server_ip {
-        // EFM's isolation check: a node that cannot reach the configured address may be the one
-        // that is cut off; it must not promote itself.
-        let mut argv = cfg.ping_server_command.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-        argv.push(ip.to_string());
-        let Some(program) = argv.first().cloned() else { return Err("ping.server.command is empty".into()) };
-        let out = tokio::time::timeout(
-            Duration::from_secs(15),
-            tokio::process::Command::new(&program).args(&argv[1..]).kill_on_drop(true).output(),
-        )
-        .await;
-        match out {
-            Ok(Ok(o)) if o.status.success() => tracing::info!(%ip, "isolation check passed"),
-            Ok(Ok(o)) => {
-                return Err(format!(
-                    "isolation check failed: {} exited with {} (ping.server.ip {ip}); not promoting",
-                    argv.join(" "),
-                    o.status
-                ))
-            }
-            Ok(Err(e)) => return Err(format!("isolation check: cannot run {program}: {e}; not promoting")),
-            Err(_) => return Err(format!("isolation check: {} did not finish in 15 s; not promoting", argv.join(" "))),
-        }
-    }
     let subst = Substitutions {
         new_primary: Some(me.ip().to_string()),
         failed_primary: old.map(|o| o.ip().to_string()),
@@ -131,6 +158,12 @@ pub(super) async fn promote_local(
         return Err("script.fence failed: promotion aborted".into());
     }
     let target = localdb::target(cfg, config_dir, &me.ip().to_string())?;
+    // A paused replay would hold the promotion up: resume it (EFM's "Could not resume replay"
+    // when that fails; the promotion is still attempted).
+    if let Err(e) = control::resume_replay_if_paused(&target, cfg.remote_timeout.max(Duration::from_secs(5))).await {
+        tracing::error!(error = %e, "could not resume WAL replay before promoting");
+        super::runtime::notify(cfg, crate::notify::Event::ReplayResumeFailed { error: e.to_string() });
+    }
     control::promote(&target, PROMOTE_WAIT).await.map_err(|e| e.to_string())?;
     Ok(start.elapsed())
 }

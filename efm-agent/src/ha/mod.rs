@@ -55,7 +55,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use crate::notify::Event as Notice;
-use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, ROLE_IDLE, ROLE_PRIMARY, ROLE_WITNESS};
+use efm_common::wire::{FLAG_DB_UP, FLAG_FENCED, FLAG_PING_SERVER_FAILED, ROLE_IDLE, ROLE_PRIMARY, ROLE_WITNESS};
 
 pub mod confirm;
 #[cfg(test)]
@@ -63,6 +63,8 @@ mod confirm_tests;
 pub mod effects;
 #[cfg(test)]
 mod effects_tests;
+#[cfg(test)]
+mod guard_tests;
 pub mod latch;
 pub mod leader;
 #[cfg(test)]
@@ -195,6 +197,7 @@ impl Engine {
     /// Whether this node holds the VIP when the agent starts.
     pub fn set_vip_held(&mut self, held: bool) {
         self.fx.vip.held = held;
+        self.fx.vip.found_at_start = held;
     }
 
     /// The PING that carried an endorsement of `epoch` left at `sent_ns` (after the step that
@@ -258,10 +261,13 @@ impl Engine {
         ordered.append(&mut fx_before);
         self.load_balancer(inp, &desired, &outcome, &mut ordered);
         self.remote_checks(inp, &mut ordered);
+        self.standby_checks(inp, &mut ordered);
+        self.cluster_notices(inp, db.up == Some(true) && db.in_recovery == Some(true) && !db.failed, &mut ordered);
         self.register(inp, &mut ordered);
         self.count_db_stops(&actions);
         ordered.append(&mut actions);
-        self.vip(now, desired.vip, &mut ordered);
+        let non_primary = inp.committed.is_some_and(|c| c.primary != Some(self.cfg.me)) && !self.cfg.is_witness;
+        self.vip(now, desired.vip, non_primary, &mut ordered);
         Step { desired, actions: ordered, outcome, suspended: self.monitor.suspension.clone(), db }
     }
 
@@ -316,12 +322,16 @@ impl Engine {
         let vote = self.as_voter(c, inp, handover, actions);
         // The log's leader: propose a promotion once a majority voted (leader.rs).
         let promo_outcome = self.as_leader(c, inp, db, handover, actions);
+        self.decline_if_orphaned(c, inp, db, actions);
         // This node's own role (primary.rs, standby.rs).
         let (mut desired, outcome) = self.own_role(c, inp, db, lapsed, actions);
         desired.endorse = vote.endorse;
         // What this node's remote checks found about the primary's database (confirm.rs).
         desired.ping_flags |= self.remote_check_flags(c, inp.now_ns);
         self.remote_check_notices(c, inp, actions);
+        if inp.ping_failed.contains(&me) {
+            desired.ping_flags |= FLAG_PING_SERVER_FAILED;
+        }
         let outcome = match outcome {
             Outcome::Standby { primary, .. } => Outcome::Standby { primary, endorsing: vote.endorse.is_some() },
             o => o,
@@ -489,10 +499,11 @@ impl Engine {
                 self.rejoin_work = Some((*epoch, Progress::Failed { reason: reason.clone() }));
             }
             Event::DbStopDone => self.fx.vip.db_stops = self.fx.vip.db_stops.saturating_sub(1),
-            Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now),
+            Event::RemoteChecked { node, reachable } => self.fx.remote_checked(*node, *reachable, now, out),
             Event::VipDone { assign, ok } => self.vip_done(*assign, *ok, out),
             Event::ResumeRequested { id, db } => self.resume_requested(*id, db, inp, out),
             Event::PeerTableFailed => self.fx.peer_table_failed(),
+            Event::VipProbed { holder } => self.fx.vip_probed(holder.clone(), now),
         }
     }
 }

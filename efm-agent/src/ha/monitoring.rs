@@ -88,6 +88,14 @@ impl Engine {
                 _ => None,
             };
             if let Some((reason, kind)) = reason {
+                let period = match kind {
+                    SuspendKind::Startup => self.cfg.auto_resume_startup,
+                    SuspendKind::Failure => self.cfg.auto_resume_failure,
+                };
+                if !period.is_zero() {
+                    // EFM's "Starting auto resume check" (the agent checks whether it can resume).
+                    out.push(Action::Notify(super::Notice::AutoResumeCheckStarted { period_secs: period.as_secs() }));
+                }
                 self.monitor.suspension = Some(Suspension { reason, kind, since_ns: now });
             }
         }

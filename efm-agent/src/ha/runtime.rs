@@ -16,11 +16,13 @@ use std::{
 use efm_common::{
     maps::{FenceState, FENCE_RESET},
     serving::{fence_reasons, serves},
-    wire::{FLAG_DB_CHECK, FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK},
+    wire::{FLAG_DB_CHECK, FLAG_DB_UP, FLAG_FENCED, FLAG_LEASE_LAPSED, FLAG_PING_SERVER_FAILED, ROLE_MASK},
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::local::{demote_local, follow, promote_local, rejoin, upstream, write_standby_signal};
+use super::local::{
+    demote_local, follow, ping_server_loop, promote_local, rejoin, upstream, watch_lock_file, write_standby_signal,
+};
 use super::{
     Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome,
     PeerRole, PeerView, Proposal, Step,
@@ -41,6 +43,8 @@ use crate::{
 
 /// How long stopping the database waits for the sessions to be ended first.
 const SESSIONS_SETTLE: Duration = Duration::from_secs(4);
+/// How long a standby restarted to follow a new primary may take to come back up.
+const RESUME_WAIT: Duration = Duration::from_mins(1);
 
 /// The engine's settings from the properties.
 #[must_use]
@@ -64,6 +68,11 @@ pub fn engine_config(cfg: &Config, me: SocketAddr) -> EngineConfig {
         auto_resume_startup: cfg.auto_resume_startup_period,
         auto_resume_failure: cfg.auto_resume_failure_period,
         remote_timeout: cfg.remote_timeout,
+        vip_guard: cfg.check_vip_before_promotion
+            && !cfg.vip_takeover_allowed
+            && cfg.virtual_ip.is_some()
+            && cfg.virtual_ip_prefix.is_some(),
+        ping_server: cfg.ping_server_ip,
     }
 }
 
@@ -118,6 +127,11 @@ pub struct HaRuntime {
     last_outcome: Option<Outcome>,
     /// Ends the open client sessions when the kernel stops serving (not on a witness).
     sessions: Option<crate::sessions::Ender>,
+    /// The last result of this node's `ping.server.ip` check (a database node with the property
+    /// set; the task starts with the first cycle).
+    ping_server: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+    /// The lock-file watch runs (started with the first cycle).
+    watchers_started: bool,
 }
 
 impl HaRuntime {
@@ -162,6 +176,8 @@ impl HaRuntime {
             last_fence: None,
             last_outcome: None,
             sessions: None,
+            ping_server: None,
+            watchers_started: false,
         }
         .with_sessions()
     }
@@ -274,6 +290,7 @@ impl HaRuntime {
         let lease = dp.lease()?;
         let committed = Self::committed_view(&st, me, self.cfg.auto_failover);
         let peers: Vec<PeerView> = peers_h.iter().map(peer_view).collect();
+        let ping_failed = self.ping_failed(me, &peers_h);
         // The kernel counts endorsements from the voters only (the quorum's members).
         let allowed: BTreeSet<SocketAddr> = st.voters();
         let local = local_db(&db, localdb::fresh_lsn(wal, now_ns, self.cfg.heartbeat_interval));
@@ -303,6 +320,7 @@ impl HaRuntime {
                 max_epoch_seen: lease.max_epoch_seen,
             },
             events: &events,
+            ping_failed: &ping_failed,
         });
         span.record("role", role_name(step.desired.ping_flags));
         span.record("outcome", step.outcome.kind());
@@ -319,6 +337,27 @@ impl HaRuntime {
         let lease = dp.lease()?;
         self.publish(&st, &step, &fence, &lease, now_ns, exit);
         Ok((step.desired, step.outcome))
+    }
+
+    /// The nodes whose last `ping.server.ip` check failed: this one (its own check, started
+    /// here on the first cycle) and the peers whose agents say so in their PINGs.
+    fn ping_failed(&mut self, me: SocketAddr, peers: &[PeerEntry]) -> BTreeSet<SocketAddr> {
+        if !self.watchers_started {
+            self.watchers_started = true;
+            tokio::spawn(watch_lock_file(self.cfg.clone()));
+        }
+        if self.ping_server.is_none() && self.cfg.ping_server_ip.is_some() && !self.cfg.is_witness {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(ping_server_loop(self.cfg.clone(), tx));
+            self.ping_server = Some(rx);
+        }
+        let own_failed = self.ping_server.as_ref().is_some_and(|rx| *rx.borrow() == Some(false));
+        peers
+            .iter()
+            .filter(|p| p.health.is_some_and(|h| h.verdict == Verdict::Alive && h.flags & FLAG_PING_SERVER_FAILED != 0))
+            .map(|p| p.addr)
+            .chain(own_failed.then_some(me))
+            .collect()
     }
 
     /// Writes `EFM_FENCE` when the desired state differs from what the kernel holds.
@@ -433,6 +472,8 @@ impl HaRuntime {
                 }
             }
             Action::Vip { assign } => self.vip(assign),
+            Action::ProbeVip => self.probe_vip(),
+            Action::StandbyDbFailed => self.hook(Hook::DbFailure, Substitutions::default()),
             Action::AnnounceVip => self.announce_vip(),
             Action::Resumed { how } => {
                 let cfg = self.cfg.clone();
@@ -462,7 +503,7 @@ impl HaRuntime {
     /// proposes it. Without the record a restart could endorse this epoch again: no vote then
     /// (the engine proposes it again a second later).
     fn vote(&self, voter: SocketAddr, epoch: u64) {
-        let (coord, file) = (self.coord.clone(), self.voted_file.clone());
+        let (coord, file, cfg) = (self.coord.clone(), self.voted_file.clone(), self.cfg.clone());
         tokio::spawn(async move {
             let recorded = tokio::task::spawn_blocking({
                 let file = file.clone();
@@ -472,7 +513,16 @@ impl HaRuntime {
             match recorded {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    return tracing::error!(epoch, error = %e, file = %file.display(), "cannot record the vote; not proposing it")
+                    notify(
+                        &cfg,
+                        crate::notify::Event::UnexpectedError {
+                            error: format!(
+                                "the vote against epoch {epoch} could not be recorded in {}: {e}; it is not proposed until it can be",
+                                file.display()
+                            ),
+                        },
+                    );
+                    return tracing::error!(epoch, error = %e, file = %file.display(), "cannot record the vote; not proposing it");
                 }
                 Err(e) => {
                     return tracing::error!(epoch, error = %e, "recording the vote did not finish; not proposing it")
@@ -489,10 +539,9 @@ impl HaRuntime {
     fn promote(&self, epoch: u64, old: Option<SocketAddr>, st: &ClusterState, me: SocketAddr) {
         let (cfg, config_dir, done) = (self.cfg.clone(), self.config_dir.clone(), self.events_tx.clone());
         let promotion = st.history.last().filter(|h| h.epoch == epoch && h.node == me).cloned();
-        let iface = cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
         let facts = self.facts.clone();
         tokio::spawn(async move {
-            let res = promote_local(&cfg, &config_dir, me, old, &iface).await;
+            let res = promote_local(&cfg, &config_dir, me, old).await;
             let reason = match res {
                 Ok(took) => {
                     tracing::info!(epoch, took_ms = took.as_millis(), "promoted the local database");
@@ -624,12 +673,33 @@ impl HaRuntime {
         });
     }
 
+    /// Points the standby at the new primary. A restart that does not bring the database back
+    /// within [`RESUME_WAIT`] is EFM's "Resume timed out"; a reconfiguration that fails is an
+    /// unexpected error (the standby keeps its old settings; `efm resume` or a restart of the
+    /// agent tries again).
     fn follow(&self, primary: SocketAddr, epoch: u64, me: SocketAddr) {
-        let (cfg, config_dir) = (self.cfg.clone(), self.config_dir.clone());
+        let (cfg, config_dir, mut db) = (self.cfg.clone(), self.config_dir.clone(), self.facts.db.clone());
         tokio::spawn(async move {
             match follow(&cfg, &config_dir, me, primary).await {
-                Ok(how) => tracing::info!(epoch, %primary, %how, "standby follows the new primary"),
-                Err(e) => tracing::error!(epoch, %primary, error = %e, "reconfiguring the standby failed"),
+                Ok(how) => {
+                    tracing::info!(epoch, %primary, %how, "standby follows the new primary");
+                    if how == "Restart" {
+                        let back = tokio::time::timeout(RESUME_WAIT, db.wait_for(|d| d.view.up == Some(true))).await;
+                        if !matches!(back, Ok(Ok(_))) {
+                            tracing::error!(epoch, %primary, "the restarted standby did not come back up");
+                            notify(&cfg, crate::notify::Event::ResumeTimedOut);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(epoch, %primary, error = %e, "reconfiguring the standby failed");
+                    notify(
+                        &cfg,
+                        crate::notify::Event::UnexpectedError {
+                            error: format!("this standby could not be pointed at the new primary {primary}: {e}"),
+                        },
+                    );
+                }
             }
         });
     }
@@ -712,7 +782,7 @@ impl HaRuntime {
                 },
                 Err(e) => (false, Some(e)),
             };
-            tracing::info!(primary = %node, reachable, error = error.as_deref().unwrap_or(""), "checked the primary's database from here");
+            tracing::info!(%node, reachable, error = error.as_deref().unwrap_or(""), "checked the node's database from here");
             let _ = done.send(Event::RemoteChecked { node, reachable });
         });
     }
@@ -753,6 +823,32 @@ impl HaRuntime {
                 }
             };
             let _ = done.send(Event::VipDone { assign, ok });
+        });
+    }
+
+    /// `check.vip.before.promotion`: an ARP probe (IPv4) or neighbour solicitation (IPv6) for
+    /// the VIP from this node's interface, 300 ms for an answer, on the blocking pool.
+    fn probe_vip(&self) {
+        let done = self.events_tx.clone();
+        let Some(addr) = self.cfg.virtual_ip else {
+            let _ = done.send(Event::VipProbed { holder: None });
+            return;
+        };
+        let iface = self.cfg.virtual_ip_interface.clone().unwrap_or_else(|| self.iface.clone());
+        tokio::task::spawn_blocking(move || {
+            let holder = match vip::probe_in_use(&iface, addr, Duration::from_millis(300)) {
+                Ok(Some(mac)) => {
+                    let mac = vip::fmt_mac(mac);
+                    tracing::warn!(vip = %addr, holder = %mac, "check.vip.before.promotion: another host answers for the VIP; no promotion while it does");
+                    Some(mac)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(vip = %addr, %iface, error = %e, "check.vip.before.promotion: the VIP could not be probed; promoting (the old primary's lease has lapsed)");
+                    None
+                }
+            };
+            let _ = done.send(Event::VipProbed { holder });
         });
     }
 

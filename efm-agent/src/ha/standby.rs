@@ -49,6 +49,15 @@ impl Engine {
                     stop: self.cfg.stop_isolated_primary,
                 });
                 actions.push(Action::Notify(Notice::PrimaryFencedOff { node: me.to_string() }));
+                actions.push(Action::Notify(Notice::DatabaseWrongState {
+                    node: me.to_string(),
+                    expected: format!(
+                        "in recovery (epoch {} belongs to {})",
+                        c.epoch,
+                        c.primary.map_or_else(|| "no node".to_owned(), |p| p.to_string())
+                    ),
+                    found: "a primary (out of recovery); it stays fenced and is made a standby".into(),
+                }));
             }
             return (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch });
         }
@@ -61,14 +70,42 @@ impl Engine {
                 {
                     actions.push(Action::Follow { primary: p, epoch: c.epoch });
                 }
+                // `auto.reconfigure=false`: EFM says once that this standby still follows
+                // another server (known only when its upstream is an address).
+                if !self.cfg.auto_reconfigure
+                    && db.upstream.is_some_and(|u| u != p.ip())
+                    && self.latches.once(Latch::Followed, c.epoch)
+                {
+                    actions.push(Action::Notify(Notice::StandbyNotReconfigured { new_primary: p.to_string() }));
+                }
             }
             return (
                 self.unfenced(c.epoch, ROLE_STANDBY | db_flag, None),
                 Outcome::Standby { primary: c.primary, endorsing: false },
             );
         }
+        self.standby_db_failed(inp, actions);
         // Database down or not known yet: it may still be a primary; fence (when in doubt).
         (self.fenced(c.epoch, ROLE_IDLE), Outcome::Idle)
+    }
+
+    /// A database that is not the committed primary's failed (EFM's standby database failure;
+    /// the monitor suspended monitoring for it): "Standby database failure" and
+    /// `script.db.failure`, once per failure. Not for a database that was not running when the
+    /// agent started, nor for the custom monitor (it has its own notification).
+    fn standby_db_failed(&mut self, inp: &Inputs<'_>, actions: &mut Vec<Action>) {
+        let Some(sus) = &self.monitor.suspension else { return };
+        if sus.kind != super::SuspendKind::Failure || inp.custom_monitor_failed.is_some() {
+            return;
+        }
+        if self.fx.standby_failure_handled != Some(sus.since_ns) {
+            self.fx.standby_failure_handled = Some(sus.since_ns);
+            actions.push(Action::StandbyDbFailed);
+            actions.push(Action::Notify(Notice::DatabaseFailure {
+                role: crate::notify::NodeRole::Standby,
+                node: self.cfg.me.to_string(),
+            }));
+        }
     }
 
     /// This node handed its epoch over with `-switchover`, a later epoch is committed and the

@@ -97,6 +97,7 @@ pub(super) fn inputs<'a>(
         stop_cluster: false,
         kernel: KernelState::default(),
         events,
+        ping_failed: &NO_MEMBERS,
     }
 }
 

@@ -55,6 +55,11 @@ pub struct EngineConfig {
     /// whose local checks fail waits this long (plus [`EngineConfig::confirm_wait`]'s slack)
     /// for another agent to reach its database before it gives its epoch up.
     pub remote_timeout: Duration,
+    /// `check.vip.before.promotion` with a VIP and without `vip.takeover.allowed`: the leader
+    /// probes the VIP before it proposes a promotion and refuses while another host answers.
+    pub vip_guard: bool,
+    /// `ping.server.ip`: a candidate that cannot reach it declines (EFM's orphaned standby).
+    pub ping_server: Option<IpAddr>,
 }
 
 impl EngineConfig {
@@ -110,6 +115,8 @@ impl EngineConfig {
             auto_resume_startup: Duration::ZERO,
             auto_resume_failure: Duration::ZERO,
             remote_timeout: Duration::from_secs(2),
+            vip_guard: false,
+            ping_server: None,
         }
     }
 }
@@ -292,6 +299,12 @@ pub enum Event {
     },
     /// [`Action::SetPeerTable`] could not be written: ask again.
     PeerTableFailed,
+    /// [`Action::ProbeVip`]: the MAC of the host that answered for the VIP, if any (a probe
+    /// that could not be made counts as unanswered: it is logged, and the kernel's lease still
+    /// keeps a stale holder from serving).
+    VipProbed {
+        holder: Option<String>,
+    },
 }
 
 /// Everything one step looks at.
@@ -318,6 +331,9 @@ pub struct Inputs<'a> {
     pub kernel: KernelState,
     /// Completions and operator requests since the last step, in arrival order.
     pub events: &'a [Event],
+    /// Nodes (this one included) whose last check of `ping.server.ip` failed: this node's own
+    /// check, and peers whose PINGs carry `FLAG_PING_SERVER_FAILED`.
+    pub ping_failed: &'a BTreeSet<SocketAddr>,
 }
 
 /// How the kernel and the VIP should look (level-triggered).
@@ -438,6 +454,11 @@ pub enum Action {
     EndSessions { members_spared: bool, why: &'static str },
     /// Assign (or release) the VIP; reports [`Event::VipDone`].
     Vip { assign: bool },
+    /// Ask the network whether another host answers for the VIP (`check.vip.before.promotion`,
+    /// before a promotion is proposed); reports [`Event::VipProbed`].
+    ProbeVip,
+    /// The local standby's database failed: run `script.db.failure`.
+    StandbyDbFailed,
     /// Announce the held VIP again (gratuitous ARP / unsolicited NA).
     AnnounceVip,
     /// Monitoring resumed: the notification and `script.resumed`.
@@ -509,6 +530,16 @@ pub enum Outcome {
     ManualFailoverRequired {
         primary: SocketAddr,
     },
+    /// A promotion is due; the leader is asking whether another host answers for the VIP.
+    CheckingVip {
+        epoch: u64,
+    },
+    /// A promotion is due but refused while another host answers for the VIP (EFM's
+    /// "VIP appears to still be assigned"); asked again every second.
+    PromotionRefused {
+        epoch: u64,
+        reason: String,
+    },
     HandingOver {
         epoch: u64,
         to: SocketAddr,
@@ -563,6 +594,10 @@ impl fmt::Display for Outcome {
             Self::ManualFailoverRequired { primary } => {
                 write!(f, "primary {primary} failed; auto.failover is off: manual failover required")
             }
+            Self::CheckingVip { epoch } => {
+                write!(f, "promotion due for epoch {epoch}: checking that no other host answers for the VIP")
+            }
+            Self::PromotionRefused { epoch, reason } => write!(f, "promotion for epoch {epoch} refused: {reason}"),
             Self::HandingOver { epoch, to } => {
                 write!(f, "fenced: handing epoch {epoch} over to {to} (operator request)")
             }
@@ -594,6 +629,8 @@ impl Outcome {
             Self::NoCandidate { .. } => "no-candidate",
             Self::ComparingPositions { .. } => "comparing-positions",
             Self::ManualFailoverRequired { .. } => "manual-failover-required",
+            Self::CheckingVip { .. } => "checking-vip",
+            Self::PromotionRefused { .. } => "promotion-refused",
             Self::HandingOver { .. } => "handing-over",
             Self::Rejoining { .. } => "rejoining",
         }

@@ -142,8 +142,8 @@ pub enum Event {
     PromotionRefusedPrimaryRunning { primary: String },
     /// A promotion was refused: whether the primary database still runs is unknown.
     PromotionRefusedPrimaryUnverified { primary: String },
-    /// A promotion was refused: the VIP is still held elsewhere.
-    PromotionRefusedVipAssigned { vip: String },
+    /// A promotion was refused: the VIP is still answered by another host.
+    PromotionRefusedVipAssigned { vip: String, candidate: String },
     /// A promotion was refused: `ping.server.ip` did not answer.
     PromotionRefusedOrphaned { server: String },
     /// The primary database is gone and no standby can take over.
@@ -572,9 +572,11 @@ impl Event {
                 "This standby did not promote itself: it could not find out whether the primary database \
                  on {primary} still runs. Failover has NOT occurred."
             ),
-            E::PromotionRefusedVipAssigned { vip } => format!(
-                "This standby did not promote itself: the virtual IP address {vip} is still held by \
-                 another node. Failover has NOT occurred."
+            E::PromotionRefusedVipAssigned { vip, candidate } => format!(
+                "Standby {candidate} was not promoted: another host still answers for the virtual IP \
+                 address {vip} (check.vip.before.promotion). Promoting now could put two servers behind \
+                 one address. Failover has NOT occurred; it is retried every second and happens once \
+                 nobody answers for the address (or set vip.takeover.allowed=true to take it over)."
             ),
             E::PromotionRefusedOrphaned { server } => format!(
                 "This standby did not promote itself: {server} (ping.server.ip) did not answer, so this \

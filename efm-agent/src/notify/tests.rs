@@ -75,7 +75,7 @@ fn every_event() -> Vec<Event> {
         E::NoLongerIsolated,
         E::PromotionRefusedPrimaryRunning { primary: s("10.0.1.10") },
         E::PromotionRefusedPrimaryUnverified { primary: s("10.0.1.10") },
-        E::PromotionRefusedVipAssigned { vip: s("10.0.1.100") },
+        E::PromotionRefusedVipAssigned { vip: s("10.0.1.100"), candidate: s("10.0.1.12") },
         E::PromotionRefusedOrphaned { server: s("10.0.1.1") },
         E::FailoverNotOccurred { reason: s("no standby") },
         E::ManualFailoverRequired { primary: s("10.0.1.10"), reason: s("node unreachable") },
@@ -893,4 +893,169 @@ mod local_db {
         assert_eq!(crate::notify::local::recovery_file(&cfg), Some(dir.join("recovery.conf")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Where each event is sent, or why it cannot occur in efm.
+enum Sent {
+    /// Emitted by one of these source files (each path relative to `efm-agent/src`).
+    At(&'static [&'static str]),
+    /// Cannot occur in efm's design; the reason.
+    NotApplicable(&'static str),
+    /// Emitted by work of the same issue on another branch (checked once it is merged).
+    Elsewhere(&'static str),
+}
+
+/// Every variant of [`Event`] with where it is sent (or why it is not). Exhaustive with
+/// [`variant`]: a new variant fails [`every_event_is_sent_somewhere_or_documented_as_not_applicable`]
+/// until it has an entry here.
+const SENT: &[(&str, Sent)] = &[
+    ("FencingScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("PostPromotionScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("DbFailureScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("PrimaryIsolationScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("RemotePrePromotionScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("RemotePostPromotionScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("ResumedScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("LoadBalancerAttachScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("LoadBalancerDetachScriptExecuted", Sent::At(&["notify/catalog.rs"])),
+    ("WitnessAgentRunning", Sent::At(&["agent.rs"])),
+    ("PrimaryAgentRunning", Sent::At(&["agent.rs"])),
+    ("StandbyAgentRunning", Sent::At(&["agent.rs"])),
+    ("IdleAgentRunning", Sent::At(&["agent.rs"])),
+    ("AssigningVip", Sent::At(&["ha/effects.rs"])),
+    ("ReleasingVip", Sent::At(&["ha/effects.rs"])),
+    ("WitnessAgentExited", Sent::At(&["agent.rs"])),
+    ("PrimaryAgentExited", Sent::At(&["agent.rs"])),
+    ("PrimaryLeft", Sent::At(&["agent.rs"])),
+    ("StandbyAgentExited", Sent::At(&["agent.rs"])),
+    ("AgentExitedDuringPromotion", Sent::At(&["agent.rs"])),
+    ("AgentExited", Sent::At(&["agent.rs"])),
+    ("AgentExitedEarly", Sent::At(&["bin/efm-agent.rs"])),
+    ("AutoResumeCheckStarted", Sent::At(&["ha/monitoring.rs"])),
+    ("Resumed", Sent::At(&["ha/runtime.rs"])),
+    ("SwitchoverCompleted", Sent::At(&["ha/runtime.rs"])),
+    ("VipOnNonPrimary", Sent::At(&["ha/effects.rs"])),
+    ("NoStandbyAgent", Sent::At(&["ha/effects.rs"])),
+    ("StandbyAgentFailed", Sent::At(&["agent.rs"])),
+    ("StandbyDatabaseFailed", Sent::At(&["ha/effects.rs"])),
+    ("StandbyCannotReachDatabase", Sent::At(&["ha/effects.rs"])),
+    ("BelowThreeNodes", Sent::At(&["operator.rs"])),
+    ("SubsetDisconnected", Sent::At(&["ha/effects.rs"])),
+    ("PromotionStarted", Sent::At(&["ha/primary.rs"])),
+    ("WitnessFailure", Sent::At(&["agent.rs"])),
+    ("IdleAgentFailure", Sent::At(&["agent.rs"])),
+    ("NodesIsolated", Sent::At(&["ha/effects.rs"])),
+    ("NoLongerIsolated", Sent::At(&["ha/effects.rs"])),
+    ("PromotionRefusedPrimaryRunning", Sent::At(&["ha/leader.rs"])),
+    (
+        "PromotionRefusedPrimaryUnverified",
+        Sent::NotApplicable(
+            "efm never refuses a promotion because the primary's database could not be checked: a \
+             promotion commits only after a majority stopped endorsing the old primary for longer \
+             than its lease, so its kernel refuses clients whether or not anyone can reach it; a \
+             database that does not answer a remote check within remote.timeout counts as down",
+        ),
+    ),
+    ("PromotionRefusedVipAssigned", Sent::At(&["ha/leader.rs"])),
+    ("PromotionRefusedOrphaned", Sent::At(&["ha/leader.rs"])),
+    ("FailoverNotOccurred", Sent::At(&["ha/leader.rs"])),
+    ("ManualFailoverRequired", Sent::At(&["ha/voter.rs"])),
+    ("FailoverCompleted", Sent::At(&["ha/runtime.rs"])),
+    ("LockFileRemoved", Sent::At(&["ha/local.rs"])),
+    ("RecoveryConfFound", Sent::At(&["notify/local.rs"])),
+    ("PromotionNotOccurred", Sent::At(&["ha/primary.rs"])),
+    ("StandbyNotReconfigured", Sent::At(&["ha/standby.rs"])),
+    ("ReplayResumeFailed", Sent::At(&["ha/local.rs"])),
+    ("NoStandbysAvailable", Sent::At(&["ha/effects.rs"])),
+    ("CustomMonitorTimeout", Sent::At(&["custom_monitor.rs"])),
+    ("CustomMonitorSafeModeFailure", Sent::At(&["custom_monitor.rs"])),
+    ("DbConnectFailed", Sent::At(&["notify/local.rs"])),
+    ("PrimaryCannotPingLocalDb", Sent::At(&["ha/confirm.rs"])),
+    ("CommunicationError", Sent::At(&["ha/effects.rs"])),
+    ("FencingScriptError", Sent::At(&["notify/catalog.rs"])),
+    ("PostPromotionScriptFailed", Sent::At(&["notify/catalog.rs"])),
+    ("DbFailureScriptError", Sent::At(&["notify/catalog.rs"])),
+    ("PrimaryIsolationScriptFailed", Sent::At(&["notify/catalog.rs"])),
+    ("RemotePrePromotionScriptFailed", Sent::At(&["notify/catalog.rs"])),
+    ("RemotePostPromotionScriptFailed", Sent::At(&["notify/catalog.rs"])),
+    ("ResumedScriptFailed", Sent::At(&["notify/catalog.rs"])),
+    ("LoadBalancerAttachScriptFailed", Sent::At(&["notify/catalog.rs"])),
+    ("LoadBalancerDetachScriptFailed", Sent::At(&["notify/catalog.rs"])),
+    ("PromotionFailed", Sent::At(&["ha/runtime.rs"])),
+    ("DemotionFailed", Sent::At(&["ha/standby.rs"])),
+    ("UnexpectedError", Sent::At(&["ha/runtime.rs"])),
+    ("PrimaryFencedOff", Sent::At(&["ha/standby.rs"])),
+    ("IsolatedPrimary", Sent::At(&["ha/primary.rs"])),
+    ("VipAssignFailed", Sent::At(&["ha/effects.rs"])),
+    ("DatabaseFailure", Sent::At(&["ha/primary.rs", "ha/standby.rs"])),
+    ("AgentTimingOut", Sent::At(&["notify/local.rs"])),
+    ("ResumeTimedOut", Sent::At(&["ha/runtime.rs"])),
+    ("InternalStateMismatch", Sent::At(&["ha/effects.rs"])),
+    ("DatabaseWrongState", Sent::At(&["ha/standby.rs"])),
+    ("DatabaseConnectionFailure", Sent::At(&["ha/confirm.rs"])),
+    ("StandbyCustomMonitorFailure", Sent::At(&["custom_monitor.rs"])),
+    ("PrimaryCustomMonitorFailure", Sent::At(&["custom_monitor.rs"])),
+    ("Custom", Sent::NotApplicable("not an EFM event: a subject of the caller's own; efm itself sends none")),
+];
+
+/// The source of the files [`SENT`] names.
+fn source(path: &str) -> &'static str {
+    match path {
+        "agent.rs" => include_str!("../agent.rs"),
+        "bin/efm-agent.rs" => include_str!("../bin/efm-agent.rs"),
+        "custom_monitor.rs" => include_str!("../custom_monitor.rs"),
+        "operator.rs" => include_str!("../operator.rs"),
+        "notify/catalog.rs" => include_str!("catalog.rs"),
+        "notify/local.rs" => include_str!("local.rs"),
+        "ha/confirm.rs" => include_str!("../ha/confirm.rs"),
+        "ha/effects.rs" => include_str!("../ha/effects.rs"),
+        "ha/leader.rs" => include_str!("../ha/leader.rs"),
+        "ha/local.rs" => include_str!("../ha/local.rs"),
+        "ha/monitoring.rs" => include_str!("../ha/monitoring.rs"),
+        "ha/primary.rs" => include_str!("../ha/primary.rs"),
+        "ha/runtime.rs" => include_str!("../ha/runtime.rs"),
+        "ha/standby.rs" => include_str!("../ha/standby.rs"),
+        "ha/voter.rs" => include_str!("../ha/voter.rs"),
+        other => panic!("SENT names {other}, which source() does not know"),
+    }
+}
+
+/// Every event is either sent from a named place (the source constructs it there:
+/// `Event::X`/`Notice::X` — for the script events, `Event::for_script`, which `run_hook`
+/// uses for every hook) or documented as not applicable with the reason; the golden list of
+/// subjects above covers every variant too.
+#[test]
+fn every_event_is_sent_somewhere_or_documented_as_not_applicable() {
+    let names: Vec<&str> = every_event().iter().map(variant).collect();
+    let mut listed: Vec<&str> = SENT.iter().map(|(n, _)| *n).collect();
+    listed.sort_unstable();
+    let mut all = names.clone();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(listed, all, "SENT must list every variant exactly once");
+    let mut unsent = Vec::new();
+    for (name, sent) in SENT {
+        match sent {
+            Sent::At(files) => {
+                let found = files.iter().any(|f| {
+                    let text = source(f);
+                    // Constructed, not merely named in a pattern: followed by a field list, a
+                    // comma, a closing parenthesis or the end of a statement.
+                    [format!("Event::{name}"), format!("Notice::{name}")].iter().any(|pat| {
+                        text.match_indices(pat.as_str()).any(|(i, _)| {
+                            let after = text[i + pat.len()..].trim_start();
+                            !after.starts_with("=>")
+                                && !after.starts_with("{ ..")
+                                && !text[i + pat.len()..].starts_with(|c: char| c.is_alphanumeric())
+                        })
+                    })
+                });
+                if !found {
+                    unsent.push(format!("{name}: not constructed in {files:?}"));
+                }
+            }
+            Sent::NotApplicable(why) | Sent::Elsewhere(why) => assert!(why.len() > 20, "{name}: say why"),
+        }
+    }
+    assert!(unsent.is_empty(), "events not sent where SENT says:\n{}", unsent.join("\n"));
 }

@@ -52,6 +52,7 @@ impl Sim {
             stop_cluster: false,
             kernel: KernelState { fence: *last_fence, deadline_ns, max_epoch_seen },
             events: &events,
+            ping_failed: &std::collections::BTreeSet::new(),
         });
         // The executor: the kernel first (as `HaRuntime::write_fence`).
         let d = step.desired;
@@ -254,6 +255,8 @@ impl Sim {
             | Action::LoadBalancer { .. }
             | Action::EndSessions { .. }
             | Action::AnnounceVip
+            | Action::ProbeVip
+            | Action::StandbyDbFailed
             | Action::Resumed { .. }
             | Action::AnswerResume { .. }
             | Action::Exit => {}

@@ -58,7 +58,7 @@ pub use files::{
     conf_value, demote_to_standby, own_primary_conninfo, read_pg_version, recovery_conf_text, set_conf_line,
 };
 pub use rewind::{ensure_source_checkpointed, PassFile, RewindOutcome};
-pub use role::{promote, read_primary_conninfo, reconfigure_standby, set_and_reload};
+pub use role::{promote, read_primary_conninfo, reconfigure_standby, resume_replay_if_paused, set_and_reload};
 pub use server::{is_running, stop, DbControl};
 
 /// What went wrong. Every variant names the server (`host:port`) or the command and file.

@@ -94,6 +94,25 @@ pub async fn promote(target: &DbTarget, wait: Duration) -> Result<PromoteOutcome
     })
 }
 
+/// Resumes WAL replay on the standby `target` if it is paused (`pg_wal_replay_pause()`), so a
+/// promotion that follows is not held up (EFM resumes replay while promoting). Returns whether
+/// replay was paused.
+///
+/// # Errors
+/// The connection or either function failed (the monitoring user needs `EXECUTE` on
+/// `pg_wal_replay_resume`).
+pub async fn resume_replay_if_paused(target: &DbTarget, limit: Duration) -> Result<bool, ControlError> {
+    let addr = target.addr();
+    let client = connect(target, limit).await?;
+    let r = row(&client, &addr, "pg_is_wal_replay_paused()", "SELECT pg_is_wal_replay_paused()", limit).await?;
+    let paused = r.as_ref().and_then(|r| r.first().cloned().flatten()).is_some_and(|v| v == "t");
+    if paused {
+        row(&client, &addr, "pg_wal_replay_resume()", "SELECT pg_wal_replay_resume()", limit).await?;
+        tracing::info!(db = %addr, "WAL replay was paused: resumed before promoting");
+    }
+    Ok(paused)
+}
+
 /// State of the WAL receiver: `(pid, status, sender_host, sender_port, received_tli, conninfo)`.
 type Receiver = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
 

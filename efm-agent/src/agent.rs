@@ -311,17 +311,29 @@ fn arm_kernel(
     dp.set_key(&ClusterKey { k0: key.k0, k1: key.k1 })?;
     // When in doubt, fence: a primary database is cut off until the HA engine, with the committed
     // state in hand, says it is the primary of the current epoch.
-    let mut fence_flags = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+    let reset = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+    let mut fence_flags = reset;
     if !matches!(role, Role::Standby | Role::Witness) {
         // A primary, or a database we could not ask (it may be one).
         fence_flags |= efm_common::maps::FENCE_FENCED;
     }
-    let fence = FenceState {
-        flags: fence_flags,
-        role: u32::from(role.bits()),
-        epoch,
-        lease_timeout_ns: u64::try_from(cfg.lease_timeout.as_nanos()).unwrap_or(u64::MAX),
-        ..FenceState::default()
+    let fence = match serving_primary_kernel(dp, role) {
+        // The agent of a primary returns (restart, upgrade, a bad property fixed) to a kernel that
+        // still serves its epoch under a live lease, which the voters kept endorsing while it was
+        // absent: leave the kernel as it is (no client write refused), only the fence mode follows
+        // the properties. This lets nothing through that was not passing already; the lease still
+        // decides, and the engine's first cycle confirms or fences.
+        Some(f) => {
+            tracing::info!(epoch = f.epoch, k = f.lease_k, "the kernel still serves this primary's epoch under its lease: carrying on as primary");
+            FenceState { flags: (f.flags & !FENCE_RESET) | reset, ..f }
+        }
+        None => FenceState {
+            flags: fence_flags,
+            role: u32::from(role.bits()),
+            epoch,
+            lease_timeout_ns: u64::try_from(cfg.lease_timeout.as_nanos()).unwrap_or(u64::MAX),
+            ..FenceState::default()
+        },
     };
     dp.set_fence(&fence)?;
     dp.set_peers(
@@ -338,6 +350,21 @@ fn arm_kernel(
     let members: Vec<IpAddr> = peers.iter().map(|p| p.addr.ip()).collect();
     dp.set_exempt_with_members(&always, &members)?;
     Ok(())
+}
+
+/// The pinned fence state, when this agent starts on a primary database whose kernel (pinned
+/// maps of an earlier life) serves clients right now as the primary of its epoch, under an
+/// enforced lease: the agent was absent and the voters kept endorsing it.
+fn serving_primary_kernel(dp: &Datapath, role: Role) -> Option<FenceState> {
+    use efm_common::{maps::FENCE_LEASE_ENFORCED, serving::fence_reasons, wire::ROLE_MASK};
+    if role != Role::Primary || !dp.reused_maps() {
+        return None;
+    }
+    let (fence, lease) = (dp.fence().ok()?, dp.lease().ok()?);
+    let now = heartbeat::monotonic_ns();
+    let primary = u16::try_from(fence.role).is_ok_and(|r| Role::from_bits(r & ROLE_MASK) == Role::Primary);
+    (primary && fence.flags & FENCE_LEASE_ENFORCED != 0 && fence.lease_k > 0 && fence_reasons(&fence, &lease, now) == 0)
+        .then_some(fence)
 }
 
 /// The coordination log's settings for this node.

@@ -21,7 +21,7 @@ use super::{duration_ns, retry_due, Action, Desired, Engine, Inputs, Notice, Out
 /// to tell every follower that the stop committed).
 pub const STOP_LINGER: Duration = Duration::from_millis(1_500);
 /// A remote check of the primary's database is started at most this often.
-const REMOTE_EVERY: Duration = Duration::from_secs(1);
+pub(super) const REMOTE_EVERY: Duration = Duration::from_secs(1);
 
 /// The VIP as the engine knows it from its completions.
 #[derive(Clone, Debug, Default)]
@@ -188,7 +188,10 @@ impl Engine {
         let me = self.cfg.me;
         let in_service = match outcome {
             Outcome::Primary { .. } => Some((true, true)),
-            Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => {
+            Outcome::Standby { .. }
+            | Outcome::PrimarySuspect { .. }
+            | Outcome::PrimaryAgentAbsent { .. }
+            | Outcome::Voted { .. } => {
                 Some((!desired.fenced, false))
             }
             Outcome::Witness | Outcome::NotJoined => None,
@@ -224,7 +227,11 @@ impl Engine {
     pub(super) fn remote_checks(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
         let Some(p) = inp.committed.and_then(|c| c.primary).filter(|p| *p != self.cfg.me) else { return };
         let Some(v) = inp.peers.iter().find(|v| v.addr == p) else { return };
-        if v.db_up || !v.alive {
+        // Also while its agent is absent and its node answers: the voters endorse it on the
+        // strength of these checks (voter.rs, `absence`).
+        let window = self.cfg.endorse_window;
+        let absent = v.agent_age.is_none_or(|a| a > window) && v.node_age.is_some_and(|a| a <= window);
+        if !absent && (v.db_up || !v.alive) {
             return;
         }
         let r = self.fx.remote.entry(p).or_default();

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::local::{demote_local, follow, promote_local, rejoin, upstream, write_standby_signal};
 use super::{
-    Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome,
+    Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelPong, KernelState, LocalDb, NodeMeta, Outcome,
     PeerRole, PeerView, Proposal, Step,
 };
 use crate::{
@@ -63,6 +63,8 @@ pub fn engine_config(cfg: &Config, me: SocketAddr) -> EngineConfig {
         detach_on_agent_failure: cfg.detach_on_agent_failure,
         auto_resume_startup: cfg.auto_resume_startup_period,
         auto_resume_failure: cfg.auto_resume_failure_period,
+        remote_timeout: cfg.remote_timeout,
+        agent_absence_timeout: cfg.primary_agent_absence_timeout,
     }
 }
 
@@ -774,6 +776,12 @@ fn peer_view(p: &PeerEntry) -> PeerView {
         db_up: flags & FLAG_DB_UP != 0,
         fenced: flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
         lsn: h.map_or(0, |h| h.lsn),
+        node_age: h.and_then(|h| h.node_age),
+        kernel: h.filter(|h| h.node_age.is_some()).map_or_else(KernelPong::default, |h| KernelPong {
+            role: PeerRole::from_bits(h.pong_flags & ROLE_MASK),
+            epoch: h.pong_epoch,
+            fenced: h.pong_flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
+        }),
     }
 }
 

@@ -217,7 +217,7 @@ impl Sim {
             match q.ev {
                 Ev::Tick { node, incarnation } => self.tick(node, incarnation),
                 Ev::Ping { from, to, id, flags, epoch, lsn } => self.on_ping(from, to, id, flags, epoch, lsn),
-                Ev::Pong { from, to, id, epoch } => self.on_pong(from, to, id, epoch),
+                Ev::Pong { from, to, id, epoch, flags } => self.on_pong(from, to, id, epoch, flags),
                 Ev::Commit { from, proposal } => {
                     let (epoch, switchover, primary) = (self.log.epoch, self.log.switchover, self.log.primary);
                     let r = self.log.apply(&proposal);

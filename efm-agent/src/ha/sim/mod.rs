@@ -116,7 +116,7 @@ use std::{
 use efm_common::wire::{FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
 
 use super::{
-    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelState, LocalDb, NodeMeta,
+    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelPong, KernelState, LocalDb, NodeMeta,
     Outcome, PeerRole, PeerView, Proposal,
 };
 
@@ -545,6 +545,11 @@ struct Slot {
     epoch: u64,
     lsn: u64,
     pong_id: (u64, u64),
+    pongs: u64,
+    pong_arrival: u64,
+    /// Role and `FLAG_FENCED` / `FLAG_LEASE_LAPSED` of the last PONG, as `efm-ebpf` sets them.
+    pong_flags: u16,
+    pong_epoch: u64,
 }
 
 /// The kernel side of one node: `EFM_FENCE` (written by the agent), `EFM_LEASE` and the slots
@@ -806,6 +811,7 @@ enum Ev {
         to: usize,
         id: (u64, u64),
         epoch: u64,
+        flags: u16,
     },
     Commit {
         from: usize,

@@ -106,7 +106,7 @@ pub const PROPERTIES: &[PropDef] = &[
     m("heartbeat.interval", "50ms", Kind::Duration, "interval between heartbeats to other nodes"),
     m("lease.timeout", "1s", Kind::Duration, "lifetime of the primary's lease"),
     m(
-        "primary.agent.absence.timeout",
+        "agent.absence.timeout",
         "0",
         Kind::Duration,
         "how long the primary's agent may be absent (stopped, failing to start) while its node answers \

@@ -53,7 +53,7 @@ pub struct EngineConfig {
     pub auto_resume_failure: Duration,
     /// `remote.timeout`: how long a remote check of a database may take.
     pub remote_timeout: Duration,
-    /// `primary.agent.absence.timeout`: how long voters keep endorsing a primary whose agent is
+    /// `agent.absence.timeout`: how long voters keep endorsing a primary whose agent is
     /// absent while its kernel serves and its database answers their checks (zero: as long as
     /// that lasts, as EFM).
     pub agent_absence_timeout: Duration,

@@ -36,7 +36,7 @@ pub enum Absence {
     /// Its agent is absent and the latest check of its database from here failed (or none
     /// answered recently).
     DbUnreachable,
-    /// Absent longer than `primary.agent.absence.timeout`.
+    /// Absent longer than `agent.absence.timeout`.
     TimedOut,
 }
 
@@ -147,7 +147,7 @@ impl Engine {
             _ if absence == Absence::Endorsed => None,
             None => Some("not a known peer"),
             Some(_) if absence == Absence::DbUnreachable => Some("agent absent and database unreachable from here"),
-            Some(_) if absence == Absence::TimedOut => Some("agent absent longer than primary.agent.absence.timeout"),
+            Some(_) if absence == Absence::TimedOut => Some("agent absent longer than agent.absence.timeout"),
             Some(v) if !v.alive => Some("agent not heard within node.timeout"),
             Some(v) if v.epoch == c.epoch && !v.db_up && reachable == Some(false) => {
                 Some("database down and unreachable from here")

@@ -360,7 +360,7 @@ fn primary_agent_absence_timeout_bounds_the_endorsement() {
     let s = absent_step(&mut e, &c, 5_000, 0, &ok);
     assert_eq!(s.desired.endorse, Some(addr(1)), "absent for 5 s: still endorsed");
     let s = absent_step(&mut e, &c, 5_050, 0, &ok);
-    assert_eq!(s.desired.endorse, None, "absent longer than primary.agent.absence.timeout");
+    assert_eq!(s.desired.endorse, None, "absent longer than agent.absence.timeout");
     assert!(matches!(s.outcome, Outcome::PrimarySuspect { reason, .. } if reason.contains("absence.timeout")), "{}", s.outcome);
     let s = absent_step(&mut e, &c, 5_000 + 1_100, 0, &ok);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);

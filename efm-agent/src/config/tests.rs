@@ -167,7 +167,7 @@ fn all_errors_are_collected() {
 #[test]
 fn agent_absence_timeout_defaults_to_no_limit() {
     assert_eq!(ok("").config.primary_agent_absence_timeout, Duration::ZERO, "as EFM: no limit");
-    assert_eq!(ok("agent.absence.timeout=300").config.primary_agent_absence_timeout, Duration::from_secs(300));
+    assert_eq!(ok("agent.absence.timeout=300").config.primary_agent_absence_timeout, Duration::from_mins(5));
     assert_eq!(ok("agent.absence.timeout=90s").config.primary_agent_absence_timeout, Duration::from_secs(90));
 }
 

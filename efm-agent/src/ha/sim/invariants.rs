@@ -310,7 +310,10 @@ impl Sim {
             let worst = after_warm.iter().filter(|(_, e)| *e >= t0).map(|&(s, e)| e - s.max(t0)).max().unwrap_or(0);
             self.res.time_to_serving = Some(worst);
             let open = self.outages.last().is_some_and(|o| o.1.is_none());
-            let bound = liveness_bound() + self.stop_slack + self.sched.effects.slack();
+            // With the primary's agent absent, its database failure is seen by the voters'
+            // checks (one a second, each answering within milliseconds here), not by its agent.
+            let absent = if matches!(self.sched.family, Family::AbsentAgent(_)) { 1_100 * MS } else { 0 };
+            let bound = liveness_bound() + self.stop_slack + self.sched.effects.slack() + absent;
             if worst > bound || open {
                 self.res.needs_primary_vote = self.needs_primary_vote();
                 let mut s = format!(
@@ -330,6 +333,19 @@ impl Sim {
             u32::try_from(self.handovers.iter().filter(|h| h.promoted.is_some()).count()).unwrap_or(0);
         self.res.handovers_failed = u32::try_from(self.handovers.iter().filter(|h| h.failed).count()).unwrap_or(0);
         self.res.left_stopped = u32::try_from(self.nodes.iter().filter(|nd| nd.db == Db::Stopped).count()).unwrap_or(0);
+        if self.sched.family == Family::AbsentAgent(AbsentThen::Nothing) && self.res.violation.is_none() {
+            // An absent agent on a node that serves is not a failure: no failover, and the
+            // primary serves at the end (its agent restarted and back, or still absent).
+            let serves = self.nodes[0].db == Db::Primary && self.nodes[0].kernel.fence_reason(self.local(0, self.now)).is_none();
+            if self.res.failovers > 0 || self.log.epoch != 1 || !serves {
+                let mut s = format!(
+                    "ABSENT AGENT: {} failovers, epoch {}, the primary serves at the end: {serves}\n",
+                    self.res.failovers, self.log.epoch
+                );
+                self.describe(&mut s);
+                self.res.liveness = Some(s);
+            }
+        }
         if let (Family::PauseOnly(d), true) = (self.sched.family, self.sched.operator.is_empty()) {
             if d < 900 * MS && self.res.failovers > 0 {
                 let mut s = format!("UNNECESSARY FAILOVER after a {} ms pause\n", d / MS);

@@ -184,13 +184,13 @@ fn primary_agent_failing_to_start_on_a_bad_property_no_failover_no_write_refused
     let props = c.files[0].config_dir.join(format!("{CLUSTER}.properties"));
     let good = fs::read_to_string(&props).unwrap();
     let line = good.lines().count() + 1;
-    fs::write(&props, format!("{good}local.timeout=sixty\n")).unwrap();
+    fs::write(&props, format!("{good}auto.failover=yes\n")).unwrap();
     let out = Agent::command(&c.bed.nodes[0].ns.name, &c.files[0]).output().expect("run efm-agent");
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("efm-agent with the typo: {:?}\n{err}", out.status);
     assert!(!out.status.success(), "the agent refuses to start: {err}");
     assert!(
-        err.contains(&format!("{}:{line}: local.timeout = \"sixty\": expected a duration", props.display())),
+        err.contains(&format!("{}:{line}: auto.failover = \"yes\": expected true or false", props.display())),
         "the error names the file, line, property, value and what is expected: {err}"
     );
     while_absent(&c, e0);

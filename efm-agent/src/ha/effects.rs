@@ -230,7 +230,7 @@ impl Engine {
         // Also while its agent is absent and its node answers: the voters endorse it on the
         // strength of these checks (voter.rs, `absence`).
         let window = self.cfg.endorse_window;
-        let absent = v.agent_age.is_none_or(|a| a > window) && v.node_age.is_some_and(|a| a <= window);
+        let absent = v.agent_age.is_none_or(|a| a > window) && v.node_age.is_some_and(|a| a <= self.cfg.node_timeout);
         if !absent && (v.db_up || !v.alive) {
             return;
         }

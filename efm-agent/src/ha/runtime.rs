@@ -64,6 +64,7 @@ pub fn engine_config(cfg: &Config, me: SocketAddr) -> EngineConfig {
         auto_resume_startup: cfg.auto_resume_startup_period,
         auto_resume_failure: cfg.auto_resume_failure_period,
         remote_timeout: cfg.remote_timeout,
+        node_timeout: cfg.node_timeout,
         agent_absence_timeout: cfg.primary_agent_absence_timeout,
     }
 }

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     pub auto_resume_failure: Duration,
     /// `remote.timeout`: how long a remote check of a database may take.
     pub remote_timeout: Duration,
+    /// `node.timeout`: an absent agent's kernel counts as heard while its last PONG is at most
+    /// this old (the detector's "node alive"; a voter stalled for a moment must not drop it).
+    pub node_timeout: Duration,
     /// `agent.absence.timeout`: how long voters keep endorsing a primary whose agent is
     /// absent while its kernel serves and its database answers their checks (zero: as long as
     /// that lasts, as EFM).
@@ -104,6 +107,7 @@ impl EngineConfig {
             auto_resume_startup: Duration::ZERO,
             auto_resume_failure: Duration::ZERO,
             remote_timeout: Duration::from_secs(2),
+            node_timeout: Duration::from_millis(500),
             agent_absence_timeout: Duration::ZERO,
         }
     }

@@ -74,7 +74,7 @@ impl Engine {
         // Its kernel answered recently, and after its agent fell silent (a node that went down
         // stops both at about the same moment: not an absent agent).
         let kernel_heard = v.node_age.is_some_and(|n| {
-            n <= window && v.agent_age.is_none_or(|a| n + self.cfg.heartbeat_interval < a)
+            n <= self.cfg.node_timeout && v.agent_age.is_none_or(|a| n + self.cfg.heartbeat_interval < a)
         });
         if !(kernel_heard && k.role == PeerRole::Primary && k.epoch == epoch && !k.fenced) {
             return Absence::KernelSilent;

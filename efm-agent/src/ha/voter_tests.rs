@@ -326,9 +326,9 @@ fn an_absent_primary_agent_without_an_answer_from_its_database_is_not_endorsed_f
 fn an_absent_primary_agent_is_endorsed_only_on_a_serving_kernel_of_the_epoch() {
     let c = committed(1, Some(1));
     let ok = [Event::RemoteChecked { node: addr(1), reachable: true }];
-    let serving = absent_primary_view(1, 1, Some(600));
+    let serving = absent_primary_view(1, 1, Some(900));
     for (what, bad) in [
-        ("kernel silent (partition, node down)", PeerView { node_age: Some(Duration::from_millis(200)), ..serving }),
+        ("kernel silent (partition, node down)", PeerView { node_age: Some(Duration::from_millis(600)), ..serving }),
         ("kernel never heard", PeerView { node_age: None, ..serving }),
         ("lease lapsed or fenced", PeerView { kernel: KernelPong { fenced: true, ..serving.kernel }, ..serving }),
         ("another epoch", PeerView { kernel: KernelPong { epoch: 2, ..serving.kernel }, ..serving }),

@@ -324,7 +324,11 @@ fn arm_kernel(
         // the properties. This lets nothing through that was not passing already; the lease still
         // decides, and the engine's first cycle confirms or fences.
         Some(f) => {
-            tracing::info!(epoch = f.epoch, k = f.lease_k, "the kernel still serves this primary's epoch under its lease: carrying on as primary");
+            tracing::info!(
+                epoch = f.epoch,
+                k = f.lease_k,
+                "the kernel still serves this primary's epoch under its lease: carrying on as primary"
+            );
             FenceState { flags: (f.flags & !FENCE_RESET) | reset, ..f }
         }
         None => FenceState {

@@ -85,10 +85,6 @@ fn epoch(c: &Cluster, i: usize) -> u64 {
     c.node_status(i).and_then(|v| v["epoch"].as_u64()).unwrap_or_else(|| panic!("node {} answers", i + 1))
 }
 
-fn outcome(c: &Cluster, i: usize) -> String {
-    c.node_status(i).and_then(|v| v["outcome"].as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 /// Every write was acknowledged by n1: none refused, failed or timed out, none elsewhere.
 #[track_caller]
 fn all_acknowledged_by_n1(acks: &[Ack], what: &str, from_ns: u64) {
@@ -233,7 +229,10 @@ fn primary_database_stopped_while_its_agent_is_absent_fails_over() {
     std::thread::sleep(Duration::from_millis(500));
     let acks = w.finish();
     let (_, first_new) = no_overlap(&acks, "n1", &new);
-    eprintln!("database stopped during the absence: {new} took its first write {} ms after the stop", (first_new - t_fault) / 1_000_000);
+    eprintln!(
+        "database stopped during the absence: {new} took its first write {} ms after the stop",
+        (first_new - t_fault) / 1_000_000
+    );
     let p = c.serving_primary().expect("exactly one serving primary");
     assert_eq!(p, Cluster::index_of(&new));
     assert!(epoch(&c, p) > e0, "a promotion committed");

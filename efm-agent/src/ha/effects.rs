@@ -191,9 +191,7 @@ impl Engine {
             Outcome::Standby { .. }
             | Outcome::PrimarySuspect { .. }
             | Outcome::PrimaryAgentAbsent { .. }
-            | Outcome::Voted { .. } => {
-                Some((!desired.fenced, false))
-            }
+            | Outcome::Voted { .. } => Some((!desired.fenced, false)),
             Outcome::Witness | Outcome::NotJoined => None,
             _ => Some((false, desired.ping_flags & ROLE_MASK == ROLE_PRIMARY)),
         };

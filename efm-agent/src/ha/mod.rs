@@ -338,7 +338,9 @@ impl Engine {
         };
 
         let mut outcome = Self::headline(c, promo_outcome, outcome, &vote, handover.is_some(), actions);
-        if let (true, Some(primary), Outcome::Standby { .. } | Outcome::Witness) = (vote.absent_endorsed, c.primary, &outcome) {
+        if let (true, Some(primary), Outcome::Standby { .. } | Outcome::Witness) =
+            (vote.absent_endorsed, c.primary, &outcome)
+        {
             outcome = Outcome::PrimaryAgentAbsent { primary };
         }
         if self.quiet_from.is_some_and(|q| c.epoch <= q + 1) {

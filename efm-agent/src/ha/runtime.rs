@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::local::{demote_local, follow, promote_local, rejoin, upstream, write_standby_signal};
 use super::{
-    Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelPong, KernelState, LocalDb, NodeMeta, Outcome,
-    PeerRole, PeerView, Proposal, Step,
+    Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelPong, KernelState, LocalDb,
+    NodeMeta, Outcome, PeerRole, PeerView, Proposal, Step,
 };
 use crate::{
     config::{Config, FenceMode},

@@ -5,7 +5,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use super::{
-    duration_ns, effects::REMOTE_EVERY, PeerView, latch::Latch, retry_due, Action, Committed, Engine, Handover, Inputs, Notice, PeerRole, Proposal,
+    duration_ns, effects::REMOTE_EVERY, latch::Latch, retry_due, Action, Committed, Engine, Handover, Inputs, Notice,
+    PeerRole, PeerView, Proposal,
 };
 
 /// What the voter part decided.
@@ -83,10 +84,9 @@ impl Engine {
         if !timeout.is_zero() {
             // Measured from its agent's last PING, or from this voter's start if it never heard
             // one (it restarted during the absence).
-            let since = v.agent_age.map_or_else(
-                || self.started_ns.unwrap_or(now_ns),
-                |a| now_ns.saturating_sub(duration_ns(a)),
-            );
+            let since = v
+                .agent_age
+                .map_or_else(|| self.started_ns.unwrap_or(now_ns), |a| now_ns.saturating_sub(duration_ns(a)));
             if now_ns.saturating_sub(since) > duration_ns(timeout) {
                 return Absence::TimedOut;
             }

@@ -257,7 +257,11 @@ fn an_absent_primary_agent_is_endorsed_while_its_kernel_serves_and_its_database_
     assert_eq!(s.desired.endorse, Some(addr(1)));
     // Its agent stops at 0: silent past the endorse window, its kernel still answers.
     let s = absent_step(&mut e, &c, 200, 0, &[]);
-    assert_eq!(s.desired.endorse, Some(addr(1)), "its last PING said the database was up: endorsed until a check says otherwise");
+    assert_eq!(
+        s.desired.endorse,
+        Some(addr(1)),
+        "its last PING said the database was up: endorsed until a check says otherwise"
+    );
     assert_eq!(checks(&s), 1, "its database is checked from here at once");
     assert_eq!(s.outcome, Outcome::PrimaryAgentAbsent { primary: addr(1) });
     assert!(proposals(&s).is_empty());
@@ -295,7 +299,11 @@ fn an_absent_primary_agent_whose_database_stops_answering_is_failed_over() {
     assert_eq!(s.desired.endorse, Some(addr(1)));
     let s = absent_step(&mut e, &c, 6_000, 0, &down);
     assert_eq!(s.desired.endorse, None, "its database does not answer from here");
-    assert!(matches!(s.outcome, Outcome::PrimarySuspect { reason, .. } if reason.contains("unreachable")), "{}", s.outcome);
+    assert!(
+        matches!(s.outcome, Outcome::PrimarySuspect { reason, .. } if reason.contains("unreachable")),
+        "{}",
+        s.outcome
+    );
     assert!(proposals(&s).is_empty(), "the promotion wait counts from the last endorsement (5 s)");
     let wait_ms = 1_000 * 105 / 100 + 50;
     let s = absent_step(&mut e, &c, 5_000 + wait_ms - 1, 0, &[]);
@@ -361,7 +369,11 @@ fn primary_agent_absence_timeout_bounds_the_endorsement() {
     assert_eq!(s.desired.endorse, Some(addr(1)), "absent for 5 s: still endorsed");
     let s = absent_step(&mut e, &c, 5_050, 0, &ok);
     assert_eq!(s.desired.endorse, None, "absent longer than agent.absence.timeout");
-    assert!(matches!(s.outcome, Outcome::PrimarySuspect { reason, .. } if reason.contains("absence.timeout")), "{}", s.outcome);
+    assert!(
+        matches!(s.outcome, Outcome::PrimarySuspect { reason, .. } if reason.contains("absence.timeout")),
+        "{}",
+        s.outcome
+    );
     let s = absent_step(&mut e, &c, 5_000 + 1_100, 0, &ok);
     assert_eq!(proposals(&s), vec![Proposal::Vote { voter: addr(2), epoch: 1 }]);
 }

@@ -235,7 +235,10 @@ fn an_absent_primary_agent_fails_over_only_on_a_failed_database_or_a_cut_off_nod
     let b = run_schedules(5, 100, 0xAB5, Params::default(), true, Schedule::with_absent_agent);
     if env_u64("EFM_SIM_SCHEDULES").is_none() {
         for f in ["absent-agent", "absent-agent-db-fails", "absent-agent-cut-off"] {
-            assert!(a.families.get(f).copied().unwrap_or(0) + b.families.get(f).copied().unwrap_or(0) > 0, "no {f} schedule");
+            assert!(
+                a.families.get(f).copied().unwrap_or(0) + b.families.get(f).copied().unwrap_or(0) > 0,
+                "no {f} schedule"
+            );
         }
         assert!(a.failovers + b.failovers > 0, "a failed database or a cut-off node must fail over");
     }

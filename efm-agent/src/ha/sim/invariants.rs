@@ -336,7 +336,8 @@ impl Sim {
         if self.sched.family == Family::AbsentAgent(AbsentThen::Nothing) && self.res.violation.is_none() {
             // An absent agent on a node that serves is not a failure: no failover, and the
             // primary serves at the end (its agent restarted and back, or still absent).
-            let serves = self.nodes[0].db == Db::Primary && self.nodes[0].kernel.fence_reason(self.local(0, self.now)).is_none();
+            let serves =
+                self.nodes[0].db == Db::Primary && self.nodes[0].kernel.fence_reason(self.local(0, self.now)).is_none();
             if self.res.failovers > 0 || self.log.epoch != 1 || !serves {
                 let mut s = format!(
                     "ABSENT AGENT: {} failovers, epoch {}, the primary serves at the end: {serves}\n",

@@ -122,8 +122,8 @@ use std::{
 use efm_common::wire::{FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
 
 use super::{
-    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelPong, KernelState, LocalDb, NodeMeta,
-    Outcome, PeerRole, PeerView, Proposal,
+    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelPong, KernelState, LocalDb,
+    NodeMeta, Outcome, PeerRole, PeerView, Proposal,
 };
 
 const MS: u64 = 1_000_000;
@@ -559,10 +559,9 @@ impl Schedule {
                 };
             }
             AbsentThen::DbFails => s.faults.push((later, Fault::DbFail { who: Target::Node(0) })),
-            AbsentThen::CutOff => s.faults.push((
-                later,
-                Fault::Cut { who: Target::Node(0), inbound: true, outbound: true, heal_after: None },
-            )),
+            AbsentThen::CutOff => s
+                .faults
+                .push((later, Fault::Cut { who: Target::Node(0), inbound: true, outbound: true, heal_after: None })),
         }
         s.family = Family::AbsentAgent(then);
         s

@@ -167,7 +167,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         cluster = %cfg.cluster, node = %me, %role, interface = %id.iface, xdp = %id.attachment,
         peers = peer_count, "efm-agent started"
     );
-    crate::notify::install(crate::notify::Notifier::start(&cfg));
+    let notifier = crate::notify::Notifier::start(&cfg);
+    crate::notify::install(notifier.clone());
     crate::ha::runtime::notify(&cfg, agent_event(role, true));
     lifecycle::notify("READY=1");
     lifecycle::notify(&format!("STATUS={role} on {me}, {peer_count} peers"));
@@ -184,10 +185,20 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         stop,
     };
     let fenced_at_exit = main.run(role == Role::Primary, signals).await;
-    shutdown(&opts, main, tasks, &facts, coord, fenced_at_exit).await?;
+    let stopped = shutdown(&opts, main, tasks, &facts, coord, fenced_at_exit).await;
+    // The notifications of the stop ("Primary agent exited ...") are delivered before the
+    // process ends (bounded: a hung mail server does not hold the stop for long).
+    let bound = cfg.script_notification_timeout.max(cfg.smtp_timeout).min(NOTIFY_FLUSH_MAX);
+    if tokio::time::timeout(bound, notifier.flush()).await.is_err() {
+        tracing::warn!(?bound, "notifications still undelivered at exit");
+    }
+    stopped?;
     drop((pid, lock));
     Ok(())
 }
+
+/// How long the orderly stop waits at most for its notifications to be delivered.
+const NOTIFY_FLUSH_MAX: Duration = Duration::from_secs(10);
 
 /// What start-up holds before it touches the kernel.
 struct Prepared {

@@ -22,6 +22,8 @@ use super::{duration_ns, retry_due, Action, Desired, Engine, Inputs, Notice, Out
 pub const STOP_LINGER: Duration = Duration::from_millis(1_500);
 /// A remote check of the primary's database is started at most this often.
 pub(super) const REMOTE_EVERY: Duration = Duration::from_secs(1);
+/// ... and this soon again after one that failed.
+const REMOTE_RETRY: Duration = Duration::from_millis(250);
 
 /// The VIP as the engine knows it from its completions.
 #[derive(Clone, Debug, Default)]
@@ -233,7 +235,11 @@ impl Engine {
             return;
         }
         let r = self.fx.remote.entry(p).or_default();
-        if r.started_ns != 0 && inp.now_ns.saturating_sub(r.started_ns) < duration_ns(REMOTE_EVERY) {
+        // After a check that failed, the next one follows sooner: one lost connection does not
+        // decide a failover (the voters vote only when the failure outlasts the promotion wait).
+        let failed = r.reachable == Some(false) && r.done_ns >= r.started_ns;
+        let every = if failed { REMOTE_RETRY } else { REMOTE_EVERY };
+        if r.started_ns != 0 && inp.now_ns.saturating_sub(r.started_ns) < duration_ns(every) {
             return;
         }
         r.started_ns = inp.now_ns.max(1);

@@ -408,3 +408,27 @@ fn a_voter_that_voted_never_endorses_an_absent_primary_of_that_epoch() {
     let s = absent_step(&mut e, &c, 500, 0, &ok);
     assert_eq!(s.desired.endorse, None, "its vote in the log");
 }
+
+#[test]
+fn one_failed_check_of_an_absent_primary_is_retried_before_any_vote() {
+    let mut e = Engine::new(cfg(2));
+    let c = committed(1, Some(1));
+    let ok = [Event::RemoteChecked { node: addr(1), reachable: true }];
+    let down = [Event::RemoteChecked { node: addr(1), reachable: false }];
+    step(&mut e, 0, Some(&c), false, &[primary_view(1, 1, 10), witness_view(3, 1)], STANDBY_DB, &[]);
+    let s = absent_step(&mut e, &c, 1_000, 0, &ok);
+    assert_eq!(s.desired.endorse, Some(addr(1)));
+    assert_eq!(checks(&s), 1);
+    let s = absent_step(&mut e, &c, 2_000, 0, &[]);
+    assert_eq!(checks(&s), 1, "one a second");
+    // That check fails (a lost connection): not endorsed, and checked again 250 ms later.
+    let s = absent_step(&mut e, &c, 2_050, 0, &down);
+    assert_eq!(s.desired.endorse, None);
+    let s = absent_step(&mut e, &c, 2_200, 0, &[]);
+    assert_eq!(checks(&s), 0);
+    let s = absent_step(&mut e, &c, 2_250, 0, &[]);
+    assert_eq!(checks(&s), 1, "retried 250 ms after the failed one started");
+    let s = absent_step(&mut e, &c, 2_300, 0, &ok);
+    assert_eq!(s.desired.endorse, Some(addr(1)), "the retry answered: endorsed again");
+    assert!(proposals(&s).is_empty());
+}

@@ -21,9 +21,14 @@ pub fn run(args: &Args) -> Result<()> {
         // Node 1 is the primary (`kinds[0]`), so it always has a database.
         ("postmaster-sigkill", |c| c.pg[0].as_ref().expect("node 1 runs PostgreSQL").sigkill()),
         ("link-down", |c| c.bed.link_down(0)),
-        // The agent frozen past the lease, its node reachable: statements in flight on the old
-        // primary commit there after the promotion; only the kernel keeps their answers in.
-        ("agent-sigstop", |c| c.agents[0].signal(libc::SIGSTOP)),
+        // The agent frozen past the lease with its heartbeats cut, its node reachable by the
+        // clients: statements in flight on the old primary commit there after the promotion;
+        // only the kernel keeps their answers in. (A frozen agent whose node answers heartbeats
+        // is "agent down" since issue 13: the voters keep endorsing it, no failover.)
+        ("agent-sigstop", |c| {
+            c.agents[0].signal(libc::SIGSTOP);
+            c.bed.cut_heartbeats(0, &[1, 2]);
+        }),
     ];
     let mut rep = Report::new("failover");
     rep.setting("heartbeat.interval", "50ms");

@@ -169,7 +169,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         cluster = %cfg.cluster, node = %me, %role, interface = %id.iface, xdp = %id.attachment,
         peers = peer_count, "efm-agent started"
     );
-    crate::notify::install(crate::notify::Notifier::start(&cfg));
+    let notifier = crate::notify::Notifier::start(&cfg);
+    crate::notify::install(notifier.clone());
     crate::ha::runtime::notify(&cfg, agent_event(role, true));
     lifecycle::notify("READY=1");
     lifecycle::notify(&format!("STATUS={role} on {me}, {peer_count} peers"));
@@ -186,10 +187,20 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         stop,
     };
     let fenced_at_exit = main.run(role == Role::Primary, signals).await;
-    shutdown(&opts, main, tasks, &facts, coord, fenced_at_exit).await?;
+    let stopped = shutdown(&opts, main, tasks, &facts, coord, fenced_at_exit).await;
+    // The notifications of the stop ("Primary agent exited ...") are delivered before the
+    // process ends (bounded: a hung mail server does not hold the stop for long).
+    let bound = cfg.script_notification_timeout.max(cfg.smtp_timeout).min(NOTIFY_FLUSH_MAX);
+    if tokio::time::timeout(bound, notifier.flush()).await.is_err() {
+        tracing::warn!(?bound, "notifications still undelivered at exit");
+    }
+    stopped?;
     drop((pid, lock));
     Ok(())
 }
+
+/// How long the orderly stop waits at most for its notifications to be delivered.
+const NOTIFY_FLUSH_MAX: Duration = Duration::from_secs(10);
 
 /// What start-up holds before it touches the kernel.
 struct Prepared {
@@ -319,17 +330,33 @@ fn arm_kernel(
     dp.set_key(&ClusterKey { k0: key.k0, k1: key.k1 })?;
     // When in doubt, fence: a primary database is cut off until the HA engine, with the committed
     // state in hand, says it is the primary of the current epoch.
-    let mut fence_flags = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+    let reset = if cfg.fence_mode == FenceMode::Reset { FENCE_RESET } else { 0 };
+    let mut fence_flags = reset;
     if !matches!(role, Role::Standby | Role::Witness) {
         // A primary, or a database we could not ask (it may be one).
         fence_flags |= efm_common::maps::FENCE_FENCED;
     }
-    let fence = FenceState {
-        flags: fence_flags,
-        role: u32::from(role.bits()),
-        epoch,
-        lease_timeout_ns: u64::try_from(cfg.lease_timeout.as_nanos()).unwrap_or(u64::MAX),
-        ..FenceState::default()
+    let fence = match serving_primary_kernel(dp, role) {
+        // The agent of a primary returns (restart, upgrade, a bad property fixed) to a kernel that
+        // still serves its epoch under a live lease, which the voters kept endorsing while it was
+        // absent: leave the kernel as it is (no client write refused), only the fence mode follows
+        // the properties. This lets nothing through that was not passing already; the lease still
+        // decides, and the engine's first cycle confirms or fences.
+        Some(f) => {
+            tracing::info!(
+                epoch = f.epoch,
+                k = f.lease_k,
+                "the kernel still serves this primary's epoch under its lease: carrying on as primary"
+            );
+            FenceState { flags: (f.flags & !FENCE_RESET) | reset, ..f }
+        }
+        None => FenceState {
+            flags: fence_flags,
+            role: u32::from(role.bits()),
+            epoch,
+            lease_timeout_ns: u64::try_from(cfg.lease_timeout.as_nanos()).unwrap_or(u64::MAX),
+            ..FenceState::default()
+        },
     };
     dp.set_fence(&fence)?;
     dp.set_peers(
@@ -346,6 +373,21 @@ fn arm_kernel(
     let members: Vec<IpAddr> = peers.iter().map(|p| p.addr.ip()).collect();
     dp.set_exempt_with_members(&always, &members)?;
     Ok(())
+}
+
+/// The pinned fence state, when this agent starts on a primary database whose kernel (pinned
+/// maps of an earlier life) serves clients right now as the primary of its epoch, under an
+/// enforced lease: the agent was absent and the voters kept endorsing it.
+fn serving_primary_kernel(dp: &Datapath, role: Role) -> Option<FenceState> {
+    use efm_common::{maps::FENCE_LEASE_ENFORCED, serving::fence_reasons, wire::ROLE_MASK};
+    if role != Role::Primary || !dp.reused_maps() {
+        return None;
+    }
+    let (fence, lease) = (dp.fence().ok()?, dp.lease().ok()?);
+    let now = heartbeat::monotonic_ns();
+    let primary = u16::try_from(fence.role).is_ok_and(|r| Role::from_bits(r & ROLE_MASK) == Role::Primary);
+    (primary && fence.flags & FENCE_LEASE_ENFORCED != 0 && fence.lease_k > 0 && fence_reasons(&fence, &lease, now) == 0)
+        .then_some(fence)
 }
 
 /// The coordination log's settings for this node.

@@ -96,6 +96,10 @@ pub struct PeerHealth {
     pub flags: u16,
     pub epoch: u64,
     pub lsn: u64,
+    /// Flags (role, `FLAG_FENCED`, `FLAG_LEASE_LAPSED`) and epoch of the last PONG from the
+    /// peer's kernel: what its kernel holds, whether its agent runs or not.
+    pub pong_flags: u16,
+    pub pong_epoch: u64,
 }
 
 impl PeerHealth {
@@ -146,6 +150,8 @@ impl Detector {
                     flags: 0,
                     epoch: 0,
                     lsn: 0,
+                    pong_flags: 0,
+                    pong_epoch: 0,
                 };
                 (node_id, PeerState { health, snapshots: VecDeque::new() })
             })
@@ -213,6 +219,10 @@ impl Detector {
             h.flags = u16::try_from(slot.ping_flags).unwrap_or(0);
             h.epoch = slot.ping_epoch;
             h.lsn = slot.ping_lsn;
+        }
+        if slot.pongs > 0 {
+            h.pong_flags = u16::try_from(slot.pong_flags).unwrap_or(0);
+            h.pong_epoch = slot.pong_epoch;
         }
         if verdict == h.verdict {
             return None;

@@ -99,7 +99,23 @@ impl Bed {
         self.nft(&rules);
     }
 
-    /// Removes the partition of [`Bed::partition`].
+    /// Drops only the heartbeats (UDP to port 7800, PINGs and PONGs) between node `i` and
+    /// `others`, both directions, in the same nftables table as [`Bed::partition`] (undone by
+    /// [`Bed::heal`]): its database stays reachable from them (their remote checks, the
+    /// members' connections) and from the client, but its kernel is not heard and no
+    /// endorsement reaches it.
+    pub fn cut_heartbeats(&self, i: usize, others: &[usize]) {
+        let a = &self.nodes[i].sw_if;
+        let set = others.iter().map(|&o| format!("\"{}\"", self.nodes[o].sw_if)).collect::<Vec<_>>().join(", ");
+        let rules = format!(
+            "table bridge efm_partition {{\n chain cut {{\n  type filter hook forward priority 0;\n  \
+             iifname \"{a}\" oifname {{ {set} }} udp dport 7800 drop\n  \
+             iifname {{ {set} }} oifname \"{a}\" udp dport 7800 drop\n }}\n}}\n"
+        );
+        self.nft(&rules);
+    }
+
+    /// Removes the partition of [`Bed::partition`] (or [`Bed::cut_heartbeats`]).
     pub fn heal(&self) {
         self.nft("delete table bridge efm_partition\n");
     }

@@ -254,6 +254,9 @@ pub struct Config {
     pub node_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub lease_timeout: Duration,
+    /// `agent.absence.timeout`: how long voters endorse a primary whose agent is absent
+    /// on its kernel's and database's evidence (zero: no limit).
+    pub primary_agent_absence_timeout: Duration,
     /// `raft.heartbeat.interval`: the coordination log leader's heartbeat.
     pub raft_heartbeat_interval: Duration,
     /// `raft.election.timeout`: minimum election timeout (maximum: twice this).
@@ -793,6 +796,7 @@ impl Builder<'_> {
             node_timeout: v.dur("node.timeout"),
             heartbeat_interval: v.dur("heartbeat.interval"),
             lease_timeout: v.dur("lease.timeout"),
+            primary_agent_absence_timeout: v.dur("agent.absence.timeout"),
             raft_heartbeat_interval: v.dur("raft.heartbeat.interval"),
             raft_election_timeout: v.dur("raft.election.timeout"),
             encrypt_agent_messages: v.bool("encrypt.agent.messages"),

@@ -105,6 +105,13 @@ pub const PROPERTIES: &[PropDef] = &[
     m("node.timeout", "0.5s", Kind::Duration, "silence after which a node is considered failed"),
     m("heartbeat.interval", "50ms", Kind::Duration, "interval between heartbeats to other nodes"),
     m("lease.timeout", "1s", Kind::Duration, "lifetime of the primary's lease"),
+    m(
+        "agent.absence.timeout",
+        "0",
+        Kind::Duration,
+        "how long the primary's agent may be absent (stopped, failing to start) while its node answers \
+         heartbeats and the other agents reach its database, before a failover; 0 = no limit, as EFM",
+    ),
     m("raft.heartbeat.interval", "50ms", Kind::Duration, "interval of the coordination log leader's heartbeats"),
     m(
         "raft.election.timeout",

@@ -132,6 +132,8 @@ fn bad_values_name_file_line_property_value_and_expectation() {
         ("priority.standbys=db2", "\"db2\" is not one"),
         ("fence.exempt.hosts=10.0.0.0/33", "expected IP addresses or CIDR blocks"),
         ("node.timeout=10ms", "longer than heartbeat.interval"),
+        ("agent.absence.timeout=10 minutes", "agent.absence.timeout = \"10 minutes\": expected a duration"),
+        ("agent.absence.timeout=forever", "agent.absence.timeout = \"forever\": expected a duration"),
         ("health.listen.address=0.0.0.0", "health.listen.address = \"0.0.0.0\": expected ip:port"),
         ("health.listen.address=[::]:0", "expected ip:port with a port number 1-65535"),
         ("health.listen.address=localhost:8008", "expected ip:port"),
@@ -165,6 +167,13 @@ fn all_errors_are_collected() {
     let e = with("admin.port=abc\nauto.failover=maybe").unwrap_err();
     assert_eq!(e.0.len(), 2);
     assert!(e.0.iter().all(|d| d.severity == Severity::Error));
+}
+
+#[test]
+fn agent_absence_timeout_defaults_to_no_limit() {
+    assert_eq!(ok("").config.primary_agent_absence_timeout, Duration::ZERO, "as EFM: no limit");
+    assert_eq!(ok("agent.absence.timeout=300").config.primary_agent_absence_timeout, Duration::from_mins(5));
+    assert_eq!(ok("agent.absence.timeout=90s").config.primary_agent_absence_timeout, Duration::from_secs(90));
 }
 
 #[test]

@@ -21,7 +21,9 @@ use super::{duration_ns, retry_due, Action, Desired, Engine, Inputs, Notice, Out
 /// to tell every follower that the stop committed).
 pub const STOP_LINGER: Duration = Duration::from_millis(1_500);
 /// A remote check of the primary's database is started at most this often.
-const REMOTE_EVERY: Duration = Duration::from_secs(1);
+pub(super) const REMOTE_EVERY: Duration = Duration::from_secs(1);
+/// ... and this soon again after one that failed.
+const REMOTE_RETRY: Duration = Duration::from_millis(250);
 
 /// The VIP as the engine knows it from its completions.
 #[derive(Clone, Debug, Default)]
@@ -294,9 +296,10 @@ impl Engine {
             Outcome::Primary { .. } | Outcome::PrimaryCheckingDb { .. } | Outcome::PrimaryIdle { .. } => {
                 Some((true, true))
             }
-            Outcome::Standby { .. } | Outcome::PrimarySuspect { .. } | Outcome::Voted { .. } => {
-                Some((!desired.fenced, false))
-            }
+            Outcome::Standby { .. }
+            | Outcome::PrimarySuspect { .. }
+            | Outcome::PrimaryAgentAbsent { .. }
+            | Outcome::Voted { .. } => Some((!desired.fenced, false)),
             Outcome::Witness | Outcome::NotJoined => None,
             // The leader's promotion headline says nothing about this node's own service.
             Outcome::CheckingVip { .. } | Outcome::PromotionRefused { .. } if self.cfg.is_witness => None,
@@ -335,11 +338,19 @@ impl Engine {
     pub(super) fn remote_checks(&mut self, inp: &Inputs<'_>, out: &mut Vec<Action>) {
         let Some(p) = inp.committed.and_then(|c| c.primary).filter(|p| *p != self.cfg.me) else { return };
         let Some(v) = inp.peers.iter().find(|v| v.addr == p) else { return };
-        if v.db_up || !v.alive {
+        // Also while its agent is absent and its node answers: the voters endorse it on the
+        // strength of these checks (voter.rs, `absence`).
+        let window = self.cfg.endorse_window;
+        let absent = v.agent_age.is_none_or(|a| a > window) && v.node_age.is_some_and(|a| a <= self.cfg.node_timeout);
+        if !absent && (v.db_up || !v.alive) {
             return;
         }
         let r = self.fx.remote.entry(p).or_default();
-        if r.started_ns != 0 && inp.now_ns.saturating_sub(r.started_ns) < duration_ns(REMOTE_EVERY) {
+        // After a check that failed, the next one follows sooner: one lost connection does not
+        // decide a failover (the voters vote only when the failure outlasts the promotion wait).
+        let failed = r.reachable == Some(false) && r.done_ns >= r.started_ns;
+        let every = if failed { REMOTE_RETRY } else { REMOTE_EVERY };
+        if r.started_ns != 0 && inp.now_ns.saturating_sub(r.started_ns) < duration_ns(every) {
             return;
         }
         r.started_ns = inp.now_ns.max(1);

@@ -71,7 +71,7 @@ pub(super) async fn ping_server_loop(cfg: Config, tx: tokio::sync::watch::Sender
             match &ok {
                 Ok(()) => tracing::info!(%ip, "ping.server.ip answers: this node may be promoted"),
                 Err(e) => {
-                    tracing::warn!(%ip, error = %e, "ping.server.ip does not answer: this node declines promotion while it does not")
+                    tracing::warn!(%ip, error = %e, "ping.server.ip does not answer: this node declines promotion while it does not");
                 }
             }
             last = Some(reached);

@@ -22,7 +22,7 @@
 //! # Safety rules (see DESIGN.md "Safety" and ARCHITECTURE.md)
 //!
 //! 1. A voter endorses the committed primary of epoch `e` only while it hears that primary's
-//!    agent within `endorse_window`, the primary carries epoch `e`, says it is primary, is not
+//!    agent within `endorse_window` (or, its agent absent, its kernel: rule 7), the primary carries epoch `e`, says it is primary, is not
 //!    fenced and has its database up — and only until the voter has voted against epoch `e`;
 //!    after that, never again for `e`. Exception: while an operator's `-switchover` of epoch `e`
 //!    is committed, the primary is fenced on purpose (stopping its database cleanly) and stays
@@ -47,6 +47,25 @@
 //! 6. Demotion runs in order: kernel fence (this step's [`Desired`]), end sessions
 //!    ([`Action::EndSessions`], before any action that stops the database), stop the database,
 //!    and only once that stop completed ([`Event::DbStopDone`]) release the VIP.
+//!
+//! 7. **An absent agent is not a failure** (EFM never fails over on an agent's exit). A voter
+//!    also endorses the committed primary of epoch `e` while that primary's agent is silent
+//!    (not heard within `endorse_window`) if its *kernel* answers this voter's PINGs (a PONG
+//!    within `node.timeout`, heard after its agent fell silent) saying role primary, epoch `e`,
+//!    neither fenced nor lease-lapsed, and the latest evidence about its database (its agent's
+//!    last PING, or this voter's remote checks, started every second while the agent is
+//!    absent) says it answers and is at most `remote.timeout` + 2 s old; for at most
+//!    `agent.absence.timeout` (0: no limit). Why this is safe: the endorsement is for the
+//!    committed primary of the current epoch only, exactly as rule 1's; the kernel still grants
+//!    and enforces the lease (a PING endorses only the epoch its kernel holds), so a partition
+//!    (no PONG heard, no endorsement reaching it) still lets the lease lapse there and the
+//!    voters vote after the promotion wait as before, and a kernel that saw a newer epoch or
+//!    whose lease lapsed says so in its PONGs and is not endorsed again; a voter never votes
+//!    against an epoch in a step in which it endorses it on this evidence, never endorses an
+//!    epoch it voted against (rule 5), and counts the promotion wait from its last endorsement
+//!    of either kind, so rules 2 and 3 hold unchanged. When the evidence ends (its database
+//!    unreachable from here, its kernel silent, fenced or lapsed, the timeout) the voter stops
+//!    endorsing and fails over as for any suspect primary.
 //!
 //! Not a safety rule but the data one: the leader promotes the standby with the most WAL,
 //! comparing only fresh positions (at most two heartbeats old) that were read after the failure
@@ -337,7 +356,12 @@ impl Engine {
             o => o,
         };
 
-        let outcome = Self::headline(c, promo_outcome, outcome, &vote, handover.is_some(), actions);
+        let mut outcome = Self::headline(c, promo_outcome, outcome, &vote, handover.is_some(), actions);
+        if let (true, Some(primary), Outcome::Standby { .. } | Outcome::Witness) =
+            (vote.absent_endorsed, c.primary, &outcome)
+        {
+            outcome = Outcome::PrimaryAgentAbsent { primary };
+        }
         if self.quiet_from.is_some_and(|q| c.epoch <= q + 1) {
             actions.retain(|a| !matches!(a, Action::Notify(_)));
         }

@@ -24,8 +24,8 @@ use super::local::{
     demote_local, follow, ping_server_loop, promote_local, rejoin, upstream, watch_lock_file, write_standby_signal,
 };
 use super::{
-    Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelState, LocalDb, NodeMeta, Outcome,
-    PeerRole, PeerView, Proposal, Step,
+    Action, Committed, Desired, Engine, EngineConfig, Event, Handover, Inputs, KernelPong, KernelState, LocalDb,
+    NodeMeta, Outcome, PeerRole, PeerView, Proposal, Step,
 };
 use crate::{
     config::{Config, FenceMode},
@@ -73,6 +73,8 @@ pub fn engine_config(cfg: &Config, me: SocketAddr) -> EngineConfig {
             && cfg.virtual_ip.is_some()
             && cfg.virtual_ip_prefix.is_some(),
         ping_server: cfg.ping_server_ip,
+        node_timeout: cfg.node_timeout,
+        agent_absence_timeout: cfg.primary_agent_absence_timeout,
     }
 }
 
@@ -879,6 +881,12 @@ fn peer_view(p: &PeerEntry) -> PeerView {
         primary_db: super::confirm::primary_db_flag(flags),
         fenced: flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
         lsn: h.map_or(0, |h| h.lsn),
+        node_age: h.and_then(|h| h.node_age),
+        kernel: h.filter(|h| h.node_age.is_some()).map_or_else(KernelPong::default, |h| KernelPong {
+            role: PeerRole::from_bits(h.pong_flags & ROLE_MASK),
+            epoch: h.pong_epoch,
+            fenced: h.pong_flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
+        }),
     }
 }
 

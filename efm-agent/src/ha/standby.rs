@@ -61,6 +61,16 @@ impl Engine {
             }
             return (self.fenced(c.epoch, ROLE_IDLE | db_flag), Outcome::FencedOldPrimary { epoch: c.epoch });
         }
+        if matches!(self.promotion, Some((pe, Progress::Running)) if pe != c.epoch) {
+            // Our promotion for an earlier epoch has not reported back: the database may leave
+            // recovery at any moment, after the epoch moved on (found by the simulation, seed
+            // 1028089775286 of the hand-over schedules: a second hand-over committed while the
+            // first target was still promoting). Fenced until the promotion says how it ended.
+            return (
+                self.fenced(c.epoch, ROLE_STANDBY | db_flag),
+                Outcome::Standby { primary: c.primary, endorsing: false },
+            );
+        }
         if db.up == Some(true) && !db.failed {
             if let Some(p) = c.primary {
                 // Once per epoch; not when the database streams from that primary already.

@@ -115,3 +115,30 @@ fn a_rejoined_old_primary_is_not_rejoined_again_after_a_later_failure() {
     assert!(!s.actions.iter().any(|a| matches!(a, Action::Rejoin { .. })), "{:?}", s.actions);
     assert_eq!(s.outcome, Outcome::Idle);
 }
+
+/// Found by the simulation (seed 1028089775286 of the hand-over schedules, with the absent-agent
+/// changes' timing): a second hand-over committed while the first target was still promoting;
+/// its `pg_promote()` completed after epoch 3 named another node, and its kernel, unfenced as a
+/// standby's, let writes in for a moment beside the new primary's.
+#[test]
+fn a_node_whose_promotion_has_not_reported_stays_fenced_after_the_epoch_moved_on() {
+    let mut e = Engine::new(cfg(2));
+    let c2 = committed(2, Some(2));
+    let s = step(&mut e, 0, Some(&c2), false, &[witness_view(3, 2)], STANDBY_DB, &[]);
+    assert!(s.actions.iter().any(|a| matches!(a, Action::PromoteLocal { epoch: 2, .. })));
+    // Epoch 3 names node 1 before the promotion reported: still a standby database, but fenced.
+    let c3 = committed(3, Some(1));
+    let s = step(&mut e, 100, Some(&c3), false, &[primary_view(1, 3, 10), witness_view(3, 3)], STANDBY_DB, &[]);
+    assert!(s.desired.fenced, "its database may leave recovery any moment");
+    // The promotion reports: the database is a primary of an old epoch, fenced and demoted.
+    let done = [Event::Promoted { epoch: 2 }];
+    let s = step(&mut e, 200, Some(&c3), false, &[primary_view(1, 3, 10), witness_view(3, 3)], PRIMARY_DB, &done);
+    assert!(s.desired.fenced);
+    assert_eq!(s.outcome, Outcome::FencedOldPrimary { epoch: 3 });
+    // A failed promotion: the standby serves reads again.
+    let mut e = Engine::new(cfg(2));
+    let _ = step(&mut e, 0, Some(&c2), false, &[witness_view(3, 2)], STANDBY_DB, &[]);
+    let failed = [Event::PromotionFailed { epoch: 2, reason: "x".into() }];
+    let s = step(&mut e, 100, Some(&c3), false, &[primary_view(1, 3, 10), witness_view(3, 3)], STANDBY_DB, &failed);
+    assert!(!s.desired.fenced);
+}

@@ -43,6 +43,20 @@ pub(super) fn primary_view(i: u8, epoch: u64, age_ms: u64) -> PeerView {
         primary_db: None,
         fenced: false,
         lsn: 100,
+        node_age: None,
+        kernel: KernelPong::default(),
+    }
+}
+
+/// Primary `i` of `epoch` whose agent was last heard `agent_ms` ago (`None`: never) while its
+/// kernel answers (PONG 10 ms ago) serving `epoch` as primary.
+pub(super) fn absent_primary_view(i: u8, epoch: u64, agent_ms: Option<u64>) -> PeerView {
+    PeerView {
+        alive: agent_ms.is_some_and(|a| a <= 500),
+        agent_age: agent_ms.map(Duration::from_millis),
+        node_age: Some(Duration::from_millis(10)),
+        kernel: KernelPong { role: PeerRole::Primary, epoch, fenced: false },
+        ..primary_view(i, epoch, 0)
     }
 }
 

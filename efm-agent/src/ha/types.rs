@@ -60,6 +60,13 @@ pub struct EngineConfig {
     pub vip_guard: bool,
     /// `ping.server.ip`: a candidate that cannot reach it declines (EFM's orphaned standby).
     pub ping_server: Option<IpAddr>,
+    /// `node.timeout`: an absent agent's kernel counts as heard while its last PONG is at most
+    /// this old (the detector's "node alive"; a voter stalled for a moment must not drop it).
+    pub node_timeout: Duration,
+    /// `agent.absence.timeout`: how long voters keep endorsing a primary whose agent is
+    /// absent while its kernel serves and its database answers their checks (zero: as long as
+    /// that lasts, as EFM).
+    pub agent_absence_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -117,6 +124,8 @@ impl EngineConfig {
             remote_timeout: Duration::from_secs(2),
             vip_guard: false,
             ping_server: None,
+            node_timeout: Duration::from_millis(500),
+            agent_absence_timeout: Duration::ZERO,
         }
     }
 }
@@ -206,6 +215,27 @@ pub struct PeerView {
     /// Its PINGs say its node is fenced or its lease lapsed.
     pub fenced: bool,
     pub lsn: u64,
+    /// Time since its kernel's last PONG (answering our PINGs; `None`: never heard): its node
+    /// is up whatever its agent does.
+    pub node_age: Option<Duration>,
+    /// What its kernel said in that PONG (from its `EFM_FENCE` and lease at that moment).
+    pub kernel: KernelPong,
+}
+
+/// A peer's kernel as its last PONG describes it: the role and epoch its agent last wrote into
+/// `EFM_FENCE`, and whether it served then (not fenced, not epoch-fenced, lease not lapsed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelPong {
+    pub role: PeerRole,
+    pub epoch: u64,
+    /// `FLAG_FENCED` or `FLAG_LEASE_LAPSED`: its kernel refused clients at that moment.
+    pub fenced: bool,
+}
+
+impl Default for KernelPong {
+    fn default() -> Self {
+        Self { role: PeerRole::Idle, epoch: 0, fenced: true }
+    }
 }
 
 /// The local database.
@@ -510,6 +540,11 @@ pub enum Outcome {
         primary: SocketAddr,
         reason: &'static str,
     },
+    /// The primary's agent is absent, its kernel serves the epoch and its database answers
+    /// from here: endorsed on that evidence (no failover).
+    PrimaryAgentAbsent {
+        primary: SocketAddr,
+    },
     Voted {
         epoch: u64,
     },
@@ -579,6 +614,10 @@ impl fmt::Display for Outcome {
                 write!(f, "isolated primary of epoch {epoch}: no endorsements, clients cut off by the lease")
             }
             Self::PrimarySuspect { primary, reason } => write!(f, "primary {primary} suspect: {reason}"),
+            Self::PrimaryAgentAbsent { primary } => write!(
+                f,
+                "agent of primary {primary} absent; its kernel serves and its database answers: endorsing, no failover"
+            ),
             Self::Voted { epoch } => write!(f, "voted against the primary of epoch {epoch}"),
             Self::PromotionProposed { candidate, epoch } => {
                 write!(f, "proposed promoting {candidate} (epoch {epoch} → {})", epoch + 1)
@@ -624,6 +663,7 @@ impl Outcome {
             Self::PrimaryIdle { .. } => "primary-idle",
             Self::PrimaryIsolated { .. } => "primary-isolated",
             Self::PrimarySuspect { .. } => "primary-suspect",
+            Self::PrimaryAgentAbsent { .. } => "primary-agent-absent",
             Self::Voted { .. } => "voted",
             Self::PromotionProposed { .. } => "promotion-proposed",
             Self::NoCandidate { .. } => "no-candidate",

@@ -98,6 +98,8 @@ fn peer_health(verdict: Verdict, lsn: u64) -> PeerHealth {
         flags: 0,
         epoch: 3,
         lsn,
+        pong_flags: efm_common::wire::ROLE_PRIMARY,
+        pong_epoch: 3,
     }
 }
 

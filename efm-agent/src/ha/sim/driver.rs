@@ -226,6 +226,24 @@ fn operator_hand_overs_keep_one_writable_primary_and_lose_no_acknowledged_write(
     }
 }
 
+/// Issue 13: an absent primary agent on a node that serves is "agent down", not a failure — no
+/// failover while nothing else fails; its database failing or its node cut off during the
+/// absence still fails over (liveness), and at most one node ever serves.
+#[test]
+fn an_absent_primary_agent_fails_over_only_on_a_failed_database_or_a_cut_off_node() {
+    let a = run_schedules(3, 150, 0xAB3, Params::default(), true, Schedule::with_absent_agent);
+    let b = run_schedules(5, 100, 0xAB5, Params::default(), true, Schedule::with_absent_agent);
+    if env_u64("EFM_SIM_SCHEDULES").is_none() {
+        for f in ["absent-agent", "absent-agent-db-fails", "absent-agent-cut-off"] {
+            assert!(
+                a.families.get(f).copied().unwrap_or(0) + b.families.get(f).copied().unwrap_or(0) > 0,
+                "no {f} schedule"
+            );
+        }
+        assert!(a.failovers + b.failovers > 0, "a failed database or a cut-off node must fail over");
+    }
+}
+
 /// The model finds what the egress fence prevents: with the ingress fence alone, a statement
 /// that was inside the old primary when its lease lapsed is acknowledged after the new
 /// primary's first acknowledgement (the field report of issue 11).

@@ -30,16 +30,25 @@ impl Sim {
             k.deadline = lease_deadline(&k.endorse, k.lease_k, LEASE);
         }
         let pong_epoch = k.epoch;
+        // As `efm-ebpf` builds the PONG: the role from `EFM_FENCE`, lease lapsed or fenced by
+        // the serving rule at this moment.
+        let pong_flags = (k.role & ROLE_MASK)
+            | match k.fence_reason(now) {
+                Some("lease lapsed") => FLAG_LEASE_LAPSED,
+                Some(_) => FLAG_FENCED,
+                None => 0,
+            };
         if fenced {
             self.note(&format!("n{to}: kernel epoch-fenced by n{from}'s PING (epoch {epoch})"));
         }
-        self.send(to, from, Ev::Pong { from: to, to: from, id, epoch: pong_epoch });
+        self.send(to, from, Ev::Pong { from: to, to: from, id, epoch: pong_epoch, flags: pong_flags });
     }
 
-    pub(super) fn on_pong(&mut self, from: usize, to: usize, id: (u64, u64), epoch: u64) {
+    pub(super) fn on_pong(&mut self, from: usize, to: usize, id: (u64, u64), epoch: u64, flags: u16) {
         if !self.nodes[to].up {
             return;
         }
+        let now = self.local(to, self.now);
         let k = &mut self.nodes[to].kernel;
         if k.peers & (1 << from) == 0 {
             return;
@@ -49,6 +58,10 @@ impl Sim {
             return;
         }
         s.pong_id = id;
+        s.pongs += 1;
+        s.pong_arrival = now;
+        s.pong_flags = flags;
+        s.pong_epoch = epoch;
         if k.raise_epoch(epoch) {
             self.note(&format!("n{to}: kernel epoch-fenced by n{from}'s PONG (epoch {epoch})"));
         }

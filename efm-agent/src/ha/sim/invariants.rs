@@ -217,7 +217,7 @@ impl Sim {
             match q.ev {
                 Ev::Tick { node, incarnation } => self.tick(node, incarnation),
                 Ev::Ping { from, to, id, flags, epoch, lsn } => self.on_ping(from, to, id, flags, epoch, lsn),
-                Ev::Pong { from, to, id, epoch } => self.on_pong(from, to, id, epoch),
+                Ev::Pong { from, to, id, epoch, flags } => self.on_pong(from, to, id, epoch, flags),
                 Ev::Commit { from, proposal } => {
                     let (epoch, switchover, primary) = (self.log.epoch, self.log.switchover, self.log.primary);
                     let r = self.log.apply(&proposal);
@@ -311,7 +311,10 @@ impl Sim {
             let worst = after_warm.iter().filter(|(_, e)| *e >= t0).map(|&(s, e)| e - s.max(t0)).max().unwrap_or(0);
             self.res.time_to_serving = Some(worst);
             let open = self.outages.last().is_some_and(|o| o.1.is_none());
-            let bound = liveness_bound() + self.stop_slack + self.sched.effects.slack();
+            // With the primary's agent absent, its database failure is seen by the voters'
+            // checks (one a second, each answering within milliseconds here), not by its agent.
+            let absent = if matches!(self.sched.family, Family::AbsentAgent(_)) { 1_100 * MS } else { 0 };
+            let bound = liveness_bound() + self.stop_slack + self.sched.effects.slack() + absent;
             if worst > bound || open {
                 self.res.needs_primary_vote = self.needs_primary_vote();
                 let mut s = format!(
@@ -340,6 +343,20 @@ impl Sim {
                 let mut s = format!(
                     "UNNECESSARY FAILOVER OR OUTAGE after the primary's local checks failed (failovers {}, outages {:?})\n",
                     self.res.failovers, self.outages
+                );
+                self.describe(&mut s);
+                self.res.liveness = Some(s);
+            }
+        }
+        if self.sched.family == Family::AbsentAgent(AbsentThen::Nothing) && self.res.violation.is_none() {
+            // An absent agent on a node that serves is not a failure: no failover, and the
+            // primary serves at the end (its agent restarted and back, or still absent).
+            let serves =
+                self.nodes[0].db == Db::Primary && self.nodes[0].kernel.fence_reason(self.local(0, self.now)).is_none();
+            if self.res.failovers > 0 || self.log.epoch != 1 || !serves {
+                let mut s = format!(
+                    "ABSENT AGENT: {} failovers, epoch {}, the primary serves at the end: {serves}\n",
+                    self.res.failovers, self.log.epoch
                 );
                 self.describe(&mut s);
                 self.res.liveness = Some(s);

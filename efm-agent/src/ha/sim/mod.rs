@@ -27,7 +27,9 @@
 //!   checks that wrongly say "unreachable", failed promotions, a failing custom monitor,
 //!   heartbeats delayed on every link, and database stops (`stop.failed.primary`,
 //!   `stop.isolated.primary`) that report [`Completion::DbStopDone`]. It then sends one PING
-//!   to each peer (endorse flag only to `Desired.endorse`). A new or restarted agent has a fresh
+//!   to each peer (endorse flag only to `Desired.endorse`); the PONG to each PING carries the
+//!   kernel's role, epoch, and `FLAG_FENCED`/`FLAG_LEASE_LAPSED` by the serving rule at that
+//!   moment, and the pinger's slot keeps it (the voters' evidence for an absent agent). A new or restarted agent has a fresh
 //!   `Engine` and no committed state. A paused agent (SIGSTOP) does nothing and the kernel
 //!   keeps the last values; a killed one disappears with its pending completions;
 //! - **its database**: standby or primary; `PromoteLocal` makes it primary after 20–300 ms and
@@ -78,7 +80,11 @@
 //! failures where a majority of votes is out of reach without the committed primary's own vote
 //! (which the engine never casts) are reported but fail only with `EFM_SIM_STRICT=1`. An
 //! operator's request counts as a fault here, and the bound grows by the clean stop of a
-//! `-switchover` (the hand-over waits for it, by design). With hand-overs, also: (4) an old
+//! `-switchover` (the hand-over waits for it, by design). With an absent primary agent
+//! (`Schedule::with_absent_agent`, a separate test: the primary's agent killed, its kernel
+//! serving, maybe restarted seconds later): without a further fault no failover happens and
+//! the primary serves at the end; its database failing or its node cut off during the absence
+//! is failed over within the bound plus one remote-check period. With hand-overs, also: (4) an old
 //! primary whose database was stopped for a `-switchover` of epoch `e` never serves again
 //! unless a committed `Promote` of an epoch after `e` names it; (5) without faults, within 5 s
 //! of the request the target is promoted and a `-switchover` old primary is an unfenced standby
@@ -116,8 +122,8 @@ use std::{
 use efm_common::wire::{FLAG_DB_CHECK, FLAG_DB_UP, FLAG_ENDORSE, FLAG_FENCED, FLAG_LEASE_LAPSED, ROLE_MASK};
 
 use super::{
-    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelState, LocalDb, NodeMeta,
-    Outcome, PeerRole, PeerView, Proposal,
+    Action, Committed, Engine, EngineConfig, Event as Completion, Handover, Inputs, KernelPong, KernelState, LocalDb,
+    NodeMeta, Outcome, PeerRole, PeerView, Proposal,
 };
 
 const MS: u64 = 1_000_000;
@@ -305,6 +311,22 @@ enum Family {
     NoFaults,
     /// Only the primary's local checks fail while its database serves; no loss.
     ProbeOnly,
+    /// The primary's agent is killed (its kernel keeps serving, its database runs), perhaps
+    /// restarted seconds later; then nothing else, its database fails, or its node is cut off.
+    AbsentAgent(AbsentThen),
+}
+
+/// What follows the primary agent's absence in [`Family::AbsentAgent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AbsentThen {
+    /// Nothing: no failover may happen, the primary serves throughout (but for the moment a
+    /// restarted simulated agent fences before it has read the log).
+    Nothing,
+    /// Its database fails: the voters' checks fail, a standby is promoted.
+    DbFails,
+    /// Its node is cut off both ways: no PONGs, no endorsement reaching it; it is fenced by
+    /// its lease and a standby is promoted.
+    CutOff,
 }
 
 impl Family {
@@ -315,6 +337,9 @@ impl Family {
             Self::RestartDuringCut => "restart-during-cut",
             Self::NoFaults => "no-faults",
             Self::ProbeOnly => "probe-only",
+            Self::AbsentAgent(AbsentThen::Nothing) => "absent-agent",
+            Self::AbsentAgent(AbsentThen::DbFails) => "absent-agent-db-fails",
+            Self::AbsentAgent(AbsentThen::CutOff) => "absent-agent-cut-off",
         }
     }
 }
@@ -566,6 +591,45 @@ impl Schedule {
         Self { seed, n, witness, rates, offsets, loss, family, faults, operator: Vec::new(), effects }
     }
 
+    /// The primary's agent killed at 1.5–2.5 s (restarted 2–5 s later in 40 %), then (from
+    /// 0.5–2 s later) nothing, its database failing, or its node cut off both ways. Clocks and
+    /// effect faults as [`Schedule::generate`] draws them; without a follow-up fault no loss and
+    /// no effect faults, so that any failover is one the absence caused.
+    fn with_absent_agent(seed: u64, n: usize) -> Self {
+        let mut s = Self::generate(seed, n);
+        let r = &mut Rng(seed ^ 0xAB5E_47A6_E470_0000);
+        let then = match r.pick(3) {
+            0 => AbsentThen::Nothing,
+            1 => AbsentThen::DbFails,
+            _ => AbsentThen::CutOff,
+        };
+        let at = r.between(1_500 * MS, 2_500 * MS);
+        let restart_after = r.chance(0.4).then(|| r.between(2 * SEC, 5 * SEC));
+        s.faults = vec![(at, Fault::KillAgent { who: Target::Node(0), restart_after })];
+        let later = at + r.between(500 * MS, 2 * SEC);
+        match then {
+            AbsentThen::Nothing => {
+                s.loss = 0.0;
+                s.effects = EffectFaults {
+                    slow_completion: 0.0,
+                    vote_record_fails: 0.0,
+                    proposal_loss: 0.0,
+                    remote_false_negative: 0.0,
+                    promotion_fails: 0.0,
+                    custom_monitor: false,
+                    delay: false,
+                    ..s.effects
+                };
+            }
+            AbsentThen::DbFails => s.faults.push((later, Fault::DbFail { who: Target::Node(0), exit_seen: true })),
+            AbsentThen::CutOff => s
+                .faults
+                .push((later, Fault::Cut { who: Target::Node(0), inbound: true, outbound: true, heal_after: None })),
+        }
+        s.family = Family::AbsentAgent(then);
+        s
+    }
+
     /// A schedule of [`Schedule::generate`] plus operator hand-overs (from a separate random
     /// stream): a third of them without faults or loss (one hand-over early enough to check that
     /// it completes), the others with one or two hand-overs among the faults.
@@ -608,6 +672,11 @@ struct Slot {
     epoch: u64,
     lsn: u64,
     pong_id: (u64, u64),
+    pongs: u64,
+    pong_arrival: u64,
+    /// Role and `FLAG_FENCED` / `FLAG_LEASE_LAPSED` of the last PONG, as `efm-ebpf` sets them.
+    pong_flags: u16,
+    pong_epoch: u64,
 }
 
 /// The kernel side of one node: `EFM_FENCE` (written by the agent), `EFM_LEASE` and the slots
@@ -877,6 +946,7 @@ enum Ev {
         to: usize,
         id: (u64, u64),
         epoch: u64,
+        flags: u16,
     },
     Commit {
         from: usize,

@@ -255,6 +255,16 @@ impl Sim {
             primary_db: super::super::confirm::primary_db_flag(s.flags),
             fenced: s.flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
             lsn: s.lsn,
+            node_age: (s.pongs > 0).then(|| Duration::from_nanos(now.saturating_sub(s.pong_arrival))),
+            kernel: if s.pongs > 0 {
+                KernelPong {
+                    role: PeerRole::from_bits(s.pong_flags & ROLE_MASK),
+                    epoch: s.pong_epoch,
+                    fenced: s.pong_flags & (FLAG_FENCED | FLAG_LEASE_LAPSED) != 0,
+                }
+            } else {
+                KernelPong::default()
+            },
         }
     }
 }

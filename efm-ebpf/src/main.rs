@@ -73,6 +73,9 @@ const ETH_P_8021AD: u16 = 0x88A8;
 const ETH_P_ARP: u16 = 0x0806;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 Neighbor Solicitation.
+const ND_NEIGHBOR_SOLICIT: u8 = 135;
 const UDP_HLEN: usize = 8;
 const TCP_HLEN: usize = 20;
 const TCP_FIN: u8 = 0x01;
@@ -283,8 +286,32 @@ fn try_efm_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             }
             verdict(Counter::OtherPass, xdp_action::XDP_PASS)
         }
+        IPPROTO_ICMPV6 => neighbor_solicitation(ctx, l4off, &pkt, cfg),
         _ => verdict(Counter::OtherPass, xdp_action::XDP_PASS),
     }
+}
+
+/// ICMPv6: a Neighbor Solicitation for a VIP is not answered while this node does not serve
+/// (IPv6's ARP, see [`arp`]); any other ICMPv6 message is judged as before, by its destination
+/// ([`undetermined`]).
+#[inline(always)]
+fn neighbor_solicitation(ctx: &XdpContext, l4off: usize, pkt: &Packet, cfg: &DatapathConfig) -> Result<u32, ()> {
+    // type(1) code(1) checksum(2) reserved(4) target(16)
+    if let Some(ns) = read::<[u8; 24]>(ctx, l4off) {
+        if ns[0] == ND_NEIGHBOR_SOLICIT && ns[1] == 0 {
+            let mut t = [0u8; 16];
+            t.copy_from_slice(&ns[8..24]);
+            // SAFETY: read-only lookup; the value is copied out at once.
+            if unsafe { EFM_SERVICE.get(PeerAddr::v6(t)) }.copied() == Some(SERVICE_VIP) {
+                let fence = EFM_FENCE.get(0).ok_or(())?;
+                let lease = EFM_LEASE.get(0).ok_or(())?;
+                if fence_reason(fence, lease).is_some() {
+                    return verdict(Counter::VipArpDropped, xdp_action::XDP_DROP);
+                }
+            }
+        }
+    }
+    undetermined(pkt, cfg)
 }
 
 #[inline(always)]
@@ -339,7 +366,7 @@ fn parse_v6(ctx: &XdpContext, l3off: usize) -> Option<Packet> {
     let mut i = 0;
     while i <= MAX_V6_EXT {
         match next {
-            IPPROTO_TCP | IPPROTO_UDP => {
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {
                 l4 = Some((next, l3off + 40 + ext_len));
                 break;
             }

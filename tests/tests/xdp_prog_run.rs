@@ -497,6 +497,42 @@ fn arp_for_the_vip_is_not_answered_while_the_node_does_not_serve() {
     assert_eq!(run_counted(&mut fx, &vip).0, XDP_PASS, "serving again");
 }
 
+/// An IPv6 Neighbor Solicitation for `target` from the peer (to the solicited-node address).
+fn neighbor_solicitation(target: std::net::Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let mut f = vec![0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    // version 6, payload 32 bytes, next header ICMPv6, hop limit 255
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+    f.extend_from_slice(&PEER_V6.octets());
+    f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15]]);
+    // type 135, code 0, checksum (not checked by XDP), reserved, target, source link-layer option
+    f.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&t);
+    f.extend_from_slice(&[1, 1]);
+    f.extend_from_slice(&PEER_MAC);
+    f
+}
+
+#[test]
+fn neighbor_solicitation_for_an_ipv6_vip_is_not_answered_while_the_node_does_not_serve() {
+    let mut fx = Fixture::new();
+    let vip6 = std::net::Ipv6Addr::new(0xfd00, 0xefd, 0, 0, 0, 0, 0, 0x100);
+    fx.dp.set_service_addrs(&[LOCAL_V4.into(), LOCAL_V6.into()], &[VIP_V4.into(), vip6.into()]).unwrap();
+    let vip = neighbor_solicitation(vip6);
+    let own = neighbor_solicitation(LOCAL_V6);
+    assert_eq!(run_counted(&mut fx, &vip).2, vec![(Counter::OtherPass, 1)], "serving: the VIP is answered");
+    fx.set_fence(lease_fence(1, 60_000)); // enforced lease, no endorsement yet: not serving
+    let (action, _, moved) = run_counted(&mut fx, &vip);
+    assert_eq!((action, moved), (XDP_DROP, vec![(Counter::VipArpDropped, 1)]));
+    assert_eq!(run_counted(&mut fx, &own).0, XDP_PASS, "the node's own address is always answered");
+    fx.set_fence(FenceState { flags: FENCE_FENCED, ..Fixture::base_fence() });
+    assert_eq!(run_counted(&mut fx, &vip).0, XDP_DROP, "fenced: not answered");
+    fx.set_fence(Fixture::base_fence());
+    assert_eq!(run_counted(&mut fx, &vip).0, XDP_PASS, "serving again");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Replay protection across datapath generations (the echoed nonce).
 

@@ -134,6 +134,8 @@ struct Snapshot {
     db: DbView,
     suspended: bool,
     peers: Vec<PeerEntry>,
+    /// This node's fresh WAL position (0 / `None` when the sample is stale).
+    own_lsn: Option<u64>,
 }
 
 /// What a command decides on. The cluster state is read after a read barrier, so it includes
@@ -149,6 +151,12 @@ async fn snapshot(facts: &Facts, coord: &Coordinator) -> Result<Snapshot, String
         db: facts.db.borrow().view.clone(),
         suspended: facts.status.borrow().suspended.is_some(),
         peers: facts.peers.borrow().clone(),
+        // This node's WAL position as its PINGs carry it (read every half heartbeat), not the
+        // `local.period` check's.
+        own_lsn: {
+            let now = crate::heartbeat::monotonic_ns();
+            Some(localdb::fresh_lsn(*facts.wal.borrow(), now, facts.id.config.heartbeat_interval)).filter(|l| *l != 0)
+        },
     })
 }
 
@@ -195,7 +203,7 @@ fn promotable_standbys(snap: &Snapshot) -> (Vec<Standby>, Vec<String>) {
     if Some(snap.me) != snap.st.primary && !snap.cfg.is_witness {
         let usable = match (&snap.db.info, snap.db.up) {
             _ if snap.suspended => Err("monitoring suspended (efm resume)".to_owned()),
-            (Some(i), Some(true)) if i.in_recovery => Ok(snap.db.lsn().map_or(0, |l| l.0)),
+            (Some(i), Some(true)) if i.in_recovery => Ok(snap.own_lsn.or(snap.db.lsn().map(|l| l.0)).unwrap_or(0)),
             (Some(_), Some(true)) => Err("its database is not a standby".to_owned()),
             _ => Err("its database is not running".to_owned()),
         };
@@ -230,7 +238,7 @@ fn promotable_standbys(snap: &Snapshot) -> (Vec<Standby>, Vec<String>) {
 /// The primary's WAL position as last advertised (its PINGs, or the local database).
 fn primary_lsn(snap: &Snapshot, primary: SocketAddr) -> Option<u64> {
     if primary == snap.me {
-        return snap.db.lsn().map(|l| l.0);
+        return snap.own_lsn.or(snap.db.lsn().map(|l| l.0));
     }
     snap.peers
         .iter()

@@ -142,7 +142,8 @@ pub async fn run(id: Arc<Identity>, owner: DbOwner, target: DbTarget) {
     let (tx, mut rx) = mpsc::channel(16);
     let mut notices = crate::notify::local::LocalDbNotices::new(timings.timeout);
     let monitor = LocalMonitor::new(timings, Instant::now());
-    tokio::spawn(monitor.run(target, tx, std::future::pending()));
+    let (recovered_tx, recovered_rx) = mpsc::channel(4);
+    tokio::spawn(monitor.run_with(target, tx, std::future::pending(), Some(recovered_rx)));
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -153,7 +154,14 @@ pub async fn run(id: Arc<Identity>, owner: DbOwner, target: DbTarget) {
                 None => return,
             },
             Some(pid) = gone.recv() => db.send_modify(|s| postmaster_gone(s, pid)),
-            Some(r) = reports.recv() => serve_report(&db, r),
+            Some(r) = reports.recv() => {
+                // A check outside the monitor found the database up: the monitor counts from
+                // there, so a failure right after `efm resume` is reported again.
+                if matches!(r.update, DbUpdate::Checked(_)) {
+                    let _ = recovered_tx.try_send(());
+                }
+                serve_report(&db, r);
+            }
         }
     }
 }

@@ -46,6 +46,8 @@ pub const COMMANDS: &[&str] =
 const PROMOTE_WAIT: Duration = Duration::from_secs(75);
 /// How long `resume` waits for a restarted standby to stream from the primary.
 const RESUME_WAIT: Duration = Duration::from_secs(15);
+/// How long `set-priority` waits for a node that joined the log to register.
+const REGISTER_WAIT: Duration = Duration::from_secs(5);
 /// How long `resume` waits for the HA runtime's answer (it answers within one cycle).
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
@@ -413,9 +415,16 @@ async fn resume(facts: &Facts) -> Result<Response, String> {
 }
 
 async fn set_priority(facts: &Facts, coord: &Arc<Coordinator>, addr: &str, priority: u32) -> Result<Response, String> {
-    let snap = snapshot(facts, coord).await?;
+    let mut snap = snapshot(facts, coord).await?;
     member(&snap)?;
     let node = resolve_node(addr, &known_nodes(&snap.st, &snap.cfg), snap.me.port())?;
+    // A node that joined the log registers itself a moment later (its agent's first cycles):
+    // give it that moment rather than telling the operator to start an agent that runs.
+    let until = Instant::now() + REGISTER_WAIT;
+    while snap.st.info(&node).is_none() && snap.st.is_voter(&node) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        snap = snapshot(facts, coord).await?;
+    }
     match snap.st.info(&node) {
         None if snap.st.allowed.contains(&node) => {
             return Err(format!("{node} has not joined the cluster yet; start its agent first"))

@@ -81,6 +81,8 @@ const MAN1: &[&str] = &[
     "efm-add-node.1",
     "efm-remove-node.1",
     "efm-stop-cluster.1",
+    "efm-reset-members.1",
+    "efm-rejoin.1",
     "efm-prop-check.1",
     "efm-upgrade-conf.1",
     "efm-encrypt.1",

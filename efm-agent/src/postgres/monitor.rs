@@ -242,6 +242,18 @@ impl LocalMonitor {
         Step::Check(r)
     }
 
+    /// A check made outside the monitor (`efm resume`) found the database up at `now`: a
+    /// failed monitor counts as recovered from there (so its next failing check is reported
+    /// again, and `local.timeout` runs from now), without an event of its own.
+    pub fn recovered_elsewhere(&mut self, now: Instant) {
+        if self.phase == Phase::Failed {
+            self.phase = Phase::Up;
+            self.last_ok = now;
+            self.last_error = None;
+            self.next_periodic = self.next_periodic.min(now + self.timings.period);
+        }
+    }
+
     /// The outcome of the outstanding check, observed at `now`. Ignored (returns `None`) when
     /// no check is outstanding.
     pub fn on_result(&mut self, now: Instant, result: Result<DbInfo, DbError>) -> Option<DbEvent> {
@@ -281,14 +293,33 @@ impl LocalMonitor {
 
     /// Drives the monitor against `target` until `shutdown` completes or the receiver of `tx`
     /// is gone, sending every event.
-    pub async fn run(mut self, target: DbTarget, tx: mpsc::Sender<DbEvent>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, target: DbTarget, tx: mpsc::Sender<DbEvent>, shutdown: impl Future<Output = ()>) {
+        self.run_with(target, tx, shutdown, None).await;
+    }
+
+    /// [`LocalMonitor::run`], also told through `recovered` when a check outside the monitor
+    /// found the database up ([`LocalMonitor::recovered_elsewhere`]).
+    pub async fn run_with(
+        mut self,
+        target: DbTarget,
+        tx: mpsc::Sender<DbEvent>,
+        shutdown: impl Future<Output = ()>,
+        mut recovered: Option<mpsc::Receiver<()>>,
+    ) {
         tokio::pin!(shutdown);
         let mut client: Option<Client> = None;
         loop {
             match self.poll(Instant::now()) {
                 Step::WaitUntil(t) => {
+                    let elsewhere = async {
+                        match recovered.as_mut() {
+                            Some(rx) => rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         () = tokio::time::sleep_until(t.into()) => {}
+                        Some(()) = elsewhere => self.recovered_elsewhere(Instant::now()),
                         () = &mut shutdown => return,
                     }
                 }
@@ -563,6 +594,27 @@ mod tests {
         let (_, checks) = simulate(&mut m, t0, 45 * S, |t| if t == 20 * S { Err(refused()) } else { Ok(info()) });
         let pattern: Vec<bool> = checks.iter().map(|c| c.1.reuse_connection).collect();
         assert_eq!(pattern, [false, true, true, false, true]);
+    }
+
+    #[test]
+    fn a_database_found_up_elsewhere_makes_the_next_failure_count_again() {
+        let t0 = Instant::now();
+        let mut m = LocalMonitor::new(timings(0), t0);
+        // Up, then failing until declared failed.
+        let (events, _) = simulate(&mut m, t0, 200 * S, |t| if t < 5 * S { Ok(info()) } else { Err(refused()) });
+        assert!(events.iter().any(|e| matches!(e.1, DbEvent::Failed { .. })), "{events:?}");
+        assert_eq!(m.phase(), Phase::Failed);
+        // While failed, failing checks are silent.
+        let t1 = t0 + 200 * S;
+        let (quiet, _) = simulate(&mut m, t1, 30 * S, |_| Err(refused()));
+        assert!(quiet.is_empty(), "{quiet:?}");
+        // `efm resume` found it up: the next failures are reported, then a new final check.
+        let t2 = t1 + 30 * S;
+        m.recovered_elsewhere(t2);
+        assert_eq!(m.phase(), Phase::Up);
+        let (again, _) = simulate(&mut m, t2, 100 * S, |_| Err(refused()));
+        assert!(matches!(again.first().map(|e| &e.1), Some(DbEvent::CheckFailed { .. })), "{again:?}");
+        assert!(again.iter().any(|e| matches!(e.1, DbEvent::Failed { .. })), "{again:?}");
     }
 
     #[test]

@@ -591,8 +591,14 @@ impl MainLoop {
                     Verdict::Unknown => {}
                     to => {
                         tracing::warn!(peer = %addr, from = %c.from, verdict = %to, "peer verdict changed");
-                        let role = Role::from_bits(self.detector.peer(node_id).map_or(0, |h| h.role));
-                        notify_peer_failure(&self.id.config, addr, to, role);
+                        // EFM's "agent failure" notifications are about an agent leaving: sent
+                        // once, when a peer that was heard stops being heard (not at start-up,
+                        // while peers go from unknown to not yet heard, nor again when an agent
+                        // already gone also loses its node).
+                        if c.from == Verdict::Alive {
+                            let role = Role::from_bits(self.detector.peer(node_id).map_or(0, |h| h.role));
+                            notify_peer_failure(&self.id.config, addr, to, role);
+                        }
                     }
                 }
             }

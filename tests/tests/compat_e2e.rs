@@ -120,7 +120,7 @@ fn agent_start_warns_about_properties_efm_does_not_act_on() {
             "db.user=efm\ndb.port=5444\ndb.database=edb\ndb.service.owner=enterprisedb\n\
              db.data.dir=/var/lib/edb/data\nbind.address=198.18.0.1:7800\nlock.dir={d}/lock\nlog.dir={d}/log\n\
              cluster.key.file={d}/missing.key\nadmin.port=7810\nencrypt.agent.messages=true\n\
-             pgpool.enable=true\nbackup.wal=true\n",
+             pgpool.enable=true\nstandby.restart.delay=5\n",
             d = dir.display()
         ),
     )
@@ -144,7 +144,7 @@ fn agent_start_warns_about_properties_efm_does_not_act_on() {
         ("admin.port", "7810", "not supported by efm, so setting it has no effect: the efm command talks to the agent over the admin socket"),
         ("encrypt.agent.messages", "true", "not supported by efm, so setting it has no effect: agent messages (UDP heartbeats and the coordination log's TCP frames) are authenticated"),
         ("pgpool.enable", "true", "not supported by efm, so setting it has no effect: efm does not manage Pgpool-II"),
-        ("backup.wal", "true", "not implemented yet in efm, so setting it has no effect"),
+        ("standby.restart.delay", "5", "not implemented yet in efm, so setting it has no effect"),
     ] {
         let want = format!("warning: {prop} = \"{value}\": {why}");
         assert!(

@@ -372,7 +372,12 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     not_in_efm("pcp.port", &[], "used only with pgpool.enable, which efm does not support"),
     not_in_efm("pcp.pass.file", &[], "used only with pgpool.enable, which efm does not support"),
     not_in_efm("pgpool.bin", &[], "used only with pgpool.enable, which efm does not support"),
-    not_yet("backup.wal", &["false"], "a standby's WAL is not copied aside before it is reconfigured"),
+    not_in_efm(
+        "backup.wal",
+        &["false"],
+        "efm never removes a standby's WAL when it follows a new primary (only primary_conninfo's host and port \
+         change, with a reload), so there is nothing to copy aside",
+    ),
     not_yet(
         "standby.restart.delay",
         &["0"],

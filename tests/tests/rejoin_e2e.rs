@@ -2,37 +2,13 @@
 //! new primary and comes back as its standby, with real `PostgreSQL` 15, real agents and XDP in
 //! network namespaces. Needs root; run single-threaded.
 
-use std::{
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use efm_tests::{
-    cluster::{Cluster, Kind},
+    cluster::Cluster,
     monotonic_ns,
+    scenarios::{streams_from, text, PSS},
 };
-
-const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// Node `i`'s database streams from `ip`.
-#[track_caller]
-fn streams_from(c: &Cluster, i: usize, ip: &str, timeout: Duration) {
-    let pgn = c.pg[i].as_ref().unwrap();
-    let until = Instant::now() + timeout;
-    loop {
-        let out = pgn.psql_output("SELECT sender_host || '|' || status FROM pg_stat_wal_receiver");
-        let r = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if out.status.success() && r == format!("{ip}|streaming") {
-            return;
-        }
-        assert!(Instant::now() < until, "node {} does not stream from {ip}: {r:?}\n{}", i + 1, pgn.log_tail(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_failed_over_primary_is_rewound_and_rejoins_as_a_standby() {

@@ -4,23 +4,13 @@
 //! advance them; after the primary fails, the remaining standby streams through its slot on
 //! the new primary. Needs root; run single-threaded.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use efm_tests::{
-    cluster::{Cluster, Kind},
+    cluster::Cluster,
     monotonic_ns,
+    scenarios::{wait_until, PSS},
 };
-
-const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
-
-#[track_caller]
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < until, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// `(slot, restart_lsn as a number, active)` of a server's physical slots.
 fn slots(pg: &efm_tests::pg::PgNode) -> Vec<(String, u64, bool)> {

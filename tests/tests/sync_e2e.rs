@@ -12,21 +12,12 @@ use std::{
 };
 
 use efm_tests::{
-    cluster::{Cluster, Kind},
+    cluster::Cluster,
     monotonic_ns,
+    scenarios::{wait_until, PSS},
 };
 
-const PSS: [Kind; 3] = [Kind::Primary, Kind::Standby, Kind::Standby];
 const ORIGINAL: &str = "FIRST 2 (n2, n3)";
-
-#[track_caller]
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < until, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn setting(c: &Cluster, i: usize) -> String {
     c.pg[i].as_ref().unwrap().psql("SHOW synchronous_standby_names")
